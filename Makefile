@@ -1,0 +1,50 @@
+# Two commands: `make demo` and `make test`. Both create .venv when missing and install into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: demo test test-fast lint typecheck bench clean down
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP) $@
+
+$(BENCH_STAMP): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[dev,bench]'
+	touch $(STAMP) $(DEV_STAMP) $@
+
+demo: $(STAMP)
+	$(VENV)/bin/fleet demo
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(DEV_STAMP)
+	$(PY) -m pytest -q -m "not chaos" tests
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check scraper middlewares pipelines settings tests
+
+typecheck: $(DEV_STAMP)
+	$(VENV)/bin/mypy
+
+bench: $(BENCH_STAMP)
+	$(PY) -m tests.bench.run
+
+down: $(STAMP)
+	$(VENV)/bin/fleet down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,140 @@
+"""The failure taxonomy: every response and download exception is A, B, C, D or ok.
+
+Why one classifier: operators reason in these four classes (DESIGN.md, "Failure taxonomy"), budgets
+are kept per class, and ban detection must run before any drift check so a challenge page served
+with 200 is never mistaken for layout drift.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from scrapy import Request
+from scrapy.crawler import Crawler
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http import Response
+from twisted.internet import error as txerror
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+
+OK = "ok"
+A, B, C, D = "A", "B", "C", "D"
+
+TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+BAN_STATUS = frozenset({403, 407, 429})
+HARD_STATUS = frozenset({400, 401, 404, 405, 410, 451})
+
+# Challenge/CAPTCHA markers of the common bot-protection vendors, searched in the first 64 KiB.
+BLOCK_MARKERS = (
+    re.compile(rb"/cdn-cgi/challenge-platform/", re.I),
+    re.compile(rb"challenges\.cloudflare\.com/turnstile", re.I),
+    re.compile(rb"cf-turnstile", re.I),
+    re.compile(rb"_Incapsula_Resource", re.I),
+    re.compile(rb"px-captcha", re.I),
+    re.compile(rb"captcha-delivery\.com", re.I),
+    re.compile(rb"g-recaptcha|hcaptcha\.com|\bcaptcha\b", re.I),
+)
+
+_TRANSIENT_EXC: tuple[type[BaseException], ...] = (
+    txerror.TimeoutError,
+    txerror.TCPTimedOutError,
+    txerror.ConnectionRefusedError,
+    txerror.ConnectionDone,
+    txerror.ConnectError,
+    txerror.ConnectionLost,
+    txerror.DNSLookupError,
+    ResponseFailed,
+    ResponseNeverReceived,
+    IOError,
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    cls: str
+    reason: str
+    retry_after: float | None = None
+
+
+def _retry_after(response: Response) -> float | None:
+    from scraper.backoff import parse_retry_after
+
+    raw = response.headers.get(b"Retry-After")
+    return parse_retry_after(raw.decode("latin-1") if raw else None)
+
+
+def classify_response(response: Response) -> Verdict:
+    """Classify a downloaded response. Drift (C) is decided later, from the callback's output."""
+    status = response.status
+    if status in {407}:
+        return Verdict(B, f"http:{status}")
+    if response.headers.get(b"cf-mitigated", b"").lower() == b"challenge":
+        return Verdict(B, "challenge:cf-mitigated")
+    if status in BAN_STATUS:
+        return Verdict(B, f"http:{status}", _retry_after(response) if status == 429 else None)
+    if status in TRANSIENT_STATUS:
+        return Verdict(A, f"http:{status}", _retry_after(response))
+    if status in HARD_STATUS or (400 <= status < 500):
+        return Verdict(D, f"http:{status}")
+    if status >= 500:
+        return Verdict(A, f"http:{status}")
+    if 200 <= status < 300:
+        head = response.body[:65536] if response.body else b""
+        for marker in BLOCK_MARKERS:
+            if marker.search(head):
+                return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
+        return Verdict(OK, f"http:{status}")
+    return Verdict(OK, f"http:{status}")  # 1xx/3xx: redirects are followed by Scrapy
+
+
+def classify_exception(exc: BaseException) -> Verdict:
+    name = type(exc).__name__
+    text = str(exc).lower()
+    if "proxy" in text or "tunnel" in text or name in {"TunnelError"}:
+        return Verdict(B, f"proxy:{name}")
+    if isinstance(exc, _TRANSIENT_EXC) or name in {"TimeoutError", "ConnectionResetError"}:
+        return Verdict(A, f"net:{name}")
+    return Verdict(A, f"error:{name}")
+
+
+class ClassifyMiddleware:
+    """Downloader middleware: hands every non-ok outcome to the runtime, which settles the lease.
+
+    A settled request raises IgnoreRequest so the spider callback never sees a block page or an error
+    page; its retry (if any) is a new delivery from Redis, not an in-process loop.
+    """
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> ClassifyMiddleware:
+        return cls(crawler)
+
+    def _runtime(self) -> Any:
+        return getattr(self.crawler, "fleet", None)
+
+    def process_response(self, request: Request, response: Response) -> Response:
+        rt = self._runtime()
+        state = rt.state_for(request) if rt is not None else None
+        if state is None:
+            return response
+        verdict = classify_response(response)
+        rt.fetched(state, response)
+        if 300 <= response.status < 400 and verdict.cls == OK:
+            return response
+        if verdict.cls == OK:
+            return response
+        rt.fail(state, verdict, response=response)
+        raise IgnoreRequest(f"fleet: {verdict.cls} {verdict.reason}")
+
+    def process_exception(self, request: Request, exception: BaseException) -> None:
+        rt = self._runtime()
+        state = rt.state_for(request) if rt is not None else None
+        if state is None or isinstance(exception, IgnoreRequest):
+            if state is not None and not state.settled:
+                rt.ignored(state, exception)
+            return None
+        rt.fail(state, classify_exception(exception), response=None)
+        raise IgnoreRequest(f"fleet: download error {type(exception).__name__}")

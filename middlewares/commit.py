@@ -1,0 +1,92 @@
+"""Spider middleware that knows when a leased request is finished.
+
+Scrapy has no "every output of this response is done" signal. This middleware counts a response's
+items as they leave the callback, settles each on ``item_scraped`` / ``item_dropped`` / ``item_error``,
+and takes the child requests out of the engine's path into the parent's ledger, so they are enqueued
+in Redis in the same call that records the parent DONE — before the parent is acknowledged.
+
+It sits at order 1, outermost on the output path, so it sees exactly what survived every other
+spider middleware (depth, offsite, URL length).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from scrapy import Request, Spider, signals
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+from twisted.python.failure import Failure
+
+
+class CommitMiddleware:
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> CommitMiddleware:
+        mw = cls(crawler)
+        crawler.signals.connect(mw._scraped, signal=signals.item_scraped)
+        crawler.signals.connect(mw._dropped, signal=signals.item_dropped)
+        crawler.signals.connect(mw._error, signal=signals.item_error)
+        return mw
+
+    def _rt(self) -> Any:
+        return getattr(self.crawler, "fleet", None)
+
+    def _state(self, response: Any) -> Any:
+        rt = self._rt()
+        if rt is None or not isinstance(response, Response) or response.request is None:
+            return None
+        return rt.state_for(response.request)
+
+    async def process_start(self, start: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Workers never run a spider's start(): seeding is ``fleet seed``'s job."""
+        if self._rt() is None:
+            async for x in start:
+                yield x
+        return
+
+    async def process_spider_output(
+        self, response: Response, result: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        rt = self._rt()
+        state = self._state(response)
+        if state is None or state.settled:
+            async for x in result:
+                yield x
+            return
+        try:
+            async for x in result:
+                if isinstance(x, Request):
+                    rt.discovered(state, x)
+                    continue
+                rt.item_started(state)
+                yield x
+        except Exception as exc:
+            rt.callback_failed(state, exc)
+            raise
+        rt.output_done(state)
+
+    def process_spider_exception(
+        self, response: Response, exception: BaseException
+    ) -> None:
+        state = self._state(response)
+        if state is not None:
+            self._rt().callback_failed(state, exception)
+
+    def _scraped(self, item: Any, response: Any, spider: Spider) -> None:
+        state = self._state(response)
+        if state is not None:
+            self._rt().item_settled(state, item)
+
+    def _dropped(self, item: Any, response: Any, exception: BaseException, spider: Spider) -> None:
+        state = self._state(response)
+        if state is not None:
+            self._rt().item_settled(state, None)
+
+    def _error(self, item: Any, response: Any, spider: Spider, failure: Failure) -> None:
+        state = self._state(response)
+        if state is not None:
+            self._rt().item_failed(state, failure.value)

@@ -1,0 +1,90 @@
+"""Finding spiders: Scrapy's SPIDER_MODULES plus FLEET_SPIDER_MODULES, unchanged user classes.
+
+Why Scrapy's own SpiderLoader: a user's spider must work in Fleet exactly as in ``scrapy crawl``, so
+discovery follows the same rules (any ``scrapy.Spider`` subclass with a ``name`` in those modules).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from scrapy import Spider
+from scrapy.settings import Settings
+from scrapy.spiderloader import SpiderLoader
+
+from settings.fleet import FleetConfig
+
+# Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
+_MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS")
+_FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR")
+
+
+class SpiderNotFound(LookupError):
+    pass
+
+
+def base_settings(config: FleetConfig | None = None) -> Settings:
+    cfg = config or FleetConfig.from_env()
+    settings = Settings()
+    settings.setmodule("settings", priority="project")
+    modules = list(settings.getlist("SPIDER_MODULES"))
+    for m in cfg.spider_modules:
+        if m not in modules:
+            modules.append(m)
+    settings.set("SPIDER_MODULES", modules, priority="project")
+    settings.set("CONCURRENT_REQUESTS", cfg.concurrency, priority="project")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules next to where `fleet` runs are importable
+    return settings
+
+
+def loader(settings: Settings) -> SpiderLoader:
+    try:
+        return SpiderLoader.from_settings(settings)
+    except ImportError as exc:
+        raise SpiderNotFound(
+            f"could not import spider modules {settings.getlist('SPIDER_MODULES')}: {exc}. "
+            "Check FLEET_SPIDER_MODULES and that the module is on PYTHONPATH."
+        ) from exc
+
+
+def load_spider(name: str, settings: Settings) -> type[Spider]:
+    sl = loader(settings)
+    try:
+        return sl.load(name)
+    except KeyError:
+        known = ", ".join(sorted(sl.list())) or "(none)"
+        raise SpiderNotFound(
+            f"no spider named {name!r}; known spiders: {known}. "
+            "Add your module to FLEET_SPIDER_MODULES (comma list of importable modules)."
+        ) from None
+
+
+def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
+    """Apply the spider's custom_settings, then re-assert the components Fleet cannot work without."""
+    s = settings.copy()
+    custom: dict[str, Any] = dict(getattr(spidercls, "custom_settings", None) or {})
+    for key in _MERGED_DICTS:
+        merged = dict(settings.getdict(key))
+        user = custom.get(key) or {}
+        for comp, order in dict(user).items():
+            if comp in merged and merged[comp] is not None and order is None:
+                continue  # a spider may not switch off Fleet's own components
+            merged.setdefault(comp, order)
+        s.set(key, merged, priority="cmdline")
+    for key in _FORCED:
+        s.set(key, settings.get(key), priority="cmdline")
+    return s
+
+
+def describe(spidercls: type[Spider]) -> dict[str, Any]:
+    return {
+        "name": spidercls.name,
+        "module": spidercls.__module__,
+        "class": spidercls.__qualname__,
+        "required_fields": list(getattr(spidercls, "required_fields", ()) or ()),
+        "item_callbacks": list(getattr(spidercls, "item_callbacks", ()) or ()),
+        "version": str(getattr(spidercls, "version", "0")),
+    }

@@ -1,0 +1,525 @@
+"""The ``fleet`` command line (DESIGN.md, "CLI contract").
+
+Results that scripts read (seed counts, run summaries, ``--json`` views) go to stdout as JSON; logs go
+to stderr as JSON events. Exit codes: 0 success, 1 usage or configuration error, 2 bad arguments
+(typer), 3 infrastructure failure (Redis/store unreachable), 4 a run finished with requests in the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import redis.asyncio as aioredis
+import typer
+from rich.console import Console
+from rich.table import Table
+from scrapy import Request, Spider
+
+from scraper import log
+from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
+from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
+from scraper.envelope import Envelope, EnvelopeError
+from scraper.queue import FleetQueue, QueueError, known_spiders
+from settings.fleet import ConfigError, FleetConfig
+
+app = typer.Typer(
+    help="Fleet: a Scrapy worker fleet fed from one leased Redis queue. "
+    "Nothing lost when a worker dies, nothing written twice when a request is retried.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dlq_app = typer.Typer(help="Inspect and requeue dead-lettered requests.", no_args_is_help=True)
+err = Console(stderr=True)
+out = Console()
+
+EXIT_CONFIG = 1
+EXIT_INFRA = 3
+EXIT_DLQ = 4
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _config() -> FleetConfig:
+    try:
+        cfg = FleetConfig.from_env()
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    log.configure(cfg.log_level)
+    return cfg
+
+
+def _redis_url(cfg: FleetConfig) -> str:
+    try:
+        return cfg.redis_url or resolve_redis_url()
+    except RedisConfigError as exc:
+        raise _fail(str(exc), EXIT_INFRA) from None
+
+
+async def _client(url: str) -> aioredis.Redis:
+    client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+    try:
+        await client.ping()
+        sync = __import__("redis").Redis.from_url(url, socket_timeout=10)
+        try:
+            for warning in check_redis(sync):
+                err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        finally:
+            sync.close()
+    except RedisConfigError as exc:
+        await client.aclose()
+        raise _fail(str(exc), EXIT_INFRA) from None
+    except (OSError, __import__("redis").exceptions.ConnectionError) as exc:
+        await client.aclose()
+        raise _fail(f"cannot reach Redis at {redact_url(url)}: {exc}", EXIT_INFRA) from None
+    return client
+
+
+async def _check_redis(url: str) -> None:
+    """Fail fast, before Scrapy starts, on an unreachable or evicting Redis."""
+    client = await _client(url)
+    await client.aclose()
+
+
+def _default_run() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
+    try:
+        return load_spider(name, base_settings(cfg))
+    except SpiderNotFound as exc:
+        raise _fail(str(exc)) from None
+
+
+def _read_urls(path: str) -> Iterator[str]:
+    stream: Iterable[str]
+    if path == "-":
+        stream = sys.stdin
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise _fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
+        stream = p.open(encoding="utf-8")
+    for line in stream:
+        url = line.strip()
+        if url and not url.startswith("#"):
+            yield url
+
+
+async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
+    try:
+        spider = spidercls()
+    except TypeError as exc:
+        raise _fail(f"cannot instantiate spider {spidercls.name!r} to read its start requests: {exc}")
+    async for x in spider.start():
+        if isinstance(x, Request):
+            yield x
+
+
+def _envelopes_for_urls(urls: Iterable[str], spider: str, run: str) -> Iterator[Envelope]:
+    for url in urls:
+        if "://" not in url:
+            raise _fail(f"not an absolute URL: {url!r} (expected http:// or https://)")
+        try:
+            req = Request(url)
+        except ValueError as exc:
+            raise _fail(f"bad URL {url!r}: {exc}") from None
+        yield Envelope.from_request(req, spider_name=spider, run=run)
+
+
+async def _seed(
+    cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None
+) -> dict[str, Any]:
+    client = await _client(_redis_url(cfg))
+    try:
+        q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)
+        if urls or urls_file:
+            def all_urls() -> Iterator[str]:
+                yield from urls
+                if urls_file:
+                    yield from _read_urls(urls_file)
+
+            enq, skipped = await q.seed(run, _envelopes_for_urls(all_urls(), spidercls.name, run))
+        else:
+            spider = spidercls()
+            envs = []
+            async for req in _start_requests(spidercls):
+                try:
+                    envs.append(Envelope.from_request(req, spider_name=spidercls.name, run=run, spider=spider))
+                except EnvelopeError as exc:
+                    raise _fail(f"start request {req.url}: {exc}") from None
+            if not envs:
+                raise _fail(
+                    f"spider {spidercls.name!r} has no start URLs: pass --url or --urls FILE"
+                )
+            enq, skipped = await q.seed(run, envs)
+        return {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
+    finally:
+        await client.aclose()
+
+
+@app.command()
+def seed(
+    spider: Annotated[str, typer.Argument(help="Spider name (see `fleet spiders`).")],
+    url: Annotated[Optional[list[str]], typer.Option("--url", help="A URL to enqueue; repeatable.")] = None,
+    urls: Annotated[Optional[str], typer.Option("--urls", help="File with one URL a line, or - for stdin.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
+) -> None:
+    """Enqueue requests for SPIDER; without --url/--urls, the spider's own start requests.
+
+    A URL already enqueued in the same run is skipped (SEEN). Prints JSON {run, enqueued, skipped}.
+    """
+    cfg = _config()
+    spidercls = _spider_class(spider, cfg)
+    run_id = run or _default_run()
+    try:
+        result = asyncio.run(_seed(cfg, spidercls, run_id, list(url or []), urls))
+    except QueueError as exc:
+        raise _fail(str(exc)) from None
+    print(json.dumps(result))
+
+
+def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) -> int:
+    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code."""
+    from scrapy.crawler import AsyncCrawlerProcess
+
+    cfg = _config()
+    settings = base_settings(cfg)
+    spidercls = _spider_class(spider, cfg)
+    settings = worker_settings(spidercls, settings)
+    if concurrency is not None:
+        if concurrency < 1:
+            raise _fail("--concurrency must be >= 1")
+        settings.set("CONCURRENT_REQUESTS", concurrency, priority="cmdline")
+    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="cmdline")
+    if until_idle is not None:
+        settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
+    url = _redis_url(cfg)
+    asyncio.run(_check_redis(url))
+    settings.set("FLEET_REDIS_URL", url, priority="cmdline")
+    process = AsyncCrawlerProcess(settings, install_root_handler=False)
+    log.configure(cfg.log_level)
+    crawler = process.create_crawler(spidercls)
+    process.crawl(crawler)
+    _install_signals(crawler)
+    process.start(install_signal_handlers=False)
+    if process.bootstrap_failed:
+        err.print("[bold red]error:[/] the worker failed to start; see the log above", highlight=False)
+        return EXIT_CONFIG
+    rt = getattr(crawler, "fleet", None)
+    if rt is not None and rt.fatal:
+        err.print(f"[bold red]error:[/] {rt.fatal}", highlight=False)
+        return int(rt.exit_code or EXIT_INFRA)
+    return 0
+
+
+def _install_signals(crawler: Any) -> None:
+    """First SIGTERM/SIGINT: graceful (stop leasing, finish within the grace, release). Second: exit now."""
+    import signal
+
+    from twisted.internet import reactor
+
+    state = {"count": 0}
+
+    def handler(signum: int, _frame: Any) -> None:
+        state["count"] += 1
+        if state["count"] > 1:
+            os._exit(130)
+        rt = getattr(crawler, "fleet", None)
+
+        def begin() -> None:
+            if rt is not None:
+                rt.request_stop(signal.Signals(signum).name)
+                grace = rt.config.shutdown_grace
+
+                def force() -> None:
+                    if crawler.engine is not None and crawler.engine.running:
+                        asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown"))
+
+                reactor.callLater(grace, force)  # type: ignore[attr-defined]
+            elif crawler.engine is not None:
+                asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown"))
+
+        reactor.callFromThread(begin)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@app.command()
+def worker(
+    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    concurrency: Annotated[Optional[int], typer.Option(help="Concurrent requests (default FLEET_CONCURRENCY, 32).")] = None,
+    until_idle: Annotated[Optional[float], typer.Option(
+        "--until-idle", help="Exit 0 once READY, IN-FLIGHT and DELAYED of SPIDER stayed empty this many seconds.")] = None,
+) -> None:
+    """Run one worker: lease, fetch, classify, write, acknowledge; until a signal or --until-idle."""
+    raise typer.Exit(_run_worker(spider, concurrency, until_idle))
+
+
+async def _summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
+    client = await _client(_redis_url(cfg))
+    try:
+        q = FleetQueue(client, spider)
+        counts = await q.counts()
+        runs = await q.runs()
+        dlq_run = 0
+        async for _ in _dlq_iter(q, run):
+            dlq_run += 1
+        return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run}
+    finally:
+        await client.aclose()
+
+
+async def _dlq_iter(q: FleetQueue, run: str | None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    last = "+"
+    while True:
+        rows = await q.client.xrevrange(q.keys.dlq, max=last, count=500)
+        if not rows:
+            return
+        for rid, fields in rows:
+            sid = rid.decode() if isinstance(rid, bytes) else str(rid)
+            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                 for k, v in fields.items()}
+            if run is None or f.get("run") == run:
+                yield sid, f
+        if len(rows) < 500:
+            return
+        last = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
+
+
+@app.command("run")
+def run_cmd(
+    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    urls: Annotated[Optional[str], typer.Option("--urls", help="File of URLs (or -); default: the spider's start requests.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
+    idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
+) -> None:
+    """Cron one-shot: seed, work until the queue drains, print a JSON summary.
+
+    Exit 0 when every request of the run finished, 4 when some ended in the DLQ, 3 on infrastructure failure.
+    """
+    cfg = _config()
+    if workers < 1:
+        raise _fail("--workers must be >= 1")
+    spidercls = _spider_class(spider, cfg)
+    run_id = run or _default_run()
+    started = time.time()
+    seeded = asyncio.run(_seed(cfg, spidercls, run_id, [], urls))
+    env = dict(os.environ)
+    env["FLEET_REDIS_URL"] = _redis_url(cfg)
+    cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+    codes = [p.wait() for p in procs]
+    summary = asyncio.run(_summary(cfg, spider, run_id))
+    result = {
+        "spider": spider,
+        "run": run_id,
+        "seeded": seeded["enqueued"],
+        "skipped": seeded["skipped"],
+        "done": summary["run"]["done"],
+        "seen": summary["run"]["seen"],
+        "dlq": summary["dlq_run"],
+        "workers": workers,
+        "worker_exit_codes": codes,
+        "elapsed_s": round(time.time() - started, 2),
+        "store": cfg.store,
+    }
+    print(json.dumps(result))
+    if any(codes):
+        raise typer.Exit(EXIT_INFRA)
+    if summary["dlq_run"]:
+        raise typer.Exit(EXIT_DLQ)
+
+
+async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
+    client = await _client(_redis_url(cfg))
+    try:
+        names = [spider] if spider else await known_spiders(client)
+        result: dict[str, Any] = {}
+        for name in names:
+            q = FleetQueue(client, name)
+            counts = await q.counts()
+            result[name] = {**counts, "runs": await q.runs()}
+        return result
+    finally:
+        await client.aclose()
+
+
+@app.command()
+def status(
+    spider: Annotated[Optional[str], typer.Argument(help="Only this spider.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Queues per spider: ready, in-flight, delayed, DLQ, and SEEN/DONE per run."""
+    cfg = _config()
+    data = asyncio.run(_status(cfg, spider))
+    if as_json:
+        print(json.dumps(data))
+        return
+    if not data:
+        out.print("no spiders have been seeded yet (fleet seed SPIDER --url URL)")
+        return
+    table = Table(title="fleet status")
+    for col in ("spider", "ready", "inflight", "delayed", "dlq", "run", "seen", "done"):
+        table.add_column(col, justify="right" if col not in ("spider", "run") else "left")
+    for name, d in data.items():
+        runs = d["runs"] or {"-": {"seen": 0, "done": 0}}
+        first = True
+        for run_id, rc in sorted(runs.items()):
+            cells = [name, d["ready"], d["inflight"], d["delayed"], d["dlq"]] if first else [""] * 5
+            table.add_row(*[str(c) for c in cells], run_id, str(rc["seen"]), str(rc["done"]))
+            first = False
+    out.print(table)
+
+
+@app.command()
+def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the spiders Fleet can run (SPIDER_MODULES + FLEET_SPIDER_MODULES)."""
+    cfg = _config()
+    settings = base_settings(cfg)
+    try:
+        sl = loader(settings)
+    except SpiderNotFound as exc:
+        raise _fail(str(exc)) from None
+    rows = [describe(sl.load(n)) for n in sorted(sl.list())]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="spiders")
+    for col in ("name", "module", "required_fields", "item_callbacks"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["module"], ", ".join(r["required_fields"]), ", ".join(r["item_callbacks"]))
+    out.print(table)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    spider: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
+) -> None:
+    """Show dead-lettered requests, newest first."""
+    cfg = _config()
+
+    async def go() -> list[dict[str, Any]]:
+        client = await _client(_redis_url(cfg))
+        try:
+            q = FleetQueue(client, spider)
+            rows = []
+            async for sid, f in _dlq_iter(q, None):
+                f.pop("envelope", None)
+                rows.append({"id": sid, **f})
+                if len(rows) >= limit:
+                    break
+            return rows
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(go())
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"DLQ of {spider}")
+    for col in ("id", "reason", "status", "url", "attempts", "at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r.get("reason", ""), r.get("status", ""), log.redact(r.get("url", "")),
+                      r.get("attempts", ""), r.get("at", ""))
+    out.print(table)
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(
+    spider: Annotated[str, typer.Argument()],
+    reason: Annotated[Optional[str], typer.Option(help="Only entries whose reason starts with this.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Requeue every entry.")] = False,
+) -> None:
+    """Put dead-lettered requests back in READY with fresh budgets (history is kept)."""
+    if not reason and not all_:
+        raise _fail("say which entries: --reason REASON or --all")
+    cfg = _config()
+
+    async def go() -> dict[str, int]:
+        client = await _client(_redis_url(cfg))
+        try:
+            q = FleetQueue(client, spider)
+            requeued = skipped = 0
+            ids: list[str] = []
+            by_run: dict[str, list[Envelope]] = {}
+            async for sid, f in _dlq_iter(q, None):
+                if reason and not f.get("reason", "").startswith(reason):
+                    continue
+                try:
+                    env = Envelope.loads(f.get("envelope", ""))
+                except EnvelopeError:
+                    skipped += 1
+                    continue
+                env.history.append({"requeued_from": f.get("reason"), "at": time.time()})
+                env.attempts = {}
+                env.dont_filter = True  # SEEN already holds it; requeue must bypass
+                by_run.setdefault(env.run, []).append(env)
+                ids.append(sid)
+            for run_id, envs in by_run.items():
+                for e in envs:
+                    await q._seed(keys=q._route(), args=[q.keys.prefix, str(q.dedup_ttl), repr(time.time()), run_id,
+                                                         *_requeue_args(e)])
+                    requeued += 1
+            if ids:
+                await client.xdel(q.keys.dlq, *ids)
+            return {"requeued": requeued, "skipped": skipped}
+        finally:
+            await client.aclose()
+
+    print(json.dumps(asyncio.run(go())))
+
+
+def _requeue_args(env: Envelope) -> list[str]:
+    from scraper.queue import new_id
+
+    return [new_id(), env.dumps(), env.fp, str(env.priority), "1"]
+
+
+app.add_typer(dlq_app, name="dlq")
+
+
+@app.command()
+def down() -> None:
+    """Stop the embedded Redis (its AOF keeps the queues for next time)."""
+    _config()
+    stopped = stop_embedded_redis()
+    print(json.dumps({"stopped": stopped}))
+
+
+@app.command()
+def demo(
+    products: Annotated[int, typer.Option(help="Products on the bundled demo site.")] = 200,
+    concurrency: Annotated[int, typer.Option()] = 16,
+) -> None:
+    """The main job on embedded defaults: a local demo shop, seeded, crawled until idle, summarized."""
+    from scraper.demo import run_demo
+
+    raise typer.Exit(run_demo(products=products, concurrency=concurrency))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

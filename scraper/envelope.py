@@ -1,0 +1,243 @@
+"""The request envelope: how a Scrapy request lives in Redis.
+
+Versioned JSON, never pickle: a queue entry is data that any worker version can inspect, the DLQ can
+show, and no entry can execute code when decoded. Anything that is not a well-formed envelope of a
+known version raises :class:`EnvelopeError`, and the caller sends the raw entry to the DLQ.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.utils.request import fingerprint as scrapy_fingerprint
+
+VERSION = 1
+
+# Keys Fleet keeps in request.meta for itself; they are never serialized from meta.
+META_KEY = "_fleet"
+
+# Meta keys Scrapy or its components set at runtime with non-JSON values; never worth persisting.
+_RUNTIME_META = {
+    "download_slot",
+    "download_latency",
+    "depth",  # re-derived from the envelope's own field
+    "_fleet",
+    "proxy",  # chosen per attempt by the proxy middleware
+    "_auth_proxy",
+    "playwright_page",
+}
+
+
+class EnvelopeError(ValueError):
+    """An entry that must not be executed: bad JSON, pickle, unknown version, missing fields."""
+
+
+def fp64(request: Request) -> str:
+    """The request's 64-bit fingerprint as 16 hex chars.
+
+    Scrapy's SHA1 request fingerprint, truncated: 64 bits keep SEEN/DONE at ~10 bytes per URL in Redis
+    and collide with probability ~3e-8 at a billion URLs per run.
+    """
+    return scrapy_fingerprint(request)[:8].hex()
+
+
+def url_hash(url: str) -> str:
+    """A short hash of a URL for places where raw URL text must not appear (keys, ids)."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _callback_name(spider: Spider | None, cb: Any, what: str) -> str | None:
+    if cb is None:
+        return None
+    if isinstance(cb, str):
+        return cb
+    name = getattr(cb, "__name__", None)
+    owner = getattr(cb, "__self__", None)
+    if name and (owner is spider or (spider is not None and isinstance(owner, type(spider)))):
+        return str(name)
+    if name and spider is not None and getattr(spider, name, None) is not None and owner is None:
+        return str(name)
+    raise EnvelopeError(
+        f"request {what} {cb!r} is not a method of the spider; Fleet stores callbacks by name, "
+        f"so use a spider method (e.g. callback=self.parse_item)"
+    )
+
+
+@dataclass
+class Envelope:
+    """One queued request. ``attempts`` counts failures per taxonomy class (A, B, C, D)."""
+
+    url: str
+    spider: str
+    run: str
+    fp: str
+    method: str = "GET"
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    body: bytes = b""
+    meta: dict[str, Any] = field(default_factory=dict)
+    cb_kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    callback: str | None = None
+    errback: str | None = None
+    dont_filter: bool = False
+    depth: int = 0
+    attempts: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    enqueued_at: float = field(default_factory=time.time)
+    parent: str | None = None
+
+    # -- conversion -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_request(
+        cls, request: Request, *, spider_name: str, run: str, spider: Spider | None = None
+    ) -> Envelope:
+        meta = {
+            k: v for k, v in request.meta.items() if k not in _RUNTIME_META and _json_safe(v)
+        }
+        if not _json_safe(request.cb_kwargs):
+            raise EnvelopeError("request cb_kwargs must be JSON-serializable to be queued")
+        headers: dict[str, list[str]] = {}
+        for k, vs in request.headers.items():
+            key = k.decode("latin-1") if isinstance(k, bytes) else str(k)
+            headers[key] = [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in vs]
+        fleet = request.meta.get(META_KEY) or {}
+        return cls(
+            url=request.url,
+            spider=spider_name,
+            run=run,
+            fp=fp64(request),
+            method=request.method,
+            headers=headers,
+            body=request.body or b"",
+            meta=meta,
+            cb_kwargs=dict(request.cb_kwargs),
+            priority=int(request.priority),
+            callback=_callback_name(spider, request.callback, "callback"),
+            errback=_callback_name(spider, request.errback, "errback"),
+            dont_filter=bool(request.dont_filter),
+            depth=int(request.meta.get("depth", 0) or 0),
+            parent=fleet.get("fp") if isinstance(fleet, dict) else None,
+        )
+
+    def to_request(self, spider: Spider | None) -> Request:
+        cb = eb = None
+        if self.callback:
+            cb = getattr(spider, self.callback, None) if spider is not None else None
+            if cb is None:
+                raise EnvelopeError(f"spider has no callback named {self.callback!r}")
+        if self.errback:
+            eb = getattr(spider, self.errback, None) if spider is not None else None
+            if eb is None:
+                raise EnvelopeError(f"spider has no errback named {self.errback!r}")
+        meta = dict(self.meta)
+        meta["depth"] = self.depth
+        return Request(
+            self.url,
+            method=self.method,
+            headers=self.headers or None,
+            body=self.body or None,
+            meta=meta,
+            cb_kwargs=dict(self.cb_kwargs),
+            priority=self.priority,
+            callback=cb,
+            errback=eb,
+            dont_filter=True,  # dedup is Fleet's job (SEEN/DONE), never the in-process dupefilter's
+        )
+
+    # -- wire format ------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": VERSION,
+            "url": self.url,
+            "spider": self.spider,
+            "run": self.run,
+            "fp": self.fp,
+            "method": self.method,
+            "headers": self.headers,
+            "body": base64.b64encode(self.body).decode("ascii"),
+            "meta": self.meta,
+            "cb_kwargs": self.cb_kwargs,
+            "priority": self.priority,
+            "callback": self.callback,
+            "errback": self.errback,
+            "dont_filter": self.dont_filter,
+            "depth": self.depth,
+            "attempts": self.attempts,
+            "history": self.history,
+            "enqueued_at": self.enqueued_at,
+            "parent": self.parent,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Envelope:
+        if isinstance(raw, bytes):
+            if raw[:1] == b"\x80":
+                raise EnvelopeError("pickle payload rejected: Fleet never unpickles queue entries")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise EnvelopeError("entry is not UTF-8 JSON") from None
+        else:
+            text = raw
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise EnvelopeError("entry is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise EnvelopeError("entry is not a JSON object")
+        version = data.get("v")
+        if version != VERSION:
+            raise EnvelopeError(f"unknown envelope version {version!r} (this worker reads v{VERSION})")
+        try:
+            url, spider, run, fp = data["url"], data["spider"], data["run"], data["fp"]
+            if not all(isinstance(x, str) and x for x in (url, spider, run, fp)):
+                raise EnvelopeError("url, spider, run and fp must be non-empty strings")
+            attempts = data.get("attempts") or {}
+            if not isinstance(attempts, dict):
+                raise EnvelopeError("attempts must be an object")
+            return cls(
+                url=url,
+                spider=spider,
+                run=run,
+                fp=fp,
+                method=str(data.get("method") or "GET"),
+                headers={str(k): [str(x) for x in v] for k, v in (data.get("headers") or {}).items()},
+                body=base64.b64decode(data.get("body") or "", validate=True),
+                meta=dict(data.get("meta") or {}),
+                cb_kwargs=dict(data.get("cb_kwargs") or {}),
+                priority=int(data.get("priority") or 0),
+                callback=data.get("callback"),
+                errback=data.get("errback"),
+                dont_filter=bool(data.get("dont_filter")),
+                depth=int(data.get("depth") or 0),
+                attempts={str(k): int(v) for k, v in attempts.items()},
+                history=list(data.get("history") or []),
+                enqueued_at=float(data.get("enqueued_at") or 0.0),
+                parent=data.get("parent"),
+            )
+        except EnvelopeError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {exc}") from None
+
+    def total_attempts(self) -> int:
+        return sum(self.attempts.values())

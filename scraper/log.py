@@ -1,0 +1,84 @@
+"""Structured logging: one JSON event per transition, with stable names and fields.
+
+Why structlog JSON on stderr: operators grep and ship these events; stdout stays free for the CLI's
+JSON results (``fleet seed`` prints its summary there). Scrapy's own stdlib logging is rendered through
+the same JSON formatter so a worker's stderr is one stream of JSON lines.
+
+Secrets never reach a log line: :func:`redact` strips credentials from URLs and the processor chain
+drops well-known secret-bearing keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = {"authorization", "proxy-authorization", "cookie", "set-cookie", "password", "token"}
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@/\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Replace URL userinfo (``user:pass@``) by ``***@``: proxy and Redis credentials never print."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "***"
+        elif isinstance(event[key], str) and "@" in event[key]:
+            event[key] = redact(event[key])
+    return event
+
+
+_configured = False
+_handler: list[logging.Handler] = []
+
+
+def configure(level: str = "INFO") -> None:
+    """Route structlog and stdlib logging (Scrapy's) to JSON lines on stderr. Idempotent."""
+    global _configured
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _scrub,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    if not _configured:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(),
+                ],
+                foreign_pre_chain=[
+                    structlog.stdlib.add_log_level,
+                    structlog.stdlib.add_logger_name,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    _scrub,
+                ],
+            )
+        )
+        handler.setLevel(logging.INFO)
+        _handler.append(handler)
+    root = logging.getLogger()
+    root.handlers = list(_handler)
+    root.setLevel(logging.INFO)
+    _configured = True
+
+
+def get_logger(**bind: Any) -> Any:
+    return structlog.get_logger("fleet").bind(**bind)

@@ -1,0 +1,286 @@
+"""The reliable request queue: READY → IN-FLIGHT (leased) → ack | DELAYED | DLQ, all in Redis.
+
+Why this shape (see DESIGN.md, "The request lifecycle"): a worker may die at any instant, so a request
+is never removed from Redis until its effects are durable; it is *leased* with a deadline, and a
+reaper that any worker runs returns expired leases to READY. Every transition is one Lua call, and the
+calls take batches so a page costs well under one Redis round trip.
+
+One implementation, on ``redis.asyncio``: workers run it on the reactor's asyncio loop, and the CLI
+drives it with ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from scraper import lua
+from scraper.envelope import Envelope
+
+_SPIDER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+SPIDERS_KEY = "fleet:spiders"
+
+
+class QueueError(RuntimeError):
+    """A queue operation could not be carried out; the message says why."""
+
+
+def check_spider_name(name: str) -> str:
+    if not _SPIDER_RE.match(name):
+        raise QueueError(
+            f"spider name {name!r} cannot be used as a queue name: use letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Keys:
+    """Key names of one spider; all share the ``{spider}`` hash tag (one Redis Cluster slot)."""
+
+    def __init__(self, spider: str) -> None:
+        self.spider = check_spider_name(spider)
+        self.prefix = f"fleet:{{{spider}}}:"
+        self.ready = self.prefix + "ready"
+        self.inflight = self.prefix + "inflight"
+        self.delayed = self.prefix + "delayed"
+        self.env = self.prefix + "env"
+        self.lease = self.prefix + "lease"
+        self.dlv = self.prefix + "dlv"
+        self.dlq = self.prefix + "dlq"
+        self.runs = self.prefix + "runs"
+
+    def seen(self, run: str) -> str:
+        return f"{self.prefix}seen:{run}"
+
+    def done(self, run: str) -> str:
+        return f"{self.prefix}done:{run}"
+
+
+@dataclass
+class Lease:
+    id: str
+    raw: bytes
+    deliveries: int
+    token: str
+
+
+@dataclass
+class LeaseBatch:
+    promoted: int = 0
+    reaped: list[tuple[str, str]] = field(default_factory=list)
+    leased: list[Lease] = field(default_factory=list)
+    skipped: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Commit:
+    """What one finished request leaves behind: DONE for its fingerprint, then its children."""
+
+    lease_id: str
+    token: str
+    run: str
+    fp: str
+    discovered: list[Envelope] = field(default_factory=list)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _pairs(flat: Sequence[Any], n: int) -> list[list[Any]]:
+    return [list(flat[i : i + n]) for i in range(0, len(flat), n)]
+
+
+def _entry_args(env: Envelope, *, force_filter: bool = False) -> list[str]:
+    dont_filter = "0" if force_filter else ("1" if env.dont_filter else "0")
+    return [new_id(), env.dumps(), env.fp, str(env.priority), dont_filter]
+
+
+class FleetQueue:
+    """All queue transitions of one spider."""
+
+    def __init__(self, client: aioredis.Redis, spider: str, *, dedup_ttl: int = 48 * 3600) -> None:
+        self.client = client
+        self.keys = Keys(spider)
+        self.dedup_ttl = dedup_ttl
+        reg = client.register_script
+        self._seed = reg(lua.SEED)
+        self._lease = reg(lua.LEASE)
+        self._maintain = reg(lua.MAINTAIN)
+        self._heartbeat = reg(lua.HEARTBEAT)
+        self._commit = reg(lua.COMMIT)
+        self._ack = reg(lua.ACK)
+        self._nack = reg(lua.NACK)
+        self._release = reg(lua.RELEASE)
+        self._dead = reg(lua.DEAD)
+        self._has = reg(lua.HAS)
+
+    @property
+    def spider(self) -> str:
+        return self.keys.spider
+
+    def _route(self) -> list[str]:
+        # One declared key routes the script to the spider's slot in Redis Cluster.
+        return [self.keys.ready]
+
+    # -- producers --------------------------------------------------------------------------------
+
+    async def seed(self, run: str, envelopes: Iterable[Envelope], *, batch: int = 2000) -> tuple[int, int]:
+        """Enqueue envelopes unless SEEN in this run. Returns (enqueued, skipped)."""
+        await self.client.sadd(SPIDERS_KEY, self.spider)
+        enq = total = calls = 0
+        args: list[str] = []
+        head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
+        pipe = self.client.pipeline(transaction=False)
+        for env in envelopes:
+            total += 1
+            args += _entry_args(env, force_filter=True)
+            if len(args) >= batch * 5:
+                await self._seed(keys=self._route(), args=head + args, client=pipe)
+                args, calls = [], calls + 1
+                if calls >= 4:  # keep a few batches in flight per round trip
+                    enq += sum(int(r) for r in await pipe.execute())
+                    calls = 0
+        if args:
+            await self._seed(keys=self._route(), args=head + args, client=pipe)
+            calls += 1
+        if calls:
+            enq += sum(int(r) for r in await pipe.execute())
+        return enq, total - enq
+
+    # -- consumers --------------------------------------------------------------------------------
+
+    async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
+        res = await self._lease(
+            keys=self._route(),
+            args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit],
+        )
+        promoted, reaped, leased, skipped = res
+        return LeaseBatch(
+            promoted=int(promoted),
+            reaped=[(_s(a), _s(b)) for a, b in _pairs(reaped, 2)],
+            leased=[Lease(_s(i), bytes(j), int(d), _s(t)) for i, j, d, t in _pairs(leased, 4)],
+            skipped=[(_s(i), bytes(j)) for i, j in _pairs(skipped, 2)],
+        )
+
+    async def maintain(self, limit: int = 500) -> tuple[int, list[tuple[str, str]]]:
+        promoted, reaped = await self._maintain(
+            keys=self._route(), args=[self.keys.prefix, repr(time.time()), limit]
+        )
+        return int(promoted), [(_s(a), _s(b)) for a, b in _pairs(reaped, 2)]
+
+    async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
+        args: list[Any] = [self.keys.prefix, repr(time.time() + lease_seconds)]
+        for lid, token in leases:
+            args += [lid, token]
+        if len(args) == 2:
+            return []
+        lost = await self._heartbeat(keys=self._route(), args=args)
+        return [_s(x) for x in lost]
+
+    async def commit(self, commits: Sequence[Commit], *, ack: bool = True) -> list[int]:
+        """DONE + discovered for every commit in one script, then (same round trip) the acks."""
+        if not commits:
+            return []
+        args: list[Any] = [self.keys.prefix, str(self.dedup_ttl)]
+        acks: list[Any] = [self.keys.prefix]
+        for c in commits:
+            args += [c.run, c.fp, len(c.discovered)]
+            for env in c.discovered:
+                args += _entry_args(env)
+            acks += [c.lease_id, c.token]
+        pipe = self.client.pipeline(transaction=False)
+        await self._commit(keys=self._route(), args=args, client=pipe)
+        if ack:
+            await self._ack(keys=self._route(), args=acks, client=pipe)
+        res = await pipe.execute()
+        return [int(x) for x in res[0]]
+
+    async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
+        args: list[Any] = [self.keys.prefix]
+        for lid, token in leases:
+            args += [lid, token]
+        if len(args) == 1:
+            return 0
+        return int(await self._ack(keys=self._route(), args=args))
+
+    async def nack(self, lease_id: str, token: str, env: Envelope, due: float) -> bool:
+        res = await self._nack(
+            keys=self._route(), args=[self.keys.prefix, lease_id, token, repr(due), env.dumps()]
+        )
+        return bool(res)
+
+    async def release(self, leases: Iterable[tuple[str, str]]) -> int:
+        args: list[Any] = [self.keys.prefix]
+        for lid, token in leases:
+            args += [lid, token]
+        if len(args) == 1:
+            return 0
+        return int(await self._release(keys=self._route(), args=args))
+
+    async def dead(
+        self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000
+    ) -> bool:
+        """Move a lease (or, with token='', any entry) to the DLQ stream with its evidence fields."""
+        flat: list[str] = []
+        for k, v in fields.items():
+            flat += [k, v]
+        res = await self._dead(
+            keys=self._route(), args=[self.keys.prefix, str(maxlen), lease_id, token, *flat]
+        )
+        return bool(res)
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    async def has_member(self, key: str, fps: Sequence[str]) -> list[bool]:
+        res = await self._has(keys=[key], args=[key, *fps])
+        return [bool(int(x)) for x in res]
+
+    async def counts(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.ready)
+        pipe.zcard(self.keys.inflight)
+        pipe.zcard(self.keys.delayed)
+        pipe.xlen(self.keys.dlq)
+        ready, inflight, delayed, dlq = await pipe.execute()
+        return {"ready": int(ready), "inflight": int(inflight), "delayed": int(delayed), "dlq": int(dlq)}
+
+    async def pending(self) -> int:
+        """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive."""
+        c = await self.counts()
+        return c["ready"] + c["inflight"] + c["delayed"]
+
+    async def runs(self) -> dict[str, dict[str, int]]:
+        runs = [_s(r) for r in await self.client.zrange(self.keys.runs, 0, -1)]
+        if not runs:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for r in runs:
+            pipe.hget(self.keys.seen(r), "count")
+            pipe.hget(self.keys.done(r), "count")
+        res = await pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        for i, r in enumerate(runs):
+            seen, done = res[2 * i], res[2 * i + 1]
+            if seen is None and done is None:
+                continue  # expired (TTL) run
+            out[r] = {"seen": int(seen or 0), "done": int(done or 0)}
+        return out
+
+    async def dlq_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        rows = await self.client.xrevrange(self.keys.dlq, count=count)
+        return [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in rows]
+
+
+async def known_spiders(client: aioredis.Redis) -> list[str]:
+    return sorted(_s(s) for s in await client.smembers(SPIDERS_KEY))

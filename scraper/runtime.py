@@ -1,0 +1,577 @@
+"""The worker runtime: leases, the per-request ledger, settlement and batched commits.
+
+Scrapy has no notion of "this request is finished" (every item passed the pipelines, every child
+request known). The runtime keeps a ledger per leased request and settles it exactly once:
+
+* ok     → write the items object (and raw body) → record DONE + enqueue children → ack
+* A / B  → nack to DELAYED (backoff data in Redis, no sleeping in the worker)
+* D      → DLQ with evidence
+* release (shutdown) → back to READY at once
+
+Redis and the object store are called off the reactor thread's critical path: Redis through
+``redis.asyncio`` on the reactor's own asyncio loop, the object store in a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from scrapy import Request, Spider
+from scrapy.crawler import Crawler
+from scrapy.http import Response
+
+from middlewares.classify import A, B, D, Verdict
+from pipelines.objects import ObjectWriter, WriteContext
+from scraper import log
+from scraper.backoff import retry_delay
+from scraper.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.queue import Commit, FleetQueue, Lease
+from scraper.store import open_store
+from settings.fleet import FleetConfig
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+_EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray")
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class LeaseState:
+    """The ledger of one leased request, from lease to settlement."""
+
+    lease: Lease
+    env: Envelope
+    request: Request | None = None
+    pending: int = 0
+    exhausted: bool = False
+    settled: bool = False
+    items: list[Any] = field(default_factory=list)
+    discovered: list[Envelope] = field(default_factory=list)
+    status: int | None = None
+    body: bytes = b""
+    fetched_at: str | None = None
+    leased_at: float = field(default_factory=time.monotonic)
+    proxy_id: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.lease.id
+
+
+class FleetRuntime:
+    """One per crawler (``crawler.fleet``); created by the scheduler."""
+
+    def __init__(self, crawler: Crawler, config: FleetConfig, redis_url: str) -> None:
+        self.crawler = crawler
+        self.config = config
+        self.redis_url = redis_url
+        self.stats = crawler.stats
+        self.worker_id = config.worker_id
+        self.concurrency = int(crawler.settings.getint("CONCURRENT_REQUESTS"))
+        self.prefetch = config.prefetch if config.prefetch is not None else self.concurrency
+        self.until_idle: float | None = crawler.settings.getfloat("FLEET_UNTIL_IDLE", -1.0)
+        if self.until_idle is not None and self.until_idle < 0:
+            self.until_idle = None
+        self.crash_at = os.environ.get("FLEET_TEST_CRASH_AT", "")
+        self.spider: Spider | None = None
+        self.queue: FleetQueue | None = None
+        self.client: aioredis.Redis | None = None
+        self.writer = ObjectWriter(open_store(config.store))
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fleet-store")
+        self.buffer: deque[LeaseState] = deque()
+        self.active: dict[str, LeaseState] = {}
+        self.commits: list[tuple[LeaseState, Commit]] = []
+        self.log = log.get_logger(worker=self.worker_id)
+        self.stopping = False  # no more leasing (shutdown)
+        self.closed = False
+        self.idle_since: float | None = None
+        self.exit_code = 0
+        self.fatal: str | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._wake = asyncio.Event()
+        self._commit_wake = asyncio.Event()
+        self._inflight_writes: set[asyncio.Task[Any]] = set()
+        self._redis_down_since: float | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def open(self, spider: Spider) -> None:
+        self.spider = spider
+        self.client = aioredis.Redis.from_url(
+            self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+        )
+        self.queue = FleetQueue(self.client, spider.name, dedup_ttl=self.config.dedup_ttl)
+        self.log = self.log.bind(spider=spider.name)
+        await self.client.sadd("fleet:spiders", spider.name)
+        self._tasks = [
+            asyncio.ensure_future(self._feeder()),
+            asyncio.ensure_future(self._committer()),
+            asyncio.ensure_future(self._keeper()),
+        ]
+        self.log.info("worker_started", concurrency=self.concurrency, prefetch=self.prefetch)
+
+    async def close(self, reason: str) -> None:
+        self.stopping = True
+        # let settled-but-unwritten requests finish, within the grace period
+        deadline = time.monotonic() + self.config.shutdown_grace
+        while (self._inflight_writes or self.commits) and time.monotonic() < deadline:
+            self._commit_wake.set()
+            await asyncio.sleep(0.02)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.commits:
+            await self._flush_commits()
+        leftovers = [(s.lease.id, s.lease.token) for s in list(self.buffer)]
+        leftovers += [(s.lease.id, s.lease.token) for s in self.active.values() if not s.settled]
+        if leftovers and self.queue is not None:
+            try:
+                n = await self.queue.release(leftovers)
+                self.log.info("leases_released", count=n, reason=reason)
+            except REDIS_ERRORS as exc:
+                self.log.warning("leases_not_released", count=len(leftovers), error=type(exc).__name__)
+        self.buffer.clear()
+        self.pool.shutdown(wait=True)
+        if self.client is not None:
+            await self.client.aclose()
+        self.closed = True
+        self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
+
+    def engine_kick(self) -> None:
+        engine = self.crawler.engine
+        slot = getattr(engine, "_slot", None) if engine is not None else None
+        if slot is not None and slot.nextcall is not None:
+            slot.nextcall.schedule()
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Stop leasing; the engine closes once in-flight work is done (or the grace ends)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.log.info("shutdown_requested", reason=reason, inflight=len(self.active))
+        self._wake.set()
+        self.engine_kick()
+
+    # -- leasing ----------------------------------------------------------------------------------
+
+    def held(self) -> int:
+        return len(self.buffer) + len(self.active)
+
+    def next_state(self) -> LeaseState | None:
+        while self.buffer:
+            state = self.buffer.popleft()
+            if len(self.buffer) < max(1, self.prefetch // 2):
+                self._wake.set()
+            try:
+                req = state.env.to_request(self.spider)
+            except EnvelopeError as exc:
+                self._spawn(self._dead(state, "bad_envelope", str(exc)))
+                continue
+            req.meta[META_KEY] = state.id
+            state.request = req
+            self.active[state.id] = state
+            self.stats.inc_value("fleet/leased")
+            self.log.info(
+                "request_leased", run=state.env.run, fp=state.env.fp, attempt=state.lease.deliveries
+            )
+            return state
+        self._wake.set()
+        return None
+
+    def state_for(self, request: Request) -> LeaseState | None:
+        key = request.meta.get(META_KEY)
+        if not isinstance(key, str):
+            return None
+        return self.active.get(key)
+
+    async def _feeder(self) -> None:
+        assert self.queue is not None
+        idle = 0.05
+        while True:
+            want = self.prefetch + self.concurrency - self.held()
+            if self.stopping or self.fatal or want < max(1, self.prefetch // 4):
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            try:
+                batch = await self.queue.lease(
+                    want, worker=self.worker_id, lease_seconds=self.config.lease_seconds
+                )
+            except REDIS_ERRORS as exc:
+                await self._redis_trouble(exc)
+                continue
+            self._redis_ok()
+            for lid, owner in batch.reaped:
+                self.stats.inc_value("fleet/reaped")
+                self.log.warning("lease_expired", lease=lid, owner=owner)
+            for _lid, raw in batch.skipped:
+                self.stats.inc_value("fleet/skipped_done")
+                try:
+                    env = Envelope.loads(raw)
+                    self.log.info("request_skipped_done", run=env.run, fp=env.fp)
+                except EnvelopeError:
+                    self.log.info("request_skipped_done")
+            for lease in batch.leased:
+                try:
+                    env = Envelope.loads(lease.raw)
+                except EnvelopeError as exc:
+                    st = LeaseState(lease=lease, env=Envelope(url="", spider="", run="", fp=""))
+                    self._spawn(self._dead(st, "bad_envelope", str(exc), raw=lease.raw))
+                    continue
+                self.buffer.append(LeaseState(lease=lease, env=env))
+            if batch.leased:
+                idle = 0.05
+                self.idle_since = None
+                self.engine_kick()
+            else:
+                await asyncio.sleep(idle * (0.5 + random.random()))
+                idle = min(1.0, idle * 2)
+
+    async def _keeper(self) -> None:
+        """Heartbeats live leases, reaps others' expired ones, and watches for idleness."""
+        assert self.queue is not None
+        beat_every = max(0.05, self.config.lease_seconds / 3)
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(min(0.5, beat_every))
+            try:
+                if time.monotonic() - last_beat >= beat_every:
+                    last_beat = time.monotonic()
+                    held = [(s.lease.id, s.lease.token) for s in list(self.buffer)]
+                    held += [(s.lease.id, s.lease.token) for s in list(self.active.values())]
+                    lost = await self.queue.heartbeat(held, self.config.lease_seconds)
+                    for lid in lost:
+                        self.stats.inc_value("fleet/lease_lost")
+                        self.log.warning("lease_lost", lease=lid)
+                    await self.queue.maintain()
+                if self.until_idle is not None:
+                    pending = await self.queue.pending()
+                    if pending == 0 and not self.held() and not self.commits:
+                        if self.idle_since is None:
+                            self.idle_since = time.monotonic()
+                        elif time.monotonic() - self.idle_since >= self.until_idle:
+                            self.engine_kick()
+                    else:
+                        self.idle_since = None
+                self._redis_ok()
+            except REDIS_ERRORS as exc:
+                await self._redis_trouble(exc)
+
+    def may_close(self) -> bool:
+        """Answer to Scrapy's spider_idle: close only on shutdown or a long-enough empty queue."""
+        if self.fatal:
+            return True
+        if self.held() or self.commits or self._inflight_writes:
+            return False
+        if self.stopping:
+            return True
+        if self.until_idle is not None and self.idle_since is not None:
+            return time.monotonic() - self.idle_since >= self.until_idle
+        return False
+
+    # -- redis outages ----------------------------------------------------------------------------
+
+    async def _redis_trouble(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._redis_down_since is None:
+            self._redis_down_since = now
+            self.log.warning("redis_unavailable", error=type(exc).__name__)
+        elif now - self._redis_down_since > self.config.redis_outage_max and not self.fatal:
+            self.fatal = (
+                f"Redis unreachable for more than {self.config.redis_outage_max:.0f}s "
+                f"(FLEET_REDIS_OUTAGE_MAX); giving up. Check FLEET_REDIS_URL and the Redis server."
+            )
+            self.exit_code = 3
+            self.log.error("redis_outage_exceeded", seconds=round(now - self._redis_down_since, 1))
+            self.request_stop("redis_outage")
+        await asyncio.sleep(min(2.0, 0.1 * (2 ** min(5, int(now - self._redis_down_since)))))
+
+    def _redis_ok(self) -> None:
+        if self._redis_down_since is not None:
+            self.log.warning(
+                "redis_recovered", down_s=round(time.monotonic() - self._redis_down_since, 2)
+            )
+            self._redis_down_since = None
+
+    # -- the ledger -------------------------------------------------------------------------------
+
+    def fetched(self, state: LeaseState, response: Response) -> None:
+        state.status = response.status
+        state.fetched_at = _now_iso()
+        state.body = response.body
+        elapsed = int((time.monotonic() - state.leased_at) * 1000)
+        proxy = response.request.meta.get("fleet_proxy_id") if response.request else None
+        state.proxy_id = proxy if isinstance(proxy, str) else None
+        self.log.info(
+            "request_fetched", run=state.env.run, fp=state.env.fp, status=response.status,
+            elapsed_ms=elapsed, attempt=state.lease.deliveries,
+        )
+
+    def item_started(self, state: LeaseState) -> None:
+        state.pending += 1
+
+    def item_settled(self, state: LeaseState, item: Any | None) -> None:
+        state.pending -= 1
+        if item is not None:
+            state.items.append(item)
+        self.maybe_finish(state)
+
+    def item_failed(self, state: LeaseState, exc: BaseException) -> None:
+        """A pipeline raised: the request is not finished cleanly, so it is not acknowledged as ok."""
+        state.pending -= 1
+        state.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        self.maybe_finish(state)
+
+    def discovered(self, state: LeaseState, request: Request) -> None:
+        try:
+            env = Envelope.from_request(
+                request, spider_name=state.env.spider, run=state.env.run, spider=self.spider
+            )
+        except EnvelopeError as exc:
+            self.stats.inc_value("fleet/discovered_rejected")
+            self.log.error("request_rejected", reason=str(exc), parent=state.env.fp)
+            return
+        env.parent = state.env.fp
+        state.discovered.append(env)
+
+    def output_done(self, state: LeaseState) -> None:
+        state.exhausted = True
+        self.maybe_finish(state)
+
+    def maybe_finish(self, state: LeaseState) -> None:
+        if state.settled or not state.exhausted or state.pending > 0:
+            return
+        state.settled = True
+        self._spawn(self._finish(state))
+
+    def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
+        if state.settled:
+            return
+        state.settled = True
+        self.stats.inc_value(f"fleet/class/{D}")
+        self._spawn(self._dead(state, f"callback_error:{type(exc).__name__}", str(exc)[:500]))
+
+    def ignored(self, state: LeaseState, exc: BaseException) -> None:
+        """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""
+        state.settled = True
+        self.stats.inc_value("fleet/ignored")
+        self.log.info("request_ignored", run=state.env.run, fp=state.env.fp, reason=str(exc)[:200])
+        self.commits.append((state, Commit(state.id, state.lease.token, state.env.run, state.env.fp)))
+        self._commit_wake.set()
+
+    def fail(self, state: LeaseState, verdict: Verdict, response: Response | None) -> None:
+        if state.settled:
+            return
+        state.settled = True
+        self.stats.inc_value(f"fleet/class/{verdict.cls}")
+        self.log.info(
+            "request_classified", run=state.env.run, fp=state.env.fp, cls=verdict.cls,
+            reason=verdict.reason, attempt=state.lease.deliveries,
+        )
+        self._spawn(self._settle_failure(state, verdict, response))
+
+    # -- settlement -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._inflight_writes.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._inflight_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("settle_error", error=repr(task.exception()))
+        self.engine_kick()
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    def _ctx(self, state: LeaseState) -> WriteContext:
+        spider = self.spider
+        return WriteContext(
+            spider=state.env.spider,
+            spider_version=str(getattr(spider, "version", "0")),
+            run=state.env.run,
+            fp=state.env.fp,
+            url=state.env.url,
+            worker_id=self.worker_id,
+            attempt=state.lease.deliveries,
+            attempts=dict(state.env.attempts),
+            proxy_id=state.proxy_id,
+            fetched_at=state.fetched_at or _now_iso(),
+        )
+
+    async def _finish(self, state: LeaseState) -> None:
+        env = state.env
+        if state.errors:
+            self.stats.inc_value(f"fleet/class/{D}")
+            await self._dead(state, "pipeline_error", "; ".join(state.errors)[:500])
+            return
+        try:
+            if state.items:
+                key = await self._in_pool(self.writer.write_items, self._ctx(state), state.items)
+                self.stats.inc_value("fleet/objects")
+                self.log.info("object_written", run=env.run, fp=env.fp, key=key, items=len(state.items))
+            raw_mode = self.config.store_raw
+            if state.body and (raw_mode == "all" or (raw_mode == "items" and state.items)):
+                await self._in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.body)
+        except Exception as exc:  # store outage: not an ack — retry on the A budget
+            self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__)
+            await self._settle_failure(state, Verdict(A, f"store:{type(exc).__name__}"), None)
+            return
+        if self.crash_at == "after_write":
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered)))
+        if len(self.commits) >= self.config.commit_batch:
+            self._commit_wake.set()
+
+    async def _committer(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._commit_wake.wait(), timeout=self.config.commit_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._commit_wake.clear()
+            if self.commits:
+                await self._flush_commits()
+
+    async def _flush_commits(self) -> None:
+        assert self.queue is not None
+        batch, self.commits = self.commits[: self.config.commit_batch], self.commits[self.config.commit_batch :]
+        while True:
+            try:
+                if self.crash_at == "after_done":
+                    await self.queue.commit([c for _, c in batch], ack=False)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                enq = await self.queue.commit([c for _, c in batch])
+                self._redis_ok()
+                break
+            except REDIS_ERRORS as exc:
+                await self._redis_trouble(exc)
+                if self.fatal:
+                    # leave them: the leases expire and another worker redoes them idempotently
+                    for st, _ in batch:
+                        self.active.pop(st.id, None)
+                    return
+        for (st, c), n in zip(batch, enq):
+            self.active.pop(st.id, None)
+            self.stats.inc_value("fleet/acked")
+            if n:
+                self.stats.inc_value("fleet/enqueued", n)
+            self.log.info(
+                "request_acked", run=c.run, fp=c.fp, attempt=st.lease.deliveries,
+                items=len(st.items), discovered=len(c.discovered), enqueued=n,
+            )
+        if self.commits:
+            self._commit_wake.set()
+        self.engine_kick()
+
+    async def _settle_failure(self, state: LeaseState, verdict: Verdict, response: Response | None) -> None:
+        assert self.queue is not None
+        env = state.env
+        cls = verdict.cls
+        env.attempts[cls] = env.attempts.get(cls, 0) + 1
+        env.history.append(
+            {"cls": cls, "reason": verdict.reason, "at": _now_iso(), "worker": self.worker_id}
+        )
+        env.history = env.history[-20:]
+        if cls == A and env.attempts[A] > self.config.retry_max:
+            await self._dead(state, f"exhausted:{A}", verdict.reason, response=response)
+            return
+        if cls == B and env.attempts[B] > self.config.rotate_max:
+            await self._dead(state, f"exhausted:{B}", verdict.reason, response=response)
+            return
+        if cls == D:
+            await self._dead(state, verdict.reason, verdict.reason, response=response)
+            return
+        if cls == A:
+            delay = retry_delay(
+                env.attempts[A] - 1, base=self.config.retry_base, cap=self.config.retry_cap,
+                retry_after=verdict.retry_after,
+            )
+        else:
+            delay = verdict.retry_after or 0.0
+        due = time.time() + delay
+        await self._redis_retry(lambda: self.queue.nack(state.id, state.lease.token, env, due))  # type: ignore[union-attr]
+        self.active.pop(state.id, None)
+        self.stats.inc_value("fleet/retried")
+        self.log.info(
+            "request_delayed", run=env.run, fp=env.fp, cls=cls, reason=verdict.reason,
+            delay_s=round(delay, 3), due=due, attempts=env.attempts,
+        )
+
+    async def _redis_retry(self, op: Callable[[], Any]) -> Any:
+        while True:
+            try:
+                res = await op()
+                self._redis_ok()
+                return res
+            except REDIS_ERRORS as exc:
+                await self._redis_trouble(exc)
+                if self.fatal:
+                    return None
+
+    async def _dead(
+        self, state: LeaseState, reason: str, detail: str, *, response: Response | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        assert self.queue is not None
+        env = state.env
+        fields: dict[str, str] = {
+            "reason": reason,
+            "detail": detail[:500],
+            "url": env.url,
+            "run": env.run,
+            "fp": env.fp,
+            "attempts": json.dumps(env.attempts),
+            "worker": self.worker_id,
+            "at": _now_iso(),
+        }
+        if response is not None:
+            fields["status"] = str(response.status)
+            fields["headers"] = json.dumps(
+                {h: response.headers.get(h, b"").decode("latin-1") for h in _EVIDENCE_HEADERS
+                 if response.headers.get(h)}
+            )
+            fields["body_sha256"] = hashlib.sha256(response.body).hexdigest()
+            fields["body_size"] = str(len(response.body))
+        if raw is not None:
+            fields["raw"] = raw[:4096].decode("utf-8", "replace")
+        else:
+            fields["envelope"] = env.dumps() if env.url else ""
+        if env.url and env.fp:
+            cls = reason.split(":")[0] if reason.startswith("exhausted") else "D"
+            try:
+                evidence = {k: v for k, v in fields.items() if k != "envelope"}
+                key = await self._in_pool(self.writer.write_evidence, env.spider, env.run, "D", env.fp, evidence)
+                fields["evidence_key"] = key
+            except Exception as exc:  # evidence is best effort; the DLQ entry is the record
+                self.log.warning("evidence_write_failed", error=type(exc).__name__, cls=cls)
+        await self._redis_retry(
+            lambda: self.queue.dead(state.id, state.lease.token, fields, maxlen=self.config.dlq_maxlen)  # type: ignore[union-attr]
+        )
+        self.active.pop(state.id, None)
+        self.stats.inc_value("fleet/dlq")
+        self.log.warning("request_dead", run=env.run, fp=env.fp, reason=reason, url=env.url)

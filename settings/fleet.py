@@ -1,0 +1,143 @@
+"""Fleet configuration: every ``FLEET_*`` environment variable, read once, documented once.
+
+Why a frozen dataclass and not Scrapy settings: the CLI (``fleet seed``, ``fleet status``…) needs the
+same configuration without building a crawler, and workers need it before Scrapy starts.
+
+| variable | default | meaning |
+|---|---|---|
+| FLEET_REDIS_URL | embedded | ``redis://``, ``rediss://`` or ``unix://`` URL. Unset: an embedded redis-server under FLEET_HOME |
+| FLEET_HOME | ``~/.fleet`` | where the embedded Redis keeps its socket, AOF and logs |
+| FLEET_STORE | ``file://./data`` | object store: ``s3://bucket/prefix`` or ``file:///path`` |
+| FLEET_SPIDER_MODULES | (none) | comma list of importable modules holding extra spiders |
+| FLEET_SPIDERS_DIR | (none) | directory of YAML spider specs |
+| FLEET_LEASE_SECONDS | 60 | lease length; live workers extend their leases every third of it |
+| FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window) |
+| FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS) |
+| FLEET_PREFETCH | concurrency | leases a worker holds in its local buffer beyond the ones being fetched |
+| FLEET_COMMIT_BATCH | 64 | commits (DONE + ack + discovered requests) flushed per Redis round trip at most |
+| FLEET_COMMIT_INTERVAL | 0.02 | seconds a commit may wait to share a round trip |
+| FLEET_RETRY_BASE | 2 | class-A backoff base seconds (full jitter: U(0, min(cap, base*2^n))) |
+| FLEET_RETRY_CAP | 120 | class-A backoff cap, seconds |
+| FLEET_RETRY_MAX | 3 | class-A retries before the request goes to the DLQ (``exhausted:A``) |
+| FLEET_ROTATE_MAX | 5 | class-B proxy rotations before the DLQ (``exhausted:B``) |
+| FLEET_PROXIES | (none) | a file of proxy URLs (one a line) or a comma list |
+| FLEET_DLQ_MAXLEN | 100000 | the DLQ stream is capped at about this many entries |
+| FLEET_SHUTDOWN_GRACE | 25 | seconds in-flight requests get to finish after SIGTERM/SIGINT |
+| FLEET_REDIS_OUTAGE_MAX | 300 | seconds a worker waits for Redis to come back before exiting non-zero |
+| FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
+| FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs |
+| FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
+| FLEET_ALLOW_PRIVATE | 1 | reserved: crawling private/loopback addresses is allowed |
+| FLEET_LOG_LEVEL | INFO | structlog level for Fleet's JSON events (Scrapy's own logs stay at WARNING) |
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class ConfigError(ValueError):
+    """A FLEET_* variable has a value Fleet cannot use; the message names it and the fix."""
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; unset it or give e.g. {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; unset it or give e.g. {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Typed view of the environment; build it with :meth:`from_env`."""
+
+    redis_url: str | None = None
+    store: str = "file://./data"
+    spider_modules: tuple[str, ...] = ()
+    spiders_dir: str | None = None
+    lease_seconds: float = 60.0
+    dedup_ttl: int = 48 * 3600
+    concurrency: int = 32
+    prefetch: int | None = None
+    commit_batch: int = 64
+    commit_interval: float = 0.02
+    retry_base: float = 2.0
+    retry_cap: float = 120.0
+    retry_max: int = 3
+    rotate_max: int = 5
+    proxies: str | None = None
+    dlq_maxlen: int = 100_000
+    shutdown_grace: float = 25.0
+    redis_outage_max: float = 300.0
+    store_raw: str = "all"
+    worker_id: str = field(default_factory=_default_worker_id)
+    alert_webhook: str | None = None
+    allow_private: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FleetConfig:
+        e = os.environ if env is None else env
+        modules = tuple(m.strip() for m in (_get(e, "FLEET_SPIDER_MODULES") or "").split(",") if m.strip())
+        store_raw = (_get(e, "FLEET_STORE_RAW") or "all").lower()
+        if store_raw not in {"all", "items", "none"}:
+            raise ConfigError(f"FLEET_STORE_RAW={store_raw!r}: use all, items or none")
+        prefetch_raw = _get(e, "FLEET_PREFETCH")
+        return cls(
+            redis_url=_get(e, "FLEET_REDIS_URL"),
+            store=_get(e, "FLEET_STORE") or "file://./data",
+            spider_modules=modules,
+            spiders_dir=_get(e, "FLEET_SPIDERS_DIR"),
+            lease_seconds=_float(e, "FLEET_LEASE_SECONDS", 60.0, minimum=0.2),
+            dedup_ttl=_int(e, "FLEET_DEDUP_TTL", 48 * 3600, minimum=1),
+            concurrency=_int(e, "FLEET_CONCURRENCY", 32, minimum=1),
+            prefetch=None if prefetch_raw is None else _int(e, "FLEET_PREFETCH", 0, minimum=0),
+            commit_batch=_int(e, "FLEET_COMMIT_BATCH", 64, minimum=1),
+            commit_interval=_float(e, "FLEET_COMMIT_INTERVAL", 0.02),
+            retry_base=_float(e, "FLEET_RETRY_BASE", 2.0),
+            retry_cap=_float(e, "FLEET_RETRY_CAP", 120.0),
+            retry_max=_int(e, "FLEET_RETRY_MAX", 3),
+            rotate_max=_int(e, "FLEET_ROTATE_MAX", 5),
+            proxies=_get(e, "FLEET_PROXIES"),
+            dlq_maxlen=_int(e, "FLEET_DLQ_MAXLEN", 100_000, minimum=10),
+            shutdown_grace=_float(e, "FLEET_SHUTDOWN_GRACE", 25.0),
+            redis_outage_max=_float(e, "FLEET_REDIS_OUTAGE_MAX", 300.0),
+            store_raw=store_raw,
+            worker_id=_get(e, "FLEET_WORKER_ID") or _default_worker_id(),
+            alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
+            allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
+            log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
+        )
