@@ -15,6 +15,7 @@ import html
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -76,6 +77,7 @@ class DemoSite:
         host: str = "127.0.0.1",
         port: int = 0,
         template: str = "v1",
+        latency: float = 0.0,
     ) -> None:
         if n_products < 1 or per_page < 1:
             raise ValueError("n_products and per_page must be >= 1")
@@ -86,6 +88,7 @@ class DemoSite:
         self.host = host
         self.port = port
         self.template = template
+        self.latency = latency  # seconds added to every response (tests of slow targets)
         self.hits: collections.Counter[str] = collections.Counter()
         self._hits_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -261,6 +264,8 @@ def _make_handler(site: DemoSite) -> type[BaseHTTPRequestHandler]:
         def _respond(self, send_body: bool) -> None:
             path = self.path.split("?", 1)[0].split("#", 1)[0]
             site._count(path)
+            if site.latency > 0:
+                time.sleep(site.latency)
             status, headers, body = site.render(path)
             data = body.encode("utf-8")
             self.send_response(status)

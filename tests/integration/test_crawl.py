@@ -1,0 +1,166 @@
+"""The spine end to end: real redis-server, real worker processes, a real local site."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from scraper.demo_site import DemoSite
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _product_fps_ok(items: dict[str, list[dict]], site: DemoSite) -> None:
+    urls = sorted(lines[0]["_meta"]["url"] for lines in items.values())
+    assert urls == sorted(site.product_urls())
+    for key, lines in items.items():
+        assert len(lines) == 1, key
+        meta = lines[0]["_meta"]
+        assert key.endswith(f"/{meta['fingerprint'][:2]}/{meta['fingerprint']}.jsonl")
+        for field in ("idempotency_key", "fingerprint", "url", "run", "worker_id", "attempt", "fetched_at",
+                      "spider_version"):
+            assert field in meta, field
+
+
+def test_two_workers_crawl_500_pages_exactly_once(redis_url: str, tmp_path: Path) -> None:
+    with DemoSite(n_products=500, per_page=20).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
+        seeded = fleet_json("seed", "demo_shop", "--run", "r1", env=env)
+        assert seeded == {"spider": "demo_shop", "run": "r1", "enqueued": 1, "skipped": 0}
+        procs = [start_worker("demo_shop", env, tmp_path / f"w{i}.log", "--until-idle", "3") for i in range(2)]
+        assert wait_all(procs, 240) == [0, 0]
+        items = objects(tmp_path / "data", "items", "demo_shop", "r1")
+        assert len(items) == 500
+        _product_fps_ok(items, site)
+        assert len(objects(tmp_path / "data", "raw", "demo_shop", "r1")) == 525
+        workers = {lines[0]["_meta"]["worker_id"] for lines in items.values()}
+        assert len(workers) == 2, "both workers should have taken work"
+        # every page fetched exactly once: no redelivery in a clean run
+        assert max(site.hits.values()) == 1
+        status = fleet_json("status", "demo_shop", "--json", env=env)
+        assert status["demo_shop"]["runs"]["r1"] == {"seen": 525, "done": 525}
+        assert counts(redis_url, "demo_shop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+        # re-seeding the same run enqueues nothing, even after the crawl
+        again = fleet_json("seed", "demo_shop", "--run", "r1", "--url", site.product_urls()[0], env=env)
+        assert again["enqueued"] == 0 and again["skipped"] == 1
+        again = fleet_json("seed", "demo_shop", "--run", "r1", env=env)
+        assert again["enqueued"] == 0
+
+
+def test_seed_urls_file_and_stdin(redis_url: str, tmp_path: Path) -> None:
+    env = fleet_env(redis_url, tmp_path)
+    f = tmp_path / "urls.txt"
+    f.write_text("http://127.0.0.1:9/a\n# comment\n\nhttp://127.0.0.1:9/b\nhttp://127.0.0.1:9/a\n")
+    assert fleet_json("seed", "demo_shop", "--urls", str(f), "--run", "x", env=env) == {
+        "spider": "demo_shop", "run": "x", "enqueued": 2, "skipped": 1}
+    res = fleet("seed", "demo_shop", "--urls", "-", "--run", "x", env=env, stdin="http://127.0.0.1:9/c\nhttp://127.0.0.1:9/b\n")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["enqueued"] == 1
+    run_default = fleet_json("seed", "demo_shop", "--url", "http://127.0.0.1:9/z", env=env)["run"]
+    assert run_default.endswith("Z") and run_default[:4].isdigit()
+    bad = fleet("seed", "nosuchspider", "--url", "http://x/", env=env)
+    assert bad.returncode != 0 and "no spider named" in bad.stderr
+    bad = fleet("seed", "demo_shop", "--url", "not a url", env=env)
+    assert bad.returncode != 0 and "absolute URL" in bad.stderr
+
+
+USER_SPIDER = '''
+import scrapy
+
+class Catalogue(scrapy.Spider):
+    name = "usershop"
+    required_fields = ("title",)
+    item_callbacks = ("parse_item",)
+
+    def parse(self, response):
+        for href in response.css("article.product a::attr(href)").getall():
+            yield response.follow(href, callback=self.parse_item)
+        nxt = response.css("li.next a::attr(href)").get()
+        if nxt:
+            yield response.follow(nxt, callback=self.parse)
+
+    def parse_item(self, response):
+        yield {"title": response.css("h1::text").get(), "sku": response.css(".sku::text").get()}
+'''
+
+
+def test_user_spider_module_two_workers(redis_url: str, tmp_path: Path) -> None:
+    mod_dir = tmp_path / "userpkg"
+    mod_dir.mkdir()
+    (mod_dir / "my_spiders.py").write_text(textwrap.dedent(USER_SPIDER))
+    with DemoSite(n_products=80).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES="my_spiders")
+        env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
+        listing = fleet_json("spiders", "--json", env=env)
+        assert "usershop" in {s["name"] for s in listing}
+        assert fleet_json("seed", "usershop", "--url", site.start_url, "--run", "u1", env=env)["enqueued"] == 1
+        procs = [start_worker("usershop", env, tmp_path / f"u{i}.log", "--until-idle", "3") for i in range(2)]
+        assert wait_all(procs, 120) == [0, 0]
+        items = objects(tmp_path / "data", "items", "usershop", "u1")
+        assert len(items) == 80
+        assert all(len(v) == 1 and v[0]["title"] for v in items.values())
+        assert fleet_json("seed", "usershop", "--url", site.start_url, "--run", "u1", env=env)["enqueued"] == 0
+
+
+def test_sigkilled_worker_leases_are_redelivered(redis_url: str, tmp_path: Path) -> None:
+    """Kill -9 a worker mid-crawl; after lease expiry another worker finishes: same objects as clean."""
+    with DemoSite(n_products=200, latency=0.05).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_LEASE_SECONDS="2")
+        fleet_json("seed", "demo_shop", "--run", "k1", env=env)
+        w1 = start_worker("demo_shop", env, tmp_path / "w1.log", "--concurrency", "8")
+        assert wait_for(lambda: len(objects(tmp_path / "data", "items", "demo_shop", "k1")) >= 30, 60)
+        held = counts(redis_url, "demo_shop")["inflight"]
+        w1.send_signal(signal.SIGKILL)
+        w1.wait()
+        assert held > 0, "the killed worker should have held leases"
+        w2 = start_worker("demo_shop", env, tmp_path / "w2.log", "--until-idle", "3")
+        assert wait_all([w2], 120) == [0]
+        items = objects(tmp_path / "data", "items", "demo_shop", "k1")
+        assert len(items) == 200
+        _product_fps_ok(items, site)
+        assert "lease_expired" in (tmp_path / "w2.log").read_text()
+        assert counts(redis_url, "demo_shop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+
+
+def test_s3_store_through_moto(redis_url: str, s3_bucket: str, s3_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with DemoSite(n_products=40).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_STORE=s3_bucket,
+                        AWS_ENDPOINT_URL=s3_server.endpoint)
+        fleet_json("seed", "demo_shop", "--run", "s1", env=env)
+        procs = [start_worker("demo_shop", env, tmp_path / "w.log", "--until-idle", "2")]
+        assert wait_all(procs, 120) == [0]
+        bucket, _, prefix = s3_bucket[len("s3://"):].partition("/")
+        s3 = s3_server.client()
+        keys = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/items/"):
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        assert len(keys) == 40
+        assert all("/items/spider=demo_shop/run=s1/" in k and k.endswith(".jsonl") for k in keys)
+
+
+def test_poison_entries_go_to_dlq_never_executed(redis_url: str, tmp_path: Path) -> None:
+    import pickle
+
+    import redis as r
+
+    c = r.Redis.from_url(redis_url)
+    p = "fleet:{demo_shop}:"
+    bad = {"p1": pickle.dumps({"url": "http://127.0.0.1:9/x"}), "p2": b"{not json", "p3": b'{"v": 99, "url": "x"}'}
+    for i, (k, v) in enumerate(bad.items()):
+        c.hset(p + "env", k, v)
+        c.zadd(p + "ready", {k: i})
+    c.sadd("fleet:spiders", "demo_shop")
+    env = fleet_env(redis_url, tmp_path)
+    w = start_worker("demo_shop", env, tmp_path / "w.log", "--until-idle", "1")
+    assert wait_all([w], 60) == [0]
+    entries = c.xrange(p + "dlq")
+    reasons = sorted(f[b"reason"].decode() for _, f in entries)
+    assert reasons == ["bad_envelope"] * 3
+    assert c.hlen(p + "env") == 0 and c.zcard(p + "ready") == 0
