@@ -62,6 +62,7 @@ class _QuietServer(ThreadingHTTPServer):
     """Threading server that doesn't print tracebacks when clients hang up (crawlers do)."""
 
     daemon_threads = True
+    request_queue_size = 1024  # crawlers open many connections at once; 5 (the default) resets them
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Swallow per-connection errors: resets and broken pipes are normal under load."""

@@ -67,9 +67,9 @@ def _callback_name(spider: Spider | None, cb: Any, what: str) -> str | None:
         return cb
     name = getattr(cb, "__name__", None)
     owner = getattr(cb, "__self__", None)
-    if name and (owner is spider or (spider is not None and isinstance(owner, type(spider)))):
-        return str(name)
-    if name and spider is not None and getattr(spider, name, None) is not None and owner is None:
+    if name and owner is not None and isinstance(owner, Spider) and (
+        spider is None or owner is spider or isinstance(owner, type(spider))
+    ):
         return str(name)
     raise EnvelopeError(
         f"request {what} {cb!r} is not a method of the spider; Fleet stores callbacks by name, "
@@ -205,7 +205,7 @@ class Envelope:
         if not isinstance(data, dict):
             raise EnvelopeError("entry is not a JSON object")
         version = data.get("v")
-        if version != VERSION:
+        if type(version) is not int or version != VERSION:
             raise EnvelopeError(f"unknown envelope version {version!r} (this worker reads v{VERSION})")
         try:
             url, spider, run, fp = data["url"], data["spider"], data["run"], data["fp"]

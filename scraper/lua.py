@@ -6,10 +6,11 @@ and batching many transitions into one script call keeps the Redis round trips p
 All keys of one spider share the hash tag ``{spider}``; scripts derive run-scoped keys (SEEN/DONE) from
 the prefix they are given, which always lives in that same slot. Compatible with Redis 6.2+.
 
-SEEN/DONE encoding: a hash per (spider, run) whose fields are the first 16 bits of the 64-bit
-fingerprint and whose values are the concatenated remaining 48 bits (6 bytes) of every member of that
-bucket. About 10 bytes per URL at 1M URLs, exact (no false positives beyond 64-bit collisions).
-The field ``count`` (5 bytes, never a 2-byte bucket) counts members.
+SEEN/DONE encoding: a hash per (spider, run) with at most 4,096 fields, one per value of the first 12
+bits of the 64-bit fingerprint; each value is the concatenation of the remaining 52 bits (7 bytes)
+of every member of that bucket. About 7 bytes per URL at 1M URLs, exact (no false positives beyond
+64-bit collisions), and a bucket stays a few KiB up to ~10M URLs per run. The field ``count`` (5
+chars, never a 3-char bucket) counts members.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ local function hex2bin(h)
   return (string.gsub(h, '..', function(cc) return string.char(tonumber(cc, 16)) end))
 end
 
+-- bucket: the first 12 bits as 3 hex chars; member: the other 52 bits packed in 7 bytes
 local function fpparts(fp)
-  return hex2bin(string.sub(fp, 1, 4)), hex2bin(string.sub(fp, 5, 16))
+  return string.sub(fp, 1, 3), hex2bin(string.sub(fp, 4, 16) .. '0')
 end
 
 local function set_has(key, fp)
@@ -31,7 +33,7 @@ local function set_has(key, fp)
   while true do
     local p = string.find(cur, s, i, true)
     if not p then return false end
-    if (p - 1) % 6 == 0 then return true end
+    if (p - 1) % 7 == 0 then return true end
     i = p + 1
   end
 end
@@ -45,7 +47,7 @@ local function set_add(key, fp)
     while true do
       local p = string.find(cur, s, i, true)
       if not p then break end
-      if (p - 1) % 6 == 0 then return 0 end
+      if (p - 1) % 7 == 0 then return 0 end
       i = p + 1
     end
     redis.call('HSET', key, b, cur .. s)
@@ -143,8 +145,8 @@ local leased, skipped = {}, {}
 if n > 0 then
   local ids = redis.call('ZRANGE', prefix .. 'ready', 0, n - 1)
   for _, id in ipairs(ids) do
-    redis.call('ZREM', prefix .. 'ready', id)
     local json = redis.call('HGET', prefix .. 'env', id)
+    redis.call('ZREM', prefix .. 'ready', id)
     if json then
       local ok, env = pcall(cjson.decode, json)
       local done = false
@@ -159,8 +161,8 @@ if n > 0 then
       else
         local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
         local token = worker .. '#' .. dlv
-        redis.call('HSET', prefix .. 'lease', id, token)
         redis.call('ZADD', prefix .. 'inflight', now + lease, id)
+        redis.call('HSET', prefix .. 'lease', id, token)
         table.insert(leased, id)
         table.insert(leased, json)
         table.insert(leased, dlv)

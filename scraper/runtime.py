@@ -102,6 +102,9 @@ class FleetRuntime:
         self.commits: list[tuple[LeaseState, Commit]] = []
         self.log = log.get_logger(worker=self.worker_id)
         self.stopping = False  # no more leasing (shutdown)
+        self.releasing = False  # closing: unfinished work is released, never failed or retried
+        self.grace_deadline: float | None = None
+        self._store_down_since: float | None = None
         self.closed = False
         self.idle_since: float | None = None
         self.exit_code = 0
@@ -131,30 +134,38 @@ class FleetRuntime:
 
     async def close(self, reason: str) -> None:
         self.stopping = True
-        # let settled-but-unwritten requests finish, within the grace period
-        deadline = time.monotonic() + self.config.shutdown_grace
-        while (self._inflight_writes or self.commits) and time.monotonic() < deadline:
+        if self.grace_deadline is None:
+            self.grace_deadline = time.monotonic() + self.config.shutdown_grace
+        # settled requests finish their writes and commits within what is left of the grace period
+        while (self._inflight_writes or self.commits) and time.monotonic() < self.grace_deadline:
             self._commit_wake.set()
             await asyncio.sleep(0.02)
+        self.releasing = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.commits:
             await self._flush_commits()
-        leftovers = [(s.lease.id, s.lease.token) for s in list(self.buffer)]
-        leftovers += [(s.lease.id, s.lease.token) for s in self.active.values() if not s.settled]
-        if leftovers and self.queue is not None:
-            try:
-                n = await self.queue.release(leftovers)
-                self.log.info("leases_released", count=n, reason=reason)
-            except REDIS_ERRORS as exc:
-                self.log.warning("leases_not_released", count=len(leftovers), error=type(exc).__name__)
-        self.buffer.clear()
-        self.pool.shutdown(wait=True)
+        await self._release_all(reason)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             await self.client.aclose()
         self.closed = True
         self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
+
+    async def _release_all(self, reason: str) -> None:
+        """Every lease not acknowledged goes back to the front of READY now, not at expiry."""
+        leftovers = [(s.lease.id, s.lease.token) for s in list(self.buffer)]
+        leftovers += [(s.lease.id, s.lease.token) for s in self.active.values()]
+        self.buffer.clear()
+        if not leftovers or self.queue is None:
+            return
+        try:
+            n = await self.queue.release(leftovers)
+            self.stats.inc_value("fleet/released", n)
+            self.log.info("leases_released", count=n, reason=reason)
+        except REDIS_ERRORS as exc:
+            self.log.warning("leases_not_released", count=len(leftovers), error=type(exc).__name__)
 
     def engine_kick(self) -> None:
         engine = self.crawler.engine
@@ -163,11 +174,18 @@ class FleetRuntime:
             slot.nextcall.schedule()
 
     def request_stop(self, reason: str = "signal") -> None:
-        """Stop leasing; the engine closes once in-flight work is done (or the grace ends)."""
+        """Stop leasing and hand back the local buffer at once; in-flight requests get the grace
+        period (FLEET_SHUTDOWN_GRACE) to finish, after which :meth:`close` releases the rest."""
         if self.stopping:
             return
         self.stopping = True
-        self.log.info("shutdown_requested", reason=reason, inflight=len(self.active))
+        self.grace_deadline = time.monotonic() + self.config.shutdown_grace
+        self.log.info("shutdown_requested", reason=reason, inflight=len(self.active),
+                      buffered=len(self.buffer), grace_s=self.config.shutdown_grace)
+        buffered = [(s.lease.id, s.lease.token) for s in self.buffer]
+        self.buffer.clear()
+        if buffered and self.queue is not None:
+            self._spawn(self.queue.release(buffered))
         self._wake.set()
         self.engine_kick()
 
@@ -207,6 +225,9 @@ class FleetRuntime:
         assert self.queue is not None
         idle = 0.05
         while True:
+            if self._store_down_since is not None and not self.stopping:
+                await self._probe_store()
+                continue
             want = self.prefetch + self.concurrency - self.held()
             if self.stopping or self.fatal or want < max(1, self.prefetch // 4):
                 self._wake.clear()
@@ -263,6 +284,8 @@ class FleetRuntime:
                     held += [(s.lease.id, s.lease.token) for s in list(self.active.values())]
                     lost = await self.queue.heartbeat(held, self.config.lease_seconds)
                     for lid in lost:
+                        if lid not in self.active and all(b.id != lid for b in self.buffer):
+                            continue  # acknowledged while the heartbeat was on the wire
                         self.stats.inc_value("fleet/lease_lost")
                         self.log.warning("lease_lost", lease=lid)
                     await self.queue.maintain()
@@ -290,6 +313,24 @@ class FleetRuntime:
         if self.until_idle is not None and self.idle_since is not None:
             return time.monotonic() - self.idle_since >= self.until_idle
         return False
+
+    # -- object-store outages ---------------------------------------------------------------------
+
+    def _store_trouble(self, exc: BaseException) -> None:
+        if self._store_down_since is None:
+            self._store_down_since = time.monotonic()
+            self.log.warning("store_unavailable", error=type(exc).__name__)
+
+    async def _probe_store(self) -> None:
+        """While the store is down, lease nothing: every fetch would fail and burn A budgets."""
+        await asyncio.sleep(1.0)
+        try:
+            await self._in_pool(self.writer.store.put, f"_fleet/probe/{self.worker_id}", b"ok")
+        except Exception:
+            return
+        assert self._store_down_since is not None
+        self.log.warning("store_recovered", down_s=round(time.monotonic() - self._store_down_since, 2))
+        self._store_down_since = None
 
     # -- redis outages ----------------------------------------------------------------------------
 
@@ -367,7 +408,7 @@ class FleetRuntime:
         self._spawn(self._finish(state))
 
     def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
-        if state.settled:
+        if state.settled or self.releasing:
             return
         state.settled = True
         self.stats.inc_value(f"fleet/class/{D}")
@@ -382,7 +423,7 @@ class FleetRuntime:
         self._commit_wake.set()
 
     def fail(self, state: LeaseState, verdict: Verdict, response: Response | None) -> None:
-        if state.settled:
+        if state.settled or self.releasing:
             return
         state.settled = True
         self.stats.inc_value(f"fleet/class/{verdict.cls}")
@@ -439,6 +480,7 @@ class FleetRuntime:
                 await self._in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.body)
         except Exception as exc:  # store outage: not an ack — retry on the A budget
             self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__)
+            self._store_trouble(exc)
             await self._settle_failure(state, Verdict(A, f"store:{type(exc).__name__}"), None)
             return
         if self.crash_at == "after_write":

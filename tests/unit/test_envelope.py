@@ -1,0 +1,302 @@
+"""The request envelope: lossless JSON round trip of every field Fleet uses, and hard rejection of
+anything that is not a well-formed envelope of a known version (never pickle, never executed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import re
+from typing import Any
+
+import pytest
+from scrapy import Request, Spider
+
+from scraper.envelope import VERSION, Envelope, EnvelopeError, fp64
+
+
+class _Spider(Spider):
+    name = "envtest"
+
+    def parse_item(self, response: Any, **kwargs: Any) -> Any:
+        return None
+
+    def on_error(self, failure: Any) -> Any:
+        return None
+
+
+def _request(**kwargs: Any) -> Request:
+    spider = kwargs.pop("spider")
+    defaults: dict[str, Any] = {
+        "url": "https://shop.example/p/1?ref=a",
+        "method": "POST",
+        "headers": [
+            ("X-Multi", "one"),
+            ("X-Multi", "two"),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        "body": bytes(range(256)) + b"\x00\xff\r\n",
+        "meta": {"page": 3, "tags": ["a", "b"], "nested": {"k": [1, 2.5, None, True]}, "depth": 2},
+        "cb_kwargs": {"category": "books", "ids": [1, 2, 3]},
+        "priority": 7,
+        "callback": spider.parse_item,
+        "errback": spider.on_error,
+        "dont_filter": True,
+    }
+    defaults.update(kwargs)
+    return Request(**defaults)
+
+
+# -- round trip -------------------------------------------------------------------------------
+
+
+def test_round_trip_every_field() -> None:
+    spider = _Spider()
+    req = _request(spider=spider)
+    env = Envelope.from_request(req, spider_name="envtest", run="r1", spider=spider)
+
+    assert env.url == req.url
+    assert env.method == "POST"
+    assert env.headers["X-Multi"] == ["one", "two"]
+    assert env.body == req.body
+    assert env.meta == {"page": 3, "tags": ["a", "b"], "nested": {"k": [1, 2.5, None, True]}}
+    assert "depth" not in env.meta  # carried by its own field
+    assert env.depth == 2
+    assert env.cb_kwargs == {"category": "books", "ids": [1, 2, 3]}
+    assert env.priority == 7
+    assert env.callback == "parse_item"
+    assert env.errback == "on_error"
+    assert env.dont_filter is True
+    assert env.spider == "envtest" and env.run == "r1"
+
+    # wire format: JSON text, body base64, and an exact round trip of the dataclass
+    raw = env.dumps()
+    data = json.loads(raw)
+    assert data["v"] == VERSION
+    assert base64.b64decode(data["body"]) == req.body
+    env.attempts = {"A": 2, "B": 1}
+    env.history = [{"cls": "A", "reason": "http:503"}]
+    env.parent = "0123456789abcdef"
+    back = Envelope.loads(env.dumps().encode("utf-8"))
+    assert back == env
+    assert Envelope.loads(env.dumps()) == env  # str input too
+
+    # back to a Scrapy request bound to the spider's methods
+    out = back.to_request(spider)
+    assert out.url == req.url
+    assert out.method == "POST"
+    assert out.headers.getlist("X-Multi") == [b"one", b"two"]
+    assert out.headers.get("Content-Type") == b"application/octet-stream"
+    assert out.body == req.body
+    assert out.cb_kwargs == req.cb_kwargs
+    assert out.priority == 7
+    assert out.callback == spider.parse_item
+    assert out.errback == spider.on_error
+    assert out.meta["depth"] == 2
+    assert out.meta["page"] == 3 and out.meta["nested"] == {"k": [1, 2.5, None, True]}
+    # Fleet's SEEN/DONE do the dedup; Scrapy's dupefilter must never drop a redelivery
+    assert out.dont_filter is True
+    # the fingerprint survives the trip (a redelivered request keeps its object key)
+    assert fp64(out) == env.fp
+
+
+def test_round_trip_defaults_and_dont_filter_false() -> None:
+    req = Request("https://shop.example/")
+    env = Envelope.from_request(req, spider_name="s", run="r")
+    back = Envelope.loads(env.dumps())
+    assert back == env
+    assert back.method == "GET" and back.body == b"" and back.callback is None
+    assert back.errback is None and back.dont_filter is False and back.depth == 0
+    assert back.priority == 0 and back.meta == {} and back.cb_kwargs == {}
+    out = back.to_request(None)
+    assert out.url == "https://shop.example/" and out.body == b"" and out.callback is None
+
+
+def test_callback_name_string_and_missing_on_spider() -> None:
+    spider = _Spider()
+    env = Envelope.from_request(
+        Request("https://a.example/", callback=spider.parse_item),
+        spider_name="s",
+        run="r",
+        spider=spider,
+    )
+    env.callback = "no_such_method"
+    with pytest.raises(EnvelopeError, match="no_such_method"):
+        env.to_request(spider)
+
+
+def test_non_json_safe_meta_values_are_dropped() -> None:
+    meta = {
+        "keep": "yes",
+        "num": 1,
+        "obj": object(),
+        "raw": b"bytes",
+        "a_set": {1, 2},
+        "nan": float("nan"),
+        "download_slot": "shop.example",  # runtime keys are never persisted
+        "proxy": "http://user:pw@proxy:8080",
+        "_fleet": {"fp": "x"},
+    }
+    env = Envelope.from_request(Request("https://a.example/", meta=meta), spider_name="s", run="r")
+    assert env.meta == {"keep": "yes", "num": 1}
+    assert Envelope.loads(env.dumps()).meta == {"keep": "yes", "num": 1}
+
+
+def test_non_json_cb_kwargs_rejected() -> None:
+    with pytest.raises(EnvelopeError):
+        Envelope.from_request(
+            Request("https://a.example/", cb_kwargs={"o": object()}), spider_name="s", run="r"
+        )
+
+
+@pytest.mark.parametrize(
+    "with_spider",
+    [
+        True,
+        False,
+    ],
+    ids=["with_spider", "without_spider"],
+)
+def test_lambda_callback_raises(with_spider: bool) -> None:
+    spider = _Spider() if with_spider else None
+    req = Request("https://a.example/", callback=lambda r: None)
+    with pytest.raises(EnvelopeError):
+        Envelope.from_request(req, spider_name="s", run="r", spider=spider)
+
+
+def test_lambda_errback_raises() -> None:
+    spider = _Spider()
+    req = Request("https://a.example/", callback=spider.parse_item, errback=lambda f: None)
+    with pytest.raises(EnvelopeError):
+        Envelope.from_request(req, spider_name="s", run="r", spider=spider)
+
+
+def test_method_of_another_object_raises() -> None:
+    spider = _Spider()
+
+    class Other:
+        def parse_item(self, response: Any) -> None:
+            return None
+
+    req = Request("https://a.example/", callback=Other().parse_item)
+    with pytest.raises(EnvelopeError):
+        Envelope.from_request(req, spider_name="s", run="r", spider=spider)
+
+
+# -- rejection --------------------------------------------------------------------------------
+
+
+def _valid() -> dict[str, Any]:
+    return Envelope.from_request(Request("https://a.example/x"), spider_name="s", run="r").to_dict()
+
+
+_EXECUTED: list[str] = []
+
+
+def _boom() -> str:
+    _EXECUTED.append("boom")
+    return "boom"
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return (_boom, ())
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_pickle_payload_rejected(protocol: int) -> None:
+    with pytest.raises(EnvelopeError, match="pickle"):
+        Envelope.loads(pickle.dumps(_valid(), protocol=protocol))
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_malicious_pickle_never_executes(protocol: int) -> None:
+    _EXECUTED.clear()
+    with pytest.raises(EnvelopeError):
+        Envelope.loads(pickle.dumps({"v": 1, "x": _Evil()}, protocol=protocol))
+    assert _EXECUTED == []
+
+
+@pytest.mark.parametrize(
+    "raw", ["not json", "{", "", b"\xff\xfe\x00garbage", b"{'v': 1}"], ids=repr
+)
+def test_non_json_rejected(raw: str | bytes) -> None:
+    with pytest.raises(EnvelopeError):
+        Envelope.loads(raw)
+
+
+@pytest.mark.parametrize("raw", ["[]", "[1, 2]", "1", '"text"', "null", "true"])
+def test_non_object_json_rejected(raw: str) -> None:
+    with pytest.raises(EnvelopeError, match="object"):
+        Envelope.loads(raw)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None], ids=repr)
+def test_unknown_version_rejected(version: Any) -> None:
+    data = _valid()
+    data["v"] = version
+    with pytest.raises(EnvelopeError, match="version"):
+        Envelope.loads(json.dumps(data))
+
+
+def test_missing_version_rejected() -> None:
+    data = _valid()
+    del data["v"]
+    with pytest.raises(EnvelopeError, match="version"):
+        Envelope.loads(json.dumps(data))
+
+
+@pytest.mark.parametrize("key", ["url", "fp", "spider", "run"])
+def test_missing_required_field_rejected(key: str) -> None:
+    data = _valid()
+    del data[key]
+    with pytest.raises(EnvelopeError):
+        Envelope.loads(json.dumps(data))
+
+
+@pytest.mark.parametrize("key", ["url", "fp"])
+@pytest.mark.parametrize("value", ["", None, 5, ["x"]], ids=repr)
+def test_empty_or_wrong_type_required_field_rejected(key: str, value: Any) -> None:
+    data = _valid()
+    data[key] = value
+    with pytest.raises(EnvelopeError):
+        Envelope.loads(json.dumps(data))
+
+
+@pytest.mark.parametrize("body", ["!!!not-base64!!!", "abc", "AP8", 12, ["AP8="]], ids=repr)
+def test_bad_base64_body_rejected(body: Any) -> None:
+    data = _valid()
+    data["body"] = body
+    with pytest.raises(EnvelopeError):
+        Envelope.loads(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("attempts", [1]), ("attempts", {"A": "x"}), ("headers", ["a"]), ("priority", "high")],
+)
+def test_malformed_optional_fields_rejected(key: str, value: Any) -> None:
+    data = _valid()
+    data[key] = value
+    with pytest.raises(EnvelopeError):
+        Envelope.loads(json.dumps(data))
+
+
+# -- fingerprint ------------------------------------------------------------------------------
+
+
+def test_fp64_is_16_hex_and_stable() -> None:
+    a1 = Request("https://shop.example/p/1?x=1&y=2")
+    a2 = Request("https://shop.example/p/1?y=2&x=1")  # canonicalized query order
+    b = Request("https://shop.example/p/2")
+    post = Request("https://shop.example/p/1?x=1&y=2", method="POST", body=b"q=1")
+    fp = fp64(a1)
+    assert re.fullmatch(r"[0-9a-f]{16}", fp)
+    assert fp64(a1) == fp  # same object, again
+    assert fp64(Request("https://shop.example/p/1?x=1&y=2")) == fp  # a new, equal request
+    assert fp64(a2) == fp
+    assert fp64(b) != fp
+    assert fp64(post) != fp
+    env = Envelope.from_request(a1, spider_name="s", run="r")
+    assert env.fp == fp
+    assert Envelope.loads(env.dumps()).fp == fp
