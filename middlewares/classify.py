@@ -121,7 +121,7 @@ class ClassifyMiddleware:
         if state is None:
             return response
         verdict = classify_response(response)
-        rt.fetched(state, response)
+        rt.fetched(state, response, verdict)
         if 300 <= response.status < 400 and verdict.cls == OK:
             return response
         if verdict.cls == OK:

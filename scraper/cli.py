@@ -207,10 +207,17 @@ def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) 
     settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="cmdline")
     if until_idle is not None:
         settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
+    from scraper.proxies import ProxyConfigError, parse_proxies
+
+    try:
+        parse_proxies(cfg.proxies)
+    except ProxyConfigError as exc:
+        raise _fail(str(exc)) from None
     url = _redis_url(cfg)
     asyncio.run(_check_redis(url))
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
-    process = AsyncCrawlerProcess(settings, install_root_handler=False)
+    settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
+    process = AsyncCrawlerProcess(settings)
     log.configure(cfg.log_level)
     crawler = process.create_crawler(spidercls)
     process.crawl(crawler)
@@ -496,6 +503,45 @@ def _requeue_args(env: Envelope) -> list[str]:
 
 
 app.add_typer(dlq_app, name="dlq")
+
+
+@app.command()
+def proxies(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Proxy health per target domain (ids only: credentials are never shown)."""
+    from scraper.proxies import ProxyConfigError, parse_proxies, proxy_report
+
+    cfg = _config()
+    try:
+        pool = parse_proxies(cfg.proxies)
+    except ProxyConfigError as exc:
+        raise _fail(str(exc)) from None
+
+    async def go() -> list[dict[str, Any]]:
+        client = await _client(_redis_url(cfg))
+        try:
+            return await proxy_report(client, pool)
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(go())
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no proxies configured (FLEET_PROXIES); requests go direct")
+        return
+    table = Table(title="proxies")
+    for col in ("id", "proxy", "domain", "state", "cooling_until", "successes", "bans", "latency_ms"):
+        table.add_column(col)
+    for r in rows:
+        if not r["domains"]:
+            table.add_row(r["id"], r["proxy"], "-", "unused", "", "0", "0", "")
+        for dom, d in sorted(r["domains"].items()):
+            until = (datetime.fromtimestamp(d["cooling_until"], timezone.utc).strftime("%H:%M:%S")
+                     if d["cooling_until"] else "")
+            table.add_row(r["id"], r["proxy"], dom, d["state"], until, str(d["successes"]),
+                          str(d["bans"]), str(d["latency_ms"] or ""))
+    out.print(table)
 
 
 @app.command()

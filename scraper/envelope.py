@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from scrapy import Request, Spider
 from scrapy.utils.request import fingerprint as scrapy_fingerprint
@@ -100,6 +101,11 @@ class Envelope:
     enqueued_at: float = field(default_factory=time.time)
     parent: str | None = None
 
+    @property
+    def domain(self) -> str:
+        """The target host: the unit of politeness, backoff holds and proxy health."""
+        return (urlsplit(self.url).hostname or "").lower()
+
     # -- conversion -------------------------------------------------------------------------------
 
     @classmethod
@@ -182,6 +188,7 @@ class Envelope:
             "history": self.history,
             "enqueued_at": self.enqueued_at,
             "parent": self.parent,
+            "domain": self.domain,
         }
 
     def dumps(self) -> str:

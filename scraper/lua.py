@@ -141,7 +141,7 @@ return enq
 LEASE = PRELUDE + r"""
 local prefix, now, n, lease, worker, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local promoted, reaped = maintain(prefix, now, limit)
-local leased, skipped = {}, {}
+local leased, skipped, held = {}, {}, 0
 if n > 0 then
   local ids = redis.call('ZRANGE', prefix .. 'ready', 0, n - 1)
   for _, id in ipairs(ids) do
@@ -154,10 +154,18 @@ if n > 0 then
          and string.len(env['fp']) == 16 and string.match(env['fp'], '^%x+$') then
         done = set_has(prefix .. 'done:' .. env['run'], env['fp'])
       end
+      local hold = nil
+      if ok and type(env) == 'table' and type(env['domain']) == 'string' and env['domain'] ~= '' then
+        hold = tonumber(redis.call('HGET', prefix .. 'hold', env['domain']))
+      end
       if done then
         forget(prefix, id)
         table.insert(skipped, id)
         table.insert(skipped, json)
+      elseif hold and hold > now then
+        -- the target domain is backing off fleet-wide: wait in DELAYED, no delivery, no budget
+        redis.call('ZADD', prefix .. 'delayed', hold, id)
+        held = held + 1
       else
         local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
         local token = worker .. '#' .. dlv
@@ -171,7 +179,32 @@ if n > 0 then
     end
   end
 end
-return {promoted, reaped, leased, skipped}
+return {promoted, reaped, leased, skipped, held}
+"""
+
+# Per-domain backoff shared by the fleet. A burst of 429/503 answers within one step's window
+# advances the domain by one step, not N. ARGV: prefix, domain, now, base, cap, rnd, min_wait.
+# Returns the hold deadline (string).
+HOLD = r"""
+local k = ARGV[1] .. 'hold'
+local domain, now, base, cap = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local rnd, minwait = tonumber(ARGV[6]), tonumber(ARGV[7])
+local cur = tonumber(redis.call('HGET', k, domain) or '0')
+local step = tonumber(redis.call('HGET', k, domain .. '#step') or '0')
+local last = tonumber(redis.call('HGET', k, domain .. '#at') or '0')
+if step > 0 and now - last < math.min(cap, base * 2 ^ (step - 1)) then
+  -- same burst as the last step
+  if minwait > 0 and now + minwait > cur then
+    cur = now + minwait
+    redis.call('HSET', k, domain, cur)
+  end
+  return tostring(cur)
+end
+if now - last > cap * 4 then step = 0 end
+local ceiling = math.min(cap, base * 2 ^ step)
+local u = now + math.max(ceiling * rnd, minwait)
+redis.call('HSET', k, domain, u, domain .. '#step', step + 1, domain .. '#at', now)
+return tostring(u)
 """
 
 # ARGV: prefix, now, limit -> {promoted, reaped_flat}

@@ -80,6 +80,7 @@ class LeaseBatch:
     reaped: list[tuple[str, str]] = field(default_factory=list)
     leased: list[Lease] = field(default_factory=list)
     skipped: list[tuple[str, bytes]] = field(default_factory=list)
+    held: int = 0
 
 
 @dataclass
@@ -124,6 +125,7 @@ class FleetQueue:
         self._release = reg(lua.RELEASE)
         self._dead = reg(lua.DEAD)
         self._has = reg(lua.HAS)
+        self._hold = reg(lua.HOLD)
 
     @property
     def spider(self) -> str:
@@ -165,8 +167,9 @@ class FleetQueue:
             keys=self._route(),
             args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit],
         )
-        promoted, reaped, leased, skipped = res
+        promoted, reaped, leased, skipped, held = res
         return LeaseBatch(
+            held=int(held),
             promoted=int(promoted),
             reaped=[(_s(a), _s(b)) for a, b in _pairs(reaped, 2)],
             leased=[Lease(_s(i), bytes(j), int(d), _s(t)) for i, j, d, t in _pairs(leased, 4)],
@@ -239,6 +242,17 @@ class FleetQueue:
             keys=self._route(), args=[self.keys.prefix, str(maxlen), lease_id, token, *flat]
         )
         return bool(res)
+
+    async def hold(
+        self, domain: str, *, base: float, cap: float, rnd: float, min_wait: float = 0.0
+    ) -> float:
+        """Advance ``domain``'s fleet-wide backoff (one step per burst); returns the hold deadline."""
+        res = await self._hold(
+            keys=self._route(),
+            args=[self.keys.prefix, domain, repr(time.time()), repr(base), repr(cap), repr(rnd),
+                  repr(min_wait)],
+        )
+        return float(_s(res))
 
     # -- inspection -------------------------------------------------------------------------------
 

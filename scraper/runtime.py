@@ -40,9 +40,13 @@ from pipelines.objects import ObjectWriter, WriteContext
 from scraper import log
 from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease
 from scraper.store import open_store
 from settings.fleet import FleetConfig
+
+# Answers that mean "this whole site wants you to slow down".
+DOMAIN_SLOWDOWN_STATUS = frozenset({429, 503})
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -69,6 +73,7 @@ class LeaseState:
     body: bytes = b""
     fetched_at: str | None = None
     leased_at: float = field(default_factory=time.monotonic)
+    fetch_started: float = field(default_factory=time.monotonic)
     proxy_id: str | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -94,6 +99,7 @@ class FleetRuntime:
         self.crash_at = os.environ.get("FLEET_TEST_CRASH_AT", "")
         self.spider: Spider | None = None
         self.queue: FleetQueue | None = None
+        self.proxies: ProxyPool = ProxyPool([])
         self.client: aioredis.Redis | None = None
         self.writer = ObjectWriter(open_store(config.store))
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fleet-store")
@@ -123,6 +129,7 @@ class FleetRuntime:
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
         self.queue = FleetQueue(self.client, spider.name, dedup_ttl=self.config.dedup_ttl)
+        self.proxies = ProxyPool(parse_proxies(self.config.proxies), self.client)
         self.log = self.log.bind(spider=spider.name)
         await self.client.sadd("fleet:spiders", spider.name)
         self._tasks = [
@@ -206,6 +213,7 @@ class FleetRuntime:
                 continue
             req.meta[META_KEY] = state.id
             state.request = req
+            state.fetch_started = time.monotonic()
             self.active[state.id] = state
             self.stats.inc_value("fleet/leased")
             self.log.info(
@@ -244,9 +252,7 @@ class FleetRuntime:
                 await self._redis_trouble(exc)
                 continue
             self._redis_ok()
-            for lid, owner in batch.reaped:
-                self.stats.inc_value("fleet/reaped")
-                self.log.warning("lease_expired", lease=lid, owner=owner)
+            self._log_reaped(batch.reaped)
             for _lid, raw in batch.skipped:
                 self.stats.inc_value("fleet/skipped_done")
                 try:
@@ -270,6 +276,11 @@ class FleetRuntime:
                 await asyncio.sleep(idle * (0.5 + random.random()))
                 idle = min(1.0, idle * 2)
 
+    def _log_reaped(self, reaped: list[tuple[str, str]]) -> None:
+        for lid, owner in reaped:
+            self.stats.inc_value("fleet/reaped")
+            self.log.warning("lease_expired", lease=lid, owner=owner)
+
     async def _keeper(self) -> None:
         """Heartbeats live leases, reaps others' expired ones, and watches for idleness."""
         assert self.queue is not None
@@ -288,7 +299,10 @@ class FleetRuntime:
                             continue  # acknowledged while the heartbeat was on the wire
                         self.stats.inc_value("fleet/lease_lost")
                         self.log.warning("lease_lost", lease=lid)
-                    await self.queue.maintain()
+                    _, reaped = await self.queue.maintain()
+                    self._log_reaped(reaped)
+                if self.proxies:
+                    await self.proxies.flush()
                 if self.until_idle is not None:
                     pending = await self.queue.pending()
                     if pending == 0 and not self.held() and not self.commits:
@@ -358,17 +372,36 @@ class FleetRuntime:
 
     # -- the ledger -------------------------------------------------------------------------------
 
-    def fetched(self, state: LeaseState, response: Response) -> None:
+    def fetched(self, state: LeaseState, response: Response, verdict: Verdict) -> None:
         state.status = response.status
         state.fetched_at = _now_iso()
         state.body = response.body
-        elapsed = int((time.monotonic() - state.leased_at) * 1000)
-        proxy = response.request.meta.get("fleet_proxy_id") if response.request else None
-        state.proxy_id = proxy if isinstance(proxy, str) else None
+        elapsed = int((time.monotonic() - state.fetch_started) * 1000)
+        if state.proxy_id and self.proxies:
+            self.proxies.finished(state.proxy_id)
+            if verdict.cls not in (B,):
+                self.proxies.success(state.proxy_id, state.env.domain, float(elapsed))
         self.log.info(
             "request_fetched", run=state.env.run, fp=state.env.fp, status=response.status,
-            elapsed_ms=elapsed, attempt=state.lease.deliveries,
+            elapsed_ms=elapsed, attempt=state.lease.deliveries, proxy=state.proxy_id,
         )
+
+    def defer(self, state: LeaseState, until: float, reason: str) -> None:
+        """Put a request back in DELAYED without using any budget (e.g. every proxy cooling)."""
+        if state.settled:
+            return
+        state.settled = True
+        self.stats.inc_value("fleet/deferred")
+        self.log.info("request_deferred", run=state.env.run, fp=state.env.fp, reason=reason,
+                      until=round(until, 3))
+
+        async def go() -> None:
+            await self._redis_retry(
+                lambda: self.queue.nack(state.id, state.lease.token, state.env, until)  # type: ignore[union-attr]
+            )
+            self.active.pop(state.id, None)
+
+        self._spawn(go())
 
     def item_started(self, state: LeaseState) -> None:
         state.pending += 1
@@ -426,6 +459,8 @@ class FleetRuntime:
         if state.settled or self.releasing:
             return
         state.settled = True
+        if response is None and state.proxy_id and self.proxies:
+            self.proxies.finished(state.proxy_id)
         self.stats.inc_value(f"fleet/class/{verdict.cls}")
         self.log.info(
             "request_classified", run=state.env.run, fp=state.env.fp, cls=verdict.cls,
@@ -548,13 +583,38 @@ class FleetRuntime:
         if cls == D:
             await self._dead(state, verdict.reason, verdict.reason, response=response)
             return
+        now = time.time()
+        env.history[-1]["proxy"] = state.proxy_id
+        status = int(verdict.reason.split(":")[1]) if verdict.reason.startswith("http:") else None
+        hold_until = 0.0
+        if status in DOMAIN_SLOWDOWN_STATUS and env.domain:
+            # the domain says "slow down": back off the whole domain, fleet-wide, one step per burst
+            hold_until = await self._redis_retry(
+                lambda: self.queue.hold(  # type: ignore[union-attr]
+                    env.domain, base=self.config.retry_base, cap=self.config.retry_cap,
+                    rnd=random.random(), min_wait=verdict.retry_after or 0.0,
+                )
+            ) or 0.0
         if cls == A:
             delay = retry_delay(
                 env.attempts[A] - 1, base=self.config.retry_base, cap=self.config.retry_cap,
                 retry_after=verdict.retry_after,
             )
+        elif status == 429:
+            delay = verdict.retry_after or 0.0  # a 429 slows the domain; it does not burn the proxy
+        elif state.proxy_id and self.proxies:
+            until = await self._redis_retry(
+                lambda: self.proxies.ban(state.proxy_id, env.domain)  # type: ignore[union-attr,arg-type]
+            )
+            self.stats.inc_value("fleet/proxy/banned")
+            self.log.info("proxy_banned", proxy=state.proxy_id, domain=env.domain,
+                          cooling_until=round(until or 0.0, 3))
+            delay = 0.0  # at once, through another proxy
         else:
-            delay = verdict.retry_after or 0.0
+            # no proxy to rotate: wait a little before trying the same route again
+            delay = retry_delay(env.attempts[B] - 1, base=self.config.retry_base,
+                                cap=self.config.retry_cap, retry_after=verdict.retry_after)
+        delay = max(delay, hold_until - now)
         due = time.time() + delay
         await self._redis_retry(lambda: self.queue.nack(state.id, state.lease.token, env, due))  # type: ignore[union-attr]
         self.active.pop(state.id, None)
@@ -582,12 +642,14 @@ class FleetRuntime:
         assert self.queue is not None
         env = state.env
         fields: dict[str, str] = {
+            "class": D,
             "reason": reason,
             "detail": detail[:500],
             "url": env.url,
             "run": env.run,
             "fp": env.fp,
             "attempts": json.dumps(env.attempts),
+            "proxies": json.dumps(sorted({h["proxy"] for h in env.history if h.get("proxy")})),
             "worker": self.worker_id,
             "at": _now_iso(),
         }

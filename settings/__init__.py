@@ -51,6 +51,8 @@ SPIDER_MIDDLEWARES = {
 }
 
 DOWNLOADER_MIDDLEWARES = {
+    # Chooses a healthy proxy for the target domain; Scrapy's HttpProxyMiddleware (750) applies it.
+    "middlewares.proxy.ProxyMiddleware": 740,
     # Closest to the downloader: classifies raw responses and exceptions before anything else.
     "middlewares.classify.ClassifyMiddleware": 950,
 }

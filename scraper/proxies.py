@@ -1,0 +1,259 @@
+"""The proxy pool, shared by the whole fleet through Redis.
+
+Why fleet-wide: a proxy banned by one target is banned for every worker that uses it there, so health
+is kept per (proxy, domain) in Redis, where every worker sees it. A ban cools the proxy for that
+domain only (exponential, full jitter, base 60 s, cap 1 h); other domains keep using it.
+
+Identity: a proxy's id is a short hash of its *full* URL, credentials included, so gateway proxies
+that differ only by password are different proxies — and the id is all that is ever logged, stored
+or shown. Credentials never leave this module except inside ``request.meta["proxy"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+
+PROXY_KEY_PREFIX = "fleet:proxies:"
+COOL_BASE = 60.0
+COOL_CAP = 3600.0
+EWMA_ALPHA = 0.3
+
+# ARGV: key, now, base, cap, rand  — one ban: consecutive+1, bans+1, cooling_until = now + jitter
+BAN_LUA = r"""
+local key, now, base, cap, rnd = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
+redis.call('HINCRBY', key, 'bans', 1)
+local ceiling = math.min(cap, base * (2 ^ (consecutive - 1)))
+local cool = now + ceiling * rnd
+redis.call('HSET', key, 'cooling_until', cool, 'last_ban', now)
+redis.call('EXPIRE', key, 7 * 86400)
+return tostring(cool)
+"""
+
+
+class ProxyConfigError(ValueError):
+    """FLEET_PROXIES could not be read; the message never includes credentials."""
+
+
+def proxy_id(url: str) -> str:
+    return "px-" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Proxy:
+    url: str  # with credentials: never log this
+    id: str
+
+    @property
+    def display(self) -> str:
+        """scheme://host:port with no credentials, for humans."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or "?"
+        return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
+
+
+def parse_proxies(spec: str | None) -> list[Proxy]:
+    """FLEET_PROXIES: a path to a file (one URL a line, # comments) or a comma list of URLs."""
+    if not spec:
+        return []
+    if os.path.isfile(spec):
+        entries = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines()]
+    elif "://" in spec:
+        entries = [x.strip() for x in spec.split(",")]
+    else:
+        raise ProxyConfigError(
+            "FLEET_PROXIES must be a file of proxy URLs or a comma list of http(s)://host:port URLs"
+        )
+    proxies: list[Proxy] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(entries, 1):
+        if not raw or raw.startswith("#"):
+            continue
+        parts = urlsplit(raw)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ProxyConfigError(
+                f"FLEET_PROXIES entry {n} is not an http(s)://[user:pass@]host:port URL"
+            )
+        pid = proxy_id(raw)
+        if pid not in seen:
+            seen.add(pid)
+            proxies.append(Proxy(raw, pid))
+    return proxies
+
+
+@dataclass
+class Health:
+    """One (proxy, domain) pair as every worker sees it."""
+
+    successes: int = 0
+    bans: int = 0
+    consecutive: int = 0
+    cooling_until: float = 0.0
+    ewma_ms: float = 0.0
+
+    def cooling(self, now: float) -> bool:
+        return self.cooling_until > now
+
+    @classmethod
+    def from_redis(cls, raw: dict[Any, Any]) -> Health:
+        def g(k: str) -> str | None:
+            v = raw.get(k.encode()) if raw and isinstance(next(iter(raw)), bytes) else raw.get(k)
+            return v.decode() if isinstance(v, bytes) else v
+
+        if not raw:
+            return cls()
+        return cls(
+            successes=int(g("successes") or 0),
+            bans=int(g("bans") or 0),
+            consecutive=int(g("consecutive") or 0),
+            cooling_until=float(g("cooling_until") or 0.0),
+            ewma_ms=float(g("ewma_ms") or 0.0),
+        )
+
+
+def health_key(pid: str, domain: str) -> str:
+    return f"{PROXY_KEY_PREFIX}{pid}:{domain}"
+
+
+@dataclass
+class _DomainView:
+    health: dict[str, Health] = field(default_factory=dict)
+    loaded_at: float = 0.0
+
+
+class ProxyPool:
+    """Selection and health bookkeeping; Redis writes are batched by the caller's flush loop."""
+
+    def __init__(self, proxies: Sequence[Proxy], client: aioredis.Redis | None = None,
+                 *, refresh: float = 1.0, rng: random.Random | None = None) -> None:
+        self.proxies = list(proxies)
+        self.by_id = {p.id: p for p in self.proxies}
+        self.client = client
+        self.refresh = refresh
+        self.rng = rng or random.Random()
+        self.views: dict[str, _DomainView] = {}
+        self.local_inflight: dict[str, int] = {}
+        self._pending: dict[str, dict[str, float]] = {}  # key -> {successes: n, ewma_ms: v}
+        self._ban = client.register_script(BAN_LUA) if client is not None else None
+
+    def __bool__(self) -> bool:
+        return bool(self.proxies)
+
+    def view(self, domain: str) -> _DomainView:
+        v = self.views.get(domain)
+        if v is None:
+            v = self.views[domain] = _DomainView()
+        return v
+
+    def stale(self, domain: str) -> bool:
+        return time.monotonic() - self.view(domain).loaded_at > self.refresh
+
+    async def load(self, domain: str) -> None:
+        if self.client is None:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.proxies:
+            pipe.hgetall(health_key(p.id, domain))
+        rows = await pipe.execute()
+        v = self.view(domain)
+        for p, raw in zip(self.proxies, rows):
+            h = Health.from_redis(raw)
+            local = v.health.get(p.id)
+            if local is not None and local.ewma_ms and not h.ewma_ms:
+                h.ewma_ms = local.ewma_ms
+            v.health[p.id] = h
+        v.loaded_at = time.monotonic()
+
+    def choose(self, domain: str, exclude: Iterable[str] = ()) -> tuple[Proxy | None, float]:
+        """A healthy proxy for ``domain`` (power of two choices on latency × local load), or
+        (None, earliest recovery time) when every proxy is cooling down for it."""
+        now = time.time()
+        v = self.view(domain)
+        healthy = [p for p in self.proxies if not v.health.get(p.id, Health()).cooling(now)]
+        if not healthy:
+            until = min((v.health.get(p.id, Health()).cooling_until for p in self.proxies), default=now)
+            return None, until
+        excluded = set(exclude)
+        fresh = [p for p in healthy if p.id not in excluded] or healthy
+        if len(fresh) == 1:
+            return fresh[0], now
+        a, b = self.rng.sample(fresh, 2)
+        return (a if self._cost(a, v) <= self._cost(b, v) else b), now
+
+    def _cost(self, p: Proxy, v: _DomainView) -> float:
+        h = v.health.get(p.id, Health())
+        latency = h.ewma_ms or 100.0  # unknown proxies are tried as if average
+        return latency * (1 + self.local_inflight.get(p.id, 0))
+
+    def started(self, pid: str) -> None:
+        self.local_inflight[pid] = self.local_inflight.get(pid, 0) + 1
+
+    def finished(self, pid: str) -> None:
+        self.local_inflight[pid] = max(0, self.local_inflight.get(pid, 0) - 1)
+
+    def success(self, pid: str, domain: str, latency_ms: float) -> None:
+        h = self.view(domain).health.setdefault(pid, Health())
+        h.successes += 1
+        h.consecutive = 0
+        h.ewma_ms = latency_ms if not h.ewma_ms else (1 - EWMA_ALPHA) * h.ewma_ms + EWMA_ALPHA * latency_ms
+        pend = self._pending.setdefault(health_key(pid, domain), {"successes": 0.0, "ewma_ms": 0.0})
+        pend["successes"] += 1
+        pend["ewma_ms"] = h.ewma_ms
+
+    async def ban(self, pid: str, domain: str) -> float:
+        """Mark (proxy, domain) bad now — fleet-wide — and return its cooling-until time."""
+        now = time.time()
+        h = self.view(domain).health.setdefault(pid, Health())
+        h.bans += 1
+        h.consecutive += 1
+        ceiling = min(COOL_CAP, COOL_BASE * (2 ** (h.consecutive - 1)))
+        h.cooling_until = now + ceiling * self.rng.random()
+        if self._ban is not None:
+            res = await self._ban(keys=[health_key(pid, domain)],
+                                  args=[repr(now), COOL_BASE, COOL_CAP, repr(self.rng.random())])
+            h.cooling_until = float(res.decode() if isinstance(res, bytes) else res)
+        return h.cooling_until
+
+    async def flush(self) -> None:
+        """Write batched success counts and latencies in one round trip."""
+        if not self._pending or self.client is None:
+            return
+        pending, self._pending = self._pending, {}
+        pipe = self.client.pipeline(transaction=False)
+        for key, vals in pending.items():
+            pipe.hincrby(key, "successes", int(vals["successes"]))
+            pipe.hset(key, mapping={"consecutive": 0, "ewma_ms": round(vals["ewma_ms"], 1)})
+            pipe.expire(key, 7 * 86400)
+        await pipe.execute()
+
+
+async def proxy_report(client: aioredis.Redis, proxies: Sequence[Proxy]) -> list[dict[str, Any]]:
+    """Per proxy: state per domain, cooling-until, successes, bans, latency (for `fleet proxies`)."""
+    now = time.time()
+    out: list[dict[str, Any]] = []
+    for p in proxies:
+        domains: dict[str, Any] = {}
+        async for key in client.scan_iter(match=f"{PROXY_KEY_PREFIX}{p.id}:*", count=500):
+            k = key.decode() if isinstance(key, bytes) else key
+            domain = k[len(PROXY_KEY_PREFIX) + len(p.id) + 1 :]
+            h = Health.from_redis(await client.hgetall(k))
+            domains[domain] = {
+                "state": "cooling" if h.cooling(now) else "healthy",
+                "cooling_until": h.cooling_until or None,
+                "successes": h.successes,
+                "bans": h.bans,
+                "consecutive_bans": h.consecutive,
+                "latency_ms": round(h.ewma_ms, 1) if h.ewma_ms else None,
+            }
+        out.append({"id": p.id, "proxy": p.display, "domains": domains})
+    return out
