@@ -38,7 +38,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-dlq_app = typer.Typer(help="Inspect and requeue dead-lettered requests.", no_args_is_help=True)
+breakers_app = typer.Typer(
+    help="Drift breakers per (spider, domain): list them, or reset one after a fix.",
+    invoke_without_command=True,
+)
 err = Console(stderr=True)
 out = Console()
 
@@ -361,7 +364,9 @@ async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
         for name in names:
             q = FleetQueue(client, name)
             counts = await q.counts()
-            result[name] = {**counts, "runs": await q.runs()}
+            brk = await q.breakers()
+            result[name] = {**counts, "runs": await q.runs(),
+                            "breakers": {d: {"state": b["state"], "parked": b["parked"]} for d, b in brk.items()}}
         return result
     finally:
         await client.aclose()
@@ -382,13 +387,13 @@ def status(
         out.print("no spiders have been seeded yet (fleet seed SPIDER --url URL)")
         return
     table = Table(title="fleet status")
-    for col in ("spider", "ready", "inflight", "delayed", "dlq", "run", "seen", "done"):
+    for col in ("spider", "ready", "inflight", "delayed", "parked", "dlq", "run", "seen", "done"):
         table.add_column(col, justify="right" if col not in ("spider", "run") else "left")
     for name, d in data.items():
         runs = d["runs"] or {"-": {"seen": 0, "done": 0}}
         first = True
         for run_id, rc in sorted(runs.items()):
-            cells = [name, d["ready"], d["inflight"], d["delayed"], d["dlq"]] if first else [""] * 5
+            cells = [name, d["ready"], d["inflight"], d["delayed"], d["parked"], d["dlq"]] if first else [""] * 6
             table.add_row(*[str(c) for c in cells], run_id, str(rc["seen"]), str(rc["done"]))
             first = False
     out.print(table)
@@ -415,13 +420,25 @@ def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(table)
 
 
-@dlq_app.command("list")
-def dlq_list(
-    spider: Annotated[str, typer.Argument()],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
+@app.command("dlq")
+def dlq_cmd(
+    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    action: Annotated[str, typer.Argument(help="list (default) or requeue.")] = "list",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (list).")] = False,
+    limit: Annotated[int, typer.Option(help="Newest entries to show (list).")] = 100,
+    reason: Annotated[Optional[str], typer.Option(help="requeue: only entries whose reason starts with this.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="requeue: every entry.")] = False,
 ) -> None:
-    """Show dead-lettered requests, newest first."""
+    """Dead-lettered requests of SPIDER: `list` them (newest first) or `requeue` them with fresh budgets."""
+    if action == "list":
+        dlq_list(spider, as_json, limit)
+    elif action == "requeue":
+        dlq_requeue(spider, reason, all_)
+    else:
+        raise _fail(f"unknown dlq action {action!r}: use list or requeue")
+
+
+def dlq_list(spider: str, as_json: bool, limit: int) -> None:
     cfg = _config()
 
     async def go() -> list[dict[str, Any]]:
@@ -451,12 +468,7 @@ def dlq_list(
     out.print(table)
 
 
-@dlq_app.command("requeue")
-def dlq_requeue(
-    spider: Annotated[str, typer.Argument()],
-    reason: Annotated[Optional[str], typer.Option(help="Only entries whose reason starts with this.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Requeue every entry.")] = False,
-) -> None:
+def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
     """Put dead-lettered requests back in READY with fresh budgets (history is kept)."""
     if not reason and not all_:
         raise _fail("say which entries: --reason REASON or --all")
@@ -502,7 +514,113 @@ def _requeue_args(env: Envelope) -> list[str]:
     return [new_id(), env.dumps(), env.fp, str(env.priority), "1"]
 
 
-app.add_typer(dlq_app, name="dlq")
+
+
+async def _breakers(cfg: FleetConfig, spider: str | None) -> dict[str, dict[str, Any]]:
+    client = await _client(_redis_url(cfg))
+    try:
+        names = [spider] if spider else await known_spiders(client)
+        return {n: await FleetQueue(client, n).breakers() for n in names}
+    finally:
+        await client.aclose()
+
+
+@breakers_app.callback()
+def breakers_main(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List drift breakers (default), or `reset SPIDER DOMAIN`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _breakers_list(None, as_json)
+
+
+@breakers_app.command("list")
+def breakers_list(
+    spider: Annotated[Optional[str], typer.Argument(help="Only this spider.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Breakers with state, C counts, opened_at, parked backlog and sample evidence."""
+    _breakers_list(spider, as_json)
+
+
+def _breakers_list(spider: str | None, as_json: bool) -> None:
+    cfg = _config()
+    data = asyncio.run(_breakers(cfg, spider))
+    rows = [{"spider": sp, "domain": d, **info} for sp, doms in data.items() for d, info in doms.items()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no breakers yet (they appear when a spider that declares required_fields drifts)")
+        return
+    table = Table(title="drift breakers")
+    for col in ("spider", "domain", "state", "C/window", "trips", "opened_at", "parked", "sample"):
+        table.add_column(col)
+    for r in rows:
+        opened = (datetime.fromtimestamp(r["opened_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                  if r["opened_at"] else "")
+        sample = r["samples"][-1] if r["samples"] else {}
+        table.add_row(r["spider"], r["domain"], r["state"], f"{r['c_events']}/{r['window']}", str(r["trips"]),
+                      opened, str(r["parked"]), str(sample.get("evidence_key") or ""))
+    out.print(table)
+
+
+@breakers_app.command("reset")
+def breakers_reset(
+    spider: Annotated[str, typer.Argument()],
+    domain: Annotated[str, typer.Argument(help="Target host, e.g. shop.example.com")],
+) -> None:
+    """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
+    cfg = _config()
+
+    async def go() -> int:
+        client = await _client(_redis_url(cfg))
+        try:
+            return await FleetQueue(client, spider).breaker_reset(domain.lower())
+        finally:
+            await client.aclose()
+
+    released = asyncio.run(go())
+    print(json.dumps({"spider": spider, "domain": domain.lower(), "state": "closed", "released": released}))
+
+
+app.add_typer(breakers_app, name="breakers")
+
+
+@app.command()
+def replay(
+    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    url: Annotated[Optional[str], typer.Option("--url", help="The page's URL (its stored snapshot is used).")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="A raw/, items/ or evidence/ key of the page.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", help="Run of the snapshot (default: newest that has it).")] = None,
+    callback: Annotated[Optional[str], typer.Option(help="Callback to run (default: from the evidence, else parse).")] = None,
+) -> None:
+    """Re-run extraction offline on a stored snapshot; exit 0 when the required fields are there, 1 when
+    drift persists. Check a selector fix against the very page that drifted, then reset the breaker."""
+    from scraper.replay import ReplayError, run_replay
+
+    if bool(url) == bool(key):
+        raise _fail("give exactly one of --url URL or --key KEY")
+    cfg = _config()
+    spidercls = _spider_class(spider, cfg)
+    try:
+        report = run_replay(cfg, spidercls, url=url, key=key, run=run, callback=callback,
+                            runs_lookup=lambda: asyncio.run(_runs(cfg, spider)))
+    except ReplayError as exc:
+        raise _fail(str(exc)) from None
+    print(json.dumps(report, indent=2, default=str))
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
+    client = await _client(_redis_url(cfg))
+    try:
+        q = FleetQueue(client, spider)
+        return [r.decode() if isinstance(r, bytes) else r for r in await client.zrevrange(q.keys.runs, 0, -1)]
+    finally:
+        await client.aclose()
 
 
 @app.command()

@@ -117,6 +117,94 @@ local function owns(prefix, id, token)
   return redis.call('HGET', prefix .. 'lease', id) == token
 end
 
+-- breaker params: W (window), minev, rate, cbase, ccap (cooldown base/cap seconds)
+local function release_parked(prefix, domain)
+  local pk = prefix .. 'parked:' .. domain
+  local ids = redis.call('ZRANGE', pk, 0, -1)
+  local n = 0
+  for _, id in ipairs(ids) do
+    local json = redis.call('HGET', prefix .. 'env', id)
+    if json then
+      redis.call('ZADD', prefix .. 'ready', -prio_of(json) * 1e12, id)
+      n = n + 1
+    end
+  end
+  redis.call('DEL', pk)
+  redis.call('SREM', prefix .. 'parkdom', domain)
+  return n
+end
+
+local function park(prefix, domain, id, now)
+  redis.call('ZREM', prefix .. 'inflight', id)
+  redis.call('HDEL', prefix .. 'lease', id)
+  redis.call('ZADD', prefix .. 'parked:' .. domain, now, id)
+  redis.call('SADD', prefix .. 'parkdom', domain)
+end
+
+local function breaker_open(prefix, bk, domain, now, cbase, ccap)
+  local trips = redis.call('HINCRBY', bk, 'trips', 1)
+  local cool = math.min(ccap, cbase * 2 ^ (trips - 1))
+  redis.call('HSET', bk, 'state', 'open', 'opened_at', now, 'open_until', now + cool, 'cooldown', cool)
+  redis.call('HDEL', bk, 'probe', 'probe_until')
+  redis.call('HSET', prefix .. 'brk', domain, 'open|' .. (now + cool))
+end
+
+local function breaker_close(prefix, bk, domain, now)
+  redis.call('HSET', bk, 'state', 'closed', 'window', '', 'closed_at', now, 'trips', 0)
+  redis.call('HDEL', bk, 'probe', 'probe_until', 'open_until')
+  redis.call('HDEL', prefix .. 'brk', domain)
+  return release_parked(prefix, domain)
+end
+
+-- outcome: 'C' (drift) or 'o' (item callback extracted fine) or 'n' (navigation page: no verdict)
+-- returns event: '', 'opened', 'closed', 'reopened'
+local function breaker_record(prefix, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+  local bk = prefix .. 'breaker:' .. domain
+  local st = redis.call('HGET', bk, 'state') or 'closed'
+  if st == 'half_open' then
+    if redis.call('HGET', bk, 'probe') == id then
+      if outcome == 'o' then
+        breaker_close(prefix, bk, domain, now)
+        return 'closed'
+      elseif outcome == 'C' then
+        breaker_open(prefix, bk, domain, now, cbase, ccap)
+        return 'reopened'
+      else
+        redis.call('HDEL', bk, 'probe', 'probe_until')  -- a navigation page proves nothing
+        redis.call('HSET', prefix .. 'brk', domain, 'half|0')
+      end
+    end
+    return ''
+  end
+  if outcome == 'n' then return '' end
+  local win = (redis.call('HGET', bk, 'window') or '') .. outcome
+  if string.len(win) > W then win = string.sub(win, -W) end
+  redis.call('HSET', bk, 'window', win)
+  if st == 'closed' then
+    local _, c = string.gsub(win, 'C', '')
+    if c >= minev and c / string.len(win) >= rate then
+      breaker_open(prefix, bk, domain, now, cbase, ccap)
+      return 'opened'
+    end
+  end
+  return ''
+end
+
+-- at lease time: 'go' (lease it), 'park', or 'probe' (lease it as the one half-open probe)
+local function breaker_gate(prefix, domain, id, now, lease)
+  local b = redis.call('HGET', prefix .. 'brk', domain)
+  if not b then return 'go' end
+  local sep = string.find(b, '|', 1, true)
+  local st, t = string.sub(b, 1, sep - 1), tonumber(string.sub(b, sep + 1))
+  if st == 'open' and now < t then return 'park' end
+  local bk = prefix .. 'breaker:' .. domain
+  if st == 'half' and t > now then return 'park' end
+  -- cooldown over (or probe lost): this request becomes the single fleet-wide probe
+  redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + lease * 2)
+  redis.call('HSET', prefix .. 'brk', domain, 'half|' .. (now + lease * 2))
+  return 'probe'
+end
+
 local function forget(prefix, id)
   redis.call('ZREM', prefix .. 'inflight', id)
   redis.call('HDEL', prefix .. 'lease', id)
@@ -141,7 +229,7 @@ return enq
 LEASE = PRELUDE + r"""
 local prefix, now, n, lease, worker, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local promoted, reaped = maintain(prefix, now, limit)
-local leased, skipped, held = {}, {}, 0
+local leased, skipped, held, parked = {}, {}, 0, 0
 if n > 0 then
   local ids = redis.call('ZRANGE', prefix .. 'ready', 0, n - 1)
   for _, id in ipairs(ids) do
@@ -162,6 +250,11 @@ if n > 0 then
         forget(prefix, id)
         table.insert(skipped, id)
         table.insert(skipped, json)
+      elseif ok and type(env) == 'table' and type(env['domain']) == 'string' and env['domain'] ~= ''
+             and breaker_gate(prefix, env['domain'], id, now, lease) == 'park' then
+        redis.call('ZADD', prefix .. 'parked:' .. env['domain'], now, id)
+        redis.call('SADD', prefix .. 'parkdom', env['domain'])
+        parked = parked + 1
       elseif hold and hold > now then
         -- the target domain is backing off fleet-wide: wait in DELAYED, no delivery, no budget
         redis.call('ZADD', prefix .. 'delayed', hold, id)
@@ -179,7 +272,7 @@ if n > 0 then
     end
   end
 end
-return {promoted, reaped, leased, skipped, held}
+return {promoted, reaped, leased, skipped, held, parked}
 """
 
 # Per-domain backoff shared by the fleet. A burst of 429/503 answers within one step's window
@@ -227,16 +320,19 @@ end
 return lost
 """
 
-# Commit part 1 — record DONE and enqueue discovered requests (they inherit the parent's run).
-# ARGV: prefix, ttl, then per commit: run, fp, ndisc, then ndisc groups (id, json, fp, prio, dont_filter)
-# Returns a flat list of enqueued counts, one per commit.
+# Commit part 1 — record DONE and enqueue discovered requests (they inherit the parent's run), and
+# feed item-callback outcomes to the domain's drift breaker.
+# ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, then per commit:
+#   run, fp, id, domain, outcome ('' = not tracked), ndisc, then ndisc groups (id, json, fp, prio, dont_filter)
+# Returns {enqueued counts (one per commit), events flat (domain, event)}.
 COMMIT = PRELUDE + r"""
-local prefix, ttl = ARGV[1], tonumber(ARGV[2])
-local out = {}
-local i = 3
+local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local out, events = {}, {}
+local i = 9
 while i <= #ARGV do
-  local run, fp, nd = ARGV[i], ARGV[i+1], tonumber(ARGV[i+2])
-  i = i + 3
+  local run, fp, id, domain, outcome, nd = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], tonumber(ARGV[i+5])
+  i = i + 6
   local enq = 0
   for _ = 1, nd do
     enq = enq + enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
@@ -245,9 +341,42 @@ while i <= #ARGV do
   local done = prefix .. 'done:' .. run
   set_add(done, fp)
   redis.call('EXPIRE', done, ttl)
+  if outcome ~= '' and domain ~= '' then
+    local ev = breaker_record(prefix, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+    if ev ~= '' then
+      table.insert(events, domain)
+      table.insert(events, ev)
+    end
+  end
   table.insert(out, enq)
 end
-return out
+return {out, events}
+"""
+
+# Drift (class C): record it on the breaker and PARK the request (not DONE, not acked: it is
+# re-extracted after the fix). ARGV: prefix, now, W, minev, rate, cbase, ccap, id, token, domain, sample
+# Returns {event, window}.
+DRIFT = PRELUDE + r"""
+local prefix, now = ARGV[1], tonumber(ARGV[2])
+local W, minev, rate, cbase, ccap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local id, token, domain, sample = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+if not owns(prefix, id, token) then return {'lost', ''} end
+local ev = breaker_record(prefix, domain, 'C', id, now, W, minev, rate, cbase, ccap)
+park(prefix, domain, id, now)
+local bk = prefix .. 'breaker:' .. domain
+local ok, samples = pcall(cjson.decode, redis.call('HGET', bk, 'samples') or '[]')
+if not ok or type(samples) ~= 'table' then samples = {} end
+table.insert(samples, cjson.decode(sample))
+while #samples > 5 do table.remove(samples, 1) end
+redis.call('HSET', bk, 'samples', cjson.encode(samples), 'last_drift_at', now)
+redis.call('HINCRBY', bk, 'drift_events', 1)
+return {ev, redis.call('HGET', bk, 'window') or ''}
+"""
+
+# Close a breaker by hand and release its parked requests. ARGV: prefix, domain, now -> released
+BREAKER_RESET = PRELUDE + r"""
+local bk = ARGV[1] .. 'breaker:' .. ARGV[2]
+return breaker_close(ARGV[1], bk, ARGV[2], tonumber(ARGV[3]))
 """
 
 # Commit part 2 — acknowledge. ARGV: prefix, then pairs (id, token). Returns number acked.

@@ -11,6 +11,7 @@ drives it with ``asyncio.run``.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -81,6 +82,7 @@ class LeaseBatch:
     leased: list[Lease] = field(default_factory=list)
     skipped: list[tuple[str, bytes]] = field(default_factory=list)
     held: int = 0
+    parked: int = 0
 
 
 @dataclass
@@ -92,6 +94,23 @@ class Commit:
     run: str
     fp: str
     discovered: list[Envelope] = field(default_factory=list)
+    domain: str = ""
+    outcome: str = ""  # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked
+
+
+@dataclass(frozen=True)
+class BreakerParams:
+    """Rate-based drift breaker: opens on >= min_events C outcomes and C rate >= rate over window."""
+
+    window: int = 20
+    min_events: int = 5
+    rate: float = 0.5
+    cooldown: float = 1800.0
+    cooldown_cap: float = 8 * 3600.0
+
+    def args(self) -> list[str]:
+        return [str(self.window), str(self.min_events), repr(self.rate), repr(self.cooldown),
+                repr(self.cooldown_cap)]
 
 
 def _s(v: Any) -> str:
@@ -110,10 +129,14 @@ def _entry_args(env: Envelope, *, force_filter: bool = False) -> list[str]:
 class FleetQueue:
     """All queue transitions of one spider."""
 
-    def __init__(self, client: aioredis.Redis, spider: str, *, dedup_ttl: int = 48 * 3600) -> None:
+    def __init__(
+        self, client: aioredis.Redis, spider: str, *, dedup_ttl: int = 48 * 3600,
+        breaker: BreakerParams | None = None,
+    ) -> None:
         self.client = client
         self.keys = Keys(spider)
         self.dedup_ttl = dedup_ttl
+        self.breaker = breaker or BreakerParams()
         reg = client.register_script
         self._seed = reg(lua.SEED)
         self._lease = reg(lua.LEASE)
@@ -126,6 +149,8 @@ class FleetQueue:
         self._dead = reg(lua.DEAD)
         self._has = reg(lua.HAS)
         self._hold = reg(lua.HOLD)
+        self._drift = reg(lua.DRIFT)
+        self._breaker_reset = reg(lua.BREAKER_RESET)
 
     @property
     def spider(self) -> str:
@@ -167,9 +192,10 @@ class FleetQueue:
             keys=self._route(),
             args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit],
         )
-        promoted, reaped, leased, skipped, held = res
+        promoted, reaped, leased, skipped, held, parked = res
         return LeaseBatch(
             held=int(held),
+            parked=int(parked),
             promoted=int(promoted),
             reaped=[(_s(a), _s(b)) for a, b in _pairs(reaped, 2)],
             leased=[Lease(_s(i), bytes(j), int(d), _s(t)) for i, j, d, t in _pairs(leased, 4)],
@@ -191,14 +217,18 @@ class FleetQueue:
         lost = await self._heartbeat(keys=self._route(), args=args)
         return [_s(x) for x in lost]
 
-    async def commit(self, commits: Sequence[Commit], *, ack: bool = True) -> list[int]:
-        """DONE + discovered for every commit in one script, then (same round trip) the acks."""
+    async def commit(
+        self, commits: Sequence[Commit], *, ack: bool = True
+    ) -> tuple[list[int], list[tuple[str, str]]]:
+        """DONE + discovered + breaker outcomes in one script, then (same round trip) the acks.
+
+        Returns (enqueued children per commit, breaker events as (domain, event))."""
         if not commits:
-            return []
-        args: list[Any] = [self.keys.prefix, str(self.dedup_ttl)]
+            return [], []
+        args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args()]
         acks: list[Any] = [self.keys.prefix]
         for c in commits:
-            args += [c.run, c.fp, len(c.discovered)]
+            args += [c.run, c.fp, c.lease_id, c.domain, c.outcome, len(c.discovered)]
             for env in c.discovered:
                 args += _entry_args(env)
             acks += [c.lease_id, c.token]
@@ -207,7 +237,53 @@ class FleetQueue:
         if ack:
             await self._ack(keys=self._route(), args=acks, client=pipe)
         res = await pipe.execute()
-        return [int(x) for x in res[0]]
+        counts, events = res[0]
+        return [int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)]
+
+    async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
+        """Record a C outcome and park the request. Returns (breaker event, window)."""
+        res = await self._drift(
+            keys=self._route(),
+            args=[self.keys.prefix, repr(time.time()), *self.breaker.args(), lease_id, token, domain,
+                  json.dumps(sample, default=str)],
+        )
+        return _s(res[0]), _s(res[1])
+
+    async def breaker_reset(self, domain: str) -> int:
+        return int(await self._breaker_reset(
+            keys=self._route(), args=[self.keys.prefix, domain, repr(time.time())]))
+
+    async def breakers(self) -> dict[str, dict[str, Any]]:
+        """Every breaker of this spider with its state, counts and parked backlog."""
+        out: dict[str, dict[str, Any]] = {}
+        pattern = f"{self.keys.prefix}breaker:*"
+        async for key in self.client.scan_iter(match=pattern, count=500):
+            k = _s(key)
+            domain = k[len(self.keys.prefix) + len("breaker:"):]
+            raw = {_s(a): _s(b) for a, b in (await self.client.hgetall(k)).items()}
+            window = raw.get("window", "")
+            c = window.count("C")
+            state = raw.get("state", "closed")
+            out[domain] = {
+                "state": state,
+                "window": len(window),
+                "c_events": c,
+                "c_rate": round(c / len(window), 3) if window else 0.0,
+                "trips": int(raw.get("trips", 0) or 0),
+                "drift_events": int(raw.get("drift_events", 0) or 0),
+                "opened_at": float(raw["opened_at"]) if raw.get("opened_at") and state != "closed" else None,
+                "open_until": float(raw["open_until"]) if raw.get("open_until") and state != "closed" else None,
+                "parked": int(await self.client.zcard(f"{self.keys.prefix}parked:{domain}")),
+                "samples": json.loads(raw.get("samples") or "[]"),
+            }
+        return out
+
+    async def parked(self) -> int:
+        domains = [_s(d) for d in await self.client.smembers(self.keys.prefix + "parkdom")]
+        total = 0
+        for d in domains:
+            total += int(await self.client.zcard(f"{self.keys.prefix}parked:{d}"))
+        return total
 
     async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
         args: list[Any] = [self.keys.prefix]
@@ -267,7 +343,8 @@ class FleetQueue:
         pipe.zcard(self.keys.delayed)
         pipe.xlen(self.keys.dlq)
         ready, inflight, delayed, dlq = await pipe.execute()
-        return {"ready": int(ready), "inflight": int(inflight), "delayed": int(delayed), "dlq": int(dlq)}
+        return {"ready": int(ready), "inflight": int(inflight), "delayed": int(delayed), "dlq": int(dlq),
+                "parked": await self.parked()}
 
     async def pending(self) -> int:
         """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive."""

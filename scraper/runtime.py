@@ -35,9 +35,11 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 
-from middlewares.classify import A, B, D, Verdict
+from middlewares.classify import A, B, C, D, Verdict
 from pipelines.objects import ObjectWriter, WriteContext
 from scraper import log
+from middlewares import drift
+from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
 from scraper.proxies import ProxyPool, parse_proxies
@@ -51,6 +53,13 @@ DOMAIN_SLOWDOWN_STATUS = frozenset({429, 503})
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray")
+
+
+def drift_item(item: Any) -> dict[str, Any]:
+    from itemadapter import ItemAdapter
+
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+            for k, v in ItemAdapter(item).asdict().items()}
 
 
 def _now_iso() -> str:
@@ -107,6 +116,7 @@ class FleetRuntime:
         self.active: dict[str, LeaseState] = {}
         self.commits: list[tuple[LeaseState, Commit]] = []
         self.log = log.get_logger(worker=self.worker_id)
+        self.alerter = Alerter(config.alert_webhook)
         self.stopping = False  # no more leasing (shutdown)
         self.releasing = False  # closing: unfinished work is released, never failed or retried
         self.grace_deadline: float | None = None
@@ -128,7 +138,10 @@ class FleetRuntime:
         self.client = aioredis.Redis.from_url(
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
-        self.queue = FleetQueue(self.client, spider.name, dedup_ttl=self.config.dedup_ttl)
+        self.queue = FleetQueue(
+            self.client, spider.name, dedup_ttl=self.config.dedup_ttl,
+            breaker=self.config.breaker_params(),
+        )
         self.proxies = ProxyPool(parse_proxies(self.config.proxies), self.client)
         self.log = self.log.bind(spider=spider.name)
         await self.client.sadd("fleet:spiders", spider.name)
@@ -157,6 +170,7 @@ class FleetRuntime:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             await self.client.aclose()
+        self.alerter.close()
         self.closed = True
         self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
 
@@ -253,6 +267,9 @@ class FleetRuntime:
                 continue
             self._redis_ok()
             self._log_reaped(batch.reaped)
+            if batch.parked:
+                self.stats.inc_value("fleet/parked", batch.parked)
+                self.log.info("requests_parked", count=batch.parked)
             for _lid, raw in batch.skipped:
                 self.stats.inc_value("fleet/skipped_done")
                 try:
@@ -444,6 +461,10 @@ class FleetRuntime:
         if state.settled or self.releasing:
             return
         state.settled = True
+        if drift.is_item_callback(self.spider, state.env.callback):
+            # an item callback that crashes on a 200 page is the classic symptom of layout drift
+            self._spawn(self._drift(state, f"callback_error:{type(exc).__name__}", ()))
+            return
         self.stats.inc_value(f"fleet/class/{D}")
         self._spawn(self._dead(state, f"callback_error:{type(exc).__name__}", str(exc)[:500]))
 
@@ -505,6 +526,10 @@ class FleetRuntime:
             self.stats.inc_value(f"fleet/class/{D}")
             await self._dead(state, "pipeline_error", "; ".join(state.errors)[:500])
             return
+        verdict = drift.check(self.spider, env.callback, state.items)
+        if verdict is not None:
+            await self._drift(state, verdict.reason, verdict.missing)
+            return
         try:
             if state.items:
                 key = await self._in_pool(self.writer.write_items, self._ctx(state), state.items)
@@ -520,7 +545,11 @@ class FleetRuntime:
             return
         if self.crash_at == "after_write":
             os.kill(os.getpid(), signal.SIGKILL)
-        self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered)))
+        outcome = ""
+        if drift.tracks_drift(self.spider):
+            outcome = "o" if drift.is_item_callback(self.spider, env.callback) or state.items else "n"
+        self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered,
+                                           domain=env.domain, outcome=outcome)))
         if len(self.commits) >= self.config.commit_batch:
             self._commit_wake.set()
 
@@ -542,7 +571,7 @@ class FleetRuntime:
                 if self.crash_at == "after_done":
                     await self.queue.commit([c for _, c in batch], ack=False)
                     os.kill(os.getpid(), signal.SIGKILL)
-                enq = await self.queue.commit([c for _, c in batch])
+                enq, events = await self.queue.commit([c for _, c in batch])
                 self._redis_ok()
                 break
             except REDIS_ERRORS as exc:
@@ -561,6 +590,8 @@ class FleetRuntime:
                 "request_acked", run=c.run, fp=c.fp, attempt=st.lease.deliveries,
                 items=len(st.items), discovered=len(c.discovered), enqueued=n,
             )
+        for domain, event in events:
+            self._breaker_event(domain, event, {})
         if self.commits:
             self._commit_wake.set()
         self.engine_kick()
@@ -623,6 +654,81 @@ class FleetRuntime:
             "request_delayed", run=env.run, fp=env.fp, cls=cls, reason=verdict.reason,
             delay_s=round(delay, 3), due=due, attempts=env.attempts,
         )
+
+    async def _drift(self, state: LeaseState, reason: str, missing: tuple[str, ...] | list[str]) -> None:
+        """Class C: keep the evidence, feed the domain's breaker, and park the request (no DONE)."""
+        assert self.queue is not None
+        env = state.env
+        self.stats.inc_value(f"fleet/class/{C}")
+        self.log.info("request_classified", run=env.run, fp=env.fp, cls=C, reason=reason,
+                      missing=list(missing), attempt=state.lease.deliveries)
+        raw_key = evidence_key = None
+        try:
+            if state.body:
+                raw_key = await self._in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.body)
+            evidence = {
+                "class": C, "reason": reason, "missing": list(missing), "url": env.url, "fp": env.fp,
+                "run": env.run, "spider": env.spider, "callback": env.callback or "parse",
+                "cb_kwargs": env.cb_kwargs, "status": state.status, "raw_key": raw_key,
+                "worker": self.worker_id, "at": _now_iso(),
+                "items_sample": [drift_item(i) for i in state.items[:3]],
+            }
+            evidence_key = await self._in_pool(self.writer.write_evidence, env.spider, env.run, C, env.fp, evidence)
+        except Exception as exc:
+            self.log.warning("evidence_write_failed", error=type(exc).__name__, cls=C)
+        sample = {"url": env.url, "missing": list(missing), "reason": reason, "evidence_key": evidence_key,
+                  "raw_key": raw_key, "run": env.run}
+        res = await self._redis_retry(
+            lambda: self.queue.drift(state.id, state.lease.token, env.domain, sample)  # type: ignore[union-attr]
+        )
+        self.active.pop(state.id, None)
+        self.stats.inc_value("fleet/parked")
+        self.log.info("request_parked", run=env.run, fp=env.fp, domain=env.domain, reason=reason)
+        if res:
+            event, window = res
+            self._breaker_event(env.domain, event, {"window": window, "sample": sample})
+
+    def _breaker_event(self, domain: str, event: str, extra: dict[str, Any]) -> None:
+        if event not in {"opened", "reopened", "closed"}:
+            return
+        spider = self.spider.name if self.spider else "?"
+        window = str(extra.get("window", ""))
+        rate = round(window.count("C") / len(window), 3) if window else None
+        if event == "closed":
+            self.stats.inc_value("fleet/breaker/closed")
+            self.log.warning("breaker_closed", domain=domain)
+            self.alerter.send({
+                "text": f":white_check_mark: Fleet breaker closed for {spider} on {domain}; parked requests released.",
+                "event": "breaker_closed", "spider": spider, "domain": domain,
+            })
+            return
+        self.stats.inc_value("fleet/breaker/opened")
+        self._spawn(self._alert_opened(spider, domain, event, rate, len(window)))
+
+    async def _alert_opened(self, spider: str, domain: str, event: str, rate: float | None, window: int) -> None:
+        assert self.queue is not None
+        info = (await self.queue.breakers()).get(domain, {})
+        samples = info.get("samples", [])
+        urls = [s_.get("url") for s_ in samples]
+        missing = sorted({f for s_ in samples for f in s_.get("missing", [])})
+        evidence = [s_.get("evidence_key") for s_ in samples if s_.get("evidence_key")]
+        replay = f"fleet replay {spider} --url {urls[-1]}" if urls else f"fleet replay {spider} --key <raw key>"
+        reset = f"fleet breakers reset {spider} {domain}"
+        self.log.warning(
+            "breaker_opened", domain=domain, reopened=event == "reopened", rate=rate, window=window,
+            sample_urls=urls, missing_fields=missing, evidence_keys=evidence,
+            open_until=info.get("open_until"),
+        )
+        self.alerter.send({
+            "text": (f":rotating_light: Fleet drift breaker {'re-' if event == 'reopened' else ''}opened for "
+                     f"spider {spider} on {domain}: C rate {rate} over the last {window} item pages; "
+                     f"missing fields: {', '.join(missing) or 'all items'}. "
+                     f"Requests are parked, not lost. Check a fix with `{replay}`, then `{reset}`."),
+            "event": "breaker_opened", "spider": spider, "domain": domain, "reopened": event == "reopened",
+            "rate": rate, "window": window, "sample_urls": urls, "missing_fields": missing,
+            "evidence_keys": evidence, "replay_command": replay, "reset_command": reset,
+            "open_until": info.get("open_until"),
+        })
 
     async def _redis_retry(self, op: Callable[[], Any]) -> Any:
         while True:

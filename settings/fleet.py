@@ -28,6 +28,10 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs |
 | FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
 | FLEET_ALLOW_PRIVATE | 1 | reserved: crawling private/loopback addresses is allowed |
+| FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |
+| FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
+| FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |
+| FLEET_BREAKER_COOLDOWN | 1800 | seconds open before one half-open probe; doubles per re-trip, capped at 8 h |
 | FLEET_LOG_LEVEL | INFO | structlog level for Fleet's JSON events (Scrapy's own logs stay at WARNING) |
 """
 
@@ -37,7 +41,10 @@ import math
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from scraper.queue import BreakerParams
 
 
 class ConfigError(ValueError):
@@ -108,6 +115,10 @@ class FleetConfig:
     alert_webhook: str | None = None
     allow_private: bool = True
     log_level: str = "INFO"
+    breaker_window: int = 20
+    breaker_min_events: int = 5
+    breaker_rate: float = 0.5
+    breaker_cooldown: float = 1800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FleetConfig:
@@ -141,4 +152,16 @@ class FleetConfig:
             alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
             log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
+            breaker_window=_int(e, "FLEET_BREAKER_WINDOW", 20, minimum=1),
+            breaker_min_events=_int(e, "FLEET_BREAKER_MIN_EVENTS", 5, minimum=1),
+            breaker_rate=_float(e, "FLEET_BREAKER_RATE", 0.5),
+            breaker_cooldown=_float(e, "FLEET_BREAKER_COOLDOWN", 1800.0, minimum=0.1),
+        )
+
+    def breaker_params(self) -> BreakerParams:
+        from scraper.queue import BreakerParams
+
+        return BreakerParams(
+            window=self.breaker_window, min_events=self.breaker_min_events, rate=self.breaker_rate,
+            cooldown=self.breaker_cooldown, cooldown_cap=max(self.breaker_cooldown, 8 * 3600.0),
         )

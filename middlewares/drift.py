@@ -1,0 +1,73 @@
+"""Semantic drift (class C): the page loaded, but extraction no longer finds what the spider promised.
+
+A spider opts in by declaring ``required_fields`` (every item must have them, non-empty) and/or
+``item_callbacks`` (callbacks that must yield at least one item). Navigation callbacks are never
+drift, and spiders that declare nothing never produce C. Block pages never reach this check: they are
+classified B first (middlewares.classify).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from itemadapter import ItemAdapter
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    reason: str
+    missing: tuple[str, ...] = ()
+
+
+def declarations(spider: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    required = tuple(getattr(spider, "required_fields", ()) or ())
+    callbacks = tuple(getattr(spider, "item_callbacks", ()) or ())
+    return required, callbacks
+
+
+def tracks_drift(spider: Any) -> bool:
+    required, callbacks = declarations(spider)
+    return bool(required or callbacks)
+
+
+def is_item_callback(spider: Any, callback: str | None) -> bool:
+    required, callbacks = declarations(spider)
+    if callbacks:
+        return (callback or "parse") in callbacks
+    return False
+
+
+def _empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes)):
+        return not value.strip()
+    if isinstance(value, (list, tuple, dict, set)):
+        return len(value) == 0
+    return False
+
+
+def missing_fields(spider: Any, item: Any) -> list[str]:
+    required, _ = declarations(spider)
+    adapter = ItemAdapter(item)
+    return [f for f in required if f not in adapter or _empty(adapter.get(f))]
+
+
+def check(spider: Any, callback: str | None, items: Sequence[Any]) -> DriftVerdict | None:
+    """C when an item callback yields nothing, or any item lacks a required field."""
+    if not tracks_drift(spider):
+        return None
+    if not items:
+        if is_item_callback(spider, callback):
+            return DriftVerdict("no_items")
+        return None
+    missing: list[str] = []
+    for item in items:
+        for f in missing_fields(spider, item):
+            if f not in missing:
+                missing.append(f)
+    if missing:
+        return DriftVerdict("missing_fields", tuple(missing))
+    return None
