@@ -71,36 +71,6 @@ local function prio_of(json)
   return 0
 end
 
--- move due DELAYED entries and expired IN-FLIGHT leases back to READY
-local function maintain(prefix, now, limit)
-  local ready, inflight, delayed = prefix .. 'ready', prefix .. 'inflight', prefix .. 'delayed'
-  local envk, leasek = prefix .. 'env', prefix .. 'lease'
-  local promoted, reaped = 0, {}
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', delayed, id)
-    local json = redis.call('HGET', envk, id)
-    if json then
-      redis.call('ZADD', ready, -prio_of(json) * 1e12, id)
-      promoted = promoted + 1
-    end
-  end
-  local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(expired) do
-    redis.call('ZREM', inflight, id)
-    local owner = redis.call('HGET', leasek, id)
-    redis.call('HDEL', leasek, id)
-    local json = redis.call('HGET', envk, id)
-    if json then
-      -- redelivered work goes to the front of its priority level
-      redis.call('ZADD', ready, -prio_of(json) * 1e12, id)
-      table.insert(reaped, id)
-      table.insert(reaped, owner or '')
-    end
-  end
-  return promoted, reaped
-end
-
 -- enqueue one envelope unless SEEN (dont_filter skips the check); returns 1 if enqueued
 local function enqueue(prefix, ttl, id, json, run, fp, prio, dont_filter)
   local seen = prefix .. 'seen:' .. run
@@ -196,13 +166,71 @@ local function breaker_gate(prefix, domain, id, now, lease)
   if not b then return 'go' end
   local sep = string.find(b, '|', 1, true)
   local st, t = string.sub(b, 1, sep - 1), tonumber(string.sub(b, sep + 1))
-  if st == 'open' and now < t then return 'park' end
   local bk = prefix .. 'breaker:' .. domain
-  if st == 'half' and t > now then return 'park' end
-  -- cooldown over (or probe lost): this request becomes the single fleet-wide probe
+  if st == 'half' then
+    if redis.call('HGET', bk, 'probe') == id then return 'go' end
+    if t > now then return 'park' end
+  elseif now < t then
+    return 'park'
+  end
+  -- cooldown over (or the probe was lost): this request becomes the single fleet-wide probe
   redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + lease * 2)
   redis.call('HSET', prefix .. 'brk', domain, 'half|' .. (now + lease * 2))
   return 'probe'
+end
+
+-- open breakers whose cooldown is over release exactly one parked request as the probe
+local function release_probes(prefix, now, probe_ttl)
+  local brk = redis.call('HGETALL', prefix .. 'brk')
+  for i = 1, #brk, 2 do
+    local domain, b = brk[i], brk[i + 1]
+    local sep = string.find(b, '|', 1, true)
+    local st, t = string.sub(b, 1, sep - 1), tonumber(string.sub(b, sep + 1))
+    if t <= now then
+      local pk = prefix .. 'parked:' .. domain
+      local first = redis.call('ZRANGE', pk, 0, 0)
+      if first[1] then
+        local id = first[1]
+        redis.call('ZREM', pk, id)
+        local bk = prefix .. 'breaker:' .. domain
+        redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + probe_ttl)
+        redis.call('HSET', prefix .. 'brk', domain, 'half|' .. (now + probe_ttl))
+        local json = redis.call('HGET', prefix .. 'env', id)
+        if json then redis.call('ZADD', prefix .. 'ready', -prio_of(json) * 1e12 - 1, id) end
+      end
+    end
+  end
+end
+
+-- move due DELAYED entries and expired IN-FLIGHT leases back to READY
+local function maintain(prefix, now, limit)
+  local ready, inflight, delayed = prefix .. 'ready', prefix .. 'inflight', prefix .. 'delayed'
+  local envk, leasek = prefix .. 'env', prefix .. 'lease'
+  local promoted, reaped = 0, {}
+  release_probes(prefix, now, 120)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', delayed, id)
+    local json = redis.call('HGET', envk, id)
+    if json then
+      redis.call('ZADD', ready, -prio_of(json) * 1e12, id)
+      promoted = promoted + 1
+    end
+  end
+  local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', inflight, id)
+    local owner = redis.call('HGET', leasek, id)
+    redis.call('HDEL', leasek, id)
+    local json = redis.call('HGET', envk, id)
+    if json then
+      -- redelivered work goes to the front of its priority level
+      redis.call('ZADD', ready, -prio_of(json) * 1e12, id)
+      table.insert(reaped, id)
+      table.insert(reaped, owner or '')
+    end
+  end
+  return promoted, reaped
 end
 
 local function forget(prefix, id)
