@@ -94,7 +94,7 @@ def test_lease_moves_ready_to_inflight(redis_url: str) -> None:
         assert [_url(x.raw) for x in batch.leased] == ["a", "b"]
         assert all(x.deliveries == 1 and x.token == "w1#1" for x in batch.leased)
         assert batch.skipped == [] and batch.reaped == [] and batch.promoted == 0
-        assert await q.counts() == {"ready": 1, "inflight": 2, "delayed": 0, "dlq": 0}
+        assert await q.counts() == {"ready": 1, "inflight": 2, "delayed": 0, "dlq": 0, "parked": 0}
         for x in batch.leased:
             assert await client.hget(q.keys.lease, x.id) == b"w1#1"
             deadline = await client.zscore(q.keys.inflight, x.id)
@@ -171,7 +171,7 @@ def test_expired_lease_reaped_and_redelivered(redis_url: str, via: str) -> None:
         if via == "maintain":
             promoted, reaped = await q.maintain()
             assert (promoted, reaped) == (0, [(first.id, "w1#1")])
-            assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0}
+            assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
             assert await client.hget(q.keys.lease, first.id) is None
             batch = await q.lease(1, worker="w2", lease_seconds=60)
         else:
@@ -181,7 +181,7 @@ def test_expired_lease_reaped_and_redelivered(redis_url: str, via: str) -> None:
         assert again.id == first.id and again.raw == first.raw
         assert again.deliveries == 2
         assert again.token == "w2#2"
-        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
 
     _run(redis_url, body)
 
@@ -207,9 +207,9 @@ def test_ack_with_stale_token_is_noop(redis_url: str) -> None:
         assert new.id == old.id and new.token == "w2#2"
         # the crashed-and-revived first worker must not ack the second one's delivery
         assert await q.ack([(old.id, old.token)]) == 0
-        assert await q.commit([Commit(old.id, old.token, "r1", _env("a").fp)]) == [0]
+        assert await q.commit([Commit(old.id, old.token, "r1", _env("a").fp)]) == ([0], [])
         assert await client.hget(q.keys.lease, new.id) == b"w2#2"
-        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
         assert await q.heartbeat([(old.id, old.token)], 60) == [old.id]
         # the owner's ack removes every trace of the entry
         assert await q.ack([(new.id, new.token)]) == 1
@@ -235,7 +235,7 @@ def test_nack_delays_until_due(redis_url: str) -> None:
         assert await q.nack(lease.id, "w1#999", env, due) is False  # not the owner
         assert await q.nack(lease.id, lease.token, env, due) is True
         assert await q.nack(lease.id, lease.token, env, due) is False  # no longer leased
-        assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 1, "dlq": 0}
+        assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 1, "dlq": 0, "parked": 0}
         assert await client.zscore(q.keys.delayed, lease.id) == pytest.approx(due, abs=1e-3)
         assert await client.hget(q.keys.lease, lease.id) is None
         # not due yet: neither lease nor maintain promotes it
@@ -250,7 +250,7 @@ def test_nack_delays_until_due(redis_url: str) -> None:
         back = Envelope.loads(again.raw)  # the updated envelope was stored
         assert back.attempts == {"A": 1}
         assert back.history == [{"cls": "A", "reason": "http:503"}]
-        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
 
     _run(redis_url, body)
 
@@ -263,7 +263,7 @@ def test_release_returns_leases_at_once(redis_url: str) -> None:
         assert await q.release([(pairs[0][0], "w9#1")]) == 0  # not the owner
         assert await q.release([]) == 0
         assert await q.release(pairs) == 2
-        assert await q.counts() == {"ready": 3, "inflight": 0, "delayed": 0, "dlq": 0}
+        assert await q.counts() == {"ready": 3, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
         assert await client.hlen(q.keys.lease) == 0
         assert await q.release(pairs) == 0  # idempotent
         # immediately leasable again, ahead of the never-leased entry, with deliveries counted
@@ -299,7 +299,7 @@ def test_dead_writes_dlq_and_removes_everywhere(redis_url: str) -> None:
             {"reason": "exhausted:A"},
             {"reason": "operator"},
         ]
-        assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 3}
+        assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 3, "parked": 0}
         assert await _ids_everywhere(q, client) == {
             k: set() for k in ("ready", "inflight", "delayed", "env", "lease", "dlv")
         }
@@ -317,7 +317,7 @@ def test_commit_records_done_enqueues_children_once_and_acks(redis_url: str) -> 
         p = (await _lease_one(q)).leased[0]
         children = [_env("c1"), _env("c2"), _env("c1"), _env("list")]  # dup + link back to a seed
         res = await q.commit([Commit(p.id, p.token, "r1", parent.fp, discovered=children)])
-        assert res == [2]
+        assert res == ([2], [])
         assert await q.has_member(q.keys.done("r1"), [parent.fp, _env("c1").fp]) == [True, False]
         assert await client.ttl(q.keys.done("r1")) > 0  # DONE expires
         ids = await _ids_everywhere(q, client)
@@ -335,10 +335,10 @@ def test_commit_records_done_enqueues_children_once_and_acks(redis_url: str) -> 
                 Commit(c[1].id, c[1].token, "r1", Envelope.loads(c[1].raw).fp),
             ]
         )
-        assert res == [1, 0]
-        assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0}
+        assert res == ([1, 0], [])
+        assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
         assert await q.runs() == {"r1": {"seen": 3, "done": 3}}
-        assert await q.commit([]) == []
+        assert await q.commit([]) == ([], [])
 
     _run(redis_url, body)
 
@@ -347,8 +347,8 @@ def test_commit_without_ack_keeps_the_lease(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
         await q.seed("r1", [_env("a")])
         a = (await _lease_one(q)).leased[0]
-        assert await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False) == [0]
-        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0}
+        assert await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False) == ([0], [])
+        assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
         assert await q.has_member(q.keys.done("r1"), [_env("a").fp]) == [True]
 
     _run(redis_url, body)
