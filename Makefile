@@ -29,13 +29,15 @@ demo: $(STAMP)
 	$(VENV)/bin/fleet demo
 
 test: $(DEV_STAMP)
+	$(VENV)/bin/ruff check scraper middlewares pipelines settings
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not chaos" tests
 
 lint: $(DEV_STAMP)
-	$(VENV)/bin/ruff check scraper middlewares pipelines settings tests
+	$(VENV)/bin/ruff check scraper middlewares pipelines settings
 
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy

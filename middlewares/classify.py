@@ -69,7 +69,7 @@ def classify_response(response: Response) -> Verdict:
     status = response.status
     if status in {407}:
         return Verdict(B, f"http:{status}")
-    if response.headers.get(b"cf-mitigated", b"").lower() == b"challenge":
+    if (response.headers.get(b"cf-mitigated") or b"").lower() == b"challenge":
         return Verdict(B, "challenge:cf-mitigated")
     if status in BAN_STATUS:
         return Verdict(B, f"http:{status}", _retry_after(response) if status == 429 else None)

@@ -33,7 +33,7 @@ def tracks_drift(spider: Any) -> bool:
 
 
 def is_item_callback(spider: Any, callback: str | None) -> bool:
-    required, callbacks = declarations(spider)
+    _, callbacks = declarations(spider)
     if callbacks:
         return (callback or "parse") in callbacks
     return False

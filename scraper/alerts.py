@@ -59,7 +59,7 @@ class Alerter:
                 self.url, data=data, headers={"Content-Type": "application/json"}, method="POST"
             )
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     if 200 <= resp.status < 300:
                         self.log.info("alert_sent", event_name=payload.get("event"), attempt=attempt)
                         return

@@ -126,7 +126,7 @@ async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
     try:
         spider = spidercls()
     except TypeError as exc:
-        raise _fail(f"cannot instantiate spider {spidercls.name!r} to read its start requests: {exc}")
+        raise _fail(f"cannot instantiate spider {spidercls.name!r} to read its start requests: {exc}") from None
     async for x in spider.start():
         if isinstance(x, Request):
             yield x
@@ -243,6 +243,7 @@ def _install_signals(crawler: Any) -> None:
     from twisted.internet import reactor
 
     state = {"count": 0}
+    _keep: list[Any] = []  # tasks must be referenced until done
 
     def handler(signum: int, _frame: Any) -> None:
         state["count"] += 1
@@ -257,13 +258,13 @@ def _install_signals(crawler: Any) -> None:
                 def force() -> None:
                     if crawler.engine is not None and crawler.engine.running and not rt.closed:
                         rt.releasing = True
-                        asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown"))
+                        _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
 
-                reactor.callLater(rt.config.shutdown_grace, force)  # type: ignore[attr-defined]
+                reactor.callLater(rt.config.shutdown_grace, force)
             elif crawler.engine is not None:
-                asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown"))
+                _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
 
-        reactor.callFromThread(begin)  # type: ignore[attr-defined]
+        reactor.callFromThread(begin)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -297,7 +298,7 @@ async def _summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
 async def _dlq_iter(q: FleetQueue, run: str | None) -> AsyncIterator[tuple[str, dict[str, str]]]:
     last = "+"
     while True:
-        rows = await q.client.xrevrange(q.keys.dlq, max=last, count=500)
+        rows: Any = await q.client.xrevrange(q.keys.dlq, max=last, count=500)
         if not rows:
             return
         for rid, fields in rows:
@@ -618,7 +619,8 @@ async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
     client = await _client(_redis_url(cfg))
     try:
         q = FleetQueue(client, spider)
-        return [r.decode() if isinstance(r, bytes) else r for r in await client.zrevrange(q.keys.runs, 0, -1)]
+        runs: Any = await client.zrevrange(q.keys.runs, 0, -1)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in runs]
     finally:
         await client.aclose()
 

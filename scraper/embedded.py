@@ -296,7 +296,7 @@ def _log_tail(rdir: pathlib.Path, lines: int = 20) -> str:
     return f"\n--- last lines of {log} ---\n{tail}" if tail else ""
 
 
-def _client(sock: pathlib.Path) -> redis.Redis[bytes]:
+def _client(sock: pathlib.Path) -> redis.Redis:
     """A client for our own probes, with redis-py's retries turned off.
 
     redis-py >= 6 retries connection errors 3 times with exponential backoff by default:
@@ -368,7 +368,7 @@ def _is_redis_process(pid: int, rdir: pathlib.Path) -> bool:
 # --------------------------------------------------------------------------- checks
 
 
-def check_redis(client: redis.Redis[Any]) -> list[str]:
+def check_redis(client: redis.Redis) -> list[str]:
     """Refuse an evicting Redis; return warnings for weaker-but-usable setups.
 
     Raises RedisConfigError when ``maxmemory_policy`` is anything but ``noeviction``: under
@@ -407,7 +407,7 @@ def check_redis(client: redis.Redis[Any]) -> list[str]:
     return warnings
 
 
-def _describe_client(client: redis.Redis[Any]) -> str:
+def _describe_client(client: redis.Redis) -> str:
     """host:port/db or socket path of a client, for messages (never the password)."""
     kwargs: dict[str, Any] = dict(getattr(client.connection_pool, "connection_kwargs", {}))
     db = kwargs.get("db", 0)

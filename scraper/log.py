@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -26,7 +27,7 @@ def redact(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
-def _scrub(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
         if key.lower() in _SECRET_KEYS:
             event[key] = "***"

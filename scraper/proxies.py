@@ -166,7 +166,7 @@ class ProxyPool:
             pipe.hgetall(health_key(p.id, domain))
         rows = await pipe.execute()
         v = self.view(domain)
-        for p, raw in zip(self.proxies, rows):
+        for p, raw in zip(self.proxies, rows, strict=True):
             h = Health.from_redis(raw)
             local = v.health.get(p.id)
             if local is not None and local.ewma_ms and not h.ewma_ms:

@@ -369,8 +369,8 @@ class FleetQueue:
         return out
 
     async def dlq_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        rows = await self.client.xrevrange(self.keys.dlq, count=count)
-        return [(_s(i), {_s(k): _s(v) for k, v in f.items()}) for i, f in rows]
+        rows: Any = await self.client.xrevrange(self.keys.dlq, count=count)
+        return [(_s(i), {_s(k): _s(v) for k, v in (f or {}).items()}) for i, f in rows or []]
 
 
 async def known_spiders(client: aioredis.Redis) -> list[str]:

@@ -23,7 +23,9 @@ from scraper.envelope import fp64
 from scraper.store import ObjectStore, open_store
 from settings.fleet import FleetConfig
 
-_KEY_RE = re.compile(r"^(raw|items|evidence)/spider=(?P<spider>[^/]+)/run=(?P<run>[^/]+)/(?:[^/]+/)?(?P<fp>[0-9a-f]{16})\.")
+_KEY_RE = re.compile(
+    r"^(raw|items|evidence)/spider=(?P<spider>[^/]+)/run=(?P<run>[^/]+)/(?:[^/]+/)?(?P<fp>[0-9a-f]{16})\."
+)
 
 
 class ReplayError(RuntimeError):

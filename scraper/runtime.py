@@ -35,10 +35,10 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 
+from middlewares import drift
 from middlewares.classify import A, B, C, D, Verdict
 from pipelines.objects import ObjectWriter, WriteContext
 from scraper import log
-from middlewares import drift
 from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
@@ -581,7 +581,7 @@ class FleetRuntime:
                     for st, _ in batch:
                         self.active.pop(st.id, None)
                     return
-        for (st, c), n in zip(batch, enq):
+        for (st, c), n in zip(batch, enq, strict=True):
             self.active.pop(st.id, None)
             self.stats.inc_value("fleet/acked")
             if n:
@@ -635,7 +635,7 @@ class FleetRuntime:
             delay = verdict.retry_after or 0.0  # a 429 slows the domain; it does not burn the proxy
         elif state.proxy_id and self.proxies:
             until = await self._redis_retry(
-                lambda: self.proxies.ban(state.proxy_id, env.domain)  # type: ignore[union-attr,arg-type]
+                lambda: self.proxies.ban(state.proxy_id, env.domain)  # type: ignore[arg-type]
             )
             self.stats.inc_value("fleet/proxy/banned")
             self.log.info("proxy_banned", proxy=state.proxy_id, domain=env.domain,
@@ -762,7 +762,7 @@ class FleetRuntime:
         if response is not None:
             fields["status"] = str(response.status)
             fields["headers"] = json.dumps(
-                {h: response.headers.get(h, b"").decode("latin-1") for h in _EVIDENCE_HEADERS
+                {h: (response.headers.get(h) or b"").decode("latin-1") for h in _EVIDENCE_HEADERS
                  if response.headers.get(h)}
             )
             fields["body_sha256"] = hashlib.sha256(response.body).hexdigest()

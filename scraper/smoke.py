@@ -212,7 +212,7 @@ class Smoke:
         _check(took < 1.0, f"(c) dispatching {n} requests took {took:.2f}s (must be < 1 s)")
         procs = []
         logs = [tempfile.TemporaryFile() for _ in (1, 2)]  # files, not pipes: a full pipe stalls a worker
-        for i, fh in zip((1, 2), logs):
+        for i, fh in zip((1, 2), logs, strict=True):
             env = dict(os.environ, FLEET_REDIS_URL=self.redis_url, FLEET_WORKER_ID=f"smoke-burst-{i}")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "scraper.cli", "worker", SPIDER, "--until-idle", "2"],
