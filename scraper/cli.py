@@ -43,7 +43,7 @@ breakers_app = typer.Typer(
     invoke_without_command=True,
 )
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs get untruncated tables
 
 EXIT_CONFIG = 1
 EXIT_INFRA = 3
@@ -623,6 +623,28 @@ async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
         return [r.decode() if isinstance(r, bytes) else str(r) for r in runs]
     finally:
         await client.aclose()
+
+
+@app.command()
+def export(
+    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    run: Annotated[str, typer.Option("--run", help="The run to export.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    out: Annotated[Optional[str], typer.Option("--out", help="Store URI to write to (default: FLEET_STORE, under exports/).")] = None,
+) -> None:
+    """Export a run as one record per idempotency key (Parquet for DuckDB/Athena/pandas, or JSONL)."""
+    from scraper.export import export_run
+
+    if fmt not in {"parquet", "jsonl"}:
+        raise _fail(f"--format {fmt!r}: use parquet or jsonl")
+    cfg = _config()
+    try:
+        result = export_run(cfg.store, spider, run, fmt, out)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if result["records"] == 0:
+        err.print(f"[yellow]warning:[/] run {run!r} of {spider!r} has no items in {cfg.store}", highlight=False)
+    print(json.dumps(result))
 
 
 @app.command()

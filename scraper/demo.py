@@ -29,6 +29,18 @@ def _count_objects(store_uri: str, spider: str, run: str) -> dict[str, int]:
     return {"objects": objects, "items": items, "raw": raw}
 
 
+async def _purge(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from scraper.queue import FleetQueue
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await FleetQueue(client, "demo_shop").purge()
+    finally:
+        await client.aclose()
+
+
 def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
     from scraper import cli
 
@@ -38,6 +50,8 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
         os.environ["FLEET_DEMO_URL"] = site.start_url
         run = "demo-" + cli._default_run()
         spidercls = cli._spider_class("demo_shop", cfg)
+        # the demo owns the demo_shop queue: work left by an interrupted demo points at a dead port
+        asyncio.run(_purge(cli._redis_url(cfg)))
         seeded = asyncio.run(cli._seed(cfg, spidercls, run, [], None))
         cli.err.print(f"[bold]fleet demo[/]: shop at {site.base_url}, run {run}", highlight=False)
         code = cli._run_worker("demo_shop", concurrency, 2.0)

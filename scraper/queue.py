@@ -330,6 +330,15 @@ class FleetQueue:
         )
         return float(_s(res))
 
+    async def purge(self) -> None:
+        """Drop this spider's queued work (READY/IN-FLIGHT/DELAYED/PARKED); SEEN/DONE and the DLQ stay.
+
+        Only for namespaces a command owns outright (``fleet demo``, ``fleet smoke``)."""
+        k = self.keys
+        domains = [_s(d) for d in await self.client.smembers(k.prefix + "parkdom")]
+        await self.client.delete(k.ready, k.inflight, k.delayed, k.env, k.lease, k.dlv, k.prefix + "parkdom",
+                                 *[f"{k.prefix}parked:{d}" for d in domains])
+
     # -- inspection -------------------------------------------------------------------------------
 
     async def has_member(self, key: str, fps: Sequence[str]) -> list[bool]:

@@ -109,8 +109,7 @@ class Smoke:
 
     async def _purge(self) -> None:
         client, q = await self._q()
-        k = q.keys
-        await client.delete(k.ready, k.inflight, k.delayed, k.env, k.lease, k.dlv)
+        await q.purge()
         await client.aclose()
 
     async def _seed(self, run: str, urls: list[str]) -> tuple[int, float]:
