@@ -164,3 +164,31 @@ def test_poison_entries_go_to_dlq_never_executed(redis_url: str, tmp_path: Path)
     reasons = sorted(f[b"reason"].decode() for _, f in entries)
     assert reasons == ["bad_envelope"] * 3
     assert c.hlen(p + "env") == 0 and c.zcard(p + "ready") == 0
+
+
+def test_fleet_run_one_shot_and_export(redis_url: str, tmp_path: Path) -> None:
+    """cron's view: one command seeds, drains with N workers, prints a summary and an exit code."""
+    with DemoSite(n_products=60).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
+        res = fleet("run", "demo_shop", "--workers", "2", "--run", "cron1", "--idle", "1", env=env, timeout=180)
+        assert res.returncode == 0, res.stderr[-2000:]
+        summary = json.loads(res.stdout)
+        assert summary["run"] == "cron1" and summary["done"] == 63 and summary["dlq"] == 0
+        assert summary["worker_exit_codes"] == [0, 0]
+        assert len(objects(tmp_path / "data", "items", "demo_shop", "cron1")) == 60
+
+        exported = fleet_json("export", "demo_shop", "--run", "cron1", env=env)
+        assert exported["records"] == 60
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(tmp_path / "data" / "exports" / "spider=demo_shop" / "run=cron1" / "part-00000.parquet")
+        assert table.num_rows == 60
+        assert len(set(table.column("_meta_idempotency_key").to_pylist())) == 60
+
+        # a run with a dead URL finishes with exit code 4 and counts it
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{site.base_url}/product/1.html\n{site.base_url}/no-such-page\n")
+        res = fleet("run", "demo_shop", "--urls", str(urls), "--run", "cron2", "--idle", "1", env=env, timeout=120)
+        assert res.returncode == 4, res.stderr[-2000:]
+        summary = json.loads(res.stdout)
+        assert summary["dlq"] == 1 and summary["done"] == 1
