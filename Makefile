@@ -42,7 +42,9 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
+# Static site server for the bench: nginx from apt when missing (the bench falls back to darkhttpd/busybox httpd).
 bench: $(BENCH_STAMP)
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update && (apt-get install -y nginx-light || apt-get install -y nginx)) || echo "warning: could not install nginx"
 	$(PY) -m tests.bench.run
 
 down: $(STAMP)

@@ -19,6 +19,8 @@ from scrapy.crawler import Crawler
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
+from scraper.envelope import META_KEY
+
 
 class CommitMiddleware:
     def __init__(self, crawler: Crawler) -> None:
@@ -53,6 +55,14 @@ class CommitMiddleware:
     ) -> AsyncIterator[Any]:
         rt = self._rt()
         state = self._state(response)
+        if state is None and rt is not None and isinstance(response, Response) and response.request is not None \
+                and isinstance(response.request.meta.get(META_KEY), str):
+            # a response for a lease this worker no longer tracks (settled elsewhere): its outputs
+            # belong to whichever delivery commits; dropping them here loses nothing
+            async for _ in result:
+                pass
+            rt.log.warning("stale_response_dropped", lease=response.request.meta.get(META_KEY))
+            return
         if state is None or state.settled:
             async for x in result:
                 yield x

@@ -255,7 +255,7 @@ return enq
 # ARGV: prefix, now, n, lease_seconds, worker, maintain_limit
 # returns {promoted, reaped_flat, leased_flat(id, json, deliveries, token), skipped_flat(id, json)}
 LEASE = PRELUDE + r"""
-local prefix, now, n, lease, worker, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local prefix, now, n, lease, worker, limit, nonce = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local promoted, reaped = maintain(prefix, now, limit)
 local leased, skipped, held, parked = {}, {}, 0, 0
 if n > 0 then
@@ -289,7 +289,8 @@ if n > 0 then
         held = held + 1
       else
         local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
-        local token = worker .. '#' .. dlv
+        -- the nonce keeps tokens unique even if Redis lost recent writes and dlv repeats
+        local token = worker .. '#' .. dlv .. '#' .. nonce .. #leased
         redis.call('ZADD', prefix .. 'inflight', now + lease, id)
         redis.call('HSET', prefix .. 'lease', id, token)
         table.insert(leased, id)
@@ -407,17 +408,19 @@ local bk = ARGV[1] .. 'breaker:' .. ARGV[2]
 return breaker_close(ARGV[1], bk, ARGV[2], tonumber(ARGV[3]))
 """
 
-# Commit part 2 — acknowledge. ARGV: prefix, then pairs (id, token). Returns number acked.
+# Commit part 2 — acknowledge. ARGV: prefix, then pairs (id, token). Returns 1/0 per pair.
 ACK = PRELUDE + r"""
 local prefix = ARGV[1]
-local n = 0
+local out = {}
 for i = 2, #ARGV, 2 do
   if owns(prefix, ARGV[i], ARGV[i+1]) then
     forget(prefix, ARGV[i])
-    n = n + 1
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
   end
 end
-return n
+return out
 """
 
 # ARGV: prefix, id, token, due, json. Moves a lease to DELAYED with an updated envelope.

@@ -190,7 +190,8 @@ class FleetQueue:
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
         res = await self._lease(
             keys=self._route(),
-            args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit],
+            args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
+                  secrets.token_hex(4)],
         )
         promoted, reaped, leased, skipped, held, parked = res
         return LeaseBatch(
@@ -219,12 +220,12 @@ class FleetQueue:
 
     async def commit(
         self, commits: Sequence[Commit], *, ack: bool = True
-    ) -> tuple[list[int], list[tuple[str, str]]]:
+    ) -> tuple[list[int], list[tuple[str, str]], list[bool]]:
         """DONE + discovered + breaker outcomes in one script, then (same round trip) the acks.
 
-        Returns (enqueued children per commit, breaker events as (domain, event))."""
+        Returns (enqueued children per commit, breaker events as (domain, event), acked per commit)."""
         if not commits:
-            return [], []
+            return [], [], []
         args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args()]
         acks: list[Any] = [self.keys.prefix]
         for c in commits:
@@ -238,7 +239,8 @@ class FleetQueue:
             await self._ack(keys=self._route(), args=acks, client=pipe)
         res = await pipe.execute()
         counts, events = res[0]
-        return [int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)]
+        acked = [bool(int(x)) for x in res[1]] if ack else [False] * len(commits)
+        return [int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)], acked
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
         """Record a C outcome and park the request. Returns (breaker event, window)."""
@@ -291,7 +293,7 @@ class FleetQueue:
             args += [lid, token]
         if len(args) == 1:
             return 0
-        return int(await self._ack(keys=self._route(), args=args))
+        return sum(int(x) for x in await self._ack(keys=self._route(), args=args))
 
     async def nack(self, lease_id: str, token: str, env: Envelope, due: float) -> bool:
         res = await self._nack(

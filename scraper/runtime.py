@@ -130,6 +130,7 @@ class FleetRuntime:
         self._commit_wake = asyncio.Event()
         self._inflight_writes: set[asyncio.Task[Any]] = set()
         self._redis_down_since: float | None = None
+        self._last_beat = time.monotonic()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -160,10 +161,12 @@ class FleetRuntime:
         while (self._inflight_writes or self.commits) and time.monotonic() < self.grace_deadline:
             self._commit_wake.set()
             await asyncio.sleep(0.02)
-        self.releasing = True
+        self.releasing = True  # the loops end on this flag: asyncio.wait_for can swallow a cancel (3.11)
+        self._wake.set()
+        self._commit_wake.set()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(self._tasks, timeout=5)
         if self.commits:
             await self._flush_commits()
         await self._release_all(reason)
@@ -173,6 +176,12 @@ class FleetRuntime:
         self.alerter.close()
         self.closed = True
         self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
+
+    async def _release_buffered(self, leases: list[tuple[str, str]]) -> None:
+        assert self.queue is not None
+        n = await self._redis_retry(lambda: self.queue.release(leases))  # type: ignore[union-attr]
+        self.stats.inc_value("fleet/released", n or 0)
+        self.log.info("leases_released", count=n, reason="shutdown", buffered=True)
 
     async def _release_all(self, reason: str) -> None:
         """Every lease not acknowledged goes back to the front of READY now, not at expiry."""
@@ -206,7 +215,7 @@ class FleetRuntime:
         buffered = [(s.lease.id, s.lease.token) for s in self.buffer]
         self.buffer.clear()
         if buffered and self.queue is not None:
-            self._spawn(self.queue.release(buffered))
+            self._spawn(self._release_buffered(buffered))
         self._wake.set()
         self.engine_kick()
 
@@ -246,7 +255,7 @@ class FleetRuntime:
     async def _feeder(self) -> None:
         assert self.queue is not None
         idle = 0.05
-        while True:
+        while not self.releasing:
             if self._store_down_since is not None and not self.stopping:
                 await self._probe_store()
                 continue
@@ -259,6 +268,8 @@ class FleetRuntime:
                     pass
                 continue
             try:
+                if time.monotonic() - self._last_beat > self.config.lease_seconds / 2:
+                    await self._beat()  # after a stall, renew ours before the reaper sees them expired
                 batch = await self.queue.lease(
                     want, worker=self.worker_id, lease_seconds=self.config.lease_seconds
                 )
@@ -278,6 +289,14 @@ class FleetRuntime:
                 except EnvelopeError:
                     self.log.info("request_skipped_done")
             for lease in batch.leased:
+                mine = self.active.get(lease.id) or next((b for b in self.buffer if b.id == lease.id), None)
+                if mine is not None:
+                    # our own expired lease came back to us (we stalled past the deadline): keep the
+                    # one request in flight and adopt the new token, never start a second copy
+                    mine.lease.token, mine.lease.deliveries = lease.token, lease.deliveries
+                    self.stats.inc_value("fleet/lease_readopted")
+                    self.log.warning("lease_readopted", lease=lease.id, attempt=lease.deliveries)
+                    continue
                 try:
                     env = Envelope.loads(lease.raw)
                 except EnvelopeError as exc:
@@ -290,8 +309,28 @@ class FleetRuntime:
                 self.idle_since = None
                 self.engine_kick()
             else:
-                await asyncio.sleep(idle * (0.5 + random.random()))
-                idle = min(1.0, idle * 2)
+                self._wake.clear()
+                try:  # a local commit that enqueued children wakes us early
+                    await asyncio.wait_for(self._wake.wait(), timeout=idle * (0.5 + random.random()))
+                except asyncio.TimeoutError:
+                    pass
+                idle = min(0.4, idle * 2)
+
+    async def _beat(self) -> None:
+        assert self.queue is not None
+        self._last_beat = time.monotonic()
+        held = [(s.lease.id, s.lease.token) for s in list(self.buffer)]
+        held += [(s.lease.id, s.lease.token) for s in list(self.active.values())]
+        lost = await self.queue.heartbeat(held, self.config.lease_seconds)
+        for lid in lost:
+            if lid not in self.active and all(b.id != lid for b in self.buffer):
+                continue  # acknowledged while the heartbeat was on the wire
+            self.stats.inc_value("fleet/lease_lost")
+            self.log.warning("lease_lost", lease=lid)
+
+    def _forget(self, state: LeaseState) -> None:
+        if self.active.get(state.id) is state:
+            del self.active[state.id]
 
     def _log_reaped(self, reaped: list[tuple[str, str]]) -> None:
         for lid, owner in reaped:
@@ -302,20 +341,11 @@ class FleetRuntime:
         """Heartbeats live leases, reaps others' expired ones, and watches for idleness."""
         assert self.queue is not None
         beat_every = max(0.05, self.config.lease_seconds / 3)
-        last_beat = time.monotonic()
-        while True:
+        while not self.releasing:
             await asyncio.sleep(min(0.5, beat_every))
             try:
-                if time.monotonic() - last_beat >= beat_every:
-                    last_beat = time.monotonic()
-                    held = [(s.lease.id, s.lease.token) for s in list(self.buffer)]
-                    held += [(s.lease.id, s.lease.token) for s in list(self.active.values())]
-                    lost = await self.queue.heartbeat(held, self.config.lease_seconds)
-                    for lid in lost:
-                        if lid not in self.active and all(b.id != lid for b in self.buffer):
-                            continue  # acknowledged while the heartbeat was on the wire
-                        self.stats.inc_value("fleet/lease_lost")
-                        self.log.warning("lease_lost", lease=lid)
+                if time.monotonic() - self._last_beat >= beat_every:
+                    await self._beat()
                     _, reaped = await self.queue.maintain()
                     self._log_reaped(reaped)
                 if self.proxies:
@@ -416,7 +446,7 @@ class FleetRuntime:
             await self._redis_retry(
                 lambda: self.queue.nack(state.id, state.lease.token, state.env, until)  # type: ignore[union-attr]
             )
-            self.active.pop(state.id, None)
+            self._forget(state)
 
         self._spawn(go())
 
@@ -554,7 +584,7 @@ class FleetRuntime:
             self._commit_wake.set()
 
     async def _committer(self) -> None:
-        while True:
+        while not self.releasing:
             try:
                 await asyncio.wait_for(self._commit_wake.wait(), timeout=self.config.commit_interval)
             except asyncio.TimeoutError:
@@ -571,7 +601,7 @@ class FleetRuntime:
                 if self.crash_at == "after_done":
                     await self.queue.commit([c for _, c in batch], ack=False)
                     os.kill(os.getpid(), signal.SIGKILL)
-                enq, events = await self.queue.commit([c for _, c in batch])
+                enq, events, acked = await self.queue.commit([c for _, c in batch])
                 self._redis_ok()
                 break
             except REDIS_ERRORS as exc:
@@ -581,15 +611,26 @@ class FleetRuntime:
                     for st, _ in batch:
                         self.active.pop(st.id, None)
                     return
-        for (st, c), n in zip(batch, enq, strict=True):
-            self.active.pop(st.id, None)
-            self.stats.inc_value("fleet/acked")
+        woke = False
+        for (st, c), n, ok in zip(batch, enq, acked, strict=True):
+            if self.active.get(st.id) is st:
+                self.active.pop(st.id, None)
             if n:
                 self.stats.inc_value("fleet/enqueued", n)
-            self.log.info(
-                "request_acked", run=c.run, fp=c.fp, attempt=st.lease.deliveries,
-                items=len(st.items), discovered=len(c.discovered), enqueued=n,
-            )
+                woke = True
+            if ok:
+                self.stats.inc_value("fleet/acked")
+                self.log.info(
+                    "request_acked", run=c.run, fp=c.fp, attempt=st.lease.deliveries,
+                    items=len(st.items), discovered=len(c.discovered), enqueued=n,
+                )
+            else:
+                # the lease moved on (expired and re-leased); DONE is recorded, so the redelivery
+                # is acknowledged without a fetch
+                self.stats.inc_value("fleet/ack_lost")
+                self.log.warning("ack_lost", run=c.run, fp=c.fp, lease=c.lease_id, attempt=st.lease.deliveries)
+        if woke:
+            self._wake.set()
         for domain, event in events:
             self._breaker_event(domain, event, {})
         if self.commits:
@@ -648,7 +689,7 @@ class FleetRuntime:
         delay = max(delay, hold_until - now)
         due = time.time() + delay
         await self._redis_retry(lambda: self.queue.nack(state.id, state.lease.token, env, due))  # type: ignore[union-attr]
-        self.active.pop(state.id, None)
+        self._forget(state)
         self.stats.inc_value("fleet/retried")
         self.log.info(
             "request_delayed", run=env.run, fp=env.fp, cls=cls, reason=verdict.reason,
@@ -681,7 +722,7 @@ class FleetRuntime:
         res = await self._redis_retry(
             lambda: self.queue.drift(state.id, state.lease.token, env.domain, sample)  # type: ignore[union-attr]
         )
-        self.active.pop(state.id, None)
+        self._forget(state)
         self.stats.inc_value("fleet/parked")
         self.log.info("request_parked", run=env.run, fp=env.fp, domain=env.domain, reason=reason)
         if res:
@@ -782,6 +823,6 @@ class FleetRuntime:
         await self._redis_retry(
             lambda: self.queue.dead(state.id, state.lease.token, fields, maxlen=self.config.dlq_maxlen)  # type: ignore[union-attr]
         )
-        self.active.pop(state.id, None)
+        self._forget(state)
         self.stats.inc_value("fleet/dlq")
         self.log.warning("request_dead", run=env.run, fp=env.fp, reason=reason, url=env.url)

@@ -19,7 +19,7 @@ from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import Deferred
 
 from scraper.embedded import resolve_redis_url
-from scraper.envelope import Envelope, EnvelopeError
+from scraper.envelope import META_KEY, Envelope, EnvelopeError
 from scraper.runtime import FleetRuntime
 from settings.fleet import FleetConfig
 
@@ -56,6 +56,10 @@ class FleetScheduler(BaseScheduler):
             state.request = request
             self.direct.append(request)
             return True
+        if isinstance(request.meta.get(META_KEY), str):
+            # a continuation of a lease this worker no longer holds: the live delivery redoes it
+            self.rt.log.warning("stale_request_dropped", lease=request.meta.get(META_KEY))
+            return False
         # A request outside any lease (e.g. from a spider_idle handler): straight to Redis.
         self.rt._spawn(self._enqueue_orphan(request))
         return True

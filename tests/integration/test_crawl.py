@@ -30,11 +30,12 @@ def _product_fps_ok(items: dict[str, list[dict]], site: DemoSite) -> None:
 
 
 def test_two_workers_crawl_500_pages_exactly_once(redis_url: str, tmp_path: Path) -> None:
-    with DemoSite(n_products=500, per_page=20).start() as site:
+    with DemoSite(n_products=500, per_page=20, latency=0.03).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
         seeded = fleet_json("seed", "demo_shop", "--run", "r1", env=env)
         assert seeded == {"spider": "demo_shop", "run": "r1", "enqueued": 1, "skipped": 0}
-        procs = [start_worker("demo_shop", env, tmp_path / f"w{i}.log", "--until-idle", "3") for i in range(2)]
+        procs = [start_worker("demo_shop", env, tmp_path / f"w{i}.log", "--until-idle", "3", "--concurrency", "8")
+                 for i in range(2)]
         assert wait_all(procs, 240) == [0, 0]
         items = objects(tmp_path / "data", "items", "demo_shop", "r1")
         assert len(items) == 500

@@ -92,16 +92,17 @@ def test_lease_moves_ready_to_inflight(redis_url: str) -> None:
         t0 = time.time()
         batch = await q.lease(2, worker="w1", lease_seconds=30)
         assert [_url(x.raw) for x in batch.leased] == ["a", "b"]
-        assert all(x.deliveries == 1 and x.token == "w1#1" for x in batch.leased)
+        assert all(x.deliveries == 1 and x.token.startswith("w1#1#") for x in batch.leased)
+        assert len({x.token for x in batch.leased}) == 2  # unique even within one batch
         assert batch.skipped == [] and batch.reaped == [] and batch.promoted == 0
         assert await q.counts() == {"ready": 1, "inflight": 2, "delayed": 0, "dlq": 0, "parked": 0}
         for x in batch.leased:
-            assert await client.hget(q.keys.lease, x.id) == b"w1#1"
+            assert await client.hget(q.keys.lease, x.id) == x.token.encode()
             deadline = await client.zscore(q.keys.inflight, x.id)
             assert t0 + 29 < deadline < time.time() + 31
         # another worker gets what is left, and only that
         rest = await q.lease(5, worker="w2", lease_seconds=30)
-        assert [(_url(x.raw), x.token) for x in rest.leased] == [("c", "w2#1")]
+        assert [(_url(x.raw), x.token.rsplit("#", 1)[0][:4]) for x in rest.leased] == [("c", "w2#1")]
         assert (await q.lease(5, worker="w3", lease_seconds=30)).leased == []
 
     _run(redis_url, body)
@@ -170,17 +171,17 @@ def test_expired_lease_reaped_and_redelivered(redis_url: str, via: str) -> None:
         await asyncio.sleep(0.5)
         if via == "maintain":
             promoted, reaped = await q.maintain()
-            assert (promoted, reaped) == (0, [(first.id, "w1#1")])
+            assert (promoted, reaped) == (0, [(first.id, first.token)])
             assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
             assert await client.hget(q.keys.lease, first.id) is None
             batch = await q.lease(1, worker="w2", lease_seconds=60)
         else:
             batch = await q.lease(1, worker="w2", lease_seconds=60)
-            assert batch.reaped == [(first.id, "w1#1")]
+            assert batch.reaped == [(first.id, first.token)]
         (again,) = batch.leased
         assert again.id == first.id and again.raw == first.raw
         assert again.deliveries == 2
-        assert again.token == "w2#2"
+        assert again.token.startswith("w2#2#")
         assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
 
     _run(redis_url, body)
@@ -204,11 +205,11 @@ def test_ack_with_stale_token_is_noop(redis_url: str) -> None:
         old = (await q.lease(1, worker="w1", lease_seconds=0.05)).leased[0]
         await asyncio.sleep(0.15)
         new = (await q.lease(1, worker="w2", lease_seconds=60)).leased[0]
-        assert new.id == old.id and new.token == "w2#2"
+        assert new.id == old.id and new.token.startswith("w2#2#")
         # the crashed-and-revived first worker must not ack the second one's delivery
         assert await q.ack([(old.id, old.token)]) == 0
-        assert await q.commit([Commit(old.id, old.token, "r1", _env("a").fp)]) == ([0], [])
-        assert await client.hget(q.keys.lease, new.id) == b"w2#2"
+        assert await q.commit([Commit(old.id, old.token, "r1", _env("a").fp)]) == ([0], [], [False])
+        assert await client.hget(q.keys.lease, new.id) == new.token.encode()
         assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
         assert await q.heartbeat([(old.id, old.token)], 60) == [old.id]
         # the owner's ack removes every trace of the entry
@@ -246,7 +247,7 @@ def test_nack_delays_until_due(redis_url: str) -> None:
         batch = await q.lease(5, worker="w2", lease_seconds=60)
         assert batch.promoted == 1
         (again,) = batch.leased
-        assert again.id == lease.id and again.deliveries == 2 and again.token == "w2#2"
+        assert again.id == lease.id and again.deliveries == 2 and again.token.startswith("w2#2#")
         back = Envelope.loads(again.raw)  # the updated envelope was stored
         assert back.attempts == {"A": 1}
         assert back.history == [{"cls": "A", "reason": "http:503"}]
@@ -269,7 +270,7 @@ def test_release_returns_leases_at_once(redis_url: str) -> None:
         # immediately leasable again, ahead of the never-leased entry, with deliveries counted
         again = (await q.lease(3, worker="w2", lease_seconds=60)).leased
         assert {x.id for x in again[:2]} == {pid for pid, _ in pairs}
-        assert all(x.deliveries == 2 and x.token == "w2#2" for x in again[:2])
+        assert all(x.deliveries == 2 and x.token.startswith("w2#2#") for x in again[:2])
         assert _url(again[2].raw) == "c" and again[2].deliveries == 1
 
     _run(redis_url, body)
@@ -317,7 +318,7 @@ def test_commit_records_done_enqueues_children_once_and_acks(redis_url: str) -> 
         p = (await _lease_one(q)).leased[0]
         children = [_env("c1"), _env("c2"), _env("c1"), _env("list")]  # dup + link back to a seed
         res = await q.commit([Commit(p.id, p.token, "r1", parent.fp, discovered=children)])
-        assert res == ([2], [])
+        assert res == ([2], [], [True])
         assert await q.has_member(q.keys.done("r1"), [parent.fp, _env("c1").fp]) == [True, False]
         assert await client.ttl(q.keys.done("r1")) > 0  # DONE expires
         ids = await _ids_everywhere(q, client)
@@ -335,10 +336,10 @@ def test_commit_records_done_enqueues_children_once_and_acks(redis_url: str) -> 
                 Commit(c[1].id, c[1].token, "r1", Envelope.loads(c[1].raw).fp),
             ]
         )
-        assert res == ([1, 0], [])
+        assert res == ([1, 0], [], [True, True])
         assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
         assert await q.runs() == {"r1": {"seen": 3, "done": 3}}
-        assert await q.commit([]) == ([], [])
+        assert await q.commit([]) == ([], [], [])
 
     _run(redis_url, body)
 
@@ -347,7 +348,7 @@ def test_commit_without_ack_keeps_the_lease(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
         await q.seed("r1", [_env("a")])
         a = (await _lease_one(q)).leased[0]
-        assert await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False) == ([0], [])
+        assert await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False) == ([0], [], [False])
         assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
         assert await q.has_member(q.keys.done("r1"), [_env("a").fp]) == [True]
 
@@ -362,7 +363,7 @@ def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
         await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False)
         await asyncio.sleep(0.15)
         batch = await q.lease(2, worker="w2", lease_seconds=60)
-        assert batch.reaped == [(a.id, "w1#1")]
+        assert batch.reaped == [(a.id, a.token)]
         assert batch.skipped == [(a.id, a.raw)]
         assert [_url(x.raw) for x in batch.leased] == ["b"]
         ids = await _ids_everywhere(q, client)
@@ -419,7 +420,7 @@ def test_concurrent_lease_never_double_hands(redis_url: str) -> None:
                     batch = await queues[i].lease(7, worker=f"w{i}", lease_seconds=60)
                     if not batch.leased:
                         return got
-                    assert all(x.token == f"w{i}#1" for x in batch.leased)
+                    assert all(x.token.startswith(f"w{i}#1#") for x in batch.leased)
                     got += [x.id for x in batch.leased]
 
             return list(await asyncio.gather(*(worker(i) for i in range(n_workers))))

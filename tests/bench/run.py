@@ -1,0 +1,339 @@
+"""``make bench``: Fleet against plain Scrapy, scrapy-redis and crawlee on a local nginx, plus micro benches.
+
+Environment knobs (defaults fit ``make bench`` from a clean clone in under 10 minutes on 2 cores):
+
+BENCH_ROUNDS=3            rounds of the crawl comparison (every contender once per round, order rotated)
+BENCH_PAGES=5000          product pages of the static site (plus one list page per BENCH_PER_PAGE products)
+BENCH_PER_PAGE=20         products per list page (the demo site's default)
+BENCH_CONCURRENCY=32      concurrent requests of every contender
+BENCH_VARIANTS=a,a2,b,c,d,e   which contenders to run
+BENCH_DEDUP_URLS=1000000  SEEN set size for the memory and latency benches
+BENCH_SEED_URLS=200000    URLs for the `fleet seed --urls` bench (1000000 for the issue's full size)
+BENCH_SOAK_PAGES=21000    page fetches of the soak (100000 for the full soak, about 5 more minutes)
+BENCH_DIAG=0              1: also run diagnostics once (Fleet with its object store on tmpfs: cm, dm)
+BENCH_PYSPY=0             1: py-spy record the first Fleet worker of (c) into bench-out/pyspy-c.txt
+BENCH_OUT=bench-out       where results.json goes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tests.bench import micro
+from tests.bench.crawl import HANG_S, LABEL, ROOT, VARIANTS, Bench
+from tests.bench.procs import RedisServer, redis_binary
+from tests.bench.site import StaticServer, generate
+from tests.bench.soak import soak
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+def log(msg: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}", highlight=False)
+
+
+def mmm(xs: list[float]) -> tuple[float, float, float] | None:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return min(xs), statistics.median(xs), max(xs)
+
+
+def fmt3(t: tuple[float, float, float] | None, nd: int = 2) -> str:
+    if t is None:
+        return "–"
+    return f"{t[1]:.{nd}f} ({t[0]:.{nd}f}–{t[2]:.{nd}f})"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "cpus": str(os.cpu_count())}
+    for pkg in ("scrapy", "scrapy-redis", "crawlee", "redis", "twisted", "fleet"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "?"
+    try:
+        out["redis-server"] = subprocess.run([redis_binary(), "--version"], capture_output=True,
+                                             text=True).stdout.split()[2]
+    except (OSError, IndexError):
+        out["redis-server"] = "?"
+    return out
+
+
+def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for rnd in range(1, rounds + 1):
+        k = (rnd - 1) % len(variants)
+        order = variants[k:] + variants[:k]  # rotate so no contender always runs first or last
+        for name in order:
+            row = bench.run(name, rnd)
+            rows.append(row)
+            bad = "" if row.get("items") == bench.n_products and not row.get("error") else "  [red]INCOMPLETE[/]"
+            if row.get("hung_at_exit"):
+                bad += (f"  [red]{row['hung_at_exit']} worker(s) hung after 'Closing spider' (killed after "
+                        f"{HANG_S:.0f} s; stacks in {bench.out.name}/hang-{name}-r{rnd}-w*.txt)[/]")
+            log(f"round {rnd} {LABEL[name]:2} {row.get('pages_per_s', 0):7.1f} pages/s  "
+                f"{row.get('cpu_ms_per_page', 0):5.2f} CPU-ms/page  items {row.get('items')}{bad}")
+    if diag:
+        for name in ("cm", "dm"):
+            row = bench.run(name, 0)
+            row["diagnostic"] = True
+            rows.append(row)
+            log(f"diag    {name:2} {row.get('pages_per_s', 0):7.1f} pages/s (object store on tmpfs)")
+    by: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["variant"], []).append(row)
+
+    def per_round(num: str, den: str) -> list[float]:
+        a = {r["round"]: r.get("pages_per_s") for r in by.get(num, [])}
+        b = {r["round"]: r.get("pages_per_s") for r in by.get(den, [])}
+        return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
+
+    ratios = {f"{n}/{d}": per_round(n, d) for n, d in
+              (("c", "a"), ("c", "a2"), ("c", "b"), ("c", "e"), ("d", "c"))}
+    summary: dict[str, Any] = {}
+    for name, rs in by.items():
+        def col(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float, float] | None:
+            return mmm([r.get(key) for r in rs])
+
+        summary[name] = {
+            "label": LABEL.get(name, name), "desc": VARIANTS.get(name, "Fleet with the object store on tmpfs"),
+            "pages_per_s": col("pages_per_s"), "cpu_ms_per_page": col("cpu_ms_per_page"),
+            "cpu_ms_per_page_total": col("cpu_ms_per_page_total"), "rss_peak_mb": col("rss_peak_mb"),
+            "worker_cpu_util": col("worker_cpu_util"), "site_cpu_util": col("site_cpu_util"),
+            "host_busy": col("host_busy"), "startup_s": col("startup_s"),
+            "items_ok": sum(1 for r in rs if r.get("items") == bench.n_products and not r.get("error")),
+            "runs": len(rs),
+            "redis_cmds_per_page": mmm([r["redis"]["commands_per_page"] for r in rs if "redis" in r]),
+            "redis_calls_per_page": mmm([r["redis"]["calls_per_page"] for r in rs if "redis" in r]),
+            "redis_rt_per_page": mmm([r["redis"]["round_trips_per_page"] for r in rs if "redis" in r]),
+            "redis_cpu_ms_per_page": col("redis_cpu_ms_per_page"),
+        }
+    return {"rows": rows, "summary": summary, "ratios": {k: {"rounds": v, "mmm": mmm(v)} for k, v in ratios.items()}}
+
+
+def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
+    t = Table(title=f"Crawl: {pages} pages ({n_products} products + list pages) from nginx, 32 concurrent; "
+                    "median (min–max) over rounds", title_justify="left")
+    for c in ("", "pages/s", "CPU-ms/page", "CPU-ms/page incl. start", "worker cores", "peak RSS MB",
+              "Redis cmds/page", "Redis calls/page", "Redis RT/page", "items ok"):
+        t.add_column(c, justify="left" if c == "" else "right", overflow="fold")
+    for name in ("a", "a2", "b", "c", "d", "e", "cm", "dm"):
+        s = res["summary"].get(name)
+        if not s:
+            continue
+        t.add_row(s["label"], fmt3(s["pages_per_s"], 0), fmt3(s["cpu_ms_per_page"]),
+                  fmt3(s["cpu_ms_per_page_total"]), fmt3(s["worker_cpu_util"]), fmt3(s["rss_peak_mb"], 0),
+                  fmt3(s["redis_cmds_per_page"], 1), fmt3(s["redis_calls_per_page"]), fmt3(s["redis_rt_per_page"]),
+                  f"{s['items_ok']}/{s['runs']}")
+    console.print(t)
+    for name in ("a", "a2", "b", "c", "d", "e", "cm", "dm"):
+        s = res["summary"].get(name)
+        if s:
+            console.print(f"  {s['label']:2} = {s['desc']}", highlight=False)
+    console.print("  pages/s and CPU-ms/page: steady state, first to last fetch; worker cores: CPU used by the worker(s) "
+                  "in that window; Redis cmds = INFO commandstats incl. commands run inside Lua; calls = client-issued "
+                  "(EVALSHA/EVAL + others); RT = total_reads_processed (≈ round trips)", highlight=False)
+    r = Table(title="Ratios of steady-state pages/s, per round", title_justify="left")
+    for c in ("ratio", "min", "median", "max", "rounds"):
+        r.add_column(c, justify="right")
+    for k, v in res["ratios"].items():
+        m = v["mmm"]
+        lab = k.replace("a2", "a′")
+        r.add_row(lab, *([f"{x:.2f}" for x in m] if m else ["–"] * 3), " ".join(f"{x:.2f}" for x in v["rounds"]))
+    console.print(r)
+
+
+def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], seed: dict[str, Any],
+            sk: dict[str, Any]) -> list[dict[str, Any]]:
+    def ratio(k: str) -> float | None:
+        m = crawl["ratios"].get(k, {}).get("mmm")
+        return m[1] if m else None
+
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, ok: bool | None, goal: str, note: str = "") -> None:
+        out.append({"target": name, "value": value, "goal": goal,
+                    "status": "n/a" if ok is None else ("PASS" if ok else "MISS"), "note": note})
+
+    for k, g in (("c/a2", 0.90), ("c/a", 1.4), ("c/b", 1.8), ("c/e", 3.0)):
+        v = ratio(k)
+        add(k.replace("a2", "a′") + " (median)", v, None if v is None else v >= g, f"≥ {g}")
+    c = crawl["summary"].get("c", {})
+    rt = c.get("redis_rt_per_page")
+    add("Redis round trips/page, Fleet c (median)", rt[1] if rt else None, None if not rt else rt[1] <= 1.0, "≤ 1",
+        "INFO total_reads_processed / pages")
+    add("bytes per SEEN URL at 1M", dedup.get("fleet_bytes_per_url"),
+        None if "fleet_bytes_per_url" not in dedup else dedup["fleet_bytes_per_url"] <= 16, "≤ 16",
+        f"scrapy-redis set of sha1 hex: {dedup.get('scrapy_redis_bytes_per_url', 0):.1f}")
+    tcp = lat.get("tcp", {})
+    add("dedup check p50, un-pipelined (µs, TCP)", tcp.get("single_p50_us"),
+        None if not tcp else tcp["single_p50_us"] <= 100, "≤ 100", f"p99 {tcp.get('single_p99_us', 0):.0f} µs; PING p50 {tcp.get('ping_p50_us', 0):.0f} µs at the same time")
+    add("dedup check p50, amortized 100/call (µs/fp)", tcp.get("batched_p50_us_per_fp"),
+        None if not tcp else tcp["batched_p50_us_per_fp"] <= 20, "≤ 20")
+    add("fleet seed URLs/s (end to end)", seed.get("urls_per_s"),
+        None if "urls_per_s" not in seed else seed["urls_per_s"] >= 50000, "≥ 50,000",
+        f"{seed.get('urls_per_s_excl_startup', 0):,.0f}/s excluding start-up; {seed.get('urls', 0):,} URLs")
+    dc = ratio("d/c")
+    d = crawl["summary"].get("d", {})
+    note = ""
+    if d:
+        busy, site, wc = d.get("host_busy"), d.get("site_cpu_util"), d.get("worker_cpu_util")
+        bound = []
+        if site and site[1] > 0.8:
+            bound.append("the site (nginx) is the bottleneck")
+        if busy and busy[1] > 0.9:
+            bound.append("the 2 cores are saturated (2 workers + nginx + redis)")
+        if not bound and wc and busy and site and wc[1] < 1.6:
+            bound.append(f"neither site nor CPU is the bottleneck (host {busy[1]:.0%} busy, nginx "
+                         f"{site[1]:.0%} of a core, both workers {wc[1]:.2f} cores): latency-bound, one pagination "
+                         "chain (list pages fetched one after another) paces the crawl whatever the worker count")
+        note = "; ".join(bound)
+    add("d/c (median)", dc, None if dc is None else dc >= 1.6, "≥ 1.6", note)
+    g = sk.get("growth_from_10pct")
+    add("soak RSS growth (end vs 10% of pages)", None if g is None else 100 * g,
+        None if g is None else g <= 0.10, "≤ 10 %",
+        f"{sk.get('pages', 0):,} pages; vs first fetch {100 * sk.get('growth_from_first_fetch', 0):.1f}%")
+    return out
+
+
+def main() -> int:
+    t_start = time.time()
+    # SIGTERM (e.g. a CI timeout) unwinds through the finally below: nginx and redis-server are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rounds = env_int("BENCH_ROUNDS", 3)
+    n_products = env_int("BENCH_PAGES", 5000)
+    per_page = env_int("BENCH_PER_PAGE", 20)
+    concurrency = env_int("BENCH_CONCURRENCY", 32)
+    dedup_n = env_int("BENCH_DEDUP_URLS", 1_000_000)
+    seed_n = env_int("BENCH_SEED_URLS", 200_000)
+    soak_n = env_int("BENCH_SOAK_PAGES", 21_000)
+    variants = [v for v in os.environ.get("BENCH_VARIANTS", "a,a2,b,c,d,e").split(",") if v in VARIANTS]
+    diag = os.environ.get("BENCH_DIAG", "0") == "1"
+    out_dir = ROOT / os.environ.get("BENCH_OUT", "bench-out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    results: dict[str, Any] = {"config": {
+        "rounds": rounds, "products": n_products, "per_page": per_page, "concurrency": concurrency,
+        "dedup_urls": dedup_n, "seed_urls": seed_n, "soak_pages": soak_n, "variants": variants}}
+    results["versions"] = versions()
+    site_srv = crawl_redis = micro_redis = None
+    try:
+        site = generate(tmp / "www", n_products, per_page)
+        pages = n_products + site.n_pages
+        site_srv = StaticServer(tmp / "www", tmp / "nginx").start()
+        results["site"] = {"server": site_srv.kind, "version": site_srv.version, "pages": pages,
+                           "products": n_products, "list_pages": site.n_pages}
+        log(f"site: {pages} pages served by {site_srv.version or site_srv.kind} at {site_srv.base_url}")
+        crawl_redis = RedisServer(tmp / "redis-crawl", aof=True).start()
+        start_url = f"{site_srv.base_url}/catalogue/page-1.html"
+        bench = Bench(tmp, start_url, n_products, concurrency, crawl_redis, site_srv.pids(), out_dir)
+        crawl = crawl_section(bench, rounds, variants, diag)
+        results["crawl"] = crawl
+        results["hangs"] = bench.hangs
+
+        micro_redis = RedisServer(tmp / "redis-micro", aof=False).start()
+        log(f"dedup memory: {dedup_n:,} fingerprints")
+        dedup = micro.dedup_memory(micro_redis, dedup_n)
+        fps = dedup.pop("_fps")
+        results["dedup_memory"] = dedup
+        log("dedup latency")
+        lat = micro.dedup_latency(micro_redis, fps)
+        results["dedup_latency"] = lat
+        del fps
+        micro_redis.client().flushall()
+        log(f"seeding: {seed_n:,} URLs")
+        seed = micro.seeding(crawl_redis, tmp, seed_n, site_srv.base_url)
+        results["seeding"] = seed
+        log(f"soak: {soak_n:,} pages, one worker")
+        sk = soak(crawl_redis, tmp, start_url, pages, soak_n, concurrency,
+                  timeout=float(os.environ.get("BENCH_SOAK_TIMEOUT", "1800")), out_dir=out_dir)
+        results["soak"] = sk
+
+        results["targets"] = targets(crawl, dedup, lat, seed, sk)
+        results["wall_s"] = time.time() - t_start
+        print_all(results, pages, n_products)
+    finally:
+        for srv in (site_srv, crawl_redis, micro_redis):
+            if srv is not None:
+                srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    console.print(f"results: {out_dir / 'results.json'}   bench wall time {time.time() - t_start:.0f} s")
+    return 0
+
+
+def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
+    v = res["versions"]
+    console.print(f"\n[bold]Fleet bench[/]  {res['site']['version']} · redis-server {v['redis-server']} (AOF everysec "
+                  f"for crawls and seeding) · Python {v['python']} · Scrapy {v['scrapy']} · scrapy-redis "
+                  f"{v['scrapy-redis']} · crawlee {v['crawlee']} · {v['cpus']} cores", highlight=False)
+    print_crawl(res["crawl"], pages, n_products)
+
+    m = Table(title="Dedup, seeding, soak", title_justify="left")
+    m.add_column("measure")
+    m.add_column("value", justify="right")
+    d, lat, s, sk = res["dedup_memory"], res["dedup_latency"], res["seeding"], res["soak"]
+    m.add_row(f"SEEN bytes/URL at {d['urls']:,}: Fleet (12-bit buckets, 7-byte members)", f"{d['fleet_bytes_per_url']:.2f}")
+    m.add_row("SEEN bytes/URL: scrapy-redis (set of 40-char sha1 hex)", f"{d['scrapy_redis_bytes_per_url']:.2f}")
+    m.add_row("SEEN insert rate: Fleet Lua set_add, 5k/call", f"{d['fleet_insert_per_s']:,.0f}/s")
+    for tr in ("tcp", "unix"):
+        x = lat[tr]
+        m.add_row(f"HAS check, 1 fp/EVALSHA, redis-py over {tr}: p50 / p99",
+                  f"{x['single_p50_us']:.0f} / {x['single_p99_us']:.0f} µs")
+        m.add_row(f"  PING from redis-py over {tr} (transport floor): p50 / p99",
+                  f"{x['ping_p50_us']:.0f} / {x['ping_p99_us']:.0f} µs")
+        m.add_row(f"HAS check, 100 fps/EVALSHA over {tr}: p50 / p99 per fp",
+                  f"{x['batched_p50_us_per_fp']:.1f} / {x['batched_p99_us_per_fp']:.1f} µs")
+    m.add_row(f"fleet seed --urls ({s['urls']:,} URLs): end to end", f"{s['urls_per_s']:,.0f} URLs/s ({s['wall_s']:.1f} s)")
+    m.add_row(f"fleet seed: excluding start-up ({s['startup_s']:.2f} s)", f"{s['urls_per_s_excl_startup']:,.0f} URLs/s")
+    m.add_row("fleet seed: Redis memory / AOF bytes per seeded URL",
+              f"{s['redis_bytes_per_url']:.0f} / {s['aof_bytes_per_url']:.0f}")
+    if "rss_end_mb" in sk:
+        m.add_row(f"soak: {sk['pages']:,} pages ({sk['runs']} runs), one worker",
+                  f"{sk['pages_per_s']:.0f} pages/s, {sk['wall_s']:.0f} s")
+        m.add_row("soak RSS: first fetch / 10% / 50% / end / peak (MB)",
+                  f"{sk['rss_first_fetch_mb']:.0f} / {sk['rss_10pct_mb']:.0f} / {sk['timeline_mb']['50%']:.0f} / "
+                  f"{sk['rss_end_mb']:.0f} / {sk['rss_peak_mb']:.0f}")
+    console.print(m)
+
+    hangs = res.get("hangs", [])
+    if hangs or res["soak"].get("hung_at_exit"):
+        where = ", ".join(f"{LABEL.get(h['variant'], h['variant'])} r{h['round']} w{h['worker']}" for h in hangs)
+        if res["soak"].get("hung_at_exit"):
+            where += ", soak"
+        console.print(f"[red]Fleet workers that hung at exit after 'Closing spider' (killed after {HANG_S:.0f} s, "
+                      f"py-spy stacks in bench-out/hang-*.txt): {where}[/]", highlight=False)
+    else:
+        console.print("Every Fleet worker exited by itself (--until-idle).")
+    t = Table(title="Targets", title_justify="left")
+    for c in ("target", "goal", "value", "status", "note"):
+        t.add_column(c, justify="right" if c in ("value",) else "left", overflow="fold")
+    for x in res["targets"]:
+        val = "–" if x["value"] is None else (f"{x['value']:,.2f}" if x["value"] < 1000 else f"{x['value']:,.0f}")
+        colour = {"PASS": "green", "MISS": "red"}.get(x["status"], "yellow")
+        t.add_row(x["target"], x["goal"], val, f"[{colour}]{x['status']}[/]", x["note"])
+    console.print(t)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
