@@ -88,12 +88,31 @@ def classify_response(response: Response) -> Verdict:
     return Verdict(OK, f"http:{status}")  # 1xx/3xx: redirects are followed by Scrapy
 
 
-def classify_exception(exc: BaseException) -> Verdict:
+# Scrapy 2.19 wraps Twisted's errors in its own types; both families are matched by name.
+_CONNECT_ERRORS = frozenset({
+    "ConnectionRefusedError", "DownloadConnectionRefusedError", "ConnectError", "DNSLookupError",
+    "CannotResolveHostError", "NoRouteError", "TCPTimedOutError",
+})
+_TRANSIENT_NAMES = frozenset({
+    "TimeoutError", "DownloadTimeoutError", "ConnectionResetError", "ConnectionLost", "ConnectionDone",
+    "ResponseFailed", "ResponseNeverReceived", "DownloadFailedError", "PotentialDataLoss",
+})
+
+
+def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
+    """Download errors by type, never by message text (a URL may contain any word).
+
+    Through a proxy, failing to *connect* is the proxy's fault (B: rotate); a timeout or a reset may
+    be the target's, so it stays A.
+    """
     name = type(exc).__name__
-    text = str(exc).lower()
-    if "proxy" in text or "tunnel" in text or name in {"TunnelError"}:
+    if name == "TunnelError":
         return Verdict(B, f"proxy:{name}")
-    if isinstance(exc, _TRANSIENT_EXC) or name in {"TimeoutError", "ConnectionResetError"}:
+    if name in _CONNECT_ERRORS or isinstance(exc, (txerror.ConnectionRefusedError, txerror.ConnectError)):
+        if proxied and not isinstance(exc, txerror.TimeoutError) and name != "TCPTimedOutError":
+            return Verdict(B, f"proxy:{name}")
+        return Verdict(A, f"net:{name}")
+    if isinstance(exc, _TRANSIENT_EXC) or name in _TRANSIENT_NAMES:
         return Verdict(A, f"net:{name}")
     return Verdict(A, f"error:{name}")
 
@@ -136,5 +155,5 @@ class ClassifyMiddleware:
             if state is not None and not state.settled:
                 rt.ignored(state, exception)
             return None
-        rt.fail(state, classify_exception(exception), response=None)
+        rt.fail(state, classify_exception(exception, proxied=bool(request.meta.get("proxy"))), response=None)
         raise IgnoreRequest(f"fleet: download error {type(exception).__name__}")

@@ -31,13 +31,34 @@ EWMA_ALPHA = 0.3
 # ARGV: key, now, base, cap, rand  — one ban: consecutive+1, bans+1, cooling_until = now + jitter
 BAN_LUA = r"""
 local key, now, base, cap, rnd = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
 redis.call('HINCRBY', key, 'bans', 1)
+local current = tonumber(redis.call('HGET', key, 'cooling_until') or '0')
+if current > now then
+  -- already cooling: a burst of bans is one ban, and a cooldown is never shortened
+  redis.call('HSET', key, 'last_ban', now)
+  return redis.call('HGET', key, 'cooling_until')
+end
+local consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
 local ceiling = math.min(cap, base * (2 ^ (consecutive - 1)))
 local cool = now + ceiling * rnd
 redis.call('HSET', key, 'cooling_until', cool, 'last_ban', now)
 redis.call('EXPIRE', key, 7 * 86400)
-return tostring(cool)
+return redis.call('HGET', key, 'cooling_until')
+"""
+
+
+# ARGV groups: key, successes, ewma_ms, last_success_at. A success older than the last ban does not
+# reset the ban escalation (consecutive).
+FLUSH_LUA = r"""
+for i = 1, #ARGV, 4 do
+  local key = ARGV[i]
+  redis.call('HINCRBY', key, 'successes', ARGV[i + 1])
+  redis.call('HSET', key, 'ewma_ms', ARGV[i + 2])
+  local last_ban = tonumber(redis.call('HGET', key, 'last_ban') or '0')
+  if tonumber(ARGV[i + 3]) > last_ban then redis.call('HSET', key, 'consecutive', 0) end
+  redis.call('EXPIRE', key, 7 * 86400)
+end
+return 1
 """
 
 
@@ -80,7 +101,12 @@ def parse_proxies(spec: str | None) -> list[Proxy]:
         if not raw or raw.startswith("#"):
             continue
         parts = urlsplit(raw)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
+        port_ok = True
+        try:
+            _ = parts.port  # raises on a non-numeric or out-of-range port
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in {"http", "https"} or not parts.hostname or not port_ok:
             raise ProxyConfigError(
                 f"FLEET_PROXIES entry {n} is not an http(s)://[user:pass@]host:port URL"
             )
@@ -145,6 +171,7 @@ class ProxyPool:
         self.local_inflight: dict[str, int] = {}
         self._pending: dict[str, dict[str, float]] = {}  # key -> {successes: n, ewma_ms: v}
         self._ban = client.register_script(BAN_LUA) if client is not None else None
+        self._flush_script = client.register_script(FLUSH_LUA) if client is not None else None
 
     def __bool__(self) -> bool:
         return bool(self.proxies)
@@ -192,7 +219,7 @@ class ProxyPool:
 
     def _cost(self, p: Proxy, v: _DomainView) -> float:
         h = v.health.get(p.id, Health())
-        latency = h.ewma_ms or 100.0  # unknown proxies are tried as if average
+        latency = h.ewma_ms or 1.0  # untried proxies are tried first: optimism finds fast ones
         return latency * (1 + self.local_inflight.get(p.id, 0))
 
     def started(self, pid: str) -> None:
@@ -206,15 +233,18 @@ class ProxyPool:
         h.successes += 1
         h.consecutive = 0
         h.ewma_ms = latency_ms if not h.ewma_ms else (1 - EWMA_ALPHA) * h.ewma_ms + EWMA_ALPHA * latency_ms
-        pend = self._pending.setdefault(health_key(pid, domain), {"successes": 0.0, "ewma_ms": 0.0})
+        pend = self._pending.setdefault(health_key(pid, domain), {"successes": 0.0, "ewma_ms": 0.0, "at": 0.0})
         pend["successes"] += 1
         pend["ewma_ms"] = h.ewma_ms
+        pend["at"] = time.time()
 
     async def ban(self, pid: str, domain: str) -> float:
         """Mark (proxy, domain) bad now — fleet-wide — and return its cooling-until time."""
         now = time.time()
         h = self.view(domain).health.setdefault(pid, Health())
         h.bans += 1
+        if h.cooling(now) and self._ban is None:
+            return h.cooling_until
         h.consecutive += 1
         ceiling = min(COOL_CAP, COOL_BASE * (2 ** (h.consecutive - 1)))
         h.cooling_until = now + ceiling * self.rng.random()
@@ -229,12 +259,10 @@ class ProxyPool:
         if not self._pending or self.client is None:
             return
         pending, self._pending = self._pending, {}
-        pipe = self.client.pipeline(transaction=False)
+        args: list[Any] = []
         for key, vals in pending.items():
-            pipe.hincrby(key, "successes", int(vals["successes"]))
-            pipe.hset(key, mapping={"consecutive": 0, "ewma_ms": round(vals["ewma_ms"], 1)})
-            pipe.expire(key, 7 * 86400)
-        await pipe.execute()
+            args += [key, int(vals["successes"]), round(vals["ewma_ms"], 1), repr(vals["at"])]
+        await self._flush_script(keys=[], args=args)  # type: ignore[misc]
 
 
 async def proxy_report(client: aioredis.Redis, proxies: Sequence[Proxy]) -> list[dict[str, Any]]:

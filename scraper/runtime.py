@@ -646,6 +646,16 @@ class FleetRuntime:
             {"cls": cls, "reason": verdict.reason, "at": _now_iso(), "worker": self.worker_id}
         )
         env.history = env.history[-20:]
+        env.history[-1]["proxy"] = state.proxy_id
+        status = int(verdict.reason.split(":")[1]) if verdict.reason.startswith("http:") else None
+        if cls == B and status != 429 and state.proxy_id and self.proxies:
+            # the proxy is bad for this domain whatever happens to the request
+            until = await self._redis_retry(
+                lambda: self.proxies.ban(state.proxy_id, env.domain)  # type: ignore[arg-type]
+            )
+            self.stats.inc_value("fleet/proxy/banned")
+            self.log.info("proxy_banned", proxy=state.proxy_id, domain=env.domain,
+                          cooling_until=round(until or 0.0, 3))
         if cls == A and env.attempts[A] > self.config.retry_max:
             await self._dead(state, f"exhausted:{A}", verdict.reason, response=response)
             return
@@ -656,8 +666,6 @@ class FleetRuntime:
             await self._dead(state, verdict.reason, verdict.reason, response=response)
             return
         now = time.time()
-        env.history[-1]["proxy"] = state.proxy_id
-        status = int(verdict.reason.split(":")[1]) if verdict.reason.startswith("http:") else None
         hold_until = 0.0
         if status in DOMAIN_SLOWDOWN_STATUS and env.domain:
             # the domain says "slow down": back off the whole domain, fleet-wide, one step per burst
@@ -675,13 +683,7 @@ class FleetRuntime:
         elif status == 429:
             delay = verdict.retry_after or 0.0  # a 429 slows the domain; it does not burn the proxy
         elif state.proxy_id and self.proxies:
-            until = await self._redis_retry(
-                lambda: self.proxies.ban(state.proxy_id, env.domain)  # type: ignore[arg-type]
-            )
-            self.stats.inc_value("fleet/proxy/banned")
-            self.log.info("proxy_banned", proxy=state.proxy_id, domain=env.domain,
-                          cooling_until=round(until or 0.0, 3))
-            delay = 0.0  # at once, through another proxy
+            delay = 0.0  # at once, through another proxy (banned above)
         else:
             # no proxy to rotate: wait a little before trying the same route again
             delay = retry_delay(env.attempts[B] - 1, base=self.config.retry_base,

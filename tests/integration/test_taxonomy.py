@@ -313,9 +313,6 @@ def test_budgets_attempts_per_class(crawl: Crawl) -> None:
         assert meta["attempts"] == {"A": 1}, meta
 
 
-@pytest.mark.xfail(reason="BUG: classify_exception calls any exception whose text contains 'proxy' or "
-                          "'tunnel' class B; Scrapy's DownloadTimeoutError text contains the URL, so a timeout on "
-                          "a URL with those words rotates/bans proxies and ends exhausted:B", strict=False)
 def test_timeout_class_does_not_depend_on_url_words(crawl: Crawl) -> None:
     url = crawl.site.url(PROXY_WORD_TIMEOUT, "timeouts.test")
     (entry,) = crawl.dlq_by_url()[url]
@@ -353,15 +350,13 @@ def test_captcha_rotates_through_every_proxy(crawl: Crawl) -> None:
     assert entry["status"] == "200"
 
 
-@pytest.mark.xfail(reason="BUG: the proxy that served the CAPTCHA on the exhausting attempt is never "
-                          "banned (_settle_failure dead-letters exhausted:B before the ban) and is "
-                          "missing from the DLQ entry's `proxies`", strict=False)
 def test_captcha_bans_every_proxy_it_met_and_dlq_names_them(crawl: Crawl) -> None:
     served = {h.proxy for h in crawl.site.hits_for("/captcha/1")}
     for row in crawl.proxies_report:
         name = crawl.name_of(row["id"])
         if name in served:
-            assert row["domains"].get("captcha.test", {}).get("state") == "cooling", (name, row)
+            # banned (its cooldown is U(0, 60 s), so it may already be healthy again by now)
+            assert row["domains"].get("captcha.test", {}).get("bans", 0) >= 1, (name, row)
     (entry,) = crawl.dlq_by_url()[crawl.site.url("/captcha/1", "captcha.test")]
     assert {crawl.name_of(p) for p in json.loads(entry["proxies"])} == served
 
@@ -588,9 +583,6 @@ def _pool_run(redis_url: str, fn: Any) -> Any:
     return asyncio.run(go())
 
 
-@pytest.mark.xfail(reason="BUG: BAN_LUA overwrites cooling_until unconditionally, so a second ban of the same "
-                          "(proxy, domain) — e.g. another worker's in-flight 403 — can shorten a longer cooldown",
-                   strict=False)
 def test_a_second_ban_never_shortens_the_cooldown(redis_server: Any) -> None:
     from scraper.proxies import Proxy, ProxyPool, health_key
 
@@ -610,9 +602,6 @@ def test_a_second_ban_never_shortens_the_cooldown(redis_server: Any) -> None:
     assert stored >= first, f"cooldown shortened by {first - stored:.1f}s"
 
 
-@pytest.mark.xfail(reason="BUG: ProxyPool.flush() writes consecutive=0 for batched successes even when a ban "
-                          "landed after them, so the ban's exponential escalation is lost (seen in the crawl: "
-                          "p1 cooling on 127.0.0.1 with bans=3, consecutive_bans=0)", strict=False)
 def test_a_success_batched_before_a_ban_does_not_reset_its_escalation(redis_server: Any) -> None:
     from scraper.proxies import Proxy, ProxyPool, health_key
 
@@ -692,11 +681,6 @@ def test_dead_proxy_does_not_lose_urls(dead_proxy_crawl: DeadCrawl) -> None:
     assert dead_proxy_crawl.items == 8 and dead_proxy_crawl.dlq == []
 
 
-@pytest.mark.xfail(reason="BUG: classify_exception knows only Twisted exception types; Scrapy 2.19 wraps them "
-                          "(DownloadConnectionRefusedError, DownloadFailedError, DownloadTimeoutError, "
-                          "CannotResolveHostError), so a refused connection *to the proxy* is class A "
-                          "'error:DownloadConnectionRefusedError': it burns the URL's A budget and the dead "
-                          "proxy is never banned", strict=False)
 def test_dead_proxy_is_class_b_and_banned(dead_proxy_crawl: DeadCrawl) -> None:
     classified = [e for e in dead_proxy_crawl.events if e.get("event") == "request_classified"]
     assert classified, "the dead proxy should have been tried at least once"
