@@ -88,7 +88,7 @@ class ObjectWriter:
 
     def write_raw(self, spider: str, run: str, fp: str, body: bytes) -> str:
         key = raw_key(spider, run, fp)
-        self.store.put(key, gzip_bytes(body), content_type="application/gzip")
+        self.store.put(key, gzip_bytes(body), content_type="application/gzip", durable=False)
         return key
 
     def write_evidence(self, spider: str, run: str, cls: str, fp: str, evidence: dict[str, Any]) -> str:

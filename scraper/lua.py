@@ -349,37 +349,62 @@ end
 return lost
 """
 
-# Commit part 1 — record DONE and enqueue discovered requests (they inherit the parent's run), and
-# feed item-callback outcomes to the domain's drift breaker.
-# ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, then per commit:
-#   run, fp, id, domain, outcome ('' = not tracked), ndisc, then ndisc groups (id, json, fp, prio, dont_filter)
-# Returns {enqueued counts (one per commit), events flat (domain, event)}.
+# Commit — record DONE, enqueue discovered requests (they inherit the parent's run), feed item-callback
+# outcomes to the domain's drift breaker, then acknowledge; one script, one round trip per batch.
+# An entry with fp '' only enqueues children (sent as soon as the callback is done, before the writes).
+# ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, ack ('1'/'0'), then per commit:
+#   run, fp, id, token, domain, outcome ('' = not tracked), ndisc, then ndisc groups (id, json, fp, prio, dont_filter)
+# Returns {enqueued counts, events flat (domain, event), acked flags} (one count/flag per commit).
 COMMIT = PRELUDE + r"""
 local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local out, events = {}, {}
-local i = 9
+local do_ack = ARGV[9] == '1'
+local out, events, acked = {}, {}, {}
+local i = 10
 while i <= #ARGV do
-  local run, fp, id, domain, outcome, nd = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], tonumber(ARGV[i+5])
-  i = i + 6
+  local run, fp, id, token, domain, outcome, nd = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], tonumber(ARGV[i+6])
+  i = i + 7
   local enq = 0
   for _ = 1, nd do
     enq = enq + enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
     i = i + 5
   end
-  local done = prefix .. 'done:' .. run
-  set_add(done, fp)
-  redis.call('EXPIRE', done, ttl)
-  if outcome ~= '' and domain ~= '' then
-    local ev = breaker_record(prefix, domain, outcome, id, now, W, minev, rate, cbase, ccap)
-    if ev ~= '' then
-      table.insert(events, domain)
-      table.insert(events, ev)
+  local ok = 0
+  if fp ~= '' then
+    local done = prefix .. 'done:' .. run
+    set_add(done, fp)
+    redis.call('EXPIRE', done, ttl)
+    if outcome ~= '' and domain ~= '' then
+      local ev = breaker_record(prefix, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+      if ev ~= '' then
+        table.insert(events, domain)
+        table.insert(events, ev)
+      end
+    end
+    if do_ack and owns(prefix, id, token) then
+      forget(prefix, id)
+      ok = 1
     end
   end
   table.insert(out, enq)
+  table.insert(acked, ok)
 end
-return {out, events}
+return {out, events, acked}
+"""
+
+# Acknowledge without committing. ARGV: prefix, then pairs (id, token). Returns 1/0 per pair.
+ACK = PRELUDE + r"""
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 2 do
+  if owns(prefix, ARGV[i], ARGV[i+1]) then
+    forget(prefix, ARGV[i])
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+end
+return out
 """
 
 # Drift (class C): record it on the breaker and PARK the request (not DONE, not acked: it is

@@ -96,6 +96,7 @@ class Commit:
     discovered: list[Envelope] = field(default_factory=list)
     domain: str = ""
     outcome: str = ""  # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked
+    done: bool = True  # False: only enqueue the children (early, before the parent's writes)
 
 
 @dataclass(frozen=True)
@@ -165,24 +166,17 @@ class FleetQueue:
     async def seed(self, run: str, envelopes: Iterable[Envelope], *, batch: int = 2000) -> tuple[int, int]:
         """Enqueue envelopes unless SEEN in this run. Returns (enqueued, skipped)."""
         await self.client.sadd(SPIDERS_KEY, self.spider)
-        enq = total = calls = 0
+        enq = total = 0
         args: list[str] = []
         head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
-        pipe = self.client.pipeline(transaction=False)
         for env in envelopes:
             total += 1
             args += _entry_args(env, force_filter=True)
             if len(args) >= batch * 5:
-                await self._seed(keys=self._route(), args=head + args, client=pipe)
-                args, calls = [], calls + 1
-                if calls >= 4:  # keep a few batches in flight per round trip
-                    enq += sum(int(r) for r in await pipe.execute())
-                    calls = 0
+                enq += int(await self._seed(keys=self._route(), args=head + args))
+                args = []
         if args:
-            await self._seed(keys=self._route(), args=head + args, client=pipe)
-            calls += 1
-        if calls:
-            enq += sum(int(r) for r in await pipe.execute())
+            enq += int(await self._seed(keys=self._route(), args=head + args))
         return enq, total - enq
 
     # -- consumers --------------------------------------------------------------------------------
@@ -221,26 +215,21 @@ class FleetQueue:
     async def commit(
         self, commits: Sequence[Commit], *, ack: bool = True
     ) -> tuple[list[int], list[tuple[str, str]], list[bool]]:
-        """DONE + discovered + breaker outcomes in one script, then (same round trip) the acks.
+        """DONE + discovered + breaker outcomes + acks for a batch, in one script call.
 
-        Returns (enqueued children per commit, breaker events as (domain, event), acked per commit)."""
+        Returns (enqueued children per commit, breaker events as (domain, event), acked per commit).
+        A commit with ``done=False`` only enqueues its children."""
         if not commits:
             return [], [], []
-        args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args()]
-        acks: list[Any] = [self.keys.prefix]
+        args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args(),
+                           "1" if ack else "0"]
         for c in commits:
-            args += [c.run, c.fp, c.lease_id, c.domain, c.outcome, len(c.discovered)]
+            args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, len(c.discovered)]
             for env in c.discovered:
                 args += _entry_args(env)
-            acks += [c.lease_id, c.token]
-        pipe = self.client.pipeline(transaction=False)
-        await self._commit(keys=self._route(), args=args, client=pipe)
-        if ack:
-            await self._ack(keys=self._route(), args=acks, client=pipe)
-        res = await pipe.execute()
-        counts, events = res[0]
-        acked = [bool(int(x)) for x in res[1]] if ack else [False] * len(commits)
-        return [int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)], acked
+        counts, events, acked = await self._commit(keys=self._route(), args=args)
+        return ([int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
+                [bool(int(x)) for x in acked])
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
         """Record a C outcome and park the request. Returns (breaker event, window)."""

@@ -85,6 +85,7 @@ class LeaseState:
     fetch_started: float = field(default_factory=time.monotonic)
     proxy_id: str | None = None
     errors: list[str] = field(default_factory=list)
+    enqueued: int = 0
 
     @property
     def id(self) -> str:
@@ -343,6 +344,7 @@ class FleetRuntime:
         beat_every = max(0.05, self.config.lease_seconds / 3)
         while not self.releasing:
             await asyncio.sleep(min(0.5, beat_every))
+            log.flush()
             try:
                 if time.monotonic() - self._last_beat >= beat_every:
                     await self._beat()
@@ -560,14 +562,23 @@ class FleetRuntime:
         if verdict is not None:
             await self._drift(state, verdict.reason, verdict.missing)
             return
+        if state.discovered:
+            # children go to Redis now, before the parent's writes: SEEN makes a redelivered parent's
+            # rediscovery a no-op, so enqueueing early is safe and keeps pagination chains moving
+            self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered,
+                                               done=False)))
+            self._commit_wake.set()
         try:
+            writes = []
             if state.items:
-                key = await self._in_pool(self.writer.write_items, self._ctx(state), state.items)
-                self.stats.inc_value("fleet/objects")
-                self.log.info("object_written", run=env.run, fp=env.fp, key=key, items=len(state.items))
+                writes.append(self._in_pool(self.writer.write_items, self._ctx(state), state.items))
             raw_mode = self.config.store_raw
             if state.body and (raw_mode == "all" or (raw_mode == "items" and state.items)):
-                await self._in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.body)
+                writes.append(self._in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.body))
+            keys = await asyncio.gather(*writes)
+            if state.items:
+                self.stats.inc_value("fleet/objects")
+                self.log.info("object_written", run=env.run, fp=env.fp, key=keys[0], items=len(state.items))
         except Exception as exc:  # store outage: not an ack — retry on the A budget
             self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__)
             self._store_trouble(exc)
@@ -578,7 +589,7 @@ class FleetRuntime:
         outcome = ""
         if drift.tracks_drift(self.spider):
             outcome = "o" if drift.is_item_callback(self.spider, env.callback) or state.items else "n"
-        self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered,
+        self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp,
                                            domain=env.domain, outcome=outcome)))
         if len(self.commits) >= self.config.commit_batch:
             self._commit_wake.set()
@@ -613,6 +624,12 @@ class FleetRuntime:
                     return
         woke = False
         for (st, c), n, ok in zip(batch, enq, acked, strict=True):
+            if not c.done:
+                if n:
+                    self.stats.inc_value("fleet/enqueued", n)
+                    woke = True
+                st.enqueued = n
+                continue
             if self.active.get(st.id) is st:
                 self.active.pop(st.id, None)
             if n:
@@ -622,7 +639,7 @@ class FleetRuntime:
                 self.stats.inc_value("fleet/acked")
                 self.log.info(
                     "request_acked", run=c.run, fp=c.fp, attempt=st.lease.deliveries,
-                    items=len(st.items), discovered=len(c.discovered), enqueued=n,
+                    items=len(st.items), discovered=len(st.discovered), enqueued=st.enqueued,
                 )
             else:
                 # the lease moved on (expired and re-leased); DONE is recorded, so the redelivery

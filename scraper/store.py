@@ -96,7 +96,9 @@ class ObjectStore(abc.ABC):
     uri: str
 
     @abc.abstractmethod
-    def put(self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE) -> None:
+    def put(
+        self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE, durable: bool = True
+    ) -> None:
         """Write ``data`` at ``key``, replacing any existing object, atomically."""
 
     @abc.abstractmethod
@@ -153,7 +155,7 @@ class LocalStore(ObjectStore):
     def _fail(self, op: str, where: Path | str, exc: OSError) -> NoReturn:
         raise StoreError(f"local store: {op} {where} failed: {exc.strerror or exc}") from exc
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
+    def _write_temp(self, path: Path, data: bytes, durable: bool = True) -> Path:
         """Write ``data`` to a fsynced temp file next to ``path`` and return its path."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
@@ -163,7 +165,8 @@ class LocalStore(ObjectStore):
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             _unlink_quiet(tmp)
@@ -173,17 +176,22 @@ class LocalStore(ObjectStore):
 
     # -- API
 
-    def put(self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE) -> None:
+    def put(
+        self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE, durable: bool = True
+    ) -> None:
         """Overwrite atomically; ``content_type`` is not recorded on disk."""
         path = self._path(key)
         try:
-            tmp = self._write_temp(path, data)
+            # durable=False (evidence snapshots): still atomic (rename), but no fsync — an OS crash
+            # may lose it, which costs a replay snapshot, never data or an ack
+            tmp = self._write_temp(path, data, durable)
             try:
                 os.replace(tmp, path)
             except BaseException:
                 _unlink_quiet(tmp)
                 raise
-            _fsync_dir(path.parent)
+            if durable:
+                _fsync_dir(path.parent)
         except OSError as exc:
             self._fail("put", path, exc)
 
@@ -368,7 +376,9 @@ class S3Store(ObjectStore):
 
     # -- API
 
-    def put(self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE) -> None:
+    def put(
+        self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE, durable: bool = True
+    ) -> None:
         """PutObject is atomic on S3: readers see the old or the new object, never a mix."""
         from botocore.exceptions import BotoCoreError, ClientError
 

@@ -97,7 +97,7 @@ def _rc(redis_url: str) -> redis.Redis:
 
 
 def _leases_of(redis_url: str, spider: str, worker_id: str) -> dict[str, str]:
-    """lease id -> token of every IN-FLIGHT lease held by ``worker_id`` (tokens are ``worker#n``)."""
+    """lease id -> token of every IN-FLIGHT lease held by ``worker_id`` (tokens are ``worker#n#nonce``)."""
     c = _rc(redis_url)
     try:
         raw = c.hgetall(f"fleet:{{{spider}}}:lease")
@@ -106,7 +106,7 @@ def _leases_of(redis_url: str, spider: str, worker_id: str) -> dict[str, str]:
     out = {}
     for k, v in raw.items():
         lid, tok = k.decode(), v.decode()
-        if tok.rsplit("#", 1)[0] == worker_id:
+        if tok.rsplit("#", 2)[0] == worker_id:
             out[lid] = tok
     return out
 
@@ -468,7 +468,7 @@ def _snapshot(redis_url: str, wid: str) -> tuple[dict[str, str], int]:
         leases, ready = pipe.execute()
     finally:
         c.close()
-    mine = {k.decode(): v.decode() for k, v in leases.items() if v.decode().rsplit("#", 1)[0] == wid}
+    mine = {k.decode(): v.decode() for k, v in leases.items() if v.decode().rsplit("#", 2)[0] == wid}
     return mine, int(ready)
 
 
