@@ -60,7 +60,9 @@ end
 
 local function ready_score(prefix, prio)
   local seq = redis.call('INCR', prefix .. 'seq')
-  return -tonumber(prio) * 1e12 + seq
+  -- newest first within a priority (LIFO, like Scrapy's default queue): pagination chains and
+  -- redelivered work move on at once instead of waiting behind the whole backlog
+  return -tonumber(prio) * 1e12 - seq
 end
 
 local function prio_of(json)
@@ -95,7 +97,7 @@ local function release_parked(prefix, domain)
   for _, id in ipairs(ids) do
     local json = redis.call('HGET', prefix .. 'env', id)
     if json then
-      redis.call('ZADD', prefix .. 'ready', -prio_of(json) * 1e12, id)
+      redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id)
       n = n + 1
     end
   end
@@ -196,7 +198,7 @@ local function release_probes(prefix, now, probe_ttl)
         redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + probe_ttl)
         redis.call('HSET', prefix .. 'brk', domain, 'half|' .. (now + probe_ttl))
         local json = redis.call('HGET', prefix .. 'env', id)
-        if json then redis.call('ZADD', prefix .. 'ready', -prio_of(json) * 1e12 - 1, id) end
+        if json then redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id) end
       end
     end
   end
@@ -213,7 +215,7 @@ local function maintain(prefix, now, limit)
     redis.call('ZREM', delayed, id)
     local json = redis.call('HGET', envk, id)
     if json then
-      redis.call('ZADD', ready, -prio_of(json) * 1e12, id)
+      redis.call('ZADD', ready, ready_score(prefix, prio_of(json)), id)
       promoted = promoted + 1
     end
   end
@@ -225,7 +227,7 @@ local function maintain(prefix, now, limit)
     local json = redis.call('HGET', envk, id)
     if json then
       -- redelivered work goes to the front of its priority level
-      redis.call('ZADD', ready, -prio_of(json) * 1e12, id)
+      redis.call('ZADD', ready, ready_score(prefix, prio_of(json)), id)
       table.insert(reaped, id)
       table.insert(reaped, owner or '')
     end
@@ -470,7 +472,7 @@ for i = 2, #ARGV, 2 do
     redis.call('HDEL', prefix .. 'lease', id)
     local json = redis.call('HGET', prefix .. 'env', id)
     if json then
-      redis.call('ZADD', prefix .. 'ready', -prio_of(json) * 1e12, id)
+      redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id)
       n = n + 1
     end
   end

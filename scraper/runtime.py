@@ -102,7 +102,8 @@ class FleetRuntime:
         self.stats = crawler.stats
         self.worker_id = config.worker_id
         self.concurrency = int(crawler.settings.getint("CONCURRENT_REQUESTS"))
-        self.prefetch = config.prefetch if config.prefetch is not None else self.concurrency
+        # a small local buffer: deep buffers delay newly discovered (LIFO-first) work behind old leases
+        self.prefetch = config.prefetch if config.prefetch is not None else max(4, self.concurrency // 4)
         self.until_idle: float | None = crawler.settings.getfloat("FLEET_UNTIL_IDLE", -1.0)
         if self.until_idle is not None and self.until_idle < 0:
             self.until_idle = None
@@ -260,7 +261,11 @@ class FleetRuntime:
             if self._store_down_since is not None and not self.stopping:
                 await self._probe_store()
                 continue
-            want = self.prefetch + self.concurrency - self.held()
+            # requests already answered only wait for their writes and commit: they use no download
+            # slot, so they do not count against the fetch budget (bounded separately, 4x concurrency)
+            fetching = len(self.buffer) + sum(1 for s in self.active.values() if s.status is None and not s.settled)
+            want = min(self.prefetch + self.concurrency - fetching,
+                       self.prefetch + 4 * self.concurrency - self.held())
             if self.stopping or self.fatal or want < max(1, self.prefetch // 4):
                 self._wake.clear()
                 try:
@@ -571,7 +576,8 @@ class FleetRuntime:
         try:
             writes = []
             if state.items:
-                writes.append(self._in_pool(self.writer.write_items, self._ctx(state), state.items))
+                writes.append(self._in_pool(self.writer.write_items, self._ctx(state), state.items,
+                                            not self.writer.store.group_sync))
             raw_mode = self.config.store_raw
             if state.body and (raw_mode == "all" or (raw_mode == "items" and state.items)):
                 writes.append(self._in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.body))
@@ -607,6 +613,17 @@ class FleetRuntime:
     async def _flush_commits(self) -> None:
         assert self.queue is not None
         batch, self.commits = self.commits[: self.config.commit_batch], self.commits[self.config.commit_batch :]
+        if self.writer.store.group_sync and any(c.done and st.items for st, c in batch):
+            try:  # group commit: one filesystem sync makes every object of the batch durable
+                await self._in_pool(self.writer.store.sync)
+            except Exception as exc:
+                self._store_trouble(exc)
+                failed = [(st, c) for st, c in batch if c.done and st.items]
+                batch = [(st, c) for st, c in batch if not (c.done and st.items)]
+                for st, _ in failed:
+                    await self._settle_failure(st, Verdict(A, f"store:{type(exc).__name__}"), None)
+                if not batch:
+                    return
         while True:
             try:
                 if self.crash_at == "after_done":

@@ -16,7 +16,9 @@ Two guarantees the rest of the fleet builds on:
 from __future__ import annotations
 
 import abc
+import ctypes
 import errno
+import itertools
 import os
 import struct
 import time
@@ -24,7 +26,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -101,6 +103,13 @@ class ObjectStore(abc.ABC):
     ) -> None:
         """Write ``data`` at ``key``, replacing any existing object, atomically."""
 
+    #: True when ``put(durable=False)`` + one :meth:`sync` per batch is cheaper than a sync per put.
+    group_sync: bool = False
+
+    def sync(self) -> None:
+        """Make every earlier ``put(durable=False)`` durable (group commit). Default: nothing to do."""
+        return None
+
     @abc.abstractmethod
     def put_if_absent(
         self, key: str, data: bytes, *, content_type: str = _DEFAULT_CONTENT_TYPE
@@ -143,9 +152,24 @@ class LocalStore(ObjectStore):
     an atomic create-if-absent across threads *and* processes.
     """
 
+    group_sync = True
+
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.root = _parse_file_uri(uri)
+        self._dirs: set[Path] = set()
+        self._seq = itertools.count()
+
+    def sync(self) -> None:
+        """One syncfs(2) of the store's filesystem: data and directory entries of every object
+        written since, in one flush (group commit) instead of two fsyncs per object."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     # -- helpers
 
@@ -157,8 +181,10 @@ class LocalStore(ObjectStore):
 
     def _write_temp(self, path: Path, data: bytes, durable: bool = True) -> Path:
         """Write ``data`` to a fsynced temp file next to ``path`` and return its path."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex}")
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}-{next(self._seq)}-{_RUN_TAG}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
@@ -301,6 +327,20 @@ def _unlink_quiet(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _load_syncfs() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+_RUN_TAG = uuid.uuid4().hex[:8]
 
 
 def _fsync_dir(path: Path) -> None:

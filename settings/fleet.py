@@ -13,7 +13,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_LEASE_SECONDS | 60 | lease length; live workers extend their leases every third of it |
 | FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window) |
 | FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS) |
-| FLEET_PREFETCH | concurrency | leases a worker holds in its local buffer beyond the ones being fetched |
+| FLEET_PREFETCH | concurrency/4 (min 4) | leases a worker holds in its local buffer beyond the ones being fetched |
 | FLEET_COMMIT_BATCH | 64 | commits (DONE + ack + discovered requests) flushed per Redis round trip at most |
 | FLEET_COMMIT_INTERVAL | 0.02 | seconds a commit may wait to share a round trip |
 | FLEET_RETRY_BASE | 2 | class-A backoff base seconds (full jitter: U(0, min(cap, base*2^n))) |

@@ -91,7 +91,7 @@ def test_lease_moves_ready_to_inflight(redis_url: str) -> None:
         await q.seed("r1", [_env("a"), _env("b"), _env("c")])
         t0 = time.time()
         batch = await q.lease(2, worker="w1", lease_seconds=30)
-        assert [_url(x.raw) for x in batch.leased] == ["a", "b"]
+        assert [_url(x.raw) for x in batch.leased] == ["c", "b"]  # newest first (LIFO, like Scrapy)
         assert all(x.deliveries == 1 and x.token.startswith("w1#1#") for x in batch.leased)
         assert len({x.token for x in batch.leased}) == 2  # unique even within one batch
         assert batch.skipped == [] and batch.reaped == [] and batch.promoted == 0
@@ -102,13 +102,13 @@ def test_lease_moves_ready_to_inflight(redis_url: str) -> None:
             assert t0 + 29 < deadline < time.time() + 31
         # another worker gets what is left, and only that
         rest = await q.lease(5, worker="w2", lease_seconds=30)
-        assert [(_url(x.raw), x.token.rsplit("#", 1)[0][:4]) for x in rest.leased] == [("c", "w2#1")]
+        assert [(_url(x.raw), x.token.rsplit("#", 1)[0][:4]) for x in rest.leased] == [("a", "w2#1")]
         assert (await q.lease(5, worker="w3", lease_seconds=30)).leased == []
 
     _run(redis_url, body)
 
 
-def test_priority_order_then_fifo(redis_url: str) -> None:
+def test_priority_order_then_lifo(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
         await q.seed(
             "r1",
@@ -128,7 +128,7 @@ def test_priority_order_then_fifo(redis_url: str) -> None:
             if not batch.leased:
                 break
             order.append(_url(batch.leased[0].raw))
-        assert order == ["high1", "high2", "high3", "mid", "low1", "low2", "low3", "neg"]
+        assert order == ["high3", "high2", "high1", "mid", "low3", "low2", "low1", "neg"]
 
     _run(redis_url, body)
 
@@ -194,7 +194,7 @@ def test_reaped_lease_goes_to_front_of_its_priority(redis_url: str) -> None:
         await asyncio.sleep(0.15)
         batch = await q.lease(2, worker="w2", lease_seconds=60)
         assert batch.leased[0].id == a.id
-        assert [_url(x.raw) for x in batch.leased] == ["a", "b"]
+        assert [_url(x.raw) for x in batch.leased] == ["c", "b"]  # c (newest) was leased and reaped
 
     _run(redis_url, body)
 
@@ -271,7 +271,7 @@ def test_release_returns_leases_at_once(redis_url: str) -> None:
         again = (await q.lease(3, worker="w2", lease_seconds=60)).leased
         assert {x.id for x in again[:2]} == {pid for pid, _ in pairs}
         assert all(x.deliveries == 2 and x.token.startswith("w2#2#") for x in again[:2])
-        assert _url(again[2].raw) == "c" and again[2].deliveries == 1
+        assert _url(again[2].raw) == "a" and again[2].deliveries == 1
 
     _run(redis_url, body)
 
@@ -357,7 +357,8 @@ def test_commit_without_ack_keeps_the_lease(redis_url: str) -> None:
 
 def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
-        await q.seed("r1", [_env("a"), _env("b")])
+        await q.seed("r1", [_env("b")])
+        await q.seed("r1", [_env("a")])  # newest: leased first
         a = (await q.lease(1, worker="w1", lease_seconds=0.05)).leased[0]
         # DONE written, then the worker died before its ack
         await q.commit([Commit(a.id, a.token, "r1", _env("a").fp)], ack=False)
