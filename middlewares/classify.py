@@ -64,24 +64,52 @@ def _retry_after(response: Response) -> float | None:
     return parse_retry_after(raw.decode("latin-1") if raw else None)
 
 
-def classify_response(response: Response) -> Verdict:
+@dataclass(frozen=True)
+class Rules:
+    """The status sets and block markers; Scrapy settings can extend or replace them (see settings/)."""
+
+    transient: frozenset[int] = TRANSIENT_STATUS
+    ban: frozenset[int] = BAN_STATUS
+    hard: frozenset[int] = HARD_STATUS
+    markers: tuple[re.Pattern[bytes], ...] = BLOCK_MARKERS
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Rules:
+        def ints(name: str, default: frozenset[int]) -> frozenset[int]:
+            raw = settings.getlist(name) if settings.get(name) is not None else None
+            return frozenset(int(x) for x in raw) if raw is not None else default
+
+        extra = tuple(re.compile(m.encode() if isinstance(m, str) else m, re.I)
+                      for m in settings.getlist("FLEET_EXTRA_BLOCK_MARKERS"))
+        return cls(
+            transient=ints("FLEET_TRANSIENT_STATUS", TRANSIENT_STATUS),
+            ban=ints("FLEET_BAN_STATUS", BAN_STATUS),
+            hard=ints("FLEET_HARD_STATUS", HARD_STATUS),
+            markers=BLOCK_MARKERS + extra,
+        )
+
+
+DEFAULT_RULES = Rules()
+
+
+def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdict:
     """Classify a downloaded response. Drift (C) is decided later, from the callback's output."""
     status = response.status
-    if status in {407}:
+    if status == 407:
         return Verdict(B, f"http:{status}")
     if (response.headers.get(b"cf-mitigated") or b"").lower() == b"challenge":
         return Verdict(B, "challenge:cf-mitigated")
-    if status in BAN_STATUS:
+    if status in rules.ban:
         return Verdict(B, f"http:{status}", _retry_after(response) if status == 429 else None)
-    if status in TRANSIENT_STATUS:
+    if status in rules.transient:
         return Verdict(A, f"http:{status}", _retry_after(response))
-    if status in HARD_STATUS or (400 <= status < 500):
+    if status in rules.hard or (400 <= status < 500):
         return Verdict(D, f"http:{status}")
     if status >= 500:
         return Verdict(A, f"http:{status}")
     if 200 <= status < 300:
         head = response.body[:65536] if response.body else b""
-        for marker in BLOCK_MARKERS:
+        for marker in rules.markers:
             if marker.search(head):
                 return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
         return Verdict(OK, f"http:{status}")
@@ -126,6 +154,7 @@ class ClassifyMiddleware:
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
+        self.rules = Rules.from_settings(crawler.settings)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ClassifyMiddleware:
@@ -139,7 +168,7 @@ class ClassifyMiddleware:
         state = rt.state_for(request) if rt is not None else None
         if state is None:
             return response
-        verdict = classify_response(response)
+        verdict = classify_response(response, self.rules)
         rt.fetched(state, response, verdict)
         if 300 <= response.status < 400 and verdict.cls == OK:
             return response

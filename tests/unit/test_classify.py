@@ -115,3 +115,19 @@ def test_tunnel_error_is_b() -> None:
     assert v.cls == B
     # the class name alone is enough, whatever the message says
     assert classify_exception(TunnelError("403 Forbidden")).cls == B
+
+
+def test_rules_are_configurable_in_settings() -> None:
+    from scrapy.settings import Settings
+
+    from middlewares.classify import Rules
+
+    rules = Rules.from_settings(Settings({
+        "FLEET_EXTRA_BLOCK_MARKERS": [r"are you a robot\?"],
+        "FLEET_HARD_STATUS": [404, 410, 418],
+        "FLEET_TRANSIENT_STATUS": [503],
+    }))
+    assert classify_response(_resp(200, body=b"<p>Are you a robot?</p>"), rules).cls == B
+    assert classify_response(_resp(200, body=b"<p>Are you a robot?</p>")).cls == OK  # defaults unchanged
+    assert classify_response(_resp(418), rules).cls == D
+    assert classify_response(_resp(500), rules).cls == A  # other 5xx stay transient
