@@ -44,6 +44,8 @@ async def _purge(redis_url: str) -> None:
 def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
     from scraper import cli
 
+    # the demo prints a summary; per-request JSON events stay available with FLEET_LOG_LEVEL=INFO
+    os.environ.setdefault("FLEET_LOG_LEVEL", "WARNING")
     cfg = cli._config()
     started = time.time()
     with DemoSite(n_products=products).start() as site:
