@@ -96,6 +96,17 @@ async def _check_redis(url: str) -> None:
     await client.aclose()
 
 
+def _emitted(rows: list[dict[str, Any]], as_json: bool, empty: str) -> bool:
+    """JSON for scripts, or a one-line explanation when there is nothing to tabulate."""
+    if as_json:
+        print(json.dumps(rows))
+        return True
+    if not rows:
+        out.print(empty)
+        return True
+    return False
+
+
 def _default_run() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -550,11 +561,7 @@ def _breakers_list(spider: str | None, as_json: bool) -> None:
     cfg = _config()
     data = asyncio.run(_breakers(cfg, spider))
     rows = [{"spider": sp, "domain": d, **info} for sp, doms in data.items() for d, info in doms.items()]
-    if as_json:
-        print(json.dumps(rows))
-        return
-    if not rows:
-        out.print("no breakers yet (they appear when a spider that declares required_fields drifts)")
+    if _emitted(rows, as_json, "no breakers yet (they appear when a spider that declares required_fields drifts)"):
         return
     table = Table(title="drift breakers")
     for col in ("spider", "domain", "state", "C/window", "trips", "opened_at", "parked", "sample"):
@@ -666,11 +673,7 @@ def proxies(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             await client.aclose()
 
     rows = asyncio.run(go())
-    if as_json:
-        print(json.dumps(rows))
-        return
-    if not rows:
-        out.print("no proxies configured (FLEET_PROXIES); requests go direct")
+    if _emitted(rows, as_json, "no proxies configured (FLEET_PROXIES); requests go direct"):
         return
     table = Table(title="proxies")
     for col in ("id", "proxy", "domain", "state", "cooling_until", "successes", "bans", "latency_ms"):

@@ -435,21 +435,6 @@ local bk = ARGV[1] .. 'breaker:' .. ARGV[2]
 return breaker_close(ARGV[1], bk, ARGV[2], tonumber(ARGV[3]))
 """
 
-# Commit part 2 — acknowledge. ARGV: prefix, then pairs (id, token). Returns 1/0 per pair.
-ACK = PRELUDE + r"""
-local prefix = ARGV[1]
-local out = {}
-for i = 2, #ARGV, 2 do
-  if owns(prefix, ARGV[i], ARGV[i+1]) then
-    forget(prefix, ARGV[i])
-    table.insert(out, 1)
-  else
-    table.insert(out, 0)
-  end
-end
-return out
-"""
-
 # ARGV: prefix, id, token, due, json. Moves a lease to DELAYED with an updated envelope.
 NACK = PRELUDE + r"""
 local prefix, id, token, due, json = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
