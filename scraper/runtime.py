@@ -350,15 +350,18 @@ class FleetRuntime:
         while not self.releasing:
             await asyncio.sleep(min(0.5, beat_every))
             log.flush()
+            touched = False
             try:
                 if time.monotonic() - self._last_beat >= beat_every:
                     await self._beat()
                     _, reaped = await self.queue.maintain()
                     self._log_reaped(reaped)
+                    touched = True
                 if self.proxies:
                     await self.proxies.flush()
                 if self.until_idle is not None:
                     pending = await self.queue.pending()
+                    touched = True
                     if pending == 0 and not self.held() and not self.commits:
                         if self.idle_since is None:
                             self.idle_since = time.monotonic()
@@ -366,7 +369,8 @@ class FleetRuntime:
                             self.engine_kick()
                     else:
                         self.idle_since = None
-                self._redis_ok()
+                if touched:  # only a Redis call that succeeded proves Redis is back
+                    self._redis_ok()
             except REDIS_ERRORS as exc:
                 await self._redis_trouble(exc)
 

