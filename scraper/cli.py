@@ -148,10 +148,9 @@ def _envelopes_for_urls(urls: Iterable[str], spider: str, run: str) -> Iterator[
         if "://" not in url:
             raise _fail(f"not an absolute URL: {url!r} (expected http:// or https://)")
         try:
-            req = Request(url)
-        except ValueError as exc:
+            yield Envelope.for_url(url, spider_name=spider, run=run)
+        except (ValueError, EnvelopeError) as exc:
             raise _fail(f"bad URL {url!r}: {exc}") from None
-        yield Envelope.from_request(req, spider_name=spider, run=run)
 
 
 async def _seed(

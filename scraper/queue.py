@@ -11,6 +11,7 @@ drives it with ``asyncio.run``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -169,12 +170,19 @@ class FleetQueue:
         enq = total = 0
         args: list[str] = []
         head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
+        inflight: asyncio.Future[Any] | None = None
         for env in envelopes:
             total += 1
             args += _entry_args(env, force_filter=True)
             if len(args) >= batch * 5:
-                enq += int(await self._seed(keys=self._route(), args=head + args))
+                # Redis runs this batch while Python builds the next one
+                if inflight is not None:
+                    enq += int(await inflight)
+                inflight = asyncio.ensure_future(self._seed(keys=self._route(), args=head + args))
+                await asyncio.sleep(0)  # let it reach the socket
                 args = []
+        if inflight is not None:
+            enq += int(await inflight)
         if args:
             enq += int(await self._seed(keys=self._route(), args=head + args))
         return enq, total - enq

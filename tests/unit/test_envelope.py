@@ -300,3 +300,16 @@ def test_fp64_is_16_hex_and_stable() -> None:
     env = Envelope.from_request(a1, spider_name="s", run="r")
     assert env.fp == fp
     assert Envelope.loads(env.dumps()).fp == fp
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.com/a?b=2&a=1",
+    "https://Example.COM:443/p%C3%A4th/ünïcode?q=ä#frag",
+    "http://127.0.0.1:8000/product/1.html",
+    "http://x.test/a b/c",
+])
+def test_for_url_matches_request_path(url: str) -> None:
+    fast = Envelope.for_url(url, spider_name="s", run="r")
+    slow = Envelope.from_request(Request(url), spider_name="s", run="r")
+    assert (fast.url, fast.fp, fast.method, fast.callback, fast.dont_filter) == (
+        slow.url, slow.fp, slow.method, slow.callback, slow.dont_filter)
