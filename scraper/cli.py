@@ -143,18 +143,23 @@ async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
             yield x
 
 
-def _envelopes_for_urls(urls: Iterable[str], spider: str, run: str) -> Iterator[Envelope]:
+def _envelopes_for_urls(
+    urls: Iterable[str], spider: str, run: str, callback: str | None = None
+) -> Iterator[Envelope]:
     for url in urls:
         if "://" not in url:
             raise _fail(f"not an absolute URL: {url!r} (expected http:// or https://)")
         try:
-            yield Envelope.for_url(url, spider_name=spider, run=run)
+            env = Envelope.for_url(url, spider_name=spider, run=run)
+            env.callback = callback
+            yield env
         except (ValueError, EnvelopeError) as exc:
             raise _fail(f"bad URL {url!r}: {exc}") from None
 
 
 async def _seed(
-    cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None
+    cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None,
+    callback: str | None = None,
 ) -> dict[str, Any]:
     client = await _client(_redis_url(cfg))
     try:
@@ -165,7 +170,7 @@ async def _seed(
                 if urls_file:
                     yield from _read_urls(urls_file)
 
-            enq, skipped = await q.seed(run, _envelopes_for_urls(all_urls(), spidercls.name, run))
+            enq, skipped = await q.seed(run, _envelopes_for_urls(all_urls(), spidercls.name, run, callback))
         else:
             spider = spidercls()
             envs = []
@@ -190,6 +195,8 @@ def seed(
     url: Annotated[Optional[list[str]], typer.Option("--url", help="A URL to enqueue; repeatable.")] = None,
     urls: Annotated[Optional[str], typer.Option("--urls", help="File with one URL a line, or - for stdin.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
+    callback: Annotated[Optional[str], typer.Option(
+        help="Spider method that parses these URLs (default: parse), e.g. parse_product.")] = None,
 ) -> None:
     """Enqueue requests for SPIDER; without --url/--urls, the spider's own start requests.
 
@@ -197,9 +204,13 @@ def seed(
     """
     cfg = _config()
     spidercls = _spider_class(spider, cfg)
+    if callback is not None and not callable(getattr(spidercls, callback, None)):
+        raise _fail(f"spider {spider!r} has no method {callback!r} to use as --callback")
+    if callback is not None and not (url or urls):
+        raise _fail("--callback applies to --url/--urls; the spider's start requests name their own callbacks")
     run_id = run or _default_run()
     try:
-        result = asyncio.run(_seed(cfg, spidercls, run_id, list(url or []), urls))
+        result = asyncio.run(_seed(cfg, spidercls, run_id, list(url or []), urls, callback))
     except QueueError as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(result))

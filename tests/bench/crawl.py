@@ -37,8 +37,11 @@ VARIANTS = {
     "c": "Fleet, 1 worker (seed + worker --until-idle 1, file store)",
     "d": "Fleet, 2 workers",
     "e": "crawlee-python ParselCrawler (defaults, 32 concurrent)",
+    "cf": "Fleet, 1 worker, flat: the 5,000 product URLs seeded up front (--callback parse_product)",
+    "df": "Fleet, 2 workers, flat",
 }
-LABEL = {"a": "a", "a2": "a′", "b": "b", "c": "c", "d": "d", "e": "e"}
+LABEL = {"a": "a", "a2": "a′", "b": "b", "c": "c", "d": "d", "e": "e", "cm": "cm", "dm": "dm",
+         "cf": "cf", "df": "df"}
 
 # Commands that Fleet's Lua scripts call internally: INFO commandstats counts those as well, so they are
 # not client round trips. Derived from the script source, not hard-coded.
@@ -265,7 +268,13 @@ class Bench:
                        FLEET_HOME=str(work / "home"), FLEET_DEMO_URL=self.start_url, FLEET_LOG_LEVEL="INFO")
         r = self.redis.client()
         r.flushall()
-        seed = subprocess.run([PY, "-m", "scraper.cli", "seed", "demo_shop", "--run", run],
+        seed_args = ["--run", run]
+        if name.endswith("f"):  # flat: every product URL seeded up front, no pagination chain to follow
+            urls = work / "products.txt"
+            base = self.start_url.split("/catalogue/")[0]
+            urls.write_text("".join(f"{base}/product/{i}.html\n" for i in range(1, self.n_products + 1)))
+            seed_args += ["--urls", str(urls), "--callback", "parse_product"]
+        seed = subprocess.run([PY, "-m", "scraper.cli", "seed", "demo_shop", *seed_args],
                               env=env, cwd=work, capture_output=True, text=True, timeout=120)
         if seed.returncode != 0:
             raise RuntimeError(f"fleet seed failed: {seed.stderr[-2000:]}")
@@ -311,7 +320,7 @@ class Bench:
     def run(self, name: str, rnd: int) -> dict[str, Any]:
         if name in ("a", "a2", "b"):
             row = self.scrapy(name, rnd)
-        elif name in ("c", "d", "cm", "dm"):
+        elif name in ("c", "d", "cm", "dm", "cf", "df"):
             row = self.fleet(name, rnd)
         else:
             row = self.crawlee(name, rnd)

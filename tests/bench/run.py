@@ -6,7 +6,7 @@ BENCH_ROUNDS=3            rounds of the crawl comparison (every contender once p
 BENCH_PAGES=5000          product pages of the static site (plus one list page per BENCH_PER_PAGE products)
 BENCH_PER_PAGE=20         products per list page (the demo site's default)
 BENCH_CONCURRENCY=32      concurrent requests of every contender
-BENCH_VARIANTS=a,a2,b,c,d,e   which contenders to run
+BENCH_VARIANTS=a,a2,b,c,d,e,cf,df   which contenders to run
 BENCH_DEDUP_URLS=1000000  SEEN set size for the memory and latency benches
 BENCH_SEED_URLS=200000    URLs for the `fleet seed --urls` bench (1000000 for the issue's full size)
 BENCH_SOAK_PAGES=21000    page fetches of the soak (100000 for the full soak, about 5 more minutes)
@@ -109,7 +109,7 @@ def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool) ->
         return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
 
     ratios = {f"{n}/{d}": per_round(n, d) for n, d in
-              (("c", "a"), ("c", "a2"), ("c", "b"), ("c", "e"), ("d", "c"))}
+              (("c", "a"), ("c", "a2"), ("c", "b"), ("c", "e"), ("d", "c"), ("df", "cf"))}
     summary: dict[str, Any] = {}
     for name, rs in by.items():
         def col(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float, float] | None:
@@ -137,7 +137,7 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
     for c in ("", "pages/s", "CPU-ms/page", "CPU-ms/page incl. start", "worker cores", "peak RSS MB",
               "Redis cmds/page", "Redis calls/page", "Redis RT/page", "items ok"):
         t.add_column(c, justify="left" if c == "" else "right", overflow="fold")
-    for name in ("a", "a2", "b", "c", "d", "e", "cm", "dm"):
+    for name in ("a", "a2", "b", "c", "d", "e", "cf", "df", "cm", "dm"):
         s = res["summary"].get(name)
         if not s:
             continue
@@ -146,7 +146,7 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
                   fmt3(s["redis_cmds_per_page"], 1), fmt3(s["redis_calls_per_page"]), fmt3(s["redis_rt_per_page"]),
                   f"{s['items_ok']}/{s['runs']}")
     console.print(t)
-    for name in ("a", "a2", "b", "c", "d", "e", "cm", "dm"):
+    for name in ("a", "a2", "b", "c", "d", "e", "cf", "df", "cm", "dm"):
         s = res["summary"].get(name)
         if s:
             console.print(f"  {s['label']:2} = {s['desc']}", highlight=False)
@@ -209,6 +209,13 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
                          "chain (list pages fetched one after another) paces the crawl whatever the worker count")
         note = "; ".join(bound)
     add("d/c (median)", dc, None if dc is None else dc >= 1.6, "≥ 1.6", note)
+    dfc = ratio("df/cf")
+    if dfc is not None:
+        df = crawl["summary"].get("df", {})
+        busy = df.get("host_busy") if df else None
+        add("df/cf, flat seed (median)", dfc, dfc >= 1.6, "≥ 1.6",
+            "5,000 product URLs seeded up front (no pagination chain)"
+            + (f"; host {busy[1]:.0%} busy with 2 workers + nginx + redis on 2 cores" if busy else ""))
     g = sk.get("growth_from_10pct")
     add("soak RSS growth (end vs 10% of pages)", None if g is None else 100 * g,
         None if g is None else g <= 0.10, "≤ 10 %",
@@ -227,7 +234,7 @@ def main() -> int:
     dedup_n = env_int("BENCH_DEDUP_URLS", 1_000_000)
     seed_n = env_int("BENCH_SEED_URLS", 200_000)
     soak_n = env_int("BENCH_SOAK_PAGES", 21_000)
-    variants = [v for v in os.environ.get("BENCH_VARIANTS", "a,a2,b,c,d,e").split(",") if v in VARIANTS]
+    variants = [v for v in os.environ.get("BENCH_VARIANTS", "a,a2,b,c,d,e,cf,df").split(",") if v in VARIANTS]
     diag = os.environ.get("BENCH_DIAG", "0") == "1"
     out_dir = ROOT / os.environ.get("BENCH_OUT", "bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)
