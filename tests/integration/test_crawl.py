@@ -70,6 +70,11 @@ def test_seed_urls_file_and_stdin(redis_url: str, tmp_path: Path) -> None:
     assert bad.returncode != 0 and "no spider named" in bad.stderr
     bad = fleet("seed", "demo_shop", "--url", "not a url", env=env)
     assert bad.returncode != 0 and "absolute URL" in bad.stderr
+    bad = fleet("seed", "demo_shop", "--url", "http://127.0.0.1:9/p", "--callback", "nosuch", env=env)
+    assert bad.returncode != 0 and "no method 'nosuch'" in bad.stderr
+    ok = fleet_json("seed", "demo_shop", "--url", "http://127.0.0.1:9/p", "--callback", "parse_product",
+                    "--run", "cb", env=env)
+    assert ok["enqueued"] == 1
 
 
 USER_SPIDER = '''
