@@ -73,6 +73,14 @@ local function prio_of(json)
   return 0
 end
 
+-- put a known entry back in READY as the newest of its priority; false when its envelope is gone
+local function to_ready(prefix, id)
+  local json = redis.call('HGET', prefix .. 'env', id)
+  if not json then return false end
+  redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id)
+  return true
+end
+
 -- enqueue one envelope unless SEEN (dont_filter skips the check); returns 1 if enqueued
 local function enqueue(prefix, ttl, id, json, run, fp, prio, dont_filter)
   local seen = prefix .. 'seen:' .. run
@@ -95,11 +103,7 @@ local function release_parked(prefix, domain)
   local ids = redis.call('ZRANGE', pk, 0, -1)
   local n = 0
   for _, id in ipairs(ids) do
-    local json = redis.call('HGET', prefix .. 'env', id)
-    if json then
-      redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id)
-      n = n + 1
-    end
+    if to_ready(prefix, id) then n = n + 1 end
   end
   redis.call('DEL', pk)
   redis.call('SREM', prefix .. 'parkdom', domain)
@@ -197,8 +201,7 @@ local function release_probes(prefix, now, probe_ttl)
         local bk = prefix .. 'breaker:' .. domain
         redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + probe_ttl)
         redis.call('HSET', prefix .. 'brk', domain, 'half|' .. (now + probe_ttl))
-        local json = redis.call('HGET', prefix .. 'env', id)
-        if json then redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id) end
+        to_ready(prefix, id)
       end
     end
   end
@@ -206,28 +209,21 @@ end
 
 -- move due DELAYED entries and expired IN-FLIGHT leases back to READY
 local function maintain(prefix, now, limit)
-  local ready, inflight, delayed = prefix .. 'ready', prefix .. 'inflight', prefix .. 'delayed'
-  local envk, leasek = prefix .. 'env', prefix .. 'lease'
+  local inflight, delayed = prefix .. 'inflight', prefix .. 'delayed'
+  local leasek = prefix .. 'lease'
   local promoted, reaped = 0, {}
   release_probes(prefix, now, 120)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     redis.call('ZREM', delayed, id)
-    local json = redis.call('HGET', envk, id)
-    if json then
-      redis.call('ZADD', ready, ready_score(prefix, prio_of(json)), id)
-      promoted = promoted + 1
-    end
+    if to_ready(prefix, id) then promoted = promoted + 1 end
   end
   local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(expired) do
     redis.call('ZREM', inflight, id)
     local owner = redis.call('HGET', leasek, id)
     redis.call('HDEL', leasek, id)
-    local json = redis.call('HGET', envk, id)
-    if json then
-      -- redelivered work goes to the front of its priority level
-      redis.call('ZADD', ready, ready_score(prefix, prio_of(json)), id)
+    if to_ready(prefix, id) then  -- redelivered work goes to the front of its priority level
       table.insert(reaped, id)
       table.insert(reaped, owner or '')
     end
@@ -455,11 +451,7 @@ for i = 2, #ARGV, 2 do
   if owns(prefix, id, ARGV[i+1]) then
     redis.call('ZREM', prefix .. 'inflight', id)
     redis.call('HDEL', prefix .. 'lease', id)
-    local json = redis.call('HGET', prefix .. 'env', id)
-    if json then
-      redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio_of(json)), id)
-      n = n + 1
-    end
+    if to_ready(prefix, id) then n = n + 1 end
   end
 end
 return n
