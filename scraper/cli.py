@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import redis
 import redis.asyncio as aioredis
 import typer
 from rich.console import Console
@@ -75,7 +76,7 @@ async def _client(url: str) -> aioredis.Redis:
     client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
     try:
         await client.ping()
-        sync = __import__("redis").Redis.from_url(url, socket_timeout=10)
+        sync = redis.Redis.from_url(url, socket_timeout=10)
         try:
             for warning in check_redis(sync):
                 err.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -84,7 +85,7 @@ async def _client(url: str) -> aioredis.Redis:
     except RedisConfigError as exc:
         await client.aclose()
         raise _fail(str(exc), EXIT_INFRA) from None
-    except (OSError, __import__("redis").exceptions.ConnectionError) as exc:
+    except (OSError, redis.exceptions.ConnectionError) as exc:
         await client.aclose()
         raise _fail(f"cannot reach Redis at {redact_url(url)}: {exc}", EXIT_INFRA) from None
     return client
@@ -309,28 +310,11 @@ async def _summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
         counts = await q.counts()
         runs = await q.runs()
         dlq_run = 0
-        async for _ in _dlq_iter(q, run):
+        async for _ in q.dlq_iter(run):
             dlq_run += 1
         return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run}
     finally:
         await client.aclose()
-
-
-async def _dlq_iter(q: FleetQueue, run: str | None) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    last = "+"
-    while True:
-        rows: Any = await q.client.xrevrange(q.keys.dlq, max=last, count=500)
-        if not rows:
-            return
-        for rid, fields in rows:
-            sid = rid.decode() if isinstance(rid, bytes) else str(rid)
-            f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                 for k, v in fields.items()}
-            if run is None or f.get("run") == run:
-                yield sid, f
-        if len(rows) < 500:
-            return
-        last = "(" + (rows[-1][0].decode() if isinstance(rows[-1][0], bytes) else rows[-1][0])
 
 
 @app.command("run")
@@ -468,7 +452,7 @@ def dlq_list(spider: str, as_json: bool, limit: int) -> None:
         try:
             q = FleetQueue(client, spider)
             rows = []
-            async for sid, f in _dlq_iter(q, None):
+            async for sid, f in q.dlq_iter():
                 f.pop("envelope", None)
                 rows.append({"id": sid, **f})
                 if len(rows) >= limit:
@@ -500,10 +484,10 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
         client = await _client(_redis_url(cfg))
         try:
             q = FleetQueue(client, spider)
-            requeued = skipped = 0
+            skipped = 0
             ids: list[str] = []
-            by_run: dict[str, list[Envelope]] = {}
-            async for sid, f in _dlq_iter(q, None):
+            envs: list[Envelope] = []
+            async for sid, f in q.dlq_iter():
                 if reason and not f.get("reason", "").startswith(reason):
                     continue
                 try:
@@ -514,13 +498,9 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
                 env.history.append({"requeued_from": f.get("reason"), "at": time.time()})
                 env.attempts = {}
                 env.dont_filter = True  # SEEN already holds it; requeue must bypass
-                by_run.setdefault(env.run, []).append(env)
+                envs.append(env)
                 ids.append(sid)
-            for run_id, envs in by_run.items():
-                for e in envs:
-                    await q._seed(keys=q._route(), args=[q.keys.prefix, str(q.dedup_ttl), repr(time.time()), run_id,
-                                                         *_requeue_args(e)])
-                    requeued += 1
+            requeued = await q.requeue(envs)
             if ids:
                 await client.xdel(q.keys.dlq, *ids)
             return {"requeued": requeued, "skipped": skipped}
@@ -528,12 +508,6 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
             await client.aclose()
 
     print(json.dumps(asyncio.run(go())))
-
-
-def _requeue_args(env: Envelope) -> list[str]:
-    from scraper.queue import new_id
-
-    return [new_id(), env.dumps(), env.fp, str(env.priority), "1"]
 
 
 

@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,9 +355,14 @@ class FleetQueue:
                 "parked": await self.parked()}
 
     async def pending(self) -> int:
-        """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive."""
-        c = await self.counts()
-        return c["ready"] + c["inflight"] + c["delayed"]
+        """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive.
+
+        Polled by every idle worker, so one round trip and no PARKED scan (parked work never counts)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.ready)
+        pipe.zcard(self.keys.inflight)
+        pipe.zcard(self.keys.delayed)
+        return sum(int(x) for x in await pipe.execute())
 
     async def runs(self) -> dict[str, dict[str, int]]:
         runs = [_s(r) for r in await self.client.zrange(self.keys.runs, 0, -1)]
@@ -376,9 +381,40 @@ class FleetQueue:
             out[r] = {"seen": int(seen or 0), "done": int(done or 0)}
         return out
 
+    async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """DLQ entries newest first (all, or one run's), paged so a long stream never loads at once."""
+        last = "+"
+        while True:
+            rows: Any = await self.client.xrevrange(self.keys.dlq, max=last, count=500)
+            for rid, fields in rows or []:
+                f = {_s(k): _s(v) for k, v in (fields or {}).items()}
+                if run is None or f.get("run") == run:
+                    yield _s(rid), f
+            if not rows or len(rows) < 500:
+                return
+            last = "(" + _s(rows[-1][0])
+
     async def dlq_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        rows: Any = await self.client.xrevrange(self.keys.dlq, count=count)
-        return [(_s(i), {_s(k): _s(v) for k, v in (f or {}).items()}) for i, f in rows or []]
+        out: list[tuple[str, dict[str, str]]] = []
+        async for entry in self.dlq_iter():
+            out.append(entry)
+            if len(out) >= count:
+                break
+        return out
+
+    async def requeue(self, envelopes: Iterable[Envelope]) -> int:
+        """Back to READY bypassing SEEN (a dead-lettered request is recorded there already).
+
+        Envelopes must carry ``dont_filter=True``; ``fleet dlq requeue`` sets it."""
+        by_run: dict[str, list[Envelope]] = {}
+        for env in envelopes:
+            by_run.setdefault(env.run, []).append(env)
+        n = 0
+        for run, envs in by_run.items():
+            head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
+            args = [a for env in envs for a in _entry_args(env)]
+            n += int(await self._seed(keys=self._route(), args=head + args))
+        return n
 
 
 async def known_spiders(client: aioredis.Redis) -> list[str]:

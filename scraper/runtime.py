@@ -81,7 +81,6 @@ class LeaseState:
     status: int | None = None
     body: bytes = b""
     fetched_at: str | None = None
-    leased_at: float = field(default_factory=time.monotonic)
     fetch_started: float = field(default_factory=time.monotonic)
     proxy_id: str | None = None
     errors: list[str] = field(default_factory=list)
