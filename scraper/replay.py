@@ -18,7 +18,7 @@ from scrapy import Request, Spider
 from scrapy.http import HtmlResponse
 
 from middlewares import drift
-from pipelines.objects import evidence_key, raw_key
+from pipelines.objects import evidence_key, item_to_dict, raw_key
 from scraper.envelope import fp64
 from scraper.store import ObjectStore, open_store
 from settings.fleet import FleetConfig
@@ -102,7 +102,7 @@ def run_replay(
         outputs = asyncio.run(_collect(cb(response, **request.cb_kwargs)))
     except Exception as exc:
         outputs, error = [], f"{type(exc).__name__}: {exc}"
-    items = [drift_item_dict(o) for o in outputs if not isinstance(o, Request)]
+    items = [item_to_dict(o) for o in outputs if not isinstance(o, Request)]
     requests = [o.url for o in outputs if isinstance(o, Request)]
     verdict = drift.check(spider, cb_name, items) if error is None else drift.DriftVerdict("callback_error")
     return {
@@ -112,9 +112,3 @@ def run_replay(
         "ok": verdict is None, "drift": None if verdict is None else {
             "reason": verdict.reason, "missing": list(verdict.missing)}, "error": error,
     }
-
-
-def drift_item_dict(item: Any) -> dict[str, Any]:
-    from itemadapter import ItemAdapter
-
-    return dict(ItemAdapter(item).asdict())

@@ -37,7 +37,7 @@ from scrapy.http import Response
 
 from middlewares import drift
 from middlewares.classify import A, B, C, D, Verdict
-from pipelines.objects import ObjectWriter, WriteContext
+from pipelines.objects import ObjectWriter, WriteContext, item_to_dict
 from scraper import log
 from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
@@ -53,13 +53,6 @@ DOMAIN_SLOWDOWN_STATUS = frozenset({429, 503})
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray")
-
-
-def drift_item(item: Any) -> dict[str, Any]:
-    from itemadapter import ItemAdapter
-
-    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-            for k, v in ItemAdapter(item).asdict().items()}
 
 
 def _now_iso() -> str:
@@ -751,7 +744,7 @@ class FleetRuntime:
                 "run": env.run, "spider": env.spider, "callback": env.callback or "parse",
                 "cb_kwargs": env.cb_kwargs, "status": state.status, "raw_key": raw_key,
                 "worker": self.worker_id, "at": _now_iso(),
-                "items_sample": [drift_item(i) for i in state.items[:3]],
+                "items_sample": [item_to_dict(i) for i in state.items[:3]],
             }
             evidence_key = await self._in_pool(self.writer.write_evidence, env.spider, env.run, C, env.fp, evidence)
         except Exception as exc:
