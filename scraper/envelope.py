@@ -105,7 +105,11 @@ class Envelope:
     @property
     def domain(self) -> str:
         """The target host: the unit of politeness, backoff holds and proxy health."""
-        return (urlsplit(self.url).hostname or "").lower()
+        cached = self.__dict__.get("_domain")
+        if cached is None or cached[0] != self.url:  # parsed once per URL, not once per use
+            cached = (self.url, (urlsplit(self.url).hostname or "").lower())
+            self.__dict__["_domain"] = cached
+        return str(cached[1])
 
     # -- conversion -------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scraper import lua
-from tests.bench.procs import Monitor, RedisServer, wait_rusage
+from tests.bench.procs import SYS_CPU, Monitor, RedisServer, wait_rusage
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_S = float(os.environ.get("BENCH_HANG_S", "10"))  # a worker still alive this long after closing hangs
@@ -188,11 +188,12 @@ class Bench:
                  fetch_ts_of: Any, items_of: Any, with_redis: bool, logs: list[Path] | None = None) -> dict[str, Any]:
         mon = self._monitor({f"w{i}": p.pid for i, p in enumerate(procs)})
         pyspy = None
-        if self.pyspy and name == "c" and not self.pyspy_done:
+        if self.pyspy and name == os.environ.get("BENCH_PYSPY_VARIANT", "c") and not self.pyspy_done:
             self.pyspy_done = True
             pyspy = subprocess.Popen(
                 [str(pyspy_binary()), "record", "--pid", str(procs[0].pid), "--rate", "200", "--format", "raw",
-                 "--output", str(self.out / "pyspy-c.txt"), "--nonblocking"],
+                 "--output", str(self.out / f"pyspy-{name}.txt"), "--nonblocking",
+                 *os.environ.get("BENCH_PYSPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         results = [wait_rusage(p, self.timeout, self._hang_watch(name, rnd, i, p, logs))
                    for i, p in enumerate(procs)]
@@ -224,6 +225,8 @@ class Bench:
             row["site_cpu_util"] = site / win
             row["host_busy"] = mon.host_busy(t0, t1)
         row["cpu_ms_per_page_total"] = 1000 * sum(r[1] for r in results) / max(1, len(ts))
+        # kernel share (whole process life): file creates, syncs and sockets, as opposed to Python
+        row["sys_ms_per_page_total"] = 1000 * sum(SYS_CPU.get(p.pid, 0.0) for p in procs) / max(1, len(ts))
         row["rss_peak_mb"] = max(r[2] for r in results) / 2**20
         row["rss_peak_mb_each"] = [r[2] / 2**20 for r in results]
         row["hung_at_exit"] = sum(1 for h in self.hangs if h["variant"] == name and h["round"] == rnd)

@@ -147,6 +147,9 @@ class Monitor(threading.Thread):
         return (pts[-1][1] - pts[0][1]) / max(1e-9, pts[-1][2] - pts[0][2])
 
 
+SYS_CPU: dict[int, float] = {}  # pid -> kernel CPU seconds, filled by wait_rusage
+
+
 def wait_rusage(p: subprocess.Popen[bytes], timeout: float,
                 stalled: Callable[[], bool] | None = None) -> tuple[int, float, int]:
     """Reap ``p`` with wait4: (exit code, user+sys CPU seconds, peak RSS bytes).
@@ -159,6 +162,7 @@ def wait_rusage(p: subprocess.Popen[bytes], timeout: float,
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid == p.pid:
             p.returncode = os.waitstatus_to_exitcode(status)
+            SYS_CPU[p.pid] = ru.ru_stime
             return p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
         hung = False
         if stalled is not None and time.monotonic() >= next_check:
@@ -168,5 +172,6 @@ def wait_rusage(p: subprocess.Popen[bytes], timeout: float,
             p.kill()
             pid, status, ru = os.wait4(p.pid, 0)
             p.returncode = -9
+            SYS_CPU[p.pid] = ru.ru_stime
             return -9, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
         time.sleep(0.05)
