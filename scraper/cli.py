@@ -28,7 +28,7 @@ from scrapy import Request, Spider
 from scraper import log
 from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
 from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
-from scraper.envelope import Envelope, EnvelopeError
+from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
 from scraper.queue import FleetQueue, QueueError, known_spiders
 from settings.fleet import ConfigError, FleetConfig
 
@@ -144,16 +144,16 @@ async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
             yield x
 
 
-def _envelopes_for_urls(
+def _seed_entries(
     urls: Iterable[str], spider: str, run: str, callback: str | None = None
-) -> Iterator[Envelope]:
+) -> Iterator[tuple[str, str]]:
+    """Queue entries (envelope JSON, fp) for ``urls``, exactly as ``Envelope.for_url`` would make them."""
+    entry = SeedEncoder(spider_name=spider, run=run, callback=callback).entry
     for url in urls:
         if "://" not in url:
             raise _fail(f"not an absolute URL: {url!r} (expected http:// or https://)")
         try:
-            env = Envelope.for_url(url, spider_name=spider, run=run)
-            env.callback = callback
-            yield env
+            yield entry(url)
         except (ValueError, EnvelopeError) as exc:
             raise _fail(f"bad URL {url!r}: {exc}") from None
 
@@ -171,7 +171,7 @@ async def _seed(
                 if urls_file:
                     yield from _read_urls(urls_file)
 
-            enq, skipped = await q.seed(run, _envelopes_for_urls(all_urls(), spidercls.name, run, callback))
+            enq, skipped = await q.seed_entries(run, _seed_entries(all_urls(), spidercls.name, run, callback))
         else:
             spider = spidercls()
             envs = []

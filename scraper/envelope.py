@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,12 +178,7 @@ class Envelope:
 
         Same URL normalisation and the same fingerprint as ``from_request(Request(url))``
         (``safe_url_string`` + Scrapy's default SHA1 fingerprint), at about a third of the cost."""
-        safe = safe_url_string(url, "utf-8")
-        if "://" not in safe:
-            raise EnvelopeError(f"missing scheme in request url: {safe}")
-        data = json.dumps({"body": "", "headers": {}, "method": "GET", "url": canonicalize_url(safe)},
-                          sort_keys=True)
-        fp = hashlib.sha1(data.encode()).digest()[:8].hex()
+        safe, fp = url_fingerprint(url)
         return cls(url=safe, spider=spider_name, run=run, fp=fp)
 
     # -- wire format ------------------------------------------------------------------------------
@@ -267,3 +264,142 @@ class Envelope:
 
     def total_attempts(self) -> int:
         return sum(self.attempts.values())
+
+
+# -- seeding fast path ----------------------------------------------------------------------------
+#
+# `fleet seed` turns files of millions of URLs into envelopes. The exact path (w3lib's safe_url_string
+# and canonicalize_url, a json.dumps for Scrapy's fingerprint and another for the envelope) costs ~50 µs
+# a URL; most seed URLs are already in the canonical, safe form both w3lib functions return unchanged,
+# and for those the fingerprint and the envelope JSON can be written directly. Everything else (and
+# anything we are not sure about) takes the exact path, so fingerprints never depend on the path taken.
+
+# Scrapy's fingerprint input for a body-less GET without included headers, around the canonical URL:
+# json.dumps({"body": "", "headers": {}, "method": "GET", "url": URL}, sort_keys=True).
+_FP_HEAD = '{"body": "", "headers": {}, "method": "GET", "url": "'
+_FP_TAIL = '"}'
+
+_QCHARS = r"[A-Za-z0-9\-._~+]"
+# URLs that safe_url_string and canonicalize_url both return unchanged: http(s), a lowercase ASCII
+# host (its exact treatment is probed once per host, below), a path of characters neither function
+# escapes (no '%', ';', '[]', '|', spaces, non-ASCII), an optional query of key=value pairs of
+# unreserved characters (checked for canonical order separately), no fragment. "/." (dot segments) is
+# refused separately. None of these characters needs escaping in JSON.
+_CANONICAL_URL = re.compile(
+    r"(https?://[a-z0-9.\-]+(?::[0-9]+)?)/[A-Za-z0-9\-._~!$&'()*+,=:@/]*"
+    rf"(?:\?({_QCHARS}+={_QCHARS}*(?:&{_QCHARS}+={_QCHARS}*)*))?"
+)
+
+# "scheme://host[:port]" -> the envelope domain, or "" when that authority is not canonical as written
+# (IDNA quirks, a port written "080", ...). Bounded: a file of URLs over millions of hosts stays fine.
+_AUTHORITY: dict[str, str] = {}
+_AUTHORITY_MAX = 65536
+
+
+def _authority_domain(authority: str) -> str:
+    """The domain for a canonical authority, or "" if URLs on it must take the exact path.
+
+    Decided by the real w3lib functions on ``authority + "/"``: the authority part of a URL is parsed
+    and normalised independently of the path and query that follow its "/"."""
+    probe = authority + "/"
+    try:
+        ok = safe_url_string(probe, "utf-8") == probe and canonicalize_url(probe) == probe
+        domain = (urlsplit(probe).hostname or "").lower() if ok else ""
+    except ValueError:
+        domain = ""
+    if len(_AUTHORITY) >= _AUTHORITY_MAX:
+        _AUTHORITY.clear()
+    _AUTHORITY[authority] = domain
+    return domain
+
+
+def _query_sorted(query: str) -> bool:
+    """True if canonicalize_url keeps the pairs of ``query`` (matched by _CANONICAL_URL) in order.
+
+    w3lib sorts the (key, value) pairs after unquoting ('+' -> ' '); on the allowed characters '+' and
+    ' ' both sort before every other one, so comparing the raw strings gives the same order."""
+    if "&" not in query:
+        return True
+    pairs = [p.partition("=")[::2] for p in query.split("&")]
+    return pairs == sorted(pairs)
+
+
+def _fast_domain(url: str) -> str:
+    """The envelope domain if ``url`` is provably canonical and safe as written, else ""."""
+    m = _CANONICAL_URL.fullmatch(url)
+    if m is None or "/." in url:
+        return ""
+    authority, query = m.groups()
+    domain = _AUTHORITY.get(authority)
+    if domain is None:
+        domain = _authority_domain(authority)
+    if domain and (query is None or _query_sorted(query)):
+        return domain
+    return ""
+
+
+def _slow_fingerprint(url: str) -> tuple[str, str]:
+    safe = safe_url_string(url, "utf-8")
+    if "://" not in safe:
+        raise EnvelopeError(f"missing scheme in request url: {safe}")
+    data = json.dumps({"body": "", "headers": {}, "method": "GET", "url": canonicalize_url(safe)},
+                      sort_keys=True)
+    return safe, hashlib.sha1(data.encode()).digest()[:8].hex()
+
+
+def url_fingerprint(url: str) -> tuple[str, str]:
+    """``(request.url, fp64(request))`` for ``Request(url)``, a plain GET, without building it.
+
+    Canonical URLs are hashed directly (they are their own safe and canonical form); all others go
+    through w3lib exactly as Scrapy does."""
+    if _fast_domain(url):
+        return url, hashlib.sha1(f"{_FP_HEAD}{url}{_FP_TAIL}".encode()).hexdigest()[:16]
+    return _slow_fingerprint(url)
+
+
+class SeedEncoder:
+    """Queue entries ``(envelope JSON, fp)`` for plain seeded GETs of one (spider, run, callback).
+
+    The JSON is what ``Envelope.for_url(url, ...)`` with that callback ``.dumps()``: same keys, same
+    order, same bytes except the ``enqueued_at`` clock reading. Canonical URLs are spliced into a
+    template (every other field is constant) instead of dataclass -> dict -> json.dumps per URL."""
+
+    def __init__(self, *, spider_name: str, run: str, callback: str | None = None) -> None:
+        self.spider_name, self.run, self.callback = spider_name, run, callback
+        # Render one envelope with placeholder values and cut it around them. JSON escapes \x00, so
+        # the placeholders cannot occur anywhere else; the time is a float nobody would enqueue at.
+        at = 1.25e-300
+        proto = Envelope(url="\x00u", spider=spider_name, run=run, fp="\x00f", callback=callback, enqueued_at=at)
+        proto.__dict__["_domain"] = ("\x00u", "\x00d")
+        text = proto.dumps()
+        pieces: list[str] = []
+        self._head = self._mid_fp = self._mid_t = self._mid_dom = self._tail = ""
+        for cut in ('"\\u0000u"', '"\\u0000f"', repr(at), '"\\u0000d"'):
+            before, found, text = text.partition(cut)
+            if not found or cut in before or cut in text:  # e.g. a run id containing "\x00u"
+                self._templated = False
+                return
+            pieces.append(before)
+        self._templated = True
+        self._head = pieces[0] + '"'
+        self._mid_fp = '"' + pieces[1] + '"'
+        self._mid_t = '"' + pieces[2]
+        self._mid_dom = pieces[3] + '"'
+        self._tail = '"' + text
+
+    def entry(self, url: str) -> tuple[str, str]:
+        """``(json, fp)`` for ``url``; raises like ``Envelope.for_url`` for URLs it rejects."""
+        domain = _fast_domain(url) if self._templated else ""
+        if domain:
+            fp = hashlib.sha1(f"{_FP_HEAD}{url}{_FP_TAIL}".encode()).hexdigest()[:16]
+            return (f"{self._head}{url}{self._mid_fp}{fp}{self._mid_t}{time.time()!r}"
+                    f"{self._mid_dom}{domain}{self._tail}"), fp
+        env = Envelope.for_url(url, spider_name=self.spider_name, run=self.run)
+        env.callback = self.callback
+        return env.dumps(), env.fp
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random 64-bit entry ids as 16 hex chars, from one urandom call rather than ``n``."""
+    raw = os.urandom(8 * n).hex()
+    return [raw[i : i + 16] for i in range(0, 16 * n, 16)]

@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from scraper import lua
-from scraper.envelope import Envelope
+from scraper.envelope import Envelope, new_ids
 
 _SPIDER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
@@ -166,25 +166,38 @@ class FleetQueue:
 
     async def seed(self, run: str, envelopes: Iterable[Envelope], *, batch: int = 2000) -> tuple[int, int]:
         """Enqueue envelopes unless SEEN in this run. Returns (enqueued, skipped)."""
+        return await self._seed_rows(run, ((env.dumps(), env.fp, str(env.priority)) for env in envelopes), batch)
+
+    async def seed_entries(
+        self, run: str, entries: Iterable[tuple[str, str]], *, batch: int = 10000
+    ) -> tuple[int, int]:
+        """``seed`` for ready-made priority-0 entries ``(envelope JSON, fp)`` (see ``SeedEncoder``)."""
+        return await self._seed_rows(run, ((j, fp, "0") for j, fp in entries), batch)
+
+    async def _seed_rows(self, run: str, rows: Iterable[tuple[str, str, str]], batch: int) -> tuple[int, int]:
         await self.client.sadd(SPIDERS_KEY, self.spider)
         enq = total = 0
-        args: list[str] = []
         head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
+        args: list[str] = list(head)
+        ids = new_ids(batch)
+        n = 0
         inflight: asyncio.Future[Any] | None = None
-        for env in envelopes:
-            total += 1
-            args += _entry_args(env, force_filter=True)
-            if len(args) >= batch * 5:
+        for json_, fp, prio in rows:
+            args += (ids[n], json_, fp, prio, "0")  # "0": seeds never bypass SEEN
+            n += 1
+            if n == batch:
+                total += n
                 # Redis runs this batch while Python builds the next one
                 if inflight is not None:
                     enq += int(await inflight)
-                inflight = asyncio.ensure_future(self._seed(keys=self._route(), args=head + args))
+                inflight = asyncio.ensure_future(self._seed(keys=self._route(), args=args))
                 await asyncio.sleep(0)  # let it reach the socket
-                args = []
+                args, n, ids = list(head), 0, new_ids(batch)
         if inflight is not None:
             enq += int(await inflight)
-        if args:
-            enq += int(await self._seed(keys=self._route(), args=head + args))
+        if n:
+            total += n
+            enq += int(await self._seed(keys=self._route(), args=args))
         return enq, total - enq
 
     # -- consumers --------------------------------------------------------------------------------

@@ -37,14 +37,16 @@ from scrapy.http import Response
 
 from middlewares import drift
 from middlewares.classify import A, B, C, D, Verdict
-from pipelines.objects import ObjectWriter, WriteContext, item_to_dict
+from pipelines.objects import ObjectWriter, WriteContext, encode_items, item_to_dict, items_key, raw_key
 from scraper import log
 from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.filewriter import FileWriter
 from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease
-from scraper.store import open_store
+from scraper.store import LocalStore, open_store
+from scraper.tuning import tune_gc
 from settings.fleet import FleetConfig
 
 # Answers that mean "this whole site wants you to slow down".
@@ -110,6 +112,9 @@ class FleetRuntime:
         self.proxies: ProxyPool = ProxyPool([])
         self.client: aioredis.Redis | None = None
         self.writer = ObjectWriter(open_store(config.store))
+        # a local store writes through a child process; a remote one (S3) through the thread pool
+        store = self.writer.store
+        self.filewriter = FileWriter(f"file://{store.root.resolve()}") if isinstance(store, LocalStore) else None
         self.pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="fleet-store")
         self.buffer: deque[LeaseState] = deque()
         self.active: dict[str, LeaseState] = {}
@@ -147,6 +152,9 @@ class FleetRuntime:
         self.proxies = ProxyPool(parse_proxies(self.config.proxies), self.client)
         self.log = self.log.bind(spider=spider.name)
         await self.client.sadd("fleet:spiders", spider.name)
+        if self.filewriter is not None:
+            await self.filewriter.start()
+        tune_gc()
         self._tasks = [
             asyncio.ensure_future(self._feeder()),
             asyncio.ensure_future(self._committer()),
@@ -171,6 +179,8 @@ class FleetRuntime:
         if self.commits:
             await self._flush_commits()
         await self._release_all(reason)
+        if self.filewriter is not None:
+            await self.filewriter.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             await self.client.aclose()
@@ -582,12 +592,22 @@ class FleetRuntime:
         if not (state.items or state.write_raw):
             self._written(state)
             return
-        if self.writer.store.group_sync:
-            # local files: a page-cache write is a few syscalls, done here on the reactor thread as
-            # Scrapy's own feed exports do. In a store thread every one of those syscalls would hand the
-            # GIL back and forth with the reactor (measured: ~30 futex calls and ~0.5 ms of kernel time
-            # per page); only the flush, which can take milliseconds, goes to a thread, once per batch.
-            self.to_write.append((state, self._write_objects([(state, self._ctx(state))])[0]))
+        if self.filewriter is not None:
+            # local files go to the writer process (scraper.filewriter): the reactor thread only
+            # encodes the items and copies bytes into a pipe; creating files, gzip and syncfs run on
+            # the other core. (On this thread they cost 40 µs to >1 ms of kernel time per page; in a
+            # store thread every syscall hands the GIL back and forth: measured slower still.)
+            try:
+                ctx = self._ctx(state)
+                key = None
+                if state.items:
+                    key = items_key(ctx.spider, ctx.run, ctx.fp)
+                    self.filewriter.put(key, encode_items(ctx, state.items))
+                if state.write_raw:
+                    self.filewriter.put(raw_key(ctx.spider, ctx.run, ctx.fp), state.body, gzip=True)
+                self.to_write.append((state, (key, None)))
+            except Exception as exc:
+                self.to_write.append((state, (None, exc)))
         else:
             self.to_write.append((state, None))
         self._pump_writes()
@@ -599,8 +619,7 @@ class FleetRuntime:
         themselves: whatever was written while the previous flush ran. Remote stores (S3) PUT one
         request's objects per thread job, up to STORE_THREADS in parallel: there each PUT is a network
         round trip and durable when it returns."""
-        group = self.writer.store.group_sync
-        width, size = (1, self.config.commit_batch) if group else (STORE_THREADS, 1)
+        width, size = (1, self.config.commit_batch) if self.filewriter is not None else (STORE_THREADS, 1)
         while self.to_write and self._writing < width:
             batch, self.to_write = self.to_write[:size], self.to_write[size:]
             self._writing += 1
@@ -625,13 +644,12 @@ class FleetRuntime:
     async def _write_batch(self, batch: list[tuple[LeaseState, WriteResult | None]]) -> None:
         results: list[WriteResult]
         try:
-            if self.writer.store.group_sync:
+            if self.filewriter is not None:
                 results = [r or (None, None) for _, r in batch]
-                if any(key is not None for key, exc in results if exc is None):
-                    try:
-                        await self._in_pool(self.writer.store.sync)
-                    except Exception as sync_exc:  # no item object of the batch is durable
-                        results = [(None, sync_exc) if key is not None else (key, err) for key, err in results]
+                try:  # one barrier: every object of the batch written and flushed by one syncfs
+                    await self.filewriter.sync()
+                except Exception as sync_exc:  # which put failed is not known: the batch is retried
+                    results = [(None, sync_exc) for _ in batch]
             else:
                 try:
                     results = await self._in_pool(self._write_objects, [(st, self._ctx(st)) for st, _ in batch])

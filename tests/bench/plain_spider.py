@@ -6,7 +6,8 @@ comes from ``BENCH_VARIANT``:
 * ``stock``  — Scrapy's defaults (in-memory LIFO scheduler, DEBUG logging, cookies, telnet, logstats),
   only the concurrency raised to the bench's 32 (CONCURRENT_REQUESTS and _PER_DOMAIN);
 * ``tuned``  — the engine settings Fleet's ``settings/__init__.py`` runs with (CONCURRENT_ITEMS=8,
-  cookies/telnet/logstats/retry off, INFO logging, ...), still Scrapy's own scheduler;
+  cookies/telnet/logstats/retry off, INFO logging, ...) and the GC tuning a Fleet worker applies
+  (``scraper.tuning``), still Scrapy's own scheduler;
 * ``redis``  — vanilla scrapy-redis 0.9.1: its Scheduler, RFPDupeFilter and default PriorityQueue on
   ``BENCH_REDIS_URL``, engine settings as ``stock``.
 
@@ -25,6 +26,7 @@ from typing import Any
 from scrapy import signals
 
 from scraper.spiders.demo_shop import DemoShopSpider
+from scraper.tuning import tune_gc
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 VARIANT = os.environ.get("BENCH_VARIANT", "stock")
@@ -63,6 +65,7 @@ class Probe:
         crawler.signals.connect(ext.response_received, signal=signals.response_received)
         crawler.signals.connect(ext.item_scraped, signal=signals.item_scraped)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
+        crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         return ext
 
     def response_received(self, **_: Any) -> None:
@@ -70,6 +73,10 @@ class Probe:
 
     def item_scraped(self, **_: Any) -> None:
         self.items += 1
+
+    def spider_opened(self, **_: Any) -> None:
+        if VARIANT == "tuned":  # the process tuning a Fleet worker applies when its spider opens
+            tune_gc()
 
     def spider_closed(self, **_: Any) -> None:
         with open(self.path, "w") as fh:

@@ -106,12 +106,15 @@ class Monitor(threading.Thread):
         self.procs = {name: psutil.Process(pid) for name, pid in procs.items()}
         self.series: dict[str, Series] = {name: Series() for name in procs}
         self.host: list[tuple[float, float, float]] = []  # (t, busy_s, total_s) cumulative
+        # a process's children count as its own CPU (a Fleet worker's local-store writer process)
+        self.kids: dict[str, dict[int, tuple[psutil.Process, float]]] = {name: {} for name in procs}
         self.interval = interval
         self._halt = threading.Event()
 
     def add(self, name: str, pid: int) -> None:
         self.procs[name] = psutil.Process(pid)
         self.series[name] = Series()
+        self.kids[name] = {}
 
     def sample(self) -> None:
         now = time.time()
@@ -120,11 +123,20 @@ class Monitor(threading.Thread):
                 with p.oneshot():
                     ct = p.cpu_times()
                     rss = p.memory_info().rss
+                kids = self.kids[name]
+                for c in p.children(recursive=True):
+                    kids.setdefault(c.pid, (c, 0.0))
             except psutil.Error:
                 continue
+            for pid, (c, last) in list(kids.items()):
+                try:
+                    kt = c.cpu_times()
+                    kids[pid] = (c, kt.user + kt.system)
+                except psutil.Error:
+                    pass  # exited: keep its last reading
             s = self.series[name]
             s.t.append(now)
-            s.cpu.append(ct.user + ct.system)
+            s.cpu.append(ct.user + ct.system + sum(v for _, v in kids.values()))
             s.rss.append(rss)
         h = psutil.cpu_times()
         total = sum(h)

@@ -1,0 +1,88 @@
+"""The local store's writer process: frames in order, failures reported at the barrier, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import struct
+from pathlib import Path
+
+import pytest
+
+from scraper.filewriter import _REP, _REQ, FileWriter, serve
+from scraper.store import LocalStore, StoreError
+
+
+def frame(op: bytes, key: str, data: bytes = b"") -> bytes:
+    k = key.encode()
+    return _REQ.pack(op, len(k), len(data)) + k + data
+
+
+def barrier(seq: int) -> bytes:
+    return _REQ.pack(b"S", seq, 0)
+
+
+def replies(raw: bytes) -> list[tuple[int, bool, str]]:
+    out = []
+    while raw:
+        seq, ok, n = _REP.unpack_from(raw)
+        out.append((seq, bool(ok), raw[_REP.size:_REP.size + n].decode()))
+        raw = raw[_REP.size + n:]
+    return out
+
+
+def test_serve_writes_puts_and_answers_each_barrier(tmp_path: Path) -> None:
+    inp = io.BytesIO(frame(b"P", "items/a.jsonl", b'{"x":1}\n') + frame(b"Z", "raw/a.html.gz", b"<html>")
+                     + barrier(7) + frame(b"P", "items/b.jsonl", b"b") + barrier(8))
+    out = io.BytesIO()
+    serve(f"file://{tmp_path}", inp, out)
+    assert replies(out.getvalue()) == [(7, True, ""), (8, True, "")]
+    store = LocalStore(f"file://{tmp_path}")
+    assert store.get("items/a.jsonl") == b'{"x":1}\n'
+    assert gzip.decompress(store.get("raw/a.html.gz")) == b"<html>"
+    assert store.get("items/b.jsonl") == b"b"
+
+
+def test_a_failed_put_fails_the_next_barrier_only(tmp_path: Path) -> None:
+    (tmp_path / "items").write_text("a file where a directory must go")
+    inp = io.BytesIO(frame(b"P", "items/x/a.jsonl", b"1") + barrier(1) + frame(b"P", "ok/b", b"2") + barrier(2))
+    out = io.BytesIO()
+    serve(f"file://{tmp_path}", inp, out)
+    (s1, ok1, msg1), (s2, ok2, msg2) = replies(out.getvalue())
+    assert (s1, ok1) == (1, False) and "items" in msg1
+    assert (s2, ok2, msg2) == (2, True, "")
+
+
+def test_eof_mid_frame_exits_quietly(tmp_path: Path) -> None:
+    data = frame(b"P", "items/a.jsonl", b"0123456789")[:-3]
+    serve(f"file://{tmp_path}", io.BytesIO(data), io.BytesIO())
+    assert not (tmp_path / "items" / "a.jsonl").exists()
+
+
+def test_unknown_frame_stops_the_writer(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        serve(f"file://{tmp_path}", io.BytesIO(struct.pack(">cII", b"?", 0, 0)), io.BytesIO())
+
+
+def test_child_process_round_trip_and_restart_after_death(tmp_path: Path) -> None:
+    async def go() -> None:
+        fw = FileWriter(f"file://{tmp_path}")
+        await fw.start()
+        fw.put("items/a.jsonl", b"one\n")
+        fw.put("raw/a.html.gz", b"<p>", gzip=True)
+        await asyncio.wait_for(fw.sync(), 10)
+        assert (tmp_path / "items" / "a.jsonl").read_bytes() == b"one\n"
+        assert fw.proc is not None
+        fw.proc.kill()
+        fw.proc.wait()
+        fw.put("items/b.jsonl", b"lost\n")  # queued to a dead writer: reported, never assumed written
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(fw.sync(), 10)
+        fw.put("items/c.jsonl", b"three\n")  # the failed barrier started a new writer
+        await asyncio.wait_for(fw.sync(), 10)
+        assert (tmp_path / "items" / "c.jsonl").read_bytes() == b"three\n"
+        await fw.close()
+        assert fw.proc is None
+
+    asyncio.run(go())
