@@ -35,7 +35,14 @@ def idempotency_key(spider: str, fp: str, index: int) -> str:
     return hashlib.sha256(f"{spider}|{fp}|{index}".encode()).hexdigest()[:24]
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def item_to_dict(item: Any) -> dict[str, Any]:
+    """A plain dict of the item. A flat dict of JSON scalars (what most spiders yield) is copied
+    directly: ItemAdapter's generic path costs ~10 µs per item, most of a page's encoding time."""
+    if type(item) is dict and all(type(v) in _SCALARS for v in item.values()):
+        return dict(item)
     return dict(ItemAdapter(item).asdict())
 
 
@@ -51,6 +58,9 @@ class WriteContext:
     attempts: dict[str, int]
     proxy_id: str | None
     fetched_at: str
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
 
 
 def encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
@@ -71,7 +81,7 @@ def encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
             "fetched_at": ctx.fetched_at,
             "spider_version": ctx.spider_version,
         }
-        lines.append(json.dumps(data, ensure_ascii=False, default=str, separators=(",", ":")))
+        lines.append(_encode(data))
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

@@ -671,7 +671,8 @@ class FleetRuntime:
                 self.stats.inc_value("fleet/objects")
                 self.log.info("object_written", run=env.run, fp=env.fp, key=key, items=len(state.items))
             self._written(state)
-        self._commit_wake.set()
+        # no wake-up here: acks wait up to FLEET_COMMIT_INTERVAL to share one Redis call (they are on
+        # no critical path; children, which are, wake the committer at once in _finish)
 
     def _written(self, state: LeaseState) -> None:
         """Objects are durable (or there were none): the request may be marked DONE and acknowledged."""
