@@ -11,7 +11,7 @@ spider middleware (depth, offsite, URL length).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from scrapy import Request, Spider, signals
@@ -50,18 +50,48 @@ class CommitMiddleware:
                 yield x
         return
 
-    async def process_spider_output(
-        self, response: Response, result: AsyncIterator[Any]
-    ) -> AsyncIterator[Any]:
+    def _ledger(self, response: Response) -> tuple[Any, Any, bool]:
+        """(runtime, lease state or None, drop): drop when the response belongs to a lease this
+        worker no longer tracks (settled elsewhere): its outputs belong to whichever delivery
+        commits, so dropping them here loses nothing."""
         rt = self._rt()
         state = self._state(response)
-        if state is None and rt is not None and isinstance(response, Response) and response.request is not None \
-                and isinstance(response.request.meta.get(META_KEY), str):
-            # a response for a lease this worker no longer tracks (settled elsewhere): its outputs
-            # belong to whichever delivery commits; dropping them here loses nothing
+        request = response.request if isinstance(response, Response) else None
+        lease = request.meta.get(META_KEY) if request is not None else None
+        stale = state is None and rt is not None and isinstance(lease, str)
+        if stale:
+            rt.log.warning("stale_response_dropped", lease=lease)
+        return rt, state, stale
+
+    def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterable[Any]:
+        """Sync callbacks keep a sync chain (no async-generator hop per output)."""
+        rt, state, stale = self._ledger(response)
+        if stale:
+            for _ in result:
+                pass
+            return
+        if state is None or state.settled:
+            yield from result
+            return
+        try:
+            for x in result:
+                if isinstance(x, Request):
+                    rt.discovered(state, x)
+                    continue
+                rt.item_started(state)
+                yield x
+        except Exception as exc:
+            rt.callback_failed(state, exc)
+            raise
+        rt.output_done(state)
+
+    async def process_spider_output_async(
+        self, response: Response, result: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        rt, state, stale = self._ledger(response)
+        if stale:
             async for _ in result:
                 pass
-            rt.log.warning("stale_response_dropped", lease=response.request.meta.get(META_KEY))
             return
         if state is None or state.settled:
             async for x in result:

@@ -14,10 +14,11 @@ from typing import Any
 
 from scrapy import Request
 from scrapy.crawler import Crawler
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.runtime import REDIS_ERRORS
+from settings.fleet import FleetConfig
 
 
 class ProxyMiddleware:
@@ -26,6 +27,9 @@ class ProxyMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ProxyMiddleware:
+        if not FleetConfig.from_env().proxies:
+            # no FLEET_PROXIES: Scrapy's own download slot is already the target host
+            raise NotConfigured("FLEET_PROXIES is not set")
         return cls(crawler)
 
     async def process_request(self, request: Request) -> None:
