@@ -36,6 +36,12 @@ BLOCK_MARKERS = (
     re.compile(rb"g-recaptcha|hcaptcha\.com|\bcaptcha\b", re.I),
 )
 
+# Every built-in marker contains one of these words: pages without any of them (nearly all) skip the
+# seven regex scans. One lower() and four substring searches cost ~90 µs on a 60 KB page; the scans
+# cost ~1.7 ms.
+_MARKER_HINTS = (b"captcha", b"challenge", b"turnstile", b"incapsula")
+_BUILTIN = frozenset(id(m) for m in BLOCK_MARKERS)
+
 _TRANSIENT_EXC: tuple[type[BaseException], ...] = (
     txerror.TimeoutError,
     txerror.TCPTimedOutError,
@@ -109,8 +115,12 @@ def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdi
         return Verdict(A, f"http:{status}")
     if 200 <= status < 300:
         head = response.body[:65536] if response.body else b""
+        if not head:
+            return Verdict(OK, f"http:{status}")
+        low = head.lower()
+        hinted = any(h in low for h in _MARKER_HINTS)
         for marker in rules.markers:
-            if marker.search(head):
+            if (hinted or id(marker) not in _BUILTIN) and marker.search(head):
                 return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
         return Verdict(OK, f"http:{status}")
     return Verdict(OK, f"http:{status}")  # 1xx/3xx: redirects are followed by Scrapy

@@ -68,6 +68,16 @@ def test_200_challenge_bodies_are_b(snippet: bytes) -> None:
     assert v.reason.startswith("challenge:")
 
 
+@pytest.mark.parametrize("snippet", [
+    b'<DIV CLASS="G-RECAPTCHA"></DIV>', b'<script src="https://HCAPTCHA.COM/1/api.js"></script>',
+    b"<p>Please solve the CAPTCHA</p>", b'<SCRIPT SRC="/CDN-CGI/CHALLENGE-PLATFORM/x"></SCRIPT>',
+    b'<script src="/_incapsula_resource?x=1"></script>',
+])
+def test_markers_match_in_any_case_despite_the_prefilter(snippet: bytes) -> None:
+    body = b"<html><body>" + b"<p>filler</p>" * 4000 + snippet + b"</body></html>"
+    assert classify_response(_resp(200, body=body)).cls == B
+
+
 def test_marker_beyond_first_64k_is_not_scanned() -> None:
     body = b"<html><body>" + b"x" * 70_000 + b'<div id="px-captcha"></div></body></html>'
     assert classify_response(_resp(200, body=body)).cls == OK
