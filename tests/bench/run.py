@@ -109,7 +109,7 @@ def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool) ->
         return [a[k] / b[k] for k in a if k in b and a[k] and b[k]]
 
     ratios = {f"{n}/{d}": per_round(n, d) for n, d in
-              (("c", "a"), ("c", "a2"), ("c", "b"), ("c", "e"), ("d", "c"), ("df", "cf"))}
+              (("c", "a"), ("c", "a2"), ("c", "b"), ("c", "e"), ("d", "c"), ("cf", "a2"), ("df", "cf"))}
     summary: dict[str, Any] = {}
     for name, rs in by.items():
         def col(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float, float] | None:
@@ -178,7 +178,9 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
 
     for k, g in (("c/a2", 0.90), ("c/a", 1.4), ("c/b", 1.8), ("c/e", 3.0)):
         v = ratio(k)
-        add(k.replace("a2", "a′") + " (median)", v, None if v is None else v >= g, f"≥ {g}")
+        cfa = ratio("cf/a2")
+        note = f"same pages seeded flat, no pagination chain: cf/a′ {cfa:.2f}" if k == "c/a2" and cfa else ""
+        add(k.replace("a2", "a′") + " (median)", v, None if v is None else v >= g, f"≥ {g}", note)
     c = crawl["summary"].get("c", {})
     rt = c.get("redis_rt_per_page")
     add("Redis round trips/page, Fleet c (median)", rt[1] if rt else None, None if not rt else rt[1] <= 1.0, "≤ 1",
@@ -220,7 +222,8 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
     g = sk.get("growth_from_10pct")
     add("soak RSS growth (end vs 10% of pages)", None if g is None else 100 * g,
         None if g is None else g <= 0.10, "≤ 10 %",
-        f"{sk.get('pages', 0):,} pages; vs first fetch {100 * sk.get('growth_from_first_fetch', 0):.1f}%")
+        f"{sk.get('pages', 0):,} pages; vs first fetch {100 * sk.get('growth_from_first_fetch', 0):.1f}%; "
+        f"second half (50% of pages to end) {100 * sk.get('growth_second_half', 0):+.1f}%")
     return out
 
 
@@ -319,8 +322,9 @@ def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
     if "rss_end_mb" in sk:
         m.add_row(f"soak: {sk['pages']:,} pages ({sk['runs']} runs), one worker",
                   f"{sk['pages_per_s']:.0f} pages/s, {sk['wall_s']:.0f} s")
-        m.add_row("soak RSS: first fetch / 10% / 50% / end / peak (MB)",
-                  f"{sk['rss_first_fetch_mb']:.0f} / {sk['rss_10pct_mb']:.0f} / {sk['timeline_mb']['50%']:.0f} / "
+        m.add_row("soak RSS: first fetch / 10% / 25% / 50% / 75% / end / peak (MB)",
+                  f"{sk['rss_first_fetch_mb']:.0f} / {sk['rss_10pct_mb']:.0f} / {sk['timeline_mb']['25%']:.0f} / "
+                  f"{sk['timeline_mb']['50%']:.0f} / {sk['timeline_mb']['75%']:.0f} / "
                   f"{sk['rss_end_mb']:.0f} / {sk['rss_peak_mb']:.0f}")
     console.print(m)
 

@@ -54,6 +54,8 @@ def soak(srv: RedisServer, tmp: Path, start_url: str, pages_per_run: int, target
         "rss_max_during_crawl_mb": max(in_run) / 2**20 if in_run else None,
         "growth_from_10pct": rss_end / rss_10 - 1,
         "growth_from_first_fetch": rss_end / rss_first - 1,
+        # a leak keeps growing; warm-up (allocator arenas, caches) levels off: the second half tells them apart
+        "growth_second_half": rss_end / s.rss_at(at["50%"]) - 1,
         "timeline_mb": {q: s.rss_at(t) / 2**20 for q, t in at.items()},
     })
     r.flushall()
