@@ -8,7 +8,7 @@ BENCH_PER_PAGE=20         products per list page (the demo site's default)
 BENCH_CONCURRENCY=32      concurrent requests of every contender
 BENCH_VARIANTS=a,a2,b,c,d,e,cf,df   which contenders to run
 BENCH_DEDUP_URLS=1000000  SEEN set size for the memory and latency benches
-BENCH_SEED_URLS=200000    URLs for the `fleet seed --urls` bench (1000000 for the issue's full size)
+BENCH_SEED_URLS=1000000   URLs for the `fleet seed --urls` bench (the issue's full size)
 BENCH_SOAK_PAGES=21000    page fetches of the soak (100000 for the full soak, about 5 more minutes)
 BENCH_DIAG=0              1: also run diagnostics once (Fleet with its object store on tmpfs: cm, dm)
 BENCH_PYSPY=0             1: py-spy record the first Fleet worker of (c) into bench-out/pyspy-c.txt
@@ -236,7 +236,7 @@ def main() -> int:
     per_page = env_int("BENCH_PER_PAGE", 20)
     concurrency = env_int("BENCH_CONCURRENCY", 32)
     dedup_n = env_int("BENCH_DEDUP_URLS", 1_000_000)
-    seed_n = env_int("BENCH_SEED_URLS", 200_000)
+    seed_n = env_int("BENCH_SEED_URLS", 1_000_000)
     soak_n = env_int("BENCH_SOAK_PAGES", 21_000)
     variants = [v for v in os.environ.get("BENCH_VARIANTS", "a,a2,b,c,d,e,cf,df").split(",") if v in VARIANTS]
     diag = os.environ.get("BENCH_DIAG", "0") == "1"
