@@ -11,6 +11,7 @@ includes start-up. Redis numbers are INFO deltas after CONFIG RESETSTAT, taken o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -106,6 +107,33 @@ def fleet_fetch_ts(log: Path) -> list[float]:
             if ev.get("event") == "request_fetched":
                 out.append(_iso(ev["timestamp"]))
     return out
+
+
+def chain_step_ms(list_ts: list[float]) -> float | None:
+    """Median time between consecutive list-page fetches: how fast the pagination chain moves."""
+    ts = sorted(list_ts)
+    gaps = sorted(b - a for a, b in itertools.pairwise(ts))
+    return 1000 * gaps[len(gaps) // 2] if gaps else None
+
+
+def fleet_list_ts(logs: list[Path]) -> list[float]:
+    """Fetch instants of the requests that discovered others (the list pages), from Fleet's JSON logs."""
+    fetched: dict[str, float] = {}
+    parents: set[str] = set()
+    for lg in logs:
+        with lg.open("rb") as fh:
+            for line in fh:
+                if b'"request_fetched"' not in line and b'"request_acked"' not in line:
+                    continue
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == "request_fetched":
+                    fetched[ev["fp"]] = _iso(ev["timestamp"])
+                elif ev.get("event") == "request_acked" and ev.get("discovered"):
+                    parents.add(ev["fp"])
+    return [t for fp, t in fetched.items() if fp in parents]
 
 
 def count_files(base: Path) -> int:
@@ -252,6 +280,8 @@ class Bench:
             row = self._measure(name, rnd, [p], started,
                                 lambda: json.loads(probe.read_text())["fetch_ts"] if probe.exists() else [],
                                 lambda: sum(1 for _ in feed.open()) if feed.exists() else 0, name == "b")
+        if probe.exists():
+            row["chain_step_ms"] = chain_step_ms(json.loads(probe.read_text()).get("list_ts", []))
         if name == "b":
             row["redis"] = redis_summary(redis_stats(r), row["pages"])
         r.close()
@@ -297,6 +327,8 @@ class Bench:
                             lambda: count_files(items_dir), True, logs)
         row["redis"] = redis_summary(redis_stats(r), row["pages"], lua_internal=LUA_INTERNAL)
         row["pages_per_worker"] = [len(fleet_fetch_ts(lg)) for lg in logs]
+        if not name.endswith("f"):
+            row["chain_step_ms"] = chain_step_ms(fleet_list_ts(logs))
         r.close()
         if sum(1 for c in row["exit_codes"] if c != 0) > row["hung_at_exit"]:
             row["error"] = logs[0].read_text(errors="replace")[-2000:]

@@ -57,6 +57,7 @@ class Probe:
     def __init__(self, path: str) -> None:
         self.path = path
         self.ts: list[float] = []
+        self.list_ts: list[float] = []
         self.items = 0
 
     @classmethod
@@ -68,8 +69,11 @@ class Probe:
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         return ext
 
-    def response_received(self, **_: Any) -> None:
-        self.ts.append(time.time())
+    def response_received(self, response: Any = None, **_: Any) -> None:
+        now = time.time()
+        self.ts.append(now)
+        if response is not None and "/catalogue/" in response.url:  # the pagination chain's pages
+            self.list_ts.append(now)
 
     def item_scraped(self, **_: Any) -> None:
         self.items += 1
@@ -80,7 +84,7 @@ class Probe:
 
     def spider_closed(self, **_: Any) -> None:
         with open(self.path, "w") as fh:
-            json.dump({"fetch_ts": self.ts, "items": self.items}, fh)
+            json.dump({"fetch_ts": self.ts, "list_ts": self.list_ts, "items": self.items}, fh)
 
 
 def _settings() -> dict[str, Any]:

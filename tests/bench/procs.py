@@ -128,7 +128,7 @@ class Monitor(threading.Thread):
                     kids.setdefault(c.pid, (c, 0.0))
             except psutil.Error:
                 continue
-            for pid, (c, last) in list(kids.items()):
+            for pid, (c, _last) in list(kids.items()):
                 try:
                     kt = c.cpu_times()
                     kids[pid] = (c, kt.user + kt.system)

@@ -119,7 +119,7 @@ def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool) ->
             "label": LABEL.get(name, name), "desc": VARIANTS.get(name, "Fleet with the object store on tmpfs"),
             "pages_per_s": col("pages_per_s"), "cpu_ms_per_page": col("cpu_ms_per_page"),
             "cpu_ms_per_page_total": col("cpu_ms_per_page_total"), "rss_peak_mb": col("rss_peak_mb"),
-            "sys_ms_per_page_total": col("sys_ms_per_page_total"),
+            "sys_ms_per_page_total": col("sys_ms_per_page_total"), "chain_step_ms": col("chain_step_ms"),
             "worker_cpu_util": col("worker_cpu_util"), "site_cpu_util": col("site_cpu_util"),
             "host_busy": col("host_busy"), "startup_s": col("startup_s"),
             "items_ok": sum(1 for r in rs if r.get("items") == bench.n_products and not r.get("error")),
@@ -135,7 +135,8 @@ def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool) ->
 def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
     t = Table(title=f"Crawl: {pages} pages ({n_products} products + list pages) from nginx, 32 concurrent; "
                     "median (min–max) over rounds", title_justify="left")
-    for c in ("", "pages/s", "CPU-ms/page", "CPU-ms/page incl. start", "of which kernel", "worker cores", "peak RSS MB",
+    for c in ("", "pages/s", "CPU-ms/page", "CPU-ms/page incl. start", "of which kernel", "worker cores",
+              "list-page step ms", "peak RSS MB",
               "Redis cmds/page", "Redis calls/page", "Redis RT/page", "items ok"):
         t.add_column(c, justify="left" if c == "" else "right", overflow="fold")
     for name in ("a", "a2", "b", "c", "d", "e", "cf", "df", "cm", "dm"):
@@ -143,7 +144,9 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
         if not s:
             continue
         t.add_row(s["label"], fmt3(s["pages_per_s"], 0), fmt3(s["cpu_ms_per_page"]),
-                  fmt3(s["cpu_ms_per_page_total"]), fmt3(s.get("sys_ms_per_page_total")), fmt3(s["worker_cpu_util"]), fmt3(s["rss_peak_mb"], 0),
+                  fmt3(s["cpu_ms_per_page_total"]), fmt3(s.get("sys_ms_per_page_total")),
+                  fmt3(s["worker_cpu_util"]),
+                  fmt3(s.get("chain_step_ms"), 1), fmt3(s["rss_peak_mb"], 0),
                   fmt3(s["redis_cmds_per_page"], 1), fmt3(s["redis_calls_per_page"]), fmt3(s["redis_rt_per_page"]),
                   f"{s['items_ok']}/{s['runs']}")
     console.print(t)
