@@ -44,7 +44,7 @@ from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
 from scraper.filewriter import FileWriter
 from scraper.proxies import ProxyPool, parse_proxies
-from scraper.queue import Commit, FleetQueue, Lease
+from scraper.queue import Commit, FleetQueue, Lease, LeaseBatch
 from scraper.store import LocalStore, open_store
 from scraper.tuning import tune_gc
 from settings.fleet import FleetConfig
@@ -85,6 +85,8 @@ class LeaseState:
     errors: list[str] = field(default_factory=list)
     enqueued: int = 0
     write_raw: bool = False
+    children_pending: bool = False  # its discovered requests are being queued; DONE + ack wait for that
+    written: bool = False  # its objects are durable
 
     @property
     def id(self) -> str:
@@ -292,33 +294,7 @@ class FleetRuntime:
                 await self._redis_trouble(exc)
                 continue
             self._redis_ok()
-            self._log_reaped(batch.reaped)
-            if batch.parked:
-                self.stats.inc_value("fleet/parked", batch.parked)
-                self.log.info("requests_parked", count=batch.parked)
-            for _lid, raw in batch.skipped:
-                self.stats.inc_value("fleet/skipped_done")
-                try:
-                    env = Envelope.loads(raw)
-                    self.log.info("request_skipped_done", run=env.run, fp=env.fp)
-                except EnvelopeError:
-                    self.log.info("request_skipped_done")
-            for lease in batch.leased:
-                mine = self.active.get(lease.id) or next((b for b in self.buffer if b.id == lease.id), None)
-                if mine is not None:
-                    # our own expired lease came back to us (we stalled past the deadline): keep the
-                    # one request in flight and adopt the new token, never start a second copy
-                    mine.lease.token, mine.lease.deliveries = lease.token, lease.deliveries
-                    self.stats.inc_value("fleet/lease_readopted")
-                    self.log.warning("lease_readopted", lease=lease.id, attempt=lease.deliveries)
-                    continue
-                try:
-                    env = Envelope.loads(lease.raw)
-                except EnvelopeError as exc:
-                    st = LeaseState(lease=lease, env=Envelope(url="", spider="", run="", fp=""))
-                    self._spawn(self._dead(st, "bad_envelope", str(exc), raw=lease.raw))
-                    continue
-                self.buffer.append(LeaseState(lease=lease, env=env))
+            self._adopt(batch)
             if batch.leased:
                 idle = 0.05
                 self.idle_since = None
@@ -330,6 +306,41 @@ class FleetRuntime:
                 except asyncio.TimeoutError:
                     pass
                 idle = min(0.4, idle * 2)
+
+    def _adopt(self, batch: LeaseBatch, *, front: bool = False) -> None:
+        """Take a lease batch into the local buffer (``front``: ahead of what is already there)."""
+        fresh: list[LeaseState] = []
+        self._log_reaped(batch.reaped)
+        if batch.parked:
+            self.stats.inc_value("fleet/parked", batch.parked)
+            self.log.info("requests_parked", count=batch.parked)
+        for _lid, raw in batch.skipped:
+            self.stats.inc_value("fleet/skipped_done")
+            try:
+                env = Envelope.loads(raw)
+                self.log.info("request_skipped_done", run=env.run, fp=env.fp)
+            except EnvelopeError:
+                self.log.info("request_skipped_done")
+        for lease in batch.leased:
+            mine = self.active.get(lease.id) or next((b for b in self.buffer if b.id == lease.id), None)
+            if mine is not None:
+                # our own expired lease came back to us (we stalled past the deadline): keep the
+                # one request in flight and adopt the new token, never start a second copy
+                mine.lease.token, mine.lease.deliveries = lease.token, lease.deliveries
+                self.stats.inc_value("fleet/lease_readopted")
+                self.log.warning("lease_readopted", lease=lease.id, attempt=lease.deliveries)
+                continue
+            try:
+                env = Envelope.loads(lease.raw)
+            except EnvelopeError as exc:
+                st = LeaseState(lease=lease, env=Envelope(url="", spider="", run="", fp=""))
+                self._spawn(self._dead(st, "bad_envelope", str(exc), raw=lease.raw))
+                continue
+            fresh.append(LeaseState(lease=lease, env=env))
+        if front:
+            self.buffer.extendleft(reversed(fresh))
+        else:
+            self.buffer.extend(fresh)
 
     async def _beat(self) -> None:
         assert self.queue is not None
@@ -582,11 +593,13 @@ class FleetRuntime:
             self._spawn(self._drift(state, verdict.reason, verdict.missing))
             return
         if state.discovered:
-            # children go to Redis now, before the parent's writes: SEEN makes a redelivered parent's
-            # rediscovery a no-op, so enqueueing early is safe and keeps pagination chains moving
-            self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered,
-                                               done=False)))
-            self._commit_wake.set()
+            # children go to Redis now, in a call of their own, before the parent's writes: SEEN makes a
+            # redelivered parent's rediscovery a no-op, so enqueueing early is safe, and a pagination
+            # chain moves at the speed of one Redis call per page (queued behind the committer's acks,
+            # page N+1 waited ~7.6 ms of a ~23 ms chain step). The parent's own commit (DONE + ack) waits
+            # for this one: a parent is never acknowledged before its children are queued.
+            state.children_pending = True
+            self._spawn(self._queue_children(state))
         raw_mode = self.config.store_raw
         state.write_raw = bool(state.body) and (raw_mode == "all" or (raw_mode == "items" and bool(state.items)))
         if not (state.items or state.write_raw):
@@ -675,7 +688,11 @@ class FleetRuntime:
         # no critical path; children, which are, wake the committer at once in _finish)
 
     def _written(self, state: LeaseState) -> None:
-        """Objects are durable (or there were none): the request may be marked DONE and acknowledged."""
+        """Objects are durable (or there were none): the request may be marked DONE and acknowledged
+        (once its children, if any, are queued)."""
+        state.written = True
+        if state.children_pending:
+            return
         env = state.env
         outcome = ""
         if drift.tracks_drift(self.spider):
@@ -695,12 +712,34 @@ class FleetRuntime:
             if self.commits:
                 await self._flush_commits()
 
+    async def _queue_children(self, state: LeaseState) -> None:
+        env = state.env
+        await self._commit_batch(
+            [(state, Commit(state.id, state.lease.token, env.run, env.fp, state.discovered, done=False))])
+        if not state.enqueued or self.stopping or self.fatal or self.releasing or self.queue is None \
+                or self.held() >= self.prefetch + 4 * self.concurrency:
+            return
+        # READY is LIFO: the newest entry is the last child just queued, which for a pagination chain is
+        # page N+1. Lease it from here and put it first in the buffer: no wait for the feeder's wake-up
+        # and the buffer's turn, each a turn of a busy event loop (measured ~22 ms chain steps vs ~18 ms
+        # for plain Scrapy's in-memory queue).
+        try:
+            batch = await self.queue.lease(1, worker=self.worker_id, lease_seconds=self.config.lease_seconds)
+        except REDIS_ERRORS:
+            return  # the feeder leases it in its own time
+        self._adopt(batch, front=True)
+        if batch.leased:
+            self.engine_kick()
+
     async def _flush_commits(self) -> None:
-        assert self.queue is not None
         batch, self.commits = self.commits[: self.config.commit_batch], self.commits[self.config.commit_batch :]
+        await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[tuple[LeaseState, Commit]]) -> None:
+        assert self.queue is not None
         while True:
             try:
-                if self.crash_at == "after_done":
+                if self.crash_at == "after_done" and any(c.done for _, c in batch):
                     await self.queue.commit([c for _, c in batch], ack=False)
                     os.kill(os.getpid(), signal.SIGKILL)
                 enq, events, acked = await self.queue.commit([c for _, c in batch])
@@ -720,6 +759,9 @@ class FleetRuntime:
                     self.stats.inc_value("fleet/enqueued", n)
                     woke = True
                 st.enqueued = n
+                st.children_pending = False
+                if st.written and not self.releasing:
+                    self._written(st)  # its objects were durable first: DONE + ack can go now
                 continue
             if self.active.get(st.id) is st:
                 self.active.pop(st.id, None)
