@@ -11,7 +11,7 @@ spider middleware (depth, offsite, URL length).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from scrapy import Request, Spider, signals
@@ -63,29 +63,7 @@ class CommitMiddleware:
             rt.log.warning("stale_response_dropped", lease=lease)
         return rt, state, stale
 
-    def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterable[Any]:
-        """Sync callbacks keep a sync chain (no async-generator hop per output)."""
-        rt, state, stale = self._ledger(response)
-        if stale:
-            for _ in result:
-                pass
-            return
-        if state is None or state.settled:
-            yield from result
-            return
-        try:
-            for x in result:
-                if isinstance(x, Request):
-                    rt.discovered(state, x)
-                    continue
-                rt.item_started(state)
-                yield x
-        except Exception as exc:
-            rt.callback_failed(state, exc)
-            raise
-        rt.output_done(state)
-
-    async def process_spider_output_async(
+    async def process_spider_output(
         self, response: Response, result: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
         rt, state, stale = self._ledger(response)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,19 +95,23 @@ def _iso(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def fleet_fetch_ts(log: Path) -> list[float]:
-    out: list[float] = []
+def fleet_events(log: Path, names: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Fleet's JSON log events named ``names``, in order (other lines skipped cheaply)."""
+    marks = [f'"{n}"'.encode() for n in names]
     with log.open("rb") as fh:
         for line in fh:
-            if b'"request_fetched"' not in line:
+            if not any(m in line for m in marks):
                 continue
             try:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if ev.get("event") == "request_fetched":
-                out.append(_iso(ev["timestamp"]))
-    return out
+            if ev.get("event") in names:
+                yield ev
+
+
+def fleet_fetch_ts(log: Path) -> list[float]:
+    return [_iso(ev["timestamp"]) for ev in fleet_events(log, ("request_fetched",))]
 
 
 def chain_step_ms(list_ts: list[float]) -> float | None:
@@ -121,18 +126,11 @@ def fleet_list_ts(logs: list[Path]) -> list[float]:
     fetched: dict[str, float] = {}
     parents: set[str] = set()
     for lg in logs:
-        with lg.open("rb") as fh:
-            for line in fh:
-                if b'"request_fetched"' not in line and b'"request_acked"' not in line:
-                    continue
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if ev.get("event") == "request_fetched":
-                    fetched[ev["fp"]] = _iso(ev["timestamp"])
-                elif ev.get("event") == "request_acked" and ev.get("discovered"):
-                    parents.add(ev["fp"])
+        for ev in fleet_events(lg, ("request_fetched", "request_acked")):
+            if ev["event"] == "request_fetched":
+                fetched[ev["fp"]] = _iso(ev["timestamp"])
+            elif ev.get("discovered"):
+                parents.add(ev["fp"])
     return [t for fp, t in fetched.items() if fp in parents]
 
 
