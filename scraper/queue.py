@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from scraper import lua
 from scraper.envelope import Envelope, new_ids
@@ -326,12 +327,16 @@ class FleetQueue:
 
     # -- consumers --------------------------------------------------------------------------------
 
+    def _lease_args(self, n: int, worker: str, lease_seconds: float, maintain_limit: int) -> list[Any]:
+        return [self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
+                secrets.token_hex(4)]
+
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
-        res = await self._lease(
-            keys=self._route(),
-            args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
-                  secrets.token_hex(4)],
-        )
+        res = await self._lease(keys=self._route(), args=self._lease_args(n, worker, lease_seconds, maintain_limit))
+        return self._lease_batch(res)
+
+    @staticmethod
+    def _lease_batch(res: Any) -> LeaseBatch:
         promoted, reaped, leased, skipped, held, parked = res
         return LeaseBatch(
             held=int(held),
@@ -366,15 +371,41 @@ class FleetQueue:
         A commit with ``done=False`` only enqueues its children."""
         if not commits:
             return [], [], []
+        return self._commit_result(await self._commit(keys=self._route(), args=self._commit_args(commits, ack)))
+
+    def _commit_args(self, commits: Sequence[Commit], ack: bool) -> list[Any]:
         args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args(),
                            "1" if ack else "0"]
         for c in commits:
             args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, len(c.discovered)]
             for env in c.discovered:
                 args += _entry_args(env)
-        counts, events, acked = await self._commit(keys=self._route(), args=args)
+        return args
+
+    @staticmethod
+    def _commit_result(res: Any) -> tuple[list[int], list[tuple[str, str]], list[bool]]:
+        counts, events, acked = res
         return ([int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
                 [bool(int(x)) for x in acked])
+
+    async def commit_and_lease(
+        self, commits: Sequence[Commit], n: int, *, worker: str, lease_seconds: float
+    ) -> tuple[tuple[list[int], list[tuple[str, str]], list[bool]], LeaseBatch | None]:
+        """``commit`` then ``lease(n)`` in one round trip: the lease sees what the commit just queued
+        (READY is LIFO, so the newest child comes first). Two EVALSHAs in a plain pipeline; redis-py's
+        Script objects would add a SCRIPT EXISTS round trip. If Redis lost its script cache (restart),
+        the commit is redone through its Script object, which reloads it, and no lease is taken."""
+        keys = self._route()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.evalsha(self._commit.sha, len(keys), *keys, *self._commit_args(commits, True))
+        pipe.evalsha(self._lease.sha, len(keys), *keys, *self._lease_args(n, worker, lease_seconds, 100))
+        c_res, l_res = await pipe.execute(raise_on_error=False)
+        if isinstance(c_res, NoScriptError):
+            return await self.commit(commits), None
+        if isinstance(c_res, Exception):
+            raise c_res
+        batch = None if isinstance(l_res, Exception) else self._lease_batch(l_res)
+        return self._commit_result(c_res), batch
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
         """Record a C outcome and park the request. Returns (breaker event, window)."""

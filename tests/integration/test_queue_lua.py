@@ -434,3 +434,25 @@ def test_concurrent_lease_never_double_hands(redis_url: str) -> None:
     assert len(flat) == n_entries
     assert len(set(flat)) == n_entries
     assert sum(1 for ids in per_worker if ids) >= 2  # the load was actually shared
+
+
+def test_commit_and_lease_leases_the_newest_child_in_one_call(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("list-1")])
+        parent = (await _lease_one(q)).leased[0]
+        kids = [_env(f"p{i}") for i in range(3)] + [_env("list-2")]
+        await q.commit([Commit(parent.id, parent.token, "r1", "", [], done=False)])  # loads the script
+        for round_ in ("cached", "flushed"):
+            if round_ == "flushed":
+                await client.script_flush()  # as after a Redis restart: the commit reloads, no lease
+            commit = Commit(parent.id, parent.token, "r1", "", kids, done=False)
+            (enq, _, _), batch = await q.commit_and_lease([commit], 1, worker="w1", lease_seconds=60)
+            if round_ == "cached":
+                assert enq == [4]
+                assert batch is not None and [_url(x.raw) for x in batch.leased] == ["list-2"]  # LIFO
+            else:
+                assert enq == [0] and batch is None  # SEEN: already queued; nothing leased
+        where = await _ids_everywhere(q, client)
+        assert len(where["ready"]) == 3 and len(where["inflight"]) == 2
+
+    _run(redis_url, body)
