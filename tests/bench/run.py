@@ -79,6 +79,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def file_create_us(d: Path, n: int = 400) -> float:
+    """Median µs to create one empty file in ``d`` (files kept: deleting them would slow later creates).
+
+    Fleet's local store creates two files per page; on this VM a create costs ~20 µs normally and
+    300-900 µs for minutes after many files were deleted nearby (ext4 scans recently freed inodes),
+    e.g. right after a test suite's cleanup. The bench prints it so a run on a cold disk shows."""
+    d.mkdir(parents=True, exist_ok=True)
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        os.close(os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        times.append(time.perf_counter() - t)
+    return 1e6 * statistics.median(times)
+
+
 def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for rnd in range(1, rounds + 1):
@@ -261,7 +276,12 @@ def main() -> int:
         crawl_redis = RedisServer(tmp / "redis-crawl", aof=True).start()
         start_url = f"{site_srv.base_url}/catalogue/page-1.html"
         bench = Bench(tmp, start_url, n_products, concurrency, crawl_redis, site_srv.pids(), out_dir)
+        create0 = file_create_us(tmp / "create-probe-0")
+        log(f"file create in the work dir: {create0:.0f} µs (median of 400; ~20 µs on a settled disk here)")
         crawl = crawl_section(bench, rounds, variants, diag)
+        create1 = file_create_us(tmp / "create-probe-1")
+        log(f"file create after the crawls: {create1:.0f} µs")
+        crawl["file_create_us"] = {"before": create0, "after": create1}
         results["crawl"] = crawl
         results["hangs"] = bench.hangs
 
@@ -301,6 +321,11 @@ def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
     console.print(f"\n[bold]Fleet bench[/]  {res['site']['version']} · redis-server {v['redis-server']} (AOF everysec "
                   f"for crawls and seeding) · Python {v['python']} · Scrapy {v['scrapy']} · scrapy-redis "
                   f"{v['scrapy-redis']} · crawlee {v['crawlee']} · {v['cpus']} cores", highlight=False)
+    fc = res["crawl"].get("file_create_us")
+    if fc:
+        console.print(f"file create in the work dir: {fc['before']:.0f} µs before the crawls, {fc['after']:.0f} µs "
+                      "after (Fleet's local store creates 2 files a page; a slow disk shows in c, d, cf, df)",
+                      highlight=False)
     print_crawl(res["crawl"], pages, n_products)
 
     m = Table(title="Dedup, seeding, soak", title_justify="left")
