@@ -91,10 +91,10 @@ class ObjectWriter:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
-    def write_items(self, ctx: WriteContext, items: Sequence[Any], durable: bool = True) -> str:
-        """``durable=False`` defers durability to the caller's batched ``store.sync()`` (group commit)."""
+    def write_items(self, ctx: WriteContext, items: Sequence[Any]) -> str:
+        """Durable when it returns (the local store batches its writes through scraper.filewriter)."""
         key = items_key(ctx.spider, ctx.run, ctx.fp)
-        self.store.put(key, encode_items(ctx, items), content_type="application/x-ndjson", durable=durable)
+        self.store.put(key, encode_items(ctx, items), content_type="application/x-ndjson")
         return key
 
     def write_raw(self, spider: str, run: str, fp: str, body: bytes) -> str:

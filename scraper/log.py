@@ -60,12 +60,7 @@ def _render(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
     the cost of the four processors (a worker logs four or five events per page)."""
     event["level"] = _LEVELS.get(method, method)
     event["timestamp"] = _timestamp()
-    for key, value in event.items():
-        if key.lower() in _SECRET_KEYS:
-            event[key] = "***"
-        elif isinstance(value, str) and "@" in value:
-            event[key] = redact(value)
-    return _dumps(event)
+    return _dumps(_scrub(None, method, event))
 
 
 class _BufferedLogger:

@@ -136,7 +136,7 @@ class FleetRuntime:
         self._commit_wake = asyncio.Event()
         self._inflight_writes: set[asyncio.Task[Any]] = set()
         self.to_write: list[tuple[LeaseState, WriteResult | None]] = []  # objects not yet durable
-        self._writing = 0  # write batches in the store threads
+        self._writing = 0  # write batches in flight (writer-process barriers or S3 thread jobs)
         self._redis_down_since: float | None = None
         self._last_beat = time.monotonic()
 
@@ -639,14 +639,14 @@ class FleetRuntime:
             self._spawn(self._write_batch(batch))
 
     def _write_objects(self, batch: list[tuple[LeaseState, WriteContext]]) -> list[WriteResult]:
-        """Every object of the batch; an error is kept per request (it is retried on its A budget)."""
-        group = self.writer.store.group_sync
+        """Remote store (S3) PUTs of the batch, each durable when it returns; an error is kept per
+        request (it is retried on its A budget)."""
         out: list[WriteResult] = []
         for state, ctx in batch:
             try:
                 key = None
                 if state.items:
-                    key = self.writer.write_items(ctx, state.items, not group)
+                    key = self.writer.write_items(ctx, state.items)
                 if state.write_raw:
                     self.writer.write_raw(ctx.spider, ctx.run, ctx.fp, state.body)
                 out.append((key, None))
@@ -685,7 +685,7 @@ class FleetRuntime:
                 self.log.info("object_written", run=env.run, fp=env.fp, key=key, items=len(state.items))
             self._written(state)
         # no wake-up here: acks wait up to FLEET_COMMIT_INTERVAL to share one Redis call (they are on
-        # no critical path; children, which are, wake the committer at once in _finish)
+        # no critical path; children, which are, go in a call of their own: _queue_children)
 
     def _written(self, state: LeaseState) -> None:
         """Objects are durable (or there were none): the request may be marked DONE and acknowledged
