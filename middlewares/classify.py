@@ -8,6 +8,7 @@ with 200 is never mistaken for layout drift.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,11 +174,26 @@ class ClassifyMiddleware:
     def _runtime(self) -> Any:
         return getattr(self.crawler, "fleet", None)
 
-    def process_response(self, request: Request, response: Response) -> Response:
+    def process_response(self, request: Request, response: Response) -> Response | Coroutine[Any, Any, Response]:
         rt = self._runtime()
         state = rt.state_for(request) if rt is not None else None
         if state is None:
+            if rt is not None and rt.drop_void(request):
+                raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
             return response
+        if state.claim is not None:  # a speculative lease Redis has not confirmed yet: wait for it
+            return self._confirmed_response(rt, state, state.claim, request, response)
+        return self._classify(rt, state, response)
+
+    async def _confirmed_response(
+        self, rt: Any, state: Any, claim: Awaitable[bool], request: Request, response: Response
+    ) -> Response:
+        if not await claim:
+            rt.drop_void(request)
+            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+        return self._classify(rt, state, response)
+
+    def _classify(self, rt: Any, state: Any, response: Response) -> Response:
         verdict = classify_response(response, self.rules)
         rt.fetched(state, response, verdict)
         if 300 <= response.status < 400 and verdict.cls == OK:
@@ -187,12 +203,28 @@ class ClassifyMiddleware:
         rt.fail(state, verdict, response=response)
         raise IgnoreRequest(f"fleet: {verdict.cls} {verdict.reason}")
 
-    def process_exception(self, request: Request, exception: BaseException) -> None:
+    def process_exception(self, request: Request, exception: BaseException) -> Coroutine[Any, Any, None] | None:
         rt = self._runtime()
         state = rt.state_for(request) if rt is not None else None
+        if state is None and rt is not None and rt.drop_void(request):
+            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+        if state is not None and state.claim is not None:
+            return self._confirmed_exception(rt, state, state.claim, request, exception)
+        self._settle_exception(rt, state, request, exception)
+        return None
+
+    async def _confirmed_exception(
+        self, rt: Any, state: Any, claim: Awaitable[bool], request: Request, exception: BaseException
+    ) -> None:
+        if not await claim:
+            rt.drop_void(request)
+            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+        self._settle_exception(rt, state, request, exception)
+
+    def _settle_exception(self, rt: Any, state: Any, request: Request, exception: BaseException) -> None:
         if state is None or isinstance(exception, IgnoreRequest):
             if state is not None and not state.settled:
                 rt.ignored(state, exception)
-            return None
+            return
         rt.fail(state, classify_exception(exception, proxied=bool(request.meta.get("proxy"))), response=None)
         raise IgnoreRequest(f"fleet: download error {type(exception).__name__}")

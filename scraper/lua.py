@@ -231,6 +231,25 @@ local function maintain(prefix, now, limit)
   return promoted, reaped
 end
 
+-- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries or '', 0
+local function claim_child(prefix, id, json, run, fp, now, lease, worker, nonce)
+  if set_has(prefix .. 'done:' .. run, fp) then return '', 0 end
+  local ok, env = pcall(cjson.decode, json)
+  if not ok or type(env) ~= 'table' then return '', 0 end
+  local domain = env['domain']
+  if type(domain) == 'string' and domain ~= '' then
+    if redis.call('HEXISTS', prefix .. 'brk', domain) == 1 then return '', 0 end
+    local hold = tonumber(redis.call('HGET', prefix .. 'hold', domain))
+    if hold and hold > now then return '', 0 end
+  end
+  redis.call('ZREM', prefix .. 'ready', id)
+  local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
+  local token = worker .. '#' .. dlv .. '#' .. nonce
+  redis.call('ZADD', prefix .. 'inflight', now + lease, id)
+  redis.call('HSET', prefix .. 'lease', id, token)
+  return token, dlv
+end
+
 local function forget(prefix, id)
   redis.call('ZREM', prefix .. 'inflight', id)
   redis.call('HDEL', prefix .. 'lease', id)
@@ -457,23 +476,38 @@ return lost
 # Commit — record DONE, enqueue discovered requests (they inherit the parent's run), feed item-callback
 # outcomes to the domain's drift breaker, then acknowledge; one script, one round trip per batch.
 # An entry with fp '' only enqueues children (sent as soon as the callback is done, before the writes).
-# ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, ack ('1'/'0'), then per commit:
-#   run, fp, id, token, domain, outcome ('' = not tracked), ndisc, then ndisc groups (id, json, fp, prio, dont_filter)
-# Returns {enqueued counts, events flat (domain, event), acked flags} (one count/flag per commit).
+# A commit may claim one of its children (1-based index): when that child was really enqueued (not SEEN,
+# not DONE) and its domain is neither held nor behind a breaker, it goes straight from READY to IN-FLIGHT
+# under a lease of this worker's, exactly as LEASE would hand it out. The worker has already started
+# fetching it (page N+1 of a pagination chain); without the claim the fetch is thrown away.
+# ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, ack ('1'/'0'), lease seconds, worker, nonce, then
+#   per commit: run, fp, id, token, domain, outcome ('' = not tracked), claim (0 = none), ndisc,
+#   then ndisc groups (id, json, fp, prio, dont_filter)
+# Returns {enqueued counts, events flat (domain, event), acked flags, claims flat (token or '', deliveries)}
+# (one count/flag/claim per commit).
 COMMIT = PRELUDE + r"""
 local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local do_ack = ARGV[9] == '1'
-local out, events, acked = {}, {}, {}
-local i = 10
+local lease, worker, nonce = tonumber(ARGV[10]), ARGV[11], ARGV[12]
+local out, events, acked, claims = {}, {}, {}, {}
+local i = 13
 while i <= #ARGV do
-  local run, fp, id, token, domain, outcome, nd = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], tonumber(ARGV[i+6])
-  i = i + 7
+  local run, fp, id, token, domain, outcome = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local claim, nd = tonumber(ARGV[i+6]), tonumber(ARGV[i+7])
+  i = i + 8
   local enq = 0
-  for _ = 1, nd do
-    enq = enq + enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
+  local ctoken, cdlv = '', 0
+  for k = 1, nd do
+    local added = enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
+    enq = enq + added
+    if k == claim and added == 1 then
+      ctoken, cdlv = claim_child(prefix, ARGV[i], ARGV[i+1], run, ARGV[i+2], now, lease, worker, nonce .. 'c' .. #claims)
+    end
     i = i + 5
   end
+  table.insert(claims, ctoken)
+  table.insert(claims, cdlv)
   local ok = 0
   if fp ~= '' then
     local done = prefix .. 'done:' .. run
@@ -494,7 +528,7 @@ while i <= #ARGV do
   table.insert(out, enq)
   table.insert(acked, ok)
 end
-return {out, events, acked}
+return {out, events, acked, claims}
 """
 
 # Acknowledge without committing. ARGV: prefix, then pairs (id, token). Returns 1/0 per pair.

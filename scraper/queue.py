@@ -19,10 +19,9 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from scraper import lua
 from scraper.envelope import Envelope, new_ids
@@ -109,6 +108,17 @@ class Commit:
     domain: str = ""
     outcome: str = ""  # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked
     done: bool = True  # False: only enqueue the children (early, before the parent's writes)
+    claim: int = 0  # 1-based index of a child to lease to this worker at once (0: none); see COMMIT
+    claim_id: str = ""  # the queue id of that child, chosen by the caller (it is already fetching it)
+
+
+class CommitReply(NamedTuple):
+    """What the COMMIT script answered, one entry per commit of the batch."""
+
+    enqueued: list[int]
+    events: list[tuple[str, str]]  # breaker events (domain, event)
+    acked: list[bool]
+    claims: list[tuple[str, int]]  # (token, deliveries) of the claimed child, or ("", 0)
 
 
 @dataclass(frozen=True)
@@ -369,43 +379,33 @@ class FleetQueue:
 
         Returns (enqueued children per commit, breaker events as (domain, event), acked per commit).
         A commit with ``done=False`` only enqueues its children."""
+        reply = await self.commit_claiming(commits, ack=ack)
+        return reply.enqueued, reply.events, reply.acked
+
+    async def commit_claiming(
+        self, commits: Sequence[Commit], *, ack: bool = True, worker: str = "", lease_seconds: float = 0.0
+    ) -> CommitReply:
+        """:meth:`commit`, and the children named by ``Commit.claim`` leased to ``worker``."""
         if not commits:
-            return [], [], []
-        return self._commit_result(await self._commit(keys=self._route(), args=self._commit_args(commits, ack)))
+            return CommitReply([], [], [], [])
+        args = self._commit_args(commits, ack, worker, lease_seconds)
+        counts, events, acked, claims = await self._commit(keys=self._route(), args=args)
+        return CommitReply([int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
+                           [bool(int(x)) for x in acked], [(_s(t), int(d)) for t, d in _pairs(claims, 2)])
 
-    def _commit_args(self, commits: Sequence[Commit], ack: bool) -> list[Any]:
+    def _commit_args(self, commits: Sequence[Commit], ack: bool, worker: str, lease_seconds: float) -> list[Any]:
         args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args(),
-                           "1" if ack else "0"]
+                           "1" if ack else "0", repr(lease_seconds), worker, secrets.token_hex(4)]
         for c in commits:
-            args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, len(c.discovered)]
-            for env in c.discovered:
-                args += _entry_args(env)
+            claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
+            args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim,
+                     len(c.discovered)]
+            for k, env in enumerate(c.discovered, 1):
+                entry = _entry_args(env)
+                if k == claim and c.claim_id:
+                    entry[0] = c.claim_id
+                args += entry
         return args
-
-    @staticmethod
-    def _commit_result(res: Any) -> tuple[list[int], list[tuple[str, str]], list[bool]]:
-        counts, events, acked = res
-        return ([int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
-                [bool(int(x)) for x in acked])
-
-    async def commit_and_lease(
-        self, commits: Sequence[Commit], n: int, *, worker: str, lease_seconds: float
-    ) -> tuple[tuple[list[int], list[tuple[str, str]], list[bool]], LeaseBatch | None]:
-        """``commit`` then ``lease(n)`` in one round trip: the lease sees what the commit just queued
-        (READY is LIFO, so the newest child comes first). Two EVALSHAs in a plain pipeline; redis-py's
-        Script objects would add a SCRIPT EXISTS round trip. If Redis lost its script cache (restart),
-        the commit is redone through its Script object, which reloads it, and no lease is taken."""
-        keys = self._route()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.evalsha(self._commit.sha, len(keys), *keys, *self._commit_args(commits, True))
-        pipe.evalsha(self._lease.sha, len(keys), *keys, *self._lease_args(n, worker, lease_seconds, 100))
-        c_res, l_res = await pipe.execute(raise_on_error=False)
-        if isinstance(c_res, NoScriptError):
-            return await self.commit(commits), None
-        if isinstance(c_res, Exception):
-            raise c_res
-        batch = None if isinstance(l_res, Exception) else self._lease_batch(l_res)
-        return self._commit_result(c_res), batch
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
         """Record a C outcome and park the request. Returns (breaker event, window)."""

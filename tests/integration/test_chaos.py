@@ -321,11 +321,12 @@ def test_redis_loses_recent_writes_worker_holds_forgotten_leases(
         # the commit of page 1 wrote the children's envelopes; cut at the transaction that leased them
         first_child = next(n for n, (_, a) in enumerate(cmds) if n > since and a[0].upper() == b"HSET"
                            and a[1].endswith(b":env") and b"/product/" in b"".join(a[2:]))
+        # (the commit's own transaction may claim one child, list page 2: skip to the next transaction)
         multi = None
         for n in range(first_child, len(cmds)):
             if cmds[n][1][0].upper() == b"MULTI":
                 multi = n
-            if cmds[n][1][0].upper() == b"HINCRBY" and cmds[n][1][1].endswith(b":dlv"):
+            if multi is not None and cmds[n][1][0].upper() == b"HINCRBY" and cmds[n][1][1].endswith(b":dlv"):
                 break
         assert multi is not None
         cut = cmds[multi][0]

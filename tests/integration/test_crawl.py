@@ -55,6 +55,32 @@ def test_two_workers_crawl_500_pages_exactly_once(redis_url: str, tmp_path: Path
         assert again["enqueued"] == 0
 
 
+def test_speculative_fetch_of_an_already_queued_page_is_dropped(redis_url: str, tmp_path: Path) -> None:
+    """A worker starts fetching the next list page as soon as the callback yields it, before Redis has
+    it; when Redis answers that the page was queued already (here: seeded), that fetch is dropped
+    unprocessed, and the delivery Redis did hand out does the work: one object per product, no extra
+    DONE, nothing left anywhere."""
+    with DemoSite(n_products=40, per_page=20, latency=0.2).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
+        page2 = site.start_url.replace("page-1.html", "page-2.html")
+        fleet_json("seed", "demo_shop", "--run", "r1", "--url", page2, env=env)
+        fleet_json("seed", "demo_shop", "--run", "r1", env=env)  # page 1, whose next link is page 2
+        log = tmp_path / "w.log"
+        assert wait_all([start_worker("demo_shop", env, log, "--until-idle", "2")], 120) == [0]
+        events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        names = [e.get("event") for e in events]
+        assert names.count("speculative_dropped") == 1, log.read_text()[-3000:]
+        items = objects(tmp_path / "data", "items", "demo_shop", "r1")
+        assert len(items) == 40
+        _product_fps_ok(items, site)
+        assert site.hits["/catalogue/page-2.html"] == 2  # fetched twice, processed once
+        page2_fp = next(e["fp"] for e in events if e.get("event") == "speculative_dropped")
+        assert sum(1 for e in events if e.get("event") == "request_acked" and e.get("fp") == page2_fp) == 1
+        status = fleet_json("status", "demo_shop", "--json", env=env)
+        assert status["demo_shop"]["runs"]["r1"] == {"seen": 42, "done": 42}
+        assert counts(redis_url, "demo_shop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+
+
 def test_seed_urls_file_and_stdin(redis_url: str, tmp_path: Path) -> None:
     env = fleet_env(redis_url, tmp_path)
     f = tmp_path / "urls.txt"

@@ -436,23 +436,49 @@ def test_concurrent_lease_never_double_hands(redis_url: str) -> None:
     assert sum(1 for ids in per_worker if ids) >= 2  # the load was actually shared
 
 
-def test_commit_and_lease_leases_the_newest_child_in_one_call(redis_url: str) -> None:
+def test_commit_claims_a_fresh_child_straight_into_inflight(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
         await q.seed("r1", [_env("list-1")])
         parent = (await _lease_one(q)).leased[0]
         kids = [_env(f"p{i}") for i in range(3)] + [_env("list-2")]
-        await q.commit([Commit(parent.id, parent.token, "r1", "", [], done=False)])  # loads the script
-        for round_ in ("cached", "flushed"):
-            if round_ == "flushed":
-                await client.script_flush()  # as after a Redis restart: the commit reloads, no lease
-            commit = Commit(parent.id, parent.token, "r1", "", kids, done=False)
-            (enq, _, _), batch = await q.commit_and_lease([commit], 1, worker="w1", lease_seconds=60)
-            if round_ == "cached":
-                assert enq == [4]
-                assert batch is not None and [_url(x.raw) for x in batch.leased] == ["list-2"]  # LIFO
-            else:
-                assert enq == [0] and batch is None  # SEEN: already queued; nothing leased
+        commit = Commit(parent.id, parent.token, "r1", "", kids, done=False, claim=4, claim_id="feedc0de00000001")
+        reply = await q.commit_claiming([commit], worker="w1", lease_seconds=60)
+        assert reply.enqueued == [4]
+        token, deliveries = reply.claims[0]
+        assert token.startswith("w1#1#") and deliveries == 1
         where = await _ids_everywhere(q, client)
-        assert len(where["ready"]) == 3 and len(where["inflight"]) == 2
+        assert "feedc0de00000001" in where["inflight"] and "feedc0de00000001" not in where["ready"]
+        assert len(where["ready"]) == 3
+        assert await client.hget(q.keys.lease, "feedc0de00000001") == token.encode()
+        # the claimed child is a lease like any other: its ack with that token works
+        assert await q.ack([("feedc0de00000001", token)]) == 1
+        # the same children again (a redelivered parent): all SEEN, so nothing is queued or claimed
+        again = Commit(parent.id, parent.token, "r1", "", [_env(f"p{i}") for i in range(3)] + [_env("list-2")],
+                       done=False, claim=4, claim_id="feedc0de00000002")
+        reply = await q.commit_claiming([again], worker="w1", lease_seconds=60)
+        assert reply.enqueued == [0] and reply.claims == [("", 0)]
+        assert "feedc0de00000002" not in (await _ids_everywhere(q, client))["env"]
+        # without a worker (plain commit) a claim is ignored
+        plain = Commit(parent.id, parent.token, "r1", "", [_env("list-3")], done=False, claim=1, claim_id="x")
+        assert await q.commit([plain]) == ([1], [], [False])
+        assert "x" not in (await _ids_everywhere(q, client))["env"]
+
+    _run(redis_url, body)
+
+
+def test_commit_does_not_claim_into_a_held_or_broken_domain(redis_url: str) -> None:
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("list-1")])
+        parent = (await _lease_one(q)).leased[0]
+        await client.hset(q.keys.prefix + "hold", "shop.example", repr(time.time() + 60))
+        held = Commit(parent.id, parent.token, "r1", "", [_env("a")], done=False, claim=1, claim_id="c1")
+        assert (await q.commit_claiming([held], worker="w1", lease_seconds=60)).claims == [("", 0)]
+        await client.hdel(q.keys.prefix + "hold", "shop.example")
+        await client.hset(q.keys.prefix + "brk", "shop.example", f"open|{time.time() + 60!r}")
+        broken = Commit(parent.id, parent.token, "r1", "", [_env("b")], done=False, claim=1, claim_id="c2")
+        assert (await q.commit_claiming([broken], worker="w1", lease_seconds=60)).claims == [("", 0)]
+        where = await _ids_everywhere(q, client)
+        assert {"c1", "c2"} <= where["ready"]  # queued normally: LEASE applies the hold and the breaker
+        assert not ({"c1", "c2"} & where["inflight"])
 
     _run(redis_url, body)

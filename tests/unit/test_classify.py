@@ -141,3 +141,73 @@ def test_rules_are_configurable_in_settings() -> None:
     assert classify_response(_resp(200, body=b"<p>Are you a robot?</p>")).cls == OK  # defaults unchanged
     assert classify_response(_resp(418), rules).cls == D
     assert classify_response(_resp(500), rules).cls == A  # other 5xx stay transient
+
+
+# -- speculative leases: nothing is settled before Redis confirmed the lease -------------------------
+
+
+class _Rt:
+    """The runtime surface ClassifyMiddleware uses, recording what it was told."""
+
+    def __init__(self, state: object) -> None:
+        self.state = state
+        self.calls: list[str] = []
+        self.void: set[str] = set()
+
+    def state_for(self, request: object) -> object:
+        return self.state
+
+    def drop_void(self, request: object) -> bool:
+        self.calls.append("drop_void")
+        return False
+
+    def fetched(self, state: object, response: object, verdict: object) -> None:
+        self.calls.append("fetched")
+
+    def fail(self, state: object, verdict: object, response: object) -> None:
+        self.calls.append("fail")
+
+    def ignored(self, state: object, exc: object) -> None:
+        self.calls.append("ignored")
+
+
+def _classify_mw(state: object) -> tuple[object, _Rt]:
+    from types import SimpleNamespace
+
+    from scrapy.settings import Settings
+
+    from middlewares.classify import ClassifyMiddleware
+
+    rt = _Rt(state)
+    return ClassifyMiddleware(SimpleNamespace(settings=Settings(), fleet=rt)), rt  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("granted", [True, False])
+def test_response_of_an_unconfirmed_lease_waits_for_the_claim(granted: bool) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from scrapy.exceptions import IgnoreRequest
+
+    async def main() -> None:
+        claim: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        state = SimpleNamespace(claim=claim, settled=False)
+        mw, rt = _classify_mw(state)
+        resp = _resp(404)
+        pending = mw.process_response(resp.request, resp)  # type: ignore[attr-defined]
+        assert asyncio.iscoroutine(pending)
+        task = asyncio.ensure_future(pending)
+        await asyncio.sleep(0)
+        assert rt.calls == []  # nothing classified or settled while Redis has not answered
+        state.claim = None if granted else claim
+        claim.set_result(granted)
+        if granted:
+            with pytest.raises(IgnoreRequest):  # a 404: settled as D through the runtime
+                await task
+            assert rt.calls == ["fetched", "fail"]
+        else:
+            with pytest.raises(IgnoreRequest, match="speculative"):
+                await task
+            assert rt.calls == ["drop_void"]  # dropped: not ours to settle
+
+    asyncio.run(main())
