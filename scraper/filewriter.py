@@ -108,9 +108,11 @@ class _Replies(asyncio.Protocol):
 class FileWriter:
     """The worker's handle on its writer process (reactor thread only).
 
-    ``put`` only queues bytes on the pipe; ``sync`` resolves once everything queued before it is
-    durable, or raises StoreError. If the writer dies, pending barriers fail, and so does the next one
-    (its batch's puts went to the dead writer); that barrier starts a new writer."""
+    ``put`` only queues bytes for the pipe: they are gathered and written once per event-loop turn (a
+    write(2) per object, and a writer wake-up on each, were measurable on the reactor thread). ``sync``
+    resolves once everything queued before it is durable, or raises StoreError. If the writer dies,
+    pending barriers fail, and so does the next one; that barrier starts a new writer. Puts carry the
+    writer generation they went to, so a later barrier never vouches for a dead writer's puts."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -122,6 +124,7 @@ class FileWriter:
         self._failed: str | None = None  # a put that could not be queued since the last barrier
         self._closing = False
         self._gen = 0
+        self._pending: list[bytes] = []  # frames put since the last write to the pipe
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,15 +142,33 @@ class FileWriter:
     def _alive(self) -> bool:
         return self._out is not None and not self._out.is_closing()
 
-    def put(self, key: str, data: bytes, *, gzip: bool = False) -> None:
+    def put(self, key: str, data: bytes, *, gzip: bool = False) -> int:
+        """Queue a put; returns the generation of the writer process it goes to (-1: none, dropped).
+
+        Only a barrier answered by that same generation makes it durable (see :meth:`sync`)."""
+        if not self._alive():
+            self._failed = self._failed or "local store writer exited"
+            return -1
+        k = key.encode("utf-8")
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending += (_REQ.pack(b"Z" if gzip else b"P", len(k), len(data)), k, data)
+        return self._gen
+
+    def _flush(self) -> None:
+        frames, self._pending = self._pending, []
+        if not frames:
+            return
         if not self._alive():
             self._failed = self._failed or "local store writer exited"
             return
         assert self._out is not None
-        k = key.encode("utf-8")
-        self._out.write(_REQ.pack(b"Z" if gzip else b"P", len(k), len(data)) + k + data)
+        self._out.write(b"".join(frames))
 
-    async def sync(self) -> None:
+    async def sync(self) -> int:
+        """Barrier: every put queued before it is durable. Returns the writer generation that answered:
+        puts that went to another generation (a writer that died, even if a barrier failed for it
+        already) are not covered and must be redone."""
         failed, self._failed = self._failed, None
         if not self._alive():
             # the writer that took this batch's puts is gone: a new one cannot vouch for them
@@ -156,12 +177,18 @@ class FileWriter:
             raise StoreError(failed or "local store writer exited; the batch is retried")
         if failed:
             raise StoreError(failed)
+        self._flush()  # the barrier covers every put before it
+        if self._failed:
+            failed, self._failed = self._failed, None
+            raise StoreError(failed)
         assert self._out is not None
         self._seq = (self._seq + 1) % 2**32
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[self._seq] = fut
+        gen = self._gen
         self._out.write(_REQ.pack(b"S", self._seq, 0))
         await fut
+        return gen
 
     def _answer(self, seq: int, ok: bool, msg: str) -> None:
         fut = self._waiting.pop(seq, None)
@@ -184,6 +211,7 @@ class FileWriter:
                 fut.set_exception(StoreError("local store writer exited; the batch is retried"))
 
     def _stop(self) -> None:
+        self._pending = []
         self._fail_waiting()
         self._gen += 1  # late replies or EOF of the old process are ignored from here on
         for t in (self._out, self._in):
@@ -199,6 +227,7 @@ class FileWriter:
     async def close(self) -> None:
         """EOF to the writer; it exits once the frames already in the pipe are written."""
         self._closing = True
+        self._flush()
         if self._out is not None:
             self._out.close()
         proc = self.proc

@@ -17,23 +17,15 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
 from scraper import lua
 from scraper.envelope import Envelope, new_ids
-
-_Pack = Callable[[tuple[Any, ...]], bytes]
-_hiredis_pack: _Pack | None
-try:
-    from hiredis import pack_command as _pack_one
-
-    _hiredis_pack = cast(_Pack, _pack_one)
-except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs without it, slower
-    _hiredis_pack = None
+from scraper.redisio import hiredis_pack as _hiredis_pack
 
 _SPIDER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 

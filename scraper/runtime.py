@@ -39,14 +39,14 @@ from scrapy.http import Response
 from middlewares import drift
 from middlewares.classify import A, B, C, D, Verdict
 from pipelines.objects import ObjectWriter, WriteContext, encode_items, item_to_dict, items_key, raw_key
-from scraper import log
+from scraper import log, redisio
 from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
 from scraper.filewriter import FileWriter
 from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease, LeaseBatch, new_id
-from scraper.store import LocalStore, open_store
+from scraper.store import LocalStore, StoreError, open_store
 from scraper.tuning import tune_gc
 from settings.fleet import FleetConfig
 
@@ -88,6 +88,7 @@ class LeaseState:
     write_raw: bool = False
     children_pending: bool = False  # its discovered requests are being queued; DONE + ack wait for that
     written: bool = False  # its objects are durable
+    writer_gen: int = 0  # local store: the writer process its objects went to (-1: none could take them)
     # A speculative lease (see FleetRuntime._speculate): set while Redis has not yet confirmed that this
     # worker holds it; True once claimed (then None), False if it was not (void: the fetch is dropped).
     claim: asyncio.Future[bool] | None = None
@@ -151,7 +152,7 @@ class FleetRuntime:
 
     async def open(self, spider: Spider) -> None:
         self.spider = spider
-        self.client = aioredis.Redis.from_url(
+        self.client = redisio.client(
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
         self.queue = FleetQueue(
@@ -623,11 +624,13 @@ class FleetRuntime:
             try:
                 ctx = self._ctx(state)
                 key = None
+                gens = []
                 if state.items:
                     key = items_key(ctx.spider, ctx.run, ctx.fp)
-                    self.filewriter.put(key, encode_items(ctx, state.items))
+                    gens.append(self.filewriter.put(key, encode_items(ctx, state.items)))
                 if state.write_raw:
-                    self.filewriter.put(raw_key(ctx.spider, ctx.run, ctx.fp), state.body, gzip=True)
+                    gens.append(self.filewriter.put(raw_key(ctx.spider, ctx.run, ctx.fp), state.body, gzip=True))
+                state.writer_gen = gens[0] if len(set(gens)) == 1 else -1
                 self.to_write.append((state, (key, None)))
             except Exception as exc:
                 self.to_write.append((state, (None, exc)))
@@ -670,7 +673,11 @@ class FleetRuntime:
             if self.filewriter is not None:
                 results = [r or (None, None) for _, r in batch]
                 try:  # one barrier: every object of the batch written and flushed by one syncfs
-                    await self.filewriter.sync()
+                    gen = await self.filewriter.sync()
+                    # a put that went to an earlier writer process (it died) is not covered: redo it
+                    results = [(k, e) if e is not None or st.writer_gen == gen
+                               else (None, StoreError("local store writer restarted; the request is retried"))
+                               for (st, _), (k, e) in zip(batch, results, strict=True)]
                 except Exception as sync_exc:  # which put failed is not known: the batch is retried
                     results = [(None, sync_exc) for _ in batch]
             else:
