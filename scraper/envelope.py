@@ -43,6 +43,9 @@ class EnvelopeError(ValueError):
     """An entry that must not be executed: bad JSON, pickle, unknown version, missing fields."""
 
 
+# json.dumps with non-default arguments builds an encoder per call; every envelope is dumped once
+_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
 def fp64(request: Request) -> str:
     """The request's 64-bit fingerprint as 16 hex chars.
 
@@ -217,7 +220,7 @@ class Envelope:
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        return _ENCODE(self.to_dict())
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Envelope:

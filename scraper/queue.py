@@ -102,6 +102,7 @@ class Commit:
     done: bool = True  # False: only enqueue the children (early, before the parent's writes)
     claim: int = 0  # 1-based index of a child to lease to this worker at once (0: none); see COMMIT
     claim_id: str = ""  # the queue id of that child, chosen by the caller (it is already fetching it)
+    ids: list[str] = field(default_factory=list)  # queue ids of the children, chosen by the caller (or new)
 
 
 class CommitReply(NamedTuple):
@@ -136,9 +137,9 @@ def _pairs(flat: Sequence[Any], n: int) -> list[list[Any]]:
     return [list(flat[i : i + n]) for i in range(0, len(flat), n)]
 
 
-def _entry_args(env: Envelope, *, force_filter: bool = False) -> list[str]:
+def _entry_args(env: Envelope, *, force_filter: bool = False, entry_id: str | None = None) -> list[str]:
     dont_filter = "0" if force_filter else ("1" if env.dont_filter else "0")
-    return [new_id(), env.dumps(), env.fp, str(env.priority), dont_filter]
+    return [entry_id or new_id(), env.dumps(), env.fp, str(env.priority), dont_filter]
 
 
 async def _fill(rows: Iterator[tuple[str, str, str]], hset: list[str], script: list[str], batch: int,
@@ -392,11 +393,10 @@ class FleetQueue:
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
             args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim,
                      len(c.discovered)]
+            ids = c.ids if len(c.ids) == len(c.discovered) else None
             for k, env in enumerate(c.discovered, 1):
-                entry = _entry_args(env)
-                if k == claim and c.claim_id:
-                    entry[0] = c.claim_id
-                args += entry
+                cid = ids[k - 1] if ids is not None else (c.claim_id if k == claim else None)
+                args += _entry_args(env, entry_id=cid)
         return args
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:

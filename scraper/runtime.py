@@ -59,6 +59,7 @@ _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "l
 
 
 WriteResult = tuple[str | None, BaseException | None]  # (items key, error) of one request
+LOCAL_REQUESTS = 4096  # bound of FleetRuntime._local (children leased by other workers age out)
 STORE_THREADS = 8  # parallel PUTs to a remote store; a local store uses one at a time (group commit)
 
 
@@ -78,6 +79,8 @@ class LeaseState:
     settled: bool = False
     items: list[Any] = field(default_factory=list)
     discovered: list[Envelope] = field(default_factory=list)
+    discovered_ids: list[str] = field(default_factory=list)  # their queue ids (see FleetRuntime._local)
+    local: Request | None = None  # the Request its parent's callback built, if it may be reused as is
     status: int | None = None
     body: bytes = b""
     fetched_at: str | None = None
@@ -143,6 +146,8 @@ class FleetRuntime:
         self._commit_wake = asyncio.Event()
         self._inflight_writes: set[asyncio.Task[Any]] = set()
         self.void_ids: set[str] = set()  # speculative fetches in progress whose lease was not granted
+        # children this worker discovered, by queue id: (envelope, the callback's Request), oldest first
+        self._local: dict[str, tuple[Envelope, Request]] = {}
         self.to_write: list[tuple[LeaseState, WriteResult | None]] = []  # objects not yet durable
         self._writing = 0  # write batches in flight (writer-process barriers or S3 thread jobs)
         self._redis_down_since: float | None = None
@@ -251,7 +256,8 @@ class FleetRuntime:
             if len(self.buffer) < max(1, self.prefetch // 2):
                 self._wake.set()
             try:
-                req = state.env.to_request(self.spider)
+                req = state.local if state.local is not None else state.env.to_request(self.spider)
+                state.local = None
             except EnvelopeError as exc:
                 self._spawn(self._dead(state, "bad_envelope", str(exc)))
                 continue
@@ -337,6 +343,10 @@ class FleetRuntime:
                 mine.lease.token, mine.lease.deliveries = lease.token, lease.deliveries
                 self.stats.inc_value("fleet/lease_readopted")
                 self.log.warning("lease_readopted", lease=lease.id, attempt=lease.deliveries)
+                continue
+            local = self._local.pop(lease.id, None)
+            if local is not None and lease.deliveries == 1:  # a first delivery of a child we discovered
+                fresh.append(LeaseState(lease=lease, env=local[0], local=local[1]))
                 continue
             try:
                 env = Envelope.loads(lease.raw)
@@ -516,7 +526,17 @@ class FleetRuntime:
             self.log.error("request_rejected", reason=str(exc), parent=state.env.fp)
             return
         env.parent = state.env.fp
+        cid = new_id()
         state.discovered.append(env)
+        state.discovered_ids.append(cid)
+        if type(request) is Request and len(env.meta) == len(request.meta) - ("depth" in request.meta) \
+                and not request.flags:
+            # nothing of it was left out of the envelope: if this worker leases the child itself (READY
+            # is LIFO, it mostly does), the very Request is used instead of the envelope's JSON parsed
+            # and rebuilt (~12 µs a page)
+            if len(self._local) >= LOCAL_REQUESTS:
+                del self._local[next(iter(self._local))]
+            self._local[cid] = (env, request)
 
     def output_done(self, state: LeaseState) -> None:
         state.exhausted = True
@@ -743,7 +763,9 @@ class FleetRuntime:
             return
         kids = state.discovered
         k = max(range(len(kids)), key=lambda i: (kids[i].priority, i))
-        spec = LeaseState(lease=Lease(new_id(), b"", 1, ""), env=kids[k],
+        cid = state.discovered_ids[k]
+        local = self._local.pop(cid, None)
+        spec = LeaseState(lease=Lease(cid, b"", 1, ""), env=kids[k], local=local[1] if local else None,
                           claim=asyncio.get_running_loop().create_future())
         state.spec, state.spec_index = spec, k + 1
         self.buffer.appendleft(spec)
@@ -795,8 +817,7 @@ class FleetRuntime:
         env = state.env
         spec = state.spec
         commit = Commit(state.id, state.lease.token, env.run, env.fp, state.discovered, done=False,
-                        claim=state.spec_index if spec is not None else 0,
-                        claim_id=spec.id if spec is not None else "")
+                        claim=state.spec_index if spec is not None else 0, ids=state.discovered_ids)
         try:
             await self._commit_batch([(state, commit)])
         finally:

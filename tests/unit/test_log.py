@@ -1,0 +1,53 @@
+"""Fleet's fast bound logger writes exactly the JSON line structlog's configured pipeline writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import pytest
+import structlog
+
+from scraper import log
+
+_TS = re.compile(r'"timestamp": "[^"]+"')
+
+
+def _lines(emit: Any) -> list[str]:
+    log.configure("INFO")
+    old, log._BufferedLogger._stream = log._BufferedLogger._stream, io.StringIO()
+    try:
+        emit()
+        return [_TS.sub('"timestamp": "T"', x) for x in log._BufferedLogger._stream.getvalue().splitlines()]
+    finally:
+        log._BufferedLogger._stream = old
+
+
+CASES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
+    ({"worker": "w1"}, "info", "request_leased", {"run": "r1", "fp": "0123456789abcdef", "attempt": 1}),
+    ({}, "info", "started", {}),
+    ({"worker": "w1", "spider": "s"}, "warning", "lease_lost", {"lease": "abc"}),
+    ({"worker": "w1"}, "error", "boom", {"error": "ValueError('x')", "n": None, "f": 1.5, "l": [1, "é"]}),
+    ({"worker": "w1"}, "info", "proxy", {"proxy": "http://user:secret@p.example:8080", "Authorization": "t"}),
+    ({"url": "http://u:p@h/"}, "info", "ctx_scrubbed", {"cookie": "c=1"}),
+    ({"worker": "w1", "spider": "s"}, "info", "override", {"spider": "other", "x": 1}),  # repeats a context key
+    ({"worker": "w1"}, "info", "reserved", {"level": "custom"}),
+    ({"worker": "w1"}, "debug", "hidden", {"x": 1}),  # below the level: nothing
+]
+
+
+@pytest.mark.parametrize(("ctx", "method", "event", "kw"), CASES)
+def test_fast_logger_line_is_structlogs(ctx: dict[str, Any], method: str, event: str, kw: dict[str, Any]) -> None:
+    ours = _lines(lambda: getattr(log.get_logger(**ctx), method)(event, **dict(kw)))
+    theirs = _lines(lambda: getattr(structlog.get_logger("fleet").bind(**ctx), method)(event, **dict(kw)))
+    assert ours == theirs
+    if method != "debug":
+        rec = json.loads(ours[0])
+        assert rec["event"] == event and "secret" not in ours[0] and "u:p@" not in ours[0]
+
+
+def test_bind_extends_the_context() -> None:
+    lines = _lines(lambda: log.get_logger(worker="w1").bind(spider="s").info("e", k=1))
+    assert list(json.loads(lines[0])) == ["worker", "spider", "k", "event", "level", "timestamp"]
