@@ -37,6 +37,13 @@ LOGSTATS_INTERVAL = 0
 ROBOTSTXT_OBEY = False
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 
+# Scrapy's HTTP/1.1 handler with Twisted's in-process automatic retry of reset keep-alive connections
+# switched off (scraper.download): every attempt is a delivery from Redis, counted in its A budget.
+DOWNLOAD_HANDLERS = {
+    "http": "scraper.download.FleetHTTPDownloadHandler",
+    "https": "scraper.download.FleetHTTPDownloadHandler",
+}
+
 # Retries are data in Redis (DELAYED zset), not sleeps inside one process: Scrapy's own retry
 # middleware would burn budget invisibly and hold a concurrency slot while waiting.
 RETRY_ENABLED = False
