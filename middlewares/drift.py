@@ -1,7 +1,9 @@
 """Semantic drift (class C): the page loaded, but extraction no longer finds what the spider promised.
 
 A spider opts in by declaring ``required_fields`` (every item must have them, non-empty) and/or
-``item_callbacks`` (callbacks that must yield at least one item). Navigation callbacks are never
+``item_callbacks`` (callbacks that must yield at least one item). ``required_fields_by_callback``
+(optional, a mapping callback name -> fields) narrows the required fields per callback: YAML specs set
+it, since each page rule declares its own. Navigation callbacks are never
 drift, and spiders that declare nothing never produce C. Block pages never reach this check: they are
 classified B first (middlewares.classify).
 """
@@ -49,8 +51,17 @@ def _empty(value: Any) -> bool:
     return False
 
 
-def missing_fields(spider: Any, item: Any) -> list[str]:
-    required, _ = declarations(spider)
+def required_for(spider: Any, callback: str | None) -> tuple[str, ...]:
+    by_callback = getattr(spider, "required_fields_by_callback", None)
+    if by_callback:
+        own = by_callback.get(callback or "parse")
+        if own is not None:
+            return tuple(own)
+    return declarations(spider)[0]
+
+
+def missing_fields(spider: Any, item: Any, callback: str | None = None) -> list[str]:
+    required = required_for(spider, callback)
     # plain dicts (most spiders) are read directly: ItemAdapter costs microseconds per item per page
     adapter: Any = item if type(item) is dict else ItemAdapter(item)
     return [f for f in required if f not in adapter or _empty(adapter.get(f))]
@@ -66,7 +77,7 @@ def check(spider: Any, callback: str | None, items: Sequence[Any]) -> DriftVerdi
         return None
     missing: list[str] = []
     for item in items:
-        for f in missing_fields(spider, item):
+        for f in missing_fields(spider, item, callback):
             if f not in missing:
                 missing.append(f)
     if missing:

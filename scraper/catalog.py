@@ -1,4 +1,5 @@
-"""Finding spiders: Scrapy's SPIDER_MODULES plus FLEET_SPIDER_MODULES, unchanged user classes.
+"""Finding spiders: Scrapy's SPIDER_MODULES plus FLEET_SPIDER_MODULES, unchanged user classes, and
+the YAML specs in FLEET_SPIDERS_DIR (scraper.yamlspec).
 
 Why Scrapy's own SpiderLoader: a user's spider must work in Fleet exactly as in ``scrapy crawl``, so
 discovery follows the same rules (any ``scrapy.Spider`` subclass with a ``name`` in those modules).
@@ -14,6 +15,7 @@ from scrapy import Spider
 from scrapy.settings import Settings
 from scrapy.spiderloader import SpiderLoader
 
+from scraper import yamlspec
 from settings.fleet import FleetConfig
 
 # Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
@@ -23,6 +25,25 @@ _FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_AL
 
 class SpiderNotFound(LookupError):
     pass
+
+
+class FleetSpiderLoader(SpiderLoader):
+    """Scrapy's loader plus the YAML specs of ``FLEET_SPIDERS_DIR``; a spec whose name a Python spider
+    already has is refused (reported in ``spec_errors``), never silently shadowed."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.spec_errors: list[str] = []
+        directory = settings.get("FLEET_SPIDERS_DIR")
+        if not directory:
+            return
+        specs, self.spec_errors = yamlspec.load_dir(directory)
+        for name, cls in specs.items():
+            if name in self._spiders:
+                self.spec_errors.append(f"{cls.spec_path}: spider name {name!r} is taken by the Python spider "
+                                        f"{self._spiders[name].__module__}.{self._spiders[name].__qualname__}")
+                continue
+            self._spiders[name] = cls
 
 
 def base_settings(config: FleetConfig | None = None) -> Settings:
@@ -35,14 +56,15 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
             modules.append(m)
     settings.set("SPIDER_MODULES", modules, priority="project")
     settings.set("CONCURRENT_REQUESTS", cfg.concurrency, priority="project")
+    settings.set("FLEET_SPIDERS_DIR", cfg.spiders_dir, priority="project")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # user modules next to where `fleet` runs are importable
     return settings
 
 
-def loader(settings: Settings) -> SpiderLoader:
+def loader(settings: Settings) -> FleetSpiderLoader:
     try:
-        return SpiderLoader.from_settings(settings)
+        return FleetSpiderLoader.from_settings(settings)
     except ImportError as exc:
         raise SpiderNotFound(
             f"could not import spider modules {settings.getlist('SPIDER_MODULES')}: {exc}. "
@@ -56,9 +78,11 @@ def load_spider(name: str, settings: Settings) -> type[Spider]:
         return sl.load(name)
     except KeyError:
         known = ", ".join(sorted(sl.list())) or "(none)"
+        broken = "".join(f"\n  skipped spec: {e}" for e in sl.spec_errors)
         raise SpiderNotFound(
             f"no spider named {name!r}; known spiders: {known}. "
-            "Add your module to FLEET_SPIDER_MODULES (comma list of importable modules)."
+            "Add your module to FLEET_SPIDER_MODULES (comma list of importable modules), "
+            f"or a YAML spec to FLEET_SPIDERS_DIR.{broken}"
         ) from None
 
 
@@ -80,9 +104,11 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
 
 
 def describe(spidercls: type[Spider]) -> dict[str, Any]:
+    spec = getattr(spidercls, "spec_path", None)
     return {
         "name": spidercls.name,
-        "module": spidercls.__module__,
+        "kind": "yaml" if spec else "python",
+        "module": spec or spidercls.__module__,
         "class": spidercls.__qualname__,
         "required_fields": list(getattr(spidercls, "required_fields", ()) or ()),
         "item_callbacks": list(getattr(spidercls, "item_callbacks", ()) or ()),

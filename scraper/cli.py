@@ -407,7 +407,9 @@ def status(
 
 @app.command()
 def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the spiders Fleet can run (SPIDER_MODULES + FLEET_SPIDER_MODULES)."""
+    """List the spiders Fleet can run: Python (SPIDER_MODULES + FLEET_SPIDER_MODULES) and YAML specs
+    (FLEET_SPIDERS_DIR; the format is documented in scraper/yamlspec.py and the README). Exits 1 if a
+    spec in FLEET_SPIDERS_DIR is invalid, after listing the valid ones."""
     cfg = _config()
     settings = base_settings(cfg)
     try:
@@ -417,13 +419,18 @@ def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     rows = [describe(sl.load(n)) for n in sorted(sl.list())]
     if as_json:
         print(json.dumps(rows))
-        return
-    table = Table(title="spiders")
-    for col in ("name", "module", "required_fields", "item_callbacks"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["module"], ", ".join(r["required_fields"]), ", ".join(r["item_callbacks"]))
-    out.print(table)
+    else:
+        table = Table(title="spiders")
+        for col in ("name", "kind", "module / spec", "required_fields", "item_callbacks"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["kind"], r["module"], ", ".join(r["required_fields"]),
+                          ", ".join(r["item_callbacks"]))
+        out.print(table)
+    if sl.spec_errors:
+        for e in sl.spec_errors:
+            err.print(f"[red]invalid spider spec[/]: {e}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("dlq")

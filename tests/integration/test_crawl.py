@@ -141,6 +141,55 @@ def test_user_spider_module_two_workers(redis_url: str, tmp_path: Path) -> None:
         assert fleet_json("seed", "usershop", "--url", site.start_url, "--run", "u1", env=env)["enqueued"] == 0
 
 
+YAML_SPIDER = """
+name: yamlshop
+version: "2"
+start_urls: ["{start}"]
+pages:
+  list:
+    follow:
+      - {{css: "article.product a::attr(href)", page: product}}
+      - {{css: "li.next a::attr(href)"}}
+  product:
+    fields:
+      name: {{css: "h1.name::text", required: true}}
+      price: {{css: "p.price::text", required: true, type: float}}
+      sku: {{css: "span.sku::text", required: true}}
+"""
+
+
+def test_yaml_spider_spec_end_to_end(redis_url: str, tmp_path: Path) -> None:
+    """A spec in FLEET_SPIDERS_DIR is listed, seeded from its start_urls, crawled by workers, replayed;
+    an invalid spec next to it is reported (exit 1) without hiding the valid ones."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    with DemoSite(n_products=60, per_page=20).start() as site:
+        (specs / "shop.yaml").write_text(YAML_SPIDER.format(start=site.start_url))
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+        listing = {s["name"]: s for s in fleet_json("spiders", "--json", env=env)}
+        assert listing["yamlshop"]["kind"] == "yaml" and listing["yamlshop"]["module"].endswith("shop.yaml")
+        assert listing["yamlshop"]["required_fields"] == ["name", "price", "sku"]
+        assert listing["yamlshop"]["item_callbacks"] == ["parse_product"]
+        assert fleet_json("seed", "yamlshop", "--run", "y1", env=env)["enqueued"] == 1
+        procs = [start_worker("yamlshop", env, tmp_path / f"y{i}.log", "--until-idle", "2") for i in range(2)]
+        assert wait_all(procs, 120) == [0, 0]
+        items = objects(tmp_path / "data", "items", "yamlshop", "y1")
+        assert len(items) == 60
+        got = sorted((v[0]["sku"], v[0]["price"], v[0]["_meta"]["spider_version"]) for v in items.values())
+        want = sorted((site.expected_item(i)["sku"], site.expected_item(i)["price"], "2") for i in range(1, 61))
+        assert got == want
+        assert counts(redis_url, "yamlshop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+        product = site.product_urls()[0]
+        replayed = fleet("replay", "yamlshop", "--url", product, env=env)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        (specs / "broken.yaml").write_text("name: broken\npages: {p: {fields: {a: {css: 'h1', type: date}}}}\n")
+        res = fleet("spiders", env=env)
+        assert res.returncode == 1 and "yamlshop" in res.stdout
+        assert "broken.yaml" in res.stderr and "type must be one of" in res.stderr
+        missing = fleet("seed", "broken", env=env)
+        assert missing.returncode != 0 and "skipped spec" in missing.stderr
+
+
 def test_sigkilled_worker_leases_are_redelivered(redis_url: str, tmp_path: Path) -> None:
     """Kill -9 a worker mid-crawl; after lease expiry another worker finishes: same objects as clean."""
     with DemoSite(n_products=200, latency=0.05).start() as site:
