@@ -99,6 +99,17 @@ class Rules:
 DEFAULT_RULES = Rules()
 
 
+_OK_VERDICTS: dict[int, Verdict] = {}
+
+
+def _ok(status: int) -> Verdict:
+    """The (immutable, shared) OK verdict of a status: one per page otherwise, built field by field."""
+    v = _OK_VERDICTS.get(status)
+    if v is None:
+        v = _OK_VERDICTS[status] = Verdict(OK, f"http:{status}")
+    return v
+
+
 def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdict:
     """Classify a downloaded response. Drift (C) is decided later, from the callback's output."""
     status = response.status
@@ -117,13 +128,13 @@ def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdi
     if 200 <= status < 300:
         head = response.body[:65536] if response.body else b""
         if not head:
-            return Verdict(OK, f"http:{status}")
+            return _ok(status)
         low = head.lower()
         hinted = any(h in low for h in _MARKER_HINTS)
         for marker in rules.markers:
             if (hinted or id(marker) not in _BUILTIN) and marker.search(head):
                 return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
-        return Verdict(OK, f"http:{status}")
+        return _ok(status)
     return Verdict(OK, f"http:{status}")  # 1xx/3xx: redirects are followed by Scrapy
 
 

@@ -114,6 +114,7 @@ _NUM = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING
         "critical": logging.CRITICAL}
 _level = [logging.INFO]  # set by configure()
 _RESERVED = frozenset({"event", "level", "timestamp"})
+_EVENTS: dict[str, str] = {}  # event name -> its JSON (names are a small, fixed vocabulary)
 
 
 class Logger:
@@ -142,7 +143,12 @@ class Logger:
             line = _render(None, method, {**self._ctx, **kw, "event": event})
         else:
             fields = _dumps(_scrub(None, method, kw))[1:-1] + ", " if kw else ""
-            line = (f'{self._head}{fields}"event": {_dumps(event)}, "level": "{method}", '
+            ev = _EVENTS.get(event)
+            if ev is None:
+                ev = _dumps(event)
+                if len(_EVENTS) < 4096:
+                    _EVENTS[event] = ev
+            line = (f'{self._head}{fields}"event": {ev}, "level": "{method}", '
                     f'"timestamp": "{_timestamp()}"}}')
         if _BufferedLogger._stream is None:
             _BufferedLogger()

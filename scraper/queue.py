@@ -88,7 +88,7 @@ class LeaseBatch:
     parked: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     """What one finished request leaves behind: DONE for its fingerprint, then its children."""
 

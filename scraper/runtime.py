@@ -67,7 +67,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-@dataclass(eq=False)  # identity: states are looked up in the buffer
+@dataclass(eq=False, slots=True)  # identity: states are looked up in the buffer; one per page
 class LeaseState:
     """The ledger of one leased request, from lease to settlement."""
 
