@@ -28,7 +28,9 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/fleet demo
 
+# Chromium (Debian's, from apt) for the rendered-page tests: browser downloads are not possible here.
 test: $(DEV_STAMP)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || echo "warning: could not install chromium; the rendered-page test will be skipped"
 	$(VENV)/bin/ruff check scraper middlewares pipelines settings
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests

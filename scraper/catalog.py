@@ -57,6 +57,7 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
     settings.set("SPIDER_MODULES", modules, priority="project")
     settings.set("CONCURRENT_REQUESTS", cfg.concurrency, priority="project")
     settings.set("FLEET_SPIDERS_DIR", cfg.spiders_dir, priority="project")
+    settings.set("FLEET_CHROMIUM", cfg.chromium, priority="project")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # user modules next to where `fleet` runs are importable
     return settings
@@ -100,7 +101,23 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
         s.set(key, merged, priority="cmdline")
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
+    if renders(spidercls, s):
+        from scraper import render  # imports Playwright: only for the spiders that need it
+
+        render.apply(spidercls, s)
     return s
+
+
+_PLAYWRIGHT_HANDLERS = ("scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler",
+                        "scraper.render.FleetPlaywrightDownloadHandler")
+
+
+def renders(spidercls: type[Spider], settings: Settings) -> bool:
+    """Whether the spider's pages are rendered in Chromium (scraper.render): ``render_js = True``, or
+    scrapy-playwright's download handler in its settings."""
+    if getattr(spidercls, "render_js", False):
+        return True
+    return any(str(v) in _PLAYWRIGHT_HANDLERS for v in settings.getdict("DOWNLOAD_HANDLERS").values() if v)
 
 
 def describe(spidercls: type[Spider]) -> dict[str, Any]:
@@ -113,4 +130,5 @@ def describe(spidercls: type[Spider]) -> dict[str, Any]:
         "required_fields": list(getattr(spidercls, "required_fields", ()) or ()),
         "item_callbacks": list(getattr(spidercls, "item_callbacks", ()) or ()),
         "version": str(getattr(spidercls, "version", "0")),
+        "render_js": bool(getattr(spidercls, "render_js", False)),
     }

@@ -224,7 +224,10 @@ def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) 
     cfg = _config()
     settings = base_settings(cfg)
     spidercls = _spider_class(spider, cfg)
-    settings = worker_settings(spidercls, settings)
+    try:
+        settings = worker_settings(spidercls, settings)
+    except RuntimeError as exc:  # scraper.render.ChromiumNotFound: says what to install
+        raise _fail(str(exc)) from None
     if concurrency is not None:
         if concurrency < 1:
             raise _fail("--concurrency must be >= 1")

@@ -12,6 +12,7 @@ replay`` and ``fleet export`` treat it exactly like a Python spider. The format,
     allowed_domains: [shop.example]   # requests to other hosts are dropped (Scrapy's offsite rule)
     start_page: list                  # the page rule of start URLs and of `seed --url` (default: the first)
     settings: {DOWNLOAD_DELAY: 0.5}   # Scrapy custom_settings
+    render: true                      # pages are rendered in headless Chromium first (scraper.render)
     pages:                            # page rules, by name; each becomes the callback parse_<name>
       list:                           # a navigation page: follows links, carries no fields
         follow:
@@ -112,6 +113,7 @@ class Spec:
     allowed_domains: list[str] = field(default_factory=list)
     version: str = "0"
     settings: dict[str, Any] = field(default_factory=dict)
+    render: bool = False
 
 
 def _convert(text: str, kind: str) -> Any:
@@ -226,7 +228,7 @@ def parse_spec(path: Path, text: str) -> Spec:
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     top = r.mapping(doc, "top level", {"name", "version", "start_urls", "allowed_domains", "start_page",
-                                       "settings", "pages"})
+                                       "settings", "pages", "render"})
     name = top.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise r.fail("name", "required: 1-100 letters, digits, _ . -")
@@ -241,13 +243,16 @@ def parse_spec(path: Path, text: str) -> Spec:
     settings = top.get("settings") or {}
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
         raise r.fail("settings", "expected a mapping of Scrapy setting names to values")
+    render = top.get("render", False)
+    if not isinstance(render, bool):
+        raise r.fail("render", "must be true or false")
     start_urls = r.string_list(top.get("start_urls"), "start_urls")
     for u in start_urls:
         if not re.match(r"^https?://", u):
             raise r.fail("start_urls", f"{u!r} is not an absolute http(s) URL")
     return Spec(name=name, path=path, pages=pages, start_page=start_page, start_urls=start_urls,
                 allowed_domains=r.string_list(top.get("allowed_domains"), "allowed_domains"),
-                version=str(top.get("version", "0")), settings=dict(settings))
+                version=str(top.get("version", "0")), settings=dict(settings), render=render)
 
 
 class YamlSpider(scrapy.Spider):
@@ -287,6 +292,7 @@ def compile_spec(spec: Spec) -> type[YamlSpider]:
         "version": spec.version,
         "start_urls": list(spec.start_urls),
         "custom_settings": dict(spec.settings),
+        "render_js": spec.render,
         "__module__": __name__,
         "__doc__": f"YAML spider spec {spec.path}",
     }

@@ -10,6 +10,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_STORE | ``file://./data`` | object store: ``s3://bucket/prefix`` or ``file:///path`` |
 | FLEET_SPIDER_MODULES | (none) | comma list of importable modules holding extra spiders |
 | FLEET_SPIDERS_DIR | (none) | directory of YAML spider specs |
+| FLEET_CHROMIUM | (chromium on PATH) | Chromium binary for spiders that render pages (`render_js`; scraper.render) |
 | FLEET_LEASE_SECONDS | 60 | lease length; live workers extend their leases every third of it |
 | FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window) |
 | FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS) |
@@ -97,6 +98,7 @@ class FleetConfig:
     store: str = "file://./data"
     spider_modules: tuple[str, ...] = ()
     spiders_dir: str | None = None
+    chromium: str | None = None
     lease_seconds: float = 60.0
     dedup_ttl: int = 48 * 3600
     concurrency: int = 32
@@ -134,6 +136,7 @@ class FleetConfig:
             store=_get(e, "FLEET_STORE") or "file://./data",
             spider_modules=modules,
             spiders_dir=_get(e, "FLEET_SPIDERS_DIR"),
+            chromium=_get(e, "FLEET_CHROMIUM"),
             lease_seconds=_float(e, "FLEET_LEASE_SECONDS", 60.0, minimum=0.2),
             dedup_ttl=_int(e, "FLEET_DEDUP_TTL", 48 * 3600, minimum=1),
             concurrency=_int(e, "FLEET_CONCURRENCY", 32, minimum=1),

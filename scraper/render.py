@@ -1,0 +1,92 @@
+"""Pages rendered in headless Chromium (scrapy-playwright), for targets that build their HTML in JavaScript.
+
+A spider opts in with ``render_js = True`` (every request of it is rendered; a YAML spec says
+``render: true``), or per request with scrapy-playwright's own ``meta={"playwright": True}`` once the
+spider uses scrapy-playwright's download handler (its ``custom_settings``, as scrapy-playwright's docs
+show). Either way the worker runs :class:`FleetPlaywrightDownloadHandler`: scrapy-playwright's handler
+with Twisted's hidden automatic retry switched off for the plain HTTP requests it passes through (as
+``scraper.download``), and Chromium launched from the machine's own binary, since browser downloads are
+neither possible nor wanted on a worker (``FLEET_CHROMIUM``, else ``chromium`` / ``chromium-browser``
+/ ``google-chrome`` on PATH). A rendered response goes through the same classifier, drift checks, writes
+and acks as any other; Playwright's timeouts and navigation errors are class A.
+
+Not yet: rendered pages do not go through ``FLEET_PROXIES`` (a browser context has one proxy; per
+request rotation would need a context per proxy).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from scrapy import Spider
+from scrapy.http import Request, Response
+from scrapy.settings import Settings
+from scrapy_playwright.handler import ScrapyPlaywrightDownloadHandler
+
+# Chromium on a server: no sandbox (workers run as root in containers), no GPU, and none of the
+# background traffic a closed network refuses (component updates, sync, field trials).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PLAYWRIGHT_HANDLER = "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"
+HANDLER = "scraper.render.FleetPlaywrightDownloadHandler"
+
+
+class ChromiumNotFound(RuntimeError):
+    pass
+
+
+def chromium_path(configured: str | None = None) -> str:
+    """The Chromium binary workers launch: FLEET_CHROMIUM, else the first known name on PATH."""
+    if configured:
+        if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
+            raise ChromiumNotFound(f"FLEET_CHROMIUM={configured}: not an executable file")
+        return configured
+    for name in _CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ChromiumNotFound(
+        "this spider renders pages in Chromium, but no Chromium was found on PATH: install it "
+        "(Debian/Ubuntu: apt-get install chromium) or set FLEET_CHROMIUM to its path"
+    )
+
+
+def apply(spidercls: type[Spider], settings: Settings) -> None:
+    """Worker settings for a rendering spider: Fleet's handler for http(s), Chromium launch options
+    (kept when the spider sets its own), the asyncio reactor scrapy-playwright needs."""
+    handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
+    handlers["http"] = handlers["https"] = HANDLER
+    settings.set("DOWNLOAD_HANDLERS", handlers, priority="cmdline")
+    custom: dict[str, Any] = dict(getattr(spidercls, "custom_settings", None) or {})
+    if not custom.get("PLAYWRIGHT_CDP_URL") and not custom.get("PLAYWRIGHT_CONNECT_URL"):
+        launch = dict(custom.get("PLAYWRIGHT_LAUNCH_OPTIONS") or {})
+        if "executable_path" not in launch:
+            launch["executable_path"] = chromium_path(settings.get("FLEET_CHROMIUM"))
+        launch.setdefault("headless", True)
+        launch.setdefault("args", list(CHROMIUM_ARGS))
+        settings.set("PLAYWRIGHT_LAUNCH_OPTIONS", launch, priority="cmdline")
+    if not custom.get("PLAYWRIGHT_BROWSER_TYPE"):
+        settings.set("PLAYWRIGHT_BROWSER_TYPE", "chromium", priority="cmdline")
+    if "PLAYWRIGHT_MAX_PAGES_PER_CONTEXT" not in custom:
+        # pages are costly: at most 8 open at once; the rest of the worker's requests wait for a page
+        settings.set("PLAYWRIGHT_MAX_PAGES_PER_CONTEXT", min(8, settings.getint("CONCURRENT_REQUESTS")),
+                     priority="cmdline")
+
+
+class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: ignore[misc]  # untyped
+    """scrapy-playwright's handler; a ``render_js`` spider's requests all go to the browser."""
+
+    def __init__(self, crawler: Any) -> None:
+        super().__init__(crawler)
+        self._pool.retryAutomatically = False  # see scraper.download
+        spidercls = getattr(crawler, "spidercls", None)
+        self.render_all = bool(getattr(spidercls, "render_js", False))
+
+    async def download_request(self, request: Request) -> Response:
+        if self.render_all and not request.meta.get("playwright"):
+            request.meta["playwright"] = True
+        response: Response = await super().download_request(request)
+        return response

@@ -1,0 +1,106 @@
+"""Pages built by JavaScript, crawled through headless Chromium (scraper.render) by real workers."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all
+
+pytestmark = pytest.mark.integration
+
+N = 6
+SPEC = """
+name: jsshop
+render: {render}
+start_urls: ["{base}/list.html"]
+pages:
+  list:
+    follow:
+      - {{css: "a.product::attr(href)", page: product}}
+  product:
+    fields:
+      name: {{css: "h1.name::text", required: true}}
+      price: {{css: "p.price::text", required: true, type: float}}
+"""
+
+
+def _js(body: str) -> bytes:
+    """A page whose HTML exists only after its script ran: without a browser, there is nothing."""
+    return (f"<!DOCTYPE html><html><head><title>js</title></head><body><noscript>enable JS</noscript>"
+            f"<script>document.body.innerHTML = {body!r};</script></body></html>").encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/list.html":
+            body = _js("".join(f'<a class="product" href="/p/{i}.html">p{i}</a>' for i in range(1, N + 1)))
+        elif self.path.startswith("/p/"):
+            i = int(self.path.split("/")[-1].split(".")[0])
+            body = _js(f'<h1 class="name">Widget {i}</h1><p class="price">{i}.50</p>')
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def js_site() -> Iterator[str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.timeout(180)
+def test_rendered_spec_extracts_what_javascript_builds(redis_url: str, tmp_path: Path, js_site: str) -> None:
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no Chromium on PATH (make test installs Debian's chromium)")
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "jsshop.yaml").write_text(SPEC.format(render="true", base=js_site))
+    env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+    listing = {s["name"]: s for s in fleet_json("spiders", "--json", env=env)}
+    assert listing["jsshop"]["render_js"] is True
+    assert fleet_json("seed", "jsshop", "--run", "j1", env=env)["enqueued"] == 1
+    log = tmp_path / "w.log"
+    assert wait_all([start_worker("jsshop", env, log, "--until-idle", "2", "--concurrency", "4")], 150) == [0], \
+        log.read_text()[-3000:]
+    items = objects(tmp_path / "data", "items", "jsshop", "j1")
+    got = sorted((v[0]["name"], v[0]["price"]) for v in items.values())
+    assert got == [(f"Widget {i}", i + 0.5) for i in range(1, N + 1)]
+    assert counts(redis_url, "jsshop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+
+    # the same spec without rendering: the product pages are empty shells, which is drift (C), not items
+    (specs / "jsshop.yaml").write_text(SPEC.format(render="false", base=js_site))
+    fleet_json("seed", "jsshop", "--run", "j2", "--url", f"{js_site}/p/1.html", "--callback", "parse_product",
+               env=env)
+    assert wait_all([start_worker("jsshop", env, tmp_path / "w2.log", "--until-idle", "2")], 60) == [0]
+    assert objects(tmp_path / "data", "items", "jsshop", "j2") == {}
+    assert objects(tmp_path / "data", "evidence", "jsshop", "j2")
+
+
+def test_rendering_spider_without_chromium_fails_with_what_to_install(redis_url: str, tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "jsshop.yaml").write_text(SPEC.format(render="true", base="http://127.0.0.1:9"))
+    env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs), FLEET_CHROMIUM=str(tmp_path / "nochrome"))
+    res = fleet("worker", "jsshop", "--until-idle", "1", env=env)
+    assert res.returncode == 1
+    assert "FLEET_CHROMIUM" in res.stderr and "not an executable file" in res.stderr
