@@ -167,6 +167,16 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     return Verdict(A, f"error:{name}")
 
 
+_VOID = "fleet: speculative fetch dropped (its lease was not granted)"
+
+
+async def _claimed(rt: Any, claim: Awaitable[bool], request: Request) -> None:
+    """Wait for Redis to confirm a speculative lease (FleetRuntime._speculate); drop the fetch if not."""
+    if not await claim:
+        rt.drop_void(request)
+        raise IgnoreRequest(_VOID)
+
+
 class ClassifyMiddleware:
     """Downloader middleware: hands every non-ok outcome to the runtime, which settles the lease.
 
@@ -190,7 +200,7 @@ class ClassifyMiddleware:
         state = rt.state_for(request) if rt is not None else None
         if state is None:
             if rt is not None and rt.drop_void(request):
-                raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+                raise IgnoreRequest(_VOID)
             return response
         if state.claim is not None:  # a speculative lease Redis has not confirmed yet: wait for it
             return self._confirmed_response(rt, state, state.claim, request, response)
@@ -199,17 +209,13 @@ class ClassifyMiddleware:
     async def _confirmed_response(
         self, rt: Any, state: Any, claim: Awaitable[bool], request: Request, response: Response
     ) -> Response:
-        if not await claim:
-            rt.drop_void(request)
-            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+        await _claimed(rt, claim, request)
         return self._classify(rt, state, response)
 
     def _classify(self, rt: Any, state: Any, response: Response) -> Response:
         verdict = classify_response(response, self.rules)
         rt.fetched(state, response, verdict)
-        if 300 <= response.status < 400 and verdict.cls == OK:
-            return response
-        if verdict.cls == OK:
+        if verdict.cls == OK:  # 3xx included: redirects are followed by Scrapy
             return response
         rt.fail(state, verdict, response=response)
         raise IgnoreRequest(f"fleet: {verdict.cls} {verdict.reason}")
@@ -218,7 +224,7 @@ class ClassifyMiddleware:
         rt = self._runtime()
         state = rt.state_for(request) if rt is not None else None
         if state is None and rt is not None and rt.drop_void(request):
-            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+            raise IgnoreRequest(_VOID)
         if state is not None and state.claim is not None:
             return self._confirmed_exception(rt, state, state.claim, request, exception)
         self._settle_exception(rt, state, request, exception)
@@ -227,9 +233,7 @@ class ClassifyMiddleware:
     async def _confirmed_exception(
         self, rt: Any, state: Any, claim: Awaitable[bool], request: Request, exception: BaseException
     ) -> None:
-        if not await claim:
-            rt.drop_void(request)
-            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+        await _claimed(rt, claim, request)
         self._settle_exception(rt, state, request, exception)
 
     def _settle_exception(self, rt: Any, state: Any, request: Request, exception: BaseException) -> None:
