@@ -197,10 +197,10 @@ class ClassifyMiddleware:
 
     def process_response(self, request: Request, response: Response) -> Response | Coroutine[Any, Any, Response]:
         rt = self._runtime()
+        if rt is not None and rt.drop_void(request):  # before the lookup: a later lease may reuse the id
+            raise IgnoreRequest(_VOID)
         state = rt.state_for(request) if rt is not None else None
         if state is None:
-            if rt is not None and rt.drop_void(request):
-                raise IgnoreRequest(_VOID)
             return response
         if state.claim is not None:  # a speculative lease Redis has not confirmed yet: wait for it
             return self._confirmed_response(rt, state, state.claim, request, response)
@@ -222,9 +222,9 @@ class ClassifyMiddleware:
 
     def process_exception(self, request: Request, exception: BaseException) -> Coroutine[Any, Any, None] | None:
         rt = self._runtime()
-        state = rt.state_for(request) if rt is not None else None
-        if state is None and rt is not None and rt.drop_void(request):
+        if rt is not None and rt.drop_void(request):
             raise IgnoreRequest(_VOID)
+        state = rt.state_for(request) if rt is not None else None
         if state is not None and state.claim is not None:
             return self._confirmed_exception(rt, state, state.claim, request, exception)
         self._settle_exception(rt, state, request, exception)

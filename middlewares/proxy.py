@@ -37,6 +37,8 @@ class ProxyMiddleware:
         if host:
             request.meta["download_slot"] = host
         rt: Any = getattr(self.crawler, "fleet", None)
+        if rt is not None and rt.drop_void(request):
+            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
         state = rt.state_for(request) if rt is not None else None
         if state is None or not rt.proxies:
             return None

@@ -19,7 +19,7 @@ from scraper import yamlspec
 from settings.fleet import FleetConfig
 
 # Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
-_MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS")
+_MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS", "DOWNLOAD_HANDLERS")
 _FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR")
 
 
@@ -114,10 +114,12 @@ _PLAYWRIGHT_HANDLERS = ("scrapy_playwright.handler.ScrapyPlaywrightDownloadHandl
 
 def renders(spidercls: type[Spider], settings: Settings) -> bool:
     """Whether the spider's pages are rendered in Chromium (scraper.render): ``render_js = True``, or
-    scrapy-playwright's download handler in its settings."""
+    scrapy-playwright's download handler in its settings or its custom_settings."""
     if getattr(spidercls, "render_js", False):
         return True
-    return any(str(v) in _PLAYWRIGHT_HANDLERS for v in settings.getdict("DOWNLOAD_HANDLERS").values() if v)
+    custom = (getattr(spidercls, "custom_settings", None) or {}).get("DOWNLOAD_HANDLERS") or {}
+    handlers = [*settings.getdict("DOWNLOAD_HANDLERS").values(), *dict(custom).values()]
+    return any(str(v) in _PLAYWRIGHT_HANDLERS for v in handlers if v)
 
 
 def describe(spidercls: type[Spider]) -> dict[str, Any]:

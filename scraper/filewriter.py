@@ -120,15 +120,20 @@ class FileWriter:
         self._out: asyncio.WriteTransport | None = None
         self._in: asyncio.ReadTransport | None = None
         self._seq = 0
-        self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._waiting: dict[int, asyncio.Future[int]] = {}
         self._failed: str | None = None  # a put that could not be queued since the last barrier
         self._closing = False
         self._gen = 0
         self._pending: list[bytes] = []  # frames put since the last write to the pipe
+        # Puts are vouched for by barriers of their own epoch only. A new epoch starts when a writer
+        # process starts and when a barrier reports a failed put: the writer then forgets the error,
+        # and a later barrier must not vouch for a put made before it (it may be the one that failed).
+        self._epoch = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._gen += 1
+        self._epoch += 1
         gen = self._gen
         proc = subprocess.Popen(
             [sys.executable, "-m", "scraper.filewriter", self.uri],
@@ -143,9 +148,8 @@ class FileWriter:
         return self._out is not None and not self._out.is_closing()
 
     def put(self, key: str, data: bytes, *, gzip: bool = False) -> int:
-        """Queue a put; returns the generation of the writer process it goes to (-1: none, dropped).
-
-        Only a barrier answered by that same generation makes it durable (see :meth:`sync`)."""
+        """Queue a put; returns its epoch (-1: no writer took it). Only a barrier that answers with the
+        same epoch makes it durable (see :meth:`sync`)."""
         if not self._alive():
             self._failed = self._failed or "local store writer exited"
             return -1
@@ -153,7 +157,7 @@ class FileWriter:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending += (_REQ.pack(b"Z" if gzip else b"P", len(k), len(data)), k, data)
-        return self._gen
+        return self._epoch
 
     def _flush(self) -> None:
         frames, self._pending = self._pending, []
@@ -166,9 +170,9 @@ class FileWriter:
         self._out.write(b"".join(frames))
 
     async def sync(self) -> int:
-        """Barrier: every put queued before it is durable. Returns the writer generation that answered:
-        puts that went to another generation (a writer that died, even if a barrier failed for it
-        already) are not covered and must be redone."""
+        """Barrier: every put queued before it is durable. Returns the epoch it answered in: puts of an
+        earlier epoch (to a writer that died, or before a barrier that reported a failed put) are not
+        covered, even when an earlier barrier already failed for them, and must be redone."""
         failed, self._failed = self._failed, None
         if not self._alive():
             # the writer that took this batch's puts is gone: a new one cannot vouch for them
@@ -183,18 +187,18 @@ class FileWriter:
             raise StoreError(failed)
         assert self._out is not None
         self._seq = (self._seq + 1) % 2**32
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[self._seq] = fut
-        gen = self._gen
         self._out.write(_REQ.pack(b"S", self._seq, 0))
-        await fut
-        return gen
+        return await fut
 
     def _answer(self, seq: int, ok: bool, msg: str) -> None:
+        if not ok:
+            self._epoch += 1  # answers come in order: every later barrier answers in the new epoch
         fut = self._waiting.pop(seq, None)
         if fut is not None and not fut.done():
             if ok:
-                fut.set_result(None)
+                fut.set_result(self._epoch)
             else:
                 fut.set_exception(StoreError(msg or "local store write failed"))
 

@@ -231,16 +231,17 @@ local function maintain(prefix, now, limit)
   return promoted, reaped
 end
 
--- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries or '', 0
+-- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries, or '', -1 when
+-- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker)
 local function claim_child(prefix, id, json, run, fp, now, lease, worker, nonce)
-  if set_has(prefix .. 'done:' .. run, fp) then return '', 0 end
+  if set_has(prefix .. 'done:' .. run, fp) then return '', -1 end
   local ok, env = pcall(cjson.decode, json)
-  if not ok or type(env) ~= 'table' then return '', 0 end
+  if not ok or type(env) ~= 'table' then return '', -1 end
   local domain = env['domain']
   if type(domain) == 'string' and domain ~= '' then
-    if redis.call('HEXISTS', prefix .. 'brk', domain) == 1 then return '', 0 end
+    if redis.call('HEXISTS', prefix .. 'brk', domain) == 1 then return '', -1 end
     local hold = tonumber(redis.call('HGET', prefix .. 'hold', domain))
-    if hold and hold > now then return '', 0 end
+    if hold and hold > now then return '', -1 end
   end
   redis.call('ZREM', prefix .. 'ready', id)
   local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
@@ -483,7 +484,8 @@ return lost
 # ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, ack ('1'/'0'), lease seconds, worker, nonce, then
 #   per commit: run, fp, id, token, domain, outcome ('' = not tracked), claim (0 = none), ndisc,
 #   then ndisc groups (id, json, fp, prio, dont_filter)
-# Returns {enqueued counts, events flat (domain, event), acked flags, claims flat (token or '', deliveries)}
+# Returns {enqueued counts, events flat (domain, event), acked flags, claims flat (token, deliveries)}; an
+# unclaimed child gives ('', 0) when it was not queued (SEEN) and ('', -1) when it waits in READY
 # (one count/flag/claim per commit).
 COMMIT = PRELUDE + r"""
 local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -111,7 +111,7 @@ class CommitReply(NamedTuple):
     enqueued: list[int]
     events: list[tuple[str, str]]  # breaker events (domain, event)
     acked: list[bool]
-    claims: list[tuple[str, int]]  # (token, deliveries) of the claimed child, or ("", 0)
+    claims: list[tuple[str, int]]  # (token, deliveries) of the claimed child; ("", 0) not queued, ("", -1) gated
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
     def __init__(self, crawler: Any) -> None:
         super().__init__(crawler)
         self._pool.retryAutomatically = False  # see scraper.download
+        # nor a re-fetch inside one delivery when the page target closed: that is a class A outcome
+        self.config.target_closed_max_retries = 0
         spidercls = getattr(crawler, "spidercls", None)
         self.render_all = bool(getattr(spidercls, "render_js", False))
 

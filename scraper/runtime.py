@@ -34,7 +34,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
+from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
 from scrapy.http import Response
+from scrapy.utils.httpobj import urlparse_cached
 
 from middlewares import drift
 from middlewares.classify import A, B, C, D, Verdict
@@ -59,6 +61,8 @@ _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "l
 
 
 WriteResult = tuple[str | None, BaseException | None]  # (items key, error) of one request
+NOSPEC_SECONDS = 10.0  # no speculative fetch into a domain for this long after Redis refused a claim there
+VOID_KEY = "_fleet_void"  # request meta: a speculative fetch whose lease was not granted
 LOCAL_REQUESTS = 4096  # bound of FleetRuntime._local (children leased by other workers age out)
 STORE_THREADS = 8  # parallel PUTs to a remote store; a local store uses one at a time (group commit)
 
@@ -91,7 +95,7 @@ class LeaseState:
     write_raw: bool = False
     children_pending: bool = False  # its discovered requests are being queued; DONE + ack wait for that
     written: bool = False  # its objects are durable
-    writer_gen: int = 0  # local store: the writer process its objects went to (-1: none could take them)
+    writer_epoch: int = 0  # local store: the writer epoch of its puts (-1: none taken); see FileWriter
     # A speculative lease (see FleetRuntime._speculate): set while Redis has not yet confirmed that this
     # worker holds it; True once claimed (then None), False if it was not (void: the fetch is dropped).
     claim: asyncio.Future[bool] | None = None
@@ -101,6 +105,23 @@ class LeaseState:
     @property
     def id(self) -> str:
         return self.lease.id
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(d: dict[Any, Any]) -> bool:
+    return all(type(k) is str and type(v) in _SCALARS for k, v in d.items())
+
+
+def _reusable(request: Request, env: Envelope) -> bool:
+    """Whether ``env.to_request`` would rebuild ``request`` exactly: a plain Request, nothing left out of
+    the envelope (runtime or non-JSON meta, cookies, flags, another encoding) and meta / cb_kwargs that
+    JSON leaves as they are (str keys, scalar values)."""
+    return (type(request) is Request and not request.flags and not request.cookies
+            and request.encoding == "utf-8"
+            and len(env.meta) == len(request.meta) - ("depth" in request.meta)
+            and _plain(env.meta) and _plain(request.cb_kwargs))
 
 
 class FleetRuntime:
@@ -145,7 +166,9 @@ class FleetRuntime:
         self._wake = asyncio.Event()
         self._commit_wake = asyncio.Event()
         self._inflight_writes: set[asyncio.Task[Any]] = set()
-        self.void_ids: set[str] = set()  # speculative fetches in progress whose lease was not granted
+        self._offsite: OffsiteMiddleware | None = None  # the spider's allowed_domains (see discovered)
+        # domain -> monotonic time until which no speculative fetch goes there (held, breaker)
+        self._nospec: dict[str, float] = {}
         # children this worker discovered, by queue id: (envelope, the callback's Request), oldest first
         self._local: dict[str, tuple[Envelope, Request]] = {}
         self.to_write: list[tuple[LeaseState, WriteResult | None]] = []  # objects not yet durable
@@ -166,6 +189,10 @@ class FleetRuntime:
         )
         self.proxies = ProxyPool(parse_proxies(self.config.proxies), self.client)
         self.log = self.log.bind(spider=spider.name)
+        if getattr(spider, "allowed_domains", None):
+            self._offsite = OffsiteMiddleware(self.stats)
+            self._offsite.crawler = self.crawler
+            self._offsite.host_regex = self._offsite.get_host_regex(spider)
         await self.client.sadd("fleet:spiders", spider.name)
         if self.filewriter is not None:
             await self.filewriter.start()
@@ -337,6 +364,14 @@ class FleetRuntime:
                 self.log.info("request_skipped_done")
         for lease in batch.leased:
             mine = self.active.get(lease.id) or next((b for b in self.buffer if b.id == lease.id), None)
+            if mine is not None and mine.claim is not None:
+                # a speculative fetch whose claim was refused (held / breaker) and that LEASE now hands
+                # to us before the claim's answer arrived: the lease is ours, the fetch may stand
+                fut, mine.claim = mine.claim, None
+                mine.lease.token, mine.lease.deliveries = lease.token, lease.deliveries
+                if not fut.done():
+                    fut.set_result(True)
+                continue
             if mine is not None:
                 # our own expired lease came back to us (we stalled past the deadline): keep the
                 # one request in flight and adopt the new token, never start a second copy
@@ -517,6 +552,13 @@ class FleetRuntime:
         self.maybe_finish(state)
 
     def discovered(self, state: LeaseState, request: Request) -> None:
+        if self._offsite is not None and self.spider is not None and not request.dont_filter \
+                and not request.meta.get("allow_offsite") and not self._offsite.should_follow(request, self.spider):
+            # the spider's allowed_domains, applied where the request is found: a queued request is
+            # always fetched (dont_filter), so Scrapy's offsite check would never see it again
+            self.stats.inc_value("fleet/offsite_filtered")
+            self.log.info("request_offsite", parent=state.env.fp, host=urlparse_cached(request).hostname)
+            return
         try:
             env = Envelope.from_request(
                 request, spider_name=state.env.spider, run=state.env.run, spider=self.spider
@@ -529,11 +571,11 @@ class FleetRuntime:
         cid = new_id()
         state.discovered.append(env)
         state.discovered_ids.append(cid)
-        if type(request) is Request and len(env.meta) == len(request.meta) - ("depth" in request.meta) \
-                and not request.flags:
-            # nothing of it was left out of the envelope: if this worker leases the child itself (READY
-            # is LIFO, it mostly does), the very Request is used instead of the envelope's JSON parsed
-            # and rebuilt (~12 µs a page)
+        if _reusable(request, env):
+            # what env.to_request would build, to the letter: if this worker leases the child itself
+            # (READY is LIFO, it mostly does), this very Request is used instead of the envelope's JSON
+            # parsed and rebuilt (~12 µs a page)
+            request.dont_filter = True  # as to_request: dedup is SEEN/DONE's job
             if len(self._local) >= LOCAL_REQUESTS:
                 del self._local[next(iter(self._local))]
             self._local[cid] = (env, request)
@@ -650,7 +692,7 @@ class FleetRuntime:
                     gens.append(self.filewriter.put(key, encode_items(ctx, state.items)))
                 if state.write_raw:
                     gens.append(self.filewriter.put(raw_key(ctx.spider, ctx.run, ctx.fp), state.body, gzip=True))
-                state.writer_gen = gens[0] if len(set(gens)) == 1 else -1
+                state.writer_epoch = gens[0] if len(set(gens)) == 1 else -1
                 self.to_write.append((state, (key, None)))
             except Exception as exc:
                 self.to_write.append((state, (None, exc)))
@@ -693,10 +735,11 @@ class FleetRuntime:
             if self.filewriter is not None:
                 results = [r or (None, None) for _, r in batch]
                 try:  # one barrier: every object of the batch written and flushed by one syncfs
-                    gen = await self.filewriter.sync()
-                    # a put that went to an earlier writer process (it died) is not covered: redo it
-                    results = [(k, e) if e is not None or st.writer_gen == gen
-                               else (None, StoreError("local store writer restarted; the request is retried"))
+                    epoch = await self.filewriter.sync()
+                    # a put of an earlier epoch (its writer died, or a barrier since reported a failed
+                    # put, maybe this one) is not covered: the request is retried
+                    results = [(k, e) if e is not None or st.writer_epoch == epoch
+                               else (None, StoreError("local store write not confirmed; the request is retried"))
                                for (st, _), (k, e) in zip(batch, results, strict=True)]
                 except Exception as sync_exc:  # which put failed is not known: the batch is retried
                     results = [(None, sync_exc) for _ in batch]
@@ -763,6 +806,11 @@ class FleetRuntime:
             return
         kids = state.discovered
         k = max(range(len(kids)), key=lambda i: (kids[i].priority, i))
+        until = self._nospec.get(kids[k].domain)
+        if until is not None:
+            if until > time.monotonic():
+                return  # the domain is held or behind a breaker: Redis decides when it is fetched
+            del self._nospec[kids[k].domain]
         cid = state.discovered_ids[k]
         local = self._local.pop(cid, None)
         spec = LeaseState(lease=Lease(cid, b"", 1, ""), env=kids[k], local=local[1] if local else None,
@@ -777,6 +825,8 @@ class FleetRuntime:
         if fut is None or fut.done():
             return
         if not token:
+            if deliveries < 0:  # queued but held, behind a breaker or DONE: stop guessing for a while
+                self._nospec[spec.env.domain] = time.monotonic() + NOSPEC_SECONDS
             self._void(spec)
             return
         spec.lease.token, spec.lease.deliveries = token, deliveries
@@ -795,18 +845,20 @@ class FleetRuntime:
         self.log.info("speculative_dropped", run=spec.env.run, fp=spec.env.fp)
         if self.active.get(spec.id) is spec:
             del self.active[spec.id]
-            self.void_ids.add(spec.id)  # its response (or error) comes back once: dropped then
+            if spec.request is not None:
+                # the fetch itself is marked (not its lease id, which a later lease may reuse): its
+                # response or error is dropped when it comes back (drop_void)
+                spec.request.meta[VOID_KEY] = True
+            if spec.proxy_id and self.proxies:
+                self.proxies.finished(spec.proxy_id)
         else:
             with contextlib.suppress(ValueError):
                 self.buffer.remove(spec)
 
-    def drop_void(self, request: Request) -> bool:
+    @staticmethod
+    def drop_void(request: Request) -> bool:
         """True for the response of a speculative fetch whose lease was not granted (drop it)."""
-        key = request.meta.get(META_KEY)
-        if isinstance(key, str) and key in self.void_ids:
-            self.void_ids.discard(key)
-            return True
-        return False
+        return bool(request.meta.get(VOID_KEY))
 
     async def _confirmed(self, state: LeaseState) -> bool:
         """Wait until Redis confirmed a speculative lease; False: it is not ours, settle nothing."""
@@ -923,6 +975,8 @@ class FleetRuntime:
                     rnd=random.random(), min_wait=verdict.retry_after or 0.0,
                 )
             ) or 0.0
+            if hold_until:
+                self._nospec[env.domain] = time.monotonic() + max(0.0, float(hold_until) - now)
         if cls == A:
             delay = retry_delay(
                 env.attempts[A] - 1, base=self.config.retry_base, cap=self.config.retry_cap,
@@ -988,6 +1042,7 @@ class FleetRuntime:
         window = str(extra.get("window", ""))
         rate = round(window.count("C") / len(window), 3) if window else None
         if event == "closed":
+            self._nospec.pop(domain, None)
             self.stats.inc_value("fleet/breaker/closed")
             self.log.warning("breaker_closed", domain=domain)
             self.alerter.send({
@@ -995,6 +1050,7 @@ class FleetRuntime:
                 "event": "breaker_closed", "spider": spider, "domain": domain,
             })
             return
+        self._nospec[domain] = time.monotonic() + NOSPEC_SECONDS
         self.stats.inc_value("fleet/breaker/opened")
         self._spawn(self._alert_opened(spider, domain, event, rate, len(window)))
 

@@ -190,6 +190,25 @@ def test_yaml_spider_spec_end_to_end(redis_url: str, tmp_path: Path) -> None:
         assert missing.returncode != 0 and "skipped spec" in missing.stderr
 
 
+def test_allowed_domains_apply_to_discovered_requests(redis_url: str, tmp_path: Path) -> None:
+    """Queued requests are always fetched (dedup is SEEN's job), so the spider's allowed_domains is
+    applied where a request is found: links to other hosts are never queued."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    with DemoSite(n_products=5, per_page=20).start() as site:
+        spec = YAML_SPIDER.format(start=site.start_url).replace('version: "2"', "allowed_domains: [shop.example]")
+        (specs / "shop.yaml").write_text(spec)
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+        assert fleet_json("seed", "yamlshop", "--run", "o1", env=env)["enqueued"] == 1  # seeds are not filtered
+        log = tmp_path / "o.log"
+        assert wait_all([start_worker("yamlshop", env, log, "--until-idle", "2")], 60) == [0]
+        events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        assert sum(1 for e in events if e.get("event") == "request_offsite") == 5
+        assert objects(tmp_path / "data", "items", "yamlshop", "o1") == {}
+        status = fleet_json("status", "yamlshop", "--json", env=env)
+        assert status["yamlshop"]["runs"]["o1"] == {"seen": 1, "done": 1}
+
+
 def test_sigkilled_worker_leases_are_redelivered(redis_url: str, tmp_path: Path) -> None:
     """Kill -9 a worker mid-crawl; after lease expiry another worker finishes: same objects as clean."""
     with DemoSite(n_products=200, latency=0.05).start() as site:

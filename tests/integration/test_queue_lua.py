@@ -472,11 +472,11 @@ def test_commit_does_not_claim_into_a_held_or_broken_domain(redis_url: str) -> N
         parent = (await _lease_one(q)).leased[0]
         await client.hset(q.keys.prefix + "hold", "shop.example", repr(time.time() + 60))
         held = Commit(parent.id, parent.token, "r1", "", [_env("a")], done=False, claim=1, claim_id="c1")
-        assert (await q.commit_claiming([held], worker="w1", lease_seconds=60)).claims == [("", 0)]
+        assert (await q.commit_claiming([held], worker="w1", lease_seconds=60)).claims == [("", -1)]
         await client.hdel(q.keys.prefix + "hold", "shop.example")
         await client.hset(q.keys.prefix + "brk", "shop.example", f"open|{time.time() + 60!r}")
         broken = Commit(parent.id, parent.token, "r1", "", [_env("b")], done=False, claim=1, claim_id="c2")
-        assert (await q.commit_claiming([broken], worker="w1", lease_seconds=60)).claims == [("", 0)]
+        assert (await q.commit_claiming([broken], worker="w1", lease_seconds=60)).claims == [("", -1)]
         where = await _ids_everywhere(q, client)
         assert {"c1", "c2"} <= where["ready"]  # queued normally: LEASE applies the hold and the breaker
         assert not ({"c1", "c2"} & where["inflight"])

@@ -88,3 +88,27 @@ def test_child_process_round_trip_and_restart_after_death(tmp_path: Path) -> Non
         assert fw.proc is None
 
     asyncio.run(go())
+
+
+def test_a_barrier_never_vouches_for_a_put_made_before_a_failed_barrier(tmp_path: Path) -> None:
+    """A put that fails is reported by the first barrier after it, which may belong to another batch;
+    the writer then forgets the error. Puts made before that failure answer are never confirmed by a
+    later barrier (the runtime retries them), so the failed one cannot be acknowledged by accident."""
+
+    async def go() -> None:
+        (tmp_path / "items").write_text("a file where a directory must go")
+        fw = FileWriter(f"file://{tmp_path}")
+        await fw.start()
+        bad = fw.put("items/x/a.jsonl", b"1")  # fails in the writer
+        first = asyncio.ensure_future(fw.sync())  # barrier of batch k: covers the bad put
+        await asyncio.sleep(0)
+        other = fw.put("ok/b", b"2")  # a put of batch k+1, made before batch k's answer
+        with pytest.raises(StoreError):
+            await asyncio.wait_for(first, 10)
+        epoch = await asyncio.wait_for(fw.sync(), 10)  # batch k+1's barrier succeeds...
+        assert bad != epoch and other != epoch  # ...but vouches for neither put: both are redone
+        fresh = fw.put("ok/c", b"3")
+        assert await asyncio.wait_for(fw.sync(), 10) == fresh
+        await fw.close()
+
+    asyncio.run(go())
