@@ -167,14 +167,14 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     return Verdict(A, f"error:{name}")
 
 
-_VOID = "fleet: speculative fetch dropped (its lease was not granted)"
+VOID_MESSAGE = "fleet: speculative fetch dropped (its lease was not granted)"
 
 
 async def _claimed(rt: Any, claim: Awaitable[bool], request: Request) -> None:
     """Wait for Redis to confirm a speculative lease (FleetRuntime._speculate); drop the fetch if not."""
     if not await claim:
         rt.drop_void(request)
-        raise IgnoreRequest(_VOID)
+        raise IgnoreRequest(VOID_MESSAGE)
 
 
 class ClassifyMiddleware:
@@ -198,7 +198,7 @@ class ClassifyMiddleware:
     def process_response(self, request: Request, response: Response) -> Response | Coroutine[Any, Any, Response]:
         rt = self._runtime()
         if rt is not None and rt.drop_void(request):  # before the lookup: a later lease may reuse the id
-            raise IgnoreRequest(_VOID)
+            raise IgnoreRequest(VOID_MESSAGE)
         state = rt.state_for(request) if rt is not None else None
         if state is None:
             return response
@@ -223,7 +223,7 @@ class ClassifyMiddleware:
     def process_exception(self, request: Request, exception: BaseException) -> Coroutine[Any, Any, None] | None:
         rt = self._runtime()
         if rt is not None and rt.drop_void(request):
-            raise IgnoreRequest(_VOID)
+            raise IgnoreRequest(VOID_MESSAGE)
         state = rt.state_for(request) if rt is not None else None
         if state is not None and state.claim is not None:
             return self._confirmed_exception(rt, state, state.claim, request, exception)

@@ -17,6 +17,7 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
+from middlewares.classify import VOID_MESSAGE
 from scraper.runtime import REDIS_ERRORS
 from settings.fleet import FleetConfig
 
@@ -38,7 +39,7 @@ class ProxyMiddleware:
             request.meta["download_slot"] = host
         rt: Any = getattr(self.crawler, "fleet", None)
         if rt is not None and rt.drop_void(request):
-            raise IgnoreRequest("fleet: speculative fetch dropped (its lease was not granted)")
+            raise IgnoreRequest(VOID_MESSAGE)
         state = rt.state_for(request) if rt is not None else None
         if state is None or not rt.proxies:
             return None

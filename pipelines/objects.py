@@ -35,13 +35,13 @@ def idempotency_key(spider: str, fp: str, index: int) -> str:
     return hashlib.sha256(f"{spider}|{fp}|{index}".encode()).hexdigest()[:24]
 
 
-_SCALARS = (str, int, float, bool, type(None))
+JSON_SCALARS = (str, int, float, bool, type(None))  # types JSON keeps as they are
 
 
 def item_to_dict(item: Any) -> dict[str, Any]:
     """A plain dict of the item. A flat dict of JSON scalars (what most spiders yield) is copied
     directly: ItemAdapter's generic path costs ~10 µs per item, most of a page's encoding time."""
-    if type(item) is dict and all(type(v) in _SCALARS for v in item.values()):
+    if type(item) is dict and all(type(v) in JSON_SCALARS for v in item.values()):
         return dict(item)
     return dict(ItemAdapter(item).asdict())
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from scrapy import Request, Spider
 
-from scraper import log
+from scraper import log, redisio
 from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
 from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
 from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
@@ -73,7 +73,7 @@ def _redis_url(cfg: FleetConfig) -> str:
 
 
 async def _client(url: str) -> aioredis.Redis:
-    client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+    client = redisio.client(url, socket_timeout=30, socket_connect_timeout=5)
     try:
         await client.ping()
         sync = redis.Redis.from_url(url, socket_timeout=10)

@@ -46,6 +46,7 @@ class EnvelopeError(ValueError):
 # json.dumps with non-default arguments builds an encoder per call; every envelope is dumped once
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
+
 def fp64(request: Request) -> str:
     """The request's 64-bit fingerprint as 16 hex chars.
 

@@ -111,8 +111,8 @@ class FileWriter:
     ``put`` only queues bytes for the pipe: they are gathered and written once per event-loop turn (a
     write(2) per object, and a writer wake-up on each, were measurable on the reactor thread). ``sync``
     resolves once everything queued before it is durable, or raises StoreError. If the writer dies,
-    pending barriers fail, and so does the next one; that barrier starts a new writer. Puts carry the
-    writer generation they went to, so a later barrier never vouches for a dead writer's puts."""
+    pending barriers fail, and so does the next one; that barrier starts a new writer. Puts carry an
+    epoch, so a later barrier never vouches for a dead writer's puts or for a put that failed."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri

@@ -231,6 +231,16 @@ local function maintain(prefix, now, limit)
   return promoted, reaped
 end
 
+-- hand entry id to worker under a new lease (LEASE, COMMIT's claim); returns its token and deliveries.
+-- The nonce keeps tokens unique even if Redis lost recent writes and dlv repeats.
+local function grant(prefix, id, now, lease, worker, nonce)
+  local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
+  local token = worker .. '#' .. dlv .. '#' .. nonce
+  redis.call('ZADD', prefix .. 'inflight', now + lease, id)
+  redis.call('HSET', prefix .. 'lease', id, token)
+  return token, dlv
+end
+
 -- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries, or '', -1 when
 -- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker)
 local function claim_child(prefix, id, json, run, fp, now, lease, worker, nonce)
@@ -244,11 +254,7 @@ local function claim_child(prefix, id, json, run, fp, now, lease, worker, nonce)
     if hold and hold > now then return '', -1 end
   end
   redis.call('ZREM', prefix .. 'ready', id)
-  local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
-  local token = worker .. '#' .. dlv .. '#' .. nonce
-  redis.call('ZADD', prefix .. 'inflight', now + lease, id)
-  redis.call('HSET', prefix .. 'lease', id, token)
-  return token, dlv
+  return grant(prefix, id, now, lease, worker, nonce)
 end
 
 local function forget(prefix, id)
@@ -413,11 +419,7 @@ if n > 0 then
         redis.call('ZADD', prefix .. 'delayed', hold, id)
         held = held + 1
       else
-        local dlv = redis.call('HINCRBY', prefix .. 'dlv', id, 1)
-        -- the nonce keeps tokens unique even if Redis lost recent writes and dlv repeats
-        local token = worker .. '#' .. dlv .. '#' .. nonce .. #leased
-        redis.call('ZADD', prefix .. 'inflight', now + lease, id)
-        redis.call('HSET', prefix .. 'lease', id, token)
+        local token, dlv = grant(prefix, id, now, lease, worker, nonce .. #leased)
         table.insert(leased, id)
         table.insert(leased, json)
         table.insert(leased, dlv)

@@ -25,7 +25,6 @@ import redis.asyncio as aioredis
 
 from scraper import lua
 from scraper.envelope import Envelope, new_ids
-from scraper.redisio import hiredis_pack as _hiredis_pack
 
 _SPIDER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
@@ -101,7 +100,6 @@ class Commit:
     outcome: str = ""  # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked
     done: bool = True  # False: only enqueue the children (early, before the parent's writes)
     claim: int = 0  # 1-based index of a child to lease to this worker at once (0: none); see COMMIT
-    claim_id: str = ""  # the queue id of that child, chosen by the caller (it is already fetching it)
     ids: list[str] = field(default_factory=list)  # queue ids of the children, chosen by the caller (or new)
 
 
@@ -165,13 +163,6 @@ async def _fill(rows: Iterator[tuple[str, str, str]], hset: list[str], script: l
     return n
 
 
-def _pack_commands(conn: Any, commands: Sequence[Sequence[str]]) -> list[bytes]:
-    """RESP for ``commands``: hiredis's C packer (~0.8 µs a seeded entry) if installed, else redis-py's."""
-    if _hiredis_pack is not None:
-        return [b"".join([_hiredis_pack(tuple(c)) for c in commands])]
-    return list(conn.pack_commands(commands))
-
-
 async def _exec_reply(conn: Any) -> int:
     """The SEED_BULK count from the replies to MULTI, HSET, EVAL, EXEC (error replies raise)."""
     for _ in range(3):
@@ -200,7 +191,7 @@ class _SeedStream:
         self._unread = False  # a batch was sent whose reply is not read yet
 
     async def send(self, commands: Sequence[Sequence[str]]) -> None:
-        packed = _pack_commands(self.conn, commands)
+        packed = self.conn.pack_commands(commands)  # hiredis's packer on a scraper.redisio client
         if self._shipping is not None:
             await self._shipping
         self._shipping = asyncio.ensure_future(self._ship(packed, self._unread))
@@ -330,16 +321,12 @@ class FleetQueue:
 
     # -- consumers --------------------------------------------------------------------------------
 
-    def _lease_args(self, n: int, worker: str, lease_seconds: float, maintain_limit: int) -> list[Any]:
-        return [self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
-                secrets.token_hex(4)]
-
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
-        res = await self._lease(keys=self._route(), args=self._lease_args(n, worker, lease_seconds, maintain_limit))
-        return self._lease_batch(res)
-
-    @staticmethod
-    def _lease_batch(res: Any) -> LeaseBatch:
+        res = await self._lease(
+            keys=self._route(),
+            args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
+                  secrets.token_hex(4)],
+        )
         promoted, reaped, leased, skipped, held, parked = res
         return LeaseBatch(
             held=int(held),
@@ -393,9 +380,8 @@ class FleetQueue:
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
             args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim,
                      len(c.discovered)]
-            ids = c.ids if len(c.ids) == len(c.discovered) else None
-            for k, env in enumerate(c.discovered, 1):
-                cid = ids[k - 1] if ids is not None else (c.claim_id if k == claim else None)
+            ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
+            for env, cid in zip(c.discovered, ids, strict=True):
                 args += _entry_args(env, entry_id=cid)
         return args
 

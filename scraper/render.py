@@ -30,7 +30,6 @@ from scrapy_playwright.handler import ScrapyPlaywrightDownloadHandler
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-PLAYWRIGHT_HANDLER = "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"
 HANDLER = "scraper.render.FleetPlaywrightDownloadHandler"
 
 

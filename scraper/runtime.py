@@ -23,7 +23,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +40,15 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from middlewares import drift
 from middlewares.classify import A, B, C, D, Verdict
-from pipelines.objects import ObjectWriter, WriteContext, encode_items, item_to_dict, items_key, raw_key
+from pipelines.objects import (
+    JSON_SCALARS,
+    ObjectWriter,
+    WriteContext,
+    encode_items,
+    item_to_dict,
+    items_key,
+    raw_key,
+)
 from scraper import log, redisio
 from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
@@ -107,11 +115,13 @@ class LeaseState:
         return self.lease.id
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
 def _plain(d: dict[Any, Any]) -> bool:
-    return all(type(k) is str and type(v) in _SCALARS for k, v in d.items())
+    return all(type(k) is str and type(v) in JSON_SCALARS for k, v in d.items())
+
+
+def _leases(states: Iterable[LeaseState]) -> list[tuple[str, str]]:
+    """(id, token) of the leases Redis has confirmed (not speculative fetches still waiting for theirs)."""
+    return [(s.lease.id, s.lease.token) for s in states if s.claim is None]
 
 
 def _reusable(request: Request, env: Envelope) -> bool:
@@ -238,8 +248,7 @@ class FleetRuntime:
 
     async def _release_all(self, reason: str) -> None:
         """Every lease not acknowledged goes back to the front of READY now, not at expiry."""
-        leftovers = [(s.lease.id, s.lease.token) for s in list(self.buffer) if s.claim is None]
-        leftovers += [(s.lease.id, s.lease.token) for s in self.active.values() if s.claim is None]
+        leftovers = _leases([*self.buffer, *self.active.values()])
         self.buffer.clear()
         if not leftovers or self.queue is None:
             return
@@ -265,7 +274,7 @@ class FleetRuntime:
         self.grace_deadline = time.monotonic() + self.config.shutdown_grace
         self.log.info("shutdown_requested", reason=reason, inflight=len(self.active),
                       buffered=len(self.buffer), grace_s=self.config.shutdown_grace)
-        buffered = [(s.lease.id, s.lease.token) for s in self.buffer if s.claim is None]
+        buffered = _leases(self.buffer)
         self.buffer.clear()
         if buffered and self.queue is not None:
             self._spawn(self._release_buffered(buffered))
@@ -348,9 +357,8 @@ class FleetRuntime:
                     pass
                 idle = min(0.4, idle * 2)
 
-    def _adopt(self, batch: LeaseBatch, *, front: bool = False) -> None:
-        """Take a lease batch into the local buffer (``front``: ahead of what is already there)."""
-        fresh: list[LeaseState] = []
+    def _adopt(self, batch: LeaseBatch) -> None:
+        """Take a lease batch into the local buffer."""
         self._log_reaped(batch.reaped)
         if batch.parked:
             self.stats.inc_value("fleet/parked", batch.parked)
@@ -381,7 +389,7 @@ class FleetRuntime:
                 continue
             local = self._local.pop(lease.id, None)
             if local is not None and lease.deliveries == 1:  # a first delivery of a child we discovered
-                fresh.append(LeaseState(lease=lease, env=local[0], local=local[1]))
+                self.buffer.append(LeaseState(lease=lease, env=local[0], local=local[1]))
                 continue
             try:
                 env = Envelope.loads(lease.raw)
@@ -389,17 +397,12 @@ class FleetRuntime:
                 st = LeaseState(lease=lease, env=Envelope(url="", spider="", run="", fp=""))
                 self._spawn(self._dead(st, "bad_envelope", str(exc), raw=lease.raw))
                 continue
-            fresh.append(LeaseState(lease=lease, env=env))
-        if front:
-            self.buffer.extendleft(reversed(fresh))
-        else:
-            self.buffer.extend(fresh)
+            self.buffer.append(LeaseState(lease=lease, env=env))
 
     async def _beat(self) -> None:
         assert self.queue is not None
         self._last_beat = time.monotonic()
-        held = [(s.lease.id, s.lease.token) for s in list(self.buffer) if s.claim is None]
-        held += [(s.lease.id, s.lease.token) for s in list(self.active.values()) if s.claim is None]
+        held = _leases([*self.buffer, *self.active.values()])
         lost = await self.queue.heartbeat(held, self.config.lease_seconds)
         for lid in lost:
             if lid not in self.active and all(b.id != lid for b in self.buffer):

@@ -441,7 +441,8 @@ def test_commit_claims_a_fresh_child_straight_into_inflight(redis_url: str) -> N
         await q.seed("r1", [_env("list-1")])
         parent = (await _lease_one(q)).leased[0]
         kids = [_env(f"p{i}") for i in range(3)] + [_env("list-2")]
-        commit = Commit(parent.id, parent.token, "r1", "", kids, done=False, claim=4, claim_id="feedc0de00000001")
+        commit = Commit(parent.id, parent.token, "r1", "", kids, done=False, claim=4,
+                        ids=["k0", "k1", "k2", "feedc0de00000001"])
         reply = await q.commit_claiming([commit], worker="w1", lease_seconds=60)
         assert reply.enqueued == [4]
         token, deliveries = reply.claims[0]
@@ -454,14 +455,15 @@ def test_commit_claims_a_fresh_child_straight_into_inflight(redis_url: str) -> N
         assert await q.ack([("feedc0de00000001", token)]) == 1
         # the same children again (a redelivered parent): all SEEN, so nothing is queued or claimed
         again = Commit(parent.id, parent.token, "r1", "", [_env(f"p{i}") for i in range(3)] + [_env("list-2")],
-                       done=False, claim=4, claim_id="feedc0de00000002")
+                       done=False, claim=4, ids=["j0", "j1", "j2", "feedc0de00000002"])
         reply = await q.commit_claiming([again], worker="w1", lease_seconds=60)
         assert reply.enqueued == [0] and reply.claims == [("", 0)]
         assert "feedc0de00000002" not in (await _ids_everywhere(q, client))["env"]
-        # without a worker (plain commit) a claim is ignored
-        plain = Commit(parent.id, parent.token, "r1", "", [_env("list-3")], done=False, claim=1, claim_id="x")
+        # without a worker (plain commit) a claim is ignored: the child is queued, not leased
+        plain = Commit(parent.id, parent.token, "r1", "", [_env("list-3")], done=False, claim=1, ids=["x"])
         assert await q.commit([plain]) == ([1], [], [False])
-        assert "x" not in (await _ids_everywhere(q, client))["env"]
+        where = await _ids_everywhere(q, client)
+        assert "x" in where["ready"] and "x" not in where["inflight"] and "x" not in where["lease"]
 
     _run(redis_url, body)
 
@@ -471,11 +473,11 @@ def test_commit_does_not_claim_into_a_held_or_broken_domain(redis_url: str) -> N
         await q.seed("r1", [_env("list-1")])
         parent = (await _lease_one(q)).leased[0]
         await client.hset(q.keys.prefix + "hold", "shop.example", repr(time.time() + 60))
-        held = Commit(parent.id, parent.token, "r1", "", [_env("a")], done=False, claim=1, claim_id="c1")
+        held = Commit(parent.id, parent.token, "r1", "", [_env("a")], done=False, claim=1, ids=["c1"])
         assert (await q.commit_claiming([held], worker="w1", lease_seconds=60)).claims == [("", -1)]
         await client.hdel(q.keys.prefix + "hold", "shop.example")
         await client.hset(q.keys.prefix + "brk", "shop.example", f"open|{time.time() + 60!r}")
-        broken = Commit(parent.id, parent.token, "r1", "", [_env("b")], done=False, claim=1, claim_id="c2")
+        broken = Commit(parent.id, parent.token, "r1", "", [_env("b")], done=False, claim=1, ids=["c2"])
         assert (await q.commit_claiming([broken], worker="w1", lease_seconds=60)).claims == [("", -1)]
         where = await _ids_everywhere(q, client)
         assert {"c1", "c2"} <= where["ready"]  # queued normally: LEASE applies the hold and the breaker
