@@ -7,18 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from scrapy import Request
 
-from scraper import lua
+from scraper import lua, redisio
 from scraper.envelope import Envelope, SeedEncoder
 from scraper.queue import FleetQueue, _entry_args
 
 pytestmark = pytest.mark.integration
+
+
+def _run(redis_url: str, body: Callable[[Any], Awaitable[None]]) -> None:
+    """``body(client)`` on a client like the CLI's (commands packed by hiredis), closed afterwards."""
+
+    async def main() -> None:
+        client: Any = redisio.client(redis_url, socket_timeout=10)
+        try:
+            await body(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
 
 
 def _env(spider: str, path: str, *, run: str = "r1", priority: int = 0, dont_filter: bool = False) -> Envelope:
@@ -56,26 +68,22 @@ async def _state(q: FleetQueue, client: Any, runs: list[str]) -> dict[str, Any]:
 def _both(redis_url: str, calls: list[tuple[str, list[str], dict[str, Any]]], batch: int) -> None:
     """Run the same seed calls (run, paths, envelope options) both ways; states and counts must match."""
 
-    async def main() -> None:
-        client: Any = aioredis.Redis.from_url(redis_url, socket_timeout=10)
-        try:
-            ref, new = FleetQueue(client, "ref"), FleetQueue(client, "new")
-            for run, paths, opts in calls:
-                want = await _reference_seed(ref, client, run, [_env("ref", p, run=run, **opts) for p in paths])
-                got = await new.seed(run, [_env("new", p, run=run, **opts) for p in paths], batch=batch)
-                assert got == want, (run, paths)
-            runs = sorted({c[0] for c in calls})
-            a, b = await _state(ref, client, runs), await _state(new, client, runs)
-            for e in a["ready"] + b["ready"]:
-                assert '"spider"' in e[1]
-            norm = [(s, e.replace('"spider": "ref"', '"spider": "new"')) for s, e in a["ready"]]
-            assert norm == b["ready"]
-            assert [e.replace('"spider": "ref"', '"spider": "new"') for e in a["env"]] == b["env"]
-            assert (a["seen"], a["ttl"], a["seq"], a["runs"]) == (b["seen"], b["ttl"], b["seq"], b["runs"])
-        finally:
-            await client.aclose()
+    async def body(client: Any) -> None:
+        ref, new = FleetQueue(client, "ref"), FleetQueue(client, "new")
+        for run, paths, opts in calls:
+            want = await _reference_seed(ref, client, run, [_env("ref", p, run=run, **opts) for p in paths])
+            got = await new.seed(run, [_env("new", p, run=run, **opts) for p in paths], batch=batch)
+            assert got == want, (run, paths)
+        runs = sorted({c[0] for c in calls})
+        a, b = await _state(ref, client, runs), await _state(new, client, runs)
+        for e in a["ready"] + b["ready"]:
+            assert '"spider"' in e[1]
+        norm = [(s, e.replace('"spider": "ref"', '"spider": "new"')) for s, e in a["ready"]]
+        assert norm == b["ready"]
+        assert [e.replace('"spider": "ref"', '"spider": "new"') for e in a["env"]] == b["env"]
+        assert (a["seen"], a["ttl"], a["seq"], a["runs"]) == (b["seen"], b["ttl"], b["seq"], b["runs"])
 
-    asyncio.run(main())
+    _run(redis_url, body)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 2000])
@@ -99,75 +107,63 @@ def test_bulk_seed_with_many_entries_per_bucket(redis_url: str) -> None:
 
 
 def test_bulk_seed_handles_fingerprints_that_are_not_lowercase_hex(redis_url: str) -> None:
-    async def main() -> None:
-        client: Any = aioredis.Redis.from_url(redis_url, socket_timeout=10)
-        try:
-            ref, new = FleetQueue(client, "ref"), FleetQueue(client, "new")
-            counts = []
-            for q in (ref, new):
-                envs = [_env(q.spider, f"u/{i}") for i in range(7)]
-                envs[1].fp = envs[0].fp.upper()  # another bucket unless it starts with 3 digits
-                envs[2].fp = envs[0].fp[:3] + envs[0].fp[3:].upper()  # hex2bin: the same member as envs[0]
-                envs[3].fp = envs[3].fp[:15]  # short: set_add packs what it has
-                envs[4].fp = envs[3].fp + "0"
-                envs[5].fp = envs[3].fp  # a duplicate of the short one
-                envs[6].fp = envs[6].fp + "ff"  # long: set_add ignores the tail
-                envs.append(_env(q.spider, "u/6"))  # so this one is a duplicate
-                if q is ref:
-                    counts.append(await _reference_seed(q, client, "r1", envs))
-                else:
-                    counts.append(await q.seed("r1", envs))
-            assert counts[0] == counts[1]
-            assert counts[1][1] >= 3  # envs[2], envs[5] and the last one at least
-            assert await client.hgetall(ref.keys.seen("r1")) == await client.hgetall(new.keys.seen("r1"))
-        finally:
-            await client.aclose()
+    async def body(client: Any) -> None:
+        ref, new = FleetQueue(client, "ref"), FleetQueue(client, "new")
+        counts = []
+        for q in (ref, new):
+            envs = [_env(q.spider, f"u/{i}") for i in range(7)]
+            envs[1].fp = envs[0].fp.upper()  # another bucket unless it starts with 3 digits
+            envs[2].fp = envs[0].fp[:3] + envs[0].fp[3:].upper()  # hex2bin: the same member as envs[0]
+            envs[3].fp = envs[3].fp[:15]  # short: set_add packs what it has
+            envs[4].fp = envs[3].fp + "0"
+            envs[5].fp = envs[3].fp  # a duplicate of the short one
+            envs[6].fp = envs[6].fp + "ff"  # long: set_add ignores the tail
+            envs.append(_env(q.spider, "u/6"))  # so this one is a duplicate
+            if q is ref:
+                counts.append(await _reference_seed(q, client, "r1", envs))
+            else:
+                counts.append(await q.seed("r1", envs))
+        assert counts[0] == counts[1]
+        assert counts[1][1] >= 3  # envs[2], envs[5] and the last one at least
+        assert await client.hgetall(ref.keys.seen("r1")) == await client.hgetall(new.keys.seen("r1"))
 
-    asyncio.run(main())
+    _run(redis_url, body)
 
 
 def test_seed_entries_streams_batches_in_order(redis_url: str) -> None:
-    async def main() -> None:
-        client: Any = aioredis.Redis.from_url(redis_url, socket_timeout=10)
-        try:
-            q = FleetQueue(client, "stream")
-            enc = SeedEncoder(spider_name="stream", run="r1")
-            urls = [f"http://127.0.0.1:8080/item/{i}.html" for i in range(1000)]
-            entries = [enc.entry(u) for u in urls + urls[:100]]
-            assert await q.seed_entries("r1", entries, batch=64) == (1000, 100)
-            ids = await client.zrange(q.keys.ready, 0, -1)  # newest first
-            got = [Envelope.loads(await client.hget(q.keys.env, i)).url for i in ids]
-            assert got == urls[::-1]
-            assert await client.hlen(q.keys.env) == 1000
-            assert await q.seed_entries("r1", entries[:10]) == (0, 10)
-        finally:
-            await client.aclose()
+    async def body(client: Any) -> None:
+        q = FleetQueue(client, "stream")
+        enc = SeedEncoder(spider_name="stream", run="r1")
+        urls = [f"http://127.0.0.1:8080/item/{i}.html" for i in range(1000)]
+        entries = [enc.entry(u) for u in urls + urls[:100]]
+        assert await q.seed_entries("r1", entries, batch=64) == (1000, 100)
+        ids = await client.zrange(q.keys.ready, 0, -1)  # newest first
+        got = [Envelope.loads(await client.hget(q.keys.env, i)).url for i in ids]
+        assert got == urls[::-1]
+        assert await client.hlen(q.keys.env) == 1000
+        assert await q.seed_entries("r1", entries[:10]) == (0, 10)
 
-    asyncio.run(main())
+    _run(redis_url, body)
 
 
 def test_seed_input_error_midway_keeps_whole_batches(redis_url: str) -> None:
-    async def main() -> None:
-        client: Any = aioredis.Redis.from_url(redis_url, socket_timeout=10)
-        try:
-            q = FleetQueue(client, "broken")
-            enc = SeedEncoder(spider_name="broken", run="r1")
+    async def body(client: Any) -> None:
+        q = FleetQueue(client, "broken")
+        enc = SeedEncoder(spider_name="broken", run="r1")
 
-            def entries() -> Iterator[tuple[str, str]]:
-                for i in range(250):
-                    yield enc.entry(f"http://127.0.0.1:8080/item/{i}.html")
-                raise ValueError("bad URL")
+        def entries() -> Iterator[tuple[str, str]]:
+            for i in range(250):
+                yield enc.entry(f"http://127.0.0.1:8080/item/{i}.html")
+            raise ValueError("bad URL")
 
-            with pytest.raises(ValueError, match="bad URL"):
-                await q.seed_entries("r1", entries(), batch=100)
-            # the two batches handed to Redis ran whole; the half-built third never went
-            assert await client.zcard(q.keys.ready) == 200
-            assert await client.hlen(q.keys.env) == 200
-            assert int(await client.hget(q.keys.seen("r1"), "count")) == 200
-            # a later, fixed seed of the same run skips what got in
-            fixed = [enc.entry(f"http://127.0.0.1:8080/item/{i}.html") for i in range(300)]
-            assert await q.seed_entries("r1", fixed, batch=100) == (100, 200)
-        finally:
-            await client.aclose()
+        with pytest.raises(ValueError, match="bad URL"):
+            await q.seed_entries("r1", entries(), batch=100)
+        # the two batches handed to Redis ran whole; the half-built third never went
+        assert await client.zcard(q.keys.ready) == 200
+        assert await client.hlen(q.keys.env) == 200
+        assert int(await client.hget(q.keys.seen("r1"), "count")) == 200
+        # a later, fixed seed of the same run skips what got in
+        fixed = [enc.entry(f"http://127.0.0.1:8080/item/{i}.html") for i in range(300)]
+        assert await q.seed_entries("r1", fixed, batch=100) == (100, 200)
 
-    asyncio.run(main())
+    _run(redis_url, body)
