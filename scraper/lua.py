@@ -257,6 +257,15 @@ local function claim_child(prefix, id, json, run, fp, now, lease, worker, nonce)
   return grant(prefix, id, now, lease, worker, nonce)
 end
 
+-- Workers whose last LEASE found nothing are listed in WAITING (score: until when they count); when work
+-- reaches READY while one waits, a message on the wake channel makes it lease at once instead of at its
+-- next idle poll (by then the worker that queued the work has usually leased it itself).
+local function wake(prefix, now)
+  if redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf') > 0 then
+    redis.call('PUBLISH', prefix .. 'wake', '1')
+  end
+end
+
 local function forget(prefix, id)
   redis.call('ZREM', prefix .. 'inflight', id)
   redis.call('HDEL', prefix .. 'lease', id)
@@ -273,6 +282,7 @@ for i = 5, #ARGV, 5 do
   enq = enq + enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
 end
 redis.call('ZADD', prefix .. 'runs', 'NX', now, run)
+if enq > 0 then wake(prefix, now) end
 return enq
 """
 
@@ -380,6 +390,7 @@ for k = 1, ndups, 1000 do
   redis.call('HDEL', prefix .. 'env', unpack(dups, k, math.min(k + 999, ndups)))
 end
 redis.call('ZADD', prefix .. 'runs', 'NX', now, run)
+if nfresh > 0 then wake(prefix, now) end
 return nfresh
 """
 
@@ -427,7 +438,15 @@ if n > 0 then
       end
     end
   end
+  local waiting = prefix .. 'waiting'
+  if #leased == 0 then  -- this worker waits for work (see wake); listed for twice its longest idle poll
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. now)
+    redis.call('ZADD', waiting, now + 1, worker)
+  else
+    redis.call('ZREM', waiting, worker)
+  end
 end
+if promoted > 0 or #reaped > 0 then wake(prefix, now) end
 return {promoted, reaped, leased, skipped, held, parked}
 """
 
@@ -459,6 +478,7 @@ return tostring(u)
 # ARGV: prefix, now, limit -> {promoted, reaped_flat}
 MAINTAIN = PRELUDE + r"""
 local promoted, reaped = maintain(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if promoted > 0 or #reaped > 0 then wake(ARGV[1], tonumber(ARGV[2])) end
 return {promoted, reaped}
 """
 
@@ -495,6 +515,7 @@ local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumb
 local do_ack = ARGV[9] == '1'
 local lease, worker, nonce = tonumber(ARGV[10]), ARGV[11], ARGV[12]
 local out, events, acked, claims = {}, {}, {}, {}
+local fresh = 0
 local i = 13
 while i <= #ARGV do
   local run, fp, id, token, domain, outcome = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
@@ -512,6 +533,7 @@ while i <= #ARGV do
   end
   table.insert(claims, ctoken)
   table.insert(claims, cdlv)
+  if ctoken ~= '' then fresh = fresh + enq - 1 else fresh = fresh + enq end
   local ok = 0
   if fp ~= '' then
     local done = prefix .. 'done:' .. run
@@ -532,6 +554,7 @@ while i <= #ARGV do
   table.insert(out, enq)
   table.insert(acked, ok)
 end
+if fresh > 0 then wake(prefix, now) end  -- children left in READY for any worker
 return {out, events, acked, claims}
 """
 
@@ -587,11 +610,11 @@ redis.call('ZADD', prefix .. 'delayed', due, id)
 return 1
 """
 
-# ARGV: prefix, then pairs (id, token). Returns leases to the front of READY at once (shutdown).
+# ARGV: prefix, now, then pairs (id, token). Returns leases to the front of READY at once (shutdown).
 RELEASE = PRELUDE + r"""
 local prefix = ARGV[1]
 local n = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   if owns(prefix, id, ARGV[i+1]) then
     redis.call('ZREM', prefix .. 'inflight', id)
@@ -599,6 +622,7 @@ for i = 2, #ARGV, 2 do
     if to_ready(prefix, id) then n = n + 1 end
   end
 end
+if n > 0 then wake(prefix, tonumber(ARGV[2])) end
 return n
 """
 

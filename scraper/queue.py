@@ -61,6 +61,8 @@ class Keys:
         self.dlv = self.prefix + "dlv"
         self.dlq = self.prefix + "dlq"
         self.runs = self.prefix + "runs"
+        self.waiting = self.prefix + "waiting"  # workers whose last lease found nothing (lua.py: wake)
+        self.wake = self.prefix + "wake"  # pub/sub channel: work reached READY while a worker waits
 
     def seen(self, run: str) -> str:
         return f"{self.prefix}seen:{run}"
@@ -445,10 +447,10 @@ class FleetQueue:
         return bool(res)
 
     async def release(self, leases: Iterable[tuple[str, str]]) -> int:
-        args: list[Any] = [self.keys.prefix]
+        args: list[Any] = [self.keys.prefix, repr(time.time())]
         for lid, token in leases:
             args += [lid, token]
-        if len(args) == 1:
+        if len(args) == 2:
             return 0
         return int(await self._release(keys=self._route(), args=args))
 

@@ -320,3 +320,25 @@ def test_redis_outage_beyond_max_exits_nonzero(tmp_path: Path) -> None:
         assert "FLEET_REDIS_OUTAGE_MAX" in log
     finally:
         srv.kill()
+
+
+def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> None:
+    """A worker whose lease found nothing is listed as waiting; work queued by anyone (here `fleet seed`)
+    reaches it through the wake channel (without it: at its next idle poll, by which time the worker
+    that queued the work has usually leased it itself)."""
+    import redis
+
+    with DemoSite(n_products=5, per_page=5).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
+        log = tmp_path / "w.log"
+        proc = start_worker("demo_shop", env, log, "--until-idle", "4", "--concurrency", "4")
+        r = redis.Redis.from_url(redis_url)
+        try:
+            assert wait_for(lambda: r.zcard("fleet:{demo_shop}:waiting") == 1, 30), "worker never waited"
+            fleet_json("seed", "demo_shop", "--run", "r1", env=env)
+            assert wait_all([proc], 60) == [0]
+        finally:
+            r.close()
+        assert len(objects(tmp_path / "data", "items", "demo_shop", "r1")) == 5
+        stats = next(json.loads(line) for line in log.read_text().splitlines() if "Dumping Scrapy stats" in line)
+        assert "'fleet/woken': " in stats["event"]
