@@ -380,7 +380,7 @@ class FleetRuntime:
                 await asyncio.sleep(1.0)  # the feeder reports Redis trouble; it polls meanwhile
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _adopt(self, batch: LeaseBatch) -> None:
         """Take a lease batch into the local buffer."""
