@@ -117,6 +117,37 @@ _RESERVED = frozenset({"event", "level", "timestamp"})
 _EVENTS: dict[str, str] = {}  # event name -> its JSON (names are a small, fixed vocabulary)
 
 
+# printable ASCII without '"', '\\' and '@': what json renders as is and _scrub leaves alone
+_PLAIN = re.compile(r"[ !#-?A-\[\]-~]*")
+_plain = _PLAIN.fullmatch
+_KEYS: dict[str, str] = {}  # field name -> its rendered '"name": ' ('' for a secret-bearing name)
+
+
+def _fields(kw: dict[str, Any]) -> str:
+    """``_dumps(_scrub(kw))`` without its braces, plus ", ": the same text, built without the encoder
+    for the fields a worker logs per page (plain strings, ints, None); anything else takes json's path."""
+    out = []
+    for k, v in kw.items():
+        head = _KEYS.get(k)
+        if head is None:
+            head = "" if k.lower() in _SECRET_KEYS or not _plain(k) else f'"{k}": '
+            if len(_KEYS) < 4096:
+                _KEYS[k] = head
+        if not head:
+            return _dumps(_scrub(None, "", kw))[1:-1] + ", "
+        t = type(v)
+        if t is str:
+            out.append(f'{head}"{v}"' if _plain(v) else head + _dumps(redact(v) if "@" in v else v))
+        elif t is int:
+            out.append(head + int.__repr__(v))
+        elif v is None:
+            out.append(head + "null")
+        else:
+            out.append(head + _dumps(v))
+    out.append("")
+    return ", ".join(out)
+
+
 class Logger:
     """Fleet's bound logger: structlog's event API (``log.bind(k=v).info("event", k=v)``) writing the
     very JSON line the structlog configuration below writes, without its per-call machinery.
@@ -142,7 +173,7 @@ class Logger:
         if kw and (not self._ctx.keys().isdisjoint(kw) or not _RESERVED.isdisjoint(kw)):
             line = _render(None, method, {**self._ctx, **kw, "event": event})
         else:
-            fields = _dumps(_scrub(None, method, kw))[1:-1] + ", " if kw else ""
+            fields = _fields(kw) if kw else ""
             ev = _EVENTS.get(event)
             if ev is None:
                 ev = _dumps(event)

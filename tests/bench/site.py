@@ -71,7 +71,7 @@ http {{
     tcp_nodelay on;
     keepalive_timeout 65;
     keepalive_requests 100000;
-    open_file_cache max=20000 inactive=60s;
+    open_file_cache max=8000 inactive=60s;  # cached fds stay well under the fd limit (20,000 here)
     types {{ text/html html; }}
     default_type text/html;
     charset utf-8;

@@ -35,6 +35,12 @@ CASES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
     ({"worker": "w1", "spider": "s"}, "info", "override", {"spider": "other", "x": 1}),  # repeats a context key
     ({"worker": "w1"}, "info", "reserved", {"level": "custom"}),
     ({"worker": "w1"}, "debug", "hidden", {"x": 1}),  # below the level: nothing
+    # the fields fast path (plain strings, ints, None) against json's rendering of everything else
+    ({"worker": "w1"}, "info", "fields", {"s": 'q"b\\s', "t": "tab\there", "u": "naïve ✓", "e": "",
+                                          "b": True, "z": False, "i": -12, "big": 2**70, "n": None,
+                                          "f": float("nan"), "d": {"k": [1, None]}, "sp": " !#?AZ[]~"}),
+    ({"worker": "w1"}, "info", "at_sign", {"mail": "a@b", "url": "https://k:s@h.example/p", "ok": "x"}),
+    ({"worker": "w1"}, "info", "odd_keys", {"we\"ird": 1, "Token": "t", "café": "v", "PASSWORD": "p"}),
 ]
 
 
