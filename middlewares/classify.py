@@ -156,6 +156,8 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     be the target's, so it stays A.
     """
     name = type(exc).__name__
+    if name == "PrivateAddressRefused":  # FLEET_ALLOW_PRIVATE=0 (middlewares/private.py): never retried
+        return Verdict(D, "policy:private_address")
     if name == "TunnelError":
         return Verdict(B, f"proxy:{name}")
     if name in _CONNECT_ERRORS or isinstance(exc, (txerror.ConnectionRefusedError, txerror.ConnectError)):

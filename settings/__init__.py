@@ -58,6 +58,9 @@ SPIDER_MIDDLEWARES = {
 }
 
 DOWNLOADER_MIDDLEWARES = {
+    # FLEET_ALLOW_PRIVATE=0: first on the way out, so no other middleware (nor a redirect) reaches a
+    # non-public address; off by default (NotConfigured)
+    "middlewares.private.PrivateAddressMiddleware": 50,
     # Chooses a healthy proxy for the target domain; Scrapy's HttpProxyMiddleware (750) applies it.
     "middlewares.proxy.ProxyMiddleware": 740,
     # Closest to the downloader: classifies raw responses and exceptions before anything else.

@@ -28,7 +28,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
 | FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs |
 | FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
-| FLEET_ALLOW_PRIVATE | 1 | reserved: crawling private/loopback addresses is allowed |
+| FLEET_ALLOW_PRIVATE | 1 | ``0``: never fetch a host that is or resolves to a non-public address (loopback, private, link-local, metadata service…): such requests go to the DLQ as D ``policy:private_address`` (middlewares/private.py). ``1``: allowed (the embedded demo site is on 127.0.0.1) |
 | FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
 | FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |

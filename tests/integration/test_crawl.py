@@ -342,3 +342,25 @@ def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> 
         assert len(objects(tmp_path / "data", "items", "demo_shop", "r1")) == 5
         stats = next(json.loads(line) for line in log.read_text().splitlines() if "Dumping Scrapy stats" in line)
         assert "'fleet/woken': " in stats["event"]
+
+
+def test_allow_private_off_refuses_loopback_into_the_dlq(redis_url: str, tmp_path: Path) -> None:
+    """FLEET_ALLOW_PRIVATE=0: a request to a non-public address (here the loopback demo site, by IP and
+    by the name localhost) is never sent; it is class D with its reason in the DLQ, not retried."""
+    import redis as r
+
+    with DemoSite(n_products=2, per_page=2).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_ALLOW_PRIVATE="0")
+        by_name = site.start_url.replace("127.0.0.1", "localhost")
+        seeded = fleet_json("seed", "demo_shop", "--run", "r1", "--url", site.start_url, "--url", by_name, env=env)
+        assert seeded["enqueued"] == 2
+        w = start_worker("demo_shop", env, tmp_path / "w.log", "--until-idle", "1")
+        assert wait_all([w], 60) == [0]
+        assert sum(site.hits.values()) == 0
+        c = r.Redis.from_url(redis_url)
+        try:
+            reasons = sorted(f[b"reason"].decode() for _, f in c.xrange("fleet:{demo_shop}:dlq"))
+        finally:
+            c.close()
+        assert reasons == ["policy:private_address"] * 2
+        assert counts(redis_url, "demo_shop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 2}
