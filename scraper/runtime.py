@@ -875,8 +875,10 @@ class FleetRuntime:
             del self.active[spec.id]
             if spec.request is not None:
                 # the fetch itself is marked (not its lease id, which a later lease may reuse): its
-                # response or error is dropped when it comes back (drop_void)
+                # response or error is dropped when it comes back (drop_void), and the spider's
+                # errback never hears of a fetch that was never its request's delivery
                 spec.request.meta[VOID_KEY] = True
+                spec.request.errback = None
             if spec.proxy_id and self.proxies:
                 self.proxies.finished(spec.proxy_id)
         else:

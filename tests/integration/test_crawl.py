@@ -81,6 +81,44 @@ def test_speculative_fetch_of_an_already_queued_page_is_dropped(redis_url: str, 
         assert counts(redis_url, "demo_shop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
 
 
+ERRBACK_SPIDER = """
+from scraper.spiders.demo_shop import DemoShopSpider
+
+
+class ErrbackShop(DemoShopSpider):
+    name = "errbackshop"
+
+    def parse(self, response, **kwargs):
+        for request in super().parse(response, **kwargs):
+            if request.callback == self.parse:  # the next list page
+                request = request.replace(errback=self.failed)
+            yield request
+
+    def failed(self, failure):
+        self.logger.error("ERRBACK_CALLED %s", failure.value)
+"""
+
+
+def test_dropped_speculative_fetch_never_reaches_the_errback(redis_url: str, tmp_path: Path) -> None:
+    """The speculative fetch of an already-queued page is dropped without the spider's errback hearing
+    of it: it was never that request's delivery (the delivery Redis hands out is processed normally)."""
+    mod_dir = tmp_path / "userpkg"
+    mod_dir.mkdir()
+    (mod_dir / "errback_spiders.py").write_text(ERRBACK_SPIDER)
+    with DemoSite(n_products=40, per_page=20, latency=0.2).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES="errback_spiders")
+        env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
+        page2 = site.start_url.replace("page-1.html", "page-2.html")
+        fleet_json("seed", "errbackshop", "--run", "r1", "--url", page2, env=env)
+        fleet_json("seed", "errbackshop", "--run", "r1", "--url", site.start_url, env=env)
+        log = tmp_path / "w.log"
+        assert wait_all([start_worker("errbackshop", env, log, "--until-idle", "2")], 120) == [0]
+        text = log.read_text()
+        assert text.count('"speculative_dropped"') == 1, text[-3000:]
+        assert "ERRBACK_CALLED" not in text
+        assert len(objects(tmp_path / "data", "items", "errbackshop", "r1")) == 40
+
+
 def test_seed_urls_file_and_stdin(redis_url: str, tmp_path: Path) -> None:
     env = fleet_env(redis_url, tmp_path)
     f = tmp_path / "urls.txt"
