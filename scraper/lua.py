@@ -502,7 +502,10 @@ return lost
 # A commit may claim one of its children (1-based index): when that child was really enqueued (not SEEN,
 # not DONE) and its domain is neither held nor behind a breaker, it goes straight from READY to IN-FLIGHT
 # under a lease of this worker's, exactly as LEASE would hand it out. The worker has already started
-# fetching it (page N+1 of a pagination chain); without the claim the fetch is thrown away.
+# fetching it (page N+1 of a pagination chain); without the claim the fetch is thrown away. The claim's
+# token derives from the nonce, so a retry with the same nonce (the first reply was lost) finds the
+# child already SEEN but still leased under that token, and answers it as claimed: without this the
+# chain would wait for the lease to expire.
 # ARGV: prefix, ttl, now, W, minev, rate, cbase, ccap, ack ('1'/'0'), lease seconds, worker, nonce, then
 #   per commit: run, fp, id, token, domain, outcome ('' = not tracked), claim (0 = none), ndisc,
 #   then ndisc groups (id, json, fp, prio, dont_filter)
@@ -528,6 +531,10 @@ while i <= #ARGV do
     enq = enq + added
     if k == claim and added == 1 then
       ctoken, cdlv = claim_child(prefix, ARGV[i], ARGV[i+1], run, ARGV[i+2], now, lease, worker, nonce .. 'c' .. #claims)
+    elseif k == claim and worker ~= '' then
+      -- a retry of a call whose reply was lost: the child this very claim took is still ours
+      local mine = worker .. '#1#' .. nonce .. 'c' .. #claims
+      if redis.call('HGET', prefix .. 'lease', ARGV[i]) == mine then ctoken, cdlv = mine, 1 end
     end
     i = i + 5
   end

@@ -365,19 +365,24 @@ class FleetQueue:
         return reply.enqueued, reply.events, reply.acked
 
     async def commit_claiming(
-        self, commits: Sequence[Commit], *, ack: bool = True, worker: str = "", lease_seconds: float = 0.0
+        self, commits: Sequence[Commit], *, ack: bool = True, worker: str = "", lease_seconds: float = 0.0,
+        nonce: str = "",
     ) -> CommitReply:
-        """:meth:`commit`, and the children named by ``Commit.claim`` leased to ``worker``."""
+        """:meth:`commit`, and the children named by ``Commit.claim`` leased to ``worker``.
+
+        Pass the same ``nonce`` when retrying a batch whose reply was lost: a child the first call
+        claimed is then answered as claimed (same token) instead of SEEN, so its fetch goes on."""
         if not commits:
             return CommitReply([], [], [], [])
-        args = self._commit_args(commits, ack, worker, lease_seconds)
+        args = self._commit_args(commits, ack, worker, lease_seconds, nonce or secrets.token_hex(4))
         counts, events, acked, claims = await self._commit(keys=self._route(), args=args)
         return CommitReply([int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
                            [bool(int(x)) for x in acked], [(_s(t), int(d)) for t, d in _pairs(claims, 2)])
 
-    def _commit_args(self, commits: Sequence[Commit], ack: bool, worker: str, lease_seconds: float) -> list[Any]:
+    def _commit_args(self, commits: Sequence[Commit], ack: bool, worker: str, lease_seconds: float,
+                     nonce: str) -> list[Any]:
         args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args(),
-                           "1" if ack else "0", repr(lease_seconds), worker, secrets.token_hex(4)]
+                           "1" if ack else "0", repr(lease_seconds), worker, nonce]
         for c in commits:
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
             args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim,

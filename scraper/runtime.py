@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import signal
 import time
 from collections import deque
@@ -912,13 +913,15 @@ class FleetRuntime:
 
     async def _commit_batch(self, batch: list[tuple[LeaseState, Commit]]) -> None:
         assert self.queue is not None
+        nonce = secrets.token_hex(4)  # the same on a retry: a claim whose reply was lost is recognised
         while True:
             try:
                 if self.crash_at == "after_done" and any(c.done for _, c in batch):
                     await self.queue.commit([c for _, c in batch], ack=False)
                     os.kill(os.getpid(), signal.SIGKILL)
                 enq, events, acked, claims = await self.queue.commit_claiming(
-                    [c for _, c in batch], worker=self.worker_id, lease_seconds=self.config.lease_seconds)
+                    [c for _, c in batch], worker=self.worker_id, lease_seconds=self.config.lease_seconds,
+                    nonce=nonce)
                 self._redis_ok()
                 break
             except REDIS_ERRORS as exc:

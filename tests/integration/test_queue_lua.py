@@ -535,3 +535,29 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
         await sub.aclose()
 
     _run(redis_url, body)
+
+
+def test_commit_retried_after_a_lost_reply_keeps_its_claim(redis_url: str) -> None:
+    """The same batch sent again with the same nonce (its first reply was lost): the child the first
+    call claimed is SEEN now, but still leased under the claim's token, so it is answered as claimed
+    (the worker's fetch of it goes on) instead of waiting for the lease to expire."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("list-1")])
+        parent = (await _lease_one(q)).leased[0]
+
+        def batch() -> list[Commit]:
+            return [Commit(parent.id, parent.token, "r1", "", [_env("p1"), _env("list-2")], done=False,
+                           claim=2, ids=["k1", "k2"])]
+
+        first = await q.commit_claiming(batch(), worker="w1", lease_seconds=60, nonce="n1")
+        token, deliveries = first.claims[0]
+        assert token and deliveries == 1 and first.enqueued == [2]
+        again = await q.commit_claiming(batch(), worker="w1", lease_seconds=60, nonce="n1")
+        assert again.enqueued == [0] and again.claims == [(token, 1)]
+        # another batch (another nonce) or another worker never gets that lease
+        assert (await q.commit_claiming(batch(), worker="w1", lease_seconds=60, nonce="n2")).claims == [("", 0)]
+        assert (await q.commit_claiming(batch(), worker="w2", lease_seconds=60, nonce="n1")).claims == [("", 0)]
+        assert await q.ack([("k2", token)]) == 1
+
+    _run(redis_url, body)
