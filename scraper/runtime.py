@@ -36,6 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
+from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
@@ -608,6 +609,18 @@ class FleetRuntime:
             if len(self._local) >= LOCAL_REQUESTS:
                 del self._local[next(iter(self._local))]
             self._local[cid] = (env, request)
+
+    def offsite_continuation(self, state: LeaseState, request: Request) -> bool:
+        """True (and the request is settled as ignored) for a redirect of a queued request to a host
+        outside the spider's allowed_domains. Scrapy's own check skips it: the redirect inherits the
+        ``dont_filter`` every queued request is fetched with; the envelope keeps the spider's own."""
+        if self._offsite is None or self.spider is None or state.env.dont_filter \
+                or request.meta.get("allow_offsite") or self._offsite.should_follow(request, self.spider):
+            return False
+        self.stats.inc_value("fleet/offsite_filtered")
+        host = urlparse_cached(request).hostname
+        self.ignored(state, IgnoreRequest(f"offsite redirect to {host}"))
+        return True
 
     def output_done(self, state: LeaseState) -> None:
         state.exhausted = True

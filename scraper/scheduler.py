@@ -53,6 +53,8 @@ class FleetScheduler(BaseScheduler):
     def enqueue_request(self, request: Request) -> bool:
         state = self.rt.state_for(request)
         if state is not None and not state.settled:
+            if self.rt.offsite_continuation(state, request):
+                return False
             state.request = request
             self.direct.append(request)
             return True

@@ -402,3 +402,25 @@ def test_allow_private_off_refuses_loopback_into_the_dlq(redis_url: str, tmp_pat
             c.close()
         assert reasons == ["policy:private_address"] * 2
         assert counts(redis_url, "demo_shop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 2}
+
+
+def test_allowed_domains_apply_to_redirects_of_queued_requests(redis_url: str, tmp_path: Path) -> None:
+    """A queued request that redirects outside the spider's allowed_domains is not followed (it is
+    settled as ignored, as plain Scrapy's offsite filter would drop the redirect)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    with DemoSite(n_products=5, per_page=20).start() as site:
+        spec = YAML_SPIDER.format(start=site.start_url).replace('version: "2"', "allowed_domains: [shop.example]")
+        (specs / "shop.yaml").write_text(spec)
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+        home = site.start_url.split("/catalogue/")[0] + "/"  # 302 to /catalogue/page-1.html
+        assert fleet_json("seed", "yamlshop", "--run", "o2", "--url", home, env=env)["enqueued"] == 1
+        log = tmp_path / "o.log"
+        assert wait_all([start_worker("yamlshop", env, log, "--until-idle", "2")], 60) == [0]
+        assert site.hits["/"] == 1 and site.hits["/catalogue/page-1.html"] == 0
+        events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        ignored = [e for e in events if e.get("event") == "request_ignored"]
+        assert len(ignored) == 1 and "offsite redirect" in ignored[0]["reason"]
+        status = fleet_json("status", "yamlshop", "--json", env=env)
+        assert status["yamlshop"]["runs"]["o2"] == {"seen": 1, "done": 1}
+        assert counts(redis_url, "yamlshop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
