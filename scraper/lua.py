@@ -262,7 +262,7 @@ end
 -- next idle poll (by then the worker that queued the work has usually leased it itself).
 local function wake(prefix, now)
   if redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf') > 0 then
-    redis.call('PUBLISH', prefix .. 'wake', '1')
+    redis.pcall('PUBLISH', prefix .. 'wake', '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
   end
 end
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
@@ -380,6 +381,9 @@ class FleetRuntime:
                         self._wake.set()
             except REDIS_ERRORS:
                 await asyncio.sleep(1.0)  # the feeder reports Redis trouble; it polls meanwhile
+            except RedisError as exc:  # e.g. an ACL without SUBSCRIBE on fleet:* channels
+                self.log.warning("wake_channel_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+                return  # the feeder's idle polling still finds the work, up to 0.4 s later
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -424,3 +424,26 @@ def test_allowed_domains_apply_to_redirects_of_queued_requests(redis_url: str, t
         status = fleet_json("status", "yamlshop", "--json", env=env)
         assert status["yamlshop"]["runs"]["o2"] == {"seen": 1, "done": 1}
         assert counts(redis_url, "yamlshop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+
+
+def test_fleet_works_for_an_acl_user_without_pubsub(redis_url: str, tmp_path: Path) -> None:
+    """The wake channel is an optimisation: with an ACL user that may neither PUBLISH (scripts) nor
+    SUBSCRIBE, seeding and crawling work unchanged, idle workers poll, and the worker says so once."""
+    import redis as r
+
+    admin = r.Redis.from_url(redis_url)
+    admin.acl_setuser("nopub", enabled=True, nopass=True, keys=["*"], commands=["+@all", "-@pubsub"])
+    try:
+        with DemoSite(n_products=20, per_page=10).start() as site:
+            url = redis_url.replace("redis://", "redis://nopub@", 1)
+            env = fleet_env(url, tmp_path, FLEET_DEMO_URL=site.start_url)
+            log = tmp_path / "w.log"
+            proc = start_worker("demo_shop", env, log, "--until-idle", "2")
+            assert wait_for(lambda: admin.zcard("fleet:{demo_shop}:waiting") == 1, 30)  # it waits: a wake is due
+            assert fleet_json("seed", "demo_shop", "--run", "r1", env=env)["enqueued"] == 1
+            assert wait_all([proc], 60) == [0]
+        assert len(objects(tmp_path / "data", "items", "demo_shop", "r1")) == 20
+        assert log.read_text().count('"wake_channel_unavailable"') == 1
+    finally:
+        admin.acl_deluser("nopub")
+        admin.close()
