@@ -952,6 +952,10 @@ class FleetRuntime:
         for (st, c), n, ok, (ctoken, cdlv) in zip(batch, enq, acked, claims, strict=True):
             if c.claim and st.spec is not None:
                 self._claim_answered(st.spec, ctoken, cdlv)
+                # the parent no longer needs its claimed child: without this, page N's state held page
+                # N+1's, which held N+2's... and a pagination chain kept every list page's state (and
+                # its 20-odd discovered envelopes) alive as long as the chain's first page was
+                st.spec = None
             if not c.done:
                 if n:
                     self.stats.inc_value("fleet/enqueued", n)
