@@ -74,7 +74,10 @@ _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "l
 WriteResult = tuple[str | None, BaseException | None]  # (items key, error) of one request
 NOSPEC_SECONDS = 10.0  # no speculative fetch into a domain for this long after Redis refused a claim there
 VOID_KEY = "_fleet_void"  # request meta: a speculative fetch whose lease was not granted
-LOCAL_REQUESTS = 4096  # bound of FleetRuntime._local (children leased by other workers age out)
+# bound of FleetRuntime._local: the newest children, which READY (LIFO) hands out first; older ones are
+# rebuilt from their JSON. 4096 held ~2,000 entries behind a running pagination chain (measured): more
+# memory and GC work for no measurable gain.
+LOCAL_REQUESTS = 256
 STORE_THREADS = 8  # parallel PUTs to a remote store; a local store uses one at a time (group commit)
 
 

@@ -9,7 +9,7 @@ BENCH_CONCURRENCY=32      concurrent requests of every contender
 BENCH_VARIANTS=a,a2,b,c,d,e,cf,df   which contenders to run
 BENCH_DEDUP_URLS=1000000  SEEN set size for the memory and latency benches
 BENCH_SEED_URLS=1000000   URLs for the `fleet seed --urls` bench (the issue's full size)
-BENCH_SOAK_PAGES=21000    page fetches of the soak (100000 for the full soak, about 5 more minutes)
+BENCH_SOAK_PAGES=100000   page fetches of the soak, the issue's size (21000: about 1.5 minutes less, still in warm-up)
 BENCH_WARMUP=1            0: no unmeasured Fleet crawl before round 1 (it settles the disk after the site is written)
 BENCH_DIAG=0              1: also run diagnostics once (Fleet with its object store on tmpfs: cm, dm)
 BENCH_PYSPY=0             1: py-spy record the first Fleet worker of (c) into bench-out/pyspy-c.txt
@@ -262,7 +262,7 @@ def main() -> int:
     concurrency = env_int("BENCH_CONCURRENCY", 32)
     dedup_n = env_int("BENCH_DEDUP_URLS", 1_000_000)
     seed_n = env_int("BENCH_SEED_URLS", 1_000_000)
-    soak_n = env_int("BENCH_SOAK_PAGES", 21_000)
+    soak_n = env_int("BENCH_SOAK_PAGES", 100_000)
     variants = [v for v in os.environ.get("BENCH_VARIANTS", "a,a2,b,c,d,e,cf,df").split(",") if v in VARIANTS]
     diag = os.environ.get("BENCH_DIAG", "0") == "1"
     out_dir = ROOT / os.environ.get("BENCH_OUT", "bench-out")
