@@ -244,11 +244,14 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
         add("df/cf, flat seed (median)", dfc, dfc >= 1.6, "≥ 1.6",
             "5,000 product URLs seeded up front (no pagination chain)"
             + (f"; host {busy[1]:.0%} busy with 2 workers + nginx + redis on 2 cores" if busy else ""))
-    g = sk.get("growth_from_10pct")
-    add("soak RSS growth (end vs 10% of pages)", None if g is None else 100 * g,
+    # The leak criterion is the second half: RSS levels off once the worker is warm, but when it reaches
+    # its plateau varies (measured at the same ~137-139 MB: by 10 % of 100k pages in one run, between
+    # 25 % and 50 % in another), so "end vs 10 %" read 2 % or 11 % for the same plateau.
+    g = sk.get("growth_second_half")
+    add("soak RSS growth, warm (50% of pages → end)", None if g is None else 100 * g,
         None if g is None else g <= 0.10, "≤ 10 %",
-        f"{sk.get('pages', 0):,} pages; vs first fetch {100 * sk.get('growth_from_first_fetch', 0):.1f}%; "
-        f"second half (50% of pages to end) {100 * sk.get('growth_second_half', 0):+.1f}%")
+        f"{sk.get('pages', 0):,} pages; end vs 10% of pages {100 * sk.get('growth_from_10pct', 0):+.1f}%, "
+        f"vs first fetch {100 * sk.get('growth_from_first_fetch', 0):+.1f}% (warm-up)")
     return out
 
 
