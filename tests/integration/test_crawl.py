@@ -228,15 +228,21 @@ def test_yaml_spider_spec_end_to_end(redis_url: str, tmp_path: Path) -> None:
         assert missing.returncode != 0 and "skipped spec" in missing.stderr
 
 
+def _shop_example_only(redis_url: str, tmp_path: Path, site: DemoSite) -> dict[str, str]:
+    """Env for the YAML spider over ``site`` with allowed_domains [shop.example]: the site's own host
+    (127.0.0.1) is off-site."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    spec = YAML_SPIDER.format(start=site.start_url).replace('version: "2"', "allowed_domains: [shop.example]")
+    (specs / "shop.yaml").write_text(spec)
+    return fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+
+
 def test_allowed_domains_apply_to_discovered_requests(redis_url: str, tmp_path: Path) -> None:
     """Queued requests are always fetched (dedup is SEEN's job), so the spider's allowed_domains is
     applied where a request is found: links to other hosts are never queued."""
-    specs = tmp_path / "specs"
-    specs.mkdir()
     with DemoSite(n_products=5, per_page=20).start() as site:
-        spec = YAML_SPIDER.format(start=site.start_url).replace('version: "2"', "allowed_domains: [shop.example]")
-        (specs / "shop.yaml").write_text(spec)
-        env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+        env = _shop_example_only(redis_url, tmp_path, site)
         assert fleet_json("seed", "yamlshop", "--run", "o1", env=env)["enqueued"] == 1  # seeds are not filtered
         log = tmp_path / "o.log"
         assert wait_all([start_worker("yamlshop", env, log, "--until-idle", "2")], 60) == [0]
@@ -407,12 +413,8 @@ def test_allow_private_off_refuses_loopback_into_the_dlq(redis_url: str, tmp_pat
 def test_allowed_domains_apply_to_redirects_of_queued_requests(redis_url: str, tmp_path: Path) -> None:
     """A queued request that redirects outside the spider's allowed_domains is not followed (it is
     settled as ignored, as plain Scrapy's offsite filter would drop the redirect)."""
-    specs = tmp_path / "specs"
-    specs.mkdir()
     with DemoSite(n_products=5, per_page=20).start() as site:
-        spec = YAML_SPIDER.format(start=site.start_url).replace('version: "2"', "allowed_domains: [shop.example]")
-        (specs / "shop.yaml").write_text(spec)
-        env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs))
+        env = _shop_example_only(redis_url, tmp_path, site)
         home = site.start_url.split("/catalogue/")[0] + "/"  # 302 to /catalogue/page-1.html
         assert fleet_json("seed", "yamlshop", "--run", "o2", "--url", home, env=env)["enqueued"] == 1
         log = tmp_path / "o.log"
