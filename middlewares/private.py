@@ -5,7 +5,10 @@ Why: a fleet follows links it found on pages it does not control. A link (or a r
 service or an internal service with its own network position (server-side request forgery). With the
 guard on, a request whose host is, or resolves to, an address that is not globally routable (loopback,
 private, link-local, shared, reserved, multicast, unspecified; IPv4-mapped IPv6 included) is never sent.
-It is class D: one DLQ entry with the reason ``policy:private_address``, no retry.
+It is class D: one DLQ entry with the reason ``policy:private_address``, no retry. With the guard on,
+only http and https URLs are fetched (``file://`` would read the worker's own files, ``s3://`` use its
+credentials), and a name the check cannot resolve is a DNS error (class A, retried later), never let
+through unchecked.
 
 Redirects pass through here again (Scrapy re-sends the redirected request through every downloader
 middleware), so a public page cannot bounce the worker to a private one. Limits: the check resolves the
@@ -28,9 +31,11 @@ from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
+from twisted.internet.error import DNSLookupError
 
 from settings.fleet import FleetConfig
 
+_SCHEMES = frozenset({"http", "https"})
 CACHE_SECONDS = 60.0  # how long a host's verdict is reused
 CACHE_HOSTS = 10_000  # bound on remembered hosts (the oldest half is dropped when full)
 
@@ -67,9 +72,16 @@ class PrivateAddressMiddleware:
 
     async def process_request(self, request: Request) -> None:
         parsed = urlparse_cached(request)
+        scheme = parsed.scheme.lower()
+        if scheme not in _SCHEMES:
+            # file://, s3://, ftp://… read local files or reach services with the worker's own
+            # credentials: with the guard on, only the web is crawled
+            raise PrivateAddressRefused(
+                f"{scheme or 'scheme-less'} URLs are not fetched with FLEET_ALLOW_PRIVATE=0 (http and https only)"
+            )
         host = (parsed.hostname or "").lower()
         if not host:
-            return
+            raise PrivateAddressRefused("a URL without a host is not fetched with FLEET_ALLOW_PRIVATE=0")
         bad = await self.offending(host, parsed.port)
         if bad:
             raise PrivateAddressRefused(
@@ -79,7 +91,8 @@ class PrivateAddressMiddleware:
 
     async def offending(self, host: str, port: int | None = None) -> str:
         """The first non-public address ``host`` is or resolves to, or ``""``. A name that does not
-        resolve gives ``""``: the download then fails as a DNS error, class A."""
+        resolve raises DNSLookupError (class A, retried later): the check never lets through what it
+        could not check, and a resolver hiccup does not discard the request."""
         literal = _literal(host)
         if literal is not None:
             return literal if non_public(literal) else ""
@@ -89,8 +102,8 @@ class PrivateAddressMiddleware:
             return cached[1]
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port or 80, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            return ""
+        except (OSError, UnicodeError) as exc:
+            raise DNSLookupError(f"{host}: {exc}") from None
         bad = next((str(info[4][0]) for info in infos if non_public(str(info[4][0]))), "")
         if len(self._verdicts) >= CACHE_HOSTS:
             for key in list(self._verdicts)[: CACHE_HOSTS // 2]:

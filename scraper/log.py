@@ -142,8 +142,8 @@ def _fields(kw: dict[str, Any]) -> str:
             out.append(head + int.__repr__(v))
         elif v is None:
             out.append(head + "null")
-        else:
-            out.append(head + _dumps(v))
+        else:  # a str subclass is scrubbed as _scrub does (isinstance), then rendered by json
+            out.append(head + _dumps(redact(v) if isinstance(v, str) and "@" in v else v))
     out.append("")
     return ", ".join(out)
 

@@ -526,11 +526,13 @@ while i <= #ARGV do
   i = i + 8
   local enq = 0
   local ctoken, cdlv = '', 0
+  local took = 0  -- 1 when this call moved the claimed child from READY to IN-FLIGHT
   for k = 1, nd do
     local added = enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
     enq = enq + added
     if k == claim and added == 1 then
       ctoken, cdlv = claim_child(prefix, ARGV[i], ARGV[i+1], run, ARGV[i+2], now, lease, worker, nonce .. 'c' .. #claims)
+      if ctoken ~= '' then took = 1 end
     elseif k == claim and worker ~= '' then
       -- a retry of a call whose reply was lost: the child this very claim took is still ours
       local mine = worker .. '#1#' .. nonce .. 'c' .. #claims
@@ -540,7 +542,7 @@ while i <= #ARGV do
   end
   table.insert(claims, ctoken)
   table.insert(claims, cdlv)
-  if ctoken ~= '' then fresh = fresh + enq - 1 else fresh = fresh + enq end
+  fresh = fresh + enq - took
   local ok = 0
   if fp ~= '' then
     local done = prefix .. 'done:' .. run

@@ -375,7 +375,9 @@ def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> 
     with DemoSite(n_products=5, per_page=5).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
         log = tmp_path / "w.log"
-        proc = start_worker("demo_shop", env, log, "--until-idle", "4", "--concurrency", "4")
+        # --until-idle well above a `fleet seed` start-up on a loaded machine: the worker must still be
+        # there when the seed arrives
+        proc = start_worker("demo_shop", env, log, "--until-idle", "8", "--concurrency", "4")
         r = redis.Redis.from_url(redis_url)
         try:
             assert wait_for(lambda: r.zcard("fleet:{demo_shop}:waiting") == 1, 30), "worker never waited"
@@ -440,7 +442,7 @@ def test_fleet_works_for_an_acl_user_without_pubsub(redis_url: str, tmp_path: Pa
             url = redis_url.replace("redis://", "redis://nopub@", 1)
             env = fleet_env(url, tmp_path, FLEET_DEMO_URL=site.start_url)
             log = tmp_path / "w.log"
-            proc = start_worker("demo_shop", env, log, "--until-idle", "2")
+            proc = start_worker("demo_shop", env, log, "--until-idle", "8")  # outlives the seed's start-up
             assert wait_for(lambda: admin.zcard("fleet:{demo_shop}:waiting") == 1, 30)  # it waits: a wake is due
             assert fleet_json("seed", "demo_shop", "--run", "r1", env=env)["enqueued"] == 1
             assert wait_all([proc], 60) == [0]

@@ -518,6 +518,9 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
         seen_again = Commit(parent.id, parent.token, "r1", "", [_env("p1")], done=False, ids=["k9"])
         await q.commit([seen_again])
         assert await woken() == 0  # SEEN: nothing reached READY
+        # w2 stays listed while it polls (each empty LEASE lists it for 1 s): relist it as its next
+        # poll would, so a slow machine cannot let the entry lapse between the steps above and this one
+        await client.zadd(q.keys.waiting, {"w2": time.time() + 60})
         await q.seed("r1", [_env("p4")])
         assert await woken() == 1
         got = await q.lease(10, worker="w2", lease_seconds=60)  # w2 got work: no longer waiting

@@ -25,6 +25,10 @@ def _lines(emit: Any) -> list[str]:
         log._BufferedLogger._stream = old
 
 
+class _Str(str):
+    """A str subclass (enum-like values): scrubbed as plain strings are."""
+
+
 CASES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
     ({"worker": "w1"}, "info", "request_leased", {"run": "r1", "fp": "0123456789abcdef", "attempt": 1}),
     ({}, "info", "started", {}),
@@ -40,6 +44,7 @@ CASES: list[tuple[dict[str, Any], str, str, dict[str, Any]]] = [
                                           "b": True, "z": False, "i": -12, "big": 2**70, "n": None,
                                           "f": float("nan"), "d": {"k": [1, None]}, "sp": " !#?AZ[]~"}),
     ({"worker": "w1"}, "info", "at_sign", {"mail": "a@b", "url": "https://k:s@h.example/p", "ok": "x"}),
+    ({"worker": "w1"}, "info", "str_subclass", {"url": _Str("https://user:pw@h.example/"), "n": _Str("plain")}),
     ({"worker": "w1"}, "info", "odd_keys", {"we\"ird": 1, "Token": "t", "café": "v", "PASSWORD": "p"}),
 ]
 

@@ -10,7 +10,9 @@ from scrapy import Request
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 
-from middlewares.classify import D, classify_exception
+from twisted.internet.error import DNSLookupError
+
+from middlewares.classify import A, D, classify_exception
 from middlewares.private import PrivateAddressMiddleware, PrivateAddressRefused, non_public
 
 
@@ -52,11 +54,17 @@ def test_refuses_literals_and_names_that_resolve_to_them(monkeypatch: pytest.Mon
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
         monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", no_such_host)
-        assert await mw.offending("no-such-host.invalid") == ""
+        with pytest.raises(DNSLookupError):  # never let through unchecked; class A, retried later
+            await mw.process_request(Request("http://no-such-host.invalid/"))
+        # only the web: file:// would read the worker's own files, s3:// use its credentials
+        for url in ("file:///proc/self/environ", "s3://bucket/key", "ftp://127.0.0.1/x"):
+            with pytest.raises(PrivateAddressRefused, match="http and https only"):
+                await mw.process_request(Request(url))
 
     asyncio.run(main())
 
 
-def test_refusal_is_class_d() -> None:
+def test_refusal_is_class_d_and_an_unresolvable_name_class_a() -> None:
     verdict = classify_exception(PrivateAddressRefused("x"))
     assert verdict.cls == D and verdict.reason == "policy:private_address"
+    assert classify_exception(DNSLookupError("no-such-host.invalid")).cls == A
