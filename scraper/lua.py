@@ -87,6 +87,10 @@ local function enqueue(prefix, ttl, id, json, run, fp, prio, dont_filter)
   if dont_filter ~= '1' then
     if set_add(seen, fp) == 0 then return 0 end
     redis.call('EXPIRE', seen, ttl)
+  elseif redis.call('HEXISTS', prefix .. 'env', id) == 1 then
+    -- ids are fresh per discovery: a known one is this very child sent again (a commit retried after
+    -- its reply was lost), maybe leased by now; queueing it again would fetch it twice
+    return 0
   end
   redis.call('HSET', prefix .. 'env', id, json)
   redis.call('ZADD', prefix .. 'ready', ready_score(prefix, prio), id)

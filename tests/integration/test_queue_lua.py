@@ -564,3 +564,28 @@ def test_commit_retried_after_a_lost_reply_keeps_its_claim(redis_url: str) -> No
         assert await q.ack([("k2", token)]) == 1
 
     _run(redis_url, body)
+
+
+def test_commit_retried_does_not_requeue_a_dont_filter_child(redis_url: str) -> None:
+    """dont_filter children skip SEEN; a commit sent again after a lost reply must still not queue the
+    same child twice (here it was leased by another worker in between: it would be fetched twice)."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("list-1")])
+        parent = (await _lease_one(q)).leased[0]
+
+        def batch() -> list[Commit]:
+            return [Commit(parent.id, parent.token, "r1", "", [_env("again", dont_filter=True)], done=False,
+                           ids=["k1"])]
+
+        assert (await q.commit_claiming(batch(), worker="w1", lease_seconds=60, nonce="n1")).enqueued == [1]
+        other = await q.lease(10, worker="w2", lease_seconds=60)
+        assert [x.id for x in other.leased] == ["k1"]
+        assert (await q.commit_claiming(batch(), worker="w1", lease_seconds=60, nonce="n1")).enqueued == [0]
+        where = await _ids_everywhere(q, client)
+        assert "k1" in where["inflight"] and "k1" not in where["ready"]
+        # a new discovery of the same URL (a new id) is still queued: dont_filter means what it says
+        fresh = Commit(parent.id, parent.token, "r1", "", [_env("again", dont_filter=True)], done=False, ids=["k2"])
+        assert (await q.commit_claiming([fresh], worker="w1", lease_seconds=60, nonce="n2")).enqueued == [1]
+
+    _run(redis_url, body)
