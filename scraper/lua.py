@@ -211,6 +211,15 @@ local function release_probes(prefix, now, probe_ttl)
   end
 end
 
+-- Workers whose last LEASE found nothing are listed in WAITING (score: until when they count); when work
+-- reaches READY while one waits, a message on the wake channel makes it lease at once instead of at its
+-- next idle poll (by then the worker that queued the work has usually leased it itself).
+local function wake(prefix, now)
+  if redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf') > 0 then
+    redis.pcall('PUBLISH', prefix .. 'wake', '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
+  end
+end
+
 -- move due DELAYED entries and expired IN-FLIGHT leases back to READY
 local function maintain(prefix, now, limit)
   local inflight, delayed = prefix .. 'inflight', prefix .. 'delayed'
@@ -232,6 +241,7 @@ local function maintain(prefix, now, limit)
       table.insert(reaped, owner or '')
     end
   end
+  if promoted > 0 or #reaped > 0 then wake(prefix, now) end
   return promoted, reaped
 end
 
@@ -259,15 +269,6 @@ local function claim_child(prefix, id, json, run, fp, now, lease, worker, nonce)
   end
   redis.call('ZREM', prefix .. 'ready', id)
   return grant(prefix, id, now, lease, worker, nonce)
-end
-
--- Workers whose last LEASE found nothing are listed in WAITING (score: until when they count); when work
--- reaches READY while one waits, a message on the wake channel makes it lease at once instead of at its
--- next idle poll (by then the worker that queued the work has usually leased it itself).
-local function wake(prefix, now)
-  if redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf') > 0 then
-    redis.pcall('PUBLISH', prefix .. 'wake', '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
-  end
 end
 
 local function forget(prefix, id)
@@ -450,7 +451,6 @@ if n > 0 then
     redis.call('ZREM', waiting, worker)
   end
 end
-if promoted > 0 or #reaped > 0 then wake(prefix, now) end
 return {promoted, reaped, leased, skipped, held, parked}
 """
 
@@ -482,7 +482,6 @@ return tostring(u)
 # ARGV: prefix, now, limit -> {promoted, reaped_flat}
 MAINTAIN = PRELUDE + r"""
 local promoted, reaped = maintain(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
-if promoted > 0 or #reaped > 0 then wake(ARGV[1], tonumber(ARGV[2])) end
 return {promoted, reaped}
 """
 

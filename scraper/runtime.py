@@ -588,12 +588,19 @@ class FleetRuntime:
         state.errors.append(f"{type(exc).__name__}: {exc}"[:300])
         self.maybe_finish(state)
 
+    def _off_site(self, request: Request, dont_filter: bool) -> bool:
+        """The spider's allowed_domains refuse ``request`` (counted); ``dont_filter`` and meta
+        ``allow_offsite`` exempt it, as in Scrapy's offsite middleware."""
+        if self._offsite is None or self.spider is None or dont_filter or request.meta.get("allow_offsite") \
+                or self._offsite.should_follow(request, self.spider):
+            return False
+        self.stats.inc_value("fleet/offsite_filtered")
+        return True
+
     def discovered(self, state: LeaseState, request: Request) -> None:
-        if self._offsite is not None and self.spider is not None and not request.dont_filter \
-                and not request.meta.get("allow_offsite") and not self._offsite.should_follow(request, self.spider):
+        if self._off_site(request, request.dont_filter):
             # the spider's allowed_domains, applied where the request is found: a queued request is
             # always fetched (dont_filter), so Scrapy's offsite check would never see it again
-            self.stats.inc_value("fleet/offsite_filtered")
             self.log.info("request_offsite", parent=state.env.fp, host=urlparse_cached(request).hostname)
             return
         try:
@@ -621,10 +628,8 @@ class FleetRuntime:
         """True (and the request is settled as ignored) for a redirect of a queued request to a host
         outside the spider's allowed_domains. Scrapy's own check skips it: the redirect inherits the
         ``dont_filter`` every queued request is fetched with; the envelope keeps the spider's own."""
-        if self._offsite is None or self.spider is None or state.env.dont_filter \
-                or request.meta.get("allow_offsite") or self._offsite.should_follow(request, self.spider):
+        if not self._off_site(request, state.env.dont_filter):
             return False
-        self.stats.inc_value("fleet/offsite_filtered")
         host = urlparse_cached(request).hostname
         self.ignored(state, IgnoreRequest(f"offsite redirect to {host}"))
         return True
