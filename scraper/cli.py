@@ -684,6 +684,57 @@ def proxies(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 
 @app.command()
+def metrics(
+    spider: Annotated[Optional[list[str]], typer.Argument(help="Only these spiders (default: every seeded one).")] = None,
+    port: Annotated[int, typer.Option(help="Port of the /metrics endpoint (0: any free port, logged).")] = 9464,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a pod, so Prometheus can reach it.")] = "127.0.0.1",
+    once: Annotated[bool, typer.Option("--once", help="Print the metrics once to stdout (Prometheus text format) and exit.")] = False,
+) -> None:
+    """Prometheus exporter of the queue backlog, read from Redis at every scrape: fleet_queue_ready,
+    fleet_queue_inflight, fleet_queue_delayed, fleet_queue_parked, fleet_dlq_entries, fleet_breakers,
+    fleet_run_seen/done, and fleet_up (0 when Redis could not be read: never reported as an empty queue).
+    For KEDA's Prometheus scaler (deploy/k8s/keda-scaledobject.yaml) and alerts. Runs until SIGTERM."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+    from scraper.metrics import BacklogCollector
+
+    cfg = _config()
+    url = _redis_url(cfg)
+    collector = BacklogCollector(lambda: _plain_client(url), spider)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    if once:
+        sys.stdout.write(generate_latest(registry).decode("utf-8"))
+        if collector.last_error:
+            err.print(f"[red]error:[/] cannot read the queue from Redis at {redact_url(url)}: "
+                      f"{redact_url(collector.last_error)}", highlight=False)
+            raise typer.Exit(EXIT_INFRA)
+        return
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    logger = log.get_logger(component="metrics")
+    logger.info("metrics_serving", host=host, port=server.server_port, spiders=",".join(spider or []) or None)
+    while not stop.wait(1.0):
+        pass
+    server.shutdown()
+    logger.info("metrics_stopped")
+    log.flush()
+
+
+async def _plain_client(url: str) -> aioredis.Redis:
+    """A Redis client for the exporter's scrapes: no eviction-policy warnings on every scrape."""
+    return redisio.client(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+@app.command()
 def down() -> None:
     """Stop the embedded Redis (its AOF keeps the queues for next time)."""
     _config()
