@@ -149,6 +149,23 @@ _TRANSIENT_NAMES = frozenset({
 })
 
 
+# Chromium's net errors that are the proxy's fault, not the site's (net/base/net_error_list.h)
+_BROWSER_PROXY_ERRORS = frozenset({
+    "ERR_PROXY_CONNECTION_FAILED", "ERR_TUNNEL_CONNECTION_FAILED", "ERR_PROXY_AUTH_UNSUPPORTED",
+    "ERR_PROXY_AUTH_REQUESTED", "ERR_PROXY_CERTIFICATE_INVALID", "ERR_NO_SUPPORTED_PROXIES",
+    "ERR_PROXY_HTTP_1_1_REQUIRED", "ERR_MANDATORY_PROXY_CONFIGURATION_FAILED",
+    "ERR_UNEXPECTED_PROXY_AUTH", "ERR_PROXY_AUTH_REQUESTED_WITH_NO_CONNECTION",
+})
+_NET_ERROR = re.compile(r"(?:[\w.]+: )?net::(ERR_[A-Z0-9_]+)")
+
+
+def _browser_net_error(exc: BaseException) -> str:
+    """Chromium's error code from a Playwright navigation error: it leads the message, before the URL
+    (``Page.goto: net::ERR_TUNNEL_CONNECTION_FAILED at https://...``), so a URL cannot fake one."""
+    m = _NET_ERROR.match(str(getattr(exc, "message", "") or exc))
+    return m.group(1) if m else ""
+
+
 def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     """Download errors by type, never by message text (a URL may contain any word).
 
@@ -160,6 +177,10 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
         return Verdict(D, "policy:private_address")
     if name == "TunnelError":
         return Verdict(B, f"proxy:{name}")
+    if proxied and type(exc).__module__.startswith("playwright"):
+        code = _browser_net_error(exc)
+        if code in _BROWSER_PROXY_ERRORS:  # a rendered page's proxy failed (scraper.render)
+            return Verdict(B, f"proxy:{code}")
     if name in _CONNECT_ERRORS or isinstance(exc, (txerror.ConnectionRefusedError, txerror.ConnectError)):
         if proxied and not isinstance(exc, txerror.TimeoutError) and name != "TCPTimedOutError":
             return Verdict(B, f"proxy:{name}")

@@ -29,14 +29,24 @@ def _nothing() -> None:
     """The sweep's timer: firing it is the point (Twisted purges cancelled timers when one fires)."""
 
 
+class TimerSweep:
+    """The sweep's timer, started with a handler and stopped when it closes."""
+
+    def __init__(self) -> None:
+        self._call = task.LoopingCall(_nothing)
+        self._call.start(SWEEP_SECONDS, now=False)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+
 class FleetHTTPDownloadHandler(HTTP11DownloadHandler):
     def __init__(self, crawler: Crawler) -> None:
         super().__init__(crawler)
         self._pool.retryAutomatically = False
-        self._sweep = task.LoopingCall(_nothing)
-        self._sweep.start(SWEEP_SECONDS, now=False)
+        self._sweep = TimerSweep()
 
     async def close(self) -> None:
-        if self._sweep.running:
-            self._sweep.stop()
+        self._sweep.stop()
         await super().close()

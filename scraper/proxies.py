@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 
@@ -74,6 +74,17 @@ def proxy_id(url: str) -> str:
 class Proxy:
     url: str  # with credentials: never log this
     id: str
+
+    def playwright(self) -> dict[str, str]:
+        """The proxy as a browser context takes it (Playwright's ``proxy`` option): the browser
+        answers the proxy's 407 challenge itself, so credentials never travel as a request header."""
+        parts = urlsplit(self.url)
+        server = f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else f"{parts.scheme}://{parts.hostname}"
+        out = {"server": server}
+        if parts.username is not None:
+            out["username"] = unquote(parts.username)
+            out["password"] = unquote(parts.password or "")
+        return out
 
     @property
     def display(self) -> str:

@@ -10,8 +10,13 @@ neither possible nor wanted on a worker (``FLEET_CHROMIUM``, else ``chromium`` /
 / ``google-chrome`` on PATH). A rendered response goes through the same classifier, drift checks, writes
 and acks as any other; Playwright's timeouts and navigation errors are class A.
 
-Not yet: rendered pages do not go through ``FLEET_PROXIES`` (a browser context has one proxy; per
-request rotation would need a context per proxy).
+With ``FLEET_PROXIES``, a rendered request goes through the proxy ProxyMiddleware chose for it, as any
+other request: a browser context has one proxy, so each proxy gets a context of its own
+(``fleet-proxy-<id>``), created on first use with Playwright's ``proxy`` option. The browser answers
+the proxy's authentication challenge itself; the ``Proxy-Authorization`` header Scrapy's
+HttpProxyMiddleware adds is removed from the page request (inside an HTTPS tunnel it would reach the
+site). Credentials never enter ``meta``, logs or the context's name. A request whose spider names its
+own ``playwright_context`` keeps it, and that context's proxy settings (none: direct).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from scrapy.http import Request, Response
 from scrapy.settings import Settings
 from scrapy_playwright.handler import ScrapyPlaywrightDownloadHandler
 
+from scraper.download import TimerSweep
+
 # Chromium on a server: no sandbox (workers run as root in containers), no GPU, and none of the
 # background traffic a closed network refuses (component updates, sync, field trials).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 HANDLER = "scraper.render.FleetPlaywrightDownloadHandler"
+PROXY_CONTEXT = "fleet-proxy-"  # + proxy id: the browser context of one proxy
 
 
 class ChromiumNotFound(RuntimeError):
@@ -85,9 +93,31 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
         self.config.target_closed_max_retries = 0
         spidercls = getattr(crawler, "spidercls", None)
         self.render_all = bool(getattr(spidercls, "render_js", False))
+        self.fleet_crawler = crawler
+        self._sweep = TimerSweep()  # plain requests through this handler arm timeouts too (scraper.download)
 
     async def download_request(self, request: Request) -> Response:
         if self.render_all and not request.meta.get("playwright"):
             request.meta["playwright"] = True
+        if request.meta.get("playwright") and request.meta.get("fleet_proxy_id"):
+            # the browser authenticates to the proxy (its context's proxy option); this header would
+            # otherwise go out with the page request, to the site itself inside an HTTPS tunnel
+            request.headers.pop(b"Proxy-Authorization", None)
+            request.meta.setdefault("playwright_context", PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]))
         response: Response = await super().download_request(request)
         return response
+
+    async def _create_browser_context(self, name: str, context_kwargs: dict[str, Any] | None,
+                                      spider: Spider | None = None) -> Any:
+        """A ``fleet-proxy-<id>`` context is that proxy's: the proxy (with its credentials) comes from
+        the worker's pool here, so it never travels in a request's meta."""
+        if name.startswith(PROXY_CONTEXT):
+            rt = getattr(self.fleet_crawler, "fleet", None)
+            proxy = rt.proxies.by_id.get(name[len(PROXY_CONTEXT):]) if rt is not None and rt.proxies else None
+            if proxy is not None:
+                context_kwargs = {**(context_kwargs or {}), "proxy": proxy.playwright()}
+        return await super()._create_browser_context(name, context_kwargs, spider)
+
+    async def close(self) -> None:
+        self._sweep.stop()
+        await super().close()

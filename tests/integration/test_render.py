@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all
+from tests.hostile import ForwardProxy
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +37,12 @@ def _js(body: str) -> bytes:
             f"<script>document.body.innerHTML = {body!r};</script></body></html>").encode()
 
 
+SEEN_HEADERS: list[dict[str, str]] = []  # what the site received, one entry a request
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        SEEN_HEADERS.append({k.lower(): v for k, v in self.headers.items()})
         if self.path == "/list.html":
             body = _js("".join(f'<a class="product" href="/p/{i}.html">p{i}</a>' for i in range(1, N + 1)))
         elif self.path.startswith("/p/"):
@@ -58,6 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def js_site() -> Iterator[str]:
+    SEEN_HEADERS.clear()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -104,3 +110,33 @@ def test_rendering_spider_without_chromium_fails_with_what_to_install(redis_url:
     res = fleet("worker", "jsshop", "--until-idle", "1", env=env)
     assert res.returncode == 1
     assert "FLEET_CHROMIUM" in res.stderr and "not an executable file" in res.stderr
+
+
+@pytest.mark.timeout(180)
+def test_rendered_pages_go_through_the_proxy_chosen_for_them(redis_url: str, tmp_path: Path, js_site: str) -> None:
+    """FLEET_PROXIES applies to rendered pages too: the browser context of the chosen proxy fetches
+    them, answers the proxy's 407 itself, and the proxy credentials never reach the site."""
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no Chromium on PATH (make test installs Debian's chromium)")
+    port = js_site.rsplit(":", 1)[1]
+    base = f"http://shop.test:{port}"  # resolvable only by the proxy (*.test -> 127.0.0.1)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "jsshop.yaml").write_text(SPEC.format(render="true", base=base))
+    with ForwardProxy("p1", user="fleet", password="s3cr3t-pw") as proxy:
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDERS_DIR=str(specs), FLEET_PROXIES=proxy.url)
+        assert fleet_json("seed", "jsshop", "--run", "px", env=env)["enqueued"] == 1
+        log = tmp_path / "w.log"
+        assert wait_all([start_worker("jsshop", env, log, "--until-idle", "2", "--concurrency", "4")], 150) == [0], \
+            log.read_text()[-3000:]
+        forwarded = proxy.forwarded
+    items = objects(tmp_path / "data", "items", "jsshop", "px")
+    got = sorted((v[0]["name"], v[0]["price"]) for v in items.values())
+    assert got == [(f"Widget {i}", i + 0.5) for i in range(1, N + 1)], log.read_text()[-3000:]
+    assert counts(redis_url, "jsshop") == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
+    pages = [h for h in SEEN_HEADERS if h.get("host", "").startswith("shop.test")]
+    assert len(pages) >= N + 1 and forwarded >= N + 1
+    assert all(h.get("x-test-proxy") == "p1" for h in pages), pages  # every page came through the proxy
+    assert not any("proxy-authorization" in h for h in SEEN_HEADERS)
+    assert "s3cr3t-pw" not in log.read_text()
+    assert "s3cr3t-pw" not in "".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*.json*"))

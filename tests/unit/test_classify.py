@@ -127,6 +127,17 @@ def test_tunnel_error_is_b() -> None:
     assert classify_exception(TunnelError("403 Forbidden")).cls == B
 
 
+def test_a_rendered_page_whose_proxy_failed_is_b_and_a_url_cannot_fake_it() -> None:
+    from playwright._impl._errors import Error as PlaywrightError
+
+    failed = PlaywrightError("Page.goto: net::ERR_TUNNEL_CONNECTION_FAILED at https://shop.test/p/1")
+    assert classify_exception(failed, proxied=True).cls == B
+    assert classify_exception(failed, proxied=True).reason == "proxy:ERR_TUNNEL_CONNECTION_FAILED"
+    assert classify_exception(failed, proxied=False).cls == A  # no proxy in the way: the site's network
+    dns = PlaywrightError("Page.goto: net::ERR_NAME_NOT_RESOLVED at http://x.test/net::ERR_PROXY_CONNECTION_FAILED")
+    assert classify_exception(dns, proxied=True).cls == A  # the code that leads the message counts
+
+
 def test_rules_are_configurable_in_settings() -> None:
     from scrapy.settings import Settings
 

@@ -229,3 +229,9 @@ def test_ban_cooldown_grows_with_consecutive_bans() -> None:
         pool.view("shop.example").health[p1.id].cooling_until = 0.0  # that cooldown ran out
     # (bans while a proxy is still cooling are one burst and do not escalate: see test below)
     assert windows == pytest.approx([60, 120, 240, 480], abs=1.0)
+
+
+def test_a_browser_context_gets_the_proxy_with_its_credentials_apart() -> None:
+    p = parse_proxies("http://us%40er:p%3Ass@10.0.0.1:3128,https://10.0.0.2:8443")
+    assert p[0].playwright() == {"server": "http://10.0.0.1:3128", "username": "us@er", "password": "p:ss"}
+    assert p[1].playwright() == {"server": "https://10.0.0.2:8443"}
