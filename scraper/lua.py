@@ -214,8 +214,14 @@ end
 -- Workers whose last LEASE found nothing are listed in WAITING (score: until when they count); when work
 -- reaches READY while one waits, a message on the wake channel makes it lease at once instead of at its
 -- next idle poll (by then the worker that queued the work has usually leased it itself).
-local function wake(prefix, now)
-  if redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf') > 0 then
+-- ``except``: the worker that queued the work, if any, wakes itself without a message.
+local function wake(prefix, now, except)
+  local n = redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf')
+  if n > 0 and except and except ~= '' then
+    local mine = tonumber(redis.call('ZSCORE', prefix .. 'waiting', except))
+    if mine and mine >= now then n = n - 1 end
+  end
+  if n > 0 then
     redis.pcall('PUBLISH', prefix .. 'wake', '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
   end
 end
@@ -451,7 +457,7 @@ if n > 0 then
     redis.call('ZREM', waiting, worker)
   end
 end
-return {promoted, reaped, leased, skipped, held, parked}
+return {promoted, reaped, leased, skipped, held, parked, redis.call('ZCARD', prefix .. 'ready')}
 """
 
 # Per-domain backoff shared by the fleet. A burst of 429/503 answers within one step's window
@@ -566,7 +572,7 @@ while i <= #ARGV do
   table.insert(out, enq)
   table.insert(acked, ok)
 end
-if fresh > 0 then wake(prefix, now) end  -- children left in READY for any worker
+if fresh > 0 then wake(prefix, now, worker) end  -- children left in READY for any other worker
 return {out, events, acked, claims}
 """
 

@@ -87,6 +87,7 @@ class LeaseBatch:
     skipped: list[tuple[str, bytes]] = field(default_factory=list)
     held: int = 0
     parked: int = 0
+    remaining: int = -1  # READY's size after this lease (-1: not known)
 
 
 @dataclass(slots=True)
@@ -329,10 +330,11 @@ class FleetQueue:
             args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
                   secrets.token_hex(4)],
         )
-        promoted, reaped, leased, skipped, held, parked = res
+        promoted, reaped, leased, skipped, held, parked, remaining = res
         return LeaseBatch(
             held=int(held),
             parked=int(parked),
+            remaining=int(remaining),
             promoted=int(promoted),
             reaped=[(_s(a), _s(b)) for a, b in _pairs(reaped, 2)],
             leased=[Lease(_s(i), bytes(j), int(d), _s(t)) for i, j, d, t in _pairs(leased, 4)],

@@ -179,7 +179,11 @@ class FleetRuntime:
         self.exit_code = 0
         self.fatal: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the feeder has something to do: the buffer runs low, or new work
+        # new work may be in READY (our commit queued children, a wake message): what ends the wait after
+        # a LEASE that found nothing. A low buffer alone does not: READY was empty a moment ago, and
+        # asking again at once, on every turn of the engine, was half of all LEASE calls (make bench c)
+        self._supply = asyncio.Event()
         self._commit_wake = asyncio.Event()
         self._inflight_writes: set[asyncio.Task[Any]] = set()
         self._offsite: OffsiteMiddleware | None = None  # the spider's allowed_domains (see discovered)
@@ -231,6 +235,7 @@ class FleetRuntime:
             await asyncio.sleep(0.02)
         self.releasing = True  # the loops end on this flag: asyncio.wait_for can swallow a cancel (3.11)
         self._wake.set()
+        self._supply.set()
         self._commit_wake.set()
         for t in self._tasks:
             t.cancel()
@@ -286,6 +291,7 @@ class FleetRuntime:
         if buffered and self.queue is not None:
             self._spawn(self._release_buffered(buffered))
         self._wake.set()
+        self._supply.set()
         self.engine_kick()
 
     # -- leasing ----------------------------------------------------------------------------------
@@ -344,6 +350,7 @@ class FleetRuntime:
             # cleared before the call: a wake-up that arrives while it is on the wire (work queued after
             # Redis ran this LEASE, or a local commit) must start the next lease, not be lost
             self._wake.clear()
+            self._supply.clear()
             try:
                 if time.monotonic() - self._last_beat > self.config.lease_seconds / 2:
                     await self._beat()  # after a stall, renew ours before the reaper sees them expired
@@ -355,16 +362,22 @@ class FleetRuntime:
                 continue
             self._redis_ok()
             self._adopt(batch)
+            self.stats.inc_value("fleet/lease_calls")
+            if not batch.leased:
+                self.stats.inc_value("fleet/lease_empty")
             if batch.leased:
                 idle = 0.05
                 self.idle_since = None
                 self.engine_kick()
-            else:
-                try:  # work queued by us (a local commit) or by anyone (the wake channel) wakes us early
-                    await asyncio.wait_for(self._wake.wait(), timeout=idle * (0.5 + random.random()))
+            if not batch.leased or batch.remaining == 0:
+                # READY is empty: the next LEASE waits for news of work (our commit queued children, or
+                # the wake channel), or for the idle poll, which finds what arrives unannounced
+                try:
+                    await asyncio.wait_for(self._supply.wait(), timeout=idle * (0.5 + random.random()))
                 except asyncio.TimeoutError:
                     pass
-                idle = min(0.4, idle * 2)
+                if not batch.leased:
+                    idle = min(0.4, idle * 2)
 
     async def _listen(self) -> None:
         """Wake the feeder when work reaches READY while this worker waits for some (lua.py: wake).
@@ -381,6 +394,7 @@ class FleetRuntime:
                 while not self.releasing:
                     if await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0) is not None:
                         self.stats.inc_value("fleet/woken")
+                        self._supply.set()
                         self._wake.set()
             except REDIS_ERRORS:
                 await asyncio.sleep(1.0)  # the feeder reports Redis trouble; it polls meanwhile
@@ -990,6 +1004,7 @@ class FleetRuntime:
                 self.stats.inc_value("fleet/ack_lost")
                 self.log.warning("ack_lost", run=c.run, fp=c.fp, lease=c.lease_id, attempt=st.lease.deliveries)
         if woke:
+            self._supply.set()
             self._wake.set()
         for domain, event in events:
             self._breaker_event(domain, event, {})

@@ -540,6 +540,50 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
     _run(redis_url, body)
 
 
+def test_a_commit_wakes_other_waiting_workers_not_its_own(redis_url: str) -> None:
+    """The committing worker learns of its children from the reply: when it is the only one listed as
+    waiting, no message goes out (it would only wake the worker that sent the commit)."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        sub = client.pubsub(ignore_subscribe_messages=True)
+        await sub.subscribe(q.keys.wake)
+
+        async def woken() -> int:
+            n = 0
+            while await sub.get_message(ignore_subscribe_messages=True, timeout=0.2) is not None:
+                n += 1
+            return n
+
+        await q.seed("r1", [_env("list-1")])
+        parent = (await _lease_one(q, worker="w1")).leased[0]
+        assert not (await _lease_one(q, worker="w1")).leased  # READY is empty: w1 is listed as waiting
+        await client.zadd(q.keys.waiting, {"w1": time.time() + 60})  # and stays listed on a slow machine
+        await q.commit_claiming([Commit(parent.id, parent.token, "r1", "", [_env("p1")], done=False,
+                                        ids=["k1"])], worker="w1", lease_seconds=60)
+        assert await woken() == 0
+        await client.zadd(q.keys.waiting, {"w2": time.time() + 60})
+        await q.commit_claiming([Commit(parent.id, parent.token, "r1", "", [_env("p2")], done=False,
+                                        ids=["k2"])], worker="w1", lease_seconds=60)
+        assert await woken() == 1  # w2 waits too
+        await sub.aclose()
+
+    _run(redis_url, body)
+
+
+def test_lease_reports_what_is_left_in_ready(redis_url: str) -> None:
+    """A worker that emptied READY does not ask again until it hears of new work (runtime feeder)."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env(f"p{i}") for i in range(5)])
+        first = await q.lease(3, worker="w1", lease_seconds=60)
+        assert len(first.leased) == 3 and first.remaining == 2
+        second = await q.lease(3, worker="w1", lease_seconds=60)
+        assert len(second.leased) == 2 and second.remaining == 0
+        assert (await q.lease(3, worker="w1", lease_seconds=60)).remaining == 0
+
+    _run(redis_url, body)
+
+
 def test_commit_retried_after_a_lost_reply_keeps_its_claim(redis_url: str) -> None:
     """The same batch sent again with the same nonce (its first reply was lost): the child the first
     call claimed is SEEN now, but still leased under the claim's token, so it is answered as claimed
