@@ -80,24 +80,25 @@ class CommitMiddleware:
         self, response: Response, result: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
         rt, state, stale = self._ledger(response)
-        if stale:
-            async for _ in result:
-                pass
-            return
-        if state is None or state.settled:
-            async for x in result:
-                yield x
-            return
         try:
-            async for x in result:
-                if isinstance(x, Request):
-                    rt.discovered(state, x)
-                    continue
-                rt.item_started(state)
-                yield x
-        except Exception as exc:
-            rt.callback_failed(state, exc)
-            raise
+            if stale:
+                async for _ in result:
+                    pass
+                return
+            if state is None or state.settled:
+                async for x in result:
+                    yield x
+                return
+            try:
+                async for x in result:
+                    if isinstance(x, Request):
+                        rt.discovered(state, x)
+                        continue
+                    rt.item_started(state)
+                    yield x
+            except Exception as exc:
+                rt.callback_failed(state, exc)
+                raise
         finally:
             _release_parse_tree(response)
         rt.output_done(state)

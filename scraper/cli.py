@@ -29,7 +29,7 @@ from scraper import log, redisio
 from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
 from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
 from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
-from scraper.queue import FleetQueue, QueueError, known_spiders
+from scraper.queue import FleetQueue, QueueError, check_spider_name, known_spiders
 from settings.fleet import ConfigError, FleetConfig
 
 app = typer.Typer(
@@ -106,6 +106,18 @@ def _emitted(rows: list[dict[str, Any]], as_json: bool, empty: str) -> bool:
         out.print(empty)
         return True
     return False
+
+
+def _spider_arg(value: Any) -> Any:
+    """Typer callback for SPIDER arguments: a name that cannot be a queue name is a usage error (exit
+    2) here, not a traceback or an empty export later."""
+    for name in value if isinstance(value, list) else [value]:
+        if name is not None:
+            try:
+                check_spider_name(name)
+            except QueueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+    return value
 
 
 def _default_run() -> str:
@@ -192,7 +204,7 @@ async def _seed(
 
 @app.command()
 def seed(
-    spider: Annotated[str, typer.Argument(help="Spider name (see `fleet spiders`).")],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name (see `fleet spiders`).")],
     url: Annotated[Optional[list[str]], typer.Option("--url", help="A URL to enqueue; repeatable.")] = None,
     urls: Annotated[Optional[str], typer.Option("--urls", help="File with one URL a line, or - for stdin.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
@@ -297,7 +309,7 @@ def _install_signals(crawler: Any) -> None:
 
 @app.command()
 def worker(
-    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     concurrency: Annotated[Optional[int], typer.Option(help="Concurrent requests (default FLEET_CONCURRENCY, 32).")] = None,
     until_idle: Annotated[Optional[float], typer.Option(
         "--until-idle", help="Exit 0 once READY, IN-FLIGHT and DELAYED of SPIDER stayed empty this many seconds.")] = None,
@@ -322,7 +334,7 @@ async def _summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
 
 @app.command("run")
 def run_cmd(
-    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     urls: Annotated[Optional[str], typer.Option("--urls", help="File of URLs (or -); default: the spider's start requests.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
     run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
@@ -383,7 +395,7 @@ async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
 
 @app.command()
 def status(
-    spider: Annotated[Optional[str], typer.Argument(help="Only this spider.")] = None,
+    spider: Annotated[Optional[str], typer.Argument(callback=_spider_arg, help="Only this spider.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Queues per spider: ready, in-flight, delayed, DLQ, and SEEN/DONE per run."""
@@ -438,7 +450,7 @@ def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @app.command("dlq")
 def dlq_cmd(
-    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     action: Annotated[str, typer.Argument(help="list (default) or requeue.")] = "list",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (list).")] = False,
     limit: Annotated[int, typer.Option(help="Newest entries to show (list).")] = 100,
@@ -544,7 +556,7 @@ def breakers_main(
 
 @breakers_app.command("list")
 def breakers_list(
-    spider: Annotated[Optional[str], typer.Argument(help="Only this spider.")] = None,
+    spider: Annotated[Optional[str], typer.Argument(callback=_spider_arg, help="Only this spider.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Breakers with state, C counts, opened_at, parked backlog and sample evidence."""
@@ -571,7 +583,7 @@ def _breakers_list(spider: str | None, as_json: bool) -> None:
 
 @breakers_app.command("reset")
 def breakers_reset(
-    spider: Annotated[str, typer.Argument()],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg)],
     domain: Annotated[str, typer.Argument(help="Target host, e.g. shop.example.com")],
 ) -> None:
     """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
@@ -593,7 +605,7 @@ app.add_typer(breakers_app, name="breakers")
 
 @app.command()
 def replay(
-    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     url: Annotated[Optional[str], typer.Option("--url", help="The page's URL (its stored snapshot is used).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="A raw/, items/ or evidence/ key of the page.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", help="Run of the snapshot (default: newest that has it).")] = None,
@@ -628,7 +640,7 @@ async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
 
 @app.command()
 def export(
-    spider: Annotated[str, typer.Argument(help="Spider name.")],
+    spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     run: Annotated[str, typer.Option("--run", help="The run to export.")],
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     out: Annotated[Optional[str], typer.Option("--out", help="Store URI to write to (default: FLEET_STORE, under exports/).")] = None,
@@ -685,7 +697,7 @@ def proxies(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @app.command()
 def metrics(
-    spider: Annotated[Optional[list[str]], typer.Argument(help="Only these spiders (default: every seeded one).")] = None,
+    spider: Annotated[Optional[list[str]], typer.Argument(callback=_spider_arg, help="Only these spiders (default: every seeded one).")] = None,
     port: Annotated[int, typer.Option(help="Port of the /metrics endpoint (0: any free port, logged).")] = 9464,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 in a pod, so Prometheus can reach it.")] = "127.0.0.1",
     once: Annotated[bool, typer.Option("--once", help="Print the metrics once to stdout (Prometheus text format) and exit.")] = False,
@@ -703,6 +715,15 @@ def metrics(
 
     cfg = _config()
     url = _redis_url(cfg)
+    if spider:
+        try:
+            known = set(asyncio.run(_known_spiders(url)))
+        except Exception:  # Redis down at start: the scrapes will say so (fleet_up 0)
+            known = set(spider)
+        for name in spider:
+            if name not in known:
+                err.print(f"[yellow]warning:[/] spider {name!r} has never been seeded on this Redis; its "
+                          "figures stay 0 until it is", highlight=False)
     collector = BacklogCollector(lambda: _plain_client(url), spider)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -727,6 +748,14 @@ def metrics(
     server.shutdown()
     logger.info("metrics_stopped")
     log.flush()
+
+
+async def _known_spiders(url: str) -> list[str]:
+    client = await _plain_client(url)
+    try:
+        return await known_spiders(client)
+    finally:
+        await client.aclose()
 
 
 async def _plain_client(url: str) -> aioredis.Redis:

@@ -3,8 +3,11 @@
 Why a collector that reads Redis on every scrape, and not counters kept by the workers: the numbers
 that matter for scaling and paging (READY, DELAYED, PARKED, the DLQ, open breakers) live in Redis
 and are shared by every worker; a worker's own counters die with it and would have to be summed
-across pods. One exporter per Redis (``fleet metrics``, e.g. a one-replica Deployment) is enough, and
-it costs Redis a few O(1) commands per spider per scrape (plus a SCAN of the spider's breaker keys).
+across pods. One exporter per Redis (``fleet metrics``, e.g. a one-replica Deployment) is enough.
+
+Each scrape costs Redis, per spider: four O(1) counts in one pipeline, one HGETALL of the breakers that
+are not closed, a ZCARD per domain with parked requests, and the SEEN/DONE counts of the runs alive
+(TTL). Nothing grows with the number of domains ever crawled.
 
 A scrape that cannot read Redis answers ``fleet_up 0`` and no queue figures, so a scaler never takes
 an outage for an empty queue.
@@ -13,6 +16,7 @@ an outage for an empty queue.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -32,7 +36,6 @@ QUEUE_GAUGES = (
     ("parked", "fleet_queue_parked", "Requests parked behind an open drift breaker."),
     ("dlq", "fleet_dlq_entries", "Entries in the dead-letter queue (class D, exhausted budgets, bad envelopes)."),
 )
-BREAKER_STATES = ("open", "half_open")
 
 Connect = Callable[[], Awaitable[Any]]
 
@@ -44,8 +47,7 @@ async def snapshot(client: Any, spiders: Sequence[str] | None = None) -> dict[st
     for name in names:
         q = FleetQueue(client, name)
         counts: dict[str, Any] = dict(await q.counts())
-        brk = await q.breakers()
-        counts["breakers"] = {s: sum(1 for b in brk.values() if b["state"] == s) for s in BREAKER_STATES}
+        counts["breakers"] = await q.breaker_counts()
         counts["runs"] = await q.runs()
         out[name] = counts
     return out
@@ -60,6 +62,7 @@ class BacklogCollector(Collector):
         self.timeout = timeout
         self.last_error = ""
         self.log = log.get_logger(component="metrics")
+        self._lock = threading.Lock()  # scrapes run in threads of their own
 
     async def _read(self) -> dict[str, dict[str, Any]]:
         client = await self.connect()
@@ -70,17 +73,22 @@ class BacklogCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
+        data: dict[str, dict[str, Any]] | None = None
+        error: BaseException | None = None
         try:
-            data: dict[str, dict[str, Any]] | None = asyncio.run(asyncio.wait_for(self._read(), self.timeout))
-            if self.last_error:
-                self.log.info("metrics_redis_recovered")
-            self.last_error = ""
+            data = asyncio.run(asyncio.wait_for(self._read(), self.timeout))
         except Exception as exc:  # an outage or a timeout: reported as fleet_up 0, never as zeros
-            data = None
-            if not self.last_error:  # once per outage, not once per scrape
-                self.log.warning("metrics_redis_unavailable", error=type(exc).__name__,
-                                 detail=redact_url(str(exc))[:300])
-            self.last_error = redact_url(f"{type(exc).__name__}: {exc}")[:300]
+            error = exc
+        with self._lock:
+            if error is None:
+                if self.last_error:
+                    self.log.info("metrics_redis_recovered")
+                self.last_error = ""
+            else:
+                if not self.last_error:  # once per outage, not once per scrape
+                    self.log.warning("metrics_redis_unavailable", error=type(error).__name__,
+                                     detail=redact_url(str(error))[:300])
+                self.last_error = redact_url(f"{type(error).__name__}: {error}")[:300]
         yield GaugeMetricFamily("fleet_up", "1 when this scrape read the queue from Redis, else 0.",
                                 value=0 if data is None else 1)
         yield GaugeMetricFamily("fleet_scrape_duration_seconds", "Time this scrape spent reading Redis.",

@@ -432,6 +432,18 @@ class FleetQueue:
             }
         return out
 
+    async def breaker_counts(self) -> dict[str, int]:
+        """How many breakers are open and half-open: one HGETALL of the not-closed ones (the Lua
+        scripts keep them in ``brk``), however many domains ever had a breaker record."""
+        out = {"open": 0, "half_open": 0}
+        for v in (await self.client.hgetall(self.keys.prefix + "brk")).values():
+            state = _s(v).split("|", 1)[0]
+            if state == "open":
+                out["open"] += 1
+            elif state == "half":
+                out["half_open"] += 1
+        return out
+
     async def parked(self) -> int:
         domains = [_s(d) for d in await self.client.smembers(self.keys.prefix + "parkdom")]
         total = 0

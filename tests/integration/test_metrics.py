@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -39,7 +40,11 @@ def _seed_and_open_a_breaker(redis_url: str, env: dict[str, str]) -> None:
     import redis
 
     r = redis.Redis.from_url(redis_url)
+    # what the drift script leaves behind when it opens a breaker: its record, and the not-closed index
     r.hset("fleet:{demo_shop}:breaker:shop.test", mapping={"state": "open", "window": "CCCCC"})
+    r.hset("fleet:{demo_shop}:brk", mapping={"shop.test": f"open|{time.time() + 1800}", "b.test": "half|0"})
+    for i in range(200):  # closed breakers of other domains: not counted, not read one by one
+        r.hset(f"fleet:{{demo_shop}}:breaker:d{i}.test", mapping={"state": "closed", "window": "oooo"})
     r.close()
 
 
@@ -56,6 +61,7 @@ def test_once_prints_the_backlog_per_spider(redis_url: str, tmp_path: Path) -> N
     assert got[("fleet_queue_delayed", sp)] == 0
     assert got[("fleet_dlq_entries", sp)] == 0
     assert got[("fleet_breakers", (("spider", "demo_shop"), ("state", "open")))] == 1
+    assert got[("fleet_breakers", (("spider", "demo_shop"), ("state", "half_open")))] == 1
     assert got[("fleet_run_seen", (("run", "r1"), ("spider", "demo_shop")))] == 3
     assert got[("fleet_run_done", (("run", "r1"), ("spider", "demo_shop")))] == 0
 
@@ -71,39 +77,62 @@ def test_an_unreachable_redis_is_fleet_up_0_not_an_empty_queue(tmp_path: Path) -
     assert "\"event\": \"metrics_redis_unavailable\"" in res.stderr, res.stderr[-2000:]
 
 
+def _get(url: str) -> str:
+    # no proxy from the environment: the exporter is on loopback
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 def test_served_over_http_until_sigterm(redis_url: str, tmp_path: Path) -> None:
     env = fleet_env(redis_url, tmp_path)
     _seed_and_open_a_breaker(redis_url, env)
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "scraper.cli", "metrics", "--port", str(port)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "scraper.cli", "metrics", "--port", "0"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: list[str] = []
     try:
-        body = ""
+        assert p.stderr is not None
+        port = 0
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and p.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                    body = resp.read().decode()
+        while not port and time.monotonic() < deadline:  # the port it bound, from its start-up event
+            line = p.stderr.readline().decode()
+            if not line:
                 break
-            except OSError:
-                time.sleep(0.1)
-        assert body, f"no /metrics within 30 s (exit {p.poll()})"
-        got = _samples(body)
+            lines.append(line)
+            if '"event": "metrics_serving"' in line:
+                port = json.loads(line)["port"]
+        assert port, f"no metrics_serving event (exit {p.poll()}): {''.join(lines)[-2000:]}"
+        got = _samples(_get(f"http://127.0.0.1:{port}/metrics"))
         assert got[("fleet_up", ())] == 1
         assert got[("fleet_queue_ready", (("spider", "demo_shop"),))] == 3
+        assert got[("fleet_queue_parked", (("spider", "demo_shop"),))] == 0
         # every scrape reads Redis afresh: a request seeded since shows up at once
         fleet_json("seed", "demo_shop", "--run", "r1", "--url", "http://127.0.0.1:9/d", env=env)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            assert _samples(resp.read().decode())[("fleet_queue_ready", (("spider", "demo_shop"),))] == 4
+        again = _samples(_get(f"http://127.0.0.1:{port}/metrics"))
+        assert again[("fleet_queue_ready", (("spider", "demo_shop"),))] == 4
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=10) == 0
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-        stderr = p.stderr.read().decode() if p.stderr else ""
-        if p.stdout:
-            p.stdout.close()
         if p.stderr:
             p.stderr.close()
-    assert '"event": "metrics_serving"' in stderr, stderr[-2000:]
+
+
+def test_spider_names_are_checked(redis_url: str, tmp_path: Path) -> None:
+    env = fleet_env(redis_url, tmp_path)
+    bad = fleet("metrics", "no such!name", "--once", env=env)
+    assert bad.returncode == 2 and "Invalid value for 'spider'" in bad.stderr
+    unknown = fleet("metrics", "never_seeded", "--once", env=env)
+    assert unknown.returncode == 0
+    assert "'never_seeded' has never been seeded" in unknown.stderr
+    assert _samples(unknown.stdout)[("fleet_queue_ready", (("spider", "never_seeded"),))] == 0
+
+
+def test_a_redis_password_never_reaches_the_output(tmp_path: Path) -> None:
+    env = fleet_env(f"redis://fleet:hunter2-secret@127.0.0.1:{_free_port()}/0", tmp_path)
+    res = fleet("metrics", "--once", env=env, timeout=60)
+    assert res.returncode == 3
+    assert "hunter2-secret" not in res.stdout + res.stderr
+
