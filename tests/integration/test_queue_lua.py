@@ -486,23 +486,30 @@ def test_commit_does_not_claim_into_a_held_or_broken_domain(redis_url: str) -> N
     _run(redis_url, body)
 
 
+async def _subscribed(client: Any, q: FleetQueue) -> Any:
+    sub = client.pubsub(ignore_subscribe_messages=True)
+    await sub.subscribe(q.keys.wake)
+    return sub
+
+
+async def _messages(sub: Any) -> int:
+    """Wake messages received until none comes for 0.2 s."""
+    n = 0
+    while await sub.get_message(ignore_subscribe_messages=True, timeout=0.2) is not None:
+        n += 1
+    return n
+
+
 def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
     """A worker whose LEASE found nothing is listed as waiting; work that reaches READY then publishes
     one message on the wake channel (seed, a commit's unclaimed children, a release). No waiter, or a
     commit whose only child it claimed itself: no message."""
 
     async def body(q: FleetQueue, client: Any) -> None:
-        sub = client.pubsub(ignore_subscribe_messages=True)
-        await sub.subscribe(q.keys.wake)
-
-        async def woken() -> int:
-            n = 0
-            while await sub.get_message(ignore_subscribe_messages=True, timeout=0.2) is not None:
-                n += 1
-            return n
+        sub = await _subscribed(client, q)
 
         await q.seed("r1", [_env("list-1")])
-        assert await woken() == 0  # nobody waits
+        assert await _messages(sub) == 0  # nobody waits
         parent = (await _lease_one(q, worker="w1")).leased[0]
         assert not (await _lease_one(q, worker="w2")).leased  # w2 waits now
         assert await client.zscore(q.keys.waiting, "w2") is not None
@@ -510,31 +517,31 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
         only_claimed = Commit(parent.id, parent.token, "r1", "", [_env("list-2")], done=False, claim=1,
                               ids=["c1"])
         assert (await q.commit_claiming([only_claimed], worker="w1", lease_seconds=60)).claims[0][0]
-        assert await woken() == 0  # the one child is w1's already: nothing for w2
+        assert await _messages(sub) == 0  # the one child is w1's already: nothing for w2
         kids = Commit(parent.id, parent.token, "r1", "", [_env("p1"), _env("p2"), _env("list-3")],
                       done=False, claim=3, ids=["k1", "k2", "k3"])
         await q.commit_claiming([kids], worker="w1", lease_seconds=60)
-        assert await woken() == 1
+        assert await _messages(sub) == 1
         seen_again = Commit(parent.id, parent.token, "r1", "", [_env("p1")], done=False, ids=["k9"])
         await q.commit([seen_again])
-        assert await woken() == 0  # SEEN: nothing reached READY
+        assert await _messages(sub) == 0  # SEEN: nothing reached READY
         # w2 stays listed while it polls (each empty LEASE lists it for 1 s): relist it as its next
         # poll would, so a slow machine cannot let the entry lapse between the steps above and this one
         await client.zadd(q.keys.waiting, {"w2": time.time() + 60})
         await q.seed("r1", [_env("p4")])
-        assert await woken() == 1
+        assert await _messages(sub) == 1
         got = await q.lease(10, worker="w2", lease_seconds=60)  # w2 got work: no longer waiting
         assert len(got.leased) == 3 and await client.zscore(q.keys.waiting, "w2") is None
         await q.seed("r1", [_env("p5")])
-        assert await woken() == 0
+        assert await _messages(sub) == 0
         await client.zadd(q.keys.waiting, {"w3": time.time() + 60})  # as w3's empty LEASE lists it
         assert await q.release([(x.id, x.token) for x in got.leased]) == 3
-        assert await woken() == 1
+        assert await _messages(sub) == 1
         # a waiter that stopped polling (a dead worker) drops out when its entry expires
         await client.delete(q.keys.waiting)
         await client.zadd(q.keys.waiting, {"gone": time.time() - 1})
         await q.seed("r1", [_env("p6")])
-        assert await woken() == 0
+        assert await _messages(sub) == 0
         await sub.aclose()
 
     _run(redis_url, body)
@@ -545,14 +552,7 @@ def test_a_commit_wakes_other_waiting_workers_not_its_own(redis_url: str) -> Non
     waiting, no message goes out (it would only wake the worker that sent the commit)."""
 
     async def body(q: FleetQueue, client: Any) -> None:
-        sub = client.pubsub(ignore_subscribe_messages=True)
-        await sub.subscribe(q.keys.wake)
-
-        async def woken() -> int:
-            n = 0
-            while await sub.get_message(ignore_subscribe_messages=True, timeout=0.2) is not None:
-                n += 1
-            return n
+        sub = await _subscribed(client, q)
 
         await q.seed("r1", [_env("list-1")])
         parent = (await _lease_one(q, worker="w1")).leased[0]
@@ -560,11 +560,11 @@ def test_a_commit_wakes_other_waiting_workers_not_its_own(redis_url: str) -> Non
         await client.zadd(q.keys.waiting, {"w1": time.time() + 60})  # and stays listed on a slow machine
         await q.commit_claiming([Commit(parent.id, parent.token, "r1", "", [_env("p1")], done=False,
                                         ids=["k1"])], worker="w1", lease_seconds=60)
-        assert await woken() == 0
+        assert await _messages(sub) == 0
         await client.zadd(q.keys.waiting, {"w2": time.time() + 60})
         await q.commit_claiming([Commit(parent.id, parent.token, "r1", "", [_env("p2")], done=False,
                                         ids=["k2"])], worker="w1", lease_seconds=60)
-        assert await woken() == 1  # w2 waits too
+        assert await _messages(sub) == 1  # w2 waits too
         await sub.aclose()
 
     _run(redis_url, body)
