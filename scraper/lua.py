@@ -449,15 +449,20 @@ if n > 0 then
       end
     end
   end
+end
+local remaining = redis.call('ZCARD', prefix .. 'ready')
+if n > 0 then
   local waiting = prefix .. 'waiting'
-  if #leased == 0 then  -- this worker waits for work (see wake); listed for twice its longest idle poll
+  if #leased == 0 or remaining == 0 then
+    -- this worker found READY empty, or emptied it: it waits for work (see wake) instead of polling at
+    -- once; listed for twice its longest idle poll
     redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. now)
     redis.call('ZADD', waiting, now + 1, worker)
   else
     redis.call('ZREM', waiting, worker)
   end
 end
-return {promoted, reaped, leased, skipped, held, parked, redis.call('ZCARD', prefix .. 'ready')}
+return {promoted, reaped, leased, skipped, held, parked, remaining}
 """
 
 # Per-domain backoff shared by the fleet. A burst of 429/503 answers within one step's window
