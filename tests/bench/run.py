@@ -235,6 +235,12 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
             bound.append(f"neither site nor CPU is the bottleneck (host {busy[1]:.0%} busy, nginx "
                          f"{site[1]:.0%} of a core, both workers {wc[1]:.2f} cores): latency-bound, one pagination "
                          "chain (list pages fetched one after another) paces the crawl whatever the worker count")
+        # how the two workers shared the pages, per round: a lopsided split (one worker leasing back
+        # everything it queued) is Fleet's to fix, not the host's
+        splits = ["/".join(str(n) for n in r["pages_per_worker"]) for r in crawl["rows"]
+                  if r.get("variant") == "d" and r.get("pages_per_worker")]
+        if splits:
+            bound.append("pages per worker " + ", ".join(splits))
         note = "; ".join(bound)
     add("d/c (median)", dc, None if dc is None else dc >= 1.6, "≥ 1.6", note)
     dfc = ratio("df/cf")
