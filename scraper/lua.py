@@ -144,8 +144,7 @@ local function breaker_record(prefix, domain, outcome, id, now, W, minev, rate, 
   if st == 'half_open' then
     if redis.call('HGET', bk, 'probe') == id then
       if outcome == 'o' then
-        breaker_close(prefix, bk, domain, now)
-        return 'closed'
+        return 'closed', breaker_close(prefix, bk, domain, now)  -- and how many parked it released
       elseif outcome == 'C' then
         breaker_open(prefix, bk, domain, now, cbase, ccap)
         return 'reopened'
@@ -189,8 +188,9 @@ local function breaker_gate(prefix, domain, id, now, lease)
   return 'probe'
 end
 
--- open breakers whose cooldown is over release exactly one parked request as the probe
+-- open breakers whose cooldown is over release exactly one parked request as the probe; returns how many
 local function release_probes(prefix, now, probe_ttl)
+  local released = 0
   local brk = redis.call('HGETALL', prefix .. 'brk')
   for i = 1, #brk, 2 do
     local domain, b = brk[i], brk[i + 1]
@@ -205,17 +205,26 @@ local function release_probes(prefix, now, probe_ttl)
         local bk = prefix .. 'breaker:' .. domain
         redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + probe_ttl)
         redis.call('HSET', prefix .. 'brk', domain, 'half|' .. (now + probe_ttl))
-        to_ready(prefix, id)
+        if to_ready(prefix, id) then released = released + 1 end
       end
     end
   end
+  return released
 end
 
--- Workers whose last LEASE found nothing are listed in WAITING (score: until when they count); when work
--- reaches READY while one waits, a message on the wake channel makes it lease at once instead of at its
--- next idle poll (by then the worker that queued the work has usually leased it itself).
--- ``except``: the worker that queued the work, if any, wakes itself without a message.
-local function wake(prefix, now, except)
+-- Workers whose last LEASE left READY empty are listed in WAITING (score: until when they count); when
+-- work reaches READY while one waits, a message on the wake channel makes it lease at once instead of
+-- at its next idle poll (by then the worker that queued the work has usually leased it itself).
+-- ``except``: the worker that queued the work, if any, wakes itself without a message. WAITING's
+-- scores are Redis's own clock (TIME), not the callers': hosts whose clocks disagree by a second must
+-- not drop each other's entries or miss each other's wake-ups.
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function wake(prefix, except)
+  local now = server_now()
   local n = redis.call('ZCOUNT', prefix .. 'waiting', now, '+inf')
   if n > 0 and except and except ~= '' then
     local mine = tonumber(redis.call('ZSCORE', prefix .. 'waiting', except))
@@ -230,8 +239,7 @@ end
 local function maintain(prefix, now, limit)
   local inflight, delayed = prefix .. 'inflight', prefix .. 'delayed'
   local leasek = prefix .. 'lease'
-  local promoted, reaped = 0, {}
-  release_probes(prefix, now, 120)
+  local promoted, reaped = release_probes(prefix, now, 120), {}
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(due) do
     redis.call('ZREM', delayed, id)
@@ -247,7 +255,7 @@ local function maintain(prefix, now, limit)
       table.insert(reaped, owner or '')
     end
   end
-  if promoted > 0 or #reaped > 0 then wake(prefix, now) end
+  if promoted > 0 or #reaped > 0 then wake(prefix) end
   return promoted, reaped
 end
 
@@ -293,7 +301,7 @@ for i = 5, #ARGV, 5 do
   enq = enq + enqueue(prefix, ttl, ARGV[i], ARGV[i+1], run, ARGV[i+2], ARGV[i+3], ARGV[i+4])
 end
 redis.call('ZADD', prefix .. 'runs', 'NX', now, run)
-if enq > 0 then wake(prefix, now) end
+if enq > 0 then wake(prefix) end
 return enq
 """
 
@@ -401,7 +409,7 @@ for k = 1, ndups, 1000 do
   redis.call('HDEL', prefix .. 'env', unpack(dups, k, math.min(k + 999, ndups)))
 end
 redis.call('ZADD', prefix .. 'runs', 'NX', now, run)
-if nfresh > 0 then wake(prefix, now) end
+if nfresh > 0 then wake(prefix) end
 return nfresh
 """
 
@@ -453,11 +461,13 @@ end
 local remaining = redis.call('ZCARD', prefix .. 'ready')
 if n > 0 then
   local waiting = prefix .. 'waiting'
-  if #leased == 0 or remaining == 0 then
-    -- this worker found READY empty, or emptied it: it waits for work (see wake) instead of polling at
-    -- once; listed for twice its longest idle poll
-    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. now)
-    redis.call('ZADD', waiting, now + 1, worker)
+  if remaining == 0 then
+    -- READY is empty: this worker waits for news of work (see wake) instead of asking again at once;
+    -- listed for over twice its longest idle poll (0.6 s). A batch that was all held, parked or done
+    -- leased nothing but leaves READY as it is: the worker asks again at once.
+    local snow = server_now()
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snow)
+    redis.call('ZADD', waiting, snow + 2, worker)
   else
     redis.call('ZREM', waiting, worker)
   end
@@ -563,7 +573,8 @@ while i <= #ARGV do
     set_add(done, fp)
     redis.call('EXPIRE', done, ttl)
     if outcome ~= '' and domain ~= '' then
-      local ev = breaker_record(prefix, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+      local ev, released = breaker_record(prefix, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+      fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
       if ev ~= '' then
         table.insert(events, domain)
         table.insert(events, ev)
@@ -577,7 +588,7 @@ while i <= #ARGV do
   table.insert(out, enq)
   table.insert(acked, ok)
 end
-if fresh > 0 then wake(prefix, now, worker) end  -- children left in READY for any other worker
+if fresh > 0 then wake(prefix, worker) end  -- children left in READY for any other worker
 return {out, events, acked, claims}
 """
 
@@ -619,7 +630,9 @@ return {ev, redis.call('HGET', bk, 'window') or ''}
 # Close a breaker by hand and release its parked requests. ARGV: prefix, domain, now -> released
 BREAKER_RESET = PRELUDE + r"""
 local bk = ARGV[1] .. 'breaker:' .. ARGV[2]
-return breaker_close(ARGV[1], bk, ARGV[2], tonumber(ARGV[3]))
+local n = breaker_close(ARGV[1], bk, ARGV[2], tonumber(ARGV[3]))
+if n > 0 then wake(ARGV[1]) end
+return n
 """
 
 # ARGV: prefix, id, token, due, json. Moves a lease to DELAYED with an updated envelope.
@@ -645,7 +658,7 @@ for i = 3, #ARGV, 2 do
     if to_ready(prefix, id) then n = n + 1 end
   end
 end
-if n > 0 then wake(prefix, tonumber(ARGV[2])) end
+if n > 0 then wake(prefix) end
 return n
 """
 

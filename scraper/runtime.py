@@ -369,9 +369,11 @@ class FleetRuntime:
                 idle = 0.05
                 self.idle_since = None
                 self.engine_kick()
-            if not batch.leased or batch.remaining == 0:
+            if batch.remaining == 0 or (batch.remaining < 0 and not batch.leased):
                 # READY is empty: the next LEASE waits for news of work (our commit queued children, or
-                # the wake channel), or for the idle poll, which finds what arrives unannounced
+                # the wake channel), or for the idle poll, which finds what arrives unannounced. A batch
+                # that was all held, parked or done leased nothing from a READY that still has work:
+                # ask again at once (each LEASE takes its batch out of READY, so this ends)
                 try:
                     await asyncio.wait_for(self._supply.wait(), timeout=idle * (0.5 + random.random()))
                 except asyncio.TimeoutError:
@@ -953,6 +955,7 @@ class FleetRuntime:
     async def _commit_batch(self, batch: list[tuple[LeaseState, Commit]]) -> None:
         assert self.queue is not None
         nonce = secrets.token_hex(4)  # the same on a retry: a claim whose reply was lost is recognised
+        retried = False
         while True:
             try:
                 if self.crash_at == "after_done" and any(c.done for _, c in batch):
@@ -965,6 +968,7 @@ class FleetRuntime:
                 break
             except REDIS_ERRORS as exc:
                 await self._redis_trouble(exc)
+                retried = True
                 if self.fatal:
                     # leave them: the leases expire and another worker redoes them idempotently
                     for st, _ in batch:
@@ -978,10 +982,13 @@ class FleetRuntime:
                 # N+1's, which held N+2's... and a pagination chain kept every list page's state (and
                 # its 20-odd discovered envelopes) alive as long as the chain's first page was
                 st.spec = None
+            # new work in READY for our feeder: children beyond the one this call leased to us; after a
+            # retry the count is 0 (the first, lost, call queued them), so any children count
+            if n > (1 if ctoken else 0) or (retried and c.discovered):
+                woke = True
             if not c.done:
                 if n:
                     self.stats.inc_value("fleet/enqueued", n)
-                    woke = True
                 st.enqueued = n
                 st.children_pending = False
                 if st.written and not self.releasing:
@@ -991,7 +998,6 @@ class FleetRuntime:
                 self.active.pop(st.id, None)
             if n:
                 self.stats.inc_value("fleet/enqueued", n)
-                woke = True
             if ok:
                 self.stats.inc_value("fleet/acked")
                 self.log.info(
@@ -1003,7 +1009,7 @@ class FleetRuntime:
                 # is acknowledged without a fetch
                 self.stats.inc_value("fleet/ack_lost")
                 self.log.warning("ack_lost", run=c.run, fp=c.fp, lease=c.lease_id, attempt=st.lease.deliveries)
-        if woke:
+        if woke or any(event == "closed" for _, event in events):  # a closed breaker's parked work is back
             self._supply.set()
             self._wake.set()
         for domain, event in events:

@@ -26,7 +26,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_SHUTDOWN_GRACE | 25 | seconds in-flight requests get to finish after SIGTERM/SIGINT |
 | FLEET_REDIS_OUTAGE_MAX | 300 | seconds a worker waits for Redis to come back before exiting non-zero |
 | FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
-| FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs |
+| FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs, and in lease tokens and the wake list: unique per live process |
 | FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
 | FLEET_ALLOW_PRIVATE | 1 | ``0``: never fetch a host that is or resolves to a non-public address (loopback, private, link-local, metadata service…): such requests go to the DLQ as D ``policy:private_address`` (middlewares/private.py). ``1``: allowed (the embedded demo site is on 127.0.0.1) |
 | FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |

@@ -519,6 +519,7 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
                               ids=["c1"])
         assert (await q.commit_claiming([only_claimed], worker="w1", lease_seconds=60)).claims[0][0]
         assert await _messages(sub) == 0  # the one child is w1's already: nothing for w2
+        await client.zadd(q.keys.waiting, {"w2": time.time() + 60})  # w2 keeps polling on a slow machine
         kids = Commit(parent.id, parent.token, "r1", "", [_env("p1"), _env("p2"), _env("list-3")],
                       done=False, claim=3, ids=["k1", "k2", "k3"])
         await q.commit_claiming([kids], worker="w1", lease_seconds=60)
@@ -583,6 +584,44 @@ def test_lease_reports_what_is_left_in_ready(redis_url: str) -> None:
         second = await q.lease(3, worker="w1", lease_seconds=60)
         assert len(second.leased) == 2 and second.remaining == 0
         assert (await q.lease(3, worker="w1", lease_seconds=60)).remaining == 0
+
+    _run(redis_url, body)
+
+
+def test_a_batch_that_was_all_held_does_not_list_its_worker(redis_url: str) -> None:
+    """Leasing nothing is not READY being empty: a batch of held entries leaves the rest of READY, and
+    the worker asks again at once instead of waiting to be told (runtime feeder)."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        held = [Envelope.from_request(Request(f"https://held.example/{i}"), spider_name=SPIDER, run="r1")
+                for i in range(4)]
+        await q.seed("r1", [_env("p1"), *held])  # READY hands out the newest first: the held ones
+        await client.hset(q.keys.prefix + "hold", "held.example", time.time() + 600)
+        batch = await q.lease(2, worker="w1", lease_seconds=60)
+        assert not batch.leased and batch.held == 2 and batch.remaining == 3
+        assert await client.zscore(q.keys.waiting, "w1") is None
+
+    _run(redis_url, body)
+
+
+def test_parked_work_released_to_ready_wakes_waiting_workers(redis_url: str) -> None:
+    """A breaker reset and a half-open probe put parked requests back in READY: workers waiting for work
+    hear of it, as they do of seeded or committed work."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        sub = await _subscribed(client, q)
+        await q.seed("r1", [_env(f"p{i}") for i in range(3)])
+        await client.hset(q.keys.prefix + "brk", "shop.example", f"open|{time.time() + 600}")
+        batch = await q.lease(10, worker="w1", lease_seconds=60)
+        assert batch.parked == 3 and await q.parked() == 3
+        await _messages(sub)
+        await client.zadd(q.keys.waiting, {"w2": time.time() + 60})
+        await client.hset(q.keys.prefix + "brk", "shop.example", "open|0")  # cooldown over: a probe
+        await q.maintain()
+        assert await _messages(sub) == 1 and await q.parked() == 2
+        assert await q.breaker_reset("shop.example") == 2
+        assert await _messages(sub) == 1
+        await sub.aclose()
 
     _run(redis_url, body)
 
