@@ -79,8 +79,7 @@ class Proxy:
         """The proxy as a browser context takes it (Playwright's ``proxy`` option): the browser
         answers the proxy's 407 challenge itself, so credentials never travel as a request header."""
         parts = urlsplit(self.url)
-        server = f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.port else f"{parts.scheme}://{parts.hostname}"
-        out = {"server": server}
+        out = {"server": self.display}
         if parts.username is not None:
             out["username"] = unquote(parts.username)
             out["password"] = unquote(parts.password or "")

@@ -87,7 +87,7 @@ class LeaseBatch:
     skipped: list[tuple[str, bytes]] = field(default_factory=list)
     held: int = 0
     parked: int = 0
-    remaining: int = -1  # READY's size after this lease (-1: not known)
+    remaining: int = 0  # READY's size after this lease
 
 
 @dataclass(slots=True)

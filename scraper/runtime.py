@@ -234,8 +234,7 @@ class FleetRuntime:
             self._commit_wake.set()
             await asyncio.sleep(0.02)
         self.releasing = True  # the loops end on this flag: asyncio.wait_for can swallow a cancel (3.11)
-        self._wake.set()
-        self._supply.set()
+        self._news()
         self._commit_wake.set()
         for t in self._tasks:
             t.cancel()
@@ -290,11 +289,15 @@ class FleetRuntime:
         self.buffer.clear()
         if buffered and self.queue is not None:
             self._spawn(self._release_buffered(buffered))
-        self._wake.set()
-        self._supply.set()
+        self._news()
         self.engine_kick()
 
     # -- leasing ----------------------------------------------------------------------------------
+
+    def _news(self) -> None:
+        """New work may be in READY (or the flags changed): end the feeder's wait, whichever it is."""
+        self._supply.set()
+        self._wake.set()
 
     def held(self) -> int:
         return len(self.buffer) + len(self.active)
@@ -363,13 +366,13 @@ class FleetRuntime:
             self._redis_ok()
             self._adopt(batch)
             self.stats.inc_value("fleet/lease_calls")
-            if not batch.leased:
-                self.stats.inc_value("fleet/lease_empty")
             if batch.leased:
                 idle = 0.05
                 self.idle_since = None
                 self.engine_kick()
-            if batch.remaining == 0 or (batch.remaining < 0 and not batch.leased):
+            else:
+                self.stats.inc_value("fleet/lease_empty")
+            if batch.remaining == 0:
                 # READY is empty: the next LEASE waits for news of work (our commit queued children, or
                 # the wake channel), or for the idle poll, which finds what arrives unannounced. A batch
                 # that was all held, parked or done leased nothing from a READY that still has work:
@@ -396,8 +399,7 @@ class FleetRuntime:
                 while not self.releasing:
                     if await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0) is not None:
                         self.stats.inc_value("fleet/woken")
-                        self._supply.set()
-                        self._wake.set()
+                        self._news()
             except REDIS_ERRORS:
                 await asyncio.sleep(1.0)  # the feeder reports Redis trouble; it polls meanwhile
             except RedisError as exc:  # e.g. an ACL without SUBSCRIBE on fleet:* channels
@@ -986,9 +988,9 @@ class FleetRuntime:
             # retry the count is 0 (the first, lost, call queued them), so any children count
             if n > (1 if ctoken else 0) or (retried and c.discovered):
                 woke = True
+            if n:
+                self.stats.inc_value("fleet/enqueued", n)
             if not c.done:
-                if n:
-                    self.stats.inc_value("fleet/enqueued", n)
                 st.enqueued = n
                 st.children_pending = False
                 if st.written and not self.releasing:
@@ -996,8 +998,6 @@ class FleetRuntime:
                 continue
             if self.active.get(st.id) is st:
                 self.active.pop(st.id, None)
-            if n:
-                self.stats.inc_value("fleet/enqueued", n)
             if ok:
                 self.stats.inc_value("fleet/acked")
                 self.log.info(
@@ -1010,8 +1010,7 @@ class FleetRuntime:
                 self.stats.inc_value("fleet/ack_lost")
                 self.log.warning("ack_lost", run=c.run, fp=c.fp, lease=c.lease_id, attempt=st.lease.deliveries)
         if woke or any(event == "closed" for _, event in events):  # a closed breaker's parked work is back
-            self._supply.set()
-            self._wake.set()
+            self._news()
         for domain, event in events:
             self._breaker_event(domain, event, {})
         if self.commits:
