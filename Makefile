@@ -1,35 +1,48 @@
-# Two commands: `make demo` and `make test`. Both create .venv when missing and install into it.
+# Two commands: `make demo` and `make test`. Both create the venv when missing and install into it
+# exactly what uv.lock pins (uv itself comes from PyPI at the version below, into the venv).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+# uv installs into $(VENV), never downloads a Python of its own, and leaves uv itself in place (--inexact).
+UV_ENV := UV_PROJECT_ENVIRONMENT=$(abspath $(VENV)) UV_PYTHON_DOWNLOADS=never UV_NO_PROGRESS=1
+SYNC := $(UV_ENV) $(UV) sync --frozen --inexact --quiet
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test test-fast lint typecheck bench clean down
+.PHONY: demo test test-fast lint typecheck lock lock-check bench clean down
 
-$(PY):
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e .
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC)
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --extra dev
 	touch $(STAMP) $@
 
-$(BENCH_STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[dev,bench]'
+$(BENCH_STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --extra dev --extra bench
 	touch $(STAMP) $(DEV_STAMP) $@
 
 demo: $(STAMP)
 	$(VENV)/bin/fleet demo
 
+# Re-resolve uv.lock from pyproject.toml's ranges (the only target that changes the lock).
+lock: | $(UV)
+	$(UV_ENV) $(UV) lock
+
+# Fails when pyproject.toml and uv.lock disagree (someone changed a range without `make lock`).
+lock-check: | $(UV)
+	@$(UV_ENV) $(UV) lock --check --offline --quiet || (echo "uv.lock is out of date with pyproject.toml: run 'make lock'" >&2; exit 1)
+
 # Chromium (Debian's, from apt) for the rendered-page tests: browser downloads are not possible here.
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) lock-check
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || echo "warning: could not install chromium; the rendered-page test will be skipped"
 	$(VENV)/bin/ruff check scraper middlewares pipelines settings
 	$(VENV)/bin/mypy

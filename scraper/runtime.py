@@ -407,7 +407,7 @@ class FleetRuntime:
                 return  # the feeder's idle polling still finds the work, up to 0.4 s later
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     def _adopt(self, batch: LeaseBatch) -> None:
         """Take a lease batch into the local buffer."""
