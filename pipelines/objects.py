@@ -1,8 +1,8 @@
 """Deterministic object writes: one object per request that yielded items, plus its raw body.
 
 Keys come only from spider, run and the request fingerprint, so a redelivered request overwrites the
-very same object: retries can never double a record (DESIGN.md, "Exactly-once effects"). Items are
-stamped with ``_meta`` here, at write time, so every line carries its provenance.
+very same object: retries can never double a record (docs/architecture.md, "Durability and crash
+windows"). Items are stamped with ``_meta`` here, at write time, so every line carries its provenance.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``fleet`` command line (DESIGN.md, "CLI contract").
+"""The ``fleet`` command line (docs/architecture.md, "CLI and exit codes").
 
 Results that scripts read (seed counts, run summaries, ``--json`` views) go to stdout as JSON; logs go
 to stderr as JSON events. Exit codes: 0 success, 1 usage or configuration error, 2 bad arguments

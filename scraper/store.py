@@ -1,9 +1,9 @@
 """Object store abstraction: one sync API over a local directory and S3.
 
-Pipelines write items, raw bodies, evidence and manifests through this module (see
-DESIGN.md, "Object store layout"). The API is synchronous on purpose: callers run it in a
-thread pool, so every implementation here is thread-safe and keeps no per-call state on
-the instance.
+The worker writes items, raw bodies and evidence, and ``fleet export`` its exports, through this
+module (docs/architecture.md, "Object store layout"). The API is synchronous on purpose: callers run
+it in a thread pool, so every implementation here is thread-safe and keeps no per-call state on the
+instance.
 
 Two guarantees the rest of the fleet builds on:
 
@@ -42,7 +42,7 @@ __all__ = [
     "open_store",
 ]
 
-#: What callers use when FLEET_STORE is unset (DESIGN.md, "Configuration").
+#: What callers use when FLEET_STORE is unset (docs/architecture.md, "Configuration").
 DEFAULT_STORE_URI = "file://./data"
 
 #: Temp files for atomic local writes carry this prefix; ``list`` hides them and keys may
