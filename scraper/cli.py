@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from scrapy import Request, Spider
 
-from scraper import log, redisio
+from scraper import log, progress, redisio
 from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
 from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
 from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
@@ -61,7 +61,7 @@ def _config() -> FleetConfig:
         cfg = FleetConfig.from_env()
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    log.configure(cfg.log_level)
+    log.configure(cfg.log_level, cfg.log_format)
     return cfg
 
 
@@ -181,7 +181,8 @@ async def _seed(
             def all_urls() -> Iterator[str]:
                 yield from urls
                 if urls_file:
-                    yield from _read_urls(urls_file)
+                    yield from progress.track_urls(_read_urls(urls_file), urls_file,
+                                                   show=progress.enabled(cfg.log_format))
 
             enq, skipped = await q.seed_entries(run, _seed_entries(all_urls(), spidercls.name, run, callback))
         else:
@@ -229,8 +230,14 @@ def seed(
     print(json.dumps(result))
 
 
-def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) -> int:
-    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code."""
+def _run_worker(
+    spider: str, concurrency: int | None, until_idle: float | None,
+    on_crawler: Any = None,
+) -> int:
+    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
+
+    ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
+    its item count)."""
     from scrapy.crawler import AsyncCrawlerProcess
 
     cfg = _config()
@@ -258,8 +265,10 @@ def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) 
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
     process = AsyncCrawlerProcess(settings)
-    log.configure(cfg.log_level)
+    log.configure(cfg.log_level, cfg.log_format)
     crawler = process.create_crawler(spidercls)
+    if on_crawler is not None:
+        on_crawler(crawler)
     process.crawl(crawler)
     _install_signals(crawler)
     process.start(install_signal_handlers=False)
@@ -354,8 +363,12 @@ def run_cmd(
     env = dict(os.environ)
     env["FLEET_REDIS_URL"] = _redis_url(cfg)
     cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-    codes = [p.wait() for p in procs]
+    if progress.enabled(cfg.log_format):
+        codes = _run_workers_with_progress(cmd, env, workers, env["FLEET_REDIS_URL"], spider, run_id,
+                                           cfg.log_level)
+    else:
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
+        codes = [p.wait() for p in procs]
     summary = asyncio.run(_summary(cfg, spider, run_id))
     result = {
         "spider": spider,
@@ -375,6 +388,29 @@ def run_cmd(
         raise typer.Exit(EXIT_INFRA)
     if summary["dlq_run"]:
         raise typer.Exit(EXIT_DLQ)
+
+
+def _run_workers_with_progress(
+    cmd: list[str], env: dict[str, str], workers: int, url: str, spider: str, run: str, level: str
+) -> list[int]:
+    """``fleet run`` on a terminal: the workers' stderr comes through this process, which draws the run's
+    bar and prints their events above it (from WARNING up unless FLEET_LOG_LEVEL is set; their INFO
+    events still arrive, for the item count). The workers write JSON, parsed here, whatever the
+    terminal: their stderr is a pipe."""
+    env = {**env, "FLEET_LOG_FORMAT": "json", "FLEET_LOG_LEVEL": "DEBUG" if level == "DEBUG" else "INFO"}
+    with progress.RunProgress(url, spider, run) as bar:
+        procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE) for _ in range(workers)]
+        for p in procs:
+            assert p.stderr is not None
+            bar.forward(p.stderr, progress.display_level())
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            # Ctrl-C reached the workers too (one process group): they stop gracefully, releasing their
+            # leases, and their last lines must still find the pipe open. A second Ctrl-C aborts.
+            codes = [p.wait() for p in procs]
+        bar.drain()
+    return codes
 
 
 async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
@@ -652,7 +688,8 @@ def export(
         raise _fail(f"--format {fmt!r}: use parquet or jsonl")
     cfg = _config()
     try:
-        result = export_run(cfg.store, spider, run, fmt, out)
+        with progress.ExportProgress(spider, run, show=progress.enabled(cfg.log_format)) as bar:
+            result = export_run(cfg.store, spider, run, fmt, out, bar)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if result["records"] == 0:

@@ -34,7 +34,8 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
 | FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |
 | FLEET_BREAKER_COOLDOWN | 1800 | seconds open before one half-open probe; doubles per re-trip, capped at 8 h |
-| FLEET_LOG_LEVEL | INFO | structlog level for Fleet's JSON events (Scrapy's own logs stay at WARNING) |
+| FLEET_LOG_LEVEL | INFO | level of Fleet's events; Scrapy's and other libraries' records pass at this level but never below INFO (Scrapy's start-up and stats dumps are DEBUG). `fleet demo`: WARNING. With a progress bar, `fleet run` shows its workers' events from WARNING up unless this is set |
+| FLEET_LOG_FORMAT | auto | ``json``: one JSON object a line; ``console``: ``time [level] event key=value`` for people (coloured on a terminal unless NO_COLOR is set); ``auto``: console when stderr is a terminal, else JSON. `fleet run`, `fleet demo`, `fleet seed --urls` (files of 1 MiB or more, or stdin) and `fleet export` draw a progress bar on stderr only when it is a terminal, the format is not json and CI is unset |
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class FleetConfig:
     alert_webhook: str | None = None
     allow_private: bool = True
     log_level: str = "INFO"
+    log_format: str = "auto"
     breaker_window: int = 20
     breaker_min_events: int = 5
     breaker_rate: float = 0.5
@@ -133,6 +135,9 @@ class FleetConfig:
         if store_raw not in {"all", "items", "none"}:
             raise ConfigError(f"FLEET_STORE_RAW={store_raw!r}: use all, items or none")
         prefetch_raw = _get(e, "FLEET_PREFETCH")
+        log_format = (_get(e, "FLEET_LOG_FORMAT") or "auto").lower()
+        if log_format not in {"auto", "json", "console"}:
+            raise ConfigError(f"FLEET_LOG_FORMAT={log_format!r}: use json, console or auto (console on a terminal)")
         return cls(
             redis_url=_get(e, "FLEET_REDIS_URL"),
             store=_get(e, "FLEET_STORE") or "file://./data",
@@ -159,6 +164,7 @@ class FleetConfig:
             alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
             log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
+            log_format=log_format,
             breaker_window=_int(e, "FLEET_BREAKER_WINDOW", 20, minimum=1),
             breaker_min_events=_int(e, "FLEET_BREAKER_MIN_EVENTS", 5, minimum=1),
             breaker_rate=_float(e, "FLEET_BREAKER_RATE", 0.5),
