@@ -1234,6 +1234,7 @@ class FleetRuntime:
         evidence = [s_.get("evidence_key") for s_ in samples if s_.get("evidence_key")]
         replay = f"fleet replay {spider} --url {urls[-1]}" if urls else f"fleet replay {spider} --key <raw key>"
         reset = f"fleet breakers reset {spider} {domain}"
+        resume = f"fleet run {spider} --resume <RUN>"
         self.log.warning(
             "breaker_opened", domain=domain, reopened=event == "reopened", rate=rate, window=window,
             sample_urls=urls, missing_fields=missing, evidence_keys=evidence,
@@ -1243,10 +1244,11 @@ class FleetRuntime:
             "text": (f":rotating_light: Fleet drift breaker {'re-' if event == 'reopened' else ''}opened for "
                      f"spider {spider} on {domain}: C rate {rate} over the last {window} item pages; "
                      f"missing fields: {', '.join(missing) or 'all items'}. "
-                     f"Requests are parked, not lost. Check a fix with `{replay}`, then `{reset}`."),
+                     f"Requests are parked, not lost. Check a fix with `{replay}`, then `{reset}`; "
+                     f"where no worker is running (cron), finish the run with `{resume}`."),
             "event": "breaker_opened", "spider": spider, "domain": domain, "reopened": event == "reopened",
             "rate": rate, "window": window, "sample_urls": urls, "missing_fields": missing,
-            "evidence_keys": evidence, "replay_command": replay, "reset_command": reset,
+            "evidence_keys": evidence, "replay_command": replay, "reset_command": reset, "resume_command": resume,
             "open_until": info.get("open_until"),
         })
 
