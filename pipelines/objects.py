@@ -15,18 +15,34 @@ from typing import Any
 
 from itemadapter import ItemAdapter
 
+from scraper.names import check_fp, check_run, check_spider, is_fp, is_name
 from scraper.store import ObjectStore, gzip_bytes
 
 
+def _checked(spider: str, run: str, fp: str) -> None:
+    """Every key names a valid spider, run and fingerprint (scraper.names), checked here again although
+    queue entries are checked when decoded: whatever path a value took, it cannot write outside its
+    spider's and run's prefix. Raises scraper.names.BadName."""
+    if not (is_name(spider) and is_name(run) and is_fp(fp)):
+        check_spider(spider)
+        check_run(run)
+        check_fp(fp)
+
+
 def items_key(spider: str, run: str, fp: str) -> str:
+    _checked(spider, run, fp)
     return f"items/spider={spider}/run={run}/{fp[:2]}/{fp}.jsonl"
 
 
 def raw_key(spider: str, run: str, fp: str) -> str:
+    _checked(spider, run, fp)
     return f"raw/spider={spider}/run={run}/{fp[:2]}/{fp}.html.gz"
 
 
 def evidence_key(spider: str, run: str, cls: str, fp: str) -> str:
+    _checked(spider, run, fp)
+    if cls not in ("A", "B", "C", "D"):
+        raise ValueError(f"evidence class {cls!r:.20} is not A, B, C or D")
     return f"evidence/spider={spider}/run={run}/{cls}/{fp}.json"
 
 
