@@ -28,7 +28,9 @@ def fleet_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def fleet(*args: str, env: dict[str, str], timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def fleet(
+    *args: str, env: dict[str, str], timeout: float = 120, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scraper.cli", *args],
         env=env, capture_output=True, text=True, timeout=timeout, input=stdin, cwd=env.get("FLEET_CWD"),
@@ -42,7 +44,7 @@ def fleet_json(*args: str, env: dict[str, str], timeout: float = 120) -> Any:
 
 
 def start_worker(spider: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    fh = open(log, "ab")  # noqa: SIM115 - owned by the process
+    fh = open(log, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "scraper.cli", "worker", spider, *extra],
         env=env, stdout=fh, stderr=fh,
