@@ -175,6 +175,10 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     name = type(exc).__name__
     if name == "PrivateAddressRefused":  # FLEET_ALLOW_PRIVATE=0 (middlewares/private.py): never retried
         return Verdict(D, "policy:private_address")
+    if name == "URLRefused":  # a scheme FLEET_SCHEMES does not allow, or no host (middlewares/schemes.py)
+        return Verdict(D, str(getattr(exc, "reason", "policy:scheme")))
+    if name == "NotSupported":  # no download handler for the scheme: no retry will find one
+        return Verdict(D, "policy:scheme")
     if name == "TunnelError":
         return Verdict(B, f"proxy:{name}")
     if proxied and type(exc).__module__.startswith("playwright"):

@@ -15,35 +15,39 @@ from typing import Any
 
 from itemadapter import ItemAdapter
 
+from scraper.names import BadName, check_fp, check_run, check_spider, is_fp, is_name
 from scraper.store import InvalidKeyError, ObjectStore, gzip_bytes
 
 
-def _part(what: str, value: str) -> str:
-    """``value`` as one segment of a key, or :class:`InvalidKeyError`.
-
-    Why here and not only in the store: spider, run and fingerprint come from queue entries, which
-    are input. The store refuses keys that escape its root, but a run like ``a/b`` would still be
-    a valid key, one that nests inside run ``a`` (whose listing, export and replay would pick it
-    up). So each name must be exactly one segment; the error fails only this request's object.
-    """
-    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value
-            or (len(value) > 50 and len(value.encode("utf-8", "surrogatepass")) > 200)):
-        shown = repr(value[:80] + "...") if len(value) > 80 else repr(value)
-        raise InvalidKeyError(f"{what} {shown} cannot be part of an object key "
-                              "(empty, '.', '..', a '/', '\\' or NUL, or over 200 bytes)")
-    return value
+def _checked(spider: str, run: str, fp: str) -> None:
+    """Every key names a valid spider, run and fingerprint (scraper.names), checked here again although
+    queue entries are checked when decoded: whatever path a value took, it cannot write outside its
+    spider's and run's prefix. Raises the store's InvalidKeyError (the runtime fails only this request's
+    object, into the DLQ, and acknowledges the rest of its batch) with scraper.names' reason."""
+    if not (is_name(spider) and is_name(run) and is_fp(fp)):
+        try:
+            check_spider(spider)
+            check_run(run)
+            check_fp(fp)
+        except BadName as exc:
+            raise InvalidKeyError(str(exc)) from None
 
 
 def items_key(spider: str, run: str, fp: str) -> str:
-    return f"items/spider={_part('spider', spider)}/run={_part('run', run)}/{fp[:2]}/{_part('fp', fp)}.jsonl"
+    _checked(spider, run, fp)
+    return f"items/spider={spider}/run={run}/{fp[:2]}/{fp}.jsonl"
 
 
 def raw_key(spider: str, run: str, fp: str) -> str:
-    return f"raw/spider={_part('spider', spider)}/run={_part('run', run)}/{fp[:2]}/{_part('fp', fp)}.html.gz"
+    _checked(spider, run, fp)
+    return f"raw/spider={spider}/run={run}/{fp[:2]}/{fp}.html.gz"
 
 
 def evidence_key(spider: str, run: str, cls: str, fp: str) -> str:
-    return f"evidence/spider={_part('spider', spider)}/run={_part('run', run)}/{cls}/{_part('fp', fp)}.json"
+    _checked(spider, run, fp)
+    if cls not in ("A", "B", "C", "D"):
+        raise ValueError(f"evidence class {cls!r:.20} is not A, B, C or D")
+    return f"evidence/spider={spider}/run={run}/{cls}/{fp}.json"
 
 
 def idempotency_key(spider: str, fp: str, index: int) -> str:

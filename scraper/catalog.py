@@ -58,6 +58,11 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
     settings.set("CONCURRENT_REQUESTS", cfg.concurrency, priority="project")
     settings.set("FLEET_SPIDERS_DIR", cfg.spiders_dir, priority="project")
     settings.set("FLEET_CHROMIUM", cfg.chromium, priority="project")
+    handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
+    for scheme in cfg.schemes:
+        if scheme in handlers and handlers[scheme] is None:
+            del handlers[scheme]  # FLEET_SCHEMES names it: Scrapy's own handler (DOWNLOAD_HANDLERS_BASE)
+    settings.set("DOWNLOAD_HANDLERS", handlers, priority="project")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # user modules next to where `fleet` runs are importable
     return settings

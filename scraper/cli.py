@@ -2,8 +2,9 @@
 
 Results that scripts read (seed counts, run summaries, ``--json`` views) go to stdout as JSON; logs go
 to stderr as JSON events. Exit codes: 0 success, 1 usage or configuration error, 2 bad arguments
-(typer), 3 infrastructure failure (Redis/store unreachable), 4 a run finished with requests in the DLQ,
-5 a run ended incomplete (parked requests, an open breaker, work left, or ``--deadline`` passed).
+(typer; or input URLs ``fleet seed`` rejected), 3 infrastructure failure (Redis/store unreachable), 4 a
+run finished with requests in the DLQ, 5 a run ended incomplete (parked requests, an open breaker, work
+left, or ``--deadline`` passed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import redis
 import redis.asyncio as aioredis
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from scrapy import Request, Spider
 
@@ -31,7 +33,9 @@ from scraper import log, progress, redisio, runreport
 from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
 from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
 from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
+from scraper.names import BadName, check_run
 from scraper.queue import FleetQueue, QueueError, check_spider_name, known_spiders
+from scraper.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
 from settings.fleet import ConfigError, FleetConfig
 
 app = typer.Typer(
@@ -49,13 +53,16 @@ err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs get untruncated tables
 
 EXIT_CONFIG = 1
+EXIT_ARGS = 2
 EXIT_INFRA = 3
 EXIT_DLQ = 4
 EXIT_INCOMPLETE = 5
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escaped: messages quote URLs and names, and "[/]" in one is rich markup, not text; soft_wrap: one
+    # line whatever the terminal's width, for whoever greps the log
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -85,12 +92,16 @@ async def _client(url: str) -> aioredis.Redis:
                 err.print(f"[yellow]warning:[/] {warning}", highlight=False)
         finally:
             sync.close()
-    except RedisConfigError as exc:
+    except RedisConfigError as exc:  # an evicting Redis: a configuration to fix, not an outage
         await client.aclose()
-        raise _fail(str(exc), EXIT_INFRA) from None
-    except (OSError, redis.exceptions.ConnectionError) as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except (OSError, redis.exceptions.RedisError) as exc:
         await client.aclose()
-        raise _fail(f"cannot reach Redis at {redact_url(url)}: {exc}", EXIT_INFRA) from None
+        hint = ""
+        if url.lower().startswith("rediss://"):
+            hint = " (rediss:// needs a Redis that speaks TLS; use redis:// for a plain one)"
+        detail = log.redact(str(exc))[:300] or type(exc).__name__
+        raise _fail(f"cannot reach Redis at {redact_url(url)}: {detail}{hint}", EXIT_INFRA) from None
     return client
 
 
@@ -123,6 +134,17 @@ def _spider_arg(value: Any) -> Any:
     return value
 
 
+def _run_arg(value: Any) -> Any:
+    """Typer callback for --run: a run id becomes part of Redis and object keys, so one that cannot is
+    a usage error (exit 2) where it enters, not a bad key later."""
+    if value is not None:
+        try:
+            check_run(value)
+        except BadName as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 def _default_run() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
@@ -134,19 +156,39 @@ def _spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
         raise _fail(str(exc)) from None
 
 
-def _read_urls(path: str) -> Iterator[str]:
-    stream: Iterable[str]
+def _read_urls(path: str) -> Iterator[str | URLRefused]:
+    """The URLs of --urls (a file, or - for stdin), or a URLRefused per line that is not one (scraper.urls)."""
     if path == "-":
-        stream = sys.stdin
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise _fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
-        stream = p.open(encoding="utf-8")
-    for line in stream:
-        url = line.strip()
-        if url and not url.startswith("#"):
-            yield url
+        yield from url_lines(sys.stdin.buffer)
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise _fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
+    try:
+        stream = p.open("rb")
+    except OSError as exc:
+        raise _fail(f"--urls {path}: cannot read it: {exc.strerror or exc}") from None
+    with stream:
+        yield from url_lines(stream)
+
+
+class _Rejected:
+    """Seed input that is not a URL Fleet fetches: one line on stderr each, and a count."""
+
+    def __init__(self, schemes: tuple[str, ...]) -> None:
+        self.schemes = schemes
+        self.count = 0
+
+    def __call__(self, url: str | None, problem: Exception) -> None:
+        self.count += 1
+        where = f"URL {log.redact(url)[:300]!r}: " if url is not None else ""
+        err.print(f"[yellow]rejected[/] {escape(where + str(problem))}", highlight=False, soft_wrap=True)
+
+    def check(self, url: str) -> bool:
+        problem = refusal(url, self.schemes)
+        if problem is not None:
+            self(url, problem)
+        return problem is None
 
 
 async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
@@ -160,17 +202,24 @@ async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
 
 
 def _seed_entries(
-    urls: Iterable[str], spider: str, run: str, callback: str | None = None
+    urls: Iterable[str | URLRefused], spider: str, run: str, callback: str | None = None,
+    rejected: _Rejected | None = None,
 ) -> Iterator[tuple[str, str]]:
-    """Queue entries (envelope JSON, fp) for ``urls``, exactly as ``Envelope.for_url`` would make them."""
+    """Queue entries (envelope JSON, fp) for ``urls``, exactly as ``Envelope.for_url`` would make them.
+    A URL Fleet would not fetch (scheme, no host, malformed: scraper.urls) is reported and counted in
+    ``rejected``, and the others are still enqueued."""
+    rejected = rejected or _Rejected(DEFAULT_SCHEMES)
     entry = SeedEncoder(spider_name=spider, run=run, callback=callback).entry
     for url in urls:
-        if "://" not in url:
-            raise _fail(f"not an absolute URL: {url!r} (expected http:// or https://)")
+        if isinstance(url, URLRefused):
+            rejected(None, url)
+            continue
+        if not rejected.check(url):
+            continue
         try:
             yield entry(url)
         except (ValueError, EnvelopeError) as exc:
-            raise _fail(f"bad URL {url!r}: {exc}") from None
+            rejected(url, exc)
 
 
 async def _seed(
@@ -178,30 +227,37 @@ async def _seed(
     callback: str | None = None,
 ) -> dict[str, Any]:
     client = await _client(_redis_url(cfg))
+    rejected = _Rejected(cfg.schemes)
     try:
         q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)
         if urls or urls_file:
-            def all_urls() -> Iterator[str]:
+            def all_urls() -> Iterator[str | URLRefused]:
                 yield from urls
                 if urls_file:
                     yield from progress.track_urls(_read_urls(urls_file), urls_file,
                                                    show=progress.enabled(cfg.log_format))
 
-            enq, skipped = await q.seed_entries(run, _seed_entries(all_urls(), spidercls.name, run, callback))
+            enq, skipped = await q.seed_entries(
+                run, _seed_entries(all_urls(), spidercls.name, run, callback, rejected))
         else:
             spider = spidercls()
             envs = []
             async for req in _start_requests(spidercls):
+                if not rejected.check(req.url):
+                    continue
                 try:
                     envs.append(Envelope.from_request(req, spider_name=spidercls.name, run=run, spider=spider))
                 except EnvelopeError as exc:
                     raise _fail(f"start request {req.url}: {exc}") from None
-            if not envs:
+            if not envs and not rejected.count:
                 raise _fail(
                     f"spider {spidercls.name!r} has no start URLs: pass --url or --urls FILE"
                 )
             enq, skipped = await q.seed(run, envs)
-        return {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
+        result = {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
+        if rejected.count:
+            result["rejected"] = rejected.count
+        return result
     finally:
         await client.aclose()
 
@@ -211,13 +267,16 @@ def seed(
     spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name (see `fleet spiders`).")],
     url: Annotated[Optional[list[str]], typer.Option("--url", help="A URL to enqueue; repeatable.")] = None,
     urls: Annotated[Optional[str], typer.Option("--urls", help="File with one URL a line, or - for stdin.")] = None,
-    run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", callback=_run_arg, help="Run id; default: a UTC timestamp.")] = None,
     callback: Annotated[Optional[str], typer.Option(
         help="Spider method that parses these URLs (default: parse), e.g. parse_product.")] = None,
 ) -> None:
     """Enqueue requests for SPIDER; without --url/--urls, the spider's own start requests.
 
     A URL already enqueued in the same run is skipped (SEEN). Prints JSON {run, enqueued, skipped}.
+    A URL Fleet would not fetch (a scheme FLEET_SCHEMES does not allow, no host, malformed, a line that
+    is not UTF-8) is rejected with one line on stderr; the others are still enqueued, the JSON then has
+    "rejected": N and the exit code is 2.
     """
     cfg = _config()
     spidercls = _spider_class(spider, cfg)
@@ -231,6 +290,8 @@ def seed(
     except QueueError as exc:
         raise _fail(str(exc)) from None
     print(json.dumps(result))
+    if result.get("rejected"):
+        raise typer.Exit(EXIT_ARGS)
 
 
 def _run_worker(
@@ -351,9 +412,9 @@ def run_cmd(
     spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     urls: Annotated[Optional[str], typer.Option("--urls", help="File of URLs (or -); default: the spider's start requests.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
-    run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", callback=_run_arg, help="Run id; default: a UTC timestamp.")] = None,
     resume: Annotated[Optional[str], typer.Option(
-        "--resume", metavar="RUN",
+        "--resume", metavar="RUN", callback=_run_arg,
         help="Drain the existing run RUN without seeding (after `fleet breakers reset`, or a run cut by --deadline).")] = None,
     deadline: Annotated[Optional[float], typer.Option(
         "--deadline", metavar="SECONDS",
@@ -364,7 +425,8 @@ def run_cmd(
 
     Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
     a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
-    3 infrastructure failure; 1 configuration error.
+    3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`);
+    1 configuration error.
     """
     cfg = _config()
     if workers < 1:
@@ -380,7 +442,7 @@ def run_cmd(
         known = asyncio.run(_summary(cfg, spider, run_id))
         if not known["known"]:
             raise _fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
-        seeded = {"enqueued": 0, "skipped": 0}
+        seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
     else:
         run_id = run or _default_run()
         seeded = asyncio.run(_seed(cfg, spidercls, run_id, [], urls))
@@ -404,7 +466,7 @@ def run_cmd(
     summary = asyncio.run(_summary(cfg, spider, run_id))
     result = runreport.summarize(
         spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
-        skipped=seeded["skipped"], seen=summary["run"]["seen"], done=summary["run"]["done"],
+        skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
         dlq=summary["dlq_run"], queue=summary["counts"], breakers=summary["breakers"], workers=worker_stats,
         worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
     )
@@ -693,7 +755,7 @@ def replay(
     spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
     url: Annotated[Optional[str], typer.Option("--url", help="The page's URL (its stored snapshot is used).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="A raw/, items/ or evidence/ key of the page.")] = None,
-    run: Annotated[Optional[str], typer.Option("--run", help="Run of the snapshot (default: newest that has it).")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", callback=_run_arg, help="Run of the snapshot (default: newest that has it).")] = None,
     callback: Annotated[Optional[str], typer.Option(help="Callback to run (default: from the evidence, else parse).")] = None,
 ) -> None:
     """Re-run extraction offline on a stored snapshot; exit 0 when the required fields are there, 1 when
@@ -726,7 +788,7 @@ async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
 @app.command()
 def export(
     spider: Annotated[str, typer.Argument(callback=_spider_arg, help="Spider name.")],
-    run: Annotated[str, typer.Option("--run", help="The run to export.")],
+    run: Annotated[str, typer.Option("--run", callback=_run_arg, help="The run to export.")],
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     out: Annotated[Optional[str], typer.Option("--out", help="Store URI to write to (default: FLEET_STORE, under exports/).")] = None,
 ) -> None:

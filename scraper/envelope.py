@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import string
@@ -21,6 +22,9 @@ from urllib.parse import urlsplit
 from scrapy import Request, Spider
 from scrapy.utils.request import fingerprint as scrapy_fingerprint
 from w3lib.url import canonicalize_url, safe_url_string
+
+from scraper import names
+from scraper.urls import FETCHABLE_SCHEMES, POLICY_SCHEME, refusal
 
 VERSION = 1
 
@@ -40,7 +44,90 @@ _RUNTIME_META = {
 
 
 class EnvelopeError(ValueError):
-    """An entry that must not be executed: bad JSON, pickle, unknown version, missing fields."""
+    """An entry that must not be executed: bad JSON, pickle, unknown version, missing or malformed fields,
+    or one that cannot become a Scrapy Request. ``run`` is the entry's run id when it had a usable one
+    (its DLQ record then counts for that run), else ``""``."""
+
+    def __init__(self, message: str, *, run: str = "") -> None:
+        super().__init__(message)
+        self.run = run
+
+
+# An HTTP method or header name (RFC 9110 token); a header value may hold neither CR, LF nor NUL.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]{1,64}")
+_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
+# Nesting deeper than this in meta, cb_kwargs or history is refused: json.dumps recurses, and an entry
+# decoded near the recursion limit would fail again each time it is written back (nack, DLQ).
+MAX_NESTING = 64
+# Attribute names of scrapy.Spider itself: never a callback (an entry naming "close" or "from_crawler"
+# must not make the worker call them with a response); "parse" is the one that is.
+_SPIDER_ATTRS = frozenset(dir(Spider)) - {"parse"}
+
+
+def _not_json(name: str) -> Any:
+    raise EnvelopeError(f"entry holds {name}, which JSON does not allow")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise EnvelopeError(f"entry holds the number {text[:20]}, out of range")
+    return value
+
+
+# one decoder for every entry: json.loads with hooks would build a decoder per call (~a third of a decode)
+_DECODE = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite).decode
+
+
+def _nesting_ok(value: Any) -> bool:
+    """True if ``value`` (decoded JSON) nests at most MAX_NESTING containers deep; iterative, so a deep
+    value cannot exhaust the stack here."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth >= MAX_NESTING:
+            return False
+        stack.extend((x, depth + 1) for x in item if isinstance(x, (dict, list)))
+    return True
+
+
+def _callback_field(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if type(value) is not str or not value.isidentifier() or value.startswith("_") or value in _SPIDER_ATTRS:
+        raise EnvelopeError(f"{key} {value!r:.60} is not the name of a spider callback")
+    return value
+
+
+def _int_field(data: dict[str, Any], key: str, *, minimum: int, maximum: int) -> int:
+    value = data.get(key)
+    if value is None:
+        return 0
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise EnvelopeError(f"{key} must be an integer from {minimum} to {maximum}")
+    return value
+
+
+def _headers_field(data: dict[str, Any]) -> dict[str, list[str]]:
+    raw = data.get("headers")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise EnvelopeError("headers must be an object of lists of strings")
+    out: dict[str, list[str]] = {}
+    for name, values in raw.items():
+        if not _TOKEN.fullmatch(name) or not isinstance(values, list):
+            raise EnvelopeError(f"header {name!r:.60} is not a header name with a list of values")
+        for v in values:
+            if type(v) is not str or _BAD_HEADER_VALUE.search(v):
+                raise EnvelopeError(f"header {name!r:.60} has a value that is not a one-line string")
+        out[name] = list(values)
+    return out
 
 
 # json.dumps with non-default arguments builds an encoder per call; every envelope is dumped once
@@ -163,25 +250,33 @@ class Envelope:
         if self.callback:
             cb = getattr(spider, self.callback, None) if spider is not None else None
             if cb is None:
-                raise EnvelopeError(f"spider has no callback named {self.callback!r}")
+                raise EnvelopeError(f"spider has no callback named {self.callback!r}", run=self.run)
         if self.errback:
             eb = getattr(spider, self.errback, None) if spider is not None else None
             if eb is None:
-                raise EnvelopeError(f"spider has no errback named {self.errback!r}")
+                raise EnvelopeError(f"spider has no errback named {self.errback!r}", run=self.run)
+        if cb is not None and not callable(cb):
+            raise EnvelopeError(f"spider attribute {self.callback!r} is not a callback", run=self.run)
+        if eb is not None and not callable(eb):
+            raise EnvelopeError(f"spider attribute {self.errback!r} is not an errback", run=self.run)
         meta = dict(self.meta)
         meta["depth"] = self.depth
-        return Request(
-            self.url,
-            method=self.method,
-            headers=self.headers or None,
-            body=self.body or None,
-            meta=meta,
-            cb_kwargs=dict(self.cb_kwargs),
-            priority=self.priority,
-            callback=cb,
-            errback=eb,
-            dont_filter=True,  # dedup is Fleet's job (SEEN/DONE), never the in-process dupefilter's
-        )
+        try:
+            return Request(
+                self.url,
+                method=self.method,
+                headers=self.headers or None,
+                body=self.body or None,
+                meta=meta,
+                cb_kwargs=dict(self.cb_kwargs),
+                priority=self.priority,
+                callback=cb,
+                errback=eb,
+                dont_filter=True,  # dedup is Fleet's job (SEEN/DONE), never the in-process dupefilter's
+            )
+        except (ValueError, TypeError) as exc:  # Scrapy refuses it (e.g. "Missing scheme in request url")
+            raise EnvelopeError(f"not a valid request: {type(exc).__name__}: {str(exc)[:200]}",
+                                run=self.run) from None
 
     @classmethod
     def for_url(cls, url: str, *, spider_name: str, run: str) -> Envelope:
@@ -225,6 +320,14 @@ class Envelope:
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Envelope:
+        """Decode a queue entry, or raise :class:`EnvelopeError` (and nothing else) for any entry that
+        could not become the Request it describes: the caller sends it to the DLQ as ``bad_envelope``.
+
+        Checked here, once per lease, because every later step trusts these fields: the fingerprint is
+        unpacked as hex by the Lua scripts (a non-hex one failed the whole commit batch it was in), spider
+        and run become object keys, the URL becomes a Request (Scrapy raised ValueError for
+        ``javascript:`` out of the scheduler), callbacks are looked up on the spider by name, and every
+        field is written back as JSON on a retry (NaN or a 1e400 float would fail that)."""
         if isinstance(raw, bytes):
             if raw[:1] == b"\x80":
                 raise EnvelopeError("pickle payload rejected: Fleet never unpickles queue entries")
@@ -232,48 +335,95 @@ class Envelope:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise EnvelopeError("entry is not UTF-8 JSON") from None
-        else:
+        elif isinstance(raw, str):
             text = raw
+        else:
+            raise EnvelopeError(f"entry is a {type(raw).__name__}, not JSON text")
         try:
-            data = json.loads(text)
+            data = _DECODE(text)
+        except EnvelopeError:
+            raise
         except ValueError:
             raise EnvelopeError("entry is not valid JSON") from None
+        except RecursionError:
+            raise EnvelopeError("entry is nested too deeply") from None
         if not isinstance(data, dict):
             raise EnvelopeError("entry is not a JSON object")
         version = data.get("v")
         if type(version) is not int or version != VERSION:
-            raise EnvelopeError(f"unknown envelope version {version!r} (this worker reads v{VERSION})")
+            raise EnvelopeError(f"unknown envelope version {version!r:.40} (this worker reads v{VERSION})")
+        run = data.get("run")
+        known = str(run) if names.is_name(run) else ""
         try:
-            url, spider, run, fp = data["url"], data["spider"], data["run"], data["fp"]
-            if not all(isinstance(x, str) and x for x in (url, spider, run, fp)):
-                raise EnvelopeError("url, spider, run and fp must be non-empty strings")
-            attempts = data.get("attempts") or {}
-            if not isinstance(attempts, dict):
-                raise EnvelopeError("attempts must be an object")
-            return cls(
-                url=url,
-                spider=spider,
-                run=run,
-                fp=fp,
-                method=str(data.get("method") or "GET"),
-                headers={str(k): [str(x) for x in v] for k, v in (data.get("headers") or {}).items()},
-                body=base64.b64decode(data.get("body") or "", validate=True),
-                meta=dict(data.get("meta") or {}),
-                cb_kwargs=dict(data.get("cb_kwargs") or {}),
-                priority=int(data.get("priority") or 0),
-                callback=data.get("callback"),
-                errback=data.get("errback"),
-                dont_filter=bool(data.get("dont_filter")),
-                depth=int(data.get("depth") or 0),
-                attempts={str(k): int(v) for k, v in attempts.items()},
-                history=list(data.get("history") or []),
-                enqueued_at=float(data.get("enqueued_at") or 0.0),
-                parent=data.get("parent"),
-            )
-        except EnvelopeError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {exc}") from None
+            return cls._from_dict(data)
+        except EnvelopeError as exc:
+            raise EnvelopeError(str(exc), run=known) from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise EnvelopeError(f"malformed envelope: {type(exc).__name__}: {str(exc)[:200]}", run=known) from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> Envelope:
+        # the common case (a plain envelope, empty containers) costs a few checks: this runs per lease
+        url, spider, run, fp = data.get("url"), data.get("spider"), data.get("run"), data.get("fp")
+        if type(url) is not str or not url:
+            raise EnvelopeError("url must be a non-empty string")
+        if not (names.is_name(spider) and names.is_name(run) and names.is_fp(fp)):
+            try:
+                names.check_spider(spider)
+                names.check_run(run)
+                names.check_fp(fp)
+            except names.BadName as exc:
+                raise EnvelopeError(str(exc)) from None
+        problem = refusal(url, FETCHABLE_SCHEMES)  # which schemes this worker fetches is decided later
+        if problem is not None:
+            if problem.reason == POLICY_SCHEME:
+                raise EnvelopeError(f"url: {url.partition(':')[0][:20]!r} is not a scheme Scrapy fetches")
+            raise EnvelopeError(f"url: {problem}")
+        method = data.get("method") or "GET"
+        if method != "GET" and (type(method) is not str or not _TOKEN.fullmatch(method)):
+            raise EnvelopeError(f"method {method!r:.40} is not an HTTP method")
+        attempts = data.get("attempts") or {}
+        if not isinstance(attempts, dict) or (attempts and not all(
+                type(v) is int and 0 <= v < 2**31 for v in attempts.values())):
+            raise EnvelopeError("attempts must be an object of counts")
+        meta, cb_kwargs, history = data.get("meta") or {}, data.get("cb_kwargs") or {}, data.get("history") or []
+        if not isinstance(meta, dict) or not isinstance(cb_kwargs, dict):
+            raise EnvelopeError("meta and cb_kwargs must be objects")
+        if not isinstance(history, list) or (history and not all(
+                isinstance(h, dict) and isinstance(h.get("proxy"), (str, type(None))) for h in history)):
+            raise EnvelopeError("history must be a list of objects (with string proxy ids)")
+        if (meta and not _nesting_ok(meta)) or (cb_kwargs and not _nesting_ok(cb_kwargs)) or (
+                history and not _nesting_ok(history)):
+            raise EnvelopeError(f"meta, cb_kwargs or history nest deeper than {MAX_NESTING} levels")
+        body = data.get("body") or ""
+        if type(body) is not str:
+            raise EnvelopeError("body must be base64 text")
+        enqueued_at = data.get("enqueued_at") or 0.0
+        if type(enqueued_at) not in (int, float):
+            raise EnvelopeError("enqueued_at must be a number")
+        parent = data.get("parent")
+        if parent is not None and type(parent) is not str:
+            raise EnvelopeError("parent must be a string")
+        return cls(
+            url=url,
+            spider=spider,  # type: ignore[arg-type]  # checked above (names.is_name)
+            run=run,  # type: ignore[arg-type]
+            fp=fp,  # type: ignore[arg-type]
+            method=method,
+            headers=_headers_field(data) if data.get("headers") else {},
+            body=base64.b64decode(body, validate=True) if body else b"",
+            meta=meta,
+            cb_kwargs=cb_kwargs,
+            priority=_int_field(data, "priority", minimum=-(2**31), maximum=2**31),
+            callback=_callback_field(data, "callback"),
+            errback=_callback_field(data, "errback"),
+            dont_filter=bool(data.get("dont_filter")),
+            depth=_int_field(data, "depth", minimum=0, maximum=2**31),
+            attempts=dict(attempts),
+            history=history,
+            enqueued_at=float(enqueued_at),
+            parent=parent,
+        )
 
     def total_attempts(self) -> int:
         return sum(self.attempts.values())

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -42,6 +42,8 @@ from rich.progress import (
 from rich.text import Text
 
 from scraper import log
+
+_T = TypeVar("_T")
 
 POLL_INTERVAL = 0.5  # seconds between Redis reads: cheap (a pipeline of three commands), fresh enough to read
 SEED_BAR_MIN_BYTES = 1 << 20  # a --urls file smaller than this seeds in about a second: no bar
@@ -322,7 +324,7 @@ def display_level(env: Mapping[str, str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def track_urls(urls: Iterable[str], source: str, *, show: bool, label: str = "seeding") -> Iterator[str]:
+def track_urls(urls: Iterable[_T], source: str, *, show: bool, label: str = "seeding") -> Iterator[_T]:
     """``urls`` as they are, with a bar of the file read so far (bytes, approximate: a URL's length plus
     its newline) when ``show`` and the file is at least :data:`SEED_BAR_MIN_BYTES`, or a counter for a
     piped stdin. Small files get no bar: they are done before a bar would be legible."""
@@ -357,7 +359,7 @@ def track_urls(urls: Iterable[str], source: str, *, show: bool, label: str = "se
     try:
         for url in urls:
             count += 1
-            read += len(url) + 1
+            read += (len(url) if isinstance(url, str) else 80) + 1  # a refused line: roughly
             now = time.monotonic()
             if now - last >= 0.1:
                 last = now

@@ -98,7 +98,12 @@ def parse_proxies(spec: str | None) -> list[Proxy]:
     if not spec:
         return []
     if os.path.isfile(spec):
-        entries = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines()]
+        try:
+            text = Path(spec).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # the path is configuration, the contents secrets
+            what = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc.strerror})"
+            raise ProxyConfigError(f"FLEET_PROXIES file {spec} {what}") from None
+        entries = [ln.strip() for ln in text.splitlines()]
     elif "://" in spec:
         entries = [x.strip() for x in spec.split(",")]
     else:
@@ -110,13 +115,13 @@ def parse_proxies(spec: str | None) -> list[Proxy]:
     for n, raw in enumerate(entries, 1):
         if not raw or raw.startswith("#"):
             continue
-        parts = urlsplit(raw)
-        port_ok = True
         try:
+            parts = urlsplit(raw)  # raises on a malformed IPv6 host ("http://[::1")
             _ = parts.port  # raises on a non-numeric or out-of-range port
+            ok = parts.scheme in {"http", "https"} and bool(parts.hostname)
         except ValueError:
-            port_ok = False
-        if parts.scheme not in {"http", "https"} or not parts.hostname or not port_ok:
+            ok = False
+        if not ok:
             raise ProxyConfigError(
                 f"FLEET_PROXIES entry {n} is not an http(s)://[user:pass@]host:port URL"
             )

@@ -36,7 +36,7 @@ class QueueError(RuntimeError):
 
 
 def check_spider_name(name: str) -> str:
-    if not _SPIDER_RE.match(name):
+    if not _SPIDER_RE.fullmatch(name):
         raise QueueError(
             f"spider name {name!r} cannot be used as a queue name: use letters, digits, '_', '-' or '.'"
         )
@@ -585,4 +585,8 @@ class FleetQueue:
 
 
 async def known_spiders(client: aioredis.Redis) -> list[str]:
-    return sorted(_s(s) for s in await client.smembers(SPIDERS_KEY))
+    """The spiders ever seeded; a member that is not a valid spider name (written by something else) is
+    left out rather than failing every command that lists spiders."""
+    members = [s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s)
+               for s in await client.smembers(SPIDERS_KEY)]
+    return sorted(m for m in members if _SPIDER_RE.fullmatch(m))

@@ -20,6 +20,7 @@ from scrapy.http import HtmlResponse
 from middlewares import drift
 from pipelines.objects import evidence_key, item_to_dict, raw_key
 from scraper.envelope import fp64
+from scraper.names import is_name
 from scraper.store import ObjectStore, open_store
 from settings.fleet import FleetConfig
 
@@ -68,10 +69,15 @@ def run_replay(
         if m.group("spider") != name:
             raise ReplayError(f"--key belongs to spider {m.group('spider')!r}, not {name!r}")
         run, fp = m.group("run"), m.group("fp")
+        if not is_name(run):
+            raise ReplayError(f"--key names the run {run!r}, which is not a run id Fleet writes")
     else:
         assert url is not None
-        fp = fp64(Request(url))
-    runs = [run] if run else runs_lookup()
+        try:
+            fp = fp64(Request(url))
+        except ValueError as exc:
+            raise ReplayError(f"--url {url!r}: {exc}") from None
+    runs = [run] if run else [r for r in runs_lookup() if is_name(r)]
     body = None
     for r in runs:
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "EXIT_ARGS",
     "EXIT_DLQ",
     "EXIT_INCOMPLETE",
     "EXIT_INFRA",
@@ -29,6 +30,7 @@ __all__ = [
     "write_worker_stats",
 ]
 
+EXIT_ARGS = 2
 EXIT_INFRA = 3
 EXIT_DLQ = 4
 EXIT_INCOMPLETE = 5
@@ -91,6 +93,7 @@ def summarize(
     resumed: bool,
     seeded: int,
     skipped: int,
+    rejected: int = 0,
     seen: int,
     done: int,
     dlq: int,
@@ -116,6 +119,7 @@ def summarize(
         "resumed": resumed,
         "seeded": seeded,
         "skipped": skipped,
+        "rejected": rejected,
         "discovered": max(0, seen - seeded) if not resumed else None,
         "seen": seen,
         "done": done,
@@ -140,7 +144,8 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
 
     3 a worker failed (Redis or the store down past its limit, or it could not start); 5 incomplete:
     the deadline passed, requests are parked or still queued, or a breaker is open; 4 the run drained
-    but some of its requests ended in the DLQ; 0 drained with nothing parked and no breaker open.
+    but some of its requests ended in the DLQ; 2 it drained but some input URLs were rejected at seeding;
+    0 drained with nothing parked and no breaker open.
     Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
     """
     codes = summary.get("worker_exit_codes") or []
@@ -160,4 +165,6 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
             f" (after a fix: fleet breakers reset, then fleet run {summary['spider']} --resume {summary['run']})"
     if summary.get("dlq"):
         return EXIT_DLQ, f"{summary['dlq']} requests of the run are in the DLQ (fleet dlq {summary['spider']} list)"
+    if summary.get("rejected"):
+        return EXIT_ARGS, f"{summary['rejected']} input URLs were rejected (one line each above); the rest finished"
     return 0, ""

@@ -61,6 +61,7 @@ from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease, LeaseBatch, new_id
 from scraper.store import InvalidKeyError, LocalStore, open_store
 from scraper.tuning import tune_gc
+from scraper.urls import refusal
 from settings.fleet import FleetConfig
 
 # Answers that mean "this whole site wants you to slow down".
@@ -448,8 +449,13 @@ class FleetRuntime:
                 continue
             try:
                 env = Envelope.loads(lease.raw)
+                if self.spider is not None and env.spider != self.spider.name:
+                    raise EnvelopeError(f"entry is for spider {env.spider!r}, not {self.spider.name!r}",
+                                        run=env.run)
             except EnvelopeError as exc:
-                st = LeaseState(lease=lease, env=Envelope(url="", spider="", run="", fp=""))
+                # settled on its own: the rest of the batch goes on (its run, when usable, is kept so
+                # `fleet run` counts the DLQ entry)
+                st = LeaseState(lease=lease, env=Envelope(url="", spider="", run=exc.run, fp=""))
                 self._spawn(self._dead(st, "bad_envelope", str(exc), raw=lease.raw))
                 continue
             self.buffer.append(LeaseState(lease=lease, env=env))
@@ -652,6 +658,13 @@ class FleetRuntime:
         return True
 
     def discovered(self, state: LeaseState, request: Request) -> None:
+        refused = refusal(request.url, self.config.schemes)
+        if refused is not None:
+            # a link to file://, ftp://, javascript:… or one without a host: never queued, never retried
+            # (middlewares.schemes refuses it again before any download)
+            self.stats.inc_value("fleet/discovered_refused")
+            self.log.info("request_refused", parent=state.env.fp, reason=refused.reason, detail=str(refused))
+            return
         if self._off_site(request, request.dont_filter):
             # the spider's allowed_domains, applied where the request is found: a queued request is
             # always fetched (dont_filter), so Scrapy's offsite check would never see it again

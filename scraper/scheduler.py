@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from scraper.embedded import resolve_redis_url
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.names import is_name
 from scraper.runtime import FleetRuntime
 from settings.fleet import FleetConfig
 
@@ -69,6 +70,9 @@ class FleetScheduler(BaseScheduler):
     async def _enqueue_orphan(self, request: Request) -> None:
         assert self.rt.queue is not None and self.rt.spider is not None
         run = str(request.meta.get("fleet_run") or "adhoc")
+        if not is_name(run):  # it becomes part of Redis and object keys (scraper.names)
+            self.rt.log.error("request_rejected", reason=f"meta fleet_run {run[:60]!r} is not a run id")
+            return
         try:
             env = Envelope.from_request(
                 request, spider_name=self.rt.spider.name, run=run, spider=self.rt.spider

@@ -39,9 +39,16 @@ REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 
 # Scrapy's HTTP/1.1 handler with Twisted's in-process automatic retry of reset keep-alive connections
 # switched off (scraper.download): every attempt is a delivery from Redis, counted in its A budget.
+# Scrapy's handlers for the other schemes are off: a crawled page's file:// link must not read the
+# worker's files, nor an s3:// one use its credentials. FLEET_SCHEMES switches them back on by name
+# (scraper.catalog.base_settings); middlewares.schemes refuses such URLs before any handler is asked.
 DOWNLOAD_HANDLERS = {
     "http": "scraper.download.FleetHTTPDownloadHandler",
     "https": "scraper.download.FleetHTTPDownloadHandler",
+    "file": None,
+    "ftp": None,
+    "s3": None,
+    "data": None,
 }
 
 # Retries are data in Redis (DELAYED zset), not sleeps inside one process: Scrapy's own retry
@@ -58,6 +65,9 @@ SPIDER_MIDDLEWARES = {
 }
 
 DOWNLOADER_MIDDLEWARES = {
+    # Outermost on the way out: a URL whose scheme FLEET_SCHEMES does not allow (file://, ftp://…) or
+    # that has no host is never fetched, whatever put it there (a seed, a queue entry, a redirect).
+    "middlewares.schemes.SchemeMiddleware": 40,
     # FLEET_ALLOW_PRIVATE=0: first on the way out, so no other middleware (nor a redirect) reaches a
     # non-public address; off by default (NotConfigured)
     "middlewares.private.PrivateAddressMiddleware": 50,

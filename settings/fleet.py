@@ -29,6 +29,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
 | FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs, and in lease tokens and the wake list: unique per live process |
 | FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
+| FLEET_SCHEMES | http,https | URL schemes workers fetch (comma list of http, https, ftp, file, s3, data). Any other URL is refused wherever it appears: ``fleet seed`` rejects it, a link to it is skipped (counted as ``fleet/discovered_refused``), a queued or redirected one goes to the DLQ as D ``policy:scheme`` unfetched (scraper/urls.py). ``file`` reads the worker's own files: never on unless named here. Independent of FLEET_ALLOW_PRIVATE (``0`` refuses every scheme but http(s) anyway) |
 | FLEET_ALLOW_PRIVATE | 1 | ``0``: never fetch a host that is or resolves to a non-public address (loopback, private, link-local, metadata service…): such requests go to the DLQ as D ``policy:private_address`` (middlewares/private.py). ``1``: allowed (the embedded demo site is on 127.0.0.1) |
 | FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
@@ -46,6 +47,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from scraper.urls import DEFAULT_SCHEMES, parse_schemes
 
 if TYPE_CHECKING:
     from scraper.queue import BreakerParams
@@ -88,6 +91,43 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    """FLEET_REDIS_URL, checked as redis-py will parse it: a mistake is a one-line configuration error
+    here, not a traceback from the first command that connects. The messages never repeat the URL (it
+    may hold a password)."""
+    raw = _get(env, "FLEET_REDIS_URL")
+    if raw is None:
+        return None
+    scheme, sep, _ = raw.partition("://")
+    if not sep or scheme.lower() not in _REDIS_SCHEMES:
+        shown = f"{scheme[:20]}://" if sep else "no scheme"
+        raise ConfigError(f"FLEET_REDIS_URL must start with redis://, rediss:// or unix:// (got {shown}); "
+                          "unset it to use the embedded Redis")
+    from redis.connection import parse_url
+
+    try:
+        parse_url(raw)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
+        raise ConfigError(
+            "FLEET_REDIS_URL is not a valid Redis URL: use redis://[[user]:password@]host[:port][/db], "
+            "rediss://... for TLS, or unix:///path/to/redis.sock (a port is a number, IPv6 hosts go in [])"
+        ) from None
+    return raw
+
+
+def _schemes(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _get(env, "FLEET_SCHEMES")
+    if raw is None:
+        return DEFAULT_SCHEMES
+    try:
+        return parse_schemes(raw)
+    except ValueError as exc:
+        raise ConfigError(f"FLEET_SCHEMES: {exc}") from None
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -120,6 +160,7 @@ class FleetConfig:
     worker_id: str = field(default_factory=_default_worker_id)
     alert_webhook: str | None = None
     allow_private: bool = True
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES
     log_level: str = "INFO"
     log_format: str = "auto"
     breaker_window: int = 20
@@ -139,7 +180,7 @@ class FleetConfig:
         if log_format not in {"auto", "json", "console"}:
             raise ConfigError(f"FLEET_LOG_FORMAT={log_format!r}: use json, console or auto (console on a terminal)")
         return cls(
-            redis_url=_get(e, "FLEET_REDIS_URL"),
+            redis_url=_redis_url(e),
             store=_get(e, "FLEET_STORE") or "file://./data",
             spider_modules=modules,
             spiders_dir=_get(e, "FLEET_SPIDERS_DIR"),
@@ -163,6 +204,7 @@ class FleetConfig:
             worker_id=_get(e, "FLEET_WORKER_ID") or _default_worker_id(),
             alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
+            schemes=_schemes(e),
             log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
             log_format=log_format,
             breaker_window=_int(e, "FLEET_BREAKER_WINDOW", 20, minimum=1),

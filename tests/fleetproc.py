@@ -28,7 +28,9 @@ def fleet_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def fleet(*args: str, env: dict[str, str], timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def fleet(
+    *args: str, env: dict[str, str], timeout: float = 120, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "scraper.cli", *args],
         env=env, capture_output=True, text=True, timeout=timeout, input=stdin, cwd=env.get("FLEET_CWD"),

@@ -71,7 +71,9 @@ def redis_stats(r: Any) -> dict[str, Any]:
     }
 
 
-def redis_summary(stats: dict[str, Any], pages: int, *, lua_internal: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+def redis_summary(
+    stats: dict[str, Any], pages: int, *, lua_internal: set[str] | frozenset[str] = frozenset()
+) -> dict[str, Any]:
     cmds: dict[str, int] = stats["commands"]
     cmds = {k: v for k, v in cmds.items() if k not in ("info", "config")}  # the bench's own calls
     total = sum(cmds.values())
@@ -246,7 +248,8 @@ class Bench:
             wcpu = sum(mon.series[f"w{i}"].cpu_at(t1) - mon.series[f"w{i}"].cpu_at(t0) for i in range(len(procs)))
             row["cpu_ms_per_page"] = 1000 * wcpu / (len(ts) - 1)
             row["worker_cpu_util"] = wcpu / win  # cores used by the worker(s) in the window
-            row["redis_cpu_ms_per_page"] = 1000 * (mon.series["redis"].cpu_at(t1) - mon.series["redis"].cpu_at(t0)) / (len(ts) - 1) if with_redis else None
+            redis_cpu = mon.series["redis"].cpu_at(t1) - mon.series["redis"].cpu_at(t0) if with_redis else 0.0
+            row["redis_cpu_ms_per_page"] = 1000 * redis_cpu / (len(ts) - 1) if with_redis else None
             site = sum(s.cpu_at(t1) - s.cpu_at(t0) for k, s in mon.series.items() if k.startswith("site"))
             row["site_cpu_util"] = site / win
             row["host_busy"] = mon.host_busy(t0, t1)

@@ -176,9 +176,10 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
         s = res["summary"].get(name)
         if s:
             console.print(f"  {s['label']:2} = {s['desc']}", highlight=False)
-    console.print("  pages/s and CPU-ms/page: steady state, first to last fetch; worker cores: CPU used by the worker(s) "
-                  "in that window; Redis cmds = INFO commandstats incl. commands run inside Lua; calls = client-issued "
-                  "(EVALSHA/EVAL + others); RT = total_reads_processed (≈ round trips)", highlight=False)
+    console.print("  pages/s and CPU-ms/page: steady state, first to last fetch; worker cores: CPU used by the "
+                  "worker(s) in that window; Redis cmds = INFO commandstats incl. commands run inside Lua; "
+                  "calls = client-issued (EVALSHA/EVAL + others); RT = total_reads_processed (≈ round trips)",
+                  highlight=False)
     r = Table(title="Ratios of steady-state pages/s, per round", title_justify="left")
     for c in ("ratio", "min", "median", "max", "rounds"):
         r.add_column(c, justify="right")
@@ -215,7 +216,8 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
         f"scrapy-redis set of sha1 hex: {dedup.get('scrapy_redis_bytes_per_url', 0):.1f}")
     tcp = lat.get("tcp", {})
     add("dedup check p50, un-pipelined (µs, TCP)", tcp.get("single_p50_us"),
-        None if not tcp else tcp["single_p50_us"] <= 100, "≤ 100", f"p99 {tcp.get('single_p99_us', 0):.0f} µs; PING p50 {tcp.get('ping_p50_us', 0):.0f} µs at the same time")
+        None if not tcp else tcp["single_p50_us"] <= 100, "≤ 100",
+        f"p99 {tcp.get('single_p99_us', 0):.0f} µs; PING p50 {tcp.get('ping_p50_us', 0):.0f} µs at the same time")
     add("dedup check p50, amortized 100/call (µs/fp)", tcp.get("batched_p50_us_per_fp"),
         None if not tcp else tcp["batched_p50_us_per_fp"] <= 20, "≤ 20")
     add("fleet seed URLs/s (end to end)", seed.get("urls_per_s"),
@@ -348,7 +350,8 @@ def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
     m.add_column("measure")
     m.add_column("value", justify="right")
     d, lat, s, sk = res["dedup_memory"], res["dedup_latency"], res["seeding"], res["soak"]
-    m.add_row(f"SEEN bytes/URL at {d['urls']:,}: Fleet (12-bit buckets, 7-byte members)", f"{d['fleet_bytes_per_url']:.2f}")
+    m.add_row(f"SEEN bytes/URL at {d['urls']:,}: Fleet (12-bit buckets, 7-byte members)",
+              f"{d['fleet_bytes_per_url']:.2f}")
     m.add_row("SEEN bytes/URL: scrapy-redis (set of 40-char sha1 hex)", f"{d['scrapy_redis_bytes_per_url']:.2f}")
     m.add_row("SEEN insert rate: Fleet Lua set_add, 5k/call", f"{d['fleet_insert_per_s']:,.0f}/s")
     for tr in ("tcp", "unix"):
@@ -359,7 +362,8 @@ def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
                   f"{x['ping_p50_us']:.0f} / {x['ping_p99_us']:.0f} µs")
         m.add_row(f"HAS check, 100 fps/EVALSHA over {tr}: p50 / p99 per fp",
                   f"{x['batched_p50_us_per_fp']:.1f} / {x['batched_p99_us_per_fp']:.1f} µs")
-    m.add_row(f"fleet seed --urls ({s['urls']:,} URLs): end to end", f"{s['urls_per_s']:,.0f} URLs/s ({s['wall_s']:.1f} s)")
+    m.add_row(f"fleet seed --urls ({s['urls']:,} URLs): end to end",
+              f"{s['urls_per_s']:,.0f} URLs/s ({s['wall_s']:.1f} s)")
     m.add_row(f"fleet seed: excluding start-up ({s['startup_s']:.2f} s)", f"{s['urls_per_s_excl_startup']:,.0f} URLs/s")
     m.add_row("fleet seed: Redis memory / AOF bytes per seeded URL",
               f"{s['redis_bytes_per_url']:.0f} / {s['aof_bytes_per_url']:.0f}")
