@@ -19,8 +19,6 @@ overridable per spider); the compressed body itself was already bounded by the d
 
 from __future__ import annotations
 
-from typing import Any
-
 from scrapy import Request, Spider
 from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
 from scrapy.exceptions import IgnoreRequest
@@ -48,11 +46,14 @@ class DecompressMiddleware(HttpCompressionMiddleware):
         try:
             return super().process_response(request, response)
         except IgnoreRequest as exc:  # Scrapy's "exceeded DOWNLOAD_MAXSIZE during decompression"
-            cause: Any = exc.__cause__
-            limit = getattr(cause, "max_size", None) or self._max_size
+            # only numbers are kept: a local bound to the cause (whose traceback's frames hold the partly
+            # decoded output) would live on in this frame, in the traceback of the exception raised below,
+            # and pin up to DOWNLOAD_MAXSIZE per refused bomb until a full garbage collection
+            limit = int(getattr(exc.__cause__, "max_size", 0) or self._max_size)
+            decoded = int(getattr(exc.__cause__, "decompressed_size", limit))
             failure = BodyTooLarge
             detail = (f"encoding={_encoding(response)} compressed={len(response.body)} "
-                      f"decompressed>{getattr(cause, 'decompressed_size', limit)} limit={limit} stage=decode")
+                      f"decompressed>{decoded} limit={limit} stage=decode")
         except Exception as exc:  # the decoder's own error: the body is not what its encoding says
             detail = (f"encoding={_encoding(response)} compressed={len(response.body)} "
                       f"error={type(exc).__name__}: {str(exc)[:120]}")

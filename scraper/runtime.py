@@ -60,7 +60,7 @@ from scraper.filewriter import FileWriter
 from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease, LeaseBatch, new_id
 from scraper.store import LocalStore, StoreError, open_store
-from scraper.tuning import tune_gc, tune_malloc
+from scraper.tuning import tune_gc
 from settings.fleet import FleetConfig
 
 # Answers that mean "this whole site wants you to slow down".
@@ -218,7 +218,6 @@ class FleetRuntime:
         if self.filewriter is not None:
             await self.filewriter.start()
         tune_gc()
-        tune_malloc()
         self._tasks = [
             asyncio.ensure_future(self._feeder()),
             asyncio.ensure_future(self._committer()),

@@ -41,10 +41,9 @@ DOWNLOAD_TIMEOUT = 30
 # custom_settings (or per request: ``download_maxsize`` / ``download_warnsize`` meta).
 # Memory bound (tests/integration/test_hostile_content.py): against bombs and 1 GiB / endless bodies, a
 # worker's RSS with its writer process stays under 250 MB + 1.15 x CONCURRENT_REQUESTS x DOWNLOAD_MAXSIZE
-# (each download buffers at most DOWNLOAD_MAXSIZE, plus its buffer's growth margin, before it is cut off;
-# scraper.tuning.tune_malloc makes freed buffers leave the process): 1.49 GB at concurrency 32 (measured
-# 1.15-1.22 GB), 404 MB at 4 (measured 317 MB). Pages just under the limit are parsed by their callback
-# too, which needs memory of its own.
+# (each download buffers at most DOWNLOAD_MAXSIZE, plus its buffer's growth margin, before it is cut
+# off): 1.49 GB at concurrency 32 (measured 0.96-1.11 GB), 404 MB at 4 (measured 165 MB). Pages just
+# under the limit are parsed by their callback too, which needs memory of its own.
 DOWNLOAD_MAXSIZE = 32 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 8 * 1024 * 1024
 
