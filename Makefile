@@ -44,7 +44,7 @@ lock-check: | $(UV)
 # Chromium (Debian's, from apt) for the rendered-page tests: browser downloads are not possible here.
 test: $(DEV_STAMP) lock-check
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || echo "warning: could not install chromium; the rendered-page test will be skipped"
-	$(VENV)/bin/ruff check scraper middlewares pipelines settings
+	$(VENV)/bin/ruff check scraper middlewares pipelines settings tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
@@ -52,7 +52,7 @@ test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not chaos" tests
 
 lint: $(DEV_STAMP)
-	$(VENV)/bin/ruff check scraper middlewares pipelines settings
+	$(VENV)/bin/ruff check scraper middlewares pipelines settings tests
 
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy

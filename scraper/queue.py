@@ -1,6 +1,6 @@
 """The reliable request queue: READY → IN-FLIGHT (leased) → ack | DELAYED | DLQ, all in Redis.
 
-Why this shape (see DESIGN.md, "The request lifecycle"): a worker may die at any instant, so a request
+Why this shape (docs/architecture.md, "Request lifecycle"): a worker may die at any instant, so a request
 is never removed from Redis until its effects are durable; it is *leased* with a deadline, and a
 reaper that any worker runs returns expired leases to READY. Every transition is one Lua call, and the
 calls take batches so a page costs well under one Redis round trip.

@@ -52,14 +52,14 @@ from pipelines.objects import (
     items_key,
     raw_key,
 )
-from scraper import log, redisio
+from scraper import log, redisio, storehealth
 from scraper.alerts import Alerter
 from scraper.backoff import retry_delay
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
 from scraper.filewriter import FileWriter
 from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease, LeaseBatch, new_id
-from scraper.store import LocalStore, StoreError, open_store
+from scraper.store import InvalidKeyError, LocalStore, open_store
 from scraper.tuning import tune_gc
 from settings.fleet import FleetConfig
 
@@ -110,7 +110,7 @@ class LeaseState:
     write_raw: bool = False
     children_pending: bool = False  # its discovered requests are being queued; DONE + ack wait for that
     written: bool = False  # its objects are durable
-    writer_epoch: int = 0  # local store: the writer epoch of its puts (-1: none taken); see FileWriter
+    writes: tuple[int, ...] = ()  # local store: the tickets of its puts to the writer (FileWriter.result)
     # A speculative lease (see FleetRuntime._speculate): set while Redis has not yet confirmed that this
     # worker holds it; True once claimed (then None), False if it was not (void: the fetch is dropped).
     claim: asyncio.Future[bool] | None = None
@@ -174,7 +174,10 @@ class FleetRuntime:
         self.stopping = False  # no more leasing (shutdown)
         self.releasing = False  # closing: unfinished work is released, never failed or retried
         self.grace_deadline: float | None = None
-        self._store_down_since: float | None = None
+        self.store_outage = storehealth.StoreOutage(config.store_outage_max)
+        # requests whose objects a store outage refused: written again once it is back, released at exit
+        self._store_held: list[LeaseState] = []
+        self._store_probe: asyncio.Future[BaseException | None] | None = None  # the probe write in flight
         self.closed = False
         self.idle_since: float | None = None
         self.exit_code = 0
@@ -336,7 +339,7 @@ class FleetRuntime:
         assert self.queue is not None
         idle = 0.05
         while not self.releasing:
-            if self._store_down_since is not None and not self.stopping:
+            if self.store_outage.down and not self.stopping:
                 await self._probe_store()
                 continue
             # requests already answered only wait for their writes and commit: they use no download
@@ -518,20 +521,53 @@ class FleetRuntime:
     # -- object-store outages ---------------------------------------------------------------------
 
     def _store_trouble(self, exc: BaseException) -> None:
-        if self._store_down_since is None:
-            self._store_down_since = time.monotonic()
-            self.log.warning("store_unavailable", error=type(exc).__name__)
+        """A probe write failed: the store itself is down (or refuses us). Counted and logged with the
+        reason (redacted) when the outage starts; the feeder leases nothing until it is back."""
+        if self.store_outage.begin(exc):
+            self.stats.inc_value("fleet/store/outages")
+            self.log.warning("store_unavailable", error=type(exc).__name__, reason=self.store_outage.reason,
+                             outage_max_s=self.store_outage.limit)
+        self.stats.inc_value("fleet/store/probes_failed")
+
+    async def _check_store(self) -> BaseException | None:
+        """One probe write (``_fleet/probe/<worker>``): None if the store took it, else its error.
+        Concurrent callers share the probe in flight (eight failed S3 PUTs ask one question)."""
+        if self._store_probe is None or self._store_probe.done():
+            async def probe() -> BaseException | None:
+                try:
+                    await self._in_pool(self.writer.store.put, storehealth.probe_key(self.worker_id), b"ok")
+                    return None
+                except Exception as exc:
+                    return exc
+            self._store_probe = asyncio.ensure_future(probe())
+        return await asyncio.shield(self._store_probe)
 
     async def _probe_store(self) -> None:
-        """While the store is down, lease nothing: every fetch would fail and burn A budgets."""
+        """While the store is down, lease nothing: every fetch would fail and burn A budgets. Past
+        FLEET_STORE_OUTAGE_MAX the worker gives up (exit 3); close() releases every lease it holds."""
         await asyncio.sleep(1.0)
-        try:
-            await self._in_pool(self.writer.store.put, f"_fleet/probe/{self.worker_id}", b"ok")
-        except Exception:
+        exc = await self._check_store()
+        if exc is not None:
+            self._store_trouble(exc)
+            if self.store_outage.exceeded() and not self.fatal:
+                outage = self.store_outage
+                self.fatal = (
+                    f"object store unavailable for more than {outage.limit:.0f}s (FLEET_STORE_OUTAGE_MAX): "
+                    f"{outage.reason[:200]}; giving up. Check FLEET_STORE, its credentials and free space."
+                )
+                self.exit_code = 3
+                self.log.error("store_outage_exceeded", seconds=round(outage.elapsed(), 1), reason=outage.reason,
+                               probes_failed=outage.probes_failed, held=len(self._store_held))
+                self.request_stop("store_outage")
             return
-        assert self._store_down_since is not None
-        self.log.warning("store_recovered", down_s=round(time.monotonic() - self._store_down_since, 2))
-        self._store_down_since = None
+        if not self.store_outage.down:
+            return
+        down = self.store_outage.end()
+        self.log.warning("store_recovered", down_s=round(down, 2), held=len(self._store_held))
+        held, self._store_held = self._store_held, []
+        for state in held:  # their objects are written again: no fetch, no budget spent
+            if self.active.get(state.id) is state:
+                self._queue_write(state)
 
     # -- redis outages ----------------------------------------------------------------------------
 
@@ -752,21 +788,27 @@ class FleetRuntime:
         if not (state.items or state.write_raw):
             self._written(state)
             return
+        self._queue_write(state)
+
+    def _queue_write(self, state: LeaseState) -> None:
+        """Queue the request's objects for the store (again, after a store outage)."""
         if self.filewriter is not None:
             # local files go to the writer process (scraper.filewriter): the reactor thread only
             # encodes the items and copies bytes into a pipe; creating files, gzip and syncfs run on
             # the other core. (On this thread they cost 40 µs to >1 ms of kernel time per page; in a
             # store thread every syscall hands the GIL back and forth: measured slower still.)
+            state.writes = ()
             try:
                 ctx = self._ctx(state)
                 key = None
-                gens = []
+                puts: list[tuple[str, bytes, bool]] = []
                 if state.items:
                     key = items_key(ctx.spider, ctx.run, ctx.fp)
-                    gens.append(self.filewriter.put(key, encode_items(ctx, state.items)))
+                    puts.append((key, encode_items(ctx, state.items), False))
                 if state.write_raw:
-                    gens.append(self.filewriter.put(raw_key(ctx.spider, ctx.run, ctx.fp), state.body, gzip=True))
-                state.writer_epoch = gens[0] if len(set(gens)) == 1 else -1
+                    puts.append((raw_key(ctx.spider, ctx.run, ctx.fp), state.body, True))
+                # keys and bytes first: a bad key (InvalidKeyError) leaves no put behind in the pipe
+                state.writes = tuple(self.filewriter.put(k, data, gzip=gz) for k, data, gz in puts)
                 self.to_write.append((state, (key, None)))
             except Exception as exc:
                 self.to_write.append((state, (None, exc)))
@@ -803,20 +845,27 @@ class FleetRuntime:
                 out.append((None, exc))
         return out
 
+    async def _sync_local(self, batch: list[tuple[LeaseState, WriteResult | None]]) -> list[WriteResult]:
+        """One writer barrier for the batch (one syncfs), then each request's own outcome: a put that
+        failed fails its request only, the others' objects are durable (FileWriter.result)."""
+        assert self.filewriter is not None
+        with contextlib.suppress(Exception):  # a barrier that failed as a whole: result() says so per put
+            await self.filewriter.sync()
+        results: list[WriteResult] = []
+        for state, res in batch:
+            key, exc = res or (None, None)
+            for ticket in state.writes:  # every ticket is asked for once, even after a failed one
+                err = self.filewriter.result(ticket)
+                exc = exc or err
+            state.writes = ()
+            results.append((None, exc) if exc is not None else (key, None))
+        return results
+
     async def _write_batch(self, batch: list[tuple[LeaseState, WriteResult | None]]) -> None:
         results: list[WriteResult]
         try:
             if self.filewriter is not None:
-                results = [r or (None, None) for _, r in batch]
-                try:  # one barrier: every object of the batch written and flushed by one syncfs
-                    epoch = await self.filewriter.sync()
-                    # a put of an earlier epoch (its writer died, or a barrier since reported a failed
-                    # put, maybe this one) is not covered: the request is retried
-                    results = [(k, e) if e is not None or st.writer_epoch == epoch
-                               else (None, StoreError("local store write not confirmed; the request is retried"))
-                               for (st, _), (k, e) in zip(batch, results, strict=True)]
-                except Exception as sync_exc:  # which put failed is not known: the batch is retried
-                    results = [(None, sync_exc) for _ in batch]
+                results = await self._sync_local(batch)
             else:
                 try:
                     results = await self._in_pool(self._write_objects, [(st, self._ctx(st)) for st, _ in batch])
@@ -827,19 +876,59 @@ class FleetRuntime:
         self._pump_writes()
         if self.crash_at == "after_write" and any(exc is None for _, exc in results):
             os.kill(os.getpid(), signal.SIGKILL)
+        failed: list[tuple[LeaseState, BaseException]] = []
         for (state, _), (key, exc) in zip(batch, results, strict=True):
-            env = state.env
-            if exc is not None:  # store outage: not an ack — retry on the A budget
-                self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__)
-                self._store_trouble(exc)
-                await self._settle_failure(state, Verdict(A, f"store:{type(exc).__name__}"), None)
+            if exc is not None:
+                failed.append((state, exc))
                 continue
             if state.items:
                 self.stats.inc_value("fleet/objects")
-                self.log.info("object_written", run=env.run, fp=env.fp, key=key, items=len(state.items))
+                self.log.info("object_written", run=state.env.run, fp=state.env.fp, key=key, items=len(state.items))
             self._written(state)
+        if failed:
+            await self._write_failed(failed)
         # no wake-up here: acks wait up to FLEET_COMMIT_INTERVAL to share one Redis call (they are on
         # no critical path; children, which are, go in a call of their own: _queue_children)
+
+    async def _write_failed(self, failed: list[tuple[LeaseState, BaseException]]) -> None:
+        """Settle requests whose objects were not stored, each on its own.
+
+        A key the store refuses (a run like ``../../x``) can never be written: DLQ (D, bad_envelope).
+        Any other failure is the object's or the store's: one probe write tells which. Store down:
+        the requests are held, their leases kept alive, and written again when it is back (no fetch
+        and no retry budget spent), or released when the worker gives up. Store up: the object's own
+        failure, retried on that request's A budget alone."""
+        others = []
+        for state, exc in failed:
+            env = state.env
+            why = storehealth.reason(exc)
+            self.stats.inc_value("fleet/store/write_failed")
+            if isinstance(exc, InvalidKeyError):
+                self.stats.inc_value("fleet/store/key_refused")
+                self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
+                                 reason=why, cls=D)
+                self.stats.inc_value(f"fleet/class/{D}")
+                self._spawn(self._dead(state, "bad_envelope", f"object key refused: {why}"))
+            else:
+                others.append((state, exc, why))
+        if not others:
+            return
+        outage = self.store_outage.down
+        if not outage and not (self.releasing or self.fatal):
+            probe_exc = await self._check_store()
+            if probe_exc is not None:
+                self._store_trouble(probe_exc)
+                outage = True
+        for state, exc, why in others:
+            env = state.env
+            if outage or self.releasing or self.fatal:
+                self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
+                                 reason=why, held=True)
+                self._store_held.append(state)  # its lease stays ours (heartbeats) until written or released
+                continue
+            self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
+                             reason=why, cls=A)
+            self._spawn(self._settle_failure(state, Verdict(A, f"store:{type(exc).__name__}"), None))
 
     def _written(self, state: LeaseState) -> None:
         """Objects are durable (or there were none): the request may be marked DONE and acknowledged
@@ -1150,6 +1239,7 @@ class FleetRuntime:
         evidence = [s_.get("evidence_key") for s_ in samples if s_.get("evidence_key")]
         replay = f"fleet replay {spider} --url {urls[-1]}" if urls else f"fleet replay {spider} --key <raw key>"
         reset = f"fleet breakers reset {spider} {domain}"
+        resume = f"fleet run {spider} --resume <RUN>"
         self.log.warning(
             "breaker_opened", domain=domain, reopened=event == "reopened", rate=rate, window=window,
             sample_urls=urls, missing_fields=missing, evidence_keys=evidence,
@@ -1159,10 +1249,11 @@ class FleetRuntime:
             "text": (f":rotating_light: Fleet drift breaker {'re-' if event == 'reopened' else ''}opened for "
                      f"spider {spider} on {domain}: C rate {rate} over the last {window} item pages; "
                      f"missing fields: {', '.join(missing) or 'all items'}. "
-                     f"Requests are parked, not lost. Check a fix with `{replay}`, then `{reset}`."),
+                     f"Requests are parked, not lost. Check a fix with `{replay}`, then `{reset}`; "
+                     f"where no worker is running (cron), finish the run with `{resume}`."),
             "event": "breaker_opened", "spider": spider, "domain": domain, "reopened": event == "reopened",
             "rate": rate, "window": window, "sample_urls": urls, "missing_fields": missing,
-            "evidence_keys": evidence, "replay_command": replay, "reset_command": reset,
+            "evidence_keys": evidence, "replay_command": replay, "reset_command": reset, "resume_command": resume,
             "open_until": info.get("open_until"),
         })
 

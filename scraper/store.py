@@ -1,9 +1,9 @@
 """Object store abstraction: one sync API over a local directory and S3.
 
-Pipelines write items, raw bodies, evidence and manifests through this module (see
-DESIGN.md, "Object store layout"). The API is synchronous on purpose: callers run it in a
-thread pool, so every implementation here is thread-safe and keeps no per-call state on
-the instance.
+The worker writes items, raw bodies and evidence, and ``fleet export`` its exports, through this
+module (docs/architecture.md, "Object store layout"). The API is synchronous on purpose: callers run
+it in a thread pool, so every implementation here is thread-safe and keeps no per-call state on the
+instance.
 
 Two guarantees the rest of the fleet builds on:
 
@@ -34,15 +34,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STORE_URI",
+    "InvalidKeyError",
     "LocalStore",
     "ObjectStore",
     "S3Store",
     "StoreError",
     "gzip_bytes",
     "open_store",
+    "scrub_secrets",
 ]
 
-#: What callers use when FLEET_STORE is unset (DESIGN.md, "Configuration").
+#: What callers use when FLEET_STORE is unset (docs/architecture.md, "Configuration").
 DEFAULT_STORE_URI = "file://./data"
 
 #: Temp files for atomic local writes carry this prefix; ``list`` hides them and keys may
@@ -60,27 +62,60 @@ class StoreError(Exception):
     """
 
 
+class InvalidKeyError(ValueError):
+    """The key itself cannot be an object key (``..``, empty segment, absolute, NUL...).
+
+    Why a type of its own: it says nothing about the store's health. The runtime fails only the
+    request whose key it is (DLQ, never a retry: the same key fails the same way) and keeps
+    acknowledging the others, where a :class:`StoreError` may mean the store is down. A ValueError
+    subclass, so code that already rejected bad keys as ValueError keeps working.
+    """
+
+
+#: S3's limit on a key (UTF-8 bytes), and the usual file-name limit for one segment on disk.
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+
+
+def _show(key: str) -> str:
+    """The key for an error message: a hostile run name may be megabytes long."""
+    return repr(key[:160] + "...") if len(key) > 160 else repr(key)
+
+
 def _validate_key(key: str) -> str:
     """Reject keys that could escape the store root or alias another key.
 
     ``..`` would let a URL-derived key write outside the root on disk; empty or ``.``
     segments would make two spellings map to one file locally but two objects on S3, so
     the backends would disagree. Keys are built by our own code, so being strict is cheap.
+    A key one backend cannot hold (too long, not UTF-8) is refused here too, so that it fails
+    as this key's fault (:class:`InvalidKeyError`) on every backend, never as a store error.
     """
     if not isinstance(key, str) or not key:
-        raise ValueError("object key must be a non-empty string")
+        raise InvalidKeyError("object key must be a non-empty string")
     if key.startswith("/") or key.startswith("\\") or (len(key) > 1 and key[1] == ":"):
-        raise ValueError(f"object key must be relative, got {key!r}")
+        raise InvalidKeyError(f"object key must be relative, got {_show(key)}")
     if "\\" in key or "\x00" in key:
-        raise ValueError(f"object key may not contain backslashes or NUL bytes: {key!r}")
+        raise InvalidKeyError(f"object key may not contain backslashes or NUL bytes: {_show(key)}")
+    if not key.isascii():
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidKeyError(f"object key is not valid UTF-8 (lone surrogate): {_show(key)}") from None
+    else:
+        size = len(key)
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(f"object key is longer than {MAX_KEY_BYTES} bytes: {_show(key)}")
     for seg in key.split("/"):
         if seg in ("", ".", ".."):
-            raise ValueError(
-                f"object key has an empty, '.' or '..' segment: {key!r} "
+            raise InvalidKeyError(
+                f"object key has an empty, '.' or '..' segment: {_show(key)} "
                 "(keys look like 'items/spider=books/run=.../ab/ab12.jsonl')"
             )
         if seg.startswith(_TMP_PREFIX):
-            raise ValueError(f"object key segment may not start with {_TMP_PREFIX!r}: {key!r}")
+            raise InvalidKeyError(f"object key segment may not start with {_TMP_PREFIX!r}: {_show(key)}")
+        if len(seg) > MAX_SEGMENT_BYTES // 4 and len(seg.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise InvalidKeyError(f"object key segment is longer than {MAX_SEGMENT_BYTES} bytes: {_show(key)}")
     return key
 
 
@@ -185,7 +220,15 @@ class LocalStore(ObjectStore):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
         tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}-{next(self._seq)}-{_RUN_TAG}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            # the directory went away after it was cached (the store was removed and made again during
+            # an outage): without this, every later put there, and the outage probe, failed for good
+            self._dirs.discard(path.parent)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -412,7 +455,7 @@ class S3Store(ObjectStore):
 
     def _fail(self, op: str, key: str, exc: Exception) -> NoReturn:
         where = self.describe(key)
-        raise StoreError(f"s3 store: {op} {where} failed: {_scrub(_describe_exc(exc))}") from exc
+        raise StoreError(f"s3 store: {op} {where} failed: {scrub_secrets(_describe_exc(exc))}") from exc
 
     # -- API
 
@@ -547,7 +590,7 @@ def _describe_exc(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _scrub(text: str) -> str:
+def scrub_secrets(text: str) -> str:
     """Belt and braces: never let a secret from the environment reach a log line."""
     for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         secret = os.environ.get(var)

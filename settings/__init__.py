@@ -111,9 +111,10 @@ EXTENSIONS = {
     "scraper.watchdog.Watchdog": 500,
 }
 
-# The failure taxonomy (middlewares.classify). Unset: DESIGN.md's table. Lists of status codes replace
-# the defaults; FLEET_EXTRA_BLOCK_MARKERS adds regexes (searched in the first 64 KiB of 2xx bodies)
-# that mark a page as a block/challenge page (class B) before any drift check.
+# The failure taxonomy (middlewares.classify; docs/architecture.md, "Failure taxonomy and budgets").
+# Unset: the defaults below. Lists of status codes replace the defaults; FLEET_EXTRA_BLOCK_MARKERS
+# adds regexes (searched in the first 64 KiB of 2xx bodies) that mark a page as a block/challenge
+# page (class B) before any drift check.
 # FLEET_TRANSIENT_STATUS = [408, 500, 502, 503, 504, 520, 521, 522, 523, 524]   # class A
 # FLEET_BAN_STATUS = [403, 407, 429]                                             # class B
 # FLEET_HARD_STATUS = [400, 401, 404, 405, 410, 451]                             # class D

@@ -25,6 +25,7 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_DLQ_MAXLEN | 100000 | the DLQ stream is capped at about this many entries |
 | FLEET_SHUTDOWN_GRACE | 25 | seconds in-flight requests get to finish after SIGTERM/SIGINT |
 | FLEET_REDIS_OUTAGE_MAX | 300 | seconds a worker waits for Redis to come back before exiting non-zero |
+| FLEET_STORE_OUTAGE_MAX | 300 | seconds a worker waits for the object store (FLEET_STORE) to come back before exiting 3. An outage is a write that fails while a probe write fails too (store down, credentials refused, missing bucket, disk full or read-only); meanwhile it leases nothing and holds its written-but-unstored requests, which it writes once the store is back or releases to READY when it gives up. A write that fails while the probe succeeds is that object's own failure: its request alone is retried (class A) or, for a key the store refuses, goes to the DLQ |
 | FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
 | FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs, and in lease tokens and the wake list: unique per live process |
 | FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
@@ -33,7 +34,8 @@ same configuration without building a crawler, and workers need it before Scrapy
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
 | FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |
 | FLEET_BREAKER_COOLDOWN | 1800 | seconds open before one half-open probe; doubles per re-trip, capped at 8 h |
-| FLEET_LOG_LEVEL | INFO | structlog level for Fleet's JSON events (Scrapy's own logs stay at WARNING) |
+| FLEET_LOG_LEVEL | INFO | level of Fleet's events; Scrapy's and other libraries' records pass at this level but never below INFO (Scrapy's start-up and stats dumps are DEBUG). `fleet demo`: WARNING. With a progress bar, `fleet run` shows its workers' events from WARNING up unless this is set |
+| FLEET_LOG_FORMAT | auto | ``json``: one JSON object a line; ``console``: ``time [level] event key=value`` for people (coloured on a terminal unless NO_COLOR is set); ``auto``: console when stderr is a terminal, else JSON. `fleet run`, `fleet demo`, `fleet seed --urls` (files of 1 MiB or more, or stdin) and `fleet export` draw a progress bar on stderr only when it is a terminal, the format is not json and CI is unset |
 """
 
 from __future__ import annotations
@@ -113,11 +115,13 @@ class FleetConfig:
     dlq_maxlen: int = 100_000
     shutdown_grace: float = 25.0
     redis_outage_max: float = 300.0
+    store_outage_max: float = 300.0
     store_raw: str = "all"
     worker_id: str = field(default_factory=_default_worker_id)
     alert_webhook: str | None = None
     allow_private: bool = True
     log_level: str = "INFO"
+    log_format: str = "auto"
     breaker_window: int = 20
     breaker_min_events: int = 5
     breaker_rate: float = 0.5
@@ -131,6 +135,9 @@ class FleetConfig:
         if store_raw not in {"all", "items", "none"}:
             raise ConfigError(f"FLEET_STORE_RAW={store_raw!r}: use all, items or none")
         prefetch_raw = _get(e, "FLEET_PREFETCH")
+        log_format = (_get(e, "FLEET_LOG_FORMAT") or "auto").lower()
+        if log_format not in {"auto", "json", "console"}:
+            raise ConfigError(f"FLEET_LOG_FORMAT={log_format!r}: use json, console or auto (console on a terminal)")
         return cls(
             redis_url=_get(e, "FLEET_REDIS_URL"),
             store=_get(e, "FLEET_STORE") or "file://./data",
@@ -151,11 +158,13 @@ class FleetConfig:
             dlq_maxlen=_int(e, "FLEET_DLQ_MAXLEN", 100_000, minimum=10),
             shutdown_grace=_float(e, "FLEET_SHUTDOWN_GRACE", 25.0),
             redis_outage_max=_float(e, "FLEET_REDIS_OUTAGE_MAX", 300.0),
+            store_outage_max=_float(e, "FLEET_STORE_OUTAGE_MAX", 300.0),
             store_raw=store_raw,
             worker_id=_get(e, "FLEET_WORKER_ID") or _default_worker_id(),
             alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
             log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
+            log_format=log_format,
             breaker_window=_int(e, "FLEET_BREAKER_WINDOW", 20, minimum=1),
             breaker_min_events=_int(e, "FLEET_BREAKER_MIN_EVENTS", 5, minimum=1),
             breaker_rate=_float(e, "FLEET_BREAKER_RATE", 0.5),

@@ -42,7 +42,7 @@ def fleet_json(*args: str, env: dict[str, str], timeout: float = 120) -> Any:
 
 
 def start_worker(spider: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    fh = open(log, "ab")  # noqa: SIM115 - owned by the process
+    fh = open(log, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "scraper.cli", "worker", spider, *extra],
         env=env, stdout=fh, stderr=fh,

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -373,7 +372,8 @@ def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> 
     import redis
 
     with DemoSite(n_products=5, per_page=5).start() as site:
-        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
+        # DEBUG: Scrapy's stats dump, read below, is a DEBUG record (scraper.log.StartupDumpFilter)
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_LOG_LEVEL="DEBUG")
         log = tmp_path / "w.log"
         # --until-idle well above a `fleet seed` start-up on a loaded machine: the worker must still be
         # there when the seed arrives

@@ -41,7 +41,7 @@ SEEN_HEADERS: list[dict[str, str]] = []  # what the site received, one entry a r
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         SEEN_HEADERS.append({k.lower(): v for k, v in self.headers.items()})
         if self.path == "/list.html":
             body = _js("".join(f'<a class="product" href="/p/{i}.html">p{i}</a>' for i in range(1, N + 1)))

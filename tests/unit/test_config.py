@@ -30,6 +30,7 @@ def test_defaults_from_empty_env() -> None:
     assert cfg.dlq_maxlen == 100_000
     assert cfg.shutdown_grace == 25.0
     assert cfg.redis_outage_max == 300.0
+    assert cfg.store_outage_max == 300.0  # the same patience as for Redis
     assert cfg.store_raw == "all"
     assert cfg.worker_id.endswith(f"-{os.getpid()}")
     assert cfg.alert_webhook is None
@@ -72,6 +73,7 @@ def test_overrides() -> None:
         "FLEET_DLQ_MAXLEN": "500",
         "FLEET_SHUTDOWN_GRACE": "3",
         "FLEET_REDIS_OUTAGE_MAX": "30",
+        "FLEET_STORE_OUTAGE_MAX": "45",
         "FLEET_STORE_RAW": "Items",
         "FLEET_WORKER_ID": "w-17",
         "FLEET_ALERT_WEBHOOK": "https://hooks.example/x",
@@ -97,6 +99,7 @@ def test_overrides() -> None:
     assert cfg.dlq_maxlen == 500
     assert cfg.shutdown_grace == 3.0
     assert cfg.redis_outage_max == 30.0
+    assert cfg.store_outage_max == 45.0
     assert cfg.store_raw == "items"
     assert cfg.worker_id == "w-17"
     assert cfg.alert_webhook == "https://hooks.example/x"
@@ -130,6 +133,7 @@ def test_allow_private_off(value: str) -> None:
         ("FLEET_DLQ_MAXLEN", "5"),
         ("FLEET_SHUTDOWN_GRACE", "25s"),
         ("FLEET_REDIS_OUTAGE_MAX", "forever"),
+        ("FLEET_STORE_OUTAGE_MAX", "-1"),
         ("FLEET_STORE_RAW", "some"),
     ],
 )

@@ -9,7 +9,6 @@ import pytest
 from scrapy import Request
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
-
 from twisted.internet.error import DNSLookupError
 
 from middlewares.classify import A, D, classify_exception

@@ -12,6 +12,7 @@ import pytest
 
 from scraper.store import (
     DEFAULT_STORE_URI,
+    InvalidKeyError,
     LocalStore,
     ObjectStore,
     S3Store,
@@ -198,9 +199,16 @@ def test_delete(store: ObjectStore) -> None:
         "a\\b",
         ".fleet-tmp-x",
         "a/.fleet-tmp-y",
+        "items/spider=s/run=../../../../tmp/x/ab/ab.jsonl",
+        "a/\udc80",  # a lone surrogate (JSON "\udc80" in a queue entry): no backend can store it
+        "a/" + "x" * 256,  # one segment over the usual file-name limit
+        "/".join(["abcdefgh"] * 120),  # over S3's 1024-byte key limit
     ],
 )
-def test_bad_keys_rejected(store: ObjectStore, key: str) -> None:
+def test_bad_keys_rejected(store: ObjectStore, tmp_path: Path, key: str) -> None:
+    """Every refused key raises InvalidKeyError (a ValueError): the key's fault, never the store's,
+    so the runtime fails only its request. Nothing is created anywhere."""
+    before = sorted(p for p in tmp_path.rglob("*"))
     for op in (
         lambda: store.put(key, b"x"),
         lambda: store.put_if_absent(key, b"x"),
@@ -208,8 +216,16 @@ def test_bad_keys_rejected(store: ObjectStore, key: str) -> None:
         lambda: store.exists(key),
         lambda: store.delete(key),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(InvalidKeyError):
             op()
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert issubclass(InvalidKeyError, ValueError) and not issubclass(InvalidKeyError, StoreError)
+
+
+def test_refused_key_message_is_bounded(store: ObjectStore) -> None:
+    with pytest.raises(InvalidKeyError) as ei:
+        store.put("../" + "x" * 100_000, b"x")
+    assert len(str(ei.value)) < 400
 
 
 def test_bad_list_prefix_rejected(store: ObjectStore) -> None:
@@ -258,3 +274,19 @@ def test_gzip_identical_bodies_give_identical_objects(store: ObjectStore) -> Non
     store.put("raw/a.html.gz", gzip_bytes(b"<p>x</p>"))
     assert store.put_if_absent("raw/b.html.gz", gzip_bytes(b"<p>x</p>"))
     assert store.get("raw/a.html.gz") == store.get("raw/b.html.gz")
+
+
+def test_a_store_removed_and_made_again_takes_writes_again(tmp_path: Path) -> None:
+    """Directories are cached after their first put; if the store goes away (an outage) and comes
+    back empty, puts there must create them again, or the worker never sees the store recover."""
+    import shutil
+
+    s = open_store(f"file://{tmp_path}/data")
+    s.put("a/b/one", b"1")
+    shutil.rmtree(tmp_path / "data")
+    (tmp_path / "data").write_text("a file where the store root was")
+    with pytest.raises(StoreError):
+        s.put("a/b/two", b"2")
+    (tmp_path / "data").unlink()
+    s.put("a/b/two", b"2")
+    assert s.get("a/b/two") == b"2"

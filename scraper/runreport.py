@@ -1,0 +1,163 @@
+"""What ``fleet run`` reports and which exit code it ends with.
+
+Why a module of its own: cron trusts the exit code and nothing else, so the rule that turns a run's
+end state into a code is a pure function (:func:`exit_code`) that tests can hold to the documented
+table, and the summary is assembled in one place from the two sources that know the figures: Redis
+(seen / done / DLQ per run, parked requests and breakers per spider) and the final stats of the run's
+own worker processes (outcomes per class, ignored, objects), which each worker writes to the file
+named by ``FLEET_STATS_FILE`` when it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EXIT_DLQ",
+    "EXIT_INCOMPLETE",
+    "EXIT_INFRA",
+    "STATS_ENV",
+    "exit_code",
+    "merge_worker_stats",
+    "summarize",
+    "write_worker_stats",
+]
+
+EXIT_INFRA = 3
+EXIT_DLQ = 4
+EXIT_INCOMPLETE = 5
+
+#: Environment variable through which ``fleet run`` asks each worker for its final stats (a JSON file).
+STATS_ENV = "FLEET_STATS_FILE"
+
+#: Worker stats that the run summary adds up (prefix ``fleet/class/`` gives the outcomes per class).
+_SUMMED = ("fleet/ignored", "fleet/objects", "fleet/parked", "fleet/retried", "fleet/dlq", "item_scraped_count")
+
+
+def write_worker_stats(stats: Mapping[str, Any], path: str | None = None) -> None:
+    """Write a worker's numeric ``fleet/*`` stats (and its item count) to ``$FLEET_STATS_FILE``, if set.
+
+    Atomic (temp file + rename) so that the parent never reads half a file; best effort, since a
+    missing file only leaves the outcome counts out of the summary, never changes the exit code.
+    """
+    path = path or os.environ.get(STATS_ENV)
+    if not path:
+        return
+    keep = {k: v for k, v in stats.items()
+            if isinstance(v, (int, float)) and (k.startswith("fleet/") or k == "item_scraped_count")}
+    with contextlib.suppress(OSError):
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".stats-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(keep, fh)
+        os.replace(tmp, path)
+
+
+def merge_worker_stats(paths: Iterable[Path]) -> dict[str, Any]:
+    """Add up the stats files the run's workers left (unreadable or missing files are skipped)."""
+    total: dict[str, float] = {}
+    read = 0
+    for p in paths:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        read += 1
+        for k, v in data.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                total[k] = total.get(k, 0) + v
+    outcomes = {k[len("fleet/class/"):]: int(v) for k, v in sorted(total.items()) if k.startswith("fleet/class/")}
+    return {
+        "workers_reporting": read,
+        "outcomes": outcomes,
+        "ignored": int(total.get("fleet/ignored", 0)),
+        "objects": int(total.get("fleet/objects", 0)),
+        "items": int(total.get("item_scraped_count", 0)),
+        "retried": int(total.get("fleet/retried", 0)),
+    }
+
+
+def summarize(
+    *,
+    spider: str,
+    run: str,
+    resumed: bool,
+    seeded: int,
+    skipped: int,
+    seen: int,
+    done: int,
+    dlq: int,
+    queue: Mapping[str, int],
+    breakers: Mapping[str, Mapping[str, Any]],
+    workers: Mapping[str, Any],
+    worker_codes: list[int],
+    deadline_passed: bool,
+    elapsed_s: float,
+    store: str,
+) -> dict[str, Any]:
+    """The JSON summary ``fleet run`` prints (and logs as ``run_finished``).
+
+    ``seen`` counts every request of the run ever enqueued (seeded and discovered); ``done`` those that
+    finished (an object, an ignore or a D outcome recorded as done); ``dlq`` the run's DLQ entries.
+    ``parked`` and ``breakers_open`` are the spider's (breakers are per spider and domain, not per run).
+    """
+    open_breakers = sorted(d for d, b in breakers.items() if b.get("state", "closed") != "closed")
+    pending = int(queue.get("ready", 0)) + int(queue.get("inflight", 0)) + int(queue.get("delayed", 0))
+    return {
+        "spider": spider,
+        "run": run,
+        "resumed": resumed,
+        "seeded": seeded,
+        "skipped": skipped,
+        "discovered": max(0, seen - seeded) if not resumed else None,
+        "seen": seen,
+        "done": done,
+        "dlq": dlq,
+        "parked": int(queue.get("parked", 0)),
+        "pending": pending,
+        "breakers_open": open_breakers,
+        "ignored": workers.get("ignored", 0),
+        "outcomes": workers.get("outcomes", {}),
+        "objects": workers.get("objects", 0),
+        "items": workers.get("items", 0),
+        "deadline_passed": deadline_passed,
+        "workers": len(worker_codes),
+        "worker_exit_codes": worker_codes,
+        "elapsed_s": round(elapsed_s, 2),
+        "store": store,
+    }
+
+
+def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
+    """The exit code for a run's summary, with the one-line reason (empty for 0).
+
+    3 a worker failed (Redis or the store down past its limit, or it could not start); 5 incomplete:
+    the deadline passed, requests are parked or still queued, or a breaker is open; 4 the run drained
+    but some of its requests ended in the DLQ; 0 drained with nothing parked and no breaker open.
+    Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
+    """
+    codes = summary.get("worker_exit_codes") or []
+    if any(codes):
+        return EXIT_INFRA, f"a worker exited with {max(codes)} (infrastructure failure; see its log)"
+    why = []
+    if summary.get("deadline_passed"):
+        why.append("the deadline passed")
+    if summary.get("parked"):
+        why.append(f"{summary['parked']} requests parked")
+    if summary.get("breakers_open"):
+        why.append("breaker open for " + ", ".join(summary["breakers_open"][:5]))
+    if summary.get("pending"):
+        why.append(f"{summary['pending']} requests still queued")
+    if why:
+        return EXIT_INCOMPLETE, "run incomplete: " + "; ".join(why) + \
+            f" (after a fix: fleet breakers reset, then fleet run {summary['spider']} --resume {summary['run']})"
+    if summary.get("dlq"):
+        return EXIT_DLQ, f"{summary['dlq']} requests of the run are in the DLQ (fleet dlq {summary['spider']} list)"
+    return 0, ""

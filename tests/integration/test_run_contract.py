@@ -1,0 +1,82 @@
+"""`fleet run`'s contract with cron: the exit code tells the truth, the summary carries the totals,
+`--deadline` cuts a run without losing anything and `--resume RUN` finishes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scraper.demo_site import DemoSite
+from scraper.runreport import exit_code
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects
+from tests.integration.test_drift import BROKEN, FIXED, _spider_env
+
+pytestmark = pytest.mark.integration
+
+
+def _run(*args: str, env: dict[str, str], timeout: float = 120) -> tuple[int, dict]:
+    res = fleet("run", *args, env=env, timeout=timeout)
+    assert res.stdout.strip(), f"no summary (exit {res.returncode}):\n{res.stderr[-3000:]}"
+    return res.returncode, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_drifted_run_is_incomplete_until_reset_and_resume(redis_url: str, tmp_path: Path) -> None:
+    with DemoSite(n_products=60, per_page=20, latency=0.005).start() as site:
+        site.template = "v2"  # the redesign shipped before tonight's run
+        env = _spider_env(tmp_path, redis_url, BROKEN, FLEET_CONCURRENCY="4")
+        urls = tmp_path / "urls.txt"
+        urls.write_text(site.start_url + "\n")
+        code, summary = _run("driftshop", "--urls", str(urls), "--run", "night1", env=env)
+        assert code == 5, summary
+        assert summary["parked"] > 0 and summary["breakers_open"] == ["127.0.0.1"], summary
+        assert summary["seeded"] == 1 and summary["discovered"] == summary["seen"] - 1
+        assert summary["outcomes"].get("C", 0) > 0 and summary["dlq"] == 0
+        assert summary["done"] < summary["seen"]
+
+        site.template = "v1"
+        fixed = _spider_env(tmp_path, redis_url, FIXED, FLEET_CONCURRENCY="4")
+        reset = fleet_json("breakers", "reset", "driftshop", "127.0.0.1", env=fixed)
+        assert reset["released"] == summary["parked"] and "--resume" in reset["next"]
+        code, again = _run("driftshop", "--resume", "night1", env=fixed)
+        assert code == 0, again
+        assert again["resumed"] and again["seeded"] == 0 and again["parked"] == 0 and not again["breakers_open"]
+        assert again["seen"] == again["done"] == 63  # 3 list pages + 60 products
+        assert len(objects(tmp_path / "data", "items", "driftshop", "night1")) == 60
+
+
+def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: Path) -> None:
+    with DemoSite(n_products=40, per_page=10, latency=1.0).start() as site:
+        env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2",
+                        FLEET_SHUTDOWN_GRACE="1")
+        code, summary = _run("demo_shop", "--run", "cut", "--deadline", "8", env=env)
+        assert code == 5 and summary["deadline_passed"], summary
+        assert summary["done"] < summary["seen"], summary  # cut before the end (22 s of pages at concurrency 2)
+        c = counts(redis_url, "demo_shop")
+        assert c["inflight"] == 0 and c["ready"] > 0, c  # leases released, nothing held, nothing lost
+        site.latency = 0.0
+        code, again = _run("demo_shop", "--resume", "cut", env=env)
+        assert code == 0, again
+        assert again["seen"] == again["done"] == 44 and not again["deadline_passed"]
+
+
+def test_resume_of_an_unknown_run_is_a_usage_error(redis_url: str, tmp_path: Path) -> None:
+    env = fleet_env(redis_url, tmp_path)
+    res = fleet("run", "demo_shop", "--resume", "never-seeded", env=env)
+    assert res.returncode == 1 and "no run 'never-seeded'" in res.stderr
+    res = fleet("run", "demo_shop", "--resume", "x", "--run", "y", env=env)
+    assert res.returncode == 1
+
+
+@pytest.mark.parametrize(("summary", "code"), [
+    ({"worker_exit_codes": [0, 3], "spider": "s", "run": "r"}, 3),
+    ({"worker_exit_codes": [0], "parked": 2, "dlq": 1, "spider": "s", "run": "r"}, 5),
+    ({"worker_exit_codes": [0], "breakers_open": ["a.example"], "spider": "s", "run": "r"}, 5),
+    ({"worker_exit_codes": [0], "deadline_passed": True, "spider": "s", "run": "r"}, 5),
+    ({"worker_exit_codes": [0], "pending": 3, "spider": "s", "run": "r"}, 5),
+    ({"worker_exit_codes": [0], "dlq": 1, "spider": "s", "run": "r"}, 4),
+    ({"worker_exit_codes": [0], "dlq": 0, "parked": 0, "spider": "s", "run": "r"}, 0),
+])
+def test_exit_code_table(summary: dict, code: int) -> None:
+    assert exit_code(summary)[0] == code
