@@ -19,6 +19,8 @@ from scrapy.http import Response
 from twisted.internet import error as txerror
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
+from middlewares.refused import Refused
+
 OK = "ok"
 A, B, C, D = "A", "B", "C", "D"
 
@@ -62,6 +64,7 @@ class Verdict:
     cls: str
     reason: str
     retry_after: float | None = None
+    detail: str = ""  # evidence beyond the reason (sizes, encoding, hops): DLQ ``detail``, history, logs
 
 
 def _retry_after(response: Response) -> float | None:
@@ -172,6 +175,8 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     Through a proxy, failing to *connect* is the proxy's fault (B: rotate); a timeout or a reset may
     be the target's, so it stays A.
     """
+    if isinstance(exc, Refused):  # redirect loops, oversize or undecodable bodies: never retried
+        return Verdict(D, exc.reason, detail=exc.detail)
     name = type(exc).__name__
     if name == "PrivateAddressRefused":  # FLEET_ALLOW_PRIVATE=0 (middlewares/private.py): never retried
         return Verdict(D, "policy:private_address")
@@ -264,9 +269,10 @@ class ClassifyMiddleware:
         self._settle_exception(rt, state, request, exception)
 
     def _settle_exception(self, rt: Any, state: Any, request: Request, exception: BaseException) -> None:
-        if state is None or isinstance(exception, IgnoreRequest):
+        if state is None or (isinstance(exception, IgnoreRequest) and not isinstance(exception, Refused)):
             if state is not None and not state.settled:
                 rt.ignored(state, exception)
             return
-        rt.fail(state, classify_exception(exception, proxied=bool(request.meta.get("proxy"))), response=None)
+        rt.fail(state, classify_exception(exception, proxied=bool(request.meta.get("proxy"))),
+                response=exception.response if isinstance(exception, Refused) else None)
         raise IgnoreRequest(f"fleet: download error {type(exception).__name__}")

@@ -20,7 +20,7 @@ from settings.fleet import FleetConfig
 
 # Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
 _MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS", "DOWNLOAD_HANDLERS")
-_FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR")
+_FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR", "DOWNLOADER")
 
 
 class SpiderNotFound(LookupError):

@@ -69,7 +69,8 @@ DOMAIN_SLOWDOWN_STATUS = frozenset({429, 503})
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
-_EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray")
+_EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray",
+                     "content-encoding", "content-length")
 
 
 WriteResult = tuple[str | None, BaseException | None]  # (items key, error) of one request
@@ -740,6 +741,7 @@ class FleetRuntime:
         self.log.info(
             "request_classified", run=state.env.run, fp=state.env.fp, cls=verdict.cls,
             reason=verdict.reason, attempt=state.lease.deliveries,
+            **({"detail": verdict.detail} if verdict.detail else {}),
         )
         self._spawn(self._settle_failure(state, verdict, response))
 
@@ -1131,6 +1133,9 @@ class FleetRuntime:
         )
         env.history = env.history[-20:]
         env.history[-1]["proxy"] = state.proxy_id
+        if verdict.detail:
+            env.history[-1]["detail"] = verdict.detail[:300]
+        detail = f"{verdict.reason}: {verdict.detail}" if verdict.detail else verdict.reason
         status = int(verdict.reason.split(":")[1]) if verdict.reason.startswith("http:") else None
         if cls == B and status != 429 and state.proxy_id and self.proxies:
             # the proxy is bad for this domain whatever happens to the request
@@ -1141,13 +1146,13 @@ class FleetRuntime:
             self.log.info("proxy_banned", proxy=state.proxy_id, domain=env.domain,
                           cooling_until=round(until or 0.0, 3))
         if cls == A and env.attempts[A] > self.config.retry_max:
-            await self._dead(state, f"exhausted:{A}", verdict.reason, response=response)
+            await self._dead(state, f"exhausted:{A}", detail, response=response)
             return
         if cls == B and env.attempts[B] > self.config.rotate_max:
-            await self._dead(state, f"exhausted:{B}", verdict.reason, response=response)
+            await self._dead(state, f"exhausted:{B}", detail, response=response)
             return
         if cls == D:
-            await self._dead(state, verdict.reason, verdict.reason, response=response)
+            await self._dead(state, verdict.reason, detail, response=response)
             return
         now = time.time()
         hold_until = 0.0

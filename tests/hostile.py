@@ -12,17 +12,25 @@ bodies, Retry-After, resets, timeouts, which proxy carried a request). Every ser
   several target domains (the fleet never resolves target hosts itself when it goes through a proxy).
 * :class:`HostileSite` — routes by path (``/ok/N``, ``/ban-by-proxy/N``, ``/captcha/N``, ``/rate/N``,
   ``/flaky503/N``, ``/gone/N``, ``/missing/N``, ``/auth/N``, ``/reset/N``, ``/slow/N``) and records every
-  hit (path, host, proxy tag, monotonic and wall-clock time, status).
+  hit (path, host, proxy tag, monotonic and wall-clock time, status). Hostile content (issue #14):
+  redirect loops (``/loop/N`` to itself, ``/pingpong/N/a`` <-> ``/b``, ``/chain/N/K`` without end),
+  compression bombs (``/bomb/{gzip,deflate,br,zstd}/N``: a few KB to 256 MiB - 1 GiB of zeros), corrupt
+  encodings (``/corrupt/{gzip,deflate,br,zstd}/N``), a healthy gzip page (``/gzip-ok/N``), a 1 GiB body
+  announced by Content-Length (``/huge/N``), a body without length that never ends (``/endless/N``), a
+  slowloris (``/slowloris/N``: one byte every 0.5 s), 10,000 headers (``/headers/N``) and a page of links
+  (``/links/N``: ``link_targets``).
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import socket
 import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -220,6 +228,46 @@ class ForwardProxy(_Base):
 # --------------------------------------------------------------------------------------------
 
 
+MiB = 1 << 20
+_BOMBS: dict[str, bytes] = {}
+_BOMB_LOCK = threading.Lock()
+
+
+def bomb(encoding: str) -> bytes:
+    """A compression bomb of zeros (built once per process): gzip 1 GiB in ~1 MB (64 concatenated gzip
+    members), deflate 256 MiB in ~260 KB, br 1 GiB in ~1.5 KB, zstd 1 GiB in ~32 KB."""
+    with _BOMB_LOCK:
+        if encoding not in _BOMBS:
+            zero = bytes(MiB)
+            if encoding == "gzip":
+                _BOMBS[encoding] = gzip.compress(bytes(16 * MiB), 9) * 64
+            elif encoding == "deflate":
+                c = zlib.compressobj(9)
+                _BOMBS[encoding] = b"".join([c.compress(zero) for _ in range(256)] + [c.flush()])
+            elif encoding == "br":
+                import brotli
+
+                b = brotli.Compressor(quality=5)
+                _BOMBS[encoding] = b"".join([b.process(zero) for _ in range(1024)] + [b.finish()])
+            elif encoding == "zstd":
+                from backports import zstd
+
+                z = zstd.ZstdCompressor(level=3)
+                _BOMBS[encoding] = b"".join([z.compress(zero) for _ in range(1024)] + [z.flush()])
+            else:
+                raise ValueError(encoding)
+        return _BOMBS[encoding]
+
+
+# bodies that say they are in an encoding and are not (gzip: not even the magic number)
+CORRUPT = {
+    "gzip": b"this is not gzip at all " * 20,
+    "deflate": b"\x78\x9c" + b"\xff" * 300,
+    "br": b"\xff\xfe\xfd not brotli " * 20,
+    "zstd": b"\x28\xb5\x2f\xfd" + b"\x00\xff" * 200,
+}
+
+
 @dataclass(frozen=True)
 class Hit:
     path: str
@@ -240,8 +288,14 @@ class HostileSite(_Base):
     """
 
     def __init__(self, *, banned: set[str] | None = None, ban_hosts: set[str] | None = None,
-                 rate_k: int = 1, retry_after: int = 7, flaky_k: int = 1, slow_s: float = 4.0) -> None:
+                 rate_k: int = 1, retry_after: int = 7, flaky_k: int = 1, slow_s: float = 4.0,
+                 link_targets: list[str] | None = None, stream_cap: int = 2 * 1024 * MiB,
+                 slowloris_s: float = 60.0) -> None:
         super().__init__()
+        self.link_targets = list(link_targets or [])
+        self.stream_cap = stream_cap  # /huge and /endless stop writing after this many bytes
+        self.slowloris_s = slowloris_s  # /slowloris gives up after this long
+        self.sent_bytes: dict[str, int] = {}  # path -> body bytes written (the streaming routes)
         self.banned = set(banned or ())
         self.ban_hosts = set(ban_hosts) if ban_hosts is not None else None
         self.rate_k = rate_k
@@ -343,6 +397,9 @@ class HostileSite(_Base):
                     self._record(None)
                     self.close_connection = True
                     _reset(self.connection, self.rfile)
+                elif kind in {"loop", "pingpong", "chain", "bomb", "corrupt", "gzip-ok", "huge", "endless",
+                              "slowloris", "headers", "links"}:
+                    self._hostile(kind, parts, path)
                 elif kind == "slow":
                     self._record(None)
                     time.sleep(site.slow_s)
@@ -357,5 +414,84 @@ class HostileSite(_Base):
                         pass
                 else:
                     self._send(404, b"no such route")
+
+            def _redirect(self, location: str) -> None:
+                self._record(302)
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _stream(self, path: str, length: int | None) -> None:
+                """200 with a body of zeros: ``length`` announced (or none, closed when done), written in
+                256 KiB chunks until the client goes away or ``stream_cap`` is reached."""
+                self._record(200)
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk, sent = bytes(256 * 1024), 0
+                try:
+                    while sent < min(site.stream_cap, length if length is not None else site.stream_cap):
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                except OSError:
+                    pass
+                with site.lock:
+                    site.sent_bytes[path] = site.sent_bytes.get(path, 0) + sent
+
+            def _hostile(self, kind: str, parts: list[str], path: str) -> None:
+                n = parts[1] if len(parts) > 1 else "0"
+                if kind == "loop":
+                    self._redirect(path)
+                elif kind == "pingpong":
+                    self._redirect(f"/pingpong/{n}/{'b' if parts[-1] == 'a' else 'a'}")
+                elif kind == "chain":
+                    self._redirect(f"/chain/{n}/{int(parts[2]) + 1 if len(parts) > 2 else 1}")
+                elif kind in {"bomb", "corrupt"}:
+                    encoding = n
+                    body = bomb(encoding) if kind == "bomb" else CORRUPT[encoding]
+                    self._send(200, body, {"Content-Encoding": encoding})
+                elif kind == "gzip-ok":
+                    self._send(200, gzip.compress(site.page(f"gzip-{n}")), {"Content-Encoding": "gzip"})
+                elif kind == "huge":
+                    self._stream(path, 1024 * MiB)
+                elif kind == "endless":
+                    self._stream(path, None)
+                elif kind == "slowloris":
+                    self._record(200)
+                    self.close_connection = True
+                    deadline = time.monotonic() + site.slowloris_s
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Length", "100000")
+                        self.end_headers()
+                        while time.monotonic() < deadline:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except OSError:
+                        pass
+                elif kind == "headers":
+                    body = site.page(f"headers-{n}")
+                    self._record(200)
+                    self.send_response(200)
+                    for i in range(10_000):
+                        self.send_header(f"X-Hostile-{i}", "v" * 8)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    try:
+                        self.wfile.write(body)
+                    except OSError:
+                        self.close_connection = True
+                elif kind == "links":
+                    links = "".join(f'<a href="{u}">l</a>' for u in site.link_targets)
+                    body = (f"<html><head><title>t</title></head><body><h1 class=\"token\">links-{n}</h1>"
+                            f"{links}</body></html>").encode()
+                    self._send(200, body)
 
         return Handler

@@ -1,0 +1,62 @@
+"""Downloader middleware: Content-Encoding decoding with a hard size limit, and a typed outcome when it fails.
+
+Why not Scrapy's HttpCompressionMiddleware as it is: it decodes in 64 KiB steps and stops once the output
+passes DOWNLOAD_MAXSIZE (good: a 1.4 KB brotli bomb never grows past the limit), but it then raises a
+bare ``IgnoreRequest``, and a corrupt body escapes as the decoder's own error (``zlib.error``,
+``BadGzipFile``, ``brotli.error``, ``ZstdError``). Both leave ``process_response`` where no Fleet code
+sees them, so the request stayed leased forever. This subclass keeps Scrapy's decoders (gzip, x-gzip,
+deflate, br, zstd; brotli and backports-zstd are Scrapy dependencies) and raises
+:class:`~middlewares.refused.BodyTooLarge` or :class:`~middlewares.refused.BodyUndecodable` instead:
+class D with the encoding and the sizes as evidence.
+
+It sits at 960, next to the downloader (Scrapy's sits at 590): the classifier (950) and everything after
+it see the decoded body, so block markers are searched in the page's text, not in gzip bytes, and the
+raw snapshot is the page itself. A redirect's body is never decoded (nobody reads it).
+
+The limit is the request's ``download_maxsize`` meta or DOWNLOAD_MAXSIZE (settings: 32 MiB by default,
+overridable per spider); the compressed body itself was already bounded by the download handler.
+"""
+
+from __future__ import annotations
+
+from scrapy import Request, Spider
+from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http import Response
+
+from middlewares.refused import BodyTooLarge, BodyUndecodable, Refused
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _encoding(response: Response) -> str:
+    """The Content-Encoding as sent (its tokens, lowercased, at most 60 characters)."""
+    raw = b",".join(response.headers.getlist("Content-Encoding"))
+    return raw.decode("latin-1").replace(" ", "").lower()[:60] or "identity"
+
+
+class DecompressMiddleware(HttpCompressionMiddleware):
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
+        if response.status in _REDIRECTS and b"Location" in response.headers:
+            return response  # followed, never read: decoding it could only fail
+        failure: type[Refused] = BodyUndecodable
+        detail = ""
+        try:
+            return super().process_response(request, response)
+        except IgnoreRequest as exc:  # Scrapy's "exceeded DOWNLOAD_MAXSIZE during decompression"
+            # only numbers are kept: a local bound to the cause (whose traceback's frames hold the partly
+            # decoded output) would live on in this frame, in the traceback of the exception raised below,
+            # and pin up to DOWNLOAD_MAXSIZE per refused bomb until a full garbage collection
+            limit = int(getattr(exc.__cause__, "max_size", 0) or self._max_size)
+            decoded = int(getattr(exc.__cause__, "decompressed_size", limit))
+            failure = BodyTooLarge
+            detail = (f"encoding={_encoding(response)} compressed={len(response.body)} "
+                      f"decompressed>{decoded} limit={limit} stage=decode")
+        except Exception as exc:  # the decoder's own error: the body is not what its encoding says
+            detail = (f"encoding={_encoding(response)} compressed={len(response.body)} "
+                      f"error={type(exc).__name__}: {str(exc)[:120]}")
+        # raised outside the except blocks: the decoder's exception (and its traceback, whose frames hold
+        # the partly decoded output) is not chained to this one and is freed here
+        raise failure(detail, response, classified=False)

@@ -1,0 +1,57 @@
+"""Responses Fleet refuses for a known reason: typed, so the taxonomy classifies them without reading messages.
+
+Why typed exceptions: Scrapy drops these requests with a bare ``IgnoreRequest`` (too many redirects, a
+decompressed body over DOWNLOAD_MAXSIZE) or lets a decoder's own error escape (a corrupt gzip body), and
+neither reaches an errback Fleet sees; the request then stayed leased forever. Fleet's redirect and
+decompression middlewares and its download handler raise these instead, and ``classify_exception``
+turns each into class D with its reason and a one-line ``detail`` (sizes, encoding, hops: never the URL,
+which the DLQ entry carries anyway, never a header value).
+
+They subclass ``IgnoreRequest``: outside a worker (no lease to settle) Scrapy drops them quietly, as it
+did before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scrapy.exceptions import IgnoreRequest
+
+
+class Refused(IgnoreRequest):
+    """A response refused for ``reason`` (class D); ``detail`` is the evidence, ``response`` (if any)
+    the response as received (its status and headers go to the DLQ entry)."""
+
+    reason = "refused"
+
+    def __init__(self, detail: str, response: Any = None, *, classified: bool = True) -> None:
+        super().__init__(f"{self.reason} {detail}")
+        self.detail = detail
+        self.response = response
+        # False: raised below the classifier (middlewares.decompress), which never saw this response, so
+        # the settling code records the fetch itself (proxy in-flight count, request_fetched log)
+        self.classified = classified
+
+
+class BodyTooLarge(Refused):
+    """The body (on the wire, or once decoded) is larger than DOWNLOAD_MAXSIZE."""
+
+    reason = "body:too_large"
+
+
+class BodyUndecodable(Refused):
+    """The body cannot be decoded from its Content-Encoding (corrupt gzip, deflate, br or zstd data)."""
+
+    reason = "body:undecodable"
+
+
+class RedirectLoop(Refused):
+    """A redirect leads back to a URL already visited in this redirect chain."""
+
+    reason = "redirect:loop"
+
+
+class TooManyRedirects(Refused):
+    """The redirect chain is longer than REDIRECT_MAX_TIMES."""
+
+    reason = "redirect:too_many"
