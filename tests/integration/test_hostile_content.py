@@ -324,8 +324,6 @@ def test_acceptance_hostile_bodies_are_cut_off_not_read(acceptance: Run) -> None
     assert len(acceptance.site.hits_for("/pingpong/1/a")) == 1
 
 
-@pytest.mark.xfail(reason="file:// links are refused by the scheme allow-list (issue #14, the input part); "
-                          "remove this marker once that is merged", strict=False)
 def test_acceptance_reads_no_local_file(acceptance: Run) -> None:
     for p in acceptance.data.rglob("*"):
         if p.is_file():
