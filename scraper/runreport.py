@@ -131,6 +131,8 @@ def summarize(
         "outcomes": workers.get("outcomes", {}),
         "objects": workers.get("objects", 0),
         "items": workers.get("items", 0),
+        "retried": workers.get("retried", 0),
+        "workers_reporting": workers.get("workers_reporting", 0),
         "deadline_passed": deadline_passed,
         "workers": len(worker_codes),
         "worker_exit_codes": worker_codes,
