@@ -20,7 +20,7 @@ from scrapy import Request, Spider
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
 from scrapy.http import Response
 
-from middlewares.refused import RedirectLoop, Refused, TooManyRedirects
+from middlewares.refused import BadRedirect, RedirectLoop, Refused, TooManyRedirects
 
 
 class _Bounded:
@@ -53,6 +53,8 @@ class FleetRedirectMiddleware(_Bounded, RedirectMiddleware):
             result: Request | Response = super().process_response(request, response)
         except Refused as exc:
             raise self._with_response(exc, response) from None
+        except ValueError as exc:  # a Location such as "http://[::1/": no retry can mend it
+            raise self._with_response(BadRedirect(f"{type(exc).__name__}: {str(exc)[:120]}"), response) from None
         return result
 
 
@@ -64,4 +66,6 @@ class FleetMetaRefreshMiddleware(_Bounded, MetaRefreshMiddleware):
             result: Request | Response = super().process_response(request, response)
         except Refused as exc:
             raise self._with_response(exc, response) from None
+        except ValueError as exc:  # a Location such as "http://[::1/": no retry can mend it
+            raise self._with_response(BadRedirect(f"{type(exc).__name__}: {str(exc)[:120]}"), response) from None
         return result

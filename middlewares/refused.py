@@ -51,6 +51,12 @@ class RedirectLoop(Refused):
     reason = "redirect:loop"
 
 
+class BadRedirect(Refused):
+    """A 3xx whose Location (or a meta refresh URL) is not a URL Scrapy can build a request from."""
+
+    reason = "redirect:bad_location"
+
+
 class TooManyRedirects(Refused):
     """The redirect chain is longer than REDIRECT_MAX_TIMES."""
 

@@ -16,16 +16,31 @@ from scrapy.crawler import Crawler
 from scraper.urls import refusal
 from settings.fleet import FleetConfig
 
+#: Per-request meta that may only tighten the spider's limits: a queue entry is input, and 0 means
+#: "no limit" to Scrapy's handler and decoder (a 1e12 timeout would also blind the watchdog).
+_LIMITS = (("download_timeout", "DOWNLOAD_TIMEOUT"), ("download_maxsize", "DOWNLOAD_MAXSIZE"),
+           ("download_warnsize", "DOWNLOAD_WARNSIZE"))
+
 
 class SchemeMiddleware:
-    def __init__(self, schemes: tuple[str, ...]) -> None:
+    def __init__(self, schemes: tuple[str, ...], limits: dict[str, float] | None = None) -> None:
         self.schemes = schemes
+        self.limits = limits or {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> SchemeMiddleware:
-        return cls(FleetConfig.from_env().schemes)
+        limits: dict[str, float] = {
+            meta: (crawler.settings.getfloat(setting) if meta == "download_timeout"
+                   else crawler.settings.getint(setting))
+            for meta, setting in _LIMITS}
+        return cls(FleetConfig.from_env().schemes, {k: v for k, v in limits.items() if v > 0})
 
     def process_request(self, request: Request) -> None:
         problem = refusal(request.url, self.schemes)
         if problem is not None:
             raise problem
+        meta = request.meta
+        for key, cap in self.limits.items():
+            value = meta.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= cap):
+                meta[key] = cap  # a request may ask for less than the spider's limit, never more

@@ -10,6 +10,7 @@ left, or ``--deadline`` passed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -57,6 +58,10 @@ EXIT_ARGS = 2
 EXIT_INFRA = 3
 EXIT_DLQ = 4
 EXIT_INCOMPLETE = 5
+#: Seconds after FLEET_SHUTDOWN_GRACE that a worker waits for Scrapy's close before it releases its leases
+#: and exits by itself (a callback that never returns blocks the close), and that `fleet run --deadline`
+#: waits past the grace before it SIGKILLs a worker that did neither.
+SHUTDOWN_CLOSE_WAIT = 20.0
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
@@ -342,7 +347,7 @@ def _run_worker(
     runreport.write_worker_stats(crawler.stats.get_stats() if crawler.stats is not None else {})
     rt = getattr(crawler, "fleet", None)
     if rt is not None and rt.fatal:
-        err.print(f"[bold red]error:[/] {rt.fatal}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
         return int(rt.exit_code or EXIT_INFRA)
     return 0
 
@@ -371,7 +376,19 @@ def _install_signals(crawler: Any) -> None:
                         rt.releasing = True
                         _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
 
+                async def hard_exit() -> None:
+                    # Scrapy's close waits for every callback to return; one stuck in an await forever
+                    # would keep the worker (and a cron `fleet run`) alive: release the leases, then go.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(rt.release_now("shutdown_timeout"), 10)
+                    os._exit(0)
+
+                def last_resort() -> None:
+                    if not rt.closed:
+                        _keep.append(asyncio.ensure_future(hard_exit()))
+
                 reactor.callLater(rt.config.shutdown_grace, force)
+                reactor.callLater(rt.config.shutdown_grace + SHUTDOWN_CLOSE_WAIT, last_resort)
             elif crawler.engine is not None:
                 _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
 
@@ -486,15 +503,25 @@ def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | Non
     import signal as _signal
 
     cut = False
+    kill_at: float | None = None
     while any(p.poll() is None for p in procs):
-        if deadline_at is not None and not cut and time.monotonic() >= deadline_at:
+        now = time.monotonic()
+        if deadline_at is not None and not cut and now >= deadline_at:
             cut = True
+            kill_at = now + FleetConfig.from_env().shutdown_grace + 2 * SHUTDOWN_CLOSE_WAIT
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(_signal.SIGTERM)
+        if kill_at is not None and now >= kill_at:
+            kill_at = None
+            for p in procs:  # neither finished nor exited by itself: its leases expire and are reaped
+                if p.poll() is None:
+                    p.kill()
         time.sleep(0.1)
-    # a worker our own SIGTERM ended before it had installed its handlers (still starting up) held no lease
-    codes = [0 if cut and p.returncode == -_signal.SIGTERM else int(p.returncode) for p in procs]
+    # a worker our own SIGTERM ended before it had installed its handlers (still starting up) held no
+    # lease; one we had to SIGKILL left its leases to expire (the run is incomplete either way)
+    ours = (-_signal.SIGTERM, -_signal.SIGKILL)
+    codes = [0 if cut and p.returncode in ours else int(p.returncode) for p in procs]
     return codes, cut
 
 

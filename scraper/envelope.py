@@ -218,7 +218,8 @@ class Envelope:
         cls, request: Request, *, spider_name: str, run: str, spider: Spider | None = None
     ) -> Envelope:
         meta = {
-            k: v for k, v in request.meta.items() if k not in _RUNTIME_META and _json_safe(v)
+            k: v for k, v in request.meta.items()
+            if k not in _RUNTIME_META and not k.startswith("_fleet") and _json_safe(v)
         }
         if request.cb_kwargs and not _json_safe(request.cb_kwargs):
             raise EnvelopeError("request cb_kwargs must be JSON-serializable to be queued")
@@ -395,6 +396,10 @@ class Envelope:
         if (meta and not _nesting_ok(meta)) or (cb_kwargs and not _nesting_ok(cb_kwargs)) or (
                 history and not _nesting_ok(history)):
             raise EnvelopeError(f"meta, cb_kwargs or history nest deeper than {MAX_NESTING} levels")
+        if meta and any(k in _RUNTIME_META or k.startswith("_fleet") for k in meta):
+            # an entry is input: it never chooses its proxy, download slot or Fleet's own bookkeeping
+            # (a "_fleet_void" would make every outcome of its fetch be dropped unsettled)
+            meta = {k: v for k, v in meta.items() if k not in _RUNTIME_META and not k.startswith("_fleet")}
         body = data.get("body") or ""
         if type(body) is not str:
             raise EnvelopeError("body must be base64 text")

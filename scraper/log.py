@@ -97,18 +97,30 @@ class _BufferedLogger:
                 pass
 
     @classmethod
+    def _lost(cls) -> None:
+        """stderr's reader is gone (a closed pipe, a full disk): logging must never raise into the code
+        that logs, which is often settling a request; later lines go nowhere."""
+        cls._stream = open(os.devnull, "w", encoding="utf-8")
+
+    @classmethod
     def write(cls, message: str) -> None:
-        cls._stream.write(message + "\n")
-        now = time.monotonic()
-        if now - cls._last > 0.1:
-            cls._last = now
-            cls._stream.flush()
+        try:
+            cls._stream.write(message + "\n")
+            now = time.monotonic()
+            if now - cls._last > 0.1:
+                cls._last = now
+                cls._stream.flush()
+        except (OSError, ValueError):
+            cls._lost()
 
     @classmethod
     def write_urgent(cls, message: str) -> None:
         """Warnings and errors are flushed at once: they are what an operator tails for."""
-        cls._stream.write(message + "\n")
-        cls.flush()
+        try:
+            cls._stream.write(message + "\n")
+            cls._stream.flush()
+        except (OSError, ValueError):
+            cls._lost()
 
     def msg(self, message: str) -> None:
         type(self).write(message)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from typing import Any
 
 from scrapy import Spider
@@ -83,6 +84,11 @@ def apply(spidercls: type[Spider], settings: Settings) -> None:
                      priority="cmdline")
 
 
+#: Request meta the watchdog reads (scraper.watchdog): waiting for a browser page, and when it got one.
+PAGE_WAIT_KEY = "_fleet_page_wait"
+PAGE_AT_KEY = "_fleet_page_at"
+
+
 class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: ignore[misc]  # untyped
     """scrapy-playwright's handler; a ``render_js`` spider's requests all go to the browser."""
 
@@ -106,6 +112,17 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
             request.meta.setdefault("playwright_context", PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]))
         response: Response = await super().download_request(request)
         return response
+
+    async def _create_page(self, request: Request, spider: Spider) -> Any:
+        """The page, once one of the context's PLAYWRIGHT_MAX_PAGES_PER_CONTEXT is free: the stall
+        watchdog counts the wait for it as queueing, and restarts its clock when the page is had."""
+        request.meta[PAGE_WAIT_KEY] = True
+        try:
+            page = await super()._create_page(request, spider)
+        finally:
+            request.meta.pop(PAGE_WAIT_KEY, None)
+        request.meta[PAGE_AT_KEY] = time.monotonic()
+        return page
 
     async def _create_browser_context(self, name: str, context_kwargs: dict[str, Any] | None,
                                       spider: Spider | None = None) -> Any:

@@ -30,6 +30,7 @@ __all__ = [
     "write_worker_stats",
 ]
 
+EXIT_CONFIG = 1
 EXIT_ARGS = 2
 EXIT_INFRA = 3
 EXIT_DLQ = 4
@@ -144,17 +145,20 @@ def summarize(
 def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
     """The exit code for a run's summary, with the one-line reason (empty for 0).
 
-    3 a worker failed (Redis or the store down past its limit, or it could not start); 5 incomplete:
-    the deadline passed, requests are parked or still queued, or a breaker is open; 4 the run drained
-    but some of its requests ended in the DLQ; 2 it drained but some input URLs were rejected at seeding;
-    0 drained with nothing parked and no breaker open.
-    Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
+    3 a worker failed (Redis or the store down past its limit, or it was killed); 1 a worker could
+    not start (configuration); 5 incomplete: the deadline passed with work left, requests are parked
+    or still queued, or a breaker is open; 4 the run drained but some of its requests ended in the
+    DLQ; 2 it drained but some input URLs were rejected at seeding; 0 drained with nothing parked and
+    no breaker open. Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
     """
     codes = summary.get("worker_exit_codes") or []
-    if any(codes):
-        return EXIT_INFRA, f"a worker exited with {max(codes)} (infrastructure failure; see its log)"
+    if any(c not in (0, EXIT_CONFIG) for c in codes):
+        bad = next(c for c in codes if c not in (0, EXIT_CONFIG))
+        return EXIT_INFRA, f"a worker exited with {bad} (infrastructure failure or killed; see its log)"
+    if EXIT_CONFIG in codes:
+        return EXIT_CONFIG, "a worker could not start (configuration; see its log)"
     why = []
-    if summary.get("deadline_passed"):
+    if summary.get("deadline_passed") and summary.get("pending"):
         why.append("the deadline passed")
     if summary.get("parked"):
         why.append(f"{summary['parked']} requests parked")

@@ -75,6 +75,7 @@ _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "l
 
 WriteResult = tuple[str | None, BaseException | None]  # (items key, error) of one request
 NOSPEC_SECONDS = 10.0  # no speculative fetch into a domain for this long after Redis refused a claim there
+DELIVERY_KEY = "_fleet_delivery"  # request meta: which delivery of a lease a request belongs to
 VOID_KEY = "_fleet_void"  # request meta: a speculative fetch whose lease was not granted
 # bound of FleetRuntime._local: the newest children, which READY (LIFO) hands out first; older ones are
 # rebuilt from their JSON. 4096 held ~2,000 entries behind a running pagination chain (measured): more
@@ -117,6 +118,7 @@ class LeaseState:
     claim: asyncio.Future[bool] | None = None
     spec: LeaseState | None = None  # the child this request's commit claims (1-based ``spec_index``)
     spec_index: int = 0
+    delivery: int = 0  # this worker's serial of this delivery (request meta DELIVERY_KEY): see state_for
 
     @property
     def id(self) -> str:
@@ -146,6 +148,7 @@ class FleetRuntime:
     """One per crawler (``crawler.fleet``); created by the scheduler."""
 
     def __init__(self, crawler: Crawler, config: FleetConfig, redis_url: str) -> None:
+        self._deliveries = 0  # serial of the deliveries this worker started (state_for)
         self.crawler = crawler
         self.config = config
         self.redis_url = redis_url
@@ -275,6 +278,13 @@ class FleetRuntime:
         except REDIS_ERRORS as exc:
             self.log.warning("leases_not_released", count=len(leftovers), error=type(exc).__name__)
 
+    async def release_now(self, reason: str) -> None:
+        """Hand every lease back at once (the last step before a forced exit: a callback that never
+        returns keeps Scrapy's engine, and so :meth:`close`, from ever finishing)."""
+        self.releasing = True
+        await self._release_all(reason)
+        log.flush()
+
     def engine_kick(self) -> None:
         engine = self.crawler.engine
         slot = getattr(engine, "_slot", None) if engine is not None else None
@@ -319,6 +329,8 @@ class FleetRuntime:
                 self._spawn(self._dead(state, "bad_envelope", str(exc)))
                 continue
             req.meta[META_KEY] = state.id
+            self._deliveries += 1
+            state.delivery = req.meta[DELIVERY_KEY] = self._deliveries
             state.request = req
             state.fetch_started = time.monotonic()
             self.active[state.id] = state
@@ -331,10 +343,19 @@ class FleetRuntime:
         return None
 
     def state_for(self, request: Request) -> LeaseState | None:
+        """The ledger of the delivery ``request`` belongs to, or None.
+
+        The lease id alone is not enough: a request settled by the watchdog can be delivered again (same
+        id) while its first delivery's callback still runs; that callback's items and errors must not
+        reach the new delivery's ledger. Redirects keep the delivery serial (``Request.replace`` copies
+        meta)."""
         key = request.meta.get(META_KEY)
         if not isinstance(key, str):
             return None
-        return self.active.get(key)
+        state = self.active.get(key)
+        if state is not None and request.meta.get(DELIVERY_KEY, state.delivery) != state.delivery:
+            return None
+        return state
 
     async def _feeder(self) -> None:
         assert self.queue is not None

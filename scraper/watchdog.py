@@ -38,7 +38,7 @@ from middlewares.classify import A, Verdict
 
 DEFAULT_MARGIN = 30.0
 # the phases in which a request waits for its turn (its clock restarts), see FleetDownloader.phase
-_WAITING = frozenset({"queued", "scheduled"})
+_WAITING = frozenset({"queued", "scheduled", "page_wait"})
 
 
 class Watchdog:
@@ -105,8 +105,11 @@ class Watchdog:
             if state.settled or state.claim is not None or state.request is None:
                 continue
             phase = self._phase(state, engine)
+            meta = state.request.meta
+            if meta.get("_fleet_page_wait"):
+                phase = "page_wait"  # a rendered page waiting for one of the context's browser pages
             sig = (id(state.request), phase, state.status, state.pending, len(state.items),
-                   len(state.discovered), state.exhausted)
+                   len(state.discovered), state.exhausted, meta.get("_fleet_page_at"))
             prev = self._seen.get(lid)
             if prev is None or prev[0] is not state or prev[1] != sig or phase in _WAITING:
                 since = now

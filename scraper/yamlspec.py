@@ -45,8 +45,9 @@ import yaml
 from parsel import Selector, SelectorList
 from scrapy.http import Response
 
+from scraper.names import is_name
+
 SUFFIXES = (".yaml", ".yml")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 _RULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,60}$")
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _TYPES = ("str", "int", "float")
@@ -230,7 +231,7 @@ def parse_spec(path: Path, text: str) -> Spec:
     top = r.mapping(doc, "top level", {"name", "version", "start_urls", "allowed_domains", "start_page",
                                        "settings", "pages", "render"})
     name = top.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not is_name(name):  # the rule of every spider name (scraper.names)
         raise r.fail("name", "required: 1-100 letters, digits, _ . -")
     pages_raw = top.get("pages")
     if not isinstance(pages_raw, dict) or not pages_raw:

@@ -18,7 +18,7 @@ from scrapy import Request, Spider
 
 from pipelines.objects import evidence_key, items_key, raw_key
 from scraper.envelope import MAX_NESTING, Envelope, EnvelopeError
-from scraper.names import BadName
+from scraper.store import InvalidKeyError
 
 
 class _Spider(Spider):
@@ -136,9 +136,9 @@ def test_object_keys_check_names_again() -> None:
     assert items_key("s", "r1", fp) == f"items/spider=s/run=r1/01/{fp}.jsonl"
     for spider, run, key_fp in (("s", "../x", fp), ("a/b", "r", fp), ("s", "r", "../../etc/passwd")):
         for build in (items_key, raw_key):
-            with pytest.raises(BadName):
+            with pytest.raises(InvalidKeyError):  # the store's error: only this request's object fails
                 build(spider, run, key_fp)
-        with pytest.raises(BadName):
+        with pytest.raises(InvalidKeyError):
             evidence_key(spider, run, "D", key_fp)
     with pytest.raises(ValueError):
         evidence_key("s", "r", "../x", fp)
@@ -207,3 +207,13 @@ def test_one_hostile_field_raises_only_envelope_error(key: str, value: Any, drop
     except EnvelopeError:
         return
     _survives(env)
+
+
+def test_an_entry_never_chooses_its_proxy_slot_or_fleet_bookkeeping() -> None:
+    """A queue entry is input: meta that would pick a proxy host (bypassing the private-address guard),
+    a download slot, or mark the fetch void (every outcome dropped unsettled) is dropped at decode."""
+    env = _loads(meta={"proxy": "http://10.0.0.5:3128", "download_slot": "x", "_fleet_void": True,
+                       "_fleet_delivery": 7, "_fleet": "lease", "_auth_proxy": "x", "keep": 1})
+    assert env.meta == {"keep": 1}
+    req = env.to_request(None)
+    assert "proxy" not in req.meta and "_fleet_void" not in req.meta and req.meta["keep"] == 1

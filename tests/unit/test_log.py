@@ -62,3 +62,21 @@ def test_fast_logger_line_is_structlogs(ctx: dict[str, Any], method: str, event:
 def test_bind_extends_the_context() -> None:
     lines = _lines(lambda: log.get_logger(worker="w1").bind(spider="s").info("e", k=1))
     assert list(json.loads(lines[0])) == ["worker", "spider", "k", "event", "level", "timestamp"]
+
+
+def test_a_closed_stderr_never_raises_into_the_caller() -> None:
+    """A worker whose stderr reader went away (fleet run's pipe, a second Ctrl-C) keeps settling."""
+    import os
+
+    from scraper import log as fleet_log
+
+    r, w = os.pipe()
+    os.close(r)
+    saved = fleet_log._BufferedLogger._stream
+    fleet_log._BufferedLogger._stream = os.fdopen(w, "w", buffering=1 << 16, encoding="utf-8")
+    try:
+        for _ in range(3):
+            fleet_log._BufferedLogger.write_urgent("x" * 70000)  # EPIPE on the flush
+            fleet_log._BufferedLogger.write("y")
+    finally:
+        fleet_log._BufferedLogger._stream = saved

@@ -194,3 +194,27 @@ def test_any_other_error_goes_through_the_taxonomy() -> None:
     refused = BodyTooLarge("content_length=9 limit=1 stage=download")
     assert isinstance(refused, Refused)
     assert verdict_for(refused, Request("http://a.test/")).reason == "body:too_large"
+
+
+def test_a_malformed_location_is_bad_redirect_not_a_retry() -> None:
+    request = Request("http://a.example/start")
+    resp = Response(request.url, status=302, headers={"Location": "http://[::1/"}, request=request)
+    with pytest.raises(Refused) as info:
+        _redirect_mw().process_response(request, resp)
+    verdict = classify_exception(info.value)
+    assert (verdict.cls, verdict.reason) == (D, "redirect:bad_location")
+
+
+def test_meta_limits_from_an_entry_only_tighten_the_spiders() -> None:
+    from middlewares.schemes import SchemeMiddleware
+
+    mw = SchemeMiddleware.from_crawler(get_crawler(settings_dict={"DOWNLOAD_TIMEOUT": 30, "DOWNLOAD_MAXSIZE": 1000,
+                                                                 "DOWNLOAD_WARNSIZE": 100}))
+    hostile = Request("http://a.example/", meta={"download_timeout": 1e12, "download_maxsize": 0,
+                                                 "download_warnsize": -1})
+    mw.process_request(hostile)
+    assert (hostile.meta["download_timeout"], hostile.meta["download_maxsize"], hostile.meta["download_warnsize"]) \
+        == (30, 1000, 100)
+    modest = Request("http://a.example/", meta={"download_timeout": 5, "download_maxsize": 10})
+    mw.process_request(modest)
+    assert (modest.meta["download_timeout"], modest.meta["download_maxsize"]) == (5, 10)
