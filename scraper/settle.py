@@ -12,8 +12,9 @@ failure that leaves it for a request whose lease is still unsettled becomes a cl
 
 * a typed refusal (:mod:`middlewares.refused`): class D with its reason (``redirect:loop``,
   ``redirect:too_many``, ``body:too_large``, ``body:undecodable``) and evidence;
-* any other ``IgnoreRequest``: class D ``dropped:<type>`` with its message (a component refused the
-  site's answer; the DLQ shows it, rather than an acknowledgement nobody can see);
+* a plain ``IgnoreRequest`` (a component's deliberate drop, in Scrapy's sense): finished and counted as
+  ignored, as when ClassifyMiddleware sees one on the way out; a subclass of it that Fleet does not
+  know: class D ``dropped:<type>`` with its message (the DLQ shows it);
 * any other exception: the taxonomy's ``classify_exception`` (network errors A, proxy failures B,
   unknown errors A ``error:<type>``, whose budget ends in the DLQ).
 
@@ -102,6 +103,11 @@ class FleetDownloader(Downloader):
     def _settle(self, rt: Any, state: Any, request: Request, failure: Failure) -> Failure:
         exc = failure.value
         assert exc is not None
+        if type(exc) is IgnoreRequest:
+            # a component's deliberate drop, as Scrapy means it: the request is finished (acknowledged,
+            # counted as ignored), the same outcome ClassifyMiddleware gives it on the way out
+            rt.ignored(state, exc)
+            return failure
         verdict = verdict_for(exc, request)
         response = exc.response if isinstance(exc, Refused) else None
         if isinstance(exc, Refused) and response is not None and not exc.classified:
