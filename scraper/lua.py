@@ -655,6 +655,9 @@ for i = 3, #ARGV, 2 do
   if owns(prefix, id, ARGV[i+1]) then
     redis.call('ZREM', prefix .. 'inflight', id)
     redis.call('HDEL', prefix .. 'lease', id)
+    -- handed back unattempted (graceful shutdown): not a delivery that was lost, so not counted
+    -- against FLEET_MAX_LOST_DELIVERIES nor in the next delivery's attempt number
+    if redis.call('HINCRBY', prefix .. 'dlv', id, -1) < 0 then redis.call('HSET', prefix .. 'dlv', id, 0) end
     if to_ready(prefix, id) then n = n + 1 end
   end
 end
