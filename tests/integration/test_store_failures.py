@@ -157,7 +157,7 @@ def _assert_gave_up_cleanly(env: dict[str, str], log: Path, code: int, run: str,
     assert stopped and stopped[-1]["exit_code"] == 3
     # bounded: from the outage's start to the worker's end, FLEET_STORE_OUTAGE_MAX + the grace + a margin
     took = _at(stopped[-1]) - _at(down[0])
-    assert OUTAGE_MAX <= took <= OUTAGE_MAX + GRACE + 8, took
+    assert OUTAGE_MAX <= took <= OUTAGE_MAX + GRACE + 15, took  # the margin absorbs a loaded host
     assert "FLEET_STORE_OUTAGE_MAX" in text and reason_part in text  # the one-line exit message
     assert not any(e.get("event") == "request_delayed" for e in events), "an outage burned retry budgets"
     # nothing lost: every request of the run is back in READY, none held, retried, dead or done
