@@ -5,8 +5,8 @@ unfetched. A graceful release hands a lease back without counting it as lost."""
 from __future__ import annotations
 
 import json
-from urllib.parse import urljoin
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 import redis
