@@ -15,7 +15,7 @@ from typing import Any
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 _FP = re.compile(r"[0-9a-f]{16}")
 
-NAME_RULE = "1-100 characters among letters, digits, '_', '-' and '.'"
+NAME_RULE = "1-100 characters among letters, digits, '_', '-' and '.' (not '.' or '..')"
 
 
 class BadName(ValueError):
@@ -23,8 +23,8 @@ class BadName(ValueError):
 
 
 def is_name(value: Any) -> bool:
-    """True for a usable spider name or run id."""
-    return type(value) is str and _NAME.fullmatch(value) is not None
+    """True for a usable spider name or run id ("." and ".." are path words, never names)."""
+    return type(value) is str and _NAME.fullmatch(value) is not None and value not in (".", "..")
 
 
 def is_fp(value: Any) -> bool:
