@@ -13,8 +13,8 @@ from __future__ import annotations
 from scrapy import Request
 from scrapy.crawler import Crawler
 
+from scraper.config import FleetConfig
 from scraper.urls import refusal
-from settings.fleet import FleetConfig
 
 
 class SchemeMiddleware:

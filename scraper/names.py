@@ -3,7 +3,7 @@
 Why one definition: these three strings go straight into key names (``fleet:{spider}:done:RUN``,
 ``items/spider=S/run=R/ab/FP.jsonl``). They are checked where they enter (``fleet seed --run``, the CLI's
 SPIDER arguments, a decoded queue entry) and again where they become object keys
-(``pipelines.objects``), so a hostile queue entry cannot name a path outside its spider's prefix, and a
+(``scraper.objects``), so a hostile queue entry cannot name a path outside its spider's prefix, and a
 fingerprint that is not hex cannot reach the Lua scripts that unpack it as hex (lua.py: ``hex2bin``).
 """
 
