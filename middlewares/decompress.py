@@ -26,6 +26,8 @@ from scrapy.http import Response
 
 from scraper.refused import BodyTooLarge, BodyUndecodable, Refused
 
+__all__ = ["DecompressMiddleware"]
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 

@@ -35,6 +35,8 @@ from twisted.internet.error import DNSLookupError
 
 from scraper.config import FleetConfig
 
+__all__ = ["CACHE_HOSTS", "CACHE_SECONDS", "PrivateAddressMiddleware", "PrivateAddressRefused", "non_public"]
+
 _SCHEMES = frozenset({"http", "https"})
 CACHE_SECONDS = 60.0  # how long a host's verdict is reused
 CACHE_HOSTS = 10_000  # bound on remembered hosts (the oldest half is dropped when full)

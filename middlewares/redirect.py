@@ -22,6 +22,8 @@ from scrapy.http import Response
 
 from scraper.refused import RedirectLoop, Refused, TooManyRedirects
 
+__all__ = ["FleetMetaRefreshMiddleware", "FleetRedirectMiddleware"]
+
 
 class _Bounded:
     """The part both middlewares share: ``_redirect`` is where Scrapy decides to follow or give up."""

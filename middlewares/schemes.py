@@ -16,6 +16,8 @@ from scrapy.crawler import Crawler
 from scraper.config import FleetConfig
 from scraper.urls import refusal
 
+__all__ = ["SchemeMiddleware"]
+
 
 class SchemeMiddleware:
     def __init__(self, schemes: tuple[str, ...]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+__all__ = ["NAME_RULE", "BadName", "check_fp", "check_run", "check_spider", "is_fp", "is_name"]
+
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 _FP = re.compile(r"[0-9a-f]{16}")
 
