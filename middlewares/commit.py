@@ -12,7 +12,7 @@ spider middleware (depth, offsite, URL length).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
@@ -20,6 +20,12 @@ from scrapy.http import Response
 from twisted.python.failure import Failure
 
 from scraper.envelope import META_KEY
+from scraper.ports import FleetPort, fleet_of
+
+if TYPE_CHECKING:
+    from scraper.runtime import LeaseState
+
+__all__ = ["CommitMiddleware"]
 
 
 def _release_parse_tree(response: Response) -> None:
@@ -47,34 +53,33 @@ class CommitMiddleware:
         crawler.signals.connect(mw._error, signal=signals.item_error)
         return mw
 
-    def _rt(self) -> Any:
-        return getattr(self.crawler, "fleet", None)
-
-    def _state(self, response: Any) -> Any:
-        rt = self._rt()
+    def _held(self, response: Any) -> tuple[FleetPort, LeaseState] | None:
+        """(runtime, lease state) of ``response``'s request, or None when no lease of this worker holds it."""
+        rt = fleet_of(self.crawler)
         if rt is None or not isinstance(response, Response) or response.request is None:
             return None
-        return rt.state_for(response.request)
+        state = rt.state_for(response.request)
+        return (rt, state) if state is not None else None
 
     async def process_start(self, start: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Workers never run a spider's start(): seeding is ``fleet seed``'s job."""
-        if self._rt() is None:
+        if fleet_of(self.crawler) is None:
             async for x in start:
                 yield x
         return
 
-    def _ledger(self, response: Response) -> tuple[Any, Any, bool]:
+    def _ledger(self, response: Response) -> tuple[FleetPort | None, LeaseState | None, bool]:
         """(runtime, lease state or None, drop): drop when the response belongs to a lease this
         worker no longer tracks (settled elsewhere): its outputs belong to whichever delivery
         commits, so dropping them here loses nothing."""
-        rt = self._rt()
-        state = self._state(response)
+        rt = fleet_of(self.crawler)
+        state = rt.state_for(response.request) if rt is not None and response.request is not None else None
         request = response.request if isinstance(response, Response) else None
         lease = request.meta.get(META_KEY) if request is not None else None
-        stale = state is None and rt is not None and isinstance(lease, str)
-        if stale:
+        if rt is not None and state is None and isinstance(lease, str):
             rt.log.warning("stale_response_dropped", lease=lease)
-        return rt, state, stale
+            return rt, None, True
+        return rt, state, False
 
     async def process_spider_output(
         self, response: Response, result: AsyncIterator[Any]
@@ -85,7 +90,7 @@ class CommitMiddleware:
                 async for _ in result:
                     pass
                 return
-            if state is None or state.settled:
+            if rt is None or state is None or state.settled:
                 async for x in result:
                     yield x
                 return
@@ -106,21 +111,25 @@ class CommitMiddleware:
     def process_spider_exception(
         self, response: Response, exception: BaseException
     ) -> None:
-        state = self._state(response)
-        if state is not None:
-            self._rt().callback_failed(state, exception)
+        held = self._held(response)
+        if held is not None:
+            rt, state = held
+            rt.callback_failed(state, exception)
 
     def _scraped(self, item: Any, response: Any, spider: Spider) -> None:
-        state = self._state(response)
-        if state is not None:
-            self._rt().item_settled(state, item)
+        held = self._held(response)
+        if held is not None:
+            rt, state = held
+            rt.item_settled(state, item)
 
     def _dropped(self, item: Any, response: Any, exception: BaseException, spider: Spider) -> None:
-        state = self._state(response)
-        if state is not None:
-            self._rt().item_settled(state, None)
+        held = self._held(response)
+        if held is not None:
+            rt, state = held
+            rt.item_settled(state, None)
 
     def _error(self, item: Any, response: Any, spider: Spider, failure: Failure) -> None:
-        state = self._state(response)
-        if state is not None:
-            self._rt().item_failed(state, failure.value)
+        held = self._held(response)
+        if held is not None:
+            rt, state = held
+            rt.item_failed(state, cast(BaseException, failure.value))

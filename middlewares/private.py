@@ -33,7 +33,9 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.error import DNSLookupError
 
-from settings.fleet import FleetConfig
+from scraper.config import FleetConfig
+
+__all__ = ["CACHE_HOSTS", "CACHE_SECONDS", "PrivateAddressMiddleware", "PrivateAddressRefused", "non_public"]
 
 _SCHEMES = frozenset({"http", "https"})
 CACHE_SECONDS = 60.0  # how long a host's verdict is reused

@@ -10,16 +10,16 @@ delay follow the site, never the proxy a request happens to use.
 
 from __future__ import annotations
 
-from typing import Any
-
 from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
-from middlewares.classify import VOID_MESSAGE
-from scraper.runtime import REDIS_ERRORS
-from settings.fleet import FleetConfig
+from scraper.config import FleetConfig
+from scraper.ports import VOID_MESSAGE, fleet_of
+from scraper.redisio import REDIS_ERRORS
+
+__all__ = ["ProxyMiddleware"]
 
 
 class ProxyMiddleware:
@@ -37,10 +37,12 @@ class ProxyMiddleware:
         host = (urlparse_cached(request).hostname or "").lower()
         if host:
             request.meta["download_slot"] = host
-        rt: Any = getattr(self.crawler, "fleet", None)
-        if rt is not None and rt.drop_void(request):
+        rt = fleet_of(self.crawler)
+        if rt is None:
+            return None
+        if rt.drop_void(request):
             raise IgnoreRequest(VOID_MESSAGE)
-        state = rt.state_for(request) if rt is not None else None
+        state = rt.state_for(request)
         if state is None or not rt.proxies:
             return None
         pool = rt.proxies
@@ -49,13 +51,13 @@ class ProxyMiddleware:
                 await pool.load(host)
             except REDIS_ERRORS:
                 pass  # choose from what we knew; the health refresh retries next time
-        exclude = [h.get("proxy") for h in state.env.history if h.get("cls") == "B" and h.get("proxy")]
+        exclude = [h["proxy"] for h in state.env.history if h.get("cls") == "B" and h.get("proxy")]
         proxy, until = pool.choose(host, exclude)
         if proxy is None:
             rt.defer(state, until, "all_proxies_cooling")
             raise IgnoreRequest("fleet: every proxy is cooling down for this domain")
         request.meta["proxy"] = proxy.url
         request.meta["fleet_proxy_id"] = proxy.id
-        state.proxy_id = proxy.id
+        rt.proxy_chosen(state, proxy.id)
         pool.started(proxy.id)
         return None

@@ -13,8 +13,10 @@ from __future__ import annotations
 from scrapy import Request
 from scrapy.crawler import Crawler
 
+from scraper.config import FleetConfig
 from scraper.urls import refusal
-from settings.fleet import FleetConfig
+
+__all__ = ["SchemeMiddleware"]
 
 #: Per-request meta that may only tighten the spider's limits: a queue entry is input, and 0 means
 #: "no limit" to Scrapy's handler and decoder (a 1e12 timeout would also blind the watchdog).

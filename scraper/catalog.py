@@ -16,7 +16,18 @@ from scrapy.settings import Settings
 from scrapy.spiderloader import SpiderLoader
 
 from scraper import yamlspec
-from settings.fleet import FleetConfig
+from scraper.config import FleetConfig
+
+__all__ = [
+    "FleetSpiderLoader",
+    "SpiderNotFound",
+    "base_settings",
+    "describe",
+    "load_spider",
+    "loader",
+    "renders",
+    "worker_settings",
+]
 
 # Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
 _MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS", "DOWNLOAD_HANDLERS")

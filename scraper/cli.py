@@ -10,34 +10,48 @@ left, or ``--deadline`` passed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import redis
 import redis.asyncio as aioredis
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
-from scrapy import Request, Spider
 
 from scraper import log, progress, redisio, runreport
-from scraper.catalog import SpiderNotFound, base_settings, describe, load_spider, loader, worker_settings
-from scraper.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url, stop_embedded_redis
-from scraper.envelope import Envelope, EnvelopeError, SeedEncoder
+from scraper.catalog import SpiderNotFound, base_settings, describe, loader
+from scraper.cli_common import (
+    EXIT_ARGS,
+    EXIT_CONFIG,
+    EXIT_DLQ,
+    EXIT_INCOMPLETE,
+    EXIT_INFRA,
+    check_reachable,
+    connect,
+    default_run,
+    err,
+    fail,
+    load_config,
+    out,
+    redis_url_for,
+    run_summary,
+    spider_class,
+)
+from scraper.config import FleetConfig
+from scraper.embedded import redact_url, stop_embedded_redis
+from scraper.envelope import Envelope, EnvelopeError
 from scraper.names import BadName, check_run
 from scraper.queue import FleetQueue, QueueError, check_spider_name, known_spiders
-from scraper.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
-from settings.fleet import ConfigError, FleetConfig
+from scraper.seeding import seed_run
+from scraper.worker_process import SHUTDOWN_CLOSE_WAIT, run_worker
+
+__all__ = ["EXIT_ARGS", "EXIT_CONFIG", "EXIT_DLQ", "EXIT_INCOMPLETE", "EXIT_INFRA", "app", "main"]
 
 app = typer.Typer(
     help="Fleet: a Scrapy worker fleet fed from one leased Redis queue. "
@@ -50,70 +64,7 @@ breakers_app = typer.Typer(
     help="Drift breakers per (spider, domain): list them, or reset one after a fix.",
     invoke_without_command=True,
 )
-err = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs get untruncated tables
 
-EXIT_CONFIG = 1
-EXIT_ARGS = 2
-EXIT_INFRA = 3
-EXIT_DLQ = 4
-EXIT_INCOMPLETE = 5
-#: Seconds after FLEET_SHUTDOWN_GRACE that a worker waits for Scrapy's close before it releases its leases
-#: and exits by itself (a callback that never returns blocks the close), and that `fleet run --deadline`
-#: waits past the grace before it SIGKILLs a worker that did neither.
-SHUTDOWN_CLOSE_WAIT = 20.0
-
-
-def _fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
-    # escaped: messages quote URLs and names, and "[/]" in one is rich markup, not text; soft_wrap: one
-    # line whatever the terminal's width, for whoever greps the log
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _config() -> FleetConfig:
-    try:
-        cfg = FleetConfig.from_env()
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    log.configure(cfg.log_level, cfg.log_format)
-    return cfg
-
-
-def _redis_url(cfg: FleetConfig) -> str:
-    try:
-        return cfg.redis_url or resolve_redis_url()
-    except RedisConfigError as exc:
-        raise _fail(str(exc), EXIT_INFRA) from None
-
-
-async def _client(url: str) -> aioredis.Redis:
-    client = redisio.client(url, socket_timeout=30, socket_connect_timeout=5)
-    try:
-        await client.ping()
-        sync = redis.Redis.from_url(url, socket_timeout=10)
-        try:
-            for warning in check_redis(sync):
-                err.print(f"[yellow]warning:[/] {warning}", highlight=False)
-        finally:
-            sync.close()
-    except RedisConfigError as exc:  # an evicting Redis: a configuration to fix, not an outage
-        await client.aclose()
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except (OSError, redis.exceptions.RedisError) as exc:
-        await client.aclose()
-        hint = ""
-        if url.lower().startswith("rediss://"):
-            hint = " (rediss:// needs a Redis that speaks TLS; use redis:// for a plain one)"
-        detail = log.redact(str(exc))[:300] or type(exc).__name__
-        raise _fail(f"cannot reach Redis at {redact_url(url)}: {detail}{hint}", EXIT_INFRA) from None
-    return client
-
-
-async def _check_redis(url: str) -> None:
-    """Fail fast, before Scrapy starts, on an unreachable or evicting Redis."""
-    client = await _client(url)
-    await client.aclose()
 
 
 def _emitted(rows: list[dict[str, Any]], as_json: bool, empty: str) -> bool:
@@ -150,121 +101,6 @@ def _run_arg(value: Any) -> Any:
     return value
 
 
-def _default_run() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
-    try:
-        return load_spider(name, base_settings(cfg))
-    except SpiderNotFound as exc:
-        raise _fail(str(exc)) from None
-
-
-def _read_urls(path: str) -> Iterator[str | URLRefused]:
-    """The URLs of --urls (a file, or - for stdin), or a URLRefused per line that is not one (scraper.urls)."""
-    if path == "-":
-        yield from url_lines(sys.stdin.buffer)
-        return
-    p = Path(path)
-    if not p.is_file():
-        raise _fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
-    try:
-        stream = p.open("rb")
-    except OSError as exc:
-        raise _fail(f"--urls {path}: cannot read it: {exc.strerror or exc}") from None
-    with stream:
-        yield from url_lines(stream)
-
-
-class _Rejected:
-    """Seed input that is not a URL Fleet fetches: one line on stderr each, and a count."""
-
-    def __init__(self, schemes: tuple[str, ...]) -> None:
-        self.schemes = schemes
-        self.count = 0
-
-    def __call__(self, url: str | None, problem: Exception) -> None:
-        self.count += 1
-        where = f"URL {log.redact(url)[:300]!r}: " if url is not None else ""
-        err.print(f"[yellow]rejected[/] {escape(where + str(problem))}", highlight=False, soft_wrap=True)
-
-    def check(self, url: str) -> bool:
-        problem = refusal(url, self.schemes)
-        if problem is not None:
-            self(url, problem)
-        return problem is None
-
-
-async def _start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
-    try:
-        spider = spidercls()
-    except TypeError as exc:
-        raise _fail(f"cannot instantiate spider {spidercls.name!r} to read its start requests: {exc}") from None
-    async for x in spider.start():
-        if isinstance(x, Request):
-            yield x
-
-
-def _seed_entries(
-    urls: Iterable[str | URLRefused], spider: str, run: str, callback: str | None = None,
-    rejected: _Rejected | None = None,
-) -> Iterator[tuple[str, str]]:
-    """Queue entries (envelope JSON, fp) for ``urls``, exactly as ``Envelope.for_url`` would make them.
-    A URL Fleet would not fetch (scheme, no host, malformed: scraper.urls) is reported and counted in
-    ``rejected``, and the others are still enqueued."""
-    rejected = rejected or _Rejected(DEFAULT_SCHEMES)
-    entry = SeedEncoder(spider_name=spider, run=run, callback=callback).entry
-    for url in urls:
-        if isinstance(url, URLRefused):
-            rejected(None, url)
-            continue
-        if not rejected.check(url):
-            continue
-        try:
-            yield entry(url)
-        except (ValueError, EnvelopeError) as exc:
-            rejected(url, exc)
-
-
-async def _seed(
-    cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None,
-    callback: str | None = None,
-) -> dict[str, Any]:
-    client = await _client(_redis_url(cfg))
-    rejected = _Rejected(cfg.schemes)
-    try:
-        q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)
-        if urls or urls_file:
-            def all_urls() -> Iterator[str | URLRefused]:
-                yield from urls
-                if urls_file:
-                    yield from progress.track_urls(_read_urls(urls_file), urls_file,
-                                                   show=progress.enabled(cfg.log_format))
-
-            enq, skipped = await q.seed_entries(
-                run, _seed_entries(all_urls(), spidercls.name, run, callback, rejected))
-        else:
-            spider = spidercls()
-            envs = []
-            async for req in _start_requests(spidercls):
-                if not rejected.check(req.url):
-                    continue
-                try:
-                    envs.append(Envelope.from_request(req, spider_name=spidercls.name, run=run, spider=spider))
-                except EnvelopeError as exc:
-                    raise _fail(f"start request {req.url}: {exc}") from None
-            if not envs and not rejected.count:
-                raise _fail(
-                    f"spider {spidercls.name!r} has no start URLs: pass --url or --urls FILE"
-                )
-            enq, skipped = await q.seed(run, envs)
-        result = {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
-        if rejected.count:
-            result["rejected"] = rejected.count
-        return result
-    finally:
-        await client.aclose()
 
 
 @app.command()
@@ -283,119 +119,21 @@ def seed(
     is not UTF-8) is rejected with one line on stderr; the others are still enqueued, the JSON then has
     "rejected": N and the exit code is 2.
     """
-    cfg = _config()
-    spidercls = _spider_class(spider, cfg)
+    cfg = load_config()
+    spidercls = spider_class(spider, cfg)
     if callback is not None and not callable(getattr(spidercls, callback, None)):
-        raise _fail(f"spider {spider!r} has no method {callback!r} to use as --callback")
+        raise fail(f"spider {spider!r} has no method {callback!r} to use as --callback")
     if callback is not None and not (url or urls):
-        raise _fail("--callback applies to --url/--urls; the spider's start requests name their own callbacks")
-    run_id = run or _default_run()
+        raise fail("--callback applies to --url/--urls; the spider's start requests name their own callbacks")
+    run_id = run or default_run()
     try:
-        result = asyncio.run(_seed(cfg, spidercls, run_id, list(url or []), urls, callback))
+        result = asyncio.run(seed_run(cfg, spidercls, run_id, list(url or []), urls, callback))
     except QueueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(json.dumps(result))
     if result.get("rejected"):
         raise typer.Exit(EXIT_ARGS)
 
-
-def _run_worker(
-    spider: str, concurrency: int | None, until_idle: float | None,
-    on_crawler: Any = None,
-) -> int:
-    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
-
-    ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
-    its item count)."""
-    from scrapy.crawler import AsyncCrawlerProcess
-
-    cfg = _config()
-    settings = base_settings(cfg)
-    spidercls = _spider_class(spider, cfg)
-    try:
-        settings = worker_settings(spidercls, settings)
-    except RuntimeError as exc:  # scraper.render.ChromiumNotFound: says what to install
-        raise _fail(str(exc)) from None
-    if concurrency is not None:
-        if concurrency < 1:
-            raise _fail("--concurrency must be >= 1")
-        settings.set("CONCURRENT_REQUESTS", concurrency, priority="cmdline")
-    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="cmdline")
-    if until_idle is not None:
-        settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
-    from scraper.proxies import ProxyConfigError, parse_proxies
-
-    try:
-        parse_proxies(cfg.proxies)
-    except ProxyConfigError as exc:
-        raise _fail(str(exc)) from None
-    url = _redis_url(cfg)
-    asyncio.run(_check_redis(url))
-    settings.set("FLEET_REDIS_URL", url, priority="cmdline")
-    settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
-    process = AsyncCrawlerProcess(settings)
-    log.configure(cfg.log_level, cfg.log_format)
-    crawler = process.create_crawler(spidercls)
-    if on_crawler is not None:
-        on_crawler(crawler)
-    process.crawl(crawler)
-    _install_signals(crawler)
-    process.start(install_signal_handlers=False)
-    if process.bootstrap_failed:
-        err.print("[bold red]error:[/] the worker failed to start; see the log above", highlight=False)
-        return EXIT_CONFIG
-    runreport.write_worker_stats(crawler.stats.get_stats() if crawler.stats is not None else {})
-    rt = getattr(crawler, "fleet", None)
-    if rt is not None and rt.fatal:
-        err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
-        return int(rt.exit_code or EXIT_INFRA)
-    return 0
-
-
-def _install_signals(crawler: Any) -> None:
-    """First SIGTERM/SIGINT: graceful (stop leasing, finish within the grace, release). Second: exit now."""
-    import signal
-
-    from twisted.internet import reactor
-
-    state = {"count": 0}
-    _keep: list[Any] = []  # tasks must be referenced until done
-
-    def handler(signum: int, _frame: Any) -> None:
-        state["count"] += 1
-        if state["count"] > 1:
-            os._exit(130)
-        rt = getattr(crawler, "fleet", None)
-
-        def begin() -> None:
-            if rt is not None:
-                rt.request_stop(signal.Signals(signum).name)
-
-                def force() -> None:
-                    if crawler.engine is not None and crawler.engine.running and not rt.closed:
-                        rt.releasing = True
-                        _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
-
-                async def hard_exit() -> None:
-                    # Scrapy's close waits for every callback to return; one stuck in an await forever
-                    # would keep the worker (and a cron `fleet run`) alive: release the leases, then go.
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(rt.release_now("shutdown_timeout"), 10)
-                    os._exit(0)
-
-                def last_resort() -> None:
-                    if not rt.closed:
-                        _keep.append(asyncio.ensure_future(hard_exit()))
-
-                reactor.callLater(rt.config.shutdown_grace, force)
-                reactor.callLater(rt.config.shutdown_grace + SHUTDOWN_CLOSE_WAIT, last_resort)
-            elif crawler.engine is not None:
-                _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
-
-        reactor.callFromThread(begin)
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 @app.command()
@@ -406,22 +144,8 @@ def worker(
         "--until-idle", help="Exit 0 once READY, IN-FLIGHT and DELAYED of SPIDER stayed empty this many seconds.")] = None,
 ) -> None:
     """Run one worker: lease, fetch, classify, write, acknowledge; until a signal or --until-idle."""
-    raise typer.Exit(_run_worker(spider, concurrency, until_idle))
+    raise typer.Exit(run_worker(spider, concurrency, until_idle))
 
-
-async def _summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
-    client = await _client(_redis_url(cfg))
-    try:
-        q = FleetQueue(client, spider)
-        counts = await q.counts()
-        runs = await q.runs()
-        dlq_run = 0
-        async for _ in q.dlq_iter(run):
-            dlq_run += 1
-        return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
-                "known": run in runs, "breakers": await q.breakers()}
-    finally:
-        await client.aclose()
 
 
 @app.command("run")
@@ -445,29 +169,29 @@ def run_cmd(
     3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`);
     1 configuration error.
     """
-    cfg = _config()
+    cfg = load_config()
     if workers < 1:
-        raise _fail("--workers must be >= 1")
+        raise fail("--workers must be >= 1")
     if deadline is not None and deadline <= 0:
-        raise _fail("--deadline must be > 0 seconds")
+        raise fail("--deadline must be > 0 seconds")
     if resume is not None and (run is not None or urls is not None):
-        raise _fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
-    spidercls = _spider_class(spider, cfg)
+        raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
+    spidercls = spider_class(spider, cfg)
     started = time.time()
     if resume is not None:
         run_id = resume
-        known = asyncio.run(_summary(cfg, spider, run_id))
+        known = asyncio.run(run_summary(cfg, spider, run_id))
         if not known["known"]:
-            raise _fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
+            raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
         seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
     else:
-        run_id = run or _default_run()
-        seeded = asyncio.run(_seed(cfg, spidercls, run_id, [], urls))
+        run_id = run or default_run()
+        seeded = asyncio.run(seed_run(cfg, spidercls, run_id, [], urls))
     runlog = log.get_logger(component="run")
     runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
                 skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
     env = dict(os.environ)
-    env["FLEET_REDIS_URL"] = _redis_url(cfg)
+    env["FLEET_REDIS_URL"] = redis_url_for(cfg)
     cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
     deadline_at = None if deadline is None else time.monotonic() + deadline
     with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
@@ -480,7 +204,7 @@ def run_cmd(
             procs = [subprocess.Popen(cmd, env=e) for e in envs]
             codes, cut = _wait_workers(procs, deadline_at)
         worker_stats = runreport.merge_worker_stats(stats_files)
-    summary = asyncio.run(_summary(cfg, spider, run_id))
+    summary = asyncio.run(run_summary(cfg, spider, run_id))
     result = runreport.summarize(
         spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
         skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
@@ -550,7 +274,7 @@ def _run_workers_with_progress(
 
 
 async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
-    client = await _client(_redis_url(cfg))
+    client = await connect(redis_url_for(cfg))
     try:
         names = [spider] if spider else await known_spiders(client)
         result: dict[str, Any] = {}
@@ -571,7 +295,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Queues per spider: ready, in-flight, delayed, DLQ, and SEEN/DONE per run."""
-    cfg = _config()
+    cfg = load_config()
     data = asyncio.run(_status(cfg, spider))
     if as_json:
         print(json.dumps(data))
@@ -597,12 +321,12 @@ def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the spiders Fleet can run: Python (SPIDER_MODULES + FLEET_SPIDER_MODULES) and YAML specs
     (FLEET_SPIDERS_DIR; the format is documented in scraper/yamlspec.py and the README). Exits 1 if a
     spec in FLEET_SPIDERS_DIR is invalid, after listing the valid ones."""
-    cfg = _config()
+    cfg = load_config()
     settings = base_settings(cfg)
     try:
         sl = loader(settings)
     except SpiderNotFound as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     rows = [describe(sl.load(n)) for n in sorted(sl.list())]
     if as_json:
         print(json.dumps(rows))
@@ -635,14 +359,14 @@ def dlq_cmd(
     elif action == "requeue":
         dlq_requeue(spider, reason, all_)
     else:
-        raise _fail(f"unknown dlq action {action!r}: use list or requeue")
+        raise fail(f"unknown dlq action {action!r}: use list or requeue")
 
 
 def dlq_list(spider: str, as_json: bool, limit: int) -> None:
-    cfg = _config()
+    cfg = load_config()
 
     async def go() -> list[dict[str, Any]]:
-        client = await _client(_redis_url(cfg))
+        client = await connect(redis_url_for(cfg))
         try:
             q = FleetQueue(client, spider)
             rows = []
@@ -671,11 +395,11 @@ def dlq_list(spider: str, as_json: bool, limit: int) -> None:
 def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
     """Put dead-lettered requests back in READY with fresh budgets (history is kept)."""
     if not reason and not all_:
-        raise _fail("say which entries: --reason REASON or --all")
-    cfg = _config()
+        raise fail("say which entries: --reason REASON or --all")
+    cfg = load_config()
 
     async def go() -> dict[str, int]:
-        client = await _client(_redis_url(cfg))
+        client = await connect(redis_url_for(cfg))
         try:
             q = FleetQueue(client, spider)
             skipped = 0
@@ -707,7 +431,7 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
 
 
 async def _breakers(cfg: FleetConfig, spider: str | None) -> dict[str, dict[str, Any]]:
-    client = await _client(_redis_url(cfg))
+    client = await connect(redis_url_for(cfg))
     try:
         names = [spider] if spider else await known_spiders(client)
         return {n: await FleetQueue(client, n).breakers() for n in names}
@@ -736,7 +460,7 @@ def breakers_list(
 
 
 def _breakers_list(spider: str | None, as_json: bool) -> None:
-    cfg = _config()
+    cfg = load_config()
     data = asyncio.run(_breakers(cfg, spider))
     rows = [{"spider": sp, "domain": d, **info} for sp, doms in data.items() for d, info in doms.items()]
     if _emitted(rows, as_json, "no breakers yet (they appear when a spider that declares required_fields drifts)"):
@@ -759,10 +483,10 @@ def breakers_reset(
     domain: Annotated[str, typer.Argument(help="Target host, e.g. shop.example.com")],
 ) -> None:
     """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
-    cfg = _config()
+    cfg = load_config()
 
     async def go() -> int:
-        client = await _client(_redis_url(cfg))
+        client = await connect(redis_url_for(cfg))
         try:
             return await FleetQueue(client, spider).breaker_reset(domain.lower())
         finally:
@@ -790,20 +514,20 @@ def replay(
     from scraper.replay import ReplayError, run_replay
 
     if bool(url) == bool(key):
-        raise _fail("give exactly one of --url URL or --key KEY")
-    cfg = _config()
-    spidercls = _spider_class(spider, cfg)
+        raise fail("give exactly one of --url URL or --key KEY")
+    cfg = load_config()
+    spidercls = spider_class(spider, cfg)
     try:
         report = run_replay(cfg, spidercls, url=url, key=key, run=run, callback=callback,
                             runs_lookup=lambda: asyncio.run(_runs(cfg, spider)))
     except ReplayError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(json.dumps(report, indent=2, default=str))
     raise typer.Exit(0 if report["ok"] else 1)
 
 
 async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
-    client = await _client(_redis_url(cfg))
+    client = await connect(redis_url_for(cfg))
     try:
         q = FleetQueue(client, spider)
         runs: Any = await client.zrevrange(q.keys.runs, 0, -1)
@@ -823,13 +547,13 @@ def export(
     from scraper.export import export_run
 
     if fmt not in {"parquet", "jsonl"}:
-        raise _fail(f"--format {fmt!r}: use parquet or jsonl")
-    cfg = _config()
+        raise fail(f"--format {fmt!r}: use parquet or jsonl")
+    cfg = load_config()
     try:
         with progress.ExportProgress(spider, run, show=progress.enabled(cfg.log_format)) as bar:
             result = export_run(cfg.store, spider, run, fmt, out, bar)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if result["records"] == 0:
         err.print(f"[yellow]warning:[/] run {run!r} of {spider!r} has no items in {cfg.store}", highlight=False)
     print(json.dumps(result))
@@ -840,14 +564,14 @@ def proxies(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Proxy health per target domain (ids only: credentials are never shown)."""
     from scraper.proxies import ProxyConfigError, parse_proxies, proxy_report
 
-    cfg = _config()
+    cfg = load_config()
     try:
         pool = parse_proxies(cfg.proxies)
     except ProxyConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     async def go() -> list[dict[str, Any]]:
-        client = await _client(_redis_url(cfg))
+        client = await connect(redis_url_for(cfg))
         try:
             return await proxy_report(client, pool)
         finally:
@@ -888,8 +612,8 @@ def metrics(
 
     from scraper.metrics import BacklogCollector
 
-    cfg = _config()
-    url = _redis_url(cfg)
+    cfg = load_config()
+    url = redis_url_for(cfg)
     if spider:
         try:
             known = set(asyncio.run(_known_spiders(url)))
@@ -912,7 +636,7 @@ def metrics(
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise _fail(f"cannot listen on {host}:{port}: {exc}") from None
+        raise fail(f"cannot listen on {host}:{port}: {exc}") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -941,7 +665,7 @@ async def _plain_client(url: str) -> aioredis.Redis:
 @app.command()
 def down() -> None:
     """Stop the embedded Redis (its AOF keeps the queues for next time)."""
-    _config()
+    load_config()
     stopped = stop_embedded_redis()
     print(json.dumps({"stopped": stopped}))
 
@@ -956,9 +680,9 @@ def smoke() -> None:
     """
     from scraper.smoke import run_smoke
 
-    cfg = _config()
-    url = _redis_url(cfg)
-    asyncio.run(_check_redis(url))
+    cfg = load_config()
+    url = redis_url_for(cfg)
+    asyncio.run(check_reachable(url))
     code, report = run_smoke(url, cfg)
     print(json.dumps(report, indent=2))
     raise typer.Exit(code)

@@ -3,6 +3,9 @@
 It starts the bundled demo shop on 127.0.0.1, seeds the ``demo_shop`` spider with it, runs one worker
 until the queue has been empty for two seconds, and prints where the data is. Nothing outside the
 machine is touched; Redis is the embedded one unless FLEET_REDIS_URL says otherwise.
+
+It uses the same steps as the commands (scraper.cli_common, scraper.seeding, scraper.worker_process),
+never the CLI module itself.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ import time
 from typing import Any
 
 from scraper import progress
+from scraper.cli_common import default_run, err, load_config, redis_url_for, run_summary, spider_class
+from scraper.config import FleetConfig
 from scraper.demo_site import DemoSite
+from scraper.seeding import seed_run
 from scraper.store import open_store
-from settings.fleet import FleetConfig
+from scraper.worker_process import run_worker
+
+__all__ = ["run_demo"]
 
 
 def _count_objects(store_uri: str, spider: str, run: str) -> dict[str, int]:
@@ -54,12 +62,10 @@ def _readable_summary(result: dict[str, Any], ok: bool) -> None:
     """A few lines for the person at the terminal, after the JSON (which stays as scripts expect it)."""
     from rich.markup import escape
 
-    from scraper import cli
-
     run = result["run"]
     mark = "[bold green]done[/]" if ok else "[bold red]incomplete[/]"
     dlq = f"[bold red]{result['dlq']} in the DLQ[/]" if result["dlq"] else "none in the DLQ"
-    cli.err.print(
+    err.print(
         f"\n[bold]fleet demo {mark}[/] in {result['elapsed_s']:.1f} s: {result['pages']:,} pages, "
         f"{result['items']:,} items in {result['objects']:,} objects, {dlq}\n"
         f"  [dim]data[/]    {escape(str(result['data']))}\n"
@@ -70,26 +76,24 @@ def _readable_summary(result: dict[str, Any], ok: bool) -> None:
 
 
 def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
-    from scraper import cli
-
     # the demo prints a summary; per-request JSON events stay available with FLEET_LOG_LEVEL=INFO
     os.environ.setdefault("FLEET_LOG_LEVEL", "WARNING")
-    cfg = cli._config()
+    cfg = load_config()
     started = time.time()
     with DemoSite(n_products=products).start() as site:
         os.environ["FLEET_DEMO_URL"] = site.start_url
-        run = "demo-" + cli._default_run()
-        spidercls = cli._spider_class("demo_shop", cfg)
+        run = "demo-" + default_run()
+        spidercls = spider_class("demo_shop", cfg)
         # the demo owns the demo_shop queue: work left by an interrupted demo points at a dead port
-        asyncio.run(_purge(cli._redis_url(cfg)))
-        seeded = asyncio.run(cli._seed(cfg, spidercls, run, [], None))
-        cli.err.print(f"[bold]fleet demo[/]: shop at {site.base_url}, run {run}", highlight=False)
+        asyncio.run(_purge(redis_url_for(cfg)))
+        seeded = asyncio.run(seed_run(cfg, spidercls, run, [], None))
+        err.print(f"[bold]fleet demo[/]: shop at {site.base_url}, run {run}", highlight=False)
         show = progress.enabled(cfg.log_format)
         crawlers: list[Any] = []
-        with progress.RunProgress(cli._redis_url(cfg), "demo_shop", run, show=show,
+        with progress.RunProgress(redis_url_for(cfg), "demo_shop", run, show=show,
                                   items=lambda: _scraped(crawlers)):
-            code = cli._run_worker("demo_shop", concurrency, 2.0, on_crawler=crawlers.append)
-        summary = asyncio.run(cli._summary(cfg, "demo_shop", run))
+            code = run_worker("demo_shop", concurrency, 2.0, on_crawler=crawlers.append)
+        summary = asyncio.run(run_summary(cfg, "demo_shop", run))
     counts = _count_objects(cfg.store, "demo_shop", run)
     store = open_store(cfg.store)
     result: dict[str, Any] = {
@@ -111,6 +115,6 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
     if show:
         _readable_summary(result, ok)
     if not ok:
-        cli.err.print("[bold red]demo incomplete[/]: see the summary above", highlight=False)
+        err.print("[bold red]demo incomplete[/]: see the summary above", highlight=False)
         return 1
     return 0

@@ -29,7 +29,9 @@ from scrapy.exceptions import DownloadCancelledError
 from scrapy.http import Response
 from twisted.internet import task
 
-from middlewares.refused import BodyTooLarge
+from scraper.refused import BodyTooLarge
+
+__all__ = ["SWEEP_SECONDS", "FleetHTTPDownloadHandler", "TimerSweep"]
 
 SWEEP_SECONDS = 0.25
 # the start of Scrapy's message when Content-Length already says too much (it ends with the request)

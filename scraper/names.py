@@ -3,7 +3,7 @@
 Why one definition: these three strings go straight into key names (``fleet:{spider}:done:RUN``,
 ``items/spider=S/run=R/ab/FP.jsonl``). They are checked where they enter (``fleet seed --run``, the CLI's
 SPIDER arguments, a decoded queue entry) and again where they become object keys
-(``pipelines.objects``), so a hostile queue entry cannot name a path outside its spider's prefix, and a
+(``scraper.objects``), so a hostile queue entry cannot name a path outside its spider's prefix, and a
 fingerprint that is not hex cannot reach the Lua scripts that unpack it as hex (lua.py: ``hex2bin``).
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
+__all__ = ["NAME_RULE", "BadName", "check_fp", "check_run", "check_spider", "is_fp", "is_name"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 _FP = re.compile(r"[0-9a-f]{16}")

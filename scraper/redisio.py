@@ -14,6 +14,14 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["REDIS_ERRORS", "client", "hiredis_pack"]
+
+# Errors that mean "Redis is unreachable right now" (ride the outage out), as opposed to a command
+# Redis refused (a bug or a configuration to fix).
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 Pack = Callable[[tuple[Any, ...]], bytes]
 hiredis_pack: Pack | None

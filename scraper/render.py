@@ -32,6 +32,17 @@ from scrapy.settings import Settings
 from scrapy_playwright.handler import ScrapyPlaywrightDownloadHandler
 
 from scraper.download import TimerSweep
+from scraper.ports import fleet_of
+
+__all__ = [
+    "CHROMIUM_ARGS",
+    "HANDLER",
+    "PROXY_CONTEXT",
+    "ChromiumNotFound",
+    "FleetPlaywrightDownloadHandler",
+    "apply",
+    "chromium_path",
+]
 
 # Chromium on a server: no sandbox (workers run as root in containers), no GPU, and none of the
 # background traffic a closed network refuses (component updates, sync, field trials).
@@ -129,7 +140,7 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
         """A ``fleet-proxy-<id>`` context is that proxy's: the proxy (with its credentials) comes from
         the worker's pool here, so it never travels in a request's meta."""
         if name.startswith(PROXY_CONTEXT):
-            rt = getattr(self.fleet_crawler, "fleet", None)
+            rt = fleet_of(self.fleet_crawler)
             proxy = rt.proxies.by_id.get(name[len(PROXY_CONTEXT):]) if rt is not None and rt.proxies else None
             if proxy is not None:
                 context_kwargs = {**(context_kwargs or {}), "proxy": proxy.playwright()}

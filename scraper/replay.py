@@ -17,12 +17,14 @@ from typing import Any
 from scrapy import Request, Spider
 from scrapy.http import HtmlResponse
 
-from middlewares import drift
-from pipelines.objects import evidence_key, item_to_dict, raw_key
+from scraper import drift
+from scraper.config import FleetConfig
 from scraper.envelope import fp64
 from scraper.names import is_name
+from scraper.objects import evidence_key, item_to_dict, raw_key
 from scraper.store import ObjectStore, open_store
-from settings.fleet import FleetConfig
+
+__all__ = ["ReplayError", "run_replay"]
 
 _KEY_RE = re.compile(
     r"^(raw|items|evidence)/spider=(?P<spider>[^/]+)/run=(?P<run>[^/]+)/(?:[^/]+/)?(?P<fp>[0-9a-f]{16})\."

@@ -31,9 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
@@ -41,9 +39,13 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
-from middlewares import drift
-from middlewares.classify import A, B, C, D, Verdict
-from pipelines.objects import (
+from scraper import drift, log, redisio, storehealth
+from scraper.alerts import Alerter
+from scraper.backoff import retry_delay
+from scraper.config import FleetConfig
+from scraper.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.filewriter import FileWriter
+from scraper.objects import (
     JSON_SCALARS,
     ObjectWriter,
     WriteContext,
@@ -52,22 +54,16 @@ from pipelines.objects import (
     items_key,
     raw_key,
 )
-from scraper import log, redisio, storehealth
-from scraper.alerts import Alerter
-from scraper.backoff import retry_delay
-from scraper.envelope import META_KEY, Envelope, EnvelopeError
-from scraper.filewriter import FileWriter
 from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import Commit, FleetQueue, Lease, LeaseBatch, new_id
+from scraper.redisio import REDIS_ERRORS
 from scraper.store import InvalidKeyError, LocalStore, open_store
+from scraper.taxonomy import A, B, C, D, Verdict
 from scraper.tuning import tune_gc
 from scraper.urls import refusal
-from settings.fleet import FleetConfig
 
 # Answers that mean "this whole site wants you to slow down".
 DOMAIN_SLOWDOWN_STATUS = frozenset({429, 503})
-
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 _EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray",
                      "content-encoding", "content-length")
@@ -776,6 +772,14 @@ class FleetRuntime:
 
     # -- settlement -------------------------------------------------------------------------------
 
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as one of the runtime's tasks (kept referenced; its failure is logged)."""
+        self._spawn(coro)
+
+    def proxy_chosen(self, state: LeaseState, proxy_id: str) -> None:
+        """The proxy middleware routed this request through ``proxy_id`` (its outcome is that proxy's)."""
+        state.proxy_id = proxy_id
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._inflight_writes.add(task)
@@ -1165,7 +1169,7 @@ class FleetRuntime:
         if verdict.detail:
             env.history[-1]["detail"] = verdict.detail[:300]
         detail = f"{verdict.reason}: {verdict.detail}" if verdict.detail else verdict.reason
-        status = int(verdict.reason.split(":")[1]) if verdict.reason.startswith("http:") else None
+        status = verdict.status
         if cls == B and status != 429 and state.proxy_id and self.proxies:
             # the proxy is bad for this domain whatever happens to the request
             until = await self._redis_retry(
@@ -1343,7 +1347,7 @@ class FleetRuntime:
         else:
             fields["envelope"] = env.dumps() if env.url else ""
         if env.url and env.fp:
-            cls = reason.split(":")[0] if reason.startswith("exhausted") else "D"
+            cls = reason.partition(":")[2] if reason.startswith("exhausted:") else D  # exhausted:A -> A
             try:
                 evidence = {k: v for k, v in fields.items() if k != "envelope"}
                 key = await self._in_pool(self.writer.write_evidence, env.spider, env.run, "D", env.fp, evidence)

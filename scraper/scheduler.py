@@ -5,6 +5,9 @@ by default, and its dupefilter marks URLs seen at enqueue so a lost request is n
 scheduler implements Scrapy's ``BaseScheduler`` interface over :class:`scraper.runtime.FleetRuntime`:
 ``next_request`` serves from a prefetched local buffer of leases (never blocks the reactor), and the
 spider stays open while the fleet may still produce work.
+
+It creates the runtime and attaches it to the crawler (scraper.ports), and calls it only through
+:class:`scraper.ports.FleetPort`, like every other component.
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import Deferred
 
+from scraper.config import FleetConfig
 from scraper.embedded import resolve_redis_url
 from scraper.envelope import META_KEY, Envelope, EnvelopeError
 from scraper.names import is_name
+from scraper.ports import FleetPort, attach
 from scraper.runtime import FleetRuntime
-from settings.fleet import FleetConfig
+
+__all__ = ["FleetScheduler"]
 
 
 class FleetScheduler(BaseScheduler):
-    def __init__(self, crawler: Crawler, runtime: FleetRuntime) -> None:
+    def __init__(self, crawler: Crawler, runtime: FleetPort) -> None:
         self.crawler = crawler
         self.rt = runtime
         # Requests that continue an existing lease (redirects) are served before new leases.
@@ -36,8 +42,8 @@ class FleetScheduler(BaseScheduler):
     def from_crawler(cls, crawler: Crawler) -> FleetScheduler:
         config = FleetConfig.from_env()
         url = crawler.settings.get("FLEET_REDIS_URL") or resolve_redis_url()
-        runtime = FleetRuntime(crawler, config, url)
-        crawler.fleet = runtime  # type: ignore[attr-defined]
+        runtime: FleetPort = FleetRuntime(crawler, config, url)  # mypy: the runtime satisfies the port
+        attach(crawler, runtime)
         sched = cls(crawler, runtime)
         crawler.signals.connect(sched._on_idle, signal=signals.spider_idle)
         return sched
@@ -64,7 +70,7 @@ class FleetScheduler(BaseScheduler):
             self.rt.log.warning("stale_request_dropped", lease=request.meta.get(META_KEY))
             return False
         # A request outside any lease (e.g. from a spider_idle handler): straight to Redis.
-        self.rt._spawn(self._enqueue_orphan(request))
+        self.rt.spawn(self._enqueue_orphan(request))
         return True
 
     async def _enqueue_orphan(self, request: Request) -> None:

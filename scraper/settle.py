@@ -10,7 +10,7 @@ their leases heartbeated forever, and ``--until-idle`` never fired.
 :class:`FleetDownloader` (the ``DOWNLOADER`` setting) wraps the whole downloader-middleware chain: every
 failure that leaves it for a request whose lease is still unsettled becomes a classified outcome.
 
-* a typed refusal (:mod:`middlewares.refused`): class D with its reason (``redirect:loop``,
+* a typed refusal (:mod:`scraper.refused`): class D with its reason (``redirect:loop``,
   ``redirect:too_many``, ``body:too_large``, ``body:undecodable``) and evidence;
 * a plain ``IgnoreRequest`` (a component's deliberate drop, in Scrapy's sense): finished and counted as
   ignored, as when ClassifyMiddleware sees one on the way out; a subclass of it that Fleet does not
@@ -29,7 +29,8 @@ job (:mod:`scraper.watchdog`), which uses :meth:`FleetDownloader.phase` and
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, cast
 
 from scrapy import Request, Spider, signals
 from scrapy.core.downloader import Downloader
@@ -40,8 +41,14 @@ from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from middlewares.classify import VOID_MESSAGE, D, Verdict, classify_exception
-from middlewares.refused import Refused
+from scraper.ports import VOID_MESSAGE, FleetPort, fleet_of
+from scraper.refused import Refused
+from scraper.taxonomy import D, Verdict, classify_exception
+
+if TYPE_CHECKING:
+    from scraper.runtime import LeaseState
+
+__all__ = ["FleetDownloader", "verdict_for"]
 
 
 def _ignored(message: str) -> Failure:
@@ -74,14 +81,11 @@ class FleetDownloader(Downloader):
         d.addBoth(self._fetched, request)
         return d
 
-    def _rt(self) -> Any:
-        return getattr(self.fleet_crawler, "fleet", None)
-
     def _fetched(self, result: Any, request: Request) -> Any:
         self._fetches.pop(request, None)
         if not isinstance(result, Failure):
             return result
-        rt = self._rt()
+        rt = fleet_of(self.fleet_crawler)
         if rt is None:
             return result
         if rt.drop_void(request):  # a fetch nobody waits for (speculative, or settled by the watchdog)
@@ -93,14 +97,16 @@ class FleetDownloader(Downloader):
             return deferred_from_coro(self._after_claim(rt, state, state.claim, request, result))
         return self._settle(rt, state, request, result)
 
-    async def _after_claim(self, rt: Any, state: Any, claim: Any, request: Request, failure: Failure) -> Any:
+    async def _after_claim(
+        self, rt: FleetPort, state: LeaseState, claim: Awaitable[bool], request: Request, failure: Failure
+    ) -> Any:
         if not await claim:
             return _ignored(VOID_MESSAGE)
         if state.settled:
             return failure
         return self._settle(rt, state, request, failure)
 
-    def _settle(self, rt: Any, state: Any, request: Request, failure: Failure) -> Failure:
+    def _settle(self, rt: FleetPort, state: LeaseState, request: Request, failure: Failure) -> Failure:
         exc = failure.value
         assert exc is not None
         if type(exc) is IgnoreRequest:
@@ -142,15 +148,15 @@ class FleetDownloader(Downloader):
     # -- the spider side ---------------------------------------------------------------------------
 
     def _spider_error(self, failure: Failure, response: Any, spider: Spider) -> None:
-        rt = self._rt()
+        rt = fleet_of(self.fleet_crawler)
         if rt is None or not isinstance(response, Response) or response.request is None:
             return
         state = rt.state_for(response.request)
         if state is not None and not state.settled:
-            rt.callback_failed(state, failure.value)
+            rt.callback_failed(state, cast(BaseException, failure.value))
 
     def _request_dropped(self, request: Request, spider: Spider) -> None:
-        rt = self._rt()
+        rt = fleet_of(self.fleet_crawler)
         state = rt.state_for(request) if rt is not None else None
-        if state is not None and not state.settled and state.claim is None:
+        if rt is not None and state is not None and not state.settled and state.claim is None:
             rt.fail(state, Verdict(D, "dropped:scheduler"), None)

@@ -28,13 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scrapy import Spider, signals
+from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
-from middlewares.classify import A, Verdict
+from scraper.ports import FleetPort, fleet_of
+from scraper.taxonomy import A, Verdict
+
+if TYPE_CHECKING:
+    from scraper.runtime import LeaseState
+
+__all__ = ["DEFAULT_MARGIN", "Watchdog"]
 
 DEFAULT_MARGIN = 30.0
 # the phases in which a request waits for its turn (its clock restarts), see FleetDownloader.phase
@@ -75,7 +81,7 @@ class Watchdog:
             try:
                 self.check(time.monotonic())
             except Exception as exc:  # never let one bad state stop the watchdog
-                rt = getattr(self.crawler, "fleet", None)
+                rt = fleet_of(self.crawler)
                 if rt is not None:
                     rt.log.error("watchdog_error", error=repr(exc)[:300])
 
@@ -94,7 +100,7 @@ class Watchdog:
 
     def check(self, now: float) -> list[str]:
         """One look at every unsettled lease; settles the stalled ones and returns their lease ids."""
-        rt = getattr(self.crawler, "fleet", None)
+        rt = fleet_of(self.crawler)
         engine = self.crawler.engine
         if rt is None or engine is None or rt.stopping or rt.releasing or rt.fatal:
             self._seen = {}
@@ -102,13 +108,14 @@ class Watchdog:
         seen: dict[str, tuple[Any, tuple[Any, ...], float]] = {}
         stalled: list[str] = []
         for lid, state in list(rt.active.items()):
-            if state.settled or state.claim is not None or state.request is None:
+            request = state.request
+            if state.settled or state.claim is not None or request is None:
                 continue
             phase = self._phase(state, engine)
-            meta = state.request.meta
+            meta = request.meta
             if meta.get("_fleet_page_wait"):
                 phase = "page_wait"  # a rendered page waiting for one of the context's browser pages
-            sig = (id(state.request), phase, state.status, state.pending, len(state.items),
+            sig = (id(request), phase, state.status, state.pending, len(state.items),
                    len(state.discovered), state.exhausted, meta.get("_fleet_page_at"))
             prev = self._seen.get(lid)
             if prev is None or prev[0] is not state or prev[1] != sig or phase in _WAITING:
@@ -116,18 +123,19 @@ class Watchdog:
             else:
                 since = prev[2]
             seen[lid] = (state, sig, since)
-            limit = float(state.request.meta.get("download_timeout") or self.default_timeout) + self.margin
+            limit = float(request.meta.get("download_timeout") or self.default_timeout) + self.margin
             if now - since > limit:
-                self._stall(rt, engine, state, phase, now - since, limit)
+                self._stall(rt, engine, state, request, phase, now - since, limit)
                 stalled.append(lid)
                 del seen[lid]
         self._seen = seen
         return stalled
 
-    def _stall(self, rt: Any, engine: Any, state: Any, phase: str, idle: float, limit: float) -> None:
+    def _stall(
+        self, rt: FleetPort, engine: Any, state: LeaseState, request: Request, phase: str, idle: float, limit: float
+    ) -> None:
         from scraper.runtime import VOID_KEY
 
-        request = state.request
         hops = len(request.meta.get("redirect_urls", ()))
         detail = (f"phase={phase} idle_s={idle:.1f} limit_s={limit:.1f} status={state.status} hops={hops} "
                   f"items={len(state.items)} pending={state.pending} discovered={len(state.discovered)}")

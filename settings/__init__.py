@@ -2,8 +2,9 @@
 
 Two layers live here:
 
-* ``FleetConfig`` (in :mod:`settings.fleet`) — twelve-factor configuration read once from ``FLEET_*``
-  environment variables. Every variable is documented there, next to its default.
+* ``FleetConfig`` (in :mod:`scraper.config`; ``settings.fleet`` re-exports it) — twelve-factor
+  configuration read once from ``FLEET_*`` environment variables. Every variable is documented there,
+  in the table at the top, next to its default.
 * The module-level Scrapy settings below — the engine defaults a Fleet worker runs with. A spider's
   ``custom_settings`` still win, so user spiders run unchanged.
 """
@@ -111,7 +112,7 @@ DOWNLOADER_MIDDLEWARES = {
 }
 
 # Items leave the pipelines into the request's ledger (middlewares.commit settles them on
-# item_scraped); the object itself is written by the runtime with pipelines.objects.
+# item_scraped); the object itself is written by the runtime with scraper.objects.
 ITEM_PIPELINES: dict[str, int] = {}
 
 EXTENSIONS = {
@@ -121,7 +122,8 @@ EXTENSIONS = {
     "scraper.watchdog.Watchdog": 500,
 }
 
-# The failure taxonomy (middlewares.classify; docs/architecture.md, "Failure taxonomy and budgets").
+# The failure taxonomy (scraper.taxonomy, applied by middlewares.classify; docs/architecture.md, "Failure
+# taxonomy and budgets").
 # Unset: the defaults below. Lists of status codes replace the defaults; FLEET_EXTRA_BLOCK_MARKERS
 # adds regexes (searched in the first 64 KiB of 2xx bodies) that mark a page as a block/challenge
 # page (class B) before any drift check.

@@ -10,7 +10,7 @@ from scrapy.http import HtmlResponse, Response, TextResponse
 from scrapy.settings import Settings
 from twisted.internet import error as txerror
 
-from middlewares.classify import OK, A, B, C, D, Rules, classify_exception, classify_response
+from scraper.taxonomy import OK, A, B, C, D, Rules, classify_exception, classify_response
 from scraper.urls import URLRefused
 
 _HEADER_NAMES = st.sampled_from(["Retry-After", "cf-mitigated", "Content-Type", "Server", "Location", "X-Any"])

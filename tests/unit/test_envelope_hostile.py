@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scrapy import Request, Spider
 
-from pipelines.objects import evidence_key, items_key, raw_key
 from scraper.envelope import MAX_NESTING, Envelope, EnvelopeError
+from scraper.objects import evidence_key, items_key, raw_key
 from scraper.store import InvalidKeyError
 
 

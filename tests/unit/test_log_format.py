@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from scraper import log, progress
-from settings.fleet import ConfigError, FleetConfig
+from scraper.config import ConfigError, FleetConfig
 
 
 class _Stream(io.StringIO):

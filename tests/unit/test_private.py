@@ -11,8 +11,8 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 from twisted.internet.error import DNSLookupError
 
-from middlewares.classify import A, D, classify_exception
 from middlewares.private import PrivateAddressMiddleware, PrivateAddressRefused, non_public
+from scraper.taxonomy import A, D, classify_exception
 
 
 @pytest.mark.parametrize("address", [

@@ -19,11 +19,11 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import HtmlResponse, Response
 from scrapy.utils.test import get_crawler
 
-from middlewares.classify import A, D, classify_exception
 from middlewares.decompress import DecompressMiddleware
 from middlewares.redirect import FleetMetaRefreshMiddleware, FleetRedirectMiddleware
-from middlewares.refused import BodyTooLarge, BodyUndecodable, RedirectLoop, Refused, TooManyRedirects
+from scraper.refused import BodyTooLarge, BodyUndecodable, RedirectLoop, Refused, TooManyRedirects
 from scraper.settle import verdict_for
+from scraper.taxonomy import A, D, classify_exception
 
 MiB = 1 << 20
 LIMIT = 1 * MiB

@@ -10,12 +10,12 @@ from scrapy import Request
 from scrapy.settings import Settings
 from scrapy.utils.misc import load_object
 
-from middlewares.classify import D, classify_exception
 from middlewares.schemes import SchemeMiddleware
 from scraper.catalog import base_settings
+from scraper.config import ConfigError, FleetConfig
 from scraper.proxies import ProxyConfigError, parse_proxies
+from scraper.taxonomy import D, classify_exception
 from scraper.urls import URLRefused
-from settings.fleet import ConfigError, FleetConfig
 
 
 @pytest.mark.parametrize("url,reason", [

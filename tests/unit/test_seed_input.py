@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scraper.cli import _Rejected, _seed_entries
 from scraper.envelope import Envelope
+from scraper.seeding import Rejected, seed_entries
 from scraper.urls import DEFAULT_SCHEMES, url_lines
 
 _LINE = st.one_of(
@@ -31,9 +31,9 @@ _LINE = st.one_of(
 def test_seed_input_never_raises_and_what_it_enqueues_a_worker_can_run(
         lines: list[str], raw_tail: bytes, capsys: pytest.CaptureFixture[str]) -> None:
     data = "\n".join(lines).encode("utf-8", "surrogatepass") + b"\n" + raw_tail
-    rejected = _Rejected(DEFAULT_SCHEMES)
+    rejected = Rejected(DEFAULT_SCHEMES)
     urls = list(url_lines(io.BytesIO(data)))
-    entries = list(_seed_entries(urls, "s", "r1", None, rejected))
+    entries = list(seed_entries(urls, "s", "r1", None, rejected))
     assert len(entries) + rejected.count == len(urls)
     err = capsys.readouterr().err
     assert err.count("rejected") == rejected.count and "Traceback" not in err
@@ -44,10 +44,10 @@ def test_seed_input_never_raises_and_what_it_enqueues_a_worker_can_run(
 
 
 def test_rejections_are_one_line_each_and_counted(capsys: pytest.CaptureFixture[str]) -> None:
-    rejected = _Rejected(DEFAULT_SCHEMES)
+    rejected = Rejected(DEFAULT_SCHEMES)
     urls = ["http://a.test/1", "file:///etc/hostname", "ftp://x/", "javascript:alert(1)", "http:///nohost",
             "http://exa mple.com/", "http://u:secret@a.test:99999/", "http://a.test/[/]", "http://a.test/2"]
-    entries = list(_seed_entries(urls, "s", "r1", None, rejected))
+    entries = list(seed_entries(urls, "s", "r1", None, rejected))
     assert len(entries) == 3 and rejected.count == 6
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 6, lines

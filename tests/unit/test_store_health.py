@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.objects import evidence_key, items_key, raw_key
+from scraper.objects import evidence_key, items_key, raw_key
 from scraper.store import InvalidKeyError, StoreError, _validate_key
 from scraper.storehealth import MAX_REASON, StoreOutage, probe_key, reason
 

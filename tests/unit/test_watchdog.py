@@ -15,8 +15,8 @@ from typing import Any
 from scrapy import Request
 from scrapy.utils.test import get_crawler
 
-from middlewares.classify import A
 from scraper.runtime import VOID_KEY
+from scraper.taxonomy import A
 from scraper.watchdog import Watchdog
 
 TIMEOUT, MARGIN = 2.0, 1.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from scrapy.http import HtmlResponse, Request
 
-from middlewares import drift
+from scraper import drift
 from scraper.catalog import FleetSpiderLoader
 from scraper.yamlspec import SpecError, compile_spec, load_dir, parse_spec
 

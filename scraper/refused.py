@@ -8,7 +8,8 @@ turns each into class D with its reason and a one-line ``detail`` (sizes, encodi
 which the DLQ entry carries anyway, never a header value).
 
 They subclass ``IgnoreRequest``: outside a worker (no lease to settle) Scrapy drops them quietly, as it
-did before.
+did before. They live in scraper, not middlewares/: the download handler (scraper.download) raises one and
+the catch-all (scraper.settle) settles them, and scraper never imports middlewares.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from scrapy.exceptions import IgnoreRequest
+
+__all__ = ["BodyTooLarge", "BodyUndecodable", "RedirectLoop", "Refused", "TooManyRedirects"]
 
 
 class Refused(IgnoreRequest):

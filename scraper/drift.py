@@ -5,7 +5,11 @@ A spider opts in by declaring ``required_fields`` (every item must have them, no
 (optional, a mapping callback name -> fields) narrows the required fields per callback: YAML specs set
 it, since each page rule declares its own. Navigation callbacks are never
 drift, and spiders that declare nothing never produce C. Block pages never reach this check: they are
-classified B first (middlewares.classify).
+classified B first (scraper.taxonomy, in middlewares.classify).
+
+Why not a middleware: the check needs every item a response produced, after the pipelines, which only
+the runtime's ledger knows (it runs :func:`check` when a request is finished); ``fleet replay`` runs the
+same check offline on a stored page.
 """
 
 from __future__ import annotations
@@ -15,6 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from itemadapter import ItemAdapter
+
+__all__ = [
+    "DriftVerdict",
+    "check",
+    "declarations",
+    "is_item_callback",
+    "missing_fields",
+    "required_for",
+    "tracks_drift",
+]
 
 
 @dataclass(frozen=True)
