@@ -23,43 +23,12 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 
+from scraper import lua
+
 PROXY_KEY_PREFIX = "fleet:proxies:"
 COOL_BASE = 60.0
 COOL_CAP = 3600.0
 EWMA_ALPHA = 0.3
-
-# ARGV: key, now, base, cap, rand  — one ban: consecutive+1, bans+1, cooling_until = now + jitter
-BAN_LUA = r"""
-local key, now, base, cap, rnd = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('HINCRBY', key, 'bans', 1)
-local current = tonumber(redis.call('HGET', key, 'cooling_until') or '0')
-if current > now then
-  -- already cooling: a burst of bans is one ban, and a cooldown is never shortened
-  redis.call('HSET', key, 'last_ban', now)
-  return redis.call('HGET', key, 'cooling_until')
-end
-local consecutive = redis.call('HINCRBY', key, 'consecutive', 1)
-local ceiling = math.min(cap, base * (2 ^ (consecutive - 1)))
-local cool = now + ceiling * rnd
-redis.call('HSET', key, 'cooling_until', cool, 'last_ban', now)
-redis.call('EXPIRE', key, 7 * 86400)
-return redis.call('HGET', key, 'cooling_until')
-"""
-
-
-# ARGV groups: key, successes, ewma_ms, last_success_at. A success older than the last ban does not
-# reset the ban escalation (consecutive).
-FLUSH_LUA = r"""
-for i = 1, #ARGV, 4 do
-  local key = ARGV[i]
-  redis.call('HINCRBY', key, 'successes', ARGV[i + 1])
-  redis.call('HSET', key, 'ewma_ms', ARGV[i + 2])
-  local last_ban = tonumber(redis.call('HGET', key, 'last_ban') or '0')
-  if tonumber(ARGV[i + 3]) > last_ban then redis.call('HSET', key, 'consecutive', 0) end
-  redis.call('EXPIRE', key, 7 * 86400)
-end
-return 1
-"""
 
 
 class ProxyConfigError(ValueError):
@@ -185,8 +154,9 @@ class ProxyPool:
         self.views: dict[str, _DomainView] = {}
         self.local_inflight: dict[str, int] = {}
         self._pending: dict[str, dict[str, float]] = {}  # key -> {successes: n, ewma_ms: v}
-        self._ban = client.register_script(BAN_LUA) if client is not None else None
-        self._flush_script = client.register_script(FLUSH_LUA) if client is not None else None
+        # scraper/lua/proxy_ban.lua and proxy_flush.lua
+        self._ban = lua.Bound(client, "proxy_ban") if client is not None else None
+        self._flush_script = lua.Bound(client, "proxy_flush") if client is not None else None
 
     def __bool__(self) -> bool:
         return bool(self.proxies)
@@ -264,8 +234,7 @@ class ProxyPool:
         ceiling = min(COOL_CAP, COOL_BASE * (2 ** (h.consecutive - 1)))
         h.cooling_until = now + ceiling * self.rng.random()
         if self._ban is not None:
-            res = await self._ban(keys=[health_key(pid, domain)],
-                                  args=[repr(now), COOL_BASE, COOL_CAP, repr(self.rng.random())])
+            res = await self._ban([health_key(pid, domain)], [repr(now), COOL_BASE, COOL_CAP, repr(self.rng.random())])
             h.cooling_until = float(res.decode() if isinstance(res, bytes) else res)
         return h.cooling_until
 
@@ -274,10 +243,12 @@ class ProxyPool:
         if not self._pending or self.client is None:
             return
         pending, self._pending = self._pending, {}
+        keys: list[str] = []
         args: list[Any] = []
         for key, vals in pending.items():
-            args += [key, int(vals["successes"]), round(vals["ewma_ms"], 1), repr(vals["at"])]
-        await self._flush_script(keys=[], args=args)  # type: ignore[misc]
+            keys.append(key)
+            args += [int(vals["successes"]), round(vals["ewma_ms"], 1), repr(vals["at"])]
+        await self._flush_script(keys, args)  # type: ignore[misc]
 
 
 async def proxy_report(client: aioredis.Redis, proxies: Sequence[Proxy]) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Why this shape (docs/architecture.md, "Request lifecycle"): a worker may die at any instant, so a request
 is never removed from Redis until its effects are durable; it is *leased* with a deadline, and a
 reaper that any worker runs returns expired leases to READY. Every transition is one Lua call, and the
-calls take batches so a page costs well under one Redis round trip.
+calls take batches so a page costs well under one Redis round trip. The scripts are
+``scraper/lua/*.lua``; each call passes the KEYS its header names, resolved once per spider by ``Keys.select``.
 
 One implementation, on ``redis.asyncio``: workers run it on the reactor's asyncio loop, and the CLI
 drives it with ``asyncio.run``.
@@ -12,7 +13,9 @@ drives it with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import json
 import re
 import secrets
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from scraper import lua
 from scraper.envelope import Envelope, new_ids
@@ -61,14 +65,41 @@ class Keys:
         self.dlv = self.prefix + "dlv"
         self.dlq = self.prefix + "dlq"
         self.runs = self.prefix + "runs"
-        self.waiting = self.prefix + "waiting"  # workers whose last lease found nothing (lua.py: wake)
+        self.waiting = self.prefix + "waiting"  # workers whose last lease found nothing (lua/_helpers.lua: wake)
         self.wake = self.prefix + "wake"  # pub/sub channel: work reached READY while a worker waits
+        self.seq = self.prefix + "seq"  # READY's tie-breaker counter (newest first within a priority)
+        self.hold = self.prefix + "hold"  # per-domain backoff deadlines (HOLD)
+        self.brk = self.prefix + "brk"  # the breakers that are not closed: domain -> state|until
+        self.parkdom = self.prefix + "parkdom"  # domains with parked requests
 
     def seen(self, run: str) -> str:
         return f"{self.prefix}seen:{run}"
 
     def done(self, run: str) -> str:
         return f"{self.prefix}done:{run}"
+
+    def breaker(self, domain: str) -> str:
+        return f"{self.prefix}breaker:{domain}"
+
+    def parked(self, domain: str) -> str:
+        return f"{self.prefix}parked:{domain}"
+
+    def select(self, names: Iterable[str], *, run: str | None = None, domain: str | None = None) -> list[str]:
+        """The keys a script's header names (lua.ScriptMeta.keys), in its order: the call site derives
+        its KEYS from the header, so names and order cannot drift apart."""
+        out: list[str] = []
+        for n in names:
+            if n in ("seen", "done"):
+                if run is None:
+                    raise QueueError(f"key {n!r} needs a run")
+                out.append(self.seen(run) if n == "seen" else self.done(run))
+            elif n in ("breaker", "parked"):
+                if domain is None:
+                    raise QueueError(f"key {n!r} needs a domain")
+                out.append(self.breaker(domain) if n == "breaker" else self.parked(domain))
+            else:
+                out.append(getattr(self, n))
+        return out
 
 
 @dataclass
@@ -166,8 +197,13 @@ async def _fill(rows: Iterator[tuple[str, str, str]], hset: list[str], script: l
     return n
 
 
+def _as_eval(script: Sequence[str]) -> list[str]:
+    """An ``EVALSHA sha ...`` command of SEED_BULK as ``EVAL source ...``."""
+    return ["EVAL", lua.load("seed_bulk").source, *script[2:]]
+
+
 async def _exec_reply(conn: Any) -> int:
-    """The SEED_BULK count from the replies to MULTI, HSET, EVAL, EXEC (error replies raise)."""
+    """The SEED_BULK count from the replies to MULTI, HSET, EVALSHA, EXEC (error replies raise)."""
     for _ in range(3):
         await conn.read_response()  # +OK, +QUEUED, +QUEUED
     res = await conn.read_response()
@@ -191,29 +227,42 @@ class _SeedStream:
         self.conn = conn
         self.enqueued = 0
         self._shipping: asyncio.Future[None] | None = None  # sends a batch, then reads the previous reply
-        self._unread = False  # a batch was sent whose reply is not read yet
+        self._unread: collections.deque[Sequence[Sequence[str]]] = collections.deque()  # sent, reply unread
 
     async def send(self, commands: Sequence[Sequence[str]]) -> None:
         packed = self.conn.pack_commands(commands)  # hiredis's packer on a scraper.redisio client
         if self._shipping is not None:
             await self._shipping
-        self._shipping = asyncio.ensure_future(self._ship(packed, self._unread))
-        self._unread = True
+        self._shipping = asyncio.ensure_future(self._ship(packed, commands))
         await asyncio.sleep(0)  # start sending it
 
-    async def _ship(self, packed: list[bytes], unread: bool) -> None:
+    async def _ship(self, packed: list[bytes], commands: Sequence[Sequence[str]]) -> None:
         await self.conn.send_packed_command(packed, check_health=False)  # no PING amid pending replies
-        if unread:
+        self._unread.append(commands)
+        if len(self._unread) > 1:
+            await self._read_one()
+
+    async def _read_one(self) -> None:
+        """Read the oldest unread reply. A batch whose EVALSHA met NOSCRIPT (the script cache was flushed
+        mid-seed; its HSET ran) is sent again with EVAL, which loads the script, and read in its turn."""
+        commands = self._unread.popleft()
+        try:
             self.enqueued += await _exec_reply(self.conn)
+        except NoScriptError:
+            multi, hset, script, exec_ = commands
+            if script[0] != "EVALSHA":
+                raise
+            again = [multi, hset, _as_eval(script), exec_]
+            await self.conn.send_packed_command(self.conn.pack_commands(again), check_health=False)
+            self._unread.append(again)
 
     async def finish(self) -> int:
         """Wait for every batch; returns how many entries they enqueued."""
         if self._shipping is not None:
             await self._shipping
             self._shipping = None
-        if self._unread:
-            self.enqueued += await _exec_reply(self.conn)
-            self._unread = False
+        while self._unread:
+            await self._read_one()
         return self.enqueued
 
     async def close(self) -> None:
@@ -227,9 +276,9 @@ class _SeedStream:
                 ok = not self._shipping.cancelled() and self._shipping.exception() is None
                 self._shipping = None
             if ok and self._unread:
-                self._unread = False
                 with contextlib.suppress(Exception):  # the caller is raising its own error
-                    self.enqueued += await _exec_reply(self.conn)
+                    while self._unread:
+                        await self._read_one()
         finally:
             await self.conn.disconnect()
 
@@ -245,28 +294,27 @@ class FleetQueue:
         self.keys = Keys(spider)
         self.dedup_ttl = dedup_ttl
         self.breaker = breaker or BreakerParams()
-        reg = client.register_script
-        self._seed = reg(lua.SEED)
-        self._lease = reg(lua.LEASE)
-        self._maintain = reg(lua.MAINTAIN)
-        self._heartbeat = reg(lua.HEARTBEAT)
-        self._commit = reg(lua.COMMIT)
-        self._ack = reg(lua.ACK)
-        self._nack = reg(lua.NACK)
-        self._release = reg(lua.RELEASE)
-        self._dead = reg(lua.DEAD)
-        self._has = reg(lua.HAS)
-        self._hold = reg(lua.HOLD)
-        self._drift = reg(lua.DRIFT)
-        self._breaker_reset = reg(lua.BREAKER_RESET)
+        b = functools.partial(lua.Bound, client)
+        self._seed, self._seed_bulk = b("seed"), b("seed_bulk")
+        self._lease, self._maintain, self._heartbeat = b("lease"), b("maintain"), b("heartbeat")
+        self._commit, self._ack, self._nack, self._release = b("commit"), b("ack"), b("nack"), b("release")
+        self._dead, self._has, self._hold = b("dead"), b("has"), b("hold")
+        self._drift, self._breaker_reset = b("drift"), b("breaker_reset")
+        # KEYS fixed per spider, resolved once from each header (the hot path only passes the list)
+        sel = self.keys.select
+        self._k_lease = sel(self._lease.meta.keys)
+        self._k_maintain = sel(self._maintain.meta.keys)
+        self._k_heartbeat = sel(self._heartbeat.meta.keys)
+        self._k_commit = sel(self._commit.meta.keys)
+        self._k_ack = sel(self._ack.meta.keys)
+        self._k_nack = sel(self._nack.meta.keys)
+        self._k_release = sel(self._release.meta.keys)
+        self._k_dead = sel(self._dead.meta.keys)
+        self._k_hold = sel(self._hold.meta.keys)
 
     @property
     def spider(self) -> str:
         return self.keys.spider
-
-    def _route(self) -> list[str]:
-        # One declared key routes the script to the spider's slot in Redis Cluster.
-        return [self.keys.ready]
 
     # -- producers --------------------------------------------------------------------------------
 
@@ -283,19 +331,22 @@ class FleetQueue:
     async def _seed_rows(self, run: str, rows: Iterable[tuple[str, str, str]], batch: int) -> tuple[int, int]:
         """Enqueue ``rows`` (envelope JSON, fp, priority) in batches of ``batch``.
 
-        A batch is one MULTI: an HSET of its envelopes, then SEED_BULK (lua.py says why the JSON stays
-        out of Lua). One batch goes through the pool; more are streamed (see _SeedStream) so Redis runs
-        batch k while Python builds batch k+1."""
+        A batch is one MULTI: an HSET of its envelopes, then SEED_BULK by SHA (lua/seed_bulk.lua says
+        why the JSON stays out of Lua). One batch goes through the pool; more are streamed (see
+        _SeedStream) so Redis runs batch k while Python builds batch k+1."""
         await self.client.sadd(SPIDERS_KEY, self.spider)
-        head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
+        bulk = self._seed_bulk
+        keys = self.keys.select(bulk.meta.keys, run=run)
+        head = ["EVALSHA", bulk.sha, str(len(keys)), *keys, str(self.dedup_ttl), repr(time.time()), run]
         it = iter(rows)
         stream: _SeedStream | None = None
         enq = total = 0
         try:
             while True:
                 hset = ["HSET", self.keys.env]
-                script = ["EVAL", lua.SEED_BULK, "1", self.keys.ready, *head]
+                script = list(head)
                 n = await _fill(it, hset, script, batch, yielding=stream is not None)
+                bulk.meta.check(len(keys), len(script) - 3 - len(keys))
                 total += n
                 if stream is None and n < batch:
                     if n:
@@ -304,6 +355,9 @@ class FleetQueue:
                 if stream is None:
                     stream = _SeedStream(self.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
                     await stream.conn.connect()
+                    # loaded once here, so that every batch of the stream can go by SHA
+                    await stream.conn.send_command("SCRIPT", "LOAD", lua.load("seed_bulk").source)
+                    await stream.conn.read_response()
                 if n:
                     await stream.send([("MULTI",), hset, script, ("EXEC",)])
                 if n < batch:
@@ -316,18 +370,25 @@ class FleetQueue:
         return enq, total - enq
 
     async def _seed_batch(self, hset: list[str], script: list[str]) -> int:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command(*hset)
-        pipe.execute_command(*script)
-        res = await pipe.execute()
-        return int(res[1])
+        """One MULTI of HSET + EVALSHA; if Redis does not know the script yet, the same MULTI again with
+        EVAL, which loads it (the HSET writes the same fields with the same values twice)."""
+        for cmd in (script, _as_eval(script)):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.execute_command(*hset)
+            pipe.execute_command(*cmd)
+            try:
+                res = await pipe.execute()
+            except NoScriptError:
+                continue
+            return int(res[1])
+        raise QueueError("seed transaction did not run: the Redis script cache refused SEED_BULK")
 
     # -- consumers --------------------------------------------------------------------------------
 
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
         res = await self._lease(
-            keys=self._route(),
-            args=[self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
+            self._k_lease,
+            [self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit,
                   secrets.token_hex(4)],
         )
         promoted, reaped, leased, skipped, held, parked, remaining = res
@@ -342,18 +403,16 @@ class FleetQueue:
         )
 
     async def maintain(self, limit: int = 500) -> tuple[int, list[tuple[str, str]]]:
-        promoted, reaped = await self._maintain(
-            keys=self._route(), args=[self.keys.prefix, repr(time.time()), limit]
-        )
+        promoted, reaped = await self._maintain(self._k_maintain, [self.keys.prefix, repr(time.time()), limit])
         return int(promoted), [(_s(a), _s(b)) for a, b in _pairs(reaped, 2)]
 
     async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
-        args: list[Any] = [self.keys.prefix, repr(time.time() + lease_seconds)]
+        args: list[Any] = [repr(time.time() + lease_seconds)]
         for lid, token in leases:
             args += [lid, token]
-        if len(args) == 2:
+        if len(args) == 1:
             return []
-        lost = await self._heartbeat(keys=self._route(), args=args)
+        lost = await self._heartbeat(self._k_heartbeat, args)
         return [_s(x) for x in lost]
 
     async def commit(
@@ -376,18 +435,25 @@ class FleetQueue:
         claimed is then answered as claimed (same token) instead of SEEN, so its fetch goes on."""
         if not commits:
             return CommitReply([], [], [], [])
-        args = self._commit_args(commits, ack, worker, lease_seconds, nonce or secrets.token_hex(4))
-        counts, events, acked, claims = await self._commit(keys=self._route(), args=args)
+        keys = list(self._k_commit)
+        args = self._commit_args(commits, ack, worker, lease_seconds, nonce or secrets.token_hex(4), keys)
+        counts, events, acked, claims = await self._commit(keys, args)
         return CommitReply([int(x) for x in counts], [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
                            [bool(int(x)) for x in acked], [(_s(t), int(d)) for t, d in _pairs(claims, 2)])
 
     def _commit_args(self, commits: Sequence[Commit], ack: bool, worker: str, lease_seconds: float,
-                     nonce: str) -> list[Any]:
+                     nonce: str, keys: list[str]) -> list[Any]:
+        """COMMIT's ARGV; appends to ``keys`` one (SEEN, DONE) pair per distinct run of the batch."""
         args: list[Any] = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), *self.breaker.args(),
                            "1" if ack else "0", repr(lease_seconds), worker, nonce]
+        runs: dict[str, int] = {}
         for c in commits:
+            r = runs.get(c.run)
+            if r is None:
+                r = runs[c.run] = len(runs) + 1
+                keys += (self.keys.seen(c.run), self.keys.done(c.run))
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
-            args += [c.run, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim,
+            args += [r, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim,
                      len(c.discovered)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
@@ -397,15 +463,16 @@ class FleetQueue:
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
         """Record a C outcome and park the request. Returns (breaker event, window)."""
         res = await self._drift(
-            keys=self._route(),
-            args=[self.keys.prefix, repr(time.time()), *self.breaker.args(), lease_id, token, domain,
+            self.keys.select(self._drift.meta.keys, domain=domain),
+            [self.keys.prefix, repr(time.time()), *self.breaker.args(), lease_id, token, domain,
                   json.dumps(sample, default=str)],
         )
         return _s(res[0]), _s(res[1])
 
     async def breaker_reset(self, domain: str) -> int:
         return int(await self._breaker_reset(
-            keys=self._route(), args=[self.keys.prefix, domain, repr(time.time())]))
+            self.keys.select(self._breaker_reset.meta.keys, domain=domain),
+            [self.keys.prefix, domain, repr(time.time())]))
 
     async def breakers(self) -> dict[str, dict[str, Any]]:
         """Every breaker of this spider with its state, counts and parked backlog."""
@@ -452,26 +519,24 @@ class FleetQueue:
         return total
 
     async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
-        args: list[Any] = [self.keys.prefix]
+        args: list[Any] = []
         for lid, token in leases:
             args += [lid, token]
-        if len(args) == 1:
+        if not args:
             return 0
-        return sum(int(x) for x in await self._ack(keys=self._route(), args=args))
+        return sum(int(x) for x in await self._ack(self._k_ack, args))
 
     async def nack(self, lease_id: str, token: str, env: Envelope, due: float) -> bool:
-        res = await self._nack(
-            keys=self._route(), args=[self.keys.prefix, lease_id, token, repr(due), env.dumps()]
-        )
+        res = await self._nack(self._k_nack, [lease_id, token, repr(due), env.dumps()])
         return bool(res)
 
     async def release(self, leases: Iterable[tuple[str, str]]) -> int:
-        args: list[Any] = [self.keys.prefix, repr(time.time())]
+        args: list[Any] = []
         for lid, token in leases:
             args += [lid, token]
-        if len(args) == 2:
+        if not args:
             return 0
-        return int(await self._release(keys=self._route(), args=args))
+        return int(await self._release(self._k_release, args))
 
     async def dead(
         self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000
@@ -480,9 +545,7 @@ class FleetQueue:
         flat: list[str] = []
         for k, v in fields.items():
             flat += [k, v]
-        res = await self._dead(
-            keys=self._route(), args=[self.keys.prefix, str(maxlen), lease_id, token, *flat]
-        )
+        res = await self._dead(self._k_dead, [str(maxlen), lease_id, token, *flat])
         return bool(res)
 
     async def hold(
@@ -490,8 +553,8 @@ class FleetQueue:
     ) -> float:
         """Advance ``domain``'s fleet-wide backoff (one step per burst); returns the hold deadline."""
         res = await self._hold(
-            keys=self._route(),
-            args=[self.keys.prefix, domain, repr(time.time()), repr(base), repr(cap), repr(rnd),
+            self._k_hold,
+            [domain, repr(time.time()), repr(base), repr(cap), repr(rnd),
                   repr(min_wait)],
         )
         return float(_s(res))
@@ -508,7 +571,7 @@ class FleetQueue:
     # -- inspection -------------------------------------------------------------------------------
 
     async def has_member(self, key: str, fps: Sequence[str]) -> list[bool]:
-        res = await self._has(keys=[key], args=[key, *fps])
+        res = await self._has([key], fps)
         return [bool(int(x)) for x in res]
 
     async def counts(self) -> dict[str, int]:
@@ -578,9 +641,9 @@ class FleetQueue:
             by_run.setdefault(env.run, []).append(env)
         n = 0
         for run, envs in by_run.items():
-            head = [self.keys.prefix, str(self.dedup_ttl), repr(time.time()), run]
+            head = [str(self.dedup_ttl), repr(time.time()), run]
             args = [a for env in envs for a in _entry_args(env)]
-            n += int(await self._seed(keys=self._route(), args=head + args))
+            n += int(await self._seed(self.keys.select(self._seed.meta.keys, run=run), head + args))
         return n
 
 

@@ -48,7 +48,7 @@ LABEL = {"a": "a", "a2": "a′", "b": "b", "c": "c", "d": "d", "e": "e", "cm": "
 # Commands that Fleet's Lua scripts call internally: INFO commandstats counts those as well, so they are
 # not client round trips. Derived from the script source, not hard-coded.
 LUA_INTERNAL = {m.lower() for m in re.findall(r"redis\.call\('(\w+)'", "".join(
-    v for k, v in vars(lua).items() if k.isupper() and isinstance(v, str)))}
+    lua.load(name).source for name in lua.names()))}
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from scraper import lua
 from tests.bench.crawl import ROOT, base_env
 from tests.bench.procs import RedisServer
 
-ADD_MANY = lua.PRELUDE + "\nlocal n = 0\nfor i = 1, #ARGV do n = n + set_add(KEYS[1], ARGV[i]) end\nreturn n\n"
+ADD_MANY = lua.with_helpers("local n = 0\nfor i = 1, #ARGV do n = n + set_add(KEYS[1], ARGV[i]) end\nreturn n\n")
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -64,11 +64,11 @@ def dedup_latency(srv: RedisServer, present: list[str], n_single: int = 20000, n
     key = "bench:fleet:seen"
     for transport, url in (("tcp", srv.url), ("unix", srv.unix_url)):
         r = redis.Redis.from_url(url)
-        has = r.register_script(lua.HAS)
+        has = r.register_script(lua.load("has").source)
         pool = [present[i % len(present)] if i % 2 == 0 else os.urandom(8).hex()
                 for i in range(max(n_single + 1000, n_batches * per_batch))]
         for fp in pool[:1000]:  # warm-up: connection, script cache
-            has(keys=[key], args=[key, fp])
+            has(keys=[key], args=[fp])
         lat: list[float] = []
         ping: list[float] = []
         pc = time.perf_counter_ns
@@ -81,16 +81,16 @@ def dedup_latency(srv: RedisServer, present: list[str], n_single: int = 20000, n
                 ping.append((pc() - t0) / 1000)
             for fp in singles[blk:blk + step]:
                 t0 = pc()
-                has(keys=[key], args=[key, fp])
+                has(keys=[key], args=[fp])
                 lat.append((pc() - t0) / 1000)
         blat = []
         for b in range(n_batches):
             fps = pool[b * per_batch:(b + 1) * per_batch]
             t0 = pc()
-            res = has(keys=[key], args=[key, *fps])
+            res = has(keys=[key], args=[*fps])
             blat.append((pc() - t0) / 1000 / per_batch)
             assert len(res) == per_batch
-        hits = sum(has(keys=[key], args=[key, *present[:100]]))
+        hits = sum(has(keys=[key], args=[*present[:100]]))
         out[transport] = {
             "single_p50_us": statistics.median(lat), "single_p99_us": _pct(lat, 99),
             "ping_p50_us": statistics.median(ping), "ping_p99_us": _pct(ping, 99),

@@ -40,10 +40,10 @@ def _env(spider: str, path: str, *, run: str = "r1", priority: int = 0, dont_fil
 
 async def _reference_seed(q: FleetQueue, client: Any, run: str, envs: list[Envelope]) -> tuple[int, int]:
     """The per-entry SEED script, as FleetQueue.seed called it before bulk seeding."""
-    script = client.register_script(lua.SEED)
-    head = [q.keys.prefix, str(q.dedup_ttl), "1700000000.5", run]
+    script = lua.Bound(client, "seed")
+    head = [str(q.dedup_ttl), "1700000000.5", run]
     args = [a for env in envs for a in _entry_args(env, force_filter=True)]
-    enq = int(await script(keys=[q.keys.ready], args=head + args)) if envs else 0
+    enq = int(await script(q.keys.select(script.meta.keys, run=run), head + args)) if envs else 0
     await client.zadd(q.keys.runs, {run: 1700000000.5}, nx=True)
     return enq, len(envs) - enq
 

@@ -1,0 +1,287 @@
+-- Shared helpers. Not a script: the loader (scraper/lua.py) prepends to each script only the helpers its
+-- body calls (and the helpers those call), in this file's order, after binding the script's fixed KEYS
+-- to the table ``k`` by the names of its header (k.ready = the KEYS entry named ready, and so on).
+-- k.prefix is ARGV's ``prefix`` (the spider's "fleet:{spider}:"), set only for scripts that must build
+-- a key they cannot be given in advance (a domain or run read inside the script); every such key keeps
+-- the {spider} hash tag, so it lives in the same cluster slot as the declared ones.
+--
+-- SEEN/DONE encoding: a hash per (spider, run) with at most 4,096 fields, one per value of the first 12
+-- bits of the 64-bit fingerprint; each value is the concatenation of the remaining 52 bits (7 bytes) of
+-- every member of that bucket. About 7 bytes per URL at 1M URLs, exact (no false positives beyond 64-bit
+-- collisions), and a bucket stays a few KiB up to ~10M URLs per run. The field ``count`` (5 chars, never
+-- a 3-char bucket) counts members.
+
+local function hex2bin(h)
+  return (string.gsub(h, '..', function(cc) return string.char(tonumber(cc, 16)) end))
+end
+
+-- bucket: the first 12 bits as 3 hex chars; member: the other 52 bits packed in 7 bytes
+local function fpparts(fp)
+  return string.sub(fp, 1, 3), hex2bin(string.sub(fp, 4, 16) .. '0')
+end
+
+local function set_has(key, fp)
+  local b, s = fpparts(fp)
+  local cur = redis.call('HGET', key, b)
+  if not cur then return false end
+  local i = 1
+  while true do
+    local p = string.find(cur, s, i, true)
+    if not p then return false end
+    if (p - 1) % 7 == 0 then return true end
+    i = p + 1
+  end
+end
+
+-- returns 1 when added, 0 when already present
+local function set_add(key, fp)
+  local b, s = fpparts(fp)
+  local cur = redis.call('HGET', key, b)
+  if cur then
+    local i = 1
+    while true do
+      local p = string.find(cur, s, i, true)
+      if not p then break end
+      if (p - 1) % 7 == 0 then return 0 end
+      i = p + 1
+    end
+    redis.call('HSET', key, b, cur .. s)
+  else
+    redis.call('HSET', key, b, s)
+  end
+  redis.call('HINCRBY', key, 'count', 1)
+  return 1
+end
+
+local function ready_score(k, prio)
+  local seq = redis.call('INCR', k.seq)
+  -- newest first within a priority (LIFO, like Scrapy's default queue): pagination chains and
+  -- redelivered work move on at once instead of waiting behind the whole backlog
+  return -tonumber(prio) * 1e12 - seq
+end
+
+local function prio_of(json)
+  local ok, env = pcall(cjson.decode, json)
+  if ok and type(env) == 'table' and tonumber(env['priority']) then
+    return tonumber(env['priority'])
+  end
+  return 0
+end
+
+-- put a known entry back in READY as the newest of its priority; false when its envelope is gone
+local function to_ready(k, id)
+  local json = redis.call('HGET', k.env, id)
+  if not json then return false end
+  redis.call('ZADD', k.ready, ready_score(k, prio_of(json)), id)
+  return true
+end
+
+-- enqueue one envelope unless in SEEN (dont_filter skips the check); returns 1 if enqueued
+local function enqueue(k, seen, ttl, id, json, fp, prio, dont_filter)
+  if dont_filter ~= '1' then
+    if set_add(seen, fp) == 0 then return 0 end
+    redis.call('EXPIRE', seen, ttl)
+  elseif redis.call('HEXISTS', k.env, id) == 1 then
+    -- ids are fresh per discovery: a known one is this very child sent again (a commit retried after
+    -- its reply was lost), maybe leased by now; queueing it again would fetch it twice
+    return 0
+  end
+  redis.call('HSET', k.env, id, json)
+  redis.call('ZADD', k.ready, ready_score(k, prio), id)
+  return 1
+end
+
+local function owns(k, id, token)
+  return redis.call('HGET', k.lease, id) == token
+end
+
+-- breaker params: W (window), minev, rate, cbase, ccap (cooldown base/cap seconds)
+local function release_parked(k, domain)
+  local pk = k.prefix .. 'parked:' .. domain
+  local ids = redis.call('ZRANGE', pk, 0, -1)
+  local n = 0
+  for _, id in ipairs(ids) do
+    if to_ready(k, id) then n = n + 1 end
+  end
+  redis.call('DEL', pk)
+  redis.call('SREM', k.parkdom, domain)
+  return n
+end
+
+local function park(k, domain, id, now)
+  redis.call('ZREM', k.inflight, id)
+  redis.call('HDEL', k.lease, id)
+  redis.call('ZADD', k.prefix .. 'parked:' .. domain, now, id)
+  redis.call('SADD', k.parkdom, domain)
+end
+
+local function breaker_open(k, bk, domain, now, cbase, ccap)
+  local trips = redis.call('HINCRBY', bk, 'trips', 1)
+  local cool = math.min(ccap, cbase * 2 ^ (trips - 1))
+  redis.call('HSET', bk, 'state', 'open', 'opened_at', now, 'open_until', now + cool, 'cooldown', cool)
+  redis.call('HDEL', bk, 'probe', 'probe_until')
+  redis.call('HSET', k.brk, domain, 'open|' .. (now + cool))
+end
+
+local function breaker_close(k, bk, domain, now)
+  redis.call('HSET', bk, 'state', 'closed', 'window', '', 'closed_at', now, 'trips', 0)
+  redis.call('HDEL', bk, 'probe', 'probe_until', 'open_until')
+  redis.call('HDEL', k.brk, domain)
+  return release_parked(k, domain)
+end
+
+-- outcome: 'C' (drift) or 'o' (item callback extracted fine) or 'n' (navigation page: no verdict)
+-- returns event: '', 'opened', 'closed', 'reopened'
+local function breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+  local bk = k.prefix .. 'breaker:' .. domain
+  local st = redis.call('HGET', bk, 'state') or 'closed'
+  if st == 'half_open' then
+    if redis.call('HGET', bk, 'probe') == id then
+      if outcome == 'o' then
+        return 'closed', breaker_close(k, bk, domain, now)  -- and how many parked it released
+      elseif outcome == 'C' then
+        breaker_open(k, bk, domain, now, cbase, ccap)
+        return 'reopened'
+      else
+        redis.call('HDEL', bk, 'probe', 'probe_until')  -- a navigation page proves nothing
+        redis.call('HSET', k.brk, domain, 'half|0')
+      end
+    end
+    return ''
+  end
+  if outcome == 'n' then return '' end
+  local win = (redis.call('HGET', bk, 'window') or '') .. outcome
+  if string.len(win) > W then win = string.sub(win, -W) end
+  redis.call('HSET', bk, 'window', win)
+  if st == 'closed' then
+    local _, c = string.gsub(win, 'C', '')
+    if c >= minev and c / string.len(win) >= rate then
+      breaker_open(k, bk, domain, now, cbase, ccap)
+      return 'opened'
+    end
+  end
+  return ''
+end
+
+-- at lease time: 'go' (lease it), 'park', or 'probe' (lease it as the one half-open probe)
+local function breaker_gate(k, domain, id, now, lease)
+  local b = redis.call('HGET', k.brk, domain)
+  if not b then return 'go' end
+  local sep = string.find(b, '|', 1, true)
+  local st, t = string.sub(b, 1, sep - 1), tonumber(string.sub(b, sep + 1))
+  local bk = k.prefix .. 'breaker:' .. domain
+  if st == 'half' then
+    if redis.call('HGET', bk, 'probe') == id then return 'go' end
+    if t > now then return 'park' end
+  elseif now < t then
+    return 'park'
+  end
+  -- cooldown over (or the probe was lost): this request becomes the single fleet-wide probe
+  redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + lease * 2)
+  redis.call('HSET', k.brk, domain, 'half|' .. (now + lease * 2))
+  return 'probe'
+end
+
+-- open breakers whose cooldown is over release exactly one parked request as the probe; returns how many
+local function release_probes(k, now, probe_ttl)
+  local released = 0
+  local brk = redis.call('HGETALL', k.brk)
+  for i = 1, #brk, 2 do
+    local domain, b = brk[i], brk[i + 1]
+    local sep = string.find(b, '|', 1, true)
+    local st, t = string.sub(b, 1, sep - 1), tonumber(string.sub(b, sep + 1))
+    if t <= now then
+      local pk = k.prefix .. 'parked:' .. domain
+      local first = redis.call('ZRANGE', pk, 0, 0)
+      if first[1] then
+        local id = first[1]
+        redis.call('ZREM', pk, id)
+        local bk = k.prefix .. 'breaker:' .. domain
+        redis.call('HSET', bk, 'state', 'half_open', 'probe', id, 'probe_until', now + probe_ttl)
+        redis.call('HSET', k.brk, domain, 'half|' .. (now + probe_ttl))
+        if to_ready(k, id) then released = released + 1 end
+      end
+    end
+  end
+  return released
+end
+
+-- Workers whose last LEASE left READY empty are listed in WAITING (score: until when they count); when
+-- work reaches READY while one waits, a message on the wake channel makes it lease at once instead of
+-- at its next idle poll (by then the worker that queued the work has usually leased it itself).
+-- ``except``: the worker that queued the work, if any, wakes itself without a message. WAITING's
+-- scores are Redis's own clock (TIME), not the callers': hosts whose clocks disagree by a second must
+-- not drop each other's entries or miss each other's wake-ups.
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function wake(k, except)
+  local now = server_now()
+  local n = redis.call('ZCOUNT', k.waiting, now, '+inf')
+  if n > 0 and except and except ~= '' then
+    local mine = tonumber(redis.call('ZSCORE', k.waiting, except))
+    if mine and mine >= now then n = n - 1 end
+  end
+  if n > 0 then
+    redis.pcall('PUBLISH', k.wake, '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
+  end
+end
+
+-- move due DELAYED entries and expired IN-FLIGHT leases back to READY
+local function maintain(k, now, limit)
+  local inflight, delayed = k.inflight, k.delayed
+  local leasek = k.lease
+  local promoted, reaped = release_probes(k, now, 120), {}
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', delayed, id)
+    if to_ready(k, id) then promoted = promoted + 1 end
+  end
+  local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(expired) do
+    redis.call('ZREM', inflight, id)
+    local owner = redis.call('HGET', leasek, id)
+    redis.call('HDEL', leasek, id)
+    if to_ready(k, id) then  -- redelivered work goes to the front of its priority level
+      table.insert(reaped, id)
+      table.insert(reaped, owner or '')
+    end
+  end
+  if promoted > 0 or #reaped > 0 then wake(k) end
+  return promoted, reaped
+end
+
+-- hand entry id to worker under a new lease (LEASE, COMMIT's claim); returns its token and deliveries.
+-- The nonce keeps tokens unique even if Redis lost recent writes and dlv repeats.
+local function grant(k, id, now, lease, worker, nonce)
+  local dlv = redis.call('HINCRBY', k.dlv, id, 1)
+  local token = worker .. '#' .. dlv .. '#' .. nonce
+  redis.call('ZADD', k.inflight, now + lease, id)
+  redis.call('HSET', k.lease, id, token)
+  return token, dlv
+end
+
+-- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries, or '', -1 when
+-- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker)
+local function claim_child(k, done, id, json, fp, now, lease, worker, nonce)
+  if set_has(done, fp) then return '', -1 end
+  local ok, env = pcall(cjson.decode, json)
+  if not ok or type(env) ~= 'table' then return '', -1 end
+  local domain = env['domain']
+  if type(domain) == 'string' and domain ~= '' then
+    if redis.call('HEXISTS', k.brk, domain) == 1 then return '', -1 end
+    local hold = tonumber(redis.call('HGET', k.hold, domain))
+    if hold and hold > now then return '', -1 end
+  end
+  redis.call('ZREM', k.ready, id)
+  return grant(k, id, now, lease, worker, nonce)
+end
+
+local function forget(k, id)
+  redis.call('ZREM', k.inflight, id)
+  redis.call('HDEL', k.lease, id)
+  redis.call('HDEL', k.env, id)
+  redis.call('HDEL', k.dlv, id)
+end
