@@ -414,7 +414,7 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
                     skipped += 1
                     continue
                 env.history.append({"requeued_from": f.get("reason"), "at": time.time()})
-                env.attempts = {}
+                env.attempts, env.lost = {}, 0
                 env.dont_filter = True  # SEEN already holds it; requeue must bypass
                 envs.append(env)
                 ids.append(sid)

@@ -29,7 +29,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_DLQ_MAXLEN | 100000 | the DLQ stream is capped at about this many entries |
 | FLEET_SHUTDOWN_GRACE | 25 | seconds in-flight requests get to finish after SIGTERM/SIGINT |
 | FLEET_REDIS_OUTAGE_MAX | 300 | seconds a worker waits for Redis to come back before exiting non-zero |
-| FLEET_MAX_LOST_DELIVERIES | 10 | a request delivered this many times without an outcome (its worker died, its lease expired: e.g. a page that gets every worker OOM-killed) goes to the DLQ as D `poison:redelivered` unfetched; 0 = never |
+| FLEET_MAX_LOST_DELIVERIES | 10 | a request whose lease expired this many times (its worker died or stalled holding it: e.g. a page that gets every worker OOM-killed) goes to the DLQ as D `poison:redelivered` unfetched; 0 = never |
 | FLEET_STORE_OUTAGE_MAX | 300 | seconds a worker waits for the object store (FLEET_STORE) to come back before exiting 3. An outage is a write that fails while a probe write fails too (store down, credentials refused, missing bucket, disk full or read-only); meanwhile it leases nothing and holds its written-but-unstored requests, which it writes once the store is back or releases to READY when it gives up. A write that fails while the probe succeeds is that object's own failure: its request alone is retried (class A) or, for a key the store refuses, goes to the DLQ |
 | FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
 | FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs, and in lease tokens and the wake list: unique per live process |

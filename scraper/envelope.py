@@ -201,6 +201,11 @@ class Envelope:
     history: list[dict[str, Any]] = field(default_factory=list)
     enqueued_at: float = field(default_factory=time.time)
     parent: str | None = None
+    # deliveries that ended without any outcome: the lease expired and the reaper took it back (its
+    # worker died or stalled). Counted by the reaper inside Redis, which rewrites the JSON's first
+    # key (so it is always written first); FLEET_MAX_LOST_DELIVERIES ends a request that keeps
+    # taking its workers down (D poison:redelivered).
+    lost: int = 0
 
     @property
     def domain(self) -> str:
@@ -293,6 +298,10 @@ class Envelope:
     # -- wire format ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._fields()
+        return {"lost": self.lost, **d} if self.lost else d
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "v": VERSION,
             "url": self.url,
@@ -428,6 +437,7 @@ class Envelope:
             history=history,
             enqueued_at=float(enqueued_at),
             parent=parent,
+            lost=_int_field(data, "lost", minimum=0, maximum=2**31) if "lost" in data else 0,
         )
 
     def total_attempts(self) -> int:

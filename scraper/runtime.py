@@ -476,12 +476,11 @@ class FleetRuntime:
                 st = LeaseState(lease=lease, env=Envelope(url="", spider="", run=exc.run, fp=""))
                 self._spawn(self._dead(st, "bad_envelope", str(exc), raw=lease.raw))
                 continue
-            lost = lease.deliveries - 1 - sum(env.attempts.values())
-            if self.config.max_lost_deliveries and lost >= self.config.max_lost_deliveries:
-                # every earlier delivery ended without an outcome (worker killed, lease expired): a page
-                # that takes its worker down each time would otherwise go round the fleet forever
+            if self.config.max_lost_deliveries and env.lost >= self.config.max_lost_deliveries:
+                # its leases expired that often (the reaper counts them): a page that takes its worker
+                # down each time would otherwise go round the fleet forever
                 self._spawn(self._dead(LeaseState(lease=lease, env=env), "poison:redelivered",
-                                       f"{lost} deliveries ended without an outcome (a worker died or "
+                                       f"{env.lost} deliveries ended without an outcome (a worker died or "
                                        f"stalled holding it each time); not fetched again"))
                 continue
             self.buffer.append(LeaseState(lease=lease, env=env))

@@ -229,6 +229,21 @@ local function wake(k, except)
   end
 end
 
+-- an expired lease is a delivery that ended without any outcome (its worker died or stalled): the
+-- envelope's "lost" counter, its first key by contract (Envelope.to_dict), goes up by one. Rare (only
+-- reaps), so a string edit of the JSON is cheap; cjson would turn an empty list into an object.
+local function count_lost(k, id)
+  local json = redis.call('HGET', k.env, id)
+  if not json or string.sub(json, 1, 1) ~= '{' then return end
+  local n = string.match(json, '^{"lost": ?(%d+)')
+  if n then
+    json = string.gsub(json, '^{"lost": ?%d+', '{"lost":' .. (tonumber(n) + 1), 1)
+  else
+    json = '{"lost":1,' .. string.sub(json, 2)
+  end
+  redis.call('HSET', k.env, id, json)
+end
+
 -- move due DELAYED entries and expired IN-FLIGHT leases back to READY
 local function maintain(k, now, limit)
   local inflight, delayed = k.inflight, k.delayed
@@ -244,6 +259,7 @@ local function maintain(k, now, limit)
     redis.call('ZREM', inflight, id)
     local owner = redis.call('HGET', leasek, id)
     redis.call('HDEL', leasek, id)
+    count_lost(k, id)
     if to_ready(k, id) then  -- redelivered work goes to the front of its priority level
       table.insert(reaped, id)
       table.insert(reaped, owner or '')

@@ -179,7 +179,10 @@ def test_expired_lease_reaped_and_redelivered(redis_url: str, via: str) -> None:
             batch = await q.lease(1, worker="w2", lease_seconds=60)
             assert batch.reaped == [(first.id, first.token)]
         (again,) = batch.leased
-        assert again.id == first.id and again.raw == first.raw
+        assert again.id == first.id
+        # the reaper counted a lost delivery (FLEET_MAX_LOST_DELIVERIES); nothing else changed
+        before, after = Envelope.loads(first.raw), Envelope.loads(again.raw)
+        assert (before.lost, after.lost) == (0, 1) and after.to_dict() == {"lost": 1, **before.to_dict()}
         assert again.deliveries == 2
         assert again.token.startswith("w2#2#")
         assert await q.counts() == {"ready": 0, "inflight": 1, "delayed": 0, "dlq": 0, "parked": 0}
@@ -267,12 +270,11 @@ def test_release_returns_leases_at_once(redis_url: str) -> None:
         assert await q.counts() == {"ready": 3, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
         assert await client.hlen(q.keys.lease) == 0
         assert await q.release(pairs) == 0  # idempotent
-        # immediately leasable again, ahead of the never-leased entry; a release hands a lease back
-        # unattempted, so it is not a lost delivery (FLEET_MAX_LOST_DELIVERIES) and tokens stay unique
+        # immediately leasable again, ahead of the never-leased entry, with deliveries counted
         again = (await q.lease(3, worker="w2", lease_seconds=60)).leased
         assert {x.id for x in again[:2]} == {pid for pid, _ in pairs}
-        assert all(x.deliveries == 1 and x.token.startswith("w2#1#") for x in again[:2])
-        assert {x.token for x in again[:2]}.isdisjoint(tok for _, tok in pairs)
+        assert all(x.deliveries == 2 and x.token.startswith("w2#2#") for x in again[:2])
+        assert all(b'"lost"' not in x.raw for x in again)  # a release is not a lost delivery
         assert _url(again[2].raw) == "a" and again[2].deliveries == 1
 
     _run(redis_url, body)
@@ -367,7 +369,7 @@ def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
         await asyncio.sleep(0.15)
         batch = await q.lease(2, worker="w2", lease_seconds=60)
         assert batch.reaped == [(a.id, a.token)]
-        assert batch.skipped == [(a.id, a.raw)]
+        assert [(sid, Envelope.loads(raw).lost) for sid, raw in batch.skipped] == [(a.id, 1)]
         assert [_url(x.raw) for x in batch.leased] == ["b"]
         ids = await _ids_everywhere(q, client)
         assert a.id not in set().union(*ids.values())  # forgotten, not re-queued
