@@ -40,6 +40,7 @@ _RUNTIME_META = {
     "proxy",  # chosen per attempt by the proxy middleware
     "_auth_proxy",
     "playwright_page",
+    "fleet_proxy_id",  # chosen per attempt by the proxy middleware, like "proxy"
 }
 
 

@@ -17,7 +17,6 @@ import collections
 import contextlib
 import functools
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -29,8 +28,7 @@ from redis.exceptions import NoScriptError
 
 from scraper import lua
 from scraper.envelope import Envelope, new_ids
-
-_SPIDER_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+from scraper.names import is_name
 
 SPIDERS_KEY = "fleet:spiders"
 
@@ -40,7 +38,7 @@ class QueueError(RuntimeError):
 
 
 def check_spider_name(name: str) -> str:
-    if not _SPIDER_RE.fullmatch(name):
+    if not is_name(name):
         raise QueueError(
             f"spider name {name!r} cannot be used as a queue name: use letters, digits, '_', '-' or '.'"
         )
@@ -652,4 +650,4 @@ async def known_spiders(client: aioredis.Redis) -> list[str]:
     left out rather than failing every command that lists spiders."""
     members = [s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s)
                for s in await client.smembers(SPIDERS_KEY)]
-    return sorted(m for m in members if _SPIDER_RE.fullmatch(m))
+    return sorted(m for m in members if is_name(m))

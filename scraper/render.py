@@ -121,6 +121,11 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
             # otherwise go out with the page request, to the site itself inside an HTTPS tunnel
             request.headers.pop(b"Proxy-Authorization", None)
             request.meta.setdefault("playwright_context", PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]))
+        ctx = request.meta.get("playwright_context")
+        if isinstance(ctx, str) and ctx.startswith(PROXY_CONTEXT) and \
+                ctx != PROXY_CONTEXT + str(request.meta.get("fleet_proxy_id")):
+            # a proxy's context is the proxy middleware's choice, never the request's (an entry is input)
+            request.meta["playwright_context"] = "default"
         response: Response = await super().download_request(request)
         return response
 
