@@ -18,9 +18,9 @@ from scrapy import Request, Spider
 from scrapy.http import HtmlResponse
 
 from middlewares import drift
-from pipelines.objects import evidence_key, item_to_dict, raw_key
 from scraper.envelope import fp64
 from scraper.names import is_name
+from scraper.objects import evidence_key, item_to_dict, raw_key
 from scraper.store import ObjectStore, open_store
 from settings.fleet import FleetConfig
 

@@ -31,8 +31,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from scrapy import Request
 
-from pipelines.objects import items_key
 from scraper.envelope import Envelope
+from scraper.objects import items_key
 from scraper.queue import FleetQueue
 from scraper.store import ObjectStore, open_store
 from settings.fleet import FleetConfig
