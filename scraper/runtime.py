@@ -34,26 +34,27 @@ from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
 from middlewares import drift
-from middlewares.classify import A, B, D, Verdict
+from middlewares.classify import B, D, Verdict
 from scraper import crashpoints, log, redisio, storehealth
 from scraper.adapter import Offsite, kick_engine
 from scraper.alerts import Alerter
 from scraper.breakers import NOSPEC_SECONDS, Breakers
 from scraper.committer import Committer, Flags
-from scraper.envelope import Envelope, EnvelopeError
+from scraper.discovery import Discovery
+from scraper.envelope import EnvelopeError
 from scraper.failures import FailureApplier, now_iso
 from scraper.feeder import VOID_KEY, Feeder, Speculation
+from scraper.finisher import Finisher
 from scraper.health import REDIS_ERRORS, Health
 from scraper.keeper import Keeper
-from scraper.ledger import LOCAL_REQUESTS, LeaseState, Ledger, confirmed_leases, reusable
+from scraper.ledger import LOCAL_REQUESTS, LeaseState, Ledger, confirmed_leases
 from scraper.objects import ObjectWriter, WriteContext
 from scraper.ports import QueuePort
 from scraper.proxies import ProxyPool, parse_proxies
-from scraper.queue import FleetQueue, new_id
-from scraper.sinks import STORE_THREADS, Durability, WriteResult, open_sink
-from scraper.store import InvalidKeyError, open_store
+from scraper.queue import FleetQueue
+from scraper.sinks import STORE_THREADS, Durability, open_sink
+from scraper.store import open_store
 from scraper.tuning import tune_gc
-from scraper.urls import refusal
 from settings.fleet import FleetConfig
 
 __all__ = ["LOCAL_REQUESTS", "NOSPEC_SECONDS", "REDIS_ERRORS", "STORE_THREADS", "VOID_KEY", "FleetRuntime",
@@ -83,7 +84,6 @@ class FleetRuntime:
         self.closed = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._offsite: Offsite | None = None
 
         self.flags = Flags()
         self.ledger = Ledger()
@@ -93,23 +93,29 @@ class FleetRuntime:
         self.writer = ObjectWriter(open_store(config.store))
         self.pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="fleet-store")
         self.sink = open_sink(self.writer, self.pool, self._ctx, config.commit_batch)
-        self.durability = Durability(self.sink, self.spawn, self._objects_answered)
         self.alerter = Alerter(config.alert_webhook)
         self.breakers = Breakers(self.alerter, self.stats, self.log, self.spawn)
         self.speculation = Speculation(self.ledger, self.breakers, self.stats, self.log, self.engine_kick,
                                        lambda leases: self.spawn(self._release_buffered(leases)),
                                        self._proxy_done)
         self.committer = Committer(config, self.worker_id, self.ledger, self.health, self.flags, self.breakers,
-                                   self.stats, self.log, self._news, self.engine_kick, self._outcome)
+                                   self.stats, self.log, self._news, self.engine_kick,
+                                   lambda st: self.finisher.outcome(st))
         self.committer.claim_answered = self.speculation.answered
         self.failures = FailureApplier(config, self.worker_id, self.ledger, self.health, self.breakers,
                                        self.writer, self._in_pool, self.speculation.confirmed, self.stats, self.log)
         self.feeder = Feeder(self.ledger, self.health, self.flags, worker_id=self.worker_id,
                              lease_seconds=config.lease_seconds, prefetch=self.prefetch,
                              concurrency=self.concurrency, stats=self.stats, log=self.log, kick=self.engine_kick,
-                             beat=self._beat, reaped=self._reaped, probe_store=self._probe_store,
+                             beat=self._beat, reaped=self._reaped, probe_store=lambda: self.finisher.probe_store(),
                              dead=lambda st, reason, detail, raw: self.spawn(
                                  self.failures.dead(st, reason, detail, raw=raw)))
+        self.finisher = Finisher(config, self.ledger, self.health, self.flags, self.committer, self.failures,
+                                 self.speculation, spider=lambda: self.spider, cap=self.feeder.cap, probe=self._probe,
+                                 spawn=self.spawn, stats=self.stats, log=self.log)
+        self.durability = Durability(self.sink, self.spawn, self.finisher.objects_answered)
+        self.finisher.durability = self.durability
+        self.discovery = Discovery(config, self.ledger, self.stats, self.log)
         self.keeper = Keeper(self.ledger, self.health, self.flags, self.feeder, lease_seconds=config.lease_seconds,
                              until_idle=self.until_idle, stats=self.stats, log=self.log, kick=self.engine_kick,
                              committing=lambda: bool(self.committer.commits))
@@ -159,9 +165,10 @@ class FleetRuntime:
         self.feeder.spider = spider.name
         self.log = self.log.bind(spider=spider.name)
         for part in (self.health, self.breakers, self.speculation, self.committer, self.failures, self.feeder,
-                     self.keeper):
+                     self.keeper, self.finisher, self.discovery):
             part.log = self.log
-        self._offsite = Offsite.for_spider(self.crawler, spider)
+        self.discovery.spider = spider
+        self.discovery.offsite = Offsite.for_spider(self.crawler, spider)
         await self.client.sadd("fleet:spiders", spider.name)
         await self.sink.start()
         tune_gc()
@@ -301,10 +308,8 @@ class FleetRuntime:
             fetched_at=fetch.fetched_at or now_iso(),
         )
 
-    def _outcome(self, state: LeaseState) -> str:
-        if not drift.tracks_drift(self.spider):
-            return ""
-        return "o" if drift.is_item_callback(self.spider, state.env.callback) or state.out.items else "n"
+    async def _probe(self) -> None:
+        await self._in_pool(self.writer.store.put, storehealth.probe_key(self.worker_id), b"ok")
 
     # -- the buffer -------------------------------------------------------------------------------
 
@@ -381,50 +386,14 @@ class FleetRuntime:
         out.errors.append(f"{type(exc).__name__}: {exc}"[:300])
         self.maybe_finish(state)
 
-    def _off_site(self, request: Request, dont_filter: bool) -> bool:
-        """The spider's allowed_domains refuse ``request`` (counted); ``dont_filter`` and meta
-        ``allow_offsite`` exempt it, as in Scrapy's offsite middleware."""
-        if self._offsite is None or dont_filter or request.meta.get("allow_offsite") \
-                or not self._offsite.refuses(request):
-            return False
-        self.stats.inc_value("fleet/offsite_filtered")
-        return True
-
     def discovered(self, state: LeaseState, request: Request) -> None:
-        refused = refusal(request.url, self.config.schemes)
-        if refused is not None:
-            # a link to file://, ftp://, javascript:… or one without a host: never queued, never retried
-            # (middlewares.schemes refuses it again before any download)
-            self.stats.inc_value("fleet/discovered_refused")
-            self.log.info("request_refused", parent=state.env.fp, reason=refused.reason, detail=str(refused))
-            return
-        if self._off_site(request, request.dont_filter):
-            # the spider's allowed_domains, applied where the request is found: a queued request is
-            # always fetched (dont_filter), so Scrapy's offsite check would never see it again
-            self.log.info("request_offsite", parent=state.env.fp, host=urlparse_cached(request).hostname)
-            return
-        try:
-            env = Envelope.from_request(request, spider_name=state.env.spider, run=state.env.run, spider=self.spider)
-        except EnvelopeError as exc:
-            self.stats.inc_value("fleet/discovered_rejected")
-            self.log.error("request_rejected", reason=str(exc), parent=state.env.fp)
-            return
-        env.parent = state.env.fp
-        cid = new_id()
-        out = state.out
-        out.discovered.append(env)
-        out.discovered_ids.append(cid)
-        if reusable(request, env):
-            # what env.to_request would build, to the letter: if this worker leases the child itself
-            # (READY is LIFO, it mostly does), this very Request is used instead of the envelope's JSON
-            request.dont_filter = True  # as to_request: dedup is SEEN/DONE's job
-            self.ledger.remember_child(cid, env, request)
+        self.discovery.found(state, request)
 
     def offsite_continuation(self, state: LeaseState, request: Request) -> bool:
         """True (and the request is settled as ignored) for a redirect of a queued request to a host
         outside the spider's allowed_domains. Scrapy's own check skips it: the redirect inherits the
         ``dont_filter`` every queued request is fetched with; the envelope keeps the spider's own."""
-        if not self._off_site(request, state.env.dont_filter):
+        if not self.discovery.off_site(request, state.env.dont_filter):
             return False
         host = urlparse_cached(request).hostname
         self.ignored(state, IgnoreRequest(f"offsite redirect to {host}"))
@@ -438,7 +407,7 @@ class FleetRuntime:
         if state.settled or not state.finished():
             return
         state.settled = True
-        self._finish(state)
+        self.finisher.finish(state)
 
     def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
         if state.settled or self.flags.releasing:
@@ -471,102 +440,3 @@ class FleetRuntime:
             **({"detail": verdict.detail} if verdict.detail else {}),
         )
         self.spawn(self.failures.settle(state, verdict, response))
-
-    # -- settlement of a finished request ---------------------------------------------------------
-
-    def _finish(self, state: LeaseState) -> None:
-        """The callback and every item are done: queue the objects for the sink (or commit at once)."""
-        out, progress = state.out, state.progress
-        if out.errors:
-            self.stats.inc_value(f"fleet/class/{D}")
-            self.spawn(self.failures.dead(state, "pipeline_error", "; ".join(out.errors)[:500]))
-            return
-        verdict = drift.check(self.spider, state.env.callback, out.items)
-        if verdict is not None:
-            self.spawn(self.failures.drift(state, verdict.reason, verdict.missing))
-            return
-        if out.discovered:
-            # children go to Redis now, in a call of their own, before the parent's writes: SEEN makes a
-            # redelivered parent's rediscovery a no-op, so enqueueing early is safe, and a pagination
-            # chain moves at the speed of one Redis call per page (queued behind the committer's acks,
-            # page N+1 waited ~7.6 ms of a ~23 ms chain step). The parent's own commit (DONE + ack) waits
-            # for this one: a parent is never acknowledged before its children are queued.
-            progress.children_pending = True
-            flags = self.flags
-            if not (flags.stopping or flags.releasing or self.health.fatal) \
-                    and self.ledger.held() < self.feeder.cap():
-                self.speculation.speculate(state)
-            self.spawn(self.committer.queue_children(state, self.speculation.void))
-        raw_mode = self.config.store_raw
-        progress.write_raw = bool(state.fetch.body) and (raw_mode == "all" or (raw_mode == "items" and bool(out.items)))
-        if not (out.items or progress.write_raw):
-            self.committer.written(state, self._outcome(state))
-            return
-        self.durability.queue(state)
-
-    async def _objects_answered(self, batch: list[tuple[LeaseState, WriteResult | None]],
-                                results: list[WriteResult]) -> None:
-        failed: list[tuple[LeaseState, BaseException]] = []
-        for (state, _), (key, exc) in zip(batch, results, strict=True):
-            if exc is not None:
-                failed.append((state, exc))
-                continue
-            if state.out.items:
-                self.stats.inc_value("fleet/objects")
-                self.log.info("object_written", run=state.env.run, fp=state.env.fp, key=key,
-                              items=len(state.out.items))
-            self.committer.written(state, self._outcome(state))
-        if failed:
-            await self._write_failed(failed)
-        # no wake-up here: acks wait up to FLEET_COMMIT_INTERVAL to share one Redis call (they are on
-        # no critical path; children, which are, go in a call of their own: Committer.queue_children)
-
-    async def _probe(self) -> None:
-        await self._in_pool(self.writer.store.put, storehealth.probe_key(self.worker_id), b"ok")
-
-    async def _probe_store(self) -> None:
-        held = await self.health.probe_store(self._probe)
-        for state in held or ():  # their objects are written again: no fetch, no budget spent
-            if self.ledger.is_live(state):
-                self.durability.queue(state)
-
-    async def _write_failed(self, failed: list[tuple[LeaseState, BaseException]]) -> None:
-        """Settle requests whose objects were not stored, each on its own.
-
-        A key the store refuses (a run like ``../../x``) can never be written: DLQ (D, bad_envelope).
-        Any other failure is the object's or the store's: one probe write tells which. Store down:
-        the requests are held, their leases kept alive, and written again when it is back (no fetch
-        and no retry budget spent), or released when the worker gives up. Store up: the object's own
-        failure, retried on that request's A budget alone."""
-        others = []
-        for state, exc in failed:
-            env = state.env
-            why = storehealth.reason(exc)
-            self.stats.inc_value("fleet/store/write_failed")
-            if isinstance(exc, InvalidKeyError):
-                self.stats.inc_value("fleet/store/key_refused")
-                self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
-                                 reason=why, cls=D)
-                self.stats.inc_value(f"fleet/class/{D}")
-                self.spawn(self.failures.dead(state, "bad_envelope", f"object key refused: {why}"))
-            else:
-                others.append((state, exc, why))
-        if not others:
-            return
-        health = self.health
-        outage = health.store_outage.down
-        if not outage and not (self.flags.releasing or health.fatal):
-            probe_exc = await health.check_store(self._probe)
-            if probe_exc is not None:
-                health.store_trouble(probe_exc)
-                outage = True
-        for state, exc, why in others:
-            env = state.env
-            if outage or self.flags.releasing or health.fatal:
-                self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
-                                 reason=why, held=True)
-                health.store_held.append(state)  # its lease stays ours (heartbeats) until written or released
-                continue
-            self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
-                             reason=why, cls=A)
-            self.spawn(self.failures.settle(state, Verdict(A, f"store:{type(exc).__name__}"), None))

@@ -111,7 +111,7 @@ DOWNLOADER_MIDDLEWARES = {
 }
 
 # Items leave the pipelines into the request's ledger (middlewares.commit settles them on
-# item_scraped); the object itself is written by the runtime with pipelines.objects.
+# item_scraped); the object itself is written by the runtime (scraper.finisher, scraper.sinks).
 ITEM_PIPELINES: dict[str, int] = {}
 
 EXTENSIONS = {
