@@ -15,10 +15,11 @@ from middlewares import drift
 from middlewares.classify import A, D, Verdict
 from scraper import storehealth
 from scraper.committer import Committer, Flags
-from scraper.failures import FailureApplier
+from scraper.failures import FailureApplier, now_iso
 from scraper.feeder import Speculation
 from scraper.health import Health
 from scraper.ledger import LeaseState, Ledger
+from scraper.objects import WriteContext
 from scraper.sinks import Durability, WriteResult
 from scraper.store import InvalidKeyError
 from settings.fleet import FleetConfig
@@ -30,8 +31,9 @@ class Finisher:
     def __init__(self, config: FleetConfig, ledger: Ledger, health: Health, flags: Flags, committer: Committer,
                  failures: FailureApplier, speculation: Speculation, *, spider: Callable[[], Any],
                  cap: Callable[[], int], probe: Callable[[], Awaitable[None]], spawn: Callable[[Any], None],
-                 stats: Any, log: Any) -> None:
+                 stats: Any, log: Any, worker_id: str) -> None:
         self.config = config
+        self.worker_id = worker_id
         self.ledger = ledger
         self.health = health
         self.flags = flags
@@ -45,6 +47,32 @@ class Finisher:
         self.stats = stats
         self.log = log
         self.durability: Durability | None = None  # set by the runtime (it answers objects_answered)
+
+    def ctx(self, state: LeaseState) -> WriteContext:
+        """What the object records about its request (each item's ``_meta``)."""
+        env = state.env
+        fetch = state.fetch
+        return WriteContext(
+            spider=env.spider,
+            spider_version=str(getattr(self.spider(), "version", "0")),
+            run=env.run,
+            fp=env.fp,
+            url=env.url,
+            worker_id=self.worker_id,
+            attempt=state.lease.deliveries,
+            attempts=dict(env.attempts),
+            proxy_id=fetch.proxy_id,
+            fetched_at=fetch.fetched_at or now_iso(),
+        )
+
+    def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
+        """The callback raised (the request is already marked settled)."""
+        if drift.is_item_callback(self.spider(), state.env.callback):
+            # an item callback that crashes on a 200 page is the classic symptom of layout drift
+            self.spawn(self.failures.drift(state, f"callback_error:{type(exc).__name__}", ()))
+            return
+        self.stats.inc_value(f"fleet/class/{D}")
+        self.spawn(self.failures.dead(state, f"callback_error:{type(exc).__name__}", str(exc)[:500]))
 
     def outcome(self, state: LeaseState) -> str:
         """The request's drift-breaker outcome: 'o' item page, 'n' navigation page, '' untracked."""

@@ -50,6 +50,27 @@ class Keeper:
             self.stats.inc_value("fleet/lease_lost")
             self.log.warning("lease_lost", lease=lid)
 
+    async def release(self, leases: list[tuple[str, str]]) -> None:
+        """Hand leases back to READY at once (the buffer on shutdown; a claim confirmed after it)."""
+        queue = self.queue
+        assert queue is not None
+        n = await self.health.redis_retry(lambda: queue.release(leases))
+        self.stats.inc_value("fleet/released", n or 0)
+        self.log.info("leases_released", count=n, reason="shutdown", buffered=True)
+
+    async def release_all(self, reason: str) -> None:
+        """Every lease not acknowledged goes back to the front of READY now, not at expiry."""
+        leftovers = self.ledger.leases()
+        self.ledger.buffer.clear()
+        if not leftovers or self.queue is None:
+            return
+        try:
+            n = await self.queue.release(leftovers)
+            self.stats.inc_value("fleet/released", n)
+            self.log.info("leases_released", count=n, reason=reason)
+        except REDIS_ERRORS as exc:
+            self.log.warning("leases_not_released", count=len(leftovers), error=type(exc).__name__)
+
     def reaped(self, reaped: list[tuple[str, str]]) -> None:
         for lid, owner in reaped:
             self.stats.inc_value("fleet/reaped")

@@ -33,8 +33,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
-from middlewares import drift
-from middlewares.classify import B, D, Verdict
+from middlewares.classify import B, Verdict
 from scraper import crashpoints, log, redisio, storehealth
 from scraper.adapter import Offsite, kick_engine
 from scraper.alerts import Alerter
@@ -48,7 +47,7 @@ from scraper.finisher import Finisher
 from scraper.health import REDIS_ERRORS, Health
 from scraper.keeper import Keeper
 from scraper.ledger import LOCAL_REQUESTS, LeaseState, Ledger, confirmed_leases
-from scraper.objects import ObjectWriter, WriteContext
+from scraper.objects import ObjectWriter
 from scraper.ports import QueuePort
 from scraper.proxies import ProxyPool, parse_proxies
 from scraper.queue import FleetQueue
@@ -92,11 +91,10 @@ class FleetRuntime:
         self.health = Health(config, self.log, self.stats, self.request_stop)
         self.writer = ObjectWriter(open_store(config.store))
         self.pool = ThreadPoolExecutor(max_workers=STORE_THREADS, thread_name_prefix="fleet-store")
-        self.sink = open_sink(self.writer, self.pool, self._ctx, config.commit_batch)
         self.alerter = Alerter(config.alert_webhook)
         self.breakers = Breakers(self.alerter, self.stats, self.log, self.spawn)
         self.speculation = Speculation(self.ledger, self.breakers, self.stats, self.log, self.engine_kick,
-                                       lambda leases: self.spawn(self._release_buffered(leases)),
+                                       lambda leases: self.spawn(self.keeper.release(leases)),
                                        self._proxy_done)
         self.committer = Committer(config, self.worker_id, self.ledger, self.health, self.flags, self.breakers,
                                    self.stats, self.log, self._news, self.engine_kick,
@@ -112,7 +110,8 @@ class FleetRuntime:
                                  self.failures.dead(st, reason, detail, raw=raw)))
         self.finisher = Finisher(config, self.ledger, self.health, self.flags, self.committer, self.failures,
                                  self.speculation, spider=lambda: self.spider, cap=self.feeder.cap, probe=self._probe,
-                                 spawn=self.spawn, stats=self.stats, log=self.log)
+                                 spawn=self.spawn, stats=self.stats, log=self.log, worker_id=self.worker_id)
+        self.sink = open_sink(self.writer, self.pool, self.finisher.ctx, config.commit_batch)
         self.durability = Durability(self.sink, self.spawn, self.finisher.objects_answered)
         self.finisher.durability = self.durability
         self.discovery = Discovery(config, self.ledger, self.stats, self.log)
@@ -199,7 +198,7 @@ class FleetRuntime:
             await asyncio.wait(self._tasks, timeout=5)
         if self.committer.commits:
             await self.committer.flush()
-        await self._release_all(reason)
+        await self.keeper.release_all(reason)
         await self.sink.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
@@ -207,26 +206,6 @@ class FleetRuntime:
         self.alerter.close()
         self.closed = True
         self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
-
-    async def _release_buffered(self, leases: list[tuple[str, str]]) -> None:
-        queue = self.queue
-        assert queue is not None
-        n = await self.health.redis_retry(lambda: queue.release(leases))
-        self.stats.inc_value("fleet/released", n or 0)
-        self.log.info("leases_released", count=n, reason="shutdown", buffered=True)
-
-    async def _release_all(self, reason: str) -> None:
-        """Every lease not acknowledged goes back to the front of READY now, not at expiry."""
-        leftovers = self.ledger.leases()
-        self.buffer.clear()
-        if not leftovers or self.queue is None:
-            return
-        try:
-            n = await self.queue.release(leftovers)
-            self.stats.inc_value("fleet/released", n)
-            self.log.info("leases_released", count=n, reason=reason)
-        except REDIS_ERRORS as exc:
-            self.log.warning("leases_not_released", count=len(leftovers), error=type(exc).__name__)
 
     def engine_kick(self) -> None:
         kick_engine(self.crawler)
@@ -243,7 +222,7 @@ class FleetRuntime:
         buffered = confirmed_leases(self.buffer)
         self.buffer.clear()
         if buffered and self.queue is not None:
-            self.spawn(self._release_buffered(buffered))
+            self.spawn(self.keeper.release(buffered))
         self._news()
         self.engine_kick()
 
@@ -291,22 +270,6 @@ class FleetRuntime:
 
     async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-
-    def _ctx(self, state: LeaseState) -> WriteContext:
-        env = state.env
-        fetch = state.fetch
-        return WriteContext(
-            spider=env.spider,
-            spider_version=str(getattr(self.spider, "version", "0")),
-            run=env.run,
-            fp=env.fp,
-            url=env.url,
-            worker_id=self.worker_id,
-            attempt=state.lease.deliveries,
-            attempts=dict(env.attempts),
-            proxy_id=fetch.proxy_id,
-            fetched_at=fetch.fetched_at or now_iso(),
-        )
 
     async def _probe(self) -> None:
         await self._in_pool(self.writer.store.put, storehealth.probe_key(self.worker_id), b"ok")
@@ -413,12 +376,7 @@ class FleetRuntime:
         if state.settled or self.flags.releasing:
             return
         state.settled = True
-        if drift.is_item_callback(self.spider, state.env.callback):
-            # an item callback that crashes on a 200 page is the classic symptom of layout drift
-            self.spawn(self.failures.drift(state, f"callback_error:{type(exc).__name__}", ()))
-            return
-        self.stats.inc_value(f"fleet/class/{D}")
-        self.spawn(self.failures.dead(state, f"callback_error:{type(exc).__name__}", str(exc)[:500]))
+        self.finisher.callback_failed(state, exc)
 
     def ignored(self, state: LeaseState, exc: BaseException) -> None:
         """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""
