@@ -21,7 +21,7 @@ from scraper.refused import Refused
 from scraper.taxonomy import OK, Rules, classify_exception, classify_response
 
 if TYPE_CHECKING:
-    from scraper.runtime import LeaseState
+    from scraper.ledger import LeaseState
 
 __all__ = ["ClassifyMiddleware"]
 

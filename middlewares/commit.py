@@ -23,7 +23,7 @@ from scraper.envelope import META_KEY
 from scraper.ports import FleetPort, fleet_of
 
 if TYPE_CHECKING:
-    from scraper.runtime import LeaseState
+    from scraper.ledger import LeaseState
 
 __all__ = ["CommitMiddleware"]
 

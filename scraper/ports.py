@@ -33,10 +33,10 @@ if TYPE_CHECKING:
     from scrapy.statscollectors import StatsCollector
 
     from scraper.config import FleetConfig
+    from scraper.ledger import LeaseState
     from scraper.log import Logger
     from scraper.proxies import ProxyPool
-    from scraper.queue import FleetQueue
-    from scraper.runtime import LeaseState
+    from scraper.queueport import QueuePort
     from scraper.taxonomy import Verdict
 
 __all__ = ["CRAWLER_ATTR", "VOID_MESSAGE", "FleetPort", "attach", "fleet_of"]
@@ -65,7 +65,7 @@ class FleetPort(Protocol):
     def proxies(self) -> ProxyPool: ...  # the proxy middleware and the rendering handler
 
     @property
-    def queue(self) -> FleetQueue | None: ...  # None until open(); the scheduler seeds orphans with it
+    def queue(self) -> QueuePort | None: ...  # None until open(); the scheduler seeds orphans with it
 
     @property
     def spider(self) -> Spider | None: ...

@@ -46,7 +46,7 @@ from scraper.refused import Refused
 from scraper.taxonomy import D, Verdict, classify_exception
 
 if TYPE_CHECKING:
-    from scraper.runtime import LeaseState
+    from scraper.ledger import LeaseState
 
 __all__ = ["FleetDownloader", "verdict_for"]
 

@@ -5,12 +5,15 @@ module (docs/architecture.md, "Object store layout"). The API is synchronous on 
 it in a thread pool, so every implementation here is thread-safe and keeps no per-call state on the
 instance.
 
-Two guarantees the rest of the fleet builds on:
+The guarantee the rest of the fleet builds on: ``put`` is atomic: a reader sees either the old
+object or the whole new one, never a prefix of it (a worker can be SIGKILLed mid-write). "Nothing
+written twice" does not come from the store: object keys are deterministic (scraper.objects), so a
+redelivered request overwrites its own object with the same records, and DONE in Redis settles which
+delivery counts.
 
-* ``put`` is atomic: a reader sees either the old object or the whole new one, never a
-  prefix of it (a worker can be SIGKILLed mid-write).
-* ``put_if_absent`` is a compare-and-set: exactly one of several concurrent writers of the
-  same key wins, which is how "nothing written twice" is enforced at the store level.
+``put_if_absent`` (a compare-and-set: exactly one of several concurrent writers of the same key wins)
+is offered for callers that need one winner; the worker does not use it, since an overwrite of the same
+key is already idempotent and a conditional put would cost a round trip per object on S3.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from scraper.ports import FleetPort, fleet_of
 from scraper.taxonomy import A, Verdict
 
 if TYPE_CHECKING:
-    from scraper.runtime import LeaseState
+    from scraper.ledger import LeaseState
 
 __all__ = ["DEFAULT_MARGIN", "Watchdog"]
 
@@ -134,7 +134,7 @@ class Watchdog:
     def _stall(
         self, rt: FleetPort, engine: Any, state: LeaseState, request: Request, phase: str, idle: float, limit: float
     ) -> None:
-        from scraper.runtime import VOID_KEY
+        from scraper.feeder import VOID_KEY
 
         hops = len(request.meta.get("redirect_urls", ()))
         detail = (f"phase={phase} idle_s={idle:.1f} limit_s={limit:.1f} status={state.status} hops={hops} "

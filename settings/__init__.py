@@ -112,7 +112,7 @@ DOWNLOADER_MIDDLEWARES = {
 }
 
 # Items leave the pipelines into the request's ledger (middlewares.commit settles them on
-# item_scraped); the object itself is written by the runtime with scraper.objects.
+# item_scraped); the object itself is written by the runtime (scraper.finisher, scraper.sinks).
 ITEM_PIPELINES: dict[str, int] = {}
 
 EXTENSIONS = {

@@ -123,7 +123,7 @@ def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     graph = import_graph()
     assert "scraper.runtime" in graph["scraper.scheduler"]  # top level
     assert "scraper.render" in graph["scraper.catalog"]  # inside a function
-    assert "scraper.runtime" in graph["scraper.ports"]  # under TYPE_CHECKING
+    assert "scraper.ledger" in graph["scraper.ports"]  # under TYPE_CHECKING
     assert "scraper.log" in graph["scraper.alerts"]  # ``from scraper import log``
 
 

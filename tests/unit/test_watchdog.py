@@ -15,7 +15,7 @@ from typing import Any
 from scrapy import Request
 from scrapy.utils.test import get_crawler
 
-from scraper.runtime import VOID_KEY
+from scraper.feeder import VOID_KEY
 from scraper.taxonomy import A
 from scraper.watchdog import Watchdog
 

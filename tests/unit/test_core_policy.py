@@ -1,0 +1,47 @@
+"""scraper.policy.decide: budgets A and B apart, Retry-After, exhausted -> DLQ, D at once (pure, no Redis)."""
+
+from __future__ import annotations
+
+import random
+
+from scraper.policy import DEAD, RETRY, Budgets, decide
+from scraper.taxonomy import A, B, D
+
+BUDGETS = Budgets(retry_max=2, rotate_max=3, base=1.0, cap=8.0)
+
+
+def test_a_retries_until_its_budget_then_exhausted() -> None:
+    d = decide(A, "http:502", 502, {A: 2}, BUDGETS, rng=random.Random(1))
+    assert d.action == RETRY and 0.0 <= d.delay <= 2.0
+    d = decide(A, "http:502", 502, {A: 3}, BUDGETS)
+    assert (d.action, d.reason) == (DEAD, f"exhausted:{A}")
+
+
+def test_budgets_are_separate() -> None:
+    # many bans do not use up the transient budget, and the other way round
+    assert decide(A, "timeout", None, {A: 1, B: 9}, BUDGETS).action == RETRY
+    assert decide(B, "http:403", 403, {A: 9, B: 3}, BUDGETS).action == RETRY
+    d = decide(B, "http:403", 403, {B: 4}, BUDGETS, proxied=True)
+    assert (d.action, d.reason, d.ban_proxy) == (DEAD, f"exhausted:{B}", True)
+
+
+def test_retry_after_wins_over_backoff() -> None:
+    d = decide(A, "http:503", 503, {A: 1}, BUDGETS, retry_after=30.0)
+    assert d.delay == 30.0 and d.hold_domain
+
+
+def test_429_holds_the_domain_and_spares_the_proxy() -> None:
+    d = decide(B, "http:429", 429, {B: 1}, BUDGETS, retry_after=5.0, proxied=True)
+    assert (d.action, d.delay, d.hold_domain, d.ban_proxy) == (RETRY, 5.0, True, False)
+
+
+def test_ban_rotates_at_once_through_another_proxy() -> None:
+    d = decide(B, "http:403", 403, {B: 1}, BUDGETS, proxied=True)
+    assert (d.delay, d.ban_proxy, d.hold_domain) == (0.0, True, False)
+    unproxied = decide(B, "http:403", 403, {B: 1}, BUDGETS, rng=random.Random(2))
+    assert not unproxied.ban_proxy and 0.0 <= unproxied.delay <= 1.0
+
+
+def test_d_goes_to_the_dlq_with_its_reason() -> None:
+    d = decide(D, "http:404", 404, {D: 1}, BUDGETS)
+    assert (d.action, d.reason) == (DEAD, "http:404")
