@@ -46,7 +46,7 @@ test: $(DEV_STAMP) lock-check
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || echo "warning: could not install chromium; the rendered-page test will be skipped"
 	$(VENV)/bin/ruff check scraper middlewares pipelines settings tests
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15 tests
 
 test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not chaos" tests

@@ -27,7 +27,7 @@ __all__ = ["ClassifyMiddleware"]
 
 
 async def _claimed(rt: FleetPort, claim: Awaitable[bool], request: Request) -> None:
-    """Wait for Redis to confirm a speculative lease (FleetRuntime._speculate); drop the fetch if not."""
+    """Wait for Redis to confirm a speculative lease (scraper.feeder.Speculation); drop the fetch if not."""
     if not await claim:
         rt.drop_void(request)
         raise IgnoreRequest(VOID_MESSAGE)

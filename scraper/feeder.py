@@ -35,7 +35,7 @@ class Feeder:
                  prefetch: int, concurrency: int, stats: Any, log: Any, kick: Callable[[], None],
                  beat: Callable[[], Awaitable[None]], reaped: Callable[[list[tuple[str, str]]], None],
                  probe_store: Callable[[], Awaitable[None]],
-                 dead: Callable[[LeaseState, str, str, bytes], None], max_lost: int = 0) -> None:
+                 dead: Callable[[LeaseState, str, str, bytes | None], None], max_lost: int = 0) -> None:
         self.ledger = ledger
         self.max_lost = max_lost  # FLEET_MAX_LOST_DELIVERIES (0: never)
         self.health = health
@@ -122,7 +122,7 @@ class Feeder:
                     idle = min(0.4, idle * 2)
 
     async def listen(self, client: Any, channel: str) -> None:
-        """Wake the feeder when work reaches READY while this worker waits for some (lua.py: wake).
+        """Wake the feeder when work reaches READY while this worker waits for some (lua/_helpers.lua: wake).
 
         Why: an idle worker polls every 50-400 ms, and by then the worker that queued the work has
         leased it itself. On a pagination chain the second of two workers fetched 3 % of the pages
@@ -195,7 +195,7 @@ class Feeder:
                 # down each time would otherwise go round the fleet forever
                 self.dead(LeaseState(lease, env), "poison:redelivered",
                           f"{env.lost} deliveries ended without an outcome (a worker died or stalled holding "
-                          f"it each time); not fetched again", b"")
+                          f"it each time); not fetched again", None)
                 continue
             ledger.buffer.append(LeaseState(lease, env))
 

@@ -107,7 +107,7 @@ class FleetRuntime:
                              concurrency=self.concurrency, stats=self.stats, log=self.log, kick=self.engine_kick,
                              beat=self._beat, reaped=self._reaped, probe_store=lambda: self.finisher.probe_store(),
                              dead=lambda st, reason, detail, raw: self.spawn(
-                                 self.failures.dead(st, reason, detail, raw=raw or None)),
+                                 self.failures.dead(st, reason, detail, raw=raw)),
                              max_lost=config.max_lost_deliveries)
         self.finisher = Finisher(config, self.ledger, self.health, self.flags, self.committer, self.failures,
                                  self.speculation, spider=lambda: self.spider, cap=self.feeder.cap, probe=self._probe,
@@ -272,7 +272,6 @@ class FleetRuntime:
         self._inflight.add(task)
         task.add_done_callback(self._task_done)
 
-    _spawn = spawn  # the scheduler's name for it (orphan requests)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._inflight.discard(task)

@@ -648,31 +648,34 @@ def test_long_request_heartbeat(redis_url: str, tmp_path: Path, hb_site: _HBSite
     assert len(items) == 31
     assert counts(redis_url, spider) == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
 
-    # (b) the worker fetching it is SIGKILLed: another worker takes it over within lease + 3 s
+    # (b) the worker fetching it is SIGKILLed: another worker takes it over within lease + 3 s. Both are up
+    # before the page is seeded (a worker's start-up, seconds on a loaded host, is not part of the clock)
+    logs_b = {"hbb1": tmp_path / "hb-b1.log", "hbb2": tmp_path / "hb-b2.log"}
+    workers = {wid: _spawn(procs, spider, env, log, "--until-idle", "8", worker_id=wid) for wid, log in logs_b.items()}
+    for log in logs_b.values():  # (--until-idle 8: the first one up must not idle out waiting for the other)
+        assert wait_for(lambda log=log: _has_event(log, "worker_started"), 30, 0.05), _tail(log)
     assert fleet_json("seed", spider, "--run", "hb2", "--url", slow_url, env=env)["enqueued"] == 1
-    log1, log2 = tmp_path / "hb-b1.log", tmp_path / "hb-b2.log"
-    w1 = _spawn(procs, spider, env, log1, worker_id="hbb1")
-    assert wait_for(lambda: hb_site.hits[SLOW_PATH] == 2, 30, 0.02), _tail(log1)
+    assert wait_for(lambda: hb_site.hits[SLOW_PATH] == 2, 30, 0.02), _tail(*logs_b.values())
     first_hit = hb_site.hit_at[SLOW_PATH][1]
-    w2 = _spawn(procs, spider, env, log2, "--until-idle", "3", worker_id="hbb2")
-    assert wait_for(lambda: _has_event(log2, "worker_started"), 20, 0.05), _tail(log2)
-    assert hb_site.hits[SLOW_PATH] == 2, "the second worker must not have taken the live lease"
+    holder = next(wid for wid in logs_b if _leases_of(redis_url, spider, wid))
+    survivor = next(wid for wid in logs_b if wid != holder)
     since_hit = time.monotonic() - first_hit
     assert since_hit < SLOW_SECONDS - 0.5, f"too slow to set up: the first fetch is about to finish ({since_hit:.1f}s)"
-    assert len(_leases_of(redis_url, spider, "hbb1")) == 1
-    w1.send_signal(signal.SIGKILL)
-    w1.wait(timeout=10)
+    assert len(_leases_of(redis_url, spider, holder)) == 1
+    workers[holder].send_signal(signal.SIGKILL)
+    workers[holder].wait(timeout=10)
     t_kill = time.monotonic()
+    log2 = logs_b[survivor]
     assert wait_for(lambda: hb_site.hits[SLOW_PATH] >= 3, HB_LEASE + 10, 0.02), _tail(log2)
     takeover_s = hb_site.hit_at[SLOW_PATH][2] - t_kill
-    assert wait_all([w2], 40) == [0], _tail(log2)
+    assert wait_all([workers[survivor]], 40) == [0], _tail(log2)
     print(f"(b) first fetch {since_hit:.2f}s old at the kill; redelivered {takeover_s:.2f}s after it "
           f"(lease {HB_LEASE}s)")
     assert takeover_s <= HB_LEASE + 3, f"redelivery took {takeover_s:.2f}s"
     items2 = objects(data, "items", spider, "hb2")
     assert len(items2) == 1
     (lines,) = items2.values()
-    assert len(lines) == 1 and lines[0]["_meta"]["worker_id"] == "hbb2" and lines[0]["_meta"]["attempt"] == 2
+    assert len(lines) == 1 and lines[0]["_meta"]["worker_id"] == survivor and lines[0]["_meta"]["attempt"] == 2
     assert hb_site.hits[SLOW_PATH] == 3
     assert _has_event(log2, "lease_expired")
     assert counts(redis_url, spider) == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
