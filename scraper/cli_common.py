@@ -44,7 +44,7 @@ __all__ = [
     "spider_class",
 ]
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one-line errors: never wrapped at the terminal width
 out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs get untruncated tables
 
 EXIT_CONFIG = 1

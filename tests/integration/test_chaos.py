@@ -152,7 +152,7 @@ def _tmp_leftovers(data: Path) -> list[Path]:
 
 # The demo site answers in ~latency; the crawl must outlast five kill rounds (each: a random 0.3-2 s
 # plus a replacement's start-up), so each worker runs few requests at a time on a slowish site.
-KILL_LATENCY = 0.2
+KILL_LATENCY = 0.6  # slow enough that 5 rounds (each waits for a new worker to start) end mid-crawl on a loaded host
 KILL_CONCURRENCY = "4"
 KILL_SEED = 20240917
 
