@@ -46,28 +46,21 @@ class _Bounded:
         exc.response = response  # status and Location for the DLQ entry
         return exc
 
-
-class FleetRedirectMiddleware(_Bounded, RedirectMiddleware):
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
         try:
-            result: Request | Response = super().process_response(request, response)
+            result: Request | Response = super().process_response(request, response)  # type: ignore[misc]
         except Refused as exc:
             raise self._with_response(exc, response) from None
         except ValueError as exc:  # a Location such as "http://[::1/": no retry can mend it
             raise self._with_response(BadRedirect(f"{type(exc).__name__}: {str(exc)[:120]}"), response) from None
         return result
+
+
+class FleetRedirectMiddleware(_Bounded, RedirectMiddleware):
+    """Scrapy's RedirectMiddleware (3xx + Location) with _Bounded's loop and limit outcomes."""
 
 
 class FleetMetaRefreshMiddleware(_Bounded, MetaRefreshMiddleware):
-    def process_response(
-        self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Request | Response:
-        try:
-            result: Request | Response = super().process_response(request, response)
-        except Refused as exc:
-            raise self._with_response(exc, response) from None
-        except ValueError as exc:  # a Location such as "http://[::1/": no retry can mend it
-            raise self._with_response(BadRedirect(f"{type(exc).__name__}: {str(exc)[:120]}"), response) from None
-        return result
+    """Scrapy's MetaRefreshMiddleware (<meta http-equiv=refresh>) with _Bounded's outcomes."""
