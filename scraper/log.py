@@ -285,17 +285,22 @@ def render_console(event: MutableMapping[str, Any], colors: bool) -> str:
     return str(renderer(None, "", event))
 
 
+def parse_event(line: str) -> dict[str, Any] | None:
+    """The event of a JSON log line (one with an ``event`` field), or None for any other line."""
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
 def console_line(line: str, colors: bool) -> str:
     """A JSON log line (Fleet's, Scrapy's, a worker's) as :func:`render_console` shows it; any other line
     as it is, control characters escaped."""
-    if line.startswith("{"):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            event = None
-        if isinstance(event, dict) and "event" in event:
-            return render_console(event, colors)
-    return _escape(line)
+    event = parse_event(line)
+    return render_console(event, colors) if event is not None else _escape(line)
 
 
 def _console_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> str:

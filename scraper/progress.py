@@ -16,7 +16,6 @@ workers, whose stderr the parent reads while the bar is up so their lines print 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -224,13 +223,8 @@ class RunProgress:
                 continue
             try:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                event: Any = None
-                if line.startswith("{"):
-                    try:
-                        event = json.loads(line)
-                    except ValueError:
-                        event = None
-                if isinstance(event, dict) and "event" in event:
+                event = log.parse_event(line)
+                if event is not None:
                     if event.get("event") == "object_written" and type(event.get("items")) is int:
                         with self._lock:
                             self._items_seen += event["items"]
