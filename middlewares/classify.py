@@ -1,9 +1,9 @@
-"""Downloader middleware: the failure taxonomy (scraper.taxonomy) applied to every leased request.
+"""Downloader middleware: the failure taxonomy (scraper.policy.taxonomy) applied to every leased request.
 
-Why thin: the decision is a pure function (:func:`scraper.taxonomy.classify_response`,
-:func:`scraper.taxonomy.classify_exception`), as in Scrapy's own retry middleware; this middleware only
+Why thin: the decision is a pure function (:func:`scraper.policy.taxonomy.classify_response`,
+:func:`scraper.policy.taxonomy.classify_exception`), as in Scrapy's own retry middleware; this middleware only
 finds the request's lease, waits for a speculative lease's confirmation, and hands the verdict to the
-runtime (scraper.ports.FleetPort), which settles the lease.
+runtime (scraper.worker.ports.FleetPort), which settles the lease.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 
-from scraper.ports import VOID_MESSAGE, FleetPort, fleet_of
-from scraper.refused import Refused
-from scraper.taxonomy import OK, Rules, classify_exception, classify_response
+from scraper.policy.refused import Refused
+from scraper.policy.taxonomy import OK, Rules, classify_exception, classify_response
+from scraper.worker.ports import VOID_MESSAGE, FleetPort, fleet_of
 
 if TYPE_CHECKING:
-    from scraper.ledger import LeaseState
+    from scraper.worker.ledger import LeaseState
 
 __all__ = ["ClassifyMiddleware"]
 
 
 async def _claimed(rt: FleetPort, claim: Awaitable[bool], request: Request) -> None:
-    """Wait for Redis to confirm a speculative lease (scraper.feeder.Speculation); drop the fetch if not."""
+    """Wait for Redis to confirm a speculative lease (scraper.worker.feeder.Speculation); drop the fetch if not."""
     if not await claim:
         rt.drop_void(request)
         raise IgnoreRequest(VOID_MESSAGE)

@@ -19,11 +19,11 @@ from scrapy.crawler import Crawler
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
-from scraper.envelope import META_KEY
-from scraper.ports import FleetPort, fleet_of
+from scraper.queue.envelope import META_KEY
+from scraper.worker.ports import FleetPort, fleet_of
 
 if TYPE_CHECKING:
-    from scraper.ledger import LeaseState
+    from scraper.worker.ledger import LeaseState
 
 __all__ = ["CommitMiddleware"]
 

@@ -6,7 +6,7 @@ bare ``IgnoreRequest``, and a corrupt body escapes as the decoder's own error (`
 ``BadGzipFile``, ``brotli.error``, ``ZstdError``). Both leave ``process_response`` where no Fleet code
 sees them, so the request stayed leased forever. This subclass keeps Scrapy's decoders (gzip, x-gzip,
 deflate, br, zstd; brotli and backports-zstd are Scrapy dependencies) and raises
-:class:`~scraper.refused.BodyTooLarge` or :class:`~scraper.refused.BodyUndecodable` instead:
+:class:`~scraper.policy.refused.BodyTooLarge` or :class:`~scraper.policy.refused.BodyUndecodable` instead:
 class D with the encoding and the sizes as evidence.
 
 It sits at 960, next to the downloader (Scrapy's sits at 590): the classifier (950) and everything after
@@ -24,7 +24,7 @@ from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddlewa
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 
-from scraper.refused import BodyTooLarge, BodyUndecodable, Refused
+from scraper.policy.refused import BodyTooLarge, BodyUndecodable, Refused
 
 __all__ = ["DecompressMiddleware"]
 

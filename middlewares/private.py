@@ -33,7 +33,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.error import DNSLookupError
 
-from scraper.config import FleetConfig
+from scraper.infra.config import FleetConfig
 
 __all__ = ["CACHE_HOSTS", "CACHE_SECONDS", "PrivateAddressMiddleware", "PrivateAddressRefused", "non_public"]
 

@@ -15,9 +15,9 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
-from scraper.config import FleetConfig
-from scraper.ports import VOID_MESSAGE, fleet_of
-from scraper.redisio import REDIS_ERRORS
+from scraper.infra.config import FleetConfig
+from scraper.queue.redisio import REDIS_ERRORS
+from scraper.worker.ports import VOID_MESSAGE, fleet_of
 
 __all__ = ["ProxyMiddleware"]
 

@@ -4,8 +4,8 @@ Why: Scrapy follows a redirect loop (``302`` to itself, or A -> B -> A) REDIRECT
 raises a bare ``IgnoreRequest`` from ``process_response``, where no Fleet code saw it: the request stayed
 leased (and heartbeated) forever, and ten such URLs stopped a concurrency-1 worker. Here a redirect to a
 URL already visited in this chain (the ``redirect_urls`` meta plus the current URL) raises
-:class:`~scraper.refused.RedirectLoop` at once, without the extra round trips, and a chain that
-reaches the limit raises :class:`~scraper.refused.TooManyRedirects`. ``classify_exception`` makes
+:class:`~scraper.policy.refused.RedirectLoop` at once, without the extra round trips, and a chain that
+reaches the limit raises :class:`~scraper.policy.refused.TooManyRedirects`. ``classify_exception`` makes
 them D ``redirect:loop`` / ``redirect:too_many``; the evidence is the hop count and the 3xx status.
 
 A POST answered with a 303 to its own URL is not a loop (the GET that follows is a different request),
@@ -20,7 +20,7 @@ from scrapy import Request, Spider
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
 from scrapy.http import Response
 
-from scraper.refused import BadRedirect, RedirectLoop, Refused, TooManyRedirects
+from scraper.policy.refused import BadRedirect, RedirectLoop, Refused, TooManyRedirects
 
 __all__ = ["FleetMetaRefreshMiddleware", "FleetRedirectMiddleware"]
 

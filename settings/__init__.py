@@ -2,7 +2,7 @@
 
 Two layers live here:
 
-* ``FleetConfig`` (in :mod:`scraper.config`; ``settings.fleet`` re-exports it) — twelve-factor
+* ``FleetConfig`` (in :mod:`scraper.infra.config`; ``settings.fleet`` re-exports it) — twelve-factor
   configuration read once from ``FLEET_*`` environment variables. Every variable is documented there,
   in the table at the top, next to its default.
 * The module-level Scrapy settings below — the engine defaults a Fleet worker runs with. A spider's
@@ -22,7 +22,7 @@ TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 
 # The leased Redis queue replaces Scrapy's in-memory scheduler and dupefilter: SEEN/DONE in Redis
 # decide duplicates, so a redelivered request is never dropped as "already seen".
-SCHEDULER = "scraper.scheduler.FleetScheduler"
+SCHEDULER = "scraper.worker.scheduler.FleetScheduler"
 DUPEFILTER_CLASS = "scrapy.dupefilters.BaseDupeFilter"
 
 # Scrapy 2.19 starts CONCURRENT_ITEMS asyncio tasks per callback output; 8 measured 1.65x faster
@@ -48,14 +48,14 @@ DOWNLOAD_TIMEOUT = 30
 DOWNLOAD_MAXSIZE = 32 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 8 * 1024 * 1024
 
-# The stall watchdog (scraper.watchdog): a leased request with no progress for longer than its download
+# The stall watchdog (scraper.worker.watchdog): a leased request with no progress for longer than its download
 # timeout plus this many seconds is settled as class A ``watchdog:stalled`` and its fetch cancelled.
 # Negative: off.
 FLEET_WATCHDOG_MARGIN = 30.0
 
 # Every failure that leaves the downloader-middleware chain for an unsettled lease is settled
-# (scraper.settle): Scrapy drops some (redirect limits, decompression errors) where no errback sees them.
-DOWNLOADER = "scraper.settle.FleetDownloader"
+# (scraper.worker.settle): Scrapy drops some (redirect limits, decompression errors) where no errback sees them.
+DOWNLOADER = "scraper.worker.settle.FleetDownloader"
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 LOGSTATS_INTERVAL = 0
@@ -63,13 +63,13 @@ ROBOTSTXT_OBEY = False
 REQUEST_FINGERPRINTER_IMPLEMENTATION = "2.7"
 
 # Scrapy's HTTP/1.1 handler with Twisted's in-process automatic retry of reset keep-alive connections
-# switched off (scraper.download): every attempt is a delivery from Redis, counted in its A budget.
+# switched off (scraper.worker.download): every attempt is a delivery from Redis, counted in its A budget.
 # Scrapy's handlers for the other schemes are off: a crawled page's file:// link must not read the
 # worker's files, nor an s3:// one use its credentials. FLEET_SCHEMES switches them back on by name
-# (scraper.catalog.base_settings); middlewares.schemes refuses such URLs before any handler is asked.
+# (scraper.worker.catalog.base_settings); middlewares.schemes refuses such URLs before any handler is asked.
 DOWNLOAD_HANDLERS = {
-    "http": "scraper.download.FleetHTTPDownloadHandler",
-    "https": "scraper.download.FleetHTTPDownloadHandler",
+    "http": "scraper.worker.download.FleetHTTPDownloadHandler",
+    "https": "scraper.worker.download.FleetHTTPDownloadHandler",
     "file": None,
     "ftp": None,
     "s3": None,
@@ -112,17 +112,17 @@ DOWNLOADER_MIDDLEWARES = {
 }
 
 # Items leave the pipelines into the request's ledger (middlewares.commit settles them on
-# item_scraped); the object itself is written by the runtime (scraper.finisher, scraper.sinks).
+# item_scraped); the object itself is written by the runtime (scraper.worker.finisher, scraper.worker.sinks).
 ITEM_PIPELINES: dict[str, int] = {}
 
 EXTENSIONS = {
     "scrapy.extensions.telnet.TelnetConsole": None,
     # an HTTP control port per worker is an attack surface a fleet does not need
     "scrapy.extensions.remote_control.RemoteControl": None,
-    "scraper.watchdog.Watchdog": 500,
+    "scraper.worker.watchdog.Watchdog": 500,
 }
 
-# The failure taxonomy (scraper.taxonomy, applied by middlewares.classify; docs/architecture.md, "Failure
+# The failure taxonomy (scraper.policy.taxonomy, applied by middlewares.classify; docs/architecture.md, "Failure
 # taxonomy and budgets").
 # Unset: the defaults below. Lists of status codes replace the defaults; FLEET_EXTRA_BLOCK_MARKERS
 # adds regexes (searched in the first 64 KiB of 2xx bodies) that mark a page as a block/challenge

@@ -1,8 +1,8 @@
-"""Re-export of :mod:`scraper.config` (``FleetConfig``, ``ConfigError``) for code that imports it from here.
+"""Re-export of :mod:`scraper.infra.config` (``FleetConfig``, ``ConfigError``) for code that imports it from here.
 
-The ``FLEET_*`` variables are documented once, in the table at the top of scraper/config.py.
+The ``FLEET_*`` variables are documented once, in the table at the top of scraper/infra/config.py.
 """
 
-from scraper.config import ConfigError, FleetConfig
+from scraper.infra.config import ConfigError, FleetConfig
 
 __all__ = ["ConfigError", "FleetConfig"]

@@ -281,7 +281,7 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
 @pytest.fixture
 def demo_site() -> Iterator[Any]:
     """A started 60-product DemoSite on a free loopback port."""
-    from scraper.demo_site import DemoSite
+    from scraper.devtools.demo_site import DemoSite
 
     site = DemoSite(n_products=60).start()
     try:

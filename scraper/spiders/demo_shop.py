@@ -1,4 +1,4 @@
-"""Spider for the bundled demo catalogue (``scraper.demo_site``).
+"""Spider for the bundled demo catalogue (``scraper.devtools.demo_site``).
 
 Why: it is the fleet's reference spider — ``fleet demo``/``fleet smoke`` and the integration
 tests crawl it, and its declared ``required_fields``/``item_callbacks`` drive drift detection

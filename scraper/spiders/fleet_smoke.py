@@ -8,6 +8,8 @@ from typing import Any
 import scrapy
 from scrapy.http import Response
 
+__all__ = ["FleetSmokeSpider"]
+
 
 class FleetSmokeSpider(scrapy.Spider):
     name = "fleet_smoke"

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scraper import lua
+from scraper.queue import scripts as lua
 from tests.bench.procs import SYS_CPU, Monitor, RedisServer, wait_rusage
 
 ROOT = Path(__file__).resolve().parents[2]

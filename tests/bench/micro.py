@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from scraper import lua
+from scraper.queue import scripts as lua
 from tests.bench.crawl import ROOT, base_env
 from tests.bench.procs import RedisServer
 

@@ -7,7 +7,7 @@ comes from ``BENCH_VARIANT``:
   only the concurrency raised to the bench's 32 (CONCURRENT_REQUESTS and _PER_DOMAIN);
 * ``tuned``  — the engine settings Fleet's ``settings/__init__.py`` runs with (CONCURRENT_ITEMS=8,
   cookies/telnet/logstats/retry off, INFO logging, ...) and the GC tuning a Fleet worker applies
-  (``scraper.tuning``), still Scrapy's own scheduler;
+  (``scraper.worker.tuning``), still Scrapy's own scheduler;
 * ``redis``  — vanilla scrapy-redis 0.9.1: its Scheduler, RFPDupeFilter and default PriorityQueue on
   ``BENCH_REDIS_URL``, engine settings as ``stock``.
 
@@ -26,7 +26,7 @@ from typing import Any
 from scrapy import signals
 
 from scraper.spiders.demo_shop import DemoShopSpider
-from scraper.tuning import tune_gc
+from scraper.worker.tuning import tune_gc
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 VARIANT = os.environ.get("BENCH_VARIANT", "stock")

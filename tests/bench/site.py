@@ -1,6 +1,6 @@
 """A static copy of the demo catalogue served by nginx (or a non-Python fallback) on loopback.
 
-The pages are rendered once with ``scraper.demo_site.DemoSite.render`` (the exact markup the
+The pages are rendered once with ``scraper.devtools.demo_site.DemoSite.render`` (the exact markup the
 demo_shop spider is written for) into a temp dir, then served by a non-daemon nginx child with a
 generated config: one worker process, access log off, keep-alive on. Python is never on the
 serving path, so the crawler under test, not the site, should be the bottleneck.
@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from scraper.demo_site import DemoSite
+from scraper.devtools.demo_site import DemoSite
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from scraper.demo_site import DemoSite
+from scraper.devtools.demo_site import DemoSite
 from tests.fleetproc import counts, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]

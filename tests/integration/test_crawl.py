@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scraper.demo_site import DemoSite
+from scraper.devtools.demo_site import DemoSite
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -372,7 +372,7 @@ def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> 
     import redis
 
     with DemoSite(n_products=5, per_page=5).start() as site:
-        # DEBUG: Scrapy's stats dump, read below, is a DEBUG record (scraper.log.StartupDumpFilter)
+        # DEBUG: Scrapy's stats dump, read below, is a DEBUG record (scraper.infra.log.StartupDumpFilter)
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_LOG_LEVEL="DEBUG")
         log = tmp_path / "w.log"
         # --until-idle well above a `fleet seed` start-up on a loaded machine: the worker must still be

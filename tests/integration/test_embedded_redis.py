@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from scraper.embedded import (
+from scraper.infra.embedded import (
     RedisConfigError,
     check_redis,
     ensure_embedded_redis,
@@ -176,7 +176,7 @@ def test_concurrent_ensure_threads_one_server(home: pathlib.Path) -> None:
 
 def test_concurrent_ensure_processes_one_server(home: pathlib.Path) -> None:
     code = (
-        "import sys, redis; from scraper.embedded import ensure_embedded_redis;"
+        "import sys, redis; from scraper.infra.embedded import ensure_embedded_redis;"
         "u = ensure_embedded_redis();"
         "r = redis.Redis.from_url(u);"
         "print(u, r.info('server')['process_id'])"
@@ -218,7 +218,7 @@ def test_start_failure_is_clear(home: pathlib.Path, monkeypatch: pytest.MonkeyPa
     fake = home / "fake-redis-server"
     fake.write_text("#!/bin/sh\necho 'FATAL CONFIG FILE ERROR' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr("scraper.embedded.redis_server_binary", lambda: str(fake))
+    monkeypatch.setattr("scraper.infra.embedded.redis_server_binary", lambda: str(fake))
     with pytest.raises(RedisConfigError, match="FATAL CONFIG FILE ERROR"):
         ensure_embedded_redis(home)
 

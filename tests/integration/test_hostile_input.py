@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 
-from scraper.envelope import Envelope
+from scraper.queue.envelope import Envelope
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, start_worker, wait_all
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,12 @@ import redis
 import redis.asyncio as aioredis
 from scrapy import Request
 
-from scraper import lua, queue, redisio
-from scraper.envelope import Envelope
-from scraper.proxies import PROXY_KEY_PREFIX, ProxyPool, parse_proxies
-from scraper.queue import Commit, FleetQueue
+from scraper.queue import client as queue
+from scraper.queue import redisio
+from scraper.queue import scripts as lua
+from scraper.queue.client import Commit, FleetQueue
+from scraper.queue.envelope import Envelope
+from scraper.worker.proxies import PROXY_KEY_PREFIX, ProxyPool, parse_proxies
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 import pytest
 import redis
 
-from scraper.demo_site import DemoSite
+from scraper.devtools.demo_site import DemoSite
 from tests.fleetproc import counts, fleet_env, fleet_json, start_worker, wait_all
 
 pytestmark = pytest.mark.integration

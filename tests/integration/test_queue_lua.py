@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from scrapy import Request
 
-from scraper.envelope import Envelope
-from scraper.queue import Commit, FleetQueue, LeaseBatch
+from scraper.queue.client import Commit, FleetQueue, LeaseBatch
+from scraper.queue.envelope import Envelope
 
 pytestmark = pytest.mark.integration
 

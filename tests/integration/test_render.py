@@ -1,4 +1,4 @@
-"""Pages built by JavaScript, crawled through headless Chromium (scraper.render) by real workers."""
+"""Pages built by JavaScript, crawled through headless Chromium (scraper.worker.render) by real workers."""
 
 from __future__ import annotations
 

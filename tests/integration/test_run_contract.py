@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scraper.demo_site import DemoSite
-from scraper.runreport import exit_code
+from scraper.cli.runreport import exit_code
+from scraper.devtools.demo_site import DemoSite
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects
 from tests.integration.test_drift import BROKEN, FIXED, _spider_env
 

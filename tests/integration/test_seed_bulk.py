@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from scrapy import Request
 
-from scraper import lua, redisio
-from scraper.envelope import Envelope, SeedEncoder
-from scraper.queue import FleetQueue, _entry_args
+from scraper.queue import redisio
+from scraper.queue import scripts as lua
+from scraper.queue.client import FleetQueue, _entry_args
+from scraper.queue.envelope import Envelope, SeedEncoder
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import redis
 
-from scraper import redisio
-from scraper.demo_site import DemoSite
-from scraper.envelope import SeedEncoder
-from scraper.queue import FleetQueue
+from scraper.devtools.demo_site import DemoSite
+from scraper.queue import redisio
+from scraper.queue.client import FleetQueue
+from scraper.queue.envelope import SeedEncoder
 from tests.fleetproc import counts, fleet_env, fleet_json, start_worker, wait_all, wait_for
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from scraper.store import S3Store, StoreError, gzip_bytes, open_store
+from scraper.store.backends import S3Store, StoreError, gzip_bytes, open_store
 
 pytestmark = pytest.mark.integration
 

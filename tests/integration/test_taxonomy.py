@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import redis
 
-from scraper.proxies import proxy_id
+from scraper.worker.proxies import proxy_id
 from tests.fleetproc import fleet, fleet_env, start_worker, wait_all, wait_for
 from tests.hostile import ForwardProxy, HostileSite
 
@@ -328,7 +328,7 @@ def test_timeout_attempts_reach_the_site_once_each(crawl: Crawl) -> None:
 
 def test_reset_attempts_reach_the_site_once_each(crawl: Crawl) -> None:
     """Each A attempt is one delivery: the site sees RETRY_MAX+1 requests (a hidden in-process retry shows
-    up here as extra hits: Twisted's retryAutomatically, switched off by scraper.download)."""
+    up here as extra hits: Twisted's retryAutomatically, switched off by scraper.worker.download)."""
     hits = crawl.site.hits_for("/reset/1")
     assert len(hits) == RETRY_MAX + 1, [(h.proxy, round(h.t, 3)) for h in hits]
 
@@ -581,7 +581,7 @@ def _pool_run(redis_url: str, fn: Any) -> Any:
 
 
 def test_a_second_ban_never_shortens_the_cooldown(redis_server: Any) -> None:
-    from scraper.proxies import Proxy, ProxyPool, health_key
+    from scraper.worker.proxies import Proxy, ProxyPool, health_key
 
     url = f"http://u:pw-{os.urandom(4).hex()}@127.0.0.1:9"
     proxy, domain = Proxy(url, proxy_id(url)), f"ban-{os.urandom(3).hex()}.test"
@@ -600,7 +600,7 @@ def test_a_second_ban_never_shortens_the_cooldown(redis_server: Any) -> None:
 
 
 def test_a_success_batched_before_a_ban_does_not_reset_its_escalation(redis_server: Any) -> None:
-    from scraper.proxies import Proxy, ProxyPool, health_key
+    from scraper.worker.proxies import Proxy, ProxyPool, health_key
 
     url = f"http://u:pw-{os.urandom(4).hex()}@127.0.0.1:9"
     proxy, domain = Proxy(url, proxy_id(url)), f"esc-{os.urandom(3).hex()}.test"

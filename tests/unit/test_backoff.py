@@ -7,7 +7,7 @@ from email.utils import formatdate
 
 import pytest
 
-from scraper.backoff import MAX_RETRY_AFTER, full_jitter, parse_retry_after, retry_delay
+from scraper.policy.backoff import MAX_RETRY_AFTER, full_jitter, parse_retry_after, retry_delay
 
 NOW = 1_700_000_000.0  # fixed clock for HTTP-date tests
 

@@ -6,7 +6,7 @@ import pytest
 from scrapy.http import HtmlResponse
 from twisted.internet import error as txerror
 
-from scraper.taxonomy import OK, A, B, D, classify_exception, classify_response
+from scraper.policy.taxonomy import OK, A, B, D, classify_exception, classify_response
 
 URL = "https://shop.example/p/1"
 PLAIN = b"<html><head><title>Widget</title></head><body><h1>Widget</h1><p>$9.99</p></body></html>"
@@ -141,7 +141,7 @@ def test_a_rendered_page_whose_proxy_failed_is_b_and_a_url_cannot_fake_it() -> N
 def test_rules_are_configurable_in_settings() -> None:
     from scrapy.settings import Settings
 
-    from scraper.taxonomy import Rules
+    from scraper.policy.taxonomy import Rules
 
     rules = Rules.from_settings(Settings({
         "FLEET_EXTRA_BLOCK_MARKERS": [r"are you a robot\?"],

@@ -10,8 +10,8 @@ from scrapy.http import HtmlResponse, Response, TextResponse
 from scrapy.settings import Settings
 from twisted.internet import error as txerror
 
-from scraper.taxonomy import OK, A, B, C, D, Rules, classify_exception, classify_response
-from scraper.urls import URLRefused
+from scraper.policy.taxonomy import OK, A, B, C, D, Rules, classify_exception, classify_response
+from scraper.policy.urls import URLRefused
 
 _HEADER_NAMES = st.sampled_from(["Retry-After", "cf-mitigated", "Content-Type", "Server", "Location", "X-Any"])
 _HEADER_VALUES = st.one_of(

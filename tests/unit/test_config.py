@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from scraper.config import ConfigError, FleetConfig
-from scraper.log import redact
+from scraper.infra.config import ConfigError, FleetConfig
+from scraper.infra.log import redact
 
 
 def test_defaults_from_empty_env() -> None:

@@ -12,14 +12,14 @@ from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from scraper.breakers import Breakers
-from scraper.committer import Committer, Flags
-from scraper.config import FleetConfig
-from scraper.envelope import Envelope
-from scraper.health import Health
-from scraper.ledger import LeaseState, Ledger
-from scraper.queue import Commit, CommitReply, Lease
-from scraper.sinks import Durability, WriteResult
+from scraper.infra.config import FleetConfig
+from scraper.queue.client import Commit, CommitReply, Lease
+from scraper.queue.envelope import Envelope
+from scraper.worker.breakers import Breakers
+from scraper.worker.committer import Committer, Flags
+from scraper.worker.health import Health
+from scraper.worker.ledger import LeaseState, Ledger
+from scraper.worker.sinks import Durability, WriteResult
 
 STATS = SimpleNamespace(inc_value=lambda *a, **k: None)
 LOG = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None, error=lambda *a, **k: None)

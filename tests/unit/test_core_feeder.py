@@ -10,14 +10,14 @@ from typing import Any
 
 from scrapy import Request
 
-from scraper.breakers import Breakers
-from scraper.committer import Flags
-from scraper.config import FleetConfig
-from scraper.envelope import Envelope
-from scraper.feeder import VOID_KEY, Feeder, Speculation
-from scraper.health import Health
-from scraper.ledger import LeaseState, Ledger
-from scraper.queue import Lease, LeaseBatch
+from scraper.infra.config import FleetConfig
+from scraper.queue.client import Lease, LeaseBatch
+from scraper.queue.envelope import Envelope
+from scraper.worker.breakers import Breakers
+from scraper.worker.committer import Flags
+from scraper.worker.feeder import VOID_KEY, Feeder, Speculation
+from scraper.worker.health import Health
+from scraper.worker.ledger import LeaseState, Ledger
 
 STATS = SimpleNamespace(inc_value=lambda *a, **k: None)
 LOG = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None, error=lambda *a, **k: None)

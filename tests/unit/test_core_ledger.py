@@ -1,12 +1,12 @@
-"""scraper.ledger: when a request is finished, what the ledger holds, and the flat names others read."""
+"""scraper.worker.ledger: when a request is finished, what the ledger holds, and the flat names others read."""
 
 from __future__ import annotations
 
 from scrapy import Request
 
-from scraper.envelope import META_KEY, Envelope
-from scraper.ledger import LOCAL_REQUESTS, LeaseState, Ledger
-from scraper.queue import Lease
+from scraper.queue.client import Lease
+from scraper.queue.envelope import META_KEY, Envelope
+from scraper.worker.ledger import LOCAL_REQUESTS, LeaseState, Ledger
 
 
 def state(lid: str = "l1", token: str = "t") -> LeaseState:

@@ -1,11 +1,11 @@
-"""scraper.policy.decide: budgets A and B apart, Retry-After, exhausted -> DLQ, D at once (pure, no Redis)."""
+"""scraper.policy.decide.decide: budgets A and B apart, Retry-After, exhausted -> DLQ, D at once (pure, no Redis)."""
 
 from __future__ import annotations
 
 import random
 
-from scraper.policy import DEAD, RETRY, Budgets, decide
-from scraper.taxonomy import A, B, D
+from scraper.policy.decide import DEAD, RETRY, Budgets, decide
+from scraper.policy.taxonomy import A, B, D
 
 BUDGETS = Budgets(retry_max=2, rotate_max=3, base=1.0, cap=8.0)
 

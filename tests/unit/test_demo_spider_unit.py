@@ -9,7 +9,7 @@ import pytest
 import scrapy
 from scrapy.http import HtmlResponse
 
-from scraper.demo_site import DemoSite, product_fields
+from scraper.devtools.demo_site import DemoSite, product_fields
 from scraper.spiders.demo_shop import DEFAULT_START_URL, DemoShopSpider, parse_price
 
 BASE = "http://shop.test"

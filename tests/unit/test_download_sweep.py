@@ -1,4 +1,4 @@
-"""scraper.download keeps cancelled download-timeout timers from piling up in the reactor."""
+"""scraper.worker.download keeps cancelled download-timeout timers from piling up in the reactor."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ _SCRIPT = textwrap.dedent(
     from twisted.internet import reactor
     from twisted.internet.base import DelayedCall
     from scrapy.utils.test import get_crawler
-    from scraper.download import FleetHTTPDownloadHandler
+    from scraper.worker.download import FleetHTTPDownloadHandler
 
     def alive():
         return sum(1 for o in gc.get_objects() if isinstance(o, DelayedCall) and o.cancelled)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from scrapy import Request, Spider
 
-from scraper.envelope import VERSION, Envelope, EnvelopeError, fp64
+from scraper.queue.envelope import VERSION, Envelope, EnvelopeError, fp64
 
 
 class _Spider(Spider):

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scrapy import Request, Spider
 
-from scraper.envelope import MAX_NESTING, Envelope, EnvelopeError
-from scraper.objects import evidence_key, items_key, raw_key
-from scraper.store import InvalidKeyError
+from scraper.queue.envelope import MAX_NESTING, Envelope, EnvelopeError
+from scraper.store.backends import InvalidKeyError
+from scraper.store.objects import evidence_key, items_key, raw_key
 
 
 class _Spider(Spider):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scraper.filewriter import _FAIL, _REP, _REQ, FileWriter, _Replies, serve
-from scraper.store import InvalidKeyError, LocalStore, StoreError
+from scraper.store.backends import InvalidKeyError, LocalStore, StoreError
+from scraper.store.filewriter import _FAIL, _REP, _REQ, FileWriter, _Replies, serve
 
 
 def frame(op: bytes, key: str, data: bytes = b"") -> bytes:

@@ -1,6 +1,6 @@
 """The import graph of Fleet's packages: no cycles between modules, and one direction between packages.
 
-Why a test: cycles hide until an import order changes (``scraper.cli`` ⇄ ``scraper.demo``, ``scraper`` ⇄
+Why a test: cycles hide until an import order changes (``scraper.cli.app`` ⇄ ``scraper.cli.demo``, ``scraper`` ⇄
 ``middlewares`` were real ones), and the layering (middlewares/, pipelines/ and settings/ build on
 scraper, never the reverse) is what lets scraper be read, tested and reorganised on its own. Every
 ``import`` counts: top-level, inside functions (lazy) and under ``TYPE_CHECKING`` alike, since each is a
@@ -121,10 +121,10 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 def test_the_graph_sees_lazy_and_type_checking_imports() -> None:
     graph = import_graph()
-    assert "scraper.runtime" in graph["scraper.scheduler"]  # top level
-    assert "scraper.render" in graph["scraper.catalog"]  # inside a function
-    assert "scraper.ledger" in graph["scraper.ports"]  # under TYPE_CHECKING
-    assert "scraper.log" in graph["scraper.alerts"]  # ``from scraper import log``
+    assert "scraper.worker.runtime" in graph["scraper.worker.scheduler"]  # top level
+    assert "scraper.worker.render" in graph["scraper.worker.catalog"]  # inside a function
+    assert "scraper.worker.ledger" in graph["scraper.worker.ports"]  # under TYPE_CHECKING
+    assert "scraper.infra.log" in graph["scraper.worker.alerts"]  # ``from scraper import log``
 
 
 def test_no_import_cycles_between_modules() -> None:
@@ -146,3 +146,33 @@ def test_packages_import_in_one_direction() -> None:
                 wrong.append(f"{module} imports {target}")
     assert wrong == [], "scraper must not import middlewares, pipelines or settings"
     assert cycles(packages) == []
+
+
+def subpackage_graph() -> dict[str, set[str]]:
+    """scraper's subpackages (queue, store, worker, cli, …) and which of the others each imports."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        parts = module.split(".")
+        if parts[0] != "scraper" or len(parts) < 2:
+            continue
+        edges = graph.setdefault(parts[1], set())
+        for target in targets:
+            tparts = target.split(".")
+            if tparts[0] == "scraper" and len(tparts) > 1 and tparts[1] != parts[1]:
+                edges.add(tparts[1])
+    return graph
+
+
+def test_scraper_subpackages_have_no_cycles() -> None:
+    """The layout is the architecture: cli builds on worker, worker on queue and store, never back."""
+    graph = subpackage_graph()
+    assert cycles(graph) == []
+    assert "cli" not in set().union(*(graph[p] for p in graph if p != "cli"))  # nothing imports the CLI
+    for low in ("policy", "queue", "store"):
+        assert not graph[low] & {"worker", "cli", "devtools"}, f"scraper.{low} must not import the worker or the CLI"
+
+
+def test_every_module_declares_its_public_names() -> None:
+    missing = [m for m, p in _modules().items() if m.startswith("scraper.") and "__all__" not in p.read_text()
+               and not p.name.startswith("__main__")]
+    assert missing == []

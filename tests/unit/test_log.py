@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from scraper import log
+from scraper.infra import log
 
 _TS = re.compile(r'"timestamp": "[^"]+"')
 
@@ -68,8 +68,7 @@ def test_a_closed_stderr_never_raises_into_the_caller() -> None:
     """A worker whose stderr reader went away (fleet run's pipe, a second Ctrl-C) keeps settling."""
     import os
 
-    from scraper import log as fleet_log
-
+    from scraper.infra import log as fleet_log
     r, w = os.pipe()
     os.close(r)
     saved = fleet_log._BufferedLogger._stream

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from scraper import log, progress
-from scraper.config import ConfigError, FleetConfig
+from scraper.infra import log, progress
+from scraper.infra.config import ConfigError, FleetConfig
 
 
 class _Stream(io.StringIO):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scraper import lua
+from scraper.queue import scripts as lua
 
 SCRIPTS = lua.names()
 

@@ -12,7 +12,7 @@ from scrapy.utils.test import get_crawler
 from twisted.internet.error import DNSLookupError
 
 from middlewares.private import PrivateAddressMiddleware, PrivateAddressRefused, non_public
-from scraper.taxonomy import A, D, classify_exception
+from scraper.policy.taxonomy import A, D, classify_exception
 
 
 @pytest.mark.parametrize("address", [

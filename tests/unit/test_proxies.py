@@ -1,4 +1,4 @@
-"""scraper.proxies without Redis (client=None): parsing, identity and selection."""
+"""scraper.worker.proxies without Redis (client=None): parsing, identity and selection."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scraper.proxies import Health, Proxy, ProxyConfigError, ProxyPool, parse_proxies, proxy_id
+from scraper.worker.proxies import Health, Proxy, ProxyConfigError, ProxyPool, parse_proxies, proxy_id
 
 SECRET = "s3cr3t-Pa55"
 

@@ -21,9 +21,9 @@ from scrapy.utils.test import get_crawler
 
 from middlewares.decompress import DecompressMiddleware
 from middlewares.redirect import FleetMetaRefreshMiddleware, FleetRedirectMiddleware
-from scraper.refused import BodyTooLarge, BodyUndecodable, RedirectLoop, Refused, TooManyRedirects
-from scraper.settle import verdict_for
-from scraper.taxonomy import A, D, classify_exception
+from scraper.policy.refused import BodyTooLarge, BodyUndecodable, RedirectLoop, Refused, TooManyRedirects
+from scraper.policy.taxonomy import A, D, classify_exception
+from scraper.worker.settle import verdict_for
 
 MiB = 1 << 20
 LIMIT = 1 * MiB

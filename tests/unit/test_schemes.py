@@ -11,11 +11,11 @@ from scrapy.settings import Settings
 from scrapy.utils.misc import load_object
 
 from middlewares.schemes import SchemeMiddleware
-from scraper.catalog import base_settings
-from scraper.config import ConfigError, FleetConfig
-from scraper.proxies import ProxyConfigError, parse_proxies
-from scraper.taxonomy import D, classify_exception
-from scraper.urls import URLRefused
+from scraper.infra.config import ConfigError, FleetConfig
+from scraper.policy.taxonomy import D, classify_exception
+from scraper.policy.urls import URLRefused
+from scraper.worker.catalog import base_settings
+from scraper.worker.proxies import ProxyConfigError, parse_proxies
 
 
 @pytest.mark.parametrize("url,reason", [

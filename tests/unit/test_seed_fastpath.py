@@ -17,8 +17,9 @@ import pytest
 from scrapy import Request
 from scrapy.utils.request import fingerprint as scrapy_fingerprint
 
-from scraper import envelope
-from scraper.envelope import (
+from scraper.policy.urls import FETCHABLE_SCHEMES, refusal
+from scraper.queue import envelope
+from scraper.queue.envelope import (
     Envelope,
     EnvelopeError,
     SeedEncoder,
@@ -28,8 +29,7 @@ from scraper.envelope import (
     new_ids,
     url_fingerprint,
 )
-from scraper.names import is_name
-from scraper.urls import FETCHABLE_SCHEMES, refusal
+from scraper.queue.names import is_name
 
 _HOSTS = [
     "example.com", "shop.example.com", "Shop.Example.COM", "EXAMPLE.org", "127.0.0.1", "10.0.0.255",

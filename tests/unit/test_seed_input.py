@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scraper.envelope import Envelope
-from scraper.seeding import Rejected, seed_entries
-from scraper.urls import DEFAULT_SCHEMES, url_lines
+from scraper.cli.seeding import Rejected, seed_entries
+from scraper.policy.urls import DEFAULT_SCHEMES, url_lines
+from scraper.queue.envelope import Envelope
 
 _LINE = st.one_of(
     st.text(max_size=40),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scraper.objects import evidence_key, items_key, raw_key
-from scraper.store import InvalidKeyError, StoreError, _validate_key
-from scraper.storehealth import MAX_REASON, StoreOutage, probe_key, reason
+from scraper.store.backends import InvalidKeyError, StoreError, _validate_key
+from scraper.store.health import MAX_REASON, StoreOutage, probe_key, reason
+from scraper.store.objects import evidence_key, items_key, raw_key
 
 FP = "ab12cd34ef56ab78"
 
@@ -43,7 +43,7 @@ def test_key_builders_refuse_names_that_are_not_one_segment(spider: str, run: st
 
 
 def test_odd_but_valid_names_still_make_keys() -> None:
-    with pytest.raises(InvalidKeyError):  # the key builders use scraper.names' rule for every name
+    with pytest.raises(InvalidKeyError):  # the key builders use scraper.queue.names' rule for every name
         items_key("books", "run 1:été=2", FP)
     with pytest.raises(InvalidKeyError):  # and the store's own check refuses a '..' segment whatever built it
         _validate_key(f"items/spider=books/run=r/../{FP}.jsonl")

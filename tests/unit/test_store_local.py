@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scraper.store import (
+from scraper.store.backends import (
     DEFAULT_STORE_URI,
     InvalidKeyError,
     LocalStore,

@@ -16,9 +16,9 @@ from scrapy.crawler import Crawler
 from scrapy.http import HtmlResponse
 from twisted.internet import error as txerror
 
-from scraper.ports import attach, fleet_of
-from scraper.refused import BodyTooLarge
-from scraper.taxonomy import OK, A, B, C, D, FailureClass, Verdict, classify_exception, classify_response
+from scraper.policy.refused import BodyTooLarge
+from scraper.policy.taxonomy import OK, A, B, C, D, FailureClass, Verdict, classify_exception, classify_response
+from scraper.worker.ports import attach, fleet_of
 
 URL = "https://shop.example/p/1"
 

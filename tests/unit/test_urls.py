@@ -1,4 +1,4 @@
-"""Which URLs Fleet fetches (scraper/urls.py): the scheme allow-list, malformed URLs, seed-file lines.
+"""Which URLs Fleet fetches (scraper/policy/urls.py): the scheme allow-list, malformed URLs, seed-file lines.
 
 Property tests (hypothesis) check that no input makes the checks raise, and that every URL they accept
 is one a worker can turn into a Scrapy Request: the seed side and the worker side agree.
@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scrapy import Request
 
-from scraper.envelope import Envelope
-from scraper.urls import (
+from scraper.policy.urls import (
     BAD_URL,
     DEFAULT_SCHEMES,
     FETCHABLE_SCHEMES,
@@ -26,6 +25,7 @@ from scraper.urls import (
     refusal,
     url_lines,
 )
+from scraper.queue.envelope import Envelope
 
 
 @pytest.mark.parametrize("url", [

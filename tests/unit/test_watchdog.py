@@ -1,4 +1,4 @@
-"""The stall watchdog's decisions (scraper/watchdog.py) on a stand-in runtime and engine.
+"""The stall watchdog's decisions (scraper/worker/watchdog.py) on a stand-in runtime and engine.
 
 Pure unit tests: time is passed in, nothing sleeps. What counts as progress, what counts as waiting
 (a download slot's queue, the scheduler), and what a stalled request gets (void, cancelled, class A with
@@ -15,9 +15,9 @@ from typing import Any
 from scrapy import Request
 from scrapy.utils.test import get_crawler
 
-from scraper.feeder import VOID_KEY
-from scraper.taxonomy import A
-from scraper.watchdog import Watchdog
+from scraper.policy.taxonomy import A
+from scraper.worker.feeder import VOID_KEY
+from scraper.worker.watchdog import Watchdog
 
 TIMEOUT, MARGIN = 2.0, 1.0
 

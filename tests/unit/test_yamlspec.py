@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from scrapy.http import HtmlResponse, Request
 
-from scraper import drift
-from scraper.catalog import FleetSpiderLoader
-from scraper.yamlspec import SpecError, compile_spec, load_dir, parse_spec
+from scraper.policy import drift
+from scraper.worker.catalog import FleetSpiderLoader
+from scraper.worker.yamlspec import SpecError, compile_spec, load_dir, parse_spec
 
 SHOP = """
 name: yshop

@@ -1,0 +1,19 @@
+"""The ``fleet`` command: one module per command group, the shared steps in common, and the processes
+(seeding, a worker, the demo) that several commands run.
+"""
+
+__all__ = [
+    "app",
+    "args",
+    "common",
+    "crawl",
+    "data",
+    "demo",
+    "dev",
+    "inspect",
+    "oncall",
+    "replay",
+    "runreport",
+    "seeding",
+    "worker",
+]

@@ -1,0 +1,54 @@
+"""Argument callbacks and output helpers shared by the command groups."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from scraper.cli.common import (
+    out,
+)
+from scraper.queue.client import QueueError, check_spider_name
+from scraper.queue.names import BadName, check_run
+
+__all__ = ["emitted", "run_arg", "spider_arg"]
+
+
+
+def emitted(rows: list[dict[str, Any]], as_json: bool, empty: str) -> bool:
+    """JSON for scripts, or a one-line explanation when there is nothing to tabulate."""
+    if as_json:
+        print(json.dumps(rows))
+        return True
+    if not rows:
+        out.print(empty)
+        return True
+    return False
+
+
+def spider_arg(value: Any) -> Any:
+    """Typer callback for SPIDER arguments: a name that cannot be a queue name is a usage error (exit
+    2) here, not a traceback or an empty export later."""
+    for name in value if isinstance(value, list) else [value]:
+        if name is not None:
+            try:
+                check_spider_name(name)
+            except QueueError as exc:
+                raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def run_arg(value: Any) -> Any:
+    """Typer callback for --run: a run id becomes part of Redis and object keys, so one that cannot is
+    a usage error (exit 2) where it enters, not a bad key later."""
+    if value is not None:
+        try:
+            check_run(value)
+        except BadName as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+

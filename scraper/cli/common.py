@@ -1,0 +1,136 @@
+"""What every ``fleet`` command shares: configuration, Redis, the spider, exit codes, one-line errors.
+
+Why a module of its own: ``fleet demo`` (scraper.cli.demo) and the seeding and worker helpers
+(scraper.cli.seeding, scraper.cli.worker) need the same steps as the commands in scraper.cli.app; with them
+here, none of those imports the CLI module (no cli ⇄ demo cycle) and no module calls another's private
+helpers. Exit codes (README): 0 ok, 1 configuration or usage error, 2 bad arguments, 3 infrastructure
+failure, 4 a run finished with DLQ entries, 5 a run ended incomplete.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+import typer
+from rich.console import Console
+from rich.markup import escape
+from scrapy import Spider
+
+from scraper.infra import log
+from scraper.infra.config import ConfigError, FleetConfig
+from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url
+from scraper.queue import redisio
+from scraper.queue.client import FleetQueue
+from scraper.worker.catalog import SpiderNotFound, base_settings, load_spider
+
+__all__ = [
+    "EXIT_ARGS",
+    "EXIT_CONFIG",
+    "EXIT_DLQ",
+    "EXIT_INCOMPLETE",
+    "EXIT_INFRA",
+    "check_reachable",
+    "connect",
+    "default_run",
+    "err",
+    "fail",
+    "load_config",
+    "out",
+    "redis_url_for",
+    "run_summary",
+    "spider_class",
+]
+
+err = Console(stderr=True, soft_wrap=True)  # one-line errors: never wrapped at the terminal width
+out = Console(width=None if sys.stdout.isatty() else 200)  # pipes and CI logs get untruncated tables
+
+EXIT_CONFIG = 1
+EXIT_ARGS = 2
+EXIT_INFRA = 3
+EXIT_DLQ = 4
+EXIT_INCOMPLETE = 5
+
+
+def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
+    # escaped: messages quote URLs and names, and "[/]" in one is rich markup, not text; soft_wrap: one
+    # line whatever the terminal's width, for whoever greps the log
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def load_config() -> FleetConfig:
+    try:
+        cfg = FleetConfig.from_env()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    log.configure(cfg.log_level, cfg.log_format)
+    return cfg
+
+
+def redis_url_for(cfg: FleetConfig) -> str:
+    try:
+        return cfg.redis_url or resolve_redis_url()
+    except RedisConfigError as exc:
+        raise fail(str(exc), EXIT_INFRA) from None
+
+
+async def connect(url: str) -> aioredis.Redis:
+    client = redisio.client(url, socket_timeout=30, socket_connect_timeout=5)
+    try:
+        await client.ping()
+        sync = redis.Redis.from_url(url, socket_timeout=10)
+        try:
+            for warning in check_redis(sync):
+                err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        finally:
+            sync.close()
+    except RedisConfigError as exc:  # an evicting Redis: a configuration to fix, not an outage
+        await client.aclose()
+        raise fail(str(exc), EXIT_CONFIG) from None
+    except (OSError, redis.exceptions.RedisError) as exc:
+        await client.aclose()
+        hint = ""
+        if url.lower().startswith("rediss://"):
+            hint = " (rediss:// needs a Redis that speaks TLS; use redis:// for a plain one)"
+        detail = log.redact(str(exc))[:300] or type(exc).__name__
+        raise fail(f"cannot reach Redis at {redact_url(url)}: {detail}{hint}", EXIT_INFRA) from None
+    return client
+
+
+async def check_reachable(url: str) -> None:
+    """Fail fast, before Scrapy starts, on an unreachable or evicting Redis."""
+    client = await connect(url)
+    await client.aclose()
+
+
+
+def default_run() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
+    try:
+        return load_spider(name, base_settings(cfg))
+    except SpiderNotFound as exc:
+        raise fail(str(exc)) from None
+
+
+
+async def run_summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
+    client = await connect(redis_url_for(cfg))
+    try:
+        q = FleetQueue(client, spider)
+        counts = await q.counts()
+        runs = await q.runs()
+        dlq_run = 0
+        async for _ in q.dlq_iter(run):
+            dlq_run += 1
+        return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
+                "known": run in runs, "breakers": await q.breakers()}
+    finally:
+        await client.aclose()
+

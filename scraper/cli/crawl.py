@@ -1,0 +1,207 @@
+"""fleet seed, fleet worker and fleet run: putting work in the queue and working it off (cron's commands)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from scraper.cli import runreport
+from scraper.cli.args import run_arg, spider_arg
+from scraper.cli.common import (
+    EXIT_ARGS,
+    EXIT_INFRA,
+    default_run,
+    err,
+    fail,
+    load_config,
+    redis_url_for,
+    run_summary,
+    spider_class,
+)
+from scraper.cli.seeding import seed_run
+from scraper.cli.worker import SHUTDOWN_CLOSE_WAIT, run_worker
+from scraper.infra import log, progress
+from scraper.infra.config import FleetConfig
+from scraper.queue.client import QueueError
+
+__all__ = ["app"]
+
+app = typer.Typer()
+
+@app.command()
+def seed(
+    spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name (see `fleet spiders`).")],
+    url: Annotated[Optional[list[str]], typer.Option("--url", help="A URL to enqueue; repeatable.")] = None,
+    urls: Annotated[Optional[str], typer.Option("--urls", help="File with one URL a line, or - for stdin.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run id; default: a UTC timestamp.")] = None,
+    callback: Annotated[Optional[str], typer.Option(
+        help="Spider method that parses these URLs (default: parse), e.g. parse_product.")] = None,
+) -> None:
+    """Enqueue requests for SPIDER; without --url/--urls, the spider's own start requests.
+
+    A URL already enqueued in the same run is skipped (SEEN). Prints JSON {run, enqueued, skipped}.
+    A URL Fleet would not fetch (a scheme FLEET_SCHEMES does not allow, no host, malformed, a line that
+    is not UTF-8) is rejected with one line on stderr; the others are still enqueued, the JSON then has
+    "rejected": N and the exit code is 2.
+    """
+    cfg = load_config()
+    spidercls = spider_class(spider, cfg)
+    if callback is not None and not callable(getattr(spidercls, callback, None)):
+        raise fail(f"spider {spider!r} has no method {callback!r} to use as --callback")
+    if callback is not None and not (url or urls):
+        raise fail("--callback applies to --url/--urls; the spider's start requests name their own callbacks")
+    run_id = run or default_run()
+    try:
+        result = asyncio.run(seed_run(cfg, spidercls, run_id, list(url or []), urls, callback))
+    except QueueError as exc:
+        raise fail(str(exc)) from None
+    print(json.dumps(result))
+    if result.get("rejected"):
+        raise typer.Exit(EXIT_ARGS)
+
+
+
+@app.command()
+def worker(
+    spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name.")],
+    concurrency: Annotated[Optional[int], typer.Option(help="Concurrent requests (default FLEET_CONCURRENCY, 32).")] = None,
+    until_idle: Annotated[Optional[float], typer.Option(
+        "--until-idle", help="Exit 0 once READY, IN-FLIGHT and DELAYED of SPIDER stayed empty this many seconds.")] = None,
+) -> None:
+    """Run one worker: lease, fetch, classify, write, acknowledge; until a signal or --until-idle."""
+    raise typer.Exit(run_worker(spider, concurrency, until_idle))
+
+
+
+@app.command("run")
+def run_cmd(
+    spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name.")],
+    urls: Annotated[Optional[str], typer.Option("--urls", help="File of URLs (or -); default: the spider's start requests.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run id; default: a UTC timestamp.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", metavar="RUN", callback=run_arg,
+        help="Drain the existing run RUN without seeding (after `fleet breakers reset`, or a run cut by --deadline).")] = None,
+    deadline: Annotated[Optional[float], typer.Option(
+        "--deadline", metavar="SECONDS",
+        help="Stop the workers gracefully after this long (their leases go back to READY) and exit 5.")] = None,
+    idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
+) -> None:
+    """Cron one-shot: seed (or --resume a run), work until the queue drains, print a JSON summary.
+
+    Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
+    a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
+    3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`);
+    1 configuration error.
+    """
+    cfg = load_config()
+    if workers < 1:
+        raise fail("--workers must be >= 1")
+    if deadline is not None and deadline <= 0:
+        raise fail("--deadline must be > 0 seconds")
+    if resume is not None and (run is not None or urls is not None):
+        raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
+    spidercls = spider_class(spider, cfg)
+    started = time.time()
+    if resume is not None:
+        run_id = resume
+        known = asyncio.run(run_summary(cfg, spider, run_id))
+        if not known["known"]:
+            raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
+        seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
+    else:
+        run_id = run or default_run()
+        seeded = asyncio.run(seed_run(cfg, spidercls, run_id, [], urls))
+    runlog = log.get_logger(component="run")
+    runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+                skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
+    env = dict(os.environ)
+    env["FLEET_REDIS_URL"] = redis_url_for(cfg)
+    cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
+    deadline_at = None if deadline is None else time.monotonic() + deadline
+    with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
+        stats_files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
+        envs = [{**env, runreport.STATS_ENV: str(f)} for f in stats_files]
+        if progress.enabled(cfg.log_format):
+            codes, cut = _run_workers_with_progress(cmd, envs, env["FLEET_REDIS_URL"], spider, run_id,
+                                                    cfg.log_level, deadline_at)
+        else:
+            procs = [subprocess.Popen(cmd, env=e) for e in envs]
+            codes, cut = _wait_workers(procs, deadline_at)
+        worker_stats = runreport.merge_worker_stats(stats_files)
+    summary = asyncio.run(run_summary(cfg, spider, run_id))
+    result = runreport.summarize(
+        spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+        skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
+        dlq=summary["dlq_run"], queue=summary["counts"], breakers=summary["breakers"], workers=worker_stats,
+        worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
+    )
+    code, why = runreport.exit_code(result)
+    runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})
+    print(json.dumps(result))
+    if code:
+        err.print(f"[bold red]error:[/] {why}" if code == EXIT_INFRA else f"[bold yellow]fleet run:[/] {why}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
+
+
+def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None) -> tuple[list[int], bool]:
+    """Wait for the workers; past ``deadline_at`` (monotonic) send each a SIGTERM once (graceful: they
+    stop leasing, finish within FLEET_SHUTDOWN_GRACE and release the rest to READY). Returns the exit
+    codes and whether the deadline cut the run."""
+    import signal as _signal
+
+    cut = False
+    kill_at: float | None = None
+    while any(p.poll() is None for p in procs):
+        now = time.monotonic()
+        if deadline_at is not None and not cut and now >= deadline_at:
+            cut = True
+            kill_at = now + FleetConfig.from_env().shutdown_grace + 2 * SHUTDOWN_CLOSE_WAIT
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(_signal.SIGTERM)
+        if kill_at is not None and now >= kill_at:
+            kill_at = None
+            for p in procs:  # neither finished nor exited by itself: its leases expire and are reaped
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.1)
+    # a worker our own SIGTERM ended before it had installed its handlers (still starting up) held no
+    # lease; one we had to SIGKILL left its leases to expire (the run is incomplete either way)
+    ours = (-_signal.SIGTERM, -_signal.SIGKILL)
+    codes = [0 if cut and p.returncode in ours else int(p.returncode) for p in procs]
+    return codes, cut
+
+
+def _run_workers_with_progress(
+    cmd: list[str], envs: list[dict[str, str]], url: str, spider: str, run: str, level: str,
+    deadline_at: float | None,
+) -> tuple[list[int], bool]:
+    """``fleet run`` on a terminal: the workers' stderr comes through this process, which draws the run's
+    bar and prints their events above it (from WARNING up unless FLEET_LOG_LEVEL is set; their INFO
+    events still arrive, for the item count). The workers write JSON, parsed here, whatever the
+    terminal: their stderr is a pipe."""
+    extra = {"FLEET_LOG_FORMAT": "json", "FLEET_LOG_LEVEL": "DEBUG" if level == "DEBUG" else "INFO"}
+    with progress.RunProgress(url, spider, run) as bar:
+        procs = [subprocess.Popen(cmd, env={**e, **extra}, stderr=subprocess.PIPE) for e in envs]
+        for p in procs:
+            assert p.stderr is not None
+            bar.forward(p.stderr, progress.display_level())
+        try:
+            codes, cut = _wait_workers(procs, deadline_at)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the workers too (one process group): they stop gracefully, releasing their
+            # leases, and their last lines must still find the pipe open. A second Ctrl-C aborts.
+            codes, cut = [p.wait() for p in procs], False
+        bar.drain()
+    return codes, cut

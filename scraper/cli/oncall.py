@@ -1,0 +1,231 @@
+"""fleet dlq, breakers and replay: what on-call runs when an alert fires (docs/architecture.md, "Drift")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from scraper.cli.args import emitted, run_arg, spider_arg
+from scraper.cli.common import (
+    connect,
+    fail,
+    load_config,
+    out,
+    redis_url_for,
+    spider_class,
+)
+from scraper.infra import log
+from scraper.infra.config import FleetConfig
+from scraper.queue.client import FleetQueue, known_spiders
+from scraper.queue.envelope import Envelope, EnvelopeError
+
+__all__ = ["app"]
+
+app = typer.Typer()
+breakers_app = typer.Typer(
+    help="Drift breakers per (spider, domain): list them, or reset one after a fix.",
+    invoke_without_command=True,
+)
+
+
+
+@app.command("dlq")
+def dlq_cmd(
+    spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name.")],
+    action: Annotated[str, typer.Argument(help="list (default) or requeue.")] = "list",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (list).")] = False,
+    limit: Annotated[int, typer.Option(help="Newest entries to show (list).")] = 100,
+    reason: Annotated[Optional[str], typer.Option(help="requeue: only entries whose reason starts with this.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="requeue: every entry.")] = False,
+) -> None:
+    """Dead-lettered requests of SPIDER: `list` them (newest first) or `requeue` them with fresh budgets."""
+    if action == "list":
+        dlq_list(spider, as_json, limit)
+    elif action == "requeue":
+        dlq_requeue(spider, reason, all_)
+    else:
+        raise fail(f"unknown dlq action {action!r}: use list or requeue")
+
+
+def dlq_list(spider: str, as_json: bool, limit: int) -> None:
+    cfg = load_config()
+
+    async def go() -> list[dict[str, Any]]:
+        client = await connect(redis_url_for(cfg))
+        try:
+            q = FleetQueue(client, spider)
+            rows = []
+            async for sid, f in q.dlq_iter():
+                f.pop("envelope", None)
+                rows.append({"id": sid, **f})
+                if len(rows) >= limit:
+                    break
+            return rows
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(go())
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"DLQ of {spider}")
+    for col in ("id", "reason", "status", "url", "attempts", "at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r.get("reason", ""), r.get("status", ""), log.redact(r.get("url", "")),
+                      r.get("attempts", ""), r.get("at", ""))
+    out.print(table)
+
+
+def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
+    """Put dead-lettered requests back in READY with fresh budgets (history is kept)."""
+    if not reason and not all_:
+        raise fail("say which entries: --reason REASON or --all")
+    cfg = load_config()
+
+    async def go() -> dict[str, int]:
+        client = await connect(redis_url_for(cfg))
+        try:
+            q = FleetQueue(client, spider)
+            skipped = 0
+            ids: list[str] = []
+            envs: list[Envelope] = []
+            async for sid, f in q.dlq_iter():
+                if reason and not f.get("reason", "").startswith(reason):
+                    continue
+                try:
+                    env = Envelope.loads(f.get("envelope", ""))
+                except EnvelopeError:
+                    skipped += 1
+                    continue
+                env.history.append({"requeued_from": f.get("reason"), "at": time.time()})
+                env.attempts, env.lost = {}, 0
+                env.dont_filter = True  # SEEN already holds it; requeue must bypass
+                envs.append(env)
+                ids.append(sid)
+            requeued = await q.requeue(envs)
+            if ids:
+                await client.xdel(q.keys.dlq, *ids)
+            return {"requeued": requeued, "skipped": skipped}
+        finally:
+            await client.aclose()
+
+    print(json.dumps(asyncio.run(go())))
+
+
+
+
+async def _breakers(cfg: FleetConfig, spider: str | None) -> dict[str, dict[str, Any]]:
+    client = await connect(redis_url_for(cfg))
+    try:
+        names = [spider] if spider else await known_spiders(client)
+        return {n: await FleetQueue(client, n).breakers() for n in names}
+    finally:
+        await client.aclose()
+
+
+@breakers_app.callback()
+def breakers_main(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List drift breakers (default), or `reset SPIDER DOMAIN`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _breakers_list(None, as_json)
+
+
+@breakers_app.command("list")
+def breakers_list(
+    spider: Annotated[Optional[str], typer.Argument(callback=spider_arg, help="Only this spider.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Breakers with state, C counts, opened_at, parked backlog and sample evidence."""
+    _breakers_list(spider, as_json)
+
+
+def _breakers_list(spider: str | None, as_json: bool) -> None:
+    cfg = load_config()
+    data = asyncio.run(_breakers(cfg, spider))
+    rows = [{"spider": sp, "domain": d, **info} for sp, doms in data.items() for d, info in doms.items()]
+    if emitted(rows, as_json, "no breakers yet (they appear when a spider that declares required_fields drifts)"):
+        return
+    table = Table(title="drift breakers")
+    for col in ("spider", "domain", "state", "C/window", "trips", "opened_at", "parked", "sample"):
+        table.add_column(col)
+    for r in rows:
+        opened = (datetime.fromtimestamp(r["opened_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                  if r["opened_at"] else "")
+        sample = r["samples"][-1] if r["samples"] else {}
+        table.add_row(r["spider"], r["domain"], r["state"], f"{r['c_events']}/{r['window']}", str(r["trips"]),
+                      opened, str(r["parked"]), str(sample.get("evidence_key") or ""))
+    out.print(table)
+
+
+@breakers_app.command("reset")
+def breakers_reset(
+    spider: Annotated[str, typer.Argument(callback=spider_arg)],
+    domain: Annotated[str, typer.Argument(help="Target host, e.g. shop.example.com")],
+) -> None:
+    """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
+    cfg = load_config()
+
+    async def go() -> int:
+        client = await connect(redis_url_for(cfg))
+        try:
+            return await FleetQueue(client, spider).breaker_reset(domain.lower())
+        finally:
+            await client.aclose()
+
+    released = asyncio.run(go())
+    print(json.dumps({"spider": spider, "domain": domain.lower(), "state": "closed", "released": released,
+                      "next": f"running workers take the released requests; with none running (cron), "
+                              f"fleet run {spider} --resume RUN finishes the run"}))
+
+
+
+
+@app.command()
+def replay(
+    spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name.")],
+    url: Annotated[Optional[str], typer.Option("--url", help="The page's URL (its stored snapshot is used).")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="A raw/, items/ or evidence/ key of the page.")] = None,
+    run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run of the snapshot (default: newest that has it).")] = None,
+    callback: Annotated[Optional[str], typer.Option(help="Callback to run (default: from the evidence, else parse).")] = None,
+) -> None:
+    """Re-run extraction offline on a stored snapshot; exit 0 when the required fields are there, 1 when
+    drift persists. Check a selector fix against the very page that drifted, then reset the breaker."""
+    from scraper.cli.replay import ReplayError, run_replay
+
+    if bool(url) == bool(key):
+        raise fail("give exactly one of --url URL or --key KEY")
+    cfg = load_config()
+    spidercls = spider_class(spider, cfg)
+    try:
+        report = run_replay(cfg, spidercls, url=url, key=key, run=run, callback=callback,
+                            runs_lookup=lambda: asyncio.run(_runs(cfg, spider)))
+    except ReplayError as exc:
+        raise fail(str(exc)) from None
+    print(json.dumps(report, indent=2, default=str))
+    raise typer.Exit(0 if report["ok"] else 1)
+
+
+async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
+    client = await connect(redis_url_for(cfg))
+    try:
+        q = FleetQueue(client, spider)
+        runs: Any = await client.zrevrange(q.keys.runs, 0, -1)
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in runs]
+    finally:
+        await client.aclose()
+
+
+
+
+app.add_typer(breakers_app, name="breakers")

@@ -1,0 +1,122 @@
+"""``fleet replay``: run a spider callback offline on a stored raw snapshot.
+
+The engineer's loop after a drift alert: fix the selectors, replay the very page that drifted, and
+only then reset the breaker. No network, no queue: the snapshot comes from the object store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import inspect
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.http import HtmlResponse
+
+from scraper.infra.config import FleetConfig
+from scraper.policy import drift
+from scraper.queue.envelope import fp64
+from scraper.queue.names import is_name
+from scraper.store.backends import ObjectStore, open_store
+from scraper.store.objects import evidence_key, item_to_dict, raw_key
+
+__all__ = ["ReplayError", "run_replay"]
+
+_KEY_RE = re.compile(
+    r"^(raw|items|evidence)/spider=(?P<spider>[^/]+)/run=(?P<run>[^/]+)/(?:[^/]+/)?(?P<fp>[0-9a-f]{16})\."
+)
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+def _load_evidence(store: ObjectStore, spider: str, run: str, fp: str) -> dict[str, Any]:
+    for cls in ("C", "D"):
+        try:
+            return dict(json.loads(store.get(evidence_key(spider, run, cls, fp))))
+        except KeyError:
+            continue
+    return {}
+
+
+async def _collect(result: Any) -> list[Any]:
+    out: list[Any] = []
+    if result is None:
+        return out
+    if inspect.isasyncgen(result):
+        async for x in result:
+            out.append(x)
+    elif inspect.iscoroutine(result):
+        out += await _collect(await result)
+    else:
+        out += list(result)
+    return out
+
+
+def run_replay(
+    cfg: FleetConfig, spidercls: type[Spider], *, url: str | None, key: str | None, run: str | None,
+    callback: str | None, runs_lookup: Callable[[], list[str]],
+) -> dict[str, Any]:
+    store = open_store(cfg.store)
+    name = spidercls.name
+    if key:
+        m = _KEY_RE.match(key.strip())
+        if not m:
+            raise ReplayError(f"--key {key!r} is not a raw/, items/ or evidence/ key of Fleet's layout")
+        if m.group("spider") != name:
+            raise ReplayError(f"--key belongs to spider {m.group('spider')!r}, not {name!r}")
+        run, fp = m.group("run"), m.group("fp")
+        if not is_name(run):
+            raise ReplayError(f"--key names the run {run!r}, which is not a run id Fleet writes")
+    else:
+        assert url is not None
+        try:
+            fp = fp64(Request(url))
+        except ValueError as exc:
+            raise ReplayError(f"--url {url!r}: {exc}") from None
+    runs = [run] if run else [r for r in runs_lookup() if is_name(r)]
+    body = None
+    for r in runs:
+        try:
+            body = store.get(raw_key(name, r, fp))
+            run = r
+            break
+        except KeyError:
+            continue
+    if body is None or run is None:
+        raise ReplayError(
+            f"no stored snapshot for fingerprint {fp} of spider {name!r}"
+            + (f" in run {runs[0]!r}" if len(runs) == 1 else f" in any of {len(runs)} runs")
+            + " (snapshots are kept under raw/ when FLEET_STORE_RAW is all or items)"
+        )
+    evidence = _load_evidence(store, name, run, fp)
+    page_url = url or evidence.get("url")
+    if not page_url:
+        raise ReplayError("the snapshot has no evidence record with its URL: pass --url as well")
+    cb_name = callback or evidence.get("callback") or "parse"
+    spider = spidercls()
+    cb = getattr(spider, cb_name, None)
+    if cb is None:
+        raise ReplayError(f"spider {name!r} has no callback {cb_name!r}")
+    request = Request(page_url, callback=cb, cb_kwargs=dict(evidence.get("cb_kwargs") or {}))
+    response = HtmlResponse(url=page_url, body=gzip.decompress(body), encoding="utf-8", request=request)
+    error = None
+    try:
+        outputs = asyncio.run(_collect(cb(response, **request.cb_kwargs)))
+    except Exception as exc:
+        outputs, error = [], f"{type(exc).__name__}: {exc}"
+    items = [item_to_dict(o) for o in outputs if not isinstance(o, Request)]
+    requests = [o.url for o in outputs if isinstance(o, Request)]
+    verdict = drift.check(spider, cb_name, items) if error is None else drift.DriftVerdict("callback_error")
+    return {
+        "spider": name, "run": run, "fingerprint": fp, "url": page_url, "callback": cb_name,
+        "snapshot": raw_key(name, run, fp), "items": items, "requests": len(requests),
+        "required_fields": list(getattr(spider, "required_fields", ()) or ()),
+        "ok": verdict is None, "drift": None if verdict is None else {
+            "reason": verdict.reason, "missing": list(verdict.missing)}, "error": error,
+    }

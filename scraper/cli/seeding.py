@@ -1,0 +1,131 @@
+"""Seeding a run: URLs (``--urls``, ``--url``) or a spider's start requests into its queue.
+
+Why here and not in scraper.cli.app: ``fleet seed``, ``fleet run`` and ``fleet demo`` all seed, and demo must
+not import the CLI module. A URL Fleet would not fetch is reported on stderr and counted, never enqueued.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from scrapy import Request, Spider
+
+from scraper.cli.common import connect, err, fail, redis_url_for
+from scraper.infra import log, progress
+from scraper.infra.config import FleetConfig
+from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
+from scraper.queue.client import FleetQueue
+from scraper.queue.envelope import Envelope, EnvelopeError, SeedEncoder
+
+__all__ = ["Rejected", "read_urls", "seed_entries", "seed_run", "start_requests"]
+
+
+def read_urls(path: str) -> Iterator[str | URLRefused]:
+    """The URLs of --urls (a file, or - for stdin), or a URLRefused per line that is not one (scraper.policy.urls)."""
+    if path == "-":
+        yield from url_lines(sys.stdin.buffer)
+        return
+    p = Path(path)
+    if not p.is_file():
+        raise fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
+    try:
+        stream = p.open("rb")
+    except OSError as exc:
+        raise fail(f"--urls {path}: cannot read it: {exc.strerror or exc}") from None
+    with stream:
+        yield from url_lines(stream)
+
+
+class Rejected:
+    """Seed input that is not a URL Fleet fetches: one line on stderr each, and a count."""
+
+    def __init__(self, schemes: tuple[str, ...]) -> None:
+        self.schemes = schemes
+        self.count = 0
+
+    def __call__(self, url: str | None, problem: Exception) -> None:
+        self.count += 1
+        where = f"URL {log.redact(url)[:300]!r}: " if url is not None else ""
+        err.print(f"[yellow]rejected[/] {escape(where + str(problem))}", highlight=False, soft_wrap=True)
+
+    def check(self, url: str) -> bool:
+        problem = refusal(url, self.schemes)
+        if problem is not None:
+            self(url, problem)
+        return problem is None
+
+
+async def start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
+    try:
+        spider = spidercls()
+    except TypeError as exc:
+        raise fail(f"cannot instantiate spider {spidercls.name!r} to read its start requests: {exc}") from None
+    async for x in spider.start():
+        if isinstance(x, Request):
+            yield x
+
+
+def seed_entries(
+    urls: Iterable[str | URLRefused], spider: str, run: str, callback: str | None = None,
+    rejected: Rejected | None = None,
+) -> Iterator[tuple[str, str]]:
+    """Queue entries (envelope JSON, fp) for ``urls``, exactly as ``Envelope.for_url`` would make them.
+    A URL Fleet would not fetch (scheme, no host, malformed: scraper.policy.urls) is reported and counted in
+    ``rejected``, and the others are still enqueued."""
+    rejected = rejected or Rejected(DEFAULT_SCHEMES)
+    entry = SeedEncoder(spider_name=spider, run=run, callback=callback).entry
+    for url in urls:
+        if isinstance(url, URLRefused):
+            rejected(None, url)
+            continue
+        if not rejected.check(url):
+            continue
+        try:
+            yield entry(url)
+        except (ValueError, EnvelopeError) as exc:
+            rejected(url, exc)
+
+
+async def seed_run(
+    cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None,
+    callback: str | None = None,
+) -> dict[str, Any]:
+    client = await connect(redis_url_for(cfg))
+    rejected = Rejected(cfg.schemes)
+    try:
+        q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)
+        if urls or urls_file:
+            def all_urls() -> Iterator[str | URLRefused]:
+                yield from urls
+                if urls_file:
+                    yield from progress.track_urls(read_urls(urls_file), urls_file,
+                                                   show=progress.enabled(cfg.log_format))
+
+            enq, skipped = await q.seed_entries(
+                run, seed_entries(all_urls(), spidercls.name, run, callback, rejected))
+        else:
+            spider = spidercls()
+            envs = []
+            async for req in start_requests(spidercls):
+                if not rejected.check(req.url):
+                    continue
+                try:
+                    envs.append(Envelope.from_request(req, spider_name=spidercls.name, run=run, spider=spider))
+                except EnvelopeError as exc:
+                    raise fail(f"start request {req.url}: {exc}") from None
+            if not envs and not rejected.count:
+                raise fail(
+                    f"spider {spidercls.name!r} has no start URLs: pass --url or --urls FILE"
+                )
+            enq, skipped = await q.seed(run, envs)
+        result = {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
+        if rejected.count:
+            result["rejected"] = rejected.count
+        return result
+    finally:
+        await client.aclose()
+

@@ -1,0 +1,137 @@
+"""One worker process: a Scrapy crawler bound to the fleet queue, with Fleet's signal handling.
+
+Why here and not in scraper.cli.app: ``fleet worker`` and ``fleet demo`` both run one, and demo must not
+import the CLI module. The runtime is reached only through :func:`scraper.worker.ports.fleet_of`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import Any
+
+from rich.markup import escape
+
+from scraper.cli import runreport
+from scraper.cli.common import (
+    EXIT_CONFIG,
+    EXIT_INFRA,
+    check_reachable,
+    err,
+    fail,
+    load_config,
+    redis_url_for,
+    spider_class,
+)
+from scraper.infra import log
+from scraper.worker.catalog import base_settings, worker_settings
+from scraper.worker.ports import fleet_of
+
+#: Seconds after FLEET_SHUTDOWN_GRACE that a worker waits for Scrapy's close before it releases its leases
+#: and exits by itself (a callback that never returns blocks the close), and that `fleet run --deadline`
+#: waits past the grace before it SIGKILLs a worker that did neither.
+SHUTDOWN_CLOSE_WAIT = 20.0
+
+__all__ = ["SHUTDOWN_CLOSE_WAIT", "install_signals", "run_worker"]
+
+
+def run_worker(
+    spider: str, concurrency: int | None, until_idle: float | None,
+    on_crawler: Any = None,
+) -> int:
+    """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
+
+    ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
+    its item count)."""
+    from scrapy.crawler import AsyncCrawlerProcess
+
+    cfg = load_config()
+    settings = base_settings(cfg)
+    spidercls = spider_class(spider, cfg)
+    try:
+        settings = worker_settings(spidercls, settings)
+    except RuntimeError as exc:  # scraper.worker.render.ChromiumNotFound: says what to install
+        raise fail(str(exc)) from None
+    if concurrency is not None:
+        if concurrency < 1:
+            raise fail("--concurrency must be >= 1")
+        settings.set("CONCURRENT_REQUESTS", concurrency, priority="cmdline")
+    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="cmdline")
+    if until_idle is not None:
+        settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
+    from scraper.worker.proxies import ProxyConfigError, parse_proxies
+
+    try:
+        parse_proxies(cfg.proxies)
+    except ProxyConfigError as exc:
+        raise fail(str(exc)) from None
+    url = redis_url_for(cfg)
+    asyncio.run(check_reachable(url))
+    settings.set("FLEET_REDIS_URL", url, priority="cmdline")
+    settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
+    process = AsyncCrawlerProcess(settings)
+    log.configure(cfg.log_level, cfg.log_format)
+    crawler = process.create_crawler(spidercls)
+    if on_crawler is not None:
+        on_crawler(crawler)
+    process.crawl(crawler)
+    install_signals(crawler)
+    process.start(install_signal_handlers=False)
+    if process.bootstrap_failed:
+        err.print("[bold red]error:[/] the worker failed to start; see the log above", highlight=False)
+        return EXIT_CONFIG
+    runreport.write_worker_stats(crawler.stats.get_stats() if crawler.stats is not None else {})
+    rt = fleet_of(crawler)
+    if rt is not None and rt.fatal:
+        err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
+        return int(rt.exit_code or EXIT_INFRA)
+    return 0
+
+
+def install_signals(crawler: Any) -> None:
+    """First SIGTERM/SIGINT: graceful (stop leasing, finish within the grace, release). Second: exit now."""
+    import signal
+
+    from twisted.internet import reactor
+
+    state = {"count": 0}
+    _keep: list[Any] = []  # tasks must be referenced until done
+
+    def handler(signum: int, _frame: Any) -> None:
+        state["count"] += 1
+        if state["count"] > 1:
+            os._exit(130)
+        rt = fleet_of(crawler)
+
+        def begin() -> None:
+            if rt is not None:
+                rt.request_stop(signal.Signals(signum).name)
+
+                def force() -> None:
+                    if crawler.engine is not None and crawler.engine.running and not rt.closed:
+                        rt.releasing = True
+                        _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
+
+                async def hard_exit() -> None:
+                    # Scrapy's close waits for every callback to return; one stuck in an await forever
+                    # would keep the worker (and a cron `fleet run`) alive: release the leases, then go.
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(rt.release_now("shutdown_timeout"), 10)
+                    os._exit(0)
+
+                def last_resort() -> None:
+                    if not rt.closed:
+                        _keep.append(asyncio.ensure_future(hard_exit()))
+
+                clock: Any = reactor  # zope interface methods read as taking self: mypy misreads callLater
+                clock.callLater(rt.config.shutdown_grace, force)
+                clock.callLater(rt.config.shutdown_grace + SHUTDOWN_CLOSE_WAIT, last_resort)
+            elif crawler.engine is not None:
+                _keep.append(asyncio.ensure_future(crawler.engine.close_spider_async(reason="shutdown")))
+
+        reactor.callFromThread(begin)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+

@@ -1,0 +1,11 @@
+"""Process plumbing shared by every command: FLEET_* configuration, embedded Redis, structured logs,
+progress bars and the Prometheus backlog exporter.
+"""
+
+__all__ = [
+    "config",
+    "embedded",
+    "log",
+    "metrics",
+    "progress",
+]

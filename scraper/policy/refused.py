@@ -1,0 +1,66 @@
+"""Responses Fleet refuses for a known reason: typed, so the taxonomy classifies them without reading messages.
+
+Why typed exceptions: Scrapy drops these requests with a bare ``IgnoreRequest`` (too many redirects, a
+decompressed body over DOWNLOAD_MAXSIZE) or lets a decoder's own error escape (a corrupt gzip body), and
+neither reaches an errback Fleet sees; the request then stayed leased forever. Fleet's redirect and
+decompression middlewares and its download handler raise these instead, and ``classify_exception``
+turns each into class D with its reason and a one-line ``detail`` (sizes, encoding, hops: never the URL,
+which the DLQ entry carries anyway, never a header value).
+
+They subclass ``IgnoreRequest``: outside a worker (no lease to settle) Scrapy drops them quietly, as it
+did before. They live in scraper, not middlewares/: the download handler (scraper.worker.download) raises one and
+the catch-all (scraper.worker.settle) settles them, and scraper never imports middlewares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scrapy.exceptions import IgnoreRequest
+
+__all__ = ["BodyTooLarge", "BodyUndecodable", "RedirectLoop", "Refused", "TooManyRedirects"]
+
+
+class Refused(IgnoreRequest):
+    """A response refused for ``reason`` (class D); ``detail`` is the evidence, ``response`` (if any)
+    the response as received (its status and headers go to the DLQ entry)."""
+
+    reason = "refused"
+
+    def __init__(self, detail: str, response: Any = None, *, classified: bool = True) -> None:
+        super().__init__(f"{self.reason} {detail}")
+        self.detail = detail
+        self.response = response
+        # False: raised below the classifier (middlewares.decompress), which never saw this response, so
+        # the settling code records the fetch itself (proxy in-flight count, request_fetched log)
+        self.classified = classified
+
+
+class BodyTooLarge(Refused):
+    """The body (on the wire, or once decoded) is larger than DOWNLOAD_MAXSIZE."""
+
+    reason = "body:too_large"
+
+
+class BodyUndecodable(Refused):
+    """The body cannot be decoded from its Content-Encoding (corrupt gzip, deflate, br or zstd data)."""
+
+    reason = "body:undecodable"
+
+
+class RedirectLoop(Refused):
+    """A redirect leads back to a URL already visited in this redirect chain."""
+
+    reason = "redirect:loop"
+
+
+class BadRedirect(Refused):
+    """A 3xx whose Location (or a meta refresh URL) is not a URL Scrapy can build a request from."""
+
+    reason = "redirect:bad_location"
+
+
+class TooManyRedirects(Refused):
+    """The redirect chain is longer than REDIRECT_MAX_TIMES."""
+
+    reason = "redirect:too_many"

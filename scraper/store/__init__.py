@@ -1,0 +1,11 @@
+"""Object stores and the objects in them: backends chosen by URI scheme (file://, s3://), the local
+group-commit writer process, deterministic object keys, outage tracking and the export reader.
+"""
+
+__all__ = [
+    "backends",
+    "export",
+    "filewriter",
+    "health",
+    "objects",
+]

@@ -1,0 +1,143 @@
+"""Deterministic object writes: one object per request that yielded items, plus its raw body.
+
+Keys come only from spider, run and the request fingerprint, so a redelivered request overwrites the
+very same object: retries can never double a record (docs/architecture.md, "Durability and crash
+windows"). Items are stamped with ``_meta`` here, at write time, so every line carries its provenance.
+In scraper, not pipelines/: the runtime, ``fleet replay`` and ``fleet smoke`` build these keys too, and
+scraper never imports pipelines (pipelines.objects re-exports them for item pipelines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from itemadapter import ItemAdapter
+
+from scraper.queue.names import BadName, check_fp, check_run, check_spider, is_fp, is_name
+from scraper.store.backends import InvalidKeyError, ObjectStore, gzip_bytes
+
+__all__ = [
+    "JSON_SCALARS",
+    "ObjectWriter",
+    "WriteContext",
+    "encode_items",
+    "evidence_key",
+    "idempotency_key",
+    "item_to_dict",
+    "items_key",
+    "raw_key",
+]
+
+
+def _checked(spider: str, run: str, fp: str) -> None:
+    """Every key names a valid spider, run and fingerprint (scraper.queue.names), checked here again although
+    queue entries are checked when decoded: whatever path a value took, it cannot write outside its
+    spider's and run's prefix. Raises the store's InvalidKeyError (the runtime fails only this request's
+    object, into the DLQ, and acknowledges the rest of its batch) with scraper.queue.names' reason."""
+    if not (is_name(spider) and is_name(run) and is_fp(fp)):
+        try:
+            check_spider(spider)
+            check_run(run)
+            check_fp(fp)
+        except BadName as exc:
+            raise InvalidKeyError(str(exc)) from None
+
+
+def items_key(spider: str, run: str, fp: str) -> str:
+    _checked(spider, run, fp)
+    return f"items/spider={spider}/run={run}/{fp[:2]}/{fp}.jsonl"
+
+
+def raw_key(spider: str, run: str, fp: str) -> str:
+    _checked(spider, run, fp)
+    return f"raw/spider={spider}/run={run}/{fp[:2]}/{fp}.html.gz"
+
+
+def evidence_key(spider: str, run: str, cls: str, fp: str) -> str:
+    _checked(spider, run, fp)
+    if cls not in ("A", "B", "C", "D"):
+        raise ValueError(f"evidence class {cls!r:.20} is not A, B, C or D")
+    return f"evidence/spider={spider}/run={run}/{cls}/{fp}.json"
+
+
+def idempotency_key(spider: str, fp: str, index: int) -> str:
+    """Stable across redeliveries and runs: the n-th item of the same request of the same spider."""
+    return hashlib.sha256(f"{spider}|{fp}|{index}".encode()).hexdigest()[:24]
+
+
+JSON_SCALARS = (str, int, float, bool, type(None))  # types JSON keeps as they are
+
+
+def item_to_dict(item: Any) -> dict[str, Any]:
+    """A plain dict of the item. A flat dict of JSON scalars (what most spiders yield) is copied
+    directly: ItemAdapter's generic path costs ~10 µs per item, most of a page's encoding time."""
+    if type(item) is dict and all(type(v) in JSON_SCALARS for v in item.values()):
+        return dict(item)
+    return dict(ItemAdapter(item).asdict())
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3 µs, once a page
+class WriteContext:
+    spider: str
+    spider_version: str
+    run: str
+    fp: str
+    url: str
+    worker_id: str
+    attempt: int
+    attempts: dict[str, int]
+    proxy_id: str | None
+    fetched_at: str
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+
+
+def encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
+    lines = []
+    for i, item in enumerate(items):
+        data = item_to_dict(item)
+        data.pop("_meta", None)
+        data["_meta"] = {
+            "idempotency_key": idempotency_key(ctx.spider, ctx.fp, i),
+            "fingerprint": ctx.fp,
+            "url": ctx.url,
+            "spider": ctx.spider,
+            "run": ctx.run,
+            "worker_id": ctx.worker_id,
+            "attempt": ctx.attempt,
+            "attempts": ctx.attempts,
+            "proxy": ctx.proxy_id,
+            "fetched_at": ctx.fetched_at,
+            "spider_version": ctx.spider_version,
+        }
+        lines.append(_encode(data))
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class ObjectWriter:
+    """Blocking writes; the runtime calls these from a bounded thread pool, never on the reactor."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def write_items(self, ctx: WriteContext, items: Sequence[Any]) -> str:
+        """Durable when it returns (the local store batches its writes through scraper.store.filewriter)."""
+        key = items_key(ctx.spider, ctx.run, ctx.fp)
+        self.store.put(key, encode_items(ctx, items), content_type="application/x-ndjson")
+        return key
+
+    def write_raw(self, spider: str, run: str, fp: str, body: bytes) -> str:
+        key = raw_key(spider, run, fp)
+        self.store.put(key, gzip_bytes(body), content_type="application/gzip", durable=False)
+        return key
+
+    def write_evidence(self, spider: str, run: str, cls: str, fp: str, evidence: dict[str, Any]) -> str:
+        key = evidence_key(spider, run, cls, fp)
+        data = json.dumps(evidence, ensure_ascii=False, default=str, sort_keys=True).encode("utf-8")
+        self.store.put(key, data, content_type="application/json")
+        return key

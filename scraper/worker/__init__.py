@@ -1,0 +1,32 @@
+"""The Scrapy side of a worker: the FleetRuntime facade and its components (feeder, keeper, ledger,
+committer, sinks, failures, breakers, health), the scheduler, downloader and handlers Scrapy is given,
+and the one adapter that touches Scrapy internals.
+"""
+
+__all__ = [
+    "adapter",
+    "alerts",
+    "breakers",
+    "catalog",
+    "committer",
+    "crashpoints",
+    "discovery",
+    "download",
+    "failures",
+    "feeder",
+    "finisher",
+    "health",
+    "keeper",
+    "ledger",
+    "ports",
+    "proxies",
+    "queueport",
+    "render",
+    "runtime",
+    "scheduler",
+    "settle",
+    "sinks",
+    "tuning",
+    "watchdog",
+    "yamlspec",
+]

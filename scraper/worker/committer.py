@@ -1,0 +1,178 @@
+"""The committer: children first, then DONE + ack, in batches, with a nonce that survives a retry.
+
+Ordering rules it keeps (tests/unit/test_core_committer.py):
+
+* a parent's children are queued (a COMMIT of their own, ``done=False``, sent as soon as the callback
+  finished) before the parent's DONE + ack: a parent is never acknowledged before its children are
+  in Redis; the parent's commit is only built once its objects are durable *and* its children queued;
+* a speculative child's claim is answered (confirmed or void) by that same children COMMIT, before
+  anything of the child's fetch settles;
+* DONE + ack of finished requests share one Redis call per batch (FLEET_COMMIT_BATCH, or every
+  FLEET_COMMIT_INTERVAL): acks are on no critical path; children, which are, never wait for a batch.
+
+A batch whose reply was lost is sent again with the same nonce, so a child claimed by the lost call is
+recognised as ours instead of SEEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from scraper.infra.config import FleetConfig
+from scraper.queue.client import Commit
+from scraper.worker.breakers import Breakers
+from scraper.worker.health import REDIS_ERRORS, Health
+from scraper.worker.ledger import LeaseState, Ledger
+from scraper.worker.queueport import QueuePort
+
+__all__ = ["Committer", "Flags"]
+
+
+class Flags:
+    """The worker's lifecycle flags, shared by its components: ``stopping`` (no more leasing) and
+    ``releasing`` (closing: unfinished work is released, never failed or retried)."""
+
+    __slots__ = ("grace_deadline", "releasing", "stopping")
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.releasing = False
+        self.grace_deadline: float | None = None
+
+
+class Committer:
+    def __init__(self, config: FleetConfig, worker_id: str, ledger: Ledger, health: Health, flags: Flags,
+                 breakers: Breakers, stats: Any, log: Any, news: Callable[[], None], kick: Callable[[], None],
+                 outcome: Callable[[LeaseState], str]) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.ledger = ledger
+        self.health = health
+        self.flags = flags
+        self.breakers = breakers
+        self.stats = stats
+        self.log = log
+        self.news = news  # new work may be in READY: wake the feeder
+        self.kick = kick  # the engine may have work: schedule its next turn
+        # a finished request's drift-breaker outcome ('o' item page, 'n' navigation, '' untracked)
+        self.outcome = outcome
+        self.queue: QueuePort | None = None  # set when the spider opens
+        # answers a speculative child's claim: (child state, token, deliveries); set by the feeder
+        self.claim_answered: Callable[[LeaseState, str, int], None] = lambda spec, token, deliveries: None
+        self.commits: list[tuple[LeaseState, Commit]] = []
+        self.wake = asyncio.Event()
+
+    # -- what gets committed ----------------------------------------------------------------------
+
+    def written(self, state: LeaseState, outcome: str) -> None:
+        """Objects are durable (or there were none): the request may be marked DONE and acknowledged
+        (once its children, if any, are queued). ``outcome`` is its drift-breaker outcome."""
+        progress = state.progress
+        progress.written = True
+        if progress.children_pending:
+            return
+        env = state.env
+        self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp,
+                                           domain=env.domain, outcome=outcome)))
+        if len(self.commits) >= self.config.commit_batch:
+            self.wake.set()
+
+    def ack_only(self, state: LeaseState) -> None:
+        """Acknowledge a request that leaves nothing behind (ignored: offsite, robots…), soon."""
+        self.commits.append((state, Commit(state.id, state.lease.token, state.env.run, state.env.fp)))
+        self.wake.set()
+
+    async def queue_children(self, state: LeaseState, void: Callable[[LeaseState], None]) -> None:
+        """The children COMMIT (``done=False``), claiming the speculative child if there is one."""
+        env, out, progress = state.env, state.out, state.progress
+        spec = progress.spec
+        commit = Commit(state.id, state.lease.token, env.run, env.fp, out.discovered, done=False,
+                        claim=progress.spec_index if spec is not None else 0, ids=out.discovered_ids)
+        try:
+            await self.commit_batch([(state, commit)])
+        finally:
+            if spec is not None and spec.claim is not None and not spec.claim.done():
+                void(spec)  # no answer from Redis (fatal outage, shutdown)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self.flags.releasing:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self.config.commit_interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            if self.commits:
+                await self.flush()
+
+    async def flush(self) -> None:
+        n = self.config.commit_batch
+        batch, self.commits = self.commits[:n], self.commits[n:]
+        await self.commit_batch(batch)
+
+    async def commit_batch(self, batch: list[tuple[LeaseState, Commit]]) -> None:
+        queue = self.queue
+        assert queue is not None
+        nonce = secrets.token_hex(4)  # the same on a retry: a claim whose reply was lost is recognised
+        retried = False
+        commits = [c for _, c in batch]
+        while True:
+            try:
+                enq, events, acked, claims = await queue.commit_claiming(
+                    commits, worker=self.worker_id, lease_seconds=self.config.lease_seconds, nonce=nonce)
+                self.health.redis_ok()
+                break
+            except REDIS_ERRORS as exc:
+                await self.health.redis_trouble(exc)
+                retried = True
+                if self.health.fatal:
+                    # leave them: the leases expire and another worker redoes them idempotently
+                    for st, _ in batch:
+                        self.ledger.active.pop(st.id, None)
+                    return
+        woke = False
+        active = self.ledger.active
+        for (st, c), n, ok, (ctoken, cdlv) in zip(batch, enq, acked, claims, strict=True):
+            progress = st.progress
+            if c.claim and progress.spec is not None:
+                self.claim_answered(progress.spec, ctoken, cdlv)
+                # the parent no longer needs its claimed child: without this, page N's state held page
+                # N+1's, which held N+2's... and a pagination chain kept every list page's state (and
+                # its 20-odd discovered envelopes) alive as long as the chain's first page was
+                progress.spec = None
+            # new work in READY for our feeder: children beyond the one this call leased to us; after a
+            # retry the count is 0 (the first, lost, call queued them), so any children count
+            if n > (1 if ctoken else 0) or (retried and c.discovered):
+                woke = True
+            if n:
+                self.stats.inc_value("fleet/enqueued", n)
+            if not c.done:
+                progress.enqueued = n
+                progress.children_pending = False
+                if progress.written and not self.flags.releasing:
+                    self.written(st, self.outcome(st))  # its objects were durable first: DONE + ack now
+                continue
+            if active.get(st.id) is st:
+                active.pop(st.id, None)
+            if ok:
+                self.stats.inc_value("fleet/acked")
+                self.log.info(
+                    "request_acked", run=c.run, fp=c.fp, attempt=st.lease.deliveries,
+                    items=len(st.out.items), discovered=len(st.out.discovered), enqueued=progress.enqueued,
+                )
+            else:
+                # the lease moved on (expired and re-leased); DONE is recorded, so the redelivery
+                # is acknowledged without a fetch
+                self.stats.inc_value("fleet/ack_lost")
+                self.log.warning("ack_lost", run=c.run, fp=c.fp, lease=c.lease_id, attempt=st.lease.deliveries)
+        if woke or any(event == "closed" for _, event in events):  # a closed breaker's parked work is back
+            self.news()
+        for domain, event in events:
+            self.breakers.event(domain, event, {})
+        if self.commits:
+            self.wake.set()
+        self.kick()

@@ -1,0 +1,71 @@
+"""Discovery: a child request the callback yielded becomes an envelope in its parent's ledger, or is
+refused where it is found (scheme, allowed_domains, an envelope that cannot be built).
+
+Why where it is found: a queued request is always fetched (``dont_filter``), so Scrapy's own offsite
+check would never see it again; and a refused link must never reach Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scrapy import Request, Spider
+from scrapy.utils.httpobj import urlparse_cached
+
+from scraper.infra.config import FleetConfig
+from scraper.policy.urls import refusal
+from scraper.queue.client import new_id
+from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.worker.adapter import Offsite
+from scraper.worker.ledger import LeaseState, Ledger, reusable
+
+__all__ = ["Discovery"]
+
+
+class Discovery:
+    def __init__(self, config: FleetConfig, ledger: Ledger, stats: Any, log: Any) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.stats = stats
+        self.log = log
+        self.spider: Spider | None = None  # set when the spider opens
+        self.offsite: Offsite | None = None  # the spider's allowed_domains, if it declares any
+
+    def off_site(self, request: Request, dont_filter: bool) -> bool:
+        """The spider's allowed_domains refuse ``request`` (counted); ``dont_filter`` and meta
+        ``allow_offsite`` exempt it, as in Scrapy's offsite middleware."""
+        if self.offsite is None or dont_filter or request.meta.get("allow_offsite") \
+                or not self.offsite.refuses(request):
+            return False
+        self.stats.inc_value("fleet/offsite_filtered")
+        return True
+
+    def found(self, state: LeaseState, request: Request) -> None:
+        refused = refusal(request.url, self.config.schemes)
+        if refused is not None:
+            # a link to file://, ftp://, javascript:… or one without a host: never queued, never retried
+            # (middlewares.schemes refuses it again before any download)
+            self.stats.inc_value("fleet/discovered_refused")
+            self.log.info("request_refused", parent=state.env.fp, reason=refused.reason, detail=str(refused))
+            return
+        if self.off_site(request, request.dont_filter):
+            # the spider's allowed_domains, applied where the request is found: a queued request is
+            # always fetched (dont_filter), so Scrapy's offsite check would never see it again
+            self.log.info("request_offsite", parent=state.env.fp, host=urlparse_cached(request).hostname)
+            return
+        try:
+            env = Envelope.from_request(request, spider_name=state.env.spider, run=state.env.run, spider=self.spider)
+        except EnvelopeError as exc:
+            self.stats.inc_value("fleet/discovered_rejected")
+            self.log.error("request_rejected", reason=str(exc), parent=state.env.fp)
+            return
+        env.parent = state.env.fp
+        cid = new_id()
+        out = state.out
+        out.discovered.append(env)
+        out.discovered_ids.append(cid)
+        if reusable(request, env):
+            # what env.to_request would build, to the letter: if this worker leases the child itself
+            # (READY is LIFO, it mostly does), this very Request is used instead of the envelope's JSON
+            request.dont_filter = True  # as to_request: dedup is SEEN/DONE's job
+            self.ledger.remember_child(cid, env, request)

@@ -1,0 +1,196 @@
+"""The failure applier: carries a request's failure out in Redis (nack, DLQ, park) with its evidence.
+
+What to do is decided elsewhere (scraper.policy.decide.decide, pure); this module only does it, in the order
+that keeps the ledger honest: wait for a speculative lease's confirmation (settle nothing that is not
+ours), record the attempt in the envelope's history, ban the proxy, hold the domain, then nack or DLQ,
+and only then forget the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from scrapy.http import Response
+
+from scraper.infra.config import FleetConfig
+from scraper.policy.decide import DEAD, Budgets, decide
+from scraper.policy.taxonomy import C, D, Verdict
+from scraper.store.objects import ObjectWriter, item_to_dict
+from scraper.worker.breakers import Breakers
+from scraper.worker.health import Health
+from scraper.worker.ledger import LeaseState, Ledger
+from scraper.worker.proxies import ProxyPool
+from scraper.worker.queueport import QueuePort
+
+__all__ = ["EVIDENCE_HEADERS", "FailureApplier", "now_iso"]
+
+EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray",
+                    "content-encoding", "content-length")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class FailureApplier:
+    """Nack (A/B within budget), DLQ (D, exhausted, bad envelopes) and park (C) a request."""
+
+    def __init__(self, config: FleetConfig, worker_id: str, ledger: Ledger, health: Health, breakers: Breakers,
+                 writer: ObjectWriter, in_pool: Callable[..., Awaitable[Any]],
+                 confirmed: Callable[[LeaseState], Awaitable[bool]], stats: Any, log: Any) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self.ledger = ledger
+        self.health = health
+        self.breakers = breakers
+        self.writer = writer
+        self.in_pool = in_pool
+        self.confirmed = confirmed
+        self.stats = stats
+        self.log = log
+        self.budgets = Budgets(config.retry_max, config.rotate_max, config.retry_base, config.retry_cap)
+        self.queue: QueuePort | None = None  # set when the spider opens
+        self.proxies: ProxyPool = ProxyPool([])
+
+    async def settle(self, state: LeaseState, verdict: Verdict, response: Response | None) -> None:
+        """Class A, B or D: count the attempt, then retry (DELAYED) or DLQ as scraper.policy.decide decides."""
+        queue = self.queue
+        assert queue is not None
+        if not await self.confirmed(state):
+            return
+        env = state.env
+        cls = verdict.cls
+        env.attempts[cls] = env.attempts.get(cls, 0) + 1
+        env.history.append({"cls": cls, "reason": verdict.reason, "at": now_iso(), "worker": self.worker_id})
+        env.history = env.history[-20:]
+        proxy_id = state.fetch.proxy_id
+        env.history[-1]["proxy"] = proxy_id
+        if verdict.detail:
+            env.history[-1]["detail"] = verdict.detail[:300]
+        detail = f"{verdict.reason}: {verdict.detail}" if verdict.detail else verdict.reason
+        status = verdict.status
+        decision = decide(cls, verdict.reason, status, env.attempts, self.budgets, retry_after=verdict.retry_after,
+                          proxied=bool(proxy_id and self.proxies))
+        if decision.ban_proxy:
+            assert proxy_id is not None
+            until = await self.health.redis_retry(lambda: self.proxies.ban(proxy_id, env.domain))
+            self.stats.inc_value("fleet/proxy/banned")
+            self.log.info("proxy_banned", proxy=proxy_id, domain=env.domain, cooling_until=round(until or 0.0, 3))
+        if decision.action == DEAD:
+            await self.dead(state, decision.reason, detail, response=response)
+            return
+        now = time.time()
+        hold_until = 0.0
+        if decision.hold_domain and env.domain:
+            # the domain says "slow down": back off the whole domain, fleet-wide, one step per burst
+            hold_until = await self.health.redis_retry(
+                lambda: queue.hold(env.domain, base=self.config.retry_base, cap=self.config.retry_cap,
+                                   rnd=random.random(), min_wait=verdict.retry_after or 0.0)
+            ) or 0.0
+            if hold_until:
+                self.breakers.pause(env.domain, max(0.0, float(hold_until) - now))
+        delay = max(decision.delay, hold_until - now)
+        due = time.time() + delay
+        await self.health.redis_retry(lambda: queue.nack(state.id, state.lease.token, env, due))
+        self.ledger.forget(state)
+        self.stats.inc_value("fleet/retried")
+        self.log.info(
+            "request_delayed", run=env.run, fp=env.fp, cls=cls, reason=verdict.reason,
+            delay_s=round(delay, 3), due=due, attempts=env.attempts,
+        )
+
+    async def defer(self, state: LeaseState, until: float) -> None:
+        """Back to DELAYED without using any budget (e.g. every proxy cooling)."""
+        queue = self.queue
+        assert queue is not None
+        if not await self.confirmed(state):
+            return
+        await self.health.redis_retry(lambda: queue.nack(state.id, state.lease.token, state.env, until))
+        self.ledger.forget(state)
+
+    async def drift(self, state: LeaseState, reason: str, missing: tuple[str, ...] | list[str]) -> None:
+        """Class C: keep the evidence, feed the domain's breaker, and park the request (no DONE)."""
+        queue = self.queue
+        assert queue is not None
+        if not await self.confirmed(state):
+            return
+        env = state.env
+        self.stats.inc_value(f"fleet/class/{C}")
+        self.log.info("request_classified", run=env.run, fp=env.fp, cls=C, reason=reason,
+                      missing=list(missing), attempt=state.lease.deliveries)
+        raw_key = evidence_key = None
+        try:
+            if state.fetch.body:
+                raw_key = await self.in_pool(self.writer.write_raw, env.spider, env.run, env.fp, state.fetch.body)
+            evidence = {
+                "class": C, "reason": reason, "missing": list(missing), "url": env.url, "fp": env.fp,
+                "run": env.run, "spider": env.spider, "callback": env.callback or "parse",
+                "cb_kwargs": env.cb_kwargs, "status": state.fetch.status, "raw_key": raw_key,
+                "worker": self.worker_id, "at": now_iso(),
+                "items_sample": [item_to_dict(i) for i in state.out.items[:3]],
+            }
+            evidence_key = await self.in_pool(self.writer.write_evidence, env.spider, env.run, C, env.fp, evidence)
+        except Exception as exc:
+            self.log.warning("evidence_write_failed", error=type(exc).__name__, cls=C)
+        sample = {"url": env.url, "missing": list(missing), "reason": reason, "evidence_key": evidence_key,
+                  "raw_key": raw_key, "run": env.run}
+        res = await self.health.redis_retry(lambda: queue.drift(state.id, state.lease.token, env.domain, sample))
+        self.ledger.forget(state)
+        self.stats.inc_value("fleet/parked")
+        self.log.info("request_parked", run=env.run, fp=env.fp, domain=env.domain, reason=reason)
+        if res:
+            event, window = res
+            self.breakers.event(env.domain, event, {"window": window, "sample": sample})
+
+    async def dead(self, state: LeaseState, reason: str, detail: str, *, response: Response | None = None,
+                   raw: bytes | None = None) -> None:
+        """To the DLQ with evidence (status, chosen headers, body hash; the envelope or the raw entry)."""
+        queue = self.queue
+        assert queue is not None
+        if not await self.confirmed(state):
+            return
+        env = state.env
+        fields: dict[str, str] = {
+            "class": D,
+            "reason": reason,
+            "detail": detail[:500],
+            "url": env.url,
+            "run": env.run,
+            "fp": env.fp,
+            "attempts": json.dumps(env.attempts),
+            "proxies": json.dumps(sorted({h["proxy"] for h in env.history if h.get("proxy")})),
+            "worker": self.worker_id,
+            "at": now_iso(),
+        }
+        if response is not None:
+            fields["status"] = str(response.status)
+            fields["headers"] = json.dumps(
+                {h: (response.headers.get(h) or b"").decode("latin-1") for h in EVIDENCE_HEADERS
+                 if response.headers.get(h)}
+            )
+            fields["body_sha256"] = hashlib.sha256(response.body).hexdigest()
+            fields["body_size"] = str(len(response.body))
+        if raw is not None:
+            fields["raw"] = raw[:4096].decode("utf-8", "replace")
+        else:
+            fields["envelope"] = env.dumps() if env.url else ""
+        if env.url and env.fp:
+            cls = reason.partition(":")[2] if reason.startswith("exhausted:") else D  # exhausted:A -> A
+            try:
+                evidence = {k: v for k, v in fields.items() if k != "envelope"}
+                key = await self.in_pool(self.writer.write_evidence, env.spider, env.run, "D", env.fp, evidence)
+                fields["evidence_key"] = key
+            except Exception as exc:  # evidence is best effort; the DLQ entry is the record
+                self.log.warning("evidence_write_failed", error=type(exc).__name__, cls=cls)
+        await self.health.redis_retry(
+            lambda: queue.dead(state.id, state.lease.token, fields, maxlen=self.config.dlq_maxlen))
+        self.ledger.forget(state)
+        self.stats.inc_value("fleet/dlq")
+        self.log.warning("request_dead", run=env.run, fp=env.fp, reason=reason, url=env.url)
+

@@ -1,0 +1,103 @@
+"""Scrapy scheduler backed by the leased Redis queue.
+
+Why not scrapy-redis's scheduler: it pops without acknowledgement (a crash loses the request), pickles
+by default, and its dupefilter marks URLs seen at enqueue so a lost request is never retried. This
+scheduler implements Scrapy's ``BaseScheduler`` interface over :class:`scraper.worker.runtime.FleetRuntime`:
+``next_request`` serves from a prefetched local buffer of leases (never blocks the reactor), and the
+spider stays open while the fleet may still produce work.
+
+It creates the runtime and attaches it to the crawler (scraper.worker.ports), and calls it only through
+:class:`scraper.worker.ports.FleetPort`, like every other component.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from scrapy import Request, Spider, signals
+from scrapy.core.scheduler import BaseScheduler
+from scrapy.crawler import Crawler
+from scrapy.exceptions import DontCloseSpider
+from scrapy.utils.defer import deferred_from_coro
+from twisted.internet.defer import Deferred
+
+from scraper.infra.config import FleetConfig
+from scraper.infra.embedded import resolve_redis_url
+from scraper.queue.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.queue.names import is_name
+from scraper.worker.ports import FleetPort, attach
+from scraper.worker.runtime import FleetRuntime
+
+__all__ = ["FleetScheduler"]
+
+
+class FleetScheduler(BaseScheduler):
+    def __init__(self, crawler: Crawler, runtime: FleetPort) -> None:
+        self.crawler = crawler
+        self.rt = runtime
+        # Requests that continue an existing lease (redirects) are served before new leases.
+        self.direct: deque[Request] = deque()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> FleetScheduler:
+        config = FleetConfig.from_env()
+        url = crawler.settings.get("FLEET_REDIS_URL") or resolve_redis_url()
+        runtime: FleetPort = FleetRuntime(crawler, config, url)  # mypy: the runtime satisfies the port
+        attach(crawler, runtime)
+        sched = cls(crawler, runtime)
+        crawler.signals.connect(sched._on_idle, signal=signals.spider_idle)
+        return sched
+
+    def open(self, spider: Spider) -> Deferred[None]:
+        return deferred_from_coro(self.rt.open(spider))
+
+    def close(self, reason: str) -> Deferred[None]:
+        return deferred_from_coro(self.rt.close(reason))
+
+    def has_pending_requests(self) -> bool:
+        return bool(self.direct) or (bool(self.rt.buffer) and not self.rt.stopping)
+
+    def enqueue_request(self, request: Request) -> bool:
+        state = self.rt.state_for(request)
+        if state is not None and not state.settled:
+            if self.rt.offsite_continuation(state, request):
+                return False
+            state.request = request
+            self.direct.append(request)
+            return True
+        if isinstance(request.meta.get(META_KEY), str):
+            # a continuation of a lease this worker no longer holds: the live delivery redoes it
+            self.rt.log.warning("stale_request_dropped", lease=request.meta.get(META_KEY))
+            return False
+        # A request outside any lease (e.g. from a spider_idle handler): straight to Redis.
+        self.rt.spawn(self._enqueue_orphan(request))
+        return True
+
+    async def _enqueue_orphan(self, request: Request) -> None:
+        assert self.rt.queue is not None and self.rt.spider is not None
+        run = str(request.meta.get("fleet_run") or "adhoc")
+        if not is_name(run):  # it becomes part of Redis and object keys (scraper.queue.names)
+            self.rt.log.error("request_rejected", reason=f"meta fleet_run {run[:60]!r} is not a run id")
+            return
+        try:
+            env = Envelope.from_request(
+                request, spider_name=self.rt.spider.name, run=run, spider=self.rt.spider
+            )
+        except EnvelopeError as exc:
+            self.rt.log.error("request_rejected", reason=str(exc))
+            return
+        await self.rt.queue.seed(run, [env])
+
+    def next_request(self) -> Request | None:
+        if self.direct:
+            return self.direct.popleft()
+        if self.rt.stopping:
+            return None
+        state = self.rt.next_state()
+        return state.request if state is not None else None
+
+    def _on_idle(self, spider: Spider) -> None:
+        if not self.rt.may_close():
+            raise DontCloseSpider
+
+
