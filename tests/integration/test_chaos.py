@@ -628,13 +628,17 @@ def test_long_request_heartbeat(redis_url: str, tmp_path: Path, hb_site: _HBSite
     slow_url = hb_site.base + SLOW_PATH
 
     # (a) a request 4x longer than the lease, two live workers: fetched once, written once
+    # Both workers are up before anything is seeded, as in (b): a worker's start-up on a loaded 2-core host
+    # can block its reactor past a 1.5 s lease, which is not what this test is about.
     fast = [f"{hb_site.base}/fast/{i}" for i in range(30)]
+    logs = [tmp_path / "hb-a1.log", tmp_path / "hb-a2.log"]
+    ws = [_spawn(procs, spider, env, logs[i], "--concurrency", "4", "--until-idle", "8", worker_id=f"hba{i + 1}")
+          for i in range(2)]
+    for log in logs:
+        assert wait_for(lambda log=log: _has_event(log, "worker_started"), 30, 0.05), _tail(log)
     seeded = fleet_json("seed", spider, "--run", "hb1", "--url", slow_url, *[a for u in fast for a in ("--url", u)],
                         env=env)
     assert seeded["enqueued"] == 31
-    logs = [tmp_path / "hb-a1.log", tmp_path / "hb-a2.log"]
-    ws = [_spawn(procs, spider, env, logs[i], "--concurrency", "4", "--until-idle", "3", worker_id=f"hba{i + 1}")
-          for i in range(2)]
     assert wait_all(ws, 60) == [0, 0], _tail(*logs)
     items = objects(data, "items", spider, "hb1")
     slow_objs = [v for v in items.values() if v[0]["_meta"]["url"] == slow_url]
