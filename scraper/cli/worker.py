@@ -57,7 +57,10 @@ def run_worker(
         if concurrency < 1:
             raise fail("--concurrency must be >= 1")
         settings.set("CONCURRENT_REQUESTS", concurrency, priority="cmdline")
-    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="cmdline")
+    # The worker's concurrency is also its default per-domain limit, at project priority so that a spider's
+    # own CONCURRENT_REQUESTS_PER_DOMAIN (custom_settings, YAML settings) still wins: a spider that asks for
+    # 1 request at a time per domain gets 1, not the worker's 32.
+    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="project")
     if until_idle is not None:
         settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
     from scraper.worker.proxies import ProxyConfigError, parse_proxies
