@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from scrapy import Request
 
 from scraper.queue.client import Lease, LeaseBatch
-from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.entrycheck import EnvelopeError
+from scraper.queue.envelope import Envelope
 from scraper.worker.breakers import Breakers
 from scraper.worker.committer import Flags
 from scraper.worker.health import REDIS_ERRORS, Health

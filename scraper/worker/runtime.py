@@ -38,7 +38,7 @@ from scraper.infra.config import FleetConfig
 from scraper.policy.taxonomy import B, Verdict
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
-from scraper.queue.envelope import EnvelopeError
+from scraper.queue.entrycheck import EnvelopeError
 from scraper.store import health as storehealth
 from scraper.store.backends import open_store
 from scraper.store.objects import ObjectWriter
