@@ -40,7 +40,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from scraper.infra import log
+from scraper.infra import console as logconsole
 
 __all__ = [
     "LINES_PER_SECOND",
@@ -72,7 +72,7 @@ def enabled(log_format: str = "auto", stream: Any = None, env: Mapping[str, str]
         return False
     if e.get("TERM") == "dumb":
         return False
-    return log.isatty(sys.stderr if stream is None else stream)
+    return logconsole.isatty(sys.stderr if stream is None else stream)
 
 
 def _console() -> Console:
@@ -236,7 +236,7 @@ class RunProgress:
         extending and acking. Lines below ERROR beyond :data:`LINES_PER_SECOND` are counted, not
         printed: drawing a line costs this process far more than writing it cost the worker."""
         console = self.progress.console if self.progress is not None else _console()
-        colors = log.wants_colors()
+        colors = logconsole.wants_colors()
         budget, refilled, dropped = float(LINES_PER_SECOND), time.monotonic(), 0
         printing = True
         for raw in iter(lambda: stream.readline(_LINE_MAX), b""):
@@ -244,7 +244,7 @@ class RunProgress:
                 continue
             try:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                event = log.parse_event(line)
+                event = logconsole.parse_event(line)
                 if event is not None:
                     if event.get("event") == "object_written" and type(event.get("items")) is int:
                         with self._lock:
@@ -253,9 +253,9 @@ class RunProgress:
                     level = level if isinstance(level, int) else logging.INFO
                     if level < display_level:
                         continue
-                    text = log.render_console(event, colors)
+                    text = logconsole.render_console(event, colors)
                 elif line:
-                    level, text = logging.WARNING, log.console_line(line, colors)
+                    level, text = logging.WARNING, logconsole.console_line(line, colors)
                 else:
                     continue
                 now = time.monotonic()
@@ -362,7 +362,7 @@ def track_urls(urls: Iterable[_T], source: str, *, show: bool, label: str = "see
         else:
             show = total >= SEED_BAR_MIN_BYTES
     elif show:
-        show = not log.isatty(sys.stdin)  # a person typing URLs needs no bar
+        show = not logconsole.isatty(sys.stdin)  # a person typing URLs needs no bar
     if not show:
         yield from urls
         return
