@@ -3,6 +3,7 @@
 """
 
 __all__ = [
+    "bars",
     "config",
     "console",
     "embedded",
