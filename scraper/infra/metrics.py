@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from scraper.infra import log
-from scraper.infra.embedded import redact_url
+from scraper.infra.redact import redact_url
 from scraper.queue.client import FleetQueue, known_spiders
 
 __all__ = ["QUEUE_GAUGES", "BacklogCollector", "Connect", "snapshot"]

@@ -12,6 +12,8 @@ processes, or Scrapy's reactor in this one): pages done / seen of the run (DONE 
 run's DLQ entries (read incrementally from the DLQ stream), and items, which Redis does not hold: the
 caller supplies them (the demo's crawler stats, or the ``object_written`` events of ``fleet run``'s
 workers, whose stderr the parent reads while the bar is up so their lines print above it).
+
+The three bars share one layout and their rate column (``scraper.infra.bars``).
 """
 
 from __future__ import annotations
@@ -21,26 +23,16 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress, TaskID
 from rich.text import Text
 
-from scraper.infra import log
+from scraper.infra import console as logconsole
+from scraper.infra.bars import Window, bar, stderr_console
 
 __all__ = [
     "LINES_PER_SECOND",
@@ -72,48 +64,7 @@ def enabled(log_format: str = "auto", stream: Any = None, env: Mapping[str, str]
         return False
     if e.get("TERM") == "dumb":
         return False
-    return log.isatty(sys.stderr if stream is None else stream)
-
-
-def _console() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-class _Rate(ProgressColumn):
-    """Pages (or URLs, records) a second, from the ``rate`` field its owner computes."""
-
-    def __init__(self, unit: str) -> None:
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task: Task) -> Text:
-        rate = task.fields.get("rate")
-        if rate is None:
-            return Text(f"- {self.unit}/s", style="progress.data.speed")
-        return Text(
-            f"{rate:,.1f} {self.unit}/s" if rate < 10 else f"{rate:,.0f} {self.unit}/s", style="progress.data.speed"
-        )
-
-
-class _Window:
-    """Rate over the last few seconds while running (what the crawl does now), the average at the end."""
-
-    def __init__(self, seconds: float = 5.0) -> None:
-        self.samples: deque[tuple[float, int]] = deque()
-        self.seconds = seconds
-        self.started = time.monotonic()
-
-    def add(self, value: int) -> float | None:
-        now = time.monotonic()
-        self.samples.append((now, value))
-        while len(self.samples) > 2 and now - self.samples[0][0] > self.seconds:
-            self.samples.popleft()
-        t0, v0 = self.samples[0]
-        return (value - v0) / (now - t0) if now - t0 >= 0.5 else None
-
-    def average(self, value: int) -> float | None:
-        spent = time.monotonic() - self.started
-        return value / spent if spent > 0 else None
+    return logconsole.isatty(sys.stderr if stream is None else stream)
 
 
 class RunProgress:
@@ -148,7 +99,7 @@ class RunProgress:
         self._dlq_last = "-"
         self._dlq = 0
         self._seen = self._done = 0
-        self._window = _Window()
+        self._window = Window()
         self._client: Any = None
         self.progress: Progress | None = None
         self._task: TaskID | None = None
@@ -235,8 +186,8 @@ class RunProgress:
         """Reads to the end whatever happens: a worker blocked on a full stderr pipe would stop leasing,
         extending and acking. Lines below ERROR beyond :data:`LINES_PER_SECOND` are counted, not
         printed: drawing a line costs this process far more than writing it cost the worker."""
-        console = self.progress.console if self.progress is not None else _console()
-        colors = log.wants_colors()
+        console = self.progress.console if self.progress is not None else stderr_console()
+        colors = logconsole.wants_colors()
         budget, refilled, dropped = float(LINES_PER_SECOND), time.monotonic(), 0
         printing = True
         for raw in iter(lambda: stream.readline(_LINE_MAX), b""):
@@ -244,7 +195,7 @@ class RunProgress:
                 continue
             try:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                event = log.parse_event(line)
+                event = logconsole.parse_event(line)
                 if event is not None:
                     if event.get("event") == "object_written" and type(event.get("items")) is int:
                         with self._lock:
@@ -253,9 +204,9 @@ class RunProgress:
                     level = level if isinstance(level, int) else logging.INFO
                     if level < display_level:
                         continue
-                    text = log.render_console(event, colors)
+                    text = logconsole.render_console(event, colors)
                 elif line:
-                    level, text = logging.WARNING, log.console_line(line, colors)
+                    level, text = logging.WARNING, logconsole.console_line(line, colors)
                 else:
                     continue
                 now = time.monotonic()
@@ -295,21 +246,14 @@ class RunProgress:
     def __enter__(self) -> RunProgress:
         if not self.show:
             return self
-        self.progress = Progress(
-            SpinnerColumn(finished_text="[green]✓[/]"),
-            TextColumn("[bold]{task.description}[/]"),
-            BarColumn(bar_width=30),
-            TextColumn("{task.fields[done]:,}/{task.fields[seen]:,} pages"),
-            TextColumn("[dim]·[/] {task.fields[items]} items [dim]·[/]"),
-            TextColumn("{task.fields[dlq]}"),
-            TextColumn("[dim]·[/]"),
-            _Rate("pages"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=_console(),
-            redirect_stdout=False,
-            redirect_stderr=True,
-            refresh_per_second=8,
+        self.progress = bar(
+            [
+                "{task.fields[done]:,}/{task.fields[seen]:,} pages",
+                "[dim]·[/] {task.fields[items]} items [dim]·[/]",
+                "{task.fields[dlq]}",
+            ],
+            "pages",
+            ["{task.fields[note]}"],
         )
         self._task = self.progress.add_task(
             self.spider, total=None, seen=0, done=0, rate=None, items="-", dlq="DLQ 0", note=""
@@ -362,24 +306,13 @@ def track_urls(urls: Iterable[_T], source: str, *, show: bool, label: str = "see
         else:
             show = total >= SEED_BAR_MIN_BYTES
     elif show:
-        show = not log.isatty(sys.stdin)  # a person typing URLs needs no bar
+        show = not logconsole.isatty(sys.stdin)  # a person typing URLs needs no bar
     if not show:
         yield from urls
         return
-    progress = Progress(
-        SpinnerColumn(finished_text="[green]✓[/]"),
-        TextColumn(f"[bold]{label}[/]"),
-        BarColumn(bar_width=30),
-        TextColumn("{task.fields[count]:,} URLs"),
-        TextColumn("[dim]·[/]"),
-        _Rate("URLs"),
-        TimeElapsedColumn(),
-        console=_console(),
-        redirect_stdout=False,
-        refresh_per_second=8,
-    )
+    progress = bar(["{task.fields[count]:,} URLs"], "URLs")
     task = progress.add_task(label, total=total, count=0, rate=None)
-    window = _Window()
+    window = Window()
     read = count = 0
     last = 0.0
     progress.start()
@@ -413,24 +346,12 @@ class ExportProgress:
         self.label = f"export {spider} {run}"
         self.progress: Progress | None = None
         self._task: TaskID | None = None
-        self._window = _Window()
+        self._window = Window()
         self._last = 0.0
 
     def __enter__(self) -> ExportProgress:
         if self.show:
-            self.progress = Progress(
-                SpinnerColumn(finished_text="[green]✓[/]"),
-                TextColumn("[bold]{task.description}[/]"),
-                BarColumn(bar_width=30),
-                TextColumn("{task.fields[n]:,}/{task.fields[of]} objects"),
-                TextColumn("[dim]·[/]"),
-                _Rate("objects"),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[phase]}"),
-                console=_console(),
-                redirect_stdout=False,
-                refresh_per_second=8,
-            )
+            self.progress = bar(["{task.fields[n]:,}/{task.fields[of]} objects"], "objects", ["{task.fields[phase]}"])
             self._task = self.progress.add_task(self.label, total=None, n=0, of="?", rate=None, phase="listing")
             self.progress.start()
         return self

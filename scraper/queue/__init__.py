@@ -5,7 +5,9 @@ Everything that touches the queue's keys lives here; the worker reaches it throu
 
 __all__ = [
     "client",
+    "entrycheck",
     "envelope",
+    "fingerprint",
     "names",
     "redisio",
     "scripts",

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable
 
-from scraper.infra.log import redact
+from scraper.infra.redact import redact
 from scraper.store.backends import scrub_secrets
 
 __all__ = ["StoreOutage", "probe_key", "reason"]

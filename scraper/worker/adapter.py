@@ -1,7 +1,8 @@
 """The one module that touches Scrapy internals on the worker's behalf.
 
-Why one place: Scrapy's engine slot (``engine._slot.nextcall``) and the offsite middleware's host regex
-are not public API; a Scrapy upgrade that moves them breaks this file, and only this file.
+Why one place: Scrapy's engine slot (``engine._slot``: its ``nextcall``, ``scheduler.direct`` and
+``inprogress``) and the offsite middleware's host regex are not public API; a Scrapy upgrade that moves
+them breaks this file, and only this file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
 
-__all__ = ["Offsite", "kick_engine"]
+__all__ = ["Offsite", "engine_holds", "kick_engine"]
 
 
 def kick_engine(crawler: Crawler) -> None:
@@ -22,6 +23,18 @@ def kick_engine(crawler: Crawler) -> None:
     slot: Any = getattr(engine, "_slot", None) if engine is not None else None
     if slot is not None and slot.nextcall is not None:
         slot.nextcall.schedule()
+
+
+def engine_holds(engine: Any, request: Request) -> str:
+    """Where the engine holds a request the downloader no longer has: ``scheduled`` (a redirect waiting
+    in the scheduler for the engine to take it), ``scraping`` (the engine has its response: callback,
+    items, pipelines) or ``limbo`` (nowhere Scrapy tracks it: nothing will move it on)."""
+    slot = getattr(engine, "_slot", None)
+    if request in getattr(getattr(slot, "scheduler", None), "direct", ()):
+        return "scheduled"
+    if request in getattr(slot, "inprogress", ()):
+        return "scraping"
+    return "limbo"
 
 
 class Offsite:

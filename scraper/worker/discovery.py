@@ -15,7 +15,8 @@ from scrapy.utils.httpobj import urlparse_cached
 from scraper.infra.config import FleetConfig
 from scraper.policy.urls import refusal
 from scraper.queue.client import new_id
-from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.entrycheck import EnvelopeError
+from scraper.queue.envelope import Envelope
 from scraper.worker.adapter import Offsite
 from scraper.worker.ledger import LeaseState, Ledger, reusable
 

@@ -15,19 +15,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
-from scrapy import Request
+from scrapy import Request, Spider
 
 from scraper.queue.client import Lease, LeaseBatch
-from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.entrycheck import EnvelopeError
+from scraper.queue.envelope import Envelope
 from scraper.worker.breakers import Breakers
 from scraper.worker.committer import Flags
 from scraper.worker.health import REDIS_ERRORS, Health
-from scraper.worker.ledger import LeaseState, Ledger
+from scraper.worker.ledger import VOID_KEY, LeaseState, Ledger
 from scraper.worker.queueport import QueuePort
 
-__all__ = ["VOID_KEY", "Feeder", "Speculation"]
-
-VOID_KEY = "_fleet_void"  # request meta: a speculative fetch whose lease was not granted
+__all__ = ["Feeder", "Speculation"]
 
 
 class Feeder:
@@ -69,6 +68,30 @@ class Feeder:
     def cap(self) -> int:
         """How many requests this worker holds at most (buffered, fetching, writing, committing)."""
         return self.prefetch + 4 * self.concurrency
+
+    def next_state(self, spider: Spider | None) -> LeaseState | None:
+        """The next buffered lease as an active request (its Request built from the envelope, or the
+        reused child's), for the scheduler; an envelope no Request can be built from goes to the DLQ
+        (``bad_envelope``). Wakes the LEASE loop when the buffer runs below half the prefetch."""
+        buffer = self.ledger.buffer
+        while buffer:
+            state = buffer.popleft()
+            if len(buffer) < max(1, self.prefetch // 2):
+                self.wake.set()
+            try:
+                req = state.local if state.local is not None else state.env.to_request(spider)
+                state.local = None
+            except EnvelopeError as exc:
+                self.dead(state, "bad_envelope", str(exc), None)
+                continue
+            self.ledger.activate(state, req)
+            self.stats.inc_value("fleet/leased")
+            self.log.info(
+                "request_leased", run=state.env.run, fp=state.env.fp, attempt=state.lease.deliveries
+            )
+            return state
+        self.wake.set()
+        return None
 
     async def run(self) -> None:
         queue = self.queue

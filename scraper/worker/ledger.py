@@ -28,8 +28,8 @@ from scrapy import Request
 from scraper.queue.client import Lease
 from scraper.queue.envelope import META_KEY, Envelope
 
-__all__ = ["DELIVERY_KEY", "LOCAL_REQUESTS", "Fetch", "LeaseState", "Ledger", "Output", "Progress", "confirmed_leases",
-           "reusable"]
+__all__ = ["DELIVERY_KEY", "LOCAL_REQUESTS", "VOID_KEY", "Fetch", "LeaseState", "Ledger", "Output", "Progress",
+           "confirmed_leases", "reusable"]
 
 # bound of Ledger.local: the newest children, which READY (LIFO) hands out first; older ones are rebuilt
 # from their JSON. 4096 held ~2,000 entries behind a running pagination chain (measured): more memory
@@ -81,6 +81,9 @@ class Progress:
 
 
 DELIVERY_KEY = "_fleet_delivery"  # request meta: which delivery of a lease a request belongs to
+# request meta: a fetch whose outcome belongs to nobody (a speculative fetch whose lease was not granted,
+# or one the watchdog settled): its late answer is dropped (Speculation.drop_void)
+VOID_KEY = "_fleet_void"
 
 
 class LeaseState:

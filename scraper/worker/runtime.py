@@ -38,29 +38,27 @@ from scraper.infra.config import FleetConfig
 from scraper.policy.taxonomy import B, Verdict
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
-from scraper.queue.envelope import EnvelopeError
 from scraper.store import health as storehealth
 from scraper.store.backends import open_store
 from scraper.store.objects import ObjectWriter
 from scraper.worker import crashpoints
 from scraper.worker.adapter import Offsite, kick_engine
 from scraper.worker.alerts import Alerter
-from scraper.worker.breakers import NOSPEC_SECONDS, Breakers
+from scraper.worker.breakers import Breakers
 from scraper.worker.committer import Committer, Flags
 from scraper.worker.discovery import Discovery
 from scraper.worker.failures import FailureApplier, now_iso
-from scraper.worker.feeder import VOID_KEY, Feeder, Speculation
+from scraper.worker.feeder import Feeder, Speculation
 from scraper.worker.finisher import Finisher
-from scraper.worker.health import REDIS_ERRORS, Health
+from scraper.worker.health import Health
 from scraper.worker.keeper import Keeper
-from scraper.worker.ledger import LOCAL_REQUESTS, LeaseState, Ledger, confirmed_leases
+from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
 from scraper.worker.proxies import ProxyPool, parse_proxies
 from scraper.worker.queueport import QueuePort
 from scraper.worker.sinks import STORE_THREADS, Durability, open_sink
 from scraper.worker.tuning import tune_gc
 
-__all__ = ["LOCAL_REQUESTS", "NOSPEC_SECONDS", "REDIS_ERRORS", "STORE_THREADS", "VOID_KEY", "FleetRuntime",
-           "LeaseState"]
+__all__ = ["FleetRuntime"]
 
 
 class FleetRuntime:
@@ -294,25 +292,7 @@ class FleetRuntime:
         return self.ledger.held()
 
     def next_state(self) -> LeaseState | None:
-        buffer, feeder = self.buffer, self.feeder
-        while buffer:
-            state = buffer.popleft()
-            if len(buffer) < max(1, self.prefetch // 2):
-                feeder.wake.set()
-            try:
-                req = state.local if state.local is not None else state.env.to_request(self.spider)
-                state.local = None
-            except EnvelopeError as exc:
-                self.spawn(self.failures.dead(state, "bad_envelope", str(exc)))
-                continue
-            self.ledger.activate(state, req)
-            self.stats.inc_value("fleet/leased")
-            self.log.info(
-                "request_leased", run=state.env.run, fp=state.env.fp, attempt=state.lease.deliveries
-            )
-            return state
-        feeder.wake.set()
-        return None
+        return self.feeder.next_state(self.spider)
 
     def state_for(self, request: Request) -> LeaseState | None:
         return self.ledger.state_for(request)

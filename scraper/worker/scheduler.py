@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred
 
 from scraper.infra.config import FleetConfig
 from scraper.infra.embedded import resolve_redis_url
-from scraper.queue.envelope import META_KEY, Envelope, EnvelopeError
+from scraper.queue.entrycheck import EnvelopeError
+from scraper.queue.envelope import META_KEY, Envelope
 from scraper.queue.names import is_name
 from scraper.worker.ports import FleetPort, attach
 from scraper.worker.runtime import FleetRuntime

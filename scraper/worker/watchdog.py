@@ -35,6 +35,8 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 
 from scraper.policy.taxonomy import A, Verdict
+from scraper.worker.adapter import engine_holds
+from scraper.worker.ledger import VOID_KEY
 from scraper.worker.ports import FleetPort, fleet_of
 
 if TYPE_CHECKING:
@@ -91,12 +93,7 @@ class Watchdog:
         phase: str = downloader.phase(request) if hasattr(downloader, "phase") else "unknown"
         if phase != "out":
             return phase
-        slot = getattr(engine, "_slot", None)
-        if request in getattr(getattr(slot, "scheduler", None), "direct", ()):
-            return "scheduled"  # a redirect waiting in the scheduler for the engine to take it
-        if request in getattr(slot, "inprogress", ()):
-            return "scraping"  # the engine has its response: callback, items, pipelines
-        return "limbo"  # nowhere Scrapy tracks it: nothing will move it on
+        return engine_holds(engine, request)  # scheduled, scraping or limbo
 
     def check(self, now: float) -> list[str]:
         """One look at every unsettled lease; settles the stalled ones and returns their lease ids."""
@@ -134,8 +131,6 @@ class Watchdog:
     def _stall(
         self, rt: FleetPort, engine: Any, state: LeaseState, request: Request, phase: str, idle: float, limit: float
     ) -> None:
-        from scraper.worker.feeder import VOID_KEY
-
         hops = len(request.meta.get("redirect_urls", ()))
         detail = (f"phase={phase} idle_s={idle:.1f} limit_s={limit:.1f} status={state.status} hops={hops} "
                   f"items={len(state.items)} pending={state.pending} discovered={len(state.discovered)}")

@@ -17,16 +17,9 @@ from typing import Any
 import pytest
 import redis
 
-from scraper.infra.embedded import (
-    RedisConfigError,
-    check_redis,
-    ensure_embedded_redis,
-    fleet_home,
-    redact_url,
-    redis_server_binary,
-    resolve_redis_url,
-    stop_embedded_redis,
-)
+from scraper.infra.embedded import check_redis, ensure_embedded_redis, resolve_redis_url, stop_embedded_redis
+from scraper.infra.redact import redact_url
+from scraper.infra.redishome import RedisConfigError, fleet_home, redis_server_binary
 
 pytestmark = pytest.mark.integration
 

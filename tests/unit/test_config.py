@@ -7,7 +7,7 @@ import os
 import pytest
 
 from scraper.infra.config import ConfigError, FleetConfig
-from scraper.infra.log import redact
+from scraper.infra.redact import redact
 
 
 def test_defaults_from_empty_env() -> None:

@@ -15,9 +15,9 @@ from scraper.queue.client import Lease, LeaseBatch
 from scraper.queue.envelope import Envelope
 from scraper.worker.breakers import Breakers
 from scraper.worker.committer import Flags
-from scraper.worker.feeder import VOID_KEY, Feeder, Speculation
+from scraper.worker.feeder import Feeder, Speculation
 from scraper.worker.health import Health
-from scraper.worker.ledger import LeaseState, Ledger
+from scraper.worker.ledger import VOID_KEY, LeaseState, Ledger
 
 STATS = SimpleNamespace(inc_value=lambda *a, **k: None)
 LOG = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None, error=lambda *a, **k: None)

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from scrapy import Request, Spider
 
-from scraper.queue.envelope import VERSION, Envelope, EnvelopeError, fp64
+from scraper.queue.entrycheck import EnvelopeError
+from scraper.queue.envelope import VERSION, Envelope
+from scraper.queue.fingerprint import fp64
 
 
 class _Spider(Spider):

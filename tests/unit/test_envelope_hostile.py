@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scrapy import Request, Spider
 
-from scraper.queue.envelope import MAX_NESTING, Envelope, EnvelopeError
+from scraper.queue.entrycheck import MAX_NESTING, EnvelopeError
+from scraper.queue.envelope import Envelope
 from scraper.store.backends import InvalidKeyError
 from scraper.store.objects import evidence_key, items_key, raw_key
 

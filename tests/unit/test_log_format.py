@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from scraper.infra import log, progress
+from scraper.infra import console, log, progress
 from scraper.infra.config import ConfigError, FleetConfig
 
 
@@ -49,24 +49,24 @@ def restore_logging() -> Iterator[None]:
 
 
 def test_auto_is_console_on_a_terminal_and_json_otherwise(real_tty: Any) -> None:
-    assert log.choose_format("auto", real_tty) == "console"
-    assert log.choose_format("auto", _Stream(tty=False)) == "json"
-    assert log.choose_format("auto", io.StringIO()) == "json"
+    assert console.choose_format("auto", real_tty) == "console"
+    assert console.choose_format("auto", _Stream(tty=False)) == "json"
+    assert console.choose_format("auto", io.StringIO()) == "json"
     r, w = os.pipe()
     with os.fdopen(r) as rf, os.fdopen(w, "w") as wf:
-        assert log.choose_format("auto", wf) == "json"
-        assert log.choose_format("auto", rf) == "json"
+        assert console.choose_format("auto", wf) == "json"
+        assert console.choose_format("auto", rf) == "json"
 
 
 def test_a_forced_format_wins_over_the_terminal(real_tty: Any) -> None:
-    assert log.choose_format("json", real_tty) == "json"
-    assert log.choose_format("console", _Stream(tty=False)) == "console"
+    assert console.choose_format("json", real_tty) == "json"
+    assert console.choose_format("console", _Stream(tty=False)) == "console"
 
 
 def test_a_closed_stream_counts_as_no_terminal() -> None:
     s = io.StringIO()
     s.close()
-    assert log.choose_format("auto", s) == "json"
+    assert console.choose_format("auto", s) == "json"
 
 
 def test_config_reads_and_checks_fleet_log_format() -> None:
@@ -111,20 +111,20 @@ def test_json_format_is_unchanged_after_console(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_console_escapes_control_characters_from_hostile_input() -> None:
-    line = log.render_console({"event": "request_dead", "level": "warning", "timestamp": "2026-01-02T03:04:05.1Z",
+    line = console.render_console({"event": "request_dead", "level": "warning", "timestamp": "2026-01-02T03:04:05.1Z",
                                "url": "http://h/\x1b]0;owned\x07\x1b[2J", "reason": "a\rb"}, colors=False)
     assert "\x1b" not in line and "\x07" not in line and "\r" not in line
     assert "\\x1b]0;owned\\x07" in line and line.startswith("03:04:05 ")
-    assert log.console_line("not json \x1b[31m", colors=False) == "not json \\x1b[31m"
+    assert console.console_line("not json \x1b[31m", colors=False) == "not json \\x1b[31m"
 
 
 def test_colours_only_on_a_terminal_without_no_color(real_tty: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
-    assert log.wants_colors(real_tty)
-    assert not log.wants_colors(_Stream(tty=False))
+    assert console.wants_colors(real_tty)
+    assert not console.wants_colors(_Stream(tty=False))
     monkeypatch.setenv("NO_COLOR", "1")
-    assert not log.wants_colors(real_tty)
-    colored = log.render_console({"event": "e", "level": "error"}, colors=True)
+    assert not console.wants_colors(real_tty)
+    colored = console.render_console({"event": "e", "level": "error"}, colors=True)
     assert "\x1b[" in colored
 
 

@@ -18,17 +18,10 @@ from scrapy import Request
 from scrapy.utils.request import fingerprint as scrapy_fingerprint
 
 from scraper.policy.urls import FETCHABLE_SCHEMES, refusal
-from scraper.queue import envelope
-from scraper.queue.envelope import (
-    Envelope,
-    EnvelopeError,
-    SeedEncoder,
-    _exact_fingerprint,
-    _fast,
-    fp64,
-    new_ids,
-    url_fingerprint,
-)
+from scraper.queue import fingerprint
+from scraper.queue.entrycheck import EnvelopeError
+from scraper.queue.envelope import Envelope, SeedEncoder
+from scraper.queue.fingerprint import exact_fingerprint, fast_form, fp64, new_ids, url_fingerprint
 from scraper.queue.names import is_name
 
 _HOSTS = [
@@ -164,7 +157,7 @@ def test_fast_path_matches_scrapy_on_a_random_corpus() -> None:
     fast = 0
     for _ in range(6000):
         url = _random_url(rnd)
-        fast += _fast(url) is not None
+        fast += fast_form(url) is not None
         assert _ours(url) == _scrapy(url), url
     assert fast > 1000  # the corpus exercises the fast path, not only the exact one
 
@@ -199,8 +192,8 @@ def test_fast_path_matches_scrapy_on_plausible_seed_urls() -> None:
 
 def test_fast_path_is_taken_for_the_bench_shape() -> None:
     url = "http://127.0.0.1:8080/item/123.html"
-    assert _fast(url) == (url, "127.0.0.1")
-    assert url_fingerprint(url) == _exact_fingerprint(url)
+    assert fast_form(url) == (url, "127.0.0.1")
+    assert url_fingerprint(url) == exact_fingerprint(url)
 
 
 @pytest.mark.parametrize("url", [
@@ -214,7 +207,7 @@ def test_fast_path_is_taken_for_the_bench_shape() -> None:
     "http://example.com/a;p",  # params
 ])
 def test_fast_path_refuses_what_it_cannot_prove(url: str) -> None:
-    assert _fast(url) is None
+    assert fast_form(url) is None
 
 
 # -- envelopes --------------------------------------------------------------------------------
@@ -279,14 +272,14 @@ def test_new_ids_are_random_hex() -> None:
 def test_premise_holds_on_the_installed_w3lib() -> None:
     # if this fails, a w3lib upgrade normalises a character the fast path accepts: seeding stays
     # correct (everything takes the exact path) but loses its speed until _CANONICAL_URL is narrowed
-    assert envelope._premise_holds() and envelope._FAST_OK
+    assert fingerprint._premise_holds() and fingerprint._FAST_OK
 
 
 def test_without_the_premise_every_url_takes_the_exact_path(monkeypatch: pytest.MonkeyPatch) -> None:
     url = "http://127.0.0.1:8080/item/1.html"
     expected = url_fingerprint(url)
-    monkeypatch.setattr(envelope, "_FAST_OK", False)
-    assert _fast(url) is None
+    monkeypatch.setattr(fingerprint, "_FAST_OK", False)
+    assert fast_form(url) is None
     assert url_fingerprint(url) == expected
     raw, fp = SeedEncoder(spider_name="s", run="r").entry(url)
     assert fp == expected[1] and Envelope.loads(raw).url == url

@@ -16,7 +16,7 @@ from scrapy import Request
 from scrapy.utils.test import get_crawler
 
 from scraper.policy.taxonomy import A
-from scraper.worker.feeder import VOID_KEY
+from scraper.worker.ledger import VOID_KEY
 from scraper.worker.watchdog import Watchdog
 
 TIMEOUT, MARGIN = 2.0, 1.0

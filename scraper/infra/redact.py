@@ -1,0 +1,74 @@
+"""Secrets out of text: credentials in URLs and secret-bearing field names, for logs, errors and displays.
+
+Why one module: proxy and Redis URLs carry passwords, and they reach log lines (``scraper.infra.log``
+scrubs every event with :func:`redact` and :data:`SECRET_KEYS`), one-line errors and the CLI's displays
+(:func:`redact_url`). One place decides what counts as a secret, so the rules cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "SECRET_KEYS",
+    "redact",
+    "redact_url",
+]
+
+#: Field (and header) names whose values never print.
+SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "password", "token"})
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@/\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Replace URL userinfo (``user:pass@``) by ``***@``: proxy and Redis credentials never print."""
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "auth")
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a redis/proxy URL for display.
+
+    ``redis://user:pw@host:6379/0`` -> ``redis://user:***@host:6379/0``; a bare
+    ``scheme://name@host`` keeps the name (a username is not secret); secret-looking query
+    parameters (``?password=...``) are masked too. Works on the string rather than
+    round-tripping through urlunsplit, which would rewrite ``unix:///path`` as
+    ``unix:/path``. Never raises: it is used in error paths.
+    """
+    if not url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # userinfo ends at the last '@' before any query/fragment (an unencoded password may
+    # contain '/' or '@'); the authority ends at the first '/', '?' or '#' after it.
+    cut = min((p for p in (rest.find("?"), rest.find("#")) if p != -1), default=len(rest))
+    at = rest.rfind("@", 0, cut)
+    end = len(rest)
+    for ch in "/?#":
+        pos = rest.find(ch, at + 1)
+        if pos != -1:
+            end = min(end, pos)
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, _, hostport = authority.rpartition("@")
+        authority = f"{_mask_userinfo(userinfo)}@{hostport}"
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hash_, fragment = query.partition("#")
+        items = []
+        for pair in query.split("&"):
+            name, eq, value = pair.partition("=")
+            if eq and value and any(k in name.lower() for k in _SECRET_QUERY_KEYS):
+                value = "***"
+            items.append(f"{name}{eq}{value}")
+        tail = f"{path}?{'&'.join(items)}{hash_}{fragment}"
+    return f"{scheme}{sep}{authority}{tail}"
+
+
+def _mask_userinfo(userinfo: str) -> str:
+    user, sep, _password = userinfo.partition(":")
+    return f"{user}:***" if sep else user
+
