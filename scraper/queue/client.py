@@ -89,6 +89,10 @@ class Keys:
     def done(self, run: str) -> str:
         return f"{self.prefix}done:{run}"
 
+    def tally(self, run: str) -> str:
+        """Per-run counts the workers flush in batches (scraper.worker.tally): items, coverage, schema."""
+        return f"{self.prefix}tally:{run}"
+
     def breaker(self, domain: str) -> str:
         return f"{self.prefix}breaker:{domain}"
 
@@ -656,6 +660,15 @@ class FleetQueue:
             if seen is None and done is None:
                 continue  # expired (TTL) run
             out[r] = {"seen": int(seen or 0), "done": int(done or 0)}
+        return out
+
+    async def tally(self, run: str) -> dict[str, int]:
+        """The run's worker tallies (scraper.worker.tally), {} when none were flushed (or expired)."""
+        raw = await self.client.hgetall(self.keys.tally(run))
+        out: dict[str, int] = {}
+        for k, v in raw.items():
+            with contextlib.suppress(ValueError):
+                out[_s(k)] = int(v)
         return out
 
     async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
