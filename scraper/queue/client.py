@@ -662,15 +662,6 @@ class FleetQueue:
             out[r] = {"seen": int(seen or 0), "done": int(done or 0)}
         return out
 
-    async def tally(self, run: str) -> dict[str, int]:
-        """The run's worker tallies (scraper.worker.tally), {} when none were flushed (or expired)."""
-        raw = await self.client.hgetall(self.keys.tally(run))
-        out: dict[str, int] = {}
-        for k, v in raw.items():
-            with contextlib.suppress(ValueError):
-                out[_s(k)] = int(v)
-        return out
-
     async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
         """DLQ entries newest first (all, or one run's), paged so a long stream never loads at once."""
         last = "+"
