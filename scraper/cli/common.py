@@ -26,6 +26,7 @@ from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, re
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.worker.catalog import SpiderNotFound, base_settings, load_spider
+from scraper.worker.identity import ItemKeyError, item_key_of
 
 __all__ = [
     "EXIT_ARGS",
@@ -113,9 +114,13 @@ def default_run() -> str:
 
 
 def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
+    """The spider class, its ``item_key`` declaration checked: a bad one is a configuration error
+    here (exit 1) rather than a crash on the first item."""
     try:
-        return load_spider(name, base_settings(cfg))
-    except SpiderNotFound as exc:
+        cls = load_spider(name, base_settings(cfg))
+        item_key_of(cls)
+        return cls
+    except (SpiderNotFound, ItemKeyError) as exc:
         raise fail(str(exc)) from None
 
 

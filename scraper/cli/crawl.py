@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,6 +28,7 @@ from scraper.cli.common import (
     run_summary,
     spider_class,
 )
+from scraper.cli.manifests import RunManifest
 from scraper.cli.seeding import seed_run
 from scraper.cli.worker import SHUTDOWN_CLOSE_WAIT, run_worker
 from scraper.infra import log, progress
@@ -98,6 +100,9 @@ def run_cmd(
 ) -> None:
     """Cron one-shot: seed (or --resume a run), work until the queue drains, print a JSON summary.
 
+    Keeps the run's manifest (runs/spider=SPIDER/run=RUN/manifest.json in FLEET_STORE) up to date: at
+    start, every 10 s, and at the end with "complete" (see `fleet runs`).
+
     Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
     a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
     3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`);
@@ -126,6 +131,9 @@ def run_cmd(
                 skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
     env = dict(os.environ)
     env["FLEET_REDIS_URL"] = redis_url_for(cfg)
+    manifest = RunManifest(cfg, env["FLEET_REDIS_URL"], spider, run_id, spidercls, writer="fleet run",
+                           seeded=None if resume is not None else seeded["enqueued"])
+    manifest.write(final=False)
     cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
     deadline_at = None if deadline is None else time.monotonic() + deadline
     with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
@@ -133,10 +141,10 @@ def run_cmd(
         envs = [{**env, runreport.STATS_ENV: str(f)} for f in stats_files]
         if progress.enabled(cfg.log_format):
             codes, cut = _run_workers_with_progress(cmd, envs, env["FLEET_REDIS_URL"], spider, run_id,
-                                                    cfg.log_level, deadline_at)
+                                                    cfg.log_level, deadline_at, manifest.tick)
         else:
             procs = [subprocess.Popen(cmd, env=e) for e in envs]
-            codes, cut = _wait_workers(procs, deadline_at)
+            codes, cut = _wait_workers(procs, deadline_at, manifest.tick)
         worker_stats = runreport.merge_worker_stats(stats_files)
     summary = asyncio.run(run_summary(cfg, spider, run_id))
     result = runreport.summarize(
@@ -146,6 +154,8 @@ def run_cmd(
         worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
     )
     code, why = runreport.exit_code(result)
+    result["manifest"] = manifest.write(final=True, exit_code=code, why=why, outcomes=worker_stats["outcomes"],
+                                        ignored=worker_stats["ignored"])
     runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})
     print(json.dumps(result))
     if code:
@@ -154,10 +164,12 @@ def run_cmd(
         raise typer.Exit(code)
 
 
-def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None) -> tuple[list[int], bool]:
+def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None,
+                  tick: Callable[[], None] | None = None) -> tuple[list[int], bool]:
     """Wait for the workers; past ``deadline_at`` (monotonic) send each a SIGTERM once (graceful: they
-    stop leasing, finish within FLEET_SHUTDOWN_GRACE and release the rest to READY). Returns the exit
-    codes and whether the deadline cut the run."""
+    stop leasing, finish within FLEET_SHUTDOWN_GRACE and release the rest to READY). ``tick`` is called
+    on every poll (the run's progress manifest). Returns the exit codes and whether the deadline cut
+    the run."""
     import signal as _signal
 
     cut = False
@@ -175,6 +187,8 @@ def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | Non
             for p in procs:  # neither finished nor exited by itself: its leases expire and are reaped
                 if p.poll() is None:
                     p.kill()
+        if tick is not None:
+            tick()
         time.sleep(0.1)
     # a worker our own SIGTERM ended before it had installed its handlers (still starting up) held no
     # lease; one we had to SIGKILL left its leases to expire (the run is incomplete either way)
@@ -185,7 +199,7 @@ def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | Non
 
 def _run_workers_with_progress(
     cmd: list[str], envs: list[dict[str, str]], url: str, spider: str, run: str, level: str,
-    deadline_at: float | None,
+    deadline_at: float | None, tick: Callable[[], None] | None = None,
 ) -> tuple[list[int], bool]:
     """``fleet run`` on a terminal: the workers' stderr comes through this process, which draws the run's
     bar and prints their events above it (from WARNING up unless FLEET_LOG_LEVEL is set; their INFO
@@ -198,7 +212,7 @@ def _run_workers_with_progress(
             assert p.stderr is not None
             bar.forward(p.stderr, progress.display_level())
         try:
-            codes, cut = _wait_workers(procs, deadline_at)
+            codes, cut = _wait_workers(procs, deadline_at, tick)
         except KeyboardInterrupt:
             # Ctrl-C reached the workers too (one process group): they stop gracefully, releasing their
             # leases, and their last lines must still find the pipe open. A second Ctrl-C aborts.

@@ -89,6 +89,10 @@ class Keys:
     def done(self, run: str) -> str:
         return f"{self.prefix}done:{run}"
 
+    def tally(self, run: str) -> str:
+        """Per-run counts the workers flush in batches (scraper.worker.tally): items, coverage, schema."""
+        return f"{self.prefix}tally:{run}"
+
     def breaker(self, domain: str) -> str:
         return f"{self.prefix}breaker:{domain}"
 

@@ -3,6 +3,9 @@
 Keys come only from spider, run and the request fingerprint, so a redelivered request overwrites the
 very same object: retries can never double a record (docs/architecture.md, "Durability and crash
 windows"). Items are stamped with ``_meta`` here, at write time, so every line carries its provenance.
+Each record's ``_meta.idempotency_key`` is what an export keeps one row per: by default the n-th item of
+a request, or, for a spider that declares ``item_key = ("sku",)``, those field values (:func:`declared_key`),
+so the same product found on two pages or in two runs is one row.
 In scraper, not pipelines/: the runtime, ``fleet replay`` and ``fleet smoke`` build these keys too, and
 scraper never imports pipelines (pipelines.objects re-exports them for item pipelines).
 """
@@ -24,11 +27,13 @@ __all__ = [
     "JSON_SCALARS",
     "ObjectWriter",
     "WriteContext",
+    "declared_key",
     "encode_items",
     "evidence_key",
     "idempotency_key",
     "item_to_dict",
     "items_key",
+    "key_values",
     "raw_key",
 ]
 
@@ -69,6 +74,27 @@ def idempotency_key(spider: str, fp: str, index: int) -> str:
     return hashlib.sha256(f"{spider}|{fp}|{index}".encode()).hexdigest()[:24]
 
 
+def key_values(data: dict[str, Any], fields: Sequence[str]) -> list[Any] | None:
+    """The values of the declared key fields, or None when one is missing or empty (absent, None, "",
+    [] or {}): such an item cannot be told apart from another by its key, so it keeps the per-request
+    key (counted as ``fleet/items/key_missing``) rather than merging with every other keyless item."""
+    values = []
+    for f in fields:
+        v = data.get(f)
+        if v is None or v == "" or v == [] or v == {}:
+            return None
+        values.append(v)
+    return values
+
+
+def declared_key(spider: str, values: Sequence[Any]) -> str:
+    """The idempotency key of an item by its declared key fields: no run and no fingerprint in it, so
+    the same product is one key whichever page or run found it. Canonical JSON (sorted keys, no
+    spaces) so that equal values always hash alike."""
+    canon = json.dumps(list(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{spider}|{canon}".encode()).hexdigest()[:24]
+
+
 JSON_SCALARS = (str, int, float, bool, type(None))  # types JSON keeps as they are
 
 
@@ -92,6 +118,7 @@ class WriteContext:
     attempts: dict[str, int]
     proxy_id: str | None
     fetched_at: str
+    item_key: tuple[str, ...] = ()  # the spider's declared key fields (empty: the per-request key)
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
@@ -99,11 +126,14 @@ _encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"
 
 def encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
     lines = []
+    key_fields = ctx.item_key
     for i, item in enumerate(items):
         data = item_to_dict(item)
         data.pop("_meta", None)
+        values = key_values(data, key_fields) if key_fields else None
         data["_meta"] = {
-            "idempotency_key": idempotency_key(ctx.spider, ctx.fp, i),
+            "idempotency_key": declared_key(ctx.spider, values) if values is not None
+            else idempotency_key(ctx.spider, ctx.fp, i),
             "fingerprint": ctx.fp,
             "url": ctx.url,
             "spider": ctx.spider,

@@ -21,8 +21,10 @@ from scraper.worker.committer import Committer, Flags
 from scraper.worker.failures import FailureApplier, now_iso
 from scraper.worker.feeder import Speculation
 from scraper.worker.health import Health
+from scraper.worker.identity import item_key_of, spider_version
 from scraper.worker.ledger import LeaseState, Ledger
 from scraper.worker.sinks import Durability, WriteResult
+from scraper.worker.tally import RunTally
 
 __all__ = ["Finisher"]
 
@@ -47,6 +49,7 @@ class Finisher:
         self.stats = stats
         self.log = log
         self.durability: Durability | None = None  # set by the runtime (it answers objects_answered)
+        self.tally = RunTally()  # per-run items, coverage and schema for the manifest; the keeper flushes it
 
     def ctx(self, state: LeaseState) -> WriteContext:
         """What the object records about its request (each item's ``_meta``)."""
@@ -54,7 +57,7 @@ class Finisher:
         fetch = state.fetch
         return WriteContext(
             spider=env.spider,
-            spider_version=str(getattr(self.spider(), "version", "0")),
+            spider_version=spider_version(self.spider()),
             run=env.run,
             fp=env.fp,
             url=env.url,
@@ -63,6 +66,7 @@ class Finisher:
             attempts=dict(env.attempts),
             proxy_id=fetch.proxy_id,
             fetched_at=fetch.fetched_at or now_iso(),
+            item_key=item_key_of(self.spider()),
         )
 
     def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
@@ -121,6 +125,10 @@ class Finisher:
                 continue
             if state.out.items:
                 self.stats.inc_value("fleet/objects")
+                missing = self.tally.written(state.env.run, state.out.items, item_key_of(self.spider()))
+                if missing:
+                    self.stats.inc_value("fleet/items/key_missing", missing)
+                    self.log.warning("item_key_missing", run=state.env.run, fp=state.env.fp, items=missing)
                 self.log.info("object_written", run=state.env.run, fp=state.env.fp, key=key,
                               items=len(state.out.items))
             self.committer.written(state, self.outcome(state))

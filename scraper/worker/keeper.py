@@ -18,6 +18,7 @@ from scraper.worker.health import REDIS_ERRORS, Health
 from scraper.worker.ledger import Ledger
 from scraper.worker.proxies import ProxyPool
 from scraper.worker.queueport import QueuePort
+from scraper.worker.tally import RunTally
 
 __all__ = ["Keeper"]
 
@@ -38,6 +39,7 @@ class Keeper:
         self.committing = committing  # commits not yet sent
         self.queue: QueuePort | None = None  # set when the spider opens
         self.proxies: ProxyPool = ProxyPool([])
+        self.tally: RunTally | None = None  # the finisher's per-run counts, flushed from this loop
 
     async def beat(self) -> None:
         queue = self.queue
@@ -98,6 +100,9 @@ class Keeper:
                     touched = True
                 if self.proxies:
                     await self.proxies.flush()
+                if self.tally is not None and self.tally.due():
+                    await self.tally.flush()
+                    touched = True
                 if self.until_idle is not None:
                     pending = await queue.pending()
                     touched = True

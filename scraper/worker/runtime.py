@@ -120,6 +120,7 @@ class FleetRuntime:
         self.keeper = Keeper(self.ledger, self.health, self.flags, self.feeder, lease_seconds=config.lease_seconds,
                              until_idle=self.until_idle, stats=self.stats, log=self.log, kick=self.engine_kick,
                              committing=lambda: bool(self.committer.commits))
+        self.keeper.tally = self.finisher.tally
 
     # -- state others read ------------------------------------------------------------------------
 
@@ -162,6 +163,7 @@ class FleetRuntime:
         self.proxies = self.failures.proxies = self.keeper.proxies = ProxyPool(
             parse_proxies(self.config.proxies), self.client)
         self.breakers.spider = spider.name
+        self.finisher.tally.bind(self.client, fleet_queue.keys.tally, self.config.dedup_ttl)
         self.breakers.breakers = fleet_queue.breakers
         self.feeder.spider = spider.name
         self.log = self.log.bind(spider=spider.name)
@@ -201,6 +203,7 @@ class FleetRuntime:
         if self.committer.commits:
             await self.committer.flush()
         await self.keeper.release_all(reason)
+        await self.finisher.tally.close(self.log)
         await self.sink.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:

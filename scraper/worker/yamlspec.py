@@ -7,6 +7,7 @@ replay`` and ``fleet export`` treat it exactly like a Python spider. The format,
 
     name: shop                        # required; letters, digits, _ . -
     version: "3"                      # stamped into every item's _meta.spider_version (default "0")
+    key: [sku]                        # optional: the fields that identify an item across pages and runs
     start_urls:                       # what `fleet seed shop` enqueues without --url/--urls
       - https://shop.example/catalogue/page-1.html
     allowed_domains: [shop.example]   # requests to other hosts are dropped (Scrapy's offsite rule)
@@ -29,7 +30,9 @@ replay`` and ``fleet export`` treat it exactly like a Python spider. The format,
 A field takes the first match (``all: true``: every match, as a list), whitespace collapsed; ``re``
 keeps the first group (or the whole match) of the first value that matches; ``type`` is ``str``
 (default), ``int`` or ``float`` (the first number in the text, thousands separators dropped). Nothing
-found gives null, which a ``required`` field reports as drift (class C), never a crash.
+found gives null, which a ``required`` field reports as drift (class C), never a crash. ``key`` becomes
+the spider's ``item_key`` (scraper.worker.identity): each name must be a field of some page; an item whose
+key field is empty keeps the per-request key and is counted as ``fleet/items/key_missing``.
 """
 
 from __future__ import annotations
@@ -129,6 +132,7 @@ class Spec:
     version: str = "0"
     settings: dict[str, Any] = field(default_factory=dict)
     render: bool = False
+    item_key: tuple[str, ...] = ()
 
 
 def _convert(text: str, kind: str) -> Any:
@@ -251,7 +255,7 @@ def parse_spec(path: Path, text: str) -> Spec:
     top = r.mapping(
         doc,
         "top level",
-        {"name", "version", "start_urls", "allowed_domains", "start_page", "settings", "pages", "render"},
+        {"name", "version", "key", "start_urls", "allowed_domains", "start_page", "settings", "pages", "render"},
     )
     name = top.get("name")
     if not isinstance(name, str) or not is_name(name):  # the rule of every spider name (scraper.queue.names)
@@ -270,6 +274,13 @@ def parse_spec(path: Path, text: str) -> Spec:
     render = top.get("render", False)
     if not isinstance(render, bool):
         raise r.fail("render", "must be true or false")
+    item_key = r.string_list(top.get("key"), "key")
+    field_names = {f.name for p in pages.values() for f in p.fields}
+    for k in item_key:
+        if k not in field_names:
+            raise r.fail("key", f"{k!r} is not a field of any page: {', '.join(sorted(field_names)) or 'none'}")
+    if len(set(item_key)) != len(item_key):
+        raise r.fail("key", "a field is named twice")
     start_urls = r.string_list(top.get("start_urls"), "start_urls")
     for u in start_urls:
         if not re.match(r"^https?://", u):
@@ -284,6 +295,7 @@ def parse_spec(path: Path, text: str) -> Spec:
         version=str(top.get("version", "0")),
         settings=dict(settings),
         render=render,
+        item_key=tuple(item_key),
     )
 
 
@@ -325,6 +337,7 @@ def compile_spec(spec: Spec) -> type[YamlSpider]:
         "start_urls": list(spec.start_urls),
         "custom_settings": dict(spec.settings),
         "render_js": spec.render,
+        "item_key": spec.item_key,
         "__module__": __name__,
         "__doc__": f"YAML spider spec {spec.path}",
     }

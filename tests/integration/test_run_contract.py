@@ -34,6 +34,13 @@ def test_drifted_run_is_incomplete_until_reset_and_resume(redis_url: str, tmp_pa
         assert summary["seeded"] == 1 and summary["discovered"] == summary["seen"] - 1
         assert summary["outcomes"].get("C", 0) > 0 and summary["dlq"] == 0
         assert summary["done"] < summary["seen"]
+        manifest = _manifest(tmp_path, "driftshop", "night1")
+        assert summary["manifest"] == "runs/spider=driftshop/run=night1/manifest.json"
+        assert manifest["complete"] is False and manifest["final"] is True and manifest["exit_code"] == 5
+        assert manifest["counts"]["parked"] == summary["parked"] > 0  # this run's parked requests
+        assert any("parked" in r for r in manifest["incomplete_reasons"])
+        assert manifest["counts"]["breakers_open"] == ["127.0.0.1"] and manifest["counts"]["outcomes"]["C"] > 0
+        assert manifest["reconciliation"]["ok"], manifest["reconciliation"]  # parked requests are accounted for
 
         site.template = "v1"
         fixed = _spider_env(tmp_path, redis_url, FIXED, FLEET_CONCURRENCY="4")
@@ -44,6 +51,25 @@ def test_drifted_run_is_incomplete_until_reset_and_resume(redis_url: str, tmp_pa
         assert again["resumed"] and again["seeded"] == 0 and again["parked"] == 0 and not again["breakers_open"]
         assert again["seen"] == again["done"] == 63  # 3 list pages + 60 products
         assert len(objects(tmp_path / "data", "items", "driftshop", "night1")) == 60
+        manifest = _manifest(tmp_path, "driftshop", "night1")
+        assert manifest["complete"] is True and manifest["incomplete_reasons"] == [] and manifest["exit_code"] == 0
+        rec = manifest["reconciliation"]
+        assert rec["ok"] and rec["seen"] == rec["done"] == 63 and rec["unaccounted"] == 0 and rec["problem"] is None
+        c = manifest["counts"]
+        assert c["seeded"] == 1 and c["discovered"] == 62 and c["parked"] == 0 and c["breakers_open"] == []
+        assert c["outcomes"]["C"] == summary["outcomes"]["C"]  # the first invocation's outcomes carried over
+        assert manifest["items"] == 60 and manifest["objects"] == 60
+        assert manifest["field_coverage"] == {"name": 1.0, "price": 1.0, "sku": 1.0}
+        assert manifest["schema"] == {"name": "string", "price": "string", "sku": "string"}
+        assert manifest["spider"] == "driftshop" and manifest["item_key"] is None
+        assert manifest["spider_version"].split("+")[-1] != "nosource"  # Fleet version + the source's hash
+        assert manifest["started_at"] <= manifest["finished_at"]
+        listed = fleet_json("runs", "driftshop", "--json", env=fixed)
+        assert [m["run"] for m in listed] == ["night1"] and listed[0]["complete"] is True
+
+
+def _manifest(tmp: Path, spider: str, run: str) -> dict:
+    return json.loads((tmp / "data" / "runs" / f"spider={spider}" / f"run={run}" / "manifest.json").read_text())
 
 
 def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: Path) -> None:

@@ -122,6 +122,9 @@ pages:
     ("name: x\nstart_page: q\npages: {p: {fields: {a: h1}}}", "start_page: 'q' is not one of the pages"),
     ("name: 'bad name'\npages: {p: {fields: {a: h1}}}", "name: required"),
     ("name: x\npages: {p: {fields: {_meta: h1}}}", "invalid field name"),
+    ("name: x\nkey: [sku]\npages: {p: {fields: {a: h1}}}", "key: 'sku' is not a field of any page"),
+    ("name: x\nkey: [a, a]\npages: {p: {fields: {a: h1}}}", "a field is named twice"),
+    ("name: x\nkey: {a: 1}\npages: {p: {fields: {a: h1}}}", "key: expected a list"),
 ])
 def test_invalid_specs_say_where_and_what(text: str, message: str) -> None:
     with pytest.raises(SpecError, match=re.escape(message)) as info:

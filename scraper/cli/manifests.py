@@ -1,0 +1,141 @@
+"""Writing run manifests (scraper.store.manifest) from what Redis and the run's workers know.
+
+Who writes: ``fleet run`` (at start, every :data:`MANIFEST_EVERY` seconds while it waits for its workers,
+and at its end with ``complete`` and its exit code) and ``fleet runs SPIDER --refresh`` (for runs driven
+by plain ``fleet worker`` processes, or to bring a manifest up to date after a ``fleet dlq requeue``).
+Not the workers' keeper: N workers would race to rewrite the same object with partial views, and only
+``fleet run`` knows what was seeded, when the run started, its deadline and its exit code.
+
+Each write is a full rewrite. What Redis holds is re-read every time (done, DLQ, this run's queued and
+parked entries, the workers' flushed tallies); what only an invocation knows (seeded, outcomes per
+class, ignored, elapsed) is carried over from the previous manifest and added to, so a run resumed after
+a fix ends with the totals of all its ``fleet run`` invocations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from scraper.cli.common import err
+from scraper.infra import log
+from scraper.infra.config import FleetConfig
+from scraper.queue import redisio
+from scraper.queue.client import FleetQueue
+from scraper.queue.runstate import run_backlog, run_tally
+from scraper.store.backends import open_store
+from scraper.store.manifest import build, iso, read_manifest, write_manifest
+from scraper.worker.identity import item_key_of, spider_version
+
+__all__ = ["MANIFEST_EVERY", "RunManifest", "gather"]
+
+MANIFEST_EVERY = 10.0  # seconds between the manifests fleet run writes while its workers work
+
+
+async def gather(redis_url: str, spider: str, run: str) -> dict[str, Any]:
+    """The run's figures in Redis: seen/done, DLQ entries, its backlog, the spider's open breakers and
+    the workers' tallies. A client of its own without connect()'s configuration warnings: this runs
+    every few seconds and fleet run already warned once."""
+    client = redisio.client(redis_url, socket_timeout=30, socket_connect_timeout=5)
+    try:
+        q = FleetQueue(client, spider)
+        runs = await q.runs()
+        dlq = 0
+        async for _ in q.dlq_iter(run):
+            dlq += 1
+        backlog = await run_backlog(client, q.keys, run)
+        scope = "run"
+        if backlog is None:
+            counts = await q.counts()
+            backlog, scope = {k: counts[k] for k in ("ready", "inflight", "delayed", "parked")}, "spider"
+        breakers = await client.hgetall(q.keys.brk)  # the not-closed ones: domain -> state|until
+        open_ = sorted(_s(d) for d, v in breakers.items() if _s(v).split("|", 1)[0] in ("open", "half"))
+        first = await client.zscore(q.keys.runs, run)
+        return {"known": run in runs, **runs.get(run, {"seen": 0, "done": 0}), "dlq": dlq, "backlog": backlog,
+                "scope": scope, "breakers_open": open_, "tally": await run_tally(client, q.keys, run),
+                "first_seeded": None if first is None else float(first)}
+    finally:
+        await client.aclose()
+
+
+def _s(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _add(a: Mapping[str, Any] | None, b: Mapping[str, int]) -> dict[str, int]:
+    out = {k: int(v) for k, v in (a or {}).items() if isinstance(v, int)}
+    for k, v in b.items():
+        out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+class RunManifest:
+    """The manifest of one run as one writer keeps it up to date."""
+
+    def __init__(self, cfg: FleetConfig, redis_url: str, spider: str, run: str, spidercls: type | None, *,
+                 writer: str, seeded: int | None = None) -> None:
+        self.redis_url = redis_url
+        self.spider, self.run, self.writer = spider, run, writer
+        self.store = open_store(cfg.store)
+        self.log = log.get_logger(component="manifest")
+        self.base: dict[str, Any] = {}
+        try:
+            self.base = read_manifest(self.store, spider, run) or {}
+        except Exception as exc:  # no previous manifest to add to: the new one starts from this writer
+            self.log.warning("manifest_unreadable", spider=spider, run=run, error=type(exc).__name__)
+        counts = self.base.get("counts") or {}
+        self.seeded = seeded if seeded is not None else counts.get("seeded")
+        self.version = spider_version(spidercls) if spidercls is not None else \
+            str(self.base.get("spider_version") or "unknown")
+        self.item_key = item_key_of(spidercls) if spidercls is not None else tuple(self.base.get("item_key") or ())
+        self.started = time.time()
+        self.last_write = 0.0
+        self.key: str | None = None
+
+    def write(self, *, final: bool, exit_code: int | None = None, why: str = "",
+              outcomes: Mapping[str, int] | None = None, ignored: int | None = None) -> str | None:
+        """Rewrite the manifest; returns its key, or None after a one-line warning when Redis or the
+        store failed (a manifest never changes a run's outcome or exit code)."""
+        self.last_write = time.monotonic()
+        try:
+            figures = asyncio.run(gather(self.redis_url, self.spider, self.run))
+            manifest = self._build(figures, final, exit_code, why, outcomes or {}, ignored)
+            self.key = write_manifest(self.store, manifest)
+            return self.key
+        except Exception as exc:
+            detail = log.redact(str(exc))[:200] or type(exc).__name__
+            self.log.warning("manifest_write_failed", spider=self.spider, run=self.run, error=type(exc).__name__)
+            err.print(f"[yellow]warning:[/] manifest of run {self.run!r} not written: {detail}",
+                      highlight=False, soft_wrap=True, markup=True)
+            return None
+
+    def tick(self) -> None:
+        """Called while fleet run waits: a progress manifest every MANIFEST_EVERY seconds."""
+        if time.monotonic() - self.last_write >= MANIFEST_EVERY:
+            self.write(final=False)
+
+    def _build(self, f: Mapping[str, Any], final: bool, exit_code: int | None, why: str,
+               outcomes: Mapping[str, int], ignored: int | None) -> dict[str, Any]:
+        base, counts = self.base, self.base.get("counts") or {}
+        by_run = self.writer == "fleet run"
+        backlog = f["backlog"]
+        queued = sum(int(backlog.get(k, 0)) for k in ("ready", "inflight", "delayed"))
+        if not by_run:  # fleet runs --refresh: final once nothing of the run is left to work on
+            final = queued == 0
+        prev_ignored = counts.get("ignored")
+        total_ignored = None if ignored is None and prev_ignored is None else int(prev_ignored or 0) + int(ignored or 0)
+        elapsed = counts.get("elapsed_s")
+        if by_run:
+            elapsed = float(elapsed or 0) + (time.time() - self.started)
+        finished = iso(time.time()) if final and by_run else (base.get("finished_at") if final else None)
+        return build(
+            spider=self.spider, run=self.run, spider_version=self.version, item_key=self.item_key,
+            writer=self.writer, final=final,
+            started_at=base.get("started_at") or iso(f["first_seeded"] or self.started),
+            finished_at=finished, elapsed_s=elapsed, seeded=self.seeded, seen=int(f["seen"]),
+            done=int(f["done"]), dlq=int(f["dlq"]), backlog=backlog, scope=f["scope"], ignored=total_ignored,
+            outcomes=_add(counts.get("outcomes"), outcomes), breakers_open=f["breakers_open"], tally=f["tally"],
+            exit_code=exit_code if by_run else None, why_incomplete=why,
+        )

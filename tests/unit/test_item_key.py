@@ -1,0 +1,102 @@
+"""Declared item keys (``item_key`` / YAML ``key:``): one idempotency key per product whichever page or
+run found it, the per-request key when a key field is empty, and the per-run tallies the manifest reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import scrapy
+
+from scraper.store.objects import WriteContext, declared_key, encode_items, idempotency_key, key_values
+from scraper.worker.identity import ItemKeyError, fleet_version, item_key_of, spider_version
+from scraper.worker.tally import MAX_FIELDS, RunTally, json_type
+from scraper.worker.yamlspec import compile_spec, parse_spec
+
+
+def _ctx(fp: str, run: str = "r1", key: tuple[str, ...] = ("sku",)) -> WriteContext:
+    return WriteContext(spider="shop", spider_version="1", run=run, fp=fp, url="http://127.0.0.1/x",
+                        worker_id="w", attempt=1, attempts={}, proxy_id=None, fetched_at="t", item_key=key)
+
+
+def _keys(data: bytes) -> list[str]:
+    return [json.loads(line)["_meta"]["idempotency_key"] for line in data.decode().splitlines()]
+
+
+def test_declared_key_is_the_same_across_pages_and_runs() -> None:
+    item = {"sku": "SKU-1", "name": "Teapot"}
+    a = _keys(encode_items(_ctx("0" * 16, "r1"), [item]))
+    b = _keys(encode_items(_ctx("1" * 16, "r2"), [{"name": "other text", "sku": "SKU-1"}]))
+    assert a == b == [declared_key("shop", ["SKU-1"])]
+    assert declared_key("shop", ["SKU-1"]) != declared_key("other", ["SKU-1"])  # per spider
+    assert declared_key("shop", [{"b": 1, "a": 2}]) == declared_key("shop", [{"a": 2, "b": 1}])  # canonical
+
+
+def test_missing_key_field_falls_back_to_the_request_key() -> None:
+    fp = "2" * 16
+    keys = _keys(encode_items(_ctx(fp), [{"sku": ""}, {"name": "x"}, {"sku": None}, {"sku": "S"}]))
+    assert keys[:3] == [idempotency_key("shop", fp, i) for i in range(3)]
+    assert keys[3] == declared_key("shop", ["S"])
+    assert key_values({"a": 0, "b": False}, ("a", "b")) == [0, False]  # 0 and False are values
+
+
+def test_no_declaration_keeps_todays_key() -> None:
+    fp = "3" * 16
+    assert _keys(encode_items(_ctx(fp, key=()), [{"sku": "S"}])) == [idempotency_key("shop", fp, 0)]
+
+
+def test_item_key_declarations_are_checked() -> None:
+    class Ok(scrapy.Spider):
+        name = "ok"
+        item_key = "sku"
+
+    class Bad(scrapy.Spider):
+        name = "bad"
+        item_key = ("sku", 3)
+
+    class Plain(scrapy.Spider):
+        name = "plain"
+
+    assert item_key_of(Ok) == ("sku",) and item_key_of(Ok("ok")) == ("sku",)
+    assert item_key_of(Plain) == ()
+    with pytest.raises(ItemKeyError, match="tuple of field names"):
+        item_key_of(Bad)
+
+
+def test_spider_version_declared_or_derived_from_the_source() -> None:
+    class Versioned(scrapy.Spider):
+        name = "v"
+        version = "7"
+
+    class Unversioned(scrapy.Spider):
+        name = "u"
+
+    assert spider_version(Versioned) == "7"
+    derived = spider_version(Unversioned)
+    assert derived.startswith(fleet_version() + "+") and len(derived.split("+")[-1]) == 12
+    assert spider_version(Unversioned("u")) == derived
+
+
+def test_yaml_key_becomes_item_key() -> None:
+    spec = parse_spec(Path("s.yaml"), "name: s\nkey: [sku]\npages: {p: {fields: {sku: 'span::text', a: h1}}}")
+    assert item_key_of(compile_spec(spec)) == ("sku",)
+
+
+def test_tally_counts_coverage_types_and_missing_keys() -> None:
+    t = RunTally()
+    n = t.written("r", [{"sku": "A", "price": 1.5, "tags": []}, {"sku": None, "price": 2, "tags": ["x"]}], ("sku",))
+    assert n == 1
+    c = t.runs["r"]
+    assert c["items"] == 2 and c["objects"] == 1 and c["key_missing"] == 1
+    assert c["c:sku"] == 1 and c["c:price"] == 2 and c["c:tags"] == 1
+    assert c["t:string:sku"] == 1 and c["t:null:sku"] == 1 and c["t:number:price"] == 1 and c["t:integer:price"] == 1
+    assert json_type(True) == "boolean" and json_type({}) == "object"
+
+
+def test_tally_field_names_are_bounded() -> None:
+    t = RunTally()
+    t.written("r", [{f"f{i}": i for i in range(MAX_FIELDS + 50)}, {"x" * 500: 1}])
+    c = t.runs["r"]
+    assert c["fields_dropped"] == 51
+    assert sum(1 for k in c if k.startswith("c:")) == MAX_FIELDS

@@ -1,0 +1,68 @@
+"""The run manifest's rules, pure: reconciliation, completeness, coverage and schema, keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from scraper.store.backends import LocalStore
+from scraper.store.manifest import (
+    build,
+    coverage_and_schema,
+    list_manifests,
+    manifest_key,
+    read_manifest,
+    reconcile,
+    write_manifest,
+)
+
+
+def _m(**over: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(spider="s", run="r", spider_version="1", item_key=(), writer="fleet run", final=True,
+                                started_at="2024-01-01T00:00:00Z", finished_at=None, elapsed_s=1.0, seeded=1, seen=10,
+                                done=10, dlq=0, backlog={}, scope="run", ignored=0, outcomes={}, breakers_open=[],
+                                tally={}, exit_code=0)
+    args.update(over)
+    return build(**args)
+
+
+def test_reconciliation_says_which_side_is_off() -> None:
+    assert reconcile(seen=10, done=6, dlq=1, parked=2, queued=1, scope="run")["ok"]
+    short = reconcile(seen=10, done=6, dlq=1, parked=1, queued=1, scope="run")
+    assert not short["ok"] and short["unaccounted"] == 1 and "neither done" in short["problem"]
+    over = reconcile(seen=10, done=10, dlq=1, parked=0, queued=0, scope="spider")
+    assert over["unaccounted"] == -1 and "exceeds" in over["problem"] and "all runs" in over["problem"]
+
+
+def test_complete_only_when_drained_reconciled_and_nothing_open() -> None:
+    assert _m()["complete"] is True
+    assert _m(done=9, dlq=1, exit_code=4)["complete"] is True  # DLQ entries are settled
+    parked = _m(done=7, backlog={"parked": 3}, exit_code=5)
+    assert parked["complete"] is False and parked["counts"]["parked"] == 3
+    assert "3 requests parked" in parked["incomplete_reasons"]
+    assert _m(final=False)["complete"] is False
+    assert _m(breakers_open=["a.example"])["complete"] is False
+    assert _m(done=9)["complete"] is False  # one request unaccounted for
+    assert _m(exit_code=3, why_incomplete="a worker exited with 3")["incomplete_reasons"] == ["a worker exited with 3"]
+
+
+def test_coverage_and_schema_from_tallies() -> None:
+    cov, schema = coverage_and_schema({"items": 4, "c:a": 4, "c:b": 1, "t:string:a": 4, "t:null:b": 3,
+                                       "t:integer:b": 1, "t:string:x:y": 2})
+    assert cov == {"a": 1.0, "b": 0.25, "x:y": 0.0}
+    assert schema == {"a": "string", "b": "integer|null", "x:y": "string"}
+    assert coverage_and_schema({}) == ({}, {})
+
+
+def test_manifest_round_trip_and_bad_names(tmp_path: Any) -> None:
+    store = LocalStore(f"file://{tmp_path}")
+    m = _m()
+    assert write_manifest(store, m) == manifest_key("s", "r") == "runs/spider=s/run=r/manifest.json"
+    assert read_manifest(store, "s", "r") == m
+    store.put("runs/spider=s/run=bad/manifest.json", b"not json")
+    assert [(k.split("/")[2], v is not None) for k, v in list_manifests(store, "s")] == [("run=bad", False),
+                                                                                        ("run=r", True)]
+    assert read_manifest(store, "s", "none") is None
+    with pytest.raises(ValueError):
+        manifest_key("s", "../x")
