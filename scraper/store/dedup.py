@@ -33,6 +33,7 @@ _MAX_LEVEL = (64 - _TOP_BITS) // _SPLIT_BITS
 #: ~230 bytes with CPython 3.11; rounded up so the budget is an upper bound.
 _PER_KEY = 300
 _BUF = 1 << 16
+_key_json = json.JSONEncoder().encode  # ASCII JSON: no tab or newline can be inside
 
 
 def fetched_rank(value: object) -> str:
@@ -80,7 +81,8 @@ class Spill:
         if f is None:
             f = self._files[part] = open(self._path(f"{part:02x}"), "wb", buffering=_BUF)
         # the key as JSON: no tab or newline inside; the record text is the last field and may hold tabs
-        f.write(b"%016x\t%s\t%s\t%s\n" % (h, json.dumps(key).encode(), self._last_rank.encode(), line))
+        jkey = b'"%s"' % key.encode() if key.isascii() and key.isalnum() else _key_json(key).encode()
+        f.write(b"%016x\t%s\t%s\t%s\n" % (h, jkey, self._last_rank.encode(), line))
         self.records += 1
 
     def close(self) -> None:
@@ -89,15 +91,15 @@ class Spill:
                 f.close()
                 self._files[i] = None
 
-    def winners(self) -> Iterator[tuple[str, bytes]]:
-        """(key, record text) of every key once, its winning record, in (hash, key) order."""
+    def winners(self) -> Iterator[bytes]:
+        """The winning record's text of every key, once, in (hash, key) order."""
         self.close()
         for part in range(FANOUT):
             path = self._path(f"{part:02x}")
             if path.exists():
                 yield from self._partition(path, 0)
 
-    def _partition(self, path: Path, level: int) -> Iterator[tuple[str, bytes]]:
+    def _partition(self, path: Path, level: int) -> Iterator[bytes]:
         best: dict[bytes, tuple[bytes, bytes]] = {}
         size = 0
         over = False
@@ -121,10 +123,9 @@ class Spill:
             return
         os.unlink(path)
         for ident in sorted(best):
-            rank, line = best.pop(ident)
-            yield json.loads(ident.partition(b"\t")[2]), line
+            yield best.pop(ident)[1]
 
-    def _split(self, path: Path, level: int) -> Iterator[tuple[str, bytes]]:
+    def _split(self, path: Path, level: int) -> Iterator[bytes]:
         self.splits += 1
         shift = 64 - _TOP_BITS - _SPLIT_BITS * (level + 1)
         subs = [self.dir / f"{path.name}-{i:x}" for i in range(1 << _SPLIT_BITS)]

@@ -43,7 +43,20 @@ DEFAULT_MEMORY_MB = 64
 DEFAULT_BUDGET = DEFAULT_MEMORY_MB << 20
 _LOGGED_SKIPS = 5  # bad lines logged one by one; the rest only counted
 
-_log = get_logger(component="export")
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _parse(line: bytes) -> Any:
+    """json.loads of a stripped line without its per-call encoding sniffing and whitespace regexes (a third
+    of the export's parse time): UTF-8 only, as the worker writes; trailing text is an error too."""
+    text = line.decode("utf-8")
+    value, end = _raw_decode(text)
+    if end != len(text):
+        raise ValueError(f"extra data at column {end + 1}")
+    return value
+
+
+_log = get_logger(component="export")  # started/finished at DEBUG: stdout has the result, stderr stays quiet
 
 
 def open_target(store: ObjectStore, out: str | None, spider: str, run: str) -> tuple[ObjectStore, str]:
@@ -75,7 +88,7 @@ class _Reader:
             if not line:
                 continue
             try:
-                rec = json.loads(line)
+                rec = _parse(line)
             except ValueError as exc:  # not JSON, or not UTF-8
                 self._skip(key, i, f"{type(exc).__name__}: {str(exc)[:80]}")
                 continue
@@ -97,7 +110,19 @@ class _Reader:
 
     def read(self, keys: Iterator[str], total: int, threads: int,
              progress: Callable[[int, int], None] | None) -> None:
-        """GET every key, at most ``2 * threads`` in flight; records are parsed here, in this thread."""
+        """GET every key, at most ``2 * threads`` in flight; records are parsed here, in this thread.
+        One thread: plain sequential reads (a local disk; a pool's hand-offs cost more than they save)."""
+        if threads <= 1:
+            for key in keys:
+                data = self._get(key)
+                if data is None:
+                    self.vanished += 1
+                else:
+                    self.records(key, data)
+                self.objects += 1
+                if progress is not None:
+                    progress(self.objects, total)
+            return
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleet-export")
         pending: dict[Future[bytes | None], str] = {}
         try:
@@ -164,13 +189,13 @@ def export_run(
     store = open_store(store_uri)
     target, prefix = open_target(store, out, spider, run)
     budget = memory_budget
-    threads = threads or (16 if isinstance(store, S3Store) else 4)
+    threads = threads or (16 if isinstance(store, S3Store) else 1)
     with tempfile.TemporaryDirectory(prefix="fleet-export-", dir=tmp_dir) as tmp:
         work = Path(tmp)
         if phase is not None:
             phase("listing")
         total = _list_keys(store, f"items/spider={spider}/run={run}/", work / "keys")
-        _log.info("export_started", spider=spider, run=run, format=fmt, objects=total)
+        _log.debug("export_started", spider=spider, run=run, format=fmt, objects=total)
         if progress is not None:
             progress(0, total)
         spill = Spill(work, budget)
@@ -181,12 +206,12 @@ def export_run(
         writer: JsonlParts | ParquetParts
         if fmt == "jsonl":
             writer = JsonlParts(work, part_rows)
-            for _, line in spill.winners():
+            for line in spill.winners():
                 writer.add(line)
         else:
             writer = ParquetParts(work, budget // 8, part_rows)
-            for _, line in spill.winners():
-                writer.add(json.loads(line), len(line))
+            for line in spill.winners():
+                writer.add(_parse(line), len(line))
         paths = writer.finish()
         names = [p.name for p in paths]
         for p in paths:
@@ -200,7 +225,7 @@ def export_run(
         "objects": reader.objects, "duplicates": spill.records - writer.rows, "skipped_lines": reader.skipped,
         "location": target.describe(prefix.rstrip("/")), "elapsed_s": round(time.monotonic() - started, 3),
     }
-    _log.info("export_finished", **{k: v for k, v in result.items() if k not in ("spider", "run")},
+    _log.debug("export_finished", **{k: v for k, v in result.items() if k not in ("spider", "run")},
               spider=spider, run=run, vanished=reader.vanished, splits=spill.splits)
     return result
 

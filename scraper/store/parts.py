@@ -27,17 +27,21 @@ def part_name(n: int, fmt: str) -> str:
     return f"part-{n:05d}.{'parquet' if fmt == 'parquet' else 'jsonl.gz'}"
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def flatten(rec: dict[str, Any]) -> dict[str, Any]:
     """Top-level item fields as columns; nested values as JSON text; ``_meta`` fields as ``_meta_<name>``."""
     out: dict[str, Any] = {}
     for k, v in rec.items():
-        if k == "_meta" and isinstance(v, dict):
-            for mk, mv in v.items():
-                out[f"_meta_{mk}"] = json.dumps(mv, ensure_ascii=False) if isinstance(mv, (dict, list)) else mv
-        elif isinstance(v, (dict, list)):
-            out[k] = json.dumps(v, ensure_ascii=False)
-        else:
+        if type(v) in _SCALARS:  # most values: one set lookup instead of isinstance calls
             out[k] = v
+        elif k == "_meta" and type(v) is dict:
+            for mk, mv in v.items():
+                out["_meta_" + mk] = mv if type(mv) in _SCALARS else _to_json(mv)
+        else:
+            out[k] = _to_json(v)
     return out
 
 
@@ -100,37 +104,32 @@ class ParquetParts:
         self.part_rows = max(1, part_rows)
         self.rows = 0
         self._names: dict[str, None] = {}  # every column in order of first appearance
-        self._cols: dict[str, list[Any]] = {}
-        self._n = 0  # rows in the current chunk
+        self._rows: list[dict[str, Any]] = []  # the current chunk, flattened
+        self._chunk_names: dict[str, Any] = {}
         self._bytes = 0
         self._chunks: list[tuple[Path, Any]] = []  # (IPC file, its schema)
 
     def add(self, record: dict[str, Any], size: int) -> None:
         """One record (parsed) whose JSON text was ``size`` bytes (what bounds a chunk)."""
-        n = self._n
-        cols = self._cols
-        for k, v in flatten(record).items():
-            col = cols.get(k)
-            if col is None:
-                col = cols[k] = [None] * n
-                self._names.setdefault(k, None)
-            col.append(v)
-        self._n = n = n + 1
-        for col in cols.values():
-            if len(col) < n:
-                col.append(None)
+        row = flatten(record)
+        self._rows.append(row)
+        self._chunk_names.update(row)  # the values are dropped at the flush; only the key order counts
         self.rows += 1
         self._bytes += size
-        if n >= ROW_GROUP_ROWS or self._bytes >= self.chunk_bytes:
+        if len(self._rows) >= ROW_GROUP_ROWS or self._bytes >= self.chunk_bytes:
             self._flush()
 
     def _flush(self) -> None:
         import pyarrow as pa
 
-        if not self._n:
+        rows = self._rows
+        if not rows:
             return
         arrays = {}
-        for k, values in self._cols.items():
+        keys = list(self._chunk_names)
+        self._names.update(dict.fromkeys(keys))
+        for k in keys:
+            values = [row.get(k) for row in rows]
             try:
                 arrays[k] = pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, UnicodeError):  # mixed types: text
@@ -140,8 +139,9 @@ class ParquetParts:
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
             w.write_table(table)
         self._chunks.append((path, table.schema))
-        self._cols = {}
-        self._n = self._bytes = 0
+        self._rows = []
+        self._chunk_names = {}
+        self._bytes = 0
 
     def schema(self) -> Any:
         """One type per column over every chunk; item fields first, then the ``_meta_`` columns."""
