@@ -45,16 +45,14 @@ def synthesize(root: Path, items: int, per_object: int) -> dict[str, Any]:
                 f'"fingerprint":"{fp}","url":"http://shop.test/product/{n}.html",{meta_tail},'
                 f'"fetched_at":"2026-12-01T10:{minute:02d}:00.000000Z"}}}}')
 
-    n = 0
-    while n < items:
+    for first in range(0, items, per_object):
         fp = hashlib.sha1(f"obj-{objects}".encode()).hexdigest()[:16]
         lines = []
-        for n in range(n, min(items, n + per_object)):
+        for n in range(first, min(items, first + per_object)):
             lines.append(line(n, fp, 0))
             if n % DUP_EVERY == DUP_EVERY - 1 and n >= per_object:  # again, later, next to an earlier item
                 lines.append(line(n - per_object, fp, 1))
                 dups += 1
-        n += 1
         data = ("\n".join(lines) + "\n").encode()
         line_bytes += len(data)
         with open(base / fp[:2] / f"{fp}.jsonl", "wb") as f:
