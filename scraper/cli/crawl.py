@@ -28,6 +28,7 @@ from scraper.cli.common import (
     run_summary,
     spider_class,
 )
+from scraper.cli.data import export_after_run
 from scraper.cli.manifests import RunManifest
 from scraper.cli.seeding import seed_run
 from scraper.cli.worker import SHUTDOWN_CLOSE_WAIT, run_worker
@@ -97,6 +98,8 @@ def run_cmd(
         "--deadline", metavar="SECONDS",
         help="Stop the workers gracefully after this long (their leases go back to READY) and exit 5.")] = None,
     idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
+    export: Annotated[bool, typer.Option(
+        "--export", help="At the end, export the run as Parquet (as `fleet export`); the summary gets an export field.")] = False,
 ) -> None:
     """Cron one-shot: seed (or --resume a run), work until the queue drains, print a JSON summary.
 
@@ -106,7 +109,8 @@ def run_cmd(
     Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
     a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
     3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`);
-    1 configuration error.
+    1 configuration error. With --export, the run is exported at the end (unless the run itself failed with
+    exit 3) and an export failure is exit 3 too.
     """
     cfg = load_config()
     if workers < 1:
@@ -154,6 +158,10 @@ def run_cmd(
         worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
     )
     code, why = runreport.exit_code(result)
+    if export and code != EXIT_INFRA:
+        result["export"], failed = export_after_run(cfg, spider, run_id)
+        if failed:
+            code, why = EXIT_INFRA, failed
     result["manifest"] = manifest.write(final=True, exit_code=code, why=why, outcomes=worker_stats["outcomes"],
                                         ignored=worker_stats["ignored"])
     runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})

@@ -1,44 +1,82 @@
-"""fleet export: a run's objects as Parquet or JSONL for analysts."""
+"""fleet export: a run's objects as Parquet or JSONL.gz for analysts (also ``fleet run --export``)."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from scraper.cli.args import run_arg, spider_arg
 from scraper.cli.common import (
+    EXIT_INFRA,
     err,
     fail,
     load_config,
 )
 from scraper.infra import progress
+from scraper.infra.config import FleetConfig
+from scraper.store.backends import StoreError
 
-__all__ = ["app"]
+__all__ = ["app", "export_after_run"]
 
 app = typer.Typer()
+
+
+class _ExportFailed(Exception):
+    """The store or the temp directory failed (exit 3); the message is one line, without secrets."""
+
+
+def _export(cfg: FleetConfig, spider: str, run: str, fmt: str, out: str | None, memory_mb: int) -> dict[str, Any]:
+    """Run the export with its progress bar; ValueError for bad arguments, _ExportFailed for the rest."""
+    from scraper.store.export import export_run
+
+    try:
+        with progress.ExportProgress(spider, run, show=progress.enabled(cfg.log_format)) as bar:
+            return export_run(cfg.store, spider, run, fmt, out, bar, phase=bar.phase,
+                              memory_budget=memory_mb << 20)
+    except StoreError as exc:
+        raise _ExportFailed(f"export of {spider} run {run} failed: {exc}") from None
+    except OSError as exc:  # the temp directory: disk full, read-only, gone
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise _ExportFailed(f"export of {spider} run {run} failed: temp directory{where}: "
+                            f"{exc.strerror or exc}") from None
+
 
 @app.command()
 def export(
     spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name.")],
     run: Annotated[str, typer.Option("--run", callback=run_arg, help="The run to export.")],
-    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
-    out: Annotated[Optional[str], typer.Option("--out", help="Store URI to write to (default: FLEET_STORE, under exports/).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet (zstd) or jsonl (gzipped JSON Lines).")] = "parquet",
+    out: Annotated[Optional[str], typer.Option("--out", help="Directory or store URI to write spider=S/run=R/part-*.<ext> under (default: FLEET_STORE, under exports/).")] = None,
+    memory_mb: Annotated[int, typer.Option("--memory-mb", help="Memory budget of the dedup, MB (records spill to $TMPDIR).")] = 64,
 ) -> None:
-    """Export a run as one record per idempotency key (Parquet for DuckDB/Athena/pandas, or JSONL)."""
-    from scraper.store.export import export_run
+    """Export a run as one record per idempotency key (the latest fetched_at wins), in parts of at most 1M rows.
 
+    Prints JSON {spider, run, format, records, parts, objects, duplicates, skipped_lines, location, elapsed_s}.
+    Exit 3 when the store or the temp directory fails."""
     if fmt not in {"parquet", "jsonl"}:
         raise fail(f"--format {fmt!r}: use parquet or jsonl")
+    if memory_mb < 8:
+        raise fail("--memory-mb must be >= 8")
     cfg = load_config()
     try:
-        with progress.ExportProgress(spider, run, show=progress.enabled(cfg.log_format)) as bar:
-            result = export_run(cfg.store, spider, run, fmt, out, bar)
+        result = _export(cfg, spider, run, fmt, out, memory_mb)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    except _ExportFailed as exc:
+        raise fail(str(exc), EXIT_INFRA) from None
     if result["records"] == 0:
         err.print(f"[yellow]warning:[/] run {run!r} of {spider!r} has no items in {cfg.store}", highlight=False)
     print(json.dumps(result))
 
 
+def export_after_run(cfg: FleetConfig, spider: str, run: str) -> tuple[dict[str, Any], str | None]:
+    """``fleet run --export``: (the summary's ``export`` field, an error line or None). Never raises for an
+    export failure: the run's summary is still printed, and the caller exits 3."""
+    try:
+        res = _export(cfg, spider, run, "parquet", None, 64)
+    except (ValueError, _ExportFailed) as exc:
+        return {"error": str(exc)}, str(exc)
+    return {"parts": res["parts"], "rows": res["records"], "duplicates": res["duplicates"],
+            "location": res["location"]}, None

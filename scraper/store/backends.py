@@ -23,6 +23,7 @@ import ctypes
 import errno
 import itertools
 import os
+import shutil
 import struct
 import time
 import uuid
@@ -165,6 +166,18 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield keys starting with ``prefix`` (relative to the store root), sorted."""
+
+    def scan(self, prefix: str = "") -> Iterator[str]:
+        """Yield keys starting with ``prefix`` in no particular order, without holding them all.
+
+        For ``fleet export`` of millions of objects: :meth:`list` sorts, which on disk means holding every
+        key first. Default: :meth:`list` (S3 already streams its pages)."""
+        return self.list(prefix)
+
+    def put_file(self, key: str, path: Path, *, content_type: str = _DEFAULT_CONTENT_TYPE) -> None:
+        """Write the file at ``path`` to ``key``, atomically like :meth:`put`, without reading it into memory
+        where the backend can stream (an export part may be hundreds of MB)."""
+        self.put(key, Path(path).read_bytes(), content_type=content_type)
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -333,6 +346,48 @@ class LocalStore(ObjectStore):
             self._fail("list", start, errors[0])
         keys.sort()
         yield from keys
+
+    def scan(self, prefix: str = "") -> Iterator[str]:
+        """Walk as :meth:`list` does but yield as it goes, unsorted (bounded memory for huge runs)."""
+        _validate_prefix(prefix)
+        dir_part = prefix.rpartition("/")[0]
+        start = self.root.joinpath(*dir_part.split("/")) if dir_part else self.root
+        errors: list[OSError] = []
+
+        def onerror(exc: OSError) -> None:
+            if not isinstance(exc, FileNotFoundError | NotADirectoryError):
+                errors.append(exc)
+
+        for dirpath, dirnames, filenames in os.walk(start, onerror=onerror):
+            dirnames[:] = [d for d in dirnames if not d.startswith(_TMP_PREFIX)]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            base = "" if rel == "." else rel + "/"
+            for name in filenames:
+                if not name.startswith(_TMP_PREFIX) and (key := base + name).startswith(prefix):
+                    yield key
+            if errors:
+                self._fail("list", start, errors[0])
+
+    def put_file(self, key: str, path: Path, *, content_type: str = _DEFAULT_CONTENT_TYPE) -> None:
+        """Copy into a temp file beside the target, fsync, rename: atomic and streamed."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{_TMP_PREFIX}{target.name}.{os.getpid()}-{next(self._seq)}-{_RUN_TAG}")
+            try:
+                shutil.copyfile(path, tmp)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, target)
+            except BaseException:
+                _unlink_quiet(tmp)
+                raise
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            self._fail("put", target, exc)
 
     def delete(self, key: str) -> None:
         """Unlink the file; empty parent directories are left alone.
@@ -556,6 +611,18 @@ class S3Store(ObjectStore):
                         yield full[len(root) :]
         except (BotoCoreError, ClientError) as exc:
             self._fail("list", prefix, exc)
+
+    def put_file(self, key: str, path: Path, *, content_type: str = _DEFAULT_CONTENT_TYPE) -> None:
+        """boto3's managed upload: multipart for large files, streamed from disk; the object appears
+        only when the upload completes (atomic like PutObject)."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        try:
+            self._client.upload_file(str(path), self.bucket, full, ExtraArgs={"ContentType": content_type})
+        except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+            self._fail("put", key, exc)
 
     def delete(self, key: str) -> None:
         """DeleteObject is already idempotent on S3 (204 for missing keys)."""

@@ -9,6 +9,7 @@ BENCH_CONCURRENCY=32      concurrent requests of every contender
 BENCH_VARIANTS=a,a2,b,c,d,e,cf,df   which contenders to run
 BENCH_DEDUP_URLS=1000000  SEEN set size for the memory and latency benches
 BENCH_SEED_URLS=1000000   URLs for the `fleet seed --urls` bench (the issue's full size)
+BENCH_EXPORT_ITEMS=1000000 items synthesised into a local store for the `fleet export` bench (items/s, peak RSS)
 BENCH_SOAK_PAGES=100000   page fetches of the soak, the issue's size (21000: about 1.5 minutes less, still in warm-up)
 BENCH_WARMUP=1            0: no unmeasured Fleet crawl before round 1 (it settles the disk after the site is written)
 BENCH_DIAG=0              1: also run diagnostics once (Fleet with its object store on tmpfs: cm, dm)
@@ -37,6 +38,7 @@ from rich.table import Table
 
 from tests.bench import micro
 from tests.bench.crawl import HANG_S, LABEL, ROOT, VARIANTS, Bench
+from tests.bench.export import export_bench
 from tests.bench.procs import RedisServer, redis_binary
 from tests.bench.site import StaticServer, generate
 from tests.bench.soak import soak
@@ -274,6 +276,7 @@ def main() -> int:
     dedup_n = env_int("BENCH_DEDUP_URLS", 1_000_000)
     seed_n = env_int("BENCH_SEED_URLS", 1_000_000)
     soak_n = env_int("BENCH_SOAK_PAGES", 100_000)
+    export_n = env_int("BENCH_EXPORT_ITEMS", 1_000_000)
     variants = [v for v in os.environ.get("BENCH_VARIANTS", "a,a2,b,c,d,e,cf,df").split(",") if v in VARIANTS]
     diag = os.environ.get("BENCH_DIAG", "0") == "1"
     out_dir = ROOT / os.environ.get("BENCH_OUT", "bench-out")
@@ -320,8 +323,15 @@ def main() -> int:
         sk = soak(crawl_redis, tmp, start_url, pages, soak_n, concurrency,
                   timeout=float(os.environ.get("BENCH_SOAK_TIMEOUT", "1800")), out_dir=out_dir)
         results["soak"] = sk
+        log(f"export: {export_n:,} items")
+        ex = results["export"] = export_bench(tmp, export_n)
 
         results["targets"] = targets(crawl, dedup, lat, seed, sk)
+        results["targets"].append({
+            "target": f"fleet export peak RSS at {export_n:,} items (MB)", "value": ex["peak_rss_mb"], "goal": "≤ 300",
+            "status": "PASS" if ex["peak_rss_mb"] <= 300 else "MISS",
+            "note": f"{ex['items_per_s']:,.0f} items/s ({ex['wall_s']:.0f} s, {ex['objects']:,} objects, "
+                    f"{ex['duplicates']:,} duplicates dropped, {ex['parts']} part(s), {ex['output_mb']:.0f} MB Parquet)"})
         results["wall_s"] = time.time() - t_start
         print_all(results, pages, n_products)
     finally:
@@ -374,6 +384,10 @@ def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
                   f"{sk['rss_first_fetch_mb']:.0f} / {sk['rss_10pct_mb']:.0f} / {sk['timeline_mb']['25%']:.0f} / "
                   f"{sk['timeline_mb']['50%']:.0f} / {sk['timeline_mb']['75%']:.0f} / "
                   f"{sk['rss_end_mb']:.0f} / {sk['rss_peak_mb']:.0f}")
+    ex = res.get("export")
+    if ex:
+        m.add_row(f"fleet export: {ex['items']:,} items in {ex['objects']:,} objects (+{ex['duplicates']:,} duplicates)",
+                  f"{ex['items_per_s']:,.0f} items/s ({ex['wall_s']:.1f} s), peak RSS {ex['peak_rss_mb']:.0f} MB")
     console.print(m)
 
     hangs = res.get("hangs", [])
