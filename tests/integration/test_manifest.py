@@ -4,6 +4,7 @@ small known crawl; `fleet runs` lists the runs and `--refresh` rebuilds a manife
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import textwrap
@@ -133,8 +134,8 @@ def test_declared_key_dedups_pages_retries_and_runs(redis_url: str, tmp_path: Pa
     assert list(k1.values()).count(None) == 1  # the page without a SKU keeps its per-request key
 
     exported = fleet_json("export", "keyshop", "--run", "k1", "--format", "jsonl", env=env)
-    rows = [json.loads(x) for x in (tmp_path / "data" / "exports" / "spider=keyshop" / "run=k1" /
-                                    "part-00000.jsonl").read_text().splitlines()]
+    part = tmp_path / "data" / "exports" / "spider=keyshop" / "run=k1" / "part-00000.jsonl.gz"
+    rows = [json.loads(x) for x in gzip.decompress(part.read_bytes()).decode().splitlines()]
     assert exported["records"] == len(rows) == PRODUCTS + 1
     assert sorted(str(r["sku"]) for r in rows) == sorted([f"SKU-{i}" for i in range(1, PRODUCTS + 1)] + ["None"])
 
