@@ -47,6 +47,8 @@ class Finisher:
         self.stats = stats
         self.log = log
         self.durability: Durability | None = None  # set by the runtime (it answers objects_answered)
+        # True for a request of a cancelled run, which is then acknowledged unwritten (scraper.worker.cancels)
+        self.dropped: Callable[[LeaseState], bool] = lambda state: False
 
     def ctx(self, state: LeaseState) -> WriteContext:
         """What the object records about its request (each item's ``_meta``)."""
@@ -84,6 +86,8 @@ class Finisher:
     def finish(self, state: LeaseState) -> None:
         """The callback and every item are done: queue the objects for the sink (or commit at once)."""
         out, progress = state.out, state.progress
+        if self.dropped(state):
+            return
         if out.errors:
             self.stats.inc_value(f"fleet/class/{D}")
             self.spawn(self.failures.dead(state, "pipeline_error", "; ".join(out.errors)[:500]))
