@@ -74,6 +74,7 @@ class Finisher:
             self.spawn(self.failures.drift(state, f"callback_error:{type(exc).__name__}", ()))
             return
         self.stats.inc_value(f"fleet/class/{D}")
+        self.stats.inc_value(f"fleet/outcome/{D}/callback_error:{type(exc).__name__}")
         self.spawn(self.failures.dead(state, f"callback_error:{type(exc).__name__}", str(exc)[:500]))
 
     def outcome(self, state: LeaseState) -> str:
@@ -90,12 +91,14 @@ class Finisher:
             return
         if out.errors:
             self.stats.inc_value(f"fleet/class/{D}")
+            self.stats.inc_value(f"fleet/outcome/{D}/pipeline_error")
             self.spawn(self.failures.dead(state, "pipeline_error", "; ".join(out.errors)[:500]))
             return
         verdict = drift.check(self.spider(), state.env.callback, out.items)
         if verdict is not None:
             self.spawn(self.failures.drift(state, verdict.reason, verdict.missing))
             return
+        self.stats.inc_value("fleet/outcome/ok/ok")
         if out.discovered:
             # children go to Redis now, in a call of their own, before the parent's writes: SEEN makes a
             # redelivered parent's rediscovery a no-op, so enqueueing early is safe, and a pagination

@@ -399,6 +399,10 @@ class FleetRuntime:
         state.settled = True
         self.finisher.callback_failed(state, exc)
 
+    def time_commits(self, observe: Callable[[float], None] | None) -> None:
+        """Hand the seconds of every COMMIT call to ``observe`` (the worker metrics' histogram)."""
+        self.committer.timed = observe
+
     def ignored(self, state: LeaseState, exc: BaseException) -> None:
         """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""
         state.settled = True
