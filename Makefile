@@ -42,10 +42,12 @@ lock-check: | $(UV)
 	@$(UV_ENV) $(UV) lock --check --offline --quiet || (echo "uv.lock is out of date with pyproject.toml: run 'make lock'" >&2; exit 1)
 
 # Chromium (Debian's, from apt) for the rendered-page tests: browser downloads are not possible here.
+# promtool (Debian's `prometheus` package) for tests/deploy: `promtool check rules` and `test rules`.
 # Test files run two at a time (most integration time is waiting on idle timers); the fault-injection
 # (chaos) tests run alone afterwards: their leases and heartbeats are timed in seconds.
 test: $(DEV_STAMP) lock-check
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || echo "warning: could not install chromium; the rendered-page test will be skipped"
+	@command -v promtool >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || echo "warning: could not install prometheus (promtool); the alert-rule tests will be skipped"
 	$(VENV)/bin/ruff check scraper middlewares pipelines settings tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=10 -m "not chaos" tests

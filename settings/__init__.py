@@ -120,6 +120,8 @@ EXTENSIONS = {
     # an HTTP control port per worker is an attack surface a fleet does not need
     "scrapy.extensions.remote_control.RemoteControl": None,
     "scraper.worker.watchdog.Watchdog": 500,
+    # Prometheus metrics of this worker, only with FLEET_METRICS_PORT (NotConfigured otherwise)
+    "scraper.worker.exporter.WorkerMetrics": 510,
 }
 
 # The failure taxonomy (scraper.policy.taxonomy, applied by middlewares.classify; docs/architecture.md, "Failure

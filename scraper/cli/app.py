@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typer
 
-from scraper.cli import crawl, data, dev, inspect, oncall, runs
+from scraper.cli import cancel, crawl, data, dev, inspect, oncall, runs
 
 __all__ = ["app", "main"]
 
@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Registration order is the order of `fleet --help`.
-for group in (crawl, inspect, runs, oncall, data, dev):
+for group in (crawl, inspect, runs, oncall, cancel, data, dev):
     app.add_typer(group.app)
 
 

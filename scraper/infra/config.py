@@ -34,6 +34,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_STORE_RAW | all | which response bodies are kept under raw/: ``all``, ``items`` (pages that yielded items) or ``none`` |
 | FLEET_WORKER_ID | host-pid | identity recorded in ``_meta`` and logs, and in lease tokens and the wake list: unique per live process |
 | FLEET_ALERT_WEBHOOK | (none) | URL receiving breaker alerts |
+| FLEET_METRICS_PORT | (off) | TCP port on which each worker serves its Prometheus metrics (`/metrics`, all interfaces; scraper/worker/exporter.py): pages, items, objects, outcomes per class and reason, retries, proxy bans per proxy, dedup skips, fetch and commit latency. Unset or empty: no server. A port already taken is logged (`worker_metrics_unavailable`) and the worker runs without metrics (`fleet run` starts several workers on one machine: only the first gets the port) |
 | FLEET_SCHEMES | http,https | URL schemes workers fetch (comma list of http, https, ftp, file, s3, data). Any other URL is refused wherever it appears: ``fleet seed`` rejects it, a link to it is skipped (counted as ``fleet/discovered_refused``), a queued or redirected one goes to the DLQ as D ``policy:scheme`` unfetched (scraper/policy/urls.py). ``file`` reads the worker's own files: never on unless named here. Independent of FLEET_ALLOW_PRIVATE (``0`` refuses every scheme but http(s) anyway) |
 | FLEET_ALLOW_PRIVATE | 1 | ``0``: never fetch a host that is or resolves to a non-public address (loopback, private, link-local, metadata service…): such requests go to the DLQ as D ``policy:private_address`` (middlewares/private.py). ``1``: allowed (the embedded demo site is on 127.0.0.1) |
 | FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |
@@ -95,6 +96,15 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigError(f"{name}={raw!r} is not an integer; unset it or give e.g. {default}") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    if _get(env, name) is None:
+        return None
+    value = _int(env, name, 0, minimum=1)
+    if value > 65535:
+        raise ConfigError(f"{name}={value} is not a TCP port: use 1-65535, or unset it")
     return value
 
 
@@ -167,6 +177,7 @@ class FleetConfig:
     store_raw: str = "all"
     worker_id: str = field(default_factory=_default_worker_id)
     alert_webhook: str | None = None
+    metrics_port: int | None = None
     allow_private: bool = True
     schemes: tuple[str, ...] = DEFAULT_SCHEMES
     log_level: str = "INFO"
@@ -212,6 +223,7 @@ class FleetConfig:
             store_raw=store_raw,
             worker_id=_get(e, "FLEET_WORKER_ID") or _default_worker_id(),
             alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
+            metrics_port=_port(e, "FLEET_METRICS_PORT"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
             schemes=_schemes(e),
             log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),

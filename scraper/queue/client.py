@@ -82,6 +82,7 @@ class Keys:
         self.hold = self.prefix + "hold"  # per-domain backoff deadlines (HOLD)
         self.brk = self.prefix + "brk"  # the breakers that are not closed: domain -> state|until
         self.parkdom = self.prefix + "parkdom"  # domains with parked requests
+        self.cancelled = self.prefix + "cancelled"  # runs `fleet cancel` stopped: run -> when (scraper/queue/cancel.py)
 
     def seen(self, run: str) -> str:
         return f"{self.prefix}seen:{run}"
@@ -134,6 +135,7 @@ class LeaseBatch:
     held: int = 0
     parked: int = 0
     remaining: int = 0  # READY's size after this lease
+    cancelled: int = 0  # entries of cancelled runs dropped unexecuted
 
 
 @dataclass(slots=True)
@@ -407,8 +409,9 @@ class FleetQueue:
             self._k_lease,
             [self.keys.prefix, repr(time.time()), n, repr(lease_seconds), worker, maintain_limit, secrets.token_hex(4)],
         )
-        promoted, reaped, leased, skipped, held, parked, remaining = res
+        promoted, reaped, leased, skipped, held, parked, remaining, cancelled = res
         return LeaseBatch(
+            cancelled=int(cancelled),
             held=int(held),
             parked=int(parked),
             remaining=int(remaining),

@@ -69,6 +69,7 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
     settings.set("CONCURRENT_REQUESTS", cfg.concurrency, priority="project")
     settings.set("FLEET_SPIDERS_DIR", cfg.spiders_dir, priority="project")
     settings.set("FLEET_CHROMIUM", cfg.chromium, priority="project")
+    settings.set("FLEET_METRICS_PORT", cfg.metrics_port or 0, priority="project")  # scraper.worker.exporter
     handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
     for scheme in cfg.schemes:
         if scheme in handlers and handlers[scheme] is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,8 @@ class Committer:
         self.claim_answered: Callable[[LeaseState, str, int], None] = lambda spec, token, deliveries: None
         self.commits: list[tuple[LeaseState, Commit]] = []
         self.wake = asyncio.Event()
+        # seconds each COMMIT call took, retries included (the worker metrics' histogram; None: not measured)
+        self.timed: Callable[[float], None] | None = None
 
     # -- what gets committed ----------------------------------------------------------------------
 
@@ -120,11 +123,14 @@ class Committer:
         nonce = secrets.token_hex(4)  # the same on a retry: a claim whose reply was lost is recognised
         retried = False
         commits = [c for _, c in batch]
+        started = time.perf_counter()
         while True:
             try:
                 enq, events, acked, claims = await queue.commit_claiming(
                     commits, worker=self.worker_id, lease_seconds=self.config.lease_seconds, nonce=nonce)
                 self.health.redis_ok()
+                if self.timed is not None:
+                    self.timed(time.perf_counter() - started)
                 break
             except REDIS_ERRORS as exc:
                 await self.health.redis_trouble(exc)

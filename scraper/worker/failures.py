@@ -66,6 +66,7 @@ class FailureApplier:
             return
         env = state.env
         cls = verdict.cls
+        self.stats.inc_value(f"fleet/outcome/{cls}/{verdict.reason}")  # worker metrics (scraper.worker.exporter)
         env.attempts[cls] = env.attempts.get(cls, 0) + 1
         env.history.append({"cls": cls, "reason": verdict.reason, "at": now_iso(), "worker": self.worker_id})
         env.history = env.history[-20:]
@@ -81,6 +82,7 @@ class FailureApplier:
             assert proxy_id is not None
             until = await self.health.redis_retry(lambda: self.proxies.ban(proxy_id, env.domain))
             self.stats.inc_value("fleet/proxy/banned")
+            self.stats.inc_value(f"fleet/proxy/banned/{proxy_id}")  # per proxy id, for the worker metrics
             self.log.info("proxy_banned", proxy=proxy_id, domain=env.domain, cooling_until=round(until or 0.0, 3))
         if decision.action == DEAD:
             await self.dead(state, decision.reason, detail, response=response)
@@ -122,6 +124,7 @@ class FailureApplier:
             return
         env = state.env
         self.stats.inc_value(f"fleet/class/{C}")
+        self.stats.inc_value(f"fleet/outcome/{C}/{reason}")
         self.log.info("request_classified", run=env.run, fp=env.fp, cls=C, reason=reason,
                       missing=list(missing), attempt=state.lease.deliveries)
         raw_key = evidence_key = None

@@ -50,6 +50,8 @@ class Finisher:
         self.log = log
         self.durability: Durability | None = None  # set by the runtime (it answers objects_answered)
         self.tally = RunTally()  # per-run items, coverage and schema for the manifest; the keeper flushes it
+        # True for a request of a cancelled run, which is then acknowledged unwritten (scraper.worker.cancels)
+        self.dropped: Callable[[LeaseState], bool] = lambda state: False
 
     def ctx(self, state: LeaseState) -> WriteContext:
         """What the object records about its request (each item's ``_meta``)."""
@@ -76,6 +78,7 @@ class Finisher:
             self.spawn(self.failures.drift(state, f"callback_error:{type(exc).__name__}", ()))
             return
         self.stats.inc_value(f"fleet/class/{D}")
+        self.stats.inc_value(f"fleet/outcome/{D}/callback_error:{type(exc).__name__}")
         self.spawn(self.failures.dead(state, f"callback_error:{type(exc).__name__}", str(exc)[:500]))
 
     def outcome(self, state: LeaseState) -> str:
@@ -88,14 +91,18 @@ class Finisher:
     def finish(self, state: LeaseState) -> None:
         """The callback and every item are done: queue the objects for the sink (or commit at once)."""
         out, progress = state.out, state.progress
+        if self.dropped(state):
+            return
         if out.errors:
             self.stats.inc_value(f"fleet/class/{D}")
+            self.stats.inc_value(f"fleet/outcome/{D}/pipeline_error")
             self.spawn(self.failures.dead(state, "pipeline_error", "; ".join(out.errors)[:500]))
             return
         verdict = drift.check(self.spider(), state.env.callback, out.items)
         if verdict is not None:
             self.spawn(self.failures.drift(state, verdict.reason, verdict.missing))
             return
+        self.stats.inc_value("fleet/outcome/ok/ok")
         if out.discovered:
             # children go to Redis now, in a call of their own, before the parent's writes: SEEN makes a
             # redelivered parent's rediscovery a no-op, so enqueueing early is safe, and a pagination

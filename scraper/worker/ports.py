@@ -23,7 +23,7 @@ reverse.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -139,6 +139,10 @@ class FleetPort(Protocol):
     def output_done(self, state: LeaseState) -> None: ...
 
     def callback_failed(self, state: LeaseState, exc: BaseException) -> None: ...
+
+    # -- the worker metrics (scraper.worker.exporter) ---------------------------------------------------
+
+    def time_commits(self, observe: Callable[[float], None] | None) -> None: ...
 
 
 def attach(crawler: Crawler, runtime: FleetPort) -> None:

@@ -45,6 +45,7 @@ from scraper.worker import crashpoints
 from scraper.worker.adapter import Offsite, kick_engine
 from scraper.worker.alerts import Alerter
 from scraper.worker.breakers import Breakers
+from scraper.worker.cancels import Cancels
 from scraper.worker.committer import Committer, Flags
 from scraper.worker.discovery import Discovery
 from scraper.worker.failures import FailureApplier, now_iso
@@ -101,8 +102,11 @@ class FleetRuntime:
                                    self.stats, self.log, self._news, self.engine_kick,
                                    lambda st: self.finisher.outcome(st))
         self.committer.claim_answered = self.speculation.answered
+        # fleet cancel: a lease of a cancelled run is acknowledged instead of settled (scraper.worker.cancels)
+        self.cancels = Cancels(self.ledger, self.health, self.flags, confirmed=self.speculation.confirmed,
+                               spawn=self.spawn, stats=self.stats, log=self.log)
         self.failures = FailureApplier(config, self.worker_id, self.ledger, self.health, self.breakers,
-                                       self.writer, self._in_pool, self.speculation.confirmed, self.stats, self.log)
+                                       self.writer, self._in_pool, self.cancels.confirmed, self.stats, self.log)
         self.feeder = Feeder(self.ledger, self.health, self.flags, worker_id=self.worker_id,
                              lease_seconds=config.lease_seconds, prefetch=self.prefetch,
                              concurrency=self.concurrency, stats=self.stats, log=self.log, kick=self.engine_kick,
@@ -116,6 +120,7 @@ class FleetRuntime:
         self.sink = open_sink(self.writer, self.pool, self.finisher.ctx, config.commit_batch)
         self.durability = Durability(self.sink, self.spawn, self.finisher.objects_answered)
         self.finisher.durability = self.durability
+        self.finisher.dropped = self.cancels.dropped
         self.discovery = Discovery(config, self.ledger, self.stats, self.log)
         self.keeper = Keeper(self.ledger, self.health, self.flags, self.feeder, lease_seconds=config.lease_seconds,
                              until_idle=self.until_idle, stats=self.stats, log=self.log, kick=self.engine_kick,
@@ -160,6 +165,7 @@ class FleetRuntime:
         queue, self.sink = crashpoints.install(self.crash_at, fleet_queue, self.sink)
         self.durability.sink = self.sink
         self.queue = self.committer.queue = self.failures.queue = self.feeder.queue = self.keeper.queue = queue
+        self.cancels.queue = queue
         self.proxies = self.failures.proxies = self.keeper.proxies = ProxyPool(
             parse_proxies(self.config.proxies), self.client)
         self.breakers.spider = spider.name
@@ -168,7 +174,7 @@ class FleetRuntime:
         self.feeder.spider = spider.name
         self.log = self.log.bind(spider=spider.name)
         for part in (self.health, self.breakers, self.speculation, self.committer, self.failures, self.feeder,
-                     self.keeper, self.finisher, self.discovery):
+                     self.keeper, self.finisher, self.discovery, self.cancels):
             part.log = self.log
         self.discovery.spider = spider
         self.discovery.offsite = Offsite.for_spider(self.crawler, spider)
@@ -180,6 +186,7 @@ class FleetRuntime:
             asyncio.ensure_future(self.committer.run()),
             asyncio.ensure_future(self.keeper.run()),
             asyncio.ensure_future(self.feeder.listen(self.client, fleet_queue.keys.wake)),
+            asyncio.ensure_future(self.cancels.run(self.client, fleet_queue.keys)),
         ]
         self.log.info("worker_started", concurrency=self.concurrency, prefetch=self.prefetch)
 
@@ -374,6 +381,10 @@ class FleetRuntime:
             return
         state.settled = True
         self.finisher.callback_failed(state, exc)
+
+    def time_commits(self, observe: Callable[[float], None] | None) -> None:
+        """Hand the seconds of every COMMIT call to ``observe`` (the worker metrics' histogram)."""
+        self.committer.timed = observe
 
     def ignored(self, state: LeaseState, exc: BaseException) -> None:
         """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""

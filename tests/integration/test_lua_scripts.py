@@ -17,6 +17,7 @@ from scrapy import Request
 from scraper.queue import client as queue
 from scraper.queue import redisio
 from scraper.queue import scripts as lua
+from scraper.queue.cancel import cancel_run
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
 from scraper.worker.proxies import PROXY_KEY_PREFIX, ProxyPool, parse_proxies
@@ -52,6 +53,8 @@ def _expected_key(q: FleetQueue, name: str, value: str, test_key: str) -> bool:
         return value.startswith(PROXY_KEY_PREFIX) and value.endswith(":" + DOMAIN)
     if name == "set":
         return value == test_key
+    if name == "queued":  # CANCEL's swept set
+        return value in (k.ready, k.delayed, k.parked(DOMAIN))
     return bool(value == getattr(k, name))
 
 
@@ -60,7 +63,7 @@ def _expected_arg(q: FleetQueue, name: str, value: Any) -> bool:
     checks = {
         "prefix": lambda: v == q.keys.prefix,
         "now": lambda: abs(float(v) - time.time()) < 60,
-        "run": lambda: v == RUN,
+        "run": lambda: v in (RUN, "r2"),
         "domain": lambda: v == DOMAIN,
         "worker": lambda: v in ("w1", ""),
         "ttl": lambda: v == str(q.dedup_ttl),
@@ -152,6 +155,8 @@ def test_every_call_site_matches_its_header(redis_url: str, recorded: list[Any])
             event, _ = await q.drift(ls[6].id, ls[6].token, DOMAIN, {"why": "test"})
             assert event in ("", "opened")
             assert await q.breaker_reset(DOMAIN) == 1  # the parked request goes back to READY
+            report = await cancel_run(client, SPIDER, "r2")  # r2's one queued entry: the child c3
+            assert report["removed"] == {"ready": 1, "delayed": 0, "parked": 0}, report
             assert await q.has_member(test_key, [Envelope.loads(ls[0].raw).fp, "fedcba9876543210"]) == [True, False]
             pool = ProxyPool(parse_proxies("http://p1.example:8080,http://p2.example:8080"), client)
             await pool.ban(pool.proxies[0].id, DOMAIN)

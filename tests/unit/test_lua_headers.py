@@ -136,8 +136,8 @@ class _FakeClient:
 @pytest.mark.parametrize("name, keys, args, ok", [
     ("heartbeat", 2, 1, True), ("heartbeat", 2, 5, True), ("heartbeat", 2, 2, False), ("heartbeat", 1, 3, False),
     ("ack", 4, 0, True), ("ack", 4, 4, True), ("ack", 4, 3, False), ("ack", 5, 2, False),
-    ("lease", 12, 7, True), ("lease", 12, 6, False), ("lease", 12, 8, False), ("lease", 1, 7, False),
-    ("commit", 13, 12, True), ("commit", 15, 25, True), ("commit", 14, 12, False), ("commit", 10, 12, False),
+    ("lease", 13, 7, True), ("lease", 13, 6, False), ("lease", 13, 8, False), ("lease", 1, 7, False),
+    ("commit", 14, 12, True), ("commit", 16, 25, True), ("commit", 15, 12, False), ("commit", 11, 12, False),
     ("commit", 13, 11, False),
     ("seed_bulk", 7, 6, True), ("seed_bulk", 7, 7, False), ("proxy_flush", 2, 6, True), ("proxy_flush", 2, 3, False),
 ])

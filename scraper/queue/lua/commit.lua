@@ -1,6 +1,6 @@
 -- COMMIT: record DONE, enqueue discovered requests (they inherit the parent's run), feed item-callback
 --   outcomes to the domain's drift breaker, then acknowledge; one script, one round trip per batch.
--- KEYS: env ready seq hold brk parkdom inflight lease dlv waiting wake
+-- KEYS: env ready seq hold brk parkdom inflight lease dlv waiting wake cancelled
 -- KEYS...: seen done
 -- ARGV: prefix ttl now W minev rate cbase ccap ack lease worker nonce
 -- ARGV...: r fp id token domain outcome claim ndisc (then ndisc groups: id json fp prio dont_filter)
@@ -20,56 +20,76 @@
 -- claim's token derives from the nonce, so a retry with the same nonce (the first reply was lost) finds
 -- the child already SEEN but still leased under that token, and answers it as claimed: without this the
 -- chain would wait for the lease to expire.
+-- A commit of a run `fleet cancel` marked (a field of `cancelled`; the run is the tail of its seen key)
+-- queues no children, records no DONE and feeds no breaker: it only acknowledges the lease.
 local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local do_ack = ARGV[9] == '1'
 local lease, worker, nonce = tonumber(ARGV[10]), ARGV[11], ARGV[12]
 local out, events, acked, claims = {}, {}, {}, {}
 local fresh = 0
+local any_cancelled = redis.call('EXISTS', k.cancelled) == 1
+local stopped = {}  -- r -> whether that run was cancelled
 local i = 13
 while i <= #ARGV do
   local r, fp, id, token, domain, outcome = tonumber(ARGV[i]), ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local claim, nd = tonumber(ARGV[i+6]), tonumber(ARGV[i+7])
   local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
   i = i + 8
-  local enq = 0
-  local ctoken, cdlv = '', 0
-  local took = 0  -- 1 when this call moved the claimed child from READY to IN-FLIGHT
-  for c = 1, nd do
-    local added = enqueue(k, seen, ttl, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4])
-    enq = enq + added
-    if c == claim and added == 1 then
-      ctoken, cdlv = claim_child(k, done, ARGV[i], ARGV[i+1], ARGV[i+2], now, lease, worker, nonce .. 'c' .. #claims)
-      if ctoken ~= '' then took = 1 end
-    elseif c == claim and worker ~= '' then
-      -- a retry of a call whose reply was lost: the child this very claim took is still ours
-      local mine = worker .. '#1#' .. nonce .. 'c' .. #claims
-      if redis.call('HGET', k.lease, ARGV[i]) == mine then ctoken, cdlv = mine, 1 end
-    end
-    i = i + 5
+  if any_cancelled and stopped[r] == nil then
+    stopped[r] = redis.call('HEXISTS', k.cancelled, string.sub(seen, string.len(k.prefix) + 6)) == 1
   end
-  table.insert(claims, ctoken)
-  table.insert(claims, cdlv)
-  fresh = fresh + enq - took
-  local ok = 0
-  if fp ~= '' then
-    set_add(done, fp)
-    redis.call('EXPIRE', done, ttl)
-    if outcome ~= '' and domain ~= '' then
-      local ev, released = breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
-      fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
-      if ev ~= '' then
-        table.insert(events, domain)
-        table.insert(events, ev)
-      end
-    end
-    if do_ack and owns(k, id, token) then
+  if stopped[r] then
+    i = i + 5 * nd
+    table.insert(claims, '')
+    table.insert(claims, 0)
+    local ok = 0
+    if fp ~= '' and do_ack and owns(k, id, token) then
       forget(k, id)
       ok = 1
     end
+    table.insert(out, 0)
+    table.insert(acked, ok)
+  else
+    local enq = 0
+    local ctoken, cdlv = '', 0
+    local took = 0  -- 1 when this call moved the claimed child from READY to IN-FLIGHT
+    for c = 1, nd do
+      local added = enqueue(k, seen, ttl, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4])
+      enq = enq + added
+      if c == claim and added == 1 then
+        ctoken, cdlv = claim_child(k, done, ARGV[i], ARGV[i+1], ARGV[i+2], now, lease, worker, nonce .. 'c' .. #claims)
+        if ctoken ~= '' then took = 1 end
+      elseif c == claim and worker ~= '' then
+        -- a retry of a call whose reply was lost: the child this very claim took is still ours
+        local mine = worker .. '#1#' .. nonce .. 'c' .. #claims
+        if redis.call('HGET', k.lease, ARGV[i]) == mine then ctoken, cdlv = mine, 1 end
+      end
+      i = i + 5
+    end
+    table.insert(claims, ctoken)
+    table.insert(claims, cdlv)
+    fresh = fresh + enq - took
+    local ok = 0
+    if fp ~= '' then
+      set_add(done, fp)
+      redis.call('EXPIRE', done, ttl)
+      if outcome ~= '' and domain ~= '' then
+        local ev, released = breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+        fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
+        if ev ~= '' then
+          table.insert(events, domain)
+          table.insert(events, ev)
+        end
+      end
+      if do_ack and owns(k, id, token) then
+        forget(k, id)
+        ok = 1
+      end
+    end
+    table.insert(out, enq)
+    table.insert(acked, ok)
   end
-  table.insert(out, enq)
-  table.insert(acked, ok)
 end
 if fresh > 0 then wake(k, worker) end  -- children left in READY for any other worker
 return {out, events, acked, claims}

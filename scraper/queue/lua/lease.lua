@@ -1,16 +1,19 @@
 -- LEASE: maintenance (as MAINTAIN), then lease up to n READY entries to a worker.
--- KEYS: ready env hold brk parkdom delayed inflight lease dlv seq waiting wake
+-- KEYS: ready env hold brk parkdom delayed inflight lease dlv seq waiting wake cancelled
 -- ARGV: prefix now n lease worker limit nonce
 -- REPLY: {promoted, reaped flat (id, previous owner's token), leased flat (id, json, deliveries, token),
---   skipped flat (id, json), held, parked, remaining}
+--   skipped flat (id, json), held, parked, remaining, cancelled}
 -- COMPUTED: prefix..'done:'..run (the run is read from each leased envelope), prefix..'parked:'..domain
 --   and prefix..'breaker:'..domain (the domain is read from each envelope, or from brk): known only
 --   inside the script; all within the {spider} hash tag of prefix.
 -- An entry already DONE is dropped (skipped); one whose domain's breaker is open is parked; one whose
 -- domain is held waits in DELAYED; the rest are leased for `lease` seconds. remaining: READY's size after.
+-- An entry of a run `fleet cancel` marked (a field of `cancelled`) is forgotten unexecuted and counted in
+-- cancelled: after the mark no entry of that run is leased, wherever it was when the mark was set.
 local now, n, lease, worker, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local promoted, reaped = maintain(k, now, limit)
-local leased, skipped, held, parked = {}, {}, 0, 0
+local leased, skipped, held, parked, cancelled = {}, {}, 0, 0, 0
+local any_cancelled = redis.call('EXISTS', k.cancelled) == 1  -- the usual case costs one EXISTS a call
 if n > 0 then
   local ids = redis.call('ZRANGE', k.ready, 0, n - 1)
   for _, id in ipairs(ids) do
@@ -27,7 +30,11 @@ if n > 0 then
       if ok and type(env) == 'table' and type(env['domain']) == 'string' and env['domain'] ~= '' then
         hold = tonumber(redis.call('HGET', k.hold, env['domain']))
       end
-      if done then
+      if any_cancelled and ok and type(env) == 'table' and type(env['run']) == 'string'
+         and redis.call('HEXISTS', k.cancelled, env['run']) == 1 then
+        forget(k, id)
+        cancelled = cancelled + 1
+      elseif done then
         forget(k, id)
         table.insert(skipped, id)
         table.insert(skipped, json)
@@ -64,4 +71,4 @@ if n > 0 then
     redis.call('ZREM', waiting, worker)
   end
 end
-return {promoted, reaped, leased, skipped, held, parked, remaining}
+return {promoted, reaped, leased, skipped, held, parked, remaining, cancelled}
