@@ -23,7 +23,7 @@ import json
 
 from scraper.queue.envelope import Envelope
 
-__all__ = ["START_TAG", "mark_start", "start_fp"]
+__all__ = ["START_TAG", "mark_start", "mark_unfiltered", "start_fp"]
 
 # Part of the hashed text: no plain fingerprint (a SHA1 of Scrapy's JSON request description) hashes
 # text that begins with it.
@@ -44,3 +44,14 @@ def mark_start(env: Envelope) -> Envelope:
     if env.dont_filter:
         env.fp = start_fp(env)
     return env
+
+
+def mark_unfiltered(env: Envelope) -> Envelope:
+    """A discovered ``dont_filter`` request gets the same kind of fingerprint (in place).
+
+    Why: plain Scrapy fetches every ``dont_filter`` request, even for a URL it fetched before. Under its
+    plain fingerprint such a request was dropped at lease time once that URL was DONE (and would have
+    overwritten the same object), so two ``dont_filter`` requests for one URL with different
+    ``cb_kwargs`` became one. Exactly identical ones (URL, method, body, callback, errback, cb_kwargs,
+    meta) are still one request: what makes a redelivery or a retried commit safe."""
+    return mark_start(env)

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +80,13 @@ class FleetResult:
     code: int
     summary: dict[str, Any]
     stderr: str
-    dlq: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_fleet(spider: str, base: str, tmp: Path, redis_url: str, workers: int = 2, **extra: str) -> FleetResult:
-    """``fleet run SPIDER --workers N`` over the corpus; its items, exit code, summary and DLQ entries."""
+    """``fleet run SPIDER --workers N`` over the corpus; its items, exit code and summary."""
     home = tmp / f"fleet-{spider}"
-    env = fleet_env(redis_url, home, FLEET_SPIDER_MODULES="tests.parity.corpus", FLEET_LOG_LEVEL="WARNING",
-                    FLEET_LOG_FORMAT="json", **extra)
+    env = fleet_env(redis_url, home, **{"FLEET_SPIDER_MODULES": "tests.parity.corpus", "FLEET_LOG_LEVEL": "WARNING",
+                                        "FLEET_LOG_FORMAT": "json", **extra})
     env.update(_env(base, {}))
     env["PYTHONPATH"] = f"{ROOT}"
     res = fleet("run", spider, "--workers", str(workers), "--run", RUN, "--idle", "1", env=env, timeout=TIMEOUT)
@@ -99,12 +98,7 @@ def run_fleet(spider: str, base: str, tmp: Path, redis_url: str, workers: int = 
     root = home / "data" / "items" / f"spider={spider}" / f"run={RUN}"
     for p in sorted(root.rglob("*.jsonl")) if root.exists() else []:
         items.update(canon(json.loads(x)) for x in p.read_text().splitlines() if x.strip())
-    dlq: list[dict[str, Any]] = []
-    if summary.get("dlq"):
-        listed = fleet("dlq", "list", spider, "--json", env=env)
-        if listed.returncode == 0:
-            dlq = [json.loads(x) for x in listed.stdout.splitlines() if x.strip().startswith("{")]
-    return FleetResult(items, res.returncode, summary, res.stderr, dlq)
+    return FleetResult(items, res.returncode, summary, res.stderr)
 
 
 def diff(scrapy_items: Counter[str], fleet_items: Counter[str]) -> str:
