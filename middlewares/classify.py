@@ -83,7 +83,7 @@ class ClassifyMiddleware:
         """Whether the spider handles ``response``'s status: ``meta["handle_httpstatus_all"]``, else
         ``meta["handle_httpstatus_list"]``, else the spider's ``handle_httpstatus_list`` or
         HTTPERROR_ALLOWED_CODES (Scrapy's order; HTTPERROR_ALLOW_ALL is Fleet's own, so not read here)."""
-        meta = request.meta
+        meta = getattr(request, "meta", None) or {}  # a response built without its request has none
         if meta.get("handle_httpstatus_all", False):
             return True
         if "handle_httpstatus_list" in meta:
