@@ -43,6 +43,7 @@ class ClassifyMiddleware:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.rules = Rules.from_settings(crawler.settings)
+        self.allowed_codes = frozenset(int(x) for x in crawler.settings.getlist("HTTPERROR_ALLOWED_CODES"))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ClassifyMiddleware:
@@ -88,10 +89,8 @@ class ClassifyMiddleware:
             return True
         if "handle_httpstatus_list" in meta:
             return status in (meta["handle_httpstatus_list"] or ())
-        allowed = getattr(self.crawler.spider, "handle_httpstatus_list", None)
-        if allowed is None:
-            allowed = self.crawler.settings.getlist("HTTPERROR_ALLOWED_CODES")
-        return status in allowed
+        allowed = getattr(getattr(self.crawler, "spider", None), "handle_httpstatus_list", None)
+        return status in (self.allowed_codes if allowed is None else allowed)
 
     def process_exception(self, request: Request, exception: BaseException) -> Coroutine[Any, Any, None] | None:
         rt = fleet_of(self.crawler)
