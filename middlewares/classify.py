@@ -17,7 +17,7 @@ from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 
 from scraper.policy.refused import Refused
-from scraper.policy.taxonomy import OK, Rules, classify_exception, classify_response
+from scraper.policy.taxonomy import OK, D, Rules, Verdict, classify_exception, classify_response
 from scraper.worker.ports import VOID_MESSAGE, FleetPort, fleet_of
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class ClassifyMiddleware:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.rules = Rules.from_settings(crawler.settings)
+        self.allowed_codes = frozenset(int(x) for x in crawler.settings.getlist("HTTPERROR_ALLOWED_CODES"))
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ClassifyMiddleware:
@@ -59,21 +60,37 @@ class ClassifyMiddleware:
             return response
         if state.claim is not None:  # a speculative lease Redis has not confirmed yet: wait for it
             return self._confirmed_response(rt, state, state.claim, request, response)
-        return self._classify(rt, state, response)
+        return self._classify(rt, state, response, request)
 
     async def _confirmed_response(
         self, rt: FleetPort, state: LeaseState, claim: Awaitable[bool], request: Request, response: Response
     ) -> Response:
         await _claimed(rt, claim, request)
-        return self._classify(rt, state, response)
+        return self._classify(rt, state, response, request)
 
-    def _classify(self, rt: FleetPort, state: LeaseState, response: Response) -> Response:
+    def _classify(self, rt: FleetPort, state: LeaseState, response: Response, request: Request) -> Response:
         verdict = classify_response(response, self.rules)
+        if verdict.cls is D and verdict.status is not None and self._handled(request, response.status):
+            # the spider takes this status (Scrapy's HttpErrorMiddleware contract): a hard status is
+            # final in Scrapy too (never retried), so its callback gets the response, as under plain Scrapy
+            verdict = Verdict(OK, f"http:{verdict.status}", status=verdict.status)
         rt.fetched(state, response, verdict)
         if verdict.cls is OK:  # 3xx included: redirects are followed by Scrapy
             return response
         rt.fail(state, verdict, response=response)
         raise IgnoreRequest(f"fleet: {verdict.cls} {verdict.reason}")
+
+    def _handled(self, request: Request, status: int) -> bool:
+        """Whether the spider handles ``response``'s status: ``meta["handle_httpstatus_all"]``, else
+        ``meta["handle_httpstatus_list"]``, else the spider's ``handle_httpstatus_list`` or
+        HTTPERROR_ALLOWED_CODES (Scrapy's order; HTTPERROR_ALLOW_ALL is Fleet's own, so not read here)."""
+        meta = getattr(request, "meta", None) or {}  # a response built without its request has none
+        if meta.get("handle_httpstatus_all", False):
+            return True
+        if "handle_httpstatus_list" in meta:
+            return status in (meta["handle_httpstatus_list"] or ())
+        allowed = getattr(getattr(self.crawler, "spider", None), "handle_httpstatus_list", None)
+        return status in (self.allowed_codes if allowed is None else allowed)
 
     def process_exception(self, request: Request, exception: BaseException) -> Coroutine[Any, Any, None] | None:
         rt = fleet_of(self.crawler)

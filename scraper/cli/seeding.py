@@ -20,6 +20,7 @@ from scraper.infra.config import FleetConfig
 from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, EnvelopeError, SeedEncoder
+from scraper.queue.startfp import mark_start
 
 __all__ = ["Rejected", "read_urls", "seed_entries", "seed_run", "start_requests"]
 
@@ -114,7 +115,10 @@ async def seed_run(
                 if not rejected.check(req.url):
                     continue
                 try:
-                    envs.append(Envelope.from_request(req, spider_name=spidercls.name, run=run, spider=spider))
+                    env = Envelope.from_request(req, spider_name=spidercls.name, run=run, spider=spider)
+                    # a dont_filter start request does not mark its URL SEEN for discovered requests
+                    # (Scrapy's semantics; scraper.queue.startfp says why and how it stays idempotent)
+                    envs.append(mark_start(env))
                 except EnvelopeError as exc:
                     raise fail(f"start request {req.url}: {exc}") from None
             if not envs and not rejected.count:

@@ -62,6 +62,8 @@ _BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
 MAX_NESTING = 64
 # Attribute names of scrapy.Spider itself: never a callback (an entry naming "close" or "from_crawler"
 # must not make the worker call them with a response); "parse" is the one that is.
+# A single-underscore name is a callback like any other: Scrapy's own generic spiders use them
+# (CrawlSpider's _callback/_errback, SitemapSpider's _parse_sitemap); dunder names never are.
 _SPIDER_ATTRS = frozenset(dir(Spider)) - {"parse"}
 
 
@@ -100,7 +102,7 @@ def _callback_field(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    if type(value) is not str or not value.isidentifier() or value.startswith("_") or value in _SPIDER_ATTRS:
+    if type(value) is not str or not value.isidentifier() or value.startswith("__") or value in _SPIDER_ATTRS:
         raise EnvelopeError(f"{key} {value!r:.60} is not the name of a spider callback")
     return value
 

@@ -17,6 +17,7 @@ from scraper.policy.urls import refusal
 from scraper.queue.client import new_id
 from scraper.queue.entrycheck import EnvelopeError
 from scraper.queue.envelope import Envelope
+from scraper.queue.startfp import mark_unfiltered
 from scraper.worker.adapter import Offsite
 from scraper.worker.ledger import LeaseState, Ledger, reusable
 
@@ -61,6 +62,7 @@ class Discovery:
             self.log.error("request_rejected", reason=str(exc), parent=state.env.fp)
             return
         env.parent = state.env.fp
+        mark_unfiltered(env)  # a dont_filter request is fetched even for a URL already DONE (startfp)
         cid = new_id()
         out = state.out
         out.discovered.append(env)

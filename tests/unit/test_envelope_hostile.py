@@ -55,7 +55,8 @@ def _loads(**changes: Any) -> Envelope:
     ({"url": "http://a.test/\udcff"}, "Unicode"),
     ({"callback": "close"}, "callback"),  # scrapy.Spider's own attributes are never callbacks
     ({"callback": "from_crawler"}, "callback"),
-    ({"callback": "_private"}, "callback"),
+    ({"callback": "__init__"}, "callback"),  # dunder names never (single-underscore ones: CrawlSpider's)
+    ({"callback": "_set_crawler"}, "callback"),
     ({"callback": "a.b"}, "callback"),
     ({"callback": 5}, "callback"),
     ({"errback": ["x"]}, "errback"),
@@ -218,3 +219,10 @@ def test_an_entry_never_chooses_its_proxy_slot_or_fleet_bookkeeping() -> None:
     assert env.meta == {"keep": 1}
     req = env.to_request(None)
     assert "proxy" not in req.meta and "_fleet_void" not in req.meta and req.meta["keep"] == 1
+
+
+@pytest.mark.parametrize("name", ["_callback", "_errback", "_parse_sitemap", "_parse_item"])
+def test_single_underscore_callbacks_are_callbacks(name: str) -> None:
+    """CrawlSpider's rules and SitemapSpider queue their requests with private callbacks (issue #19)."""
+    env = _loads(callback=name, errback=name)
+    assert (env.callback, env.errback) == (name, name)
