@@ -1,23 +1,24 @@
-"""Spider middleware that knows when a leased request is finished.
+"""Spider middleware that knows when a leased request's callback output is done.
 
-Scrapy has no "every output of this response is done" signal. This middleware counts a response's
-items as they leave the callback, settles each on ``item_scraped`` / ``item_dropped`` / ``item_error``,
-and takes the child requests out of the engine's path into the parent's ledger, so they are enqueued
-in Redis in the same call that records the parent DONE — before the parent is acknowledged.
+Scrapy has no "every output of this response is done" signal. This middleware hands each item leaving
+the callback to the request's ledger (``FleetPort.item_started``: the request now waits for it until the
+item pipelines are done with it, see pipelines.objects), notes the end of the output, and takes the
+child requests out of the engine's path into the parent's ledger, so they are enqueued in Redis in the
+same call that records the parent DONE — before the parent is acknowledged.
 
 It sits at order 1, outermost on the output path, so it sees exactly what survived every other
-spider middleware (depth, offsite, URL length).
+spider middleware (depth, offsite, URL length), and the objects it records are the very objects the
+item pipelines receive.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from scrapy import Request, Spider, signals
+from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.http import Response
-from twisted.python.failure import Failure
 
 from scraper.queue.envelope import META_KEY
 from scraper.worker.ports import FleetPort, fleet_of
@@ -47,11 +48,7 @@ class CommitMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> CommitMiddleware:
-        mw = cls(crawler)
-        crawler.signals.connect(mw._scraped, signal=signals.item_scraped)
-        crawler.signals.connect(mw._dropped, signal=signals.item_dropped)
-        crawler.signals.connect(mw._error, signal=signals.item_error)
-        return mw
+        return cls(crawler)
 
     def _held(self, response: Any) -> tuple[FleetPort, LeaseState] | None:
         """(runtime, lease state) of ``response``'s request, or None when no lease of this worker holds it."""
@@ -99,7 +96,8 @@ class CommitMiddleware:
                     if isinstance(x, Request):
                         rt.discovered(state, x)
                         continue
-                    rt.item_started(state)
+                    if x is not None:  # Scrapy sends no None to the pipelines: it must not be waited for
+                        rt.item_started(state, x)
                     yield x
             except Exception as exc:
                 rt.callback_failed(state, exc)
@@ -115,21 +113,3 @@ class CommitMiddleware:
         if held is not None:
             rt, state = held
             rt.callback_failed(state, exception)
-
-    def _scraped(self, item: Any, response: Any, spider: Spider) -> None:
-        held = self._held(response)
-        if held is not None:
-            rt, state = held
-            rt.item_settled(state, item)
-
-    def _dropped(self, item: Any, response: Any, exception: BaseException, spider: Spider) -> None:
-        held = self._held(response)
-        if held is not None:
-            rt, state = held
-            rt.item_settled(state, None)
-
-    def _error(self, item: Any, response: Any, spider: Spider, failure: Failure) -> None:
-        held = self._held(response)
-        if held is not None:
-            rt, state = held
-            rt.item_failed(state, cast(BaseException, failure.value))

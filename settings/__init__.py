@@ -111,9 +111,18 @@ DOWNLOADER_MIDDLEWARES = {
     "middlewares.redirect.FleetMetaRefreshMiddleware": 580,
 }
 
-# Items leave the pipelines into the request's ledger (middlewares.commit settles them on
-# item_scraped); the object itself is written by the runtime (scraper.worker.finisher, scraper.worker.sinks).
-ITEM_PIPELINES: dict[str, int] = {}
+# The object write is the last item pipeline: pipelines.objects.ObjectPipeline, at 1000, hands each item,
+# as the pipelines before it left it, to its request; the runtime writes the request's one object once
+# every item of it is through (scraper.worker.finisher, scraper.worker.sinks) and acks only once durable.
+# A spider's own pipelines go below 1000 in its custom_settings (merged with this dict, never replacing
+# it: scraper.worker.catalog.item_pipelines). Setting ObjectPipeline to None, or a pipeline of the
+# spider's at or above it, is refused at start-up (exit 1); a spider may move ObjectPipeline higher.
+ITEM_PIPELINES = {
+    "pipelines.objects.ObjectPipeline": 1000,
+}
+# Scrapy's pipeline manager, plus the one thing ObjectPipeline needs to find an item's request: the
+# object the callback yielded (a user pipeline may return another). Always Fleet's.
+ITEM_PROCESSOR = "pipelines.objects.FleetItemProcessor"
 
 EXTENSIONS = {
     "scrapy.extensions.telnet.TelnetConsole": None,

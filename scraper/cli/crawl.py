@@ -35,6 +35,7 @@ from scraper.cli.worker import SHUTDOWN_CLOSE_WAIT, run_worker
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.queue.client import QueueError
+from scraper.worker.catalog import SettingsError, base_settings, item_pipelines
 
 __all__ = ["app"]
 
@@ -120,6 +121,10 @@ def run_cmd(
     if resume is not None and (run is not None or urls is not None):
         raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
     spidercls = spider_class(spider, cfg)
+    try:  # before seeding: a spider whose workers would refuse to start gets no run
+        item_pipelines(spidercls, base_settings(cfg).getdict("ITEM_PIPELINES"))
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
     started = time.time()
     if resume is not None:
         run_id = resume

@@ -19,10 +19,15 @@ from scraper.infra.config import FleetConfig
 from scraper.worker import yamlspec
 
 __all__ = [
+    "ITEM_PROCESSOR",
+    "OBJECT_PIPELINE",
+    "OBJECT_PIPELINE_ORDER",
     "FleetSpiderLoader",
+    "SettingsError",
     "SpiderNotFound",
     "base_settings",
     "describe",
+    "item_pipelines",
     "load_spider",
     "loader",
     "renders",
@@ -30,12 +35,23 @@ __all__ = [
 ]
 
 # Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
-_MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "ITEM_PIPELINES", "EXTENSIONS", "DOWNLOAD_HANDLERS")
-_FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR", "DOWNLOADER")
+_MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "EXTENSIONS", "DOWNLOAD_HANDLERS")
+_FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR", "DOWNLOADER",
+           "ITEM_PROCESSOR")
+
+# The item pipeline that hands each item to its request's object (pipelines.objects; settings module):
+# last, so a spider's own pipelines run before it. Names, not imports: scraper never imports pipelines/.
+OBJECT_PIPELINE = "pipelines.objects.ObjectPipeline"
+OBJECT_PIPELINE_ORDER = 1000
+ITEM_PROCESSOR = "pipelines.objects.FleetItemProcessor"
 
 
 class SpiderNotFound(LookupError):
     pass
+
+
+class SettingsError(RuntimeError):
+    """A spider's custom_settings would lose its items (the message names the setting and the fix)."""
 
 
 class FleetSpiderLoader(SpiderLoader):
@@ -116,12 +132,51 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
                 continue  # a spider may not switch off Fleet's own components
             merged.setdefault(comp, order)
         s.set(key, merged, priority="cmdline")
+    s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
     if renders(spidercls, s):
         from scraper.worker import render  # imports Playwright: only for the spiders that need it
         render.apply(spidercls, s)
     return s
+
+
+def _path(component: Any) -> str:
+    return component if isinstance(component, str) else f"{component.__module__}.{component.__qualname__}"
+
+
+def item_pipelines(spidercls: type[Spider], base: dict[str, Any]) -> dict[Any, Any]:
+    """The spider's ITEM_PIPELINES merged into Fleet's: ObjectPipeline stays, and stays last.
+
+    A spider may move ObjectPipeline higher (to keep a pipeline of its own at 1000 or above) but not
+    switch it off, and every pipeline of its own must run before it: a pipeline after it would change
+    or drop items whose object already has them. Either is refused (:class:`SettingsError`) rather than
+    run with items silently lost or unchanged. A spider's ITEM_PROCESSOR other than Fleet's is refused
+    too (it is how ObjectPipeline finds an item's request)."""
+    custom = getattr(spidercls, "custom_settings", None) or {}
+    name = getattr(spidercls, "name", spidercls.__name__)
+    processor = custom.get("ITEM_PROCESSOR")
+    if processor is not None and _path(processor) != ITEM_PROCESSOR:
+        raise SettingsError(f"spider {name!r}: ITEM_PROCESSOR {_path(processor)} replaces Fleet's {ITEM_PROCESSOR}, "
+                            "which maps items to their requests; remove it from custom_settings")
+    merged: dict[Any, Any] = dict(base)
+    order = merged.get(OBJECT_PIPELINE, OBJECT_PIPELINE_ORDER)
+    for comp, value in dict(custom.get("ITEM_PIPELINES") or {}).items():
+        if _path(comp) == OBJECT_PIPELINE:
+            if value is None:
+                raise SettingsError(f"spider {name!r}: ITEM_PIPELINES sets {OBJECT_PIPELINE} to None, so no item "
+                                    "would ever be stored; remove that entry (your pipelines go below "
+                                    f"{OBJECT_PIPELINE_ORDER})")
+            order = value
+            continue
+        merged.setdefault(comp, value)
+    merged[OBJECT_PIPELINE] = order
+    for comp, value in merged.items():
+        if comp != OBJECT_PIPELINE and isinstance(value, (int, float)) and value >= order:
+            raise SettingsError(f"spider {name!r}: ITEM_PIPELINES runs {_path(comp)} ({value}) after {OBJECT_PIPELINE} "
+                                f"({order}), which hands items to their object: its changes and drops would be "
+                                f"lost; give it an order below {order}, or set {OBJECT_PIPELINE} above it")
+    return merged
 
 
 _PLAYWRIGHT_HANDLERS = ("scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler",

@@ -185,7 +185,7 @@ class Ledger:
     the engine (``active``, by lease id); plus the children this worker discovered whose Request may be
     reused if it leases them itself (``local``)."""
 
-    __slots__ = ("active", "buffer", "deliveries", "local")
+    __slots__ = ("active", "buffer", "deliveries", "flowing", "local")
 
     def __init__(self) -> None:
         self.deliveries = 0  # serial of the deliveries this worker started (state_for)
@@ -193,6 +193,10 @@ class Ledger:
         self.active: dict[str, LeaseState] = {}
         # children this worker discovered, by queue id: (envelope, the callback's Request), oldest first
         self.local: dict[str, tuple[Envelope, Request]] = {}
+        # items between their callback and the end of the item pipelines, by id() of the object the
+        # callback yielded: [that object, the state(s) that yielded it]. Holding the object keeps its id
+        # from being reused while the entry lives; an entry goes when the item leaves the pipelines.
+        self.flowing: dict[int, list[Any]] = {}
 
     def held(self) -> int:
         return len(self.buffer) + len(self.active)
@@ -252,3 +256,33 @@ class Ledger:
 
     def take_child(self, cid: str) -> tuple[Envelope, Request] | None:
         return self.local.pop(cid, None)
+
+    # -- items in the pipelines: the one place that counts them (Output.pending) ----------------------
+
+    def item_out(self, state: LeaseState, item: Any) -> None:
+        """``item`` left ``state``'s callback for the item pipelines: ``state`` is not finished until it
+        comes back (:meth:`item_back`).
+
+        Why by the object's identity and not a mark on it: items are the user's (dict, scrapy.Item,
+        dataclass, attrs) and pipelines see them exactly as the callback made them; and no pipeline is
+        told which response an item came from. Two dict operations per item."""
+        state.out.pending += 1
+        entry = self.flowing.get(id(item))
+        if entry is None:
+            self.flowing[id(item)] = [item, state]
+        else:  # the same object yielded again before it left the pipelines
+            entry.append(state)
+
+    def item_back(self, item: Any) -> LeaseState | None:
+        """``item`` (the object the callback yielded) left the pipelines, written, dropped or failed: the
+        state that yielded it, its pending count down by one; None for an item no lease of this worker
+        yielded (a plain Scrapy item, an item an extension scraped itself)."""
+        key = id(item)
+        entry = self.flowing.get(key)
+        if entry is None:
+            return None
+        state: LeaseState = entry.pop(1)
+        if len(entry) == 1:
+            del self.flowing[key]
+        state.out.pending -= 1
+        return state

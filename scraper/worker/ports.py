@@ -1,10 +1,11 @@
 """The typed boundary between Scrapy's components and the Fleet runtime.
 
 Why a Protocol: the scheduler, the downloader middlewares (classify, proxy), the spider middleware
-(commit), the catch-all downloader (scraper.worker.settle), the watchdog, the download handlers and the CLI's
-worker process all reach the runtime through the crawler. Typed ``Any``, every private attribute was
-within reach, and nothing said which calls the runtime must keep when it is refactored. :class:`FleetPort`
-names exactly what they may call; anything else on the runtime is its own business.
+(commit), the object pipeline (pipelines.objects), the catch-all downloader (scraper.worker.settle), the
+watchdog, the download handlers and the CLI's worker process all reach the runtime through the crawler.
+Typed ``Any``, every private attribute was within reach, and nothing said which calls the runtime must
+keep when it is refactored. :class:`FleetPort` names exactly what they may call; anything else on the
+runtime is its own business.
 
 Why a static Protocol and not an abstract base class: it costs nothing at run time (no isinstance, no
 extra indirection: a middleware still calls the runtime's bound method directly, once per page), and
@@ -126,15 +127,21 @@ class FleetPort(Protocol):
 
     def proxy_chosen(self, state: LeaseState, proxy_id: str) -> None: ...
 
-    # -- the spider side (middlewares.commit, scraper.worker.settle) --------------------------------------
+    # -- the spider side (middlewares.commit, pipelines.objects, scraper.worker.settle) ------------------
 
     def discovered(self, state: LeaseState, request: Request) -> None: ...
 
-    def item_started(self, state: LeaseState) -> None: ...
+    # an item leaves the callback (CommitMiddleware): the request waits for it
+    def item_started(self, state: LeaseState, item: Any) -> None: ...
 
-    def item_settled(self, state: LeaseState, item: Any | None) -> None: ...
+    # the item pipelines are done with it (ObjectPipeline; item_dropped / item_error): ``yielded`` is the
+    # object the callback yielded, ``item`` what the user's pipelines made of it; an item no lease of this
+    # worker yielded is ignored
+    def item_passed(self, yielded: Any, item: Any) -> None: ...
 
-    def item_failed(self, state: LeaseState, exc: BaseException) -> None: ...
+    def item_dropped(self, yielded: Any) -> None: ...
+
+    def item_failed(self, yielded: Any, exc: BaseException) -> None: ...
 
     def output_done(self, state: LeaseState) -> None: ...
 

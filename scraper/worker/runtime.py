@@ -336,22 +336,27 @@ class FleetRuntime:
                       until=round(until, 3))
         self.spawn(self.failures.defer(state, until))
 
-    def item_started(self, state: LeaseState) -> None:
-        state.out.pending += 1
+    def item_started(self, state: LeaseState, item: Any) -> None:
+        self.ledger.item_out(state, item)
 
-    def item_settled(self, state: LeaseState, item: Any | None) -> None:
-        out = state.out
-        out.pending -= 1
-        if item is not None:
-            out.items.append(item)
-        self.maybe_finish(state)
+    def item_passed(self, yielded: Any, item: Any) -> None:
+        """``yielded`` left the pipelines as ``item`` (the object written: what the user's left)."""
+        state = self.ledger.item_back(yielded)
+        if state is not None:
+            state.out.items.append(item)
+            self.maybe_finish(state)
 
-    def item_failed(self, state: LeaseState, exc: BaseException) -> None:
+    def item_dropped(self, yielded: Any) -> None:
+        state = self.ledger.item_back(yielded)
+        if state is not None:
+            self.maybe_finish(state)
+
+    def item_failed(self, yielded: Any, exc: BaseException) -> None:
         """A pipeline raised: the request is not finished cleanly, so it is not acknowledged as ok."""
-        out = state.out
-        out.pending -= 1
-        out.errors.append(f"{type(exc).__name__}: {exc}"[:300])
-        self.maybe_finish(state)
+        state = self.ledger.item_back(yielded)
+        if state is not None:
+            state.out.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+            self.maybe_finish(state)
 
     def discovered(self, state: LeaseState, request: Request) -> None:
         self.discovery.found(state, request)

@@ -21,7 +21,7 @@ class _Runtime:
     def state_for(self, request: Request) -> Any:
         return SimpleNamespace(settled=False)
 
-    def item_started(self, state: Any) -> None:
+    def item_started(self, state: Any, item: Any) -> None:
         pass
 
     def discovered(self, state: Any, request: Request) -> None:
@@ -58,5 +58,26 @@ def test_a_parsed_page_is_freed_by_reference_counting_once_its_output_is_done() 
             assert ref() is None, "the response is only reachable through a reference cycle"
         finally:
             gc.enable()
+
+    asyncio.run(go())
+
+
+def test_a_none_the_callback_yields_is_not_waited_for() -> None:
+    """Scrapy sends no None to the item pipelines: counted, the request would never finish."""
+
+    async def go() -> None:
+        started: list[Any] = []
+        rt = _Runtime()
+        rt.item_started = lambda state, item: started.append(item)  # type: ignore[method-assign]
+        mw = CommitMiddleware(SimpleNamespace(fleet=rt))  # type: ignore[arg-type]
+        req = Request("http://shop.test/p/1")
+        resp = HtmlResponse(req.url, body=b"<html></html>", request=req)
+
+        async def callback() -> AsyncIterator[Any]:
+            yield None
+            yield {"a": 1}
+
+        assert [x async for x in mw.process_spider_output(resp, callback())] == [None, {"a": 1}]
+        assert started == [{"a": 1}] and rt.done == 1
 
     asyncio.run(go())
