@@ -115,8 +115,8 @@ DOWNLOADER_MIDDLEWARES = {
 # as the pipelines before it left it, to its request; the runtime writes the request's one object once
 # every item of it is through (scraper.worker.finisher, scraper.worker.sinks) and acks only once durable.
 # A spider's own pipelines go below 1000 in its custom_settings (merged with this dict, never replacing
-# it: scraper.worker.catalog.item_pipelines). Setting ObjectPipeline to None, or a pipeline of the
-# spider's at or above it, is refused at start-up (exit 1); a spider may move ObjectPipeline higher.
+# it: scraper.worker.catalog.item_pipelines); one at or above 1000 moves ObjectPipeline after it. Setting
+# ObjectPipeline to None, or placing it before a pipeline of the spider's, is refused at start-up (exit 1).
 ITEM_PIPELINES = {
     "pipelines.objects.ObjectPipeline": 1000,
 }

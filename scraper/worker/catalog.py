@@ -148,8 +148,9 @@ def _path(component: Any) -> str:
 def item_pipelines(spidercls: type[Spider], base: dict[str, Any]) -> dict[Any, Any]:
     """The spider's ITEM_PIPELINES merged into Fleet's: ObjectPipeline stays, and stays last.
 
-    A spider may move ObjectPipeline higher (to keep a pipeline of its own at 1000 or above) but not
-    switch it off, and every pipeline of its own must run before it: a pipeline after it would change
+    A spider that does not mention ObjectPipeline gets it after its own last pipeline (at 1000, or one
+    past a pipeline of its own at 1000 or above). A spider may place ObjectPipeline itself but not
+    switch it off, and then every pipeline of its own must run before it: a pipeline after it would change
     or drop items whose object already has them. Either is refused (:class:`SettingsError`) rather than
     run with items silently lost or unchanged. A spider's ITEM_PROCESSOR other than Fleet's is refused
     too (it is how ObjectPipeline finds an item's request)."""
@@ -161,15 +162,22 @@ def item_pipelines(spidercls: type[Spider], base: dict[str, Any]) -> dict[Any, A
                             "which maps items to their requests; remove it from custom_settings")
     merged: dict[Any, Any] = dict(base)
     order = merged.get(OBJECT_PIPELINE, OBJECT_PIPELINE_ORDER)
+    placed = False  # did the spider place ObjectPipeline itself?
     for comp, value in dict(custom.get("ITEM_PIPELINES") or {}).items():
         if _path(comp) == OBJECT_PIPELINE:
             if value is None:
                 raise SettingsError(f"spider {name!r}: ITEM_PIPELINES sets {OBJECT_PIPELINE} to None, so no item "
                                     "would ever be stored; remove that entry (your pipelines go below "
                                     f"{OBJECT_PIPELINE_ORDER})")
-            order = value
+            order, placed = value, True
             continue
         merged.setdefault(comp, value)
+    if not placed:
+        # A spider that does not mention ObjectPipeline runs unchanged: ours goes after its last pipeline
+        # (a Scrapy project with a pipeline at 1000 or above must not have to be edited to run here).
+        theirs = [v for c, v in merged.items() if c != OBJECT_PIPELINE and isinstance(v, (int, float))]
+        if theirs and max(theirs) >= order:
+            order = int(max(theirs)) + 1
     merged[OBJECT_PIPELINE] = order
     for comp, value in merged.items():
         if comp != OBJECT_PIPELINE and isinstance(value, (int, float)) and value >= order:

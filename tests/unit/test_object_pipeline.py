@@ -60,14 +60,20 @@ def test_switching_it_off_is_refused_by_path_or_by_class() -> None:
             item_pipelines(_spider({key: None, "my.Pipe": 300}), {OBJECT_PIPELINE: 1000})
 
 
-def test_a_pipeline_of_the_spider_at_or_after_it_is_refused_unless_it_is_moved_up() -> None:
+def test_a_pipeline_of_the_spider_at_or_after_it_moves_ours_after_it() -> None:
+    """A spider that does not mention ObjectPipeline runs unchanged: ours goes one past its last pipeline."""
     for order in (1000, 1100):
-        with pytest.raises(SettingsError, match=f"my.Late \\({order}\\) after {OBJECT_PIPELINE} \\(1000\\)"):
-            item_pipelines(_spider({"my.Late": order}), {OBJECT_PIPELINE: 1000})
+        assert item_pipelines(_spider({"my.Late": order}), {OBJECT_PIPELINE: 1000}) == {
+            OBJECT_PIPELINE: order + 1, "my.Late": order}
     moved = item_pipelines(_spider({"my.Late": 1100, ObjectPipeline: 2000}), {OBJECT_PIPELINE: 1000})
     assert moved == {OBJECT_PIPELINE: 2000, "my.Late": 1100}
     assert item_pipelines(_spider({"my.Off": None}), {OBJECT_PIPELINE: 1000}) == {OBJECT_PIPELINE: 1000,
                                                                                  "my.Off": None}
+
+
+def test_placing_ours_before_a_pipeline_of_the_spider_is_refused() -> None:
+    with pytest.raises(SettingsError, match=f"my.Late \\(1100\\) after {OBJECT_PIPELINE} \\(1050\\)"):
+        item_pipelines(_spider({"my.Late": 1100, ObjectPipeline: 1050}), {OBJECT_PIPELINE: 1000})
 
 
 def test_another_item_processor_is_refused() -> None:
