@@ -5,15 +5,18 @@
 __all__ = [
     "app",
     "args",
+    "cancel",
     "common",
     "crawl",
     "data",
     "demo",
     "dev",
     "inspect",
+    "manifests",
     "oncall",
     "replay",
     "runreport",
+    "runs",
     "seeding",
     "worker",
 ]

@@ -1,5 +1,5 @@
-"""Process plumbing shared by every command: FLEET_* configuration, embedded Redis, structured logs
-(and their console rendering and secret redaction), progress bars and the Prometheus backlog exporter.
+"""Process plumbing shared by every command: FLEET_* configuration, embedded Redis, structured logs,
+progress bars and the Prometheus backlog exporter.
 """
 
 __all__ = [

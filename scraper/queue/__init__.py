@@ -4,11 +4,14 @@ Everything that touches the queue's keys lives here; the worker reaches it throu
 """
 
 __all__ = [
+    "cancel",
     "client",
     "entrycheck",
     "envelope",
     "fingerprint",
     "names",
     "redisio",
+    "runstate",
     "scripts",
+    "startfp",
 ]

@@ -4,8 +4,14 @@ group-commit writer process, deterministic object keys, outage tracking and the 
 
 __all__ = [
     "backends",
+    "base",
+    "dedup",
     "export",
     "filewriter",
     "health",
+    "local",
+    "manifest",
     "objects",
+    "parts",
+    "s3",
 ]

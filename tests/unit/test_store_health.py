@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scraper.store.backends import InvalidKeyError, StoreError, _validate_key
+from scraper.store.backends import InvalidKeyError, StoreError
+from scraper.store.base import validate_key as _validate_key
 from scraper.store.health import MAX_REASON, StoreOutage, probe_key, reason
 from scraper.store.objects import evidence_key, items_key, raw_key
 
