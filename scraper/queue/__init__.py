@@ -9,9 +9,13 @@ __all__ = [
     "entrycheck",
     "envelope",
     "fingerprint",
+    "inspection",
+    "keys",
     "names",
+    "records",
     "redisio",
     "runstate",
     "scripts",
+    "seedwire",
     "startfp",
 ]

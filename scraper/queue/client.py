@@ -12,23 +12,22 @@ drives it with ``asyncio.run``.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import functools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from scraper.queue import scripts as lua
-from scraper.queue.envelope import Envelope, new_ids
-from scraper.queue.names import is_name
+from scraper.queue.envelope import Envelope
+from scraper.queue.inspection import Inspection
+from scraper.queue.keys import SPIDERS_KEY, Keys, QueueError, check_spider_name, known_spiders, new_id
+from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
+from scraper.queue.seedwire import SeedStream, as_eval, entry_args, fill_rows, pairs, text
 
 __all__ = [
     "SPIDERS_KEY",
@@ -45,262 +44,8 @@ __all__ = [
     "new_id",
 ]
 
-SPIDERS_KEY = "fleet:spiders"
 
-
-class QueueError(RuntimeError):
-    """A queue operation could not be carried out; the message says why."""
-
-
-def check_spider_name(name: str) -> str:
-    if not is_name(name):
-        raise QueueError(f"spider name {name!r} cannot be used as a queue name: use letters, digits, '_', '-' or '.'")
-    return name
-
-
-def new_id() -> str:
-    return secrets.token_hex(8)
-
-
-class Keys:
-    """Key names of one spider; all share the ``{spider}`` hash tag (one Redis Cluster slot)."""
-
-    def __init__(self, spider: str) -> None:
-        self.spider = check_spider_name(spider)
-        self.prefix = f"fleet:{{{spider}}}:"
-        self.ready = self.prefix + "ready"
-        self.inflight = self.prefix + "inflight"
-        self.delayed = self.prefix + "delayed"
-        self.env = self.prefix + "env"
-        self.lease = self.prefix + "lease"
-        self.dlv = self.prefix + "dlv"
-        self.dlq = self.prefix + "dlq"
-        self.runs = self.prefix + "runs"
-        self.waiting = self.prefix + "waiting"  # workers whose last lease found nothing (lua/_helpers.lua: wake)
-        self.wake = self.prefix + "wake"  # pub/sub channel: work reached READY while a worker waits
-        self.seq = self.prefix + "seq"  # READY's tie-breaker counter (newest first within a priority)
-        self.hold = self.prefix + "hold"  # per-domain backoff deadlines (HOLD)
-        self.brk = self.prefix + "brk"  # the breakers that are not closed: domain -> state|until
-        self.parkdom = self.prefix + "parkdom"  # domains with parked requests
-        self.cancelled = self.prefix + "cancelled"  # runs `fleet cancel` stopped: run -> when (scraper/queue/cancel.py)
-
-    def seen(self, run: str) -> str:
-        return f"{self.prefix}seen:{run}"
-
-    def done(self, run: str) -> str:
-        return f"{self.prefix}done:{run}"
-
-    def tally(self, run: str) -> str:
-        """Per-run counts the workers flush in batches (scraper.worker.tally): items, coverage, schema."""
-        return f"{self.prefix}tally:{run}"
-
-    def breaker(self, domain: str) -> str:
-        return f"{self.prefix}breaker:{domain}"
-
-    def parked(self, domain: str) -> str:
-        return f"{self.prefix}parked:{domain}"
-
-    def select(self, names: Iterable[str], *, run: str | None = None, domain: str | None = None) -> list[str]:
-        """The keys a script's header names (lua.ScriptMeta.keys), in its order: the call site derives
-        its KEYS from the header, so names and order cannot drift apart."""
-        out: list[str] = []
-        for n in names:
-            if n in ("seen", "done"):
-                if run is None:
-                    raise QueueError(f"key {n!r} needs a run")
-                out.append(self.seen(run) if n == "seen" else self.done(run))
-            elif n in ("breaker", "parked"):
-                if domain is None:
-                    raise QueueError(f"key {n!r} needs a domain")
-                out.append(self.breaker(domain) if n == "breaker" else self.parked(domain))
-            else:
-                out.append(getattr(self, n))
-        return out
-
-
-@dataclass
-class Lease:
-    id: str
-    raw: bytes
-    deliveries: int
-    token: str
-
-
-@dataclass
-class LeaseBatch:
-    promoted: int = 0
-    reaped: list[tuple[str, str]] = field(default_factory=list)
-    leased: list[Lease] = field(default_factory=list)
-    skipped: list[tuple[str, bytes]] = field(default_factory=list)
-    held: int = 0
-    parked: int = 0
-    remaining: int = 0  # READY's size after this lease
-    cancelled: int = 0  # entries of cancelled runs dropped unexecuted
-
-
-@dataclass(slots=True)
-class Commit:
-    """What one finished request leaves behind: DONE for its fingerprint, then its children."""
-
-    lease_id: str
-    token: str
-    run: str
-    fp: str
-    discovered: list[Envelope] = field(default_factory=list)
-    domain: str = ""
-    outcome: str = ""  # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked
-    done: bool = True  # False: only enqueue the children (early, before the parent's writes)
-    claim: int = 0  # 1-based index of a child to lease to this worker at once (0: none); see COMMIT
-    ids: list[str] = field(default_factory=list)  # queue ids of the children, chosen by the caller (or new)
-
-
-class CommitReply(NamedTuple):
-    """What the COMMIT script answered, one entry per commit of the batch."""
-
-    enqueued: list[int]
-    events: list[tuple[str, str]]  # breaker events (domain, event)
-    acked: list[bool]
-    claims: list[tuple[str, int]]  # (token, deliveries) of the claimed child; ("", 0) not queued, ("", -1) gated
-
-
-@dataclass(frozen=True)
-class BreakerParams:
-    """Rate-based drift breaker: opens on >= min_events C outcomes and C rate >= rate over window."""
-
-    window: int = 20
-    min_events: int = 5
-    rate: float = 0.5
-    cooldown: float = 1800.0
-    cooldown_cap: float = 8 * 3600.0
-
-    def args(self) -> list[str]:
-        return [str(self.window), str(self.min_events), repr(self.rate), repr(self.cooldown), repr(self.cooldown_cap)]
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _pairs(flat: Sequence[Any], n: int) -> list[list[Any]]:
-    return [list(flat[i : i + n]) for i in range(0, len(flat), n)]
-
-
-def _entry_args(env: Envelope, *, force_filter: bool = False, entry_id: str | None = None) -> list[str]:
-    dont_filter = "0" if force_filter else ("1" if env.dont_filter else "0")
-    return [entry_id or new_id(), env.dumps(), env.fp, str(env.priority), dont_filter]
-
-
-async def _fill(
-    rows: Iterator[tuple[str, str, str]], hset: list[str], script: list[str], batch: int, yielding: bool
-) -> int:
-    """Append up to ``batch`` rows to the HSET and SEED_BULK arguments; returns how many.
-
-    ``yielding``: a batch is in flight, so give asyncio a turn every 256 rows to stream it to Redis
-    and read replies."""
-    n = 0
-    ids: list[str] = []
-    for json_, fp, prio in rows:
-        k = n & 255
-        if not k:
-            if yielding and n:
-                await asyncio.sleep(0)
-            ids = new_ids(256)
-        i = ids[k]
-        hset += (i, json_)
-        script += (i, fp, prio)
-        n += 1
-        if n == batch:
-            break
-    return n
-
-
-def _as_eval(script: Sequence[str]) -> list[str]:
-    """An ``EVALSHA sha ...`` command of SEED_BULK as ``EVAL source ...``."""
-    return ["EVAL", lua.load("seed_bulk").source, *script[2:]]
-
-
-async def _exec_reply(conn: Any) -> int:
-    """The SEED_BULK count from the replies to MULTI, HSET, EVALSHA, EXEC (error replies raise)."""
-    for _ in range(3):
-        await conn.read_response()  # +OK, +QUEUED, +QUEUED
-    res = await conn.read_response()
-    if not isinstance(res, list) or len(res) != 2:
-        raise QueueError(f"seed transaction did not run: {res!r}")
-    for x in res:
-        if isinstance(x, Exception):
-            raise x
-    return int(res[1])
-
-
-class _SeedStream:
-    """Seed batches pipelined on a connection of their own.
-
-    Why: with a redis-py pipeline per batch, each batch was packed (pure Python, ~3.5 µs an entry)
-    and sent only after the previous reply was back, and Redis idled meanwhile. Here a batch is packed
-    as soon as it is built and sent while Redis still runs the previous one, whose reply is read after;
-    one connection keeps the batches in input order (Redis runs a connection's commands in order)."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.enqueued = 0
-        self._shipping: asyncio.Future[None] | None = None  # sends a batch, then reads the previous reply
-        self._unread: collections.deque[Sequence[Sequence[str]]] = collections.deque()  # sent, reply unread
-
-    async def send(self, commands: Sequence[Sequence[str]]) -> None:
-        packed = self.conn.pack_commands(commands)  # hiredis's packer on a scraper.queue.redisio client
-        if self._shipping is not None:
-            await self._shipping
-        self._shipping = asyncio.ensure_future(self._ship(packed, commands))
-        await asyncio.sleep(0)  # start sending it
-
-    async def _ship(self, packed: list[bytes], commands: Sequence[Sequence[str]]) -> None:
-        await self.conn.send_packed_command(packed, check_health=False)  # no PING amid pending replies
-        self._unread.append(commands)
-        if len(self._unread) > 1:
-            await self._read_one()
-
-    async def _read_one(self) -> None:
-        """Read the oldest unread reply. A batch whose EVALSHA met NOSCRIPT (the script cache was flushed
-        mid-seed; its HSET ran) is sent again with EVAL, which loads the script, and read in its turn."""
-        commands = self._unread.popleft()
-        try:
-            self.enqueued += await _exec_reply(self.conn)
-        except NoScriptError:
-            multi, hset, script, exec_ = commands
-            if script[0] != "EVALSHA":
-                raise
-            again = [multi, hset, _as_eval(script), exec_]
-            await self.conn.send_packed_command(self.conn.pack_commands(again), check_health=False)
-            self._unread.append(again)
-
-    async def finish(self) -> int:
-        """Wait for every batch; returns how many entries they enqueued."""
-        if self._shipping is not None:
-            await self._shipping
-            self._shipping = None
-        while self._unread:
-            await self._read_one()
-        return self.enqueued
-
-    async def close(self) -> None:
-        """Drop the connection. If the input failed midway, first let the batches already handed over
-        run and read their replies: closing a socket with replies unread resets it, and Redis would
-        drop a batch it had not read in full."""
-        try:
-            ok = True
-            if self._shipping is not None:
-                await asyncio.wait([self._shipping])
-                ok = not self._shipping.cancelled() and self._shipping.exception() is None
-                self._shipping = None
-            if ok and self._unread:
-                with contextlib.suppress(Exception):  # the caller is raising its own error
-                    while self._unread:
-                        await self._read_one()
-        finally:
-            await self.conn.disconnect()
-
-
-class FleetQueue:
+class FleetQueue(Inspection):
     """All queue transitions of one spider."""
 
     def __init__(
@@ -352,19 +97,19 @@ class FleetQueue:
 
         A batch is one MULTI: an HSET of its envelopes, then SEED_BULK by SHA (lua/seed_bulk.lua says
         why the JSON stays out of Lua). One batch goes through the pool; more are streamed (see
-        _SeedStream) so Redis runs batch k while Python builds batch k+1."""
+        SeedStream) so Redis runs batch k while Python builds batch k+1."""
         await self.client.sadd(SPIDERS_KEY, self.spider)
         bulk = self._seed_bulk
         keys = self.keys.select(bulk.meta.keys, run=run)
         head = ["EVALSHA", bulk.sha, str(len(keys)), *keys, str(self.dedup_ttl), repr(time.time()), run]
         it = iter(rows)
-        stream: _SeedStream | None = None
+        stream: SeedStream | None = None
         enq = total = 0
         try:
             while True:
                 hset = ["HSET", self.keys.env]
                 script = list(head)
-                n = await _fill(it, hset, script, batch, yielding=stream is not None)
+                n = await fill_rows(it, hset, script, batch, yielding=stream is not None)
                 bulk.meta.check(len(keys), len(script) - 3 - len(keys))
                 total += n
                 if stream is None and n < batch:
@@ -372,7 +117,7 @@ class FleetQueue:
                         enq += await self._seed_batch(hset, script)
                     break
                 if stream is None:
-                    stream = _SeedStream(self.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+                    stream = SeedStream(self.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
                     await stream.conn.connect()
                     # loaded once here, so that every batch of the stream can go by SHA
                     await stream.conn.send_command("SCRIPT", "LOAD", lua.load("seed_bulk").source)
@@ -391,7 +136,7 @@ class FleetQueue:
     async def _seed_batch(self, hset: list[str], script: list[str]) -> int:
         """One MULTI of HSET + EVALSHA; if Redis does not know the script yet, the same MULTI again with
         EVAL, which loads it (the HSET writes the same fields with the same values twice)."""
-        for cmd in (script, _as_eval(script)):
+        for cmd in (script, as_eval(script)):
             pipe = self.client.pipeline(transaction=True)
             pipe.execute_command(*hset)
             pipe.execute_command(*cmd)
@@ -416,14 +161,14 @@ class FleetQueue:
             parked=int(parked),
             remaining=int(remaining),
             promoted=int(promoted),
-            reaped=[(_s(a), _s(b)) for a, b in _pairs(reaped, 2)],
-            leased=[Lease(_s(i), bytes(j), int(d), _s(t)) for i, j, d, t in _pairs(leased, 4)],
-            skipped=[(_s(i), bytes(j)) for i, j in _pairs(skipped, 2)],
+            reaped=[(text(a), text(b)) for a, b in pairs(reaped, 2)],
+            leased=[Lease(text(i), bytes(j), int(d), text(t)) for i, j, d, t in pairs(leased, 4)],
+            skipped=[(text(i), bytes(j)) for i, j in pairs(skipped, 2)],
         )
 
     async def maintain(self, limit: int = 500) -> tuple[int, list[tuple[str, str]]]:
         promoted, reaped = await self._maintain(self._k_maintain, [self.keys.prefix, repr(time.time()), limit])
-        return int(promoted), [(_s(a), _s(b)) for a, b in _pairs(reaped, 2)]
+        return int(promoted), [(text(a), text(b)) for a, b in pairs(reaped, 2)]
 
     async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
         args: list[Any] = [repr(time.time() + lease_seconds)]
@@ -432,7 +177,7 @@ class FleetQueue:
         if len(args) == 1:
             return []
         lost = await self._heartbeat(self._k_heartbeat, args)
-        return [_s(x) for x in lost]
+        return [text(x) for x in lost]
 
     async def commit(
         self, commits: Sequence[Commit], *, ack: bool = True
@@ -464,9 +209,9 @@ class FleetQueue:
         counts, events, acked, claims = await self._commit(keys, args)
         return CommitReply(
             [int(x) for x in counts],
-            [(_s(a), _s(b)) for a, b in _pairs(events, 2)],
+            [(text(a), text(b)) for a, b in pairs(events, 2)],
             [bool(int(x)) for x in acked],
-            [(_s(t), int(d)) for t, d in _pairs(claims, 2)],
+            [(text(t), int(d)) for t, d in pairs(claims, 2)],
         )
 
     def _commit_args(
@@ -493,7 +238,7 @@ class FleetQueue:
             args += [r, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
-                args += _entry_args(env, entry_id=cid)
+                args += entry_args(env, entry_id=cid)
         return args
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
@@ -510,7 +255,7 @@ class FleetQueue:
                 json.dumps(sample, default=str),
             ],
         )
-        return _s(res[0]), _s(res[1])
+        return text(res[0]), text(res[1])
 
     async def breaker_reset(self, domain: str) -> int:
         return int(
@@ -519,50 +264,6 @@ class FleetQueue:
                 [self.keys.prefix, domain, repr(time.time())],
             )
         )
-
-    async def breakers(self) -> dict[str, dict[str, Any]]:
-        """Every breaker of this spider with its state, counts and parked backlog."""
-        out: dict[str, dict[str, Any]] = {}
-        pattern = f"{self.keys.prefix}breaker:*"
-        async for key in self.client.scan_iter(match=pattern, count=500):
-            k = _s(key)
-            domain = k[len(self.keys.prefix) + len("breaker:") :]
-            raw = {_s(a): _s(b) for a, b in (await self.client.hgetall(k)).items()}
-            window = raw.get("window", "")
-            c = window.count("C")
-            state = raw.get("state", "closed")
-            out[domain] = {
-                "state": state,
-                "window": len(window),
-                "c_events": c,
-                "c_rate": round(c / len(window), 3) if window else 0.0,
-                "trips": int(raw.get("trips", 0) or 0),
-                "drift_events": int(raw.get("drift_events", 0) or 0),
-                "opened_at": float(raw["opened_at"]) if raw.get("opened_at") and state != "closed" else None,
-                "open_until": float(raw["open_until"]) if raw.get("open_until") and state != "closed" else None,
-                "parked": int(await self.client.zcard(f"{self.keys.prefix}parked:{domain}")),
-                "samples": json.loads(raw.get("samples") or "[]"),
-            }
-        return out
-
-    async def breaker_counts(self) -> dict[str, int]:
-        """How many breakers are open and half-open: one HGETALL of the not-closed ones (the Lua
-        scripts keep them in ``brk``), however many domains ever had a breaker record."""
-        out = {"open": 0, "half_open": 0}
-        for v in (await self.client.hgetall(self.keys.prefix + "brk")).values():
-            state = _s(v).split("|", 1)[0]
-            if state == "open":
-                out["open"] += 1
-            elif state == "half":
-                out["half_open"] += 1
-        return out
-
-    async def parked(self) -> int:
-        domains = [_s(d) for d in await self.client.smembers(self.keys.prefix + "parkdom")]
-        total = 0
-        for d in domains:
-            total += int(await self.client.zcard(f"{self.keys.prefix}parked:{d}"))
-        return total
 
     async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
         args: list[Any] = []
@@ -598,14 +299,14 @@ class FleetQueue:
             self._k_hold,
             [domain, repr(time.time()), repr(base), repr(cap), repr(rnd), repr(min_wait)],
         )
-        return float(_s(res))
+        return float(text(res))
 
     async def purge(self) -> None:
         """Drop this spider's queued work (READY/IN-FLIGHT/DELAYED/PARKED); SEEN/DONE and the DLQ stay.
 
         Only for namespaces a command owns outright (``fleet demo``, ``fleet smoke``)."""
         k = self.keys
-        domains = [_s(d) for d in await self.client.smembers(k.prefix + "parkdom")]
+        domains = [text(d) for d in await self.client.smembers(k.prefix + "parkdom")]
         await self.client.delete(
             k.ready,
             k.inflight,
@@ -617,75 +318,6 @@ class FleetQueue:
             *[f"{k.prefix}parked:{d}" for d in domains],
         )
 
-    # -- inspection -------------------------------------------------------------------------------
-
-    async def has_member(self, key: str, fps: Sequence[str]) -> list[bool]:
-        res = await self._has([key], fps)
-        return [bool(int(x)) for x in res]
-
-    async def counts(self) -> dict[str, int]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.keys.ready)
-        pipe.zcard(self.keys.inflight)
-        pipe.zcard(self.keys.delayed)
-        pipe.xlen(self.keys.dlq)
-        ready, inflight, delayed, dlq = await pipe.execute()
-        return {
-            "ready": int(ready),
-            "inflight": int(inflight),
-            "delayed": int(delayed),
-            "dlq": int(dlq),
-            "parked": await self.parked(),
-        }
-
-    async def pending(self) -> int:
-        """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive.
-
-        Polled by every idle worker, so one round trip and no PARKED scan (parked work never counts)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.keys.ready)
-        pipe.zcard(self.keys.inflight)
-        pipe.zcard(self.keys.delayed)
-        return sum(int(x) for x in await pipe.execute())
-
-    async def runs(self) -> dict[str, dict[str, int]]:
-        runs = [_s(r) for r in await self.client.zrange(self.keys.runs, 0, -1)]
-        if not runs:
-            return {}
-        pipe = self.client.pipeline(transaction=False)
-        for r in runs:
-            pipe.hget(self.keys.seen(r), "count")
-            pipe.hget(self.keys.done(r), "count")
-        res = await pipe.execute()
-        out: dict[str, dict[str, int]] = {}
-        for i, r in enumerate(runs):
-            seen, done = res[2 * i], res[2 * i + 1]
-            if seen is None and done is None:
-                continue  # expired (TTL) run
-            out[r] = {"seen": int(seen or 0), "done": int(done or 0)}
-        return out
-
-    async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        """DLQ entries newest first (all, or one run's), paged so a long stream never loads at once."""
-        last = "+"
-        while True:
-            rows: Any = await self.client.xrevrange(self.keys.dlq, max=last, count=500)
-            for rid, fields in rows or []:
-                f = {_s(k): _s(v) for k, v in (fields or {}).items()}
-                if run is None or f.get("run") == run:
-                    yield _s(rid), f
-            if not rows or len(rows) < 500:
-                return
-            last = "(" + _s(rows[-1][0])
-
-    async def dlq_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
-        out: list[tuple[str, dict[str, str]]] = []
-        async for entry in self.dlq_iter():
-            out.append(entry)
-            if len(out) >= count:
-                break
-        return out
-
     async def requeue(self, envelopes: Iterable[Envelope]) -> int:
         """Back to READY bypassing SEEN (a dead-lettered request is recorded there already).
 
@@ -696,15 +328,7 @@ class FleetQueue:
         n = 0
         for run, envs in by_run.items():
             head = [str(self.dedup_ttl), repr(time.time()), run]
-            args = [a for env in envs for a in _entry_args(env)]
+            args = [a for env in envs for a in entry_args(env)]
             n += int(await self._seed(self.keys.select(self._seed.meta.keys, run=run), head + args))
         return n
 
-
-async def known_spiders(client: aioredis.Redis) -> list[str]:
-    """The spiders ever seeded; a member that is not a valid spider name (written by something else) is
-    left out rather than failing every command that lists spiders."""
-    members = [
-        s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in await client.smembers(SPIDERS_KEY)
-    ]
-    return sorted(m for m in members if is_name(m))

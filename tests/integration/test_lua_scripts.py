@@ -110,7 +110,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[lua.ScriptM
         record_bulk(script)
         return await real_batch(self, hset, script)
 
-    real_send = queue._SeedStream.send
+    real_send = queue.SeedStream.send
 
     async def send(self: Any, commands: Any) -> None:
         record_bulk(list(commands[2]))
@@ -118,7 +118,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[lua.ScriptM
 
     monkeypatch.setattr(lua.Bound, "__call__", spy)
     monkeypatch.setattr(FleetQueue, "_seed_batch", batch)
-    monkeypatch.setattr(queue._SeedStream, "send", send)
+    monkeypatch.setattr(queue.SeedStream, "send", send)
     yield calls
 
 

@@ -15,8 +15,9 @@ from scrapy import Request
 
 from scraper.queue import redisio
 from scraper.queue import scripts as lua
-from scraper.queue.client import FleetQueue, _entry_args
+from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, SeedEncoder
+from scraper.queue.seedwire import entry_args as _entry_args
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 450
-# Modules still over the limit, each to be split by concern; the list only shrinks.
-ALLOWED = {
-    "scraper/queue/client.py",  # FleetQueue: split after the queue-client changes in flight are merged
-}
+# Modules still over the limit, each to be split by concern; the list only shrinks (empty since the
+# queue client and the store backends were split).
+ALLOWED: set[str] = set()
 
 
 def _sizes() -> dict[str, int]:

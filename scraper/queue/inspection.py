@@ -1,0 +1,138 @@
+"""Reading a spider's queue without changing it: counts, pending work, runs, breakers, parked backlog,
+the DLQ. A mixin of :class:`scraper.queue.client.FleetQueue` (the commands, the dashboards and the
+metrics exporter read through it); kept apart because none of it is on a worker's hot path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from scraper.queue import scripts as lua
+from scraper.queue.keys import Keys
+from scraper.queue.seedwire import text
+
+__all__ = ["Inspection"]
+
+class Inspection:
+    """The read-only half of FleetQueue."""
+
+    client: aioredis.Redis
+    keys: Keys
+    _has: lua.Bound
+
+    async def breakers(self) -> dict[str, dict[str, Any]]:
+        """Every breaker of this spider with its state, counts and parked backlog."""
+        out: dict[str, dict[str, Any]] = {}
+        pattern = f"{self.keys.prefix}breaker:*"
+        async for key in self.client.scan_iter(match=pattern, count=500):
+            k = text(key)
+            domain = k[len(self.keys.prefix) + len("breaker:") :]
+            raw = {text(a): text(b) for a, b in (await self.client.hgetall(k)).items()}
+            window = raw.get("window", "")
+            c = window.count("C")
+            state = raw.get("state", "closed")
+            out[domain] = {
+                "state": state,
+                "window": len(window),
+                "c_events": c,
+                "c_rate": round(c / len(window), 3) if window else 0.0,
+                "trips": int(raw.get("trips", 0) or 0),
+                "drift_events": int(raw.get("drift_events", 0) or 0),
+                "opened_at": float(raw["opened_at"]) if raw.get("opened_at") and state != "closed" else None,
+                "open_until": float(raw["open_until"]) if raw.get("open_until") and state != "closed" else None,
+                "parked": int(await self.client.zcard(f"{self.keys.prefix}parked:{domain}")),
+                "samples": json.loads(raw.get("samples") or "[]"),
+            }
+        return out
+
+    async def breaker_counts(self) -> dict[str, int]:
+        """How many breakers are open and half-open: one HGETALL of the not-closed ones (the Lua
+        scripts keep them in ``brk``), however many domains ever had a breaker record."""
+        out = {"open": 0, "half_open": 0}
+        for v in (await self.client.hgetall(self.keys.prefix + "brk")).values():
+            state = text(v).split("|", 1)[0]
+            if state == "open":
+                out["open"] += 1
+            elif state == "half":
+                out["half_open"] += 1
+        return out
+
+    async def parked(self) -> int:
+        domains = [text(d) for d in await self.client.smembers(self.keys.prefix + "parkdom")]
+        total = 0
+        for d in domains:
+            total += int(await self.client.zcard(f"{self.keys.prefix}parked:{d}"))
+        return total
+
+    # -- inspection -------------------------------------------------------------------------------
+
+    async def has_member(self, key: str, fps: Sequence[str]) -> list[bool]:
+        res = await self._has([key], fps)
+        return [bool(int(x)) for x in res]
+
+    async def counts(self) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.ready)
+        pipe.zcard(self.keys.inflight)
+        pipe.zcard(self.keys.delayed)
+        pipe.xlen(self.keys.dlq)
+        ready, inflight, delayed, dlq = await pipe.execute()
+        return {
+            "ready": int(ready),
+            "inflight": int(inflight),
+            "delayed": int(delayed),
+            "dlq": int(dlq),
+            "parked": await self.parked(),
+        }
+
+    async def pending(self) -> int:
+        """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive.
+
+        Polled by every idle worker, so one round trip and no PARKED scan (parked work never counts)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self.keys.ready)
+        pipe.zcard(self.keys.inflight)
+        pipe.zcard(self.keys.delayed)
+        return sum(int(x) for x in await pipe.execute())
+
+    async def runs(self) -> dict[str, dict[str, int]]:
+        runs = [text(r) for r in await self.client.zrange(self.keys.runs, 0, -1)]
+        if not runs:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for r in runs:
+            pipe.hget(self.keys.seen(r), "count")
+            pipe.hget(self.keys.done(r), "count")
+        res = await pipe.execute()
+        out: dict[str, dict[str, int]] = {}
+        for i, r in enumerate(runs):
+            seen, done = res[2 * i], res[2 * i + 1]
+            if seen is None and done is None:
+                continue  # expired (TTL) run
+            out[r] = {"seen": int(seen or 0), "done": int(done or 0)}
+        return out
+
+    async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """DLQ entries newest first (all, or one run's), paged so a long stream never loads at once."""
+        last = "+"
+        while True:
+            rows: Any = await self.client.xrevrange(self.keys.dlq, max=last, count=500)
+            for rid, fields in rows or []:
+                f = {text(k): text(v) for k, v in (fields or {}).items()}
+                if run is None or f.get("run") == run:
+                    yield text(rid), f
+            if not rows or len(rows) < 500:
+                return
+            last = "(" + text(rows[-1][0])
+
+    async def dlq_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
+        out: list[tuple[str, dict[str, str]]] = []
+        async for entry in self.dlq_iter():
+            out.append(entry)
+            if len(out) >= count:
+                break
+        return out
+
