@@ -95,13 +95,18 @@ class RunManifest:
         self.key: str | None = None
 
     def write(self, *, final: bool, exit_code: int | None = None, why: str = "",
-              outcomes: Mapping[str, int] | None = None, ignored: int | None = None) -> str | None:
+              outcomes: Mapping[str, int] | None = None, ignored: int | None = None,
+              export: Mapping[str, Any] | None = None) -> str | None:
         """Rewrite the manifest; returns its key, or None after a one-line warning when Redis or the
         store failed (a manifest never changes a run's outcome or exit code)."""
         self.last_write = time.monotonic()
         try:
             figures = asyncio.run(gather(self.redis_url, self.spider, self.run))
             manifest = self._build(figures, final, exit_code, why, outcomes or {}, ignored)
+            # `fleet run --export`: what the export wrote (parts, rows, location), so the rows analysts count
+            # in DuckDB can be checked against the manifest; kept from an earlier manifest otherwise
+            if export is not None or self.base.get("export") is not None:
+                manifest["export"] = dict(export if export is not None else self.base["export"])
             self.key = write_manifest(self.store, manifest)
             return self.key
         except Exception as exc:

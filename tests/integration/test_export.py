@@ -74,6 +74,10 @@ def test_readme_duckdb_query_counts_one_row_per_key(redis_url: str, tmp_path: Pa
     assert got["spider"] == "demo_shop"
     assert got["rows"] == got["keys"] == export["rows"] == len(set(keys))
     assert got["products"] == n  # product 2 twice (two URLs) is one SKU
+    # ... and what DuckDB counts is what the run's manifest says: items written, rows exported
+    manifest = json.loads((tmp_path / "data" / "runs" / "spider=demo_shop" / "run=dup1" / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["reconciliation"]["ok"]
+    assert manifest["items"] == len(keys) and manifest["export"]["rows"] == got["rows"]
     latest = con.execute(readme_sql("QUALIFY")).fetchall()  # the latest row of every SKU over the runs
     assert len(latest) == n
 
