@@ -93,7 +93,10 @@ class ObjectPipeline:
     def process_item(self, item: Any) -> Any:
         rt = fleet_of(self.crawler)
         if rt is not None:
-            rt.item_passed(_YIELDED.get(item), item)
+            if item is None:  # a pipeline before ours forgot ``return item``: nothing to store, as if dropped
+                rt.item_dropped(_YIELDED.get(None))
+            else:
+                rt.item_passed(_YIELDED.get(item), item)
         return item
 
     def _dropped(self, item: Any, response: Any, exception: BaseException, spider: Any) -> None:

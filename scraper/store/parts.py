@@ -214,8 +214,22 @@ def _align(table: Any, schema: Any) -> Any:
         if field.name in table.column_names:
             col = table.column(field.name)
             if col.type != field.type:
-                col = col.cast(field.type)
+                col = _cast(col, field.type)
         else:
             col = pa.nulls(table.num_rows, field.type)
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _cast(col: Any, to: Any) -> Any:
+    """``col`` as type ``to``. Arrow's safe cast refuses an int beyond 2**53 to float64 (an int column in
+    one chunk, floats in another) and some types to text: a float column keeps such an int as the nearest
+    float (what a float column means), a text column gets each value's text."""
+    import pyarrow as pa
+
+    try:
+        return col.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        if pa.types.is_string(to):
+            return pa.array([None if v is None else _text(v) for v in col.to_pylist()], type=pa.string())
+        return col.cast(to, safe=False)

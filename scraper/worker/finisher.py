@@ -86,6 +86,8 @@ class Finisher:
         spider = self.spider()
         if not drift.tracks_drift(spider):
             return ""
+        if not _success(state):
+            return "n"  # a non-2xx status the spider handles says nothing about the site's markup
         return "o" if drift.is_item_callback(spider, state.env.callback) or state.out.items else "n"
 
     def finish(self, state: LeaseState) -> None:
@@ -98,7 +100,9 @@ class Finisher:
             self.stats.inc_value(f"fleet/outcome/{D}/pipeline_error")
             self.spawn(self.failures.dead(state, "pipeline_error", "; ".join(out.errors)[:500]))
             return
-        verdict = drift.check(self.spider(), state.env.callback, out.items)
+        # Drift is judged on 2xx pages only: a 404 the spider handles (handle_httpstatus_list) that yields
+        # nothing is a removed product, not a markup change, and must not open the domain's breaker.
+        verdict = drift.check(self.spider(), state.env.callback, out.items) if _success(state) else None
         if verdict is not None:
             self.spawn(self.failures.drift(state, verdict.reason, verdict.missing))
             return
@@ -130,15 +134,20 @@ class Finisher:
             if exc is not None:
                 failed.append((state, exc))
                 continue
+            # the commit first: nothing the bookkeeping below could raise may strand a durable request
+            self.committer.written(state, self.outcome(state))
             if state.out.items:
                 self.stats.inc_value("fleet/objects")
-                missing = self.tally.written(state.env.run, state.out.items, item_key_of(self.spider()))
+                try:
+                    missing = self.tally.written(state.env.run, state.out.items, item_key_of(self.spider()))
+                except Exception as exc:  # the manifest's figures are best effort, never the request's fate
+                    self.log.warning("tally_failed", run=state.env.run, fp=state.env.fp, error=type(exc).__name__)
+                    missing = 0
                 if missing:
                     self.stats.inc_value("fleet/items/key_missing", missing)
                     self.log.warning("item_key_missing", run=state.env.run, fp=state.env.fp, items=missing)
                 self.log.info("object_written", run=state.env.run, fp=state.env.fp, key=key,
                               items=len(state.out.items))
-            self.committer.written(state, self.outcome(state))
         if failed:
             await self.write_failed(failed)
         # no wake-up here: acks wait up to FLEET_COMMIT_INTERVAL to share one Redis call (they are on
@@ -190,3 +199,9 @@ class Finisher:
             self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
                              reason=why, cls=A)
             self.spawn(self.failures.settle(state, Verdict(A, f"store:{type(exc).__name__}"), None))
+
+
+def _success(state: LeaseState) -> bool:
+    """A 2xx response (or no status recorded: a page Fleet did not fetch over HTTP)."""
+    status = state.fetch.status
+    return not status or 200 <= int(status) < 300

@@ -379,7 +379,11 @@ class FleetRuntime:
         if state.settled or not state.finished():
             return
         state.settled = True
-        self.finisher.finish(state)
+        try:
+            self.finisher.finish(state)
+        except Exception as exc:  # a bug or an item nothing can encode: the lease must still settle
+            self.log.error("finish_failed", run=state.env.run, fp=state.env.fp, error=type(exc).__name__)
+            self.spawn(self.failures.dead(state, "finish_error", f"{type(exc).__name__}: {exc}"[:300]))
 
     def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
         if state.settled or self.flags.releasing:

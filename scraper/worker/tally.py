@@ -77,7 +77,8 @@ class RunTally:
         missing = 0
         for item in items:
             data = item_to_dict(item)
-            for name, value in data.items():
+            for key, value in data.items():
+                name = str(key)  # a dict item may have non-string keys; its object has them as JSON strings
                 if name == "_meta":
                     continue
                 if name not in tracked:

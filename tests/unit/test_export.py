@@ -151,3 +151,19 @@ def test_out_directory_layout(tmp_path: Path) -> None:
 def test_names_that_cannot_be_keys_are_refused(tmp_path: Path, bad: tuple[str, str]) -> None:
     with pytest.raises(ValueError):
         export_run(f"file://{tmp_path}", bad[0], bad[1], "parquet", None)
+
+
+def test_a_big_int_in_one_chunk_and_floats_in_another_export(tmp_path: Path) -> None:
+    """An int past 2**53 in one chunk and floats in another: the column is float and the export goes on
+    (Arrow's safe cast refuses it); a list is its JSON text."""
+    import pyarrow.parquet as pq
+
+    from scraper.store.parts import ParquetParts
+
+    parts = ParquetParts(tmp_path, chunk_bytes=1 << 16)
+    parts.add({"n": 2**60, "tags": ["a", "b"]}, 1 << 16)  # a chunk of its own
+    parts.add({"n": 1.5, "tags": "c"}, 1 << 16)
+    (path,) = parts.finish()
+    table = pq.read_table(path)
+    assert str(table.schema.field("n").type) == "double" and table.column("n").to_pylist() == [float(2**60), 1.5]
+    assert table.column("tags").to_pylist() == ['["a", "b"]', "c"]
