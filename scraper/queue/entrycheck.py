@@ -63,6 +63,9 @@ MAX_NESTING = 64
 # Attribute names of scrapy.Spider itself: never a callback (an entry naming "close" or "from_crawler"
 # must not make the worker call them with a response); "parse" is the one that is.
 _SPIDER_ATTRS = frozenset(dir(Spider)) - {"parse"}
+# The one pair of private names that are callbacks by design: CrawlSpider's rule requests (scrapy-redis's
+# RedisCrawlSpider included) carry callback=self._callback, errback=self._errback; other spiders have none.
+_CRAWL_CALLBACKS = frozenset({"_callback", "_errback"})
 
 
 def _not_json(name: str) -> Any:
@@ -100,7 +103,8 @@ def _callback_field(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    if type(value) is not str or not value.isidentifier() or value.startswith("_") or value in _SPIDER_ATTRS:
+    if type(value) is not str or not value.isidentifier() or value in _SPIDER_ATTRS or (
+            value.startswith("_") and value not in _CRAWL_CALLBACKS):
         raise EnvelopeError(f"{key} {value!r:.60} is not the name of a spider callback")
     return value
 
