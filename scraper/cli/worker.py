@@ -69,7 +69,7 @@ def run_worker(
         parse_proxies(cfg.proxies)
     except ProxyConfigError as exc:
         raise fail(str(exc)) from None
-    url = redis_url_for(cfg)
+    url = cfg.redis_url or _scrapy_redis_url(spidercls) or redis_url_for(cfg)
     asyncio.run(check_reachable(url))
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
@@ -90,6 +90,17 @@ def run_worker(
         err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
         return int(rt.exit_code or EXIT_INFRA)
     return 0
+
+
+def _scrapy_redis_url(spidercls: Any) -> str | None:
+    """A scrapy-redis spider's ``REDIS_URL`` (custom_settings): Fleet's Redis when FLEET_REDIS_URL is unset."""
+    from scraper.worker.redisspider import is_redis_spider, redis_url_setting
+
+    url = redis_url_setting(spidercls) if is_redis_spider(spidercls) else None
+    if url is not None and url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+        raise fail("the spider's REDIS_URL must start with redis://, rediss:// or unix:// "
+                   "(or set FLEET_REDIS_URL, which takes precedence)")
+    return url
 
 
 def install_signals(crawler: Any) -> None:

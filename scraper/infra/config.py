@@ -41,6 +41,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
 | FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |
 | FLEET_BREAKER_COOLDOWN | 1800 | seconds open before one half-open probe; doubles per re-trip, capped at 8 h |
+| FLEET_REDIS_RUN | ``redis-%Y%m%d`` | the run of requests a scrapy-redis spider's start key feeds (README, Migrating from scrapy-redis): a run id or a ``strftime`` pattern of one, in UTC at the time an entry is taken from the key. A URL pushed twice within one run is fetched once (SEEN), so the default gives a pushed URL one fetch a day; ``redis-%Y%m%dT%H`` one an hour, a fixed name once per FLEET_DEDUP_TTL |
 | FLEET_LOG_LEVEL | INFO | level of Fleet's events; Scrapy's and other libraries' records pass at this level but never below INFO (Scrapy's start-up and stats dumps are DEBUG). `fleet demo`: WARNING. With a progress bar, `fleet run` shows its workers' events from WARNING up unless this is set |
 | FLEET_LOG_FORMAT | auto | ``json``: one JSON object a line; ``console``: ``time [level] event key=value`` for people (coloured on a terminal unless NO_COLOR is set); ``auto``: console when stderr is a terminal, else JSON. `fleet run`, `fleet demo`, `fleet seed --urls` (files of 1 MiB or more, or stdin) and `fleet export` draw a progress bar on stderr only when it is a terminal, the format is not json and CI is unset |
 """
@@ -50,6 +51,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -145,6 +147,21 @@ def _schemes(env: Mapping[str, str]) -> tuple[str, ...]:
         raise ConfigError(f"FLEET_SCHEMES: {exc}") from None
 
 
+def _redis_run(env: Mapping[str, str]) -> str:
+    """FLEET_REDIS_RUN checked where it is set: its expansion must be a run id (scraper.queue.names)."""
+    from scraper.queue.names import is_name
+
+    raw = _get(env, "FLEET_REDIS_RUN") or "redis-%Y%m%d"
+    try:
+        shown = time.strftime(raw, time.gmtime(0))
+    except ValueError:
+        shown = ""
+    if not is_name(shown) or not is_name(time.strftime(raw, time.gmtime())):
+        raise ConfigError(f"FLEET_REDIS_RUN={raw[:60]!r} must be a run id or a strftime pattern of one "
+                          "(letters, digits, _ . -; e.g. redis-%Y%m%d)")
+    return raw
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -186,6 +203,7 @@ class FleetConfig:
     breaker_min_events: int = 5
     breaker_rate: float = 0.5
     breaker_cooldown: float = 1800.0
+    redis_run: str = "redis-%Y%m%d"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> FleetConfig:
@@ -232,7 +250,12 @@ class FleetConfig:
             breaker_min_events=_int(e, "FLEET_BREAKER_MIN_EVENTS", 5, minimum=1),
             breaker_rate=_float(e, "FLEET_BREAKER_RATE", 0.5),
             breaker_cooldown=_float(e, "FLEET_BREAKER_COOLDOWN", 1800.0, minimum=0.1),
+            redis_run=_redis_run(e),
         )
+
+    def redis_run_now(self) -> str:
+        """The run a start-key entry taken now belongs to (FLEET_REDIS_RUN, expanded in UTC)."""
+        return time.strftime(self.redis_run, time.gmtime())
 
     def breaker_params(self) -> BreakerParams:
         from scraper.queue.client import BreakerParams

@@ -62,9 +62,12 @@ _BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
 MAX_NESTING = 64
 # Attribute names of scrapy.Spider itself: never a callback (an entry naming "close" or "from_crawler"
 # must not make the worker call them with a response); "parse" is the one that is.
-# A single-underscore name is a callback like any other: Scrapy's own generic spiders use them
-# (CrawlSpider's _callback/_errback, SitemapSpider's _parse_sitemap); dunder names never are.
 _SPIDER_ATTRS = frozenset(dir(Spider)) - {"parse"}
+# The private names that are callbacks by design, in Scrapy's own generic spiders: CrawlSpider's rule
+# requests (scrapy-redis's RedisCrawlSpider included) carry callback=self._callback, errback=self._errback,
+# SitemapSpider's carry self._parse_sitemap. Any other private name is refused: a queue entry must not be
+# able to call a spider's helpers (``_MySpider__purge``, a callable ``_client`` attribute) with its cb_kwargs.
+_PRIVATE_CALLBACKS = frozenset({"_callback", "_errback", "_parse_sitemap"})
 
 
 def _not_json(name: str) -> Any:
@@ -102,7 +105,8 @@ def _callback_field(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    if type(value) is not str or not value.isidentifier() or value.startswith("__") or value in _SPIDER_ATTRS:
+    if type(value) is not str or not value.isidentifier() or value in _SPIDER_ATTRS or (
+            value.startswith("_") and value not in _PRIVATE_CALLBACKS):
         raise EnvelopeError(f"{key} {value!r:.60} is not the name of a spider callback")
     return value
 

@@ -51,6 +51,7 @@ class Keys:
         self.hold = self.prefix + "hold"  # per-domain backoff deadlines (HOLD)
         self.brk = self.prefix + "brk"  # the breakers that are not closed: domain -> state|until
         self.parkdom = self.prefix + "parkdom"  # domains with parked requests
+        self.stage = self.prefix + "stage"  # scrapy-redis start feeders: worker -> deadline|run (startkeys)
         self.cancelled = self.prefix + "cancelled"  # runs `fleet cancel` stopped: run -> when (scraper/queue/cancel.py)
 
     def seen(self, run: str) -> str:
@@ -62,6 +63,10 @@ class Keys:
     def tally(self, run: str) -> str:
         """Per-run counts the workers flush in batches (scraper.worker.tally): items, coverage, schema."""
         return f"{self.prefix}tally:{run}"
+
+    def staging(self, worker: str) -> str:
+        """A worker's staging list of start-key entries being converted (scraper.queue.startkeys)."""
+        return f"{self.prefix}stage:{worker}"
 
     def breaker(self, domain: str) -> str:
         return f"{self.prefix}breaker:{domain}"

@@ -16,7 +16,7 @@ from scrapy.settings import Settings
 from scrapy.spiderloader import SpiderLoader
 
 from scraper.infra.config import FleetConfig
-from scraper.worker import yamlspec
+from scraper.worker import redisspider, yamlspec
 
 __all__ = [
     "ITEM_PROCESSOR",
@@ -135,6 +135,10 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
+    if redisspider.is_redis_spider(spidercls):
+        # scrapy-redis's own pull is replaced by Fleet's start-key feeder (scraper.worker.redisfeed)
+        s.set("EXTENSIONS", {**s.getdict("EXTENSIONS"), "scraper.worker.redisfeed.StartFeeder": 500},
+              priority="cmdline")
     if renders(spidercls, s):
         from scraper.worker import render  # imports Playwright: only for the spiders that need it
         render.apply(spidercls, s)

@@ -20,12 +20,14 @@ from scraper.queue import scripts as lua
 from scraper.queue.cancel import cancel_run
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
+from scraper.queue.startkeys import StartStage
 from scraper.worker.proxies import PROXY_KEY_PREFIX, ProxyPool, parse_proxies
 
 pytestmark = pytest.mark.integration
 
 SPIDER = "luatest"
 RUN = "r1"
+SOURCE_KEY = f"{SPIDER}:start_urls"  # a scrapy-redis start key (STAGE_STARTS)
 DOMAIN = "shop.example"
 
 
@@ -55,6 +57,10 @@ def _expected_key(q: FleetQueue, name: str, value: str, test_key: str) -> bool:
         return value == test_key
     if name == "queued":  # CANCEL's swept set
         return value in (k.ready, k.delayed, k.parked(DOMAIN))
+    if name == "source":
+        return value == SOURCE_KEY
+    if name == "staging":
+        return value == k.staging("w1")
     return bool(value == getattr(k, name))
 
 
@@ -164,6 +170,9 @@ def test_every_call_site_matches_its_header(redis_url: str, recorded: list[Any])
             pool.success(pool.proxies[1].id, DOMAIN, 20.0)
             await pool.flush()
             assert int(await client.hget(f"{PROXY_KEY_PREFIX}{pool.proxies[1].id}:{DOMAIN}", "successes")) == 1
+            await client.lpush(SOURCE_KEY, "https://e.example/s")
+            stage = StartStage(client, SPIDER, "w1", SOURCE_KEY, "list")
+            assert (await stage.stage(RUN, 5, low=1000, registration=60)).entries == [b"https://e.example/s"]
             for meta, keys, args in recorded:
                 _check_call(q, meta, keys, args, test_key)
         finally:

@@ -1,0 +1,141 @@
+"""scrapy-redis spiders (``RedisSpider``, ``RedisCrawlSpider``, any ``RedisMixin`` subclass) as Fleet sees them.
+
+Why a module of its own: such a spider runs on ``fleet worker`` unchanged, but the parts of scrapy-redis
+that move work (its scheduler, its dupefilter, the spider's own ``spider_idle`` pull from
+``<spider>:start_urls``) pop without acknowledgement and pickle; Fleet replaces them. This module
+recognises the spider and its scrapy-redis settings and checks a start-key entry as hostile input,
+without importing scrapy-redis (Fleet does not depend on it; a spider that uses it brings it).
+The feeding itself is :mod:`scraper.worker.redisfeed`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scrapy import Spider
+from scrapy.settings import BaseSettings
+
+__all__ = [
+    "MAX_ENTRY_BYTES",
+    "REPLACED_SETTINGS",
+    "StartSource",
+    "entry_problem",
+    "is_redis_spider",
+    "redis_url_setting",
+    "replaced_settings",
+]
+
+#: A start-key entry longer than this is refused unread (a URL or a JSON object of request data).
+MAX_ENTRY_BYTES = 64 * 1024
+
+#: scrapy-redis settings whose work Fleet's own scheduler and SEEN sets do (their values are ignored).
+REPLACED_SETTINGS = (
+    "SCHEDULER", "DUPEFILTER_CLASS", "SCHEDULER_PERSIST", "SCHEDULER_QUEUE_CLASS", "SCHEDULER_QUEUE_KEY",
+    "SCHEDULER_DUPEFILTER_CLASS", "SCHEDULER_DUPEFILTER_KEY", "SCHEDULER_FLUSH_ON_START",
+    "SCHEDULER_IDLE_BEFORE_CLOSE", "SCHEDULER_SERIALIZER", "DUPEFILTER_DEBUG", "DUPEFILTER_KEY",
+    "MAX_IDLE_TIME_BEFORE_CLOSE",
+)
+
+
+def is_redis_spider(spidercls: type[Spider]) -> bool:
+    """A scrapy-redis ``RedisMixin`` subclass (by its MRO, so scrapy-redis need not be importable here)."""
+    return any(c.__name__ == "RedisMixin" and c.__module__.startswith("scrapy_redis")
+               for c in spidercls.__mro__)
+
+
+def _custom(spidercls: type[Spider]) -> Mapping[str, Any]:
+    return dict(getattr(spidercls, "custom_settings", None) or {})
+
+
+def replaced_settings(spidercls: type[Spider]) -> list[str]:
+    """The scrapy-redis scheduling settings the spider sets (custom_settings), which Fleet replaces:
+    reported once at INFO when the worker starts, never an error (the same spider runs on plain
+    scrapy-redis)."""
+    custom = _custom(spidercls)
+    out = []
+    for name in REPLACED_SETTINGS:
+        if name not in custom:
+            continue
+        if name in ("SCHEDULER", "DUPEFILTER_CLASS") and "scrapy_redis" not in str(custom[name]):
+            continue  # another scheduler: catalog.worker_settings replaces it as for any spider
+        out.append(name)
+    return out
+
+
+def redis_url_setting(spidercls: type[Spider]) -> str | None:
+    """scrapy-redis's ``REDIS_URL`` from the spider's custom_settings (or ``REDIS_HOST``/``REDIS_PORT``):
+    Fleet's Redis when FLEET_REDIS_URL is unset."""
+    custom = _custom(spidercls)
+    url = str(custom.get("REDIS_URL") or "").strip()
+    if url:
+        return url
+    host = str(custom.get("REDIS_HOST") or "").strip()
+    if host:
+        return f"redis://{host}:{int(custom.get('REDIS_PORT') or 6379)}"
+    return None
+
+
+@dataclass(frozen=True)
+class StartSource:
+    """Where and how a spider's start entries are read, as scrapy-redis's ``setup_redis`` decides."""
+
+    key: str
+    kind: str  # list, set or zset (scraper.queue.startkeys.KINDS)
+    batch: int
+    encoding: str
+
+    @classmethod
+    def of(cls, spider: Spider, settings: BaseSettings) -> StartSource:
+        """From the spider after ``setup_redis`` ran (its ``redis_key`` formatted with ``%(name)s``,
+        its encoding); the batch is the class's ``redis_batch_size``, else REDIS_START_URLS_BATCH_SIZE,
+        else CONCURRENT_REQUESTS (scrapy-redis 0.9 ignores the setting; Fleet honours it)."""
+        key = getattr(spider, "redis_key", None) or settings.get("REDIS_START_URLS_KEY") or "%(name)s:start_urls"
+        key = str(key) % {"name": spider.name} if "%(" in str(key) else str(key)
+        if not key.strip():
+            raise ValueError("redis_key must not be empty")
+        if settings.getbool("REDIS_START_URLS_AS_SET"):
+            kind = "set"
+        elif settings.getbool("REDIS_START_URLS_AS_ZSET"):
+            kind = "zset"
+        else:
+            kind = "list"
+        batch = (getattr(type(spider), "redis_batch_size", None)
+                 or settings.getint("REDIS_START_URLS_BATCH_SIZE")
+                 or settings.getint("CONCURRENT_REQUESTS", 16))
+        encoding = str(getattr(spider, "redis_encoding", None) or settings.get("REDIS_ENCODING") or "utf-8")
+        return cls(key=key, kind=kind, batch=max(1, min(int(batch), 1000)), encoding=encoding)
+
+
+def entry_problem(data: bytes, encoding: str = "utf-8") -> str | None:
+    """Why a start-key entry is refused unread (None: hand it to the spider's ``make_request_from_data``).
+
+    Accepted: text in the spider's encoding that is either JSON (an object or array, as scrapy-redis's
+    JSON data) or one token without whitespace or control characters (a URL, or an id a spider's own
+    ``make_request_from_data`` turns into one). Everything else, a pickle above all (protocol 2+ starts
+    with 0x80; protocols 0 and 1 hold newlines or control bytes), is never decoded further."""
+    if len(data) > MAX_ENTRY_BYTES:
+        return "too_large"
+    if data[:1] == b"\x80":
+        return "pickle"
+    try:
+        text = data.decode(encoding).strip()
+    except (UnicodeDecodeError, LookupError):
+        return "undecodable"
+    if not text:
+        return "empty"
+    if text[0] in "{[":
+        try:
+            json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            return "bad_json"
+        return None
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        return "not_url_or_json"
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
