@@ -18,4 +18,5 @@ __all__ = [
     "scripts",
     "seedwire",
     "startfp",
+    "startkeys",
 ]

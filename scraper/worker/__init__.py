@@ -24,6 +24,8 @@ __all__ = [
     "ports",
     "proxies",
     "queueport",
+    "redisfeed",
+    "redisspider",
     "render",
     "runtime",
     "scheduler",
