@@ -63,11 +63,11 @@ MAX_NESTING = 64
 # Attribute names of scrapy.Spider itself: never a callback (an entry naming "close" or "from_crawler"
 # must not make the worker call them with a response); "parse" is the one that is.
 _SPIDER_ATTRS = frozenset(dir(Spider)) - {"parse"}
-# The private names that are callbacks by design, in Scrapy's own generic spiders: CrawlSpider's rule
-# requests (scrapy-redis's RedisCrawlSpider included) carry callback=self._callback, errback=self._errback,
-# SitemapSpider's carry self._parse_sitemap. Any other private name is refused: a queue entry must not be
-# able to call a spider's helpers (``_MySpider__purge``, a callable ``_client`` attribute) with its cb_kwargs.
-_PRIVATE_CALLBACKS = frozenset({"_callback", "_errback", "_parse_sitemap"})
+# A single-underscore name is a callback like any other (CrawlSpider's rule requests carry self._callback
+# and self._errback, SitemapSpider's self._parse_sitemap, users' spiders their own _parse_item), but a
+# name-mangled private (``_MySpider__purge``) or a dunder never is; and Envelope.to_request accepts only a
+# method of the spider itself, never a callable attribute it holds.
+_MANGLED = re.compile(r"_[A-Za-z0-9]\w*?__|__")
 
 
 def _not_json(name: str) -> Any:
@@ -105,8 +105,7 @@ def _callback_field(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    if type(value) is not str or not value.isidentifier() or value in _SPIDER_ATTRS or (
-            value.startswith("_") and value not in _PRIVATE_CALLBACKS):
+    if type(value) is not str or not value.isidentifier() or value in _SPIDER_ATTRS or _MANGLED.match(value):
         raise EnvelopeError(f"{key} {value!r:.60} is not the name of a spider callback")
     return value
 

@@ -11,6 +11,8 @@ being changed elsewhere; import them from their own modules in new code).
 
 from __future__ import annotations
 
+import inspect
+
 import base64
 import json
 import time
@@ -152,9 +154,9 @@ class Envelope:
             eb = getattr(spider, self.errback, None) if spider is not None else None
             if eb is None:
                 raise EnvelopeError(f"spider has no errback named {self.errback!r}", run=self.run)
-        if cb is not None and not callable(cb):
+        if cb is not None and not _spider_method(spider, cb):
             raise EnvelopeError(f"spider attribute {self.callback!r} is not a callback", run=self.run)
-        if eb is not None and not callable(eb):
+        if eb is not None and not _spider_method(spider, eb):
             raise EnvelopeError(f"spider attribute {self.errback!r} is not an errback", run=self.run)
         meta = dict(self.meta)
         meta["depth"] = self.depth
@@ -288,3 +290,9 @@ class SeedEncoder:
         safe, fp = exact_fingerprint(url)
         domain = (urlsplit(safe).hostname or "").lower()  # as Envelope.domain
         return (f"{head}{json.dumps(safe)}{mid_fp}{fp}{mid_t}{time.time()!r}{mid_dom}{json.dumps(domain)}{tail}"), fp
+
+
+def _spider_method(spider: Any, cb: Any) -> bool:
+    """Whether ``cb`` is a method of the spider itself: a queue entry names its callback, and must not be
+    able to call a callable attribute the spider holds (a client, a helper object) with a response."""
+    return inspect.ismethod(cb) and cb.__self__ is spider

@@ -226,3 +226,31 @@ def test_single_underscore_callbacks_are_callbacks(name: str) -> None:
     """CrawlSpider's rules and SitemapSpider queue their requests with private callbacks (issue #19)."""
     env = _loads(callback=name, errback=name)
     assert (env.callback, env.errback) == (name, name)
+
+
+@pytest.mark.parametrize("name", ["_MySpider__purge", "__init__", "__class__"])
+def test_mangled_and_dunder_names_are_never_callbacks(name: str) -> None:
+    with pytest.raises(EnvelopeError, match="not the name of a spider callback"):
+        _loads(callback=name)
+
+
+def test_a_callable_attribute_of_the_spider_is_not_a_callback() -> None:
+    """An entry names its callback; only a method of the spider may answer to that name, never a callable
+    object the spider holds (a client, a helper) that would be called with the response."""
+    import scrapy
+
+    class Held:
+        def __call__(self, response: object) -> None:
+            raise AssertionError("called")
+
+    class S(scrapy.Spider):
+        name = "s"
+        _client = Held()
+
+        def _parse_item(self, response: object) -> None:
+            pass
+
+    spider = S()
+    assert _loads(callback="_parse_item").to_request(spider).callback == spider._parse_item
+    with pytest.raises(EnvelopeError, match="is not a callback"):
+        _loads(callback="_client").to_request(spider)
