@@ -286,12 +286,13 @@ class FleetQueue(Inspection):
         return int(await self._release(self._k_release, args))
 
     async def dead(self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000) -> bool:
-        """Move a lease (or, with token='', any entry) to the DLQ stream with its evidence fields."""
+        """Move a lease (or, with token='', any entry) to the DLQ stream with its evidence fields; True when
+        it was dead-lettered."""
         flat: list[str] = []
         for k, v in fields.items():
             flat += [k, v]
         res = await self._dead(self._k_dead, [str(maxlen), lease_id, token, *flat])
-        return bool(res)
+        return int(res) == 1  # 0: the lease was lost, 2: its run was cancelled (forgotten, no DLQ entry)
 
     async def hold(self, domain: str, *, base: float, cap: float, rnd: float, min_wait: float = 0.0) -> float:
         """Advance ``domain``'s fleet-wide backoff (one step per burst); returns the hold deadline."""

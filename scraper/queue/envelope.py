@@ -11,9 +11,8 @@ being changed elsewhere; import them from their own modules in new code).
 
 from __future__ import annotations
 
-import inspect
-
 import base64
+import inspect
 import json
 import time
 from dataclasses import dataclass, field

@@ -32,10 +32,9 @@ START_TAG = "fleet-start-v1"
 
 def start_fp(env: Envelope) -> str:
     """The start-request fingerprint of ``env`` (16 lowercase hex digits, like ``fp64``)."""
-    ident = json.dumps(
-        [START_TAG, env.fp, env.callback, env.errback, env.cb_kwargs, env.meta],
-        sort_keys=True, separators=(",", ":"), allow_nan=False,
-    )
+    parts = [START_TAG, env.fp, env.callback, env.errback, env.cb_kwargs, env.meta]
+    # through JSON first: meta may mix int and str keys (JSON makes them all text), which sort_keys refuses
+    ident = json.dumps(json.loads(json.dumps(parts, allow_nan=False)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()[:16]
 
 

@@ -191,9 +191,12 @@ class FailureApplier:
                 fields["evidence_key"] = key
             except Exception as exc:  # evidence is best effort; the DLQ entry is the record
                 self.log.warning("evidence_write_failed", error=type(exc).__name__, cls=cls)
-        await self.health.redis_retry(
+        dead = await self.health.redis_retry(
             lambda: queue.dead(state.id, state.lease.token, fields, maxlen=self.config.dlq_maxlen))
         self.ledger.forget(state)
+        if not dead:  # the lease was lost (another worker has it) or its run was cancelled: no DLQ entry
+            self.log.info("request_not_dead", run=env.run, fp=env.fp, reason=reason)
+            return
         self.stats.inc_value("fleet/dlq")
         self.log.warning("request_dead", run=env.run, fp=env.fp, reason=reason, url=env.url)
 

@@ -66,7 +66,7 @@ def test_cancel_stops_the_run_in_every_script_and_sweeps_its_queue(redis_url: st
             assert await client.hget(q.keys.done("bad"), "count") is None
             # a failure of a "bad" request: no retry and no DLQ entry, the entry is forgotten
             assert await q.nack(bad[5].id, bad[5].token, Envelope.loads(bad[5].raw), time.time()) is True
-            assert await q.dead(bad[6].id, bad[6].token, {"reason": "x", "run": "bad"})
+            assert await q.dead(bad[6].id, bad[6].token, {"reason": "x", "run": "bad"}) is False  # forgotten
             assert await client.xlen(q.keys.dlq) == 0
             # a "bad" lease that expires comes back to READY and is dropped by the next LEASE, unexecuted
             assert await q.release([(bad[7].id, bad[7].token)]) == 1

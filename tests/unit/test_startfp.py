@@ -48,3 +48,9 @@ def test_what_tells_start_requests_apart() -> None:
     ]
     fps = {start_fp(base), *(start_fp(e) for e in others)}
     assert len(fps) == 1 + len(others)
+
+
+def test_meta_with_int_and_str_keys_has_a_start_fingerprint() -> None:
+    """The envelope accepts such meta (JSON makes every key text); hashing it must not raise."""
+    env = _env(Request("http://a.test/x", dont_filter=True, meta={"m": {1: "a", "b": 2}}))
+    assert is_fp(start_fp(env))

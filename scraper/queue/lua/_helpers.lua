@@ -85,6 +85,11 @@ local function enqueue(k, seen, ttl, id, json, fp, prio, dont_filter)
     -- ids are fresh per discovery: a known one is this very child sent again (a commit retried after
     -- its reply was lost), maybe leased by now; queueing it again would fetch it twice
     return 0
+  else
+    -- not a filter, only the run's count: DONE will hold this fp, so SEEN must too, or seen < done and
+    -- the run's manifest would never reconcile (its fp is a start fingerprint: unique to the request)
+    set_add(seen, fp)
+    redis.call('EXPIRE', seen, ttl)
   end
   redis.call('HSET', k.env, id, json)
   redis.call('ZADD', k.ready, ready_score(k, prio), id)
