@@ -1,5 +1,6 @@
 """Pure decisions, no I/O: the failure taxonomy (A/B/C/D), what to do about an outcome (decide), backoff,
-drift checks, refused-request reasons and the URL scheme allow-list. Everything here is unit-testable alone.
+drift checks, refused-request reasons, what a robots.txt fetch means (robots) and the URL scheme
+allow-list. Everything here is unit-testable alone.
 """
 
 __all__ = [
@@ -7,6 +8,7 @@ __all__ = [
     "decide",
     "drift",
     "refused",
+    "robots",
     "taxonomy",
     "urls",
 ]

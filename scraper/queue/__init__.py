@@ -1,6 +1,7 @@
 """The shared Redis queue: versioned JSON envelopes, the FleetQueue client and its Lua scripts (lua/*.lua).
 
-Everything that touches the queue's keys lives here; the worker reaches it through worker.queueport.
+Everything that touches the queue's keys lives here; the worker reaches it through worker.queueport. The fleet's
+robots.txt cache (robots.py) lives here too: it is shared Redis state, keyed per site.
 """
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "fingerprint",
     "names",
     "redisio",
+    "robots",
     "scripts",
 ]
