@@ -12,7 +12,8 @@ What a status means (RFC 9309 section 2.3.1; Google's crawler behaves the same w
 * 4xx but 429, a redirect chain that ends unfollowed, a fetch refused as class D (a body larger than
   :data:`FETCH_MAXSIZE`, a non-public address, a scheme not crawled): no usable file, every URL allowed
   (``allow``), for the full TTL;
-* 429, 5xx, a network error or timeout: the site cannot say (``unavailable``). Its requests are not
+* 429, 5xx, a network error or timeout: the site cannot say (``unavailable``; a proxy's or the
+  worker's own failure too, but that record is not shared: TTL 0). Its requests are not
   fetched meanwhile: they fail as class A ``robots:unavailable`` (:class:`RobotsUnavailable`), retried
   with backoff on the A budget, so a site whose robots.txt stays down ends in the DLQ as ``exhausted:A``
   instead of being crawled against its will. Scrapy's own middleware allows everything then; RFC 9309
@@ -137,9 +138,12 @@ def record_for_response(status: int, body: bytes, *, ttl: float, now: float | No
 
 def record_for_error(verdict: Verdict, *, ttl: float, now: float | None = None, worker: str = "") -> RobotsRecord:
     """The record of a robots.txt fetch that raised, from the taxonomy's verdict on the exception: class
-    D (never fetchable: too large, refused address or scheme) allows all; A or B (network, timeout,
-    proxy) is UNAVAILABLE for a short while."""
+    D (never fetchable: too large, refused address or scheme) allows all; a network error or timeout
+    (``net:*``: the site's) is UNAVAILABLE for a short while. Anything else (a proxy's failure, the
+    worker's own error, such as its engine closing) is UNAVAILABLE with TTL 0: this fetch only, never
+    shared, so one worker's trouble does not hold the site for the fleet."""
     at = time.time() if now is None else now
     if verdict.cls == D:
         return RobotsRecord(ALLOW, 0, b"", at, ttl, verdict.reason, worker)
-    return RobotsRecord(UNAVAILABLE, 0, b"", at, min(ttl, UNAVAILABLE_TTL), verdict.reason, worker)
+    shared = min(ttl, UNAVAILABLE_TTL) if verdict.reason.startswith("net:") else 0.0
+    return RobotsRecord(UNAVAILABLE, 0, b"", at, shared, verdict.reason, worker)

@@ -49,3 +49,7 @@ class RobotsStore:
             pipe.set(key, record.dumps(), px=max(1, int(record.ttl * 1000)))
             pipe.delete(key + ":lock")
             await pipe.execute()
+
+    async def unlock(self, origin: str) -> None:
+        """Give the lock up without a record (a fetch that failed for this worker's own reasons)."""
+        await self.client.delete(record_key(origin) + ":lock")

@@ -19,6 +19,7 @@ Without Redis (plain Scrapy, no Fleet runtime) the resolver fetches per process,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -97,8 +98,16 @@ class RobotsResolver:
                 if record is not None and record.fresh(self.clock()):
                     self.shared += 1
                     return record
-                record = await self._fetch(origin)
-                await store.put(origin, record)
+                try:
+                    record = await self._fetch(origin)
+                except BaseException:  # cancelled (the worker stops) or a bug: let another worker fetch
+                    with contextlib.suppress(Exception):
+                        await store.unlock(origin)
+                    raise
+                if record.ttl > 0:
+                    await store.put(origin, record)
+                else:  # this worker's own failure (scraper.policy.robots.record_for_error): not shared
+                    await store.unlock(origin)
                 return record
             if time.monotonic() >= deadline:
                 if self.log is not None:

@@ -251,3 +251,39 @@ def test_middleware_outcomes() -> None:
         assert unavailable.value.retry_after is not None and 1.0 <= unavailable.value.retry_after <= 60.0
 
     asyncio.run(go())
+
+
+def test_a_workers_own_failure_is_not_shared() -> None:
+    async def go() -> None:
+        proxy = record_for_error(classify_exception(RuntimeError("engine closed")), ttl=86400)
+        assert (proxy.kind, proxy.ttl) == (UNAVAILABLE, 0.0)
+        redis = FakeAsyncRedis()
+        site = _Site(proxy)
+        w = RobotsResolver(site, _parse, store=RobotsStore(redis))
+        assert (await w.entry(ORIGIN)).record.kind == UNAVAILABLE
+        assert await redis.get(record_key(ORIGIN)) is None
+        assert await redis.get(record_key(ORIGIN) + ":lock") is None  # another worker may fetch at once
+        site.record = record_for_response(200, BODY, ttl=60)
+        assert (await w.entry(ORIGIN)).record.kind == RULES and site.calls == 2  # not remembered either
+        await redis.aclose()
+
+    asyncio.run(go())
+
+
+def test_a_cancelled_fetch_gives_the_lock_up() -> None:
+    async def go() -> None:
+        redis = FakeAsyncRedis()
+        w = RobotsResolver(_Site(record_for_response(200, BODY, ttl=60), seconds=5.0), _parse,
+                           store=RobotsStore(redis))
+        task = asyncio.ensure_future(w.entry(ORIGIN))
+        await asyncio.sleep(0.05)
+        assert await redis.get(record_key(ORIGIN) + ":lock") is not None
+        for pending in list(w._pending.values()):
+            pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.01)
+        assert await redis.get(record_key(ORIGIN) + ":lock") is None
+        await redis.aclose()
+
+    asyncio.run(go())
