@@ -128,6 +128,8 @@ class FleetRobotsMiddleware:
         if delay and math.isfinite(delay) and delay > 0:
             delay = min(float(delay), MAX_CRAWL_DELAY)
             if space_slot(self.crawler, request, delay) and rt is not None and origin not in self._spaced:
+                if len(self._spaced) >= 10_000:  # bounded: only the log line depends on it
+                    self._spaced.clear()
                 self._spaced.add(origin)
                 rt.log.info("robots_crawl_delay", origin=origin, delay=delay)
 
