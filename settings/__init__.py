@@ -96,6 +96,10 @@ DOWNLOADER_MIDDLEWARES = {
     # FLEET_ALLOW_PRIVATE=0: first on the way out, so no other middleware (nor a redirect) reaches a
     # non-public address; off by default (NotConfigured)
     "middlewares.private.PrivateAddressMiddleware": 50,
+    # ROBOTSTXT_OBEY: robots.txt fetched once for the fleet and shared through Redis; a disallowed request is
+    # class D policy:robots in the DLQ; Crawl-delay spaces the worker's slot (middlewares.robots)
+    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
+    "middlewares.robots.FleetRobotsMiddleware": 100,
     # Chooses a healthy proxy for the target domain; Scrapy's HttpProxyMiddleware (750) applies it.
     "middlewares.proxy.ProxyMiddleware": 740,
     # Closest to the downloader: classifies raw responses and exceptions before anything else.

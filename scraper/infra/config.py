@@ -37,6 +37,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_METRICS_PORT | (off) | TCP port on which each worker serves its Prometheus metrics (`/metrics`, all interfaces; scraper/worker/exporter.py): pages, items, objects, outcomes per class and reason, retries, proxy bans per proxy, dedup skips, fetch and commit latency. Unset or empty: no server. A port already taken is logged (`worker_metrics_unavailable`) and the worker runs without metrics (`fleet run` starts several workers on one machine: only the first gets the port) |
 | FLEET_SCHEMES | http,https | URL schemes workers fetch (comma list of http, https, ftp, file, s3, data). Any other URL is refused wherever it appears: ``fleet seed`` rejects it, a link to it is skipped (counted as ``fleet/discovered_refused``), a queued or redirected one goes to the DLQ as D ``policy:scheme`` unfetched (scraper/policy/urls.py). ``file`` reads the worker's own files: never on unless named here. Independent of FLEET_ALLOW_PRIVATE (``0`` refuses every scheme but http(s) anyway) |
 | FLEET_ALLOW_PRIVATE | 1 | ``0``: never fetch a host that is or resolves to a non-public address (loopback, private, link-local, metadata service…): such requests go to the DLQ as D ``policy:private_address`` (middlewares/private.py). ``1``: allowed (the embedded demo site is on 127.0.0.1) |
+| FLEET_ROBOTS_TTL | 86400 | with ``ROBOTSTXT_OBEY`` on: seconds a site's robots.txt is reused fleet-wide from Redis (``fleet:robots:{origin}``) before one worker fetches it again. A robots.txt that could not be fetched (5xx, 429, network error) is retried after at most 60 s meanwhile, and the site's requests wait (class A ``robots:unavailable``) (middlewares/robots.py) |
 | FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
 | FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |
@@ -196,6 +197,7 @@ class FleetConfig:
     alert_webhook: str | None = None
     metrics_port: int | None = None
     allow_private: bool = True
+    robots_ttl: float = 86400.0
     schemes: tuple[str, ...] = DEFAULT_SCHEMES
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -243,6 +245,7 @@ class FleetConfig:
             alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
             metrics_port=_port(e, "FLEET_METRICS_PORT"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
+            robots_ttl=_float(e, "FLEET_ROBOTS_TTL", 86400.0, minimum=1.0),
             schemes=_schemes(e),
             log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
             log_format=log_format,

@@ -7,6 +7,7 @@ __all__ = [
     "decide",
     "drift",
     "refused",
+    "robots",
     "taxonomy",
     "urls",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from scrapy.exceptions import IgnoreRequest
 
-__all__ = ["BodyTooLarge", "BodyUndecodable", "RedirectLoop", "Refused", "TooManyRedirects"]
+__all__ = ["BodyTooLarge", "BodyUndecodable", "RedirectLoop", "Refused", "RobotsDisallowed", "TooManyRedirects"]
 
 
 class Refused(IgnoreRequest):
@@ -64,3 +64,10 @@ class TooManyRedirects(Refused):
     """The redirect chain is longer than REDIRECT_MAX_TIMES."""
 
     reason = "redirect:too_many"
+
+
+class RobotsDisallowed(Refused):
+    """With ROBOTSTXT_OBEY on, the site's robots.txt disallows the URL for the spider's user agent
+    (middlewares.robots); ``detail`` names the file's version (status, size, hash, fetch time)."""
+
+    reason = "policy:robots"

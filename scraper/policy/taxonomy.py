@@ -231,6 +231,8 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
     name = type(exc).__name__
     if name == "PrivateAddressRefused":  # FLEET_ALLOW_PRIVATE=0 (middlewares/private.py): never retried
         return Verdict(D, "policy:private_address")
+    if name == "RobotsUnavailable":  # robots.txt 5xx/429/unreachable (scraper.policy.robots): wait, A budget
+        return Verdict(A, "robots:unavailable", getattr(exc, "retry_after", None), detail=str(exc)[:300])
     if name == "URLRefused":  # a scheme FLEET_SCHEMES does not allow, or no host (middlewares/schemes.py)
         return Verdict(D, str(getattr(exc, "reason", "policy:scheme")))
     if name == "NotSupported":  # no download handler for the scheme: no retry will find one

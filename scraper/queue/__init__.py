@@ -14,6 +14,7 @@ __all__ = [
     "names",
     "records",
     "redisio",
+    "robots",
     "runstate",
     "scripts",
     "seedwire",

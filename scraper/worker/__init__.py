@@ -27,6 +27,7 @@ __all__ = [
     "redisfeed",
     "redisspider",
     "render",
+    "robots",
     "runtime",
     "scheduler",
     "settle",

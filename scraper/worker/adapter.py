@@ -1,7 +1,8 @@
 """The one module that touches Scrapy internals on the worker's behalf.
 
 Why one place: Scrapy's engine slot (``engine._slot``: its ``nextcall``, ``scheduler.direct`` and
-``inprogress``) and the offsite middleware's host regex are not public API; a Scrapy upgrade that moves
+``inprogress``), the downloader's slots (``_get_slot``, a slot's ``delay`` and ``jitter``) and the offsite
+middleware's host regex are not public API; a Scrapy upgrade that moves
 them breaks this file, and only this file.
 """
 
@@ -13,7 +14,7 @@ from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
 
-__all__ = ["Offsite", "engine_holds", "kick_engine"]
+__all__ = ["Offsite", "engine_holds", "kick_engine", "space_slot"]
 
 
 def kick_engine(crawler: Crawler) -> None:
@@ -35,6 +36,27 @@ def engine_holds(engine: Any, request: Request) -> str:
     if request in getattr(slot, "inprogress", ()):
         return "scraping"
     return "limbo"
+
+
+def space_slot(crawler: Crawler, request: Request, delay: float) -> bool:
+    """Make the download slot ``request`` goes to wait at least ``delay`` seconds between two requests
+    (a robots.txt Crawl-delay, middlewares.robots); True if the slot changed.
+
+    Why here: the delay is a per-slot attribute Scrapy sets from DOWNLOAD_DELAY / DOWNLOAD_SLOTS when it
+    creates the slot; ``_get_slot`` creates it now if needed (the request is enqueued right after). A
+    Crawl-delay is a minimum, so the slot's jitter (RANDOMIZE_DOWNLOAD_DELAY: 0.5-1.5x) is switched off
+    when it could go below it; a larger DOWNLOAD_DELAY is kept. Scrapy drops a slot idle for 60 s; the
+    middleware applies the delay again on every request, so the new slot gets it too."""
+    engine = crawler.engine
+    downloader: Any = getattr(engine, "downloader", None) if engine is not None else None
+    if downloader is None or delay <= 0:
+        return False
+    _key, slot = downloader._get_slot(request)
+    if slot.delay * (1 - slot.jitter) >= delay:
+        return False
+    slot.delay = max(slot.delay, delay)
+    slot.jitter = 0.0
+    return True
 
 
 class Offsite:

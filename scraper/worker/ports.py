@@ -1,6 +1,6 @@
 """The typed boundary between Scrapy's components and the Fleet runtime.
 
-Why a Protocol: the scheduler, the downloader middlewares (classify, proxy), the spider middleware
+Why a Protocol: the scheduler, the downloader middlewares (classify, proxy, robots), the spider middleware
 (commit), the object pipeline (pipelines.objects), the catch-all downloader (scraper.worker.settle), the
 watchdog, the download handlers and the CLI's worker process all reach the runtime through the crawler.
 Typed ``Any``, every private attribute was within reach, and nothing said which calls the runtime must
@@ -28,6 +28,7 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
@@ -70,6 +71,9 @@ class FleetPort(Protocol):
 
     @property
     def spider(self) -> Spider | None: ...
+
+    @property
+    def client(self) -> Redis | None: ...  # None until open(); the robots.txt cache (middlewares.robots)
 
     @property
     def buffer(self) -> Collection[LeaseState]: ...  # leases held locally, not yet handed to Scrapy
