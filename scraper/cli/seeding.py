@@ -21,6 +21,7 @@ from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, EnvelopeError, SeedEncoder
 from scraper.queue.startfp import mark_start
+from scraper.worker.redisspider import is_redis_spider
 
 __all__ = ["Rejected", "read_urls", "seed_entries", "seed_run", "start_requests"]
 
@@ -109,6 +110,11 @@ async def seed_run(
             enq, skipped = await q.seed_entries(
                 run, seed_entries(all_urls(), spidercls.name, run, callback, rejected))
         else:
+            if is_redis_spider(spidercls):  # its start requests pop its Redis key, which the workers feed from
+                key = str(getattr(spidercls, "redis_key", None) or "%(name)s:start_urls")
+                key = key.replace("%(name)s", spidercls.name)
+                raise fail(f"spider {spidercls.name!r} is a scrapy-redis spider fed from its Redis key {key!r}: "
+                           "push URLs or JSON there (workers move them into the queue), or pass --url/--urls")
             spider = spidercls()
             envs = []
             async for req in start_requests(spidercls):

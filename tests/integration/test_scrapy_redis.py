@@ -20,7 +20,7 @@ import redis
 from scraper.devtools.demo_site import DemoSite
 from scraper.queue import redisio
 from scraper.queue.startkeys import StartStage
-from tests.fleetproc import counts, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
 
 MODULES = "tests.integration.sredis_spiders"
 
@@ -132,6 +132,9 @@ def test_redis_crawl_spider_fed_by_a_set_key(redis_url: str, tmp_path: Path) -> 
         env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES=MODULES, FLEET_REDIS_RUN="s1",
                         FLEET_LOG_FORMAT="json")
         r = redis.Redis.from_url(redis_url)
+        # `fleet seed` without URLs says where such a spider is fed from, in one line (exit 1)
+        res = fleet("seed", spider, env=env)
+        assert res.returncode == 1 and "sredis_crawl:seeds" in res.stderr and "Traceback" not in res.stderr
         w = start_worker(spider, env, tmp_path / "w.log", "--concurrency", "4", "--until-idle", "3")
         r.sadd(f"{spider}:seeds", *site.list_urls())
         assert wait_all([w], 90) == [0], (tmp_path / "w.log").read_text()[-3000:]
