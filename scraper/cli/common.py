@@ -135,7 +135,8 @@ async def run_summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]
         async for _ in q.dlq_iter(run):
             dlq_run += 1
         return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
-                "known": run in runs, "breakers": await q.breakers()}
+                "known": run in runs, "breakers": await q.breakers(),
+                "cancelled": bool(await client.hexists(q.keys.cancelled, run))}
     finally:
         await client.aclose()
 

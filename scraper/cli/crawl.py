@@ -131,6 +131,8 @@ def run_cmd(
         known = asyncio.run(run_summary(cfg, spider, run_id))
         if not known["known"]:
             raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
+        if known["cancelled"]:
+            raise fail(f"run {run_id!r} of spider {spider!r} was cancelled (fleet cancel): nothing to resume", EXIT_ARGS)
         seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
     else:
         run_id = run or default_run()
@@ -162,6 +164,7 @@ def run_cmd(
         dlq=summary["dlq_run"], queue=summary["counts"], breakers=summary["breakers"], workers=worker_stats,
         worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
     )
+    result["cancelled"] = summary["cancelled"]
     code, why = runreport.exit_code(result)
     if export and code != EXIT_INFRA:
         result["export"], failed = export_after_run(cfg, spider, run_id)

@@ -158,6 +158,8 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
     if EXIT_CONFIG in codes:
         return EXIT_CONFIG, "a worker could not start (configuration; see its log)"
     why = []
+    if summary.get("cancelled"):
+        why.append(f"the run was cancelled (fleet cancel {summary['spider']} --run {summary['run']})")
     if summary.get("deadline_passed") and summary.get("pending"):
         why.append("the deadline passed")
     if summary.get("parked"):
@@ -167,8 +169,9 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
     if summary.get("pending"):
         why.append(f"{summary['pending']} requests still queued")
     if why:
-        return EXIT_INCOMPLETE, "run incomplete: " + "; ".join(why) + \
+        hint = "" if summary.get("cancelled") else \
             f" (after a fix: fleet breakers reset, then fleet run {summary['spider']} --resume {summary['run']})"
+        return EXIT_INCOMPLETE, "run incomplete: " + "; ".join(why) + hint
     if summary.get("dlq"):
         return EXIT_DLQ, f"{summary['dlq']} requests of the run are in the DLQ (fleet dlq {summary['spider']} list)"
     if summary.get("rejected"):

@@ -14,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 from scrapy import Request, Spider
 
-from scraper.cli.common import connect, err, fail, redis_url_for
+from scraper.cli.common import EXIT_ARGS, connect, err, fail, redis_url_for
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
@@ -100,6 +100,9 @@ async def seed_run(
     rejected = Rejected(cfg.schemes)
     try:
         q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)
+        if await client.hexists(q.keys.cancelled, run):  # its entries would be dropped unexecuted at lease
+            raise fail(f"run {run!r} of spider {spidercls.name!r} was cancelled (fleet cancel); seed a new --run",
+                       EXIT_ARGS)
         if urls or urls_file:
             def all_urls() -> Iterator[str | URLRefused]:
                 yield from urls

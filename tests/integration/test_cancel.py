@@ -98,6 +98,10 @@ def test_cli_cancel_reports_counts_and_refuses_unknown_runs(redis_url: str, tmp_
     assert report["removed"] == {"ready": 3, "delayed": 0, "parked": 0}
     assert report["spider"] == SPIDER and report["run"] == "r1" and report["done"] == 0
     assert counts(redis_url, SPIDER)["ready"] == 0
+    # a cancelled run takes no new work: seeding it and resuming it are refused in one line (exit 2)
+    for cmd in (args, ["run", SPIDER, "--resume", "r1"]):
+        res = fleet(*cmd, env=env)
+        assert res.returncode == 2 and "was cancelled" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
     res = fleet("cancel", SPIDER, "--run", "nope", env=env)
     assert res.returncode == 2 and res.stdout == ""
