@@ -114,14 +114,7 @@ class _Reader:
         One thread: plain sequential reads (a local disk; a pool's hand-offs cost more than they save)."""
         if threads <= 1:
             for key in keys:
-                data = self._get(key)
-                if data is None:
-                    self.vanished += 1
-                else:
-                    self.records(key, data)
-                self.objects += 1
-                if progress is not None:
-                    progress(self.objects, total)
+                self._took(key, self._get(key), total, progress)
             return
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fleet-export")
         pending: dict[Future[bytes | None], str] = {}
@@ -142,14 +135,18 @@ class _Reader:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
         for fut in sorted(done, key=lambda f: pending[f]):
             key = pending.pop(fut)
-            data = fut.result()  # a StoreError ends the export
-            if data is None:
-                self.vanished += 1
-            else:
-                self.records(key, data)
-            self.objects += 1
-            if progress is not None:
-                progress(self.objects, total)
+            self._took(key, fut.result(), total, progress)  # a StoreError ends the export
+
+    def _took(self, key: str, data: bytes | None, total: int,
+              progress: Callable[[int, int], None] | None) -> None:
+        """One object read (None: it vanished between the listing and the GET)."""
+        if data is None:
+            self.vanished += 1
+        else:
+            self.records(key, data)
+        self.objects += 1
+        if progress is not None:
+            progress(self.objects, total)
 
 
 def _list_keys(store: ObjectStore, prefix: str, path: Path) -> int:

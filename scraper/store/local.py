@@ -140,38 +140,15 @@ class LocalStore(ObjectStore):
             self._fail("exists", path, exc)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Walk only the directory the prefix points into, then filter and sort.
+        """The keys under ``prefix``, sorted (code point order, which equals S3's UTF-8 byte order).
 
-        The result is materialised before yielding so a concurrent writer cannot make the
-        walk fail half-way; keys sort by code point, which equals S3's UTF-8 byte order.
-        """
-        validate_prefix(prefix)
-        dir_part = prefix.rpartition("/")[0]
-        start = self.root.joinpath(*dir_part.split("/")) if dir_part else self.root
-        keys: list[str] = []
-        errors: list[OSError] = []
-
-        def onerror(exc: OSError) -> None:
-            if not isinstance(exc, FileNotFoundError | NotADirectoryError):
-                errors.append(exc)
-
-        for dirpath, dirnames, filenames in os.walk(start, onerror=onerror):
-            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
-            rel = Path(dirpath).relative_to(self.root).as_posix()
-            base = "" if rel == "." else rel + "/"
-            for name in filenames:
-                if name.startswith(TMP_PREFIX):
-                    continue
-                key = base + name
-                if key.startswith(prefix):
-                    keys.append(key)
-        if errors:
-            self._fail("list", start, errors[0])
-        keys.sort()
-        yield from keys
+        Materialised (the whole :meth:`scan`) before the first is yielded, so a concurrent writer cannot
+        make the walk fail half-way through a caller's loop."""
+        yield from sorted(self.scan(prefix))
 
     def scan(self, prefix: str = "") -> Iterator[str]:
-        """Walk as :meth:`list` does but yield as it goes, unsorted (bounded memory for huge runs)."""
+        """Walk only the directory the prefix points into, skipping temp files, and yield keys as it goes,
+        unsorted (bounded memory for huge runs); a walk error is raised once the walk is over."""
         validate_prefix(prefix)
         dir_part = prefix.rpartition("/")[0]
         start = self.root.joinpath(*dir_part.split("/")) if dir_part else self.root
