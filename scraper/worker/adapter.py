@@ -1,20 +1,24 @@
 """The one module that touches Scrapy internals on the worker's behalf.
 
 Why one place: Scrapy's engine slot (``engine._slot``: its ``nextcall``, ``scheduler.direct`` and
-``inprogress``), the downloader's slots (``_get_slot``, a slot's ``delay`` and ``jitter``) and the offsite
-middleware's host regex are not public API; a Scrapy upgrade that moves
-them breaks this file, and only this file.
+``inprogress``), the downloader's slots (``_get_slot``, a slot's ``delay`` and ``jitter``, its queue
+loop) and the offsite middleware's host regex are not public API; a Scrapy upgrade that moves them breaks
+this file, and only this file (FleetDownloader in scraper.worker.settle is a Downloader subclass: its
+overrides call in here).
 """
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any
 
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
+from scrapy.utils.asyncio import call_later
+from scrapy.utils.defer import _schedule_coro
 
-__all__ = ["Offsite", "engine_holds", "kick_engine", "space_slot"]
+__all__ = ["Offsite", "engine_holds", "kick_engine", "process_slot_queue", "space_slot"]
 
 
 def kick_engine(crawler: Crawler) -> None:
@@ -57,6 +61,35 @@ def space_slot(crawler: Crawler, request: Request, delay: float) -> bool:
     slot.delay = max(slot.delay, delay)
     slot.jitter = 0.0
     return True
+
+
+def process_slot_queue(downloader: Any, slot: Any) -> None:
+    """Scrapy's ``Downloader._process_queue``, with each request counted as transferring when it is taken
+    off the slot's queue (FleetDownloader's ``_process_queue`` is this).
+
+    Why: Scrapy 2.19 starts each download as a scheduled coroutine that adds the request to
+    ``slot.transferring`` only when it runs, so one pass of its loop takes every queued request of the slot
+    while ``free_transfer_slots()`` still reads the full concurrency: a spider asking for
+    ``CONCURRENT_REQUESTS_PER_DOMAIN = 1`` had 5 requests in flight to its site, under plain Scrapy too
+    (measured with a server counting connections; tests/integration/test_politeness.py). Adding the request
+    here makes the limit hold; ``_download`` adds it again (a set) and removes it when done."""
+    if slot.latercall:
+        return
+    now = monotonic()
+    delay = slot.download_delay()
+    if delay:
+        penalty = delay - now + slot.lastseen
+        if penalty > 0:
+            slot.latercall = call_later(penalty, downloader._latercall, slot)
+            return
+    while slot.queue and slot.free_transfer_slots() > 0:
+        slot.lastseen = now
+        request, queue_dfd = slot.queue.popleft()
+        slot.transferring.add(request)
+        _schedule_coro(downloader._wait_for_download(slot, request, queue_dfd))
+        if delay:  # prevent a burst when inter-request delays are configured
+            downloader._process_queue(slot)
+            break
 
 
 class Offsite:

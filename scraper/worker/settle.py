@@ -30,7 +30,6 @@ job (:mod:`scraper.worker.watchdog`), which uses :meth:`FleetDownloader.phase` a
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
 from scrapy import Request, Spider, signals
@@ -38,13 +37,13 @@ from scrapy.core.downloader import Downloader, Slot
 from scrapy.crawler import Crawler
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
-from scrapy.utils.asyncio import call_later
-from scrapy.utils.defer import _schedule_coro, deferred_from_coro
+from scrapy.utils.defer import deferred_from_coro
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from scraper.policy.refused import Refused
 from scraper.policy.taxonomy import D, Verdict, classify_exception
+from scraper.worker.adapter import process_slot_queue
 from scraper.worker.ports import VOID_MESSAGE, FleetPort, fleet_of
 
 if TYPE_CHECKING:
@@ -128,31 +127,9 @@ class FleetDownloader(Downloader):
     # -- per-slot concurrency -----------------------------------------------------------------------
 
     def _process_queue(self, slot: Slot) -> None:
-        """Scrapy's slot loop, with each request counted as transferring when it is taken off the queue.
-
-        Why: Scrapy 2.19 starts each download as a scheduled coroutine that adds the request to
-        ``slot.transferring`` only when it runs, so one pass of its loop takes every queued request of the
-        slot while ``free_transfer_slots()`` still reads the full concurrency: a spider asking for
-        ``CONCURRENT_REQUESTS_PER_DOMAIN = 1`` had 5 requests in flight to its site, under plain Scrapy too
-        (measured with a server counting connections; tests/integration/test_politeness.py). Adding the
-        request here makes the limit hold; ``_download`` adds it again (a set) and removes it when done."""
-        if slot.latercall:
-            return
-        now = monotonic()
-        delay = slot.download_delay()
-        if delay:
-            penalty = delay - now + slot.lastseen
-            if penalty > 0:
-                slot.latercall = call_later(penalty, self._latercall, slot)
-                return
-        while slot.queue and slot.free_transfer_slots() > 0:
-            slot.lastseen = now
-            request, queue_dfd = slot.queue.popleft()
-            slot.transferring.add(request)
-            _schedule_coro(self._wait_for_download(slot, request, queue_dfd))
-            if delay:  # prevent a burst when inter-request delays are configured
-                self._process_queue(slot)
-                break
+        """Scrapy's slot loop, with each request counted as transferring when it leaves the slot's queue
+        (:func:`scraper.worker.adapter.process_slot_queue` says why: per-domain limits did not hold)."""
+        process_slot_queue(self, slot)
 
     # -- for the watchdog --------------------------------------------------------------------------
 
