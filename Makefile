@@ -43,10 +43,10 @@ lock-check: | $(UV)
 
 # Chromium (Debian's, from apt) for the rendered-page tests: browser downloads are not possible here.
 # promtool (Debian's `prometheus` package) for tests/deploy: `promtool check rules` and `test rules`.
-# Test files run three at a time on 2 cores (TEST_JOBS; most integration time is waiting on idle timers and
+# Test files run two at a time (TEST_JOBS; most integration time is waiting on idle timers and
 # subprocess start-up); the fault-injection (chaos) tests run alone afterwards: their leases and heartbeats
 # are timed in seconds.
-TEST_JOBS ?= 3
+TEST_JOBS ?= 2
 test: $(DEV_STAMP) lock-check
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || echo "warning: could not install chromium; the rendered-page test will be skipped"
 	@command -v promtool >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null || echo "warning: could not install prometheus (promtool); the alert-rule tests will be skipped"
