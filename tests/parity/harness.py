@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ def canon(item: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in item.items() if k != "_meta"}, sort_keys=True)
 
 
-def _env(base: str, extra: dict[str, str]) -> dict[str, str]:
+def _env(base: str, extra: Mapping[str, str]) -> dict[str, str]:
     import os
 
     env = dict(os.environ)
@@ -40,14 +41,15 @@ def _env(base: str, extra: dict[str, str]) -> dict[str, str]:
 
 class ScrapyRun:
     """Plain Scrapy running ``spider`` in a subprocess; ``items()`` waits for it (started first, so that
-    it overlaps the Fleet run of the same spider)."""
+    it overlaps the Fleet run of the same spider). ``site_env``: more of the site's addresses
+    (``ParitySite.env()``) for both sides."""
 
-    def __init__(self, spider: str, base: str, tmp: Path) -> None:
+    def __init__(self, spider: str, base: str, tmp: Path, site_env: Mapping[str, str] | None = None) -> None:
         self.spider, self.out = spider, tmp / f"scrapy-{spider}.jsonl"
         self.err = tmp / f"scrapy-{spider}.log"
         with open(self.err, "wb") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "tests.parity.run_scrapy", spider, str(self.out)],
-                                         env=_env(base, {}), cwd=ROOT, stdout=fh, stderr=fh)
+                                         env=_env(base, site_env or {}), cwd=ROOT, stdout=fh, stderr=fh)
 
     def items(self) -> Counter[str]:
         """The items plain Scrapy yielded (a multiset of canonical JSON)."""
@@ -67,10 +69,12 @@ def run_scrapy(spider: str, base: str, tmp: Path) -> Counter[str]:
     return ScrapyRun(spider, base, tmp).items()
 
 
-def compare(spider: str, base: str, tmp: Path, redis_url: str, **extra: str) -> tuple[Counter[str], FleetResult]:
-    """Plain Scrapy's items and Fleet's run of ``spider``, the two run side by side."""
-    ref = ScrapyRun(spider, base, tmp)
-    got = run_fleet(spider, base, tmp, redis_url, **extra)
+def compare(spider: str, base: str, tmp: Path, redis_url: str, site_env: Mapping[str, str] | None = None,
+            **extra: str) -> tuple[Counter[str], FleetResult]:
+    """Plain Scrapy's items and Fleet's run of ``spider``, the two run side by side; ``extra`` is more
+    environment for Fleet only (FLEET_* settings)."""
+    ref = ScrapyRun(spider, base, tmp, site_env)
+    got = run_fleet(spider, base, tmp, redis_url, site_env=site_env, **extra)
     return ref.items(), got
 
 
@@ -80,14 +84,16 @@ class FleetResult:
     code: int
     summary: dict[str, Any]
     stderr: str
+    env: dict[str, str]  # the run's environment: for more ``fleet`` commands on its queue and store
 
 
-def run_fleet(spider: str, base: str, tmp: Path, redis_url: str, workers: int = 2, **extra: str) -> FleetResult:
+def run_fleet(spider: str, base: str, tmp: Path, redis_url: str, workers: int = 2,
+              site_env: Mapping[str, str] | None = None, **extra: str) -> FleetResult:
     """``fleet run SPIDER --workers N`` over the corpus; its items, exit code and summary."""
     home = tmp / f"fleet-{spider}"
     env = fleet_env(redis_url, home, **{"FLEET_SPIDER_MODULES": "tests.parity.corpus", "FLEET_LOG_LEVEL": "WARNING",
                                         "FLEET_LOG_FORMAT": "json", **extra})
-    env.update(_env(base, {}))
+    env.update(_env(base, site_env or {}))
     env["PYTHONPATH"] = f"{ROOT}"
     res = fleet("run", spider, "--workers", str(workers), "--run", RUN, "--idle", "1", env=env, timeout=TIMEOUT)
     try:
@@ -98,7 +104,7 @@ def run_fleet(spider: str, base: str, tmp: Path, redis_url: str, workers: int = 
     root = home / "data" / "items" / f"spider={spider}" / f"run={RUN}"
     for p in sorted(root.rglob("*.jsonl")) if root.exists() else []:
         items.update(canon(json.loads(x)) for x in p.read_text().splitlines() if x.strip())
-    return FleetResult(items, res.returncode, summary, res.stderr)
+    return FleetResult(items, res.returncode, summary, res.stderr, env)
 
 
 def diff(scrapy_items: Counter[str], fleet_items: Counter[str]) -> str:

@@ -1,4 +1,5 @@
-"""The parity suite's local site: a small documentation site, sitemaps, feeds, a login form, redirects.
+"""The parity suite's local site: a small documentation site, sitemaps, feeds, a login form, redirects,
+per-jar session cookies, and a closed port for connection errors.
 
 Why one deterministic site: the same spider runs under plain Scrapy and under Fleet against it, and the
 two item sets are compared; every page is a pure function of its path (and, for /members/, the session
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -131,6 +133,13 @@ class _Handler(BaseHTTPRequestHandler):
             form_html = ('<form action="/login" method="post"><input type="hidden" name="csrf" value="tok-123">'
                          '<input name="user"><input name="password" type="password"></form>')
             return self._send(200, _html("Login", form_html))
+        if path == "/jar/start":  # a session per cookie jar: the cookie names the jar that asked for it
+            name = query.get("name", ["?"])[0]
+            return self._send(200, _html(f"Jar {name}", '<a href="/jar/check">check</a>'),
+                              headers={"Set-Cookie": f"jar={name}; Path=/jar/"})
+        if path == "/jar/check":
+            jars = [c.strip()[4:] for c in (self.headers.get("Cookie") or "").split(";") if c.strip().startswith("jar=")]
+            return self._send(200, _html("Jar check", f"<p class='session'>{','.join(jars) or 'none'}</p>"))
         if path.startswith("/members/"):
             who = "alice" if f"session={SESSION}" in (self.headers.get("Cookie") or "") else "anonymous"
             links = " ".join(f'<a href="/members/{n}">m{n}</a>' for n in range(1, 4)) if path == "/members/" else ""
@@ -150,9 +159,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class ParitySite:
-    """start()/stop(); ``base`` is ``http://127.0.0.1:PORT``; ``hits`` records (method, path) of every request."""
+    """start()/stop(); ``base`` is ``http://127.0.0.1:PORT``; ``hits`` records (method, path) of every request.
+
+    ``closed`` is ``http://127.0.0.1:PORT`` of a port that refuses connections: a socket bound to it and
+    never listening, so no other process can take the port while the site lives (a port merely found free
+    could be reused and answer)."""
 
     def __init__(self) -> None:
+        self._closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._closed.bind(("127.0.0.1", 0))
+        self.closed = f"http://127.0.0.1:{self._closed.getsockname()[1]}"
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.lock = threading.Lock()
         self._server.hits = []
@@ -169,6 +185,11 @@ class ParitySite:
         self._thread.start()
         return self
 
+    def env(self) -> dict[str, str]:
+        """What the corpus spiders read the site's addresses from (tests.parity.corpus)."""
+        return {"PARITY_BASE": self.base, "PARITY_CLOSED": self.closed}
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._closed.close()

@@ -7,9 +7,11 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.fleetproc import fleet_json
 from tests.parity.harness import compare, diff
 from tests.parity.site import ParitySite
 
@@ -37,16 +39,59 @@ def test_requests_items_pipelines_middlewares(site: ParitySite, tmp_path: Path, 
     assert not diff(ref, got.items), diff(ref, got.items)
 
 
+def _json_or_none(line: str) -> dict[str, Any] | None:
+    """One JSON log line of a fleet run (FLEET_LOG_FORMAT=json), else None."""
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+# a small class-A budget, so that spending it takes a fraction of a second (FLEET_RETRY_*, scraper.infra.config)
+FAST_RETRIES = {"FLEET_RETRY_MAX": "1", "FLEET_RETRY_BASE": "0.05", "FLEET_RETRY_CAP": "0.2"}
+
+
 def test_statuses_redirects_dont_filter_and_errbacks(site: ParitySite, tmp_path: Path, redis_url: str) -> None:
-    """handle_httpstatus_list / handle_httpstatus_all reach the callback, redirect chains and meta refresh
-    are followed, dont_filter requests for one URL are each fetched. Documented difference: a failed
-    request's errback output is not stored; the request is in the DLQ (fleet run exits 4)."""
-    ref, got = compare("parity_status", site.base, tmp_path, redis_url)
-    errback_item = json.dumps({"errback": "HttpError", "url": f"{site.base}/status/404?e=1"}, sort_keys=True)
-    assert ref[errback_item] == 1 and sum(ref.values()) == 9
+    """handle_httpstatus_list (class attribute and meta) / handle_httpstatus_all reach the callback,
+    redirect chains and meta refresh are followed, dont_filter requests for one URL are each fetched.
+
+    Errbacks: under plain Scrapy a hard status the spider does not handle, a 503 every time and a
+    connection refused reach the errback (the last two after Scrapy's retries) and what it yields is
+    kept. Documented difference: under Fleet each of them goes to the DLQ (a 410 at once as D, the 503
+    and the refused connection as ``exhausted:A`` after FLEET_RETRY_MAX retries), no errback item is
+    stored, and fleet run exits 4. The errback is still called there, with IgnoreRequest, once per failed
+    attempt."""
+    ref, got = compare("parity_status", site.base, tmp_path, redis_url, site_env=site.env(), **FAST_RETRIES)
+    errbacks = {json.loads(x)["url"]: json.loads(x)["errback"] for x in ref if "errback" in json.loads(x)}
+    status_410, status_503, refused = (f"{site.base}/status/410?e=1", f"{site.base}/status/503?e=1",
+                                       f"{site.closed}/down?e=1")
+    assert errbacks.keys() == {status_410, status_503, refused}, errbacks
+    assert errbacks[status_410] == errbacks[status_503] == "HttpError"
+    assert errbacks[refused] == "DownloadConnectionRefusedError", errbacks  # Scrapy wraps Twisted's error
+    assert sum(ref.values()) == 2 + 4 + 3 + 3  # landed x2, again x4, 404 / 418 / 410 callbacks, 3 errbacks
+    assert {json.loads(x)["status"] for x in ref if "status" in json.loads(x)} == {404, 418, 410}
+
     assert got.code == 4, got.stderr[-2000:]
-    assert got.summary["dlq"] == 1
-    assert got.items == ref - Counter({errback_item: 1}), diff(ref, got.items)  # the documented difference, only it
+    assert got.summary["dlq"] == 3
+    assert not [x for x in got.items if "errback" in json.loads(x)], "an errback item was stored under Fleet"
+    assert got.items == Counter({x: n for x, n in ref.items() if "errback" not in json.loads(x)}), diff(ref, got.items)
+    dlq = {row["url"]: row for row in fleet_json("dlq", "parity_status", "list", "--json", env=got.env)}
+    assert dlq.keys() == {status_410, status_503, refused}, dlq
+    assert (dlq[status_410]["reason"], dlq[status_410]["status"]) == ("http:410", "410")
+    assert json.loads(dlq[status_410]["attempts"]) == {"D": 1}
+    assert (dlq[status_503]["reason"], dlq[status_503]["status"], dlq[status_503]["detail"]) == \
+        ("exhausted:A", "503", "http:503")
+    assert (dlq[refused]["reason"], dlq[refused]["detail"]) == ("exhausted:A", "net:DownloadConnectionRefusedError")
+    assert json.loads(dlq[status_503]["attempts"]) == json.loads(dlq[refused]["attempts"]) == {"A": 2}
+    # plain Scrapy: 1 + RETRY_TIMES (2) fetches of the 503; Fleet: 1 + FLEET_RETRY_MAX (1)
+    assert [h for h in site.hits if h[1] == "/status/503?e=1"] == [("GET", "/status/503?e=1")] * (3 + 2)
+    # under Fleet the errback still runs, on every failed attempt (retried ones too), with IgnoreRequest
+    # (the raw error is the DLQ's evidence); on_error logs each call
+    calls = Counter(tuple(line["event"].split()[1:]) for line in map(_json_or_none, got.stderr.splitlines())
+                    if line and str(line.get("event", "")).startswith("parity_errback "))
+    assert calls == {("IgnoreRequest", status_410): 1, ("IgnoreRequest", status_503): 2,
+                     ("IgnoreRequest", refused): 2}, calls
 
 
 def test_login_then_crawl_session_cookie(site: ParitySite, tmp_path: Path, redis_url: str) -> None:
@@ -58,3 +103,14 @@ def test_login_then_crawl_session_cookie(site: ParitySite, tmp_path: Path, redis
     assert {json.loads(x)["who"] for x in ref} == {"alice"} and sum(ref.values()) == 4
     anonymous = {json.dumps({**json.loads(x), "who": "anonymous"}, sort_keys=True): n for x, n in ref.items()}
     assert dict(got.items) == anonymous, diff(ref, got.items)
+
+
+def test_cookiejar_sessions(site: ParitySite, tmp_path: Path, redis_url: str) -> None:
+    """Two ``meta["cookiejar"]`` sessions, each given its own cookie by the site. Plain Scrapy sends each
+    jar's cookie with that jar's follow-up; documented difference: Fleet keeps no cookies (COOKIES_ENABLED
+    is off), so both follow-ups go without one, while ``meta["cookiejar"]`` itself still travels."""
+    ref, got = compare("parity_cookiejar", site.base, tmp_path, redis_url)
+    assert got.code == 0, got.stderr[-2000:]
+    assert ref == Counter(json.dumps({"jar": n, "session": f"j{n}"}, sort_keys=True) for n in (1, 2))
+    assert got.items == Counter(json.dumps({"jar": n, "session": "none"}, sort_keys=True) for n in (1, 2)), \
+        diff(ref, got.items)

@@ -1,5 +1,6 @@
-"""CrawlSpider and SitemapSpider, stock: rules with follow, process_links, process_request and a rule
-callback that also matches the start URL (issue #19: the start page's item went missing under Fleet)."""
+"""CrawlSpider and SitemapSpider, stock: rules with follow, process_links, process_request (tagging some
+links, dropping others by returning None) and a rule callback that also matches the start URL (issue #19:
+the start page's item went missing under Fleet)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ class DocsCrawl(CrawlSpider):
     def drop_skips(self, links: list[Link]) -> list[Link]:
         return [link for link in links if "/skip/" not in link.url]
 
-    def tag_request(self, request: Request, response: Response) -> Request:
+    def tag_request(self, request: Request, response: Response) -> Request | None:
+        if request.url.endswith(("/docs/p11", "/docs/p12")):
+            return None  # issue #19: a Rule's process_request returning None: the link is not followed
         request.meta["found_on"] = response.url
         return request
 
