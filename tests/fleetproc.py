@@ -28,6 +28,19 @@ def fleet_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def spider_module_env(redis_url: str, tmp: Path, module: str, source: str, **extra: str) -> dict[str, str]:
+    """``fleet_env`` for a user spider module written from ``source`` (dedented) into ``tmp/pkg/<module>.py``
+    and named in FLEET_SPIDER_MODULES, the way a user puts their spiders on PYTHONPATH."""
+    import textwrap
+
+    mod_dir = tmp / "pkg"
+    mod_dir.mkdir(exist_ok=True)
+    (mod_dir / f"{module}.py").write_text(textwrap.dedent(source))
+    env = fleet_env(redis_url, tmp, FLEET_SPIDER_MODULES=module, **extra)
+    env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
+    return env
+
+
 def fleet(
     *args: str, env: dict[str, str], timeout: float = 120, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -5,14 +5,12 @@ request settles."""
 from __future__ import annotations
 
 import json
-import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from scraper.devtools.demo_site import DemoSite
-from tests.fleetproc import fleet, fleet_env, objects
+from tests.fleetproc import fleet, objects, spider_module_env
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +82,7 @@ class Off(Base):
 
 @pytest.fixture
 def pipe_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
-    mod_dir = tmp_path / "userpkg"
-    mod_dir.mkdir()
-    (mod_dir / "pipe_spiders.py").write_text(textwrap.dedent(PIPE_SPIDERS))
-    env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES="pipe_spiders")
-    env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
-    return env
+    return spider_module_env(redis_url, tmp_path, "pipe_spiders", PIPE_SPIDERS)
 
 
 def _run(spider: str, env: dict[str, str], tmp_path: Path, site: DemoSite, code: int) -> dict:

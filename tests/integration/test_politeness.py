@@ -5,15 +5,13 @@ The site counts requests in flight at once; each page takes 0.2 s so that concur
 
 from __future__ import annotations
 
-import os
-import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.fleetproc import fleet_env, fleet_json, start_worker, wait_all
+from tests.fleetproc import fleet_json, spider_module_env, start_worker, wait_all
 
 SPIDER = '''
 import scrapy
@@ -65,13 +63,9 @@ class _CountingSite:
 
 
 def test_spider_per_domain_limit_is_kept_by_the_worker(redis_url: str, tmp_path: Path) -> None:
-    mod_dir = tmp_path / "pkg"
-    mod_dir.mkdir()
-    (mod_dir / "polite_spiders.py").write_text(textwrap.dedent(SPIDER))
     site = _CountingSite()
     try:
-        env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES="polite_spiders")
-        env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
+        env = spider_module_env(redis_url, tmp_path, "polite_spiders", SPIDER)
         urls = [a for i in range(8) for a in ("--url", f"{site.base}/p/{i}")]
         assert fleet_json("seed", "one_at_a_time", "--run", "r1", *urls, env=env)["enqueued"] == 8
         proc = start_worker("one_at_a_time", env, tmp_path / "w.log", "--concurrency", "8", "--until-idle", "1")

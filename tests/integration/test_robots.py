@@ -9,15 +9,13 @@ the file's version as evidence. A second test measures the Crawl-delay at the se
 from __future__ import annotations
 
 import collections
-import os
-import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.fleetproc import fleet_env, fleet_json, start_worker, wait_all
+from tests.fleetproc import fleet_json, spider_module_env, start_worker, wait_all
 
 SPIDER = '''
 import scrapy
@@ -72,12 +70,7 @@ class _RobotsSite:
 
 
 def _env(redis_url: str, tmp_path: Path) -> dict[str, str]:
-    mod_dir = tmp_path / "pkg"
-    mod_dir.mkdir()
-    (mod_dir / "robots_spiders.py").write_text(textwrap.dedent(SPIDER))
-    env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES="robots_spiders")
-    env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
-    return env
+    return spider_module_env(redis_url, tmp_path, "robots_spiders", SPIDER)
 
 
 def test_robots_txt_fetched_once_for_three_workers(redis_url: str, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,6 @@ from tests.parity.harness import compare, diff
 from tests.parity.site import DOC_PAGES, ParitySite
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[ParitySite]:
-    s = ParitySite().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_crawlspider_start_url_rule_callback(site: ParitySite, tmp_path: Path, redis_url: str) -> None:

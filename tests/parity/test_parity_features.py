@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,6 @@ from tests.parity.harness import compare, diff
 from tests.parity.site import ParitySite
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[ParitySite]:
-    s = ParitySite().start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_requests_items_pipelines_middlewares(site: ParitySite, tmp_path: Path, redis_url: str) -> None:
