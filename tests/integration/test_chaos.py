@@ -648,7 +648,14 @@ def test_long_request_heartbeat(redis_url: str, tmp_path: Path, hb_site: _HBSite
           f"lease_lost {lost}")
     assert hb_site.hits[SLOW_PATH] == 1, f"slow page fetched {hb_site.hits[SLOW_PATH]} times:\n{_tail(*logs)}"
     assert len(slow_objs) == 1 and len(slow_objs[0]) == 1
-    assert slow_objs[0][0]["token"] == SLOW_PATH and slow_objs[0][0]["_meta"]["attempt"] == 1
+    assert slow_objs[0][0]["token"] == SLOW_PATH
+    # The heartbeat kept the lease: no delivery ended without an outcome. A delivery before the written one
+    # may only have ended in a logged classification (CI once saw attempt 2 with one hit: a first connection
+    # that failed on the loaded host before the handler counted it, retried as class A).
+    slow_fp = slow_objs[0][0]["_meta"]["fingerprint"]
+    slow_events = [e for p in logs for e in _events(p) if e.get("fp") == slow_fp]
+    classified = [e for e in slow_events if e.get("event") == "request_classified"]
+    assert slow_objs[0][0]["_meta"]["attempt"] == 1 + len(classified), slow_events
     assert len(items) == 31
     assert counts(redis_url, spider) == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
 
