@@ -241,8 +241,10 @@ class FleetQueue(Inspection):
                 args += entry_args(env, entry_id=cid)
         return args
 
-    async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any]) -> tuple[str, str]:
-        """Record a C outcome and park the request. Returns (breaker event, window)."""
+    async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],
+                    run: str) -> tuple[str, str]:
+        """Record a C outcome and park the request. Returns (breaker event, window); the event is
+        ``cancelled`` (nothing parked or recorded) when ``run`` was cancelled."""
         res = await self._drift(
             self.keys.select(self._drift.meta.keys, domain=domain),
             [
@@ -253,6 +255,7 @@ class FleetQueue(Inspection):
                 token,
                 domain,
                 json.dumps(sample, default=str),
+                run,
             ],
         )
         return text(res[0]), text(res[1])

@@ -143,8 +143,13 @@ class FailureApplier:
             self.log.warning("evidence_write_failed", error=type(exc).__name__, cls=C)
         sample = {"url": env.url, "missing": list(missing), "reason": reason, "evidence_key": evidence_key,
                   "raw_key": raw_key, "run": env.run}
-        res = await self.health.redis_retry(lambda: queue.drift(state.id, state.lease.token, env.domain, sample))
+        res = await self.health.redis_retry(
+            lambda: queue.drift(state.id, state.lease.token, env.domain, sample, env.run))
         self.ledger.forget(state)
+        if res and res[0] == "cancelled":  # `fleet cancel` marked the run meanwhile: forgotten, not parked
+            self.stats.inc_value("fleet/cancelled_dropped")
+            self.log.info("request_cancelled", run=env.run, fp=env.fp)
+            return
         self.stats.inc_value("fleet/parked")
         self.log.info("request_parked", run=env.run, fp=env.fp, domain=env.domain, reason=reason)
         if res:

@@ -49,7 +49,7 @@ def test_cancel_stops_the_run_in_every_script_and_sweeps_its_queue(redis_url: st
             assert len(bad) == 10 and len(good) == 3
             # before the cancel: one of "bad" waits in DELAYED, one is parked, two go back to READY
             assert await q.nack(bad[0].id, bad[0].token, Envelope.loads(bad[0].raw), time.time() + 600)
-            await q.drift(bad[1].id, bad[1].token, DOMAIN, {"why": "test"})
+            await q.drift(bad[1].id, bad[1].token, DOMAIN, {"why": "test"}, "bad")
             assert await q.release([(x.id, x.token) for x in bad[2:4]]) == 2
 
             report = await cancel_run(client, SPIDER, "bad")
@@ -80,8 +80,11 @@ def test_cancel_stops_the_run_in_every_script_and_sweeps_its_queue(redis_url: st
             assert int(await client.hget(q.keys.done("good"), "count")) == 1
             c = await q.counts()
             assert c == {"ready": 1, "inflight": 2 + 2, "delayed": 0, "dlq": 0, "parked": 0}, c
-            # what is left in flight: bad[8], bad[9] (their worker drops them) and good[1], good[2]
-            assert await client.hlen(q.keys.env) == 1 + 4
+            # a class C outcome of a "bad" request after the cancel: forgotten, not parked, no breaker record
+            assert await q.drift(bad[8].id, bad[8].token, DOMAIN, {"why": "test"}, "bad") == ("cancelled", "")
+            assert await client.zcard(q.keys.parked(DOMAIN)) == 0
+            # what is left in flight: bad[9] (its worker drops it) and good[1], good[2]
+            assert await client.hlen(q.keys.env) == 1 + 3
         finally:
             await client.aclose()
 

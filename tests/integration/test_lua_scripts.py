@@ -158,7 +158,7 @@ def test_every_call_site_matches_its_header(redis_url: str, recorded: list[Any])
             assert await q.release([(ls[4].id, ls[4].token)]) == 1
             assert await q.dead(ls[5].id, ls[5].token, {"reason": "x", "run": RUN})
             assert await q.hold(DOMAIN, base=1.0, cap=10.0, rnd=0.5) > time.time()
-            event, _ = await q.drift(ls[6].id, ls[6].token, DOMAIN, {"why": "test"})
+            event, _ = await q.drift(ls[6].id, ls[6].token, DOMAIN, {"why": "test"}, RUN)
             assert event in ("", "opened")
             assert await q.breaker_reset(DOMAIN) == 1  # the parked request goes back to READY
             report = await cancel_run(client, SPIDER, "r2")  # r2's one queued entry: the child c3
