@@ -15,12 +15,19 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["PART_ROWS", "ROW_GROUP_ROWS", "JsonlParts", "ParquetParts", "flatten", "part_name"]
+__all__ = ["EXTRA_COLUMN", "MAX_COLUMNS", "PART_ROWS", "ROW_GROUP_ROWS", "JsonlParts", "ParquetParts", "flatten",
+           "part_name"]
 
 #: Rows per part file: a part stays a file analysts can open on a laptop (~100 MB for 1M small items).
 PART_ROWS = 1_000_000
 #: Rows per Parquet row group at most (also bounded in bytes by the caller's budget).
 ROW_GROUP_ROWS = 65_536
+#: Item columns a Parquet export has at most. Why a cap: item field names come from the sites crawled, and a
+#: page whose items carry a new field name each (hostile or just a key-per-product layout) would otherwise
+#: give a schema of millions of columns, held in memory and unreadable by analysts' tools. Fields first seen
+#: after the cap go into one JSON text column, ``EXTRA_COLUMN``; the ``_meta_`` columns are always kept.
+MAX_COLUMNS = 1_000
+EXTRA_COLUMN = "_extra"
 
 
 def part_name(n: int, fmt: str) -> str:
@@ -106,18 +113,40 @@ class ParquetParts:
         self._names: dict[str, None] = {}  # every column in order of first appearance
         self._rows: list[dict[str, Any]] = []  # the current chunk, flattened
         self._chunk_names: dict[str, Any] = {}
+        self._admitted: set[str] = set()  # the columns so far (MAX_COLUMNS item columns at most)
+        self._item_columns = 0
         self._bytes = 0
         self._chunks: list[tuple[Path, Any]] = []  # (IPC file, its schema)
 
     def add(self, record: dict[str, Any], size: int) -> None:
         """One record (parsed) whose JSON text was ``size`` bytes (what bounds a chunk)."""
         row = flatten(record)
+        admitted = self._admitted
+        if not admitted.issuperset(row):
+            row = self._admit(row)
         self._rows.append(row)
         self._chunk_names.update(row)  # the values are dropped at the flush; only the key order counts
         self.rows += 1
         self._bytes += size
         if len(self._rows) >= ROW_GROUP_ROWS or self._bytes >= self.chunk_bytes:
             self._flush()
+
+    def _admit(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Admit the row's new columns while there is room (MAX_COLUMNS); the rest go to EXTRA_COLUMN."""
+        admitted = self._admitted
+        extra: dict[str, Any] = {}
+        for k in [k for k in row if k not in admitted]:
+            if k.startswith("_meta_"):
+                admitted.add(k)
+            elif self._item_columns < MAX_COLUMNS:
+                admitted.add(k)
+                self._item_columns += 1
+            else:
+                extra[k] = row.pop(k)
+        if extra:
+            admitted.add(EXTRA_COLUMN)
+            row[EXTRA_COLUMN] = _to_json(extra)
+        return row
 
     def _flush(self) -> None:
         import pyarrow as pa

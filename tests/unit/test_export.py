@@ -167,3 +167,23 @@ def test_a_big_int_in_one_chunk_and_floats_in_another_export(tmp_path: Path) -> 
     table = pq.read_table(path)
     assert str(table.schema.field("n").type) == "double" and table.column("n").to_pylist() == [float(2**60), 1.5]
     assert table.column("tags").to_pylist() == ['["a", "b"]', "c"]
+
+
+def test_columns_are_capped_and_later_fields_go_to_one_json_column(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # items whose field names come from the page (one new name per record): the schema stops growing at the cap
+    monkeypatch.setattr("scraper.store.parts.MAX_COLUMNS", 5)
+    recs = [_rec(f"k{i:03d}", "2026-01-01T00:00:00Z", name=f"n{i}", **{f"f{i}": i}) for i in range(40)]
+    _put(tmp_path, "aa01", recs)
+    res = export_run(f"file://{tmp_path}", SPIDER, RUN, "parquet", None)
+    assert res["records"] == 40
+    d = tmp_path / "exports" / f"spider={SPIDER}" / f"run={RUN}"
+    schema = pq.read_schema(sorted(d.glob("part-*.parquet"))[0])
+    item_cols = [n for n in schema.names if not n.startswith("_meta_")]
+    assert len(item_cols) == 5 + 1 and "_extra" in item_cols, schema.names
+    assert {"_meta_idempotency_key", "_meta_fetched_at", "_meta_spider", "_meta_run"} <= set(schema.names)
+    rows = {r["_meta_idempotency_key"]: r for r in _parquet_rows(tmp_path)}
+    for i in range(40):  # every value is kept: as its column, or in _extra
+        r = rows[f"k{i:03d}"]
+        value = r.get(f"f{i}") if f"f{i}" in item_cols else json.loads(r["_extra"] or "{}").get(f"f{i}")
+        assert value == i and r["name"] == f"n{i}"
