@@ -223,6 +223,33 @@ def test_queue_transitions_on_three_primaries(cluster: Cluster, cluster_url: str
     asyncio.run(go())
 
 
+def test_proxy_flush_per_slot_and_start_key_slot(cluster_url: str) -> None:
+    """Proxy health keys carry no hash tag: one flush of pairs on several slots is split per slot. A
+    scrapy-redis start key outside the spider's slot is refused with the name to use instead."""
+    from scraper.queue.startkeys import StartStage
+    from scraper.worker.proxies import ProxyPool, health_key, parse_proxies
+
+    async def go() -> None:
+        c = redisio.client(cluster_url, socket_timeout=5)
+        try:
+            pool = ProxyPool(parse_proxies("http://127.0.0.1:3128"), c)
+            pid = pool.proxies[0].id
+            domains = [f"d{i}.example" for i in range(12)]
+            assert len({key_slot(health_key(pid, d).encode()) for d in domains}) > 1
+            for d in domains:
+                pool.success(pid, d, 12.0)
+            await pool.flush()
+            for d in domains:
+                assert await c.hget(health_key(pid, d), "successes") == b"1", d
+            with pytest.raises(ValueError, match=r"\{shop"):
+                StartStage(c, SPIDER_1, "w1", f"{SPIDER_1}:start_urls", "list")
+            StartStage(c, SPIDER_1, "w1", f"{{{SPIDER_1}}}:start_urls", "list")
+        finally:
+            await c.aclose()
+
+    asyncio.run(go())
+
+
 # --------------------------------------------------------------------------------------------
 # the CLI and crawls
 # --------------------------------------------------------------------------------------------
