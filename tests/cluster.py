@@ -34,11 +34,12 @@ def _bindable(port: int) -> bool:
 
 def cluster_ports(n: int) -> list[int]:
     """``n`` free ports p whose bus port p + 10000 is free too (Redis 6.2 fixes the bus port there, so
-    p must be <= 55535: a kernel-chosen ephemeral port usually is not)."""
+    p must be <= 55535: a kernel-chosen ephemeral port usually is not). Both are taken below the
+    kernel's ephemeral range (32768+), so no other test's ``_free_port`` can grab one meanwhile."""
     rng = random.Random()
     out: list[int] = []
     while len(out) < n:
-        p = rng.randrange(20000, 45000)
+        p = rng.randrange(12000, 22000)
         if p not in out and p + 10000 not in out and _bindable(p) and _bindable(p + 10000):
             out.append(p)
     return out

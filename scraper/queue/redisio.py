@@ -24,6 +24,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterUnreachableError, SlotNotCoveredError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -34,8 +35,10 @@ __all__ = [
 ]
 
 # Errors that mean "Redis is unreachable right now" (ride the outage out), as opposed to a command
-# Redis refused (a bug or a configuration to fix).
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# Redis refused (a bug or a configuration to fix). On a cluster: a slot whose primary is down or not
+# yet known (CLUSTERDOWN, TRYAGAIN, no node for the slot, no node reachable) is the same kind of outage.
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ClusterDownError, TryAgainError,
+                SlotNotCoveredError, RedisClusterUnreachableError)
 
 Pack = Callable[[tuple[Any, ...]], bytes]
 hiredis_pack: Pack | None
