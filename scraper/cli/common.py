@@ -83,10 +83,11 @@ async def connect(url: str) -> aioredis.Redis:
     client = redisio.client(url, socket_timeout=30, socket_connect_timeout=5)
     try:
         await client.ping()
-        sync = redis.Redis.from_url(url, socket_timeout=10)
+        sync = redisio.sync_client(url, socket_timeout=10)
         try:
-            for warning in check_redis(sync):
-                err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            for server in redisio.primaries(sync):  # a cluster: each primary's own eviction policy and AOF
+                for warning in check_redis(server):
+                    err.print(f"[yellow]warning:[/] {warning}", highlight=False)
         finally:
             sync.close()
     except RedisConfigError as exc:  # an evicting Redis: a configuration to fix, not an outage

@@ -40,11 +40,10 @@ def _count_objects(store_uri: str, spider: str, run: str) -> dict[str, int]:
 
 
 async def _purge(redis_url: str) -> None:
-    import redis.asyncio as aioredis
-
+    from scraper.queue import redisio
     from scraper.queue.client import FleetQueue
 
-    client = aioredis.Redis.from_url(redis_url)
+    client = redisio.client(redis_url)
     try:
         await FleetQueue(client, "demo_shop").purge()
     finally:

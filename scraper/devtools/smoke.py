@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from scrapy import Request
 
 from scraper.infra.config import FleetConfig
+from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope
 from scraper.store.backends import ObjectStore, open_store
@@ -106,7 +107,7 @@ class Smoke:
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _q(self) -> tuple[aioredis.Redis, FleetQueue]:
-        client = aioredis.Redis.from_url(self.redis_url)
+        client = redisio.client(self.redis_url)
         return client, FleetQueue(client, SPIDER, dedup_ttl=self.config.dedup_ttl)
 
     async def _purge(self) -> None:

@@ -110,12 +110,13 @@ class RunProgress:
         """Read SEEN/DONE counts and new DLQ entries of the run; False when Redis did not answer."""
         import redis
 
+        from scraper.queue import redisio
         from scraper.queue.client import Keys
 
         keys = Keys(self.spider)
         try:
             if self._client is None:
-                self._client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+                self._client = redisio.sync_client(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
             pipe = self._client.pipeline(transaction=False)
             pipe.hget(keys.seen(self.run), "count")
             pipe.hget(keys.done(self.run), "count")

@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from scraper.queue import redisio
 from scraper.queue import scripts as lua
 from scraper.queue.envelope import Envelope
 from scraper.queue.inspection import Inspection
@@ -117,8 +118,8 @@ class FleetQueue(Inspection):
                         enq += await self._seed_batch(hset, script)
                     break
                 if stream is None:
-                    stream = SeedStream(self.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
-                    await stream.conn.connect()
+                    # on a cluster: the primary of the spider's slot (every key of the stream is in it)
+                    stream = SeedStream(await redisio.dedicated_connection(self.client, self.keys.env))
                     # loaded once here, so that every batch of the stream can go by SHA
                     await stream.conn.send_command("SCRIPT", "LOAD", lua.load("seed_bulk").source)
                     await stream.conn.read_response()

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
+from scraper.queue import redisio
 from scraper.queue import scripts as lua
 from scraper.queue.client import Keys
 
@@ -47,6 +49,11 @@ class StartStage:
         self.worker = worker
         self.kind = kind
         self.staging = self.keys.staging(worker)
+        if redisio.is_cluster(client) and key_slot(source.encode()) != key_slot(self.keys.ready.encode()):
+            # STAGE_STARTS moves entries from the start key atomically: both must be in one slot
+            raise ValueError(
+                f"start key {source!r} is in another Redis Cluster slot than spider {spider!r}'s queue: "
+                f"name it with the spider's hash tag, e.g. '{{{spider}}}:start_urls'")
         self._script = lua.Bound(client, "stage_starts")
         names = {"source": source, "stage": self.keys.stage, "staging": self.staging, "ready": self.keys.ready}
         self._k = [names[n] for n in self._script.meta.keys]

@@ -22,7 +22,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
+from scraper.queue import redisio
 from scraper.queue import scripts as lua
 
 __all__ = [
@@ -259,12 +261,15 @@ class ProxyPool:
         if not self._pending or self.client is None:
             return
         pending, self._pending = self._pending, {}
-        keys: list[str] = []
-        args: list[Any] = []
+        # health keys carry no hash tag: on a cluster, one PROXY_FLUSH call per slot (lua/proxy_flush.lua)
+        by_slot: dict[int, tuple[list[str], list[Any]]] = {}
+        cluster = redisio.is_cluster(self.client)
         for key, vals in pending.items():
+            keys, args = by_slot.setdefault(key_slot(key.encode()) if cluster else 0, ([], []))
             keys.append(key)
             args += [int(vals["successes"]), round(vals["ewma_ms"], 1), repr(vals["at"])]
-        await self._flush_script(keys, args)  # type: ignore[misc]
+        for keys, args in by_slot.values():
+            await self._flush_script(keys, args)  # type: ignore[misc]
 
 
 async def proxy_report(client: aioredis.Redis, proxies: Sequence[Proxy]) -> list[dict[str, Any]]:

@@ -95,7 +95,12 @@ class StartFeeder:
         url = self.crawler.settings.get("FLEET_REDIS_URL") or resolve_redis_url()
         client = redisio.client(url, socket_timeout=30, socket_connect_timeout=5)
         queue = FleetQueue(client, str(spider.name), dedup_ttl=cfg.dedup_ttl)
-        stage = StartStage(client, str(spider.name), cfg.worker_id, source.key, source.kind)
+        try:
+            stage = StartStage(client, str(spider.name), cfg.worker_id, source.key, source.kind)
+        except ValueError as exc:  # a start key outside the spider's cluster slot: nothing can be moved
+            rt.log.error("start_feed_failed", key=source.key, error="CrossSlot", detail=str(exc)[:300])
+            await client.aclose()
+            return
         failing = ""
         delay = POLL_SECONDS
         try:
