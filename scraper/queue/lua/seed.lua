@@ -3,6 +3,7 @@
 -- ARGV: ttl now run
 -- ARGV...: id json fp prio dont_filter
 -- REPLY: integer: how many entries were enqueued
+-- COMPUTED: seen..':'..bucket, the SEEN set's bucket strings (lua/_helpers.lua); within seen's hash tag.
 -- seen is the run's SEEN set (Keys.seen(run)); dont_filter '1' skips the SEEN check.
 local ttl, now, run = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local enq = 0
