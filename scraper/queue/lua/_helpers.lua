@@ -286,20 +286,24 @@ local function release_probes(k, now, probe_ttl)
 end
 
 -- Workers whose last LEASE left READY empty are listed in WAITING (score: until when they count); when
--- work reaches READY while one waits, a message on the wake channel makes it lease at once instead of
--- at its next idle poll (by then the worker that queued the work has usually leased it itself).
+-- n entries reach READY while some wait, up to n of them (the longest waiting first) are taken out of
+-- WAITING and each gets one message on its own channel (wake..':'..worker), so it leases at once instead
+-- of at its next idle poll (by then the worker that queued the work has usually leased it itself). Why
+-- not one message to all: with N waiting workers every new entry set off N LEASE calls, N - 1 of them
+-- finding nothing (issue #18). A woken worker that finds READY empty again is listed again by its LEASE.
 -- ``except``: the worker that queued the work, if any, wakes itself without a message. WAITING's
 -- scores are Redis's own clock (TIME), not the callers': hosts whose clocks disagree by a second must
 -- not drop each other's entries or miss each other's wake-ups.
-local function wake(k, except)
-  local now = server_now()
-  local n = redis.call('ZCOUNT', k.waiting, now, '+inf')
-  if n > 0 and except and except ~= '' then
-    local mine = tonumber(redis.call('ZSCORE', k.waiting, except))
-    if mine and mine >= now then n = n - 1 end
-  end
-  if n > 0 then
-    redis.pcall('PUBLISH', k.wake, '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
+local function wake(k, n, except)
+  local ws = redis.call('ZRANGEBYSCORE', k.waiting, server_now(), '+inf', 'LIMIT', 0, n + 1)
+  local woken = 0
+  for _, w in ipairs(ws) do
+    if woken >= n then break end
+    if w ~= except then
+      redis.call('ZREM', k.waiting, w)
+      redis.pcall('PUBLISH', k.wake .. ':' .. w, '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
+      woken = woken + 1
+    end
   end
 end
 
@@ -339,7 +343,7 @@ local function maintain(k, now, limit)
       table.insert(reaped, owner or '')
     end
   end
-  if promoted > 0 or #reaped > 0 then wake(k) end
+  if promoted > 0 or #reaped > 0 then wake(k, promoted + #reaped / 2) end
   return promoted, reaped
 end
 

@@ -91,5 +91,5 @@ while i <= #ARGV do
     table.insert(acked, ok)
   end
 end
-if fresh > 0 then wake(k, worker) end  -- children left in READY for any other worker
+if fresh > 0 then wake(k, fresh, worker) end  -- children left in READY for any other worker
 return {out, events, acked, claims}

@@ -11,5 +11,5 @@ for i = 4, #ARGV, 5 do
   enq = enq + enqueue(k, k.seen, ttl, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4])
 end
 redis.call('ZADD', k.runs, 'NX', now, run)
-if enq > 0 then wake(k) end
+if enq > 0 then wake(k, enq) end
 return enq

@@ -104,5 +104,5 @@ for q = 1, ndups, 1000 do
   redis.call('HDEL', k.env, unpack(dups, q, math.min(q + 999, ndups)))
 end
 redis.call('ZADD', k.runs, 'NX', now, run)
-if nfresh > 0 then wake(k) end
+if nfresh > 0 then wake(k, nfresh) end
 return nfresh
