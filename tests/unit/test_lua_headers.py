@@ -34,8 +34,9 @@ def test_header_is_complete(name: str) -> None:
     assert top <= fixed + each
     if not each:
         assert top == fixed, f"{name}: ARGV[{fixed}] is declared but ARGV[{top}] is the last read"
-    # keys built from prefix are documented, and only then is prefix passed
-    assert ("k.prefix" in s.source) == bool(s.meta.computed) == (s.meta.argv[:1] == ("prefix",))
+    # keys built from prefix (or a SEEN/DONE set's bucket strings) are documented; prefix is passed iff used
+    assert ("k.prefix" in s.source) == (s.meta.argv[:1] == ("prefix",))
+    assert ("k.prefix" in s.source or lua._calls(lua._code(s.source), "set_open")) == bool(s.meta.computed)
     # the preamble binds the fixed KEYS by name, in header order
     for i, key in enumerate(s.meta.keys, 1):
         assert f"{key} = KEYS[{i}]" in s.source.split("\n", 2)[0 if not s.meta.keys_each else 1]
