@@ -19,9 +19,14 @@
 -- A set still in the previous encoding (seeded before the upgrade) is converted at its first use by any
 -- script (set_open), members and TTL kept: a half-done run goes on without fetching anything twice.
 
+-- Redis's clock, read once per script call (a call lasts microseconds; SEEN/DONE and wake both need it)
+local NOW = nil
 local function server_now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return NOW
 end
 
 local function hex2bin(h)
@@ -68,15 +73,20 @@ local function set_migrate(key)
   redis.call('HSET', key, 'exp', d)  -- keeps the key's TTL
 end
 
--- once per set per script call: convert a set of the previous encoding (a hash with more fields than
--- count and exp, or without exp); returns the set's state for this call ({old = whether it existed})
+-- once per set per script call: convert a set of the previous encoding (a hash without exp); returns the
+-- set's state for this call: {old = whether it existed, exp = its deadline (0: none)}. One HGET when the
+-- set exists (the usual case). A worker of the previous version adding to a converted set would write a
+-- bucket field nobody reads: stop a spider's old workers before starting upgraded ones.
 local SETS = {}
 local function set_open(key)
   local st = SETS[key]
   if st then return st end
-  local n = redis.call('HLEN', key)
-  if n > 2 or (n > 0 and redis.call('HEXISTS', key, 'exp') == 0) then set_migrate(key) end
-  st = {old = n > 0}
+  local d = redis.call('HGET', key, 'exp')
+  if not d and redis.call('EXISTS', key) == 1 then
+    set_migrate(key)
+    d = redis.call('HGET', key, 'exp')
+  end
+  st = {old = d and true or false, exp = tonumber(d) or 0}
   SETS[key] = st
   return st
 end
@@ -100,7 +110,6 @@ end
 -- the buckets this call created (fresh) given the deadline
 local function set_expire(key, st, ttl, fresh)
   if ttl <= 0 then return set_drop(key, st) end
-  if st.exp == nil then st.exp = tonumber(redis.call('HGET', key, 'exp')) or 0 end
   local now = server_now()
   if now + ttl * 7 / 8 > st.exp then
     local d = math.ceil(now + ttl)
