@@ -46,7 +46,7 @@ class Keys:
         self.dlq = self.prefix + "dlq"
         self.runs = self.prefix + "runs"
         self.waiting = self.prefix + "waiting"  # workers whose last lease found nothing (lua/_helpers.lua: wake)
-        self.wake = self.prefix + "wake"  # pub/sub channel: work reached READY while a worker waits
+        self.wake = self.prefix + "wake"  # pub/sub channels wake:<worker>: work reached READY while it waits
         self.seq = self.prefix + "seq"  # READY's tie-breaker counter (newest first within a priority)
         self.hold = self.prefix + "hold"  # per-domain backoff deadlines (HOLD)
         self.brk = self.prefix + "brk"  # the breakers that are not closed: domain -> state|until
@@ -59,6 +59,10 @@ class Keys:
 
     def done(self, run: str) -> str:
         return f"{self.prefix}done:{run}"
+
+    def wake_channel(self, worker: str) -> str:
+        """The pub/sub channel on which ``worker`` is told of new work while it waits (lua/_helpers.lua: wake)."""
+        return f"{self.wake}:{worker}"
 
     def tally(self, run: str) -> str:
         """Per-run counts the workers flush in batches (scraper.worker.tally): items, coverage, schema."""

@@ -204,8 +204,10 @@ def load(name: str) -> Script:
     allowed = set(meta.keys) | ({"prefix"} if prefixed else set())
     if used - allowed:
         raise LuaHeaderError(f"{name}.lua uses keys its header does not declare: {sorted(used - allowed)}")
-    if ("prefix" in used) != bool(meta.computed):
-        raise LuaHeaderError(f"{name}.lua: builds keys from prefix iff its header has a COMPUTED line")
+    # a SEEN/DONE set's bucket strings are built from the set's key (lua/_helpers.lua: set_open)
+    builds = "prefix" in used or _calls(_code(source), "set_open")
+    if builds != bool(meta.computed):
+        raise LuaHeaderError(f"{name}.lua: builds keys (from prefix, or a set's buckets) iff its header has a COMPUTED line")
     if "KN" in text and not meta.keys_each:
         raise LuaHeaderError(f"{name}.lua uses KN without a KEYS... group")
     return Script(meta, source, hashlib.sha1(source.encode("utf-8")).hexdigest())

@@ -185,7 +185,7 @@ class FleetRuntime:
             asyncio.ensure_future(self.feeder.run()),
             asyncio.ensure_future(self.committer.run()),
             asyncio.ensure_future(self.keeper.run()),
-            asyncio.ensure_future(self.feeder.listen(self.client, fleet_queue.keys.wake)),
+            asyncio.ensure_future(self.feeder.listen(self.client, fleet_queue.keys.wake_channel(self.worker_id))),
             asyncio.ensure_future(self.cancels.run(self.client, fleet_queue.keys)),
         ]
         self.log.info("worker_started", concurrency=self.concurrency, prefetch=self.prefetch)

@@ -14,10 +14,20 @@ from typing import Any
 import redis
 
 from scraper.queue import scripts as lua
+from scraper.queue import seenset
 from tests.bench.crawl import ROOT, base_env
 from tests.bench.procs import RedisServer
 
-ADD_MANY = lua.with_helpers("local n = 0\nfor i = 1, #ARGV do n = n + set_add(KEYS[1], ARGV[i]) end\nreturn n\n")
+ADD_MANY = lua.with_helpers(
+    "local n = 0\nfor i = 1, #ARGV do n = n + set_add(KEYS[1], ARGV[i], 172800) end\nreturn n\n")
+
+
+def set_bytes(r: redis.Redis, key: str) -> int:
+    """MEMORY USAGE (exact) of a SEEN/DONE set: its hash and every bucket string (scraper.queue.seenset)."""
+    pipe = r.pipeline(transaction=False)
+    for name in (key, *seenset.bucket_keys(key)):
+        pipe.memory_usage(name, samples=0)
+    return sum(int(x) for x in pipe.execute() if x is not None)
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -36,7 +46,7 @@ def dedup_memory(srv: RedisServer, n: int, batch: int = 5000) -> dict[str, Any]:
     for i in range(0, n, batch):
         added += int(add(keys=["bench:fleet:seen"], args=fps[i:i + batch]))
     fleet_s = time.perf_counter() - t
-    fleet_bytes = int(r.memory_usage("bench:fleet:seen", samples=0) or 0)
+    fleet_bytes = set_bytes(r, "bench:fleet:seen")
     t = time.perf_counter()
     pipe = r.pipeline(transaction=False)
     for i in range(0, n, batch):

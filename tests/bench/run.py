@@ -15,6 +15,8 @@ BENCH_WARMUP=1            0: no unmeasured Fleet crawl before round 1 (it settle
 BENCH_DIAG=0              1: also run diagnostics once (Fleet with its object store on tmpfs: cm, dm)
 BENCH_PYSPY=0             1: py-spy record the first Fleet worker of (c) into bench-out/pyspy-c.txt
 BENCH_OUT=bench-out       where results.json goes
+BENCH_SIM=0               1: only the fleet simulator and AOF-per-page section (~1 min; tests/bench/fleetsim.py)
+BENCH_SIM_PAGES=10000     pages per K of the simulator; BENCH_SIM_BIG=1000000 the large run of the AOF figure
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import micro
+from tests.bench import fleetsim, micro
 from tests.bench.crawl import HANG_S, LABEL, ROOT, VARIANTS, Bench
 from tests.bench.export import export_bench
 from tests.bench.procs import RedisServer, redis_binary
@@ -282,6 +284,15 @@ def main() -> int:
     out_dir = ROOT / os.environ.get("BENCH_OUT", "bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    sim_args = (env_int("BENCH_SIM_PAGES", 10_000), env_int("BENCH_SIM_BIG", 1_000_000))
+    if os.environ.get("BENCH_SIM", "0") == "1":
+        try:
+            sim = fleetsim.run_section(tmp, *sim_args)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        console.print(fleetsim.table(sim))
+        (out_dir / "results-sim.json").write_text(json.dumps(sim, indent=2))
+        return 0
     results: dict[str, Any] = {"config": {
         "rounds": rounds, "products": n_products, "per_page": per_page, "concurrency": concurrency,
         "dedup_urls": dedup_n, "seed_urls": seed_n, "soak_pages": soak_n, "variants": variants}}
@@ -323,6 +334,9 @@ def main() -> int:
         sk = soak(crawl_redis, tmp, start_url, pages, soak_n, concurrency,
                   timeout=float(os.environ.get("BENCH_SOAK_TIMEOUT", "1800")), out_dir=out_dir)
         results["soak"] = sk
+        log("fleet simulator and AOF bytes per page")
+        results["fleet_sim"] = fleetsim.run_section(tmp, *sim_args)
+        console.print(fleetsim.table(results["fleet_sim"]))
         log(f"export: {export_n:,} items")
         ex = results["export"] = export_bench(tmp, export_n)
 

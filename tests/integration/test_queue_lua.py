@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from scrapy import Request
 
+from scraper.queue import seenset
 from scraper.queue.client import Commit, FleetQueue, LeaseBatch
 from scraper.queue.envelope import Envelope
 
@@ -384,9 +385,10 @@ def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
 # -- memory -------------------------------------------------------------------------------------
 
 SEEN_URLS = 20_000
-# The 16-byte target is at 1M URLs (measured by `make bench`: ~7.3 bytes/URL). A small run pays for
-# the up-to-4,096 bucket fields, so 20k URLs land near 21 bytes/URL; this guards against regressions.
-SEEN_BUDGET = 24.0  # bytes per URL at 20k
+# The 16-byte target is at 1M URLs (measured by `make bench`: ~10.5 bytes/URL). A small run pays for
+# the up-to-4,096 bucket strings (a key each), so 20k URLs land near 28 bytes/URL; this guards against
+# regressions.
+SEEN_BUDGET = 32.0  # bytes per URL at 20k
 
 
 def test_seen_memory_per_url(redis_url: str) -> None:
@@ -395,7 +397,7 @@ def test_seen_memory_per_url(redis_url: str) -> None:
         assert await q.seed("mem", envs) == (SEEN_URLS, 0)
         key = q.keys.seen("mem")
         assert int(await client.hget(key, "count")) == SEEN_URLS
-        usage = await client.memory_usage(key, samples=0)  # exact, not sampled
+        usage = await seenset.memory(client, key)  # exact, not sampled: the hash and every bucket string
         per_url = float(usage) / SEEN_URLS
         print(f"SEEN memory: {usage} bytes for {SEEN_URLS} URLs = {per_url:.2f} bytes/URL")
         # spot-check exactness of the compact set
@@ -491,23 +493,30 @@ def test_commit_does_not_claim_into_a_held_or_broken_domain(redis_url: str) -> N
 
 
 async def _subscribed(client: Any, q: FleetQueue) -> Any:
+    """Listening to every worker's wake channel (``Keys.wake_channel``)."""
     sub = client.pubsub(ignore_subscribe_messages=True)
-    await sub.subscribe(q.keys.wake)
+    await sub.psubscribe(q.keys.wake_channel("*"))
+    assert await sub.get_message(timeout=1.0) is None  # the confirmation, read here: it would end _woken early
     return sub
+
+
+async def _woken(sub: Any) -> list[str]:
+    """The workers told of new work, one per message, until none comes for 0.2 s."""
+    out = []
+    while (m := await sub.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
+        out.append(m["channel"].decode().rsplit(":", 1)[1])
+    return out
 
 
 async def _messages(sub: Any) -> int:
     """Wake messages received until none comes for 0.2 s."""
-    n = 0
-    while await sub.get_message(ignore_subscribe_messages=True, timeout=0.2) is not None:
-        n += 1
-    return n
+    return len(await _woken(sub))
 
 
 def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
     """A worker whose LEASE found nothing is listed as waiting; work that reaches READY then publishes
-    one message on the wake channel (seed, a commit's unclaimed children, a release). No waiter, or a
-    commit whose only child it claimed itself: no message."""
+    one message on a waiting worker's wake channel per new entry (seed, a commit's unclaimed children, a
+    release). No waiter, or a commit whose only child it claimed itself: no message."""
 
     async def body(q: FleetQueue, client: Any) -> None:
         sub = await _subscribed(client, q)
@@ -573,6 +582,41 @@ def test_a_commit_wakes_other_waiting_workers_not_its_own(redis_url: str) -> Non
         await q.commit_claiming([Commit(parent.id, parent.token, "r1", "", [_env("p2")], done=False,
                                         ids=["k2"])], worker="w1", lease_seconds=60)
         assert await _messages(sub) == 1  # w2 waits too
+        await sub.aclose()
+
+    _run(redis_url, body)
+
+
+def test_new_work_wakes_as_many_waiting_workers_as_it_has_entries(redis_url: str) -> None:
+    """No storm: with 8 workers waiting, one new entry wakes one of them (the longest waiting), eight
+    wake all eight, each on its own channel; a woken worker leaves WAITING until its next empty LEASE."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        sub = await _subscribed(client, q)
+        workers = [f"w{i}" for i in range(8)]
+
+        async def all_wait() -> None:
+            now = time.time()
+            await client.zadd(q.keys.waiting, {w: now + 60 + i for i, w in enumerate(workers)})
+
+        await all_wait()
+        await q.seed("r1", [_env("one")])
+        assert await _woken(sub) == ["w0"]
+        assert await client.zscore(q.keys.waiting, "w0") is None
+        assert await client.zcard(q.keys.waiting) == 7
+        await all_wait()
+        await q.seed("r1", [_env(f"eight/{i}") for i in range(8)])
+        assert sorted(await _woken(sub)) == workers
+        assert await client.zcard(q.keys.waiting) == 0
+        await all_wait()
+        await q.seed("r1", [_env(f"twenty/{i}") for i in range(20)])  # more work than waiters
+        assert sorted(await _woken(sub)) == workers
+        await all_wait()  # a commit by w3 with 2 unclaimed children wakes two others, never w3
+        parent = (await q.lease(1, worker="w3", lease_seconds=60)).leased[0]
+        await all_wait()
+        await q.commit_claiming([Commit(parent.id, parent.token, "r1", "", [_env("k/1"), _env("k/2")],
+                                        done=False, ids=["k1", "k2"])], worker="w3", lease_seconds=60)
+        assert await _woken(sub) == ["w0", "w1"]
         await sub.aclose()
 
     _run(redis_url, body)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from scrapy import Request
 
-from scraper.queue import redisio
+from scraper.queue import redisio, seenset
 from scraper.queue import scripts as lua
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, SeedEncoder
@@ -60,7 +60,8 @@ async def _state(q: FleetQueue, client: Any, runs: list[str]) -> dict[str, Any]:
     return {
         "ready": ready,
         "env": sorted(json.dumps(e, sort_keys=True) for e in envs.values()),
-        "seen": {r: await client.hgetall(q.keys.seen(r)) for r in runs},
+        "seen": {r: (await seenset.buckets(client, q.keys.seen(r)), await client.hget(q.keys.seen(r), "count"))
+                 for r in runs},
         "ttl": {r: await client.ttl(q.keys.seen(r)) > 0 for r in runs},
         "seq": await client.get(q.keys.prefix + "seq"),
         "runs": sorted(x for x in await client.zrange(q.keys.runs, 0, -1)),
@@ -127,7 +128,7 @@ def test_bulk_seed_handles_fingerprints_that_are_not_lowercase_hex(redis_url: st
                 counts.append(await q.seed("r1", envs))
         assert counts[0] == counts[1]
         assert counts[1][1] >= 3  # envs[2], envs[5] and the last one at least
-        assert await client.hgetall(ref.keys.seen("r1")) == await client.hgetall(new.keys.seen("r1"))
+        assert await seenset.buckets(client, ref.keys.seen("r1")) == await seenset.buckets(client, new.keys.seen("r1"))
 
     _run(redis_url, body)
 

@@ -34,8 +34,9 @@ def test_header_is_complete(name: str) -> None:
     assert top <= fixed + each
     if not each:
         assert top == fixed, f"{name}: ARGV[{fixed}] is declared but ARGV[{top}] is the last read"
-    # keys built from prefix are documented, and only then is prefix passed
-    assert ("k.prefix" in s.source) == bool(s.meta.computed) == (s.meta.argv[:1] == ("prefix",))
+    # keys built from prefix (or a SEEN/DONE set's bucket strings) are documented; prefix is passed iff used
+    assert ("k.prefix" in s.source) == (s.meta.argv[:1] == ("prefix",))
+    assert ("k.prefix" in s.source or lua._calls(lua._code(s.source), "set_open")) == bool(s.meta.computed)
     # the preamble binds the fixed KEYS by name, in header order
     for i, key in enumerate(s.meta.keys, 1):
         assert f"{key} = KEYS[{i}]" in s.source.split("\n", 2)[0 if not s.meta.keys_each else 1]
@@ -48,7 +49,8 @@ def test_only_the_helpers_a_script_calls() -> None:
     for absent in ("set_add", "set_has", "breaker_record", "maintain", "wake", "forget"):
         assert f"local function {absent}(" not in hb
     has = lua.load("has").source
-    assert re.findall(r"local function (\w+)\(", has) == ["hex2bin", "fpparts", "set_has"]  # transitive, in order
+    assert re.findall(r"local function (\w+)\(", has) == [  # transitive, in order
+        "server_now", "hex2bin", "fpparts", "bucket_has", "set_migrate", "set_open", "set_has"]
     commit = lua.load("commit").source
     for needed in ("enqueue", "claim_child", "grant", "breaker_record", "breaker_close", "release_parked",
                    "to_ready", "ready_score", "wake", "server_now", "forget", "owns", "set_add", "set_has"):

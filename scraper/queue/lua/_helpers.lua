@@ -5,11 +5,29 @@
 -- a key they cannot be given in advance (a domain or run read inside the script); every such key keeps
 -- the {spider} hash tag, so it lives in the same cluster slot as the declared ones.
 --
--- SEEN/DONE encoding: a hash per (spider, run) with at most 4,096 fields, one per value of the first 12
--- bits of the 64-bit fingerprint; each value is the concatenation of the remaining 52 bits (7 bytes) of
--- every member of that bucket. About 7 bytes per URL at 1M URLs, exact (no false positives beyond 64-bit
--- collisions), and a bucket stays a few KiB up to ~10M URLs per run. The field ``count`` (5 chars, never
--- a 3-char bucket) counts members.
+-- SEEN/DONE encoding: per (spider, run) a hash ``key`` (fleet:{spider}:seen:RUN, the key a script is
+-- given) with the fields ``count`` (how many members) and ``exp`` (the set's deadline, Unix seconds),
+-- and up to 4,096 string keys ``key:bbb``, one per value of the first 12 bits of the 64-bit fingerprint
+-- (3 hex chars), each the concatenation of the remaining 52 bits (7 bytes) of every member of that
+-- bucket. Why strings grown by APPEND: scripts are effects-replicated, so the AOF and the replicas get
+-- the APPEND of 7 bytes, never the bucket, and the bytes written per URL stay flat however large the run
+-- grows (the previous encoding, the buckets as fields of the hash, rewrote a whole bucket per add: ~0.9 KB
+-- per URL at 1M URLs). About 7 bytes per URL at 1M URLs plus ~100 bytes per bucket key; exact (no false
+-- positives beyond 64-bit collisions). All keys of a set expire together at ``exp`` (EXPIREAT), moved to
+-- now + ttl when an add finds less than 7/8 of ttl left: a set lives 7/8 ttl to ttl after its last add,
+-- and the EXPIREATs cost one pass over the buckets per ttl/8 instead of one write per add.
+-- A set still in the previous encoding (seeded before the upgrade) is converted at its first use by any
+-- script (set_open), members and TTL kept: a half-done run goes on without fetching anything twice.
+
+-- Redis's clock, read once per script call (a call lasts microseconds; SEEN/DONE and wake both need it)
+local NOW = nil
+local function server_now()
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  return NOW
+end
 
 local function hex2bin(h)
   return (string.gsub(h, '..', function(cc) return string.char(tonumber(cc, 16)) end))
@@ -20,10 +38,8 @@ local function fpparts(fp)
   return string.sub(fp, 1, 3), hex2bin(string.sub(fp, 4, 16) .. '0')
 end
 
-local function set_has(key, fp)
-  local b, s = fpparts(fp)
-  local cur = redis.call('HGET', key, b)
-  if not cur then return false end
+-- whether member s is in bucket string cur (7-byte aligned)
+local function bucket_has(cur, s)
   local i = 1
   while true do
     local p = string.find(cur, s, i, true)
@@ -33,23 +49,92 @@ local function set_has(key, fp)
   end
 end
 
--- returns 1 when added, 0 when already present
-local function set_add(key, fp)
-  local b, s = fpparts(fp)
-  local cur = redis.call('HGET', key, b)
-  if cur then
-    local i = 1
-    while true do
-      local p = string.find(cur, s, i, true)
-      if not p then break end
-      if (p - 1) % 7 == 0 then return 0 end
-      i = p + 1
+-- the previous encoding (buckets as 3-char fields of the hash) to the current one, TTL kept
+local function set_migrate(key)
+  local pttl = redis.call('PTTL', key)
+  local d = 0
+  if pttl > 0 then d = math.ceil(server_now() + pttl / 1000) end
+  local all = redis.call('HGETALL', key)
+  local drop = {}
+  for i = 1, #all, 2 do
+    local f = all[i]
+    if string.len(f) == 3 and f ~= 'exp' then
+      local bk = key .. ':' .. f
+      redis.call('APPEND', bk, all[i + 1])
+      if d > 0 then redis.call('EXPIREAT', bk, d) end
+      drop[#drop + 1] = f
+      if #drop >= 500 then
+        redis.call('HDEL', key, unpack(drop))
+        drop = {}
+      end
     end
-    redis.call('HSET', key, b, cur .. s)
-  else
-    redis.call('HSET', key, b, s)
   end
+  if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
+  redis.call('HSET', key, 'exp', d)  -- keeps the key's TTL
+end
+
+-- once per set per script call: convert a set of the previous encoding (a hash without exp); returns the
+-- set's state for this call: {old = whether it existed, exp = its deadline (0: none)}. One HGET when the
+-- set exists (the usual case). A worker of the previous version adding to a converted set would write a
+-- bucket field nobody reads: stop a spider's old workers before starting upgraded ones.
+local SETS = {}
+local function set_open(key)
+  local st = SETS[key]
+  if st then return st end
+  local d = redis.call('HGET', key, 'exp')
+  if not d and redis.call('EXISTS', key) == 1 then
+    set_migrate(key)
+    d = redis.call('HGET', key, 'exp')
+  end
+  st = {old = d and true or false, exp = tonumber(d) or 0}
+  SETS[key] = st
+  return st
+end
+
+local function set_has(key, fp)
+  set_open(key)
+  local b, s = fpparts(fp)
+  local cur = redis.call('GET', key .. ':' .. b)
+  if not cur then return false end
+  return bucket_has(cur, s)
+end
+
+-- every key of the set gone (only with a TTL <= 0, which Fleet's settings refuse: what EXPIRE did)
+local function set_drop(key, st)
+  redis.call('DEL', key)
+  for i = 0, 4095 do redis.call('DEL', key .. ':' .. string.format('%03x', i)) end
+  st.old, st.exp = false, 0
+end
+
+-- after adds to key: its deadline at least 7/8 ttl ahead (every bucket moved along when it moves), and
+-- the buckets this call created (fresh) given the deadline
+local function set_expire(key, st, ttl, fresh)
+  if ttl <= 0 then return set_drop(key, st) end
+  local now = server_now()
+  if now + ttl * 7 / 8 > st.exp then
+    local d = math.ceil(now + ttl)
+    st.exp = d
+    redis.call('HSET', key, 'exp', d)
+    redis.call('EXPIREAT', key, d)
+    if st.old then
+      for i = 0, 4095 do redis.call('EXPIREAT', key .. ':' .. string.format('%03x', i), d) end
+      return
+    end
+  end
+  for _, bk in ipairs(fresh) do redis.call('EXPIREAT', bk, st.exp) end
+end
+
+-- returns 1 when added, 0 when already present
+local function set_add(key, fp, ttl)
+  local st = set_open(key)
+  local b, s = fpparts(fp)
+  local bk = key .. ':' .. b
+  local cur = redis.call('GET', bk)
+  if cur and bucket_has(cur, s) then return 0 end
+  redis.call('APPEND', bk, s)
   redis.call('HINCRBY', key, 'count', 1)
+  if cur then set_expire(key, st, ttl, {}) else set_expire(key, st, ttl, {bk}) end
+  st.old = true
   return 1
 end
 
@@ -79,8 +164,7 @@ end
 -- enqueue one envelope unless in SEEN (dont_filter skips the check); returns 1 if enqueued
 local function enqueue(k, seen, ttl, id, json, fp, prio, dont_filter)
   if dont_filter ~= '1' then
-    if set_add(seen, fp) == 0 then return 0 end
-    redis.call('EXPIRE', seen, ttl)
+    if set_add(seen, fp, ttl) == 0 then return 0 end
   elseif redis.call('HEXISTS', k.env, id) == 1 then
     -- ids are fresh per discovery: a known one is this very child sent again (a commit retried after
     -- its reply was lost), maybe leased by now; queueing it again would fetch it twice
@@ -88,8 +172,7 @@ local function enqueue(k, seen, ttl, id, json, fp, prio, dont_filter)
   else
     -- not a filter, only the run's count: DONE will hold this fp, so SEEN must too, or seen < done and
     -- the run's manifest would never reconcile (its fp is a start fingerprint: unique to the request)
-    set_add(seen, fp)
-    redis.call('EXPIRE', seen, ttl)
+    set_add(seen, fp, ttl)
   end
   redis.call('HSET', k.env, id, json)
   redis.call('ZADD', k.ready, ready_score(k, prio), id)
@@ -212,25 +295,24 @@ local function release_probes(k, now, probe_ttl)
 end
 
 -- Workers whose last LEASE left READY empty are listed in WAITING (score: until when they count); when
--- work reaches READY while one waits, a message on the wake channel makes it lease at once instead of
--- at its next idle poll (by then the worker that queued the work has usually leased it itself).
+-- n entries reach READY while some wait, up to n of them (the longest waiting first) are taken out of
+-- WAITING and each gets one message on its own channel (wake..':'..worker), so it leases at once instead
+-- of at its next idle poll (by then the worker that queued the work has usually leased it itself). Why
+-- not one message to all: with N waiting workers every new entry set off N LEASE calls, N - 1 of them
+-- finding nothing (issue #18). A woken worker that finds READY empty again is listed again by its LEASE.
 -- ``except``: the worker that queued the work, if any, wakes itself without a message. WAITING's
 -- scores are Redis's own clock (TIME), not the callers': hosts whose clocks disagree by a second must
 -- not drop each other's entries or miss each other's wake-ups.
-local function server_now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-
-local function wake(k, except)
-  local now = server_now()
-  local n = redis.call('ZCOUNT', k.waiting, now, '+inf')
-  if n > 0 and except and except ~= '' then
-    local mine = tonumber(redis.call('ZSCORE', k.waiting, except))
-    if mine and mine >= now then n = n - 1 end
-  end
-  if n > 0 then
-    redis.pcall('PUBLISH', k.wake, '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
+local function wake(k, n, except)
+  local ws = redis.call('ZRANGEBYSCORE', k.waiting, server_now(), '+inf', 'LIMIT', 0, n + 1)
+  local woken = 0
+  for _, w in ipairs(ws) do
+    if woken >= n then break end
+    if w ~= except then
+      redis.call('ZREM', k.waiting, w)
+      redis.pcall('PUBLISH', k.wake .. ':' .. w, '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
+      woken = woken + 1
+    end
   end
 end
 
@@ -270,7 +352,7 @@ local function maintain(k, now, limit)
       table.insert(reaped, owner or '')
     end
   end
-  if promoted > 0 or #reaped > 0 then wake(k) end
+  if promoted > 0 or #reaped > 0 then wake(k, promoted + #reaped / 2) end
   return promoted, reaped
 end
 

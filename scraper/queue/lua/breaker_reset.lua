@@ -6,5 +6,5 @@
 --   same two names from prefix and domain, because COMMIT and LEASE, which share them, cannot know the
 --   domains in advance.
 local n = breaker_close(k, k.breaker, ARGV[2], tonumber(ARGV[3]))
-if n > 0 then wake(k) end
+if n > 0 then wake(k, n) end
 return n

@@ -9,7 +9,8 @@
 --   ('', -1) when it waits in READY.
 -- COMPUTED: prefix..'breaker:'..domain and prefix..'parked:'..domain (a breaker this batch closes releases
 --   its parked requests); the domains vary per commit, so they are built inside the script; within the
---   {spider} hash tag of prefix.
+--   {spider} hash tag of prefix. And seen..':'..bucket, done..':'..bucket: the bucket strings of the SEEN/DONE
+--   sets (lua/_helpers.lua), within their hash tag.
 -- One (seen, done) pair of KEYS per distinct run of the batch; a commit's r is the 1-based index of its
 -- run's pair. ack: '1'/'0'. outcome: 'o', 'n' or '' (not tracked). An entry with fp '' only enqueues
 -- children (sent as soon as the callback is done, before the writes).
@@ -72,8 +73,7 @@ while i <= #ARGV do
     fresh = fresh + enq - took
     local ok = 0
     if fp ~= '' then
-      set_add(done, fp)
-      redis.call('EXPIRE', done, ttl)
+      set_add(done, fp, ttl)
       if outcome ~= '' and domain ~= '' then
         local ev, released = breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
         fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
@@ -91,5 +91,5 @@ while i <= #ARGV do
     table.insert(acked, ok)
   end
 end
-if fresh > 0 then wake(k, worker) end  -- children left in READY for any other worker
+if fresh > 0 then wake(k, fresh, worker) end  -- children left in READY for any other worker
 return {out, events, acked, claims}

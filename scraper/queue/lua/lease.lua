@@ -5,7 +5,8 @@
 --   skipped flat (id, json), held, parked, remaining, cancelled}
 -- COMPUTED: prefix..'done:'..run (the run is read from each leased envelope), prefix..'parked:'..domain
 --   and prefix..'breaker:'..domain (the domain is read from each envelope, or from brk): known only
---   inside the script; all within the {spider} hash tag of prefix.
+--   inside the script; and that DONE set's bucket strings (..':'..bucket, lua/_helpers.lua); all within
+--   the {spider} hash tag of prefix.
 -- An entry already DONE is dropped (skipped); one whose domain's breaker is open is parked; one whose
 -- domain is held waits in DELAYED; the rest are leased for `lease` seconds. remaining: READY's size after.
 -- An entry of a run `fleet cancel` marked (a field of `cancelled`) is forgotten unexecuted and counted in

@@ -12,5 +12,5 @@ for i = 1, #ARGV, 2 do
     if to_ready(k, id) then n = n + 1 end
   end
 end
-if n > 0 then wake(k) end
+if n > 0 then wake(k, n) end
 return n

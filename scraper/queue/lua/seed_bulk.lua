@@ -4,6 +4,7 @@
 -- ARGV: ttl now run
 -- ARGV...: id fp prio
 -- REPLY: integer: how many entries were enqueued (the rest were in SEEN; their envelopes are deleted)
+-- COMPUTED: seen..':'..bucket, the SEEN set's bucket strings (lua/_helpers.lua); within seen's hash tag.
 -- Why the envelope JSON stays out of Lua: Lua 5.1 interns every string, hashing only ~32 sampled bytes of
 -- a long one, and envelopes that differ in a few bytes (URL, fp, time) collide into long chains: ~9 µs
 -- an entry just to pass them in ARGV, vs ~1 µs for an HSET. Leaves the state SEED leaves for the same
@@ -12,7 +13,8 @@
 -- would return, same count, TTL and runs; a duplicate's envelope, just written by the HSET, is deleted
 -- again (the one difference: a duplicate whose random id equals a queued entry's, 2^-64 per pair, deletes
 -- that entry's envelope). Each SEEN bucket is read and written once per call, and seq, count and TTL once
--- per call, not once per entry.
+-- per call, not once per entry; a bucket grows by one APPEND of its new members (lua/_helpers.lua, SEEN/DONE
+-- encoding).
 local ttl, now, run = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local seen = k.seen
 local sub, find = string.sub, string.find
@@ -20,8 +22,7 @@ local fresh, nfresh, dups, ndups = {}, 0, {}, 0  -- ARGV indexes of fresh entrie
 if ttl <= 0 then
   -- never with Fleet's config (FLEET_DEDUP_TTL >= 1): each EXPIRE drops SEEN at once, so go entry by entry
   for i = 4, #ARGV, 3 do
-    if set_add(seen, ARGV[i+1]) == 1 then
-      redis.call('EXPIRE', seen, ttl)
+    if set_add(seen, ARGV[i+1], ttl) == 1 then
       nfresh = nfresh + 1
       fresh[nfresh] = i
     else
@@ -30,6 +31,7 @@ if ttl <= 0 then
     end
   end
 else
+  local st = set_open(seen)
   local hx = {}
   for c = 0, 255 do hx[string.format('%02x', c)] = string.char(c) end
   -- per bucket: the stored string (false: none), the members added by this call (list, and set)
@@ -46,7 +48,7 @@ else
     end
     local cur, mine = stored[b], members[b]
     if cur == nil then
-      cur = redis.call('HGET', seen, b) or false
+      cur = redis.call('GET', seen .. ':' .. b) or false
       stored[b] = cur
       mine = {}
       members[b] = mine
@@ -75,18 +77,15 @@ else
     end
   end
   if nfresh > 0 then
-    local flat, n = {}, 0
+    local created = {}
     for b, list in pairs(added) do
       if list[1] then
-        flat[n + 1] = b
-        flat[n + 2] = (stored[b] or '') .. table.concat(list)
-        n = n + 2
-        if n >= 1000 then redis.call('HSET', seen, unpack(flat, 1, n)); n = 0 end
+        redis.call('APPEND', seen .. ':' .. b, table.concat(list))
+        if not stored[b] then created[#created + 1] = seen .. ':' .. b end
       end
     end
-    if n > 0 then redis.call('HSET', seen, unpack(flat, 1, n)) end
     redis.call('HINCRBY', seen, 'count', nfresh)
-    redis.call('EXPIRE', seen, ttl)
+    set_expire(seen, st, ttl, created)
   end
 end
 -- READY scores as ready_score gives them, from the seq values its INCRs would have returned
@@ -105,5 +104,5 @@ for q = 1, ndups, 1000 do
   redis.call('HDEL', k.env, unpack(dups, q, math.min(q + 999, ndups)))
 end
 redis.call('ZADD', k.runs, 'NX', now, run)
-if nfresh > 0 then wake(k) end
+if nfresh > 0 then wake(k, nfresh) end
 return nfresh

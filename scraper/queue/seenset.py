@@ -1,0 +1,47 @@
+"""Reading a SEEN/DONE set as stored (lua/_helpers.lua, "SEEN/DONE encoding") from Python.
+
+Why a module: the scripts are the only writers, but tests, ``make bench`` and operators need the set's
+bucket strings (``<set key>:bbb``, one per 12-bit fingerprint prefix) to compare, measure or check it,
+and the bucket naming must be spelled once on this side too. Membership goes through the HAS script
+(``FleetQueue.has_member``), which also converts a set of the previous encoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+__all__ = ["BUCKETS", "bucket_keys", "buckets", "memory"]
+
+BUCKETS = 4096  # one per value of the fingerprint's first 12 bits
+
+
+def bucket_keys(key: str) -> list[str]:
+    """The names of every possible bucket string of the set ``key`` (fleet:{spider}:seen:RUN)."""
+    return [f"{key}:{i:03x}" for i in range(BUCKETS)]
+
+
+async def buckets(client: aioredis.Redis, key: str) -> dict[str, bytes]:
+    """The set's non-empty buckets: 3-hex-char bucket -> concatenated 7-byte members (one MGET per 512:
+    all of a set's keys share its hash tag, so each MGET stays in one cluster slot)."""
+    names = bucket_keys(key)
+    out: dict[str, bytes] = {}
+    for i in range(0, len(names), 512):
+        chunk = names[i : i + 512]
+        for name, value in zip(chunk, await client.mget(chunk), strict=True):
+            if value is not None:
+                out[name[-3:]] = value if isinstance(value, bytes) else value.encode("latin-1")
+    return out
+
+
+async def memory(client: aioredis.Redis, key: str) -> int:
+    """Bytes the set takes (MEMORY USAGE, exact: samples=0) over its hash and every bucket string."""
+    total = 0
+    names = [key, *bucket_keys(key)]
+    for i in range(0, len(names), 512):
+        pipe = client.pipeline(transaction=False)
+        for name in names[i : i + 512]:
+            pipe.memory_usage(name, samples=0)
+        res: list[Any] = await pipe.execute()
+        total += sum(int(x) for x in res if x is not None)
+    return total
