@@ -1,7 +1,7 @@
 -- GATE: ask for permits to fetch from one domain, for the whole fleet: its in-flight limit (the smaller of
 --   CONCURRENT_REQUESTS_PER_DOMAIN and the AIMD window) and its minimum spacing (GCRA), in one atomic step.
 -- KEYS: permits gstate gdoms
--- ARGV: domain limit spacing burst aimd start wmax ttl
+-- ARGV: domain limit spacing burst aimd start wmax permit_ttl
 -- ARGV...: id
 -- REPLY: {granted, retry_ms, inflight, limit, window}: the first `granted` ids now hold a permit (expiring
 --   ttl seconds from now unless UNGATE renews it); retry_ms: when to ask again for the others (0: all

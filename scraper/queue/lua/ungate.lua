@@ -2,7 +2,7 @@
 --   AIMD window with the fetch's latency and outcome; a batch of any domains in one call.
 -- KEYS: -
 -- KEYS...: permits gstate
--- ARGV: ttl
+-- ARGV: permit_ttl
 -- ARGV...: id latency_ms outcome
 -- REPLY: the number of permits released
 -- outcome: ok (an answer, not 429/503/class B), bad (429, 503, a timeout, class B), none (no measure:
