@@ -32,6 +32,7 @@ class GateReply:
     inflight: int
     limit: int  # the effective in-flight limit (0: none)
     window: float | None  # the AIMD window (None: no AIMD)
+    waits: tuple[int, ...] = ()  # per granted id: ms to hold it before fetching (a slot reserved ahead)
 
 
 class Gating:
@@ -43,14 +44,16 @@ class Gating:
     _ungate: lua.Bound
 
     async def gate(self, domain: str, ids: Sequence[str], *, limit: int, spacing: float, burst: int,
-                   aimd: bool, start: float, wmax: int, ttl: float) -> GateReply:
-        """Ask for one permit per id (in order) to fetch from ``domain`` (lua/gate.lua)."""
+                   aimd: bool, start: float, wmax: int, ttl: float, ahead: float = 0.0) -> GateReply:
+        """Ask for one permit per id (in order) to fetch from ``domain`` (lua/gate.lua); a spaced slot
+        may be reserved up to ``ahead`` seconds before it is due."""
         keys = self.keys.select(self._gate.meta.keys, domain=domain)
         args: list[Any] = [domain, limit, repr(spacing), burst, "1" if aimd else "0", repr(start), wmax,
-                           repr(ttl), *ids]
-        granted, retry, inflight, eff, win = await self._gate(keys, args)
+                           repr(ttl), repr(ahead), *ids]
+        granted, retry, inflight, eff, win, *waits = await self._gate(keys, args)
         w = text(win)
-        return GateReply(int(granted), int(retry), int(inflight), int(eff), float(w) if w else None)
+        return GateReply(int(granted), int(retry), int(inflight), int(eff), float(w) if w else None,
+                         tuple(int(x) for x in waits))
 
     async def ungate(self, entries: Sequence[tuple[str, str, int, str]], ttl: float) -> int:
         """Release or renew permits: (domain, lease id, latency ms, outcome) each (lua/ungate.lua)."""

@@ -37,7 +37,7 @@ __all__ = ["WAITING_PER_DOMAIN", "Gate"]
 
 #: Requests one worker keeps waiting per gated domain beyond its limit; more go back to DELAYED for a
 #: while (no budget used), or a slow domain would fill the worker's whole buffer and starve the others.
-WAITING_PER_DOMAIN = 4
+WAITING_PER_DOMAIN = 8
 _TOP = 50  # domains reported (waiting counts, metrics): bounded label cardinality
 
 
@@ -82,11 +82,13 @@ class Gate:
         q = self.waiting.get(domain)
         if q is None:
             q = self.waiting[domain] = deque()
-        limit = self.policy.for_domain(domain).limit
-        if len(q) >= WAITING_PER_DOMAIN + limit:
-            # a slow domain must not fill this worker: back to DELAYED for a while, no budget used
+        pol = self.policy.for_domain(domain)
+        if len(q) >= WAITING_PER_DOMAIN + pol.limit:
+            # a slow domain must not fill this worker: back to DELAYED for about as long as the ones
+            # waiting here take (by the spacing; at least 0.5 s), no budget used
             self.stats.inc_value("fleet/gate/deferred")
-            self.defer(state, time.time() + (1.0 + random.random()), f"gate:{domain}"[:200])
+            pause = max(0.5, len(q) * max(pol.delay, self.crawl_delays.get(domain, 0.0)))
+            self.defer(state, time.time() + pause * (1.0 + random.random()), f"gate:{domain}"[:200])
             return True
         q.append(state)
         self.ledger.waiting[lid] = state
@@ -159,19 +161,24 @@ class Gate:
                 spacing = max(pol.spacing(random.random()), self.crawl_delays.get(domain, 0.0))
                 ids = [s.lease.id for s in list(q)[:16]]
                 reply = await queue.gate(domain, ids, limit=pol.limit, spacing=spacing, burst=pol.burst,
-                                         aimd=pol.aimd, start=pol.start, wmax=pol.wmax, ttl=self.ttl)
+                                         aimd=pol.aimd, start=pol.start, wmax=pol.wmax, ttl=self.ttl,
+                                         ahead=spacing)
                 self.view[domain] = reply
                 self.stats.inc_value("fleet/gate/calls")
                 go: list[LeaseState] = []
-                for _ in range(min(reply.granted, len(q))):
+                for i in range(min(reply.granted, len(q))):
                     st = q.popleft()
-                    self.ledger.waiting.pop(st.lease.id, None)
                     self.permits[st.lease.id] = (domain, st)
                     self.granted.add(st.lease.id)
-                    go.append(st)
+                    wait = reply.waits[i] if i < len(reply.waits) else 0
+                    if wait > 0:  # a slot reserved ahead: held here (still waiting) until it is due
+                        asyncio.get_running_loop().call_later(wait / 1000.0, self._release_to_engine, st)
+                    else:
+                        self.ledger.waiting.pop(st.lease.id, None)
+                        go.append(st)
+                self.stats.inc_value("fleet/gate/granted", reply.granted)
                 if go:
                     self.ledger.buffer.extendleft(reversed(go))
-                    self.stats.inc_value("fleet/gate/granted", len(go))
                     self.kick()
                 if not q:
                     return
@@ -186,6 +193,12 @@ class Gate:
                 self._later(domain, retry)
             else:
                 self.asking.discard(domain)
+
+    def _release_to_engine(self, st: LeaseState) -> None:
+        """A reserved slot is due: the state goes to the front of the buffer (unless shutdown took it)."""
+        if self.ledger.waiting.pop(st.lease.id, None) is st and not st.settled:
+            self.ledger.buffer.appendleft(st)
+            self.kick()
 
     # -- permits back -------------------------------------------------------------------------------
 
@@ -235,7 +248,7 @@ class Gate:
         ledger = self.ledger
         buffered = {s.lease.id for s in ledger.buffer}
         for lid, (_domain, st) in list(self.permits.items()):
-            if ledger.active.get(lid) is not st and lid not in buffered:
+            if ledger.active.get(lid) is not st and lid not in buffered and lid not in ledger.waiting:
                 self.done(st, "none")
         renew = [(d, lid, 0, "renew") for lid, (d, _st) in self.permits.items()]
         if renew:
@@ -247,10 +260,9 @@ class Gate:
 
     def clear(self) -> list[LeaseState]:
         """Shutdown: every waiting state leaves the gate (the caller hands their leases back)."""
-        out = [s for q in self.waiting.values() for s in q]
+        out = list(self.ledger.waiting.values())  # those in a domain's deque and those reserved ahead
         self.waiting.clear()
-        for lid in [s.lease.id for s in out]:
-            self.ledger.waiting.pop(lid, None)
+        self.ledger.waiting.clear()
         for timer in self.timers.values():
             timer.cancel()
         self.timers.clear()

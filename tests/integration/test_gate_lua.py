@@ -4,6 +4,7 @@ in-flight limit, permit expiry (a dead worker's permits come back), renewal, and
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -116,7 +117,7 @@ def test_waiting_reports_are_summed_and_stale_ones_ignored(redis_url: str) -> No
         await _gate(q, ["a"], limit=1)
         await q.report_waiting("w1", {D: 3})
         await q.report_waiting("w2", {D: 2})
-        await c.hset(q.keys.gwait, "w3", '{"t": %f, "d": {"%s": 50}}' % (time.time() - 600, D))
+        await c.hset(q.keys.gwait, "w3", json.dumps({"t": time.time() - 600, "d": {D: 50}}))
         await c.hset(q.keys.gwait, "w4", "not json")
         assert (await q.domains())[0]["waiting"] == 5
         await q.report_waiting("w1", {})

@@ -1,12 +1,14 @@
 -- GATE: ask for permits to fetch from one domain, for the whole fleet: its in-flight limit (the smaller of
 --   CONCURRENT_REQUESTS_PER_DOMAIN and the AIMD window) and its minimum spacing (GCRA), in one atomic step.
 -- KEYS: permits gstate gdoms
--- ARGV: domain limit spacing burst aimd start wmax permit_ttl
+-- ARGV: domain limit spacing burst aimd start wmax permit_ttl ahead
 -- ARGV...: id
 -- REPLY: {granted, retry_ms, inflight, limit, window}: the first `granted` ids now hold a permit (expiring
 --   ttl seconds from now unless UNGATE renews it); retry_ms: when to ask again for the others (0: all
 --   granted); inflight after the grant; limit: the effective in-flight limit (0: none); window: the AIMD
---   window as a string ('' without AIMD).
+--   window as a string ('' without AIMD); then one wait_ms per granted id: how long its worker holds it
+--   before the fetch (a slot reserved up to `ahead` seconds early, so a late worker does not push every
+--   later slot back: the spacing's mean stays the spacing).
 -- Clock: Redis's own (TIME), so hosts whose clocks disagree still space one domain correctly. GCRA: `tat`
 -- is the domain's theoretical arrival time; a dispatch is allowed when tat - now <= spacing * (burst - 1),
 -- and moves tat to max(tat, now) + spacing. spacing is this dispatch's (the caller draws the
@@ -26,7 +28,9 @@ if aimd then
 end
 local tau = spacing * (burst - 1)
 local granted, retry = 0, 0
-for i = 9, #ARGV do
+local ahead = tonumber(ARGV[9])
+local waits = {}
+for i = 10, #ARGV do
   if eff > 0 and inflight >= eff then
     -- full: a permit comes back when a fetch ends; ask again after a quarter of the smoothed latency
     retry = math.floor(math.max(20, math.min(250, (tonumber(st[3]) or 100) / 4)))
@@ -34,11 +38,14 @@ for i = 9, #ARGV do
   end
   if spacing > 0 then
     local t = math.max(tat, now)
-    if t - now > tau then
-      retry = math.max(1, math.ceil((t - tau - now) * 1000))
+    if t - now > tau + ahead then
+      retry = math.max(1, math.ceil((t - tau - ahead - now) * 1000))
       break
     end
+    table.insert(waits, math.max(0, math.floor((t - tau - now) * 1000)))
     tat = t + spacing
+  else
+    table.insert(waits, 0)
   end
   redis.call('ZADD', k.permits, now + ttl, ARGV[i])
   inflight = inflight + 1
@@ -66,4 +73,6 @@ redis.call('HSET', k.gstate, unpack(fields))
 redis.call('EXPIRE', k.gstate, 86400)
 redis.call('EXPIRE', k.permits, math.ceil(ttl) + 60)
 redis.call('SADD', k.gdoms, domain)
-return {granted, retry, inflight, eff, win and tostring(win) or ''}
+local reply = {granted, retry, inflight, eff, win and tostring(win) or ''}
+for _, w in ipairs(waits) do table.insert(reply, w) end
+return reply
