@@ -37,7 +37,7 @@ __all__ = ["WAITING_PER_DOMAIN", "Gate"]
 
 #: Requests one worker keeps waiting per gated domain beyond its limit; more go back to DELAYED for a
 #: while (no budget used), or a slow domain would fill the worker's whole buffer and starve the others.
-WAITING_PER_DOMAIN = 8
+WAITING_PER_DOMAIN = 4
 _TOP = 50  # domains reported (waiting counts, metrics): bounded label cardinality
 
 

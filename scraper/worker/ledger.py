@@ -206,8 +206,10 @@ class Ledger:
 
     def fetching(self) -> int:
         """Requests that use (or wait for) a download slot: buffered, or active and not yet answered.
-        Answered ones only wait for their writes and commit."""
-        return len(self.buffer) + sum(1 for s in self.active.values() if s.fetch.status is None and not s.settled)
+        Answered ones only wait for their writes and commit. Those waiting at the politeness gate count:
+        the gate bounds them per domain, so one slow domain cannot take the whole budget."""
+        unanswered = sum(1 for s in self.active.values() if s.fetch.status is None and not s.settled)
+        return len(self.buffer) + len(self.waiting) + unanswered
 
     def leases(self) -> list[tuple[str, str]]:
         """Every confirmed lease held, buffered or active (what the heartbeat renews, close releases)."""
