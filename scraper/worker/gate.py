@@ -101,7 +101,7 @@ class Gate:
         fleet's spacing is what the server sees)."""
         if state.lease.id in self.permits:
             domain = state.env.domain
-            if self.policy.for_domain(domain).delay > 0 or domain in self.crawl_delays:
+            if self.policy.for_domain(domain).delay > 0:  # a Crawl-delay stays on the slot (middlewares.robots)
                 self.unspace(request)
 
     def gated(self, domain: str) -> bool:
