@@ -116,6 +116,13 @@ class Gate:
         self.crawl_delays[domain] = delay
         return True
 
+    def snapshot(self) -> list[tuple[str, int, int, float | None, int]]:
+        """(domain, in flight fleet-wide, limit, AIMD window, waiting here) of the busiest domains, from
+        the last GATE replies (the worker metrics: bounded label cardinality)."""
+        rows = [(d, r.inflight, r.limit, r.window, len(self.waiting.get(d, ()))) for d, r in self.view.items()]
+        rows.sort(key=lambda x: (x[1] + x[4], x[0]), reverse=True)
+        return rows[:_TOP]
+
     def waiting_counts(self) -> dict[str, int]:
         top = sorted(((len(q), d) for d, q in self.waiting.items() if q), reverse=True)[:_TOP]
         return {d: n for n, d in top}
