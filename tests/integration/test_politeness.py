@@ -31,8 +31,9 @@ class OneAtATime(scrapy.Spider):
 
 
 class _CountingSite:
-    def __init__(self, host: str = "127.0.0.1", pause: float = 0.2) -> None:
+    def __init__(self, host: str = "127.0.0.1", pause: float = 0.2, capacity: int = 0) -> None:
         self.lock = threading.Lock()
+        self.refused = 0
         self.now = 0
         self.peak = 0
         self.hits = 0
@@ -45,8 +46,20 @@ class _CountingSite:
 
             def do_GET(self) -> None:
                 with site.lock:
-                    site.now += 1
-                    site.hits += 1
+                    if capacity and site.now >= capacity:
+                        site.refused += 1
+                        full = True
+                    else:
+                        full = False
+                        site.now += 1
+                        site.hits += 1
+                if full:  # over capacity: 429 at once, not counted in flight
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                with site.lock:
                     site.times.append(time.monotonic())
                     site.peak = max(site.peak, site.now)
                 time.sleep(pause)
@@ -102,6 +115,14 @@ class Spaced(scrapy.Spider):
 
 class Plain(scrapy.Spider):
     name = "plain"
+
+    def parse(self, response):
+        yield {"path": response.url}
+
+class Adaptive(scrapy.Spider):
+    name = "adaptive"
+    custom_settings = {"AUTOTHROTTLE_ENABLED": True, "AUTOTHROTTLE_TARGET_CONCURRENCY": 6,
+                       "CONCURRENT_REQUESTS_PER_DOMAIN": 8}
 
     def parse(self, response):
         yield {"path": response.url}
@@ -193,5 +214,26 @@ def test_default_settings_make_no_gate_calls(redis_url: str, tmp_path: Path) -> 
         _crawl(redis_url, tmp_path, "plain", [f"{site.base}/p/{i}" for i in range(6)], 1)
         assert site.hits == 6
         assert _gate_keys(redis_url) == []
+    finally:
+        site.stop()
+
+
+def test_aimd_window_backs_off_to_the_site_capacity(redis_url: str, tmp_path: Path) -> None:
+    site = _CountingSite(pause=0.2, capacity=2)
+    try:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS, FLEET_RETRY_BASE="0.2",
+                                FLEET_RETRY_CAP="1", FLEET_RETRY_MAX="20", FLEET_LEASE_SECONDS="6")
+        args = [a for i in range(20) for a in ("--url", f"{site.base}/p/{i}")]
+        assert fleet_json("seed", "adaptive", "--run", "r1", *args, env=env)["enqueued"] == 20
+        procs = [start_worker("adaptive", env, tmp_path / f"w{i}.log", "--concurrency", "8", "--until-idle", "1")
+                 for i in range(2)]
+        assert wait_all(procs, 90) == [0, 0]
+        assert site.hits == 20, (site.hits, site.refused)
+        (row,) = fleet_json("domains", "adaptive", "--json", env=env)["domains"]
+        # started at 6 over a capacity of 2: halved on the 429s, then regrown by 1/window per success (the
+        # AIMD sawtooth), so it ends well under the start
+        assert row["window"] is not None and 1.0 <= row["window"] <= 4.5, row
+        assert site.refused < 20, f"{site.refused} answers 429 for 20 pages: the window did not back off"
     finally:
         site.stop()
