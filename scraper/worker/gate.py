@@ -100,8 +100,11 @@ class Gate:
         """A granted request goes to the engine: its local slot must not space it a second time (the
         fleet's spacing is what the server sees)."""
         if state.lease.id in self.permits:
-            domain = state.env.domain
-            if self.policy.for_domain(domain).delay > 0:  # a Crawl-delay stays on the slot (middlewares.robots)
+            # a Crawl-delay stays on the slot (middlewares.robots); Scrapy's AutoThrottle extension, on with
+            # AUTOTHROTTLE_ENABLED, would space the slot by its own delay (5 s to start): the fleet's AIMD
+            # window is the throttle
+            pol = self.policy.for_domain(state.env.domain)
+            if pol.delay > 0 or pol.aimd:
                 self.unspace(request)
 
     def gated(self, domain: str) -> bool:
