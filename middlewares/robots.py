@@ -17,9 +17,11 @@ Here, with ``ROBOTSTXT_OBEY`` on (the setting keeps its meaning; off: NotConfigu
 * a robots.txt that cannot be fetched (5xx, 429, network error) raises
   :class:`~scraper.policy.robots.RobotsUnavailable`: class A ``robots:unavailable``, retried on the A
   budget (scraper.policy.robots says why not "allow all");
-* the file's ``Crawl-delay`` for the user agent (capped at 60 s) becomes the minimum delay of the
-  worker's download slot for that site (scraper.worker.adapter.space_slot). It is per worker: N workers
-  may together reach a site N times per Crawl-delay; fleet-wide spacing is not done here.
+* the file's ``Crawl-delay`` for the user agent (capped at 60 s) becomes the site's minimum spacing for
+  the whole fleet: the politeness gate (scraper.worker.gate) spaces its later requests across every
+  worker (``FleetPort.crawl_delay``), and stays the minimum delay of this worker's download slot for that
+  site (scraper.worker.adapter.space_slot): the requests that passed the gate before robots.txt was read
+  are spaced by it, and a slot that already waited at the gate adds next to nothing.
 
 Outside a Fleet worker (plain ``scrapy crawl``: no runtime, no Redis) the file is fetched once per process
 and an unfetchable one allows everything, as with Scrapy's middleware. The ``robots_parsed`` signal is
@@ -127,7 +129,10 @@ class FleetRobotsMiddleware:
         delay = parser.crawl_delay(useragent)
         if delay and math.isfinite(delay) and delay > 0:
             delay = min(float(delay), MAX_CRAWL_DELAY)
-            if space_slot(self.crawler, request, delay) and rt is not None and origin not in self._spaced:
+            # the fleet's spacing for the site's later requests (they wait at the gate), and this worker's
+            # slot too: requests already past the gate when robots.txt was read are spaced by it
+            fleet = rt is not None and rt.crawl_delay(request, delay)
+            if (space_slot(self.crawler, request, delay) or fleet) and rt is not None and origin not in self._spaced:
                 if len(self._spaced) >= 10_000:  # bounded: only the log line depends on it
                     self._spaced.clear()
                 self._spaced.add(origin)

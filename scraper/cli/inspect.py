@@ -1,4 +1,4 @@
-"""fleet status, spiders, proxies, metrics and down: looking at the fleet and its backlog."""
+"""fleet status, spiders, proxies, domains, metrics and down: looking at the fleet and its backlog."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
             counts = await q.counts()
             brk = await q.breakers()
             result[name] = {**counts, "runs": await q.runs(),
-                            "breakers": {d: {"state": b["state"], "parked": b["parked"]} for d, b in brk.items()}}
+                            "breakers": {d: {"state": b["state"], "parked": b["parked"]} for d, b in brk.items()},
+                            "gated_domains": int(await client.scard(q.keys.gdoms))}
         return result
     finally:
         await client.aclose()
@@ -74,6 +75,9 @@ def status(
             table.add_row(*[str(c) for c in cells], run_id, str(rc["seen"]), str(rc["done"]))
             first = False
     out.print(table)
+    gated = {n: d["gated_domains"] for n, d in data.items() if d.get("gated_domains")}
+    for name, n in gated.items():
+        out.print(f"{name}: {n} domain(s) behind the politeness gate (fleet domains {name})")
 
 
 @app.command()
@@ -102,6 +106,38 @@ def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
         for e in sl.spec_errors:
             err.print(f"[red]invalid spider spec[/]: {e}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def domains(
+    spider: Annotated[str, typer.Argument(callback=spider_arg, help="The spider.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per domain behind the politeness gate: in flight (fleet-wide), limit, AIMD window, spacing, recent
+    rate, requests waiting in the workers."""
+    cfg = load_config()
+
+    async def go() -> list[dict[str, Any]]:
+        client = await connect(redis_url_for(cfg))
+        try:
+            return await FleetQueue(client, spider).domains()
+        finally:
+            await client.aclose()
+
+    rows = asyncio.run(go())
+    if as_json:
+        print(json.dumps({"spider": spider, "domains": rows}))
+        return
+    if not rows:
+        out.print(f"no domain of {spider} is gated (README: Crawling politely)")
+        return
+    table = Table(title=f"fleet domains {spider}")
+    cols = ("domain", "inflight", "limit", "window", "spacing_s", "rate", "waiting", "latency_ms")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for r in rows:
+        table.add_row(*["-" if r[c] is None else str(r[c]) for c in cols])
+    out.print(table)
 
 
 @app.command()

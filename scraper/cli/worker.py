@@ -63,6 +63,7 @@ def run_worker(
     settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="project")
     if until_idle is not None:
         settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
+    _check_politeness(spider, spidercls, settings)
     from scraper.worker.proxies import ProxyConfigError, parse_proxies
 
     try:
@@ -90,6 +91,18 @@ def run_worker(
         err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
         return int(rt.exit_code or EXIT_INFRA)
     return 0
+
+
+def _check_politeness(name: str, spidercls: Any, settings: Any) -> None:
+    """A politeness setting the worker cannot use fails here, in one line, not in the crawler."""
+    from scraper.policy.politeness import Politeness, PolitenessError
+
+    probe = settings.copy()
+    spidercls.update_settings(probe)
+    try:
+        Politeness.from_settings(probe, getattr(spidercls, "domain_settings", None))
+    except PolitenessError as exc:
+        raise fail(f"spider {name}: {exc}", EXIT_CONFIG) from None
 
 
 def _scrapy_redis_url(spidercls: Any) -> str | None:

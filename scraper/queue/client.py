@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError
 from scraper.queue import redisio
 from scraper.queue import scripts as lua
 from scraper.queue.envelope import Envelope
+from scraper.queue.gating import GateReply, Gating
 from scraper.queue.inspection import Inspection
 from scraper.queue.keys import SPIDERS_KEY, Keys, QueueError, check_spider_name, known_spiders, new_id
 from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
@@ -36,6 +37,7 @@ __all__ = [
     "Commit",
     "CommitReply",
     "FleetQueue",
+    "GateReply",
     "Keys",
     "Lease",
     "LeaseBatch",
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 
-class FleetQueue(Inspection):
+class FleetQueue(Inspection, Gating):
     """All queue transitions of one spider."""
 
     def __init__(
@@ -67,6 +69,7 @@ class FleetQueue(Inspection):
         self._commit, self._ack, self._nack, self._release = b("commit"), b("ack"), b("nack"), b("release")
         self._dead, self._has, self._hold = b("dead"), b("has"), b("hold")
         self._drift, self._breaker_reset = b("drift"), b("breaker_reset")
+        self._gate, self._ungate = b("gate"), b("ungate")  # the politeness gate (scraper.queue.gating)
         # KEYS fixed per spider, resolved once from each header (the hot path only passes the list)
         sel = self.keys.select
         self._k_lease = sel(self._lease.meta.keys)

@@ -53,6 +53,8 @@ class Keys:
         self.parkdom = self.prefix + "parkdom"  # domains with parked requests
         self.stage = self.prefix + "stage"  # scrapy-redis start feeders: worker -> deadline|run (startkeys)
         self.cancelled = self.prefix + "cancelled"  # runs `fleet cancel` stopped: run -> when (scraper/queue/cancel.py)
+        self.gdoms = self.prefix + "gdoms"  # domains the politeness gate has seen (GATE; `fleet domains`)
+        self.gwait = self.prefix + "gwait"  # worker -> its gate's waiting counts per domain (JSON, with a time)
 
     def seen(self, run: str) -> str:
         return f"{self.prefix}seen:{run}"
@@ -78,6 +80,14 @@ class Keys:
     def parked(self, domain: str) -> str:
         return f"{self.prefix}parked:{domain}"
 
+    def permits(self, domain: str) -> str:
+        """The domain's gate permits: lease id -> expiry (GATE, UNGATE)."""
+        return f"{self.prefix}gp:{domain}"
+
+    def gstate(self, domain: str) -> str:
+        """The domain's gate state: GCRA's theoretical arrival time, the AIMD window, latencies, rate."""
+        return f"{self.prefix}gd:{domain}"
+
     def select(self, names: Iterable[str], *, run: str | None = None, domain: str | None = None) -> list[str]:
         """The keys a script's header names (lua.ScriptMeta.keys), in its order: the call site derives
         its KEYS from the header, so names and order cannot drift apart."""
@@ -87,10 +97,10 @@ class Keys:
                 if run is None:
                     raise QueueError(f"key {n!r} needs a run")
                 out.append(self.seen(run) if n == "seen" else self.done(run))
-            elif n in ("breaker", "parked"):
+            elif n in ("breaker", "parked", "permits", "gstate"):
                 if domain is None:
                     raise QueueError(f"key {n!r} needs a domain")
-                out.append(self.breaker(domain) if n == "breaker" else self.parked(domain))
+                out.append(getattr(self, n)(domain))
             else:
                 out.append(getattr(self, n))
         return out

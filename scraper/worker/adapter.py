@@ -18,7 +18,7 @@ from scrapy.downloadermiddlewares.offsite import OffsiteMiddleware
 from scrapy.utils.asyncio import call_later
 from scrapy.utils.defer import _schedule_coro
 
-__all__ = ["Offsite", "engine_holds", "kick_engine", "process_slot_queue", "space_slot"]
+__all__ = ["Offsite", "engine_holds", "kick_engine", "process_slot_queue", "space_slot", "unspace_slot"]
 
 
 def kick_engine(crawler: Crawler) -> None:
@@ -61,6 +61,20 @@ def space_slot(crawler: Crawler, request: Request, delay: float) -> bool:
     slot.delay = max(slot.delay, delay)
     slot.jitter = 0.0
     return True
+
+
+def unspace_slot(crawler: Crawler, request: Request) -> None:
+    """Make the download slot ``request`` goes to add no delay of its own (DOWNLOAD_DELAY, a Crawl-delay):
+    the politeness gate (scraper.worker.gate) spaces the domain for the whole fleet, and a second, local
+    spacing on top would make the server see the sum. Applied on every gated dispatch, so a slot Scrapy
+    re-creates (it drops one idle for 60 s) is reset too."""
+    engine = crawler.engine
+    downloader: Any = getattr(engine, "downloader", None) if engine is not None else None
+    if downloader is None:
+        return
+    _key, slot = downloader._get_slot(request)
+    slot.delay = 0.0
+    slot.jitter = 0.0
 
 
 def process_slot_queue(downloader: Any, slot: Any) -> None:

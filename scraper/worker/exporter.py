@@ -69,10 +69,30 @@ class _StatsCollector(Collector):
             c = CounterMetricFamily(name, doc, labels=["spider"])
             c.add_metric([sp], float(snapshot.get(key, 0) or 0))
             yield c
+        yield from self._gate(sp)
         yield from self._prefixed(snapshot, OUTCOME_PREFIX, "fleet_worker_outcomes",
                                   "Settled attempts by failure class (ok, A, B, C, D) and reason.", ["class", "reason"])
         yield from self._prefixed(snapshot, BAN_PREFIX, "fleet_worker_proxy_bans",
                                   "Proxy bans this worker started, per proxy id.", ["proxy"])
+
+    def _gate(self, sp: str) -> Iterable[Any]:
+        """The politeness gate's busiest domains (top 50): in flight fleet-wide, limit, window, waiting."""
+        fleet = fleet_of(self.crawler)
+        gate = fleet.gate if fleet is not None else None
+        if gate is None:
+            return
+        fams = {n: GaugeMetricFamily(f"fleet_domain_{n}", doc, labels=["spider", "domain"]) for n, doc in (
+            ("inflight", "Requests in flight to the domain, fleet-wide (the last GATE reply)."),
+            ("limit", "The domain's effective in-flight limit (0: none)."),
+            ("window", "The domain's AIMD window."),
+            ("waiting", "This worker's requests waiting at the gate for the domain."))}
+        for domain, inflight, limit, window, waiting in gate.snapshot():
+            fams["inflight"].add_metric([sp, domain], float(inflight))
+            fams["limit"].add_metric([sp, domain], float(limit))
+            if window is not None:
+                fams["window"].add_metric([sp, domain], window)
+            fams["waiting"].add_metric([sp, domain], float(waiting))
+        yield from fams.values()
 
     def _prefixed(self, snapshot: dict[str, Any], prefix: str, name: str, doc: str,
                   labels: list[str]) -> Iterator[CounterMetricFamily]:

@@ -22,6 +22,7 @@ from scraper.queue.entrycheck import EnvelopeError
 from scraper.queue.envelope import Envelope
 from scraper.worker.breakers import Breakers
 from scraper.worker.committer import Flags
+from scraper.worker.gate import Gate
 from scraper.worker.health import REDIS_ERRORS, Health
 from scraper.worker.ledger import VOID_KEY, LeaseState, Ledger
 from scraper.worker.queueport import QueuePort
@@ -59,6 +60,7 @@ class Feeder:
         # asking again at once, on every turn of the engine, was half of all LEASE calls (make bench c)
         self.supply = asyncio.Event()
         self.idle_since: float | None = None
+        self.gate: Gate | None = None  # the politeness gate, only for a spider that has a politeness setting
 
     def news(self) -> None:
         """New work may be in READY (or the flags changed): end the feeder's wait, whichever it is."""
@@ -74,10 +76,13 @@ class Feeder:
         reused child's), for the scheduler; an envelope no Request can be built from goes to the DLQ
         (``bad_envelope``). Wakes the LEASE loop when the buffer runs below half the prefetch."""
         buffer = self.ledger.buffer
+        gate = self.gate
         while buffer:
             state = buffer.popleft()
             if len(buffer) < max(1, self.prefetch // 2):
                 self.wake.set()
+            if gate is not None and gate.park(state):
+                continue  # it waits for its domain's permit (scraper.worker.gate), holding no slot
             try:
                 req = state.local if state.local is not None else state.env.to_request(spider)
                 state.local = None
@@ -85,6 +90,8 @@ class Feeder:
                 self.dead(state, "bad_envelope", str(exc), None)
                 continue
             self.ledger.activate(state, req)
+            if gate is not None:
+                gate.dispatching(state, req)
             self.stats.inc_value("fleet/leased")
             self.log.info(
                 "request_leased", run=state.env.run, fp=state.env.fp, attempt=state.lease.deliveries
@@ -243,6 +250,7 @@ class Speculation:
         self.kick = kick
         self.release = release  # hand back leases at once (a claim confirmed after shutdown)
         self.proxy_done = proxy_done  # the fetch through this proxy ended
+        self.gated: Callable[[str], bool] | None = None  # the politeness gate's domains: never speculated
 
     def speculate(self, state: LeaseState) -> None:
         """``state`` finished with children (the caller checked it may speculate): the likeliest next
@@ -252,6 +260,8 @@ class Speculation:
         k = max(range(len(kids)), key=lambda i: (kids[i].priority, i))
         if not self.breakers.may_speculate(kids[k].domain):
             return
+        if self.gated is not None and self.gated(kids[k].domain):
+            return  # its fetch must wait for a permit like any other request to that domain
         cid = out.discovered_ids[k]
         local = self.ledger.take_child(cid)
         spec = LeaseState(Lease(cid, b"", 1, ""), kids[k], local[1] if local else None,

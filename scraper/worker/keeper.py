@@ -14,6 +14,7 @@ from typing import Any
 from scraper.infra import log as fleetlog
 from scraper.worker.committer import Flags
 from scraper.worker.feeder import Feeder
+from scraper.worker.gate import Gate
 from scraper.worker.health import REDIS_ERRORS, Health
 from scraper.worker.ledger import Ledger
 from scraper.worker.proxies import ProxyPool
@@ -40,6 +41,7 @@ class Keeper:
         self.queue: QueuePort | None = None  # set when the spider opens
         self.proxies: ProxyPool = ProxyPool([])
         self.tally: RunTally | None = None  # the finisher's per-run counts, flushed from this loop
+        self.gate: Gate | None = None  # the politeness gate: permits renewed and swept, waiting reported
 
     async def beat(self) -> None:
         queue = self.queue
@@ -64,6 +66,7 @@ class Keeper:
         """Every lease not acknowledged goes back to the front of READY now, not at expiry."""
         leftovers = self.ledger.leases()
         self.ledger.buffer.clear()
+        self.ledger.waiting.clear()
         if not leftovers or self.queue is None:
             return
         try:
@@ -98,6 +101,8 @@ class Keeper:
                     _, reaped = await queue.maintain()
                     self.reaped(reaped)
                     touched = True
+                    if self.gate is not None:
+                        await self.gate.tick()
                 if self.proxies:
                     await self.proxies.flush()
                 if self.tally is not None and self.tally.due():

@@ -185,12 +185,15 @@ class Ledger:
     the engine (``active``, by lease id); plus the children this worker discovered whose Request may be
     reused if it leases them itself (``local``)."""
 
-    __slots__ = ("active", "buffer", "deliveries", "flowing", "local")
+    __slots__ = ("active", "buffer", "deliveries", "flowing", "local", "waiting")
 
     def __init__(self) -> None:
         self.deliveries = 0  # serial of the deliveries this worker started (state_for)
         self.buffer: deque[LeaseState] = deque()
         self.active: dict[str, LeaseState] = {}
+        # leased requests waiting at the politeness gate for their domain (scraper.worker.gate), by lease id:
+        # held (heartbeat, release, the cap) but using no download slot
+        self.waiting: dict[str, LeaseState] = {}
         # children this worker discovered, by queue id: (envelope, the callback's Request), oldest first
         self.local: dict[str, tuple[Envelope, Request]] = {}
         # items between their callback and the end of the item pipelines, by id() of the object the
@@ -199,22 +202,25 @@ class Ledger:
         self.flowing: dict[int, list[Any]] = {}
 
     def held(self) -> int:
-        return len(self.buffer) + len(self.active)
+        return len(self.buffer) + len(self.active) + len(self.waiting)
 
     def fetching(self) -> int:
         """Requests that use (or wait for) a download slot: buffered, or active and not yet answered.
-        Answered ones only wait for their writes and commit."""
-        return len(self.buffer) + sum(1 for s in self.active.values() if s.fetch.status is None and not s.settled)
+        Answered ones only wait for their writes and commit. Those waiting at the politeness gate count:
+        the gate bounds them per domain, so one slow domain cannot take the whole budget."""
+        unanswered = sum(1 for s in self.active.values() if s.fetch.status is None and not s.settled)
+        return len(self.buffer) + len(self.waiting) + unanswered
 
     def leases(self) -> list[tuple[str, str]]:
         """Every confirmed lease held, buffered or active (what the heartbeat renews, close releases)."""
-        return confirmed_leases([*self.buffer, *self.active.values()])
+        return confirmed_leases([*self.buffer, *self.active.values(), *self.waiting.values()])
 
     def holds(self, lease_id: str) -> bool:
-        return lease_id in self.active or any(b.id == lease_id for b in self.buffer)
+        return lease_id in self.active or lease_id in self.waiting or any(b.id == lease_id for b in self.buffer)
 
     def find(self, lease_id: str) -> LeaseState | None:
-        return self.active.get(lease_id) or next((b for b in self.buffer if b.id == lease_id), None)
+        return (self.active.get(lease_id) or self.waiting.get(lease_id)
+                or next((b for b in self.buffer if b.id == lease_id), None))
 
     def is_live(self, state: LeaseState) -> bool:
         return self.active.get(state.id) is state

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from scraper.infra.config import FleetConfig
     from scraper.infra.log import Logger
     from scraper.policy.taxonomy import Verdict
+    from scraper.worker.gate import Gate
     from scraper.worker.ledger import LeaseState
     from scraper.worker.proxies import ProxyPool
     from scraper.worker.queueport import QueuePort
@@ -65,6 +66,9 @@ class FleetPort(Protocol):
 
     @property
     def proxies(self) -> ProxyPool: ...  # the proxy middleware and the rendering handler
+
+    @property
+    def gate(self) -> Gate | None: ...  # the politeness gate (None: not gated); the worker metrics read it
 
     @property
     def queue(self) -> QueuePort | None: ...  # None until open(); the scheduler seeds orphans with it
@@ -130,6 +134,8 @@ class FleetPort(Protocol):
     def defer(self, state: LeaseState, until: float, reason: str) -> None: ...
 
     def proxy_chosen(self, state: LeaseState, proxy_id: str) -> None: ...
+
+    def crawl_delay(self, request: Request, delay: float) -> bool: ...
 
     # -- the spider side (middlewares.commit, pipelines.objects, scraper.worker.settle) ------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from scraper.queue.client import Commit, CommitReply, LeaseBatch
+from scraper.queue.client import Commit, CommitReply, GateReply, LeaseBatch
 from scraper.queue.envelope import Envelope
 
 __all__ = ["QueuePort"]
@@ -44,5 +44,12 @@ class QueuePort(Protocol):
     async def hold(self, domain: str, *, base: float, cap: float, rnd: float, min_wait: float = 0.0) -> float: ...
 
     async def breakers(self) -> dict[str, dict[str, Any]]: ...
+
+    async def gate(self, domain: str, ids: Sequence[str], *, limit: int, spacing: float, burst: int,
+                   aimd: bool, start: float, wmax: int, ttl: float, ahead: float = 0.0) -> GateReply: ...
+
+    async def ungate(self, entries: Sequence[tuple[str, str, int, str]], ttl: float) -> int: ...
+
+    async def report_waiting(self, worker: str, counts: dict[str, int]) -> None: ...
 
     async def seed(self, run: str, envelopes: Iterable[Envelope], *, batch: int = 2000) -> tuple[int, int]: ...

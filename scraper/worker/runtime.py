@@ -35,6 +35,7 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.infra import log
 from scraper.infra.config import FleetConfig
+from scraper.policy.politeness import Politeness
 from scraper.policy.taxonomy import B, Verdict
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
@@ -42,7 +43,7 @@ from scraper.store import health as storehealth
 from scraper.store.backends import open_store
 from scraper.store.objects import ObjectWriter
 from scraper.worker import crashpoints
-from scraper.worker.adapter import Offsite, kick_engine
+from scraper.worker.adapter import Offsite, kick_engine, unspace_slot
 from scraper.worker.alerts import Alerter
 from scraper.worker.breakers import Breakers
 from scraper.worker.cancels import Cancels
@@ -51,6 +52,7 @@ from scraper.worker.discovery import Discovery
 from scraper.worker.failures import FailureApplier, now_iso
 from scraper.worker.feeder import Feeder, Speculation
 from scraper.worker.finisher import Finisher
+from scraper.worker.gate import Gate
 from scraper.worker.health import Health
 from scraper.worker.keeper import Keeper
 from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
@@ -126,6 +128,19 @@ class FleetRuntime:
                              until_idle=self.until_idle, stats=self.stats, log=self.log, kick=self.engine_kick,
                              committing=lambda: bool(self.committer.commits))
         self.keeper.tally = self.finisher.tally
+        self.politeness = Politeness.from_settings(crawler.settings, getattr(crawler.spidercls, "domain_settings", {}))
+        self.gate: Gate | None = None  # only for a spider with a politeness setting (or a robots.txt Crawl-delay)
+        if self.politeness.active:
+            self._make_gate()
+
+    def _make_gate(self) -> Gate:
+        gate = self.gate = self.feeder.gate = self.keeper.gate = Gate(
+            self.politeness, self.ledger, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds,
+            stats=self.stats, log=self.log, kick=self.engine_kick, defer=self.defer,
+            unspace=lambda request: unspace_slot(self.crawler, request))
+        self.speculation.gated = gate.gated
+        gate.queue = self.queue
+        return gate
 
     # -- state others read ------------------------------------------------------------------------
 
@@ -176,6 +191,8 @@ class FleetRuntime:
         for part in (self.health, self.breakers, self.speculation, self.committer, self.failures, self.feeder,
                      self.keeper, self.finisher, self.discovery, self.cancels):
             part.log = self.log
+        if self.gate is not None:
+            self.gate.log, self.gate.queue = self.log, queue
         self.discovery.spider = spider
         self.discovery.offsite = Offsite.for_spider(self.crawler, spider)
         await self.client.sadd("fleet:spiders", spider.name)
@@ -210,6 +227,8 @@ class FleetRuntime:
         if self.committer.commits:
             await self.committer.flush()
         await self.keeper.release_all(reason)
+        if self.gate is not None:
+            await self.gate.close()
         await self.finisher.tally.close(self.log)
         await self.sink.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -230,6 +249,12 @@ class FleetRuntime:
         """The proxy middleware routed this request through ``proxy_id`` (its outcome is that proxy's)."""
         state.proxy_id = proxy_id
 
+    def crawl_delay(self, request: Request, delay: float) -> bool:
+        """robots.txt's Crawl-delay for the request's host: True if the gate spaces it fleet-wide."""
+        host = (urlparse_cached(request).hostname or "").lower()
+        gate = self.gate if self.gate is not None or self.queue is None else self._make_gate()
+        return gate is not None and bool(host) and gate.crawl_delay(host, delay)
+
     def engine_kick(self) -> None:
         kick_engine(self.crawler)
 
@@ -242,7 +267,7 @@ class FleetRuntime:
         self.flags.grace_deadline = time.monotonic() + self.config.shutdown_grace
         self.log.info("shutdown_requested", reason=reason, inflight=len(self.active),
                       buffered=len(self.buffer), grace_s=self.config.shutdown_grace)
-        buffered = confirmed_leases(self.buffer)
+        buffered = confirmed_leases([*self.buffer, *(self.gate.clear() if self.gate is not None else ())])
         self.buffer.clear()
         if buffered and self.queue is not None:
             self.spawn(self.keeper.release(buffered))
@@ -316,6 +341,8 @@ class FleetRuntime:
         fetch.status = response.status
         fetch.fetched_at = now_iso()
         fetch.body = response.body
+        if self.gate is not None:
+            self.gate.done(state, "bad" if response.status in (429, 503) or verdict.cls == B else "ok")
         elapsed = int((time.monotonic() - fetch.started) * 1000)
         if fetch.proxy_id and self.proxies:
             self.proxies.finished(fetch.proxy_id)
@@ -331,6 +358,8 @@ class FleetRuntime:
         if state.settled:
             return
         state.settled = True
+        if self.gate is not None:
+            self.gate.done(state, "none")
         self.stats.inc_value("fleet/deferred")
         self.log.info("request_deferred", run=state.env.run, fp=state.env.fp, reason=reason,
                       until=round(until, 3))
@@ -398,6 +427,8 @@ class FleetRuntime:
     def ignored(self, state: LeaseState, exc: BaseException) -> None:
         """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""
         state.settled = True
+        if self.gate is not None:  # robots.txt, offsite: no fetch, no measure
+            self.gate.done(state, "none")
         self.stats.inc_value("fleet/ignored")
         self.log.info("request_ignored", run=state.env.run, fp=state.env.fp, reason=str(exc)[:200])
         self.committer.ack_only(state)
@@ -406,6 +437,8 @@ class FleetRuntime:
         if state.settled or self.flags.releasing:
             return
         state.settled = True
+        if self.gate is not None:  # a timeout or a block slows the domain down (AIMD)
+            self.gate.done(state, "bad" if verdict.cls == B or "Timeout" in verdict.reason else "none")
         if response is None and state.fetch.proxy_id and self.proxies:
             self.proxies.finished(state.fetch.proxy_id)
         self.stats.inc_value(f"fleet/class/{verdict.cls}")

@@ -12,7 +12,9 @@ replay`` and ``fleet export`` treat it exactly like a Python spider. The format,
       - https://shop.example/catalogue/page-1.html
     allowed_domains: [shop.example]   # requests to other hosts are dropped (Scrapy's offsite rule)
     start_page: list                  # the page rule of start URLs and of `seed --url` (default: the first)
-    settings: {DOWNLOAD_DELAY: 0.5}   # Scrapy custom_settings
+    settings: {DOWNLOAD_DELAY: 0.5}   # Scrapy custom_settings (politeness ones hold fleet-wide: README)
+    domain_settings:                  # per-domain politeness overrides (README, Crawling politely)
+      shop.example: {CONCURRENT_REQUESTS_PER_DOMAIN: 2}
     render: true                      # pages are rendered in headless Chromium first (scraper.worker.render)
     pages:                            # page rules, by name; each becomes the callback parse_<name>
       list:                           # a navigation page: follows links, carries no fields
@@ -131,6 +133,7 @@ class Spec:
     allowed_domains: list[str] = field(default_factory=list)
     version: str = "0"
     settings: dict[str, Any] = field(default_factory=dict)
+    domain_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-domain politeness
     render: bool = False
     item_key: tuple[str, ...] = ()
 
@@ -255,7 +258,8 @@ def parse_spec(path: Path, text: str) -> Spec:
     top = r.mapping(
         doc,
         "top level",
-        {"name", "version", "key", "start_urls", "allowed_domains", "start_page", "settings", "pages", "render"},
+        {"name", "version", "key", "start_urls", "allowed_domains", "start_page", "settings", "domain_settings",
+         "pages", "render"},
     )
     name = top.get("name")
     if not isinstance(name, str) or not is_name(name):  # the rule of every spider name (scraper.queue.names)
@@ -271,6 +275,10 @@ def parse_spec(path: Path, text: str) -> Spec:
     settings = top.get("settings") or {}
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
         raise r.fail("settings", "expected a mapping of Scrapy setting names to values")
+    domain_settings = top.get("domain_settings") or {}
+    if not isinstance(domain_settings, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in domain_settings.items()):
+        raise r.fail("domain_settings", "expected a mapping of domain -> {setting: value} (README: Crawling politely)")
     render = top.get("render", False)
     if not isinstance(render, bool):
         raise r.fail("render", "must be true or false")
@@ -294,6 +302,7 @@ def parse_spec(path: Path, text: str) -> Spec:
         allowed_domains=r.string_list(top.get("allowed_domains"), "allowed_domains"),
         version=str(top.get("version", "0")),
         settings=dict(settings),
+        domain_settings={k: dict(v) for k, v in domain_settings.items()},
         render=render,
         item_key=tuple(item_key),
     )
@@ -336,6 +345,7 @@ def compile_spec(spec: Spec) -> type[YamlSpider]:
         "version": spec.version,
         "start_urls": list(spec.start_urls),
         "custom_settings": dict(spec.settings),
+        "domain_settings": {k: dict(v) for k, v in spec.domain_settings.items()},
         "render_js": spec.render,
         "item_key": spec.item_key,
         "__module__": __name__,

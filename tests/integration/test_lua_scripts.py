@@ -51,6 +51,8 @@ def _expected_key(q: FleetQueue, name: str, value: str, test_key: str) -> bool:
         return value in (k.seen(RUN), k.done(RUN), k.seen("r2"), k.done("r2")) and f":{name}:" in value
     if name in ("breaker", "parked"):
         return value == (k.breaker(DOMAIN) if name == "breaker" else k.parked(DOMAIN))
+    if name in ("permits", "gstate"):
+        return bool(value == getattr(k, name)(DOMAIN))
     if name == "health":
         return value.startswith(PROXY_KEY_PREFIX) and value.endswith(":" + DOMAIN)
     if name == "set":
@@ -170,6 +172,10 @@ def test_every_call_site_matches_its_header(redis_url: str, recorded: list[Any])
             pool.success(pool.proxies[1].id, DOMAIN, 20.0)
             await pool.flush()
             assert int(await client.hget(f"{PROXY_KEY_PREFIX}{pool.proxies[1].id}:{DOMAIN}", "successes")) == 1
+            g = await q.gate(DOMAIN, ["p1", "p2"], limit=1, spacing=0.0, burst=1, aimd=True, start=1.0, wmax=4,
+                             ttl=30.0)
+            assert (g.granted, g.limit) == (1, 1)
+            assert await q.ungate([(DOMAIN, "p1", 12, "renew"), (DOMAIN, "p1", 12, "ok")], 30.0) == 1
             await client.lpush(SOURCE_KEY, "https://e.example/s")
             stage = StartStage(client, SPIDER, "w1", SOURCE_KEY, "list")
             assert (await stage.stage(RUN, 5, low=1000, registration=60)).entries == [b"https://e.example/s"]

@@ -1,6 +1,9 @@
-"""A spider's own per-domain limit is what the server sees (issue #17: `fleet worker` used to override it).
+"""A spider's politeness is what the server sees, across the whole fleet (issue #17): its per-domain limit
+(`fleet worker` used to override it), its DOWNLOAD_DELAY as a fleet-wide spacing (the gate), a slow domain
+beside a fast one, and nothing of the gate at default settings.
 
-The site counts requests in flight at once; each page takes 0.2 s so that concurrent fetches overlap.
+The sites count requests in flight at once and record when each arrived; 127.0.0.2 is another loopback
+address, so another domain for the fleet.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from tests.fleetproc import fleet_json, spider_module_env, start_worker, wait_all
 
@@ -26,11 +31,14 @@ class OneAtATime(scrapy.Spider):
 
 
 class _CountingSite:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", pause: float = 0.2, capacity: int = 0) -> None:
         self.lock = threading.Lock()
+        self.refused = 0
+        self.refused_times: list[float] = []
         self.now = 0
         self.peak = 0
         self.hits = 0
+        self.times: list[float] = []
         site = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,10 +47,24 @@ class _CountingSite:
 
             def do_GET(self) -> None:
                 with site.lock:
-                    site.now += 1
-                    site.hits += 1
+                    if capacity and site.now >= capacity:
+                        site.refused += 1
+                        site.refused_times.append(time.monotonic())
+                        full = True
+                    else:
+                        full = False
+                        site.now += 1
+                        site.hits += 1
+                if full:  # over capacity: 429 at once, not counted in flight
+                    self.send_response(429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                with site.lock:
+                    site.times.append(time.monotonic())
                     site.peak = max(site.peak, site.now)
-                time.sleep(0.2)
+                time.sleep(pause)
                 with site.lock:
                     site.now -= 1
                 body = b"<html><body>ok</body></html>"
@@ -52,8 +74,8 @@ class _CountingSite:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.base = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -72,5 +94,152 @@ def test_spider_per_domain_limit_is_kept_by_the_worker(redis_url: str, tmp_path:
         assert wait_all([proc], 90) == [0]
         assert site.hits == 8
         assert site.peak == 1, f"{site.peak} requests in flight at once to one domain; the spider asked for 1"
+    finally:
+        site.stop()
+
+
+FLEET_SPIDERS = '''
+import scrapy
+
+class TwoFleetWide(scrapy.Spider):
+    name = "two_fleet_wide"
+    custom_settings = {"CONCURRENT_REQUESTS_PER_DOMAIN": 2}
+
+    def parse(self, response):
+        yield {"path": response.url}
+
+class Spaced(scrapy.Spider):
+    name = "spaced"
+    custom_settings = {"DOWNLOAD_DELAY": 0.1, "RANDOMIZE_DOWNLOAD_DELAY": False}
+
+    def parse(self, response):
+        yield {"path": response.url}
+
+class Plain(scrapy.Spider):
+    name = "plain"
+
+    def parse(self, response):
+        yield {"path": response.url}
+
+class Adaptive(scrapy.Spider):
+    name = "adaptive"
+    custom_settings = {"AUTOTHROTTLE_ENABLED": True, "AUTOTHROTTLE_TARGET_CONCURRENCY": 6,
+                       "CONCURRENT_REQUESTS_PER_DOMAIN": 8}
+
+    def parse(self, response):
+        yield {"path": response.url}
+
+class SlowBeside(scrapy.Spider):
+    name = "slow_beside"
+    custom_settings = {"CONCURRENT_REQUESTS_PER_DOMAIN": 2}
+
+    def parse(self, response):
+        yield {"path": response.url}
+'''
+
+
+def _crawl(redis_url: str, tmp_path: Path, spider: str, urls: list[str], workers: int,
+           *extra: str) -> dict[str, str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS, FLEET_LEASE_SECONDS="6")
+    args = [a for u in urls for a in ("--url", u)]
+    assert fleet_json("seed", spider, "--run", "r1", *args, env=env)["enqueued"] == len(urls)
+    procs = [start_worker(spider, env, tmp_path / f"w{i}.log", "--concurrency", "8", "--until-idle", "1", *extra)
+             for i in range(workers)]
+    assert wait_all(procs, 90) == [0] * workers, (tmp_path / "w0.log").read_text()[-3000:]
+    return env
+
+
+def _gate_keys(redis_url: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [k.decode() for k in client.scan_iter(match="fleet:*:g*")]
+    finally:
+        client.close()
+
+
+def test_per_domain_limit_holds_across_three_workers(redis_url: str, tmp_path: Path) -> None:
+    site = _CountingSite()
+    try:
+        _crawl(redis_url, tmp_path, "two_fleet_wide", [f"{site.base}/p/{i}" for i in range(18)], 3)
+        assert site.hits == 18
+        assert site.peak == 2, f"{site.peak} in flight at once across 3 workers; the spider asked for 2"
+        env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS)
+        (row,) = fleet_json("domains", "two_fleet_wide", "--json", env=env)["domains"]
+        assert row["domain"] == "127.0.0.1" and row["limit"] == 2 and row["inflight"] == 0
+    finally:
+        site.stop()
+
+
+def test_download_delay_is_a_fleet_wide_spacing(redis_url: str, tmp_path: Path) -> None:
+    site = _CountingSite(pause=0.0)
+    try:
+        _crawl(redis_url, tmp_path, "spaced", [f"{site.base}/p/{i}" for i in range(40)], 3)
+        assert site.hits == 40
+        gaps = [b - a for a, b in zip(site.times, site.times[1:], strict=False)]
+        steady = gaps[5:-2]  # past the workers' start
+        mean = sum(steady) / len(steady)
+        assert 0.09 <= mean <= 0.11, f"mean spacing {mean:.4f}s over {len(steady)} gaps; asked for 0.1s"
+        # Redis grants the slots exactly 0.1 s apart; what the server sees adds each worker's local path
+        # (timer, engine, connection: ~10-20 ms of jitter on a loaded 2-core host), so a late request
+        # followed by a punctual one arrive a little closer: most gaps, and every one within 25 %
+        close = [g for g in steady if g < 0.09]
+        assert len(close) <= len(steady) // 5, f"{len(close)} of {len(steady)} gaps under 0.09 s: {gaps}"
+        assert min(steady) >= 0.075, f"two requests {min(steady):.4f}s apart; asked for 0.1s: {gaps}"
+    finally:
+        site.stop()
+
+
+def test_slow_domain_leaves_the_fast_one_alone(redis_url: str, tmp_path: Path) -> None:
+    fast = _CountingSite("127.0.0.1", pause=0.05)
+    slow = _CountingSite("127.0.0.2", pause=1.0)
+    try:
+        t0 = time.monotonic()
+        _crawl(redis_url, tmp_path / "alone", "slow_beside", [f"{fast.base}/a/{i}" for i in range(30)], 1)
+        alone = (len(fast.times) - 1) / (fast.times[-1] - fast.times[0] + 1e-9)
+        fast.times.clear()
+        urls = [f"{fast.base}/b/{i}" for i in range(30)] + [f"{slow.base}/s/{i}" for i in range(8)]
+        _crawl(redis_url, tmp_path / "both", "slow_beside", urls, 1)
+        b = fast.times
+        beside = (len(b) - 1) / (b[-1] - b[0] + 1e-9)
+        assert beside >= 0.8 * alone, f"fast domain {beside:.1f}/s beside a slow one, {alone:.1f}/s alone"
+        assert slow.peak <= 2
+        assert time.monotonic() - t0 < 60
+    finally:
+        fast.stop()
+        slow.stop()
+
+
+def test_default_settings_make_no_gate_calls(redis_url: str, tmp_path: Path) -> None:
+    site = _CountingSite(pause=0.0)
+    try:
+        _crawl(redis_url, tmp_path, "plain", [f"{site.base}/p/{i}" for i in range(6)], 1)
+        assert site.hits == 6
+        assert _gate_keys(redis_url) == []
+    finally:
+        site.stop()
+
+
+def test_aimd_window_backs_off_to_the_site_capacity(redis_url: str, tmp_path: Path) -> None:
+    site = _CountingSite(pause=0.2, capacity=2)
+    try:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS, FLEET_RETRY_BASE="0.2",
+                                FLEET_RETRY_CAP="1", FLEET_RETRY_MAX="20", FLEET_LEASE_SECONDS="6")
+        args = [a for i in range(30) for a in ("--url", f"{site.base}/p/{i}")]
+        assert fleet_json("seed", "adaptive", "--run", "r1", *args, env=env)["enqueued"] == 30
+        procs = [start_worker("adaptive", env, tmp_path / f"w{i}.log", "--concurrency", "8", "--until-idle", "1")
+                 for i in range(2)]
+        assert wait_all(procs, 90) == [0, 0]
+        assert site.hits == 30, (site.hits, site.refused)
+        (row,) = fleet_json("domains", "adaptive", "--json", env=env)["domains"]
+        # started at 6 over a capacity of 2: halved on the 429s, then regrown by 1/window per success (the
+        # AIMD sawtooth), so it ends well under the start
+        assert row["window"] is not None and 1.0 <= row["window"] <= 4.5, row
+        # the 429s stop growing: the second half of the crawl sees fewer than the first
+        mid = (site.times[0] + site.times[-1]) / 2
+        early = sum(1 for t in site.refused_times if t <= mid)
+        late = site.refused - early
+        assert late <= max(2, early), f"429s: {early} in the first half of the crawl, {late} in the second"
     finally:
         site.stop()

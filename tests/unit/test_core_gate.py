@@ -1,0 +1,90 @@
+"""The politeness gate on an in-memory ledger and queue (no Redis): the policy read from the spider's
+settings only, a gated state waits outside the engine and comes back granted, the waiting per domain is
+bounded (the rest deferred), permits go back once, and shutdown hands every waiting lease back."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from scrapy.settings import Settings
+
+from scraper.policy.politeness import Politeness, PolitenessError
+from scraper.queue.client import Lease
+from scraper.queue.envelope import Envelope
+from scraper.queue.gating import GateReply
+from scraper.worker.gate import WAITING_PER_DOMAIN, Gate
+from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
+
+STATS = SimpleNamespace(inc_value=lambda *a, **k: None)
+LOG = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None)
+
+
+class FakeQueue:
+    def __init__(self, grant: int) -> None:
+        self.grant = grant
+        self.released: list[tuple[str, str, int, str]] = []
+
+    async def gate(self, domain: str, ids: Any, **kw: Any) -> GateReply:
+        n = min(self.grant, len(ids))
+        self.grant -= n
+        return GateReply(n, 0 if n == len(ids) else 50, n, kw["limit"], None, (0,) * n)
+
+    async def ungate(self, entries: Any, ttl: float) -> int:
+        self.released += list(entries)
+        return len(entries)
+
+    async def report_waiting(self, worker: str, counts: dict[str, int]) -> None: ...
+
+
+def state(i: int, host: str = "a.example") -> LeaseState:
+    return LeaseState(Lease(f"id{i}", b"", 1, f"t{i}"),
+                      Envelope(url=f"https://{host}/{i}", spider="s", run="r", fp="0123456789abcdef"))
+
+
+def test_policy_counts_only_the_spiders_own_settings() -> None:
+    s = Settings({"CONCURRENT_REQUESTS_PER_DOMAIN": 32, "DOWNLOAD_DELAY": 0}, priority="project")
+    assert not Politeness.from_settings(s).active  # the worker's default and the project's: nothing gated
+    s.set("CONCURRENT_REQUESTS_PER_DOMAIN", 2, priority="spider")
+    p = Politeness.from_settings(s, {"slow.example": {"DOWNLOAD_DELAY": 1.5, "FLEET_DOMAIN_BURST": 2}})
+    assert p.for_domain("x.example").limit == 2 and p.for_domain("x.example").delay == 0
+    sub = p.for_domain("www.slow.example")
+    assert (sub.limit, sub.delay, sub.burst) == (2, 1.5, 2)
+    with pytest.raises(PolitenessError, match="unknown key"):
+        Politeness.from_settings(s, {"a.example": {"DOWNLOAD_DELAI": 1}})
+    with pytest.raises(PolitenessError, match="outside"):
+        Politeness.from_settings(s, {"a.example": {"DOWNLOAD_DELAY": -1}})
+
+
+def test_waiting_granted_bounded_released_and_handed_back() -> None:
+    async def main() -> None:
+        s = Settings()
+        s.set("CONCURRENT_REQUESTS_PER_DOMAIN", 1, priority="spider")
+        ledger = Ledger()
+        deferred: list[LeaseState] = []
+        kicks: list[int] = []
+        gate = Gate(Politeness.from_settings(s), ledger, worker_id="w", lease_seconds=30, stats=STATS, log=LOG,
+                    kick=lambda: kicks.append(1), defer=lambda st, until, why: deferred.append(st),
+                    unspace=lambda r: None)
+        q = FakeQueue(grant=1)
+        gate.queue = q  # type: ignore[assignment]
+        states = [state(i) for i in range(WAITING_PER_DOMAIN + 3)]
+        parked = [gate.park(st) for st in states]
+        assert all(parked)
+        assert deferred == states[WAITING_PER_DOMAIN + 1:]  # beyond 4 + the limit of 1: back to DELAYED
+        await asyncio.sleep(0.01)
+        assert [b.id for b in ledger.buffer] == ["id0"] and kicks  # granted: to the buffer's front
+        assert not gate.park(ledger.buffer[0])  # a granted state passes the gate once
+        assert len(ledger.waiting) == WAITING_PER_DOMAIN
+        gate.done(states[0], "ok")
+        gate.done(states[0], "ok")  # once
+        await asyncio.sleep(0.01)
+        assert [r[1] for r in q.released] == ["id0"]
+        back = gate.clear()  # shutdown: every waiting lease is handed back with the buffer
+        assert {s.id for s in back} == {f"id{i}" for i in range(1, WAITING_PER_DOMAIN + 1)}
+        assert ledger.waiting == {} and len(confirmed_leases(back)) == WAITING_PER_DOMAIN
+        await gate.close()
+
+    asyncio.run(main())
