@@ -101,3 +101,22 @@ def test_alternative_is_another_healthy_proxy_and_route_swaps_credentials() -> N
     assert req.headers[b"Proxy-Authorization"] == b"Basic " + base64.b64encode(b"u2:pw:2")
     _route(req, c)
     assert b"Proxy-Authorization" not in req.headers and "_auth_proxy" not in req.meta
+
+
+def test_a_bad_hedge_setting_is_refused_at_start_up() -> None:
+    from scrapy import Spider
+
+    from scraper.worker.catalog import SettingsError, base_settings, worker_settings
+
+    class Bad(Spider):
+        name = "bad_hedge"
+        custom_settings = {"FLEET_HEDGE": True, "FLEET_HEDGE_RATE": "half"}
+
+    with pytest.raises(SettingsError, match="bad_hedge.*FLEET_HEDGE_RATE"):
+        worker_settings(Bad, base_settings())
+
+    class Good(Spider):
+        name = "good_hedge"
+        custom_settings = {"FLEET_HEDGE": True, "FLEET_HEDGE_RATE": 0.1}
+
+    worker_settings(Good, base_settings())
