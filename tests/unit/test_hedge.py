@@ -112,7 +112,7 @@ def test_a_bad_hedge_setting_is_refused_at_start_up() -> None:
         name = "bad_hedge"
         custom_settings = {"FLEET_HEDGE": True, "FLEET_HEDGE_RATE": "half"}
 
-    with pytest.raises(SettingsError, match="bad_hedge.*FLEET_HEDGE_RATE"):
+    with pytest.raises(SettingsError, match=r"bad_hedge.*FLEET_HEDGE_RATE"):
         worker_settings(Bad, base_settings())
 
     class Good(Spider):
