@@ -53,6 +53,14 @@ DOWNLOAD_WARNSIZE = 8 * 1024 * 1024
 # Negative: off.
 FLEET_WATCHDOG_MARGIN = 30.0
 
+# Hedged fetches (scraper.worker.hedge), off: a spider sets FLEET_HEDGE = True in its custom_settings to send
+# a GET/HEAD that has not answered after its domain's p95 latency (never sooner than FLEET_HEDGE_MIN_DELAY
+# seconds) a second time, through another proxy with FLEET_PROXIES; the first answer wins. FLEET_HEDGE_RATE
+# bounds hedges to that share of requests per worker (0.05: at most 5 %).
+FLEET_HEDGE = False
+FLEET_HEDGE_RATE = 0.05
+FLEET_HEDGE_MIN_DELAY = 0.05
+
 # Every failure that leaves the downloader-middleware chain for an unsettled lease is settled
 # (scraper.worker.settle): Scrapy drops some (redirect limits, decompression errors) where no errback sees them.
 DOWNLOADER = "scraper.worker.settle.FleetDownloader"

@@ -17,6 +17,7 @@ from scrapy.spiderloader import SpiderLoader
 
 from scraper.infra.config import FleetConfig
 from scraper.worker import redisspider, yamlspec
+from scraper.worker.hedge import hedge_settings
 
 __all__ = [
     "ITEM_PROCESSOR",
@@ -135,6 +136,12 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
+    probe = s.copy()
+    probe.setdict({k: v for k, v in custom.items() if k.startswith("FLEET_HEDGE")}, priority="spider")
+    try:  # a bad value is refused at start-up, not at the first request
+        hedge_settings(probe)
+    except ValueError as exc:
+        raise SettingsError(f"spider {getattr(spidercls, 'name', '?')!r}: {exc}") from None
     if redisspider.is_redis_spider(spidercls):
         # scrapy-redis's own pull is replaced by Fleet's start-key feeder (scraper.worker.redisfeed)
         s.set("EXTENSIONS", {**s.getdict("EXTENSIONS"), "scraper.worker.redisfeed.StartFeeder": 500},

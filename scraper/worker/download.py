@@ -16,6 +16,8 @@ of a worker's CPU, measured with gc callbacks on the bench site). A no-op reacto
 ``SWEEP_SECONDS`` lets Twisted purge them while they are young.
 
 Why bodies over DOWNLOAD_MAXSIZE are typed: see :meth:`FleetHTTPDownloadHandler.download_request`.
+
+Hedged fetches (a spider's ``FLEET_HEDGE``) race here, below every middleware: :mod:`scraper.worker.hedge`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from scrapy.http import Response
 from twisted.internet import task
 
 from scraper.policy.refused import BodyTooLarge
+from scraper.worker.hedge import Hedger
 
 __all__ = ["SWEEP_SECONDS", "FleetHTTPDownloadHandler", "TimerSweep"]
 
@@ -59,8 +62,15 @@ class FleetHTTPDownloadHandler(HTTP11DownloadHandler):
         super().__init__(crawler)
         self._pool.retryAutomatically = False
         self._sweep = TimerSweep()
+        self._hedger = Hedger.from_crawler(crawler)  # None unless the spider sets FLEET_HEDGE
 
     async def download_request(self, request: Request) -> Response:
+        hedger = self._hedger
+        if hedger is not None and hedger.eligible(request):
+            return await hedger.fetch(request, self._download)
+        return await self._download(request)
+
+    async def _download(self, request: Request) -> Response:
         """Scrapy's download, with its DOWNLOAD_MAXSIZE cancellation typed as :class:`BodyTooLarge`.
 
         Why: the handler aborts a body over the limit (announced by Content-Length, or counted while it

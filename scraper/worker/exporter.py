@@ -47,6 +47,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
 }
 OUTCOME_PREFIX = "fleet/outcome/"  # fleet/outcome/<class>/<reason>
 BAN_PREFIX = "fleet/proxy/banned/"  # fleet/proxy/banned/<proxy id>
+HEDGE_PREFIX = "fleet/hedge/"  # fleet/hedge/<requests|sent|won|lost|failed|denied> (scraper.worker.hedge)
 FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 
@@ -74,6 +75,9 @@ class _StatsCollector(Collector):
                                   "Settled attempts by failure class (ok, A, B, C, D) and reason.", ["class", "reason"])
         yield from self._prefixed(snapshot, BAN_PREFIX, "fleet_worker_proxy_bans",
                                   "Proxy bans this worker started, per proxy id.", ["proxy"])
+        yield from self._prefixed(snapshot, HEDGE_PREFIX, "fleet_worker_hedges",
+                                  "Hedged fetches (FLEET_HEDGE): eligible requests, hedges sent, won, lost, "
+                                  "failed, denied by the rate bound.", ["outcome"])
 
     def _gate(self, sp: str) -> Iterable[Any]:
         """The politeness gate's busiest domains (top 50): in flight fleet-wide, limit, window, waiting."""

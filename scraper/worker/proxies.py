@@ -220,6 +220,14 @@ class ProxyPool:
         a, b = self.rng.sample(fresh, 2)
         return (a if self._cost(a, v) <= self._cost(b, v) else b), now
 
+    def alternative(self, domain: str, current: str) -> Proxy | None:
+        """Another healthy proxy than ``current`` for ``domain`` (the cheapest by the same cost as
+        :meth:`choose`), for a hedged fetch (scraper.worker.hedge); None when there is none."""
+        now = time.time()
+        v = self.view(domain)
+        others = [p for p in self.proxies if p.id != current and not v.health.get(p.id, Health()).cooling(now)]
+        return min(others, key=lambda p: self._cost(p, v)) if others else None
+
     def _cost(self, p: Proxy, v: _DomainView) -> float:
         h = v.health.get(p.id, Health())
         latency = h.ewma_ms or 1.0  # untried proxies are tried first: optimism finds fast ones

@@ -17,6 +17,10 @@ BENCH_PYSPY=0             1: py-spy record the first Fleet worker of (c) into be
 BENCH_OUT=bench-out       where results.json goes
 BENCH_SIM=0               1: only the fleet simulator and AOF-per-page section (~1 min; tests/bench/fleetsim.py)
 BENCH_SIM_PAGES=10000     pages per K of the simulator; BENCH_SIM_BIG=1000000 the large run of the AOF figure
+BENCH_WIDTHS=1,2,4,8,16,32,64  concurrencies of the widths section (one worker, a site taking 5 ms a page;
+                          tests/bench/widths.py); empty: no widths section
+BENCH_WIDTH_PAGES=600     pages fetched at each width
+BENCH_ONLY=widths         run only the widths section (about a minute)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from tests.bench.export import export_bench
 from tests.bench.procs import RedisServer, redis_binary
 from tests.bench.site import StaticServer, generate
 from tests.bench.soak import soak
+from tests.bench.widths import DEFAULT_WIDTHS, widths_bench
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -267,10 +272,53 @@ def targets(crawl: dict[str, Any], dedup: dict[str, Any], lat: dict[str, Any], s
     return out
 
 
+def width_list() -> list[int]:
+    raw = os.environ.get("BENCH_WIDTHS", ",".join(map(str, DEFAULT_WIDTHS)))
+    return [int(x) for x in raw.split(",") if x.strip()]
+
+
+def print_widths(w: dict[str, Any]) -> None:
+    t = Table(title=f"Widths: one worker, {w['pages']} pages a width, site {w['delay_ms']:.0f} ms a page "
+                    "(ideal = width / 5 ms)", title_justify="left")
+    for c in ("width", "pages/s", "ideal", "of ideal", "worker CPU", "CPU ms/page", "1-core ceiling", "site CPU",
+              "host busy"):
+        t.add_column(c, justify="right")
+    for r in w["rows"]:
+        t.add_row(str(r["width"]), f"{r['pages_per_s']:,.0f}", f"{r['ideal']:,.0f}",
+                  f"{r['pages_per_s'] / r['ideal']:.0%}", f"{r['cpu']:.0%}", f"{r['cpu_ms_per_page']:.2f}",
+                  f"{1000 / max(1e-9, r['cpu_ms_per_page']):,.0f}",
+                  f"{r['site_cpu']:.0%}", f"{r['host_busy']:.0%}")
+    console.print(t)
+    console.print(w["explanation"], highlight=False)
+
+
+def widths_only(out_dir: Path) -> int:
+    """BENCH_ONLY=widths: the widths section alone, with its own Redis."""
+    t_start = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    srv = None
+    res: dict[str, Any] = {}
+    try:
+        srv = RedisServer(tmp / "redis-widths", aof=True).start()
+        res = widths_bench(srv, tmp, width_list(), env_int("BENCH_WIDTH_PAGES", 600))
+        print_widths(res)
+    finally:
+        if srv is not None:
+            srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        (out_dir / "results-widths.json").write_text(json.dumps(res, indent=2, default=str))
+    console.print(f"results: {out_dir / 'results-widths.json'}   wall time {time.time() - t_start:.0f} s")
+    return 0
+
+
 def main() -> int:
     t_start = time.time()
     # SIGTERM (e.g. a CI timeout) unwinds through the finally below: nginx and redis-server are stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if os.environ.get("BENCH_ONLY") == "widths":
+        out = ROOT / os.environ.get("BENCH_OUT", "bench-out")
+        out.mkdir(parents=True, exist_ok=True)
+        return widths_only(out)
     rounds = env_int("BENCH_ROUNDS", 3)
     n_products = env_int("BENCH_PAGES", 5000)
     per_page = env_int("BENCH_PER_PAGE", 20)
@@ -316,6 +364,9 @@ def main() -> int:
         crawl["file_create_us"] = {"before": create0, "after": create1}
         results["crawl"] = crawl
         results["hangs"] = bench.hangs
+        if width_list():
+            log(f"widths: {width_list()}")
+            results["widths"] = widths_bench(crawl_redis, tmp, width_list(), env_int("BENCH_WIDTH_PAGES", 600))
 
         micro_redis = RedisServer(tmp / "redis-micro", aof=False).start()
         log(f"dedup memory: {dedup_n:,} fingerprints")
@@ -369,6 +420,8 @@ def print_all(res: dict[str, Any], pages: int, n_products: int) -> None:
                       "after (Fleet's local store creates 2 files a page; a slow disk shows in c, d, cf, df)",
                       highlight=False)
     print_crawl(res["crawl"], pages, n_products)
+    if res.get("widths"):
+        print_widths(res["widths"])
 
     m = Table(title="Dedup, seeding, soak", title_justify="left")
     m.add_column("measure")
