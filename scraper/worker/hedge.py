@@ -227,6 +227,12 @@ class Hedger:
     async def fetch(self, request: Request, download: Download) -> Response:
         """``download(request)``, hedged once it is slower than its domain's p95 (budget allowing)."""
         domain = (urlparse_cached(request).hostname or "").lower()
+        port = fleet_of(self.crawler)
+        gate = port.gate if port is not None else None
+        if gate is not None and gate.gated(domain):
+            # the fleet's per-domain limit or spacing governs this domain: a second request would break it
+            self._inc("gated")
+            return await download(request)
         self.budget.request()
         self._inc("requests")
         started = time.monotonic()
