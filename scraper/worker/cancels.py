@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scraper.queue.cancel import cancelled_runs
 from scraper.queue.client import Commit, Keys
@@ -28,6 +28,9 @@ from scraper.worker.committer import Flags
 from scraper.worker.health import REDIS_ERRORS, Health
 from scraper.worker.ledger import LeaseState, Ledger
 from scraper.worker.queueport import QueuePort
+
+if TYPE_CHECKING:
+    from scraper.worker.gate import Gate
 
 __all__ = ["POLL_SECONDS", "Cancels"]
 
@@ -47,6 +50,7 @@ class Cancels:
         self.log = log
         self.runs: set[str] = set()
         self.queue: QueuePort | None = None  # set when the spider opens
+        self.gate: Gate | None = None  # the politeness gate, when the spider has one (its waiting requests)
 
     def dropped(self, state: LeaseState) -> bool:
         """True (and the lease acknowledged soon) when ``state``'s run was cancelled: the ok path stops."""
@@ -91,6 +95,12 @@ class Cancels:
             buffer.remove(state)
             state.settled = True
             self.spawn(self.drop(state))
+        waiting = [s for s in self.ledger.waiting.values() if s.env.run in new]
+        if waiting and self.gate is not None:  # waiting at the politeness gate: dropped unfetched too
+            self.gate.forget(waiting)
+            for state in waiting:
+                state.settled = True
+                self.spawn(self.drop(state))
 
     async def run(self, client: Any, keys: Keys) -> None:
         while not self.flags.releasing:

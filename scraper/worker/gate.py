@@ -175,6 +175,12 @@ class Gate:
                                          ahead=spacing)
                 self.view[domain] = reply
                 self.stats.inc_value("fleet/gate/calls")
+                if self.closed or self.waiting.get(domain) is not q:
+                    # shutdown took the waiting states while GATE was on the wire: hand its grants back
+                    for lid in ids[:reply.granted]:
+                        self.releases.append((domain, lid, 0, "none"))
+                    self._flush_soon()
+                    return
                 go: list[LeaseState] = []
                 for i in range(min(reply.granted, len(q))):
                     st = q.popleft()
@@ -197,6 +203,9 @@ class Gate:
                     return
         except REDIS_ERRORS as exc:
             self.log.warning("gate_unavailable", domain=domain, error=type(exc).__name__)
+            retry = 1.0
+        except Exception as exc:  # a script error, OOM…: the waiting requests must not wait forever
+            self.log.warning("gate_failed", domain=domain, error=type(exc).__name__)
             retry = 1.0
         finally:
             if retry > 0 and not self.closed and self.waiting.get(domain):
@@ -221,6 +230,19 @@ class Gate:
         self.granted.discard(state.lease.id)
         ms = int((time.monotonic() - state.fetch.started) * 1000) if outcome != "none" else 0
         self.releases.append((held[0], state.lease.id, ms, outcome))
+        self._flush_soon()
+
+    def forget(self, states: list[LeaseState]) -> None:
+        """These waiting states leave the gate unfetched (their run was cancelled): out of their domain's
+        queue, and a slot reserved ahead for one of them goes back."""
+        for st in states:
+            self.ledger.waiting.pop(st.lease.id, None)
+            q = self.waiting.get(st.env.domain)
+            if q is not None and st in q:
+                q.remove(st)
+            self.done(st, "none")
+
+    def _flush_soon(self) -> None:
         if not self.flushing:
             self.flushing = True
             task = asyncio.ensure_future(self._flush())
@@ -271,6 +293,8 @@ class Gate:
     def clear(self) -> list[LeaseState]:
         """Shutdown: every waiting state leaves the gate (the caller hands their leases back)."""
         out = list(self.ledger.waiting.values())  # those in a domain's deque and those reserved ahead
+        for q in self.waiting.values():
+            q.clear()  # an _ask awaiting GATE holds its deque: it must find nothing left to grant
         self.waiting.clear()
         self.ledger.waiting.clear()
         for timer in self.timers.values():

@@ -280,6 +280,10 @@ class Hedger:
             while pending and winner is None:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 winner = next((t for t in (primary, hedge) if t in done and _answered(t)), None)
+        except BaseException:  # cancelled from outside (watchdog, shutdown): the other proxy's count goes back
+            if alt is not None and pool is not None:
+                pool.finished(alt.id)
+            raise
         finally:
             for t in pending:
                 t.add_done_callback(_quiet)

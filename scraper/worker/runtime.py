@@ -134,7 +134,7 @@ class FleetRuntime:
             self._make_gate()
 
     def _make_gate(self) -> Gate:
-        gate = self.gate = self.feeder.gate = self.keeper.gate = Gate(
+        gate = self.gate = self.feeder.gate = self.keeper.gate = self.cancels.gate = Gate(
             self.politeness, self.ledger, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds,
             stats=self.stats, log=self.log, kick=self.engine_kick, defer=self.defer,
             unspace=lambda request: unspace_slot(self.crawler, request))

@@ -18,7 +18,10 @@ for j = 1, #KEYS / 2 do
   local permits, g = KEYS[2 * j - 1], KEYS[2 * j]
   local id, ms, outcome = ARGV[3 * j - 1], tonumber(ARGV[3 * j]) or 0, ARGV[3 * j + 1]
   if outcome == 'renew' then
-    redis.call('ZADD', permits, 'XX', now + ttl, id)
+    -- the set's own TTL moves too: a fetch longer than it would otherwise lose every permit of the domain
+    if redis.call('ZADD', permits, 'XX', 'CH', now + ttl, id) == 1 then
+      redis.call('EXPIRE', permits, math.ceil(ttl) + 60)
+    end
   else
     released = released + redis.call('ZREM', permits, id)
     if outcome == 'ok' or outcome == 'bad' then
