@@ -288,3 +288,17 @@ def demo_site() -> Iterator[Any]:
         yield site
     finally:
         site.stop()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes a test started; any still alive at teardown is SIGKILLed (by pid) and reaped."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass

@@ -109,3 +109,21 @@ def counts(redis_url: str, spider: str) -> dict[str, int]:
         }
     finally:
         c.close()
+
+
+def queue_session(redis_url: str, spider: str, body: Any) -> Any:
+    """``await body(FleetQueue(client, spider), client)`` on a fresh asyncio client, closed afterwards."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from scraper.queue.client import FleetQueue
+
+    async def main() -> Any:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+        try:
+            return await body(FleetQueue(client, spider), client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())

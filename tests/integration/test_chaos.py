@@ -38,20 +38,6 @@ _PRODUCT_ID = re.compile(r"/product/(\d+)\.html$")
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Worker processes a test started; any still alive at teardown is SIGKILLed (by pid)."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-
-
 def _spawn(procs: list[subprocess.Popen[bytes]], spider: str, env: dict[str, str], log: Path,
            *extra: str, worker_id: str | None = None) -> subprocess.Popen[bytes]:
     if worker_id is not None:
@@ -294,7 +280,6 @@ PHANTOM_BUG = (
 )
 
 
-
 @pytest.mark.timeout(90)
 def test_redis_loses_recent_writes_worker_holds_forgotten_leases(
         redis_server: Any, redis_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -351,7 +336,6 @@ def test_redis_loses_recent_writes_worker_holds_forgotten_leases(
         _assert_demo_items_exact(items, site)
         assert counts(redis_url, SPIDER) == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 0}
         assert st["runs"] == {run: {"seen": 63, "done": 63}}, f"phantom runs: {st['runs']}, objects {other}"
-
 
 
 @pytest.mark.timeout(90)

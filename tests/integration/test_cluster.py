@@ -79,16 +79,6 @@ def cluster_url(cluster: Cluster) -> str:
     return cluster.url
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=10)
-
-
 def _rc(url: str) -> redis.RedisCluster:
     return redis.RedisCluster.from_url(url, socket_timeout=5)
 

@@ -18,6 +18,7 @@ from scrapy import Request
 from scraper.queue import seenset
 from scraper.queue.client import Commit, FleetQueue, LeaseBatch
 from scraper.queue.envelope import Envelope
+from tests.fleetproc import queue_session
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +27,8 @@ T = TypeVar("T")
 
 
 def _run(redis_url: str, body: Callable[[FleetQueue, Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
-        try:
-            return await body(FleetQueue(client, SPIDER), client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
+    result: T = queue_session(redis_url, SPIDER, body)
+    return result
 
 
 def _env(path: str, *, run: str = "r1", priority: int = 0, dont_filter: bool = False) -> Envelope:

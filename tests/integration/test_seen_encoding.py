@@ -4,18 +4,17 @@ with nothing forgotten, so a run seeded before an upgrade goes on without fetchi
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-import redis.asyncio as aioredis
 from scrapy import Request
 
 from scraper.queue import seenset
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
+from tests.fleetproc import queue_session
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +23,8 @@ T = TypeVar("T")
 
 
 def _run(redis_url: str, body: Callable[[FleetQueue, Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
-        try:
-            return await body(FleetQueue(client, SPIDER), client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(main())
+    result: T = queue_session(redis_url, SPIDER, body)
+    return result
 
 
 def _env(path: str, run: str = "r1") -> Envelope:

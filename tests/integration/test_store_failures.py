@@ -15,7 +15,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,6 @@ pytestmark = pytest.mark.integration
 SPIDER = "demo_shop"
 OUTAGE_MAX = 3.0
 GRACE = 2.0
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Worker processes a test started; any still alive at teardown is SIGKILLed (by pid)."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(timeout=5)
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
