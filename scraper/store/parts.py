@@ -15,8 +15,10 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["EXTRA_COLUMN", "MAX_COLUMNS", "PART_ROWS", "ROW_GROUP_ROWS", "JsonlParts", "ParquetParts", "flatten",
-           "part_name"]
+__all__ = [
+    "EXTRA_COLUMN", "MAX_COLUMNS", "MAX_META_COLUMNS", "PART_ROWS", "ROW_GROUP_ROWS", "JsonlParts", "ParquetParts",
+    "flatten", "part_name",
+]
 
 #: Rows per part file: a part stays a file analysts can open on a laptop (~100 MB for 1M small items).
 PART_ROWS = 1_000_000
@@ -28,6 +30,8 @@ ROW_GROUP_ROWS = 65_536
 #: after the cap go into one JSON text column, ``EXTRA_COLUMN``; the ``_meta_`` columns are always kept.
 MAX_COLUMNS = 1_000
 EXTRA_COLUMN = "_extra"
+#: ``_meta_`` columns at most (``_meta`` has about a dozen fields; an item field may start with ``_meta_`` too).
+MAX_META_COLUMNS = 64
 
 
 def part_name(n: int, fmt: str) -> str:
@@ -115,6 +119,7 @@ class ParquetParts:
         self._chunk_names: dict[str, Any] = {}
         self._admitted: set[str] = set()  # the columns so far (MAX_COLUMNS item columns at most)
         self._item_columns = 0
+        self._meta_columns = 0
         self._bytes = 0
         self._chunks: list[tuple[Path, Any]] = []  # (IPC file, its schema)
 
@@ -136,8 +141,9 @@ class ParquetParts:
         admitted = self._admitted
         extra: dict[str, Any] = {}
         for k in [k for k in row if k not in admitted]:
-            if k.startswith("_meta_"):
+            if k.startswith("_meta_") and self._meta_columns < MAX_META_COLUMNS:  # an item field can be named so too
                 admitted.add(k)
+                self._meta_columns += 1
             elif self._item_columns < MAX_COLUMNS:
                 admitted.add(k)
                 self._item_columns += 1
