@@ -94,8 +94,10 @@ class RobotsResolver:
                 self.shared += 1
                 return record
             if await store.lock(origin, token, int(self.lock_seconds * 1000)):
-                record = await store.get(origin)  # written between our look and the lock (an expired lock)
-                if record is not None and record.fresh(self.clock()):
+                record = await store.get(origin)  # written between our look and the lock (the fetcher's
+                if record is not None and record.fresh(self.clock()):  # put freed the lock we then took)
+                    with contextlib.suppress(Exception):
+                        await store.unlock(origin)  # ours: not left to block a fetch after the record expires
                     self.shared += 1
                     return record
                 try:

@@ -312,7 +312,11 @@ def test_acceptance_evidence_names_sizes_and_encodings(acceptance: Run) -> None:
     assert "hops=2 back_to_hop=0" in dead["/pingpong/1/a"]["detail"], dead["/pingpong/1/a"]
     assert "limit=5" in dead["/chain/1"]["detail"], dead["/chain/1"]
     for path, reason in EXPECTED_DEAD.items():
-        assert json.loads(dead[path]["attempts"]) == ({"A": 2} if reason == "exhausted:A" else {"D": 1}), dead[path]
+        attempts = json.loads(dead[path]["attempts"])
+        if reason == "exhausted:A":
+            assert attempts == {"A": 2}, dead[path]
+        else:  # one D ends it; on a loaded host a slow stream may first time out once (A, within FLEET_RETRY_MAX=1)
+            assert attempts.get("D") == 1 and set(attempts) <= {"A", "D"} and attempts.get("A", 0) <= 1, dead[path]
 
 
 def test_acceptance_hostile_bodies_are_cut_off_not_read(acceptance: Run) -> None:

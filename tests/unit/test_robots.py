@@ -128,6 +128,33 @@ def test_three_workers_fetch_once_and_share() -> None:
     asyncio.run(go())
 
 
+class _LateWriter(RobotsStore):
+    """The fetcher's put lands between this worker's look and its lock (the put freed the lock it takes)."""
+
+    def __init__(self, client: Any, record: Any) -> None:
+        super().__init__(client)
+        self.record, self.looks = record, 0
+
+    async def get(self, origin: str) -> Any:
+        self.looks += 1
+        if self.looks == 1:
+            await RobotsStore(self.client).put(origin, self.record)
+            return None
+        return await super().get(origin)
+
+
+def test_a_record_written_between_look_and_lock_frees_the_lock() -> None:
+    async def go() -> None:
+        redis = FakeAsyncRedis()
+        site = _Site(record_for_response(200, BODY, ttl=3600, worker="w0"))
+        w = RobotsResolver(site, _parse, store=_LateWriter(redis, site.record), poll=0.01)
+        assert (await w.entry(ORIGIN)).record == site.record and site.calls == 0 and w.shared == 1
+        assert await redis.get(record_key(ORIGIN) + ":lock") is None
+        await redis.aclose()
+
+    asyncio.run(go())
+
+
 def test_memory_then_expiry() -> None:
     async def go() -> None:
         now = [1000.0]
