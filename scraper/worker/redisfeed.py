@@ -35,7 +35,7 @@ from scraper.queue.startfp import mark_start
 from scraper.queue.startkeys import Staged, StartStage
 from scraper.worker.failures import now_iso
 from scraper.worker.ports import FleetPort, fleet_of
-from scraper.worker.redisspider import StartSource, entry_problem, redis_url_setting, replaced_settings
+from scraper.worker.redisspider import StartSource, entry_problem, redis_url_setting
 
 __all__ = ["POLL_SECONDS", "StartFeeder"]
 
@@ -68,11 +68,8 @@ class StartFeeder:
         idle = getattr(spider, "spider_idle", None)
         if idle is not None:  # scrapy-redis's setup_redis connected it: its pull must not run here
             self.crawler.signals.disconnect(idle, signal=signals.spider_idle)
-        replaced = replaced_settings(type(spider))
-        if replaced:
-            rt.log.info("scrapy_redis_settings_replaced", settings=replaced,
-                        note="Fleet's leased queue and SEEN sets do their work")
-        own = redis_url_setting(type(spider))
+        # the scrapy_redis_settings_replaced notice: scraper.cli.worker, for every spider
+        own = redis_url_setting(type(spider), self.crawler.settings)
         if own and own != self.crawler.settings.get("FLEET_REDIS_URL"):
             rt.log.warning("redis_url_ignored", note="FLEET_REDIS_URL is set; the start key is read there")
         source = StartSource.of(spider, self.crawler.settings)
