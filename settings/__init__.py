@@ -5,8 +5,9 @@ Two layers live here:
 * ``FleetConfig`` (in :mod:`scraper.infra.config`; ``settings.fleet`` re-exports it) — twelve-factor
   configuration read once from ``FLEET_*`` environment variables. Every variable is documented there,
   in the table at the top, next to its default.
-* The module-level Scrapy settings below — the engine defaults a Fleet worker runs with. A spider's
-  ``custom_settings`` still win, so user spiders run unchanged.
+* The module-level Scrapy settings below — the engine defaults a Fleet worker runs with. A Scrapy
+  project's own settings module (scraper.worker.project) and a spider's ``custom_settings`` still win,
+  so user spiders run unchanged.
 """
 
 from __future__ import annotations

@@ -19,13 +19,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from scrapy import Spider
+from scrapy.settings import Settings
 
 from scraper.infra import log
 from scraper.infra.config import ConfigError, FleetConfig
 from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
-from scraper.worker.catalog import SpiderNotFound, base_settings, load_spider
+from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
 from scraper.worker.identity import ItemKeyError, item_key_of
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "default_run",
     "err",
     "fail",
+    "fleet_settings",
     "load_config",
     "out",
     "redis_url_for",
@@ -114,11 +116,20 @@ def default_run() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def fleet_settings(cfg: FleetConfig) -> Settings:
+    """base_settings (Fleet's and the Scrapy project's settings modules); a project settings module that
+    cannot be imported or would lose items is a configuration error here (exit 1), in one line."""
+    try:
+        return base_settings(cfg)
+    except SettingsError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
+
+
 def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
     """The spider class, its ``item_key`` declaration checked: a bad one is a configuration error
     here (exit 1) rather than a crash on the first item."""
     try:
-        cls = load_spider(name, base_settings(cfg))
+        cls = load_spider(name, fleet_settings(cfg))
         item_key_of(cls)
         return cls
     except (SpiderNotFound, ItemKeyError) as exc:

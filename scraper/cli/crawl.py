@@ -23,6 +23,7 @@ from scraper.cli.common import (
     default_run,
     err,
     fail,
+    fleet_settings,
     load_config,
     redis_url_for,
     run_summary,
@@ -35,7 +36,7 @@ from scraper.cli.worker import SHUTDOWN_CLOSE_WAIT, run_worker
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.queue.client import QueueError
-from scraper.worker.catalog import SettingsError, base_settings, item_pipelines
+from scraper.worker.catalog import SettingsError, item_pipelines
 
 __all__ = ["app"]
 
@@ -122,7 +123,7 @@ def run_cmd(
         raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
     spidercls = spider_class(spider, cfg)
     try:  # before seeding: a spider whose workers would refuse to start gets no run
-        item_pipelines(spidercls, base_settings(cfg).getdict("ITEM_PIPELINES"))
+        item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
     except SettingsError as exc:
         raise fail(str(exc)) from None
     started = time.time()

@@ -18,6 +18,7 @@ from scraper.cli.common import (
     connect,
     err,
     fail,
+    fleet_settings,
     load_config,
     out,
     redis_url_for,
@@ -27,7 +28,7 @@ from scraper.infra.config import FleetConfig
 from scraper.infra.embedded import redact_url, stop_embedded_redis
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue, known_spiders
-from scraper.worker.catalog import SpiderNotFound, base_settings, describe, loader
+from scraper.worker.catalog import SpiderNotFound, describe, loader
 
 __all__ = ["app"]
 
@@ -86,7 +87,7 @@ def spiders(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     (FLEET_SPIDERS_DIR; the format is documented in scraper/worker/yamlspec.py and the README). Exits 1 if a
     spec in FLEET_SPIDERS_DIR is invalid, after listing the valid ones."""
     cfg = load_config()
-    settings = base_settings(cfg)
+    settings = fleet_settings(cfg)
     try:
         sl = loader(settings)
     except SpiderNotFound as exc:

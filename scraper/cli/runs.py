@@ -22,7 +22,7 @@ from scraper.infra.config import FleetConfig
 from scraper.queue.client import FleetQueue
 from scraper.store.backends import StoreError, open_store
 from scraper.store.manifest import list_manifests
-from scraper.worker.catalog import SpiderNotFound, base_settings, load_spider
+from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
 from scraper.worker.identity import ItemKeyError, item_key_of
 
 __all__ = ["app"]
@@ -45,7 +45,7 @@ def _refresh(cfg: FleetConfig, spider: str) -> list[str]:
     try:
         spidercls = load_spider(spider, base_settings(cfg))
         item_key_of(spidercls)
-    except (SpiderNotFound, ItemKeyError):
+    except (SpiderNotFound, ItemKeyError, SettingsError):
         spidercls = None  # a spider since removed: its version and key are kept from the last manifest
     failed = []
     for run in asyncio.run(known()):

@@ -20,12 +20,13 @@ from scraper.cli.common import (
     check_reachable,
     err,
     fail,
+    fleet_settings,
     load_config,
     redis_url_for,
     spider_class,
 )
 from scraper.infra import log
-from scraper.worker.catalog import base_settings, worker_settings
+from scraper.worker.catalog import worker_settings
 from scraper.worker.ports import fleet_of
 
 #: Seconds after FLEET_SHUTDOWN_GRACE that a worker waits for Scrapy's close before it releases its leases
@@ -47,7 +48,7 @@ def run_worker(
     from scrapy.crawler import AsyncCrawlerProcess
 
     cfg = load_config()
-    settings = base_settings(cfg)
+    settings = fleet_settings(cfg)
     spidercls = spider_class(spider, cfg)
     try:
         settings = worker_settings(spidercls, settings)
@@ -70,12 +71,13 @@ def run_worker(
         parse_proxies(cfg.proxies)
     except ProxyConfigError as exc:
         raise fail(str(exc)) from None
-    url = cfg.redis_url or _scrapy_redis_url(spidercls) or redis_url_for(cfg)
+    url = cfg.redis_url or _scrapy_redis_url(spidercls, settings) or redis_url_for(cfg)
     asyncio.run(check_reachable(url))
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
     process = AsyncCrawlerProcess(settings)
     log.configure(cfg.log_level, cfg.log_format)
+    _replaced_notice(spider, spidercls, settings, cfg.worker_id)
     crawler = process.create_crawler(spidercls)
     if on_crawler is not None:
         on_crawler(crawler)
@@ -105,11 +107,23 @@ def _check_politeness(name: str, spidercls: Any, settings: Any) -> None:
         raise fail(f"spider {name}: {exc}", EXIT_CONFIG) from None
 
 
-def _scrapy_redis_url(spidercls: Any) -> str | None:
-    """A scrapy-redis spider's ``REDIS_URL`` (custom_settings): Fleet's Redis when FLEET_REDIS_URL is unset."""
+def _replaced_notice(name: str, spidercls: Any, settings: Any, worker: str) -> None:
+    """One INFO line naming the scrapy-redis scheduling settings (custom_settings or the project's
+    settings module) that Fleet's leased queue and SEEN sets replace."""
+    from scraper.worker.redisspider import replaced_settings
+
+    replaced = replaced_settings(spidercls, settings)
+    if replaced:
+        log.get_logger(worker=worker, spider=name).info(
+            "scrapy_redis_settings_replaced", settings=replaced, note="Fleet's leased queue and SEEN sets do their work")
+
+
+def _scrapy_redis_url(spidercls: Any, settings: Any) -> str | None:
+    """A scrapy-redis spider's ``REDIS_URL`` (custom_settings, else the project's settings module): Fleet's
+    Redis when FLEET_REDIS_URL is unset."""
     from scraper.worker.redisspider import is_redis_spider, redis_url_setting
 
-    url = redis_url_setting(spidercls) if is_redis_spider(spidercls) else None
+    url = redis_url_setting(spidercls, settings) if is_redis_spider(spidercls) else None
     if url is not None and url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
         raise fail("the spider's REDIS_URL must start with redis://, rediss:// or unix:// "
                    "(or set FLEET_REDIS_URL, which takes precedence)")

@@ -16,6 +16,7 @@ from scrapy.settings import Settings
 from scrapy.spiderloader import SpiderLoader
 
 from scraper.infra.config import FleetConfig
+from scraper.worker import project as projectmod
 from scraper.worker import redisspider, yamlspec
 from scraper.worker.hedge import hedge_settings
 
@@ -52,7 +53,8 @@ class SpiderNotFound(LookupError):
 
 
 class SettingsError(RuntimeError):
-    """A spider's custom_settings would lose its items (the message names the setting and the fix)."""
+    """A spider's custom_settings (or its project's settings module) would lose its items (the message
+    names the setting and the fix), or the project's settings module cannot be imported."""
 
 
 class FleetSpiderLoader(SpiderLoader):
@@ -75,10 +77,22 @@ class FleetSpiderLoader(SpiderLoader):
 
 
 def base_settings(config: FleetConfig | None = None) -> Settings:
+    """Fleet's settings module, then the Scrapy project's own (scraper.worker.project), then FLEET_* config.
+
+    Raises :class:`SettingsError` when the project's settings module cannot be imported or would lose items."""
     cfg = config or FleetConfig.from_env()
     settings = Settings()
     settings.setmodule("settings", priority="project")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user modules next to where `fleet` runs are importable
+    try:
+        project = projectmod.load()
+    except projectmod.ProjectSettingsError as exc:
+        raise SettingsError(str(exc)) from None
     modules = list(settings.getlist("SPIDER_MODULES"))
+    if project is not None:
+        apply_project(settings, project)
+        modules += [m for m in _as_list(project.values.get("SPIDER_MODULES")) if m not in modules]
     for m in cfg.spider_modules:
         if m not in modules:
             modules.append(m)
@@ -91,10 +105,54 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
     for scheme in cfg.schemes:
         if scheme in handlers and handlers[scheme] is None:
             del handlers[scheme]  # FLEET_SCHEMES names it: Scrapy's own handler (DOWNLOAD_HANDLERS_BASE)
-    settings.set("DOWNLOAD_HANDLERS", handlers, priority="project")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # user modules next to where `fleet` runs are importable
+    settings.set("DOWNLOAD_HANDLERS", handlers, priority=settings.getpriority("DOWNLOAD_HANDLERS") or "project")
     return settings
+
+
+def _as_list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else [str(x) for x in value]
+
+
+def _merge_components(fleet: dict[Any, Any], user: dict[Any, Any]) -> dict[Any, Any]:
+    """A user's component dict added to Fleet's: a user may add components, never switch Fleet's off."""
+    merged = dict(fleet)
+    for comp, order in dict(user).items():
+        if comp in merged and merged[comp] is not None and order is None:
+            continue  # a spider may not switch off Fleet's own components
+        merged.setdefault(comp, order)
+    return merged
+
+
+def apply_project(settings: Settings, project: projectmod.Project) -> None:
+    """The project's settings module as a layer (``projectmod.PRIORITY``) under the rules of custom_settings:
+    component dicts merged into Fleet's, pipelines merged before ObjectPipeline (checked per spider by
+    :func:`item_pipelines`), Fleet's mandatory components (``_FORCED``) kept, SPIDER_MODULES left to the caller."""
+    values = project.values
+    processor = values.get("ITEM_PROCESSOR")
+    if processor is not None and _path(processor) != ITEM_PROCESSOR:
+        raise SettingsError(f"project settings {project.module}: ITEM_PROCESSOR {_path(processor)} replaces Fleet's "
+                            f"{ITEM_PROCESSOR}, which maps items to their requests; remove it")
+    pipelines = dict(settings.getdict("ITEM_PIPELINES"))
+    for comp, order in dict(values.get("ITEM_PIPELINES") or {}).items():
+        if _path(comp) == OBJECT_PIPELINE:
+            if order is None:
+                raise SettingsError(f"project settings {project.module}: ITEM_PIPELINES sets {OBJECT_PIPELINE} to "
+                                    "None, so no item would ever be stored; remove that entry")
+            pipelines[OBJECT_PIPELINE] = order
+            continue
+        pipelines.setdefault(comp, order)
+    settings.set("ITEM_PIPELINES", pipelines, priority=projectmod.PRIORITY)
+    for key, value in values.items():
+        if key in _FORCED or key in ("ITEM_PIPELINES", "SPIDER_MODULES"):
+            continue  # re-asserted by worker_settings / merged above / the caller's spider search
+        if key in _MERGED_DICTS:
+            value = _merge_components(settings.getdict(key), dict(value or {}))
+        settings.set(key, value, priority=projectmod.PRIORITY)
+    settings.set("FLEET_PROJECT_SETTINGS", project.module, priority=projectmod.PRIORITY)
+    # its scrapy-redis SCHEDULER, DUPEFILTER_CLASS...: skipped above or harmless, named in the worker's notice
+    settings.set("FLEET_PROJECT_REPLACED", redisspider.replaced_in(values), priority=projectmod.PRIORITY)
 
 
 def loader(settings: Settings) -> FleetSpiderLoader:
@@ -122,17 +180,12 @@ def load_spider(name: str, settings: Settings) -> type[Spider]:
 
 
 def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
-    """Apply the spider's custom_settings, then re-assert the components Fleet cannot work without."""
+    """Apply the spider's custom_settings over ``settings`` (base_settings: Fleet's and the project's), then
+    re-assert the components Fleet cannot work without."""
     s = settings.copy()
     custom: dict[str, Any] = dict(getattr(spidercls, "custom_settings", None) or {})
     for key in _MERGED_DICTS:
-        merged = dict(settings.getdict(key))
-        user = custom.get(key) or {}
-        for comp, order in dict(user).items():
-            if comp in merged and merged[comp] is not None and order is None:
-                continue  # a spider may not switch off Fleet's own components
-            merged.setdefault(comp, order)
-        s.set(key, merged, priority="cmdline")
+        s.set(key, _merge_components(settings.getdict(key), dict(custom.get(key) or {})), priority="cmdline")
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")

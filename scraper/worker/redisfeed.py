@@ -6,6 +6,7 @@ workers race on the same key. Under Fleet the spider's idle hook is disconnected
 (added by ``scraper.worker.catalog.worker_settings`` for ``RedisMixin`` spiders only) moves entries
 with ``STAGE_STARTS`` into a per-worker staging list (``scraper.queue.startkeys``), turns each into
 requests with the spider's own ``make_request_from_data`` (so JSON data works as it did), seeds them
+as start requests (``scraper.queue.startfp``: Scrapy's ``dont_filter`` semantics, as ``fleet seed``)
 into the run of FLEET_REDIS_RUN and only then deletes the staging list. Existing ``LPUSH``/``SADD``
 feeders keep working; an entry that is not a URL or JSON (a pickle) goes to the DLQ unread.
 
@@ -30,10 +31,11 @@ from scraper.policy.urls import refusal
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.startfp import mark_start
 from scraper.queue.startkeys import Staged, StartStage
 from scraper.worker.failures import now_iso
 from scraper.worker.ports import FleetPort, fleet_of
-from scraper.worker.redisspider import StartSource, entry_problem, redis_url_setting, replaced_settings
+from scraper.worker.redisspider import StartSource, entry_problem, redis_url_setting
 
 __all__ = ["POLL_SECONDS", "StartFeeder"]
 
@@ -66,11 +68,8 @@ class StartFeeder:
         idle = getattr(spider, "spider_idle", None)
         if idle is not None:  # scrapy-redis's setup_redis connected it: its pull must not run here
             self.crawler.signals.disconnect(idle, signal=signals.spider_idle)
-        replaced = replaced_settings(type(spider))
-        if replaced:
-            rt.log.info("scrapy_redis_settings_replaced", settings=replaced,
-                        note="Fleet's leased queue and SEEN sets do their work")
-        own = redis_url_setting(type(spider))
+        # the scrapy_redis_settings_replaced notice: scraper.cli.worker, for every spider
+        own = redis_url_setting(type(spider), self.crawler.settings)
         if own and own != self.crawler.settings.get("FLEET_REDIS_URL"):
             rt.log.warning("redis_url_ignored", note="FLEET_REDIS_URL is set; the start key is read there")
         source = StartSource.of(spider, self.crawler.settings)
@@ -187,8 +186,12 @@ class StartFeeder:
                     refuse(why.reason, str(why), data, req.url[:2000])
                     continue
                 try:
-                    envs.append(Envelope.from_request(req, spider_name=str(spider.name), run=staged.run,
-                                                      spider=spider))
+                    env = Envelope.from_request(req, spider_name=str(spider.name), run=staged.run, spider=spider)
                 except EnvelopeError as exc:
                     refuse("bad_request", str(exc), data, req.url[:2000])
+                    continue
+                # a start request, as `fleet seed` seeds one: a dont_filter entry (scrapy-redis makes
+                # every one dont_filter) does not mark its URL SEEN for the requests discovered later,
+                # and pushing the same entry again in a run is still SEEN (scraper.queue.startfp)
+                envs.append(mark_start(env))
         return envs, refused

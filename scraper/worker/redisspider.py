@@ -25,6 +25,7 @@ __all__ = [
     "entry_problem",
     "is_redis_spider",
     "redis_url_setting",
+    "replaced_in",
     "replaced_settings",
 ]
 
@@ -50,32 +51,48 @@ def _custom(spidercls: type[Spider]) -> Mapping[str, Any]:
     return dict(getattr(spidercls, "custom_settings", None) or {})
 
 
-def replaced_settings(spidercls: type[Spider]) -> list[str]:
-    """The scrapy-redis scheduling settings the spider sets (custom_settings), which Fleet replaces:
-    reported once at INFO when the worker starts, never an error (the same spider runs on plain
-    scrapy-redis)."""
-    custom = _custom(spidercls)
+def replaced_in(values: Mapping[str, Any]) -> list[str]:
+    """The scrapy-redis scheduling settings among ``values`` (a custom_settings dict, or a project's
+    settings module: scraper.worker.project), which Fleet replaces."""
     out = []
     for name in REPLACED_SETTINGS:
-        if name not in custom:
+        if name not in values:
             continue
-        if name in ("SCHEDULER", "DUPEFILTER_CLASS") and "scrapy_redis" not in str(custom[name]):
+        if name in ("SCHEDULER", "DUPEFILTER_CLASS") and "scrapy_redis" not in str(values[name]):
             continue  # another scheduler: catalog.worker_settings replaces it as for any spider
         out.append(name)
     return out
 
 
-def redis_url_setting(spidercls: type[Spider]) -> str | None:
-    """scrapy-redis's ``REDIS_URL`` from the spider's custom_settings (or ``REDIS_HOST``/``REDIS_PORT``):
-    Fleet's Redis when FLEET_REDIS_URL is unset."""
-    custom = _custom(spidercls)
-    url = str(custom.get("REDIS_URL") or "").strip()
+def replaced_settings(spidercls: type[Spider], settings: BaseSettings | None = None) -> list[str]:
+    """The scrapy-redis scheduling settings the spider sets (custom_settings) or its project's settings
+    module set (``FLEET_PROJECT_REPLACED``, recorded by catalog.apply_project), which Fleet replaces:
+    reported once at INFO when the worker starts, never an error (the same spider runs on plain
+    scrapy-redis)."""
+    names = set(replaced_in(_custom(spidercls)))
+    if settings is not None:
+        names.update(settings.getlist("FLEET_PROJECT_REPLACED"))
+    return [n for n in REPLACED_SETTINGS if n in names]
+
+
+def _url_of(values: Mapping[str, Any]) -> str | None:
+    url = str(values.get("REDIS_URL") or "").strip()
     if url:
         return url
-    host = str(custom.get("REDIS_HOST") or "").strip()
+    host = str(values.get("REDIS_HOST") or "").strip()
     if host:
-        return f"redis://{host}:{int(custom.get('REDIS_PORT') or 6379)}"
+        return f"redis://{host}:{int(values.get('REDIS_PORT') or 6379)}"
     return None
+
+
+def redis_url_setting(spidercls: type[Spider], settings: BaseSettings | None = None) -> str | None:
+    """scrapy-redis's ``REDIS_URL`` (or ``REDIS_HOST``/``REDIS_PORT``) from the spider's custom_settings,
+    else from ``settings`` (where the project's settings module put them: scraper.worker.project):
+    Fleet's Redis when FLEET_REDIS_URL is unset."""
+    own = _url_of(_custom(spidercls))
+    if own is not None or settings is None:
+        return own
+    return _url_of({k: settings.get(k) for k in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")})
 
 
 @dataclass(frozen=True)

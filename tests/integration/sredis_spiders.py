@@ -14,7 +14,7 @@ from scrapy.linkextractors import LinkExtractor
 from scrapy.spiders import Rule
 from scrapy_redis.spiders import RedisCrawlSpider, RedisSpider
 
-__all__ = ["ProductsCrawl", "ProductsFromRedis"]
+__all__ = ["DocsFromRedis", "ProductsCrawl", "ProductsFromRedis"]
 
 _SCRAPY_REDIS = {
     "SCHEDULER": "scrapy_redis.scheduler.Scheduler",
@@ -51,3 +51,21 @@ class ProductsCrawl(RedisCrawlSpider):
 
     def parse_product(self, response: Response) -> Iterator[dict[str, Any]]:
         yield product(response)
+
+
+class DocsFromRedis(RedisCrawlSpider):
+    """Fed the docs index (``LPUSH sredis_docs:start_urls <base>/docs/``) of tests/parity/site.py, whose
+    every page links back to it: the rule's callback matches the start URL too (issue #19). Plain
+    scrapy-redis parses ``/docs/`` twice, by parse_start_url and by the rule (its start requests are
+    dont_filter and never recorded by the dupefilter)."""
+
+    name = "sredis_docs"
+    allowed_domains = ["127.0.0.1"]
+    custom_settings = dict(_SCRAPY_REDIS)
+    rules = (Rule(LinkExtractor(allow=r"/docs/(p\d+)?$"), callback="parse_page", follow=True),)
+
+    def parse_start_url(self, response: Response, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        yield {"kind": "start", "url": response.url}
+
+    def parse_page(self, response: Response) -> Iterator[dict[str, Any]]:
+        yield {"kind": "page", "url": response.url}

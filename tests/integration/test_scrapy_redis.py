@@ -21,6 +21,7 @@ from scraper.devtools.demo_site import DemoSite
 from scraper.queue import redisio
 from scraper.queue.startkeys import StartStage
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
+from tests.parity.site import DOC_PAGES, ParitySite
 
 MODULES = "tests.integration.sredis_spiders"
 
@@ -143,3 +144,36 @@ def test_redis_crawl_spider_fed_by_a_set_key(redis_url: str, tmp_path: Path) -> 
         assert r.scard(f"{spider}:seeds") == 0
         assert counts(redis_url, spider)["dlq"] == 0
         r.close()
+
+
+def test_redis_crawl_spider_parses_its_start_url_by_rule_when_linked_back(redis_url: str, tmp_path: Path) -> None:
+    """Issue #19 for scrapy-redis users: an entry pushed to the start key is a start request (dont_filter,
+    as scrapy-redis makes it), so the pages' links back to it are still fetched and parsed by the rule's
+    callback, as under plain scrapy-redis. Pushing the same entry again in the run is skipped (SEEN)."""
+    spider = "sredis_docs"
+    site = ParitySite().start()
+    try:
+        env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES=MODULES, FLEET_REDIS_RUN="d1",
+                        FLEET_LOG_FORMAT="json")
+        r = redis.Redis.from_url(redis_url)
+        key = f"{spider}:start_urls"
+        start = f"{site.base}/docs/"
+        w = start_worker(spider, env, tmp_path / "w.log", "--concurrency", "4", "--until-idle", "3")
+        r.lpush(key, start)
+        want = sorted([("start", start), ("page", start),
+                       *[("page", f"{site.base}/docs/p{n}") for n in range(1, DOC_PAGES + 1)]])
+
+        def got() -> list[tuple[str, str]]:
+            return sorted((i["kind"], i["url"]) for i in _items(tmp_path / "data", spider, "d1"))
+
+        assert wait_for(lambda: len(got()) >= len(want), 60), (tmp_path / "w.log").read_text()[-3000:]
+        r.lpush(key, start)  # the cron job pushes it again in the same run: nothing is fetched again
+        assert wait_all([w], 90) == [0], (tmp_path / "w.log").read_text()[-3000:]
+        assert got() == want  # ("page", /docs/): parsed by the rule's callback too, as under scrapy-redis
+        seeded = [json.loads(x) for x in (tmp_path / "w.log").read_text().splitlines()
+                  if '"start_entries_seeded"' in x]
+        assert [(e["enqueued"], e["skipped"]) for e in seeded] == [(1, 0), (0, 1)]
+        assert r.llen(key) == 0
+        r.close()
+    finally:
+        site.stop()

@@ -315,3 +315,27 @@ def test_for_url_matches_request_path(url: str) -> None:
     slow = Envelope.from_request(Request(url), spider_name="s", run="r")
     assert (fast.url, fast.fp, fast.method, fast.callback, fast.dont_filter) == (
         slow.url, slow.fp, slow.method, slow.callback, slow.dont_filter)
+
+
+def test_non_json_meta_and_cookies_are_not_queued_as_the_readme_says() -> None:
+    """README "Differences from plain Scrapy": a meta value JSON cannot hold is left out (no error), and
+    ``Request(cookies=...)`` is not carried; a ``Cookie`` header is. The worker's reuse of the callback's
+    own Request object (ledger.reusable) does not apply to such a request, so every worker sees the same."""
+    import datetime
+
+    import scrapy
+
+    from scraper.worker.ledger import reusable
+
+    class Product(scrapy.Item):
+        sku = scrapy.Field()
+
+    req = Request("http://a.test/p", meta={"item": Product(sku="1"), "when": datetime.date(2026, 1, 1),
+                                           "plain": {"sku": "1"}},
+                  cookies={"session": "s1"}, headers={"Cookie": "token=t1"})
+    env = Envelope.from_request(req, spider_name="s", run="r")
+    assert env.meta == {"plain": {"sku": "1"}}
+    back = Envelope.loads(env.dumps()).to_request(None)
+    assert "item" not in back.meta and "when" not in back.meta and back.meta["plain"] == {"sku": "1"}
+    assert not back.cookies and back.headers.getlist("Cookie") == [b"token=t1"]
+    assert not reusable(req, env)

@@ -1,0 +1,178 @@
+"""A Scrapy project's own settings.py honoured by ``fleet run`` / ``fleet worker`` run from its directory.
+
+Real project layout (scrapy.cfg, a package with settings, pipelines and spiders, as ``scrapy startproject``
+makes it), real ``fleet`` subprocesses, real redis-server, a loopback site that records each request's
+User-Agent. Nothing names the project's modules but its scrapy.cfg: no FLEET_SPIDER_MODULES.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.fleetproc import fleet, fleet_env, objects, wait_all
+
+pytestmark = pytest.mark.integration
+
+FILES = {
+    "scrapy.cfg": """
+        [settings]
+        default = shopproj.settings
+
+        [deploy]
+        project = shopproj
+    """,
+    "shopproj/__init__.py": "",
+    "shopproj/settings.py": """
+        BOT_NAME = "shopproj"
+        SPIDER_MODULES = ["shopproj.spiders"]
+        NEWSPIDER_MODULE = "shopproj.spiders"
+        USER_AGENT = "shopproj-bot/1.0 (+ops@shop.test)"
+        ITEM_PIPELINES = {"shopproj.pipelines.Stamp": 300}
+        REDIS_URL = "{redis_url}"
+        SCHEDULER = "scrapy_redis.scheduler.Scheduler"
+        DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
+        SCHEDULER_PERSIST = True
+    """,
+    "shopproj/broken.py": """
+        import shopproj.no_such_module
+    """,
+    "shopproj/pipelines.py": """
+        class Stamp:
+            def process_item(self, item):
+                item["stamped"] = "shopproj"
+                return item
+    """,
+    "shopproj/spiders/__init__.py": "",
+    "shopproj/spiders/pages.py": """
+        import os
+
+        from scrapy import Spider
+        from scrapy_redis.spiders import RedisSpider
+
+        BASE = os.environ.get("PROJ_BASE", "http://127.0.0.1:9")
+
+
+        class Pages(Spider):
+            name = "proj_pages"
+            start_urls = [BASE + "/"]
+
+            def parse(self, response):
+                yield {"url": response.url, "title": response.css("title::text").get()}
+                yield from response.follow_all(css="a")
+
+
+        class FromRedis(RedisSpider):
+            name = "proj_redis"
+
+            def parse(self, response):
+                yield {"url": response.url, "title": response.css("title::text").get()}
+    """,
+}
+
+
+class _Site(ThreadingHTTPServer):
+    daemon_threads = True
+    agents: list[str]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Site
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.agents.append(self.headers.get("User-Agent", ""))
+        links = "".join(f'<a href="/p{n}">p{n}</a>' for n in (1, 2, 3)) if self.path == "/" else ""
+        body = f"<html><head><title>page {self.path}</title></head><body>{links}</body></html>".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def site() -> Iterator[_Site]:
+    s = _Site(("127.0.0.1", 0), _Handler)
+    s.agents = []
+    t = threading.Thread(target=s.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield s
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def _project(root: Path, redis_url: str) -> Path:
+    proj = root / "proj"
+    for name, text in FILES.items():
+        p = proj / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text).replace("{redis_url}", redis_url).lstrip())
+    return proj
+
+
+def _base(site: _Site) -> str:
+    return f"http://127.0.0.1:{site.server_address[1]}"
+
+
+def test_fleet_run_honours_the_project_settings(redis_url: str, tmp_path: Path, site: _Site) -> None:
+    """``fleet run`` from the project directory: its spider found through the project's SPIDER_MODULES,
+    its USER_AGENT sent, its pipeline run before Fleet's ObjectPipeline, its scrapy-redis scheduler
+    replaced with the one-line notice."""
+    proj = _project(tmp_path, redis_url)
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), PROJ_BASE=_base(site), FLEET_LOG_FORMAT="json")
+    env.pop("FLEET_SPIDER_MODULES", None)
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    res = fleet("run", "proj_pages", "--workers", "1", "--run", "t1", "--idle", "1", env=env, timeout=90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    items = [i for lines in objects(tmp_path / "data", "items", "proj_pages", "t1").values() for i in lines]
+    base = _base(site)
+    assert sorted(i["url"] for i in items) == [f"{base}/", *[f"{base}/p{n}" for n in (1, 2, 3)]]
+    assert {i["stamped"] for i in items} == {"shopproj"}
+    assert site.agents and set(site.agents) == {"shopproj-bot/1.0 (+ops@shop.test)"}
+    assert "scrapy_redis_settings_replaced" in res.stderr
+
+
+def test_fleet_worker_uses_the_project_redis_url(redis_url: str, tmp_path: Path, site: _Site) -> None:
+    """A RedisSpider of the project on ``fleet worker`` with FLEET_REDIS_URL unset: the project's REDIS_URL
+    is Fleet's Redis, where its start key is read (no embedded server is started)."""
+    proj = _project(tmp_path, redis_url)
+    env = fleet_env(redis_url, tmp_path, FLEET_REDIS_RUN="w1", FLEET_LOG_FORMAT="json")
+    for name in ("FLEET_REDIS_URL", "FLEET_SPIDER_MODULES", "SCRAPY_SETTINGS_MODULE"):
+        env.pop(name, None)
+    r = redis.Redis.from_url(redis_url)
+    base = _base(site)
+    r.lpush("proj_redis:start_urls", f"{base}/p1", f"{base}/p2")
+    log = tmp_path / "w.log"
+    with open(log, "ab") as fh:
+        w = subprocess.Popen([sys.executable, "-m", "scraper.cli", "worker", "proj_redis", "--until-idle", "2"],
+                             env=env, cwd=proj, stdout=fh, stderr=fh)
+    assert wait_all([w], 60) == [0], log.read_text()[-3000:]
+    items = [i for lines in objects(tmp_path / "data", "items", "proj_redis", "w1").values() for i in lines]
+    assert sorted((i["url"], i["stamped"]) for i in items) == [(f"{base}/p1", "shopproj"), (f"{base}/p2", "shopproj")]
+    assert r.llen("proj_redis:start_urls") == 0 and r.exists("fleet:{proj_redis}:runs")
+    assert not (tmp_path / "home" / "redis").exists()  # no embedded server was started
+    r.close()
+
+
+def test_a_project_settings_module_that_does_not_import_is_a_config_error(redis_url: str, tmp_path: Path) -> None:
+    proj = _project(tmp_path, redis_url)
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), SCRAPY_SETTINGS_MODULE="shopproj.broken")
+    res = fleet("worker", "proj_pages", env=env, timeout=60)
+    assert res.returncode == 1, res.stderr[-2000:]
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "shopproj.broken" in lines[0] and "SCRAPY_SETTINGS_MODULE" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,120 @@
+"""A Scrapy project's settings module as a layer of a worker's settings (scraper.worker.project, catalog).
+
+Real files: a project directory with scrapy.cfg and a settings module, imported from the working
+directory as ``fleet`` imports it. Each test uses a package name of its own (imports are cached).
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scrapy import Spider
+
+from scraper.infra.config import FleetConfig
+from scraper.worker import project as projectmod
+from scraper.worker.catalog import OBJECT_PIPELINE, SettingsError, base_settings, worker_settings
+from scraper.worker.redisspider import redis_url_setting, replaced_settings
+
+SETTINGS = """
+BOT_NAME = "proj"
+SPIDER_MODULES = ["{pkg}.spiders"]
+USER_AGENT = "proj-bot/1.0"
+ROBOTSTXT_OBEY = True
+DOWNLOAD_DELAY = 0.25
+REDIS_URL = "redis://127.0.0.1:6390/2"
+SCHEDULER = "scrapy_redis.scheduler.Scheduler"
+DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"
+SCHEDULER_PERSIST = True
+ITEM_PIPELINES = {{"{pkg}.pipelines.Tag": 300}}
+DOWNLOADER_MIDDLEWARES = {{"{pkg}.mw.Mine": 543, "middlewares.classify.ClassifyMiddleware": None}}
+"""
+
+
+@pytest.fixture
+def proj(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A project directory (the working directory) with scrapy.cfg naming ``<pkg>.settings``."""
+    pkg = f"proj_{uuid.uuid4().hex[:8]}"
+    (tmp_path / pkg / "spiders").mkdir(parents=True)
+    (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / pkg / "spiders" / "__init__.py").write_text("")
+    (tmp_path / pkg / "settings.py").write_text(textwrap.dedent(SETTINGS.format(pkg=pkg)))
+    (tmp_path / "scrapy.cfg").write_text(f"[settings]\ndefault = {pkg}.settings\n\n[deploy]\nproject = {pkg}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SCRAPY_SETTINGS_MODULE", raising=False)
+    monkeypatch.delenv("SCRAPY_PROJECT", raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    yield pkg
+    for name in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:
+        del sys.modules[name]
+
+
+class Plain(Spider):
+    name = "plain"
+
+
+class Custom(Spider):
+    name = "custom"
+    custom_settings = {"USER_AGENT": "spider-wins/2.0"}
+
+
+def test_project_layer_between_fleet_and_custom_settings(proj: str) -> None:
+    base = base_settings(FleetConfig.from_env())
+    assert base["FLEET_PROJECT_SETTINGS"] == f"{proj}.settings"
+    assert base["USER_AGENT"] == "proj-bot/1.0" and base.getbool("ROBOTSTXT_OBEY")
+    assert base.getfloat("DOWNLOAD_DELAY") == 0.25
+    assert f"{proj}.spiders" in base.getlist("SPIDER_MODULES") and "scraper.spiders" in base.getlist("SPIDER_MODULES")
+    s = worker_settings(Plain, base)
+    # Fleet's mandatory components stay: scheduler, dupefilter, its middleware (not switched off)
+    assert s["SCHEDULER"] == "scraper.worker.scheduler.FleetScheduler"
+    assert s["DUPEFILTER_CLASS"] == "scrapy.dupefilters.BaseDupeFilter"
+    mws = s.getdict("DOWNLOADER_MIDDLEWARES")
+    assert mws[f"{proj}.mw.Mine"] == 543 and mws["middlewares.classify.ClassifyMiddleware"] is not None
+    pipes = s.getdict("ITEM_PIPELINES")
+    assert pipes[f"{proj}.pipelines.Tag"] == 300 and pipes[OBJECT_PIPELINE] > 300  # theirs, then ObjectPipeline
+    # the spider's custom_settings win over the project's, as in Scrapy
+    s2 = worker_settings(Custom, base_settings(FleetConfig.from_env()))
+    Custom.update_settings(s2)
+    assert s2["USER_AGENT"] == "spider-wins/2.0"
+    assert replaced_settings(Plain, base) == ["SCHEDULER", "DUPEFILTER_CLASS", "SCHEDULER_PERSIST"]
+    assert redis_url_setting(Plain, base) == "redis://127.0.0.1:6390/2"
+    assert redis_url_setting(Plain, None) is None
+
+
+def test_settings_module_env_wins_over_scrapy_cfg(proj: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / proj / "other.py").write_text('USER_AGENT = "other/1"\n')
+    monkeypatch.setenv("SCRAPY_SETTINGS_MODULE", f"{proj}.other")
+    assert base_settings(FleetConfig.from_env())["USER_AGENT"] == "other/1"
+    monkeypatch.setenv("SCRAPY_SETTINGS_MODULE", "settings")  # Fleet's own module: no layer over itself
+    assert projectmod.find() is None
+
+
+def test_no_project_no_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SCRAPY_SETTINGS_MODULE", raising=False)
+    assert projectmod.find() is None
+    (tmp_path / "scrapy.cfg").write_text("[deploy]\nurl = http://127.0.0.1:6800/\n")  # deploy-only: no settings
+    assert projectmod.find() is None
+    assert "FLEET_PROJECT_SETTINGS" not in base_settings(FleetConfig.from_env())
+
+
+def test_import_error_is_one_line(proj: str, tmp_path: Path) -> None:
+    (tmp_path / proj / "settings.py").write_text("import not_a_module_anywhere\n")
+    with pytest.raises(SettingsError) as exc:
+        base_settings(FleetConfig.from_env())
+    msg = str(exc.value)
+    assert "\n" not in msg and f"{proj}.settings" in msg and "not_a_module_anywhere" in msg and "scrapy.cfg" in msg
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('ITEM_PIPELINES = {"pipelines.objects.ObjectPipeline": None}', "no item would ever be stored"),
+    ('ITEM_PROCESSOR = "x.Y"', "ITEM_PROCESSOR x.Y"),
+])
+def test_project_may_not_lose_items(proj: str, tmp_path: Path, line: str, needle: str) -> None:
+    (tmp_path / proj / "settings.py").write_text(line + "\n")
+    with pytest.raises(SettingsError, match=needle):
+        base_settings(FleetConfig.from_env())
