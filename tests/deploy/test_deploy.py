@@ -2,7 +2,8 @@
 (kubernetes-validate, strict: unknown fields fail), the alert rules with `promtool check rules` and
 `promtool test rules` (the acceptance of issue #16: the alerts fire on the series they should, and only
 there), the PrometheusRule identical to the rules file, and the alerts and the Grafana dashboard reading
-only metrics Fleet exports.
+only metrics Fleet exports, and every `fleet ...` command quoted in deploy/ (alert annotations, comments,
+runbook text) a command the CLI accepts as written.
 
 Skipped, and said so: CRDs (PodMonitor, PrometheusRule, KEDA's ScaledObject) have no schema in
 kubernetes-validate; they get the structural checks below instead. promtool comes from Debian's
@@ -12,15 +13,23 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import typer.main
 import yaml
+from typer._click.core import Command, Context  # typer vendors its click: the CLI's own parser
+from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
+from typer.testing import CliRunner
 
+from scraper.cli.app import app
 from scraper.worker.exporter import COUNTERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +48,7 @@ EXPORTED = {
     *(name + "_total" for name, _ in COUNTERS.values()),
 }
 FOREIGN = {"kube_pod_container_status_restarts_total"}  # kube-state-metrics
+DEPLOY = ROOT / "deploy"
 
 
 def _docs() -> list[tuple[str, dict[str, Any]]]:
@@ -131,3 +141,88 @@ def test_promtool_test_rules() -> None:
                          timeout=120, cwd=RULES_TEST.parent)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout + res.stderr
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def _texts(path: Path) -> Iterator[str]:
+    """The prose of a deploy/ file an operator reads: comments and string values (parsed, so a YAML
+    scalar folded over two lines reads as one), or the whole of a Markdown file."""
+    raw = path.read_text()
+    comments = " ".join(ln.strip().lstrip("#") for ln in raw.splitlines() if ln.strip().startswith("#"))
+    if path.suffix == ".md":
+        yield raw.replace("\n", " ")
+        return
+    yield comments
+    if path.suffix in (".yaml", ".yml"):
+        for doc in yaml.safe_load_all(raw):
+            yield from _strings(doc)
+    elif path.suffix == ".json":
+        yield from _strings(json.loads(raw))
+
+
+def _quoted_fleet_commands() -> list[tuple[str, str]]:
+    found = []
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file()):
+        for text in _texts(path):
+            for cmd in re.findall(r"`(fleet [^`]+)`", text):
+                # alert templates: {{ $labels.spider }} is a spider name when Prometheus renders it
+                cmd = re.sub(r"\{\{\s*\$labels\.\w+\s*\}\}", "books", " ".join(cmd.split()))
+                found.append((str(path.relative_to(ROOT)), cmd))
+    return sorted(set(found))
+
+
+def _resolve(tokens: list[str]) -> None:
+    """Walk ``fleet TOKENS`` down the real command tree as click would, and parse the leaf's options and
+    arguments with click's own parser (typer's vendored click): an unknown command, an unknown option, an option without its
+    value or one positional argument too many raises ``UsageError``."""
+    cmd: Command = typer.main.get_command(app)
+    ctx = Context(cmd, info_name="fleet")
+    rest = tokens
+    while isinstance(cmd, TyperGroup) and rest and not rest[0].startswith("-"):
+        sub = cmd.get_command(ctx, rest[0])
+        if sub is None:
+            raise UsageError(f"No such command {rest[0]!r} under {ctx.command_path!r}")
+        cmd, rest = sub, rest[1:]
+        ctx = Context(cmd, info_name=cmd.name, parent=ctx)
+    _, extra, _ = cmd.make_parser(ctx).parse_args(list(rest))
+    if extra:
+        raise UsageError(f"{ctx.command_path}: unexpected argument(s) {extra}")
+
+
+def test_every_fleet_command_quoted_in_deploy_parses() -> None:
+    """Alert annotations and runbook text name commands on-call will paste: each must exist as written.
+    (FleetBreakerOpen once said `fleet breakers SPIDER`, which exits 2 with "No such command".)"""
+    quoted = _quoted_fleet_commands()
+    cmds = {c for _, c in quoted}
+    assert {"fleet breakers list books", "fleet breakers reset books DOMAIN",
+            "fleet run books --resume RUN"} <= cmds, sorted(cmds)
+    runner = CliRunner()
+    bad = []
+    for where, line in quoted:
+        tokens = shlex.split(line)[1:]
+        try:
+            _resolve(tokens)
+        except UsageError as exc:
+            bad.append(f"{where}: `{line}`: {exc.format_message()}")
+            continue
+        res = runner.invoke(app, [*tokens, "--help"])
+        if res.exit_code != 0:
+            bad.append(f"{where}: `{line}` --help exits {res.exit_code}: {res.output[-300:]}")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("line", ["fleet breakers books", "fleet replay books --keys K",
+                                  "fleet breakers reset books DOMAIN EXTRA", "fleet run books --resume"])
+def test_the_command_check_refuses_what_the_cli_refuses(line: str) -> None:
+    with pytest.raises(UsageError):
+        _resolve(shlex.split(line)[1:])
