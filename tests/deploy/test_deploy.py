@@ -85,23 +85,69 @@ def test_a_manifest_with_a_mistake_is_refused() -> None:
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
-def test_podmonitors_scrape_ports_the_pods_declare() -> None:
-    docs = _docs()
-    ports: dict[str, set[str]] = {}
+def _pod_templates(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The pod templates of the Deployments and CronJobs, by the workload's name."""
+    out = {}
     for _, d in docs:
         if d["kind"] == "Deployment":
-            tpl = d["spec"]["template"]
-            app = tpl["metadata"]["labels"]["app"]
-            ports[app] = {p["name"] for c in tpl["spec"]["containers"] for p in c.get("ports", [])}
+            out[d["metadata"]["name"]] = d["spec"]["template"]
+        elif d["kind"] == "CronJob":
+            out[d["metadata"]["name"]] = d["spec"]["jobTemplate"]["spec"]["template"]
+    return out
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_podmonitors_scrape_ports_the_pods_declare() -> None:
+    """Every pod a PodMonitor selects declares the port it scrapes, and the pods that run workers (the
+    worker Deployment, and the cron job's `fleet run`, whose acks FleetNoProgress reads) serve their
+    metrics there: FLEET_METRICS_PORT is that port."""
+    docs = _docs()
+    pods = _pod_templates(docs)
     monitors = [d for _, d in docs if d["kind"] == "PodMonitor"]
     assert monitors
+    scraped: dict[str, set[str]] = {}
     for m in monitors:
-        app = m["spec"]["selector"]["matchLabels"]["app"]
-        for ep in m["spec"]["podMetricsEndpoints"]:
-            assert ep["port"] in ports[app], (m["metadata"]["name"], ep["port"], ports)
-    worker = next(d for _, d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("fleet-worker"))
-    env = {e["name"]: e.get("value") for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["FLEET_METRICS_PORT"] == "9465"
+        selector = m["spec"]["selector"]["matchLabels"]
+        matched = [name for name, tpl in pods.items() if _selects(selector, tpl["metadata"]["labels"])]
+        assert matched, (m["metadata"]["name"], selector)
+        for name in matched:
+            declared = {p["name"] for c in pods[name]["spec"]["containers"] for p in c.get("ports", [])}
+            for ep in m["spec"]["podMetricsEndpoints"]:
+                assert ep["port"] in declared, (m["metadata"]["name"], name, ep["port"], declared)
+                scraped.setdefault(name, set()).add(ep["port"])
+    workers = {name for name, tpl in pods.items()
+               if any(c["args"][0] in ("worker", "run") for c in tpl["spec"]["containers"] if c.get("args"))}
+    assert {n for n in workers if n.startswith("fleet-worker")} and {n for n in workers if n.startswith("fleet-run")}
+    for name in workers:
+        assert "metrics" in scraped.get(name, set()), f"{name} runs workers but no PodMonitor scrapes it"
+        c = pods[name]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+        assert env.get("FLEET_METRICS_PORT") == str(port), (name, env.get("FLEET_METRICS_PORT"), port)
+        assert pods[name]["metadata"]["annotations"]["prometheus.io/port"] == str(port), name
+
+
+def test_the_cron_run_never_retries_into_a_new_run() -> None:
+    """`fleet run` without --run seeds a new run: a second pod of the same Job (backoffLimit > 0 after
+    an exit 4 or 5) would start a fresh run beside the unfinished one. Its exits are verdicts, so the
+    Job retries nothing; --deadline bounds the run, and the pod does not overlap the worker Deployment."""
+    docs = _docs()
+    cron = next(d for _, d in docs if d["kind"] == "CronJob")
+    job = cron["spec"]["jobTemplate"]["spec"]
+    args = job["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "run" and "--deadline" in args and "--run" not in args, args
+    assert job["backoffLimit"] == 0
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["activeDeadlineSeconds"] > float(args[args.index("--deadline") + 1])
+    header = (K8S / "cronjob-run.yaml").read_text()
+    assert "5 incomplete" in header and "--resume" in header
+    labels = job["template"]["metadata"]["labels"]
+    for _, d in docs:
+        if d["kind"] == "Deployment":
+            assert not _selects(d["spec"]["selector"]["matchLabels"], labels), d["metadata"]["name"]
 
 
 def test_the_prometheus_rule_is_the_rules_file() -> None:
