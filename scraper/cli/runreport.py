@@ -39,7 +39,7 @@ EXIT_INCOMPLETE = 5
 #: Environment variable through which ``fleet run`` asks each worker for its final stats (a JSON file).
 STATS_ENV = "FLEET_STATS_FILE"
 
-#: Worker stats that the run summary adds up (prefix ``fleet/class/`` gives the outcomes per class).
+#: Worker stats that the run summary adds up (prefix ``fleet/class/`` gives the outcomes per class: ok, A-D).
 _SUMMED = ("fleet/ignored", "fleet/objects", "fleet/parked", "fleet/retried", "fleet/dlq", "item_scraped_count")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from scraper.infra.config import FleetConfig
 from scraper.policy import drift
-from scraper.policy.taxonomy import A, D, Verdict
+from scraper.policy.taxonomy import OK, A, D, Verdict
 from scraper.store import health as storehealth
 from scraper.store.backends import InvalidKeyError
 from scraper.store.objects import WriteContext
@@ -107,6 +107,7 @@ class Finisher:
             self.spawn(self.failures.drift(state, verdict.reason, verdict.missing))
             return
         self.stats.inc_value("fleet/outcome/ok/ok")
+        self.stats.inc_value(f"fleet/class/{OK}")  # fleet run's outcomes per class: ok beside A-D
         if out.discovered:
             # children go to Redis now, in a call of their own, before the parent's writes: SEEN makes a
             # redelivered parent's rediscovery a no-op, so enqueueing early is safe, and a pagination

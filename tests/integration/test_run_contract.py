@@ -58,6 +58,8 @@ def test_drifted_run_is_incomplete_until_reset_and_resume(redis_url: str, tmp_pa
         c = manifest["counts"]
         assert c["seeded"] == 1 and c["discovered"] == 62 and c["parked"] == 0 and c["breakers_open"] == []
         assert c["outcomes"]["C"] == summary["outcomes"]["C"]  # the first invocation's outcomes carried over
+        # every page ended ok exactly once, in one of the two invocations (a clean run's outcomes are not {})
+        assert summary["outcomes"]["ok"] + again["outcomes"]["ok"] == c["outcomes"]["ok"] == 63, (summary, again)
         assert manifest["items"] == 60 and manifest["objects"] == 60
         assert manifest["field_coverage"] == {"name": 1.0, "price": 1.0, "sku": 1.0}
         assert manifest["schema"] == {"name": "string", "price": "string", "sku": "string"}
