@@ -14,6 +14,7 @@ from scraper.cli.common import (
     fail,
     load_config,
 )
+from scraper.cli.manifests import record_export
 from scraper.infra import progress
 from scraper.infra.config import FleetConfig
 from scraper.store.backends import StoreError
@@ -53,7 +54,9 @@ def export(
 ) -> None:
     """Export a run as one record per idempotency key (the latest fetched_at wins), in parts of at most 1M rows.
 
-    Prints JSON {spider, run, format, records, parts, objects, duplicates, skipped_lines, location, elapsed_s}.
+    Prints JSON {spider, run, format, records, parts, objects, duplicates, skipped_lines, location, elapsed_s,
+    manifest}. Without --out, the run's manifest gets the export's figures in its "export" field (as with
+    `fleet run --export`); "manifest" is its key, or null when the run has none or --out was given.
     Exit 3 when the store or the temp directory fails."""
     if fmt not in {"parquet", "jsonl"}:
         raise fail(f"--format {fmt!r}: use parquet or jsonl")
@@ -68,7 +71,15 @@ def export(
         raise fail(str(exc), EXIT_INFRA) from None
     if result["records"] == 0:
         err.print(f"[yellow]warning:[/] run {run!r} of {spider!r} has no items in {cfg.store}", highlight=False)
+    # the manifest describes the store's own exports/ only: parts written elsewhere are not the run's
+    result["manifest"] = None if out is not None else record_export(cfg, spider, run, _field(result))
     print(json.dumps(result))
+
+
+def _field(res: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's and the run summary's ``export`` field: what analysts check their counts against."""
+    return {"format": res["format"], "parts": res["parts"], "rows": res["records"], "duplicates": res["duplicates"],
+            "location": res["location"]}
 
 
 def export_after_run(cfg: FleetConfig, spider: str, run: str) -> tuple[dict[str, Any], str | None]:
@@ -78,5 +89,4 @@ def export_after_run(cfg: FleetConfig, spider: str, run: str) -> tuple[dict[str,
         res = _export(cfg, spider, run, "parquet", None, 64)
     except (ValueError, _ExportFailed) as exc:
         return {"error": str(exc)}, str(exc)
-    return {"parts": res["parts"], "rows": res["records"], "duplicates": res["duplicates"],
-            "location": res["location"]}, None
+    return _field(res), None

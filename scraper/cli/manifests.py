@@ -26,10 +26,10 @@ from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.runstate import run_backlog, run_tally
 from scraper.store.backends import open_store
-from scraper.store.manifest import build, iso, read_manifest, write_manifest
+from scraper.store.manifest import build, iso, manifest_key, read_manifest, write_manifest
 from scraper.worker.identity import item_key_of, spider_version
 
-__all__ = ["MANIFEST_EVERY", "RunManifest", "gather"]
+__all__ = ["MANIFEST_EVERY", "RunManifest", "gather", "record_export"]
 
 MANIFEST_EVERY = 10.0  # seconds between the manifests fleet run writes while its workers work
 
@@ -104,9 +104,12 @@ class RunManifest:
             figures = asyncio.run(gather(self.redis_url, self.spider, self.run))
             manifest = self._build(figures, final, exit_code, why, outcomes or {}, ignored)
             # `fleet run --export`: what the export wrote (parts, rows, location), so the rows analysts count
-            # in DuckDB can be checked against the manifest; kept from an earlier manifest otherwise
-            if export is not None or self.base.get("export") is not None:
-                manifest["export"] = dict(export if export is not None else self.base["export"])
+            # in DuckDB can be checked against the manifest; otherwise the one the stored manifest has now
+            # (a `fleet export` may have recorded one since this writer read it)
+            if export is None:
+                export = self._stored_export()
+            if export is not None:
+                manifest["export"] = dict(export)
             self.key = write_manifest(self.store, manifest)
             return self.key
         except Exception as exc:
@@ -115,6 +118,14 @@ class RunManifest:
             err.print(f"[yellow]warning:[/] manifest of run {self.run!r} not written: {detail}",
                       highlight=False, soft_wrap=True, markup=True)
             return None
+
+    def _stored_export(self) -> Mapping[str, Any] | None:
+        try:
+            current = read_manifest(self.store, self.spider, self.run) or {}
+        except Exception:  # unreadable now: the one this writer started from
+            current = self.base
+        found = current.get("export", self.base.get("export"))
+        return found if isinstance(found, Mapping) else None
 
     def tick(self) -> None:
         """Called while fleet run waits: a progress manifest every MANIFEST_EVERY seconds."""
@@ -144,3 +155,27 @@ class RunManifest:
             outcomes=_add(counts.get("outcomes"), outcomes), breakers_open=f["breakers_open"], tally=f["tally"],
             exit_code=exit_code if by_run else None, why_incomplete=why,
         )
+
+
+def record_export(cfg: FleetConfig, spider: str, run: str, export: Mapping[str, Any]) -> str | None:
+    """``fleet export`` to the store's own exports/: put what it wrote into the run's manifest (its
+    ``export`` field, as ``fleet run --export`` does), so DuckDB's counts over the parts can be checked
+    against the manifest after a separate export. Only that field changes (the figures stay those of the
+    manifest's writer), so exporting again with the same result rewrites the same bytes. Returns the
+    manifest's key; None when the run has no manifest yet (``fleet runs SPIDER --refresh`` writes one and
+    keeps the field) or, after a one-line warning, when the store failed: the export itself succeeded."""
+    store = open_store(cfg.store)
+    try:
+        manifest = read_manifest(store, spider, run)
+        if manifest is None:
+            return None
+        if manifest.get("export") == dict(export):
+            return str(manifest_key(spider, run))
+        manifest["export"] = dict(export)
+        return write_manifest(store, manifest)
+    except Exception as exc:
+        log.get_logger(component="manifest").warning("manifest_write_failed", spider=spider, run=run,
+                                                     error=type(exc).__name__)
+        err.print(f"[yellow]warning:[/] manifest of run {run!r} not updated with the export: "
+                  f"{log.redact(str(exc))[:200] or type(exc).__name__}", highlight=False, soft_wrap=True)
+        return None

@@ -133,13 +133,26 @@ def test_declared_key_dedups_pages_retries_and_runs(redis_url: str, tmp_path: Pa
     assert sorted(s for s in k1.values() if s) == [f"SKU-{i}" for i in range(1, PRODUCTS + 1)]  # one key a SKU
     assert list(k1.values()).count(None) == 1  # the page without a SKU keeps its per-request key
 
+    mpath = tmp_path / "data" / "runs" / "spider=keyshop" / "run=k1" / "manifest.json"
+    before = json.loads(mpath.read_text())
+    assert "export" not in before
     exported = fleet_json("export", "keyshop", "--run", "k1", "--format", "jsonl", env=env)
     part = tmp_path / "data" / "exports" / "spider=keyshop" / "run=k1" / "part-00000.jsonl.gz"
     rows = [json.loads(x) for x in gzip.decompress(part.read_bytes()).decode().splitlines()]
     assert exported["records"] == len(rows) == PRODUCTS + 1
     assert sorted(str(r["sku"]) for r in rows) == sorted([f"SKU-{i}" for i in range(1, PRODUCTS + 1)] + ["None"])
 
-    manifest = json.loads((tmp_path / "data" / "runs" / "spider=keyshop" / "run=k1" / "manifest.json").read_text())
+    # a standalone export records itself in the manifest as `fleet run --export` does, and nothing else
+    written = mpath.read_bytes()
+    manifest = json.loads(written)
+    assert exported["manifest"] == "runs/spider=keyshop/run=k1/manifest.json"
+    assert manifest["export"] == {"format": "jsonl", "parts": 1, "rows": len(rows),
+                                  "duplicates": exported["duplicates"], "location": exported["location"]}
+    assert {k: v for k, v in manifest.items() if k != "export"} == before
+    again = fleet_json("export", "keyshop", "--run", "k1", "--format", "jsonl", env=env)
+    assert again["manifest"] == exported["manifest"] and mpath.read_bytes() == written  # idempotent
+    elsewhere = fleet_json("export", "keyshop", "--run", "k1", "--out", str(tmp_path / "elsewhere"), env=env)
+    assert elsewhere["manifest"] is None and mpath.read_bytes() == written  # not the run's exports/
     assert manifest["complete"] is True and manifest["reconciliation"]["ok"]
     assert manifest["item_key"] == ["sku"] and manifest["key_missing"] == 1
     n = 2 * PRODUCTS + 1
@@ -158,6 +171,7 @@ def test_declared_key_dedups_pages_retries_and_runs(redis_url: str, tmp_path: Pa
     (tmp_path / "data" / "runs" / "spider=keyshop" / "run=k2" / "manifest.json").unlink()
     refreshed = {m["run"]: m for m in fleet_json("runs", "keyshop", "--refresh", "--json", env=env)}
     assert sorted(refreshed) == ["k1", "k2"]
+    assert refreshed["k1"]["export"] == manifest["export"]  # a refresh keeps the recorded export
     k2 = refreshed["k2"]
     assert k2["written_by"] == "fleet runs --refresh" and k2["complete"] is True and k2["final"] is True
     assert k2["items"] == n and k2["reconciliation"]["ok"] and k2["counts"]["seeded"] is None
