@@ -26,6 +26,7 @@ from scraper.infra.config import ConfigError, FleetConfig
 from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
+from scraper.queue.runstate import run_backlog
 from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
 from scraper.worker.identity import ItemKeyError, item_key_of
 
@@ -137,7 +138,11 @@ def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
 
 
 
-async def run_summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]:
+async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool = False) -> dict[str, Any]:
+    """The run's figures in Redis. ``counts`` are the spider's queues (all its runs); with ``per_run``,
+    ``backlog`` is this run's ready / inflight / delayed / parked (read from the queued envelopes: exact
+    once the run's workers stopped) and ``backlog_scope`` "run", or the spider's counts and "spider" when
+    the backlog is too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT)."""
     client = await connect(redis_url_for(cfg))
     try:
         q = FleetQueue(client, spider)
@@ -146,9 +151,16 @@ async def run_summary(cfg: FleetConfig, spider: str, run: str) -> dict[str, Any]
         dlq_run = 0
         async for _ in q.dlq_iter(run):
             dlq_run += 1
+        backlog, scope = None, "spider"
+        if per_run:
+            backlog = await run_backlog(client, q.keys, run)
+            scope = "run" if backlog is not None else "spider"
         return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
                 "known": run in runs, "breakers": await q.breakers(),
-                "cancelled": bool(await client.hexists(q.keys.cancelled, run))}
+                "cancelled": bool(await client.hexists(q.keys.cancelled, run)),
+                "backlog": backlog if backlog is not None else
+                {k: int(counts.get(k, 0)) for k in ("ready", "inflight", "delayed", "parked")},
+                "backlog_scope": scope}
     finally:
         await client.aclose()
 

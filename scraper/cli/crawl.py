@@ -158,11 +158,12 @@ def run_cmd(
             procs = [subprocess.Popen(cmd, env=e) for e in envs]
             codes, cut = _wait_workers(procs, deadline_at, manifest.tick)
         worker_stats = runreport.merge_worker_stats(stats_files)
-    summary = asyncio.run(run_summary(cfg, spider, run_id))
+    summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True))
     result = runreport.summarize(
         spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
         skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
-        dlq=summary["dlq_run"], queue=summary["counts"], breakers=summary["breakers"], workers=worker_stats,
+        dlq=summary["dlq_run"], queue=summary["backlog"], queue_scope=summary["backlog_scope"],
+        breakers=summary["breakers"], workers=worker_stats,
         worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
     )
     result["cancelled"] = summary["cancelled"]

@@ -3,7 +3,7 @@
 Why a module of its own: cron trusts the exit code and nothing else, so the rule that turns a run's
 end state into a code is a pure function (:func:`exit_code`) that tests can hold to the documented
 table, and the summary is assembled in one place from the two sources that know the figures: Redis
-(seen / done / DLQ per run, parked requests and breakers per spider) and the final stats of the run's
+(seen / done / DLQ and the queued and parked requests per run, breakers per spider) and the final stats of the run's
 own worker processes (outcomes per class, ignored, objects), which each worker writes to the file
 named by ``FLEET_STATS_FILE`` when it exits.
 """
@@ -105,12 +105,16 @@ def summarize(
     deadline_passed: bool,
     elapsed_s: float,
     store: str,
+    queue_scope: str = "run",
 ) -> dict[str, Any]:
     """The JSON summary ``fleet run`` prints (and logs as ``run_finished``).
 
     ``seen`` counts every request of the run ever enqueued (seeded and discovered); ``done`` those that
     finished (an object, an ignore or a D outcome recorded as done); ``dlq`` the run's DLQ entries.
-    ``parked`` and ``breakers_open`` are the spider's (breakers are per spider and domain, not per run).
+    ``parked`` and ``pending`` (ready + inflight + delayed) are this run's, read from ``queue``, so another
+    run's backlog never makes this one incomplete; ``backlog_scope`` is "spider" when the spider's backlog
+    was too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT) and ``queue`` holds all its runs.
+    ``breakers_open`` is the spider's (breakers are per spider and domain, not per run).
     """
     open_breakers = sorted(d for d, b in breakers.items() if b.get("state", "closed") != "closed")
     pending = int(queue.get("ready", 0)) + int(queue.get("inflight", 0)) + int(queue.get("delayed", 0))
@@ -127,6 +131,7 @@ def summarize(
         "dlq": dlq,
         "parked": int(queue.get("parked", 0)),
         "pending": pending,
+        "backlog_scope": queue_scope,
         "breakers_open": open_breakers,
         "ignored": workers.get("ignored", 0),
         "outcomes": workers.get("outcomes", {}),

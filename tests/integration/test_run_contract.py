@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scraper.cli.runreport import exit_code
 from scraper.devtools.demo_site import DemoSite
-from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects
+from scraper.queue.envelope import Envelope
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, queue_session
 from tests.integration.test_drift import BROKEN, FIXED, _spider_env
 
 pytestmark = pytest.mark.integration
@@ -87,6 +90,31 @@ def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: 
         code, again = _run("demo_shop", "--resume", "cut", env=env)
         assert code == 0, again
         assert again["seen"] == again["done"] == 44 and not again["deadline_passed"]
+
+
+def test_another_runs_backlog_does_not_make_a_run_incomplete(redis_url: str, tmp_path: Path) -> None:
+    """Two runs of one spider: run `other` has a request waiting in DELAYED (a retry due in an hour), so
+    the workers of `fleet run --run mine` never see the spider idle and the deadline stops them. `mine`
+    itself drained: its summary counts its own backlog (none), not the spider's, and it exits 0."""
+    env = fleet_env(redis_url, tmp_path, FLEET_SHUTDOWN_GRACE="1")
+    seeded = fleet_json("seed", "demo_shop", "--url", "http://127.0.0.1:9/later", "--run", "other", env=env)
+    assert seeded["enqueued"] == 1
+
+    async def delay(q: Any, _client: Any) -> None:
+        batch = await q.lease(1, worker="test", lease_seconds=30)
+        (lease,) = batch.leased
+        assert await q.nack(lease.id, lease.token, Envelope.loads(lease.raw.decode()), time.time() + 3600)
+
+    queue_session(redis_url, "demo_shop", delay)
+    with DemoSite(n_products=10, per_page=10).start() as site:
+        env["FLEET_DEMO_URL"] = site.start_url
+        code, summary = _run("demo_shop", "--run", "mine", "--deadline", "6", "--idle", "1", env=env)
+    assert summary["deadline_passed"] and summary["seen"] == summary["done"] == 11, summary  # 1 list page + 10 products
+    assert summary["pending"] == 0 and summary["parked"] == 0 and summary["backlog_scope"] == "run", summary
+    assert code == 0, summary  # before: "1 requests still queued", exit 5, from run other's retry
+    assert counts(redis_url, "demo_shop")["delayed"] == 1  # run other's request is still there, untouched
+    manifest = _manifest(tmp_path, "demo_shop", "mine")
+    assert manifest["complete"] is True and manifest["counts"]["queued"] == {"ready": 0, "inflight": 0, "delayed": 0}
 
 
 def test_resume_of_an_unknown_run_is_a_usage_error(redis_url: str, tmp_path: Path) -> None:
