@@ -130,8 +130,8 @@ def run_cmd(
     if resume is not None:
         run_id = resume
         known = asyncio.run(run_summary(cfg, spider, run_id))
-        if not known["known"]:
-            raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})")
+        if not known["known"]:  # a RUN that names nothing is a bad argument, as in `fleet cancel`
+            raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})", EXIT_ARGS)
         if known["cancelled"]:
             raise fail(f"run {run_id!r} of spider {spider!r} was cancelled (fleet cancel): nothing to resume", EXIT_ARGS)
         seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
@@ -161,6 +161,7 @@ def run_cmd(
     summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True))
     result = runreport.summarize(
         spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+        run_seeded=manifest.seeded if isinstance(manifest.seeded, int) else None,
         skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
         dlq=summary["dlq_run"], queue=summary["backlog"], queue_scope=summary["backlog_scope"],
         breakers=summary["breakers"], workers=worker_stats,

@@ -94,6 +94,7 @@ def summarize(
     resumed: bool,
     seeded: int,
     skipped: int,
+    run_seeded: int | None = None,
     rejected: int = 0,
     seen: int,
     done: int,
@@ -109,13 +110,17 @@ def summarize(
 ) -> dict[str, Any]:
     """The JSON summary ``fleet run`` prints (and logs as ``run_finished``).
 
-    ``seen`` counts every request of the run ever enqueued (seeded and discovered); ``done`` those that
+    ``seen`` counts every request of the run ever enqueued (seeded and discovered; ``run_seeded`` is the
+    run's seeded total from its manifest, for ``discovered`` on a resumed run); ``done`` those that
     finished (an object, an ignore or a D outcome recorded as done); ``dlq`` the run's DLQ entries.
     ``parked`` and ``pending`` (ready + inflight + delayed) are this run's, read from ``queue``, so another
     run's backlog never makes this one incomplete; ``backlog_scope`` is "spider" when the spider's backlog
     was too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT) and ``queue`` holds all its runs.
     ``breakers_open`` is the spider's (breakers are per spider and domain, not per run).
     """
+    # discovered = seen - what the run's seeding enqueued; a resumed run seeded nothing now, so that
+    # figure comes from the run's manifest (``run_seeded``), and is unknown (None) without one
+    total_seeded = seeded if not resumed else run_seeded
     open_breakers = sorted(d for d, b in breakers.items() if b.get("state", "closed") != "closed")
     pending = int(queue.get("ready", 0)) + int(queue.get("inflight", 0)) + int(queue.get("delayed", 0))
     return {
@@ -125,7 +130,7 @@ def summarize(
         "seeded": seeded,
         "skipped": skipped,
         "rejected": rejected,
-        "discovered": max(0, seen - seeded) if not resumed else None,
+        "discovered": max(0, seen - total_seeded) if total_seeded is not None else None,
         "seen": seen,
         "done": done,
         "dlq": dlq,

@@ -52,6 +52,7 @@ def test_drifted_run_is_incomplete_until_reset_and_resume(redis_url: str, tmp_pa
         code, again = _run("driftshop", "--resume", "night1", env=fixed)
         assert code == 0, again
         assert again["resumed"] and again["seeded"] == 0 and again["parked"] == 0 and not again["breakers_open"]
+        assert again["discovered"] == 62  # seen - the run's seeded total, which the manifest carries (was null)
         assert again["seen"] == again["done"] == 63  # 3 list pages + 60 products
         assert len(objects(tmp_path / "data", "items", "driftshop", "night1")) == 60
         manifest = _manifest(tmp_path, "driftshop", "night1")
@@ -90,6 +91,7 @@ def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: 
         code, again = _run("demo_shop", "--resume", "cut", env=env)
         assert code == 0, again
         assert again["seen"] == again["done"] == 44 and not again["deadline_passed"]
+        assert again["seeded"] == 0 and again["discovered"] == 43  # the first invocation seeded 1
 
 
 def test_another_runs_backlog_does_not_make_a_run_incomplete(redis_url: str, tmp_path: Path) -> None:
@@ -117,10 +119,12 @@ def test_another_runs_backlog_does_not_make_a_run_incomplete(redis_url: str, tmp
     assert manifest["complete"] is True and manifest["counts"]["queued"] == {"ready": 0, "inflight": 0, "delayed": 0}
 
 
-def test_resume_of_an_unknown_run_is_a_usage_error(redis_url: str, tmp_path: Path) -> None:
+def test_resume_of_an_unknown_run_is_a_bad_argument(redis_url: str, tmp_path: Path) -> None:
+    """Exit 2, like `--resume` of a cancelled run and `fleet cancel` of a run the spider never had (README:
+    2 bad arguments); --resume with --run is a usage error, exit 1."""
     env = fleet_env(redis_url, tmp_path)
     res = fleet("run", "demo_shop", "--resume", "never-seeded", env=env)
-    assert res.returncode == 1 and "no run 'never-seeded'" in res.stderr
+    assert res.returncode == 2 and "no run 'never-seeded'" in res.stderr
     res = fleet("run", "demo_shop", "--resume", "x", "--run", "y", env=env)
     assert res.returncode == 1
 
