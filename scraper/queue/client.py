@@ -239,10 +239,12 @@ class FleetQueue(Inspection, Gating):
                 r = runs[c.run] = len(runs) + 1
                 keys += (self.keys.seen(c.run), self.keys.done(c.run))
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
-            args += [r, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered)]
+            args += [r, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered),
+                     len(c.hops)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
                 args += entry_args(env, entry_id=cid)
+            args += c.hops
         return args
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],

@@ -73,6 +73,10 @@ class Inspection:
         res = await self._has([key], fps)
         return [bool(int(x)) for x in res]
 
+    async def seen(self, run: str, fps: Sequence[str]) -> list[bool]:
+        """Whether each fingerprint is in the run's SEEN (the worker asks before it follows a redirect)."""
+        return await self.has_member(self.keys.seen(run), fps)
+
     async def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.keys.ready)

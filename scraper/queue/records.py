@@ -44,6 +44,9 @@ class Commit:
     done: bool = True  # False: only enqueue the children (early, before the parent's writes)
     claim: int = 0  # 1-based index of a child to lease to this worker at once (0: none); see COMMIT
     ids: list[str] = field(default_factory=list)  # queue ids of the children, chosen by the caller (or new)
+    # fingerprints of the redirect hops it followed, recorded SEEN (and DONE) with its own DONE: a later link
+    # to a redirect's target is dropped, as Scrapy's dupefilter drops it (lua/commit.lua)
+    hops: list[str] = field(default_factory=list)
 
 
 class CommitReply(NamedTuple):

@@ -79,13 +79,15 @@ class Committer:
             return
         env = state.env
         self.commits.append((state, Commit(state.id, state.lease.token, env.run, env.fp,
-                                           domain=env.domain, outcome=outcome)))
+                                           domain=env.domain, outcome=outcome, hops=state.fetch.hops)))
         if len(self.commits) >= self.config.commit_batch:
             self.wake.set()
 
     def ack_only(self, state: LeaseState) -> None:
-        """Acknowledge a request that leaves nothing behind (ignored: offsite, robots…), soon."""
-        self.commits.append((state, Commit(state.id, state.lease.token, state.env.run, state.env.fp)))
+        """Acknowledge a request that leaves nothing behind (ignored: offsite, robots…), soon; the
+        redirect hops it followed before it was ignored are recorded SEEN with it, as Scrapy records them."""
+        self.commits.append((state, Commit(state.id, state.lease.token, state.env.run, state.env.fp,
+                                           hops=state.fetch.hops)))
         self.wake.set()
 
     async def queue_children(self, state: LeaseState, void: Callable[[LeaseState], None]) -> None:
@@ -93,7 +95,8 @@ class Committer:
         env, out, progress = state.env, state.out, state.progress
         spec = progress.spec
         commit = Commit(state.id, state.lease.token, env.run, env.fp, out.discovered, done=False,
-                        claim=progress.spec_index if spec is not None else 0, ids=out.discovered_ids)
+                        claim=progress.spec_index if spec is not None else 0, ids=out.discovered_ids,
+                        hops=state.fetch.hops)
         try:
             await self.commit_batch([(state, commit)])
         finally:

@@ -38,9 +38,10 @@ LOCAL_REQUESTS = 256
 
 
 class Fetch:
-    """The download: its answer and the proxy that carried it (written by the downloader middlewares)."""
+    """The download: its answer, the proxy that carried it (written by the downloader middlewares) and
+    the fingerprints of the redirect hops it followed (scraper.worker.redirects; recorded at its commit)."""
 
-    __slots__ = ("body", "fetched_at", "proxy_id", "started", "status")
+    __slots__ = ("body", "fetched_at", "hops", "proxy_id", "started", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
@@ -48,6 +49,7 @@ class Fetch:
         self.fetched_at: str | None = None
         self.started = time.monotonic()
         self.proxy_id: str | None = None
+        self.hops: list[str] = []
 
 
 class Output:

@@ -14,7 +14,8 @@ the scheduler's ``self.rt: FleetPort = FleetRuntime(...)`` is where mypy proves 
 The ledger record (``LeaseState``, one per leased request) is the runtime's; components read its fields
 (``claim``, ``settled``, ``env``, ``request``, ``status``, ``pending``, ``items``, ``discovered``,
 ``exhausted``) and write none of them but ``request`` (the scheduler, for a redirect that continues a
-lease); every other change goes through a FleetPort method (``proxy_chosen`` for the proxy middleware).
+lease, in the ``follow`` it hands to ``continued``); every other change goes through a FleetPort method
+(``proxy_chosen`` for the proxy middleware).
 
 ``fleet_of(crawler)`` is the one way to find the runtime (``None`` outside a Fleet worker: the
 components then stand aside, as plain Scrapy runs them); ``attach`` is the scheduler's, which creates it.
@@ -111,7 +112,10 @@ class FleetPort(Protocol):
 
     def state_for(self, request: Request) -> LeaseState | None: ...
 
-    def offsite_continuation(self, state: LeaseState, request: Request) -> bool: ...
+    # a redirect of a leased request: False if ignored at once (offsite); else ``follow`` is called now or
+    # after the run's SEEN was asked (scraper.worker.redirects), unless the request was settled as ignored
+    def continued(self, state: LeaseState, request: Request,
+                  follow: Callable[[LeaseState, Request], None]) -> bool: ...
 
     def may_close(self) -> bool: ...
 

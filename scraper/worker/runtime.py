@@ -29,7 +29,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
-from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
@@ -58,6 +57,7 @@ from scraper.worker.keeper import Keeper
 from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
 from scraper.worker.proxies import ProxyPool, parse_proxies
 from scraper.worker.queueport import QueuePort
+from scraper.worker.redirects import Follow, Redirects
 from scraper.worker.sinks import STORE_THREADS, Durability, open_sink
 from scraper.worker.tuning import tune_gc
 
@@ -124,6 +124,8 @@ class FleetRuntime:
         self.finisher.durability = self.durability
         self.finisher.dropped = self.cancels.dropped
         self.discovery = Discovery(config, self.ledger, self.stats, self.log)
+        self.redirects = Redirects(self.ledger, self.discovery, ignored=self.ignored, spawn=self.spawn,
+                                   kick=self.engine_kick, stats=self.stats, log=self.log)
         self.keeper = Keeper(self.ledger, self.health, self.flags, self.feeder, lease_seconds=config.lease_seconds,
                              until_idle=self.until_idle, stats=self.stats, log=self.log, kick=self.engine_kick,
                              committing=lambda: bool(self.committer.commits))
@@ -180,7 +182,7 @@ class FleetRuntime:
         queue, self.sink = crashpoints.install(self.crash_at, fleet_queue, self.sink)
         self.durability.sink = self.sink
         self.queue = self.committer.queue = self.failures.queue = self.feeder.queue = self.keeper.queue = queue
-        self.cancels.queue = queue
+        self.cancels.queue = self.redirects.queue = queue
         self.proxies = self.failures.proxies = self.keeper.proxies = ProxyPool(
             parse_proxies(self.config.proxies), self.client)
         self.breakers.spider = spider.name
@@ -189,7 +191,7 @@ class FleetRuntime:
         self.feeder.spider = spider.name
         self.log = self.log.bind(spider=spider.name)
         for part in (self.health, self.breakers, self.speculation, self.committer, self.failures, self.feeder,
-                     self.keeper, self.finisher, self.discovery, self.cancels):
+                     self.keeper, self.finisher, self.discovery, self.cancels, self.redirects):
             part.log = self.log
         if self.gate is not None:
             self.gate.log, self.gate.queue = self.log, queue
@@ -390,15 +392,9 @@ class FleetRuntime:
     def discovered(self, state: LeaseState, request: Request) -> None:
         self.discovery.found(state, request)
 
-    def offsite_continuation(self, state: LeaseState, request: Request) -> bool:
-        """True (and the request is settled as ignored) for a redirect of a queued request to a host
-        outside the spider's allowed_domains. Scrapy's own check skips it: the redirect inherits the
-        ``dont_filter`` every queued request is fetched with; the envelope keeps the spider's own."""
-        if not self.discovery.off_site(request, state.env.dont_filter):
-            return False
-        host = urlparse_cached(request).hostname
-        self.ignored(state, IgnoreRequest(f"offsite redirect to {host}"))
-        return True
+    def continued(self, state: LeaseState, request: Request, follow: Follow) -> bool:
+        """A redirect of a leased request: Scrapy's offsite and dupefilter checks (scraper.worker.redirects)."""
+        return self.redirects.continued(state, request, follow)
 
     def output_done(self, state: LeaseState) -> None:
         state.out.exhausted = True

@@ -26,6 +26,7 @@ from scraper.infra.embedded import resolve_redis_url
 from scraper.queue.entrycheck import EnvelopeError
 from scraper.queue.envelope import META_KEY, Envelope
 from scraper.queue.names import is_name
+from scraper.worker.ledger import LeaseState
 from scraper.worker.ports import FleetPort, attach
 from scraper.worker.runtime import FleetRuntime
 
@@ -61,11 +62,8 @@ class FleetScheduler(BaseScheduler):
     def enqueue_request(self, request: Request) -> bool:
         state = self.rt.state_for(request)
         if state is not None and not state.settled:
-            if self.rt.offsite_continuation(state, request):
-                return False
-            state.request = request
-            self.direct.append(request)
-            return True
+            # a redirect: Scrapy's offsite and dupefilter checks, made against the run (scraper.worker.redirects)
+            return self.rt.continued(state, request, self._follow)
         if isinstance(request.meta.get(META_KEY), str):
             # a continuation of a lease this worker no longer holds: the live delivery redoes it
             self.rt.log.warning("stale_request_dropped", lease=request.meta.get(META_KEY))
@@ -73,6 +71,10 @@ class FleetScheduler(BaseScheduler):
         # A request outside any lease (e.g. from a spider_idle handler): straight to Redis.
         self.rt.spawn(self._enqueue_orphan(request))
         return True
+
+    def _follow(self, state: LeaseState, request: Request) -> None:
+        state.request = request
+        self.direct.append(request)
 
     async def _enqueue_orphan(self, request: Request) -> None:
         assert self.rt.queue is not None and self.rt.spider is not None

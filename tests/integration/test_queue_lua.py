@@ -355,6 +355,32 @@ def test_commit_without_ack_keeps_the_lease(redis_url: str) -> None:
     _run(redis_url, body)
 
 
+def test_commit_records_redirect_hops_in_seen_and_done_exactly(redis_url: str) -> None:
+    """The redirect hops a request followed (scraper.worker.redirects) go into SEEN before its children
+    (a child linking to the landed page is not queued) and, when new there, into DONE too, so the run's
+    counts still reconcile; the same hops sent again with the DONE commit count nothing twice, and a
+    batch's next commit is read from the right ARGV."""
+    async def body(q: FleetQueue, client: Any) -> None:
+        parent, other = _env("redirect/2"), _env("other")
+        await q.seed("r1", [parent, other, _env("landed/a")])  # landed/a already SEEN: queued elsewhere
+        p, o = (await q.lease(2, worker="w1", lease_seconds=60)).leased
+        if Envelope.loads(p.raw).url != parent.url:
+            p, o = o, p
+        hops = [_env("redirect/1").fp, _env("landed/a").fp, _env("landed/b").fp]
+        kids = [_env("landed/b"), _env("c1")]  # landed/b: the landed page linking to itself
+        res = await q.commit([Commit(p.id, p.token, "r1", parent.fp, discovered=kids, done=False, hops=hops)])
+        assert res == ([1], [], [False])  # c1 only
+        assert await q.runs() == {"r1": {"seen": 6, "done": 2}}  # + redirect/1, landed/b, c1; 2 hops DONE
+        assert await q.has_member(q.keys.done("r1"), hops) == [True, False, True]
+        res = await q.commit([Commit(p.id, p.token, "r1", parent.fp, hops=hops),
+                              Commit(o.id, o.token, "r1", other.fp)])
+        assert res == ([0, 0], [], [True, True])
+        assert await q.runs() == {"r1": {"seen": 6, "done": 4}}  # redirect/2 and other; no hop twice
+        assert await q.counts() == {"ready": 2, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}  # landed/a, c1
+
+    _run(redis_url, body)
+
+
 def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
         await q.seed("r1", [_env("b")])

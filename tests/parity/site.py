@@ -114,9 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/status/"):
             code = int(path.split("/")[2])
             return self._send(code, _html(f"Status {code}", f"<p>{code}</p>"))
-        if path.startswith("/redirect/"):
+        if path.startswith("/redirect/"):  # /redirect/N[?to=NAME]: N hops to /landed/NAME (default redirect)
             n = int(path.split("/")[2])
-            target = f"/redirect/{n - 1}" if n > 1 else "/landed/redirect"
+            to = query.get("to", [""])[0]
+            target = f"/redirect/{n - 1}" + (f"?to={to}" if to else "") if n > 1 else f"/landed/{to or 'redirect'}"
             return self._send(302, b"", headers={"Location": target})
         if path == "/refresh":
             return self._send(200, _html("Refresh", "wait", '<meta http-equiv="refresh" content="0; url=/landed/refresh">'))

@@ -104,3 +104,20 @@ def test_cookiejar_sessions(site: ParitySite, tmp_path: Path, redis_url: str) ->
     assert ref == Counter(json.dumps({"jar": n, "session": f"j{n}"}, sort_keys=True) for n in (1, 2))
     assert got.items == Counter(json.dumps({"jar": n, "session": "none"}, sort_keys=True) for n in (1, 2)), \
         diff(ref, got.items)
+
+
+def test_redirect_targets_are_deduplicated(site: ParitySite, tmp_path: Path, redis_url: str) -> None:
+    """A redirect whose target (or a hop of whose chain) was already scheduled is dropped, and a redirect
+    that landed records its hops: a later link to the landed page or to a hop is not followed. A
+    dont_filter request's redirect is neither checked nor recorded. The same items; under Fleet the
+    dropped redirects are settled as ignored (fleet/redirect_filtered) and the run's counts reconcile."""
+    ref, got = compare("parity_redirect_dedup", site.base, tmp_path, redis_url)
+    landed = Counter((d.get("landed") or d.get("second") or d.get("back"), d.get("redirects"))
+                     for d in map(json.loads, ref.elements()))
+    assert landed == Counter({(f"{site.base}/landed/redirect", 0): 1, (f"{site.base}/landed/mid", 1): 1,
+                              (f"{site.base}/landed/second", 2): 1, (f"{site.base}/item/7-7", None): 1,
+                              (f"{site.base}/landed/df", 1): 1, (f"{site.base}/landed/df", 0): 1}), ref
+    assert got.code == 0, got.stderr[-2000:]
+    assert not diff(ref, got.items), diff(ref, got.items)
+    assert got.summary["ignored"] == 2, got.summary  # /redirect/2 and /redirect/2?to=mid
+    assert got.summary["seen"] == got.summary["done"], got.summary

@@ -3,7 +3,8 @@
 -- KEYS: env ready seq hold brk parkdom inflight lease dlv waiting wake cancelled
 -- KEYS...: seen done
 -- ARGV: prefix ttl now W minev rate cbase ccap ack lease worker nonce
--- ARGV...: r fp id token domain outcome claim ndisc (then ndisc groups: id json fp prio dont_filter)
+-- ARGV...: r fp id token domain outcome claim ndisc nhops (then ndisc groups: id json fp prio dont_filter, then
+--   nhops fp)
 -- REPLY: {enqueued counts, events flat (domain, event), acked flags, claims flat (token, deliveries)}, one
 --   count/flag/claim per commit; an unclaimed child gives ('', 0) when it was not queued (SEEN) and
 --   ('', -1) when it waits in READY.
@@ -23,6 +24,14 @@
 -- chain would wait for the lease to expire.
 -- A commit of a run `fleet cancel` marked (a field of `cancelled`; the run is the tail of its seen key)
 -- queues no children, records no DONE and feeds no breaker: it only acknowledges the lease.
+-- hops: the fingerprints of the redirect hops the request followed (it was not dont_filter, and each hop
+--   was not SEEN when the worker checked), recorded in SEEN as Scrapy's dupefilter records a redirect it
+--   schedules, so a later link to a redirect's target is not fetched again: with its children (which may
+--   link back to it) and again with its DONE (a request without children). Only the first delivery of a
+--   request checks its hops (scraper.worker.redirects): a redelivery after a crash follows them, so a hop
+--   recorded here before the request was written never drops its page. A hop new to SEEN goes into DONE
+--   too (its page is the request's object), so seen = done + dlq + parked + queued still holds; a hop
+--   SEEN meanwhile (a link to it was queued after the check) is left alone: that request is fetched.
 local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local do_ack = ARGV[9] == '1'
@@ -34,14 +43,14 @@ local stopped = {}  -- r -> whether that run was cancelled
 local i = 13
 while i <= #ARGV do
   local r, fp, id, token, domain, outcome = tonumber(ARGV[i]), ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local claim, nd = tonumber(ARGV[i+6]), tonumber(ARGV[i+7])
+  local claim, nd, nh = tonumber(ARGV[i+6]), tonumber(ARGV[i+7]), tonumber(ARGV[i+8])
   local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
-  i = i + 8
+  i = i + 9
   if any_cancelled and stopped[r] == nil then
     stopped[r] = redis.call('HEXISTS', k.cancelled, string.sub(seen, string.len(k.prefix) + 6)) == 1
   end
   if stopped[r] then
-    i = i + 5 * nd
+    i = i + 5 * nd + nh
     table.insert(claims, '')
     table.insert(claims, 0)
     local ok = 0
@@ -55,6 +64,10 @@ while i <= #ARGV do
     local enq = 0
     local ctoken, cdlv = '', 0
     local took = 0  -- 1 when this call moved the claimed child from READY to IN-FLIGHT
+    -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy
+    for h = i + 5 * nd, i + 5 * nd + nh - 1 do
+      if set_add(seen, ARGV[h], ttl) == 1 then set_add(done, ARGV[h], ttl) end
+    end
     for c = 1, nd do
       local added = enqueue(k, seen, ttl, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4])
       enq = enq + added
@@ -68,6 +81,7 @@ while i <= #ARGV do
       end
       i = i + 5
     end
+    i = i + nh
     table.insert(claims, ctoken)
     table.insert(claims, cdlv)
     fresh = fresh + enq - took
