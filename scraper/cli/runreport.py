@@ -111,8 +111,9 @@ def summarize(
     """The JSON summary ``fleet run`` prints (and logs as ``run_finished``).
 
     ``seen`` counts every request of the run ever enqueued (seeded and discovered; ``run_seeded`` is the
-    run's seeded total from its manifest, for ``discovered`` on a resumed run); ``done`` those that
-    finished (an object, an ignore or a D outcome recorded as done); ``dlq`` the run's DLQ entries.
+    run's seeded total from its manifest, for ``discovered`` on a resumed run) and every redirect hop a
+    request followed; ``done`` those that finished (an object, an ignore or a D outcome recorded as done;
+    a redirect hop with its request); ``dlq`` the run's DLQ entries.
     ``parked`` and ``pending`` (ready + inflight + delayed) are this run's, read from ``queue``, so another
     run's backlog never makes this one incomplete; ``backlog_scope`` is "spider" when the spider's backlog
     was too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT) and ``queue`` holds all its runs.

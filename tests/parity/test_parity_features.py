@@ -121,3 +121,20 @@ def test_redirect_targets_are_deduplicated(site: ParitySite, tmp_path: Path, red
     assert not diff(ref, got.items), diff(ref, got.items)
     assert got.summary["ignored"] == 2, got.summary  # /redirect/2 and /redirect/2?to=mid
     assert got.summary["seen"] == got.summary["done"], got.summary
+
+
+def test_a_raising_callback_keeps_nothing_and_goes_to_the_dlq(site: ParitySite, tmp_path: Path,
+                                                               redis_url: str) -> None:
+    """Plain Scrapy keeps what a callback yielded before it raised (the item, the three item pages it
+    linked). Documented difference: Fleet settles a request as one unit, so the item is not written, the
+    links are not followed, the request is in the DLQ as callback_error with the exception, and fleet run
+    exits 4 (after a fix: fleet dlq SPIDER requeue --reason callback_error)."""
+    ref, got = compare("parity_raises", site.base, tmp_path, redis_url)
+    assert ref == Counter([json.dumps({"list": f"{site.base}/list?page=1"})]
+                          + [json.dumps({"item": f"{site.base}/item/1-{i}"}) for i in (1, 2, 3)]), ref
+    assert got.code == 4, got.stderr[-2000:]
+    assert got.items == Counter(), got.items
+    dlq = fleet_json("dlq", "parity_raises", "list", "--json", env=got.env)
+    assert [(row["url"], row["reason"], row["detail"]) for row in dlq] == \
+        [(f"{site.base}/list?page=1", "callback_error:ValueError", "odd list page")], dlq
+    assert got.summary["dlq"] == 1 and got.summary["seen"] == 1, got.summary
