@@ -9,6 +9,9 @@ dont_filter request is neither checked nor recorded; and a request settled meanw
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +25,8 @@ from scraper.queue.fingerprint import fp64
 from scraper.worker.discovery import Discovery
 from scraper.worker.ledger import LeaseState, Ledger
 from scraper.worker.redirects import Redirects
-from tests.fleetproc import queue_session
+from tests.fleetproc import fleet_json, objects, queue_session, spider_module_env, start_worker, wait_all, wait_for
+from tests.parity.site import ParitySite
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +128,57 @@ def test_a_redirect_to_a_seen_target_is_ignored_on_a_first_delivery_only(redis_u
         assert other.settled and len(ignored) == 2
 
     queue_session(redis_url, SPIDER, body)
+
+
+CRASH_SPIDER = """
+    import scrapy
+
+    class CrashRedirect(scrapy.Spider):
+        name = "crash_redirect"
+
+        def parse(self, response):
+            yield {"url": response.url, "redirects": len(response.meta.get("redirect_urls", []))}
+            if "/landed/" in response.url:
+                yield response.follow("/item/5-5", callback=self.parse)
+"""
+
+
+def test_a_worker_killed_after_recording_its_hops_loses_no_page(redis_url: str, tmp_path: Path) -> None:
+    """A worker follows a redirect and queues the landed page's child (the COMMIT that records the hops in
+    SEEN), but cannot write the object (its store is a file, not a directory: the request is held, never
+    DONE) and is SIGKILLed. The next worker leases the request again: its hops are SEEN, by its own dead
+    delivery, and it follows them anyway, so the page is stored and nothing is dropped as seen."""
+    site = ParitySite().start()
+    try:
+        env = spider_module_env(redis_url, tmp_path, "crash_redirect_spiders", CRASH_SPIDER,
+                                FLEET_LEASE_SECONDS="1", FLEET_LOG_FORMAT="json")
+        start = f"{site.base}/redirect/2?to=crash"
+        fleet_json("seed", "crash_redirect", "--run", "r1", "--url", start, env=env)
+        blocked = tmp_path / "not-a-dir"
+        blocked.write_text("")
+        first = start_worker("crash_redirect", {**env, "FLEET_STORE": f"file://{blocked}"}, tmp_path / "w1.log")
+        landed = fp64(Request(f"{site.base}/landed/crash"))
+
+        async def state(q: FleetQueue, client: Any) -> tuple[list[bool], dict[str, dict[str, int]]]:
+            return await q.seen("r1", [landed]), await q.runs()
+
+        try:
+            assert wait_for(lambda: queue_session(redis_url, "crash_redirect", state)[0] == [True], 30, 0.05), \
+                (tmp_path / "w1.log").read_text()[-3000:]
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        assert queue_session(redis_url, "crash_redirect", state)[1]["r1"]["done"] == 2  # the hops, not the request
+        log = tmp_path / "w2.log"
+        assert wait_all([start_worker("crash_redirect", env, log, "--until-idle", "3")], 60) == [0]
+        events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        dropped = [e for e in events if e.get("event") in ("redirect_filtered", "request_ignored")]
+        assert not dropped, dropped
+        items = {i["url"]: i["redirects"] for rows in objects(tmp_path / "data", "items", "crash_redirect", "r1").values()
+                 for i in rows}
+        assert items == {f"{site.base}/item/5-5": 0, f"{site.base}/landed/crash": 2}, items
+        status = fleet_json("status", "crash_redirect", "--json", env=env)["crash_redirect"]
+        assert status["runs"]["r1"] == {"seen": 4, "done": 4}, status  # the start, 2 hops, the child
+        assert status["dlq"] == 0, status
+    finally:
+        site.stop()
