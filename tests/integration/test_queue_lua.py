@@ -378,6 +378,19 @@ def test_commit_records_redirect_hops_in_seen_and_done_exactly(redis_url: str) -
         assert await q.runs() == {"r1": {"seen": 6, "done": 4}}  # redirect/2 and other; no hop twice
         assert await q.counts() == {"ready": 2, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}  # landed/a, c1
 
+        # a cancelled run's commit records no hop, and the batch's next commit is still read right
+        await q.seed("r2", [_env("x", run="r2")])
+        leased = {Envelope.loads(le.raw).url.rsplit("/", 1)[-1]: le for le in (await q.lease(3, worker="w1",
+                                                                                             lease_seconds=60)).leased}
+        x, a = leased["x"], leased["c1"]
+        await client.hset(q.keys.cancelled, "r2", "1")  # fleet cancel, while x is leased
+        res = await q.commit([Commit(x.id, x.token, "r2", _env("x", run="r2").fp, discovered=[_env("y", run="r2")],
+                                     hops=[_env("z", run="r2").fp]),
+                              Commit(a.id, a.token, "r1", Envelope.loads(a.raw).fp, hops=[_env("w").fp])])
+        assert res == ([0, 0], [], [True, True])
+        assert (await q.runs())["r1"] == {"seen": 7, "done": 6}  # w (both sets) and a
+        assert await q.seen("r2", [_env("z", run="r2").fp]) == [False]
+
     _run(redis_url, body)
 
 
