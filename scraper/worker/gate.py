@@ -5,9 +5,9 @@ Why outside Scrapy's slots: a request waiting for its domain must not hold a con
 requests to other domains (a per-domain bulkhead). ``Feeder.next_state`` hands a gated state to
 :meth:`Gate.park` instead of the engine; it waits in a per-domain deque while one GATE call per domain
 at a time asks Redis for permits; a granted state goes back to the front of the buffer (next_state serves
-it) and the engine is kicked. Its permit is handed back when its fetch ends (:meth:`done`, from the
-runtime's ``fetched`` / ``fail`` / ``ignored`` / ``defer``) with the latency and outcome for AIMD, batched
-into one UNGATE; a permit whose request left the ledger any other way is handed back by the sweep
+it) and the engine is kicked. Its permit is handed back when its fetch ends (:meth:`done`, from
+scraper.worker.reports' ``fetched`` / ``fail`` / ``ignored`` / ``defer``) with the latency and outcome for
+AIMD, batched into one UNGATE; a permit whose request left the ledger any other way is handed back by the sweep
 (:meth:`tick`, from the keeper), which also renews the permits held (they expire with the lease, so a
 dead worker's come back) and reports the waiting counts `fleet domains` shows.
 
