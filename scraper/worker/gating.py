@@ -63,6 +63,9 @@ class Gating:
     def bind(self, queue: QueuePort, log: Any) -> None:
         """The spider opened: its queue and its logger, for the gate made now or later."""
         self.queue, self.log = queue, log
+        if self.politeness.ignored:  # AUTOTHROTTLE_START_DELAY and co.: said once, not silently dropped
+            log.info("politeness_setting_ignored", keys=list(self.politeness.ignored),
+                     why="Fleet throttles a domain with a fleet-wide concurrency window, not a per-slot delay")
         if self.gate is not None:
             self.gate.log, self.gate.queue = log, queue
 

@@ -123,3 +123,16 @@ def test_snapshot_shows_spacing_and_rate_per_domain() -> None:
         await gate.close()
 
     asyncio.run(main())
+
+
+def test_autothrottle_delay_keys_are_named_as_ignored() -> None:
+    s = Settings({"AUTOTHROTTLE_MAX_DELAY": 60.0, "AUTOTHROTTLE_START_DELAY": 5.0})  # Scrapy's defaults: silent
+    s.set("AUTOTHROTTLE_ENABLED", True, priority="spider")
+    s.set("AUTOTHROTTLE_TARGET_CONCURRENCY", 3, priority="spider")
+    assert Politeness.from_settings(s).ignored == ()
+    s.set("AUTOTHROTTLE_MAX_DELAY", 10.0, priority="spider")
+    p = Politeness.from_settings(s)
+    assert p.ignored == ("AUTOTHROTTLE_MAX_DELAY",)
+    assert (p.base.aimd, p.base.start) == (True, 3.0)  # the window starts at the target concurrency
+    with pytest.raises(PolitenessError, match="unknown key"):
+        Politeness.from_settings(s, {"a.example": {"AUTOTHROTTLE_START_DELAY": 1}})
