@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from scraper.policy.backoff import retry_delay
-from scraper.policy.taxonomy import A, B, D
+from scraper.policy.taxonomy import A, B, D, FailureClass
 
 __all__ = ["DEAD", "DOMAIN_SLOWDOWN_STATUS", "RETRY", "Budgets", "Decision", "decide"]
 
@@ -36,16 +36,18 @@ class Budgets:
 class Decision:
     """``action`` RETRY: nack to DELAYED after ``delay`` seconds (at least until the domain's hold ends,
     if ``hold_domain``); DEAD: to the DLQ with ``reason``. ``ban_proxy``: the proxy is bad for this
-    domain whatever happens to the request."""
+    domain whatever happens to the request. ``cls``: the class the outcome counts under, the failure's
+    own (A for ``exhausted:A``), so nothing parses it back out of ``reason``."""
 
     action: str
     reason: str
+    cls: FailureClass
     delay: float = 0.0
     hold_domain: bool = False
     ban_proxy: bool = False
 
 
-def decide(cls: str, reason: str, status: int | None, attempts: dict[str, int], budgets: Budgets, *,
+def decide(cls: FailureClass, reason: str, status: int | None, attempts: dict[str, int], budgets: Budgets, *,
            retry_after: float | None = None, proxied: bool = False,
            rng: random.Random | None = None) -> Decision:
     """What to do with a request that failed with ``cls``; ``attempts`` already counts this failure.
@@ -57,11 +59,11 @@ def decide(cls: str, reason: str, status: int | None, attempts: dict[str, int], 
     proxy to rotate, after a backoff."""
     ban = cls == B and status != 429 and proxied
     if cls == A and attempts.get(A, 0) > budgets.retry_max:
-        return Decision(DEAD, f"exhausted:{A}", ban_proxy=ban)
+        return Decision(DEAD, f"exhausted:{A}", A, ban_proxy=ban)
     if cls == B and attempts.get(B, 0) > budgets.rotate_max:
-        return Decision(DEAD, f"exhausted:{B}", ban_proxy=ban)
+        return Decision(DEAD, f"exhausted:{B}", B, ban_proxy=ban)
     if cls == D:
-        return Decision(DEAD, reason, ban_proxy=ban)
+        return Decision(DEAD, reason, D, ban_proxy=ban)
     if cls == A:
         delay = retry_delay(attempts[A] - 1, base=budgets.base, cap=budgets.cap, retry_after=retry_after, rng=rng)
     elif status == 429:
@@ -71,4 +73,4 @@ def decide(cls: str, reason: str, status: int | None, attempts: dict[str, int], 
     else:
         # no proxy to rotate: wait a little before trying the same route again
         delay = retry_delay(attempts[B] - 1, base=budgets.base, cap=budgets.cap, retry_after=retry_after, rng=rng)
-    return Decision(RETRY, reason, delay=delay, hold_domain=status in DOMAIN_SLOWDOWN_STATUS, ban_proxy=ban)
+    return Decision(RETRY, reason, cls, delay=delay, hold_domain=status in DOMAIN_SLOWDOWN_STATUS, ban_proxy=ban)

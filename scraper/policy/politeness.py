@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["AIMD_CAP", "DOMAIN_KEYS", "DomainPolicy", "Politeness", "PolitenessError"]
+__all__ = ["AIMD_CAP", "DOMAIN_KEYS", "IGNORED_KEYS", "DomainPolicy", "Politeness", "PolitenessError"]
 
 #: The AIMD window's upper bound when the spider sets no CONCURRENT_REQUESTS_PER_DOMAIN of its own.
 AIMD_CAP = 32
@@ -29,6 +29,9 @@ DOMAIN_KEYS = frozenset({
     "CONCURRENT_REQUESTS_PER_DOMAIN", "DOWNLOAD_DELAY", "RANDOMIZE_DOWNLOAD_DELAY", "FLEET_DOMAIN_BURST",
     "AUTOTHROTTLE_ENABLED", "AUTOTHROTTLE_TARGET_CONCURRENCY",
 })
+#: Scrapy keys with no meaning under Fleet: they bound or log Scrapy's per-slot delay, which a gated domain
+#: does not have (the fleet's AIMD window is the throttle; spacing is DOWNLOAD_DELAY's and Crawl-delay's).
+IGNORED_KEYS = ("AUTOTHROTTLE_START_DELAY", "AUTOTHROTTLE_MAX_DELAY", "AUTOTHROTTLE_DEBUG")
 _SPIDER_PRIORITY = 30  # scrapy.settings.SETTINGS_PRIORITIES["spider"]
 _MAX_DELAY = 3600.0
 _MAX_LIMIT = 10_000
@@ -104,11 +107,14 @@ def _apply(base: DomainPolicy, values: dict[str, Any], where: str) -> DomainPoli
 class Politeness:
     """The policy of every domain of one spider: a base (the spider's settings) and per-domain overrides.
 
-    ``active`` is False when nothing is gated: the worker then builds no gate at all."""
+    ``active`` is False when nothing is gated: the worker then builds no gate at all. ``ignored``: the
+    IGNORED_KEYS the spider set (the worker says so once)."""
 
-    def __init__(self, base: DomainPolicy, overrides: dict[str, DomainPolicy]) -> None:
+    def __init__(self, base: DomainPolicy, overrides: dict[str, DomainPolicy],
+                 ignored: tuple[str, ...] = ()) -> None:
         self.base = base
         self.overrides = overrides
+        self.ignored = ignored
         self.active = base.gated or any(p.gated for p in overrides.values())
         self._cache: dict[str, DomainPolicy] = {}
 
@@ -137,7 +143,8 @@ class Politeness:
                 if not isinstance(dom, str) or not dom or len(dom) > 253 or not isinstance(vals, dict):
                     raise PolitenessError(f"domain_settings: {str(dom)[:60]!r}: expected a domain -> mapping")
                 overrides[dom.strip().lower().rstrip(".")] = _apply(base, vals, f"domain_settings[{dom[:60]!r}]")
-        return cls(base, overrides)
+        ignored = tuple(k for k in IGNORED_KEYS if (settings.getpriority(k) or 0) >= _SPIDER_PRIORITY)
+        return cls(base, overrides, ignored)
 
     def for_domain(self, domain: str) -> DomainPolicy:
         """The policy of ``domain`` (a host): its own entry, else its closest parent's, else the base."""

@@ -239,7 +239,8 @@ class FleetQueue(Inspection, Gating):
                 r = runs[c.run] = len(runs) + 1
                 keys += (self.keys.seen(c.run), self.keys.done(c.run))
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
-            args += [r, c.fp if c.done else "", c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered),
+            fp = ("?" + c.fp if c.strict else c.fp) if c.done else ""
+            args += [r, fp, c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered),
                      len(c.hops)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):

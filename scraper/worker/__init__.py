@@ -1,6 +1,6 @@
 """The Scrapy side of a worker: the FleetRuntime facade and its components (feeder, keeper, ledger,
-committer, sinks, failures, breakers, health), the scheduler, downloader and handlers Scrapy is given,
-and the one adapter that touches Scrapy internals.
+reports, committer, sinks, failures, breakers, health, gate), the scheduler, downloader and handlers
+Scrapy is given, and the one adapter that touches Scrapy internals.
 """
 
 __all__ = [
@@ -17,7 +17,10 @@ __all__ = [
     "failures",
     "feeder",
     "finisher",
+    "gate",
+    "gating",
     "health",
+    "hedge",
     "identity",
     "keeper",
     "ledger",
@@ -27,6 +30,7 @@ __all__ = [
     "redisfeed",
     "redisspider",
     "render",
+    "reports",
     "robots",
     "runtime",
     "scheduler",

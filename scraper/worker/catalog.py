@@ -77,7 +77,8 @@ class FleetSpiderLoader(SpiderLoader):
 
 
 def base_settings(config: FleetConfig | None = None) -> Settings:
-    """Fleet's settings module, then the Scrapy project's own (scraper.worker.project), then FLEET_* config.
+    """Fleet's settings module, then the Scrapy project's own (scraper.worker.project), then FLEET_* config
+    (a FLEET_* variable set in the environment beats the project's module; a spider's custom_settings beat both).
 
     Raises :class:`SettingsError` when the project's settings module cannot be imported or would lose items."""
     cfg = config or FleetConfig.from_env()
@@ -97,10 +98,13 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
         if m not in modules:
             modules.append(m)
     settings.set("SPIDER_MODULES", modules, priority="project")
-    settings.set("CONCURRENT_REQUESTS", cfg.concurrency, priority="project")
-    settings.set("FLEET_SPIDERS_DIR", cfg.spiders_dir, priority="project")
-    settings.set("FLEET_CHROMIUM", cfg.chromium, priority="project")
-    settings.set("FLEET_METRICS_PORT", cfg.metrics_port or 0, priority="project")  # scraper.worker.exporter
+    for key, var, value in (("CONCURRENT_REQUESTS", "FLEET_CONCURRENCY", cfg.concurrency),
+                            ("FLEET_SPIDERS_DIR", "FLEET_SPIDERS_DIR", cfg.spiders_dir),
+                            ("FLEET_CHROMIUM", "FLEET_CHROMIUM", cfg.chromium),
+                            ("FLEET_METRICS_PORT", "FLEET_METRICS_PORT", cfg.metrics_port or 0)):  # worker.exporter
+        # set in the environment: the operator's value beats the project's settings module (not custom_settings);
+        # unset: Fleet's default, which the project's own value overrides
+        settings.set(key, value, priority=projectmod.PRIORITY + 1 if var in os.environ else "project")
     handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
     for scheme in cfg.schemes:
         if scheme in handlers and handlers[scheme] is None:

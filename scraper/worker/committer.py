@@ -87,7 +87,7 @@ class Committer:
         """Acknowledge a request that leaves nothing behind (ignored: offsite, robots…), soon; the
         redirect hops it followed before it was ignored are recorded SEEN with it, as Scrapy records them."""
         self.commits.append((state, Commit(state.id, state.lease.token, state.env.run, state.env.fp,
-                                           hops=state.fetch.hops)))
+                                           hops=state.fetch.hops, strict=state.fetch.filtered)))
         self.wake.set()
 
     async def queue_children(self, state: LeaseState, void: Callable[[LeaseState], None]) -> None:

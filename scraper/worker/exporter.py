@@ -80,7 +80,8 @@ class _StatsCollector(Collector):
                                   "failed, denied by the rate bound.", ["outcome"])
 
     def _gate(self, sp: str) -> Iterable[Any]:
-        """The politeness gate's busiest domains (top 50): in flight fleet-wide, limit, window, waiting."""
+        """The politeness gate's busiest domains (top 50): in flight fleet-wide, limit, window, waiting,
+        spacing, this worker's rate."""
         fleet = fleet_of(self.crawler)
         gate = fleet.gate if fleet is not None else None
         if gate is None:
@@ -89,13 +90,19 @@ class _StatsCollector(Collector):
             ("inflight", "Requests in flight to the domain, fleet-wide (the last GATE reply)."),
             ("limit", "The domain's effective in-flight limit (0: none)."),
             ("window", "The domain's AIMD window."),
-            ("waiting", "This worker's requests waiting at the gate for the domain."))}
-        for domain, inflight, limit, window, waiting in gate.snapshot():
-            fams["inflight"].add_metric([sp, domain], float(inflight))
-            fams["limit"].add_metric([sp, domain], float(limit))
-            if window is not None:
-                fams["window"].add_metric([sp, domain], window)
-            fams["waiting"].add_metric([sp, domain], float(waiting))
+            ("waiting", "This worker's requests waiting at the gate for the domain."),
+            ("spacing_seconds", "The domain's mean fleet-wide spacing (DOWNLOAD_DELAY or Crawl-delay; 0: none)."),
+            ("rate", "This worker's dispatches to the domain per second (over >= 5 s; sum over workers for "
+                     "the fleet's)."))}
+        for row in gate.snapshot():
+            labels = [sp, row.domain]
+            fams["inflight"].add_metric(labels, float(row.inflight))
+            fams["limit"].add_metric(labels, float(row.limit))
+            if row.window is not None:
+                fams["window"].add_metric(labels, row.window)
+            fams["waiting"].add_metric(labels, float(row.waiting))
+            fams["spacing_seconds"].add_metric(labels, row.spacing)
+            fams["rate"].add_metric(labels, round(row.rate, 3))
         yield from fams.values()
 
     def _prefixed(self, snapshot: dict[str, Any], prefix: str, name: str, doc: str,

@@ -20,7 +20,7 @@ from scrapy.http import Response
 
 from scraper.infra.config import FleetConfig
 from scraper.policy.decide import DEAD, Budgets, decide
-from scraper.policy.taxonomy import C, D, Verdict
+from scraper.policy.taxonomy import C, D, FailureClass, Verdict
 from scraper.store.objects import ObjectWriter, item_to_dict
 from scraper.worker.breakers import Breakers
 from scraper.worker.health import Health
@@ -85,7 +85,7 @@ class FailureApplier:
             self.stats.inc_value(f"fleet/proxy/banned/{proxy_id}")  # per proxy id, for the worker metrics
             self.log.info("proxy_banned", proxy=proxy_id, domain=env.domain, cooling_until=round(until or 0.0, 3))
         if decision.action == DEAD:
-            await self.dead(state, decision.reason, detail, response=response)
+            await self.dead(state, decision.reason, detail, response=response, cls=decision.cls)
             return
         now = time.time()
         hold_until = 0.0
@@ -157,8 +157,9 @@ class FailureApplier:
             self.breakers.event(env.domain, event, {"window": window, "sample": sample})
 
     async def dead(self, state: LeaseState, reason: str, detail: str, *, response: Response | None = None,
-                   raw: bytes | None = None) -> None:
-        """To the DLQ with evidence (status, chosen headers, body hash; the envelope or the raw entry)."""
+                   raw: bytes | None = None, cls: FailureClass = D) -> None:
+        """To the DLQ with evidence (status, chosen headers, body hash; the envelope or the raw entry).
+        ``cls``: the class it failed with (A or B for an exhausted budget; D otherwise), for the logs."""
         queue = self.queue
         assert queue is not None
         if not await self.confirmed(state):
@@ -189,7 +190,6 @@ class FailureApplier:
         else:
             fields["envelope"] = env.dumps() if env.url else ""
         if env.url and env.fp:
-            cls = reason.partition(":")[2] if reason.startswith("exhausted:") else D  # exhausted:A -> A
             try:
                 evidence = {k: v for k, v in fields.items() if k != "envelope"}
                 key = await self.in_pool(self.writer.write_evidence, env.spider, env.run, "D", env.fp, evidence)

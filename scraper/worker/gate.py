@@ -5,9 +5,9 @@ Why outside Scrapy's slots: a request waiting for its domain must not hold a con
 requests to other domains (a per-domain bulkhead). ``Feeder.next_state`` hands a gated state to
 :meth:`Gate.park` instead of the engine; it waits in a per-domain deque while one GATE call per domain
 at a time asks Redis for permits; a granted state goes back to the front of the buffer (next_state serves
-it) and the engine is kicked. Its permit is handed back when its fetch ends (:meth:`done`, from the
-runtime's ``fetched`` / ``fail`` / ``ignored`` / ``defer``) with the latency and outcome for AIMD, batched
-into one UNGATE; a permit whose request left the ledger any other way is handed back by the sweep
+it) and the engine is kicked. Its permit is handed back when its fetch ends (:meth:`done`, from
+scraper.worker.reports' ``fetched`` / ``fail`` / ``ignored`` / ``defer``) with the latency and outcome for
+AIMD, batched into one UNGATE; a permit whose request left the ledger any other way is handed back by the sweep
 (:meth:`tick`, from the keeper), which also renews the permits held (they expire with the lease, so a
 dead worker's come back) and reports the waiting counts `fleet domains` shows.
 
@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from scrapy import Request
 
@@ -33,12 +33,51 @@ from scraper.worker.health import REDIS_ERRORS
 from scraper.worker.ledger import LeaseState, Ledger
 from scraper.worker.queueport import QueuePort
 
-__all__ = ["WAITING_PER_DOMAIN", "Gate"]
+__all__ = ["RATE_WINDOW", "WAITING_PER_DOMAIN", "DomainView", "Gate", "Rates"]
 
 #: Requests one worker keeps waiting per gated domain beyond its limit; more go back to DELAYED for a
 #: while (no budget used), or a slow domain would fill the worker's whole buffer and starve the others.
 WAITING_PER_DOMAIN = 4
 _TOP = 50  # domains reported (waiting counts, metrics): bounded label cardinality
+RATE_WINDOW = 5.0  # seconds: a domain's dispatch rate is counted over windows at least this long
+
+
+class DomainView(NamedTuple):
+    """One gated domain as the worker metrics show it (scraper.worker.exporter)."""
+
+    domain: str
+    inflight: int  # in flight fleet-wide (the last GATE reply)
+    limit: int  # the effective in-flight limit (0: none)
+    window: float | None  # the AIMD window (None: no AIMD)
+    waiting: int  # this worker's requests waiting for it
+    spacing: float  # the mean spacing the fleet holds (DOWNLOAD_DELAY or Crawl-delay; 0: none), seconds
+    rate: float  # this worker's dispatches to it per second (its grants; the fleet's is the sum over workers)
+
+
+class Rates:
+    """Grants per domain per second, counted over windows of at least RATE_WINDOW seconds (as gate.lua
+    counts the fleet's): two numbers per domain, nothing per request. A domain nothing is granted to any
+    more reads 0 within two windows."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.windows: dict[str, list[float]] = {}  # domain -> [window start, grants in it, last window's rate]
+
+    def add(self, domain: str, n: int) -> None:
+        w = self._roll(domain)
+        w[1] += n
+
+    def rate(self, domain: str) -> float:
+        return self._roll(domain)[2] if domain in self.windows else 0.0
+
+    def _roll(self, domain: str) -> list[float]:
+        now = self.clock()
+        w = self.windows.get(domain)
+        if w is None:
+            w = self.windows[domain] = [now, 0.0, 0.0]
+        elif now - w[0] >= RATE_WINDOW:
+            w[:] = [now, 0.0, w[1] / (now - w[0])]
+        return w
 
 
 class Gate:
@@ -64,6 +103,7 @@ class Gate:
         self.flushing = False
         self.crawl_delays: dict[str, float] = {}
         self.view: dict[str, GateReply] = {}  # the last reply per domain (metrics)
+        self.rates = Rates()  # this worker's grants per domain per second (metrics)
         self.reported = False
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -119,11 +159,16 @@ class Gate:
         self.crawl_delays[domain] = delay
         return True
 
-    def snapshot(self) -> list[tuple[str, int, int, float | None, int]]:
-        """(domain, in flight fleet-wide, limit, AIMD window, waiting here) of the busiest domains, from
-        the last GATE replies (the worker metrics: bounded label cardinality)."""
-        rows = [(d, r.inflight, r.limit, r.window, len(self.waiting.get(d, ()))) for d, r in self.view.items()]
-        rows.sort(key=lambda x: (x[1] + x[4], x[0]), reverse=True)
+    def spacing(self, domain: str) -> float:
+        """The mean spacing the fleet holds ``domain`` to (RANDOMIZE_DOWNLOAD_DELAY draws around it)."""
+        return max(self.policy.for_domain(domain).delay, self.crawl_delays.get(domain, 0.0))
+
+    def snapshot(self) -> list[DomainView]:
+        """The busiest domains, from the last GATE replies and this worker's own grants (the worker
+        metrics: bounded label cardinality)."""
+        rows = [DomainView(d, r.inflight, r.limit, r.window, len(self.waiting.get(d, ())), self.spacing(d),
+                           self.rates.rate(d)) for d, r in self.view.items()]
+        rows.sort(key=lambda x: (x.inflight + x.waiting, x.domain), reverse=True)
         return rows[:_TOP]
 
     def waiting_counts(self) -> dict[str, int]:
@@ -193,6 +238,7 @@ class Gate:
                         self.ledger.waiting.pop(st.lease.id, None)
                         go.append(st)
                 self.stats.inc_value("fleet/gate/granted", reply.granted)
+                self.rates.add(domain, reply.granted)
                 if go:
                     self.ledger.buffer.extendleft(reversed(go))
                     self.kick()

@@ -87,6 +87,7 @@ class Redirects:
             self.stats.inc_value("fleet/redirect_filtered")
             self.log.info("redirect_filtered", run=env.run, fp=env.fp, target=fp,
                           hops=len(request.meta["redirect_urls"]))
+            state.fetch.filtered = True  # acknowledged only while the lease is ours (records.Commit.strict)
             self.ignored(state, IgnoreRequest(f"redirect to a URL already seen in the run (fp {fp})"))
             return
         state.fetch.hops.append(fp)

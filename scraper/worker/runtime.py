@@ -9,9 +9,12 @@ request known). The runtime keeps a ledger per leased request (scraper.worker.le
 * D      → DLQ with evidence
 * release (shutdown) → back to READY at once
 
-The other components: scraper.worker.feeder (LEASE loop, wake channel, speculation), scraper.worker.keeper (heartbeat,
-maintain, idle exit), scraper.worker.health (Redis and store outages). What the scheduler, middlewares and
-download handlers call is the public methods below; nothing else of this class is theirs to call.
+What the middlewares report, and the moment a request is settled, is scraper.worker.reports; the other
+components: scraper.worker.feeder (LEASE loop, wake channel, speculation), scraper.worker.keeper (heartbeat,
+maintain, idle exit), scraper.worker.health (Redis and store outages), scraper.worker.gating (the politeness
+gate, made when first needed). What the scheduler, middlewares and download handlers call is FleetPort
+(scraper.worker.ports): this class's public methods and the Reports methods it binds; nothing else of this
+class is theirs to call.
 Redis is called through ``redis.asyncio`` on the reactor's own loop, the object store in a bounded
 thread pool or the writer process.
 """
@@ -29,13 +32,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
-from scrapy.http import Response
-from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.policy.politeness import Politeness
-from scraper.policy.taxonomy import B, Verdict
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.store import health as storehealth
@@ -48,16 +48,18 @@ from scraper.worker.breakers import Breakers
 from scraper.worker.cancels import Cancels
 from scraper.worker.committer import Committer, Flags
 from scraper.worker.discovery import Discovery
-from scraper.worker.failures import FailureApplier, now_iso
+from scraper.worker.failures import FailureApplier
 from scraper.worker.feeder import Feeder, Speculation
 from scraper.worker.finisher import Finisher
 from scraper.worker.gate import Gate
+from scraper.worker.gating import Gating
 from scraper.worker.health import Health
 from scraper.worker.keeper import Keeper
 from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
 from scraper.worker.proxies import ProxyPool, parse_proxies
 from scraper.worker.queueport import QueuePort
-from scraper.worker.redirects import Follow, Redirects
+from scraper.worker.redirects import Redirects
+from scraper.worker.reports import Reports
 from scraper.worker.sinks import STORE_THREADS, Durability, open_sink
 from scraper.worker.tuning import tune_gc
 
@@ -124,25 +126,30 @@ class FleetRuntime:
         self.finisher.durability = self.durability
         self.finisher.dropped = self.cancels.dropped
         self.discovery = Discovery(config, self.ledger, self.stats, self.log)
-        self.redirects = Redirects(self.ledger, self.discovery, ignored=self.ignored, spawn=self.spawn,
-                                   kick=self.engine_kick, stats=self.stats, log=self.log)
         self.keeper = Keeper(self.ledger, self.health, self.flags, self.feeder, lease_seconds=config.lease_seconds,
                              until_idle=self.until_idle, stats=self.stats, log=self.log, kick=self.engine_kick,
                              committing=lambda: bool(self.committer.commits))
         self.keeper.tally = self.finisher.tally
-        self.politeness = Politeness.from_settings(crawler.settings, getattr(crawler.spidercls, "domain_settings", {}))
-        self.gate: Gate | None = None  # only for a spider with a politeness setting (or a robots.txt Crawl-delay)
-        if self.politeness.active:
-            self._make_gate()
-
-    def _make_gate(self) -> Gate:
-        gate = self.gate = self.feeder.gate = self.keeper.gate = self.cancels.gate = Gate(
-            self.politeness, self.ledger, worker_id=self.worker_id, lease_seconds=self.config.lease_seconds,
-            stats=self.stats, log=self.log, kick=self.engine_kick, defer=self.defer,
+        self.gating = Gating(
+            Politeness.from_settings(crawler.settings, getattr(crawler.spidercls, "domain_settings", {})),
+            self.ledger, feeder=self.feeder, keeper=self.keeper, cancels=self.cancels, speculation=self.speculation,
+            worker_id=self.worker_id, lease_seconds=config.lease_seconds, stats=self.stats, log=self.log,
+            kick=self.engine_kick, defer=lambda state, until, reason: self.reports.defer(state, until, reason),
             unspace=lambda request: unspace_slot(self.crawler, request))
-        self.speculation.gated = gate.gated
-        gate.queue = self.queue
-        return gate
+        self.reports = reports = Reports(self.ledger, self.flags, self.gating, finisher=self.finisher,
+                                         failures=self.failures, committer=self.committer, discovery=self.discovery,
+                                         spawn=self.spawn, stats=self.stats, log=self.log)
+        # FleetPort's per-request reports are the Reports' own methods (scraper.worker.reports)
+        self.fetched, self.fail = reports.fetched, reports.fail
+        self.defer, self.ignored = reports.defer, reports.ignored
+        self.callback_failed = reports.callback_failed
+        self.item_started, self.item_passed = reports.item_started, reports.item_passed
+        self.item_dropped, self.item_failed = reports.item_dropped, reports.item_failed
+        self.output_done, self.discovered = reports.output_done, self.discovery.found
+        self.redirects = Redirects(self.ledger, self.discovery, ignored=reports.ignored, spawn=self.spawn,
+                                   kick=self.engine_kick, stats=self.stats, log=self.log)
+        self.continued = self.redirects.continued  # a redirect: Scrapy's offsite and dupefilter checks
+        self.crawl_delay = self.gating.crawl_delay
 
     # -- state others read ------------------------------------------------------------------------
 
@@ -170,6 +177,10 @@ class FleetRuntime:
     def idle_since(self) -> float | None:
         return self.feeder.idle_since
 
+    @property
+    def gate(self) -> Gate | None:
+        return self.gating.gate
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def open(self, spider: Spider) -> None:
@@ -183,7 +194,7 @@ class FleetRuntime:
         self.durability.sink = self.sink
         self.queue = self.committer.queue = self.failures.queue = self.feeder.queue = self.keeper.queue = queue
         self.cancels.queue = self.redirects.queue = queue
-        self.proxies = self.failures.proxies = self.keeper.proxies = ProxyPool(
+        self.proxies = self.failures.proxies = self.keeper.proxies = self.reports.proxies = ProxyPool(
             parse_proxies(self.config.proxies), self.client)
         self.breakers.spider = spider.name
         self.finisher.tally.bind(self.client, fleet_queue.keys.tally, self.config.dedup_ttl)
@@ -191,10 +202,10 @@ class FleetRuntime:
         self.feeder.spider = spider.name
         self.log = self.log.bind(spider=spider.name)
         for part in (self.health, self.breakers, self.speculation, self.committer, self.failures, self.feeder,
-                     self.keeper, self.finisher, self.discovery, self.cancels, self.redirects):
+                     self.keeper, self.finisher, self.discovery, self.cancels, self.reports,
+                     self.redirects):
             part.log = self.log
-        if self.gate is not None:
-            self.gate.log, self.gate.queue = self.log, queue
+        self.gating.bind(queue, self.log)
         self.discovery.spider = spider
         self.discovery.offsite = Offsite.for_spider(self.crawler, spider)
         await self.client.sadd("fleet:spiders", spider.name)
@@ -229,8 +240,7 @@ class FleetRuntime:
         if self.committer.commits:
             await self.committer.flush()
         await self.keeper.release_all(reason)
-        if self.gate is not None:
-            await self.gate.close()
+        await self.gating.close()
         await self.finisher.tally.close(self.log)
         await self.sink.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -251,12 +261,6 @@ class FleetRuntime:
         """The proxy middleware routed this request through ``proxy_id`` (its outcome is that proxy's)."""
         state.proxy_id = proxy_id
 
-    def crawl_delay(self, request: Request, delay: float) -> bool:
-        """robots.txt's Crawl-delay for the request's host: True if the gate spaces it fleet-wide."""
-        host = (urlparse_cached(request).hostname or "").lower()
-        gate = self.gate if self.gate is not None or self.queue is None else self._make_gate()
-        return gate is not None and bool(host) and gate.crawl_delay(host, delay)
-
     def engine_kick(self) -> None:
         kick_engine(self.crawler)
 
@@ -269,7 +273,7 @@ class FleetRuntime:
         self.flags.grace_deadline = time.monotonic() + self.config.shutdown_grace
         self.log.info("shutdown_requested", reason=reason, inflight=len(self.active),
                       buffered=len(self.buffer), grace_s=self.config.shutdown_grace)
-        buffered = confirmed_leases([*self.buffer, *(self.gate.clear() if self.gate is not None else ())])
+        buffered = confirmed_leases([*self.buffer, *self.gating.clear()])
         self.buffer.clear()
         if buffered and self.queue is not None:
             self.spawn(self.keeper.release(buffered))
@@ -310,7 +314,6 @@ class FleetRuntime:
         self._inflight.add(task)
         task.add_done_callback(self._task_done)
 
-
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -336,111 +339,8 @@ class FleetRuntime:
 
     drop_void = staticmethod(Speculation.drop_void)
 
-    # -- what the middlewares report --------------------------------------------------------------
-
-    def fetched(self, state: LeaseState, response: Response, verdict: Verdict) -> None:
-        fetch = state.fetch
-        fetch.status = response.status
-        fetch.fetched_at = now_iso()
-        fetch.body = response.body
-        if self.gate is not None:
-            self.gate.done(state, "bad" if response.status in (429, 503) or verdict.cls == B else "ok")
-        elapsed = int((time.monotonic() - fetch.started) * 1000)
-        if fetch.proxy_id and self.proxies:
-            self.proxies.finished(fetch.proxy_id)
-            if verdict.cls != B:
-                self.proxies.success(fetch.proxy_id, state.env.domain, float(elapsed))
-        self.log.info(
-            "request_fetched", run=state.env.run, fp=state.env.fp, status=response.status,
-            elapsed_ms=elapsed, attempt=state.lease.deliveries, proxy=fetch.proxy_id,
-        )
-
-    def defer(self, state: LeaseState, until: float, reason: str) -> None:
-        """Put a request back in DELAYED without using any budget (e.g. every proxy cooling)."""
-        if state.settled:
-            return
-        state.settled = True
-        if self.gate is not None:
-            self.gate.done(state, "none")
-        self.stats.inc_value("fleet/deferred")
-        self.log.info("request_deferred", run=state.env.run, fp=state.env.fp, reason=reason,
-                      until=round(until, 3))
-        self.spawn(self.failures.defer(state, until))
-
-    def item_started(self, state: LeaseState, item: Any) -> None:
-        self.ledger.item_out(state, item)
-
-    def item_passed(self, yielded: Any, item: Any) -> None:
-        """``yielded`` left the pipelines as ``item`` (the object written: what the user's left)."""
-        state = self.ledger.item_back(yielded)
-        if state is not None:
-            state.out.items.append(item)
-            self.maybe_finish(state)
-
-    def item_dropped(self, yielded: Any) -> None:
-        state = self.ledger.item_back(yielded)
-        if state is not None:
-            self.maybe_finish(state)
-
-    def item_failed(self, yielded: Any, exc: BaseException) -> None:
-        """A pipeline raised: the request is not finished cleanly, so it is not acknowledged as ok."""
-        state = self.ledger.item_back(yielded)
-        if state is not None:
-            state.out.errors.append(f"{type(exc).__name__}: {exc}"[:300])
-            self.maybe_finish(state)
-
-    def discovered(self, state: LeaseState, request: Request) -> None:
-        self.discovery.found(state, request)
-
-    def continued(self, state: LeaseState, request: Request, follow: Follow) -> bool:
-        """A redirect of a leased request: Scrapy's offsite and dupefilter checks (scraper.worker.redirects)."""
-        return self.redirects.continued(state, request, follow)
-
-    def output_done(self, state: LeaseState) -> None:
-        state.out.exhausted = True
-        self.maybe_finish(state)
-
-    def maybe_finish(self, state: LeaseState) -> None:
-        if state.settled or not state.finished():
-            return
-        state.settled = True
-        try:
-            self.finisher.finish(state)
-        except Exception as exc:  # a bug or an item nothing can encode: the lease must still settle
-            self.log.error("finish_failed", run=state.env.run, fp=state.env.fp, error=type(exc).__name__)
-            self.spawn(self.failures.dead(state, "finish_error", f"{type(exc).__name__}: {exc}"[:300]))
-
-    def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
-        if state.settled or self.flags.releasing:
-            return
-        state.settled = True
-        self.finisher.callback_failed(state, exc)
+    # -- the worker metrics -------------------------------------------------------------------------
 
     def time_commits(self, observe: Callable[[float], None] | None) -> None:
         """Hand the seconds of every COMMIT call to ``observe`` (the worker metrics' histogram)."""
         self.committer.timed = observe
-
-    def ignored(self, state: LeaseState, exc: BaseException) -> None:
-        """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""
-        state.settled = True
-        if self.gate is not None:  # robots.txt, offsite: no fetch, no measure
-            self.gate.done(state, "none")
-        self.stats.inc_value("fleet/ignored")
-        self.log.info("request_ignored", run=state.env.run, fp=state.env.fp, reason=str(exc)[:200])
-        self.committer.ack_only(state)
-
-    def fail(self, state: LeaseState, verdict: Verdict, response: Response | None) -> None:
-        if state.settled or self.flags.releasing:
-            return
-        state.settled = True
-        if self.gate is not None:  # a timeout or a block slows the domain down (AIMD)
-            self.gate.done(state, "bad" if verdict.cls == B or "Timeout" in verdict.reason else "none")
-        if response is None and state.fetch.proxy_id and self.proxies:
-            self.proxies.finished(state.fetch.proxy_id)
-        self.stats.inc_value(f"fleet/class/{verdict.cls}")
-        self.log.info(
-            "request_classified", run=state.env.run, fp=state.env.fp, cls=verdict.cls,
-            reason=verdict.reason, attempt=state.lease.deliveries,
-            **({"detail": verdict.detail} if verdict.detail else {}),
-        )
-        self.spawn(self.failures.settle(state, verdict, response))

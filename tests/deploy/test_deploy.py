@@ -45,6 +45,8 @@ EXPORTED = {
     "fleet_dlq_entries", "fleet_breakers", "fleet_run_seen", "fleet_run_done",
     "fleet_worker_up", "fleet_worker_pages_fetched_total", "fleet_worker_outcomes_total",
     "fleet_worker_proxy_bans_total", "fleet_worker_fetch_seconds_bucket", "fleet_worker_commit_seconds_bucket",
+    "fleet_domain_inflight", "fleet_domain_limit", "fleet_domain_window", "fleet_domain_waiting",
+    "fleet_domain_spacing_seconds", "fleet_domain_rate",
     *(name + "_total" for name, _ in COUNTERS.values()),
 }
 FOREIGN = {"kube_pod_container_status_restarts_total"}  # kube-state-metrics

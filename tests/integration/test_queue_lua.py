@@ -394,6 +394,36 @@ def test_commit_records_redirect_hops_in_seen_and_done_exactly(redis_url: str) -
     _run(redis_url, body)
 
 
+def test_a_stale_delivery_filtered_by_a_hop_leaves_no_trace(redis_url: str) -> None:
+    """A delivery that lost its lease finds a redirect hop SEEN that the live redelivery recorded: its strict
+    acknowledgement (records.Commit.strict) records neither DONE nor its hops, so if the redelivery then dies
+    before its object is written, the request is leased again instead of skipped as DONE."""
+    async def body(q: FleetQueue, client: Any) -> None:
+        a = _env("docs")
+        await q.seed("r1", [a])
+        first = (await q.lease(1, worker="w1", lease_seconds=0.05)).leased[0]
+        await asyncio.sleep(0.15)  # w1 stalls past its lease
+        second = (await q.lease(1, worker="w2", lease_seconds=0.05)).leased[0]
+        assert second.deliveries == 2
+        hop = _env("docs/").fp
+        await q.commit([Commit(second.id, second.token, "r1", a.fp, discovered=[_env("c1")], done=False,
+                               hops=[hop])])  # the redelivery follows the hop unchecked and queues children
+        res = await q.commit([Commit(first.id, first.token, "r1", a.fp, hops=[_env("docs/x").fp], strict=True)])
+        assert res == ([0], [], [False])
+        assert await q.has_member(q.keys.done("r1"), [a.fp, _env("docs/x").fp]) == [False, False]
+        assert await q.seen("r1", [_env("docs/x").fp]) == [False]
+        await asyncio.sleep(0.15)  # w2 dies before its object is durable
+        batch = await q.lease(5, worker="w3", lease_seconds=60)
+        assert second.id in [le.id for le in batch.leased] and not batch.skipped
+        # the owner's strict acknowledgement records DONE and acks
+        third = next(le for le in batch.leased if le.id == second.id)
+        res = await q.commit([Commit(third.id, third.token, "r1", a.fp, strict=True)])
+        assert res == ([0], [], [True])
+        assert await q.has_member(q.keys.done("r1"), [a.fp]) == [True]
+
+    _run(redis_url, body)
+
+
 def test_redelivered_done_request_is_skipped(redis_url: str) -> None:
     async def body(q: FleetQueue, client: Any) -> None:
         await q.seed("r1", [_env("b")])

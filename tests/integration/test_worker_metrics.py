@@ -1,20 +1,23 @@
 """A real worker process serving its own Prometheus metrics on FLEET_METRICS_PORT, scraped over HTTP on
 127.0.0.1 while it crawls the demo site: the counters follow the crawl (pages, items, objects, outcomes
 per class and reason, dedup skips), both latency histograms have observations, and without the variable
-no port is opened."""
+no port is opened; a gated spider's worker shows each domain's limit, spacing and dispatch rate."""
 
 from __future__ import annotations
 
 import signal
 import socket
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scraper.devtools.demo_site import DemoSite
-from tests.fleetproc import fleet_env, fleet_json, start_worker, wait_all, wait_for
+from tests.fleetproc import fleet_env, fleet_json, spider_module_env, start_worker, wait_all, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +87,73 @@ def test_without_the_port_no_metrics_server(redis_url: str, tmp_path: Path) -> N
         assert wait_all([start_worker("demo_shop", env, log, "--until-idle", "1")], 90) == [0]
         assert '"worker_metrics_serving"' not in log.read_text() and "worker_metrics_serving" not in log.read_text()
     assert _scrape(port) is None
+
+
+GATED = '''
+import scrapy
+
+class Gated(scrapy.Spider):
+    name = "gated"
+    custom_settings = {"DOWNLOAD_DELAY": 0.1, "RANDOMIZE_DOWNLOAD_DELAY": False, "CONCURRENT_REQUESTS_PER_DOMAIN": 2}
+
+    def parse(self, response):
+        yield {"path": response.url}
+'''
+
+
+class _Site:
+    """Answers every GET at once and counts them."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                site.hits += 1
+                body = b"<html><body>ok</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_gated_worker_shows_its_domains_limit_spacing_and_rate(redis_url: str, tmp_path: Path) -> None:
+    port = _free_port()
+    site = _Site()
+    try:
+        env = spider_module_env(redis_url, tmp_path, "metric_spiders", GATED, FLEET_METRICS_PORT=str(port))
+        args = [a for i in range(150) for a in ("--url", f"{site.base}/p/{i}")]
+        assert fleet_json("seed", "gated", "--run", "r1", *args, env=env)["enqueued"] == 150
+        log = tmp_path / "w.log"
+        proc = start_worker("gated", env, log, "--concurrency", "8")
+        try:
+            # 0.1 s apart: 70 pages is 7 s in, past the first 5 s window of the rate
+            assert wait_for(lambda: site.hits >= 70, 60, interval=0.2), log.read_text()[-3000:]
+            got = _scrape(port)
+            assert got is not None
+            d = {"spider": "gated", "domain": "127.0.0.1"}
+            key = tuple(sorted(d.items()))
+            assert got[("fleet_domain_limit", key)] == 2
+            assert got[("fleet_domain_spacing_seconds", key)] == 0.1
+            assert ("fleet_domain_waiting", key) in got and ("fleet_domain_inflight", key) in got
+            rate = got[("fleet_domain_rate", key)]
+            # the gate grants 10 a second; a loaded host's worker may fall a little behind, never ahead
+            assert 6.0 <= rate <= 11.0, f"fleet_domain_rate {rate}/s; the spacing allows 10/s"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert wait_all([proc], 40) == [0], log.read_text()[-3000:]
+    finally:
+        site.stop()

@@ -15,7 +15,7 @@ from scraper.policy.politeness import Politeness, PolitenessError
 from scraper.queue.client import Lease
 from scraper.queue.envelope import Envelope
 from scraper.queue.gating import GateReply
-from scraper.worker.gate import WAITING_PER_DOMAIN, Gate
+from scraper.worker.gate import RATE_WINDOW, WAITING_PER_DOMAIN, Gate, Rates
 from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
 
 STATS = SimpleNamespace(inc_value=lambda *a, **k: None)
@@ -88,3 +88,51 @@ def test_waiting_granted_bounded_released_and_handed_back() -> None:
         await gate.close()
 
     asyncio.run(main())
+
+
+def test_rates_count_grants_over_windows_and_fall_to_zero() -> None:
+    now = [100.0]
+    rates = Rates(clock=lambda: now[0])
+    assert rates.rate("a.example") == 0.0  # never granted
+    for _ in range(40):  # 8 grants a second for 5 s
+        rates.add("a.example", 1)
+        now[0] += 0.125
+    assert rates.rate("a.example") == pytest.approx(8.0)
+    now[0] += RATE_WINDOW  # nothing granted for a whole window: its rate reads 0
+    assert rates.rate("a.example") == 0.0
+
+
+def test_snapshot_shows_spacing_and_rate_per_domain() -> None:
+    async def main() -> None:
+        s = Settings()
+        s.set("DOWNLOAD_DELAY", 0.25, priority="spider")
+        gate = Gate(Politeness.from_settings(s), Ledger(), worker_id="w", lease_seconds=30, stats=STATS, log=LOG,
+                    kick=lambda: None, defer=lambda st, until, why: None, unspace=lambda r: None)
+        gate.queue = FakeQueue(grant=3)  # type: ignore[assignment]
+        now = [0.0]
+        gate.rates = Rates(clock=lambda: now[0])
+        for i in range(3):
+            assert gate.park(state(i))
+        await asyncio.sleep(0.01)
+        assert gate.crawl_delay("b.example", 2.0)
+        now[0] = RATE_WINDOW
+        (row,) = gate.snapshot()
+        assert (row.domain, row.inflight, row.spacing) == ("a.example", 3, 0.25)
+        assert row.rate == pytest.approx(3 / RATE_WINDOW)
+        assert gate.spacing("b.example") == 2.0  # a robots.txt Crawl-delay above the spider's delay
+        await gate.close()
+
+    asyncio.run(main())
+
+
+def test_autothrottle_delay_keys_are_named_as_ignored() -> None:
+    s = Settings({"AUTOTHROTTLE_MAX_DELAY": 60.0, "AUTOTHROTTLE_START_DELAY": 5.0})  # Scrapy's defaults: silent
+    s.set("AUTOTHROTTLE_ENABLED", True, priority="spider")
+    s.set("AUTOTHROTTLE_TARGET_CONCURRENCY", 3, priority="spider")
+    assert Politeness.from_settings(s).ignored == ()
+    s.set("AUTOTHROTTLE_MAX_DELAY", 10.0, priority="spider")
+    p = Politeness.from_settings(s)
+    assert p.ignored == ("AUTOTHROTTLE_MAX_DELAY",)
+    assert (p.base.aimd, p.base.start) == (True, 3.0)  # the window starts at the target concurrency
+    with pytest.raises(PolitenessError, match="unknown key"):
+        Politeness.from_settings(s, {"a.example": {"AUTOTHROTTLE_START_DELAY": 1}})

@@ -14,7 +14,7 @@ def test_a_retries_until_its_budget_then_exhausted() -> None:
     d = decide(A, "http:502", 502, {A: 2}, BUDGETS, rng=random.Random(1))
     assert d.action == RETRY and 0.0 <= d.delay <= 2.0
     d = decide(A, "http:502", 502, {A: 3}, BUDGETS)
-    assert (d.action, d.reason) == (DEAD, f"exhausted:{A}")
+    assert (d.action, d.reason, d.cls) == (DEAD, f"exhausted:{A}", A)
 
 
 def test_budgets_are_separate() -> None:
@@ -22,7 +22,7 @@ def test_budgets_are_separate() -> None:
     assert decide(A, "timeout", None, {A: 1, B: 9}, BUDGETS).action == RETRY
     assert decide(B, "http:403", 403, {A: 9, B: 3}, BUDGETS).action == RETRY
     d = decide(B, "http:403", 403, {B: 4}, BUDGETS, proxied=True)
-    assert (d.action, d.reason, d.ban_proxy) == (DEAD, f"exhausted:{B}", True)
+    assert (d.action, d.reason, d.cls, d.ban_proxy) == (DEAD, f"exhausted:{B}", B, True)
 
 
 def test_retry_after_wins_over_backoff() -> None:
@@ -32,7 +32,7 @@ def test_retry_after_wins_over_backoff() -> None:
 
 def test_429_holds_the_domain_and_spares_the_proxy() -> None:
     d = decide(B, "http:429", 429, {B: 1}, BUDGETS, retry_after=5.0, proxied=True)
-    assert (d.action, d.delay, d.hold_domain, d.ban_proxy) == (RETRY, 5.0, True, False)
+    assert (d.action, d.cls, d.delay, d.hold_domain, d.ban_proxy) == (RETRY, B, 5.0, True, False)
 
 
 def test_ban_rotates_at_once_through_another_proxy() -> None:
@@ -44,4 +44,4 @@ def test_ban_rotates_at_once_through_another_proxy() -> None:
 
 def test_d_goes_to_the_dlq_with_its_reason() -> None:
     d = decide(D, "http:404", 404, {D: 1}, BUDGETS)
-    assert (d.action, d.reason) == (DEAD, "http:404")
+    assert (d.action, d.reason, d.cls) == (DEAD, "http:404", D)

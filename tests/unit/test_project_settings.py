@@ -118,3 +118,28 @@ def test_project_may_not_lose_items(proj: str, tmp_path: Path, line: str, needle
     (tmp_path / proj / "settings.py").write_text(line + "\n")
     with pytest.raises(SettingsError, match=needle):
         base_settings(FleetConfig.from_env())
+
+
+def test_fleet_environment_beats_the_project_and_defaults_do_not(proj: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CONCURRENT_REQUESTS of the project wins over Fleet's default; FLEET_CONCURRENCY set by the operator wins
+    over the project; a spider's custom_settings win over both (as before)."""
+    settings_py = Path(proj) / "settings.py"
+    settings_py.write_text(settings_py.read_text() + "CONCURRENT_REQUESTS = 3\nFLEET_METRICS_PORT = 9999\n")
+    monkeypatch.delenv("FLEET_CONCURRENCY", raising=False)
+    monkeypatch.delenv("FLEET_METRICS_PORT", raising=False)
+    s = base_settings(FleetConfig.from_env())
+    assert s.getint("CONCURRENT_REQUESTS") == 3 and s.getint("FLEET_METRICS_PORT") == 9999
+    for name in [m for m in sys.modules if m == proj or m.startswith(proj + ".")]:
+        del sys.modules[name]
+    monkeypatch.setenv("FLEET_CONCURRENCY", "50")
+    monkeypatch.setenv("FLEET_METRICS_PORT", "9465")
+    s = base_settings(FleetConfig.from_env())
+    assert s.getint("CONCURRENT_REQUESTS") == 50 and s.getint("FLEET_METRICS_PORT") == 9465
+
+    class Own(Spider):
+        name = "own"
+        custom_settings = {"CONCURRENT_REQUESTS": 7}
+
+    ws = worker_settings(Own, s)
+    Own.update_settings(ws)  # what Scrapy's Crawler does with custom_settings (priority "spider")
+    assert ws.getint("CONCURRENT_REQUESTS") == 7

@@ -22,6 +22,10 @@
 -- claim's token derives from the nonce, so a retry with the same nonce (the first reply was lost) finds
 -- the child already SEEN but still leased under that token, and answers it as claimed: without this the
 -- chain would wait for the lease to expire.
+-- strict (fp sent as '?'..fp): a request settled on a judgement another delivery of it could have
+--   changed (a redirect hop found SEEN: that SEEN may be the hop its redelivery recorded), so DONE and its
+--   hops are recorded only when this worker still owns the lease; a stale delivery leaves no trace and the
+--   live one settles the request. No children, no breaker outcome.
 -- A commit of a run `fleet cancel` marked (a field of `cancelled`; the run is the tail of its seen key)
 -- queues no children, records no DONE and feeds no breaker: it only acknowledges the lease.
 -- hops: the fingerprints of the redirect hops the request followed (it was not dont_filter, and each hop
@@ -46,6 +50,10 @@ while i <= #ARGV do
   local claim, nd, nh = tonumber(ARGV[i+6]), tonumber(ARGV[i+7]), tonumber(ARGV[i+8])
   local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
   i = i + 9
+  -- '?'..fp: DONE (and the hops) only while the lease is still this worker's (see strict, above)
+  local strict = string.sub(fp, 1, 1) == '?'
+  if strict then fp = string.sub(fp, 2) end
+  local mine = (not strict) or owns(k, id, token)
   if any_cancelled and stopped[r] == nil then
     stopped[r] = redis.call('HEXISTS', k.cancelled, string.sub(seen, string.len(k.prefix) + 6)) == 1
   end
@@ -66,7 +74,7 @@ while i <= #ARGV do
     local took = 0  -- 1 when this call moved the claimed child from READY to IN-FLIGHT
     -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy
     for h = i + 5 * nd, i + 5 * nd + nh - 1 do
-      if set_add(seen, ARGV[h], ttl) == 1 then set_add(done, ARGV[h], ttl) end
+      if mine and set_add(seen, ARGV[h], ttl) == 1 then set_add(done, ARGV[h], ttl) end
     end
     for c = 1, nd do
       local added = enqueue(k, seen, ttl, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4])
@@ -86,7 +94,15 @@ while i <= #ARGV do
     table.insert(claims, cdlv)
     fresh = fresh + enq - took
     local ok = 0
-    if fp ~= '' then
+    if fp ~= '' and strict then
+      if mine then
+        set_add(done, fp, ttl)
+        if do_ack then
+          forget(k, id)
+          ok = 1
+        end
+      end
+    elseif fp ~= '' then
       set_add(done, fp, ttl)
       if outcome ~= '' and domain ~= '' then
         local ev, released = breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
