@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -148,6 +149,7 @@ def run_cmd(
     manifest.write(final=False)
     cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
     deadline_at = None if deadline is None else time.monotonic() + deadline
+    _stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
         stats_files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
         envs = [{**env, runreport.STATS_ENV: str(f)} for f in stats_files]
@@ -183,19 +185,34 @@ def run_cmd(
         raise typer.Exit(code)
 
 
+#: Set by SIGTERM to ``fleet run`` (Kubernetes stopping its pod, where it runs as PID 1 and would otherwise
+#: ignore the signal): the run ends as at its deadline (workers stop gracefully, leases released, summary,
+#: final manifest, exit 5 when work is left).
+_TERMINATED = threading.Event()
+
+
+def _stop_on_sigterm() -> None:
+    import signal as _signal
+
+    def stop(signum: int, frame: object) -> None:
+        _TERMINATED.set()
+
+    _signal.signal(_signal.SIGTERM, stop)
+
+
 def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None,
                   tick: Callable[[], None] | None = None) -> tuple[list[int], bool]:
     """Wait for the workers; past ``deadline_at`` (monotonic) send each a SIGTERM once (graceful: they
     stop leasing, finish within FLEET_SHUTDOWN_GRACE and release the rest to READY). ``tick`` is called
-    on every poll (the run's progress manifest). Returns the exit codes and whether the deadline cut
-    the run."""
+    on every poll (the run's progress manifest). A SIGTERM to ``fleet run`` itself (``_TERMINATED``) cuts the
+    run the same way. Returns the exit codes and whether the deadline (or SIGTERM) cut the run."""
     import signal as _signal
 
     cut = False
     kill_at: float | None = None
     while any(p.poll() is None for p in procs):
         now = time.monotonic()
-        if deadline_at is not None and not cut and now >= deadline_at:
+        if not cut and ((deadline_at is not None and now >= deadline_at) or _TERMINATED.is_set()):
             cut = True
             kill_at = now + FleetConfig.from_env().shutdown_grace + 2 * SHUTDOWN_CLOSE_WAIT
             for p in procs:

@@ -172,7 +172,7 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
     if summary.get("cancelled"):
         why.append(f"the run was cancelled (fleet cancel {summary['spider']} --run {summary['run']})")
     if summary.get("deadline_passed") and summary.get("pending"):
-        why.append("the deadline passed")
+        why.append("the deadline passed (or fleet run got SIGTERM)")
     if summary.get("parked"):
         why.append(f"{summary['parked']} requests parked")
     if summary.get("breakers_open"):

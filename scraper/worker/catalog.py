@@ -193,6 +193,12 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
+    # scrapy-redis's RedisStatsCollector makes Redis calls per stat on the reactor, shared by every worker (the
+    # run summary reads each worker's own stats); JOBDIR makes Scrapy pickle spider.state. Named in the worker's
+    # scrapy_redis_settings_replaced notice (redisspider.replaced_settings).
+    if "scrapy_redis" in str(custom.get("STATS_CLASS") or settings.get("STATS_CLASS") or ""):
+        s.set("STATS_CLASS", "scrapy.statscollectors.MemoryStatsCollector", priority="cmdline")
+    s.set("JOBDIR", None, priority="cmdline")
     probe = s.copy()
     probe.setdict({k: v for k, v in custom.items() if k.startswith("FLEET_HEDGE")}, priority="spider")
     try:  # a bad value is refused at start-up, not at the first request

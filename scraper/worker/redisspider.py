@@ -32,12 +32,13 @@ __all__ = [
 #: A start-key entry longer than this is refused unread (a URL or a JSON object of request data).
 MAX_ENTRY_BYTES = 64 * 1024
 
-#: scrapy-redis settings whose work Fleet's own scheduler and SEEN sets do (their values are ignored).
+#: scrapy-redis settings whose work Fleet's own scheduler and SEEN sets do (their values are ignored); its
+#: STATS_CLASS (a Redis call per stat) and JOBDIR (pickled spider state) are replaced too (catalog.worker_settings).
 REPLACED_SETTINGS = (
     "SCHEDULER", "DUPEFILTER_CLASS", "SCHEDULER_PERSIST", "SCHEDULER_QUEUE_CLASS", "SCHEDULER_QUEUE_KEY",
     "SCHEDULER_DUPEFILTER_CLASS", "SCHEDULER_DUPEFILTER_KEY", "SCHEDULER_FLUSH_ON_START",
     "SCHEDULER_IDLE_BEFORE_CLOSE", "SCHEDULER_SERIALIZER", "DUPEFILTER_DEBUG", "DUPEFILTER_KEY",
-    "MAX_IDLE_TIME_BEFORE_CLOSE",
+    "MAX_IDLE_TIME_BEFORE_CLOSE", "STATS_CLASS", "JOBDIR",
 )
 
 
@@ -58,7 +59,7 @@ def replaced_in(values: Mapping[str, Any]) -> list[str]:
     for name in REPLACED_SETTINGS:
         if name not in values:
             continue
-        if name in ("SCHEDULER", "DUPEFILTER_CLASS") and "scrapy_redis" not in str(values[name]):
+        if name in ("SCHEDULER", "DUPEFILTER_CLASS", "STATS_CLASS") and "scrapy_redis" not in str(values[name]):
             continue  # another scheduler: catalog.worker_settings replaces it as for any spider
         out.append(name)
     return out

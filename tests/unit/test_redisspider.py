@@ -11,6 +11,7 @@ from scrapy import Spider
 from scrapy.settings import Settings
 
 from scraper.infra.config import ConfigError, FleetConfig
+from scraper.worker.catalog import base_settings, worker_settings
 from scraper.worker.redisspider import (
     MAX_ENTRY_BYTES,
     StartSource,
@@ -34,6 +35,14 @@ def test_replaced_settings_are_the_scrapy_redis_ones() -> None:
         custom_settings = {"SCHEDULER": "my.Scheduler", "REDIS_URL": "redis://h:1/2"}
 
     assert replaced_settings(Other) == []
+
+    class Stats(ProductsFromRedis):
+        custom_settings = {"STATS_CLASS": "scrapy_redis.stats.RedisStatsCollector", "JOBDIR": "crawls/x"}
+
+    assert replaced_settings(Stats) == ["STATS_CLASS", "JOBDIR"]
+    ws = worker_settings(Stats, base_settings(FleetConfig.from_env()))
+    Stats.update_settings(ws)  # what Scrapy's Crawler does with custom_settings: Fleet's values still win
+    assert ws.get("STATS_CLASS") == "scrapy.statscollectors.MemoryStatsCollector" and ws.get("JOBDIR") is None
     assert redis_url_setting(Other) == "redis://h:1/2"
     assert redis_url_setting(ProductsFromRedis) is None
 
