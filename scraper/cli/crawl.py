@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -115,74 +116,78 @@ def run_cmd(
     1 configuration error. With --export, the run is exported at the end (unless the run itself failed with
     exit 3) and an export failure is exit 3 too.
     """
-    cfg = load_config()
-    if workers < 1:
-        raise fail("--workers must be >= 1")
-    if deadline is not None and deadline <= 0:
-        raise fail("--deadline must be > 0 seconds")
-    if resume is not None and (run is not None or urls is not None):
-        raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
-    spidercls = spider_class(spider, cfg)
-    try:  # before seeding: a spider whose workers would refuse to start gets no run
-        item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
-    started = time.time()
-    if resume is not None:
-        run_id = resume
-        known = asyncio.run(run_summary(cfg, spider, run_id))
-        if not known["known"]:  # a RUN that names nothing is a bad argument, as in `fleet cancel`
-            raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})", EXIT_ARGS)
-        if known["cancelled"]:
-            raise fail(f"run {run_id!r} of spider {spider!r} was cancelled (fleet cancel): nothing to resume", EXIT_ARGS)
-        seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
-    else:
-        run_id = run or default_run()
-        seeded = asyncio.run(seed_run(cfg, spidercls, run_id, [], urls))
-    runlog = log.get_logger(component="run")
-    runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
-                skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
-    env = dict(os.environ)
-    env["FLEET_REDIS_URL"] = redis_url_for(cfg)
-    manifest = RunManifest(cfg, env["FLEET_REDIS_URL"], spider, run_id, spidercls, writer="fleet run",
-                           seeded=None if resume is not None else seeded["enqueued"])
-    manifest.write(final=False)
-    cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
-    deadline_at = None if deadline is None else time.monotonic() + deadline
-    _stop_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
-        stats_files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
-        envs = [{**env, runreport.STATS_ENV: str(f)} for f in stats_files]
-        if progress.enabled(cfg.log_format):
-            codes, cut = _run_workers_with_progress(cmd, envs, env["FLEET_REDIS_URL"], spider, run_id,
-                                                    cfg.log_level, deadline_at, manifest.tick)
+    with _sigterm_ends_run():
+        cfg = load_config()
+        if workers < 1:
+            raise fail("--workers must be >= 1")
+        if deadline is not None and deadline <= 0:
+            raise fail("--deadline must be > 0 seconds")
+        if resume is not None and (run is not None or urls is not None):
+            raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
+        spidercls = spider_class(spider, cfg)
+        try:  # before seeding: a spider whose workers would refuse to start gets no run
+            item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
+        except SettingsError as exc:
+            raise fail(str(exc)) from None
+        started = time.time()
+        if resume is not None:
+            run_id = resume
+            known = asyncio.run(run_summary(cfg, spider, run_id))
+            if not known["known"]:  # a RUN that names nothing is a bad argument, as in `fleet cancel`
+                raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})", EXIT_ARGS)
+            if known["cancelled"]:
+                raise fail(f"run {run_id!r} of spider {spider!r} was cancelled (fleet cancel): nothing to resume", EXIT_ARGS)
+            seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
         else:
-            procs = [subprocess.Popen(cmd, env=e) for e in envs]
-            codes, cut = _wait_workers(procs, deadline_at, manifest.tick)
-        worker_stats = runreport.merge_worker_stats(stats_files)
-    summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True))
-    result = runreport.summarize(
-        spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
-        run_seeded=manifest.seeded if isinstance(manifest.seeded, int) else None,
-        skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
-        dlq=summary["dlq_run"], queue=summary["backlog"], queue_scope=summary["backlog_scope"],
-        breakers=summary["breakers"], workers=worker_stats,
-        worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
-    )
-    result["cancelled"] = summary["cancelled"]
-    code, why = runreport.exit_code(result)
-    if export and code != EXIT_INFRA:
-        result["export"], failed = export_after_run(cfg, spider, run_id)
-        if failed:
-            code, why = EXIT_INFRA, failed
-    result["manifest"] = manifest.write(final=True, exit_code=code, why=why, outcomes=worker_stats["outcomes"],
-                                        ignored=worker_stats["ignored"], export=result.get("export"))
-    runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})
-    print(json.dumps(result))
-    if code:
-        err.print(f"[bold red]error:[/] {why}" if code == EXIT_INFRA else f"[bold yellow]fleet run:[/] {why}",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(code)
+            run_id = run or default_run()
+            seeded = asyncio.run(seed_run(cfg, spidercls, run_id, [], urls))
+        runlog = log.get_logger(component="run")
+        runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+                    skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
+        env = dict(os.environ)
+        env["FLEET_REDIS_URL"] = redis_url_for(cfg)
+        manifest = RunManifest(cfg, env["FLEET_REDIS_URL"], spider, run_id, spidercls, writer="fleet run",
+                               seeded=None if resume is not None else seeded["enqueued"])
+        manifest.write(final=False)
+        cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
+        deadline_at = None if deadline is None else time.monotonic() + deadline
+        with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
+            stats_files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]
+            envs = [{**env, runreport.STATS_ENV: str(f)} for f in stats_files]
+            if _TERMINATED.is_set():  # SIGTERM while it seeded: no workers started, the run is left for --resume
+                codes: list[int] = []
+                cut = True
+            elif progress.enabled(cfg.log_format):
+                codes, cut = _run_workers_with_progress(cmd, envs, env["FLEET_REDIS_URL"], spider, run_id,
+                                                        cfg.log_level, deadline_at, manifest.tick)
+            else:
+                procs = [subprocess.Popen(cmd, env=e) for e in envs]
+                codes, cut = _wait_workers(procs, deadline_at, manifest.tick)
+            worker_stats = runreport.merge_worker_stats(stats_files)
+        summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True))
+        result = runreport.summarize(
+            spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
+            run_seeded=manifest.seeded if isinstance(manifest.seeded, int) else None,
+            skipped=seeded["skipped"], rejected=seeded.get("rejected", 0), seen=summary["run"]["seen"], done=summary["run"]["done"],
+            dlq=summary["dlq_run"], queue=summary["backlog"], queue_scope=summary["backlog_scope"],
+            breakers=summary["breakers"], workers=worker_stats,
+            worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
+        )
+        result["cancelled"] = summary["cancelled"]
+        result["terminated"] = _TERMINATED.is_set()  # SIGTERM cut it (deadline_passed is then true as well)
+        code, why = runreport.exit_code(result)
+        if export and code != EXIT_INFRA:
+            result["export"], failed = export_after_run(cfg, spider, run_id)
+            if failed:
+                code, why = EXIT_INFRA, failed
+        result["manifest"] = manifest.write(final=True, exit_code=code, why=why, outcomes=worker_stats["outcomes"],
+                                            ignored=worker_stats["ignored"], export=result.get("export"))
+        runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})
+        print(json.dumps(result))
+        if code:
+            err.print(f"[bold red]error:[/] {why}" if code == EXIT_INFRA else f"[bold yellow]fleet run:[/] {why}",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(code)
 
 
 #: Set by SIGTERM to ``fleet run`` (Kubernetes stopping its pod, where it runs as PID 1 and would otherwise
@@ -191,13 +196,26 @@ def run_cmd(
 _TERMINATED = threading.Event()
 
 
-def _stop_on_sigterm() -> None:
+@contextlib.contextmanager
+def _sigterm_ends_run() -> Iterator[None]:
+    """While ``fleet run`` runs, SIGTERM sets ``_TERMINATED`` instead of killing it (as PID 1 it would be
+    ignored); the previous handler comes back after. Off the main thread (an embedding caller) nothing is
+    installed."""
     import signal as _signal
 
     def stop(signum: int, frame: object) -> None:
         _TERMINATED.set()
 
-    _signal.signal(_signal.SIGTERM, stop)
+    _TERMINATED.clear()
+    try:
+        previous = _signal.signal(_signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        _signal.signal(_signal.SIGTERM, previous)
 
 
 def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None,

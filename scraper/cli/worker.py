@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from typing import Any
 
 from rich.markup import escape
@@ -130,19 +131,28 @@ def _scrapy_redis_url(spidercls: Any, settings: Any) -> str | None:
     return url
 
 
+#: Seconds after a first stop signal during which another one is the same stop, not a request to exit now.
+REPEAT_WINDOW = 2.0
+
+
 def install_signals(crawler: Any) -> None:
-    """First SIGTERM/SIGINT: graceful (stop leasing, finish within the grace, release). Second: exit now."""
+    """First SIGTERM/SIGINT: graceful (stop leasing, finish within the grace, release). Second: exit now,
+    unless it came within ``REPEAT_WINDOW`` of the first: a SIGTERM to the process group (systemd, ``timeout``,
+    ``kill -- -PGID``) reaches the worker and ``fleet run``, which forwards one too; that is the same stop."""
     import signal
 
     from twisted.internet import reactor
 
-    state = {"count": 0}
+    state = {"count": 0, "first": 0.0}
     _keep: list[Any] = []  # tasks must be referenced until done
 
     def handler(signum: int, _frame: Any) -> None:
         state["count"] += 1
         if state["count"] > 1:
+            if time.monotonic() - state["first"] < REPEAT_WINDOW:
+                return
             os._exit(130)
+        state["first"] = time.monotonic()
         rt = fleet_of(crawler)
 
         def begin() -> None:

@@ -104,7 +104,7 @@ def base_settings(config: FleetConfig | None = None) -> Settings:
                             ("FLEET_METRICS_PORT", "FLEET_METRICS_PORT", cfg.metrics_port or 0)):  # worker.exporter
         # set in the environment: the operator's value beats the project's settings module (not custom_settings);
         # unset: Fleet's default, which the project's own value overrides
-        settings.set(key, value, priority=projectmod.PRIORITY + 1 if var in os.environ else "project")
+        settings.set(key, value, priority=projectmod.PRIORITY + 1 if os.environ.get(var, "").strip() else "project")
     handlers = dict(settings.getdict("DOWNLOAD_HANDLERS"))
     for scheme in cfg.schemes:
         if scheme in handlers and handlers[scheme] is None:

@@ -4,7 +4,7 @@ a politeness setting, or later, the first time robots.txt gives a domain a Crawl
 Why apart from the facade: the gate may appear in the middle of a crawl, and then the feeder (parks at
 it), the keeper (renews and sweeps its permits), fleet cancel (drops what waits at it) and the
 speculation (stays out of gated domains) must all see it at once. Keeping the one place that hands it
-out here keeps that list in one place, and lets the reports that end a fetch (scraper.worker.outcomes)
+out here keeps that list in one place, and lets the reports that end a fetch (scraper.worker.reports)
 hand a permit back with one call whether or not there is a gate.
 """
 

@@ -434,8 +434,8 @@ GRACE = 2.0
 
 
 def _start_slow_crawl(redis_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]], site: DemoSite,
-                      wid: str) -> tuple[dict[str, str], subprocess.Popen[bytes], Path]:
-    env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_SHUTDOWN_GRACE=str(GRACE),
+                      wid: str, grace: float = GRACE) -> tuple[dict[str, str], subprocess.Popen[bytes], Path]:
+    env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_SHUTDOWN_GRACE=str(grace),
                     FLEET_LEASE_SECONDS="60")
     fleet_json("seed", SPIDER, "--run", "chaos-term", env=env)
     log = tmp_path / f"{wid}.log"
@@ -504,11 +504,18 @@ def test_sigterm_releases_leases_fast(sig: signal.Signals, redis_url: str, tmp_p
 @pytest.mark.timeout(60)
 def test_second_signal_exits_immediately(redis_url: str, tmp_path: Path,
                                          procs: list[subprocess.Popen[bytes]]) -> None:
-    with DemoSite(n_products=200, per_page=20, latency=0.5).start() as site:
+    """A second signal within REPEAT_WINDOW (2 s) of the first is the same stop (a SIGTERM to the process group
+    reaches the worker and `fleet run`, which forwards one): the graceful stop goes on. One after it exits now.
+    Pages take 5 s and the grace is 10 s, so the graceful stop is still waiting for them when it comes."""
+    with DemoSite(n_products=200, per_page=20, latency=5.0).start() as site:
         wid = "tw2"
-        _, w, log = _start_slow_crawl(redis_url, tmp_path, procs, site, wid)
+        _, w, log = _start_slow_crawl(redis_url, tmp_path, procs, site, wid, grace=10.0)
         w.send_signal(signal.SIGTERM)
         time.sleep(0.1)
+        w.send_signal(signal.SIGTERM)  # the forwarded copy of a group-wide SIGTERM
+        time.sleep(1.0)
+        assert w.poll() is None, f"a repeated SIGTERM within 2 s ended the worker:\n{_tail(log)}"
+        time.sleep(1.5)  # past REPEAT_WINDOW: a real second signal
         w.send_signal(signal.SIGTERM)
         t2 = time.monotonic()
         try:

@@ -84,8 +84,8 @@ while i <= #ARGV do
         if ctoken ~= '' then took = 1 end
       elseif c == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
-        local mine = worker .. '#1#' .. nonce .. 'c' .. #claims
-        if redis.call('HGET', k.lease, ARGV[i]) == mine then ctoken, cdlv = mine, 1 end
+        local ours = worker .. '#1#' .. nonce .. 'c' .. #claims
+        if redis.call('HGET', k.lease, ARGV[i]) == ours then ctoken, cdlv = ours, 1 end
       end
       i = i + 5
     end
