@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from scraper.queue.keys import Keys
+from tests.countingsite import CountingSite
 from tests.fleetproc import fleet_json, spider_module_env, start_worker, wait_all
 
 SPIDER = '''
@@ -31,62 +30,8 @@ class OneAtATime(scrapy.Spider):
 '''
 
 
-class _CountingSite:
-    def __init__(self, host: str = "127.0.0.1", pause: float = 0.2, capacity: int = 0) -> None:
-        self.lock = threading.Lock()
-        self.refused = 0
-        self.refused_times: list[float] = []
-        self.now = 0
-        self.peak = 0
-        self.hits = 0
-        self.times: list[float] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with site.lock:
-                    if capacity and site.now >= capacity:
-                        site.refused += 1
-                        site.refused_times.append(time.monotonic())
-                        full = True
-                    else:
-                        full = False
-                        site.now += 1
-                        site.hits += 1
-                if full:  # over capacity: 429 at once, not counted in flight
-                    self.send_response(429)
-                    self.send_header("Retry-After", "0")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                with site.lock:
-                    site.times.append(time.monotonic())
-                    site.peak = max(site.peak, site.now)
-                time.sleep(pause)
-                with site.lock:
-                    site.now -= 1
-                body = b"<html><body>ok</body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.base = f"http://{host}:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_spider_per_domain_limit_is_kept_by_the_worker(redis_url: str, tmp_path: Path) -> None:
-    site = _CountingSite()
+    site = CountingSite()
     try:
         env = spider_module_env(redis_url, tmp_path, "polite_spiders", SPIDER)
         urls = [a for i in range(8) for a in ("--url", f"{site.base}/p/{i}")]
@@ -160,7 +105,7 @@ def _gate_keys(redis_url: str) -> list[str]:
 
 
 def test_per_domain_limit_holds_across_three_workers(redis_url: str, tmp_path: Path) -> None:
-    site = _CountingSite()
+    site = CountingSite()
     try:
         _crawl(redis_url, tmp_path, "two_fleet_wide", [f"{site.base}/p/{i}" for i in range(18)], 3)
         assert site.hits == 18
@@ -173,7 +118,7 @@ def test_per_domain_limit_holds_across_three_workers(redis_url: str, tmp_path: P
 
 
 def test_download_delay_is_a_fleet_wide_spacing(redis_url: str, tmp_path: Path) -> None:
-    site = _CountingSite(pause=0.0)
+    site = CountingSite(pause=0.0)
     try:
         _crawl(redis_url, tmp_path, "spaced", [f"{site.base}/p/{i}" for i in range(40)], 3)
         assert site.hits == 40
@@ -192,8 +137,8 @@ def test_download_delay_is_a_fleet_wide_spacing(redis_url: str, tmp_path: Path) 
 
 
 def test_slow_domain_leaves_the_fast_one_alone(redis_url: str, tmp_path: Path) -> None:
-    fast = _CountingSite("127.0.0.1", pause=0.05)
-    slow = _CountingSite("127.0.0.2", pause=1.0)
+    fast = CountingSite("127.0.0.1", pause=0.05)
+    slow = CountingSite("127.0.0.2", pause=1.0)
     try:
         t0 = time.monotonic()
         _crawl(redis_url, tmp_path / "alone", "slow_beside", [f"{fast.base}/a/{i}" for i in range(30)], 1)
@@ -212,7 +157,7 @@ def test_slow_domain_leaves_the_fast_one_alone(redis_url: str, tmp_path: Path) -
 
 
 def test_default_settings_make_no_gate_calls(redis_url: str, tmp_path: Path) -> None:
-    site = _CountingSite(pause=0.0)
+    site = CountingSite(pause=0.0)
     try:
         _crawl(redis_url, tmp_path, "plain", [f"{site.base}/p/{i}" for i in range(6)], 1)
         assert site.hits == 6
@@ -265,7 +210,7 @@ def test_aimd_window_converges_to_the_site_capacity(redis_url: str, tmp_path: Pa
     three is refused (the sawtooth's probing: about one in four), fewer than in the first third.
 
     Not the window at the very end: with fewer than three requests left nothing is refused, so it grows."""
-    site = _CountingSite(pause=0.2, capacity=2)
+    site = CountingSite(pause=0.2, capacity=2)
     probe = _WindowProbe(redis_url, "adaptive", "127.0.0.1")
     try:
         tmp_path.mkdir(parents=True, exist_ok=True)

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import signal
 import socket
-import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scraper.devtools.demo_site import DemoSite
+from tests.countingsite import CountingSite
 from tests.fleetproc import fleet_env, fleet_json, spider_module_env, start_worker, wait_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -101,38 +99,9 @@ class Gated(scrapy.Spider):
 '''
 
 
-class _Site:
-    """Answers every GET at once and counts them."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                site.hits += 1
-                body = b"<html><body>ok</body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_gated_worker_shows_its_domains_limit_spacing_and_rate(redis_url: str, tmp_path: Path) -> None:
     port = _free_port()
-    site = _Site()
+    site = CountingSite(pause=0.0)
     try:
         env = spider_module_env(redis_url, tmp_path, "metric_spiders", GATED, FLEET_METRICS_PORT=str(port))
         args = [a for i in range(150) for a in ("--url", f"{site.base}/p/{i}")]
