@@ -47,8 +47,8 @@ class Commit:
     # fingerprints of the redirect hops it followed, recorded SEEN (and DONE) with its own DONE: a later link
     # to a redirect's target is dropped, as Scrapy's dupefilter drops it (lua/commit.lua)
     hops: list[str] = field(default_factory=list)
-    # DONE (and the hops) only if the lease is still this worker's: an ignore decided on state another delivery
-    # may have changed (a redirect hop found SEEN), so a stale delivery must not mark the request DONE
+    # DONE (and the hops) only if the lease is still this worker's: an ignored request's acknowledgement, whose
+    # reason another delivery may have changed (a redirect hop found SEEN), so a stale one must not mark it DONE
     strict: bool = False
 
 

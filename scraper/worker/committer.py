@@ -84,10 +84,13 @@ class Committer:
             self.wake.set()
 
     def ack_only(self, state: LeaseState) -> None:
-        """Acknowledge a request that leaves nothing behind (ignored: offsite, robots…), soon; the
-        redirect hops it followed before it was ignored are recorded SEEN with it, as Scrapy records them."""
+        """Acknowledge a request that leaves nothing behind (ignored: offsite, a redirect hop already SEEN,
+        a middleware's IgnoreRequest), soon; the redirect hops it followed before it was ignored are recorded
+        SEEN with it, as Scrapy records them. Strict (records.Commit.strict): with nothing written, a
+        delivery that lost its lease has nothing to record, and its reason may be stale (a hop found SEEN
+        may be the one its own redelivery recorded), so DONE only while the lease is still its own."""
         self.commits.append((state, Commit(state.id, state.lease.token, state.env.run, state.env.fp,
-                                           hops=state.fetch.hops, strict=state.fetch.filtered)))
+                                           hops=state.fetch.hops, strict=True)))
         self.wake.set()
 
     async def queue_children(self, state: LeaseState, void: Callable[[LeaseState], None]) -> None:

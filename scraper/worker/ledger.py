@@ -41,7 +41,7 @@ class Fetch:
     """The download: its answer, the proxy that carried it (written by the downloader middlewares) and
     the fingerprints of the redirect hops it followed (scraper.worker.redirects; recorded at its commit)."""
 
-    __slots__ = ("body", "fetched_at", "filtered", "hops", "proxy_id", "started", "status")
+    __slots__ = ("body", "fetched_at", "hops", "proxy_id", "started", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
@@ -50,7 +50,6 @@ class Fetch:
         self.started = time.monotonic()
         self.proxy_id: str | None = None
         self.hops: list[str] = []
-        self.filtered = False  # ignored because a redirect hop was SEEN: acknowledged strictly (records.Commit)
 
 
 class Output:

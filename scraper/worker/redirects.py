@@ -17,7 +17,9 @@ the page the redirect landed on) and the one that records its DONE. So a later l
 target is dropped, as in Scrapy. The children COMMIT comes before the request's objects are durable, so
 only a request's first delivery checks its hops: a redelivery (its worker died, its write failed, it was
 released at shutdown) may find its own hops SEEN, and follows them; a lost request is never dropped as
-seen. The check reads Redis and writes nothing; if Redis does not answer, the redirect is followed (a
+seen; and a first delivery that lost its lease meanwhile acknowledges strictly (``Committer.ack_only``): it
+records nothing, so a hop its own redelivery recorded cannot make it mark the request DONE. The check reads
+Redis and writes nothing; if Redis does not answer, the redirect is followed (a
 duplicate page is better than a lost one).
 """
 
@@ -87,7 +89,6 @@ class Redirects:
             self.stats.inc_value("fleet/redirect_filtered")
             self.log.info("redirect_filtered", run=env.run, fp=env.fp, target=fp,
                           hops=len(request.meta["redirect_urls"]))
-            state.fetch.filtered = True  # acknowledged only while the lease is ours (records.Commit.strict)
             self.ignored(state, IgnoreRequest(f"redirect to a URL already seen in the run (fp {fp})"))
             return
         state.fetch.hops.append(fp)

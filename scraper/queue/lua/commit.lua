@@ -22,10 +22,10 @@
 -- claim's token derives from the nonce, so a retry with the same nonce (the first reply was lost) finds
 -- the child already SEEN but still leased under that token, and answers it as claimed: without this the
 -- chain would wait for the lease to expire.
--- strict (fp sent as '?'..fp): a request settled on a judgement another delivery of it could have
---   changed (a redirect hop found SEEN: that SEEN may be the hop its redelivery recorded), so DONE and its
---   hops are recorded only when this worker still owns the lease; a stale delivery leaves no trace and the
---   live one settles the request. No children, no breaker outcome.
+-- strict (fp sent as '?'..fp): an ignored request's acknowledgement (nothing written), whose reason
+--   another delivery of it could have changed (a redirect hop found SEEN may be the hop its redelivery
+--   recorded), so DONE and its hops are recorded only when this worker still owns the lease; a stale
+--   delivery leaves no trace and the live one settles the request. No children, no breaker outcome.
 -- A commit of a run `fleet cancel` marked (a field of `cancelled`; the run is the tail of its seen key)
 -- queues no children, records no DONE and feeds no breaker: it only acknowledges the lease.
 -- hops: the fingerprints of the redirect hops the request followed (it was not dont_filter, and each hop
