@@ -117,7 +117,7 @@ class Gate:
             self.granted.discard(lid)
             return False
         domain = state.env.domain
-        if not domain or not (self.policy.for_domain(domain).gated or domain in self.crawl_delays):
+        if not domain or not self.gated(domain):
             return False
         q = self.waiting.get(domain)
         if q is None:
@@ -127,7 +127,7 @@ class Gate:
             # a slow domain must not fill this worker: back to DELAYED for about as long as the ones
             # waiting here take (by the spacing; at least 0.5 s), no budget used
             self.stats.inc_value("fleet/gate/deferred")
-            pause = max(0.5, len(q) * max(pol.delay, self.crawl_delays.get(domain, 0.0)))
+            pause = max(0.5, len(q) * self.spacing(domain))
             self.defer(state, time.time() + pause * (1.0 + random.random()), f"gate:{domain}"[:200])
             return True
         q.append(state)
