@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "Bound", "LuaCallError", "LuaHeaderError", "Script", "ScriptMeta", "bind", "load", "names", "parse_header",
+    "Bound",
+    "LuaCallError",
+    "LuaHeaderError",
+    "Script",
+    "ScriptMeta",
+    "bind",
+    "load",
+    "names",
+    "parse_header",
     "with_helpers",
 ]
 
@@ -71,8 +79,12 @@ class ScriptMeta:
             raise LuaCallError(f"{self.name}: {nkeys} KEYS given, header declares {self._shape('KEYS')}")
         if not _fits(nargs, len(self.argv), len(self.argv_each), self.argv_nested):
             raise LuaCallError(f"{self.name}: {nargs} ARGV given, header declares {self._shape('ARGV')}")
-        if self.keys_each and self.argv_each and not self.argv_nested and (
-                (nkeys - len(self.keys)) // len(self.keys_each) != (nargs - len(self.argv)) // len(self.argv_each)):
+        if (
+            self.keys_each
+            and self.argv_each
+            and not self.argv_nested
+            and ((nkeys - len(self.keys)) // len(self.keys_each) != (nargs - len(self.argv)) // len(self.argv_each))
+        ):
             raise LuaCallError(f"{self.name}: one KEYS group per ARGV group, given {nkeys} KEYS and {nargs} ARGV")
 
     def _shape(self, what: str) -> str:
@@ -207,7 +219,12 @@ def load(name: str) -> Script:
     # a SEEN/DONE set's bucket strings are built from the set's key (lua/_helpers.lua: set_open)
     builds = "prefix" in used or _calls(_code(source), "set_open")
     if builds != bool(meta.computed):
-        raise LuaHeaderError(f"{name}.lua: builds keys (from prefix, or a set's buckets) iff its header has a COMPUTED line")
+        raise LuaHeaderError(
+            f"{name}.lua: builds keys (from prefix, or a set's buckets) iff its header has a COMPUTED line"
+        )
+    # a batched SEEN/DONE add is only in this call's memory until sc_flush writes it (lua/_helpers.lua)
+    if _calls(_code(text), "sc_add") and not _calls(_code(text), "sc_flush"):
+        raise LuaHeaderError(f"{name}.lua calls sc_add but never sc_flush: its adds would be lost")
     if "KN" in text and not meta.keys_each:
         raise LuaHeaderError(f"{name}.lua uses KN without a KEYS... group")
     return Script(meta, source, hashlib.sha1(source.encode("utf-8")).hexdigest())

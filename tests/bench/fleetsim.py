@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,17 @@ def _redis_stats(r: redis.Redis) -> dict[str, float]:
     cpu = r.info("cpu")
     cmds = r.info("commandstats")
     calls = sum(int(v["calls"]) for k, v in cmds.items() if k not in ("cmdstat_info", "cmdstat_config"))
-    return {"cpu": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]), "calls": calls,
-            "aof": int(r.info("persistence").get("aof_current_size", 0))}
+    return {
+        "cpu": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+        "calls": calls,
+        "aof": int(r.info("persistence").get("aof_current_size", 0)),
+    }
 
 
-async def _crawl(url: str, run: str, k: int, pages: int) -> dict[str, Any]:
-    """K workers crawl ``pages`` pages of ``run`` (K start entries seeded; each page yields one child
-    until the run has ``pages``)."""
+async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1) -> dict[str, Any]:
+    """K workers crawl ``pages`` pages of ``run`` (K start entries seeded; each page yields ``fanout``
+    children until the run has ``pages``: 1 is a chain per worker, where every LEASE finds about one
+    entry; more is a site whose pages link to several new ones, where batches fill)."""
     clients = [aioredis.Redis.from_url(url, socket_timeout=30) for _ in range(k)]
     queues = [FleetQueue(c, SPIDER) for c in clients]
     await queues[0].seed(run, [_env(run, f"https://sim.example/{run}/start/{i}") for i in range(k)])
@@ -72,9 +77,10 @@ async def _crawl(url: str, run: str, k: int, pages: int) -> dict[str, Any]:
                 for lease in batch.leased:
                     env = Envelope.loads(lease.raw)
                     kids = []
-                    if state["queued"] < pages:
-                        state["queued"] += 1
-                        kids.append(_env(run, f"https://sim.example/{run}/p/{state['queued']}"))
+                    for _ in range(fanout):
+                        if state["queued"] < pages:
+                            state["queued"] += 1
+                            kids.append(_env(run, f"https://sim.example/{run}/p/{state['queued']}"))
                     await asyncio.sleep(0)  # the null object write
                     commits.append(Commit(lease.id, lease.token, run, env.fp, kids, domain="sim.example"))
                 await q.commit(commits)
@@ -97,29 +103,37 @@ async def _crawl(url: str, run: str, k: int, pages: int) -> dict[str, Any]:
     return {"pages": state["done"], "wall_s": wall, "lease_calls": state["lease_calls"]}
 
 
-def simulate(srv: RedisServer, ks: tuple[int, ...] = (1, 8, 64), pages: int = 20_000) -> list[dict[str, Any]]:
+def simulate(
+    srv: RedisServer, ks: tuple[int, ...] = (1, 8, 64), pages: int = 20_000, fanouts: tuple[int, ...] = (1, 4)
+) -> list[dict[str, Any]]:
     r = srv.client()
     out = []
-    for k in ks:
+    for fanout, k in itertools.product(fanouts, ks):
         r.flushall()
         r.config_resetstat()
         before = _redis_stats(r)
-        res = asyncio.run(_crawl(srv.url, f"k{k}", k, pages))
+        res = asyncio.run(_crawl(srv.url, f"k{k}", k, pages, fanout))
         after = _redis_stats(r)
         n = res["pages"]
-        out.append({
-            "k": k, "pages": n, "pages_per_s": n / res["wall_s"],
-            "redis_cpu_us_per_page": (after["cpu"] - before["cpu"]) / n * 1e6,
-            "cmds_per_page": (after["calls"] - before["calls"]) / n,
-            "lease_calls_per_page": res["lease_calls"] / n,
-            "aof_bytes_per_page": (after["aof"] - before["aof"]) / n,
-        })
+        out.append(
+            {
+                "k": k,
+                "fanout": fanout,
+                "pages": n,
+                "pages_per_s": n / res["wall_s"],
+                "redis_cpu_us_per_page": (after["cpu"] - before["cpu"]) / n * 1e6,
+                "cmds_per_page": (after["calls"] - before["calls"]) / n,
+                "lease_calls_per_page": res["lease_calls"] / n,
+                "aof_bytes_per_page": (after["aof"] - before["aof"]) / n,
+            }
+        )
     r.close()
     return out
 
 
-def aof_per_page(srv: RedisServer, sizes: tuple[int, ...] = (10_000, 1_000_000), pages: int = 5_000,
-                 k: int = 8) -> list[dict[str, Any]]:
+def aof_per_page(
+    srv: RedisServer, sizes: tuple[int, ...] = (10_000, 1_000_000), pages: int = 5_000, k: int = 8
+) -> list[dict[str, Any]]:
     """AOF bytes per crawled page on top of a run already holding ``size`` SEEN URLs."""
     r = srv.client()
     out = []
@@ -130,8 +144,9 @@ def aof_per_page(srv: RedisServer, sizes: tuple[int, ...] = (10_000, 1_000_000),
         async def seed(size: int = size, run: str = run) -> None:
             c = aioredis.Redis.from_url(srv.url, socket_timeout=120)
             q = FleetQueue(c, SPIDER)
-            await q.seed_entries(run, ((e.dumps(), e.fp) for e in (
-                _env(run, f"https://sim.example/seeded/{i}") for i in range(size))))
+            await q.seed_entries(
+                run, ((e.dumps(), e.fp) for e in (_env(run, f"https://sim.example/seeded/{i}") for i in range(size)))
+            )
             await c.delete(q.keys.ready, q.keys.env)  # only SEEN stays: the crawl below is the measured part
             await c.aclose()
 
@@ -139,8 +154,13 @@ def aof_per_page(srv: RedisServer, sizes: tuple[int, ...] = (10_000, 1_000_000),
         before = _redis_stats(r)
         res = asyncio.run(_crawl(srv.url, run, k, pages))
         after = _redis_stats(r)
-        out.append({"seen_before": size, "pages": res["pages"],
-                    "aof_bytes_per_page": (after["aof"] - before["aof"]) / res["pages"]})
+        out.append(
+            {
+                "seen_before": size,
+                "pages": res["pages"],
+                "aof_bytes_per_page": (after["aof"] - before["aof"]) / res["pages"],
+            }
+        )
     r.close()
     return out
 
@@ -148,8 +168,11 @@ def aof_per_page(srv: RedisServer, sizes: tuple[int, ...] = (10_000, 1_000_000),
 def run_section(tmp: Path, pages: int, big: int) -> dict[str, Any]:
     srv = RedisServer(tmp / "redis-sim", aof=True).start()
     try:
-        return {"sim": simulate(srv, pages=pages), "aof": aof_per_page(srv, sizes=(10_000, big)),
-                "shards": "not implemented"}
+        return {
+            "sim": simulate(srv, pages=pages),
+            "aof": aof_per_page(srv, sizes=(10_000, big)),
+            "shards": "not implemented",
+        }
     finally:
         srv.stop()
 
@@ -159,13 +182,29 @@ def table(res: dict[str, Any]) -> Any:
     from rich.table import Table
 
     t = Table(title="Fleet simulator: one Redis, K simulated workers (no Scrapy, no HTTP); AOF everysec")
-    for col in ("K", "pages", "pages/s", "Redis CPU µs/page", "cmds/page", "LEASE calls/page", "AOF B/page"):
+    for col in ("K", "fan-out", "pages", "pages/s", "Redis CPU µs/page", "cmds/page", "LEASE calls/page", "AOF B/page"):
         t.add_column(col, justify="right")
     for r in res["sim"]:
-        t.add_row(str(r["k"]), f"{r['pages']:,}", f"{r['pages_per_s']:,.0f}", f"{r['redis_cpu_us_per_page']:.0f}",
-                  f"{r['cmds_per_page']:.1f}", f"{r['lease_calls_per_page']:.2f}", f"{r['aof_bytes_per_page']:,.0f}")
+        t.add_row(
+            str(r["k"]),
+            str(r["fanout"]),
+            f"{r['pages']:,}",
+            f"{r['pages_per_s']:,.0f}",
+            f"{r['redis_cpu_us_per_page']:.0f}",
+            f"{r['cmds_per_page']:.1f}",
+            f"{r['lease_calls_per_page']:.2f}",
+            f"{r['aof_bytes_per_page']:,.0f}",
+        )
     for a in res["aof"]:
-        t.add_row(f"8, run of {a['seen_before']:,} SEEN", f"{a['pages']:,}", "", "", "", "",
-                  f"{a['aof_bytes_per_page']:,.0f}")
+        t.add_row(
+            f"8, run of {a['seen_before']:,} SEEN",
+            "1",
+            f"{a['pages']:,}",
+            "",
+            "",
+            "",
+            "",
+            f"{a['aof_bytes_per_page']:,.0f}",
+        )
     t.caption = f"shards: {res['shards']}"
     return t

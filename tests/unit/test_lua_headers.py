@@ -52,9 +52,12 @@ def test_only_the_helpers_a_script_calls() -> None:
     assert re.findall(r"local function (\w+)\(", has) == [  # transitive, in order
         "server_now", "hex2bin", "fpparts", "bucket_has", "set_migrate", "set_open", "set_has"]
     commit = lua.load("commit").source
-    for needed in ("enqueue", "claim_child", "grant", "breaker_record", "breaker_close", "release_parked",
-                   "to_ready", "ready_score", "wake", "server_now", "forget", "owns", "set_add", "set_has"):
+    for needed in ("claim_child", "grant", "breaker_note", "breaker_flush", "breaker_record", "breaker_close",
+                   "release_parked", "to_ready", "ready_score", "wake", "server_now", "forget_all", "sc_load",
+                   "sc_add", "sc_has", "sc_flush"):
         assert f"local function {needed}(" in commit
+    for absent in ("enqueue", "set_add", "set_has", "owns", "forget"):  # the per-entry forms (issue #18)
+        assert f"local function {absent}(" not in commit
     assert "local function maintain(" not in commit
     # no helper calls a helper defined after it (Lua locals must be defined before use)
     for name in SCRIPTS:

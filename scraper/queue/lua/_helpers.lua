@@ -29,8 +29,15 @@ local function server_now()
   return NOW
 end
 
+-- hex to bytes through a table of the pairs met so far in this call (gsub looks each pair up; a pair is
+-- converted once per call instead of once per occurrence, without a closure per call of hex2bin)
+local HX = setmetatable({}, {__index = function(t, cc)
+  local v = string.char(tonumber(cc, 16))
+  t[cc] = v
+  return v
+end})
 local function hex2bin(h)
-  return (string.gsub(h, '..', function(cc) return string.char(tonumber(cc, 16)) end))
+  return (string.gsub(h, '..', HX))
 end
 
 -- bucket: the first 12 bits as 3 hex chars; member: the other 52 bits packed in 7 bytes
@@ -136,6 +143,120 @@ local function set_add(key, fp, ttl)
   if cur then set_expire(key, st, ttl, {}) else set_expire(key, st, ttl, {bk}) end
   st.old = true
   return 1
+end
+
+-- The batched form of set_has/set_add for scripts that touch many members per call (LEASE, COMMIT):
+-- a set's buckets are read once per call (sc_load: one MGET for a whole batch), members are checked and
+-- added in this call's memory, in call order, exactly as set_has/set_add would find them, and the adds
+-- reach Redis at the end (sc_flush: one APPEND per bucket written, one HINCRBY and the TTL per set). Why:
+-- each redis.call costs ~1-2 µs of Redis CPU beyond the command itself, and a page used to spend about a
+-- dozen of them on SEEN/DONE alone (issue #18). A script that calls sc_add must call sc_flush before it
+-- returns (the loader checks it); set_has/set_add on a set this call caches would miss its pending adds,
+-- so a script uses one family or the other.
+local SC = {}
+local function sc_get(key)
+  local c = SC[key]
+  if not c then
+    c = {st = set_open(key), cur = {}, add = {}, order = {}, n = 0, ttl = 0}
+    SC[key] = c
+  end
+  return c
+end
+
+-- read the buckets of fps (a list) not yet known to this call, one MGET per 500 buckets
+local function sc_load(key, fps)
+  local c = sc_get(key)
+  local want, seen = {}, {}
+  for _, fp in ipairs(fps) do
+    local bk = key .. ':' .. string.sub(fp, 1, 3)
+    if c.cur[bk] == nil and not seen[bk] then
+      seen[bk] = true
+      want[#want + 1] = bk
+    end
+  end
+  for j = 1, #want, 500 do
+    local last = math.min(j + 499, #want)
+    local got = redis.call('MGET', unpack(want, j, last))
+    for q = j, last do c.cur[want[q]] = got[q - j + 1] or false end
+  end
+end
+
+-- the bucket key of fp in key's cache, its member bytes and its current contents (false: none)
+local function sc_bucket(key, fp)
+  local c = sc_get(key)
+  local b, s = fpparts(fp)
+  local bk = key .. ':' .. b
+  local cur = c.cur[bk]
+  if cur == nil then
+    cur = redis.call('GET', bk) or false
+    c.cur[bk] = cur
+  end
+  return c, bk, s, cur
+end
+
+local function sc_has(key, fp)
+  local c, bk, s, cur = sc_bucket(key, fp)
+  local a = c.add[bk]
+  return (a and a.set[s]) or (cur and bucket_has(cur, s)) or false
+end
+
+-- 1 when added (pending until sc_flush), 0 when already present. A bucket's pending members are a list
+-- and a set (c.add[bk]), not a longer copy of the bucket string: no bucket-sized string built per add.
+local function sc_add(key, fp, ttl)
+  local c, bk, s, cur = sc_bucket(key, fp)
+  local a = c.add[bk]
+  if (a and a.set[s]) or (cur and bucket_has(cur, s)) then return 0 end
+  if not a then
+    a = {list = {}, set = {}}
+    c.add[bk] = a
+    c.order[#c.order + 1] = {bk, cur == false}
+  end
+  a.list[#a.list + 1] = s
+  a.set[s] = true
+  c.n = c.n + 1
+  c.ttl = ttl
+  return 1
+end
+
+-- write every pending add: per bucket one APPEND, per set one HINCRBY and set_expire (as set_add does)
+local function sc_flush()
+  for key, c in pairs(SC) do
+    if c.n > 0 then
+      local fresh = {}
+      for _, o in ipairs(c.order) do
+        redis.call('APPEND', o[1], table.concat(c.add[o[1]].list))
+        if o[2] then fresh[#fresh + 1] = o[1] end
+      end
+      redis.call('HINCRBY', key, 'count', c.n)
+      set_expire(key, c.st, c.ttl, fresh)
+      c.st.old = true
+      c.add, c.order, c.n = {}, {}, 0
+    end
+  end
+end
+
+-- What LEASE reads of an envelope: {run, fp, domain}, each a string or nil (not a string in the JSON),
+-- or false when the entry is not a JSON object. The JSON as Envelope.dumps writes it (envelope.py:
+-- "lost" first when set, then "v", "url", "spider", "run", "fp", ..., "domain" last, no spaces) is read by
+-- anchored patterns instead of being decoded whole (cjson builds a table and some twenty strings: ~5 µs an
+-- entry, issue #18); anything else (an escape in those strings, another layout, another writer) is
+-- decoded with cjson, so both paths give what cjson would.
+local function env_head(json)
+  local at = string.match(json, '^{"lost":%d+,()') or 2
+  local run, fp = string.match(json, '^"v":1,"url":"[^"\\]*","spider":"[^"\\]*","run":"([^"\\]*)","fp":"([^"\\]*)",', at)
+  if run then
+    local n = string.len(json)
+    local p = string.find(json, ',"domain":"', math.max(1, n - 300), true)
+    while p do
+      local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
+      if domain then return {run = run, fp = fp, domain = domain} end
+      p = string.find(json, ',"domain":"', p + 1, true)
+    end
+  end
+  local ok, e = pcall(cjson.decode, json)
+  if not ok or type(e) ~= 'table' then return false end
+  local function str(v) if type(v) == 'string' then return v end return nil end
+  return {run = str(e['run']), fp = str(e['fp']), domain = str(e['domain'])}
 end
 
 local function ready_score(k, prio)
@@ -249,6 +370,44 @@ local function breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase
     end
   end
   return ''
+end
+
+-- breaker_record for a batch (COMMIT): while a domain's breaker is closed, its window is read once per
+-- call, extended in memory and written once by breaker_flush; any other state, and the trip itself, go
+-- through breaker_record / breaker_open as before (the cached window written first), and the domain is
+-- read afresh at its next outcome. Same events, same windows as one breaker_record per commit.
+local BRC = {}
+local function breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+  local c = BRC[domain]
+  local bk = k.prefix .. 'breaker:' .. domain
+  if c == nil then
+    local v = redis.call('HMGET', bk, 'state', 'window')
+    if (v[1] or 'closed') ~= 'closed' then
+      return breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+    end
+    c = {win = v[2] or '', dirty = false}
+    BRC[domain] = c
+  end
+  if outcome == 'n' then return '' end
+  local win = c.win .. outcome
+  if string.len(win) > W then win = string.sub(win, -W) end
+  c.win, c.dirty = win, true
+  local _, n = string.gsub(win, 'C', '')
+  if n >= minev and n / string.len(win) >= rate then
+    redis.call('HSET', bk, 'window', win)
+    BRC[domain] = nil
+    breaker_open(k, bk, domain, now, cbase, ccap)
+    return 'opened'
+  end
+  return ''
+end
+
+-- the windows breaker_note changed, written once each
+local function breaker_flush(k)
+  for domain, c in pairs(BRC) do
+    if c.dirty then redis.call('HSET', k.prefix .. 'breaker:' .. domain, 'window', c.win) end
+  end
+  BRC = {}
 end
 
 -- at lease time: 'go' (lease it), 'park', or 'probe' (lease it as the one half-open probe)
@@ -367,9 +526,10 @@ local function grant(k, id, now, lease, worker, nonce)
 end
 
 -- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries, or '', -1 when
--- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker)
+-- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker). The child is
+-- not in READY yet (COMMIT adds its enqueued children at the end, all but a claimed one).
 local function claim_child(k, done, id, json, fp, now, lease, worker, nonce)
-  if set_has(done, fp) then return '', -1 end
+  if sc_has(done, fp) then return '', -1 end
   local ok, env = pcall(cjson.decode, json)
   if not ok or type(env) ~= 'table' then return '', -1 end
   local domain = env['domain']
@@ -378,7 +538,6 @@ local function claim_child(k, done, id, json, fp, now, lease, worker, nonce)
     local hold = tonumber(redis.call('HGET', k.hold, domain))
     if hold and hold > now then return '', -1 end
   end
-  redis.call('ZREM', k.ready, id)
   return grant(k, id, now, lease, worker, nonce)
 end
 
@@ -387,4 +546,15 @@ local function forget(k, id)
   redis.call('HDEL', k.lease, id)
   redis.call('HDEL', k.env, id)
   redis.call('HDEL', k.dlv, id)
+end
+
+-- forget of many entries: four calls for the lot (LEASE, COMMIT)
+local function forget_all(k, ids)
+  for j = 1, #ids, 500 do
+    local last = math.min(j + 499, #ids)
+    redis.call('ZREM', k.inflight, unpack(ids, j, last))
+    redis.call('HDEL', k.lease, unpack(ids, j, last))
+    redis.call('HDEL', k.env, unpack(ids, j, last))
+    redis.call('HDEL', k.dlv, unpack(ids, j, last))
+  end
 end

@@ -40,30 +40,75 @@ local ttl, now = tonumber(ARGV[2]), tonumber(ARGV[3])
 local W, minev, rate, cbase, ccap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local do_ack = ARGV[9] == '1'
 local lease, worker, nonce = tonumber(ARGV[10]), ARGV[11], ARGV[12]
+local sub = string.sub
 local out, events, acked, claims = {}, {}, {}, {}
 local fresh = 0
 local any_cancelled = redis.call('EXISTS', k.cancelled) == 1
 local stopped = {}  -- r -> whether that run was cancelled
+-- Batched (issue #18). A first pass reads the commits; then every lease token, and every SEEN and DONE
+-- bucket the batch can touch, are read with one call each (HMGET, MGET per set); the commits are then
+-- decided one by one, in order, against what this call has read and changed (lua/_helpers.lua: sc_*),
+-- so a batch behaves exactly as its commits would one after another; and the writes go out at the end,
+-- one call per structure: children's envelopes (HSET) and READY entries (ZADD, scores from one INCRBY of
+-- seq, as ready_score would number them), the acknowledged leases (forget_all), the SEEN/DONE adds
+-- (sc_flush) and the breaker windows (breaker_flush).
+local cs, ids, want = {}, {}, {}  -- the commits; the lease ids to check; per set key: the fps to read
+local function need(key, fp)
+  local l = want[key]
+  if not l then l = {}; want[key] = l end
+  l[#l + 1] = fp
+end
 local i = 13
 while i <= #ARGV do
-  local r, fp, id, token, domain, outcome = tonumber(ARGV[i]), ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local claim, nd, nh = tonumber(ARGV[i+6]), tonumber(ARGV[i+7]), tonumber(ARGV[i+8])
-  local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
-  i = i + 9
+  local c = {r = tonumber(ARGV[i]), fp = ARGV[i+1], id = ARGV[i+2], token = ARGV[i+3], domain = ARGV[i+4],
+             outcome = ARGV[i+5], claim = tonumber(ARGV[i+6]), nd = tonumber(ARGV[i+7]), nh = tonumber(ARGV[i+8])}
+  c.kids = i + 9
+  c.hops = c.kids + 5 * c.nd
+  i = c.hops + c.nh
   -- '?'..fp: DONE (and the hops) only while the lease is still this worker's (see strict, above)
-  local strict = string.sub(fp, 1, 1) == '?'
-  if strict then fp = string.sub(fp, 2) end
-  local mine = (not strict) or owns(k, id, token)
+  c.strict = sub(c.fp, 1, 1) == '?'
+  if c.strict then c.fp = sub(c.fp, 2) end
+  local seen, done = KEYS[KN + 2 * c.r - 1], KEYS[KN + 2 * c.r]
+  c.seen, c.done = seen, done
+  if c.fp ~= '' then
+    ids[#ids + 1] = c.id
+    need(done, c.fp)
+  end
+  for h = c.hops, c.hops + c.nh - 1 do
+    need(seen, ARGV[h])
+    need(done, ARGV[h])
+  end
+  for g = c.kids, c.hops - 1, 5 do
+    if ARGV[g+4] ~= '1' then need(seen, ARGV[g+2]) end
+  end
+  if c.claim > 0 and c.claim <= c.nd then need(done, ARGV[c.kids + 5 * (c.claim - 1) + 2]) end
+  cs[#cs + 1] = c
+end
+local owner = {}  -- lease id -> its token now (false: none); forgetting one sets false
+if #ids > 0 then
+  local got = redis.call('HMGET', k.lease, unpack(ids))
+  for q, id in ipairs(ids) do owner[id] = got[q] or false end
+end
+for key, l in pairs(want) do sc_load(key, l) end
+local ready, envs = {}, {}  -- the enqueued children: READY's (prio, id) in enqueue order; env's (id, json)
+local queued = {}  -- ids of the children this call enqueued (their envelopes are written at the end)
+local gone = {}  -- the acknowledged leases
+local function ack(id)
+  gone[#gone + 1] = id
+  owner[id] = false
+end
+for _, c in ipairs(cs) do
+  local r, fp, id, token, domain, outcome, seen, done = c.r, c.fp, c.id, c.token, c.domain, c.outcome, c.seen, c.done
+  local mine = (not c.strict) or owner[id] == token
   if any_cancelled and stopped[r] == nil then
-    stopped[r] = redis.call('HEXISTS', k.cancelled, string.sub(seen, string.len(k.prefix) + 6)) == 1
+    stopped[r] = redis.call('HEXISTS', k.cancelled, sub(seen, string.len(k.prefix) + 6)) == 1
   end
   if stopped[r] then
-    i = i + 5 * nd + nh
     table.insert(claims, '')
     table.insert(claims, 0)
     local ok = 0
-    if fp ~= '' and do_ack and owns(k, id, token) then
-      forget(k, id)
+    if fp ~= '' and do_ack and owner[id] == token then
+      ack(id)
       ok = 1
     end
     table.insert(out, 0)
@@ -71,49 +116,68 @@ while i <= #ARGV do
   else
     local enq = 0
     local ctoken, cdlv = '', 0
-    local took = 0  -- 1 when this call moved the claimed child from READY to IN-FLIGHT
+    local took = 0  -- 1 when this call leased the claimed child instead of queueing it
     -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy
-    for h = i + 5 * nd, i + 5 * nd + nh - 1 do
-      if mine and set_add(seen, ARGV[h], ttl) == 1 then set_add(done, ARGV[h], ttl) end
+    for h = c.hops, c.hops + c.nh - 1 do
+      if mine and sc_add(seen, ARGV[h], ttl) == 1 then sc_add(done, ARGV[h], ttl) end
     end
-    for c = 1, nd do
-      local added = enqueue(k, seen, ttl, ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4])
-      enq = enq + added
-      if c == claim and added == 1 then
-        ctoken, cdlv = claim_child(k, done, ARGV[i], ARGV[i+1], ARGV[i+2], now, lease, worker, nonce .. 'c' .. #claims)
-        if ctoken ~= '' then took = 1 end
-      elseif c == claim and worker ~= '' then
+    local g = c.kids
+    for ci = 1, c.nd do
+      local cid, json, cfp, prio, dont_filter = ARGV[g], ARGV[g+1], ARGV[g+2], ARGV[g+3], ARGV[g+4]
+      local added = 0
+      if dont_filter ~= '1' then
+        added = sc_add(seen, cfp, ttl)
+      elseif not queued[cid] and redis.call('HEXISTS', k.env, cid) == 0 then
+        -- as enqueue (lua/_helpers.lua): a known id is this very child sent again (a retried commit);
+        -- a new one is counted in SEEN (DONE will hold its start fingerprint)
+        sc_add(seen, cfp, ttl)
+        added = 1
+      end
+      if added == 1 then
+        queued[cid] = true
+        envs[#envs + 1] = cid
+        envs[#envs + 1] = json
+        enq = enq + 1
+        if ci == c.claim then
+          ctoken, cdlv = claim_child(k, done, cid, json, cfp, now, lease, worker, nonce .. 'c' .. #claims)
+        end
+        if ctoken ~= '' and ci == c.claim then
+          took = 1
+        else
+          ready[#ready + 1] = prio
+          ready[#ready + 1] = cid
+        end
+      elseif ci == c.claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
         local ours = worker .. '#1#' .. nonce .. 'c' .. #claims
-        if redis.call('HGET', k.lease, ARGV[i]) == ours then ctoken, cdlv = ours, 1 end
+        if redis.call('HGET', k.lease, cid) == ours then ctoken, cdlv = ours, 1 end
       end
-      i = i + 5
+      g = g + 5
     end
-    i = i + nh
     table.insert(claims, ctoken)
     table.insert(claims, cdlv)
     fresh = fresh + enq - took
     local ok = 0
-    if fp ~= '' and strict then
+    if fp ~= '' and c.strict then
       if mine then
-        set_add(done, fp, ttl)
+        sc_add(done, fp, ttl)
         if do_ack then
-          forget(k, id)
+          ack(id)
           ok = 1
         end
       end
     elseif fp ~= '' then
-      set_add(done, fp, ttl)
+      sc_add(done, fp, ttl)
       if outcome ~= '' and domain ~= '' then
-        local ev, released = breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+        local ev, released = breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
         fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
         if ev ~= '' then
           table.insert(events, domain)
           table.insert(events, ev)
         end
       end
-      if do_ack and owns(k, id, token) then
-        forget(k, id)
+      if do_ack and owner[id] == token then
+        ack(id)
         ok = 1
       end
     end
@@ -121,5 +185,20 @@ while i <= #ARGV do
     table.insert(acked, ok)
   end
 end
+-- the writes (see Batched, above)
+for q = 1, #envs, 1000 do redis.call('HSET', k.env, unpack(envs, q, math.min(q + 999, #envs))) end
+if #ready > 0 then
+  local m = #ready / 2
+  local top = redis.call('INCRBY', k.seq, m)
+  local zs = {}
+  for q = 1, m do
+    zs[#zs + 1] = -tonumber(ready[2 * q - 1]) * 1e12 - (top - m + q)
+    zs[#zs + 1] = ready[2 * q]
+  end
+  for q = 1, #zs, 1000 do redis.call('ZADD', k.ready, unpack(zs, q, math.min(q + 999, #zs))) end
+end
+if #gone > 0 then forget_all(k, gone) end
+sc_flush()
+breaker_flush(k)
 if fresh > 0 then wake(k, fresh, worker) end  -- children left in READY for any other worker
 return {out, events, acked, claims}

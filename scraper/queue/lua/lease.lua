@@ -15,46 +15,97 @@ local now, n, lease, worker, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3])
 local promoted, reaped = maintain(k, now, limit)
 local leased, skipped, held, parked, cancelled = {}, {}, 0, 0, 0
 local any_cancelled = redis.call('EXISTS', k.cancelled) == 1  -- the usual case costs one EXISTS a call
+-- Batched (issue #18): READY's head, the envelopes, the DONE buckets, the domains' holds and breakers and
+-- the deliveries counters are each read with one call for the whole batch (or one per distinct run or
+-- domain), and the grants written with one call per structure, instead of about a dozen calls per entry.
+if n > 2000 then n = 2000 end  -- unpack's limit: a bigger ask gets 2,000 and asks again
 if n > 0 then
   local ids = redis.call('ZRANGE', k.ready, 0, n - 1)
-  for _, id in ipairs(ids) do
-    local json = redis.call('HGET', k.env, id)
-    redis.call('ZREM', k.ready, id)
-    if json then
-      local ok, env = pcall(cjson.decode, json)
-      local done = false
-      if ok and type(env) == 'table' and type(env['run']) == 'string' and type(env['fp']) == 'string'
-         and string.len(env['fp']) == 16 and string.match(env['fp'], '^%x+$') then
-        done = set_has(k.prefix .. 'done:' .. env['run'], env['fp'])
+  if #ids > 0 then
+    redis.call('ZREM', k.ready, unpack(ids))
+    local jsons = redis.call('HMGET', k.env, unpack(ids))
+    -- per entry: what LEASE reads of its envelope (env_head: run, fp, domain; false: unusable); per
+    -- DONE key: the fingerprints to look up
+    local envs, fps = {}, {}
+    for j = 1, #ids do
+      local env = false
+      if jsons[j] then env = env_head(jsons[j]) end
+      envs[j] = env
+      if env and env.run and env.fp and string.len(env.fp) == 16 and string.match(env.fp, '^%x+$') then
+        local dk = k.prefix .. 'done:' .. env.run
+        env.dk = dk
+        local l = fps[dk]
+        if not l then l = {}; fps[dk] = l end
+        l[#l + 1] = env.fp
       end
-      local hold = nil
-      if ok and type(env) == 'table' and type(env['domain']) == 'string' and env['domain'] ~= '' then
-        hold = tonumber(redis.call('HGET', k.hold, env['domain']))
+    end
+    for dk, l in pairs(fps) do sc_load(dk, l) end
+    -- per domain: its HOLD deadline (false: none) and whether it has a breaker that is not closed (a
+    -- breaker never comes into being during a LEASE, so an absent one stays absent for the call)
+    local holds, brks, stopped, gone, granted = {}, {}, {}, {}, {}
+    for j, id in ipairs(ids) do
+      local json, env = jsons[j], envs[j]
+      if json then
+        local done = env and env.dk and sc_has(env.dk, env.fp) or false
+        local domain = env and env.domain ~= '' and env.domain or nil
+        local hold, brk = nil, false
+        if domain then
+          hold, brk = holds[domain], brks[domain]
+          if hold == nil then
+            hold = tonumber(redis.call('HGET', k.hold, domain)) or false
+            brk = redis.call('HEXISTS', k.brk, domain) == 1
+            holds[domain], brks[domain] = hold, brk
+          end
+        end
+        local stop = false
+        if any_cancelled and env and env.run then
+          stop = stopped[env.run]
+          if stop == nil then
+            stop = redis.call('HEXISTS', k.cancelled, env.run) == 1
+            stopped[env.run] = stop
+          end
+        end
+        if stop then
+          gone[#gone + 1] = id
+          cancelled = cancelled + 1
+        elseif done then
+          gone[#gone + 1] = id
+          table.insert(skipped, id)
+          table.insert(skipped, json)
+        elseif brk and breaker_gate(k, domain, id, now, lease) == 'park' then
+          redis.call('ZADD', k.prefix .. 'parked:' .. domain, now, id)
+          redis.call('SADD', k.parkdom, domain)
+          parked = parked + 1
+        elseif hold and hold > now then
+          -- the target domain is backing off fleet-wide: wait in DELAYED, no delivery, no budget
+          redis.call('ZADD', k.delayed, hold, id)
+          held = held + 1
+        else
+          granted[#granted + 1] = j
+        end
       end
-      if any_cancelled and ok and type(env) == 'table' and type(env['run']) == 'string'
-         and redis.call('HEXISTS', k.cancelled, env['run']) == 1 then
-        forget(k, id)
-        cancelled = cancelled + 1
-      elseif done then
-        forget(k, id)
-        table.insert(skipped, id)
-        table.insert(skipped, json)
-      elseif ok and type(env) == 'table' and type(env['domain']) == 'string' and env['domain'] ~= ''
-             and breaker_gate(k, env['domain'], id, now, lease) == 'park' then
-        redis.call('ZADD', k.prefix .. 'parked:' .. env['domain'], now, id)
-        redis.call('SADD', k.parkdom, env['domain'])
-        parked = parked + 1
-      elseif hold and hold > now then
-        -- the target domain is backing off fleet-wide: wait in DELAYED, no delivery, no budget
-        redis.call('ZADD', k.delayed, hold, id)
-        held = held + 1
-      else
-        local token, dlv = grant(k, id, now, lease, worker, nonce .. #leased)
+    end
+    if #gone > 0 then forget_all(k, gone) end
+    if #granted > 0 then
+      -- grant (lua/_helpers.lua) for the lot: deliveries + 1, the lease deadline and the token
+      local gids = {}
+      for q, j in ipairs(granted) do gids[q] = ids[j] end
+      local dl = redis.call('HMGET', k.dlv, unpack(gids))
+      local dv, inf, tok = {}, {}, {}
+      for q, id in ipairs(gids) do
+        local d = (tonumber(dl[q]) or 0) + 1
+        local token = worker .. '#' .. d .. '#' .. nonce .. #leased
+        dv[#dv + 1] = id; dv[#dv + 1] = d
+        inf[#inf + 1] = now + lease; inf[#inf + 1] = id
+        tok[#tok + 1] = id; tok[#tok + 1] = token
         table.insert(leased, id)
-        table.insert(leased, json)
-        table.insert(leased, dlv)
+        table.insert(leased, jsons[granted[q]])
+        table.insert(leased, d)
         table.insert(leased, token)
       end
+      redis.call('HSET', k.dlv, unpack(dv))
+      redis.call('ZADD', k.inflight, unpack(inf))
+      redis.call('HSET', k.lease, unpack(tok))
     end
   end
 end

@@ -1,0 +1,259 @@
+"""A COMMIT batch behaves exactly as its commits one call each (issue #18: COMMIT reads and writes once per
+batch, lua/commit.lua "Batched"), on a real redis-server.
+
+Two spiders on one server get the same start entries, the same leases and the same random commits: one
+spider in one call, the other one call per commit. The commits mix what a batch can hold: children
+shared between commits and with SEEN/DONE, ``dont_filter`` children, redirect hops, claims, strict acks of
+leases that are and are not still ours, children-only commits, item/navigation outcomes, a half-open
+breaker whose probe closes it (releasing a parked request). The replies and every structure the scripts
+keep (SEEN, DONE, READY in order, envelopes, leases, breaker window) must come out the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from scrapy import Request
+
+from scraper.queue.client import Commit, CommitReply, FleetQueue
+from scraper.queue.envelope import Envelope
+
+pytestmark = pytest.mark.integration
+
+RUN = "r1"
+DOMAIN = "shop.example"
+POOL = [f"p{i}" for i in range(14)]
+
+
+def _env(spider: str, path: str, *, dont_filter: bool = False) -> Envelope:
+    return Envelope.from_request(
+        Request(f"https://{DOMAIN}/{path}", dont_filter=dont_filter), spider_name=spider, run=RUN
+    )
+
+
+def _plan(rng: random.Random, starts: list[str]) -> list[dict[str, Any]]:
+    """The commits, spider-neutral: per leased start (by path) what it does."""
+    plan = []
+    for n, path in enumerate(starts):
+        kids = [(rng.choice(POOL), rng.random() < 0.15) for _ in range(rng.randrange(0, 4))]
+        plan.append(
+            {
+                "path": path,
+                "kids": kids,
+                "hops": [rng.choice(POOL) for _ in range(rng.choice((0, 0, 1, 2)))],
+                "outcome": rng.choice(("o", "n", "")),
+                "strict": rng.random() < 0.25,
+                "stale": rng.random() < 0.15,
+                "done": rng.random() > 0.1,
+                "claim": rng.randrange(0, len(kids) + 1),
+                "ids": [f"c{n}x{j}" for j in range(len(kids))],
+            }
+        )
+    return plan
+
+
+async def _setup(q: FleetQueue, client: Any, starts: list[str], pre_seen: list[str]) -> dict[str, Any]:
+    spider = q.keys.spider
+    await q.seed(RUN, [_env(spider, p) for p in starts])
+    batch = await q.lease(len(starts), worker="w", lease_seconds=60)
+    leases = {Envelope.loads(le.raw).url.rsplit("/", 1)[-1]: le for le in batch.leased}
+    assert len(leases) == len(starts)
+    await q.commit([Commit("", "", RUN, "", [_env(spider, p) for p in pre_seen], done=False)], ack=False)
+    # a parked request behind a half-open breaker whose probe is the first start's lease
+    probe = leases[starts[0]].id
+    park = _env(spider, "parked")
+    await client.hset(q.keys.env, "parked1", park.dumps())
+    await client.zadd(q.keys.parked(DOMAIN), {"parked1": 1})
+    await client.sadd(q.keys.parkdom, DOMAIN)
+    await client.hset(q.keys.breaker(DOMAIN), mapping={"state": "half_open", "probe": probe, "probe_until": 9e9})
+    await client.hset(q.keys.brk, DOMAIN, "half|9e9")
+    return leases
+
+
+def _commits(q: FleetQueue, plan: list[dict[str, Any]], leases: dict[str, Any]) -> list[Commit]:
+    spider = q.keys.spider
+    out = []
+    for c in plan:
+        le = leases[c["path"]]
+        env = Envelope.loads(le.raw)
+        kids = [_env(spider, p, dont_filter=df) for p, df in c["kids"]]
+        out.append(
+            Commit(
+                le.id,
+                le.token + ("-stale" if c["stale"] else ""),
+                RUN,
+                env.fp,
+                kids,
+                domain=DOMAIN,
+                outcome=c["outcome"],
+                done=c["done"],
+                claim=c["claim"],
+                ids=c["ids"],
+                hops=[_env(spider, h).fp for h in c["hops"]],
+                strict=c["strict"],
+            )
+        )
+    return out
+
+
+async def _state(q: FleetQueue, client: Any) -> dict[str, Any]:
+    k = q.keys
+    spider = k.spider
+
+    async def members(key: str) -> set[str]:
+        paths = [*POOL, "parked"]
+        return {
+            p for p, has in zip(paths, await q.has_member(key, [_env(spider, p).fp for p in paths]), strict=True) if has
+        }
+
+    async def path(i: bytes) -> str:
+        raw = await client.hget(k.env, i)
+        return Envelope.loads(raw).url.rsplit("/", 1)[-1] if raw else f"?{i!r}"
+
+    ready = [await path(i) for i in await client.zrange(k.ready, 0, -1)]
+    inflight = sorted([await path(i) for i in await client.zrange(k.inflight, 0, -1)])
+    envs = sorted([Envelope.loads(v).url.rsplit("/", 1)[-1] for v in (await client.hgetall(k.env)).values()])
+    return {
+        "seen": await members(k.seen(RUN)),
+        "done": await members(k.done(RUN)),
+        "seen_count": await client.hget(k.seen(RUN), "count"),
+        "done_count": await client.hget(k.done(RUN), "count"),
+        "ready": ready,
+        "inflight": inflight,
+        "env": envs,
+        "breaker": await client.hmget(k.breaker(DOMAIN), "state", "window"),
+        "brk": await client.hget(k.brk, DOMAIN),
+        "parked": await client.zcard(k.parked(DOMAIN)),
+    }
+
+
+def _reply(rs: list[CommitReply]) -> tuple[Any, ...]:
+    claims = [(bool(t), d) for r in rs for t, d in r.claims]
+    return (
+        [x for r in rs for x in r.enqueued],
+        [x for r in rs for x in r.events],
+        [x for r in rs for x in r.acked],
+        claims,
+    )
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_batch_is_its_commits_one_by_one(redis_url: str, seed: int) -> None:
+    rng = random.Random(seed)
+    starts = rng.sample(POOL, 6)
+    pre_seen = rng.sample([p for p in POOL if p not in starts], 3)
+    plan = _plan(rng, starts)
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
+        try:
+            qa, qb = FleetQueue(client, "batched"), FleetQueue(client, "onebyone")
+            la = await _setup(qa, client, starts, pre_seen)
+            lb = await _setup(qb, client, starts, pre_seen)
+            ra = [await qa.commit_claiming(_commits(qa, plan, la), worker="w", lease_seconds=60, nonce="n")]
+            rb = [
+                await qb.commit_claiming([c], worker="w", lease_seconds=60, nonce=f"n{i}")
+                for i, c in enumerate(_commits(qb, plan, lb))
+            ]
+            assert _reply(ra) == _reply(rb)
+            assert await _state(qa, client) == await _state(qb, client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+def _head_script() -> str:
+    from scraper.queue import scripts
+
+    body = (
+        "local h = env_head(ARGV[1])\nif not h then return false end\n"
+        "return {h.run or '<nil>', h.fp or '<nil>', h.domain or '<nil>'}\n"
+    )
+    return scripts.with_helpers(body)
+
+
+def _by_cjson(raw: str) -> list[str] | None:
+    import json
+
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(d, list):  # a Lua table to cjson too, without those keys
+        return ["<nil>"] * 3
+    if not isinstance(d, dict):
+        return None
+    return [v if isinstance(v, str) else "<nil>" for v in (d.get("run"), d.get("fp"), d.get("domain"))]
+
+
+def test_env_head_reads_what_cjson_reads(redis_url: str) -> None:
+    """LEASE reads run/fp/domain with anchored patterns when the JSON is Envelope.dumps' own layout and
+    decodes it otherwise (lua/_helpers.lua: env_head): the answer is cjson's either way."""
+    import redis
+
+    spider = "heads"
+    plain = _env(spider, "a")
+    lost = Envelope.loads(plain.dumps())
+    lost.lost = 3
+    odd = Envelope.from_request(
+        Request(
+            "https://shop.example/q?x=%22y%22&z=\u00e9",
+            meta={"domain": "evil.example", "run": "other", "fp": "0" * 16, "x": {"domain": "deeper"}},
+        ),
+        spider_name=spider,
+        run="r1",
+    )
+    quoted = odd.to_dict()
+    quoted["run"] = 'r"quoted'  # not a run Fleet accepts, but an entry anyone could write
+    tail = plain.to_dict()
+    tail["domain"] = None
+    moved = {"domain": "first.example", **{k: v for k, v in plain.to_dict().items() if k != "domain"}}
+    cases = [
+        plain.dumps(),
+        lost.dumps(),
+        odd.dumps(),
+        Envelope.loads(odd.dumps()).dumps(),
+        __import__("json").dumps(quoted, separators=(",", ":")),
+        __import__("json").dumps(tail),
+        __import__("json").dumps(moved),
+        __import__("json").dumps(moved)[:-1],
+        "[1,2]",
+        "not json",
+        '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","domain":"d"}',
+        '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","meta":{"domain":"in"},"domain":"out"}',
+        '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","meta":{"a":1,"domain":"in"}}',
+    ]
+    r = redis.Redis.from_url(redis_url)
+    try:
+        src = _head_script()
+        for raw in cases:
+            got = r.eval(src, 0, raw)
+            got = None if got is None else [x.decode() for x in got]
+            assert got == _by_cjson(raw), raw
+    finally:
+        r.close()
+
+
+def test_fleet_envelopes_are_read_without_cjson(redis_url: str) -> None:
+    """The point of env_head: Envelope.dumps' output (with and without "lost") never reaches cjson."""
+    import redis
+
+    src = _head_script().replace(
+        "  local ok, e = pcall(cjson.decode, json)",
+        "  do return {'cjson', '', ''} end\n  local ok, e = pcall(cjson.decode, json)",
+    )
+    assert "'cjson'" in src
+    plain = _env("heads", "b")
+    lost = Envelope.loads(plain.dumps())
+    lost.lost = 12
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for env in (plain, lost):
+            assert [x.decode() for x in r.eval(src, 0, env.dumps())] == [RUN, env.fp, DOMAIN]
+    finally:
+        r.close()
