@@ -175,10 +175,10 @@ class FleetQueue(Inspection, Gating):
         return int(promoted), [(text(a), text(b)) for a, b in pairs(reaped, 2)]
 
     async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
-        args: list[Any] = [repr(time.time() + lease_seconds)]
+        args: list[Any] = [repr(time.time()), repr(lease_seconds)]
         for lid, token in leases:
             args += [lid, token]
-        if len(args) == 1:
+        if len(args) == 2:
             return []
         lost = await self._heartbeat(self._k_heartbeat, args)
         return [text(x) for x in lost]

