@@ -222,7 +222,7 @@ def test_poison_entries_do_not_hold_up_their_batch(redis_url: str, tmp_path: Pat
         "poison-cb": entry(callback="no_such_callback"),
         "poison-close": entry(callback="close"),
         "poison-nohost": entry(url="http:///nohost"),
-        "poison-nan": entry().replace('"depth": 0', '"depth": NaN'),
+        "poison-nan": entry(depth=0).replace('"depth": 0', '"depth": NaN'),
     }
     client = redis.Redis.from_url(redis_url)
     try:
