@@ -157,7 +157,7 @@ local SC = {}
 local function sc_get(key)
   local c = SC[key]
   if not c then
-    c = {st = set_open(key), cur = {}, add = {}, order = {}, n = 0, ttl = 0}
+    c = {st = set_open(key), cur = {}, add = {}, order = {}, fresh = {}, n = 0, ttl = 0}
     SC[key] = c
   end
   return c
@@ -197,22 +197,23 @@ end
 local function sc_has(key, fp)
   local c, bk, s, cur = sc_bucket(key, fp)
   local a = c.add[bk]
-  return (a and a.set[s]) or (cur and bucket_has(cur, s)) or false
+  return (a and bucket_has(a, s)) or (cur and bucket_has(cur, s)) or false
 end
 
--- 1 when added (pending until sc_flush), 0 when already present. A bucket's pending members are a list
--- and a set (c.add[bk]), not a longer copy of the bucket string: no bucket-sized string built per add.
+-- 1 when added (pending until sc_flush), 0 when already present. A bucket's pending members are their own
+-- string (c.add[bk], what the APPEND will send), not a longer copy of the bucket: a call allocates little
+-- (Lua's garbage collector costs Redis CPU in proportion to what a script allocates).
 local function sc_add(key, fp, ttl)
   local c, bk, s, cur = sc_bucket(key, fp)
   local a = c.add[bk]
-  if (a and a.set[s]) or (cur and bucket_has(cur, s)) then return 0 end
+  if (a and bucket_has(a, s)) or (cur and bucket_has(cur, s)) then return 0 end
   if not a then
-    a = {list = {}, set = {}}
-    c.add[bk] = a
-    c.order[#c.order + 1] = {bk, cur == false}
+    a = ''
+    local o = #c.order + 1
+    c.order[o] = bk
+    c.fresh[o] = cur == false
   end
-  a.list[#a.list + 1] = s
-  a.set[s] = true
+  c.add[bk] = a .. s
   c.n = c.n + 1
   c.ttl = ttl
   return 1
@@ -223,20 +224,20 @@ local function sc_flush()
   for key, c in pairs(SC) do
     if c.n > 0 then
       local fresh = {}
-      for _, o in ipairs(c.order) do
-        redis.call('APPEND', o[1], table.concat(c.add[o[1]].list))
-        if o[2] then fresh[#fresh + 1] = o[1] end
+      for o, bk in ipairs(c.order) do
+        redis.call('APPEND', bk, c.add[bk])
+        if c.fresh[o] then fresh[#fresh + 1] = bk end
       end
       redis.call('HINCRBY', key, 'count', c.n)
       set_expire(key, c.st, c.ttl, fresh)
       c.st.old = true
-      c.add, c.order, c.n = {}, {}, 0
+      c.add, c.order, c.fresh, c.n = {}, {}, {}, 0
     end
   end
 end
 
--- What LEASE reads of an envelope: {run, fp, domain}, each a string or nil (not a string in the JSON),
--- or false when the entry is not a JSON object. The JSON as Envelope.dumps writes it (envelope.py:
+-- What LEASE reads of an envelope: run, fp, domain, each a string or nil (not a string in the JSON); all
+-- nil when the entry is not JSON (or not an object or array: what cjson decodes to a table). The JSON as Envelope.dumps writes it (envelope.py:
 -- "lost" first when set, then "v", "url", "spider", "run", "fp", ..., "domain" last, no spaces) is read by
 -- anchored patterns instead of being decoded whole (cjson builds a table and some twenty strings: ~5 µs an
 -- entry, issue #18); anything else (an escape in those strings, another layout, another writer) is
@@ -249,14 +250,18 @@ local function env_head(json)
     local p = string.find(json, ',"domain":"', math.max(1, n - 300), true)
     while p do
       local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
-      if domain then return {run = run, fp = fp, domain = domain} end
+      if domain then return run, fp, domain end
       p = string.find(json, ',"domain":"', p + 1, true)
     end
   end
   local ok, e = pcall(cjson.decode, json)
-  if not ok or type(e) ~= 'table' then return false end
-  local function str(v) if type(v) == 'string' then return v end return nil end
-  return {run = str(e['run']), fp = str(e['fp']), domain = str(e['domain'])}
+  if not ok or type(e) ~= 'table' then return nil, nil, nil end
+  run, fp = e['run'], e['fp']
+  local domain = e['domain']
+  if type(run) ~= 'string' then run = nil end
+  if type(fp) ~= 'string' then fp = nil end
+  if type(domain) ~= 'string' then domain = nil end
+  return run, fp, domain
 end
 
 local function ready_score(k, prio)

@@ -24,19 +24,20 @@ if n > 0 then
   if #ids > 0 then
     redis.call('ZREM', k.ready, unpack(ids))
     local jsons = redis.call('HMGET', k.env, unpack(ids))
-    -- per entry: what LEASE reads of its envelope (env_head: run, fp, domain; false: unusable); per
-    -- DONE key: the fingerprints to look up
-    local envs, fps = {}, {}
+    -- per entry, in arrays (no table per entry: what a call allocates, Lua's collector costs Redis CPU for):
+    -- what LEASE reads of its envelope (env_head) and its DONE key (when run and fp are usable); per DONE
+    -- key: the fingerprints to look up
+    local runs, efps, doms, dks, fps = {}, {}, {}, {}, {}
     for j = 1, #ids do
-      local env = false
-      if jsons[j] then env = env_head(jsons[j]) end
-      envs[j] = env
-      if env and env.run and env.fp and string.len(env.fp) == 16 and string.match(env.fp, '^%x+$') then
-        local dk = k.prefix .. 'done:' .. env.run
-        env.dk = dk
+      local run, fp, domain = nil, nil, nil
+      if jsons[j] then run, fp, domain = env_head(jsons[j]) end
+      runs[j], efps[j], doms[j], dks[j] = run or false, fp or false, domain or false, false
+      if run and fp and string.len(fp) == 16 and string.match(fp, '^%x+$') then
+        local dk = k.prefix .. 'done:' .. run
+        dks[j] = dk
         local l = fps[dk]
         if not l then l = {}; fps[dk] = l end
-        l[#l + 1] = env.fp
+        l[#l + 1] = fp
       end
     end
     for dk, l in pairs(fps) do sc_load(dk, l) end
@@ -44,10 +45,10 @@ if n > 0 then
     -- breaker never comes into being during a LEASE, so an absent one stays absent for the call)
     local holds, brks, stopped, gone, granted = {}, {}, {}, {}, {}
     for j, id in ipairs(ids) do
-      local json, env = jsons[j], envs[j]
+      local json, run = jsons[j], runs[j]
       if json then
-        local done = env and env.dk and sc_has(env.dk, env.fp) or false
-        local domain = env and env.domain ~= '' and env.domain or nil
+        local done = dks[j] and sc_has(dks[j], efps[j]) or false
+        local domain = doms[j] ~= '' and doms[j] or nil
         local hold, brk = nil, false
         if domain then
           hold, brk = holds[domain], brks[domain]
@@ -58,11 +59,11 @@ if n > 0 then
           end
         end
         local stop = false
-        if any_cancelled and env and env.run then
-          stop = stopped[env.run]
+        if any_cancelled and run then
+          stop = stopped[run]
           if stop == nil then
-            stop = redis.call('HEXISTS', k.cancelled, env.run) == 1
-            stopped[env.run] = stop
+            stop = redis.call('HEXISTS', k.cancelled, run) == 1
+            stopped[run] = stop
           end
         end
         if stop then
