@@ -28,12 +28,20 @@ def _product_fps_ok(items: dict[str, list[dict]], site: DemoSite) -> None:
             assert field in meta, field
 
 
+def _drained(redis_url: str, tmp_path: Path, run: str, n_items: int) -> bool:
+    """demo_shop's ``run`` has its ``n_items`` objects and nothing left READY, IN-FLIGHT or DELAYED (what
+    ``--until-idle`` waits for before its idle clock starts)."""
+    c = counts(redis_url, "demo_shop")
+    return (c["ready"], c["inflight"], c["delayed"]) == (0, 0, 0) and \
+        len(objects(tmp_path / "data", "items", "demo_shop", run)) == n_items
+
+
 def test_two_workers_crawl_500_pages_exactly_once(redis_url: str, tmp_path: Path) -> None:
     with DemoSite(n_products=500, per_page=20, latency=0.03).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
         seeded = fleet_json("seed", "demo_shop", "--run", "r1", env=env)
         assert seeded == {"spider": "demo_shop", "run": "r1", "enqueued": 1, "skipped": 0}
-        procs = [start_worker("demo_shop", env, tmp_path / f"w{i}.log", "--until-idle", "3", "--concurrency", "8")
+        procs = [start_worker("demo_shop", env, tmp_path / f"w{i}.log", "--until-idle", "1", "--concurrency", "8")
                  for i in range(2)]
         assert wait_all(procs, 240) == [0, 0]
         items = objects(tmp_path / "data", "items", "demo_shop", "r1")
@@ -170,7 +178,7 @@ def test_user_spider_module_two_workers(redis_url: str, tmp_path: Path) -> None:
         listing = fleet_json("spiders", "--json", env=env)
         assert "usershop" in {s["name"] for s in listing}
         assert fleet_json("seed", "usershop", "--url", site.start_url, "--run", "u1", env=env)["enqueued"] == 1
-        procs = [start_worker("usershop", env, tmp_path / f"u{i}.log", "--until-idle", "3") for i in range(2)]
+        procs = [start_worker("usershop", env, tmp_path / f"u{i}.log", "--until-idle", "1") for i in range(2)]
         assert wait_all(procs, 120) == [0, 0]
         items = objects(tmp_path / "data", "items", "usershop", "u1")
         assert len(items) == 80
@@ -263,7 +271,7 @@ def test_sigkilled_worker_leases_are_redelivered(redis_url: str, tmp_path: Path)
         w1.send_signal(signal.SIGKILL)
         w1.wait()
         assert held > 0, "the killed worker should have held leases"
-        w2 = start_worker("demo_shop", env, tmp_path / "w2.log", "--until-idle", "3")
+        w2 = start_worker("demo_shop", env, tmp_path / "w2.log", "--until-idle", "1")
         assert wait_all([w2], 120) == [0]
         items = objects(tmp_path / "data", "items", "demo_shop", "k1")
         assert len(items) == 200
@@ -382,6 +390,9 @@ def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> 
         try:
             assert wait_for(lambda: r.zcard("fleet:{demo_shop}:waiting") == 1, 30), "worker never waited"
             fleet_json("seed", "demo_shop", "--run", "r1", env=env)
+            # drained: stop it now (SIGTERM, a graceful stop) rather than sit out the 8 idle seconds
+            assert wait_for(lambda: _drained(redis_url, tmp_path, "r1", 5), 60)
+            proc.terminate()
             assert wait_all([proc], 60) == [0]
         finally:
             r.close()
@@ -445,6 +456,8 @@ def test_fleet_works_for_an_acl_user_without_pubsub(redis_url: str, tmp_path: Pa
             proc = start_worker("demo_shop", env, log, "--until-idle", "8")  # outlives the seed's start-up
             assert wait_for(lambda: admin.zcard("fleet:{demo_shop}:waiting") == 1, 30)  # it waits: a wake is due
             assert fleet_json("seed", "demo_shop", "--run", "r1", env=env)["enqueued"] == 1
+            assert wait_for(lambda: _drained(redis_url, tmp_path, "r1", 20), 60)  # then a graceful stop, as above
+            proc.terminate()
             assert wait_all([proc], 60) == [0]
         assert len(objects(tmp_path / "data", "items", "demo_shop", "r1")) == 20
         assert log.read_text().count('"wake_channel_unavailable"') == 1

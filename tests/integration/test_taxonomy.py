@@ -9,7 +9,8 @@ workers' JSON logs (the recorded retry schedule), the site's hit log (which prox
 Target domains (the proxies resolve ``*.test`` and ``localhost`` to 127.0.0.1, so one loopback site plays
 several sites; the worker never resolves a target host when it goes through a proxy):
 
-* ``127.0.0.1``   ok pages, ``/ban-by-proxy`` (proxy p1 is banned here), 404/410/401, reset, timeout
+* ``127.0.0.1``   ok pages, ``/ban-by-proxy`` (proxy p1 is banned here), 404/410/401, reset, timeout;
+  more ``/ban-by-proxy`` pages, twelve at a time, while p1 has not met one yet (see ``_until_p1_banned``)
 * ``localhost``   ``/ban-by-proxy`` where p1 is *not* banned (seeded after p1's first ban)
 * ``burst.test``  ten ``/flaky503`` pages (one 503 each): one domain-hold step, not ten
 * ``rate.test``   one ``/rate`` page: 429 with ``Retry-After: 7`` once
@@ -49,6 +50,8 @@ RETRY_AFTER = 7
 PREFIX = f"fleet:{{{SPIDER}}}:"
 # a page that times out like /slow/1, but whose URL happens to contain the word "proxy"
 PROXY_WORD_TIMEOUT = "/slow/proxy-guide"
+# /ban-by-proxy pages on 127.0.0.1 are seeded BAN_ROUND at a time, at most BAN_ROUNDS times, until p1 met one
+BAN_ROUND, BAN_ROUNDS = 12, 6
 
 SPIDER_MODULE = f'''
 import scrapy
@@ -80,6 +83,7 @@ class Crawl:
     tmp: Path
     redis_url: str
     seeded: list[str]
+    ban_pages: list[str]  # every /ban-by-proxy page on 127.0.0.1 (the domain where p1 is banned)
     secrets: list[str]
     worker_logs: list[str]
     events: list[dict[str, Any]]
@@ -171,6 +175,43 @@ def _dump_redis(url: str) -> list[bytes]:
     return out
 
 
+def _until_p1_banned(cr: Crawl, procs: list[Any], first_round: list[str]) -> None:
+    """Wait until p1 has answered 403 on a 127.0.0.1 ban page, seeding more such pages while it has not.
+
+    Which proxy serves a page is a power-of-two choice on latency x load, so p1 may simply not be picked
+    for any of a round's pages. A round is over when p1 met one of them (403) or every one of them was
+    served (200, through p2 or p3): then, if p1 has not met one, twelve fresh pages go in; bounded."""
+    site = cr.site
+
+    def p1_banned() -> bool:
+        return any(h.status == 403 for h in site.hits_for(proxy="p1", host="127.0.0.1"))
+
+    def over(pages: list[str]) -> bool:
+        if any(p.poll() is not None for p in procs):
+            return True  # a worker exited: nothing more will be fetched (reported below)
+        served = {h.path for h in site.hits_for(host="127.0.0.1") if h.status == 200}
+        return p1_banned() or {"/" + u.split("/", 3)[3] for u in pages} <= served
+
+    pages = list(first_round)
+    for rnd in range(BAN_ROUNDS):
+        # the first round includes the workers' start-up (seconds on a loaded host); later ones a CLI call
+        assert wait_for(lambda pages=pages: over(pages), 60 if rnd == 0 else 30), \
+            f"round {rnd}: {len(pages)} ban pages neither served nor met by p1"
+        if p1_banned():
+            return
+        assert all(p.poll() is None for p in procs), \
+            f"a worker exited before p1 met a ban page (round {rnd}): {[p.poll() for p in procs]}"
+        n = len(cr.ban_pages)
+        pages = [site.url(f"/ban-by-proxy/{i}") for i in range(n, n + BAN_ROUND)]
+        cr.ban_pages += pages
+        cr.seeded += pages
+        path = cr.tmp / f"ban-round-{rnd + 1}.txt"
+        path.write_text("\n".join(pages) + "\n")
+        out = json.loads(cr.cli("seed", SPIDER, "--urls", str(path), "--run", RUN))
+        assert out["enqueued"] == len(pages)
+    raise AssertionError(f"p1 met none of {len(cr.ban_pages)} ban pages in {BAN_ROUNDS} rounds")
+
+
 def _items(data: Path) -> dict[str, list[dict[str, Any]]]:
     base = data / "items" / f"spider={SPIDER}" / f"run={RUN}"
     out: dict[str, list[dict[str, Any]]] = {}
@@ -211,14 +252,15 @@ def crawl(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     phase1 = [site.url(f"/flaky503/{i}", "burst.test") for i in range(10)]
     phase1 += [site.url(f"/ok/{i}") for i in range(6)]
-    phase1 += [site.url(f"/ban-by-proxy/{i}") for i in range(12)]
+    ban_pages = [site.url(f"/ban-by-proxy/{i}") for i in range(BAN_ROUND)]
+    phase1 += ban_pages
     phase1 += [site.url(p) for p in ("/missing/1", "/gone/1", "/auth/1", "/reset/1", "/slow/1")]
     phase1 += [site.url("/rate/1", "rate.test"), site.url("/captcha/1", "captcha.test")]
     phase1 += [site.url(PROXY_WORD_TIMEOUT, "timeouts.test")]
     phase2 = [site.url(f"/ban-by-proxy/{i}", "localhost") for i in range(100, 120)]
 
     cr = Crawl(site=site, proxies=proxies, env=env, tmp=tmp, redis_url=redis_server.url,
-               seeded=phase1 + phase2, secrets=secrets, worker_logs=[], events=[])
+               seeded=phase1 + phase2, ban_pages=list(ban_pages), secrets=secrets, worker_logs=[], events=[])
     t0 = time.monotonic()
     procs = []
     try:
@@ -228,8 +270,7 @@ def crawl(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         procs = [start_worker(SPIDER, env, tmp / f"w{i}.log", "--until-idle", "2") for i in range(2)]
         # the localhost pages go in once p1 has been banned on 127.0.0.1 (so "still serves elsewhere"
         # is about choices made after the ban)
-        assert wait_for(lambda: any(h.status == 403 for h in site.hits_for(proxy="p1")), 20), \
-            "p1 never reached a ban page"
+        _until_p1_banned(cr, procs, ban_pages)
         (tmp / "phase2.txt").write_text("\n".join(phase2) + "\n")
         out = json.loads(cr.cli("seed", SPIDER, "--urls", str(tmp / "phase2.txt"), "--run", RUN))
         assert out["enqueued"] == len(phase2)
@@ -376,8 +417,9 @@ def test_banned_proxy_avoided_on_that_domain_only(crawl: Crawl) -> None:
         assert h.wall >= cooling_until, (
             f"p1 used on 127.0.0.1 at {h.wall:.2f} ({h.path}) while cooling until {cooling_until:.2f}")
     # no /ban-by-proxy page on 127.0.0.1 ended up served by p1
-    for i in range(12):
-        meta = crawl.items[site.url(f"/ban-by-proxy/{i}")][0]["_meta"]
+    assert len(crawl.ban_pages) >= BAN_ROUND
+    for url in crawl.ban_pages:
+        meta = crawl.items[url][0]["_meta"]
         assert meta["proxy"] != p1 and meta["proxy"] in {crawl.pid(n) for n in ("p2", "p3")}
     # ...while p1 keeps serving localhost after its ban on 127.0.0.1
     later = [h for h in site.hits_for(proxy="p1", host="localhost") if h.wall > first_403]
