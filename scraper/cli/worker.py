@@ -76,6 +76,7 @@ def run_worker(
     asyncio.run(check_reachable(url))
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
+    log.redact_settings_dump()  # FLEET_LOG_LEVEL=DEBUG prints Scrapy's settings dump: no secret in it
     process = AsyncCrawlerProcess(settings)
     log.configure(cfg.log_level, cfg.log_format)
     _replaced_notice(spider, spidercls, settings, cfg.worker_id)

@@ -176,3 +176,36 @@ def test_a_project_settings_module_that_does_not_import_is_a_config_error(redis_
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "shopproj.broken" in lines[0] and "SCRAPY_SETTINGS_MODULE" in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+#: Secrets a project's settings.py may hold: Scrapy's own secret settings (which its "Overridden settings"
+#: dump prints when they differ from the default), URL credentials, and the project's own names.
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAsecretkeyid0001",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-value-0002",
+    "AWS_SESSION_TOKEN": "aws-session-token-0003",
+    "FTP_PASSWORD": "ftp-password-0004",
+    "TELNETCONSOLE_PASSWORD": "telnet-password-0005",
+    "AWS_ENDPOINT_URL": "https://s3user:endpoint-password-0006@s3.shop.test",
+    "API_KEY": "api-key-value-0007",
+    "PROXY_AUTH": "proxy-auth-value-0008",
+}
+
+
+def test_debug_settings_dump_never_prints_a_secret(redis_url: str, tmp_path: Path) -> None:
+    """``fleet worker`` at FLEET_LOG_LEVEL=DEBUG prints Scrapy's "Overridden settings" dump: the names of the
+    project's secret settings are there, their values are not (nor a URL's credentials)."""
+    proj = _project(tmp_path, redis_url)
+    extra = "".join(f"{name} = {value!r}\n" for name, value in SECRETS.items())
+    settings = proj / "shopproj" / "settings.py"
+    settings.write_text(settings.read_text() + extra)
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LOG_LEVEL="DEBUG", FLEET_LOG_FORMAT="json")
+    env.pop("FLEET_SPIDER_MODULES", None)
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    res = fleet("worker", "proj_pages", "--until-idle", "1", env=env, timeout=90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Overridden settings" in res.stderr
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "FTP_PASSWORD", "TELNETCONSOLE_PASSWORD", "AWS_ENDPOINT_URL"):
+        assert name in res.stderr, name
+    leaked = [v for v in [*SECRETS.values(), "endpoint-password-0006"] if v in res.stderr or v in res.stdout]
+    assert leaked == [], leaked
