@@ -7,6 +7,7 @@ User-Agent. Nothing names the project's modules but its scrapy.cfg: no FLEET_SPI
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -209,3 +210,26 @@ def test_debug_settings_dump_never_prints_a_secret(redis_url: str, tmp_path: Pat
         assert name in res.stderr, name
     leaked = [v for v in [*SECRETS.values(), "endpoint-password-0006"] if v in res.stderr or v in res.stdout]
     assert leaked == [], leaked
+
+
+def test_operator_commands_use_the_project_redis_url(redis_url: str, tmp_path: Path) -> None:
+    """FLEET_REDIS_URL unset, run from a scrapy-redis project whose settings.py names REDIS_URL: ``fleet seed``
+    queues into that Redis (where ``fleet worker`` works), and ``fleet status`` / ``fleet runs`` report it
+    from there, not from an embedded server of their own."""
+    proj = _project(tmp_path, redis_url)
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LOG_FORMAT="json")
+    for name in ("FLEET_REDIS_URL", "FLEET_SPIDER_MODULES", "SCRAPY_SETTINGS_MODULE"):
+        env.pop(name, None)
+    res = fleet("seed", "proj_pages", "--url", "http://127.0.0.1:9/a", "--url", "http://127.0.0.1:9/b",
+                "--run", "s1", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = redis.Redis.from_url(redis_url)
+    assert r.zcard("fleet:{proj_pages}:ready") == 2
+    r.close()
+    res = fleet("status", "--json", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = json.loads(res.stdout)
+    assert status["proj_pages"]["ready"] == 2 and "s1" in status["proj_pages"]["runs"], status
+    res = fleet("dlq", "proj_pages", "list", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "home" / "redis").exists()  # no embedded server was started
