@@ -233,3 +233,21 @@ def test_operator_commands_use_the_project_redis_url(redis_url: str, tmp_path: P
     res = fleet("dlq", "proj_pages", "list", env=env, timeout=60)
     assert res.returncode == 0, res.stderr[-3000:]
     assert not (tmp_path / "home" / "redis").exists()  # no embedded server was started
+
+
+def test_ignored_autothrottle_keys_of_the_project_are_logged_once(redis_url: str, tmp_path: Path) -> None:
+    """AUTOTHROTTLE_START_DELAY / _MAX_DELAY / _DEBUG in the project's settings.py (not the spider's
+    custom_settings): the worker names them in one ``politeness_setting_ignored`` line, as it does for a spider's."""
+    proj = _project(tmp_path, redis_url)
+    settings = proj / "shopproj" / "settings.py"
+    settings.write_text(settings.read_text() + "AUTOTHROTTLE_ENABLED = True\nAUTOTHROTTLE_START_DELAY = 2.0\n"
+                        "AUTOTHROTTLE_MAX_DELAY = 30.0\nAUTOTHROTTLE_DEBUG = True\n")
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LOG_FORMAT="json")
+    env.pop("FLEET_SPIDER_MODULES", None)
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    res = fleet("worker", "proj_pages", "--until-idle", "1", env=env, timeout=90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in res.stderr.splitlines() if "politeness_setting_ignored" in x]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0]["keys"] == ["AUTOTHROTTLE_START_DELAY", "AUTOTHROTTLE_MAX_DELAY", "AUTOTHROTTLE_DEBUG"]
+    assert set(lines[0]["set_in"].values()) == {"project"}
