@@ -75,9 +75,24 @@ def load_config() -> FleetConfig:
     return cfg
 
 
-def redis_url_for(cfg: FleetConfig) -> str:
+def redis_url_for(cfg: FleetConfig, spidercls: type[Spider] | None = None) -> str:
+    """Fleet's Redis, resolved by this one function for every command (``fleet worker``, ``run``, ``seed``
+    and the operator commands), so that they all look at the Redis the workers work: ``FLEET_REDIS_URL``;
+    else scrapy-redis's ``REDIS_URL`` (or ``REDIS_HOST``/``REDIS_PORT``) of ``spidercls`` when it is a
+    scrapy-redis spider and the command loaded it, else of the Scrapy project's settings module
+    (scraper.worker.redisspider.fleet_redis_url); else the embedded redis-server."""
+    if cfg.redis_url:
+        return cfg.redis_url
+    from scraper.worker.redisspider import fleet_redis_url
+
+    url = fleet_redis_url(spidercls, fleet_settings(cfg))
+    if url is not None:
+        if url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
+            raise fail("the scrapy-redis REDIS_URL must start with redis://, rediss:// or unix:// "
+                       "(or set FLEET_REDIS_URL, which takes precedence)")
+        return url
     try:
-        return cfg.redis_url or resolve_redis_url()
+        return resolve_redis_url()
     except RedisConfigError as exc:
         raise fail(str(exc), EXIT_INFRA) from None
 
@@ -138,12 +153,13 @@ def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
 
 
 
-async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool = False) -> dict[str, Any]:
+async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool = False,
+                      spidercls: type[Spider] | None = None) -> dict[str, Any]:
     """The run's figures in Redis. ``counts`` are the spider's queues (all its runs); with ``per_run``,
     ``backlog`` is this run's ready / inflight / delayed / parked (read from the queued envelopes: exact
     once the run's workers stopped) and ``backlog_scope`` "run", or the spider's counts and "spider" when
     the backlog is too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT)."""
-    client = await connect(redis_url_for(cfg))
+    client = await connect(redis_url_for(cfg, spidercls))
     try:
         q = FleetQueue(client, spider)
         counts = await q.counts()

@@ -132,7 +132,7 @@ def run_cmd(
         started = time.time()
         if resume is not None:
             run_id = resume
-            known = asyncio.run(run_summary(cfg, spider, run_id))
+            known = asyncio.run(run_summary(cfg, spider, run_id, spidercls=spidercls))
             if not known["known"]:  # a RUN that names nothing is a bad argument, as in `fleet cancel`
                 raise fail(f"spider {spider!r} has no run {run_id!r} to resume (see fleet status {spider})", EXIT_ARGS)
             if known["cancelled"]:
@@ -145,7 +145,7 @@ def run_cmd(
         runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
                     skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
         env = dict(os.environ)
-        env["FLEET_REDIS_URL"] = redis_url_for(cfg)
+        env["FLEET_REDIS_URL"] = redis_url_for(cfg, spidercls)
         manifest = RunManifest(cfg, env["FLEET_REDIS_URL"], spider, run_id, spidercls, writer="fleet run",
                                seeded=None if resume is not None else seeded["enqueued"])
         manifest.write(final=False)
@@ -164,7 +164,7 @@ def run_cmd(
                 procs = [subprocess.Popen(cmd, env=e) for e in envs]
                 codes, cut = _wait_workers(procs, deadline_at, manifest.tick)
             worker_stats = runreport.merge_worker_stats(stats_files)
-        summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True))
+        summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True, spidercls=spidercls))
         result = runreport.summarize(
             spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
             run_seeded=manifest.seeded if isinstance(manifest.seeded, int) else None,

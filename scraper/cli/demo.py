@@ -2,7 +2,8 @@
 
 It starts the bundled demo shop on 127.0.0.1, seeds the ``demo_shop`` spider with it, runs one worker
 until the queue has been empty for two seconds, and prints where the data is. Nothing outside the
-machine is touched; Redis is the embedded one unless FLEET_REDIS_URL says otherwise.
+machine is touched; Redis is the embedded one unless FLEET_REDIS_URL (or a scrapy-redis project's REDIS_URL, as for
+every command: scraper.cli.common.redis_url_for) says otherwise.
 
 It uses the same steps as the commands (scraper.cli.common, scraper.cli.seeding, scraper.cli.worker),
 never the CLI module itself.
@@ -17,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from scraper.cli.common import default_run, err, load_config, redis_url_for, run_summary, spider_class
+from scraper.cli.common import default_run, err, fleet_settings, load_config, redis_url_for, run_summary, spider_class
 from scraper.cli.seeding import seed_run
 from scraper.cli.worker import run_worker
 from scraper.devtools.demo_site import DemoSite
@@ -48,6 +49,15 @@ async def _purge(redis_url: str) -> None:
         await FleetQueue(client, "demo_shop").purge()
     finally:
         await client.aclose()
+
+
+def _redis_source(cfg: FleetConfig, spidercls: Any) -> str:
+    """Which Redis redis_url_for chose, for the summary."""
+    from scraper.worker.redisspider import fleet_redis_url
+
+    if cfg.redis_url:
+        return "FLEET_REDIS_URL"
+    return "REDIS_URL" if fleet_redis_url(spidercls, fleet_settings(cfg)) else "embedded"
 
 
 def _scraped(crawlers: list[Any]) -> int | None:
@@ -84,15 +94,15 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
         run = "demo-" + default_run()
         spidercls = spider_class("demo_shop", cfg)
         # the demo owns the demo_shop queue: work left by an interrupted demo points at a dead port
-        asyncio.run(_purge(redis_url_for(cfg)))
+        asyncio.run(_purge(redis_url_for(cfg, spidercls)))
         seeded = asyncio.run(seed_run(cfg, spidercls, run, [], None))
         err.print(f"[bold]fleet demo[/]: shop at {site.base_url}, run {run}", highlight=False)
         show = progress.enabled(cfg.log_format)
         crawlers: list[Any] = []
-        with progress.RunProgress(redis_url_for(cfg), "demo_shop", run, show=show,
+        with progress.RunProgress(redis_url_for(cfg, spidercls), "demo_shop", run, show=show,
                                   items=lambda: _scraped(crawlers)):
             code = run_worker("demo_shop", concurrency, 2.0, on_crawler=crawlers.append)
-        summary = asyncio.run(run_summary(cfg, "demo_shop", run))
+        summary = asyncio.run(run_summary(cfg, "demo_shop", run, spidercls=spidercls))
     counts = _count_objects(cfg.store, "demo_shop", run)
     store = open_store(cfg.store)
     result: dict[str, Any] = {
@@ -106,7 +116,7 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
         "dlq": summary["dlq_run"],
         "elapsed_s": round(time.time() - started, 2),
         "data": store.describe(f"items/spider=demo_shop/run={run}"),
-        "redis": "embedded" if not FleetConfig.from_env().redis_url else "FLEET_REDIS_URL",
+        "redis": _redis_source(cfg, spidercls),
     }
     print(json.dumps(result, indent=2))
     sys.stdout.flush()  # the JSON first, then the words about it: both may share one terminal

@@ -96,7 +96,7 @@ async def seed_run(
     cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None,
     callback: str | None = None,
 ) -> dict[str, Any]:
-    client = await connect(redis_url_for(cfg))
+    client = await connect(redis_url_for(cfg, spidercls))
     rejected = Rejected(cfg.schemes)
     try:
         q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)

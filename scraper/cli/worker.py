@@ -72,10 +72,11 @@ def run_worker(
         parse_proxies(cfg.proxies)
     except ProxyConfigError as exc:
         raise fail(str(exc)) from None
-    url = cfg.redis_url or _scrapy_redis_url(spidercls, settings) or redis_url_for(cfg)
+    url = redis_url_for(cfg, spidercls)
     asyncio.run(check_reachable(url))
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
+    log.redact_settings_dump()  # FLEET_LOG_LEVEL=DEBUG prints Scrapy's settings dump: no secret in it
     process = AsyncCrawlerProcess(settings)
     log.configure(cfg.log_level, cfg.log_format)
     _replaced_notice(spider, spidercls, settings, cfg.worker_id)
@@ -117,18 +118,6 @@ def _replaced_notice(name: str, spidercls: Any, settings: Any, worker: str) -> N
     if replaced:
         log.get_logger(worker=worker, spider=name).info(
             "scrapy_redis_settings_replaced", settings=replaced, note="Fleet's leased queue and SEEN sets do their work")
-
-
-def _scrapy_redis_url(spidercls: Any, settings: Any) -> str | None:
-    """A scrapy-redis spider's ``REDIS_URL`` (custom_settings, else the project's settings module): Fleet's
-    Redis when FLEET_REDIS_URL is unset."""
-    from scraper.worker.redisspider import is_redis_spider, redis_url_setting
-
-    url = redis_url_setting(spidercls, settings) if is_redis_spider(spidercls) else None
-    if url is not None and url.partition("://")[0].lower() not in ("redis", "rediss", "unix"):
-        raise fail("the spider's REDIS_URL must start with redis://, rediss:// or unix:// "
-                   "(or set FLEET_REDIS_URL, which takes precedence)")
-    return url
 
 
 #: Seconds after a first stop signal during which another one is the same stop, not a request to exit now.

@@ -28,13 +28,13 @@ import os
 import re
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
 from scraper.infra.console import ConsoleSink, LiveStderr, choose_format, console_processor, wants_colors
-from scraper.infra.redact import SECRET_KEYS, redact
+from scraper.infra.redact import SECRET_KEYS, redact, redact_setting
 
 __all__ = [
     "Logger",
@@ -44,6 +44,7 @@ __all__ = [
     "flush",
     "get_logger",
     "redact",
+    "redact_settings_dump",
 ]
 
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -236,13 +237,44 @@ class Logger:
 
 
 # Scrapy's start-up and shutdown dumps: many lines of text each, useful only when debugging Scrapy itself
-_DUMPS = ("Versions:", "Overridden settings:", "Enabled ", "Dumping Scrapy stats:")
+_SETTINGS_DUMP = "Overridden settings:"
+_DUMPS = ("Versions:", _SETTINGS_DUMP, "Enabled ", "Dumping Scrapy stats:")
+_WITHHELD = "(withheld: Fleet could not redact this Scrapy's settings dump; see the settings modules)"
+
+
+def _redacted_overridden(settings: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """Scrapy's ``overridden_settings``, each value through :func:`redact_setting`."""
+    from scrapy.settings import overridden_settings
+
+    for name, value in overridden_settings(settings):
+        yield name, redact_setting(name, value)
+
+
+def redact_settings_dump() -> None:
+    """Scrapy's "Overridden settings" dump (``scrapy.crawler``, at crawler start: every setting that differs
+    from Scrapy's default, ``AWS_SECRET_ACCESS_KEY`` and ``FTP_PASSWORD`` among them) prints redacted
+    values: the dict it logs is built by :func:`_redacted_overridden`. Call before a crawler starts.
+
+    Why the dict and not the text: the text is a ``pprint`` of arbitrary values (classes, long strings
+    split over lines), which no filter can redact reliably. Should a Scrapy version build the dump
+    another way, :class:`StartupDumpFilter` withholds its values instead of printing them."""
+    import scrapy.crawler
+
+    if hasattr(scrapy.crawler, "overridden_settings"):
+        scrapy.crawler.overridden_settings = _redacted_overridden
+
+
+def _settings_dump_redacted() -> bool:
+    crawler = sys.modules.get("scrapy.crawler")
+    return getattr(crawler, "overridden_settings", None) is _redacted_overridden
 
 
 class StartupDumpFilter(logging.Filter):
     """Lowers Scrapy's start-up dumps (``Versions``, ``Overridden settings``, ``Enabled ...`` components and
     addons, ``Dumping Scrapy stats``) to DEBUG, and ``Disabled X: reason`` (a component turned off by its
     configuration, e.g. no FLEET_PROXIES) from WARNING to INFO: a default is not a warning.
+
+    The settings dump's values are withheld unless :func:`redact_settings_dump` redacted them.
 
     A handler filter runs after the handler's level check, so it decides itself whether the lowered
     record is still shown: when FLEET_LOG_LEVEL allows its new level."""
@@ -253,6 +285,8 @@ class StartupDumpFilter(logging.Filter):
             return True
         if record.levelno == logging.INFO and msg.startswith(_DUMPS):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if msg.startswith(_SETTINGS_DUMP) and not _settings_dump_redacted():
+                record.msg, record.args = f"{_SETTINGS_DUMP} {_WITHHELD}", ()
         elif record.levelno == logging.WARNING and msg.startswith("Disabled "):
             record.levelno, record.levelname = logging.INFO, "INFO"
         else:

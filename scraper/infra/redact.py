@@ -12,7 +12,9 @@ import re
 __all__ = [
     "SECRET_KEYS",
     "redact",
+    "redact_setting",
     "redact_url",
+    "secret_setting",
 ]
 
 #: Field (and header) names whose values never print.
@@ -23,6 +25,32 @@ _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@
 def redact(text: str) -> str:
     """Replace URL userinfo (``user:pass@``) by ``***@``: proxy and Redis credentials never print."""
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+#: A setting whose name says it holds a secret: SECRET, PASSWORD/PASSWD, TOKEN, CREDENTIAL, AUTH anywhere in
+#: it, KEY as a word (``API_KEY``, ``AWS_ACCESS_KEY_ID``; not ``MONKEY``).
+_SECRET_SETTING = re.compile(r"SECRET|PASSW(?:OR)?D|TOKEN|CREDENTIAL|AUTH|(?:^|_)KEYS?(?:_|$)", re.IGNORECASE)
+
+
+def secret_setting(name: str) -> bool:
+    """Whether a (Scrapy or project) setting's name says its value is a secret."""
+    return bool(_SECRET_SETTING.search(name))
+
+
+def redact_setting(name: str, value: object) -> object:
+    """A setting's value fit to print: ``***`` for a secret-named setting (None and booleans stay: they
+    say whether it is set, not what it is), URL credentials out of every string (:func:`redact`), and
+    the same rules inside dicts (keys are names, or URIs as in ``FEEDS``), lists and tuples."""
+    if secret_setting(name) and value is not None and not isinstance(value, bool):
+        return "***"
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {(redact(k) if isinstance(k, str) else k): redact_setting(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [redact_setting(name, v) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    return value
 
 
 _SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "auth")

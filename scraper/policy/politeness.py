@@ -33,6 +33,8 @@ DOMAIN_KEYS = frozenset({
 #: does not have (the fleet's AIMD window is the throttle; spacing is DOWNLOAD_DELAY's and Crawl-delay's).
 IGNORED_KEYS = ("AUTOTHROTTLE_START_DELAY", "AUTOTHROTTLE_MAX_DELAY", "AUTOTHROTTLE_DEBUG")
 _SPIDER_PRIORITY = 30  # scrapy.settings.SETTINGS_PRIORITIES["spider"]
+#: A Scrapy project's settings module (scraper.worker.project.PRIORITY): an ignored key set there is named too.
+_PROJECT_PRIORITY = 25
 _MAX_DELAY = 3600.0
 _MAX_LIMIT = 10_000
 
@@ -108,13 +110,15 @@ class Politeness:
     """The policy of every domain of one spider: a base (the spider's settings) and per-domain overrides.
 
     ``active`` is False when nothing is gated: the worker then builds no gate at all. ``ignored``: the
-    IGNORED_KEYS the spider set (the worker says so once)."""
+    IGNORED_KEYS the spider or its project's settings module set (the worker says so once);
+    ``ignored_in``: where each was set, ``spider`` (custom_settings, a YAML spec) or ``project``."""
 
     def __init__(self, base: DomainPolicy, overrides: dict[str, DomainPolicy],
-                 ignored: tuple[str, ...] = ()) -> None:
+                 ignored: tuple[str, ...] = (), ignored_in: dict[str, str] | None = None) -> None:
         self.base = base
         self.overrides = overrides
         self.ignored = ignored
+        self.ignored_in = ignored_in if ignored_in is not None else dict.fromkeys(ignored, "spider")
         self.active = base.gated or any(p.gated for p in overrides.values())
         self._cache: dict[str, DomainPolicy] = {}
 
@@ -143,8 +147,10 @@ class Politeness:
                 if not isinstance(dom, str) or not dom or len(dom) > 253 or not isinstance(vals, dict):
                     raise PolitenessError(f"domain_settings: {str(dom)[:60]!r}: expected a domain -> mapping")
                 overrides[dom.strip().lower().rstrip(".")] = _apply(base, vals, f"domain_settings[{dom[:60]!r}]")
-        ignored = tuple(k for k in IGNORED_KEYS if (settings.getpriority(k) or 0) >= _SPIDER_PRIORITY)
-        return cls(base, overrides, ignored)
+        # set by the spider or by the project's settings.py (not Scrapy's or Fleet's defaults): named once
+        where = {k: "spider" if prio >= _SPIDER_PRIORITY else "project"
+                 for k in IGNORED_KEYS if (prio := settings.getpriority(k) or 0) >= _PROJECT_PRIORITY}
+        return cls(base, overrides, tuple(where), where)
 
     def for_domain(self, domain: str) -> DomainPolicy:
         """The policy of ``domain`` (a host): its own entry, else its closest parent's, else the base."""

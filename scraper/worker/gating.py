@@ -65,6 +65,7 @@ class Gating:
         self.queue, self.log = queue, log
         if self.politeness.ignored:  # AUTOTHROTTLE_START_DELAY and co.: said once, not silently dropped
             log.info("politeness_setting_ignored", keys=list(self.politeness.ignored),
+                     set_in=self.politeness.ignored_in,
                      why="Fleet throttles a domain with a fleet-wide concurrency window, not a per-slot delay")
         if self.gate is not None:
             self.gate.log, self.gate.queue = log, queue

@@ -23,7 +23,9 @@ __all__ = [
     "REPLACED_SETTINGS",
     "StartSource",
     "entry_problem",
+    "fleet_redis_url",
     "is_redis_spider",
+    "project_redis_url",
     "redis_url_setting",
     "replaced_in",
     "replaced_settings",
@@ -88,12 +90,28 @@ def _url_of(values: Mapping[str, Any]) -> str | None:
 
 def redis_url_setting(spidercls: type[Spider], settings: BaseSettings | None = None) -> str | None:
     """scrapy-redis's ``REDIS_URL`` (or ``REDIS_HOST``/``REDIS_PORT``) from the spider's custom_settings,
-    else from ``settings`` (where the project's settings module put them: scraper.worker.project):
-    Fleet's Redis when FLEET_REDIS_URL is unset."""
+    else from ``settings`` (where the project's settings module put them: scraper.worker.project)."""
     own = _url_of(_custom(spidercls))
     if own is not None or settings is None:
         return own
+    return project_redis_url(settings)
+
+
+def project_redis_url(settings: BaseSettings) -> str | None:
+    """scrapy-redis's ``REDIS_URL`` (or ``REDIS_HOST``/``REDIS_PORT``) in ``settings``, where the Scrapy
+    project's settings module put them (scraper.worker.project)."""
     return _url_of({k: settings.get(k) for k in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")})
+
+
+def fleet_redis_url(spidercls: type[Spider] | None, settings: BaseSettings) -> str | None:
+    """The scrapy-redis Redis that is Fleet's Redis when FLEET_REDIS_URL is unset: a scrapy-redis spider's
+    own (custom_settings), else the project's settings module's, for every spider and every command
+    (``scraper.cli.common.redis_url_for``), so that ``fleet status`` looks where ``fleet worker`` works."""
+    if spidercls is not None and is_redis_spider(spidercls):
+        own = _url_of(_custom(spidercls))
+        if own is not None:
+            return own
+    return project_redis_url(settings)
 
 
 @dataclass(frozen=True)

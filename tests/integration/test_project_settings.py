@@ -7,6 +7,7 @@ User-Agent. Nothing names the project's modules but its scrapy.cfg: no FLEET_SPI
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,77 @@ def test_a_project_settings_module_that_does_not_import_is_a_config_error(redis_
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "shopproj.broken" in lines[0] and "SCRAPY_SETTINGS_MODULE" in lines[0], res.stderr
     assert "Traceback" not in res.stderr
+
+
+#: Secrets a project's settings.py may hold: Scrapy's own secret settings (which its "Overridden settings"
+#: dump prints when they differ from the default), URL credentials, and the project's own names.
+SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAsecretkeyid0001",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-value-0002",
+    "AWS_SESSION_TOKEN": "aws-session-token-0003",
+    "FTP_PASSWORD": "ftp-password-0004",
+    "TELNETCONSOLE_PASSWORD": "telnet-password-0005",
+    "AWS_ENDPOINT_URL": "https://s3user:endpoint-password-0006@s3.shop.test",
+    "API_KEY": "api-key-value-0007",
+    "PROXY_AUTH": "proxy-auth-value-0008",
+}
+
+
+def test_debug_settings_dump_never_prints_a_secret(redis_url: str, tmp_path: Path) -> None:
+    """``fleet worker`` at FLEET_LOG_LEVEL=DEBUG prints Scrapy's "Overridden settings" dump: the names of the
+    project's secret settings are there, their values are not (nor a URL's credentials)."""
+    proj = _project(tmp_path, redis_url)
+    extra = "".join(f"{name} = {value!r}\n" for name, value in SECRETS.items())
+    settings = proj / "shopproj" / "settings.py"
+    settings.write_text(settings.read_text() + extra)
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LOG_LEVEL="DEBUG", FLEET_LOG_FORMAT="json")
+    env.pop("FLEET_SPIDER_MODULES", None)
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    res = fleet("worker", "proj_pages", "--until-idle", "1", env=env, timeout=90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Overridden settings" in res.stderr
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "FTP_PASSWORD", "TELNETCONSOLE_PASSWORD", "AWS_ENDPOINT_URL"):
+        assert name in res.stderr, name
+    leaked = [v for v in [*SECRETS.values(), "endpoint-password-0006"] if v in res.stderr or v in res.stdout]
+    assert leaked == [], leaked
+
+
+def test_operator_commands_use_the_project_redis_url(redis_url: str, tmp_path: Path) -> None:
+    """FLEET_REDIS_URL unset, run from a scrapy-redis project whose settings.py names REDIS_URL: ``fleet seed``
+    queues into that Redis (where ``fleet worker`` works), and ``fleet status`` / ``fleet runs`` report it
+    from there, not from an embedded server of their own."""
+    proj = _project(tmp_path, redis_url)
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LOG_FORMAT="json")
+    for name in ("FLEET_REDIS_URL", "FLEET_SPIDER_MODULES", "SCRAPY_SETTINGS_MODULE"):
+        env.pop(name, None)
+    res = fleet("seed", "proj_pages", "--url", "http://127.0.0.1:9/a", "--url", "http://127.0.0.1:9/b",
+                "--run", "s1", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = redis.Redis.from_url(redis_url)
+    assert r.zcard("fleet:{proj_pages}:ready") == 2
+    r.close()
+    res = fleet("status", "--json", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = json.loads(res.stdout)
+    assert status["proj_pages"]["ready"] == 2 and "s1" in status["proj_pages"]["runs"], status
+    res = fleet("dlq", "proj_pages", "list", env=env, timeout=60)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "home" / "redis").exists()  # no embedded server was started
+
+
+def test_ignored_autothrottle_keys_of_the_project_are_logged_once(redis_url: str, tmp_path: Path) -> None:
+    """AUTOTHROTTLE_START_DELAY / _MAX_DELAY / _DEBUG in the project's settings.py (not the spider's
+    custom_settings): the worker names them in one ``politeness_setting_ignored`` line, as it does for a spider's."""
+    proj = _project(tmp_path, redis_url)
+    settings = proj / "shopproj" / "settings.py"
+    settings.write_text(settings.read_text() + "AUTOTHROTTLE_ENABLED = True\nAUTOTHROTTLE_START_DELAY = 2.0\n"
+                        "AUTOTHROTTLE_MAX_DELAY = 30.0\nAUTOTHROTTLE_DEBUG = True\n")
+    env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LOG_FORMAT="json")
+    env.pop("FLEET_SPIDER_MODULES", None)
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    res = fleet("worker", "proj_pages", "--until-idle", "1", env=env, timeout=90)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [json.loads(x) for x in res.stderr.splitlines() if "politeness_setting_ignored" in x]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert lines[0]["keys"] == ["AUTOTHROTTLE_START_DELAY", "AUTOTHROTTLE_MAX_DELAY", "AUTOTHROTTLE_DEBUG"]
+    assert set(lines[0]["set_in"].values()) == {"project"}

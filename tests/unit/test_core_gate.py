@@ -136,3 +136,19 @@ def test_autothrottle_delay_keys_are_named_as_ignored() -> None:
     assert (p.base.aimd, p.base.start) == (True, 3.0)  # the window starts at the target concurrency
     with pytest.raises(PolitenessError, match="unknown key"):
         Politeness.from_settings(s, {"a.example": {"AUTOTHROTTLE_START_DELAY": 1}})
+
+
+def test_autothrottle_delay_keys_of_the_project_settings_are_named_as_ignored() -> None:
+    """A project's settings.py (priority 25, scraper.worker.project) is named too; Fleet's own settings module
+    (20) is not: only what the user set."""
+    s = Settings()
+    s.set("AUTOTHROTTLE_ENABLED", True, priority=25)
+    s.set("AUTOTHROTTLE_START_DELAY", 2.0, priority=25)
+    s.set("AUTOTHROTTLE_DEBUG", True, priority=25)
+    s.set("AUTOTHROTTLE_MAX_DELAY", 30.0, priority="project")
+    p = Politeness.from_settings(s)
+    assert p.ignored == ("AUTOTHROTTLE_START_DELAY", "AUTOTHROTTLE_DEBUG")
+    assert p.ignored_in == {"AUTOTHROTTLE_START_DELAY": "project", "AUTOTHROTTLE_DEBUG": "project"}
+    s.set("AUTOTHROTTLE_DEBUG", False, priority="spider")  # custom_settings over the project's: one entry
+    assert Politeness.from_settings(s).ignored_in == {"AUTOTHROTTLE_START_DELAY": "project",
+                                                      "AUTOTHROTTLE_DEBUG": "spider"}

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from scraper.infra import console, log, progress
+from scraper.infra import redact as redact_mod
 from scraper.infra.config import ConfigError, FleetConfig
 
 
@@ -167,6 +168,47 @@ def test_disabled_components_are_info_not_warnings(restore_logging: None) -> Non
     assert f.filter(rec) is True and rec.levelname == "INFO"
     log.configure("WARNING", "json")
     assert f.filter(_record("scrapy.middleware", logging.WARNING, "Disabled x: y")) is False
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("AWS_SECRET_ACCESS_KEY", True), ("AWS_SESSION_TOKEN", True), ("FTP_PASSWORD", True), ("DB_PASSWD", True),
+    ("API_KEY", True), ("AWS_ACCESS_KEY_ID", True), ("KEYS", True), ("PROXY_AUTH", True),
+    ("GCP_CREDENTIALS", True), ("client_secret", True),
+    ("MONKEY", False), ("KEYWORDS", False), ("USER_AGENT", False), ("AWS_ENDPOINT_URL", False), ("REDIS_URL", False),
+])
+def test_secret_setting_names(name: str, secret: bool) -> None:
+    assert redact_mod.secret_setting(name) is secret
+
+
+def test_redact_setting_values() -> None:
+    r = redact_mod.redact_setting
+    assert r("AWS_SECRET_ACCESS_KEY", "s3cr3t") == "***" and r("API_KEY", 12345) == "***"
+    assert r("AWS_SECRET_ACCESS_KEY", None) is None and r("HTTPAUTH_ENABLED", True) is True  # unset / a switch
+    assert r("REDIS_URL", "redis://:pw@r:6379/0") == "redis://***@r:6379/0"
+    assert r("PROXIES", ["http://u:pw@p:1", "http://p:2"]) == ["http://***@p:1", "http://p:2"]
+    assert r("FEEDS", {"s3://k:pw@b/x.jl": {"format": "jsonl", "token": "t"}}) == {
+        "s3://***@b/x.jl": {"format": "jsonl", "token": "***"}}
+    assert r("USER_AGENT", "bot/1.0") == "bot/1.0" and r("CONCURRENT_REQUESTS", 8) == 8
+
+
+def test_the_settings_dump_scrapy_logs_is_redacted(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+    """After redact_settings_dump, the dict Scrapy's crawler logs holds redacted values and the filter lets
+    it through; before (another Scrapy, another code path), the filter withholds the dump's values."""
+    import scrapy.crawler
+    from scrapy.settings import Settings
+
+    monkeypatch.setattr(scrapy.crawler, "overridden_settings", scrapy.crawler.overridden_settings)
+    settings = Settings({"AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ENDPOINT_URL": "https://u:pw@s3.test",
+                         "USER_AGENT": "bot/1.0"})
+    log.configure("DEBUG", "json")
+    rec = _record("scrapy.crawler", logging.INFO, "Overridden settings:\n%(settings)s", {"settings": "{'X': 's3cr3t'}"})
+    assert log.StartupDumpFilter().filter(rec) is True and "s3cr3t" not in rec.getMessage()
+    log.redact_settings_dump()
+    dump = dict(scrapy.crawler.overridden_settings(settings))
+    assert dump["AWS_SECRET_ACCESS_KEY"] == "***" and dump["AWS_ENDPOINT_URL"] == "https://***@s3.test"
+    assert dump["USER_AGENT"] == "bot/1.0"
+    rec = _record("scrapy.crawler", logging.INFO, "Overridden settings:\n%(settings)s", {"settings": repr(dump)})
+    assert log.StartupDumpFilter().filter(rec) is True and "AWS_SECRET_ACCESS_KEY': '***'" in rec.getMessage()
 
 
 @pytest.mark.parametrize(("name", "level", "msg"), [

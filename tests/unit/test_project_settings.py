@@ -143,3 +143,22 @@ def test_fleet_environment_beats_the_project_and_defaults_do_not(proj: str, monk
     ws = worker_settings(Own, s)
     Own.update_settings(ws)  # what Scrapy's Crawler does with custom_settings (priority "spider")
     assert ws.getint("CONCURRENT_REQUESTS") == 7
+
+
+def test_one_redis_url_for_every_command(proj: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scraper.cli.common.redis_url_for, used by every command: FLEET_REDIS_URL, else a scrapy-redis spider's
+    own REDIS_URL, else the project's (for any spider, and for commands that name none), else embedded."""
+    from scraper.cli.common import redis_url_for
+    from tests.integration.sredis_spiders import ProductsFromRedis
+
+    class OwnRedis(ProductsFromRedis):
+        custom_settings = {"REDIS_URL": "redis://own:6379/1"}
+
+    monkeypatch.delenv("FLEET_REDIS_URL", raising=False)
+    cfg = FleetConfig.from_env()
+    assert redis_url_for(cfg) == "redis://127.0.0.1:6390/2"  # fleet status, dlq, ...: no spider
+    assert redis_url_for(cfg, Plain) == "redis://127.0.0.1:6390/2"
+    assert redis_url_for(cfg, ProductsFromRedis) == "redis://127.0.0.1:6390/2"
+    assert redis_url_for(cfg, OwnRedis) == "redis://own:6379/1"
+    assert redis_url_for(FleetConfig.from_env({"FLEET_REDIS_URL": "redis://fleet:6379/0"}), OwnRedis) == (
+        "redis://fleet:6379/0")
