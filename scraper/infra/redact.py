@@ -19,7 +19,10 @@ __all__ = [
 
 #: Field (and header) names whose values never print.
 SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "password", "token"})
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@/\s]+)@")
+# userinfo: ``user:password@`` (the password may hold an unencoded '/': ``redis://u:p/w@h``) or ``user@``. A
+# '@' in a path after a port (``http://h:80/a@b``) is redacted too: over-redacting a log line costs less than
+# printing a password.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@/\s:]*:[^@\s]*|[^@/\s]+)@")
 
 
 def redact(text: str) -> str:

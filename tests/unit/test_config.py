@@ -169,6 +169,10 @@ def test_non_finite_numbers_rejected(name: str, value: str) -> None:
             "proxy failed: http://u1:p1@a:1 then http://u2:p2@b:2",
             "proxy failed: http://***@a:1 then http://***@b:2",
         ),
+        # an unencoded '/' in the password (redis-py and proxies accept it) is still the password
+        ("redis://u:p/w@h:1/0", "redis://***@h:1/0"),
+        ("redis://:a/b/c@cache:6379", "redis://***@cache:6379"),
+        ("https://medium.com/@user", "https://medium.com/@user"),  # a path's '@' is not userinfo
     ],
 )
 def test_redact_strips_userinfo(text: str, expected: str) -> None:
