@@ -254,3 +254,26 @@ def test_fleet_envelopes_are_read_without_cjson(redis_url: str) -> None:
             assert [x.decode() for x in r.eval(src, 0, env.dumps())] == [RUN, env.fp, DOMAIN]
     finally:
         r.close()
+
+
+def test_fpparts_arithmetic_equals_the_pairwise_decoding(redis_url: str) -> None:
+    """fpparts unpacks a 16-hex fingerprint by arithmetic (lua/_helpers.lua); the member bytes must be what
+    the general pairwise hex2bin gives, or SEEN/DONE written before would not be found."""
+    import redis
+
+    from scraper.queue import scripts
+
+    src = scripts.with_helpers(
+        "local out = {}\nfor i = 1, #ARGV do\n  local b, s = fpparts(ARGV[i])\n"
+        "  if b ~= string.sub(ARGV[i], 1, 3) or s ~= hex2bin(string.sub(ARGV[i], 4, 16) .. '0') then\n"
+        "    out[#out + 1] = ARGV[i]\n  end\nend\nreturn out\n"
+    )
+    rng = random.Random(7)
+    fps = [f"{rng.getrandbits(64):016x}" for _ in range(2000)]
+    fps += ["0" * 16, "f" * 16, "ffffff0000000000", "000000ffffff0000", "0123456789abcdef", "ABCDEF0123456789"]
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(0, len(fps), 500):
+            assert r.eval(src, 0, *fps[i : i + 500]) == []
+    finally:
+        r.close()

@@ -40,9 +40,19 @@ local function hex2bin(h)
   return (string.gsub(h, '..', HX))
 end
 
--- bucket: the first 12 bits as 3 hex chars; member: the other 52 bits packed in 7 bytes
+-- bucket: the first 12 bits as 3 hex chars; member: the other 52 bits packed in 7 bytes. A fingerprint of
+-- 16 hex digits (every one Fleet writes) is unpacked by arithmetic on two 24-bit numbers and a nibble: the
+-- pairwise gsub of hex2bin was ~13% of Redis's instructions in a crawl (issue #18). Anything else goes the
+-- general way, as before.
 local function fpparts(fp)
-  return string.sub(fp, 1, 3), hex2bin(string.sub(fp, 4, 16) .. '0')
+  local sub = string.sub
+  if string.find(fp, '^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$') then
+    local x, y, z = tonumber(sub(fp, 4, 9), 16), tonumber(sub(fp, 10, 15), 16), tonumber(sub(fp, 16, 16), 16)
+    local floor = math.floor
+    return sub(fp, 1, 3), string.char(floor(x / 65536), floor(x / 256) % 256, x % 256,
+                                      floor(y / 65536), floor(y / 256) % 256, y % 256, z * 16)
+  end
+  return sub(fp, 1, 3), hex2bin(sub(fp, 4, 16) .. '0')
 end
 
 -- whether member s is in bucket string cur (7-byte aligned)

@@ -52,7 +52,9 @@ local stopped = {}  -- r -> whether that run was cancelled
 -- one call per structure: children's envelopes (HSET) and READY entries (ZADD, scores from one INCRBY of
 -- seq, as ready_score would number them), the acknowledged leases (forget_all), the SEEN/DONE adds
 -- (sc_flush) and the breaker windows (breaker_flush).
-local cs, ids, want = {}, {}, {}  -- the commits; the lease ids to check; per set key: the fps to read
+-- The first pass keeps only where each commit starts in ARGV (no table per commit: Lua's collector costs
+-- Redis CPU in proportion to what a call allocates); the second reads its fields from there again.
+local starts, ids, want = {}, {}, {}  -- ARGV index of each commit; the lease ids to check; set key -> fps
 local function need(key, fp)
   local l = want[key]
   if not l then l = {}; want[key] = l end
@@ -60,29 +62,25 @@ local function need(key, fp)
 end
 local i = 13
 while i <= #ARGV do
-  local c = {r = tonumber(ARGV[i]), fp = ARGV[i+1], id = ARGV[i+2], token = ARGV[i+3], domain = ARGV[i+4],
-             outcome = ARGV[i+5], claim = tonumber(ARGV[i+6]), nd = tonumber(ARGV[i+7]), nh = tonumber(ARGV[i+8])}
-  c.kids = i + 9
-  c.hops = c.kids + 5 * c.nd
-  i = c.hops + c.nh
-  -- '?'..fp: DONE (and the hops) only while the lease is still this worker's (see strict, above)
-  c.strict = sub(c.fp, 1, 1) == '?'
-  if c.strict then c.fp = sub(c.fp, 2) end
-  local seen, done = KEYS[KN + 2 * c.r - 1], KEYS[KN + 2 * c.r]
-  c.seen, c.done = seen, done
-  if c.fp ~= '' then
-    ids[#ids + 1] = c.id
-    need(done, c.fp)
+  starts[#starts + 1] = i
+  local r, fp, nd, nh, claim = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+7]), tonumber(ARGV[i+8]), tonumber(ARGV[i+6])
+  local kids = i + 9
+  local hops = kids + 5 * nd
+  i = hops + nh
+  local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
+  if fp ~= '' then
+    ids[#ids + 1] = ARGV[kids - 7]
+    if sub(fp, 1, 1) == '?' then fp = sub(fp, 2) end
+    need(done, fp)
   end
-  for h = c.hops, c.hops + c.nh - 1 do
+  for h = hops, hops + nh - 1 do
     need(seen, ARGV[h])
     need(done, ARGV[h])
   end
-  for g = c.kids, c.hops - 1, 5 do
+  for g = kids, hops - 1, 5 do
     if ARGV[g+4] ~= '1' then need(seen, ARGV[g+2]) end
   end
-  if c.claim > 0 and c.claim <= c.nd then need(done, ARGV[c.kids + 5 * (c.claim - 1) + 2]) end
-  cs[#cs + 1] = c
+  if claim > 0 and claim <= nd then need(done, ARGV[kids + 5 * (claim - 1) + 2]) end
 end
 local owner = {}  -- lease id -> its token now (false: none); forgetting one sets false
 if #ids > 0 then
@@ -97,9 +95,16 @@ local function ack(id)
   gone[#gone + 1] = id
   owner[id] = false
 end
-for _, c in ipairs(cs) do
-  local r, fp, id, token, domain, outcome, seen, done = c.r, c.fp, c.id, c.token, c.domain, c.outcome, c.seen, c.done
-  local mine = (not c.strict) or owner[id] == token
+for _, at in ipairs(starts) do
+  local r, fp, id, token, domain, outcome = tonumber(ARGV[at]), ARGV[at+1], ARGV[at+2], ARGV[at+3], ARGV[at+4], ARGV[at+5]
+  local claim, nd, nh = tonumber(ARGV[at+6]), tonumber(ARGV[at+7]), tonumber(ARGV[at+8])
+  local kids = at + 9
+  local hops = kids + 5 * nd
+  local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
+  -- '?'..fp: DONE (and the hops) only while the lease is still this worker's (see strict, above)
+  local strict = sub(fp, 1, 1) == '?'
+  if strict then fp = sub(fp, 2) end
+  local mine = (not strict) or owner[id] == token
   if any_cancelled and stopped[r] == nil then
     stopped[r] = redis.call('HEXISTS', k.cancelled, sub(seen, string.len(k.prefix) + 6)) == 1
   end
@@ -118,11 +123,11 @@ for _, c in ipairs(cs) do
     local ctoken, cdlv = '', 0
     local took = 0  -- 1 when this call leased the claimed child instead of queueing it
     -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy
-    for h = c.hops, c.hops + c.nh - 1 do
+    for h = hops, hops + nh - 1 do
       if mine and sc_add(seen, ARGV[h], ttl) == 1 then sc_add(done, ARGV[h], ttl) end
     end
-    local g = c.kids
-    for ci = 1, c.nd do
+    local g = kids
+    for ci = 1, nd do
       local cid, json, cfp, prio, dont_filter = ARGV[g], ARGV[g+1], ARGV[g+2], ARGV[g+3], ARGV[g+4]
       local added = 0
       if dont_filter ~= '1' then
@@ -138,16 +143,16 @@ for _, c in ipairs(cs) do
         envs[#envs + 1] = cid
         envs[#envs + 1] = json
         enq = enq + 1
-        if ci == c.claim then
+        if ci == claim then
           ctoken, cdlv = claim_child(k, done, cid, json, cfp, now, lease, worker, nonce .. 'c' .. #claims)
         end
-        if ctoken ~= '' and ci == c.claim then
+        if ctoken ~= '' and ci == claim then
           took = 1
         else
           ready[#ready + 1] = prio
           ready[#ready + 1] = cid
         end
-      elseif ci == c.claim and worker ~= '' then
+      elseif ci == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
         local ours = worker .. '#1#' .. nonce .. 'c' .. #claims
         if redis.call('HGET', k.lease, cid) == ours then ctoken, cdlv = ours, 1 end
@@ -158,7 +163,7 @@ for _, c in ipairs(cs) do
     table.insert(claims, cdlv)
     fresh = fresh + enq - took
     local ok = 0
-    if fp ~= '' and c.strict then
+    if fp ~= '' and strict then
       if mine then
         sc_add(done, fp, ttl)
         if do_ack then

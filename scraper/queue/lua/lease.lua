@@ -93,11 +93,15 @@ if n > 0 then
       for q, j in ipairs(granted) do gids[q] = ids[j] end
       local dl = redis.call('HMGET', k.dlv, unpack(gids))
       local dv, inf, tok = {}, {}, {}
+      -- numbers become strings once per call where they repeat (Lua formats each with snprintf)
+      local deadline = tostring(lease_deadline(now, lease))
+      local dstr = {'1', '2', '3'}
       for q, id in ipairs(gids) do
         local d = (tonumber(dl[q]) or 0) + 1
-        local token = worker .. '#' .. d .. '#' .. nonce .. #leased
-        dv[#dv + 1] = id; dv[#dv + 1] = d
-        inf[#inf + 1] = lease_deadline(now, lease); inf[#inf + 1] = id
+        local ds = dstr[d] or tostring(d)
+        local token = worker .. '#' .. ds .. '#' .. nonce .. #leased
+        dv[#dv + 1] = id; dv[#dv + 1] = ds
+        inf[#inf + 1] = deadline; inf[#inf + 1] = id
         tok[#tok + 1] = id; tok[#tok + 1] = token
         table.insert(leased, id)
         table.insert(leased, jsons[granted[q]])
