@@ -45,7 +45,7 @@ async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
             brk = await q.breakers()
             result[name] = {**counts, "runs": await q.runs(),
                             "breakers": {d: {"state": b["state"], "parked": b["parked"]} for d, b in brk.items()},
-                            "gated_domains": int(await client.scard(q.keys.gdoms))}
+                            "gated_domains": await q.gated_count()}
         return result
     finally:
         await client.aclose()

@@ -53,7 +53,8 @@ class Keys:
         self.parkdom = self.prefix + "parkdom"  # domains with parked requests
         self.stage = self.prefix + "stage"  # scrapy-redis start feeders: worker -> deadline|run (startkeys)
         self.cancelled = self.prefix + "cancelled"  # runs `fleet cancel` stopped: run -> when (scraper/queue/cancel.py)
-        self.gdoms = self.prefix + "gdoms"  # domains the politeness gate has seen (GATE; `fleet domains`)
+        self.gdz = self.prefix + "gdz"  # gated domains -> their last GATE time (GATE prunes; `fleet domains`)
+        self.gdoms = self.prefix + "gdoms"  # the SET gdz replaced: only read (and emptied) by scraper/queue/gating.py
         self.gwait = self.prefix + "gwait"  # worker -> its gate's waiting counts per domain (JSON, with a time)
 
     def seen(self, run: str) -> str:

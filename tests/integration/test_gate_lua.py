@@ -13,6 +13,7 @@ import pytest
 
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
+from scraper.queue.gating import DOMAIN_TTL, WAITING_FRESH, WAITING_STALE
 
 pytestmark = pytest.mark.integration
 
@@ -122,5 +123,99 @@ def test_waiting_reports_are_summed_and_stale_ones_ignored(redis_url: str) -> No
         assert (await q.domains())[0]["waiting"] == 5
         await q.report_waiting("w1", {})
         assert (await q.domains())[0]["waiting"] == 2
+
+    _run(redis_url, body)
+
+
+async def _redis_now(c: Any) -> float:
+    sec, usec = await c.time()
+    return float(sec) + float(usec) / 1e6
+
+
+def test_a_domain_not_gated_for_the_state_ttl_leaves_the_index(redis_url: str) -> None:
+    """GATE scores the index `gdz` by Redis's clock; a member as old as DOMAIN_TTL (its state expired) is
+    removed by a later GATE of any domain, at most 100 a call, and the index expires with the last state."""
+    async def body(q: FleetQueue, c: Any) -> None:
+        now = await _redis_now(c)
+        # what GATE wrote for domains last gated a day ago (their gd: state expired meanwhile), and one recent
+        await c.zadd(q.keys.gdz, {f"old{i}.example": now - DOMAIN_TTL - 1 - i for i in range(150)})
+        await c.zadd(q.keys.gdz, {"recent.example": now - 3600})
+        assert (await _gate(q, ["a"], limit=1)).granted == 1
+        assert await c.zcard(q.keys.gdz) == 52  # 100 pruned, D added: 50 old + recent + D
+        assert abs(float(await c.zscore(q.keys.gdz, D)) - now) < 5
+        assert 0 < await c.ttl(q.keys.gdz) <= DOMAIN_TTL
+        await q.gate("other.example", ["b"], limit=1, spacing=0.0, burst=1, aimd=False, start=1.0, wmax=8,
+                     ttl=30.0)
+        members = {m.decode() for m in await c.zrange(q.keys.gdz, 0, -1)}
+        assert members == {D, "other.example", "recent.example"}
+        # a member past the TTL that GATE has not reached yet is not listed either
+        await c.zadd(q.keys.gdz, {"late.example": now - DOMAIN_TTL - 1})
+        await c.hset(q.keys.gstate("late.example"), "limit", 1)
+        assert await q.gated_domains() == ["other.example", "recent.example", D]
+        assert await q.gated_count() == 3
+        assert [r["domain"] for r in await q.domains()] == ["other.example", D]  # recent.example: no state
+
+    _run(redis_url, body)
+
+
+def test_stale_waiting_reports_are_deleted(redis_url: str) -> None:
+    """A killed worker never deletes its `gwait` field: `domains` deletes every field older than
+    WAITING_STALE, and so does `report_waiting`, once per process per WAITING_STALE."""
+    async def body(q: FleetQueue, c: Any) -> None:
+        await _gate(q, ["a"], limit=1)
+        t = time.time()
+        await c.hset(q.keys.gwait, mapping={
+            "dead": json.dumps({"t": t - WAITING_STALE - 1, "d": {D: 50}}),
+            "quiet": json.dumps({"t": t - WAITING_FRESH - 30, "d": {D: 7}}),  # not counted, not deleted yet
+            "live": json.dumps({"t": t, "d": {D: 2}}),
+            "junk": "not json",  # not ours to judge: neither counted nor deleted
+        })
+        assert (await q.domains())[0]["waiting"] == 2
+        assert sorted(k.decode() for k in await c.hkeys(q.keys.gwait)) == ["junk", "live", "quiet"]
+
+        await c.hset(q.keys.gwait, "dead2", json.dumps({"t": t - WAITING_STALE - 1, "d": {D: 1}}))
+        await q.report_waiting("w1", {D: 3})  # the process's first report sweeps
+        fields = sorted(k.decode() for k in await c.hkeys(q.keys.gwait))
+        assert fields == ["junk", "live", "quiet", "w1"]
+        await c.hset(q.keys.gwait, "dead3", json.dumps({"t": t - WAITING_STALE - 1, "d": {D: 1}}))
+        await q.report_waiting("w1", {D: 4})  # the next ones, within WAITING_STALE, do not
+        assert await c.hexists(q.keys.gwait, "dead3")
+        q._waiting_swept = time.monotonic() - WAITING_STALE  # WAITING_STALE later
+        await q.report_waiting("w1", {})
+        assert sorted(k.decode() for k in await c.hkeys(q.keys.gwait)) == ["junk", "live", "quiet"]
+
+    _run(redis_url, body)
+
+
+def test_an_old_gdoms_set_is_listed_then_moved_and_gate_still_works(redis_url: str) -> None:
+    """A fleet upgraded in place has the SET `gdoms` (and old workers may still add to it in a rolling
+    upgrade): GATE, which no longer touches it, still works beside it; `domains` / `gated_count` list its
+    members whose state lives, move them into `gdz` scored by their last GATE, and remove them from the SET."""
+    async def body(q: FleetQueue, c: Any) -> None:
+        kw: dict[str, Any] = {"limit": 3, "spacing": 0.0, "burst": 1, "aimd": False, "start": 1.0, "wmax": 8,
+                              "ttl": 30.0}
+        await q.gate("old.example", ["o"], **kw)  # the state an old GATE left: the same hash, but in gdoms
+        at = float(await c.hget(q.keys.gstate("old.example"), "at"))
+        await c.delete(q.keys.gdz)
+        await c.sadd(q.keys.gdoms, "old.example", "expired.example")  # the second one's state is gone
+        r = await _gate(q, ["a", "b"], limit=2)  # no WRONGTYPE: a new key beside the old one
+        assert (r.granted, r.inflight) == (2, 2)
+        assert await c.type(q.keys.gdoms) == b"set"
+        rows = {row["domain"]: row for row in await q.domains()}
+        assert set(rows) == {D, "old.example"}
+        assert rows["old.example"]["limit"] == 3 and rows["old.example"]["inflight"] == 1
+        assert not await c.exists(q.keys.gdoms)
+        assert float(await c.zscore(q.keys.gdz, "old.example")) == pytest.approx(at, abs=1e-3)
+
+        # rolling upgrade: an old worker still gates (SADD; the shared state's `at` moves on), after the move too
+        later = await _redis_now(c) + 5
+        await c.hset(q.keys.gstate(D), "at", later)
+        await c.sadd(q.keys.gdoms, D)
+        await c.hset(q.keys.gstate("old2.example"), mapping={"limit": 1, "at": later})
+        await c.sadd(q.keys.gdoms, "old2.example")
+        assert await q.gated_count() == 3
+        assert not await c.exists(q.keys.gdoms)
+        assert float(await c.zscore(q.keys.gdz, D)) == pytest.approx(later, abs=1e-3)
+        assert await q.gated_domains() == ["old.example", "old2.example", D]
 
     _run(redis_url, body)

@@ -1,6 +1,6 @@
 -- GATE: ask for permits to fetch from one domain, for the whole fleet: its in-flight limit (the smaller of
 --   CONCURRENT_REQUESTS_PER_DOMAIN and the AIMD window) and its minimum spacing (GCRA), in one atomic step.
--- KEYS: permits gstate gdoms
+-- KEYS: permits gstate gdz
 -- ARGV: domain limit spacing burst aimd start wmax permit_ttl ahead
 -- ARGV...: id
 -- REPLY: {granted, retry_ms, inflight, limit, window}: the first `granted` ids now hold a permit (expiring
@@ -13,6 +13,12 @@
 -- is the domain's theoretical arrival time; a dispatch is allowed when tat - now <= spacing * (burst - 1),
 -- and moves tat to max(tat, now) + spacing. spacing is this dispatch's (the caller draws the
 -- RANDOMIZE_DOWNLOAD_DELAY factor). An expired permit (its worker died) is pruned here before counting.
+-- gdz, the index of gated domains (`fleet domains`), is scored by each domain's last GATE; a member older
+-- than the state's lifetime (STATE_TTL: its gstate has expired) leaves it here, at most 100 a call (each
+-- call adds at most one member, so the index keeps up), and the whole index expires with the last state.
+-- It replaces the SET `gdoms` of earlier versions, which this script no longer touches (scraper/queue/gating.py
+-- moves its live members over).
+local STATE_TTL = 86400
 local domain, limit, spacing, burst = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local aimd, start, wmax, ttl = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = server_now()
@@ -70,9 +76,12 @@ else
   table.insert(fields, 0)
 end
 redis.call('HSET', k.gstate, unpack(fields))
-redis.call('EXPIRE', k.gstate, 86400)
+redis.call('EXPIRE', k.gstate, STATE_TTL)
 redis.call('EXPIRE', k.permits, math.ceil(ttl) + 60)
-redis.call('SADD', k.gdoms, domain)
+redis.call('ZADD', k.gdz, now, domain)
+local stale = redis.call('ZRANGEBYSCORE', k.gdz, '-inf', now - STATE_TTL, 'LIMIT', 0, 100)
+if #stale > 0 then redis.call('ZREM', k.gdz, unpack(stale)) end
+redis.call('EXPIRE', k.gdz, STATE_TTL)
 local reply = {granted, retry, inflight, eff, win and tostring(win) or ''}
 for _, w in ipairs(waits) do table.insert(reply, w) end
 return reply
