@@ -24,8 +24,9 @@ import redis
 import redis.asyncio as aioredis
 from scrapy import Request
 
-from scraper.queue.client import Commit, FleetQueue
+from scraper.queue.client import Commit, FleetQueue, Lease
 from scraper.queue.envelope import Envelope
+from scraper.queue.keys import new_id
 from tests.bench.procs import RedisServer
 
 __all__ = ["aof_per_page", "simulate"]
@@ -49,10 +50,12 @@ def _redis_stats(r: redis.Redis) -> dict[str, float]:
     }
 
 
-async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1) -> dict[str, Any]:
+async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1, claim: bool = False) -> dict[str, Any]:
     """K workers crawl ``pages`` pages of ``run`` (K start entries seeded; each page yields ``fanout``
     children until the run has ``pages``: 1 is a chain per worker, where every LEASE finds about one
-    entry; more is a site whose pages link to several new ones, where batches fill)."""
+    entry; more is a site whose pages link to several new ones, where batches fill). ``claim``: each commit
+    claims its first child, as Fleet's worker does for the page it already fetches speculatively (page N+1
+    of a pagination chain, ``Commit.claim``): the child comes back leased in COMMIT's reply, no LEASE."""
     clients = [aioredis.Redis.from_url(url, socket_timeout=30) for _ in range(k)]
     queues = [FleetQueue(c, SPIDER) for c in clients]
     await queues[0].seed(run, [_env(run, f"https://sim.example/{run}/start/{i}") for i in range(k)])
@@ -64,17 +67,21 @@ async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1) -> dic
         chan = q.keys.wake_channel(wid) if hasattr(q.keys, "wake_channel") else q.keys.wake
         sub = clients[i].pubsub(ignore_subscribe_messages=True)
         await sub.subscribe(chan)
+        held: list[Lease] = []  # children claimed by this worker's last COMMIT
         try:
             while not finished.is_set():
-                batch = await q.lease(BATCH, worker=wid, lease_seconds=60)
-                state["lease_calls"] += 1
-                if not batch.leased:
-                    if batch.remaining == 0:  # as the feeder: wait for news of work, or the idle poll
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(sub.get_message(timeout=0.5), timeout=0.6)
-                    continue
+                mine, held = held, []
+                if len(mine) < BATCH:
+                    batch = await q.lease(BATCH - len(mine), worker=wid, lease_seconds=60)
+                    state["lease_calls"] += 1
+                    mine += batch.leased
+                    if not mine:
+                        if batch.remaining == 0:  # as the feeder: wait for news of work, or the idle poll
+                            with contextlib.suppress(asyncio.TimeoutError):
+                                await asyncio.wait_for(sub.get_message(timeout=0.5), timeout=0.6)
+                        continue
                 commits = []
-                for lease in batch.leased:
+                for lease in mine:
                     env = Envelope.loads(lease.raw)
                     kids = []
                     for _ in range(fanout):
@@ -82,8 +89,23 @@ async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1) -> dic
                             state["queued"] += 1
                             kids.append(_env(run, f"https://sim.example/{run}/p/{state['queued']}"))
                     await asyncio.sleep(0)  # the null object write
-                    commits.append(Commit(lease.id, lease.token, run, env.fp, kids, domain="sim.example"))
-                await q.commit(commits)
+                    ids = [new_id() for _ in kids]
+                    commits.append(
+                        Commit(
+                            lease.id,
+                            lease.token,
+                            run,
+                            env.fp,
+                            kids,
+                            domain="sim.example",
+                            claim=1 if claim and kids else 0,
+                            ids=ids,
+                        )
+                    )
+                reply = await q.commit_claiming(commits, worker=wid if claim else "", lease_seconds=60)
+                for c, (token, dlv) in zip(commits, reply.claims, strict=True):
+                    if token:
+                        held.append(Lease(c.ids[0], c.discovered[0].dumps().encode(), dlv, token))
                 state["done"] += len(commits)
                 if state["done"] >= pages:
                     finished.set()
@@ -103,22 +125,29 @@ async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1) -> dic
     return {"pages": state["done"], "wall_s": wall, "lease_calls": state["lease_calls"]}
 
 
+#: the simulated crawls: (name, children per page, whether a commit claims its first child)
+MODES = (("chain", 1, False), ("chain+claim", 1, True), ("fan-out 4", 4, True))
+
+
 def simulate(
-    srv: RedisServer, ks: tuple[int, ...] = (1, 8, 64), pages: int = 20_000, fanouts: tuple[int, ...] = (1, 4)
+    srv: RedisServer,
+    ks: tuple[int, ...] = (1, 8, 64),
+    pages: int = 20_000,
+    modes: tuple[tuple[str, int, bool], ...] = MODES,
 ) -> list[dict[str, Any]]:
     r = srv.client()
     out = []
-    for fanout, k in itertools.product(fanouts, ks):
+    for (mode, fanout, claim), k in itertools.product(modes, ks):
         r.flushall()
         r.config_resetstat()
         before = _redis_stats(r)
-        res = asyncio.run(_crawl(srv.url, f"k{k}", k, pages, fanout))
+        res = asyncio.run(_crawl(srv.url, f"k{k}", k, pages, fanout, claim))
         after = _redis_stats(r)
         n = res["pages"]
         out.append(
             {
                 "k": k,
-                "fanout": fanout,
+                "mode": mode,
                 "pages": n,
                 "pages_per_s": n / res["wall_s"],
                 "redis_cpu_us_per_page": (after["cpu"] - before["cpu"]) / n * 1e6,
@@ -182,12 +211,12 @@ def table(res: dict[str, Any]) -> Any:
     from rich.table import Table
 
     t = Table(title="Fleet simulator: one Redis, K simulated workers (no Scrapy, no HTTP); AOF everysec")
-    for col in ("K", "fan-out", "pages", "pages/s", "Redis CPU µs/page", "cmds/page", "LEASE calls/page", "AOF B/page"):
+    for col in ("K", "crawl", "pages", "pages/s", "Redis CPU µs/page", "cmds/page", "LEASE calls/page", "AOF B/page"):
         t.add_column(col, justify="right")
     for r in res["sim"]:
         t.add_row(
             str(r["k"]),
-            str(r["fanout"]),
+            r["mode"],
             f"{r['pages']:,}",
             f"{r['pages_per_s']:,.0f}",
             f"{r['redis_cpu_us_per_page']:.0f}",
@@ -198,7 +227,7 @@ def table(res: dict[str, Any]) -> Any:
     for a in res["aof"]:
         t.add_row(
             f"8, run of {a['seen_before']:,} SEEN",
-            "1",
+            "chain",
             f"{a['pages']:,}",
             "",
             "",
