@@ -277,3 +277,114 @@ def test_fpparts_arithmetic_equals_the_pairwise_decoding(redis_url: str) -> None
             assert r.eval(src, 0, *fps[i : i + 500]) == []
     finally:
         r.close()
+
+
+# -- regressions found by review of the batched scripts (each asserts what one call per commit did) --------
+
+
+def _sp(path: str, run: str = "r1", dom: str = "a.example", df: bool = False) -> Envelope:
+    return Envelope.from_request(Request(f"https://{dom}/{path}", dont_filter=df), spider_name="sp", run=run)
+
+
+async def _lease_all(q: FleetQueue, n: int) -> list[Any]:
+    out: list[Any] = []
+    while len(out) < n:
+        out += (await q.lease(min(n - len(out), 2000), worker="w", lease_seconds=60)).leased
+    return out
+
+
+def _with_queue(redis_url: str, body: Any) -> None:
+    async def main() -> None:
+        c = aioredis.Redis.from_url(redis_url, socket_timeout=30)
+        try:
+            await body(FleetQueue(c, "sp", dedup_ttl=3600), c)
+        finally:
+            await c.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_batch_bigger_than_unpacks_limit_commits(redis_url: str) -> None:
+    """FLEET_COMMIT_BATCH has no maximum: 8,000 commits in one call (Lua's unpack stops near 8,000 values)."""
+
+    async def body(q: FleetQueue, c: Any) -> None:
+        await q.seed("r1", [_sp(f"p{i}") for i in range(8000)])
+        leases = await _lease_all(q, 8000)
+        _, _, acked = await q.commit([Commit(le.id, le.token, "r1", Envelope.loads(le.raw).fp) for le in leases])
+        assert all(acked) and len(acked) == 8000
+
+    _with_queue(redis_url, body)
+
+
+def test_an_id_queued_then_claimed_in_one_batch_is_leased_once(redis_url: str) -> None:
+    async def body(q: FleetQueue, c: Any) -> None:
+        await q.seed("r1", [_sp("s1"), _sp("s2")])
+        l1, l2 = await _lease_all(q, 2)
+        reply = await q.commit_claiming(
+            [
+                Commit(l1.id, l1.token, "r1", Envelope.loads(l1.raw).fp, [_sp("x")], ids=["kid"]),
+                Commit(l2.id, l2.token, "r1", Envelope.loads(l2.raw).fp, [_sp("y")], ids=["kid"], claim=1),
+            ],
+            worker="w",
+            lease_seconds=60,
+            nonce="n",
+        )
+        assert reply.claims[1][0]
+        assert await c.zscore(q.keys.ready, "kid") is None
+        assert await c.zscore(q.keys.inflight, "kid") is not None
+
+    _with_queue(redis_url, body)
+
+
+def test_parked_requests_a_batch_releases_are_newer_than_its_earlier_children(redis_url: str) -> None:
+    """READY is newest first: a child queued by an earlier commit of the batch, then the half-open probe's 'o'
+    closes its breaker and releases a parked request, which is newer, as with one call per commit."""
+
+    async def body(q: FleetQueue, c: Any) -> None:
+        await q.seed("r1", [_sp("s1"), _sp("s2", dom="b.example")])
+        by_url = {Envelope.loads(le.raw).url: le for le in await _lease_all(q, 2)}
+        l1, l2 = by_url["https://a.example/s1"], by_url["https://b.example/s2"]
+        await c.hset(q.keys.env, "parked1", _sp("parked", dom="b.example").dumps())
+        await c.zadd(q.keys.parked("b.example"), {"parked1": 1})
+        await c.sadd(q.keys.parkdom, "b.example")
+        await c.hset(q.keys.breaker("b.example"), mapping={"state": "half_open", "probe": l2.id, "probe_until": 9e9})
+        await c.hset(q.keys.brk, "b.example", "half|9e9")
+        await q.commit(
+            [
+                Commit(l1.id, l1.token, "r1", Envelope.loads(l1.raw).fp, [_sp("child1")], ids=["child1"]),
+                Commit(l2.id, l2.token, "r1", Envelope.loads(l2.raw).fp, domain="b.example", outcome="o"),
+            ]
+        )
+        assert [x.decode() for x in await c.zrange(q.keys.ready, 0, -1)] == ["parked1", "child1"]
+
+    _with_queue(redis_url, body)
+
+
+@pytest.mark.parametrize("shape", ["run_twice", "not_json"])
+def test_an_entry_is_dropped_as_done_only_on_what_cjson_reads(redis_url: str, shape: str) -> None:
+    """LEASE's patterns read the first "run"; cjson (and every Python reader) the last. And the patterns do not
+    check the text between the fp and the domain. Either way an entry is only dropped unfetched as DONE on
+    cjson's reading: here it is leased (a non-JSON one then goes to the DLQ from the worker)."""
+
+    async def body(q: FleetQueue, c: Any) -> None:
+        e1 = _sp("x")
+        await q.seed("r1", [e1])
+        (le,) = await _lease_all(q, 1)
+        await q.commit([Commit(le.id, le.token, "r1", e1.fp)])
+        if shape == "run_twice":
+            raw = (
+                '{"v":1,"url":"https://a.example/x","spider":"sp","run":"r1","fp":"' + e1.fp + '","run":"r2",'
+                '"enqueued_at":1,"domain":"a.example"}'
+            )
+            assert Envelope.loads(raw).run == "r2"
+        else:
+            raw = (
+                '{"v":1,"url":"https://a.example/x","spider":"sp","run":"r1","fp":"' + e1.fp + '",garbage,'
+                '"domain":"a.example"}'
+            )
+        await c.hset(q.keys.env, "odd", raw)
+        await c.zadd(q.keys.ready, {"odd": 0})
+        b = await q.lease(10, worker="w", lease_seconds=60)
+        assert [x.id for x in b.leased] == ["odd"] and not b.skipped
+
+    _with_queue(redis_url, body)

@@ -591,7 +591,7 @@ def test_dlq_requeue_by_reason(crawl: Crawl) -> None:
     finally:
         c.close()
     assert env["url"] == crawl.site.url("/missing/1")
-    assert env["attempts"] == {}, env["attempts"]
+    assert env.get("attempts", {}) == {}, env["attempts"]  # an empty field is left out of the JSON
     assert any(h.get("requeued_from") == "http:404" for h in env["history"])
 
 

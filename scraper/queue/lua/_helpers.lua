@@ -246,32 +246,41 @@ local function sc_flush()
   end
 end
 
--- What LEASE reads of an envelope: run, fp, domain, each a string or nil (not a string in the JSON); all
--- nil when the entry is not JSON (or not an object or array: what cjson decodes to a table). The JSON as Envelope.dumps writes it (envelope.py:
--- "lost" first when set, then "v", "url", "spider", "run", "fp", ..., "domain" last, no spaces) is read by
--- anchored patterns instead of being decoded whole (cjson builds a table and some twenty strings: ~5 µs an
--- entry, issue #18); anything else (an escape in those strings, another layout, another writer) is
--- decoded with cjson, so both paths give what cjson would.
-local function env_head(json)
-  local at = string.match(json, '^{"lost":%d+,()') or 2
-  local run, fp = string.match(json, '^"v":1,"url":"[^"\\]*","spider":"[^"\\]*","run":"([^"\\]*)","fp":"([^"\\]*)",', at)
-  if run then
-    local n = string.len(json)
-    local p = string.find(json, ',"domain":"', math.max(1, n - 300), true)
-    while p do
-      local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
-      if domain then return run, fp, domain end
-      p = string.find(json, ',"domain":"', p + 1, true)
-    end
-  end
+-- run, fp, domain of an envelope as cjson reads them: each a string or nil (absent, not a string, or the
+-- entry is not JSON, or not an object or array: what cjson decodes to a table)
+local function env_cjson(json)
   local ok, e = pcall(cjson.decode, json)
   if not ok or type(e) ~= 'table' then return nil, nil, nil end
-  run, fp = e['run'], e['fp']
-  local domain = e['domain']
+  local run, fp, domain = e['run'], e['fp'], e['domain']
   if type(run) ~= 'string' then run = nil end
   if type(fp) ~= 'string' then fp = nil end
   if type(domain) ~= 'string' then domain = nil end
   return run, fp, domain
+end
+
+-- What LEASE reads of an envelope: run, fp, domain as env_cjson gives them, and whether the patterns read
+-- them. The JSON as Envelope.dumps writes it (envelope.py: "lost" first when set, then "v", "url", "spider",
+-- "run", "fp", ..., "domain" last, no spaces) is read by anchored patterns instead of being decoded whole
+-- (cjson builds a table and some twenty strings: ~5 µs an entry, issue #18); anything else (an escape in
+-- those strings, another layout, "run" or "fp" a second time after the fp (cjson keeps the last), another
+-- writer) is decoded with cjson. The patterns do not prove the rest of the text is JSON: a caller about to
+-- drop an entry unfetched on what they read (DONE, a cancelled run) asks env_cjson first (LEASE does).
+local function env_head(json)
+  if string.byte(json, 1) ~= 123 then return env_cjson(json) end  -- '{'
+  local at = string.match(json, '^{"lost":%d+,()') or 2
+  local run, fp, after = string.match(json,
+    '^"v":1,"url":"[^"\\]*","spider":"[^"\\]*","run":"([^"\\]*)","fp":"([^"\\]*)",()', at)
+  if run and not string.find(json, '"run":', after, true) and not string.find(json, '"fp":', after, true) then
+    local n = string.len(json)
+    local p = string.find(json, ',"domain":"', math.max(1, n - 300), true)
+    while p do
+      local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
+      if domain then return run, fp, domain, true end
+      p = string.find(json, ',"domain":"', p + 1, true)
+    end
+  end
+  local r, f, d = env_cjson(json)
+  return r, f, d, false
 end
 
 local function ready_score(k, prio)
@@ -390,14 +399,17 @@ end
 -- breaker_record for a batch (COMMIT): while a domain's breaker is closed, its window is read once per
 -- call, extended in memory and written once by breaker_flush; any other state, and the trip itself, go
 -- through breaker_record / breaker_open as before (the cached window written first), and the domain is
--- read afresh at its next outcome. Same events, same windows as one breaker_record per commit.
+-- read afresh at its next outcome. Same events, same windows as one breaker_record per commit. before():
+-- called ahead of breaker_record, which may close the breaker and queue its parked requests in READY, so
+-- the caller writes its pending READY entries first and READY's order is what one call per commit gives.
 local BRC = {}
-local function breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+local function breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap, before)
   local c = BRC[domain]
   local bk = k.prefix .. 'breaker:' .. domain
   if c == nil then
     local v = redis.call('HMGET', bk, 'state', 'window')
     if (v[1] or 'closed') ~= 'closed' then
+      before()  -- the caller's pending writes go first: closing the breaker queues its parked requests
       return breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
     end
     c = {win = v[2] or '', dirty = false}

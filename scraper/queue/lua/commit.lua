@@ -83,13 +83,38 @@ while i <= #ARGV do
   if claim > 0 and claim <= nd then need(done, ARGV[kids + 5 * (claim - 1) + 2]) end
 end
 local owner = {}  -- lease id -> its token now (false: none); forgetting one sets false
-if #ids > 0 then
-  local got = redis.call('HMGET', k.lease, unpack(ids))
-  for q, id in ipairs(ids) do owner[id] = got[q] or false end
+for j = 1, #ids, 500 do  -- unpack's limit: FLEET_COMMIT_BATCH has no maximum
+  local last = math.min(j + 499, #ids)
+  local got = redis.call('HMGET', k.lease, unpack(ids, j, last))
+  for q = j, last do owner[ids[q]] = got[q - j + 1] or false end
 end
 for key, l in pairs(want) do sc_load(key, l) end
 local ready, envs = {}, {}  -- the enqueued children: READY's (prio, id) in enqueue order; env's (id, json)
 local queued = {}  -- ids of the children this call enqueued (their envelopes are written at the end)
+local rpos, inready = {}, {}  -- child id -> its slot in ready (not yet written); ids flush_ready wrote
+-- write the pending READY entries, scores from one INCRBY of seq in enqueue order (as ready_score numbers
+-- them): at the end, and before a breaker this batch closes queues its parked requests (breaker_note)
+local function flush_ready()
+  local zs = {}
+  local m = 0
+  for q = 2, #ready, 2 do
+    if ready[q] then m = m + 1 end
+  end
+  if m == 0 then ready, rpos = {}, {}; return end
+  local top = redis.call('INCRBY', k.seq, m)
+  local nth = 0
+  for q = 1, #ready, 2 do
+    local cid = ready[q + 1]
+    if cid then
+      nth = nth + 1
+      zs[#zs + 1] = -tonumber(ready[q]) * 1e12 - (top - m + nth)
+      zs[#zs + 1] = cid
+      inready[cid] = true
+    end
+  end
+  for q = 1, #zs, 1000 do redis.call('ZADD', k.ready, unpack(zs, q, math.min(q + 999, #zs))) end
+  ready, rpos = {}, {}
+end
 local gone = {}  -- the acknowledged leases
 local function ack(id)
   gone[#gone + 1] = id
@@ -148,7 +173,13 @@ for _, at in ipairs(starts) do
         end
         if ctoken ~= '' and ci == claim then
           took = 1
+          -- this id queued earlier in the batch (a caller reusing an id for another child): leased now, so
+          -- out of READY, as the ZREM of one call per commit took it out
+          if rpos[cid] then ready[rpos[cid] + 1] = false end
+          if inready[cid] then redis.call('ZREM', k.ready, cid) end
         else
+          if rpos[cid] then ready[rpos[cid] + 1] = false end  -- queued twice: the later score, as ZADD keeps
+          rpos[cid] = #ready + 1
           ready[#ready + 1] = prio
           ready[#ready + 1] = cid
         end
@@ -174,7 +205,7 @@ for _, at in ipairs(starts) do
     elseif fp ~= '' then
       sc_add(done, fp, ttl)
       if outcome ~= '' and domain ~= '' then
-        local ev, released = breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
+        local ev, released = breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap, flush_ready)
         fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
         if ev ~= '' then
           table.insert(events, domain)
@@ -192,16 +223,7 @@ for _, at in ipairs(starts) do
 end
 -- the writes (see Batched, above)
 for q = 1, #envs, 1000 do redis.call('HSET', k.env, unpack(envs, q, math.min(q + 999, #envs))) end
-if #ready > 0 then
-  local m = #ready / 2
-  local top = redis.call('INCRBY', k.seq, m)
-  local zs = {}
-  for q = 1, m do
-    zs[#zs + 1] = -tonumber(ready[2 * q - 1]) * 1e12 - (top - m + q)
-    zs[#zs + 1] = ready[2 * q]
-  end
-  for q = 1, #zs, 1000 do redis.call('ZADD', k.ready, unpack(zs, q, math.min(q + 999, #zs))) end
-end
+flush_ready()
 if #gone > 0 then forget_all(k, gone) end
 sc_flush()
 breaker_flush(k)

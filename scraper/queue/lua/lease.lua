@@ -27,14 +27,17 @@ if n > 0 then
     -- per entry, in arrays (no table per entry: what a call allocates, Lua's collector costs Redis CPU for):
     -- what LEASE reads of its envelope (env_head) and its DONE key (when run and fp are usable); per DONE
     -- key: the fingerprints to look up
-    local runs, efps, doms, dks, fps = {}, {}, {}, {}, {}
+    local runs, efps, doms, fasts, fps = {}, {}, {}, {}, {}
+    local function done_key(run, fp)
+      if run and fp and string.len(fp) == 16 and string.match(fp, '^%x+$') then return k.prefix .. 'done:' .. run end
+      return nil
+    end
     for j = 1, #ids do
-      local run, fp, domain = nil, nil, nil
-      if jsons[j] then run, fp, domain = env_head(jsons[j]) end
-      runs[j], efps[j], doms[j], dks[j] = run or false, fp or false, domain or false, false
-      if run and fp and string.len(fp) == 16 and string.match(fp, '^%x+$') then
-        local dk = k.prefix .. 'done:' .. run
-        dks[j] = dk
+      local run, fp, domain, fast = nil, nil, nil, false
+      if jsons[j] then run, fp, domain, fast = env_head(jsons[j]) end
+      runs[j], efps[j], doms[j], fasts[j] = run or false, fp or false, domain or false, fast
+      local dk = done_key(run, fp)
+      if dk then
         local l = fps[dk]
         if not l then l = {}; fps[dk] = l end
         l[#l + 1] = fp
@@ -44,27 +47,38 @@ if n > 0 then
     -- per domain: its HOLD deadline (false: none) and whether it has a breaker that is not closed (a
     -- breaker never comes into being during a LEASE, so an absent one stays absent for the call)
     local holds, brks, stopped, gone, granted = {}, {}, {}, {}, {}
-    for j, id in ipairs(ids) do
-      local json, run = jsons[j], runs[j]
-      if json then
-        local done = dks[j] and sc_has(dks[j], efps[j]) or false
-        local domain = doms[j] ~= '' and doms[j] or nil
-        local hold, brk = nil, false
-        if domain then
-          hold, brk = holds[domain], brks[domain]
-          if hold == nil then
-            hold = tonumber(redis.call('HGET', k.hold, domain)) or false
-            brk = redis.call('HEXISTS', k.brk, domain) == 1
-            holds[domain], brks[domain] = hold, brk
-          end
+    -- what decides an entry's fate: DONE in its run, its domain (nil: none) with its hold and breaker, and
+    -- whether its run was cancelled
+    local function facts(run, fp, domain)
+      local dk = done_key(run, fp)
+      local done = dk and sc_has(dk, fp) or false
+      if domain == '' then domain = nil end
+      local hold, brk = nil, false
+      if domain then
+        hold, brk = holds[domain], brks[domain]
+        if hold == nil then
+          hold = tonumber(redis.call('HGET', k.hold, domain)) or false
+          brk = redis.call('HEXISTS', k.brk, domain) == 1
+          holds[domain], brks[domain] = hold, brk
         end
-        local stop = false
-        if any_cancelled and run then
-          stop = stopped[run]
-          if stop == nil then
-            stop = redis.call('HEXISTS', k.cancelled, run) == 1
-            stopped[run] = stop
-          end
+      end
+      local stop = false
+      if any_cancelled and run then
+        stop = stopped[run]
+        if stop == nil then
+          stop = redis.call('HEXISTS', k.cancelled, run) == 1
+          stopped[run] = stop
+        end
+      end
+      return done, domain, hold, brk, stop
+    end
+    for j, id in ipairs(ids) do
+      local json = jsons[j]
+      if json then
+        local done, domain, hold, brk, stop = facts(runs[j] or nil, efps[j] or nil, doms[j] or nil)
+        if (done or stop) and fasts[j] then
+          -- dropped unfetched on what the patterns read: only if cjson reads the same (env_head)
+          done, domain, hold, brk, stop = facts(env_cjson(json))
         end
         if stop then
           gone[#gone + 1] = id
