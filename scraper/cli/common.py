@@ -75,14 +75,21 @@ def load_config() -> FleetConfig:
     return cfg
 
 
-def redis_url_for(cfg: FleetConfig, spidercls: type[Spider] | None = None) -> str:
+def redis_url_for(cfg: FleetConfig, spidercls: type[Spider] | None = None, *, project: bool = True) -> str:
     """Fleet's Redis, resolved by this one function for every command (``fleet worker``, ``run``, ``seed``
     and the operator commands), so that they all look at the Redis the workers work: ``FLEET_REDIS_URL``;
     else scrapy-redis's ``REDIS_URL`` (or ``REDIS_HOST``/``REDIS_PORT``) of ``spidercls`` when it is a
-    scrapy-redis spider and the command loaded it, else of the Scrapy project's settings module
-    (scraper.worker.redisspider.fleet_redis_url); else the embedded redis-server."""
+    scrapy-redis spider and the command loaded it, else of a scrapy-redis project's settings module
+    (scraper.worker.redisspider.fleet_redis_url); else the embedded redis-server. ``project=False``
+    (``fleet demo``, ``fleet smoke``, which delete and flood their own keys): FLEET_REDIS_URL or the
+    embedded server only, never a Redis a project's settings name."""
     if cfg.redis_url:
         return cfg.redis_url
+    if not project:
+        try:
+            return resolve_redis_url()
+        except RedisConfigError as exc:
+            raise fail(str(exc), EXIT_INFRA) from None
     from scraper.worker.redisspider import fleet_redis_url
 
     url = fleet_redis_url(spidercls, fleet_settings(cfg))

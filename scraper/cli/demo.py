@@ -2,8 +2,8 @@
 
 It starts the bundled demo shop on 127.0.0.1, seeds the ``demo_shop`` spider with it, runs one worker
 until the queue has been empty for two seconds, and prints where the data is. Nothing outside the
-machine is touched; Redis is the embedded one unless FLEET_REDIS_URL (or a scrapy-redis project's REDIS_URL, as for
-every command: scraper.cli.common.redis_url_for) says otherwise.
+machine is touched; Redis is the embedded one unless FLEET_REDIS_URL says otherwise (never a Redis a Scrapy
+project's settings name: the demo deletes its queue's keys first).
 
 It uses the same steps as the commands (scraper.cli.common, scraper.cli.seeding, scraper.cli.worker),
 never the CLI module itself.
@@ -18,12 +18,11 @@ import sys
 import time
 from typing import Any
 
-from scraper.cli.common import default_run, err, fleet_settings, load_config, redis_url_for, run_summary, spider_class
+from scraper.cli.common import default_run, err, load_config, redis_url_for, run_summary, spider_class
 from scraper.cli.seeding import seed_run
 from scraper.cli.worker import run_worker
 from scraper.devtools.demo_site import DemoSite
 from scraper.infra import progress
-from scraper.infra.config import FleetConfig
 from scraper.store.backends import open_store
 
 __all__ = ["run_demo"]
@@ -49,15 +48,6 @@ async def _purge(redis_url: str) -> None:
         await FleetQueue(client, "demo_shop").purge()
     finally:
         await client.aclose()
-
-
-def _redis_source(cfg: FleetConfig, spidercls: Any) -> str:
-    """Which Redis redis_url_for chose, for the summary."""
-    from scraper.worker.redisspider import fleet_redis_url
-
-    if cfg.redis_url:
-        return "FLEET_REDIS_URL"
-    return "REDIS_URL" if fleet_redis_url(spidercls, fleet_settings(cfg)) else "embedded"
 
 
 def _scraped(crawlers: list[Any]) -> int | None:
@@ -88,6 +78,11 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
     # the demo prints a summary; per-request JSON events stay available with FLEET_LOG_LEVEL=INFO
     os.environ.setdefault("FLEET_LOG_LEVEL", "WARNING")
     cfg = load_config()
+    source = "FLEET_REDIS_URL" if cfg.redis_url else "embedded"
+    # FLEET_REDIS_URL or the embedded server, for every step below (redis_url_for would otherwise follow a
+    # scrapy-redis project's REDIS_URL, and the demo deletes its queue's keys first)
+    os.environ["FLEET_REDIS_URL"] = redis_url_for(cfg, project=False)
+    cfg = load_config()
     started = time.time()
     with DemoSite(n_products=products).start() as site:
         os.environ["FLEET_DEMO_URL"] = site.start_url
@@ -116,7 +111,7 @@ def run_demo(*, products: int = 200, concurrency: int = 16) -> int:
         "dlq": summary["dlq_run"],
         "elapsed_s": round(time.time() - started, 2),
         "data": store.describe(f"items/spider=demo_shop/run={run}"),
-        "redis": _redis_source(cfg, spidercls),
+        "redis": source,
     }
     print(json.dumps(result, indent=2))
     sys.stdout.flush()  # the JSON first, then the words about it: both may share one terminal

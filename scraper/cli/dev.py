@@ -29,7 +29,7 @@ def smoke() -> None:
     from scraper.devtools.smoke import run_smoke
 
     cfg = load_config()
-    url = redis_url_for(cfg)
+    url = redis_url_for(cfg, project=False)  # its own burst: never a Redis a project's settings name
     asyncio.run(check_reachable(url))
     code, report = run_smoke(url, cfg)
     print(json.dumps(report, indent=2))

@@ -82,5 +82,6 @@ def load(cwd: str | None = None) -> Project | None:
         raise ProjectSettingsError(
             f"cannot import the Scrapy project settings module {module!r} (named by {source}): "
             f"{type(exc).__name__}: {_one_line(str(exc))}. Run fleet from the project directory, "
-            f"or fix or unset {ENVVAR}") from None
+            f"or fix or unset {ENVVAR} (commands that load no spider, such as fleet status, skip the "
+            f"project's settings when FLEET_REDIS_URL is set)") from None
     return Project(module, source, {k: getattr(mod, k) for k in dir(mod) if k.isupper()})

@@ -103,15 +103,29 @@ def project_redis_url(settings: BaseSettings) -> str | None:
     return _url_of({k: settings.get(k) for k in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT")})
 
 
+#: settings only a scrapy-redis project sets (FLEET_PROJECT_REPLACED keeps SCHEDULER, DUPEFILTER_CLASS and
+#: STATS_CLASS only when they name scrapy_redis); JOBDIR and DUPEFILTER_DEBUG are plain Scrapy's
+_REDIS_PROJECT_MARKS = frozenset(REPLACED_SETTINGS) - {"JOBDIR", "DUPEFILTER_DEBUG"}
+
+
+def is_redis_project(settings: BaseSettings) -> bool:
+    """Whether the Scrapy project's settings module is a scrapy-redis project's (its scheduler, dupefilter or
+    scheduler settings), recorded by catalog.apply_project as ``FLEET_PROJECT_REPLACED``."""
+    return any(n in _REDIS_PROJECT_MARKS for n in settings.getlist("FLEET_PROJECT_REPLACED"))
+
+
 def fleet_redis_url(spidercls: type[Spider] | None, settings: BaseSettings) -> str | None:
     """The scrapy-redis Redis that is Fleet's Redis when FLEET_REDIS_URL is unset: a scrapy-redis spider's
-    own (custom_settings), else the project's settings module's, for every spider and every command
-    (``scraper.cli.common.redis_url_for``), so that ``fleet status`` looks where ``fleet worker`` works."""
+    own (custom_settings), else its project's settings module's; for any other spider and for the commands
+    that load none (``scraper.cli.common.redis_url_for``: ``fleet status`` looks where ``fleet worker``
+    works), the project's only when it is a scrapy-redis project (is_redis_project). A plain Scrapy project
+    that happens to name a REDIS_URL (for its own pipeline, say) does not move Fleet onto that Redis."""
     if spidercls is not None and is_redis_spider(spidercls):
         own = _url_of(_custom(spidercls))
         if own is not None:
             return own
-    return project_redis_url(settings)
+        return project_redis_url(settings)
+    return project_redis_url(settings) if is_redis_project(settings) else None
 
 
 @dataclass(frozen=True)

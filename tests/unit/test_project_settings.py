@@ -162,3 +162,33 @@ def test_one_redis_url_for_every_command(proj: str, monkeypatch: pytest.MonkeyPa
     assert redis_url_for(cfg, OwnRedis) == "redis://own:6379/1"
     assert redis_url_for(FleetConfig.from_env({"FLEET_REDIS_URL": "redis://fleet:6379/0"}), OwnRedis) == (
         "redis://fleet:6379/0")
+
+
+def test_a_plain_projects_redis_url_is_not_fleets(proj: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Scrapy project without scrapy-redis scheduling that names REDIS_URL / REDIS_HOST (for a pipeline of
+    its own, say) does not move Fleet's commands onto that Redis; only a scrapy-redis spider of it uses it, as
+    scrapy-redis would. fleet demo and fleet smoke (project=False) never follow a project's Redis."""
+    from scraper.cli.common import redis_url_for
+    from tests.integration.sredis_spiders import ProductsFromRedis
+
+    settings_py = Path(proj) / "settings.py"
+    text = settings_py.read_text()
+    for line in ('SCHEDULER = "scrapy_redis.scheduler.Scheduler"\n',
+                 'DUPEFILTER_CLASS = "scrapy_redis.dupefilter.RFPDupeFilter"\n', "SCHEDULER_PERSIST = True\n"):
+        text = text.replace(line, "")
+    settings_py.write_text(text + 'REDIS_HOST = "127.0.0.1"\nJOBDIR = "crawls/x"\n')
+    monkeypatch.delenv("FLEET_REDIS_URL", raising=False)
+    monkeypatch.setattr("scraper.cli.common.resolve_redis_url", lambda: "embedded://")
+    cfg = FleetConfig.from_env()
+    assert redis_url_for(cfg) == "embedded://"
+    assert redis_url_for(cfg, Plain) == "embedded://"
+    assert redis_url_for(cfg, ProductsFromRedis) == "redis://127.0.0.1:6390/2"  # scrapy-redis's own rule
+
+
+def test_demo_and_smoke_never_follow_a_projects_redis(proj: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scraper.cli.common import redis_url_for
+
+    monkeypatch.delenv("FLEET_REDIS_URL", raising=False)
+    monkeypatch.setattr("scraper.cli.common.resolve_redis_url", lambda: "embedded://")
+    assert redis_url_for(FleetConfig.from_env(), project=False) == "embedded://"
+    assert redis_url_for(FleetConfig.from_env({"FLEET_REDIS_URL": "redis://f:1/0"}), project=False) == "redis://f:1/0"
