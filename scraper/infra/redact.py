@@ -19,14 +19,21 @@ __all__ = [
 
 #: Field (and header) names whose values never print.
 SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "password", "token"})
-# userinfo: ``user:password@`` (the password may hold an unencoded '/': ``redis://u:p/w@h``) or ``user@``. A
-# '@' in a path after a port (``http://h:80/a@b``) is redacted too: over-redacting a log line costs less than
-# printing a password.
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^@/\s:]*:[^@\s]*|[^@/\s]+)@")
+# userinfo: ``user:password@`` (the password may hold an unencoded '/' or '@': ``redis://u:p/w@h``,
+# ``redis://u:p@ss@h``; a password runs to the last '@' of the URL, so a '@' in a path after a password
+# (``http://u:p@h/a@b``) hides the host too: over-redacting a log line costs less than printing a password)
+# or ``user@``. A scheme starts after a non-scheme character and lengths are bounded, so a long line with
+# many '@' or '://' is scanned in linear time.
+_USERINFO = re.compile(
+    r"(?<![a-zA-Z0-9+.\-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://)"
+    r"(?P<userinfo>[^@/\s:]{0,2048}:(?:[^@\s]{0,2048}@){0,8}[^@\s]{0,2048}|[^@/\s]{1,2048})@"
+)
 
 
 def redact(text: str) -> str:
     """Replace URL userinfo (``user:pass@``) by ``***@``: proxy and Redis credentials never print."""
+    if "@" not in text:  # most lines: no userinfo possible, no scan
+        return text
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 

@@ -226,6 +226,10 @@ def test_env_head_reads_what_cjson_reads(redis_url: str) -> None:
         '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","domain":"d"}',
         '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","meta":{"domain":"in"},"domain":"out"}',
         '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","meta":{"a":1,"domain":"in"}}',
+        # found by review: a repeated key spelt with a space before ':' or with an escape
+        '{"v":1,"url":"x","spider":"s","run":"r1","fp":"f","x":1,"run" :"r2","domain":"d"}',
+        '{"v":1,"url":"x","spider":"s","run":"r1","fp":"f","\\u0072un":"r2","domain":"d"}',
+        '{"v":1,"url":"x","spider":"s","run":"r1","fp":"f","\\u0066p":"fedcba9876543210","domain":"d"}',
     ]
     r = redis.Redis.from_url(redis_url)
     try:

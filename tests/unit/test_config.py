@@ -173,7 +173,18 @@ def test_non_finite_numbers_rejected(name: str, value: str) -> None:
         ("redis://u:p/w@h:1/0", "redis://***@h:1/0"),
         ("redis://:a/b/c@cache:6379", "redis://***@cache:6379"),
         ("https://medium.com/@user", "https://medium.com/@user"),  # a path's '@' is not userinfo
+        ("redis://u:p@ss@host:6379/0", "redis://***@host:6379/0"),  # an unencoded '@' in the password
+        ("http://u:" + "p" * 1500 + "@host:1/", "http://***@host:1/"),  # a token-sized password
     ],
 )
 def test_redact_strips_userinfo(text: str, expected: str) -> None:
     assert redact(text) == expected
+
+
+def test_redact_stays_fast_on_hostile_lines() -> None:
+    import time
+
+    for text in ("@ " + "x" * 50_000, "a://:" * 10_000 + "@", "x@" * 25_000, "http://a:" + "b@" * 25_000):
+        t0 = time.perf_counter()
+        redact(text)
+        assert time.perf_counter() - t0 < 2.0, text[:20]

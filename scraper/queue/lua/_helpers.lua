@@ -262,15 +262,17 @@ end
 -- them. The JSON as Envelope.dumps writes it (envelope.py: "lost" first when set, then "v", "url", "spider",
 -- "run", "fp", ..., "domain" last, no spaces) is read by anchored patterns instead of being decoded whole
 -- (cjson builds a table and some twenty strings: ~5 µs an entry, issue #18); anything else (an escape in
--- those strings, another layout, "run" or "fp" a second time after the fp (cjson keeps the last), another
--- writer) is decoded with cjson. The patterns do not prove the rest of the text is JSON: a caller about to
+-- those strings, another layout, "run" or "fp" again after the fp or a \u escape there (cjson keeps the
+-- last of a repeated key), another writer) is decoded with cjson. The patterns do not prove the rest of the text is JSON: a caller about to
 -- drop an entry unfetched on what they read (DONE, a cancelled run) asks env_cjson first (LEASE does).
 local function env_head(json)
   if string.byte(json, 1) ~= 123 then return env_cjson(json) end  -- '{'
   local at = string.match(json, '^{"lost":%d+,()') or 2
   local run, fp, after = string.match(json,
     '^"v":1,"url":"[^"\\]*","spider":"[^"\\]*","run":"([^"\\]*)","fp":"([^"\\]*)",()', at)
-  if run and not string.find(json, '"run":', after, true) and not string.find(json, '"fp":', after, true) then
+  -- after the fp, no other "run" or "fp" (spelt plainly, or with an escape, or with space before its ':')
+  if run and not string.find(json, '"run"', after, true) and not string.find(json, '"fp"', after, true)
+     and not string.find(json, '\\u', after, true) then
     local n = string.len(json)
     local p = string.find(json, ',"domain":"', math.max(1, n - 300), true)
     while p do
