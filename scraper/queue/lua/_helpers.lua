@@ -167,7 +167,7 @@ local SC = {}
 local function sc_get(key)
   local c = SC[key]
   if not c then
-    c = {st = set_open(key), cur = {}, add = {}, order = {}, fresh = {}, n = 0, ttl = 0}
+    c = {st = set_open(key), cur = {}, add = false, n = 0, ttl = 0}  -- add: made at the first add
     SC[key] = c
   end
   return c
@@ -206,7 +206,7 @@ end
 
 local function sc_has(key, fp)
   local c, bk, s, cur = sc_bucket(key, fp)
-  local a = c.add[bk]
+  local a = c.add and c.add[bk]
   return (a and bucket_has(a, s)) or (cur and bucket_has(cur, s)) or false
 end
 
@@ -215,15 +215,14 @@ end
 -- (Lua's garbage collector costs Redis CPU in proportion to what a script allocates).
 local function sc_add(key, fp, ttl)
   local c, bk, s, cur = sc_bucket(key, fp)
-  local a = c.add[bk]
+  local adds = c.add
+  local a = adds and adds[bk]
   if (a and bucket_has(a, s)) or (cur and bucket_has(cur, s)) then return 0 end
-  if not a then
-    a = ''
-    local o = #c.order + 1
-    c.order[o] = bk
-    c.fresh[o] = cur == false
+  if not adds then
+    adds = {}
+    c.add = adds
   end
-  c.add[bk] = a .. s
+  adds[bk] = (a or '') .. s
   c.n = c.n + 1
   c.ttl = ttl
   return 1
@@ -234,14 +233,16 @@ local function sc_flush()
   for key, c in pairs(SC) do
     if c.n > 0 then
       local fresh = {}
-      for o, bk in ipairs(c.order) do
-        redis.call('APPEND', bk, c.add[bk])
-        if c.fresh[o] then fresh[#fresh + 1] = bk end
+      for bk, a in pairs(c.add) do
+        redis.call('APPEND', bk, a)
+        local cur = c.cur[bk]
+        if not cur then fresh[#fresh + 1] = bk end  -- the bucket did not exist: it needs its TTL
+        c.cur[bk] = (cur or '') .. a  -- what the bucket holds now, should the call read it again
       end
       redis.call('HINCRBY', key, 'count', c.n)
       set_expire(key, c.st, c.ttl, fresh)
       c.st.old = true
-      c.add, c.order, c.fresh, c.n = {}, {}, {}, 0
+      c.add, c.n = false, 0
     end
   end
 end
