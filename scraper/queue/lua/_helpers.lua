@@ -19,24 +19,30 @@
 -- A set still in the previous encoding (seeded before the upgrade) is converted at its first use by any
 -- script (set_open), members and TTL kept: a half-done run goes on without fetching anything twice.
 
--- Redis's clock, read once per script call (a call lasts microseconds; SEEN/DONE and wake both need it)
-local NOW = nil
+-- Redis's clock, read once per script call (a call lasts microseconds; SEEN/DONE and wake both need it);
+-- NOWS: the same as a string, for redis.call (Lua turns a number argument into text with snprintf's %.14g,
+-- which cost a LEASE more instructions than its commands: issue #18)
+local NOW, NOWS = nil, nil
 local function server_now()
   if not NOW then
     local t = redis.call('TIME')
     NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    NOWS = t[1] .. '.' .. string.rep('0', 6 - string.len(t[2])) .. t[2]
   end
-  return NOW
+  return NOW, NOWS
 end
 
 -- hex to bytes through a table of the pairs met so far in this call (gsub looks each pair up; a pair is
 -- converted once per call instead of once per occurrence, without a closure per call of hex2bin)
-local HX = setmetatable({}, {__index = function(t, cc)
-  local v = string.char(tonumber(cc, 16))
-  t[cc] = v
-  return v
-end})
+local HX = nil  -- made at the first call of hex2bin: most calls never need it (fpparts' arithmetic path)
 local function hex2bin(h)
+  if not HX then
+    HX = setmetatable({}, {__index = function(t, cc)
+      local v = string.char(tonumber(cc, 16))
+      t[cc] = v
+      return v
+    end})
+  end
   return (string.gsub(h, '..', HX))
 end
 
@@ -131,14 +137,18 @@ local function set_expire(key, st, ttl, fresh)
   if now + ttl * 7 / 8 > st.exp then
     local d = math.ceil(now + ttl)
     st.exp = d
-    redis.call('HSET', key, 'exp', d)
-    redis.call('EXPIREAT', key, d)
+    local ds = string.format('%d', d)
+    redis.call('HSET', key, 'exp', ds)
+    redis.call('EXPIREAT', key, ds)
     if st.old then
-      for i = 0, 4095 do redis.call('EXPIREAT', key .. ':' .. string.format('%03x', i), d) end
+      for i = 0, 4095 do redis.call('EXPIREAT', key .. ':' .. string.format('%03x', i), ds) end
       return
     end
   end
-  for _, bk in ipairs(fresh) do redis.call('EXPIREAT', bk, st.exp) end
+  if fresh[1] then
+    local es = string.format('%d', st.exp)
+    for _, bk in ipairs(fresh) do redis.call('EXPIREAT', bk, es) end
+  end
 end
 
 -- returns 1 when added, 0 when already present
@@ -176,18 +186,18 @@ end
 -- read the buckets of fps (a list) not yet known to this call, one MGET per 500 buckets
 local function sc_load(key, fps)
   local c = sc_get(key)
-  local want, seen = {}, {}
+  local cur, want = c.cur, {}
   for _, fp in ipairs(fps) do
     local bk = key .. ':' .. string.sub(fp, 1, 3)
-    if c.cur[bk] == nil and not seen[bk] then
-      seen[bk] = true
+    if cur[bk] == nil then
+      cur[bk] = false  -- asked for below (an absent bucket stays false)
       want[#want + 1] = bk
     end
   end
   for j = 1, #want, 500 do
     local last = math.min(j + 499, #want)
     local got = redis.call('MGET', unpack(want, j, last))
-    for q = j, last do c.cur[want[q]] = got[q - j + 1] or false end
+    for q = j, last do cur[want[q]] = got[q - j + 1] or false end
   end
 end
 
@@ -239,7 +249,7 @@ local function sc_flush()
         if not cur then fresh[#fresh + 1] = bk end  -- the bucket did not exist: it needs its TTL
         c.cur[bk] = (cur or '') .. a  -- what the bucket holds now, should the call read it again
       end
-      redis.call('HINCRBY', key, 'count', c.n)
+      redis.call('HINCRBY', key, 'count', string.format('%d', c.n))
       set_expire(key, c.st, c.ttl, fresh)
       c.st.old = true
       c.add, c.n = false, 0
@@ -493,7 +503,8 @@ end
 -- scores are Redis's own clock (TIME), not the callers': hosts whose clocks disagree by a second must
 -- not drop each other's entries or miss each other's wake-ups.
 local function wake(k, n, except)
-  local ws = redis.call('ZRANGEBYSCORE', k.waiting, server_now(), '+inf', 'LIMIT', 0, n + 1)
+  local _, nows = server_now()
+  local ws = redis.call('ZRANGEBYSCORE', k.waiting, nows, '+inf', 'LIMIT', '0', string.format('%d', n + 1))
   local woken = 0
   for _, w in ipairs(ws) do
     if woken >= n then break end
@@ -521,16 +532,18 @@ local function count_lost(k, id)
 end
 
 -- move due DELAYED entries and expired IN-FLIGHT leases back to READY
-local function maintain(k, now, limit)
+-- nows, lims: now and limit as the caller's ARGV strings (no number formatting: see server_now)
+local function maintain(k, now, limit, nows, lims)
   local inflight, delayed = k.inflight, k.delayed
   local leasek = k.lease
+  nows, lims = nows or tostring(now), lims or tostring(limit)
   local promoted, reaped = release_probes(k, now, 120), {}
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', nows, 'LIMIT', '0', lims)
   for _, id in ipairs(due) do
     redis.call('ZREM', delayed, id)
     if to_ready(k, id) then promoted = promoted + 1 end
   end
-  local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
+  local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', nows, 'LIMIT', '0', lims)
   for _, id in ipairs(expired) do
     redis.call('ZREM', inflight, id)
     local owner = redis.call('HGET', leasek, id)
@@ -558,7 +571,7 @@ end
 -- hand entry id to worker under a new lease (LEASE, COMMIT's claim); returns its token and deliveries.
 -- The nonce keeps tokens unique even if Redis lost recent writes and dlv repeats.
 local function grant(k, id, now, lease, worker, nonce)
-  local dlv = redis.call('HINCRBY', k.dlv, id, 1)
+  local dlv = redis.call('HINCRBY', k.dlv, id, '1')
   local token = worker .. '#' .. dlv .. '#' .. nonce
   redis.call('ZADD', k.inflight, lease_deadline(now, lease), id)
   redis.call('HSET', k.lease, id, token)

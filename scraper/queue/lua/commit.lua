@@ -101,13 +101,15 @@ local function flush_ready()
     if ready[q] then m = m + 1 end
   end
   if m == 0 then ready, rpos = {}, {}; return end
-  local top = redis.call('INCRBY', k.seq, m)
+  local top = redis.call('INCRBY', k.seq, string.format('%d', m))
   local nth = 0
   for q = 1, #ready, 2 do
     local cid = ready[q + 1]
     if cid then
       nth = nth + 1
-      zs[#zs + 1] = -tonumber(ready[q]) * 1e12 - (top - m + nth)
+      local prio = tonumber(ready[q])
+      -- as ready_score; an integer as %d text (Lua's own number-to-text is snprintf's slower %.14g)
+      zs[#zs + 1] = prio == 0 and string.format('%d', -(top - m + nth)) or (-prio * 1e12 - (top - m + nth))
       zs[#zs + 1] = cid
       inready[cid] = true
     end

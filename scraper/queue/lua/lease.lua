@@ -12,7 +12,7 @@
 -- An entry of a run `fleet cancel` marked (a field of `cancelled`) is forgotten unexecuted and counted in
 -- cancelled: after the mark no entry of that run is leased, wherever it was when the mark was set.
 local now, n, lease, worker, limit, nonce = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), ARGV[7]
-local promoted, reaped = maintain(k, now, limit)
+local promoted, reaped = maintain(k, now, limit, ARGV[2], ARGV[6])
 local leased, skipped, held, parked, cancelled = {}, {}, 0, 0, 0
 local any_cancelled = redis.call('EXISTS', k.cancelled) == 1  -- the usual case costs one EXISTS a call
 -- Batched (issue #18): READY's head, the envelopes, the DONE buckets, the domains' holds and breakers and
@@ -109,10 +109,9 @@ if n > 0 then
       local dv, inf, tok = {}, {}, {}
       -- numbers become strings once per call where they repeat (Lua formats each with snprintf)
       local deadline = tostring(lease_deadline(now, lease))
-      local dstr = {'1', '2', '3'}
       for q, id in ipairs(gids) do
         local d = (tonumber(dl[q]) or 0) + 1
-        local ds = dstr[d] or tostring(d)
+        local ds = d == 1 and '1' or tostring(d)
         local token = worker .. '#' .. ds .. '#' .. nonce .. #leased
         dv[#dv + 1] = id; dv[#dv + 1] = ds
         inf[#inf + 1] = deadline; inf[#inf + 1] = id
@@ -135,9 +134,9 @@ if n > 0 then
     -- READY is empty: this worker waits for news of work (see wake) instead of asking again at once;
     -- listed for over twice its longest idle poll (0.6 s): 2-3 s. A batch that was all held, parked or done
     -- leased nothing but leaves READY as it is: the worker asks again at once.
-    local snow = server_now()
-    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snow)
-    redis.call('ZADD', waiting, math.ceil(snow + 2), worker)  -- integral: see lease_deadline
+    local snow, snows = server_now()
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snows)
+    redis.call('ZADD', waiting, string.format('%d', math.ceil(snow + 2)), worker)  -- integral: see lease_deadline
   else
     redis.call('ZREM', waiting, worker)
   end

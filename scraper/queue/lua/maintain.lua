@@ -5,5 +5,5 @@
 -- REPLY: {promoted, reaped flat (id, previous owner's token)}
 -- COMPUTED: prefix..'parked:'..domain and prefix..'breaker:'..domain for the domains listed in brk (known
 --   only inside the script); within the {spider} hash tag of prefix.
-local promoted, reaped = maintain(k, tonumber(ARGV[2]), tonumber(ARGV[3]))
+local promoted, reaped = maintain(k, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[2], ARGV[3])
 return {promoted, reaped}
