@@ -16,7 +16,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_SPIDERS_DIR | (none) | directory of YAML spider specs |
 | FLEET_CHROMIUM | (chromium on PATH) | Chromium binary for spiders that render pages (`render_js`; scraper.worker.render) |
 | FLEET_LEASE_SECONDS | 60 | lease length; live workers extend their leases every third of it |
-| FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window) |
+| FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window); 1 to 315360000 (10 years) |
 | FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS) |
 | FLEET_PREFETCH | concurrency/4 (min 4) | leases a worker holds in its local buffer beyond the ones being fetched |
 | FLEET_COMMIT_BATCH | 64 | commits (DONE + ack + discovered requests) flushed per Redis round trip at most |
@@ -89,7 +89,7 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     raw = _get(env, name)
     if raw is None:
         return default
@@ -99,6 +99,8 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
         raise ConfigError(f"{name}={raw!r} is not an integer; unset it or give e.g. {default}") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={raw!r} must be <= {maximum}")
     return value
 
 
@@ -225,7 +227,7 @@ class FleetConfig:
             spiders_dir=_get(e, "FLEET_SPIDERS_DIR"),
             chromium=_get(e, "FLEET_CHROMIUM"),
             lease_seconds=_float(e, "FLEET_LEASE_SECONDS", 60.0, minimum=0.2),
-            dedup_ttl=_int(e, "FLEET_DEDUP_TTL", 48 * 3600, minimum=1),
+            dedup_ttl=_int(e, "FLEET_DEDUP_TTL", 48 * 3600, minimum=1, maximum=10 * 365 * 86400),
             concurrency=_int(e, "FLEET_CONCURRENCY", 32, minimum=1),
             prefetch=None if prefetch_raw is None else _int(e, "FLEET_PREFETCH", 0, minimum=0),
             commit_batch=_int(e, "FLEET_COMMIT_BATCH", 64, minimum=1),

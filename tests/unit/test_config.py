@@ -120,6 +120,7 @@ def test_allow_private_off(value: str) -> None:
         ("FLEET_LEASE_SECONDS", "-5"),
         ("FLEET_DEDUP_TTL", "2d"),
         ("FLEET_DEDUP_TTL", "0"),
+        ("FLEET_DEDUP_TTL", "99999999999999999999"),  # past what a Redis deadline can hold
         ("FLEET_CONCURRENCY", "1.5"),
         ("FLEET_CONCURRENCY", "0"),
         ("FLEET_PREFETCH", "lots"),

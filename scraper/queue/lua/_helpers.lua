@@ -20,7 +20,7 @@
 -- script (set_open), members and TTL kept: a half-done run goes on without fetching anything twice.
 
 -- Redis's clock, read once per script call (a call lasts microseconds; SEEN/DONE and wake both need it);
--- NOWS: the same as a string, for redis.call (Lua turns a number argument into text with snprintf's %.14g,
+-- NOWS: the same as a string, for redis.call (Redis turns a number argument into text with snprintf's %.17g,
 -- which cost a LEASE more instructions than its commands: issue #18)
 local NOW, NOWS = nil, nil
 local function server_now()
@@ -536,7 +536,7 @@ end
 local function maintain(k, now, limit, nows, lims)
   local inflight, delayed = k.inflight, k.delayed
   local leasek = k.lease
-  nows, lims = nows or tostring(now), lims or tostring(limit)
+  nows, lims = nows or string.format('%.17g', now), lims or string.format('%d', limit)
   local promoted, reaped = release_probes(k, now, 120), {}
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', nows, 'LIMIT', '0', lims)
   for _, id in ipairs(due) do

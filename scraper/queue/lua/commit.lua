@@ -108,7 +108,7 @@ local function flush_ready()
     if cid then
       nth = nth + 1
       local prio = tonumber(ready[q])
-      -- as ready_score; an integer as %d text (Lua's own number-to-text is snprintf's slower %.14g)
+      -- as ready_score; an integer as %d text (what Redis makes of a Lua number is snprintf's slower %.17g)
       zs[#zs + 1] = prio == 0 and string.format('%d', -(top - m + nth)) or (-prio * 1e12 - (top - m + nth))
       zs[#zs + 1] = cid
       inready[cid] = true

@@ -108,7 +108,7 @@ if n > 0 then
       local dl = redis.call('HMGET', k.dlv, unpack(gids))
       local dv, inf, tok = {}, {}, {}
       -- numbers become strings once per call where they repeat (Lua formats each with snprintf)
-      local deadline = tostring(lease_deadline(now, lease))
+      local deadline = string.format('%.17g', lease_deadline(now, lease))  -- as Redis would format it
       for q, id in ipairs(gids) do
         local d = (tonumber(dl[q]) or 0) + 1
         local ds = d == 1 and '1' or tostring(d)
