@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from scraper.queue import redisio
 from scraper.queue.cancel import cancel_run
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
+from tests import loopback
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -136,10 +137,8 @@ class _Gate:
             def log_message(self, *a: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = loopback.serve(H, daemon_threads=True)
+        self.url = loopback.base_url(self.server)
 
 
 @pytest.fixture
@@ -149,8 +148,7 @@ def gate() -> Iterator[_Gate]:
         yield g
     finally:
         g.open.set()
-        g.server.shutdown()
-        g.server.server_close()
+        loopback.stop(g.server)
 
 
 def test_a_worker_holding_leases_of_a_cancelled_run_drops_them_unwritten(

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scraper.devtools.demo_site import DemoSite
+from tests import loopback
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,16 +58,14 @@ class Webhook:
             def log_message(self, *a: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = loopback.serve(H)
+        self.url = loopback.base_url(self.server) + "/hook"
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [p for p in self.posts if p.get("event") == name]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        loopback.stop(self.server)
 
 
 def _spider_env(tmp: Path, redis_url: str, selectors: dict[str, str], **extra: str) -> dict[str, str]:
@@ -169,12 +167,11 @@ def test_challenge_page_is_never_drift(redis_url: str, tmp_path: Path) -> None:
         def log_message(self, *a: Any) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Challenge)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = loopback.serve(Challenge)
     try:
         env = _spider_env(tmp_path, redis_url, BROKEN, FLEET_ROTATE_MAX="1", FLEET_RETRY_BASE="0.1",
                           FLEET_RETRY_CAP="0.2")
-        urls = [f"http://127.0.0.1:{srv.server_address[1]}/product/{i}.html" for i in range(8)]
+        urls = [f"{loopback.base_url(srv)}/product/{i}.html" for i in range(8)]
         args = [x for u in urls for x in ("--url", u)]
         fleet_json("seed", "driftshop", *args, "--run", "c1", env=env)
         # seeded URLs use the default callback (parse); use the item callback via a direct check too
@@ -185,5 +182,4 @@ def test_challenge_page_is_never_drift(redis_url: str, tmp_path: Path) -> None:
         dlq = fleet_json("dlq", "driftshop", "list", "--json", env=env)
         assert len(dlq) == 8 and {d["reason"] for d in dlq} == {"exhausted:B"}
     finally:
-        srv.shutdown()
-        srv.server_close()
+        loopback.stop(srv)

@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import pytest
 import redis
 
 from scraper.queue.envelope import Envelope
+from tests import loopback
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, start_worker, wait_all
 
 pytestmark = pytest.mark.integration
@@ -84,16 +84,12 @@ class _Site:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = loopback.serve(Handler, daemon_threads=True)
         self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.url = loopback.base_url(self.httpd)
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        loopback.stop(self.httpd)
 
 
 @pytest.fixture

@@ -8,15 +8,15 @@ import gzip
 import json
 import os
 import textwrap
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import loopback
 from tests.fleetproc import fleet, fleet_env, fleet_json, objects
 
 pytestmark = pytest.mark.integration
@@ -62,9 +62,8 @@ class Shop:
             def log_message(self, *a: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = loopback.serve(H)
+        self.base = loopback.base_url(self.server)
 
     def page(self, path: str) -> tuple[int, str]:
         if path.startswith("/list-"):
@@ -84,8 +83,7 @@ class Shop:
         return 404, "no"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        loopback.stop(self.server)
 
 
 @pytest.fixture

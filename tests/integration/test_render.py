@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
+from tests import loopback
 from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all
 from tests.hostile import ForwardProxy
 
@@ -64,14 +64,11 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def js_site() -> Iterator[str]:
     SEEN_HEADERS.clear()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+    srv = loopback.serve(_Handler)
     try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
+        yield loopback.base_url(srv)
     finally:
-        srv.shutdown()
-        srv.server_close()
+        loopback.stop(srv)
 
 
 @pytest.mark.timeout(180)

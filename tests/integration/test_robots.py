@@ -11,10 +11,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from tests import loopback
 from tests.fleetproc import fleet_json, spider_module_env, start_worker, wait_all
 
 SPIDER = '''
@@ -59,14 +60,11 @@ class _RobotsSite:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = loopback.serve(Handler)
+        self.base = loopback.base_url(self.server)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        loopback.stop(self.server)
 
 
 def _env(redis_url: str, tmp_path: Path) -> dict[str, str]:
