@@ -296,11 +296,18 @@ local function env_head(json)
   return r, f, d, false
 end
 
+-- READY's score of an entry of priority prio numbered seq: newest first within a priority (LIFO, like
+-- Scrapy's default queue), so pagination chains and redelivered work move on at once instead of waiting
+-- behind the whole backlog. Priority 0, the usual one, as %d text (what Redis makes of a Lua number is
+-- snprintf's slower %.17g); the same value either way.
+local function ready_at(prio, seq)
+  prio = tonumber(prio)
+  if prio == 0 then return string.format('%d', -seq) end
+  return -prio * 1e12 - seq
+end
+
 local function ready_score(k, prio)
-  local seq = redis.call('INCR', k.seq)
-  -- newest first within a priority (LIFO, like Scrapy's default queue): pagination chains and
-  -- redelivered work move on at once instead of waiting behind the whole backlog
-  return -tonumber(prio) * 1e12 - seq
+  return ready_at(prio, redis.call('INCR', k.seq))
 end
 
 local function prio_of(json)
@@ -376,6 +383,15 @@ local function breaker_close(k, bk, domain, now)
   return release_parked(k, domain)
 end
 
+-- a breaker's window (its last W outcomes) after one more, and whether that many C outcomes (at least
+-- minev, at least rate of the window) trip a closed breaker: breaker_record and its batched form share it
+local function window_after(win, outcome, W, minev, rate)
+  win = win .. outcome
+  if string.len(win) > W then win = string.sub(win, -W) end
+  local _, c = string.gsub(win, 'C', '')
+  return win, c >= minev and c / string.len(win) >= rate
+end
+
 -- outcome: 'C' (drift) or 'o' (item callback extracted fine) or 'n' (navigation page: no verdict)
 -- returns event: '', 'opened', 'closed', 'reopened'
 local function breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
@@ -396,15 +412,11 @@ local function breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase
     return ''
   end
   if outcome == 'n' then return '' end
-  local win = (redis.call('HGET', bk, 'window') or '') .. outcome
-  if string.len(win) > W then win = string.sub(win, -W) end
+  local win, trips = window_after(redis.call('HGET', bk, 'window') or '', outcome, W, minev, rate)
   redis.call('HSET', bk, 'window', win)
-  if st == 'closed' then
-    local _, c = string.gsub(win, 'C', '')
-    if c >= minev and c / string.len(win) >= rate then
-      breaker_open(k, bk, domain, now, cbase, ccap)
-      return 'opened'
-    end
+  if st == 'closed' and trips then
+    breaker_open(k, bk, domain, now, cbase, ccap)
+    return 'opened'
   end
   return ''
 end
@@ -429,11 +441,9 @@ local function breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, 
     BRC[domain] = c
   end
   if outcome == 'n' then return '' end
-  local win = c.win .. outcome
-  if string.len(win) > W then win = string.sub(win, -W) end
+  local win, trips = window_after(c.win, outcome, W, minev, rate)
   c.win, c.dirty = win, true
-  local _, n = string.gsub(win, 'C', '')
-  if n >= minev and n / string.len(win) >= rate then
+  if trips then
     redis.call('HSET', bk, 'window', win)
     BRC[domain] = nil
     breaker_open(k, bk, domain, now, cbase, ccap)
@@ -568,11 +578,17 @@ local function lease_deadline(now, lease)
   return now + lease
 end
 
+-- a lease's token (what owns compares): the worker, the entry's deliveries, and a nonce unique to the call
+-- and the entry; LEASE, grant and COMMIT's recognition of its own claim all build it here
+local function lease_token(worker, dlv, nonce)
+  return worker .. '#' .. dlv .. '#' .. nonce
+end
+
 -- hand entry id to worker under a new lease (LEASE, COMMIT's claim); returns its token and deliveries.
 -- The nonce keeps tokens unique even if Redis lost recent writes and dlv repeats.
 local function grant(k, id, now, lease, worker, nonce)
   local dlv = redis.call('HINCRBY', k.dlv, id, '1')
-  local token = worker .. '#' .. dlv .. '#' .. nonce
+  local token = lease_token(worker, dlv, nonce)
   redis.call('ZADD', k.inflight, lease_deadline(now, lease), id)
   redis.call('HSET', k.lease, id, token)
   return token, dlv

@@ -107,9 +107,7 @@ local function flush_ready()
     local cid = ready[q + 1]
     if cid then
       nth = nth + 1
-      local prio = tonumber(ready[q])
-      -- as ready_score; an integer as %d text (what Redis makes of a Lua number is snprintf's slower %.17g)
-      zs[#zs + 1] = prio == 0 and string.format('%d', -(top - m + nth)) or (-prio * 1e12 - (top - m + nth))
+      zs[#zs + 1] = ready_at(ready[q], top - m + nth)
       zs[#zs + 1] = cid
       inready[cid] = true
     end
@@ -187,7 +185,7 @@ for _, at in ipairs(starts) do
         end
       elseif ci == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
-        local ours = worker .. '#1#' .. nonce .. 'c' .. #claims
+        local ours = lease_token(worker, '1', nonce .. 'c' .. #claims)
         if redis.call('HGET', k.lease, cid) == ours then ctoken, cdlv = ours, 1 end
       end
       g = g + 5

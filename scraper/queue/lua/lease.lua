@@ -112,7 +112,7 @@ if n > 0 then
       for q, id in ipairs(gids) do
         local d = (tonumber(dl[q]) or 0) + 1
         local ds = d == 1 and '1' or tostring(d)
-        local token = worker .. '#' .. ds .. '#' .. nonce .. #leased
+        local token = lease_token(worker, ds, nonce .. #leased)
         dv[#dv + 1] = id; dv[#dv + 1] = ds
         inf[#inf + 1] = deadline; inf[#inf + 1] = id
         tok[#tok + 1] = id; tok[#tok + 1] = token

@@ -93,7 +93,7 @@ local seq = tonumber(redis.call('GET', k.seq) or '0')
 local scored, n = {}, 0
 for q = 1, nfresh do
   local i = fresh[q]
-  scored[n + 1] = -tonumber(ARGV[i+2]) * 1e12 - (seq + q)
+  scored[n + 1] = ready_at(ARGV[i+2], seq + q)
   scored[n + 2] = ARGV[i]
   n = n + 2
   if n >= 1000 then redis.call('ZADD', k.ready, unpack(scored, 1, n)); n = 0 end
