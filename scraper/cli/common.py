@@ -9,6 +9,7 @@ failure, 4 a run finished with DLQ entries, 5 a run ended incomplete.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -25,8 +26,8 @@ from scraper.infra import log
 from scraper.infra.config import ConfigError, FleetConfig
 from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url
 from scraper.queue import redisio
-from scraper.queue.client import FleetQueue
-from scraper.queue.runstate import run_backlog
+from scraper.queue.keys import QueueError
+from scraper.queue.shards import open_queue
 from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
 from scraper.worker.identity import ItemKeyError, item_key_of
 
@@ -160,6 +161,23 @@ def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
 
 
 
+def check_shards(cfg: FleetConfig, spidercls: type[Spider]) -> None:
+    """Record FLEET_QUEUE_SHARDS for the spider, or exit 1 with one line when Redis holds its work in another
+    number of shards (scraper.queue.shards.open_queue): before any worker starts or seed is written."""
+
+    async def go() -> None:
+        client = await connect(redis_url_for(cfg, spidercls))
+        try:
+            await open_queue(client, str(spidercls.name), shards=cfg.queue_shards)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+    except QueueError as exc:
+        raise fail(str(exc)) from None
+
+
 async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool = False,
                       spidercls: type[Spider] | None = None) -> dict[str, Any]:
     """The run's figures in Redis. ``counts`` are the spider's queues (all its runs); with ``per_run``,
@@ -168,7 +186,7 @@ async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool 
     the backlog is too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT)."""
     client = await connect(redis_url_for(cfg, spidercls))
     try:
-        q = FleetQueue(client, spider)
+        q = await open_queue(client, spider)
         counts = await q.counts()
         runs = await q.runs()
         dlq_run = 0
@@ -176,7 +194,7 @@ async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool 
             dlq_run += 1
         backlog, scope = None, "spider"
         if per_run:
-            backlog = await run_backlog(client, q.keys, run)
+            backlog = await q.run_backlog(run)
             scope = "run" if backlog is not None else "spider"
         return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
                 "known": run in runs, "breakers": await q.breakers(),

@@ -22,6 +22,7 @@ from scraper.cli.args import run_arg, spider_arg
 from scraper.cli.common import (
     EXIT_ARGS,
     EXIT_INFRA,
+    check_shards,
     default_run,
     err,
     fail,
@@ -129,6 +130,7 @@ def run_cmd(
             item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
         except SettingsError as exc:
             raise fail(str(exc)) from None
+        check_shards(cfg, spidercls)
         started = time.time()
         if resume is not None:
             run_id = resume

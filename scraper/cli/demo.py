@@ -41,11 +41,11 @@ def _count_objects(store_uri: str, spider: str, run: str) -> dict[str, int]:
 
 async def _purge(redis_url: str) -> None:
     from scraper.queue import redisio
-    from scraper.queue.client import FleetQueue
+    from scraper.queue.shards import open_queue
 
     client = redisio.client(redis_url)
     try:
-        await FleetQueue(client, "demo_shop").purge()
+        await (await open_queue(client, "demo_shop")).purge()
     finally:
         await client.aclose()
 

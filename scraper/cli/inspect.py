@@ -27,7 +27,8 @@ from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.infra.embedded import redact_url, stop_embedded_redis
 from scraper.queue import redisio
-from scraper.queue.client import FleetQueue, known_spiders
+from scraper.queue.client import known_spiders
+from scraper.queue.shards import open_queue
 from scraper.worker.catalog import SpiderNotFound, describe, loader
 
 __all__ = ["app"]
@@ -40,7 +41,7 @@ async def _status(cfg: FleetConfig, spider: str | None) -> dict[str, Any]:
         names = [spider] if spider else await known_spiders(client)
         result: dict[str, Any] = {}
         for name in names:
-            q = FleetQueue(client, name)
+            q = await open_queue(client, name)
             counts = await q.counts()
             brk = await q.breakers()
             result[name] = {**counts, "runs": await q.runs(),
@@ -121,7 +122,7 @@ def domains(
     async def go() -> list[dict[str, Any]]:
         client = await connect(redis_url_for(cfg))
         try:
-            return await FleetQueue(client, spider).domains()
+            return await (await open_queue(client, spider)).domains()
         finally:
             await client.aclose()
 

@@ -23,8 +23,8 @@ from scraper.cli.common import err
 from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.queue import redisio
-from scraper.queue.client import FleetQueue
-from scraper.queue.runstate import run_backlog, run_tally
+from scraper.queue.runstate import run_tally
+from scraper.queue.shards import open_queue
 from scraper.store.backends import open_store
 from scraper.store.manifest import build, iso, manifest_key, read_manifest, write_manifest
 from scraper.worker.identity import item_key_of, spider_version
@@ -40,19 +40,19 @@ async def gather(redis_url: str, spider: str, run: str) -> dict[str, Any]:
     every few seconds and fleet run already warned once."""
     client = redisio.client(redis_url, socket_timeout=30, socket_connect_timeout=5)
     try:
-        q = FleetQueue(client, spider)
+        q = await open_queue(client, spider)
         runs = await q.runs()
         dlq = 0
         async for _ in q.dlq_iter(run):
             dlq += 1
-        backlog = await run_backlog(client, q.keys, run)
+        backlog = await q.run_backlog(run)
         scope = "run"
         if backlog is None:
             counts = await q.counts()
             backlog, scope = {k: counts[k] for k in ("ready", "inflight", "delayed", "parked")}, "spider"
-        breakers = await client.hgetall(q.keys.brk)  # the not-closed ones: domain -> state|until
-        open_ = sorted(_s(d) for d, v in breakers.items() if _s(v).split("|", 1)[0] in ("open", "half"))
-        first = await client.zscore(q.keys.runs, run)
+        breakers = await q.breaker_states()  # the not-closed ones: domain -> state|until
+        open_ = sorted(d for d, v in breakers.items() if v.split("|", 1)[0] in ("open", "half"))
+        first = await q.first_seen(run)
         return {"known": run in runs, **runs.get(run, {"seen": 0, "done": 0}), "dlq": dlq, "backlog": backlog,
                 "scope": scope, "breakers_open": open_, "tally": await run_tally(client, q.keys, run),
                 "first_seeded": None if first is None else float(first)}

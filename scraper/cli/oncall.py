@@ -22,8 +22,9 @@ from scraper.cli.common import (
 )
 from scraper.infra import log
 from scraper.infra.config import FleetConfig
-from scraper.queue.client import FleetQueue, known_spiders
+from scraper.queue.client import known_spiders
 from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.shards import open_queue
 
 __all__ = ["app"]
 
@@ -59,7 +60,7 @@ def dlq_list(spider: str, as_json: bool, limit: int) -> None:
     async def go() -> list[dict[str, Any]]:
         client = await connect(redis_url_for(cfg))
         try:
-            q = FleetQueue(client, spider)
+            q = await open_queue(client, spider)
             rows = []
             async for sid, f in q.dlq_iter():
                 f.pop("envelope", None)
@@ -92,7 +93,7 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
     async def go() -> dict[str, int]:
         client = await connect(redis_url_for(cfg))
         try:
-            q = FleetQueue(client, spider)
+            q = await open_queue(client, spider)
             skipped = 0
             ids: list[str] = []
             envs: list[Envelope] = []
@@ -110,8 +111,7 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
                 envs.append(env)
                 ids.append(sid)
             requeued = await q.requeue(envs)
-            if ids:
-                await client.xdel(q.keys.dlq, *ids)
+            await q.dlq_delete(ids)
             return {"requeued": requeued, "skipped": skipped}
         finally:
             await client.aclose()
@@ -125,7 +125,7 @@ async def _breakers(cfg: FleetConfig, spider: str | None) -> dict[str, dict[str,
     client = await connect(redis_url_for(cfg))
     try:
         names = [spider] if spider else await known_spiders(client)
-        return {n: await FleetQueue(client, n).breakers() for n in names}
+        return {n: await (await open_queue(client, n)).breakers() for n in names}
     finally:
         await client.aclose()
 
@@ -179,7 +179,7 @@ def breakers_reset(
     async def go() -> int:
         client = await connect(redis_url_for(cfg))
         try:
-            return await FleetQueue(client, spider).breaker_reset(domain.lower())
+            return await (await open_queue(client, spider)).breaker_reset(domain.lower())
         finally:
             await client.aclose()
 
@@ -219,9 +219,8 @@ def replay(
 async def _runs(cfg: FleetConfig, spider: str) -> list[str]:
     client = await connect(redis_url_for(cfg))
     try:
-        q = FleetQueue(client, spider)
-        runs: Any = await client.zrevrange(q.keys.runs, 0, -1)
-        return [r.decode() if isinstance(r, bytes) else str(r) for r in runs]
+        times = await (await open_queue(client, spider)).run_times()
+        return sorted(times, key=lambda r: times[r], reverse=True)
     finally:
         await client.aclose()
 

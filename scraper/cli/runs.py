@@ -19,7 +19,7 @@ from scraper.cli.args import spider_arg
 from scraper.cli.common import EXIT_INFRA, connect, err, fail, load_config, out, redis_url_for
 from scraper.cli.manifests import RunManifest
 from scraper.infra.config import FleetConfig
-from scraper.queue.client import FleetQueue
+from scraper.queue.shards import open_queue
 from scraper.store.backends import StoreError, open_store
 from scraper.store.manifest import list_manifests
 from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
@@ -37,7 +37,7 @@ def _refresh(cfg: FleetConfig, spider: str) -> list[str]:
     async def known() -> list[str]:
         client = await connect(url)
         try:
-            return sorted(await FleetQueue(client, spider).runs())
+            return sorted(await (await open_queue(client, spider)).runs())
         finally:
             await client.aclose()
 

@@ -18,8 +18,8 @@ from scraper.cli.common import EXIT_ARGS, connect, err, fail, redis_url_for
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
-from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, EnvelopeError, SeedEncoder
+from scraper.queue.shards import open_queue
 from scraper.queue.startfp import mark_start
 from scraper.worker.redisspider import is_redis_spider
 
@@ -99,7 +99,7 @@ async def seed_run(
     client = await connect(redis_url_for(cfg, spidercls))
     rejected = Rejected(cfg.schemes)
     try:
-        q = FleetQueue(client, spidercls.name, dedup_ttl=cfg.dedup_ttl)
+        q = await open_queue(client, spidercls.name, shards=cfg.queue_shards, dedup_ttl=cfg.dedup_ttl)
         if await client.hexists(q.keys.cancelled, run):  # its entries would be dropped unexecuted at lease
             raise fail(f"run {run!r} of spider {spidercls.name!r} was cancelled (fleet cancel); seed a new --run",
                        EXIT_ARGS)

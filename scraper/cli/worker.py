@@ -19,6 +19,7 @@ from scraper.cli.common import (
     EXIT_CONFIG,
     EXIT_INFRA,
     check_reachable,
+    check_shards,
     err,
     fail,
     fleet_settings,
@@ -74,6 +75,7 @@ def run_worker(
         raise fail(str(exc)) from None
     url = redis_url_for(cfg, spidercls)
     asyncio.run(check_reachable(url))
+    check_shards(cfg, spidercls)
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
     log.redact_settings_dump()  # FLEET_LOG_LEVEL=DEBUG prints Scrapy's settings dump: no secret in it

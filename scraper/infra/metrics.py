@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 
 from scraper.infra import log
 from scraper.infra.redact import redact_url
-from scraper.queue.client import FleetQueue, known_spiders
+from scraper.queue.client import known_spiders
+from scraper.queue.shards import open_queue
 
 __all__ = ["QUEUE_GAUGES", "BacklogCollector", "Connect", "snapshot"]
 
@@ -47,7 +48,7 @@ async def snapshot(client: Any, spiders: Sequence[str] | None = None) -> dict[st
     names = list(spiders) if spiders else await known_spiders(client)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        q = FleetQueue(client, name)
+        q = await open_queue(client, name)
         counts: dict[str, Any] = dict(await q.counts())
         counts["breakers"] = await q.breaker_counts()
         counts["runs"] = await q.runs()

@@ -96,7 +96,8 @@ class RunProgress:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pumps: list[threading.Thread] = []
-        self._dlq_last = "-"
+        self._dlq_last: dict[int, str] = {}  # per shard: the last DLQ stream id counted
+        self._shards: list[Any] | None = None
         self._dlq = 0
         self._seen = self._done = 0
         self._window = Window()
@@ -111,30 +112,39 @@ class RunProgress:
         import redis
 
         from scraper.queue import redisio
-        from scraper.queue.client import Keys
+        from scraper.queue.keys import MAX_SHARDS, Keys
 
-        keys = Keys(self.spider)
         try:
             if self._client is None:
                 self._client = redisio.sync_client(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+            if self._shards is None:  # a spider split into shards (scraper.queue.shards): each is read
+                raw = self._client.get(Keys(self.spider).shards)
+                n = int(raw) if raw is not None and raw.isdigit() and 0 < int(raw) <= MAX_SHARDS else 1
+                self._shards = [Keys(self.spider, i, n) for i in range(n)]
             pipe = self._client.pipeline(transaction=False)
-            pipe.hget(keys.seen(self.run), "count")
-            pipe.hget(keys.done(self.run), "count")
-            seen, done = pipe.execute()
-            self._seen, self._done = int(seen or 0), int(done or 0)
-            for _ in range(10):  # at most 5,000 new DLQ entries a tick; the rest at the next one
-                start = "-" if self._dlq_last == "-" else "(" + self._dlq_last
-                rows = self._client.xrange(keys.dlq, min=start, max="+", count=500)
-                for rid, fields in rows or []:
-                    run = fields.get(b"run") if isinstance(fields, dict) else None
-                    if run is not None and run.decode("utf-8", "replace") == self.run:
-                        self._dlq += 1
-                    self._dlq_last = rid.decode() if isinstance(rid, bytes) else str(rid)
-                if not rows or len(rows) < 500:
-                    break
+            for keys in self._shards:
+                pipe.hget(keys.seen(self.run), "count")
+                pipe.hget(keys.done(self.run), "count")
+            res = pipe.execute()
+            self._seen, self._done = sum(int(x or 0) for x in res[::2]), sum(int(x or 0) for x in res[1::2])
+            for keys in self._shards:
+                self._poll_dlq(keys)
             return True
         except (redis.exceptions.RedisError, OSError):
             return False
+
+    def _poll_dlq(self, keys: Any) -> None:
+        """Count the run's DLQ entries new since the last tick in one shard's stream."""
+        for _ in range(10):  # at most 5,000 new DLQ entries a tick; the rest at the next one
+            last = self._dlq_last.get(keys.shard, "-")
+            rows = self._client.xrange(keys.dlq, min="-" if last == "-" else "(" + last, max="+", count=500)
+            for rid, fields in rows or []:
+                run = fields.get(b"run") if isinstance(fields, dict) else None
+                if run is not None and run.decode("utf-8", "replace") == self.run:
+                    self._dlq += 1
+                self._dlq_last[keys.shard] = rid.decode() if isinstance(rid, bytes) else str(rid)
+            if not rows or len(rows) < 500:
+                break
 
     def _items(self) -> int | None:
         if self._items_fn is not None:

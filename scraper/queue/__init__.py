@@ -18,6 +18,7 @@ __all__ = [
     "runstate",
     "scripts",
     "seedwire",
+    "shards",
     "startfp",
     "startkeys",
 ]

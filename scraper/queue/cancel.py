@@ -16,6 +16,9 @@ every queued envelope; one script doing that over a million entries would block 
    (promoted, reaped, released) may be missed by it; the mark still drops it at its next ``LEASE``. The
    counts are of what the sweep removed.
 
+A spider split into shards (``scraper.queue.shards``) is marked and swept in every shard, the marks
+first, so that no shard's scripts act on the run once any shard's sweep has begun.
+
 SEEN, DONE and written objects stay: a cancel stops work, it does not erase results. The mark is
 permanent (one small hash field per cancelled run); a run id once cancelled stays cancelled, so a new
 crawl takes a new run id.
@@ -43,9 +46,19 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+async def _shard_keys(client: aioredis.Redis, spider: str) -> list[Keys]:
+    from scraper.queue.shards import stored_shards
+
+    n = await stored_shards(client, spider)
+    return [Keys(spider, i, n) for i in range(n)]
+
+
 async def is_known_run(client: aioredis.Redis, keys: Keys, run: str) -> bool:
-    """Whether ``run`` was ever seeded for this spider (``P runs``)."""
-    return await client.zscore(keys.runs, run) is not None
+    """Whether ``run`` was ever seeded for this spider (``P runs`` of any of its shards)."""
+    for k in await _shard_keys(client, keys.spider):
+        if await client.zscore(k.runs, run) is not None:
+            return True
+    return False
 
 
 async def cancelled_runs(client: aioredis.Redis, keys: Keys) -> set[str]:
@@ -86,16 +99,20 @@ async def _inflight_of(client: aioredis.Redis, keys: Keys, run: str) -> int:
 
 async def cancel_run(client: aioredis.Redis, spider: str, run: str) -> CancelReport:
     """Mark ``run`` cancelled, then sweep its queued entries; returns the counts (see the module doc)."""
-    keys = Keys(spider)
-    newly = bool(await client.hsetnx(keys.cancelled, run, repr(time.time())))
-    inflight = await _inflight_of(client, keys, run)
+    shards = await _shard_keys(client, spider)
+    now = repr(time.time())
+    newly = False
+    for keys in shards:  # every mark before any sweep (module doc)
+        newly = bool(await client.hsetnx(keys.cancelled, run, now)) or newly
     script = lua.Bound(client, "cancel")
-    ready = await _sweep(client, script, keys, keys.ready, run)
-    delayed = await _sweep(client, script, keys, keys.delayed, run)
-    parked = 0
-    for domain in sorted(_s(d) for d in await client.smembers(keys.parkdom)):
-        parked += await _sweep(client, script, keys, keys.parked(domain), run)
-    done = await client.hget(keys.done(run), "count")
+    inflight = ready = delayed = parked = done = 0
+    for keys in shards:
+        inflight += await _inflight_of(client, keys, run)
+        ready += await _sweep(client, script, keys, keys.ready, run)
+        delayed += await _sweep(client, script, keys, keys.delayed, run)
+        for domain in sorted(_s(d) for d in await client.smembers(keys.parkdom)):
+            parked += await _sweep(client, script, keys, keys.parked(domain), run)
+        done += int(await client.hget(keys.done(run), "count") or 0)
     return {
         "spider": spider,
         "run": run,
@@ -103,5 +120,5 @@ async def cancel_run(client: aioredis.Redis, spider: str, run: str) -> CancelRep
         "removed": {"ready": ready, "delayed": delayed, "parked": parked},
         "total_removed": ready + delayed + parked,
         "inflight": inflight,
-        "done": int(done or 0),
+        "done": done,
     }

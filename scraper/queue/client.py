@@ -58,9 +58,11 @@ class FleetQueue(Inspection, Gating):
         *,
         dedup_ttl: int = 48 * 3600,
         breaker: BreakerParams | None = None,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
         self.client = client
-        self.keys = Keys(spider)
+        self.keys = Keys(spider, shard, shards)
         self.dedup_ttl = dedup_ttl
         self.breaker = breaker or BreakerParams()
         b = functools.partial(lua.Bound, client)
@@ -85,6 +87,10 @@ class FleetQueue(Inspection, Gating):
     @property
     def spider(self) -> str:
         return self.keys.spider
+
+    def wake_channels(self, worker: str) -> list[str]:
+        """The pub/sub channels on which ``worker`` is told of new work (one per shard)."""
+        return [self.keys.wake_channel(worker)]
 
     # -- producers --------------------------------------------------------------------------------
 

@@ -52,8 +52,8 @@ class Inspection:
         """How many breakers are open and half-open: one HGETALL of the not-closed ones (the Lua
         scripts keep them in ``brk``), however many domains ever had a breaker record."""
         out = {"open": 0, "half_open": 0}
-        for v in (await self.client.hgetall(self.keys.prefix + "brk")).values():
-            state = text(v).split("|", 1)[0]
+        for v in (await self.breaker_states()).values():
+            state = v.split("|", 1)[0]
             if state == "open":
                 out["open"] += 1
             elif state == "half":
@@ -103,7 +103,11 @@ class Inspection:
         return sum(int(x) for x in await pipe.execute())
 
     async def runs(self) -> dict[str, dict[str, int]]:
-        runs = [text(r) for r in await self.client.zrange(self.keys.runs, 0, -1)]
+        """Each run's SEEN and DONE counts (runs whose sets expired are left out)."""
+        return await self.run_counts([text(r) for r in await self.client.zrange(self.keys.runs, 0, -1)])
+
+    async def run_counts(self, runs: Sequence[str]) -> dict[str, dict[str, int]]:
+        """SEEN and DONE counts of ``runs`` (a run without either is left out)."""
         if not runs:
             return {}
         pipe = self.client.pipeline(transaction=False)
@@ -131,6 +135,31 @@ class Inspection:
             if not rows or len(rows) < 500:
                 return
             last = "(" + text(rows[-1][0])
+
+    async def run_backlog(self, run: str) -> dict[str, int] | None:
+        """``runstate.run_backlog`` of this queue: the run's ready/inflight/delayed/parked, or None when too
+        large to read."""
+        from scraper.queue.runstate import run_backlog
+
+        return await run_backlog(self.client, self.keys, run)
+
+    async def dlq_delete(self, ids: Sequence[str]) -> int:
+        """Delete DLQ entries by the ids ``dlq_iter`` gave."""
+        return int(await self.client.xdel(self.keys.dlq, *ids)) if ids else 0
+
+    async def run_times(self) -> dict[str, float]:
+        """Every run this spider's queue has seen -> when it was first seeded (unix time)."""
+        rows: Any = await self.client.zrange(self.keys.runs, 0, -1, withscores=True)
+        return {text(r): float(t) for r, t in rows}
+
+    async def first_seen(self, run: str) -> float | None:
+        """When ``run`` was first seeded, or None for a run this spider's queue never had."""
+        t = await self.client.zscore(self.keys.runs, run)
+        return None if t is None else float(t)
+
+    async def breaker_states(self) -> dict[str, str]:
+        """The breakers that are not closed: domain -> ``open|<until>`` or ``half|<until>`` (``brk``)."""
+        return {text(a): text(b) for a, b in (await self.client.hgetall(self.keys.brk)).items()}
 
     async def dlq_entries(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         out: list[tuple[str, dict[str, str]]] = []

@@ -1,18 +1,33 @@
-"""Names in Redis: the key layout of a spider's queue (``Keys``), spider names, queue ids.
+"""Names in Redis: the key layout of a spider's queue (``Keys``), spider names, queue ids, shards.
 
-Every key of a spider shares one hash tag ``{spider}``, so each script's keys live in one slot.
+Every key of a spider's queue shard shares one hash tag, so each script's keys live in one slot: ``{spider}``
+for shard 0 (the only one by default), a tag of its own for each further shard (``shard_tag``).
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from scraper.queue.names import is_name
 
-__all__ = ["SPIDERS_KEY", "Keys", "QueueError", "check_spider_name", "known_spiders", "new_id"]
+__all__ = [
+    "MAX_SHARDS",
+    "SPIDERS_KEY",
+    "Keys",
+    "QueueError",
+    "check_spider_name",
+    "known_spiders",
+    "new_id",
+    "shard_of",
+    "shard_tag",
+]
+
+MAX_SHARDS = 64
 
 SPIDERS_KEY = "fleet:spiders"
 
@@ -27,16 +42,64 @@ def check_spider_name(name: str) -> str:
     return name
 
 
-def new_id() -> str:
-    return secrets.token_hex(8)
+def new_id(fp: str = "") -> str:
+    """A fresh queue entry id: 16 hex chars, random but for the last 4, which are the fingerprint's.
+
+    Why: a spider split into shards (FLEET_QUEUE_SHARDS) keeps an entry in the shard of its
+    fingerprint (``shard_of``), and every call after the lease names only the id; an id that ends like
+    its fingerprint is routed without a lookup, whatever the number of shards."""
+    return secrets.token_hex(6) + fp[-4:] if len(fp) == 16 else secrets.token_hex(8)
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a fingerprint or of an entry id (``new_id``): its last 16 bits modulo ``shards``.
+
+    The last bits, because SEEN/DONE buckets are chosen by the first 12 (lua/_helpers.lua): each shard
+    then holds a share of every bucket rather than whole buckets."""
+    if shards <= 1:
+        return 0
+    try:
+        return int(key[-4:], 16) % shards
+    except ValueError:
+        return 0  # not an id Fleet made (an entry of an older version): shard 0, where such entries live
+
+
+@functools.lru_cache(maxsize=4096)
+def shard_tag(spider: str, shard: int, shards: int) -> str:
+    """The hash tag of a spider's ``shard`` out of ``shards``: ``spider`` for shard 0, and for shard i > 0
+    ``spider/i`` (or ``spider/i.k`` for the smallest k that works) whose cluster slot falls in the i-th
+    of the ``shards`` equal slot ranges not holding shard 0's slot.
+
+    Why spread over the slot space: a Redis Cluster of P primaries made by ``redis-cli --cluster create``
+    gives each primary one contiguous P-th of the slots, so with ``shards`` = P each shard lands on a
+    primary of its own; a plain hash of ``spider/i`` puts two of three on one primary a third of the
+    time. '/' is not allowed in a spider name, so no tag is another spider's."""
+    if shard == 0:
+        return spider
+    if not 0 < shard < shards <= MAX_SHARDS:
+        raise QueueError(f"shard {shard} of {shards}: shards are 0 to {shards - 1}, at most {MAX_SHARDS}")
+    home = key_slot(spider.encode()) * shards // REDIS_CLUSTER_HASH_SLOTS
+    ranges = [r for r in range(shards) if r != home]
+    want = ranges[shard - 1]
+    for k in range(100_000):
+        tag = f"{spider}/{shard}" + (f".{k}" if k else "")
+        if key_slot(tag.encode()) * shards // REDIS_CLUSTER_HASH_SLOTS == want:
+            return tag
+    raise QueueError(f"no hash tag found for shard {shard} of {spider!r}")  # pragma: no cover (CRC16 spreads)
 
 
 class Keys:
-    """Key names of one spider; all share the ``{spider}`` hash tag (one Redis Cluster slot)."""
+    """Key names of one spider's queue shard; all share one hash tag (one Redis Cluster slot).
 
-    def __init__(self, spider: str) -> None:
+    Shard 0 (the default, and the whole queue of an unsharded spider) is ``fleet:{spider}:``; it also
+    holds what is the spider's alone, whatever its shards: tallies, start-key staging, the gate, and
+    the shard count itself (``shards``)."""
+
+    def __init__(self, spider: str, shard: int = 0, shards: int = 1) -> None:
         self.spider = check_spider_name(spider)
-        self.prefix = f"fleet:{{{spider}}}:"
+        self.shard = shard
+        self.prefix = f"fleet:{{{shard_tag(spider, shard, shards)}}}:"
+        self.shards = self.prefix + "shards"  # shard 0: how many shards the spider's queue has (scraper.queue.shards)
         self.ready = self.prefix + "ready"
         self.inflight = self.prefix + "inflight"
         self.delayed = self.prefix + "delayed"

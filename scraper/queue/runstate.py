@@ -14,7 +14,7 @@ import contextlib
 import json
 from typing import Any
 
-from scraper.queue.client import Keys
+from scraper.queue.keys import Keys
 
 __all__ = ["BACKLOG_LIMIT", "run_backlog", "run_tally"]
 

@@ -28,7 +28,7 @@ def pairs(flat: Sequence[Any], n: int) -> list[list[Any]]:
 
 def entry_args(env: Envelope, *, force_filter: bool = False, entry_id: str | None = None) -> list[str]:
     dont_filter = "0" if force_filter else ("1" if env.dont_filter else "0")
-    return [entry_id or new_id(), env.dumps(), env.fp, str(env.priority), dont_filter]
+    return [entry_id or new_id(env.fp), env.dumps(), env.fp, str(env.priority), dont_filter]
 
 
 async def fill_rows(
@@ -46,7 +46,7 @@ async def fill_rows(
             if yielding and n:
                 await asyncio.sleep(0)
             ids = new_ids(256)
-        i = ids[k]
+        i = ids[k][:12] + fp[-4:] if len(fp) == 16 else ids[k]  # ends like its fp: keys.new_id says why
         hset += (i, json_)
         script += (i, fp, prio)
         n += 1

@@ -63,7 +63,7 @@ class Discovery:
             return
         env.parent = state.env.fp
         mark_unfiltered(env)  # a dont_filter request is fetched even for a URL already DONE (startfp)
-        cid = new_id()
+        cid = new_id(env.fp)  # its shard's (scraper.queue.keys.new_id)
         out = state.out
         out.discovered.append(env)
         out.discovered_ids.append(cid)

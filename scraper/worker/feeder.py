@@ -151,7 +151,7 @@ class Feeder:
                 if not batch.leased:
                     idle = min(0.4, idle * 2)
 
-    async def listen(self, client: Any, channel: str) -> None:
+    async def listen(self, client: Any, channels: list[str]) -> None:
         """Wake the feeder when work reaches READY while this worker waits for some (lua/_helpers.lua: wake).
 
         Why: an idle worker polls every 50-400 ms, and by then the worker that queued the work has
@@ -161,7 +161,7 @@ class Feeder:
         while not self.flags.releasing:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(*channels)
                 while not self.flags.releasing:
                     if await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0) is not None:
                         self.stats.inc_value("fleet/woken")

@@ -31,6 +31,7 @@ from scraper.policy.urls import refusal
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.shards import open_queue
 from scraper.queue.startfp import mark_start
 from scraper.queue.startkeys import Staged, StartStage
 from scraper.worker.failures import now_iso
@@ -93,7 +94,7 @@ class StartFeeder:
         cfg = rt.config
         url = self.crawler.settings.get("FLEET_REDIS_URL") or resolve_redis_url()
         client = redisio.client(url, socket_timeout=30, socket_connect_timeout=5)
-        queue = FleetQueue(client, str(spider.name), dedup_ttl=cfg.dedup_ttl)
+        queue = await open_queue(client, str(spider.name), shards=cfg.queue_shards, dedup_ttl=cfg.dedup_ttl)
         try:
             stage = StartStage(client, str(spider.name), cfg.worker_id, source.key, source.kind)
         except ValueError as exc:  # a start key outside the spider's cluster slot: nothing can be moved

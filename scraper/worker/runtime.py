@@ -37,7 +37,7 @@ from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.policy.politeness import Politeness
 from scraper.queue import redisio
-from scraper.queue.client import FleetQueue
+from scraper.queue.shards import open_queue
 from scraper.store import health as storehealth
 from scraper.store.backends import open_store
 from scraper.store.objects import ObjectWriter
@@ -188,8 +188,8 @@ class FleetRuntime:
         self.client = redisio.client(
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
-        fleet_queue = FleetQueue(self.client, spider.name, dedup_ttl=self.config.dedup_ttl,
-                                 breaker=self.config.breaker_params())
+        fleet_queue = await open_queue(self.client, spider.name, shards=self.config.queue_shards,
+                                       dedup_ttl=self.config.dedup_ttl, breaker=self.config.breaker_params())
         queue, self.sink = crashpoints.install(self.crash_at, fleet_queue, self.sink)
         self.durability.sink = self.sink
         self.queue = self.committer.queue = self.failures.queue = self.feeder.queue = self.keeper.queue = queue
@@ -215,7 +215,7 @@ class FleetRuntime:
             asyncio.ensure_future(self.feeder.run()),
             asyncio.ensure_future(self.committer.run()),
             asyncio.ensure_future(self.keeper.run()),
-            asyncio.ensure_future(self.feeder.listen(self.client, fleet_queue.keys.wake_channel(self.worker_id))),
+            asyncio.ensure_future(self.feeder.listen(self.client, fleet_queue.wake_channels(self.worker_id))),
             asyncio.ensure_future(self.cancels.run(self.client, fleet_queue.keys)),
         ]
         self.log.info("worker_started", concurrency=self.concurrency, prefetch=self.prefetch)

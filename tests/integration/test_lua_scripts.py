@@ -20,6 +20,7 @@ from scraper.queue import scripts as lua
 from scraper.queue.cancel import cancel_run
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
+from scraper.queue.shards import ShardedQueue
 from scraper.queue.startkeys import StartStage
 from scraper.worker.proxies import PROXY_KEY_PREFIX, ProxyPool, parse_proxies
 
@@ -179,8 +180,10 @@ def test_every_call_site_matches_its_header(redis_url: str, recorded: list[Any])
             await client.lpush(SOURCE_KEY, "https://e.example/s")
             stage = StartStage(client, SPIDER, "w1", SOURCE_KEY, "list")
             assert (await stage.stage(RUN, 5, low=1000, registration=60)).entries == [b"https://e.example/s"]
+            sq = ShardedQueue(client, SPIDER, 2)  # a breaker opened in shard 0 is mirrored into shard 1
+            assert await sq.mirror_trip(DOMAIN, skip=sq.parts[0]) == 1
             for meta, keys, args in recorded:
-                _check_call(q, meta, keys, args, test_key)
+                _check_call(sq.parts[1] if meta.name == "breaker_trip" else q, meta, keys, args, test_key)
         finally:
             await client.aclose()
 

@@ -1,0 +1,155 @@
+"""The reads of a spider split into shards (scraper.queue.shards): counts, runs, backlog, breakers and the
+DLQ summed or merged over the shards, so status, metrics, manifests and the on-call commands see the
+whole spider. A mixin of :class:`scraper.queue.shards.ShardedQueue`."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from scraper.queue.client import FleetQueue
+from scraper.queue.keys import QueueError, shard_of
+
+__all__ = ["ShardedReads", "gather_all"]
+
+T = TypeVar("T")
+_ORDER = {"closed": 0, "half_open": 1, "open": 2}  # a domain's state over its shards: the worst one
+
+
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Run the shards' calls at once (on a cluster: each on its own primary)."""
+    return list(await asyncio.gather(*aws))
+
+
+class ShardedReads:
+    """Reads over ``parts``, the spider's shards in order."""
+
+    parts: list[FleetQueue]
+    spider: str
+
+    @property
+    def n(self) -> int:
+        return len(self.parts)
+
+    async def seen(self, run: str, fps: Sequence[str]) -> list[bool]:
+        split: list[list[int]] = [[] for _ in self.parts]
+        for i, fp in enumerate(fps):
+            split[shard_of(fp, self.n)].append(i)
+        out = [False] * len(fps)
+        got = await gather_all(p.seen(run, [fps[i] for i in ix]) for p, ix in zip(self.parts, split, strict=True))
+        for ix, flags in zip(split, got, strict=True):
+            for i, f in zip(ix, flags, strict=True):
+                out[i] = f
+        return out
+
+    async def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in await gather_all(p.counts() for p in self.parts):
+            for name, v in c.items():
+                out[name] = out.get(name, 0) + v
+        return out
+
+    async def shard_counts(self) -> list[dict[str, int]]:
+        """``counts`` of each shard, in shard order (how evenly the work splits)."""
+        return await gather_all(p.counts() for p in self.parts)
+
+    async def pending(self) -> int:
+        return sum(await gather_all(p.pending() for p in self.parts))
+
+    async def parked(self) -> int:
+        return sum(await gather_all(p.parked() for p in self.parts))
+
+    async def runs(self) -> dict[str, dict[str, int]]:
+        # a shard lists the runs seeded into it; children reach every shard, so each is asked for all
+        names = sorted(await self.run_times())
+        out: dict[str, dict[str, int]] = {}
+        for r in await gather_all(p.run_counts(names) for p in self.parts):
+            for run, c in r.items():
+                t = out.setdefault(run, {"seen": 0, "done": 0})
+                t["seen"] += c["seen"]
+                t["done"] += c["done"]
+        return out
+
+    async def run_backlog(self, run: str) -> dict[str, int] | None:
+        out: dict[str, int] = {}
+        for b in await gather_all(p.run_backlog(run) for p in self.parts):
+            if b is None:
+                return None
+            for kind, v in b.items():
+                out[kind] = out.get(kind, 0) + v
+        return out
+
+    async def run_times(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in await gather_all(p.run_times() for p in self.parts):
+            for run, t in r.items():
+                out[run] = min(t, out.get(run, t))
+        return out
+
+    async def first_seen(self, run: str) -> float | None:
+        ts = [t for t in await gather_all(p.first_seen(run) for p in self.parts) if t is not None]
+        return min(ts) if ts else None
+
+    async def breaker_states(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for states in await gather_all(p.breaker_states() for p in self.parts):
+            for domain, v in states.items():
+                have = out.get(domain)
+                if have is None or (v.startswith("open") and not have.startswith("open")):
+                    out[domain] = v
+        return out
+
+    async def breakers(self) -> dict[str, dict[str, Any]]:
+        """Each domain's breaker over the shards: the worst state, windows and counts added, the latest
+        samples; ``shards`` gives each shard's state."""
+        out: dict[str, dict[str, Any]] = {}
+        for i, br in enumerate(await gather_all(p.breakers() for p in self.parts)):
+            for domain, b in br.items():
+                have = out.get(domain)
+                if have is None:
+                    have = out[domain] = dict(b, shards=["closed"] * self.n)
+                else:
+                    if _ORDER.get(b["state"], 0) > _ORDER.get(have["state"], 0):
+                        have["state"] = b["state"]
+                    for f in ("window", "c_events", "drift_events", "parked"):
+                        have[f] += b[f]
+                    have["trips"] = max(have["trips"], b["trips"])
+                    for f, pick in (("opened_at", min), ("open_until", max)):
+                        vals = [v for v in (have[f], b[f]) if v is not None]
+                        have[f] = pick(vals) if vals else None
+                    have["samples"] = (have["samples"] + b["samples"])[-5:]
+                    have["c_rate"] = round(have["c_events"] / have["window"], 3) if have["window"] else 0.0
+                have["shards"][i] = b["state"]
+        return out
+
+    async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """The shards' DLQ entries merged newest first; an id is ``<shard>/<stream id>`` (``dlq_delete``)."""
+        its = [p.dlq_iter(run) for p in self.parts]
+        heap: list[tuple[tuple[int, int], int, str, dict[str, str]]] = []
+
+        async def pull(i: int) -> None:
+            try:
+                rid, f = await its[i].__anext__()
+            except StopAsyncIteration:
+                return
+            ms, _, seq = rid.partition("-")
+            heapq.heappush(heap, ((-int(ms), -int(seq or 0)), i, rid, f))
+
+        for i in range(self.n):
+            await pull(i)
+        while heap:
+            _, i, rid, f = heapq.heappop(heap)
+            yield f"{i}/{rid}", f
+            await pull(i)
+
+    async def dlq_delete(self, ids: Sequence[str]) -> int:
+        split: list[list[str]] = [[] for _ in self.parts]
+        for x in ids:
+            s, _, rid = x.partition("/")
+            if not rid or not s.isdigit() or int(s) >= self.n:
+                raise QueueError(f"DLQ id {x!r} is not <shard>/<stream id> of a shard of {self.spider!r}")
+            split[int(s)].append(rid)
+        return sum(await gather_all(p.dlq_delete(rs) for p, rs in zip(self.parts, split, strict=True) if rs))
+

@@ -1,0 +1,293 @@
+"""One spider's queue split into shards (``FLEET_QUEUE_SHARDS``): each a full queue under a hash tag of its own,
+so on a Redis Cluster one spider's work spreads over several primaries (issue #18).
+
+Why a router over whole shards rather than sharded scripts: every script stays single-slot and unchanged.
+An entry lives in the shard of its fingerprint (``keys.shard_of``: SEEN, DONE, READY, IN-FLIGHT, DELAYED and
+the envelope together, so SEEN/DONE stay exact and a seed or a lease is one call per shard), and its queue
+id ends like its fingerprint (``keys.new_id``), so every call after the lease is routed by the id alone.
+What crosses shards:
+
+* **a commit's children** go to their own shards: the children of every commit of a batch are enqueued
+  first, one COMMIT of children-only entries per other shard, and then each commit's DONE and ack in its
+  own shard (with the children that live there). A crash in between leaves the parent leased and its
+  children queued: the redelivery finds them SEEN, as after a crash of the one-shard commit's early
+  children call. A claimed child is claimed in its shard.
+* **a redirect hop** is recorded in its shard with the children; for a strict acknowledgement, after the
+  ack, and only when it was this worker's (a crash in between loses that hop's dedup, never a page).
+* **per-domain state** each shard's LEASE and COMMIT read locally: holds (HOLD runs in every shard with the
+  same arguments, so their steps agree; the latest deadline is the answer), cancel marks (``cancel``
+  marks every shard), breakers (one per shard, fed by that shard's outcomes; an opening is mirrored into
+  the others by BREAKER_TRIP, a reset resets all; a half-open shard probes for itself).
+* **reads** (counts, runs, DLQ, breakers, parked) are summed or merged over the shards.
+
+Shard 0 is the unsharded spider's queue (``fleet:{spider}:``); it also keeps what is the spider's alone:
+the tallies, start-key staging, the gate and the shard count (``Keys.shards``), which ``open_queue``
+checks so that workers, seeders and operator commands agree on it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+
+from scraper.queue import scripts as lua
+from scraper.queue.client import FleetQueue
+from scraper.queue.envelope import Envelope
+from scraper.queue.keys import MAX_SHARDS, Keys, QueueError, shard_of
+from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
+from scraper.queue.seedwire import text
+from scraper.queue.shardplan import merge_replies, plan_commits
+from scraper.queue.shardreads import ShardedReads, gather_all
+
+__all__ = ["ShardedQueue", "open_queue", "stored_shards"]
+
+T = TypeVar("T")
+_SEED_CHUNK = 50_000  # rows split per shard at a time (memory bound for fleet seed of millions)
+
+
+async def stored_shards(client: aioredis.Redis, spider: str) -> int:
+    """How many shards ``spider``'s queue has in Redis (1 when never set)."""
+    raw = await client.get(Keys(spider).shards)
+    try:
+        n = int(text(raw)) if raw is not None else 1
+    except ValueError:
+        n = 1
+    return n if 1 <= n <= MAX_SHARDS else 1
+
+
+async def open_queue(
+    client: aioredis.Redis,
+    spider: str,
+    *,
+    shards: int | None = None,
+    dedup_ttl: int = 48 * 3600,
+    breaker: BreakerParams | None = None,
+) -> FleetQueue:
+    """The queue of ``spider``: a :class:`FleetQueue`, or a :class:`ShardedQueue` when it has shards.
+
+    ``shards=None`` (operator commands: status, dlq, breakers, runs, cancel, metrics…): as many as Redis
+    records. A number (workers and seeders, from FLEET_QUEUE_SHARDS): recorded when Redis has none; a
+    different recorded count is replaced only while the spider has no work queued, in flight, delayed or
+    parked, and is otherwise a :class:`QueueError` (its entries would be looked for in the wrong shards)."""
+    if shards is not None and not 1 <= shards <= MAX_SHARDS:
+        raise QueueError(f"FLEET_QUEUE_SHARDS={shards}: use 1 to {MAX_SHARDS}")
+    key = Keys(spider).shards
+    have = await stored_shards(client, spider)
+    n = have if shards is None else shards
+    if shards is not None and shards != have:
+        old = _make(client, spider, have, dedup_ttl, breaker)
+        counts = await old.counts()
+        busy = counts["ready"] + counts["inflight"] + counts["delayed"] + counts["parked"]
+        if busy:
+            raise QueueError(
+                f"spider {spider!r} has its queue in {have} shard(s) with {busy} request(s) queued, in flight, "
+                f"delayed or parked; FLEET_QUEUE_SHARDS={shards} would not find them: set FLEET_QUEUE_SHARDS={have} "
+                f"until the queue is empty"
+            )
+        if shards == 1:
+            await client.delete(key)
+        else:
+            await client.set(key, str(shards))
+    return _make(client, spider, n, dedup_ttl, breaker)
+
+
+def _make(client: aioredis.Redis, spider: str, n: int, dedup_ttl: int, breaker: BreakerParams | None) -> FleetQueue:
+    if n == 1:
+        return FleetQueue(client, spider, dedup_ttl=dedup_ttl, breaker=breaker)
+    return ShardedQueue(client, spider, n, dedup_ttl=dedup_ttl, breaker=breaker)
+
+
+class ShardedQueue(ShardedReads, FleetQueue):
+    """A spider's queue in ``n`` shards; the same interface as :class:`FleetQueue`, whose own methods (the
+    gate, keys of the spider alone) act on shard 0."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        spider: str,
+        n: int,
+        *,
+        dedup_ttl: int = 48 * 3600,
+        breaker: BreakerParams | None = None,
+    ) -> None:
+        super().__init__(client, spider, dedup_ttl=dedup_ttl, breaker=breaker, shard=0, shards=n)
+        self.parts = [
+            FleetQueue(client, spider, dedup_ttl=dedup_ttl, breaker=breaker, shard=i, shards=n) for i in range(n)
+        ]
+        self._trip = lua.Bound(client, "breaker_trip")
+        self._turn = 0  # which shard a lease asks first (rotates: no shard starves)
+
+    def part(self, key: str) -> FleetQueue:
+        """The shard of a fingerprint or entry id."""
+        return self.parts[shard_of(key, self.n)]
+
+    def wake_channels(self, worker: str) -> list[str]:
+        return [p.keys.wake_channel(worker) for p in self.parts]
+
+    # -- producers --------------------------------------------------------------------------------
+
+    async def _seed_rows(self, run: str, rows: Iterable[tuple[str, str, str]], batch: int) -> tuple[int, int]:
+        enq = skipped = 0
+        it = iter(rows)
+        while True:
+            split: list[list[tuple[str, str, str]]] = [[] for _ in self.parts]
+            got = 0
+            for row in it:
+                split[shard_of(row[1], self.n)].append(row)
+                got += 1
+                if got == _SEED_CHUNK:
+                    break
+            if not got:
+                break
+            parts = zip(self.parts, split, strict=True)
+            for e, s in await gather_all(p._seed_rows(run, rs, batch) for p, rs in parts if rs):
+                enq += e
+                skipped += s
+            if got < _SEED_CHUNK:
+                break
+        return enq, skipped
+
+    async def requeue(self, envelopes: Iterable[Envelope]) -> int:
+        split: list[list[Envelope]] = [[] for _ in self.parts]
+        for env in envelopes:
+            split[shard_of(env.fp, self.n)].append(env)
+        return sum(await gather_all(p.requeue(es) for p, es in zip(self.parts, split, strict=True) if es))
+
+    # -- consumers --------------------------------------------------------------------------------
+
+    async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
+        """Up to ``n`` leases from the shards, ``n`` split evenly starting at a rotating shard; what a shard
+        could not give is asked of the shards not asked yet (a worker woken by one shard finds its work)."""
+        k = self.n
+        start, self._turn = self._turn, (self._turn + 1) % k
+        order = [(start + j) % k for j in range(k)]
+        shares = {s: n // k + (1 if j < n % k else 0) for j, s in enumerate(order)}
+        first = [s for s in order if shares[s] > 0]
+        out = LeaseBatch()
+        await self._lease_from(out, first, shares, worker, lease_seconds, maintain_limit)
+        short = n - len(out.leased)
+        rest = [s for s in order if s not in shares or shares[s] == 0]
+        if short > 0 and rest:
+            more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
+            await self._lease_from(out, [s for s in rest if more[s] > 0], more, worker, lease_seconds, maintain_limit)
+        return out
+
+    async def _lease_from(self, out: LeaseBatch, which: list[int], shares: dict[int, int], worker: str,
+                          lease_seconds: float, maintain_limit: int) -> None:
+        got = await gather_all(
+            self.parts[s].lease(shares[s], worker=worker, lease_seconds=lease_seconds, maintain_limit=maintain_limit)
+            for s in which
+        )
+        for b in got:
+            out.promoted += b.promoted
+            out.reaped += b.reaped
+            out.leased += b.leased
+            out.skipped += b.skipped
+            out.held += b.held
+            out.parked += b.parked
+            out.remaining += b.remaining
+            out.cancelled += b.cancelled
+
+    async def maintain(self, limit: int = 500) -> tuple[int, list[tuple[str, str]]]:
+        promoted, reaped = 0, []
+        for p, r in await gather_all(p.maintain(limit) for p in self.parts):
+            promoted += p
+            reaped += r
+        return promoted, reaped
+
+    def _by_shard(self, leases: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        split: list[list[tuple[str, str]]] = [[] for _ in self.parts]
+        for lid, token in leases:
+            split[shard_of(lid, self.n)].append((lid, token))
+        return split
+
+    async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
+        split = self._by_shard(leases)
+        lost: list[str] = []
+        parts = zip(self.parts, split, strict=True)
+        for got in await gather_all(p.heartbeat(ls, lease_seconds) for p, ls in parts if ls):
+            lost += got
+        return lost
+
+    async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
+        split = self._by_shard(leases)
+        return sum(await gather_all(p.ack(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+
+    async def release(self, leases: Iterable[tuple[str, str]]) -> int:
+        split = self._by_shard(leases)
+        return sum(await gather_all(p.release(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+
+    async def nack(self, lease_id: str, token: str, env: Envelope, due: float) -> bool:
+        return await self.part(lease_id).nack(lease_id, token, env, due)
+
+    async def dead(self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000) -> bool:
+        return await self.part(lease_id).dead(lease_id, token, fields, maxlen=maxlen)
+
+    async def hold(self, domain: str, *, base: float, cap: float, rnd: float, min_wait: float = 0.0) -> float:
+        return max(await gather_all(
+            p.hold(domain, base=base, cap=cap, rnd=rnd, min_wait=min_wait) for p in self.parts
+        ))
+
+    async def commit_claiming(
+        self,
+        commits: Sequence[Commit],
+        *,
+        ack: bool = True,
+        worker: str = "",
+        lease_seconds: float = 0.0,
+        nonce: str = "",
+    ) -> CommitReply:
+        """:meth:`FleetQueue.commit_claiming` over the shards, in the waves of ``shardplan``: every commit's
+        children (and redirect hops) into their own shards first, then each commit's DONE and ack, with
+        the children that share its shard, in its own shard."""
+        if not commits:
+            return CommitReply([], [], [], [])
+        plan = plan_commits(list(commits), self.n)
+        nonce = nonce or secrets.token_hex(4)  # one for every shard: a retried batch plans the same entries
+
+        async def wave(lists: list[list[Commit]]) -> list[CommitReply | None]:
+            async def one(s: int) -> CommitReply | None:
+                if not lists[s]:
+                    return None
+                return await self.parts[s].commit_claiming(
+                    lists[s], ack=ack, worker=worker, lease_seconds=lease_seconds, nonce=nonce
+                )
+
+            return await gather_all(one(s) for s in range(self.n))
+
+        first = await wave(plan.early)
+        reply = merge_replies(plan, first, await wave(plan.final))
+        late = plan.late_wave(reply.acked)
+        if any(late):
+            await wave(late)
+        return reply
+    async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],
+                    run: str) -> tuple[str, str]:
+        """DRIFT in the request's shard; a breaker it opens is opened in every other shard too."""
+        home = self.part(lease_id)
+        event, window = await home.drift(lease_id, token, domain, sample, run)
+        if event in ("opened", "reopened"):
+            await self.mirror_trip(domain, skip=home)
+        return event, window
+
+    async def mirror_trip(self, domain: str, *, skip: FleetQueue | None = None) -> int:
+        """Open ``domain``'s breaker in every shard (but ``skip``) where it is closed; how many opened."""
+        b = self.breaker
+        args = [domain, repr(time.time()), repr(b.cooldown), repr(b.cooldown_cap)]
+        return sum(await gather_all(
+            self._trip(p.keys.select(self._trip.meta.keys, domain=domain), args) for p in self.parts if p is not skip
+        ))
+
+    async def breaker_reset(self, domain: str) -> int:
+        return sum(await gather_all(p.breaker_reset(domain) for p in self.parts))
+
+    async def purge(self) -> None:
+        await gather_all(p.purge() for p in self.parts)
+
+    def leases_of(self, leased: Iterable[Lease]) -> list[int]:
+        """The shard of each lease (tests, the simulator)."""
+        return [shard_of(x.id, self.n) for x in leased]
