@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scraper.queue.keys import shard_of
+from scraper.queue.keys import QueueError, shard_of
 from scraper.queue.records import Commit, CommitReply
 
 __all__ = ["CommitPlan", "Slot", "merge_replies", "plan_commits"]
@@ -54,6 +54,9 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int) -> Com
         for h in c.hops:
             hops[shard_of(h, k)].append(h)
         ids = c.ids if len(c.ids) == len(c.discovered) else []
+        for cid, env in zip(ids, c.discovered, strict=False):
+            if shard_of(cid, k) != shard_of(env.fp, k):
+                raise QueueError(f"queue id {cid!r} is not of its fingerprint's shard: make it with keys.new_id(fp)")
         slots: list[Slot] = []
         claimed: Slot | None = None
         for s in range(k):

@@ -43,7 +43,7 @@ from scraper.queue.seedwire import text
 from scraper.queue.shardplan import merge_replies, plan_commits
 from scraper.queue.shardreads import ShardedReads, gather_all
 
-__all__ = ["ShardedQueue", "open_queue", "stored_shards"]
+__all__ = ["ShardedQueue", "fleet_trips", "open_queue", "stored_shards"]
 
 T = TypeVar("T")
 _SEED_CHUNK = 50_000  # rows split per shard at a time (memory bound for fleet seed of millions)
@@ -99,6 +99,14 @@ def _make(client: aioredis.Redis, spider: str, n: int, dedup_ttl: int, breaker: 
     if n == 1:
         return FleetQueue(client, spider, dedup_ttl=dedup_ttl, breaker=breaker)
     return ShardedQueue(client, spider, n, dedup_ttl=dedup_ttl, breaker=breaker)
+
+
+def fleet_trips(windows: Sequence[str], params: BreakerParams) -> bool:
+    """Whether a domain's outcome windows of all shards, taken as one window, trip its breaker: as many C
+    outcomes as ``min_events``, and at least ``rate`` of all outcomes (lua/_helpers.lua: window_after)."""
+    c = sum(w.count("C") for w in windows)
+    n = sum(len(w) for w in windows)
+    return n > 0 and c >= params.min_events and c / n >= params.rate
 
 
 class ShardedQueue(ShardedReads, FleetQueue):
@@ -267,12 +275,21 @@ class ShardedQueue(ShardedReads, FleetQueue):
         return reply
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],
                     run: str) -> tuple[str, str]:
-        """DRIFT in the request's shard; a breaker it opens is opened in every other shard too."""
+        """DRIFT in the request's shard. Each shard keeps the domain's window of its own outcomes, but the
+        breaker is judged on all of them: when the shards' windows together trip it (``fleet_trips``),
+        or the shard's own did, it is opened in every shard. Without this a breaker of N shards would
+        need N times the C outcomes to open."""
         home = self.part(lease_id)
         event, window = await home.drift(lease_id, token, domain, sample, run)
-        if event in ("opened", "reopened"):
+        if event == "" and fleet_trips(await self._windows(domain), self.breaker):
+            event = "opened" if await self.mirror_trip(domain) else ""
+        elif event in ("opened", "reopened"):
             await self.mirror_trip(domain, skip=home)
         return event, window
+
+    async def _windows(self, domain: str) -> list[str]:
+        got = await gather_all(self.client.hget(p.keys.breaker(domain), "window") for p in self.parts)
+        return [text(w) if w is not None else "" for w in got]
 
     async def mirror_trip(self, domain: str, *, skip: FleetQueue | None = None) -> int:
         """Open ``domain``'s breaker in every shard (but ``skip``) where it is closed; how many opened."""
