@@ -55,8 +55,7 @@ async def _ids_everywhere(q: FleetQueue, client: Any) -> dict[str, set[str]]:
         "inflight": s(await client.zrange(k.inflight, 0, -1)),
         "delayed": s(await client.zrange(k.delayed, 0, -1)),
         "env": s(await client.hkeys(k.env)),
-        "lease": s(await client.hkeys(k.lease)),
-        "dlv": s(await client.hkeys(k.dlv)),
+        "lease": s(await client.hkeys(k.lease)),  # leased, or delivered before (a '#n' field: deliveries)
     }
 
 
@@ -169,7 +168,7 @@ def test_expired_lease_reaped_and_redelivered(redis_url: str, via: str) -> None:
             promoted, reaped = await q.maintain()
             assert (promoted, reaped) == (0, [(first.id, first.token)])
             assert await q.counts() == {"ready": 1, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
-            assert await client.hget(q.keys.lease, first.id) is None
+            assert await client.hget(q.keys.lease, first.id) == b"#1"  # no owner: one delivery so far
             batch = await q.lease(1, worker="w2", lease_seconds=60)
         else:
             batch = await q.lease(1, worker="w2", lease_seconds=60)
@@ -215,7 +214,7 @@ def test_ack_with_stale_token_is_noop(redis_url: str) -> None:
         assert await q.ack([(new.id, new.token)]) == 1
         assert await q.ack([(new.id, new.token)]) == 0  # acking twice is harmless
         assert await _ids_everywhere(q, client) == {
-            k: set() for k in ("ready", "inflight", "delayed", "env", "lease", "dlv")
+            k: set() for k in ("ready", "inflight", "delayed", "env", "lease")
         }
 
     _run(redis_url, body)
@@ -237,7 +236,7 @@ def test_nack_delays_until_due(redis_url: str) -> None:
         assert await q.nack(lease.id, lease.token, env, due) is False  # no longer leased
         assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 1, "dlq": 0, "parked": 0}
         assert await client.zscore(q.keys.delayed, lease.id) == pytest.approx(due, abs=1e-3)
-        assert await client.hget(q.keys.lease, lease.id) is None
+        assert await client.hget(q.keys.lease, lease.id) == b"#1"  # no owner: one delivery so far
         # not due yet: neither lease nor maintain promotes it
         early = await q.lease(5, worker="w2", lease_seconds=60)
         assert early.leased == [] and early.promoted == 0
@@ -264,7 +263,7 @@ def test_release_returns_leases_at_once(redis_url: str) -> None:
         assert await q.release([]) == 0
         assert await q.release(pairs) == 2
         assert await q.counts() == {"ready": 3, "inflight": 0, "delayed": 0, "dlq": 0, "parked": 0}
-        assert await client.hlen(q.keys.lease) == 0
+        assert sorted(await client.hvals(q.keys.lease)) == [b"#1", b"#1"]  # no owners, deliveries kept
         assert await q.release(pairs) == 0  # idempotent
         # immediately leasable again, ahead of the never-leased entry, with deliveries counted
         again = (await q.lease(3, worker="w2", lease_seconds=60)).leased
@@ -302,7 +301,7 @@ def test_dead_writes_dlq_and_removes_everywhere(redis_url: str) -> None:
         ]
         assert await q.counts() == {"ready": 0, "inflight": 0, "delayed": 0, "dlq": 3, "parked": 0}
         assert await _ids_everywhere(q, client) == {
-            k: set() for k in ("ready", "inflight", "delayed", "env", "lease", "dlv")
+            k: set() for k in ("ready", "inflight", "delayed", "env", "lease")
         }
 
     _run(redis_url, body)
@@ -322,7 +321,7 @@ def test_commit_records_done_enqueues_children_once_and_acks(redis_url: str) -> 
         assert await q.has_member(q.keys.done("r1"), [parent.fp, _env("c1").fp]) == [True, False]
         assert await client.ttl(q.keys.done("r1")) > 0  # DONE expires
         ids = await _ids_everywhere(q, client)
-        assert p.id not in ids["env"] | ids["lease"] | ids["inflight"] | ids["dlv"]  # acked
+        assert p.id not in ids["env"] | ids["lease"] | ids["inflight"]  # acked
         assert len(ids["ready"]) == 2
 
         # the children are leased next; committing one that rediscovers c2 adds nothing,

@@ -129,10 +129,11 @@ local function set_drop(key, st)
   st.old, st.exp = false, 0
 end
 
--- after adds to key: its deadline at least 7/8 ttl ahead (every bucket moved along when it moves), and
--- the buckets this call created (fresh) given the deadline
-local function set_expire(key, st, ttl, fresh)
-  if ttl <= 0 then return set_drop(key, st) end
+-- before adds to key: its deadline at least 7/8 ttl ahead (every existing bucket moved along when it
+-- moves); returns the deadline as text, for the buckets the adds create (nil for ttl <= 0: the set is
+-- dropped after the adds, set_drop)
+local function set_deadline(key, st, ttl)
+  if ttl <= 0 then return nil end
   local now = server_now()
   if now + ttl * 7 / 8 > st.exp then
     local d = math.ceil(now + ttl)
@@ -142,12 +143,20 @@ local function set_expire(key, st, ttl, fresh)
     redis.call('EXPIREAT', key, ds)
     if st.old then
       for i = 0, 4095 do redis.call('EXPIREAT', key .. ':' .. string.format('%03x', i), ds) end
-      return
     end
+    return ds
   end
-  if fresh[1] then
-    local es = string.format('%d', st.exp)
-    for _, bk in ipairs(fresh) do redis.call('EXPIREAT', bk, es) end
+  return string.format('%d', st.exp)
+end
+
+-- a bucket's new members: a bucket that did not exist is made with the set's deadline in one SET ... EXAT
+-- (an APPEND and an EXPIREAT were two commands and ~110 AOF bytes, and in a run of less than a few URLs
+-- per bucket, ~16k, most adds make a bucket: issue #18); an existing one grows by APPEND
+local function bucket_write(bk, bytes, new, es)
+  if new and es then
+    redis.call('SET', bk, bytes, 'EXAT', es)
+  else
+    redis.call('APPEND', bk, bytes)
   end
 end
 
@@ -158,9 +167,10 @@ local function set_add(key, fp, ttl)
   local bk = key .. ':' .. b
   local cur = redis.call('GET', bk)
   if cur and bucket_has(cur, s) then return 0 end
-  redis.call('APPEND', bk, s)
+  local es = set_deadline(key, st, ttl)
+  bucket_write(bk, s, not cur, es)
   redis.call('HINCRBY', key, 'count', 1)
-  if cur then set_expire(key, st, ttl, {}) else set_expire(key, st, ttl, {bk}) end
+  if not es then set_drop(key, st) end
   st.old = true
   return 1
 end
@@ -238,19 +248,19 @@ local function sc_add(key, fp, ttl)
   return 1
 end
 
--- write every pending add: per bucket one APPEND, per set one HINCRBY and set_expire (as set_add does)
+-- write every pending add: the set's deadline (set_deadline), per bucket one write (bucket_write), per set
+-- one HINCRBY (as set_add does)
 local function sc_flush()
   for key, c in pairs(SC) do
     if c.n > 0 then
-      local fresh = {}
+      local es = set_deadline(key, c.st, c.ttl)
       for bk, a in pairs(c.add) do
-        redis.call('APPEND', bk, a)
         local cur = c.cur[bk]
-        if not cur then fresh[#fresh + 1] = bk end  -- the bucket did not exist: it needs its TTL
+        bucket_write(bk, a, not cur, es)
         c.cur[bk] = (cur or '') .. a  -- what the bucket holds now, should the call read it again
       end
       redis.call('HINCRBY', key, 'count', string.format('%d', c.n))
-      set_expire(key, c.st, c.ttl, fresh)
+      if not es then set_drop(key, c.st) end
       c.st.old = true
       c.add, c.n = false, 0
     end
@@ -348,6 +358,24 @@ local function owns(k, id, token)
   return redis.call('HGET', k.lease, id) == token
 end
 
+-- An entry's deliveries live in LEASE's field of it (issue #18: a separate counter hash cost a write at
+-- every grant and a delete at every ack): while leased, the token (worker#n#nonce); once a lease ends
+-- with the entry kept (reaped, released, deferred, parked) the field becomes '#n', which no token equals
+-- (owns) and the next grant counts on; the entry's end deletes the field. deliveries: n of a field.
+local function deliveries(v)
+  if not v then return 0 end
+  return tonumber(string.match(v, '#(%d+)#[^#]*$') or string.match(v, '^#(%d+)$')) or 0
+end
+
+local function lease_end(k, id, token)
+  local d = deliveries(token or redis.call('HGET', k.lease, id))
+  if d > 0 then
+    redis.call('HSET', k.lease, id, '#' .. d)
+  else
+    redis.call('HDEL', k.lease, id)
+  end
+end
+
 -- breaker params: W (window), minev, rate, cbase, ccap (cooldown base/cap seconds)
 local function release_parked(k, domain)
   local pk = k.prefix .. 'parked:' .. domain
@@ -363,7 +391,7 @@ end
 
 local function park(k, domain, id, now)
   redis.call('ZREM', k.inflight, id)
-  redis.call('HDEL', k.lease, id)
+  lease_end(k, id)
   redis.call('ZADD', k.prefix .. 'parked:' .. domain, now, id)
   redis.call('SADD', k.parkdom, domain)
 end
@@ -557,7 +585,7 @@ local function maintain(k, now, limit, nows, lims)
   for _, id in ipairs(expired) do
     redis.call('ZREM', inflight, id)
     local owner = redis.call('HGET', leasek, id)
-    redis.call('HDEL', leasek, id)
+    lease_end(k, id, owner)
     count_lost(k, id)
     if to_ready(k, id) then  -- redelivered work goes to the front of its priority level
       table.insert(reaped, id)
@@ -584,46 +612,43 @@ local function lease_token(worker, dlv, nonce)
   return worker .. '#' .. dlv .. '#' .. nonce
 end
 
--- hand entry id to worker under a new lease (LEASE, COMMIT's claim); returns its token and deliveries.
--- The nonce keeps tokens unique even if Redis lost recent writes and dlv repeats.
-local function grant(k, id, now, lease, worker, nonce)
-  local dlv = redis.call('HINCRBY', k.dlv, id, '1')
-  local token = lease_token(worker, dlv, nonce)
-  redis.call('ZADD', k.inflight, lease_deadline(now, lease), id)
-  redis.call('HSET', k.lease, id, token)
-  return token, dlv
-end
-
 -- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries, or '', -1 when
 -- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker). The child is
--- not in READY yet (COMMIT adds its enqueued children at the end, all but a claimed one).
-local function claim_child(k, done, id, json, fp, now, lease, worker, nonce)
+-- not in READY yet (COMMIT adds its enqueued children at the end, all but a claimed one). The grant's
+-- writes go into pend (pend.tok: id, token pairs for LEASE's field; pend.inf: deadline, id pairs for
+-- IN-FLIGHT; pend.by: id -> token), which COMMIT writes with one HSET and one ZADD for the batch. The
+-- domain is read as LEASE reads it (env_head), not by decoding the whole envelope. The nonce keeps tokens
+-- unique even if Redis lost recent writes and the deliveries repeat.
+local function claim_child(k, done, id, json, fp, now, lease, worker, nonce, pend)
   if sc_has(done, fp) then return '', -1 end
-  local ok, env = pcall(cjson.decode, json)
-  if not ok or type(env) ~= 'table' then return '', -1 end
-  local domain = env['domain']
-  if type(domain) == 'string' and domain ~= '' then
+  local _, _, domain = env_head(json)
+  if domain and domain ~= '' then
     if redis.call('HEXISTS', k.brk, domain) == 1 then return '', -1 end
     local hold = tonumber(redis.call('HGET', k.hold, domain))
     if hold and hold > now then return '', -1 end
   end
-  return grant(k, id, now, lease, worker, nonce)
+  local dlv = deliveries(pend.by[id] or redis.call('HGET', k.lease, id)) + 1
+  local token = lease_token(worker, dlv, nonce)
+  pend.by[id] = token
+  pend.tok[#pend.tok + 1] = id
+  pend.tok[#pend.tok + 1] = token
+  pend.inf[#pend.inf + 1] = string.format('%.17g', lease_deadline(now, lease))
+  pend.inf[#pend.inf + 1] = id
+  return token, dlv
 end
 
 local function forget(k, id)
   redis.call('ZREM', k.inflight, id)
   redis.call('HDEL', k.lease, id)
   redis.call('HDEL', k.env, id)
-  redis.call('HDEL', k.dlv, id)
 end
 
--- forget of many entries: four calls for the lot (LEASE, COMMIT)
+-- forget of many entries: three calls for the lot (LEASE, COMMIT)
 local function forget_all(k, ids)
   for j = 1, #ids, 500 do
     local last = math.min(j + 499, #ids)
     redis.call('ZREM', k.inflight, unpack(ids, j, last))
     redis.call('HDEL', k.lease, unpack(ids, j, last))
     redis.call('HDEL', k.env, unpack(ids, j, last))
-    redis.call('HDEL', k.dlv, unpack(ids, j, last))
   end
 end

@@ -1,6 +1,6 @@
 -- CANCEL: one batch of `fleet cancel`'s sweep: drop the given entries of a cancelled run from one queued
 --   set (READY, DELAYED or a domain's PARKED), unexecuted, with their envelopes.
--- KEYS: cancelled queued env dlv
+-- KEYS: cancelled queued env lease
 -- ARGV: run
 -- ARGV...: id
 -- REPLY: how many entries were dropped (an id no longer in `queued`, or of another run, is left alone)
@@ -21,7 +21,7 @@ for i = 2, #ARGV do
     if mine then
       redis.call('ZREM', k.queued, id)
       redis.call('HDEL', k.env, id)
-      redis.call('HDEL', k.dlv, id)
+      redis.call('HDEL', k.lease, id)  -- its deliveries (lua/_helpers.lua: deliveries)
       n = n + 1
     end
   end

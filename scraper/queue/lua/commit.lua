@@ -1,6 +1,6 @@
 -- COMMIT: record DONE, enqueue discovered requests (they inherit the parent's run), feed item-callback
 --   outcomes to the domain's drift breaker, then acknowledge; one script, one round trip per batch.
--- KEYS: env ready seq hold brk parkdom inflight lease dlv waiting wake cancelled
+-- KEYS: env ready seq hold brk parkdom inflight lease waiting wake cancelled
 -- KEYS...: seen done
 -- ARGV: prefix ttl now W minev rate cbase ccap ack lease worker nonce
 -- ARGV...: r fp id token domain outcome claim ndisc nhops (then ndisc groups: id json fp prio dont_filter, then
@@ -115,6 +115,7 @@ local function flush_ready()
   for q = 1, #zs, 1000 do redis.call('ZADD', k.ready, unpack(zs, q, math.min(q + 999, #zs))) end
   ready, rpos = {}, {}
 end
+local pend = {tok = {}, inf = {}, by = {}}  -- the claims' grants, written at the end (claim_child)
 local gone = {}  -- the acknowledged leases
 local function ack(id)
   gone[#gone + 1] = id
@@ -169,7 +170,7 @@ for _, at in ipairs(starts) do
         envs[#envs + 1] = json
         enq = enq + 1
         if ci == claim then
-          ctoken, cdlv = claim_child(k, done, cid, json, cfp, now, lease, worker, nonce .. 'c' .. #claims)
+          ctoken, cdlv = claim_child(k, done, cid, json, cfp, now, lease, worker, nonce .. 'c' .. #claims, pend)
         end
         if ctoken ~= '' and ci == claim then
           took = 1
@@ -186,7 +187,7 @@ for _, at in ipairs(starts) do
       elseif ci == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
         local ours = lease_token(worker, '1', nonce .. 'c' .. #claims)
-        if redis.call('HGET', k.lease, cid) == ours then ctoken, cdlv = ours, 1 end
+        if (pend.by[cid] or redis.call('HGET', k.lease, cid)) == ours then ctoken, cdlv = ours, 1 end
       end
       g = g + 5
     end
@@ -224,6 +225,10 @@ end
 -- the writes (see Batched, above)
 for q = 1, #envs, 1000 do redis.call('HSET', k.env, unpack(envs, q, math.min(q + 999, #envs))) end
 flush_ready()
+for q = 1, #pend.tok, 1000 do
+  redis.call('HSET', k.lease, unpack(pend.tok, q, math.min(q + 999, #pend.tok)))
+  redis.call('ZADD', k.inflight, unpack(pend.inf, q, math.min(q + 999, #pend.inf)))
+end
 if #gone > 0 then forget_all(k, gone) end
 sc_flush()
 breaker_flush(k)

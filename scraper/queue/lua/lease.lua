@@ -1,5 +1,5 @@
 -- LEASE: maintenance (as MAINTAIN), then lease up to n READY entries to a worker.
--- KEYS: ready env hold brk parkdom delayed inflight lease dlv seq waiting wake cancelled
+-- KEYS: ready env hold brk parkdom delayed inflight lease seq waiting wake cancelled
 -- ARGV: prefix now n lease worker limit nonce
 -- REPLY: {promoted, reaped flat (id, previous owner's token), leased flat (id, json, deliveries, token),
 --   skipped flat (id, json), held, parked, remaining, cancelled}
@@ -105,15 +105,14 @@ if n > 0 then
       -- grant (lua/_helpers.lua) for the lot: deliveries + 1, the lease deadline and the token
       local gids = {}
       for q, j in ipairs(granted) do gids[q] = ids[j] end
-      local dl = redis.call('HMGET', k.dlv, unpack(gids))
-      local dv, inf, tok = {}, {}, {}
+      local dl = redis.call('HMGET', k.lease, unpack(gids))  -- deliveries so far (lua/_helpers.lua)
+      local inf, tok = {}, {}
       -- numbers become strings once per call where they repeat (Lua formats each with snprintf)
       local deadline = string.format('%.17g', lease_deadline(now, lease))  -- as Redis would format it
       for q, id in ipairs(gids) do
-        local d = (tonumber(dl[q]) or 0) + 1
+        local d = deliveries(dl[q]) + 1
         local ds = d == 1 and '1' or tostring(d)
         local token = lease_token(worker, ds, nonce .. #leased)
-        dv[#dv + 1] = id; dv[#dv + 1] = ds
         inf[#inf + 1] = deadline; inf[#inf + 1] = id
         tok[#tok + 1] = id; tok[#tok + 1] = token
         table.insert(leased, id)
@@ -121,7 +120,6 @@ if n > 0 then
         table.insert(leased, d)
         table.insert(leased, token)
       end
-      redis.call('HSET', k.dlv, unpack(dv))
       redis.call('ZADD', k.inflight, unpack(inf))
       redis.call('HSET', k.lease, unpack(tok))
     end

@@ -1,5 +1,5 @@
 -- NACK: move a lease this worker owns to DELAYED with an updated envelope (a retry later).
--- KEYS: lease inflight env delayed dlv cancelled
+-- KEYS: lease inflight env delayed cancelled
 -- ARGV: id token due json
 -- REPLY: 1 when moved, 0 when the lease was lost, 2 when the envelope's run was cancelled (`fleet cancel`):
 --   the entry is forgotten instead of waiting in DELAYED for a retry nobody wants
@@ -14,7 +14,7 @@ if redis.call('EXISTS', k.cancelled) == 1 then
   end
 end
 redis.call('ZREM', k.inflight, id)
-redis.call('HDEL', k.lease, id)
+lease_end(k, id, token)
 redis.call('HSET', k.env, id, json)
 redis.call('ZADD', k.delayed, due, id)
 return 1

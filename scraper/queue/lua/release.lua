@@ -8,7 +8,7 @@ for i = 1, #ARGV, 2 do
   local id = ARGV[i]
   if owns(k, id, ARGV[i+1]) then
     redis.call('ZREM', k.inflight, id)
-    redis.call('HDEL', k.lease, id)
+    lease_end(k, id, ARGV[i+1])
     if to_ready(k, id) then n = n + 1 end
   end
 end

@@ -77,15 +77,12 @@ else
     end
   end
   if nfresh > 0 then
-    local created = {}
+    local es = set_deadline(seen, st, ttl)
     for b, list in pairs(added) do
-      if list[1] then
-        redis.call('APPEND', seen .. ':' .. b, table.concat(list))
-        if not stored[b] then created[#created + 1] = seen .. ':' .. b end
-      end
+      if list[1] then bucket_write(seen .. ':' .. b, table.concat(list), not stored[b], es) end
     end
     redis.call('HINCRBY', seen, 'count', nfresh)
-    set_expire(seen, st, ttl, created)
+    if not es then set_drop(seen, st) end
   end
 end
 -- READY scores as ready_score gives them, from the seq values its INCRs would have returned
