@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scraper.queue.keys import shard_of
+from scraper.queue.keys import QueueError, shard_of
 from scraper.queue.records import Commit, CommitReply
 
 __all__ = ["CommitPlan", "Slot", "merge_replies", "plan_commits"]
@@ -47,13 +47,19 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int) -> Com
     for ci, c in enumerate(commits):
         home = shard_of(c.lease_id, k)
         strict = c.strict and c.done  # as FleetQueue sends it: a children-only entry is never strict
+        ids = c.ids if len(c.ids) == len(c.discovered) else []
         kids: list[list[int]] = [[] for _ in range(k)]
         for j, env in enumerate(c.discovered):
-            kids[shard_of(env.fp, k)].append(j)
+            s = shard_of(env.fp, k)
+            if ids and shard_of(ids[j], k) != s:
+                # queued in its fingerprint's shard, but acked, heartbeaten and committed where its id routes:
+                # it would stay in flight there and be fetched again at every lease expiry
+                raise QueueError(f"child id {ids[j]!r} is not in the shard of its fingerprint {env.fp!r}: "
+                                 "make caller-chosen ids with keys.new_id(fp)")
+            kids[s].append(j)
         hops: list[list[str]] = [[] for _ in range(k)]
         for h in c.hops:
             hops[shard_of(h, k)].append(h)
-        ids = c.ids if len(c.ids) == len(c.discovered) else []
         slots: list[Slot] = []
         claimed: Slot | None = None
         for s in range(k):
