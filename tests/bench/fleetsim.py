@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ def _count_part_leases(q: ShardedQueue, counts: list[int]) -> None:
 
 
 async def _crawl(
-    url: str, run: str, k: int, pages: int, fanout: int = 1, claim: bool = False, shards: int = 0
+    url: str, run: str, k: int, pages: int, fanout: int = 1, claim: bool = False, shards: int = 0,
+    ready: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """K workers crawl ``pages`` pages of ``run`` (K start entries seeded; each page yields ``fanout``
     children until the run has ``pages``: 1 is a chain per worker, where every LEASE finds about one
@@ -89,7 +91,9 @@ async def _crawl(
     claims its first child, as Fleet's worker does for the page it already fetches speculatively (page N+1
     of a pagination chain, ``Commit.claim``): the child comes back leased in COMMIT's reply, no LEASE.
     ``shards``: each worker on a ``ShardedQueue`` of that many shards over ``redisio.client`` (a cluster
-    client when ``url`` is a cluster node); 0: a ``FleetQueue`` on one plain Redis."""
+    client when ``url`` is a cluster node); 0: a ``FleetQueue`` on one plain Redis. ``ready``: called once
+    the cluster clients know the cluster (CLUSTER SLOTS, COMMAND: K clients' start-up, not the crawl's), before
+    anything is seeded."""
     queues: list[FleetQueue] = []
     part_leases = [0] * max(1, shards)
     if shards:
@@ -98,9 +102,12 @@ async def _crawl(
             sq = ShardedQueue(c, SPIDER, shards)
             _count_part_leases(sq, part_leases)
             queues.append(sq)
+        await asyncio.gather(*(c.initialize() for c in clients))  # type: ignore[attr-defined]
     else:
         clients = [aioredis.Redis.from_url(url, socket_timeout=30) for _ in range(k)]
         queues = [FleetQueue(c, SPIDER) for c in clients]
+    if ready is not None:
+        ready()
     await queues[0].seed(run, [_env(run, f"https://sim.example/{run}/start/{i}") for i in range(k)])
     state = {"queued": k, "done": 0, "lease_calls": 0}
     finished = asyncio.Event()
@@ -281,8 +288,12 @@ def simulate_cluster(
             for c in nodes:
                 c.flushall()
                 c.config_resetstat()
-            before = [_redis_stats(c) for c in nodes]
-            res = asyncio.run(_crawl(cluster.url, run, k, pages, fanout, claim, shards=SHARDS))
+            before: list[dict[str, float]] = []
+
+            def mark(before: list[dict[str, float]] = before) -> None:
+                before[:] = [_redis_stats(c) for c in nodes]
+
+            res = asyncio.run(_crawl(cluster.url, run, k, pages, fanout, claim, shards=SHARDS, ready=mark))
             after = [_redis_stats(c) for c in nodes]
             delta = [{x: a[x] - b[x] for x in a} for a, b in zip(after, before, strict=True)]
             done = [int(nodes[home[i]].hget(Keys(SPIDER, i, SHARDS).done(run), "count") or 0) for i in range(SHARDS)]
