@@ -8,8 +8,8 @@ id ends like its fingerprint (``keys.new_id``), so every call after the lease is
 What crosses shards:
 
 * **a commit's children** go to their own shards: the children of every commit of a batch are enqueued
-  first, one COMMIT of children-only entries per other shard, and then each commit's DONE and ack in its
-  own shard (with the children that live there). A crash in between leaves the parent leased and its
+  first, one COMMIT of children-only entries per shard that gets any (the parent's own included), and then
+  each commit's DONE and ack in its own shard. A crash in between leaves the parent leased and its
   children queued: the redelivery finds them SEEN, as after a crash of the one-shard commit's early
   children call. A claimed child is claimed in its shard.
 * **a redirect hop** is recorded in its shard with the children; for a strict acknowledgement, after the
@@ -250,8 +250,9 @@ class ShardedQueue(ShardedReads, FleetQueue):
         nonce: str = "",
     ) -> CommitReply:
         """:meth:`FleetQueue.commit_claiming` over the shards, in the waves of ``shardplan``: every commit's
-        children (and redirect hops) into their own shards first, then each commit's DONE and ack, with
-        the children that share its shard, in its own shard."""
+        children (and redirect hops) into their own shards first (its own shard's too), then each commit's
+        DONE and ack in its own shard. Caller-chosen child ids (``Commit.ids``) must be ``new_id(fp)``'s:
+        one that routes to another shard than its fingerprint's is a QueueError."""
         if not commits:
             return CommitReply([], [], [], [])
         plan = plan_commits(list(commits), self.n)

@@ -8,8 +8,16 @@ private redis-server with AOF (everysec, no rewrite). Printed: pages/s, Redis CP
 used_cpu_sys + used_cpu_user delta), commands per page (INFO commandstats, scripts' inner commands
 included), LEASE calls per page, AOF bytes per page (aof_current_size delta).
 
+Cluster mode (issue #18 item 6, ``BENCH_SIM_CLUSTER``): the same crawls against a 3-primary Redis Cluster
+(tests/cluster.py, AOF everysec, no rewrite), each simulated worker on a ``ShardedQueue(client, SPIDER, 3)``
+over redis-py's cluster client (``redisio.client``). Each shard's hash tag puts it on a primary of its own
+(``keys.shard_tag``). Per primary: Redis CPU, commands and AOF deltas; per shard: its pages (the DONE
+count of ``Keys(SPIDER, i, 3).done(run)``). LEASE calls are counted client-side: calls of the worker to
+``ShardedQueue.lease`` and calls of ShardedQueue to its parts' ``lease`` (one LEASE script each).
+
 ``BENCH_SIM=1 python -m tests.bench.run`` runs this section alone (~1 min); ``BENCH_SIM_PAGES`` pages per
-K (default 20,000), ``BENCH_SIM_BIG`` the large run size for the AOF figure (default 1,000,000)."""
+K (default 20,000), ``BENCH_SIM_BIG`` the large run size for the AOF figure (default 1,000,000),
+``BENCH_SIM_CLUSTER=0`` leaves the cluster mode out."""
 
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,49 +33,89 @@ import redis
 import redis.asyncio as aioredis
 from scrapy import Request
 
+from scraper.queue import redisio
 from scraper.queue.client import Commit, FleetQueue, Lease
 from scraper.queue.envelope import Envelope
-from scraper.queue.keys import new_id
-from tests.bench.procs import RedisServer
+from scraper.queue.keys import Keys, new_id
+from scraper.queue.records import LeaseBatch
+from scraper.queue.shards import ShardedQueue
+from tests.bench.procs import RedisServer, redis_binary
 
-__all__ = ["aof_per_page", "simulate"]
+__all__ = ["aof_per_page", "simulate", "simulate_cluster", "start_cluster"]
 
 SPIDER = "sim"
 BATCH = 8
+SHARDS = 3
 
 
 def _env(run: str, url: str) -> Envelope:
     return Envelope.from_request(Request(url), spider_name=SPIDER, run=run)
 
 
+#: the bench's own commands (and a cluster client's CLUSTER SLOTS at start-up), left out of the counts
+_NOT_COUNTED = ("cmdstat_info", "cmdstat_config", "cmdstat_cluster")
+
+
 def _redis_stats(r: redis.Redis) -> dict[str, float]:
     cpu = r.info("cpu")
     cmds = r.info("commandstats")
-    calls = sum(int(v["calls"]) for k, v in cmds.items() if k not in ("cmdstat_info", "cmdstat_config"))
+    calls = sum(int(v["calls"]) for k, v in cmds.items() if k not in _NOT_COUNTED)
     return {
         "cpu": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
         "calls": calls,
+        "evalsha": int(cmds.get("cmdstat_evalsha", {}).get("calls", 0)),
         "aof": int(r.info("persistence").get("aof_current_size", 0)),
     }
 
 
-async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1, claim: bool = False) -> dict[str, Any]:
+def _count_part_leases(q: ShardedQueue, counts: list[int]) -> None:
+    """Count each shard's LEASE script calls (``counts[i]`` for shard i) made through ``q``."""
+    for i, part in enumerate(q.parts):
+        orig = part.lease
+
+        async def lease(n: int, *, _i: int = i, _orig: Any = orig, **kw: Any) -> LeaseBatch:
+            counts[_i] += 1
+            batch: LeaseBatch = await _orig(n, **kw)
+            return batch
+
+        part.lease = lease  # type: ignore[method-assign]
+
+
+async def _crawl(
+    url: str, run: str, k: int, pages: int, fanout: int = 1, claim: bool = False, shards: int = 0,
+    ready: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """K workers crawl ``pages`` pages of ``run`` (K start entries seeded; each page yields ``fanout``
     children until the run has ``pages``: 1 is a chain per worker, where every LEASE finds about one
     entry; more is a site whose pages link to several new ones, where batches fill). ``claim``: each commit
     claims its first child, as Fleet's worker does for the page it already fetches speculatively (page N+1
-    of a pagination chain, ``Commit.claim``): the child comes back leased in COMMIT's reply, no LEASE."""
-    clients = [aioredis.Redis.from_url(url, socket_timeout=30) for _ in range(k)]
-    queues = [FleetQueue(c, SPIDER) for c in clients]
+    of a pagination chain, ``Commit.claim``): the child comes back leased in COMMIT's reply, no LEASE.
+    ``shards``: each worker on a ``ShardedQueue`` of that many shards over ``redisio.client`` (a cluster
+    client when ``url`` is a cluster node); 0: a ``FleetQueue`` on one plain Redis. ``ready``: called once
+    the cluster clients know the cluster (CLUSTER SLOTS, COMMAND: K clients' start-up, not the crawl's), before
+    anything is seeded."""
+    queues: list[FleetQueue] = []
+    part_leases = [0] * max(1, shards)
+    if shards:
+        clients = [redisio.client(url, socket_timeout=30) for _ in range(k)]
+        for c in clients:
+            sq = ShardedQueue(c, SPIDER, shards)
+            _count_part_leases(sq, part_leases)
+            queues.append(sq)
+        await asyncio.gather(*(c.initialize() for c in clients))  # type: ignore[attr-defined]
+    else:
+        clients = [aioredis.Redis.from_url(url, socket_timeout=30) for _ in range(k)]
+        queues = [FleetQueue(c, SPIDER) for c in clients]
+    if ready is not None:
+        ready()
     await queues[0].seed(run, [_env(run, f"https://sim.example/{run}/start/{i}") for i in range(k)])
     state = {"queued": k, "done": 0, "lease_calls": 0}
     finished = asyncio.Event()
 
     async def worker(i: int) -> None:
         q, wid = queues[i], f"sim-w{i}"
-        chan = q.keys.wake_channel(wid) if hasattr(q.keys, "wake_channel") else q.keys.wake
         sub = clients[i].pubsub(ignore_subscribe_messages=True)
-        await sub.subscribe(chan)
+        await sub.subscribe(*q.wake_channels(wid))
         held: list[Lease] = []  # children claimed by this worker's last COMMIT
         try:
             while not finished.is_set():
@@ -89,7 +138,7 @@ async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1, claim:
                             state["queued"] += 1
                             kids.append(_env(run, f"https://sim.example/{run}/p/{state['queued']}"))
                     await asyncio.sleep(0)  # the null object write
-                    ids = [new_id() for _ in kids]
+                    ids = [new_id(e.fp) for e in kids]  # as the worker: in its fingerprint's shard
                     commits.append(
                         Commit(
                             lease.id,
@@ -122,7 +171,9 @@ async def _crawl(url: str, run: str, k: int, pages: int, fanout: int = 1, claim:
     await asyncio.gather(*tasks, return_exceptions=True)
     for c in clients:
         await c.aclose()
-    return {"pages": state["done"], "wall_s": wall, "lease_calls": state["lease_calls"]}
+    if not shards:
+        part_leases = [state["lease_calls"]]
+    return {"pages": state["done"], "wall_s": wall, "lease_calls": state["lease_calls"], "part_leases": part_leases}
 
 
 #: the simulated crawls: (name, children per page, whether a commit claims its first child)
@@ -194,16 +245,135 @@ def aof_per_page(
     return out
 
 
-def run_section(tmp: Path, pages: int, big: int) -> dict[str, Any]:
+def start_cluster() -> Any:
+    """A fresh 3-primary cluster (tests/cluster.py) configured as the single-Redis sim's server: AOF
+    everysec, no RDB, auto AOF rewrite off. ``stop()`` it."""
+    from tests.cluster import Cluster, cluster_ports
+
+    cl = Cluster(redis_binary(), cluster_ports(SHARDS), fsync="everysec").start()
+    for n in cl.nodes:
+        c = n.client()
+        try:
+            c.config_set("auto-aof-rewrite-percentage", 0)
+        finally:
+            c.close()
+    return cl
+
+
+def _primary_of(clients: list[redis.Redis], key: str) -> int:
+    """Which of the primaries ``clients`` (plain clients, one a node) serves ``key``'s slot."""
+    slot = int(clients[0].execute_command("CLUSTER", "KEYSLOT", key))
+    ports = [int(c.connection_pool.connection_kwargs["port"]) for c in clients]
+    for lo, hi, primary, *_ in clients[0].execute_command("CLUSTER", "SLOTS"):
+        if int(lo) <= slot <= int(hi):
+            return ports.index(int(primary[1]))
+    raise LookupError(key)
+
+
+def simulate_cluster(
+    cluster: Any,
+    ks: tuple[int, ...] = (1, 8, 64),
+    pages: int = 20_000,
+    modes: tuple[tuple[str, int, bool], ...] = MODES,
+    single: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """``simulate`` against ``cluster`` (tests.cluster.Cluster) with a ``ShardedQueue`` of ``SHARDS`` shards
+    per worker. ``single``: the single-Redis rows of the same run, quoted beside each row for comparison."""
+    nodes = [n.client(socket_timeout=30) for n in cluster.nodes]
+    home = [_primary_of(nodes, Keys(SPIDER, i, SHARDS).prefix) for i in range(SHARDS)]
+    out = []
+    try:
+        for (mode, fanout, claim), k in itertools.product(modes, ks):
+            run = f"k{k}"
+            for c in nodes:
+                c.flushall()
+                c.config_resetstat()
+            before: list[dict[str, float]] = []
+
+            def mark(before: list[dict[str, float]] = before) -> None:
+                before[:] = [_redis_stats(c) for c in nodes]
+
+            res = asyncio.run(_crawl(cluster.url, run, k, pages, fanout, claim, shards=SHARDS, ready=mark))
+            after = [_redis_stats(c) for c in nodes]
+            delta = [{x: a[x] - b[x] for x in a} for a, b in zip(after, before, strict=True)]
+            done = [int(nodes[home[i]].hget(Keys(SPIDER, i, SHARDS).done(run), "count") or 0) for i in range(SHARDS)]
+            out.append(_cluster_row(mode, k, res, delta, done, home, single))
+    finally:
+        for c in nodes:
+            c.close()
+    return out
+
+
+def _cluster_row(mode: str, k: int, res: dict[str, Any], delta: list[dict[str, float]], done: list[int],
+                 home: list[int], single: list[dict[str, Any]] | None) -> dict[str, Any]:
+    n, total = res["pages"], max(1, sum(done))
+    mean = total / len(done)
+    shards = []
+    for i, d in enumerate(done):
+        node = delta[home[i]]
+        on_primary = sum(done[j] for j in range(len(done)) if home[j] == home[i])  # 1 shard per primary, normally
+        shards.append({
+            "shard": i,
+            "primary": home[i],
+            "pages": d,
+            "share": d / total,
+            # the primary's whole CPU over the pages of its shard(s): what a page of this shard costs it
+            "redis_cpu_us_per_page": node["cpu"] / max(1, on_primary) * 1e6,
+            "redis_cpu_s": node["cpu"],
+            "cmds_per_page": node["calls"] / max(1, on_primary),
+            "evalsha_per_page": node["evalsha"] / max(1, on_primary),
+            "aof_bytes_per_page": node["aof"] / max(1, on_primary),
+            "lease_scripts_per_page": res["part_leases"][i] / max(1, d),
+        })
+    cpu = sum(x["cpu"] for x in delta)
+    busiest = max(shards, key=lambda x: x["redis_cpu_s"])
+    one_core = 1e6 / max(1e-9, busiest["redis_cpu_us_per_page"])
+    shares = [x["share"] for x in shards]
+    same = next((r for r in single or () if r["k"] == k and r["mode"] == mode), None)
+    return {
+        "k": k,
+        "mode": mode,
+        "pages": n,
+        "pages_done": sum(done),
+        "pages_per_s": n / res["wall_s"],
+        "redis_cpu_us_per_page": cpu / total * 1e6,
+        "cmds_per_page": sum(x["calls"] for x in delta) / total,
+        "aof_bytes_per_page": sum(x["aof"] for x in delta) / total,
+        "lease_calls_per_page": res["lease_calls"] / total,
+        "lease_scripts_per_page": sum(res["part_leases"]) / total,
+        "shards": shards,
+        "split_max_dev_pct": 100 * max(abs(d - mean) for d in done) / mean,
+        # projections: pages/s one Redis core sustains at the busiest shard's cost per page of its own, and
+        # three primaries on three cores of their own, held back by the split (min share / max share)
+        "one_core_pages_per_s": one_core,
+        "three_cores_pages_per_s": SHARDS * one_core * min(shares) / max(max(shares), 1e-9),
+        # the same bound read directly: the cluster stops where its busiest primary's core is full
+        "busiest_bound_pages_per_s": total / max(1e-9, max(x["cpu"] for x in delta)),
+        "single_redis_cpu_us_per_page": same["redis_cpu_us_per_page"] if same else None,
+        "single_pages_per_s": same["pages_per_s"] if same else None,
+        "single_one_core_pages_per_s": 1e6 / max(1e-9, same["redis_cpu_us_per_page"]) if same else None,
+    }
+
+
+def run_section(tmp: Path, pages: int, big: int, cluster: bool = True) -> dict[str, Any]:
     srv = RedisServer(tmp / "redis-sim", aof=True).start()
     try:
-        return {
+        out: dict[str, Any] = {
             "sim": simulate(srv, pages=pages),
             "aof": aof_per_page(srv, sizes=(10_000, big)),
-            "shards": "not implemented",
         }
     finally:
         srv.stop()
+    if not cluster:
+        out["shards"] = "off (BENCH_SIM_CLUSTER=0)"
+        return out
+    cl = start_cluster()
+    try:
+        out["cluster"] = simulate_cluster(cl, pages=pages, single=out["sim"])
+        out["shards"] = f"{SHARDS} shards on a {len(cl.nodes)}-primary cluster (table below)"
+    finally:
+        cl.stop()
+    return out
 
 
 def table(res: dict[str, Any]) -> Any:
@@ -236,4 +406,52 @@ def table(res: dict[str, Any]) -> Any:
             f"{a['aof_bytes_per_page']:,.0f}",
         )
     t.caption = f"shards: {res['shards']}"
+    return t
+
+
+def cluster_table(res: dict[str, Any]) -> Any:
+    """The cluster mode as a rich Table (run.py prints it), or None when it did not run."""
+    from rich.table import Table
+
+    rows = res.get("cluster")
+    if not rows:
+        return None
+    t = Table(title=f"Fleet simulator: {SHARDS}-shard ShardedQueue on a {SHARDS}-primary Redis Cluster (AOF everysec), "
+                    "K simulated workers", title_justify="left")
+    for col in ("K", "crawl", "pages", "pages/s", "Redis µs/page, all", "µs/page s0/s1/s2", "pages s0/s1/s2",
+                "max dev", "cmds/page", "LEASE calls/page", "LEASE scripts/page", "AOF B/page",
+                "1 core pages/s*", "3 cores pages/s*", "1 Redis: pages/s, µs/page, 1 core*"):
+        t.add_column(col, justify="right", overflow="fold")
+    for r in rows:
+        sh = r["shards"]
+        one = "" if r["single_pages_per_s"] is None else (
+            f"{r['single_pages_per_s']:,.0f}, {r['single_redis_cpu_us_per_page']:.0f}, "
+            f"{r['single_one_core_pages_per_s']:,.0f}")
+        t.add_row(
+            str(r["k"]),
+            r["mode"],
+            f"{r['pages']:,}",
+            f"{r['pages_per_s']:,.0f}",
+            f"{r['redis_cpu_us_per_page']:.0f}",
+            " / ".join(f"{x['redis_cpu_us_per_page']:.0f}" for x in sh),
+            " / ".join(f"{100 * x['share']:.1f}%" for x in sh),
+            f"{r['split_max_dev_pct']:.1f}%",
+            f"{r['cmds_per_page']:.1f}",
+            f"{r['lease_calls_per_page']:.2f}",
+            f"{r['lease_scripts_per_page']:.2f}",
+            f"{r['aof_bytes_per_page']:,.0f}",
+            f"{r['one_core_pages_per_s']:,.0f}",
+            f"{r['three_cores_pages_per_s']:,.0f}",
+            one,
+        )
+    t.caption = (
+        "Per shard: its primary's Redis CPU (INFO cpu, user+sys, cluster bus included) / the shard's pages (its "
+        "DONE count); split: each shard's share of the pages, max dev = largest |shard − mean| / mean. LEASE "
+        "calls: the workers' calls of ShardedQueue.lease; LEASE scripts: its calls of the shards' lease (one "
+        "script each), counted client-side. * PROJECTIONS, not measured: here the 3 primaries and the Python "
+        "workers share 2 cores. 1 core = 1e6 / µs per page of the busiest shard (the primary that used most "
+        "CPU); 3 cores = 3 × that × (min share / max share). Last column: the single-Redis simulator's row of the same "
+        "run (its 1 core = 1e6 / its µs per page). The cluster's workers pack commands with hiredis "
+        "(redisio.client), the single-Redis ones with redis-py: pages/s here are bound by the Python side."
+    )
     return t

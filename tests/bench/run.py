@@ -17,6 +17,8 @@ BENCH_PYSPY=0             1: py-spy record the first Fleet worker of (c) into be
 BENCH_OUT=bench-out       where results.json goes
 BENCH_SIM=0               1: only the fleet simulator and AOF-per-page section (~1 min; tests/bench/fleetsim.py)
 BENCH_SIM_PAGES=10000     pages per K of the simulator; BENCH_SIM_BIG=1000000 the large run of the AOF figure
+BENCH_SIM_CLUSTER=1       0: the simulator without its cluster mode (the same crawls on a 3-shard ShardedQueue
+                          over a 3-primary Redis Cluster; tests/bench/fleetsim.py)
 BENCH_WIDTHS=1,2,4,8,16,32,64  concurrencies of the widths section (one worker, a site taking 5 ms a page;
                           tests/bench/widths.py); empty: no widths section
 BENCH_WIDTH_PAGES=600     pages fetched at each width
@@ -292,6 +294,29 @@ def print_widths(w: dict[str, Any]) -> None:
     console.print(w["explanation"], highlight=False)
 
 
+def print_sim(sim: dict[str, Any]) -> None:
+    console.print(fleetsim.table(sim))
+    ct = fleetsim.cluster_table(sim)
+    if ct is not None:
+        console.print(ct)
+        for x in sim_targets(sim):
+            console.print(f"{x['target']}: {x['value']:.1f} (goal {x['goal']}) {x['status']}; {x['note']}",
+                          highlight=False)
+
+
+def sim_targets(sim: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #18 item 6's acceptance: the shards split the simulator's pages within ±15 %."""
+    rows = sim.get("cluster") or []
+    if not rows:
+        return []
+    worst = max(rows, key=lambda r: r["split_max_dev_pct"])
+    dev = worst["split_max_dev_pct"]
+    return [{"target": "cluster sim: pages per shard, max deviation from the mean (%)", "value": dev,
+             "goal": "≤ 15", "status": "PASS" if dev <= 15 else "MISS",
+             "note": f"worst of {len(rows)} crawls: K={worst['k']} {worst['mode']}, shares "
+                     + " / ".join(f"{100 * x['share']:.1f}%" for x in worst["shards"])}]
+
+
 def widths_only(out_dir: Path) -> int:
     """BENCH_ONLY=widths: the widths section alone, with its own Redis."""
     t_start = time.time()
@@ -332,13 +357,14 @@ def main() -> int:
     out_dir = ROOT / os.environ.get("BENCH_OUT", "bench-out")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    sim_args = (env_int("BENCH_SIM_PAGES", 10_000), env_int("BENCH_SIM_BIG", 1_000_000))
+    sim_args = (env_int("BENCH_SIM_PAGES", 10_000), env_int("BENCH_SIM_BIG", 1_000_000),
+                os.environ.get("BENCH_SIM_CLUSTER", "1") == "1")
     if os.environ.get("BENCH_SIM", "0") == "1":
         try:
             sim = fleetsim.run_section(tmp, *sim_args)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        console.print(fleetsim.table(sim))
+        print_sim(sim)
         (out_dir / "results-sim.json").write_text(json.dumps(sim, indent=2))
         return 0
     results: dict[str, Any] = {"config": {
@@ -387,11 +413,12 @@ def main() -> int:
         results["soak"] = sk
         log("fleet simulator and AOF bytes per page")
         results["fleet_sim"] = fleetsim.run_section(tmp, *sim_args)
-        console.print(fleetsim.table(results["fleet_sim"]))
+        print_sim(results["fleet_sim"])
         log(f"export: {export_n:,} items")
         ex = results["export"] = export_bench(tmp, export_n)
 
         results["targets"] = targets(crawl, dedup, lat, seed, sk)
+        results["targets"] += sim_targets(results["fleet_sim"])
         results["targets"].append({
             "target": f"fleet export peak RSS at {export_n:,} items (MB)", "value": ex["peak_rss_mb"], "goal": "≤ 300",
             "status": "PASS" if ex["peak_rss_mb"] <= 300 else "MISS",
