@@ -43,7 +43,9 @@ from scraper.queue.seedwire import text
 from scraper.queue.shardplan import merge_replies, plan_commits
 from scraper.queue.shardreads import ShardedReads, gather_all
 
-__all__ = ["ShardedQueue", "fleet_trips", "open_queue", "stored_shards"]
+__all__ = ["EMPTY_SECONDS", "ShardedQueue", "fleet_trips", "open_queue", "stored_shards"]
+
+EMPTY_SECONDS = 0.5  # a shard whose READY a lease emptied is asked after the others this long
 
 T = TypeVar("T")
 _SEED_CHUNK = 50_000  # rows split per shard at a time (memory bound for fleet seed of millions)
@@ -128,6 +130,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
         ]
         self._trip = lua.Bound(client, "breaker_trip")
         self._turn = 0  # which shard a lease asks first (rotates: no shard starves)
+        self._empty_until = [0.0] * n  # per shard: until when it counts as just found empty (lease)
 
     def part(self, key: str) -> FleetQueue:
         """The shard of a fingerprint or entry id."""
@@ -168,29 +171,37 @@ class ShardedQueue(ShardedReads, FleetQueue):
     # -- consumers --------------------------------------------------------------------------------
 
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
-        """Up to ``n`` leases from the shards, ``n`` split evenly starting at a rotating shard; what a shard
-        could not give is asked of the shards not asked yet (a worker woken by one shard finds its work)."""
+        """Up to ``n`` leases: the whole ask goes to one shard, the next in turn (a shard that came back
+        empty in the last ``EMPTY_SECONDS`` goes after the others), and what it could not give is asked at
+        once of all the other shards, split evenly.
+
+        Why one shard first and not an even split: a script call has a cost of its own, and an ask split
+        over N shards is N calls of a few entries; a batch from one shard is also committed in that shard
+        (wave 2 of ``shardplan``) in one call. Why in turn: every shard is asked first every N calls, so
+        none waits while others are drained, and each one's LEASE runs its maintenance (due retries,
+        expired leases) as often as the others'."""
         k = self.n
+        now = time.monotonic()
         start, self._turn = self._turn, (self._turn + 1) % k
-        order = [(start + j) % k for j in range(k)]
-        shares = {s: n // k + (1 if j < n % k else 0) for j, s in enumerate(order)}
-        first = [s for s in order if shares[s] > 0]
+        order = sorted(((start + j) % k for j in range(k)), key=lambda s: self._empty_until[s] > now)
         out = LeaseBatch()
-        await self._lease_from(out, first, shares, worker, lease_seconds, maintain_limit)
+        await self._lease_from(out, order[:1], {order[0]: n}, worker, lease_seconds, maintain_limit, now)
         short = n - len(out.leased)
-        rest = [s for s in order if s not in shares or shares[s] == 0]
-        if short > 0 and rest:
+        rest = order[1:]
+        if short > 0:
             more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
-            await self._lease_from(out, [s for s in rest if more[s] > 0], more, worker, lease_seconds, maintain_limit)
+            await self._lease_from(out, [s for s in rest if more[s] > 0], more, worker, lease_seconds,
+                                   maintain_limit, now)
         return out
 
     async def _lease_from(self, out: LeaseBatch, which: list[int], shares: dict[int, int], worker: str,
-                          lease_seconds: float, maintain_limit: int) -> None:
+                          lease_seconds: float, maintain_limit: int, now: float) -> None:
         got = await gather_all(
             self.parts[s].lease(shares[s], worker=worker, lease_seconds=lease_seconds, maintain_limit=maintain_limit)
             for s in which
         )
-        for b in got:
+        for s, b in zip(which, got, strict=True):
+            self._empty_until[s] = now + EMPTY_SECONDS if b.remaining == 0 and len(b.leased) < shares[s] else 0.0
             out.promoted += b.promoted
             out.reaped += b.reaped
             out.leased += b.leased

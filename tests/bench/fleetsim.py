@@ -31,7 +31,6 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from scrapy import Request
 
 from scraper.queue import redisio
 from scraper.queue.client import Commit, FleetQueue, Lease
@@ -49,7 +48,9 @@ SHARDS = 3
 
 
 def _env(run: str, url: str) -> Envelope:
-    return Envelope.from_request(Request(url), spider_name=SPIDER, run=run)
+    """A plain GET, as ``fleet seed`` makes it (``Envelope.for_url``: the same JSON and fingerprint as
+    from a Scrapy Request, without building one: the simulator measures the queue, not Scrapy)."""
+    return Envelope.for_url(url, spider_name=SPIDER, run=run)
 
 
 #: the bench's own commands (and a cluster client's CLUSTER SLOTS at start-up), left out of the counts
@@ -104,7 +105,7 @@ async def _crawl(
             queues.append(sq)
         await asyncio.gather(*(c.initialize() for c in clients))  # type: ignore[attr-defined]
     else:
-        clients = [aioredis.Redis.from_url(url, socket_timeout=30) for _ in range(k)]
+        clients = [redisio.client(url, socket_timeout=30) for _ in range(k)]  # the worker's client
         queues = [FleetQueue(c, SPIDER) for c in clients]
     if ready is not None:
         ready()
@@ -451,7 +452,7 @@ def cluster_table(res: dict[str, Any]) -> Any:
         "script each), counted client-side. * PROJECTIONS, not measured: here the 3 primaries and the Python "
         "workers share 2 cores. 1 core = 1e6 / µs per page of the busiest shard (the primary that used most "
         "CPU); 3 cores = 3 × that × (min share / max share). Last column: the single-Redis simulator's row of the same "
-        "run (its 1 core = 1e6 / its µs per page). The cluster's workers pack commands with hiredis "
-        "(redisio.client), the single-Redis ones with redis-py: pages/s here are bound by the Python side."
+        "run (its 1 core = 1e6 / its µs per page). Every worker packs commands with hiredis "
+        "(redisio.client), as the single-Redis ones and the worker do: pages/s here are bound by the Python side."
     )
     return t
