@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from scraper.devtools.demo_site import DemoSite
+from scraper.infra.metrics import snapshot
 from scraper.queue import redisio
 from scraper.queue.client import Keys
 from scraper.queue.envelope import Envelope
@@ -124,6 +125,11 @@ def _session(url: str, body: Any) -> Any:
     return asyncio.run(main())
 
 
+def _writers(data: Path, run: str) -> collections.Counter[str]:
+    """Objects of ``run`` per worker that wrote them."""
+    return collections.Counter(lines[0]["_meta"]["worker_id"] for lines in objects(data, "items", SPIDER, run).values())
+
+
 def _tail(*logs: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
 
@@ -163,7 +169,9 @@ def test_sharded_crawl_one_worker_killed(cluster: Cluster, cluster_url: str, tmp
         w1, w2 = (start_worker(SPIDER, {**env, "FLEET_WORKER_ID": f"sw{i}"}, log, "--concurrency", "16",
                                "--until-idle", "2") for i, log in enumerate(logs, 1))
         procs += [w1, w2]
-        assert wait_for(lambda: len(objects(data, "items", SPIDER, run)) >= 150, 60, 0.1), _tail(*logs)
+        # both workers writing (a start-up slowed by a loaded machine must not leave the kill untested)
+        assert wait_for(lambda: _writers(data, run).keys() == {"sw1", "sw2"} and _writers(data, run).total() >= 150,
+                        90, 0.2), _tail(*logs)
         assert w1.poll() is None, _tail(*logs)
         w1.send_signal(signal.SIGKILL)
         w1.wait(timeout=10)
@@ -176,8 +184,7 @@ def test_sharded_crawl_one_worker_killed(cluster: Cluster, cluster_url: str, tmp
     assert all(len(lines) == 1 for lines in items.values())
     assert not [u for u, n in collections.Counter(urls).items() if n > 1]
     assert set(urls) == set(site.product_urls())
-    writers = collections.Counter(lines[0]["_meta"]["worker_id"] for lines in items.values())
-    assert set(writers) == {"sw1", "sw2"}, writers  # both leased: the killed one had written some
+    writers = _writers(data, run)
 
     assert _shard_counts(cluster_url) == [EMPTY] * SHARDS
     assert _session(cluster_url, lambda q, c: q.counts())["parked"] == 0
@@ -242,6 +249,8 @@ def test_operator_commands_see_every_shard(cluster_url: str, tmp_path: Path) -> 
     status = fleet_json("status", "--json", env=env)[SPIDER]
     assert status["runs"]["r1"] == {"seen": pages + len(missing), "done": pages}, status
     assert (status["ready"], status["inflight"], status["delayed"], status["dlq"]) == (0, 0, 0, 9), status
+    metrics = _session(cluster_url, lambda q, c: snapshot(c, [SPIDER]))[SPIDER]  # what `fleet metrics` exports
+    assert metrics["dlq"] == 9 and metrics["runs"]["r1"] == status["runs"]["r1"], metrics
     manifest = next(m for m in fleet_json("runs", SPIDER, "--json", env=env) if m["run"] == "r1")
     counts = manifest["counts"]
     assert (counts["seen"], counts["done"], counts["dlq"]) == (pages + 9, pages, 9), manifest
@@ -298,6 +307,8 @@ def test_operator_commands_see_every_shard(cluster_url: str, tmp_path: Path) -> 
     events = _session(cluster_url, drift_five)
     assert events == ["", "", "", "", "opened"], events
     assert _breaker_states(cluster_url, domain) == ["open"] * SHARDS
+    metrics = _session(cluster_url, lambda q, c: snapshot(c, [SPIDER]))[SPIDER]  # what `fleet metrics` exports
+    assert metrics["breakers"] == {"open": 2, "half_open": 0} and metrics["parked"] == 5, metrics
     rows = {r["domain"]: r for r in fleet_json("breakers", "list", SPIDER, "--json", env=env)}
     assert rows["a.example"]["state"] == "open", rows
     assert rows["a.example"]["shards"] == ["closed", "open", "closed"], rows
