@@ -330,47 +330,68 @@ def test_operator_commands_see_every_shard(cluster_url: str, tmp_path: Path) -> 
 # --------------------------------------------------------------------------------------------
 
 
+def _recorded(url: str) -> bytes | None:
+    rc = _rc(url)
+    try:
+        return rc.get(Keys(SPIDER).shards)  # type: ignore[no-any-return]
+    finally:
+        rc.close()
+
+
+def _refused(res: subprocess.CompletedProcess[str], *, because: str) -> None:
+    """Exit 1 with one line naming the recorded 3 shards and what holds them."""
+    assert res.returncode == 1, (res.args, res.stdout[-2000:], res.stderr[-2000:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "3 shard(s)" in lines[0] and "FLEET_QUEUE_SHARDS=3" in lines[0] and because in lines[0], lines[0]
+
+
 @pytest.mark.timeout(150)
-def test_other_shard_count_refused_while_work_queued(cluster_url: str, tmp_path: Path) -> None:
+def test_other_shard_count_refused_while_work_queued(cluster_url: str, tmp_path: Path,
+                                                     procs: list[subprocess.Popen[bytes]]) -> None:
     """With work queued in 3 shards, `fleet seed` and `fleet worker` under FLEET_QUEUE_SHARDS=2 exit 1 with
-    one line naming the recorded 3, changing nothing; once a worker with 3 drained the queue, 2 is taken
+    one line naming the recorded 3, changing nothing. Drained, but with a worker of 3 shards still running
+    (idle): refused too, even for the default 1 (that worker would lease the new entries from shard 0 and
+    route their acks to other shards). Once that worker stopped (it takes itself off WAITING), 2 is taken
     and recorded, and the next seed lands in the two shards."""
+    data = tmp_path / "data"
     with DemoSite(n_products=12, per_page=12).start() as site:
         env3 = _env(cluster_url, tmp_path, FLEET_DEMO_URL=site.start_url)
         env2 = {**env3, "FLEET_QUEUE_SHARDS": "2"}
+        env1 = {**env3, "FLEET_QUEUE_SHARDS": "1"}
         products = site.product_urls()
-        assert fleet_json("seed", SPIDER, "--run", "q1", "--callback", "parse_product",
-                          *(a for u in products for a in ("--url", u)), env=env3)["enqueued"] == 12
+        seed_products = ("--callback", "parse_product", *(a for u in products for a in ("--url", u)))
+        assert fleet_json("seed", SPIDER, "--run", "q1", *seed_products, env=env3)["enqueued"] == 12
         before = _shard_counts(cluster_url)
         assert [s["ready"] for s in before] == [sum(_shard_of_url(u) == s for u in products) for s in range(SHARDS)]
 
-        for args in (("seed", SPIDER, "--run", "q2", "--url", site.start_url),
-                     ("worker", SPIDER, "--until-idle", "1")):
-            res = fleet(*args, env=env2, timeout=60)
-            assert res.returncode == 1, (args, res.stdout[-2000:], res.stderr[-2000:])
-            lines = res.stderr.strip().splitlines()
-            assert len(lines) == 1, res.stderr
-            assert "3 shard(s)" in lines[0] and "FLEET_QUEUE_SHARDS=3" in lines[0], lines[0]
+        _refused(fleet("seed", SPIDER, "--run", "q2", "--url", site.start_url, env=env2),
+                 because="12 request(s) queued")
+        _refused(fleet("worker", SPIDER, "--until-idle", "1", env=env2), because="12 request(s) queued")
+        assert _recorded(cluster_url) == b"3"
+        assert _shard_counts(cluster_url) == before  # nothing seeded, nothing leased
+        assert len(objects(data, "items", SPIDER, "q1")) == 0
+
+        # drained by a worker of 3 shards that keeps running, idle
+        log = tmp_path / "w.log"
+        w = start_worker(SPIDER, {**env3, "FLEET_WORKER_ID": "idle1"}, log)
+        procs.append(w)
+        assert wait_for(lambda: len(objects(data, "items", SPIDER, "q1")) == 12, 60, 0.1), _tail(log)
+        assert wait_for(lambda: _shard_counts(cluster_url) == [EMPTY] * SHARDS, 30), _tail(log)
+        _refused(fleet("seed", SPIDER, "--run", "q2", *seed_products, env=env1),
+                 because="1 worker(s) waiting")
+        assert _recorded(cluster_url) == b"3" and _shard_counts(cluster_url) == [EMPTY] * SHARDS
+        w.send_signal(signal.SIGTERM)
+        assert wait_all([w], 60) == [0], _tail(log)
         rc = _rc(cluster_url)
-        try:
-            assert rc.get(Keys(SPIDER).shards) == b"3"
+        try:  # a stopped worker waits for nothing: off every shard's WAITING at once
+            assert [rc.zcard(k.waiting) for k in _shard_keys()] == [0] * SHARDS
         finally:
             rc.close()
-        assert _shard_counts(cluster_url) == before  # nothing seeded, nothing leased
-        assert len(objects(tmp_path / "data", "items", SPIDER, "q1")) == 0
 
-        res = fleet("worker", SPIDER, "--until-idle", "1", env=env3, timeout=90)
-        assert res.returncode == 0, res.stderr[-3000:]
-        assert len(objects(tmp_path / "data", "items", SPIDER, "q1")) == 12
-        assert _shard_counts(cluster_url) == [EMPTY] * SHARDS
-
-        # drained: another count is accepted and recorded
+        # drained and no worker: another count is accepted and recorded
         assert fleet_json("seed", SPIDER, "--run", "q2", "--callback", "parse_product",
                           *(a for u in products[:6] for a in ("--url", u)), env=env2)["enqueued"] == 6
-        rc = _rc(cluster_url)
-        try:
-            assert rc.get(Keys(SPIDER).shards) == b"2"
-        finally:
-            rc.close()
+        assert _recorded(cluster_url) == b"2"
         assert [s["ready"] for s in _shard_counts(cluster_url, 2)] == [
             sum(_shard_of_url(u, 2) == s for u in products[:6]) for s in range(2)]
