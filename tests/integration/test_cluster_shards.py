@@ -4,9 +4,10 @@ each on a primary of its own (issue #18 item 4).
 What is proved here: a sharded crawl with a worker SIGKILLed mid-crawl loses and doubles nothing, every
 shard's keys live on a different primary and the work splits evenly (DONE per shard exactly as the
 fingerprints say, and within ±15 % of the mean); the operator commands (status, runs, dlq list/requeue,
-cancel, breakers list/reset) see and act on the whole spider; a seed or a worker with another shard count
-is refused while work is queued and accepted once the queue drained. One cluster per module (start-up
-~2 s), emptied before each test.
+cancel, breakers list/reset, the metrics snapshot) see and act on the whole spider; a seed or a worker with
+another shard count is refused while work is queued or a worker of the recorded count runs, and accepted
+once the queue drained and the workers stopped. One cluster per module (start-up ~2 s), emptied before
+each test.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ pytestmark = [pytest.mark.integration]
 SPIDER = "demo_shop"
 SHARDS = 3
 
-# The crawl's pages: 1800 products on 30 list pages. A page's shard is its fingerprint's last 16 bits mod 3,
-# so a shard's DONE count is Binomial(PAGES, 1/3): sd = sqrt(PAGES * 2/9) ~ 20.2 pages, while 15 % of the
-# mean (PAGES/3 = 610) is 91.5 pages, 4.5 sd: the ±15 % check fails by chance about once in 50 000 runs.
+# The crawl's pages: 1800 products on 30 list pages. A page's shard is its fingerprint's last 16 bits mod 3
+# (the URLs, and so the fingerprints, change with the demo site's port at every run), so a shard's DONE count
+# is Binomial(PAGES, 1/3): sd = sqrt(PAGES * 2/9) ~ 20.2 pages, while 15 % of the mean (PAGES/3 = 610) is
+# 91.5 pages, 4.5 sd: the ±15 % check fails by chance about once in 60 000 runs (3 shards, 2 tails). With
+# ~300 pages 15 % would be 1.8 sd, a failure in one run of five.
 PRODUCTS, PER_PAGE = 1800, 60
 PAGES = PRODUCTS + PRODUCTS // PER_PAGE
 TOLERANCE = 0.15
