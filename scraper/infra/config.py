@@ -19,7 +19,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window); 1 to 315360000 (10 years) |
 | FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS) |
 | FLEET_PREFETCH | concurrency/4 (min 4) | leases a worker holds in its local buffer beyond the ones being fetched |
-| FLEET_QUEUE_SHARDS | 1 | shards of each spider's queue, 1 to 64: each a hash tag of its own, so on a Redis Cluster one spider's READY/IN-FLIGHT/DELAYED/SEEN/DONE spread over several primaries (an entry lives in its fingerprint's shard; scraper/queue/shards.py). Recorded in Redis by the first worker or seed; operator commands read it from there. A different value is refused while the spider has work queued, in flight, delayed or parked. 1: no change for small users |
+| FLEET_QUEUE_SHARDS | 1 | shards of each spider's queue, 1 to 64: each a hash tag of its own, so on a Redis Cluster one spider's READY/IN-FLIGHT/DELAYED/SEEN/DONE spread over several primaries (an entry lives in its fingerprint's shard; scraper/queue/shards.py). Recorded in Redis by the first worker or seed; operator commands read it from there. A different value is refused while the spider has work queued, in flight, delayed or parked, or idle workers waiting for work (a running worker keeps the count it started with: stop the workers, then change it). 1: no change for small users |
 | FLEET_COMMIT_BATCH | 64 | commits (DONE + ack + discovered requests) flushed per Redis round trip at most |
 | FLEET_COMMIT_INTERVAL | 0.02 | seconds a commit may wait to share a round trip |
 | FLEET_RETRY_BASE | 2 | class-A backoff base seconds (full jitter: U(0, min(cap, base*2^n))) |

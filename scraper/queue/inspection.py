@@ -92,6 +92,16 @@ class Inspection:
             "parked": await self.parked(),
         }
 
+    async def waiting_workers(self, since: float) -> set[str]:
+        """Workers listed in WAITING (their last lease found READY empty) whose listing runs past ``since``
+        (a Unix time): idle workers re-list every 0.6 s at most, for 2-3 s (lua/lease.lua)."""
+        return {text(w) for w in await self.client.zrangebyscore(self.keys.waiting, since, "+inf")}
+
+    async def unwait(self, worker: str) -> None:
+        """Take ``worker`` off WAITING (the one write here): it stopped, and waits for no work, so a change
+        of FLEET_QUEUE_SHARDS, refused while workers wait (shards.open_queue), need not wait out its listing."""
+        await self.client.zrem(self.keys.waiting, worker)
+
     async def pending(self) -> int:
         """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive.
 

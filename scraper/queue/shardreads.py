@@ -55,6 +55,9 @@ class ShardedReads:
         """``counts`` of each shard, in shard order (how evenly the work splits)."""
         return await gather_all(p.counts() for p in self.parts)
 
+    async def waiting_workers(self, since: float) -> set[str]:
+        return set().union(*await gather_all(p.waiting_workers(since) for p in self.parts))
+
     async def pending(self) -> int:
         return sum(await gather_all(p.pending() for p in self.parts))
 

@@ -74,7 +74,11 @@ async def open_queue(
     ``shards=None`` (operator commands: status, dlq, breakers, runs, cancel, metrics…): as many as Redis
     records. A number (workers and seeders, from FLEET_QUEUE_SHARDS): recorded when Redis has none; a
     different recorded count is replaced only while the spider has no work queued, in flight, delayed or
-    parked, and is otherwise a :class:`QueueError` (its entries would be looked for in the wrong shards)."""
+    parked and no worker waits for work, and is otherwise a :class:`QueueError` (its entries would be looked for
+    in the wrong shards; a running worker keeps the count it started with, and would lease new entries from
+    shard 0 and route their acks by id to other shards: lost acks until they are dead-lettered as poison).
+    A waiting worker is one listed in WAITING within the last 2-3 s (lua/lease.lua; a stopped one takes
+    itself off); the 1 s of slack allows for this host's clock being ahead of Redis's."""
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise QueueError(f"FLEET_QUEUE_SHARDS={shards}: use 1 to {MAX_SHARDS}")
     key = Keys(spider).shards
@@ -84,11 +88,12 @@ async def open_queue(
         old = _make(client, spider, have, dedup_ttl, breaker)
         counts = await old.counts()
         busy = counts["ready"] + counts["inflight"] + counts["delayed"] + counts["parked"]
-        if busy:
+        live = len(await old.waiting_workers(time.time() - 1.0))
+        if busy or live:
             raise QueueError(
                 f"spider {spider!r} has its queue in {have} shard(s) with {busy} request(s) queued, in flight, "
-                f"delayed or parked; FLEET_QUEUE_SHARDS={shards} would not find them: set FLEET_QUEUE_SHARDS={have} "
-                f"until the queue is empty"
+                f"delayed or parked and {live} worker(s) waiting for work; FLEET_QUEUE_SHARDS={shards} would not "
+                f"find them: set FLEET_QUEUE_SHARDS={have} until the queue is empty and its workers stopped"
             )
         if shards == 1:
             await client.delete(key)
@@ -245,6 +250,9 @@ class ShardedQueue(ShardedReads, FleetQueue):
 
     async def dead(self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000) -> bool:
         return await self.part(lease_id).dead(lease_id, token, fields, maxlen=maxlen)
+
+    async def unwait(self, worker: str) -> None:
+        await gather_all(p.unwait(worker) for p in self.parts)
 
     async def hold(self, domain: str, *, base: float, cap: float, rnd: float, min_wait: float = 0.0) -> float:
         return max(await gather_all(

@@ -53,7 +53,7 @@ from scraper.worker.feeder import Feeder, Speculation
 from scraper.worker.finisher import Finisher
 from scraper.worker.gate import Gate
 from scraper.worker.gating import Gating
-from scraper.worker.health import Health
+from scraper.worker.health import REDIS_ERRORS, Health
 from scraper.worker.keeper import Keeper
 from scraper.worker.ledger import LeaseState, Ledger, confirmed_leases
 from scraper.worker.proxies import ProxyPool, parse_proxies
@@ -240,6 +240,7 @@ class FleetRuntime:
         if self.committer.commits:
             await self.committer.flush()
         await self.keeper.release_all(reason)
+        await self._unwait()
         await self.gating.close()
         await self.finisher.tally.close(self.log)
         await self.sink.close()
@@ -249,6 +250,15 @@ class FleetRuntime:
         self.alerter.close()
         self.closed = True
         self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
+
+    async def _unwait(self) -> None:
+        """Off the queue's WAITING list: a stopped worker does not hold up a change of FLEET_QUEUE_SHARDS."""
+        if self.queue is None:
+            return
+        try:
+            await self.queue.unwait(self.worker_id)
+        except REDIS_ERRORS as exc:  # listed 2-3 s at most anyway
+            self.log.warning("unwait_failed", error=type(exc).__name__)
 
     async def release_now(self, reason: str) -> None:
         """Hand every lease back at once (the last step before a forced exit: a callback that never
