@@ -47,10 +47,11 @@ def _s(v: Any) -> str:
 
 
 async def _shard_keys(client: aioredis.Redis, spider: str) -> list[Keys]:
-    from scraper.queue.shards import stored_shards
+    """The keys of every shard of the spider: its count's, then those of the counts it had before."""
+    from scraper.queue.shards import open_queue
 
-    n = await stored_shards(client, spider)
-    return [Keys(spider, i, n) for i in range(n)]
+    q = await open_queue(client, spider)
+    return [p.keys for p in getattr(q, "read_parts", [q])]
 
 
 async def is_known_run(client: aioredis.Redis, keys: Keys, run: str) -> bool:

@@ -100,6 +100,7 @@ class Keys:
         self.shard = shard
         self.prefix = f"fleet:{{{shard_tag(spider, shard, shards)}}}:"
         self.shards = self.prefix + "shards"  # shard 0: how many shards the spider's queue has (scraper.queue.shards)
+        self.shardsets = self.prefix + "shardsets"  # shard 0: every count it had (reads see their shards too)
         self.ready = self.prefix + "ready"
         self.inflight = self.prefix + "inflight"
         self.delayed = self.prefix + "delayed"

@@ -1,6 +1,7 @@
 """The reads of a spider split into shards (scraper.queue.shards): counts, runs, backlog, breakers and the
-DLQ summed or merged over the shards, so status, metrics, manifests and the on-call commands see the
-whole spider. A mixin of :class:`scraper.queue.shards.ShardedQueue`."""
+DLQ summed or merged over the shards (and over the shards of the counts it had before), so status,
+metrics, manifests and the on-call commands see the whole spider. A mixin of
+:class:`scraper.queue.shards.ShardedQueue`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
 class ShardedReads:
     """Reads over ``parts``, the spider's shards in order."""
 
-    parts: list[FleetQueue]
+    parts: list[FleetQueue]  # the shards work goes to, in shard order
+    # parts, then the shards of the counts the spider had before (open_queue): a change of count leaves their
+    # DLQ entries, SEEN/DONE counts, runs and breakers where they were, and every read still sees them
+    read_parts: list[FleetQueue]
     spider: str
 
     @property
@@ -46,7 +50,7 @@ class ShardedReads:
 
     async def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for c in await gather_all(p.counts() for p in self.parts):
+        for c in await gather_all(p.counts() for p in self.read_parts):
             for name, v in c.items():
                 out[name] = out.get(name, 0) + v
         return out
@@ -56,19 +60,19 @@ class ShardedReads:
         return await gather_all(p.counts() for p in self.parts)
 
     async def waiting_workers(self, since: float) -> set[str]:
-        return set().union(*await gather_all(p.waiting_workers(since) for p in self.parts))
+        return set().union(*await gather_all(p.waiting_workers(since) for p in self.read_parts))
 
     async def pending(self) -> int:
-        return sum(await gather_all(p.pending() for p in self.parts))
+        return sum(await gather_all(p.pending() for p in self.read_parts))
 
     async def parked(self) -> int:
-        return sum(await gather_all(p.parked() for p in self.parts))
+        return sum(await gather_all(p.parked() for p in self.read_parts))
 
     async def runs(self) -> dict[str, dict[str, int]]:
         # a shard lists the runs seeded into it; children reach every shard, so each is asked for all
         names = sorted(await self.run_times())
         out: dict[str, dict[str, int]] = {}
-        for r in await gather_all(p.run_counts(names) for p in self.parts):
+        for r in await gather_all(p.run_counts(names) for p in self.read_parts):
             for run, c in r.items():
                 t = out.setdefault(run, {"seen": 0, "done": 0})
                 t["seen"] += c["seen"]
@@ -77,7 +81,7 @@ class ShardedReads:
 
     async def run_backlog(self, run: str) -> dict[str, int] | None:
         out: dict[str, int] = {}
-        for b in await gather_all(p.run_backlog(run) for p in self.parts):
+        for b in await gather_all(p.run_backlog(run) for p in self.read_parts):
             if b is None:
                 return None
             for kind, v in b.items():
@@ -86,18 +90,18 @@ class ShardedReads:
 
     async def run_times(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for r in await gather_all(p.run_times() for p in self.parts):
+        for r in await gather_all(p.run_times() for p in self.read_parts):
             for run, t in r.items():
                 out[run] = min(t, out.get(run, t))
         return out
 
     async def first_seen(self, run: str) -> float | None:
-        ts = [t for t in await gather_all(p.first_seen(run) for p in self.parts) if t is not None]
+        ts = [t for t in await gather_all(p.first_seen(run) for p in self.read_parts) if t is not None]
         return min(ts) if ts else None
 
     async def breaker_states(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for states in await gather_all(p.breaker_states() for p in self.parts):
+        for states in await gather_all(p.breaker_states() for p in self.read_parts):
             for domain, v in states.items():
                 have = out.get(domain)
                 if have is None or (v.startswith("open") and not have.startswith("open")):
@@ -108,11 +112,11 @@ class ShardedReads:
         """Each domain's breaker over the shards: the worst state, windows and counts added, the latest
         samples; ``shards`` gives each shard's state."""
         out: dict[str, dict[str, Any]] = {}
-        for i, br in enumerate(await gather_all(p.breakers() for p in self.parts)):
+        for i, br in enumerate(await gather_all(p.breakers() for p in self.read_parts)):
             for domain, b in br.items():
                 have = out.get(domain)
                 if have is None:
-                    have = out[domain] = dict(b, shards=["closed"] * self.n)
+                    have = out[domain] = dict(b, shards=["closed"] * len(self.read_parts))
                 else:
                     if _ORDER.get(b["state"], 0) > _ORDER.get(have["state"], 0):
                         have["state"] = b["state"]
@@ -129,7 +133,7 @@ class ShardedReads:
 
     async def dlq_iter(self, run: str | None = None) -> AsyncIterator[tuple[str, dict[str, str]]]:
         """The shards' DLQ entries merged newest first; an id is ``<shard>/<stream id>`` (``dlq_delete``)."""
-        its = [p.dlq_iter(run) for p in self.parts]
+        its = [p.dlq_iter(run) for p in self.read_parts]
         heap: list[tuple[tuple[int, int], int, str, dict[str, str]]] = []
 
         async def pull(i: int) -> None:
@@ -140,7 +144,7 @@ class ShardedReads:
             ms, _, seq = rid.partition("-")
             heapq.heappush(heap, ((-int(ms), -int(seq or 0)), i, rid, f))
 
-        for i in range(self.n):
+        for i in range(len(self.read_parts)):
             await pull(i)
         while heap:
             _, i, rid, f = heapq.heappop(heap)
@@ -148,11 +152,11 @@ class ShardedReads:
             await pull(i)
 
     async def dlq_delete(self, ids: Sequence[str]) -> int:
-        split: list[list[str]] = [[] for _ in self.parts]
+        split: list[list[str]] = [[] for _ in self.read_parts]
         for x in ids:
             s, _, rid = x.partition("/")
-            if not rid or not s.isdigit() or int(s) >= self.n:
+            if not rid or not s.isdigit() or int(s) >= len(self.read_parts):
                 raise QueueError(f"DLQ id {x!r} is not <shard>/<stream id> of a shard of {self.spider!r}")
             split[int(s)].append(rid)
-        return sum(await gather_all(p.dlq_delete(rs) for p, rs in zip(self.parts, split, strict=True) if rs))
+        return sum(await gather_all(p.dlq_delete(rs) for p, rs in zip(self.read_parts, split, strict=True) if rs))
 

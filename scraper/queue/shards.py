@@ -43,7 +43,7 @@ from scraper.queue.seedwire import text
 from scraper.queue.shardplan import merge_replies, plan_commits
 from scraper.queue.shardreads import ShardedReads, gather_all
 
-__all__ = ["EMPTY_SECONDS", "ShardedQueue", "fleet_trips", "open_queue", "stored_shards"]
+__all__ = ["EMPTY_SECONDS", "ShardedQueue", "earlier_counts", "fleet_trips", "open_queue", "stored_shards"]
 
 EMPTY_SECONDS = 0.5  # a shard whose READY a lease emptied is asked after the others this long
 
@@ -95,17 +95,29 @@ async def open_queue(
                 f"delayed or parked and {live} worker(s) waiting for work; FLEET_QUEUE_SHARDS={shards} would not "
                 f"find them: set FLEET_QUEUE_SHARDS={have} until the queue is empty and its workers stopped"
             )
+        await client.sadd(Keys(spider).shardsets, str(have), str(shards))  # every count it ever had: reads
         if shards == 1:
             await client.delete(key)
         else:
             await client.set(key, str(shards))
-    return _make(client, spider, n, dedup_ttl, breaker)
+    return _make(client, spider, n, dedup_ttl, breaker, await earlier_counts(client, spider, n))
 
 
-def _make(client: aioredis.Redis, spider: str, n: int, dedup_ttl: int, breaker: BreakerParams | None) -> FleetQueue:
-    if n == 1:
+async def earlier_counts(client: aioredis.Redis, spider: str, n: int) -> list[int]:
+    """The shard counts ``spider``'s queue had before, other than ``n`` and 1 (whose one shard is shard 0)."""
+    got = set()
+    for raw in await client.smembers(Keys(spider).shardsets):
+        t = text(raw)
+        if t.isdigit() and 1 < int(t) <= MAX_SHARDS and int(t) != n:
+            got.add(int(t))
+    return sorted(got)
+
+
+def _make(client: aioredis.Redis, spider: str, n: int, dedup_ttl: int, breaker: BreakerParams | None,
+          older: Sequence[int] = ()) -> FleetQueue:
+    if n == 1 and not older:
         return FleetQueue(client, spider, dedup_ttl=dedup_ttl, breaker=breaker)
-    return ShardedQueue(client, spider, n, dedup_ttl=dedup_ttl, breaker=breaker)
+    return ShardedQueue(client, spider, n, dedup_ttl=dedup_ttl, breaker=breaker, older=older)
 
 
 def fleet_trips(windows: Sequence[str], params: BreakerParams) -> bool:
@@ -128,11 +140,20 @@ class ShardedQueue(ShardedReads, FleetQueue):
         *,
         dedup_ttl: int = 48 * 3600,
         breaker: BreakerParams | None = None,
+        older: Sequence[int] = (),
     ) -> None:
         super().__init__(client, spider, dedup_ttl=dedup_ttl, breaker=breaker, shard=0, shards=n)
         self.parts = [
             FleetQueue(client, spider, dedup_ttl=dedup_ttl, breaker=breaker, shard=i, shards=n) for i in range(n)
         ]
+        self.read_parts = list(self.parts)
+        tags = {p.keys.prefix for p in self.parts}
+        for m in older:  # the shards of earlier counts, for reads (ShardedReads.read_parts)
+            for i in range(1, m):
+                q = FleetQueue(client, spider, dedup_ttl=dedup_ttl, breaker=breaker, shard=i, shards=m)
+                if q.keys.prefix not in tags:
+                    tags.add(q.keys.prefix)
+                    self.read_parts.append(q)
         self._trip = lua.Bound(client, "breaker_trip")
         self._turn = 0  # which shard a lease asks first (rotates: no shard starves)
         self._empty_until = [0.0] * n  # per shard: until when it counts as just found empty (lease)
@@ -186,6 +207,9 @@ class ShardedQueue(ShardedReads, FleetQueue):
         none waits while others are drained, and each one's LEASE runs its maintenance (due retries,
         expired leases) as often as the others'."""
         k = self.n
+        if k == 1:
+            return await self.parts[0].lease(n, worker=worker, lease_seconds=lease_seconds,
+                                             maintain_limit=maintain_limit)
         now = time.monotonic()
         start, self._turn = self._turn, (self._turn + 1) % k
         order = sorted(((start + j) % k for j in range(k)), key=lambda s: self._empty_until[s] > now)
@@ -252,7 +276,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
         return await self.part(lease_id).dead(lease_id, token, fields, maxlen=maxlen)
 
     async def unwait(self, worker: str) -> None:
-        await gather_all(p.unwait(worker) for p in self.parts)
+        await gather_all(p.unwait(worker) for p in self.read_parts)
 
     async def hold(self, domain: str, *, base: float, cap: float, rnd: float, min_wait: float = 0.0) -> float:
         return max(await gather_all(
@@ -274,6 +298,9 @@ class ShardedQueue(ShardedReads, FleetQueue):
         one that routes to another shard than its fingerprint's is a QueueError."""
         if not commits:
             return CommitReply([], [], [], [])
+        if self.n == 1:  # back to one shard (the others only read): one call, as FleetQueue
+            return await self.parts[0].commit_claiming(
+                commits, ack=ack, worker=worker, lease_seconds=lease_seconds, nonce=nonce)
         plan = plan_commits(list(commits), self.n)
         nonce = nonce or secrets.token_hex(4)  # one for every shard: a retried batch plans the same entries
 
@@ -320,10 +347,10 @@ class ShardedQueue(ShardedReads, FleetQueue):
         ))
 
     async def breaker_reset(self, domain: str) -> int:
-        return sum(await gather_all(p.breaker_reset(domain) for p in self.parts))
+        return sum(await gather_all(p.breaker_reset(domain) for p in self.read_parts))
 
     async def purge(self) -> None:
-        await gather_all(p.purge() for p in self.parts)
+        await gather_all(p.purge() for p in self.read_parts)
 
     def leases_of(self, leased: Iterable[Lease]) -> list[int]:
         """The shard of each lease (tests, the simulator)."""

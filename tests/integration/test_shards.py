@@ -235,8 +235,44 @@ def test_the_shard_count_is_recorded_and_guarded(redis_url: str) -> None:
             await open_queue(client, "cnt", shards=65)
         for le in await _lease_all(q, 2):
             await q.commit([Commit(le.id, le.token, RUN, Envelope.loads(le.raw).fp)])
-        one = await open_queue(client, "cnt", shards=1)  # empty now: the count may change
-        assert type(one) is FleetQueue and await stored_shards(client, "cnt") == 1
-        assert not await client.exists(Keys("cnt").shards)
+        with pytest.raises(QueueError, match="1 worker"):  # empty, but "w" waits for work: it keeps 3 shards
+            await open_queue(client, "cnt", shards=1)
+        await q.unwait("w")  # as a stopping worker does
+        one = await open_queue(client, "cnt", shards=1)  # empty, no worker: the count may change
+        assert await stored_shards(client, "cnt") == 1 and not await client.exists(Keys("cnt").shards)
+        # one shard for work; the 3 of before still read (a changed count hides nothing: the next test)
+        assert isinstance(one, ShardedQueue) and (one.n, len(one.read_parts)) == (1, 3)
+        assert type(await open_queue(client, "new", shards=1)) is FleetQueue  # never sharded: as before
+
+    _with(redis_url, body)
+
+
+def test_a_changed_count_still_shows_what_the_old_shards_hold(redis_url: str) -> None:
+    """3 shards, then 2, then 1: DLQ entries, SEEN/DONE counts and runs of the earlier shards stay readable,
+    and a DLQ entry there is requeued into the current shards."""
+
+    async def body(client: aioredis.Redis) -> None:
+        q3 = await open_queue(client, "chg", shards=3)
+        await q3.seed(RUN, [_env("chg", f"c{i}") for i in range(30)])
+        leases = await _lease_all(q3, 30)
+        for le in leases[:6]:
+            assert await q3.dead(le.id, le.token, {"reason": "http:404", "run": RUN, "envelope": le.raw.decode()})
+        await q3.commit([Commit(le.id, le.token, RUN, Envelope.loads(le.raw).fp) for le in leases[6:]])
+        await q3.unwait("w")
+        before = (await q3.runs())[RUN], len([x async for x in q3.dlq_iter()])
+        assert before == ({"seen": 30, "done": 24}, 6)
+        for n in (2, 1):
+            q = await open_queue(client, "chg", shards=n)
+            assert isinstance(q, ShardedQueue) and q.n == n
+            assert ((await q.runs())[RUN], (await q.counts())["dlq"]) == before
+            assert (await open_queue(client, "chg")).n == n  # operator commands: the same view
+        ids = [sid async for sid, _ in q.dlq_iter()]
+        envs = [Envelope.loads(f["envelope"]) async for _, f in q.dlq_iter()]
+        for e in envs:
+            e.dont_filter = True
+        assert await q.requeue(envs) == 6 and await q.dlq_delete(ids) == 6
+        counts = await q.counts()
+        assert (counts["dlq"], counts["ready"]) == (0, 6)
+        assert await client.zcard(Keys("chg").ready) == 6  # into the current (one) shard
 
     _with(redis_url, body)
