@@ -19,6 +19,7 @@ from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
 from scraper.queue.envelope import Envelope, EnvelopeError, SeedEncoder
+from scraper.queue.keys import Keys
 from scraper.queue.shards import open_queue
 from scraper.queue.startfp import mark_start
 from scraper.worker.redisspider import is_redis_spider
@@ -99,10 +100,10 @@ async def seed_run(
     client = await connect(redis_url_for(cfg, spidercls))
     rejected = Rejected(cfg.schemes)
     try:
-        q = await open_queue(client, spidercls.name, shards=cfg.queue_shards, dedup_ttl=cfg.dedup_ttl)
-        if await client.hexists(q.keys.cancelled, run):  # its entries would be dropped unexecuted at lease
+        if await client.hexists(Keys(spidercls.name).cancelled, run):  # its entries would be dropped at lease
             raise fail(f"run {run!r} of spider {spidercls.name!r} was cancelled (fleet cancel); seed a new --run",
                        EXIT_ARGS)
+        q = await open_queue(client, spidercls.name, shards=cfg.queue_shards, dedup_ttl=cfg.dedup_ttl)
         if urls or urls_file:
             def all_urls() -> Iterator[str | URLRefused]:
                 yield from urls

@@ -68,7 +68,8 @@ async def cancelled_runs(client: aioredis.Redis, keys: Keys) -> set[str]:
 
 
 async def _sweep(client: aioredis.Redis, script: lua.Bound, keys: Keys, queued: str, run: str) -> int:
-    names = {"cancelled": keys.cancelled, "queued": queued, "env": keys.env, "lease": keys.lease}
+    names = {"cancelled": keys.cancelled, "queued": queued, "env": keys.env, "lease": keys.lease,
+             "dlv": keys.dlv}
     kk = [names[n] for n in script.meta.keys]
     dropped = 0
     cursor: Any = 0

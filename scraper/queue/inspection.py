@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from scraper.queue import scripts as lua
-from scraper.queue.keys import Keys
+from scraper.queue.keys import Keys, stored_shards
 from scraper.queue.seedwire import text
 
 __all__ = ["Inspection"]
@@ -96,6 +96,15 @@ class Inspection:
         """Workers listed in WAITING (their last lease found READY empty) whose listing runs past ``since``
         (a Unix time): idle workers re-list every 0.6 s at most, for 2-3 s (lua/lease.lua)."""
         return {text(w) for w in await self.client.zrangebyscore(self.keys.waiting, since, "+inf")}
+
+    async def shards_changed(self) -> str | None:
+        """One line when the spider's recorded shard count (``Keys.shards``) is no longer this queue's: a
+        worker must stop then, or it would route work to shards no other process uses (scraper.queue.shards)."""
+        have, mine = await stored_shards(self.client, self.keys.spider), len(getattr(self, "parts", [self]))
+        if have == mine:
+            return None
+        return (f"spider {self.keys.spider!r} now has its queue in {have} shard(s), this worker in {mine} "
+                f"(FLEET_QUEUE_SHARDS changed while it ran): stopping; restart it with FLEET_QUEUE_SHARDS={have}")
 
     async def unwait(self, worker: str) -> None:
         """Take ``worker`` off WAITING (the one write here): it stopped, and waits for no work, so a change

@@ -25,6 +25,7 @@ __all__ = [
     "new_id",
     "shard_of",
     "shard_tag",
+    "stored_shards",
 ]
 
 MAX_SHARDS = 64
@@ -61,7 +62,7 @@ def shard_of(key: str, shards: int) -> int:
     try:
         return int(key[-4:], 16) % shards
     except ValueError:
-        return 0  # not an id Fleet made (an entry of an older version): shard 0, where such entries live
+        return 0  # not hex: not an id Fleet made (ShardedQueue routes an entry by where it was leased from)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -171,6 +172,14 @@ class Keys:
         return out
 
 
+
+
+async def stored_shards(client: aioredis.Redis, spider: str) -> int:
+    """How many shards ``spider``'s queue has in Redis (1 when never set; scraper.queue.shards)."""
+    raw = await client.get(Keys(spider).shards)
+    t = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw or "")
+    n = int(t) if t.isdigit() else 1
+    return n if 1 <= n <= MAX_SHARDS else 1
 
 
 async def known_spiders(client: aioredis.Redis) -> list[str]:

@@ -16,6 +16,7 @@ each redirect hop in its own. The plan has three waves, run in order, each one c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from scraper.queue.keys import QueueError, shard_of
@@ -40,12 +41,16 @@ class CommitPlan:
         return [[c for ci, s, c in self.late if s == shard and acked[ci]] for shard in range(self.shards)]
 
 
-def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int) -> CommitPlan:
-    """Split ``commits`` over ``shards`` shards (module doc)."""
+def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
+                 route: Mapping[str, int] | None = None) -> CommitPlan:
+    """Split ``commits`` over ``shards`` shards (module doc). ``route``: lease id -> shard for a parent that
+    is not in its id's shard (``ShardedQueue.shard``)."""
     k = shards
     plan = CommitPlan(k, [[] for _ in range(k)], [[] for _ in range(k)])
     for ci, c in enumerate(commits):
-        home = shard_of(c.lease_id, k)
+        home = route.get(c.lease_id, -1) if route else -1
+        if home < 0:
+            home = shard_of(c.lease_id, k)
         strict = c.strict and c.done  # as FleetQueue sends it: a children-only entry is never strict
         kids: list[list[int]] = [[] for _ in range(k)]
         for j, env in enumerate(c.discovered):

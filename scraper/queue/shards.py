@@ -27,6 +27,7 @@ checks so that workers, seeders and operator commands agree on it.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,7 @@ import redis.asyncio as aioredis
 from scraper.queue import scripts as lua
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope
-from scraper.queue.keys import MAX_SHARDS, Keys, QueueError, shard_of
+from scraper.queue.keys import MAX_SHARDS, Keys, QueueError, shard_of, stored_shards
 from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
 from scraper.queue.seedwire import text
 from scraper.queue.shardplan import merge_replies, plan_commits
@@ -46,19 +47,10 @@ from scraper.queue.shardreads import ShardedReads, gather_all
 __all__ = ["EMPTY_SECONDS", "ShardedQueue", "earlier_counts", "fleet_trips", "open_queue", "stored_shards"]
 
 EMPTY_SECONDS = 0.5  # a shard whose READY a lease emptied is asked after the others this long
+ROUTE_MAX = 100_000  # lease ids remembered outside their id's shard (ShardedQueue.shard), oldest dropped first
 
 T = TypeVar("T")
 _SEED_CHUNK = 50_000  # rows split per shard at a time (memory bound for fleet seed of millions)
-
-
-async def stored_shards(client: aioredis.Redis, spider: str) -> int:
-    """How many shards ``spider``'s queue has in Redis (1 when never set)."""
-    raw = await client.get(Keys(spider).shards)
-    try:
-        n = int(text(raw)) if raw is not None else 1
-    except ValueError:
-        n = 1
-    return n if 1 <= n <= MAX_SHARDS else 1
 
 
 async def open_queue(
@@ -81,7 +73,6 @@ async def open_queue(
     itself off); the 1 s of slack allows for this host's clock being ahead of Redis's."""
     if shards is not None and not 1 <= shards <= MAX_SHARDS:
         raise QueueError(f"FLEET_QUEUE_SHARDS={shards}: use 1 to {MAX_SHARDS}")
-    key = Keys(spider).shards
     have = await stored_shards(client, spider)
     n = have if shards is None else shards
     if shards is not None and shards != have:
@@ -95,11 +86,10 @@ async def open_queue(
                 f"delayed or parked and {live} worker(s) waiting for work; FLEET_QUEUE_SHARDS={shards} would not "
                 f"find them: set FLEET_QUEUE_SHARDS={have} until the queue is empty and its workers stopped"
             )
-        await client.sadd(Keys(spider).shardsets, str(have), str(shards))  # every count it ever had: reads
-        if shards == 1:
-            await client.delete(key)
-        else:
-            await client.set(key, str(shards))
+        swap = lua.Bound(client, "shards_set")
+        if not int(await swap(Keys(spider).select(swap.meta.keys), [str(have), str(shards)])):
+            raise QueueError(f"spider {spider!r}: its shard count changed meanwhile (another process with another "
+                             f"FLEET_QUEUE_SHARDS); check what the spider's workers and seeders are set to")
     return _make(client, spider, n, dedup_ttl, breaker, await earlier_counts(client, spider, n))
 
 
@@ -156,11 +146,23 @@ class ShardedQueue(ShardedReads, FleetQueue):
                     self.read_parts.append(q)
         self._trip = lua.Bound(client, "breaker_trip")
         self._turn = 0  # which shard a lease asks first (rotates: no shard starves)
+        # lease id -> the shard it was leased from, for an entry that is not in its id's shard (written by a
+        # process with another count, or by a version before shards): routed where it is, never stuck
+        self._route: dict[str, int] = {}
         self._empty_until = [0.0] * n  # per shard: until when it counts as just found empty (lease)
+
+    def shard(self, lease_id: str) -> int:
+        """The shard of an entry id: where it was leased from when that was not its id's shard, else its id's."""
+        return self._route.get(lease_id, shard_of(lease_id, self.n))
 
     def part(self, key: str) -> FleetQueue:
         """The shard of a fingerprint or entry id."""
-        return self.parts[shard_of(key, self.n)]
+        return self.parts[self.shard(key)]
+
+    def _settled(self, ids: Iterable[str]) -> None:
+        if self._route:
+            for i in ids:
+                self._route.pop(i, None)
 
     def wake_channels(self, worker: str) -> list[str]:
         return [p.keys.wake_channel(worker) for p in self.parts]
@@ -199,7 +201,8 @@ class ShardedQueue(ShardedReads, FleetQueue):
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
         """Up to ``n`` leases: the whole ask goes to one shard, the next in turn (a shard that came back
         empty in the last ``EMPTY_SECONDS`` goes after the others), and what it could not give is asked at
-        once of all the other shards, split evenly.
+        once of all the other shards, split between them (a share of 0 too: that LEASE maintains, reports
+        its READY and lists the worker as waiting there when empty).
 
         Why one shard first and not an even split: a script call has a cost of its own, and an ask split
         over N shards is N calls of a few entries; a batch from one shard is also committed in that shard
@@ -214,23 +217,41 @@ class ShardedQueue(ShardedReads, FleetQueue):
         start, self._turn = self._turn, (self._turn + 1) % k
         order = sorted(((start + j) % k for j in range(k)), key=lambda s: self._empty_until[s] > now)
         out = LeaseBatch()
-        await self._lease_from(out, order[:1], {order[0]: n}, worker, lease_seconds, maintain_limit, now)
+        errors: list[BaseException] = []
+        await self._lease_from(out, order[:1], {order[0]: n}, worker, lease_seconds, maintain_limit, now, errors)
         short = n - len(out.leased)
         rest = order[1:]
+        asked = {order[0]}
         if short > 0:
+            # every other shard, a share of 0 too: its LEASE then only maintains and reports READY's size (and
+            # lists this worker as waiting there if empty), so `remaining` covers every shard
             more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
-            await self._lease_from(out, [s for s in rest if more[s] > 0], more, worker, lease_seconds,
-                                   maintain_limit, now)
+            await self._lease_from(out, rest, more, worker, lease_seconds, maintain_limit, now, errors)
+            asked |= set(rest)
+        if errors and not out.leased:
+            raise errors[0]
+        if errors or any(s not in asked and self._empty_until[s] <= now for s in range(k)):
+            out.remaining += 1  # a shard not asked (or not answering) may hold work: READY is not known empty
         return out
 
     async def _lease_from(self, out: LeaseBatch, which: list[int], shares: dict[int, int], worker: str,
-                          lease_seconds: float, maintain_limit: int, now: float) -> None:
-        got = await gather_all(
+                          lease_seconds: float, maintain_limit: int, now: float, errors: list[BaseException]) -> None:
+        """Lease from ``which`` at once; a shard whose call failed goes into ``errors`` and the others' leases
+        are kept (thrown away, they would wait out a lease period: one sick primary would stall the rest)."""
+        got = await asyncio.gather(*(
             self.parts[s].lease(shares[s], worker=worker, lease_seconds=lease_seconds, maintain_limit=maintain_limit)
             for s in which
-        )
+        ), return_exceptions=True)
         for s, b in zip(which, got, strict=True):
-            self._empty_until[s] = now + EMPTY_SECONDS if b.remaining == 0 and len(b.leased) < shares[s] else 0.0
+            if isinstance(b, BaseException):
+                errors.append(b)
+                continue
+            self._empty_until[s] = now + EMPTY_SECONDS if b.remaining == 0 else 0.0
+            for x in b.leased:
+                if shard_of(x.id, self.n) != s:
+                    if len(self._route) >= ROUTE_MAX:
+                        self._route.pop(next(iter(self._route)))
+                    self._route[x.id] = s
             out.promoted += b.promoted
             out.reaped += b.reaped
             out.leased += b.leased
@@ -250,7 +271,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
     def _by_shard(self, leases: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
         split: list[list[tuple[str, str]]] = [[] for _ in self.parts]
         for lid, token in leases:
-            split[shard_of(lid, self.n)].append((lid, token))
+            split[self.shard(lid)].append((lid, token))
         return split
 
     async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
@@ -263,17 +284,25 @@ class ShardedQueue(ShardedReads, FleetQueue):
 
     async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
         split = self._by_shard(leases)
-        return sum(await gather_all(p.ack(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+        n = sum(await gather_all(p.ack(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+        self._settled(lid for ls in split for lid, _ in ls)
+        return n
 
     async def release(self, leases: Iterable[tuple[str, str]]) -> int:
         split = self._by_shard(leases)
-        return sum(await gather_all(p.release(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+        n = sum(await gather_all(p.release(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+        self._settled(lid for ls in split for lid, _ in ls)
+        return n
 
     async def nack(self, lease_id: str, token: str, env: Envelope, due: float) -> bool:
-        return await self.part(lease_id).nack(lease_id, token, env, due)
+        ok = await self.part(lease_id).nack(lease_id, token, env, due)
+        self._settled([lease_id])
+        return ok
 
     async def dead(self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000) -> bool:
-        return await self.part(lease_id).dead(lease_id, token, fields, maxlen=maxlen)
+        ok = await self.part(lease_id).dead(lease_id, token, fields, maxlen=maxlen)
+        self._settled([lease_id])
+        return ok
 
     async def unwait(self, worker: str) -> None:
         await gather_all(p.unwait(worker) for p in self.read_parts)
@@ -301,7 +330,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
         if self.n == 1:  # back to one shard (the others only read): one call, as FleetQueue
             return await self.parts[0].commit_claiming(
                 commits, ack=ack, worker=worker, lease_seconds=lease_seconds, nonce=nonce)
-        plan = plan_commits(list(commits), self.n)
+        plan = plan_commits(list(commits), self.n, self._route)
         nonce = nonce or secrets.token_hex(4)  # one for every shard: a retried batch plans the same entries
 
         async def wave(lists: list[list[Commit]]) -> list[CommitReply | None]:
@@ -319,6 +348,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
         late = plan.late_wave(reply.acked)
         if any(late):
             await wave(late)
+        self._settled(c.lease_id for c, ok in zip(commits, reply.acked, strict=True) if ok)
         return reply
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],
                     run: str) -> tuple[str, str]:
@@ -335,8 +365,10 @@ class ShardedQueue(ShardedReads, FleetQueue):
         return event, window
 
     async def _windows(self, domain: str) -> list[str]:
-        got = await gather_all(self.client.hget(p.keys.breaker(domain), "window") for p in self.parts)
-        return [text(w) if w is not None else "" for w in got]
+        """The windows of the shards whose breaker of ``domain`` is closed: an open one keeps the window that
+        opened it, which must not count again once the others recovered."""
+        got = await gather_all(self.client.hmget(p.keys.breaker(domain), "state", "window") for p in self.parts)
+        return [text(w) for st, w in got if w is not None and (st is None or text(st) == "closed")]
 
     async def mirror_trip(self, domain: str, *, skip: FleetQueue | None = None) -> int:
         """Open ``domain``'s breaker in every shard (but ``skip``) where it is closed; how many opened."""

@@ -101,6 +101,9 @@ class Keeper:
                     _, reaped = await queue.maintain()
                     self.reaped(reaped)
                     touched = True
+                    changed = await queue.shards_changed()
+                    if changed:
+                        self.health.config_fatal(changed)
                     if self.gate is not None:
                         await self.gate.tick()
                 if self.proxies:

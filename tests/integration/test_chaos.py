@@ -313,10 +313,15 @@ def test_redis_loses_recent_writes_worker_holds_forgotten_leases(
         for n in range(first_child, len(cmds)):
             if cmds[n][1][0].upper() == b"MULTI":
                 multi = n
-            if multi is not None and cmds[n][1][0].upper() == b"HINCRBY" and cmds[n][1][1].endswith(b":dlv"):
-                break
-        assert multi is not None
+            if multi is not None and cmds[n][1][0].upper() == b"ZADD" and cmds[n][1][1].endswith(b":inflight"):
+                break  # the grants of a LEASE (or of a later commit's claim): the children leased
+        else:
+            multi = None
+        assert multi is not None, "no transaction leased the children: nothing to cut"
         cut = cmds[multi][0]
+        lost = [a for _, a in cmds[multi:]]
+        assert any(a[0].upper() == b"ZADD" and a[1].endswith(b":inflight") and len(a) >= 10 for a in lost), \
+            "the cut keeps the lease of the children: nothing is tested"
         with aof.open("r+b") as fh:
             fh.truncate(cut)
         time.sleep(0.3)

@@ -20,7 +20,7 @@ from scraper.queue import scripts as lua
 from scraper.queue.cancel import cancel_run
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
-from scraper.queue.shards import ShardedQueue
+from scraper.queue.shards import ShardedQueue, open_queue
 from scraper.queue.startkeys import StartStage
 from scraper.worker.proxies import PROXY_KEY_PREFIX, ProxyPool, parse_proxies
 
@@ -137,6 +137,8 @@ def test_every_call_site_matches_its_header(redis_url: str, recorded: list[Any])
     async def main() -> None:
         client = redisio.client(redis_url, socket_timeout=10)
         try:
+            await open_queue(client, SPIDER, shards=2)  # SHARDS_SET: recorded, and back while still empty
+            await open_queue(client, SPIDER, shards=1)
             q = FleetQueue(client, SPIDER)
             assert await q.seed(RUN, [_env(f"a{i}") for i in range(5)]) == (5, 0)  # one batch
             assert await q.seed(RUN, [_env(f"b{i}") for i in range(25)], batch=10) == (25, 0)  # streamed

@@ -786,3 +786,22 @@ def test_commit_retried_does_not_requeue_a_dont_filter_child(redis_url: str) -> 
         assert (await q.commit_claiming([fresh], worker="w1", lease_seconds=60, nonce="n2")).enqueued == [1]
 
     _run(redis_url, body)
+
+
+def test_deliveries_counted_before_the_upgrade_are_kept(redis_url: str) -> None:
+    """A request the previous version delivered (its count in the old dlv hash, no lease field) is leased
+    with that count + 1, not as a first delivery (redirect hops are checked on the first only:
+    scraper/worker/redirects.py); the old field goes with the entry; later deliveries count in the lease field."""
+    async def body(q: FleetQueue, client: Any) -> None:
+        await q.seed("r1", [_env("old"), _env("new")])
+        ids = {_url(await client.hget(q.keys.env, i)): i.decode() for i in await client.zrange(q.keys.ready, 0, -1)}
+        await client.hset(q.keys.dlv, ids["old"], "2")  # as the previous version left it
+        got = {_url(x.raw): x for x in (await q.lease(2, worker="w1", lease_seconds=60)).leased}
+        assert (got["old"].deliveries, got["new"].deliveries) == (3, 1)
+        assert await q.release([(got["old"].id, got["old"].token)]) == 1
+        again = (await q.lease(1, worker="w2", lease_seconds=60)).leased[0]
+        assert again.deliveries == 4 and again.token.startswith("w2#4#")
+        await q.commit([Commit(x.id, x.token, "r1", Envelope.loads(x.raw).fp) for x in (again, got["new"])])
+        assert not await client.exists(q.keys.dlv)  # drained: the old hash goes with its entries
+
+    _run(redis_url, body)

@@ -276,3 +276,69 @@ def test_a_changed_count_still_shows_what_the_old_shards_hold(redis_url: str) ->
         assert await client.zcard(Keys("chg").ready) == 6  # into the current (one) shard
 
     _with(redis_url, body)
+
+
+def test_an_entry_outside_its_ids_shard_is_worked_where_it_is(redis_url: str) -> None:
+    """A process with another count put an entry in shard 0 whose id names another shard: the sharded
+    worker that leases it from shard 0 heartbeats, commits and acks it there (never stuck in flight)."""
+
+    async def body(client: aioredis.Redis) -> None:
+        q = ShardedQueue(client, "odd", 3)
+        envs = [_env("odd", f"o{i}") for i in range(12)]
+        stray = [e for e in envs if shard_of(e.fp, 3) != 0]
+        assert await FleetQueue(client, "odd").seed(RUN, stray) == (len(stray), 0)  # all in shard 0
+        leases = await _lease_all(q, len(stray))
+        assert len(leases) == len(stray) and {q.shard(x.id) for x in leases} == {0}
+        assert await q.heartbeat([(x.id, x.token) for x in leases], 60) == []
+        reply = await q.commit_claiming([Commit(x.id, x.token, RUN, Envelope.loads(x.raw).fp) for x in leases])
+        assert all(reply.acked) and (await q.counts())["inflight"] == 0
+        assert q._route == {}  # settled: forgotten
+
+    _with(redis_url, body)
+
+
+def test_a_failing_shard_does_not_cost_the_others_leases(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        q = ShardedQueue(client, "sick", 3)
+        await q.seed(RUN, [_env("sick", f"s{i}") for i in range(60)])
+
+        async def down(*_a: Any, **_k: Any) -> Any:
+            raise ConnectionError("primary down")
+
+        monkeypatch.setattr(q.parts[1], "lease", down)
+        got = []
+        for _ in range(3):  # each turn of the rotation, shard 1 first once: the others still lease
+            got += (await q.lease(10, worker="w", lease_seconds=60)).leased
+        assert got and {q.shard(x.id) for x in got} <= {0, 2}
+        assert (await q.counts())["inflight"] == len(got)  # every lease granted was handed out
+        monkeypatch.setattr(q.parts[0], "lease", down)
+        monkeypatch.setattr(q.parts[2], "lease", down)
+        with pytest.raises(ConnectionError):
+            await q.lease(10, worker="w", lease_seconds=60)
+
+    _with(redis_url, body)
+
+
+def test_a_count_changed_under_a_worker_is_noticed(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        one, three = FleetQueue(client, "moved"), ShardedQueue(client, "moved", 3)
+        assert await one.shards_changed() is None
+        await client.set(Keys("moved").shards, "3")
+        assert await three.shards_changed() is None
+        assert "in 3 shard(s), this worker in 1" in (await one.shards_changed() or "")
+
+    _with(redis_url, body)
+
+
+def test_an_open_shards_old_window_does_not_reopen_a_recovered_one(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        q = ShardedQueue(client, "win", 2)
+        await q.seed(RUN, [_env("win", f"w{i}") for i in range(40)])
+        # shard 0 open on its own window of 5 C; shard 1 recovered (closed, empty window)
+        await client.hset(q.parts[0].keys.breaker(DOMAIN), mapping={"state": "open", "window": "CCCCC"})
+        await client.hset(q.parts[0].keys.brk, DOMAIN, "open|9e9")
+        le = next(x for x in await _lease_all(q, 40) if q.shard(x.id) == 1)
+        event, _ = await q.drift(le.id, le.token, DOMAIN, {"why": "one C"}, RUN)
+        assert event == "" and await q.parts[1].breaker_states() == {}
+
+    _with(redis_url, body)

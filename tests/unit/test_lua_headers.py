@@ -52,8 +52,8 @@ def test_only_the_helpers_a_script_calls() -> None:
     assert re.findall(r"local function (\w+)\(", has) == [  # transitive, in order
         "server_now", "hex2bin", "fpparts", "bucket_has", "set_migrate", "set_open", "set_has"]
     commit = lua.load("commit").source
-    for needed in ("claim_child", "deliveries", "env_head", "breaker_note", "breaker_flush", "breaker_record", "breaker_close",
-                   "release_parked", "to_ready", "ready_score", "wake", "server_now", "forget_all", "sc_load",
+    for needed in ("claim_child", "deliveries", "dlv_old", "env_head", "breaker_note", "breaker_flush",
+                   "breaker_record", "breaker_close", "release_parked", "to_ready", "ready_score", "wake", "server_now", "forget_all", "sc_load",
                    "sc_add", "sc_has", "sc_flush"):
         assert f"local function {needed}(" in commit
     for absent in ("enqueue", "set_add", "set_has", "owns", "forget"):  # the per-entry forms (issue #18)
@@ -91,9 +91,9 @@ def lua_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_undeclared_key_is_refused(lua_dir: Path) -> None:
-    _write(lua_dir, "bad", "-- BAD: acks\n-- KEYS: lease inflight\n-- ARGV: -\n-- ARGV...: id token\n"
-                           "-- REPLY: 1\nreturn forget(k, ARGV[1])\n")  # forget also touches k.env
-    with pytest.raises(lua.LuaHeaderError, match=r"does not declare: \['env'\]"):
+    _write(lua_dir, "bad", "-- BAD: acks\n-- KEYS: lease inflight env\n-- ARGV: -\n-- ARGV...: id token\n"
+                           "-- REPLY: 1\nreturn forget(k, ARGV[1])\n")  # forget also touches k.dlv
+    with pytest.raises(lua.LuaHeaderError, match=r"does not declare: \['dlv'\]"):
         lua.load("bad")
 
 
@@ -140,9 +140,9 @@ class _FakeClient:
 
 @pytest.mark.parametrize("name, keys, args, ok", [
     ("heartbeat", 2, 2, True), ("heartbeat", 2, 6, True), ("heartbeat", 2, 3, False), ("heartbeat", 1, 4, False),
-    ("ack", 3, 0, True), ("ack", 3, 4, True), ("ack", 3, 3, False), ("ack", 4, 2, False),
-    ("lease", 12, 7, True), ("lease", 12, 6, False), ("lease", 12, 8, False), ("lease", 1, 7, False),
-    ("commit", 13, 12, True), ("commit", 15, 25, True), ("commit", 14, 12, False), ("commit", 10, 12, False),
+    ("ack", 4, 0, True), ("ack", 4, 4, True), ("ack", 4, 3, False), ("ack", 5, 2, False),
+    ("lease", 13, 7, True), ("lease", 13, 6, False), ("lease", 13, 8, False), ("lease", 1, 7, False),
+    ("commit", 14, 12, True), ("commit", 16, 25, True), ("commit", 15, 12, False), ("commit", 11, 12, False),
     ("commit", 13, 11, False),
     ("seed_bulk", 7, 6, True), ("seed_bulk", 7, 7, False), ("proxy_flush", 2, 6, True), ("proxy_flush", 2, 3, False),
 ])

@@ -367,6 +367,16 @@ local function deliveries(v)
   return tonumber(string.match(v, '#(%d+)#[^#]*$') or string.match(v, '^#(%d+)$')) or 0
 end
 
+-- The versions before 2026-12-07 counted deliveries in a hash of their own (dlv). While it still has fields
+-- (requests in flight or retried at the upgrade), a grant with no lease field reads the count there and an
+-- entry's end deletes its field: such a request keeps its count, and its first delivery stays the one whose
+-- redirect hops are checked (scraper/worker/redirects.py). One EXISTS per call; nothing writes dlv any more.
+local DLV_OLD = nil
+local function dlv_old(k)
+  if DLV_OLD == nil then DLV_OLD = redis.call('EXISTS', k.dlv) == 1 end
+  return DLV_OLD
+end
+
 local function lease_end(k, id, token)
   local d = deliveries(token or redis.call('HGET', k.lease, id))
   if d > 0 then
@@ -641,6 +651,7 @@ local function forget(k, id)
   redis.call('ZREM', k.inflight, id)
   redis.call('HDEL', k.lease, id)
   redis.call('HDEL', k.env, id)
+  if dlv_old(k) then redis.call('HDEL', k.dlv, id) end
 end
 
 -- forget of many entries: three calls for the lot (LEASE, COMMIT)
@@ -650,5 +661,6 @@ local function forget_all(k, ids)
     redis.call('ZREM', k.inflight, unpack(ids, j, last))
     redis.call('HDEL', k.lease, unpack(ids, j, last))
     redis.call('HDEL', k.env, unpack(ids, j, last))
+    if dlv_old(k) then redis.call('HDEL', k.dlv, unpack(ids, j, last)) end
   end
 end

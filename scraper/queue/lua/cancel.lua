@@ -1,6 +1,6 @@
 -- CANCEL: one batch of `fleet cancel`'s sweep: drop the given entries of a cancelled run from one queued
 --   set (READY, DELAYED or a domain's PARKED), unexecuted, with their envelopes.
--- KEYS: cancelled queued env lease
+-- KEYS: cancelled queued env lease dlv
 -- ARGV: run
 -- ARGV...: id
 -- REPLY: how many entries were dropped (an id no longer in `queued`, or of another run, is left alone)
@@ -22,6 +22,7 @@ for i = 2, #ARGV do
       redis.call('ZREM', k.queued, id)
       redis.call('HDEL', k.env, id)
       redis.call('HDEL', k.lease, id)  -- its deliveries (lua/_helpers.lua: deliveries)
+      if dlv_old(k) then redis.call('HDEL', k.dlv, id) end
       n = n + 1
     end
   end

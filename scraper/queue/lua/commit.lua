@@ -1,6 +1,6 @@
 -- COMMIT: record DONE, enqueue discovered requests (they inherit the parent's run), feed item-callback
 --   outcomes to the domain's drift breaker, then acknowledge; one script, one round trip per batch.
--- KEYS: env ready seq hold brk parkdom inflight lease waiting wake cancelled
+-- KEYS: env ready seq hold brk parkdom inflight lease dlv waiting wake cancelled
 -- KEYS...: seen done
 -- ARGV: prefix ttl now W minev rate cbase ccap ack lease worker nonce
 -- ARGV...: r fp id token domain outcome claim ndisc nhops (then ndisc groups: id json fp prio dont_filter, then

@@ -1,5 +1,5 @@
 -- DEAD: move a lease (or, with token '', any entry) to the DLQ stream with its evidence fields.
--- KEYS: lease inflight env dlq ready delayed cancelled
+-- KEYS: lease inflight env dlv dlq ready delayed cancelled
 -- ARGV: maxlen id token
 -- ARGV...: field value
 -- REPLY: 1 when dead-lettered, 0 when the lease was lost, 2 when its run (field `run`) was cancelled: the

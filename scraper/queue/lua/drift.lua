@@ -1,6 +1,6 @@
 -- DRIFT: a class C outcome: record it on the domain's breaker and PARK the request (not DONE, not acked:
 --   it is re-extracted after the fix).
--- KEYS: lease inflight brk parkdom env ready seq breaker parked cancelled
+-- KEYS: lease inflight brk parkdom env ready seq breaker parked cancelled dlv
 -- ARGV: prefix now W minev rate cbase ccap id token domain sample run
 -- REPLY: {event ('' | 'opened' | 'reopened' | 'lost' when the lease was not ours | 'cancelled' when the
 --   request's run was cancelled (`fleet cancel`): forgotten, not parked, nothing recorded on the breaker),

@@ -1,5 +1,5 @@
 -- LEASE: maintenance (as MAINTAIN), then lease up to n READY entries to a worker.
--- KEYS: ready env hold brk parkdom delayed inflight lease seq waiting wake cancelled
+-- KEYS: ready env hold brk parkdom delayed inflight lease dlv seq waiting wake cancelled
 -- ARGV: prefix now n lease worker limit nonce
 -- REPLY: {promoted, reaped flat (id, previous owner's token), leased flat (id, json, deliveries, token),
 --   skipped flat (id, json), held, parked, remaining, cancelled}
@@ -106,11 +106,12 @@ if n > 0 then
       local gids = {}
       for q, j in ipairs(granted) do gids[q] = ids[j] end
       local dl = redis.call('HMGET', k.lease, unpack(gids))  -- deliveries so far (lua/_helpers.lua)
+      local old = dlv_old(k) and redis.call('HMGET', k.dlv, unpack(gids))
       local inf, tok = {}, {}
       -- numbers become strings once per call where they repeat (Lua formats each with snprintf)
       local deadline = string.format('%.17g', lease_deadline(now, lease))  -- as Redis would format it
       for q, id in ipairs(gids) do
-        local d = deliveries(dl[q]) + 1
+        local d = (dl[q] and deliveries(dl[q]) or (old and tonumber(old[q])) or 0) + 1
         local ds = d == 1 and '1' or tostring(d)
         local token = lease_token(worker, ds, nonce .. #leased)
         inf[#inf + 1] = deadline; inf[#inf + 1] = id

@@ -1,5 +1,5 @@
 -- NACK: move a lease this worker owns to DELAYED with an updated envelope (a retry later).
--- KEYS: lease inflight env delayed cancelled
+-- KEYS: lease inflight env delayed dlv cancelled
 -- ARGV: id token due json
 -- REPLY: 1 when moved, 0 when the lease was lost, 2 when the envelope's run was cancelled (`fleet cancel`):
 --   the entry is forgotten instead of waiting in DELAYED for a retry nobody wants
