@@ -42,11 +42,13 @@ class CommitPlan:
 
 
 def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
-                 route: Mapping[str, int] | None = None) -> CommitPlan:
+                 route: Mapping[str, int] | None = None, width: int = 0) -> CommitPlan:
     """Split ``commits`` over ``shards`` shards (module doc). ``route``: lease id -> shard for a parent that
-    is not in its id's shard (``ShardedQueue.shard``)."""
+    is not in its id's shard (``ShardedQueue.shard``: an index up to ``width``, which counts the shards of
+    earlier counts too; the children always go to the ``shards`` of now)."""
     k = shards
-    plan = CommitPlan(k, [[] for _ in range(k)], [[] for _ in range(k)])
+    total = max(k, width)
+    plan = CommitPlan(total, [[] for _ in range(total)], [[] for _ in range(total)])
     for ci, c in enumerate(commits):
         home = route.get(c.lease_id, -1) if route else -1
         if home < 0:
@@ -85,7 +87,7 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
             slot = (home, True, len(plan.final[home]))
             plan.final[home].append(Commit(
                 lease_id=c.lease_id, token=c.token, run=c.run, fp=c.fp, domain=c.domain, outcome=c.outcome,
-                strict=strict, hops=hops[home] if strict else [],
+                strict=strict, hops=hops[home] if strict and home < k else [],
             ))
             slots.append(slot)
         plan.where.append(slots)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -17,6 +18,14 @@ __all__ = ["ShardedReads", "gather_all"]
 
 T = TypeVar("T")
 _ORDER = {"closed": 0, "half_open": 1, "open": 2}  # a domain's state over its shards: the worst one
+
+
+def _past(state: str, now: float) -> bool:
+    """Whether a ``brk`` value (``open|<until>`` / ``half|<until>``) has run out."""
+    try:
+        return float(state.split("|", 1)[1]) < now
+    except (IndexError, ValueError):
+        return False
 
 
 async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
@@ -101,8 +110,11 @@ class ShardedReads:
 
     async def breaker_states(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for states in await gather_all(p.breaker_states() for p in self.read_parts):
+        now = time.time()
+        for i, states in enumerate(await gather_all(p.breaker_states() for p in self.read_parts)):
             for domain, v in states.items():
+                if i >= len(self.parts) and _past(v, now):
+                    continue  # a shard of an earlier count: no LEASE moves its breakers on, its deadline is over
                 have = out.get(domain)
                 if have is None or (v.startswith("open") and not have.startswith("open")):
                     out[domain] = v
@@ -112,8 +124,11 @@ class ShardedReads:
         """Each domain's breaker over the shards: the worst state, windows and counts added, the latest
         samples; ``shards`` gives each shard's state."""
         out: dict[str, dict[str, Any]] = {}
+        now = time.time()
         for i, br in enumerate(await gather_all(p.breakers() for p in self.read_parts)):
             for domain, b in br.items():
+                if i >= len(self.parts) and (b["state"] == "closed" or (b["open_until"] or 0) < now):
+                    continue  # a shard of an earlier count: only a breaker still open there counts
                 have = out.get(domain)
                 if have is None:
                     have = out[domain] = dict(b, shards=["closed"] * len(self.read_parts))

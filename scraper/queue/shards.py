@@ -27,7 +27,6 @@ checks so that workers, seeders and operator commands agree on it.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -39,15 +38,13 @@ from scraper.queue import scripts as lua
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope
 from scraper.queue.keys import MAX_SHARDS, Keys, QueueError, shard_of, stored_shards
-from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
+from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease
 from scraper.queue.seedwire import text
+from scraper.queue.shardlease import ShardedLeasing
 from scraper.queue.shardplan import merge_replies, plan_commits
 from scraper.queue.shardreads import ShardedReads, gather_all
 
-__all__ = ["EMPTY_SECONDS", "ShardedQueue", "earlier_counts", "fleet_trips", "open_queue", "stored_shards"]
-
-EMPTY_SECONDS = 0.5  # a shard whose READY a lease emptied is asked after the others this long
-ROUTE_MAX = 100_000  # lease ids remembered outside their id's shard (ShardedQueue.shard), oldest dropped first
+__all__ = ["ShardedQueue", "earlier_counts", "fleet_trips", "open_queue", "stored_shards"]
 
 T = TypeVar("T")
 _SEED_CHUNK = 50_000  # rows split per shard at a time (memory bound for fleet seed of millions)
@@ -76,7 +73,8 @@ async def open_queue(
     have = await stored_shards(client, spider)
     n = have if shards is None else shards
     if shards is not None and shards != have:
-        old = _make(client, spider, have, dedup_ttl, breaker)
+        # the shards of the recorded count and of earlier ones: a worker of another count may have left work
+        old = _make(client, spider, have, dedup_ttl, breaker, await earlier_counts(client, spider, have))
         counts = await old.counts()
         busy = counts["ready"] + counts["inflight"] + counts["delayed"] + counts["parked"]
         live = len(await old.waiting_workers(time.time() - 1.0))
@@ -118,7 +116,7 @@ def fleet_trips(windows: Sequence[str], params: BreakerParams) -> bool:
     return n > 0 and c >= params.min_events and c / n >= params.rate
 
 
-class ShardedQueue(ShardedReads, FleetQueue):
+class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
     """A spider's queue in ``n`` shards; the same interface as :class:`FleetQueue`, whose own methods (the
     gate, keys of the spider alone) act on shard 0."""
 
@@ -145,24 +143,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
                     tags.add(q.keys.prefix)
                     self.read_parts.append(q)
         self._trip = lua.Bound(client, "breaker_trip")
-        self._turn = 0  # which shard a lease asks first (rotates: no shard starves)
-        # lease id -> the shard it was leased from, for an entry that is not in its id's shard (written by a
-        # process with another count, or by a version before shards): routed where it is, never stuck
-        self._route: dict[str, int] = {}
-        self._empty_until = [0.0] * n  # per shard: until when it counts as just found empty (lease)
-
-    def shard(self, lease_id: str) -> int:
-        """The shard of an entry id: where it was leased from when that was not its id's shard, else its id's."""
-        return self._route.get(lease_id, shard_of(lease_id, self.n))
-
-    def part(self, key: str) -> FleetQueue:
-        """The shard of a fingerprint or entry id."""
-        return self.parts[self.shard(key)]
-
-    def _settled(self, ids: Iterable[str]) -> None:
-        if self._route:
-            for i in ids:
-                self._route.pop(i, None)
+        self._leasing_init()
 
     def wake_channels(self, worker: str) -> list[str]:
         return [p.keys.wake_channel(worker) for p in self.parts]
@@ -198,69 +179,6 @@ class ShardedQueue(ShardedReads, FleetQueue):
 
     # -- consumers --------------------------------------------------------------------------------
 
-    async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
-        """Up to ``n`` leases: the whole ask goes to one shard, the next in turn (a shard that came back
-        empty in the last ``EMPTY_SECONDS`` goes after the others), and what it could not give is asked at
-        once of all the other shards, split between them (a share of 0 too: that LEASE maintains, reports
-        its READY and lists the worker as waiting there when empty).
-
-        Why one shard first and not an even split: a script call has a cost of its own, and an ask split
-        over N shards is N calls of a few entries; a batch from one shard is also committed in that shard
-        (wave 2 of ``shardplan``) in one call. Why in turn: every shard is asked first every N calls, so
-        none waits while others are drained, and each one's LEASE runs its maintenance (due retries,
-        expired leases) as often as the others'."""
-        k = self.n
-        if k == 1:
-            return await self.parts[0].lease(n, worker=worker, lease_seconds=lease_seconds,
-                                             maintain_limit=maintain_limit)
-        now = time.monotonic()
-        start, self._turn = self._turn, (self._turn + 1) % k
-        order = sorted(((start + j) % k for j in range(k)), key=lambda s: self._empty_until[s] > now)
-        out = LeaseBatch()
-        errors: list[BaseException] = []
-        await self._lease_from(out, order[:1], {order[0]: n}, worker, lease_seconds, maintain_limit, now, errors)
-        short = n - len(out.leased)
-        rest = order[1:]
-        asked = {order[0]}
-        if short > 0:
-            # every other shard, a share of 0 too: its LEASE then only maintains and reports READY's size (and
-            # lists this worker as waiting there if empty), so `remaining` covers every shard
-            more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
-            await self._lease_from(out, rest, more, worker, lease_seconds, maintain_limit, now, errors)
-            asked |= set(rest)
-        if errors and not out.leased:
-            raise errors[0]
-        if errors or any(s not in asked and self._empty_until[s] <= now for s in range(k)):
-            out.remaining += 1  # a shard not asked (or not answering) may hold work: READY is not known empty
-        return out
-
-    async def _lease_from(self, out: LeaseBatch, which: list[int], shares: dict[int, int], worker: str,
-                          lease_seconds: float, maintain_limit: int, now: float, errors: list[BaseException]) -> None:
-        """Lease from ``which`` at once; a shard whose call failed goes into ``errors`` and the others' leases
-        are kept (thrown away, they would wait out a lease period: one sick primary would stall the rest)."""
-        got = await asyncio.gather(*(
-            self.parts[s].lease(shares[s], worker=worker, lease_seconds=lease_seconds, maintain_limit=maintain_limit)
-            for s in which
-        ), return_exceptions=True)
-        for s, b in zip(which, got, strict=True):
-            if isinstance(b, BaseException):
-                errors.append(b)
-                continue
-            self._empty_until[s] = now + EMPTY_SECONDS if b.remaining == 0 else 0.0
-            for x in b.leased:
-                if shard_of(x.id, self.n) != s:
-                    if len(self._route) >= ROUTE_MAX:
-                        self._route.pop(next(iter(self._route)))
-                    self._route[x.id] = s
-            out.promoted += b.promoted
-            out.reaped += b.reaped
-            out.leased += b.leased
-            out.skipped += b.skipped
-            out.held += b.held
-            out.parked += b.parked
-            out.remaining += b.remaining
-            out.cancelled += b.cancelled
-
     async def maintain(self, limit: int = 500) -> tuple[int, list[tuple[str, str]]]:
         promoted, reaped = 0, []
         for p, r in await gather_all(p.maintain(limit) for p in self.parts):
@@ -268,29 +186,24 @@ class ShardedQueue(ShardedReads, FleetQueue):
             reaped += r
         return promoted, reaped
 
-    def _by_shard(self, leases: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-        split: list[list[tuple[str, str]]] = [[] for _ in self.parts]
-        for lid, token in leases:
-            split[self.shard(lid)].append((lid, token))
-        return split
-
     async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:
         split = self._by_shard(leases)
         lost: list[str] = []
-        parts = zip(self.parts, split, strict=True)
+        parts = zip(self.read_parts, split, strict=True)
         for got in await gather_all(p.heartbeat(ls, lease_seconds) for p, ls in parts if ls):
             lost += got
+        self._settled(lost)  # no longer this worker's: whoever leases it next learns where it is
         return lost
 
     async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
         split = self._by_shard(leases)
-        n = sum(await gather_all(p.ack(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+        n = sum(await gather_all(p.ack(ls) for p, ls in zip(self.read_parts, split, strict=True) if ls))
         self._settled(lid for ls in split for lid, _ in ls)
         return n
 
     async def release(self, leases: Iterable[tuple[str, str]]) -> int:
         split = self._by_shard(leases)
-        n = sum(await gather_all(p.release(ls) for p, ls in zip(self.parts, split, strict=True) if ls))
+        n = sum(await gather_all(p.release(ls) for p, ls in zip(self.read_parts, split, strict=True) if ls))
         self._settled(lid for ls in split for lid, _ in ls)
         return n
 
@@ -327,21 +240,21 @@ class ShardedQueue(ShardedReads, FleetQueue):
         one that routes to another shard than its fingerprint's is a QueueError."""
         if not commits:
             return CommitReply([], [], [], [])
-        if self.n == 1:  # back to one shard (the others only read): one call, as FleetQueue
+        if len(self.read_parts) == 1:  # one shard: one call, as FleetQueue
             return await self.parts[0].commit_claiming(
                 commits, ack=ack, worker=worker, lease_seconds=lease_seconds, nonce=nonce)
-        plan = plan_commits(list(commits), self.n, self._route)
+        plan = plan_commits(list(commits), self.n, self._route, width=len(self.read_parts))
         nonce = nonce or secrets.token_hex(4)  # one for every shard: a retried batch plans the same entries
 
         async def wave(lists: list[list[Commit]]) -> list[CommitReply | None]:
             async def one(s: int) -> CommitReply | None:
                 if not lists[s]:
                     return None
-                return await self.parts[s].commit_claiming(
+                return await self.read_parts[s].commit_claiming(
                     lists[s], ack=ack, worker=worker, lease_seconds=lease_seconds, nonce=nonce
                 )
 
-            return await gather_all(one(s) for s in range(self.n))
+            return await gather_all(one(s) for s in range(len(lists)))
 
         first = await wave(plan.early)
         reply = merge_replies(plan, first, await wave(plan.final))
@@ -358,6 +271,7 @@ class ShardedQueue(ShardedReads, FleetQueue):
         need N times the C outcomes to open."""
         home = self.part(lease_id)
         event, window = await home.drift(lease_id, token, domain, sample, run)
+        self._settled([lease_id])  # parked (or lost): no longer this worker's
         if event == "" and fleet_trips(await self._windows(domain), self.breaker):
             event = "opened" if await self.mirror_trip(domain) else ""
         elif event in ("opened", "reopened"):

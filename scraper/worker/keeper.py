@@ -101,9 +101,11 @@ class Keeper:
                     _, reaped = await queue.maintain()
                     self.reaped(reaped)
                     touched = True
-                    changed = await queue.shards_changed()
-                    if changed:
-                        self.health.config_fatal(changed)
+                # every tick (one GET): a worker whose FLEET_QUEUE_SHARDS is no longer the spider's stops
+                # before it routes much more work by the old count (what it left is worked off: shards.py)
+                changed = await queue.shards_changed()
+                if changed:
+                    self.health.config_fatal(changed)
                     if self.gate is not None:
                         await self.gate.tick()
                 if self.proxies:

@@ -37,7 +37,7 @@ from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.policy.politeness import Politeness
 from scraper.queue import redisio
-from scraper.queue.shards import open_queue
+from scraper.queue.shards import ShardedQueue, open_queue
 from scraper.store import health as storehealth
 from scraper.store.backends import open_store
 from scraper.store.objects import ObjectWriter
@@ -190,6 +190,8 @@ class FleetRuntime:
         )
         fleet_queue = await open_queue(self.client, spider.name, shards=self.config.queue_shards,
                                        dedup_ttl=self.config.dedup_ttl, breaker=self.config.breaker_params())
+        if isinstance(fleet_queue, ShardedQueue):  # a shard's failure while the others answer: logged, once
+            fleet_queue.on_shard_error = self._shard_unavailable
         queue, self.sink = crashpoints.install(self.crash_at, fleet_queue, self.sink)
         self.durability.sink = self.sink
         self.queue = self.committer.queue = self.failures.queue = self.feeder.queue = self.keeper.queue = queue
@@ -250,6 +252,10 @@ class FleetRuntime:
         self.alerter.close()
         self.closed = True
         self.log.info("worker_stopped", reason=reason, exit_code=self.exit_code)
+
+    def _shard_unavailable(self, shard: int, exc: BaseException) -> None:
+        self.stats.inc_value("fleet/shard_unavailable")
+        self.log.warning("shard_unavailable", shard=shard, error=type(exc).__name__, detail=str(exc)[:200])
 
     async def _unwait(self) -> None:
         """Off the queue's WAITING list: a stopped worker does not hold up a change of FLEET_QUEUE_SHARDS."""

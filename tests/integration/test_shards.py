@@ -342,3 +342,69 @@ def test_an_open_shards_old_window_does_not_reopen_a_recovered_one(redis_url: st
         assert event == "" and await q.parts[1].breaker_states() == {}
 
     _with(redis_url, body)
+
+
+def test_a_share_of_zero_lists_the_worker_waiting_where_it_is_empty(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        q = ShardedQueue(client, "wz", 3)
+        got = await q.lease(1, worker="w", lease_seconds=60)  # one shard asked for 1, the others for 1 and 0
+        assert got.remaining == 0 and not got.leased
+        assert [await client.zscore(p.keys.waiting, "w") is not None for p in q.parts] == [True] * 3
+
+    _with(redis_url, body)
+
+
+def test_work_a_worker_of_an_old_count_left_is_worked_off(redis_url: str) -> None:
+    """A worker opened with 3 shards, not yet leasing (so not waiting), misses a change to 2 and commits
+    children by the old count: the 2-shard workers lease them from the old shards too, and the spider
+    drains (until-idle ends), no child lost."""
+
+    async def body(client: aioredis.Redis) -> None:
+        a = await open_queue(client, "st", shards=3)
+        b = await open_queue(client, "st", shards=2)
+        envs = [_env("st", f"p{i}") for i in range(200)]
+        parent = next(e for e in envs if shard_of(e.fp, 6) == 0)  # shard 0 under both counts
+        kids = [e for e in envs if e is not parent and shard_of(e.fp, 3) != 0][:10]
+        assert await b.seed(RUN, [parent]) == (1, 0)
+        (x,) = await _lease_all(a, 1, worker="A")
+        reply = await a.commit_claiming([Commit(x.id, x.token, RUN, parent.fp, kids)])
+        assert all(reply.acked) and sum(reply.enqueued) == len(kids)
+        assert await a.shards_changed()  # what its keeper notices at its next tick: it stops
+        got = await _lease_all(b, len(kids), worker="B")
+        assert sorted(Envelope.loads(y.raw).fp for y in got) == sorted(e.fp for e in kids)
+        reply = await b.commit_claiming([Commit(y.id, y.token, RUN, Envelope.loads(y.raw).fp) for y in got])
+        assert all(reply.acked) and await b.pending() == 0
+
+    _with(redis_url, body)
+
+
+def test_processes_with_the_same_new_count_all_start(redis_url: str) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        qs = await asyncio.gather(*(open_queue(client, "twin", shards=3) for _ in range(4)))
+        assert all(isinstance(q, ShardedQueue) and q.n == 3 for q in qs)
+        await client.set(Keys("odd0").shards, "03")  # however it is written, 3 is 3
+        assert (await open_queue(client, "odd0", shards=3)).n == 3
+
+    _with(redis_url, body)
+
+
+def test_a_hanging_shard_is_asked_last_for_a_while(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(client: aioredis.Redis) -> None:
+        q = ShardedQueue(client, "slow", 3)
+        await q.seed(RUN, [_env("slow", f"s{i}") for i in range(600)])
+        errors: list[int] = []
+        q.on_shard_error = lambda s, e: errors.append(s)
+
+        async def hang(*_a: Any, **_k: Any) -> Any:
+            await asyncio.sleep(0.5)
+            raise TimeoutError("primary not answering")
+
+        monkeypatch.setattr(q.parts[1], "lease", hang)
+        slow = 0
+        for _ in range(6):
+            t = time.monotonic()
+            assert (await q.lease(50, worker="w", lease_seconds=60)).leased
+            slow += time.monotonic() - t >= 0.5
+        assert slow == 1 and errors == [1]  # waited for once, reported once
+
+    _with(redis_url, body)

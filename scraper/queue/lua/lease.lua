@@ -127,7 +127,7 @@ if n > 0 then
   end
 end
 local remaining = redis.call('ZCARD', k.ready)
-if n > 0 then
+do  -- also for n = 0 (ShardedQueue asks a shard for nothing to learn its READY: listed there when empty)
   local waiting = k.waiting
   if remaining == 0 then
     -- READY is empty: this worker waits for news of work (see wake) instead of asking again at once;

@@ -3,9 +3,11 @@
 --   it at once, one wins and the other is refused), and remember both counts (reads cover their shards).
 -- KEYS: shards shardsets
 -- ARGV: have new
--- REPLY: 1 when changed; 0 when the count was no longer `have`
-local cur = redis.call('GET', k.shards) or '1'
-if cur ~= ARGV[1] then return 0 end
+-- REPLY: 1 when changed (or already `new`: a process with the same setting changed it first); 0 when the
+--   count was neither `have` nor `new`
+local cur = tonumber(redis.call('GET', k.shards) or '1')  -- as a number: '03' is 3, as stored_shards reads it
+if cur == tonumber(ARGV[2]) then return 1 end
+if cur ~= tonumber(ARGV[1]) then return 0 end
 if ARGV[2] == '1' then
   redis.call('DEL', k.shards)
 else

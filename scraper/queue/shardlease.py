@@ -1,0 +1,157 @@
+"""Leasing from a spider split into shards, and where each leased entry is answered: a mixin of
+:class:`scraper.queue.shards.ShardedQueue`.
+
+Why its own module: which shard a lease asks, and which shard then hears of the entry (heartbeat, commit,
+NACK, DEAD, RELEASE), is the one place where the router must keep state (the turn, the shards found empty
+or failing, the entries found outside their id's shard), and the one place a sick primary can stall a
+worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Iterable
+
+from scraper.queue.client import FleetQueue
+from scraper.queue.keys import shard_of
+from scraper.queue.records import LeaseBatch
+
+__all__ = ["DOWN_SECONDS", "EMPTY_SECONDS", "LEGACY_EMPTY_SECONDS", "ROUTE_MAX", "ShardedLeasing"]
+
+EMPTY_SECONDS = 0.5  # a shard whose READY a lease emptied is asked after the others this long
+LEGACY_EMPTY_SECONDS = 5.0  # a shard of an earlier count found empty is not asked again this long
+DOWN_SECONDS = 2.0  # a shard whose LEASE failed is asked only when no other gives anything, this long
+ROUTE_MAX = 100_000  # lease ids remembered outside their id's shard (shard()), oldest dropped first
+
+
+class ShardedLeasing:
+    """``parts``: the shards work goes to; ``read_parts``: those, then the shards of earlier counts."""
+
+    parts: list[FleetQueue]
+    read_parts: list[FleetQueue]
+    #: called with (shard index, error) when a shard's LEASE fails and others answer (the runtime logs it)
+    on_shard_error: Callable[[int, BaseException], None] | None
+
+    def _leasing_init(self) -> None:
+        total = len(self.read_parts)
+        self._turn = 0  # which shard a lease asks first (rotates: no shard starves)
+        self._empty_until = [0.0] * total  # per shard: until when it counts as just found empty
+        self._down_until = [0.0] * total  # per shard: until when it counts as failing
+        self._backlog = [0] * total  # per shard: READY's size at its last LEASE (the deficit goes there first)
+        # lease id -> index in read_parts of the shard it was leased from, for an entry that is not in its id's
+        # shard (written by a process with another count, or left in a shard of an earlier count): answered
+        # where it is, never stuck in flight
+        self._route: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.on_shard_error = None
+
+    @property
+    def n(self) -> int:
+        return len(self.parts)
+
+    def shard(self, lease_id: str) -> int:
+        """Index in ``read_parts`` of an entry's shard: where it was leased from when that was not its id's
+        shard, else its id's."""
+        return self._route.get(lease_id, shard_of(lease_id, len(self.parts)))
+
+    def part(self, key: str) -> FleetQueue:
+        """The shard of an entry id (or of a fingerprint: its id's shard)."""
+        return self.read_parts[self.shard(key)]
+
+    def _settled(self, ids: Iterable[str]) -> None:
+        if self._route:
+            for i in ids:
+                self._route.pop(i, None)
+
+    def _by_shard(self, leases: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        split: list[list[tuple[str, str]]] = [[] for _ in self.read_parts]
+        for lid, token in leases:
+            split[self.shard(lid)].append((lid, token))
+        return split
+
+    async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
+        """Up to ``n`` leases: the whole ask goes to one shard, the next in turn (one found empty in the last
+        ``EMPTY_SECONDS`` or failing in the last ``DOWN_SECONDS`` goes after the others), and what it could
+        not give is asked at once of the other shards, split between them; a share of 0 too (that LEASE
+        maintains, reports its READY and lists the worker as waiting there when it is empty), and the
+        shards of earlier counts not found empty lately (an entry a worker of another count left there is
+        worked off). A failing shard is asked only when no other gave anything (so an idle worker still
+        sees the outage); a sick primary costs the others neither leases nor time.
+
+        Why one shard first and not an even split: a script call has a cost of its own, and an ask split
+        over N shards is N calls of a few entries; a batch from one shard is also committed in that shard
+        in one call. Why in turn: every shard is asked first every N calls, so none waits while others are
+        drained, and each one's LEASE runs its maintenance (due retries, expired leases) as often."""
+        k = len(self.parts)
+        if k == 1 and len(self.read_parts) == 1:
+            return await self.parts[0].lease(n, worker=worker, lease_seconds=lease_seconds,
+                                             maintain_limit=maintain_limit)
+        now = time.monotonic()
+        start, self._turn = self._turn, (self._turn + 1) % k
+        order = sorted(((start + j) % k for j in range(k)),
+                       key=lambda s: (self._down_until[s] > now, self._empty_until[s] > now))
+        legacy = [s for s in range(k, len(self.read_parts)) if self._empty_until[s] <= now]
+        out = LeaseBatch()
+        errors: list[BaseException] = []
+        first = order[0]
+        await self._lease_from(out, [first], {first: n}, worker, lease_seconds, maintain_limit, now, errors)
+        asked = {first}
+        short = n - len(out.leased)
+        if short > 0:
+            # the shards that had the most work at their last LEASE first (a share smaller than the shards
+            # asked must not always miss the same ones), in turn among equals
+            rest = sorted([s for s in order[1:] if self._down_until[s] <= now] + legacy,
+                          key=lambda s: -self._backlog[s])
+            if rest:
+                more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
+                await self._lease_from(out, rest, more, worker, lease_seconds, maintain_limit, now, errors)
+                asked |= set(rest)
+            down = [s for s in order[1:] if s not in asked]
+            if down and not out.leased:
+                share = {s: n // len(down) + (1 if j < n % len(down) else 0) for j, s in enumerate(down)}
+                await self._lease_from(out, down, share, worker, lease_seconds, maintain_limit, now, errors)
+                asked |= set(down)
+        if errors and not out.leased:
+            raise errors[0]
+        unknown = [s for s in range(len(self.read_parts)) if s not in asked and self._empty_until[s] <= now]
+        if errors or unknown:
+            out.remaining += 1  # a shard not asked (or not answering) may hold work: READY is not known empty
+        return out
+
+    async def _lease_from(self, out: LeaseBatch, which: list[int], shares: dict[int, int], worker: str,
+                          lease_seconds: float, maintain_limit: int, now: float, errors: list[BaseException]) -> None:
+        """Lease from ``which`` at once; a shard whose call failed goes into ``errors`` (and counts as down for
+        ``DOWN_SECONDS``), the others' leases are kept (thrown away, they would wait out a lease period)."""
+        got = await asyncio.gather(*(
+            self.read_parts[s].lease(shares[s], worker=worker, lease_seconds=lease_seconds,
+                                     maintain_limit=maintain_limit)
+            for s in which
+        ), return_exceptions=True)
+        k = len(self.parts)
+        for s, b in zip(which, got, strict=True):
+            if isinstance(b, BaseException):
+                if not isinstance(b, Exception):
+                    raise b  # CancelledError and the like: not a shard's failure
+                errors.append(b)
+                if self._down_until[s] <= now and self.on_shard_error is not None:
+                    self.on_shard_error(s, b)  # once per outage: while down, it is asked only as a last resort
+                self._down_until[s] = now + DOWN_SECONDS
+                continue
+            self._down_until[s] = 0.0
+            self._backlog[s] = b.remaining
+            quiet = EMPTY_SECONDS if s < k else LEGACY_EMPTY_SECONDS
+            self._empty_until[s] = now + quiet if b.remaining == 0 else 0.0
+            for x in b.leased:
+                if shard_of(x.id, k) != s:
+                    if len(self._route) >= ROUTE_MAX:
+                        self._route.popitem(last=False)
+                    self._route[x.id] = s
+            out.promoted += b.promoted
+            out.reaped += b.reaped
+            out.leased += b.leased
+            out.skipped += b.skipped
+            out.held += b.held
+            out.parked += b.parked
+            out.remaining += b.remaining
+            out.cancelled += b.cancelled
