@@ -40,10 +40,12 @@ class ShardedLeasing:
         self._empty_until = [0.0] * total  # per shard: until when it counts as just found empty
         self._down_until = [0.0] * total  # per shard: until when it counts as failing
         self._backlog = [0] * total  # per shard: READY's size at its last LEASE (the deficit goes there first)
+        self._asked_at = [0.0] * total  # per shard: when a LEASE last asked it
+        self._outage = [False] * total  # per shard: failing since its last answer (reported once)
         # lease id -> index in read_parts of the shard it was leased from, for an entry that is not in its id's
         # shard (written by a process with another count, or left in a shard of an earlier count): answered
         # where it is, never stuck in flight
-        self._route: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._route: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()  # id -> (shard, token)
         self.on_shard_error = None
 
     @property
@@ -53,16 +55,21 @@ class ShardedLeasing:
     def shard(self, lease_id: str) -> int:
         """Index in ``read_parts`` of an entry's shard: where it was leased from when that was not its id's
         shard, else its id's."""
-        return self._route.get(lease_id, shard_of(lease_id, len(self.parts)))
+        got = self._route.get(lease_id)
+        return got[0] if got is not None else shard_of(lease_id, len(self.parts))
 
     def part(self, key: str) -> FleetQueue:
         """The shard of an entry id (or of a fingerprint: its id's shard)."""
         return self.read_parts[self.shard(key)]
 
-    def _settled(self, ids: Iterable[str]) -> None:
+    def _settled(self, leases: Iterable[tuple[str, str]]) -> None:
+        """Forget the route of leases that ended (acked, released, NACKed, dead, parked, found lost): only
+        under the token they had, since the same id may meanwhile have been leased again from where it is."""
         if self._route:
-            for i in ids:
-                self._route.pop(i, None)
+            for lid, token in leases:
+                got = self._route.get(lid)
+                if got is not None and got[1] == token:
+                    del self._route[lid]
 
     def _by_shard(self, leases: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
         split: list[list[tuple[str, str]]] = [[] for _ in self.read_parts]
@@ -91,7 +98,15 @@ class ShardedLeasing:
         start, self._turn = self._turn, (self._turn + 1) % k
         order = sorted(((start + j) % k for j in range(k)),
                        key=lambda s: (self._down_until[s] > now, self._empty_until[s] > now))
-        legacy = [s for s in range(k, len(self.read_parts)) if self._empty_until[s] <= now]
+        legacy = [s for s in range(k, len(self.read_parts))
+                  if self._empty_until[s] <= now and self._down_until[s] <= now]
+        # a shard of an earlier count with work at its last LEASE, or not asked for LEGACY_EMPTY_SECONDS, is
+        # asked first: what a worker of that count left there is worked off even while the shards of now
+        # fill every ask
+        due = [s for s in legacy if self._backlog[s] > 0 or now - self._asked_at[s] >= LEGACY_EMPTY_SECONDS]
+        if due:
+            order = [due[0], *order]
+            legacy = [s for s in legacy if s != due[0]]
         out = LeaseBatch()
         errors: list[BaseException] = []
         first = order[0]
@@ -107,7 +122,8 @@ class ShardedLeasing:
                 more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
                 await self._lease_from(out, rest, more, worker, lease_seconds, maintain_limit, now, errors)
                 asked |= set(rest)
-            down = [s for s in order[1:] if s not in asked]
+            down = [s for s in [*order[1:], *range(k, len(self.read_parts))]
+                    if s not in asked and self._empty_until[s] <= now]
             if down and not out.leased:
                 share = {s: n // len(down) + (1 if j < n % len(down) else 0) for j, s in enumerate(down)}
                 await self._lease_from(out, down, share, worker, lease_seconds, maintain_limit, now, errors)
@@ -130,15 +146,18 @@ class ShardedLeasing:
         ), return_exceptions=True)
         k = len(self.parts)
         for s, b in zip(which, got, strict=True):
+            self._asked_at[s] = now
             if isinstance(b, BaseException):
                 if not isinstance(b, Exception):
                     raise b  # CancelledError and the like: not a shard's failure
                 errors.append(b)
-                if self._down_until[s] <= now and self.on_shard_error is not None:
-                    self.on_shard_error(s, b)  # once per outage: while down, it is asked only as a last resort
+                if not self._outage[s] and self.on_shard_error is not None:
+                    self.on_shard_error(s, b)  # once per outage: until the shard answers again
+                self._outage[s] = True
                 self._down_until[s] = now + DOWN_SECONDS
                 continue
             self._down_until[s] = 0.0
+            self._outage[s] = False
             self._backlog[s] = b.remaining
             quiet = EMPTY_SECONDS if s < k else LEGACY_EMPTY_SECONDS
             self._empty_until[s] = now + quiet if b.remaining == 0 else 0.0
@@ -146,7 +165,9 @@ class ShardedLeasing:
                 if shard_of(x.id, k) != s:
                     if len(self._route) >= ROUTE_MAX:
                         self._route.popitem(last=False)
-                    self._route[x.id] = s
+                    self._route[x.id] = (s, x.token)
+                elif self._route:
+                    self._route.pop(x.id, None)  # leased again where its id says: an old route is stale
             out.promoted += b.promoted
             out.reaped += b.reaped
             out.leased += b.leased

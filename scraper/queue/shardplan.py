@@ -42,7 +42,7 @@ class CommitPlan:
 
 
 def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
-                 route: Mapping[str, int] | None = None, width: int = 0) -> CommitPlan:
+                 route: Mapping[str, tuple[int, str]] | None = None, width: int = 0) -> CommitPlan:
     """Split ``commits`` over ``shards`` shards (module doc). ``route``: lease id -> shard for a parent that
     is not in its id's shard (``ShardedQueue.shard``: an index up to ``width``, which counts the shards of
     earlier counts too; the children always go to the ``shards`` of now)."""
@@ -50,9 +50,8 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
     total = max(k, width)
     plan = CommitPlan(total, [[] for _ in range(total)], [[] for _ in range(total)])
     for ci, c in enumerate(commits):
-        home = route.get(c.lease_id, -1) if route else -1
-        if home < 0:
-            home = shard_of(c.lease_id, k)
+        routed = route.get(c.lease_id) if route else None
+        home = routed[0] if routed is not None else shard_of(c.lease_id, k)
         strict = c.strict and c.done  # as FleetQueue sends it: a children-only entry is never strict
         kids: list[list[int]] = [[] for _ in range(k)]
         for j, env in enumerate(c.discovered):

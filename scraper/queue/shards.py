@@ -180,8 +180,10 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
     # -- consumers --------------------------------------------------------------------------------
 
     async def maintain(self, limit: int = 500) -> tuple[int, list[tuple[str, str]]]:
+        """MAINTAIN in every shard, those of earlier counts too (a worker of such a count that died left its
+        leases there to reap, its retries to promote)."""
         promoted, reaped = 0, []
-        for p, r in await gather_all(p.maintain(limit) for p in self.parts):
+        for p, r in await gather_all(p.maintain(limit) for p in self.read_parts):
             promoted += p
             reaped += r
         return promoted, reaped
@@ -192,29 +194,30 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         parts = zip(self.read_parts, split, strict=True)
         for got in await gather_all(p.heartbeat(ls, lease_seconds) for p, ls in parts if ls):
             lost += got
-        self._settled(lost)  # no longer this worker's: whoever leases it next learns where it is
+        gone = set(lost)  # no longer this worker's: whoever leases it next learns where it is
+        self._settled((lid, t) for ls in split for lid, t in ls if lid in gone)
         return lost
 
     async def ack(self, leases: Iterable[tuple[str, str]]) -> int:
         split = self._by_shard(leases)
         n = sum(await gather_all(p.ack(ls) for p, ls in zip(self.read_parts, split, strict=True) if ls))
-        self._settled(lid for ls in split for lid, _ in ls)
+        self._settled(x for ls in split for x in ls)
         return n
 
     async def release(self, leases: Iterable[tuple[str, str]]) -> int:
         split = self._by_shard(leases)
         n = sum(await gather_all(p.release(ls) for p, ls in zip(self.read_parts, split, strict=True) if ls))
-        self._settled(lid for ls in split for lid, _ in ls)
+        self._settled(x for ls in split for x in ls)
         return n
 
     async def nack(self, lease_id: str, token: str, env: Envelope, due: float) -> bool:
         ok = await self.part(lease_id).nack(lease_id, token, env, due)
-        self._settled([lease_id])
+        self._settled([(lease_id, token)])
         return ok
 
     async def dead(self, lease_id: str, token: str, fields: dict[str, str], *, maxlen: int = 100_000) -> bool:
         ok = await self.part(lease_id).dead(lease_id, token, fields, maxlen=maxlen)
-        self._settled([lease_id])
+        self._settled([(lease_id, token)])
         return ok
 
     async def unwait(self, worker: str) -> None:
@@ -261,7 +264,7 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         late = plan.late_wave(reply.acked)
         if any(late):
             await wave(late)
-        self._settled(c.lease_id for c, ok in zip(commits, reply.acked, strict=True) if ok)
+        self._settled((c.lease_id, c.token) for c, ok in zip(commits, reply.acked, strict=True) if ok)
         return reply
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],
                     run: str) -> tuple[str, str]:
@@ -271,7 +274,7 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         need N times the C outcomes to open."""
         home = self.part(lease_id)
         event, window = await home.drift(lease_id, token, domain, sample, run)
-        self._settled([lease_id])  # parked (or lost): no longer this worker's
+        self._settled([(lease_id, token)])  # parked (or lost): no longer this worker's
         if event == "" and fleet_trips(await self._windows(domain), self.breaker):
             event = "opened" if await self.mirror_trip(domain) else ""
         elif event in ("opened", "reopened"):

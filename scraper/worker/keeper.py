@@ -21,7 +21,9 @@ from scraper.worker.proxies import ProxyPool
 from scraper.worker.queueport import QueuePort
 from scraper.worker.tally import RunTally
 
-__all__ = ["Keeper"]
+__all__ = ["SHARDS_CHECK_SECONDS", "Keeper"]
+
+SHARDS_CHECK_SECONDS = 2.0  # how often the recorded shard count is compared with this worker's (one GET)
 
 
 class Keeper:
@@ -42,6 +44,7 @@ class Keeper:
         self.proxies: ProxyPool = ProxyPool([])
         self.tally: RunTally | None = None  # the finisher's per-run counts, flushed from this loop
         self.gate: Gate | None = None  # the politeness gate: permits renewed and swept, waiting reported
+        self._shards_checked = 0.0  # when shards_changed last ran
 
     async def beat(self) -> None:
         queue = self.queue
@@ -101,13 +104,16 @@ class Keeper:
                     _, reaped = await queue.maintain()
                     self.reaped(reaped)
                     touched = True
-                # every tick (one GET): a worker whose FLEET_QUEUE_SHARDS is no longer the spider's stops
-                # before it routes much more work by the old count (what it left is worked off: shards.py)
-                changed = await queue.shards_changed()
-                if changed:
-                    self.health.config_fatal(changed)
                     if self.gate is not None:
                         await self.gate.tick()
+                if time.monotonic() - self._shards_checked >= min(SHARDS_CHECK_SECONDS, beat_every):
+                    # a worker whose FLEET_QUEUE_SHARDS is no longer the spider's stops before it routes much
+                    # more work by the old count (what it left is worked off: scraper/queue/shardlease.py)
+                    self._shards_checked = time.monotonic()
+                    changed = await queue.shards_changed()
+                    touched = True
+                    if changed:
+                        self.health.config_fatal(changed)
                 if self.proxies:
                     await self.proxies.flush()
                 if self.tally is not None and self.tally.due():
