@@ -45,6 +45,19 @@ def _with(redis_url: str, body: Callable[[aioredis.Redis], Awaitable[None]]) -> 
     asyncio.run(main())
 
 
+def hang_lease(monkeypatch: pytest.MonkeyPatch, q: ShardedQueue, part: FleetQueue) -> list[int]:
+    """Make ``part``'s LEASE hang 0.5 s and fail (a primary not answering); returns the shards ``q`` reports."""
+    errors: list[int] = []
+    q.on_shard_error = lambda s, e: errors.append(s)
+
+    async def hang(*_a: Any, **_k: Any) -> Any:
+        await asyncio.sleep(0.5)
+        raise TimeoutError("primary not answering")
+
+    monkeypatch.setattr(part, "lease", hang)
+    return errors
+
+
 async def _lease_all(q: FleetQueue, n: int, worker: str = "w") -> list[Any]:
     got: list[Any] = []
     for _ in range(20):
@@ -392,14 +405,7 @@ def test_a_hanging_shard_is_asked_last_for_a_while(redis_url: str, monkeypatch: 
     async def body(client: aioredis.Redis) -> None:
         q = ShardedQueue(client, "slow", 3)
         await q.seed(RUN, [_env("slow", f"s{i}") for i in range(600)])
-        errors: list[int] = []
-        q.on_shard_error = lambda s, e: errors.append(s)
-
-        async def hang(*_a: Any, **_k: Any) -> Any:
-            await asyncio.sleep(0.5)
-            raise TimeoutError("primary not answering")
-
-        monkeypatch.setattr(q.parts[1], "lease", hang)
+        errors = hang_lease(monkeypatch, q, q.parts[1])
         slow = 0
         for _ in range(6):
             t = time.monotonic()
