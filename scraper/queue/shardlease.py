@@ -18,11 +18,12 @@ from scraper.queue.client import FleetQueue
 from scraper.queue.keys import shard_of
 from scraper.queue.records import LeaseBatch
 
-__all__ = ["DOWN_SECONDS", "EMPTY_SECONDS", "LEGACY_EMPTY_SECONDS", "ROUTE_MAX", "ShardedLeasing"]
+__all__ = ["DOWN_MAX_SECONDS", "DOWN_SECONDS", "EMPTY_SECONDS", "LEGACY_EMPTY_SECONDS", "ROUTE_MAX", "ShardedLeasing"]
 
 EMPTY_SECONDS = 0.5  # a shard whose READY a lease emptied is asked after the others this long
 LEGACY_EMPTY_SECONDS = 5.0  # a shard of an earlier count found empty is not asked again this long
 DOWN_SECONDS = 2.0  # a shard whose LEASE failed is asked only when no other gives anything, this long
+DOWN_MAX_SECONDS = 30.0  # ... doubled at each failure in a row, up to this
 ROUTE_MAX = 100_000  # lease ids remembered outside their id's shard (shard()), oldest dropped first
 
 
@@ -42,6 +43,7 @@ class ShardedLeasing:
         self._backlog = [0] * total  # per shard: READY's size at its last LEASE (the deficit goes there first)
         self._asked_at = [0.0] * total  # per shard: when a LEASE last asked it
         self._outage = [False] * total  # per shard: failing since its last answer (reported once)
+        self._down_for = [DOWN_SECONDS] * total  # per shard: how long its next failure keeps it down
         # lease id -> index in read_parts of the shard it was leased from, for an entry that is not in its id's
         # shard (written by a process with another count, or left in a shard of an earlier count): answered
         # where it is, never stuck in flight
@@ -103,7 +105,8 @@ class ShardedLeasing:
         # a shard of an earlier count with work at its last LEASE, or not asked for LEGACY_EMPTY_SECONDS, is
         # asked first: what a worker of that count left there is worked off even while the shards of now
         # fill every ask
-        due = [s for s in legacy if self._backlog[s] > 0 or now - self._asked_at[s] >= LEGACY_EMPTY_SECONDS]
+        due = [s for s in legacy if not self._outage[s]
+               and (self._backlog[s] > 0 or now - self._asked_at[s] >= LEGACY_EMPTY_SECONDS)]
         if due:
             order = [due[0], *order]
             legacy = [s for s in legacy if s != due[0]]
@@ -145,6 +148,7 @@ class ShardedLeasing:
             for s in which
         ), return_exceptions=True)
         k = len(self.parts)
+        now = time.monotonic()  # after the calls: a call that hung must not come back already out of its window
         for s, b in zip(which, got, strict=True):
             self._asked_at[s] = now
             if isinstance(b, BaseException):
@@ -154,9 +158,13 @@ class ShardedLeasing:
                 if not self._outage[s] and self.on_shard_error is not None:
                     self.on_shard_error(s, b)  # once per outage: until the shard answers again
                 self._outage[s] = True
-                self._down_until[s] = now + DOWN_SECONDS
+                # down for a while, longer at each failure in a row: a primary that hangs (a socket timeout
+                # of 5-10 s) is then waited for now and then, not at every turn of the rotation
+                self._down_until[s] = now + self._down_for[s]
+                self._down_for[s] = min(DOWN_MAX_SECONDS, self._down_for[s] * 2)
                 continue
             self._down_until[s] = 0.0
+            self._down_for[s] = DOWN_SECONDS
             self._outage[s] = False
             self._backlog[s] = b.remaining
             quiet = EMPTY_SECONDS if s < k else LEGACY_EMPTY_SECONDS

@@ -27,6 +27,7 @@ checks so that workers, seeders and operator commands agree on it.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Iterable, Sequence
@@ -183,9 +184,18 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         """MAINTAIN in every shard, those of earlier counts too (a worker of such a count that died left its
         leases there to reap, its retries to promote)."""
         promoted, reaped = 0, []
-        for p, r in await gather_all(p.maintain(limit) for p in self.read_parts):
-            promoted += p
-            reaped += r
+        errors: list[Exception] = []
+        got = await asyncio.gather(*(p.maintain(limit) for p in self.read_parts), return_exceptions=True)
+        for res in got:
+            if isinstance(res, BaseException):
+                if not isinstance(res, Exception):
+                    raise res
+                errors.append(res)  # one sick shard must not stop the keeper's beat for the others
+                continue
+            promoted += res[0]
+            reaped += res[1]
+        if errors and len(errors) == len(got):
+            raise errors[0]
         return promoted, reaped
 
     async def heartbeat(self, leases: Iterable[tuple[str, str]], lease_seconds: float) -> list[str]:

@@ -110,8 +110,7 @@ class Keeper:
                     # a worker whose FLEET_QUEUE_SHARDS is no longer the spider's stops before it routes much
                     # more work by the old count (what it left is worked off: scraper/queue/shardlease.py)
                     self._shards_checked = time.monotonic()
-                    changed = await queue.shards_changed()
-                    touched = True
+                    changed = await queue.shards_changed()  # not `touched`: it proves shard 0's primary only
                     if changed:
                         self.health.config_fatal(changed)
                 if self.proxies:

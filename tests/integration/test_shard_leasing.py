@@ -119,3 +119,52 @@ def test_unset_count_is_a_fleetqueue_and_n0_is_never_needed(redis_url: str) -> N
         print(type(q2).__name__, len(q2.read_parts) if isinstance(q2, ShardedQueue) else None)
 
     _with(redis_url, body)
+
+
+def test_a_failing_old_count_shard_does_not_stop_the_keepers_beat(redis_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAINTAIN runs in the shards of earlier counts too: one of them failing must not cost the beat its gate
+    tick (permits renewed, waiting reported), nor count as a Redis outage while the others answer."""
+    from types import SimpleNamespace
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from scraper.worker.keeper import Keeper
+
+    out: dict[str, int] = {}
+
+    async def body(client: Any) -> None:
+        q = ShardedQueue(client, "r4", 2, older=[3])
+
+        async def down(*_a: Any, **_k: Any) -> Any:
+            raise RedisConnectionError("primary of the old-count shard down")
+
+        monkeypatch.setattr(q.read_parts[-1], "maintain", down)
+        troubles: list[str] = []
+
+        async def trouble(exc: BaseException) -> None:
+            troubles.append(type(exc).__name__)
+
+        class Gate:
+            ticks = 0
+
+            async def tick(self) -> None:
+                self.ticks += 1
+
+        flags = SimpleNamespace(releasing=False)
+        feeder = SimpleNamespace(last_beat=0.0, idle_since=None)
+        ledger = SimpleNamespace(leases=lambda: [], holds=lambda _l: False)
+        health = SimpleNamespace(redis_ok=lambda: None, config_fatal=lambda _r: None, redis_trouble=trouble)
+        k = Keeper(ledger, health, flags, feeder, lease_seconds=0.3, until_idle=None,  # type: ignore[arg-type]
+                   stats=None, log=None, kick=lambda: None, committing=lambda: False)
+        k.queue = q  # type: ignore[assignment]
+        gate = Gate()
+        k.gate = gate  # type: ignore[assignment]
+        task = asyncio.create_task(k.run())
+        await asyncio.sleep(1.5)
+        flags.releasing = True
+        await task
+        out.update(ticks=gate.ticks, troubles=len(troubles))
+
+    _with(redis_url, body)
+    assert out["ticks"] > 3 and out["troubles"] == 0, out
