@@ -9,7 +9,6 @@ worker.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterable
 from scraper.queue.client import FleetQueue
 from scraper.queue.keys import shard_of
 from scraper.queue.records import LeaseBatch
+from scraper.queue.shardreads import gather_each, shares, split_by
 
 __all__ = ["DOWN_MAX_SECONDS", "DOWN_SECONDS", "EMPTY_SECONDS", "LEGACY_EMPTY_SECONDS", "ROUTE_MAX", "ShardedLeasing"]
 
@@ -74,14 +74,11 @@ class ShardedLeasing:
                     del self._route[lid]
 
     def _by_shard(self, leases: Iterable[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-        split: list[list[tuple[str, str]]] = [[] for _ in self.read_parts]
-        for lid, token in leases:
-            split[self.shard(lid)].append((lid, token))
-        return split
+        return split_by(leases, lambda x: self.shard(x[0]), len(self.read_parts))
 
     async def lease(self, n: int, *, worker: str, lease_seconds: float, maintain_limit: int = 100) -> LeaseBatch:
         """Up to ``n`` leases: the whole ask goes to one shard, the next in turn (one found empty in the last
-        ``EMPTY_SECONDS`` or failing in the last ``DOWN_SECONDS`` goes after the others), and what it could
+        ``EMPTY_SECONDS`` or failing lately, see ``_lease_from``, goes after the others), and what it could
         not give is asked at once of the other shards, split between them; a share of 0 too (that LEASE
         maintains, reports its READY and lists the worker as waiting there when it is empty), and the
         shards of earlier counts not found empty lately (an entry a worker of another count left there is
@@ -111,9 +108,9 @@ class ShardedLeasing:
             order = [due[0], *order]
             legacy = [s for s in legacy if s != due[0]]
         out = LeaseBatch()
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
         first = order[0]
-        await self._lease_from(out, [first], {first: n}, worker, lease_seconds, maintain_limit, now, errors)
+        await self._lease_from(out, [first], {first: n}, worker, lease_seconds, maintain_limit, errors)
         asked = {first}
         short = n - len(out.leased)
         if short > 0:
@@ -122,14 +119,12 @@ class ShardedLeasing:
             rest = sorted([s for s in order[1:] if self._down_until[s] <= now] + legacy,
                           key=lambda s: -self._backlog[s])
             if rest:
-                more = {s: short // len(rest) + (1 if j < short % len(rest) else 0) for j, s in enumerate(rest)}
-                await self._lease_from(out, rest, more, worker, lease_seconds, maintain_limit, now, errors)
+                await self._lease_from(out, rest, shares(short, rest), worker, lease_seconds, maintain_limit, errors)
                 asked |= set(rest)
             down = [s for s in [*order[1:], *range(k, len(self.read_parts))]
                     if s not in asked and self._empty_until[s] <= now]
             if down and not out.leased:
-                share = {s: n // len(down) + (1 if j < n % len(down) else 0) for j, s in enumerate(down)}
-                await self._lease_from(out, down, share, worker, lease_seconds, maintain_limit, now, errors)
+                await self._lease_from(out, down, shares(n, down), worker, lease_seconds, maintain_limit, errors)
                 asked |= set(down)
         if errors and not out.leased:
             raise errors[0]
@@ -138,22 +133,20 @@ class ShardedLeasing:
             out.remaining += 1  # a shard not asked (or not answering) may hold work: READY is not known empty
         return out
 
-    async def _lease_from(self, out: LeaseBatch, which: list[int], shares: dict[int, int], worker: str,
-                          lease_seconds: float, maintain_limit: int, now: float, errors: list[BaseException]) -> None:
-        """Lease from ``which`` at once; a shard whose call failed goes into ``errors`` (and counts as down for
-        ``DOWN_SECONDS``), the others' leases are kept (thrown away, they would wait out a lease period)."""
-        got = await asyncio.gather(*(
-            self.read_parts[s].lease(shares[s], worker=worker, lease_seconds=lease_seconds,
-                                     maintain_limit=maintain_limit)
+    async def _lease_from(self, out: LeaseBatch, which: list[int], ask: dict[int, int], worker: str,
+                          lease_seconds: float, maintain_limit: int, errors: list[Exception]) -> None:
+        """Lease from ``which`` at once; a shard whose call failed goes into ``errors`` and counts as down
+        (``DOWN_SECONDS``, doubled at each failure in a row up to ``DOWN_MAX_SECONDS``), the others' leases
+        are kept (thrown away, they would wait out a lease period)."""
+        got = await gather_each(
+            self.read_parts[s].lease(ask[s], worker=worker, lease_seconds=lease_seconds, maintain_limit=maintain_limit)
             for s in which
-        ), return_exceptions=True)
+        )
         k = len(self.parts)
         now = time.monotonic()  # after the calls: a call that hung must not come back already out of its window
         for s, b in zip(which, got, strict=True):
             self._asked_at[s] = now
-            if isinstance(b, BaseException):
-                if not isinstance(b, Exception):
-                    raise b  # CancelledError and the like: not a shard's failure
+            if isinstance(b, Exception):
                 errors.append(b)
                 if not self._outage[s] and self.on_shard_error is not None:
                     self.on_shard_error(s, b)  # once per outage: until the shard answers again

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from scraper.queue.client import FleetQueue
 from scraper.queue.keys import QueueError, shard_of
 
-__all__ = ["ShardedReads", "gather_all"]
+__all__ = ["ShardedReads", "gather_all", "gather_each", "shares", "split_by"]
 
 T = TypeVar("T")
 _ORDER = {"closed": 0, "half_open": 1, "open": 2}  # a domain's state over its shards: the worst one
@@ -33,6 +33,30 @@ async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*aws))
 
 
+async def gather_each(aws: Iterable[Awaitable[T]]) -> list[T | Exception]:
+    """:func:`gather_all`, but a call that failed gives its exception in its place, so one sick shard does not
+    cost the others' results; anything that is not an Exception (a cancellation) is raised."""
+    got = await asyncio.gather(*aws, return_exceptions=True)
+    for r in got:
+        if isinstance(r, BaseException) and not isinstance(r, Exception):
+            raise r
+    return list(got)  # type: ignore[arg-type]  # BaseException ruled out above
+
+
+def split_by(items: Iterable[T], shard: Callable[[T], int], width: int) -> list[list[T]]:
+    """``items`` in ``width`` lists, one per shard, in their order; ``shard`` says each one's."""
+    out: list[list[T]] = [[] for _ in range(width)]
+    for x in items:
+        out[shard(x)].append(x)
+    return out
+
+
+def shares(total: int, shards: list[int]) -> dict[int, int]:
+    """``total`` split between ``shards`` as evenly as whole numbers go, the first ones taking the rest."""
+    q, r = divmod(total, len(shards))
+    return {s: q + (1 if j < r else 0) for j, s in enumerate(shards)}
+
+
 class ShardedReads:
     """Reads over ``parts``, the spider's shards in order."""
 
@@ -42,14 +66,9 @@ class ShardedReads:
     read_parts: list[FleetQueue]
     spider: str
 
-    @property
-    def n(self) -> int:
-        return len(self.parts)
-
     async def seen(self, run: str, fps: Sequence[str]) -> list[bool]:
-        split: list[list[int]] = [[] for _ in self.parts]
-        for i, fp in enumerate(fps):
-            split[shard_of(fp, self.n)].append(i)
+        k = len(self.parts)
+        split = split_by(range(len(fps)), lambda i: shard_of(fps[i], k), k)
         out = [False] * len(fps)
         got = await gather_all(p.seen(run, [fps[i] for i in ix]) for p, ix in zip(self.parts, split, strict=True))
         for ix, flags in zip(split, got, strict=True):

@@ -27,11 +27,11 @@ checks so that workers, seeders and operator commands agree on it.
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -43,11 +43,10 @@ from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease
 from scraper.queue.seedwire import text
 from scraper.queue.shardlease import ShardedLeasing
 from scraper.queue.shardplan import merge_replies, plan_commits
-from scraper.queue.shardreads import ShardedReads, gather_all
+from scraper.queue.shardreads import ShardedReads, gather_all, gather_each, split_by
 
 __all__ = ["ShardedQueue", "earlier_counts", "fleet_trips", "open_queue", "stored_shards"]
 
-T = TypeVar("T")
 _SEED_CHUNK = 50_000  # rows split per shard at a time (memory bound for fleet seed of millions)
 
 
@@ -155,27 +154,20 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         enq = skipped = 0
         it = iter(rows)
         while True:
-            split: list[list[tuple[str, str, str]]] = [[] for _ in self.parts]
-            got = 0
-            for row in it:
-                split[shard_of(row[1], self.n)].append(row)
-                got += 1
-                if got == _SEED_CHUNK:
-                    break
-            if not got:
+            chunk = list(itertools.islice(it, _SEED_CHUNK))
+            if not chunk:
                 break
+            split = split_by(chunk, lambda row: shard_of(row[1], self.n), self.n)
             parts = zip(self.parts, split, strict=True)
             for e, s in await gather_all(p._seed_rows(run, rs, batch) for p, rs in parts if rs):
                 enq += e
                 skipped += s
-            if got < _SEED_CHUNK:
+            if len(chunk) < _SEED_CHUNK:
                 break
         return enq, skipped
 
     async def requeue(self, envelopes: Iterable[Envelope]) -> int:
-        split: list[list[Envelope]] = [[] for _ in self.parts]
-        for env in envelopes:
-            split[shard_of(env.fp, self.n)].append(env)
+        split = split_by(envelopes, lambda env: shard_of(env.fp, self.n), self.n)
         return sum(await gather_all(p.requeue(es) for p, es in zip(self.parts, split, strict=True) if es))
 
     # -- consumers --------------------------------------------------------------------------------
@@ -185,11 +177,9 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         leases there to reap, its retries to promote)."""
         promoted, reaped = 0, []
         errors: list[Exception] = []
-        got = await asyncio.gather(*(p.maintain(limit) for p in self.read_parts), return_exceptions=True)
+        got = await gather_each(p.maintain(limit) for p in self.read_parts)
         for res in got:
-            if isinstance(res, BaseException):
-                if not isinstance(res, Exception):
-                    raise res
+            if isinstance(res, Exception):
                 errors.append(res)  # one sick shard must not stop the keeper's beat for the others
                 continue
             promoted += res[0]
@@ -276,6 +266,7 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
             await wave(late)
         self._settled((c.lease_id, c.token) for c, ok in zip(commits, reply.acked, strict=True) if ok)
         return reply
+
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],
                     run: str) -> tuple[str, str]:
         """DRIFT in the request's shard. Each shard keeps the domain's window of its own outcomes, but the
