@@ -112,14 +112,13 @@ class RunProgress:
         import redis
 
         from scraper.queue import redisio
-        from scraper.queue.keys import MAX_SHARDS, Keys
+        from scraper.queue.keys import Keys, shard_count
 
         try:
             if self._client is None:
                 self._client = redisio.sync_client(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
             if self._shards is None:  # a spider split into shards (scraper.queue.shards): each is read
-                raw = self._client.get(Keys(self.spider).shards)
-                n = int(raw) if raw is not None and raw.isdigit() and 0 < int(raw) <= MAX_SHARDS else 1
+                n = shard_count(self._client.get(Keys(self.spider).shards))
                 self._shards = [Keys(self.spider, i, n) for i in range(n)]
             pipe = self._client.pipeline(transaction=False)
             for keys in self._shards:

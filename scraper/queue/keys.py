@@ -23,6 +23,7 @@ __all__ = [
     "check_spider_name",
     "known_spiders",
     "new_id",
+    "shard_count",
     "shard_of",
     "shard_tag",
     "stored_shards",
@@ -174,12 +175,16 @@ class Keys:
 
 
 
-async def stored_shards(client: aioredis.Redis, spider: str) -> int:
-    """How many shards ``spider``'s queue has in Redis (1 when never set; scraper.queue.shards)."""
-    raw = await client.get(Keys(spider).shards)
+def shard_count(raw: bytes | str | None) -> int:
+    """The shard count a ``Keys.shards`` value records: 1 when absent or not a count Fleet would write."""
     t = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw or "")
     n = int(t) if t.isdigit() else 1
     return n if 1 <= n <= MAX_SHARDS else 1
+
+
+async def stored_shards(client: aioredis.Redis, spider: str) -> int:
+    """How many shards ``spider``'s queue has in Redis (1 when never set; scraper.queue.shards)."""
+    return shard_count(await client.get(Keys(spider).shards))
 
 
 async def known_spiders(client: aioredis.Redis) -> list[str]:
