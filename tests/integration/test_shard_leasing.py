@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from scraper.queue.client import FleetQueue
+from scraper.queue.envelope import Envelope
 from scraper.queue.keys import shard_of
 from scraper.queue.shards import ShardedQueue, open_queue
 from tests.integration.test_shards import RUN, _env, _with, hang_lease
@@ -54,13 +55,12 @@ def test_a_failing_old_count_shard_fails_every_idle_lease(redis_url: str, monkey
                 await q.lease(10, worker="w", lease_seconds=60)
             except TimeoutError:
                 raised += 1
-        print("raised", raised)
         assert raised == 4
 
     _with(redis_url, body)
 
 
-def test_old_count_work_waits_while_the_current_shards_have_work(redis_url: str) -> None:
+def test_old_count_work_is_leased_while_the_current_shards_have_work(redis_url: str) -> None:
     async def body(client: Any) -> None:
         old = ShardedQueue(client, "ls", 3)
         envs = [_env("ls", f"p{i}") for i in range(400)]
@@ -76,9 +76,10 @@ def test_old_count_work_waits_while_the_current_shards_have_work(redis_url: str)
             calls += 1
             got |= {x.id for x in b.leased}
             await q.ack([(x.id, x.token) for x in b.leased])
-            await __import__("asyncio").sleep(0.15)
+            if left.fp in {Envelope.loads(x.raw).fp for x in b.leased}:
+                break  # the old-count shard's entry: worked off while the current shards had work
+            await asyncio.sleep(0.15)
         legacy_ready = await q.read_parts[2].counts()
-        print("calls", calls, "leased", len(got), "old shard", legacy_ready)
         assert legacy_ready["ready"] == 0, "the old-count shard was never asked while the current ones had work"
 
     _with(redis_url, body)
@@ -100,13 +101,12 @@ def test_a_failing_shard_is_reported_once(redis_url: str, monkeypatch: pytest.Mo
             b = await q.lease(10, worker="w", lease_seconds=60)
             assert b.leased
             await asyncio.sleep(0.1)
-        print("reports", errors)
         assert errors == [1]
 
     _with(redis_url, body)
 
 
-def test_unset_count_is_a_fleetqueue_and_n0_is_never_needed(redis_url: str) -> None:
+def test_an_unset_count_is_a_fleetqueue_and_a_count_back_to_1_still_reads_the_old_shards(redis_url: str) -> None:
     async def body(client: Any) -> None:
         q = await open_queue(client, "plain", shards=1)
         assert type(q) is FleetQueue
@@ -116,7 +116,7 @@ def test_unset_count_is_a_fleetqueue_and_n0_is_never_needed(redis_url: str) -> N
         # once sharded and back to 1: a ShardedQueue of one shard that also leases the old shards
         await open_queue(client, "back", shards=3)
         q2 = await open_queue(client, "back", shards=1)
-        print(type(q2).__name__, len(q2.read_parts) if isinstance(q2, ShardedQueue) else None)
+        assert isinstance(q2, ShardedQueue) and (q2.n, len(q2.read_parts)) == (1, 3)
 
     _with(redis_url, body)
 
@@ -125,11 +125,9 @@ def test_a_failing_old_count_shard_does_not_stop_the_keepers_beat(redis_url: str
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """MAINTAIN runs in the shards of earlier counts too: one of them failing must not cost the beat its gate
     tick (permits renewed, waiting reported), nor count as a Redis outage while the others answer."""
-    from types import SimpleNamespace
-
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from scraper.worker.keeper import Keeper
+    from tests.unit.test_core_keeper_gate import gate_ticks
 
     out: dict[str, int] = {}
 
@@ -145,26 +143,7 @@ def test_a_failing_old_count_shard_does_not_stop_the_keepers_beat(redis_url: str
         async def trouble(exc: BaseException) -> None:
             troubles.append(type(exc).__name__)
 
-        class Gate:
-            ticks = 0
-
-            async def tick(self) -> None:
-                self.ticks += 1
-
-        flags = SimpleNamespace(releasing=False)
-        feeder = SimpleNamespace(last_beat=0.0, idle_since=None)
-        ledger = SimpleNamespace(leases=lambda: [], holds=lambda _l: False)
-        health = SimpleNamespace(redis_ok=lambda: None, config_fatal=lambda _r: None, redis_trouble=trouble)
-        k = Keeper(ledger, health, flags, feeder, lease_seconds=0.3, until_idle=None,  # type: ignore[arg-type]
-                   stats=None, log=None, kick=lambda: None, committing=lambda: False)
-        k.queue = q  # type: ignore[assignment]
-        gate = Gate()
-        k.gate = gate  # type: ignore[assignment]
-        task = asyncio.create_task(k.run())
-        await asyncio.sleep(1.5)
-        flags.releasing = True
-        await task
-        out.update(ticks=gate.ticks, troubles=len(troubles))
+        out.update(ticks=await gate_ticks(q, 1.5, trouble), troubles=len(troubles))
 
     _with(redis_url, body)
     assert out["ticks"] > 3 and out["troubles"] == 0, out

@@ -1,8 +1,10 @@
-"""The keeper ticks the politeness gate every beat and checks the shard count on its own clock (a move of\nthe count check once left the gate tick under it: permits were never renewed)."""
+"""The keeper ticks the politeness gate every beat and checks the shard count on its own clock (a move of
+the count check once left the gate tick under it: permits were never renewed)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,24 +33,28 @@ class _Gate:
         self.ticks += 1
 
 
-def test_gate_ticks_every_beat() -> None:
-    async def body() -> tuple[int, int]:
-        flags = SimpleNamespace(releasing=False)
-        feeder = SimpleNamespace(last_beat=0.0, idle_since=None)
-        ledger = SimpleNamespace(leases=lambda: [], holds=lambda _l: False)
-        health = SimpleNamespace(redis_ok=lambda: None, config_fatal=lambda _r: None)
-        k = Keeper(ledger, health, flags, feeder, lease_seconds=0.3, until_idle=None,  # type: ignore[arg-type]
-                   stats=None, log=None, kick=lambda: None, committing=lambda: False)
-        q = _Q()
-        k.queue = q  # type: ignore[assignment]
-        gate = _Gate()
-        k.gate = gate  # type: ignore[assignment]
-        task = asyncio.create_task(k.run())
-        await asyncio.sleep(1.0)
-        flags.releasing = True
-        await task
-        return gate.ticks, q.gets
+async def gate_ticks(queue: Any, seconds: float,
+                     redis_trouble: Callable[[BaseException], Awaitable[None]] | None = None) -> int:
+    """Run a keeper with beats every 0.1 s (lease 0.3 s) over ``queue`` for ``seconds``; how often it ticked
+    the gate. ``redis_trouble`` stands for Health's (a keeper that hits a Redis error calls it)."""
+    flags = SimpleNamespace(releasing=False)
+    feeder = SimpleNamespace(last_beat=0.0, idle_since=None)
+    ledger = SimpleNamespace(leases=lambda: [], holds=lambda _l: False)
+    health = SimpleNamespace(redis_ok=lambda: None, config_fatal=lambda _r: None, redis_trouble=redis_trouble)
+    k = Keeper(ledger, health, flags, feeder, lease_seconds=0.3, until_idle=None,  # type: ignore[arg-type]
+               stats=None, log=None, kick=lambda: None, committing=lambda: False)
+    k.queue = queue
+    gate = _Gate()
+    k.gate = gate  # type: ignore[assignment]
+    task = asyncio.create_task(k.run())
+    await asyncio.sleep(seconds)
+    flags.releasing = True
+    await task
+    return gate.ticks
 
-    ticks, gets = asyncio.run(body())
-    assert gets > 3
+
+def test_gate_ticks_every_beat() -> None:
+    q = _Q()
+    ticks = asyncio.run(gate_ticks(q, 1.0))
+    assert q.gets > 3
     assert ticks > 3, f"gate.tick ran {ticks} times in 1 s of beats every 0.1 s"
