@@ -50,16 +50,14 @@ async def _shard_keys(client: aioredis.Redis, spider: str) -> list[Keys]:
     """The keys of every shard of the spider: its count's, then those of the counts it had before."""
     from scraper.queue.shards import open_queue
 
-    q = await open_queue(client, spider)
-    return [p.keys for p in getattr(q, "read_parts", [q])]
+    return [p.keys for p in (await open_queue(client, spider)).read_parts]
 
 
 async def is_known_run(client: aioredis.Redis, keys: Keys, run: str) -> bool:
     """Whether ``run`` was ever seeded for this spider (``P runs`` of any of its shards)."""
-    for k in await _shard_keys(client, keys.spider):
-        if await client.zscore(k.runs, run) is not None:
-            return True
-    return False
+    from scraper.queue.shards import open_queue
+
+    return await (await open_queue(client, keys.spider)).first_seen(run) is not None
 
 
 async def cancelled_runs(client: aioredis.Redis, keys: Keys) -> set[str]:

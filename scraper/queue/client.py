@@ -63,6 +63,9 @@ class FleetQueue(Inspection, Gating):
     ) -> None:
         self.client = client
         self.keys = Keys(spider, shard, shards)
+        # the shards this queue is made of: itself here, N queues in a ShardedQueue (scraper.queue.shards)
+        self.parts: list[FleetQueue] = [self]
+        self.read_parts: list[FleetQueue] = self.parts  # and those of earlier counts, for reads
         self.dedup_ttl = dedup_ttl
         self.breaker = breaker or BreakerParams()
         b = functools.partial(lua.Bound, client)

@@ -21,6 +21,7 @@ class Inspection:
 
     client: aioredis.Redis
     keys: Keys
+    parts: list[Any]
     _has: lua.Bound
 
     async def breakers(self) -> dict[str, dict[str, Any]]:
@@ -100,7 +101,7 @@ class Inspection:
     async def shards_changed(self) -> str | None:
         """One line when the spider's recorded shard count (``Keys.shards``) is no longer this queue's: a
         worker must stop then, or it would route work to shards no other process uses (scraper.queue.shards)."""
-        have, mine = await stored_shards(self.client, self.keys.spider), len(getattr(self, "parts", [self]))
+        have, mine = await stored_shards(self.client, self.keys.spider), len(self.parts)
         if have == mine:
             return None
         return (f"spider {self.keys.spider!r} now has its queue in {have} shard(s), this worker in {mine} "
