@@ -61,13 +61,10 @@ class FleetQueue(Inspection, Gating):
         shard: int = 0,
         shards: int = 1,
     ) -> None:
-        self.client = client
-        self.keys = Keys(spider, shard, shards)
-        # the shards this queue is made of: itself here, N queues in a ShardedQueue (scraper.queue.shards)
-        self.parts: list[FleetQueue] = [self]
-        self.read_parts: list[FleetQueue] = self.parts  # and those of earlier counts, for reads
-        self.dedup_ttl = dedup_ttl
-        self.breaker = breaker or BreakerParams()
+        self.client, self.keys = client, Keys(spider, shard, shards)
+        self.parts: list[FleetQueue] = [self]  # its shards: itself; N queues in a ShardedQueue (queue/shards.py)
+        self.read_parts: list[FleetQueue] = self.parts  # and the shards of earlier counts (reads only)
+        self.dedup_ttl, self.breaker = dedup_ttl, breaker or BreakerParams()
         b = functools.partial(lua.Bound, client)
         self._seed, self._seed_bulk = b("seed"), b("seed_bulk")
         self._lease, self._maintain, self._heartbeat = b("lease"), b("maintain"), b("heartbeat")
@@ -93,7 +90,7 @@ class FleetQueue(Inspection, Gating):
 
     def wake_channels(self, worker: str) -> list[str]:
         """The pub/sub channels on which ``worker`` is told of new work (one per shard)."""
-        return [self.keys.wake_channel(worker)]
+        return [p.keys.wake_channel(worker) for p in self.parts]
 
     # -- producers --------------------------------------------------------------------------------
 

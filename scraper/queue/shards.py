@@ -145,9 +145,6 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         self._trip = lua.Bound(client, "breaker_trip")
         self._leasing_init()
 
-    def wake_channels(self, worker: str) -> list[str]:
-        return [p.keys.wake_channel(worker) for p in self.parts]
-
     # -- producers --------------------------------------------------------------------------------
 
     async def _seed_rows(self, run: str, rows: Iterable[tuple[str, str, str]], batch: int) -> tuple[int, int]:
