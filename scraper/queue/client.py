@@ -30,6 +30,7 @@ from scraper.queue.inspection import Inspection
 from scraper.queue.keys import SPIDERS_KEY, Keys, QueueError, check_spider_name, known_spiders, new_id
 from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
 from scraper.queue.seedwire import SeedStream, as_eval, entry_args, fill_rows, pairs, text
+from scraper.queue.seenset import packed
 
 __all__ = [
     "SPIDERS_KEY",
@@ -245,13 +246,15 @@ class FleetQueue(Inspection, Gating):
                 r = runs[c.run] = len(runs) + 1
                 keys += (self.keys.seen(c.run), self.keys.done(c.run))
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
-            fp = ("?" + c.fp if c.strict else c.fp) if c.done else ""
+            fp: str | bytes = ((b"?" + packed(c.fp)) if c.strict else packed(c.fp)) if c.done else ""
             args += [r, fp, c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered),
                      len(c.hops)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
-                args += entry_args(env, entry_id=cid)
-            args += c.hops
+                a: list[Any] = entry_args(env, entry_id=cid)
+                a[2] = packed(a[2])
+                args += a
+            args += [packed(h) for h in c.hops]
         return args
 
     async def drift(self, lease_id: str, token: str, domain: str, sample: dict[str, Any],

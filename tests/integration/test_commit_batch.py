@@ -240,6 +240,88 @@ def test_env_head_reads_what_cjson_reads(redis_url: str) -> None:
         r.close()
 
 
+def _tricky(rng: random.Random) -> str:
+    """A string that may hold what env_head's plain finds must not be fooled by: quotes, backslashes,
+    the layout's own tokens, escapes, non-ASCII."""
+    parts = ['"', "\\", '","spider":"', '","run":"', '","fp":"', ',"domain":"', '"run"', '"fp"', "\\u0041",
+             "é", "\u2028", "}", "{", ":", ",", "a", "b/c", " "]
+    return "".join(rng.choice(parts) for _ in range(rng.randrange(0, 6)))
+
+
+def test_env_head_reads_what_cjson_reads_fuzzed(redis_url: str) -> None:
+    """env_head against cjson's reading on 600 generated envelopes: Fleet's own layout with tricky URLs,
+    spiders, runs, fingerprints, domains and metas (quotes, backslashes, the layout's tokens inside
+    strings, nested and repeated "run"/"fp"/"domain" keys), with and without "lost", ASCII-escaped or not,
+    and the keys shuffled now and then. Every one is valid JSON, where the answer must be cjson's."""
+    import json
+
+    import redis
+
+    rng = random.Random(18)
+    cases = []
+    for _ in range(600):
+        d: dict[str, Any] = {"v": 1, "url": "https://x.example/" + _tricky(rng), "spider": "s" + _tricky(rng),
+                             "run": rng.choice(["r1", "r-2.x", _tricky(rng)]),
+                             "fp": rng.choice([f"{rng.getrandbits(64):016x}", _tricky(rng)])}
+        if rng.random() < 0.5:
+            d["meta"] = {rng.choice(["run", "fp", "domain", "x"]): _tricky(rng) or "v"}
+        if rng.random() < 0.3:
+            d["callback"] = _tricky(rng) or "parse"
+        d["domain"] = rng.choice(["shop.example", _tricky(rng)])
+        if rng.random() < 0.3:
+            d = {"lost": rng.randrange(1, 5), **d}
+        if rng.random() < 0.1:
+            items = list(d.items())
+            rng.shuffle(items)
+            d = dict(items)
+        raw = json.dumps(d, separators=(",", ":"), ensure_ascii=rng.random() < 0.5)
+        if rng.random() < 0.1:  # a repeated top-level key after the fp: cjson (and Python) keep the last
+            key = rng.choice(["run", "fp", "domain"])
+            raw = raw[:-1] + f',"{key}":"again"}}'
+        cases.append(raw)
+    body = ("local out = {}\nfor i = 1, #ARGV do\n  local run, fp, domain = env_head(ARGV[i])\n"
+            "  out[i] = {run or '<nil>', fp or '<nil>', domain or '<nil>'}\nend\nreturn out\n")
+    from scraper.queue import scripts
+
+    src = scripts.with_helpers(body)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(0, len(cases), 100):
+            chunk = cases[i : i + 100]
+            for raw, got in zip(chunk, r.eval(src, 0, *[c.encode() for c in chunk]), strict=True):
+                assert [x.decode() for x in got] == _by_cjson(raw), raw
+    finally:
+        r.close()
+
+
+def test_packed_fingerprints_are_what_fpparts_makes(redis_url: str) -> None:
+    """COMMIT is sent its fingerprints packed by Python (seenset.packed); fpsplit must give the bucket and
+    member fpparts makes of the hex, or a commit would look in the wrong place of SEEN/DONE."""
+    import redis
+
+    from scraper.queue import scripts
+    from scraper.queue.seenset import packed
+
+    src = scripts.with_helpers(
+        "local out = {}\nfor i = 1, #ARGV, 2 do\n  local b, s = fpparts(ARGV[i])\n  local b2, s2 = fpsplit(ARGV[i + 1])\n"
+        "  local b3, s3 = fpsplit(ARGV[i])\n"
+        "  if b ~= b2 or s ~= s2 or b ~= b3 or s ~= s3 then out[#out + 1] = ARGV[i] end\nend\nreturn out\n"
+    )
+    rng = random.Random(11)
+    fps = [f"{rng.getrandbits(64):016x}" for _ in range(1000)] + ["0" * 16, "f" * 16, "0123456789abcdef"]
+    args: list[Any] = []
+    for fp in fps:
+        args += [fp, packed(fp)]
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(0, len(args), 500):
+            assert r.eval(src, 0, *args[i : i + 500]) == []
+    finally:
+        r.close()
+    with pytest.raises(ValueError):
+        packed("abc")
+
+
 def test_fleet_envelopes_are_read_without_cjson(redis_url: str) -> None:
     """The point of env_head: Envelope.dumps' output (with and without "lost") never reaches cjson."""
     import redis

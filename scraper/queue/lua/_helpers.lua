@@ -48,17 +48,25 @@ end
 
 -- bucket: the first 12 bits as 3 hex chars; member: the other 52 bits packed in 7 bytes. A fingerprint of
 -- 16 hex digits (every one Fleet writes) is unpacked by arithmetic on two 24-bit numbers and a nibble: the
--- pairwise gsub of hex2bin was ~13% of Redis's instructions in a crawl (issue #18). Anything else goes the
--- general way, as before.
+-- pairwise gsub of hex2bin was ~13% of Redis's instructions in a crawl (issue #18); the bytes by division
+-- with remainders, not math.floor (each call of a C function costs a script ~1k instructions). Anything
+-- else goes the general way, as before. COMMIT is sent its fingerprints already in this form (fpsplit).
 local function fpparts(fp)
   local sub = string.sub
   if string.find(fp, '^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$') then
     local x, y, z = tonumber(sub(fp, 4, 9), 16), tonumber(sub(fp, 10, 15), 16), tonumber(sub(fp, 16, 16), 16)
-    local floor = math.floor
-    return sub(fp, 1, 3), string.char(floor(x / 65536), floor(x / 256) % 256, x % 256,
-                                      floor(y / 65536), floor(y / 256) % 256, y % 256, z * 16)
+    local x1, y1 = x % 65536, y % 65536
+    return sub(fp, 1, 3), string.char((x - x1) / 65536, (x1 - x1 % 256) / 256, x1 % 256,
+                                      (y - y1) / 65536, (y1 - y1 % 256) / 256, y1 % 256, z * 16)
   end
   return sub(fp, 1, 3), hex2bin(sub(fp, 4, 16) .. '0')
+end
+
+-- a fingerprint as the Python side packs it for COMMIT (scraper.queue.fpwire.pack: bucket and member, 10
+-- bytes, converted once in Python instead of in every script call: issue #18), or as hex (fpparts)
+local function fpsplit(x)
+  if string.len(x) == 10 then return string.sub(x, 1, 3), string.sub(x, 4) end
+  return fpparts(x)
 end
 
 -- whether member s is in bucket string cur (7-byte aligned)
@@ -211,10 +219,10 @@ local function sc_load(key, fps)
   end
 end
 
--- the bucket key of fp in key's cache, its member bytes and its current contents (false: none)
-local function sc_bucket(key, fp)
+-- the bucket key of (b, s) (fpparts, fpsplit) in key's cache, its member bytes and its current contents
+-- (false: none)
+local function sc_bucket(key, b, s)
   local c = sc_get(key)
-  local b, s = fpparts(fp)
   local bk = key .. ':' .. b
   local cur = c.cur[bk]
   if cur == nil then
@@ -224,8 +232,8 @@ local function sc_bucket(key, fp)
   return c, bk, s, cur
 end
 
-local function sc_has(key, fp)
-  local c, bk, s, cur = sc_bucket(key, fp)
+local function sc_has(key, b, s)
+  local c, bk, s, cur = sc_bucket(key, b, s)
   local a = c.add and c.add[bk]
   return (a and bucket_has(a, s)) or (cur and bucket_has(cur, s)) or false
 end
@@ -233,8 +241,8 @@ end
 -- 1 when added (pending until sc_flush), 0 when already present. A bucket's pending members are their own
 -- string (c.add[bk], what the APPEND will send), not a longer copy of the bucket: a call allocates little
 -- (Lua's garbage collector costs Redis CPU in proportion to what a script allocates).
-local function sc_add(key, fp, ttl)
-  local c, bk, s, cur = sc_bucket(key, fp)
+local function sc_add(key, ttl, b, s)
+  local c, bk, s, cur = sc_bucket(key, b, s)
   local adds = c.add
   local a = adds and adds[bk]
   if (a and bucket_has(a, s)) or (cur and bucket_has(cur, s)) then return 0 end
@@ -281,25 +289,39 @@ end
 
 -- What LEASE reads of an envelope: run, fp, domain as env_cjson gives them, and whether the patterns read
 -- them. The JSON as Envelope.dumps writes it (envelope.py: "lost" first when set, then "v", "url", "spider",
--- "run", "fp", ..., "domain" last, no spaces) is read by anchored patterns instead of being decoded whole
--- (cjson builds a table and some twenty strings: ~5 µs an entry, issue #18); anything else (an escape in
--- those strings, another layout, "run" or "fp" again after the fp or a \u escape there (cjson keeps the
--- last of a repeated key), another writer) is decoded with cjson. The patterns do not prove the rest of the text is JSON: a caller about to
--- drop an entry unfetched on what they read (DONE, a cancelled run) asks env_cjson first (LEASE does).
+-- "run", "fp", ..., "domain" last, no spaces) is read by plain finds at fixed tokens instead of being
+-- decoded whole (cjson builds a table and some twenty strings: ~5 µs an entry, issue #18; a pattern walking
+-- the URL character by character cost ~1 µs, the finds ~0.3); anything else (an escape in run or fp, a
+-- backslash before the quotes around the spider, another layout, "run" or "fp" again after the fp or a \u
+-- escape there (cjson keeps the last of a repeated key), another writer) is decoded with cjson. The finds do
+-- not prove the rest of the text is JSON: a caller about to drop an entry unfetched on what they read (DONE,
+-- a cancelled run) asks env_cjson first (LEASE does).
 local function env_head(json)
-  if string.byte(json, 1) ~= 123 then return env_cjson(json) end  -- '{'
-  local at = string.match(json, '^{"lost":%d+,()') or 2
-  local run, fp, after = string.match(json,
-    '^"v":1,"url":"[^"\\]*","spider":"[^"\\]*","run":"([^"\\]*)","fp":"([^"\\]*)",()', at)
-  -- after the fp, no other "run" or "fp" (spelt plainly, or with an escape, or with space before its ':')
-  if run and not string.find(json, '"run"', after, true) and not string.find(json, '"fp"', after, true)
-     and not string.find(json, '\\u', after, true) then
-    local n = string.len(json)
-    local p = string.find(json, ',"domain":"', math.max(1, n - 300), true)
-    while p do
-      local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
-      if domain then return run, fp, domain, true end
-      p = string.find(json, ',"domain":"', p + 1, true)
+  local find, byte = string.find, string.byte
+  if byte(json, 1) ~= 123 then return env_cjson(json) end  -- '{'
+  local at = 2
+  if byte(json, 3) == 108 then at = string.match(json, '^{"lost":%d+,()') or 2 end  -- '{"l'
+  -- Plain finds (memchr, not a pattern walked character by character over the URL): in JSON a quote
+  -- inside a string is escaped, so '","spider":"' and '","run":"' past the URL's start are the tokens
+  -- after the URL and the spider, unless a backslash precedes them (an escaped quote: not Fleet's JSON,
+  -- left to cjson); the spider holds no quote (its next quote is the run's token)
+  if find(json, '"v":1,"url":"', at, true) == at then
+    local r0 = find(json, '","run":"', at + 13, true)
+    local q = r0 and find(json, '","spider":"', at + 13, true)
+    if q and q < r0 and byte(json, q - 1) ~= 92 and byte(json, r0 - 1) ~= 92
+       and find(json, '"', q + 12, true) == r0 then
+      local run, fp, after = string.match(json, '^","run":"([^"\\]*)","fp":"([^"\\]*)",()', r0)
+      -- after the fp, no other "run" or "fp" (spelt plainly, or with an escape, or with space before its ':')
+      if run and not find(json, '"run"', after, true) and not find(json, '"fp"', after, true)
+         and not find(json, '\\u', after, true) then
+        local n = #json
+        local p = find(json, ',"domain":"', n > 300 and n - 300 or 1, true)
+        while p do
+          local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
+          if domain then return run, fp, domain, true end
+          p = find(json, ',"domain":"', p + 1, true)
+        end
+      end
     end
   end
   local r, f, d = env_cjson(json)
@@ -421,13 +443,30 @@ local function breaker_close(k, bk, domain, now)
   return release_parked(k, domain)
 end
 
--- a breaker's window (its last W outcomes) after one more, and whether that many C outcomes (at least
--- minev, at least rate of the window) trip a closed breaker: breaker_record and its batched form share it
-local function window_after(win, outcome, W, minev, rate)
+-- a breaker's window (its last W outcomes) after one more, whether that many C outcomes (at least minev, at
+-- least rate of the window) trip a closed breaker, and how many C it holds: breaker_record and its batched
+-- form share it. nc: the C in win (nil: counted here, once; breaker_note carries it from one outcome to the
+-- next instead of counting the whole window at each, issue #18)
+local function window_after(win, outcome, W, minev, rate, nc)
+  if not nc then
+    local _, c = string.gsub(win, 'C', '')
+    nc = c
+  end
+  if outcome == 'C' then nc = nc + 1 end
   win = win .. outcome
-  if string.len(win) > W then win = string.sub(win, -W) end
-  local _, c = string.gsub(win, 'C', '')
-  return win, c >= minev and c / string.len(win) >= rate
+  local n = #win
+  if n > W then  -- the oldest leave: one at a time, unless W shrank since the window was written
+    local drop = n - W
+    if drop == 1 then
+      if string.byte(win, 1) == 67 then nc = nc - 1 end  -- 'C'
+    else
+      local _, c = string.gsub(string.sub(win, 1, drop), 'C', '')
+      nc = nc - c
+    end
+    win = string.sub(win, drop + 1)
+    n = W
+  end
+  return win, nc >= minev and nc / n >= rate, nc
 end
 
 -- outcome: 'C' (drift) or 'o' (item callback extracted fine) or 'n' (navigation page: no verdict)
@@ -475,12 +514,12 @@ local function breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, 
       before()  -- the caller's pending writes go first: closing the breaker queues its parked requests
       return breaker_record(k, domain, outcome, id, now, W, minev, rate, cbase, ccap)
     end
-    c = {win = v[2] or '', dirty = false}
+    c = {win = v[2] or '', dirty = false, nc = nil}
     BRC[domain] = c
   end
   if outcome == 'n' then return '' end
-  local win, trips = window_after(c.win, outcome, W, minev, rate)
-  c.win, c.dirty = win, true
+  local win, trips, nc = window_after(c.win, outcome, W, minev, rate, c.nc)
+  c.win, c.dirty, c.nc = win, true, nc
   if trips then
     redis.call('HSET', bk, 'window', win)
     BRC[domain] = nil
@@ -629,8 +668,8 @@ end
 -- IN-FLIGHT; pend.by: id -> token), which COMMIT writes with one HSET and one ZADD for the batch. The
 -- domain is read as LEASE reads it (env_head), not by decoding the whole envelope. The nonce keeps tokens
 -- unique even if Redis lost recent writes and the deliveries repeat.
-local function claim_child(k, done, id, json, fp, now, lease, worker, nonce, pend)
-  if sc_has(done, fp) then return '', -1 end
+local function claim_child(k, done, id, json, cb, cs, now, lease, worker, nonce, pend)
+  if sc_has(done, cb, cs) then return '', -1 end
   local _, _, domain = env_head(json)
   if domain and domain ~= '' then
     if redis.call('HEXISTS', k.brk, domain) == 1 then return '', -1 end

@@ -12,6 +12,8 @@
 --   its parked requests); the domains vary per commit, so they are built inside the script; within the
 --   {spider} hash tag of prefix. And seen..':'..bucket, done..':'..bucket: the bucket strings of the SEEN/DONE
 --   sets (lua/_helpers.lua), within their hash tag.
+-- Every fingerprint (fp, a child's fp, a hop) comes as FleetQueue sends it, packed (seenset.packed: its
+-- bucket and member, 10 bytes; fpsplit), or as 16 hex digits.
 -- One (seen, done) pair of KEYS per distinct run of the batch; a commit's r is the 1-based index of its
 -- run's pair. ack: '1'/'0'. outcome: 'o', 'n' or '' (not tracked). An entry with fp '' only enqueues
 -- children (sent as soon as the callback is done, before the writes).
@@ -55,6 +57,7 @@ local stopped = {}  -- r -> whether that run was cancelled
 -- The first pass keeps only where each commit starts in ARGV (no table per commit: Lua's collector costs
 -- Redis CPU in proportion to what a call allocates); the second reads its fields from there again.
 local starts, ids, want = {}, {}, {}  -- ARGV index of each commit; the lease ids to check; set key -> fps
+local rs, nds, nhs, cls = {}, {}, {}, {}  -- per commit: r, ndisc, nhops, claim as numbers (read once)
 local function need(key, fp)
   local l = want[key]
   if not l then l = {}; want[key] = l end
@@ -62,8 +65,9 @@ local function need(key, fp)
 end
 local i = 13
 while i <= #ARGV do
-  starts[#starts + 1] = i
   local r, fp, nd, nh, claim = tonumber(ARGV[i]), ARGV[i+1], tonumber(ARGV[i+7]), tonumber(ARGV[i+8]), tonumber(ARGV[i+6])
+  local m = #starts + 1
+  starts[m], rs[m], nds[m], nhs[m], cls[m] = i, r, nd, nh, claim
   local kids = i + 9
   local hops = kids + 5 * nd
   i = hops + nh
@@ -121,9 +125,10 @@ local function ack(id)
   gone[#gone + 1] = id
   owner[id] = false
 end
-for _, at in ipairs(starts) do
-  local r, fp, id, token, domain, outcome = tonumber(ARGV[at]), ARGV[at+1], ARGV[at+2], ARGV[at+3], ARGV[at+4], ARGV[at+5]
-  local claim, nd, nh = tonumber(ARGV[at+6]), tonumber(ARGV[at+7]), tonumber(ARGV[at+8])
+local nout, nev, nclaims = 0, 0, 0  -- how many out/acked, events, claims hold (no table.insert: a C call each)
+for m, at in ipairs(starts) do
+  local r, fp, id, token, domain, outcome = rs[m], ARGV[at+1], ARGV[at+2], ARGV[at+3], ARGV[at+4], ARGV[at+5]
+  local claim, nd, nh = cls[m], nds[m], nhs[m]
   local kids = at + 9
   local hops = kids + 5 * nd
   local seen, done = KEYS[KN + 2 * r - 1], KEYS[KN + 2 * r]
@@ -135,33 +140,37 @@ for _, at in ipairs(starts) do
     stopped[r] = redis.call('HEXISTS', k.cancelled, sub(seen, string.len(k.prefix) + 6)) == 1
   end
   if stopped[r] then
-    table.insert(claims, '')
-    table.insert(claims, 0)
+    claims[nclaims + 1], claims[nclaims + 2] = '', 0
+    nclaims = nclaims + 2
     local ok = 0
     if fp ~= '' and do_ack and owner[id] == token then
       ack(id)
       ok = 1
     end
-    table.insert(out, 0)
-    table.insert(acked, ok)
+    nout = nout + 1
+    out[nout], acked[nout] = 0, ok
   else
     local enq = 0
     local ctoken, cdlv = '', 0
     local took = 0  -- 1 when this call leased the claimed child instead of queueing it
     -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy
-    for h = hops, hops + nh - 1 do
-      if mine and sc_add(seen, ARGV[h], ttl) == 1 then sc_add(done, ARGV[h], ttl) end
+    if mine then
+      for h = hops, hops + nh - 1 do
+        local hb, hs = fpsplit(ARGV[h])
+        if sc_add(seen, ttl, hb, hs) == 1 then sc_add(done, ttl, hb, hs) end
+      end
     end
     local g = kids
     for ci = 1, nd do
       local cid, json, cfp, prio, dont_filter = ARGV[g], ARGV[g+1], ARGV[g+2], ARGV[g+3], ARGV[g+4]
       local added = 0
+      local cb, cs = fpsplit(cfp)
       if dont_filter ~= '1' then
-        added = sc_add(seen, cfp, ttl)
+        added = sc_add(seen, ttl, cb, cs)
       elseif not queued[cid] and redis.call('HEXISTS', k.env, cid) == 0 then
         -- as enqueue (lua/_helpers.lua): a known id is this very child sent again (a retried commit);
         -- a new one is counted in SEEN (DONE will hold its start fingerprint)
-        sc_add(seen, cfp, ttl)
+        sc_add(seen, ttl, cb, cs)
         added = 1
       end
       if added == 1 then
@@ -170,7 +179,7 @@ for _, at in ipairs(starts) do
         envs[#envs + 1] = json
         enq = enq + 1
         if ci == claim then
-          ctoken, cdlv = claim_child(k, done, cid, json, cfp, now, lease, worker, nonce .. 'c' .. #claims, pend)
+          ctoken, cdlv = claim_child(k, done, cid, json, cb, cs, now, lease, worker, nonce .. 'c' .. nclaims, pend)
         end
         if ctoken ~= '' and ci == claim then
           took = 1
@@ -186,31 +195,31 @@ for _, at in ipairs(starts) do
         end
       elseif ci == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
-        local ours = lease_token(worker, '1', nonce .. 'c' .. #claims)
+        local ours = lease_token(worker, '1', nonce .. 'c' .. nclaims)
         if (pend.by[cid] or redis.call('HGET', k.lease, cid)) == ours then ctoken, cdlv = ours, 1 end
       end
       g = g + 5
     end
-    table.insert(claims, ctoken)
-    table.insert(claims, cdlv)
+    claims[nclaims + 1], claims[nclaims + 2] = ctoken, cdlv
+    nclaims = nclaims + 2
     fresh = fresh + enq - took
     local ok = 0
     if fp ~= '' and strict then
       if mine then
-        sc_add(done, fp, ttl)
+        sc_add(done, ttl, fpsplit(fp))
         if do_ack then
           ack(id)
           ok = 1
         end
       end
     elseif fp ~= '' then
-      sc_add(done, fp, ttl)
+      sc_add(done, ttl, fpsplit(fp))
       if outcome ~= '' and domain ~= '' then
         local ev, released = breaker_note(k, domain, outcome, id, now, W, minev, rate, cbase, ccap, flush_ready)
         fresh = fresh + (released or 0)  -- a breaker this commit closed sent its parked requests to READY
         if ev ~= '' then
-          table.insert(events, domain)
-          table.insert(events, ev)
+          events[nev + 1], events[nev + 2] = domain, ev
+          nev = nev + 2
         end
       end
       if do_ack and owner[id] == token then
@@ -218,8 +227,8 @@ for _, at in ipairs(starts) do
         ok = 1
       end
     end
-    table.insert(out, enq)
-    table.insert(acked, ok)
+    nout = nout + 1
+    out[nout], acked[nout] = enq, ok
   end
 end
 -- the writes (see Batched, above)

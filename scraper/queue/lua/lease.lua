@@ -27,16 +27,16 @@ if n > 0 then
     -- per entry, in arrays (no table per entry: what a call allocates, Lua's collector costs Redis CPU for):
     -- what LEASE reads of its envelope (env_head) and its DONE key (when run and fp are usable); per DONE
     -- key: the fingerprints to look up
-    local runs, efps, doms, fasts, fps = {}, {}, {}, {}, {}
+    local runs, efps, doms, fasts, dks, fps = {}, {}, {}, {}, {}, {}
     local function done_key(run, fp)
-      if run and fp and string.len(fp) == 16 and string.match(fp, '^%x+$') then return k.prefix .. 'done:' .. run end
+      if run and fp and #fp == 16 and string.match(fp, '^%x+$') then return k.prefix .. 'done:' .. run end
       return nil
     end
     for j = 1, #ids do
       local run, fp, domain, fast = nil, nil, nil, false
       if jsons[j] then run, fp, domain, fast = env_head(jsons[j]) end
-      runs[j], efps[j], doms[j], fasts[j] = run or false, fp or false, domain or false, fast
       local dk = done_key(run, fp)
+      runs[j], efps[j], doms[j], fasts[j], dks[j] = run or false, fp or false, domain or false, fast, dk or false
       if dk then
         local l = fps[dk]
         if not l then l = {}; fps[dk] = l end
@@ -49,9 +49,10 @@ if n > 0 then
     local holds, brks, stopped, gone, granted = {}, {}, {}, {}, {}
     -- what decides an entry's fate: DONE in its run, its domain (nil: none) with its hold and breaker, and
     -- whether its run was cancelled
-    local function facts(run, fp, domain)
-      local dk = done_key(run, fp)
-      local done = dk and sc_has(dk, fp) or false
+    -- dk: run's DONE key when run and fp are usable (done_key; false: not), known already or worked out here
+    local function facts(run, fp, domain, dk)
+      if dk == nil then dk = done_key(run, fp) end
+      local done = dk and sc_has(dk, fpparts(fp)) or false
       if domain == '' then domain = nil end
       local hold, brk = nil, false
       if domain then
@@ -75,7 +76,7 @@ if n > 0 then
     for j, id in ipairs(ids) do
       local json = jsons[j]
       if json then
-        local done, domain, hold, brk, stop = facts(runs[j] or nil, efps[j] or nil, doms[j] or nil)
+        local done, domain, hold, brk, stop = facts(runs[j] or nil, efps[j] or nil, doms[j] or nil, dks[j])
         if (done or stop) and fasts[j] then
           -- dropped unfetched on what the patterns read: only if cjson reads the same (env_head)
           done, domain, hold, brk, stop = facts(env_cjson(json))
@@ -85,8 +86,8 @@ if n > 0 then
           cancelled = cancelled + 1
         elseif done then
           gone[#gone + 1] = id
-          table.insert(skipped, id)
-          table.insert(skipped, json)
+          skipped[#skipped + 1] = id
+          skipped[#skipped + 1] = json
         elseif brk and breaker_gate(k, domain, id, now, lease) == 'park' then
           redis.call('ZADD', k.prefix .. 'parked:' .. domain, now, id)
           redis.call('SADD', k.parkdom, domain)
@@ -110,16 +111,16 @@ if n > 0 then
       local inf, tok = {}, {}
       -- numbers become strings once per call where they repeat (Lua formats each with snprintf)
       local deadline = string.format('%.17g', lease_deadline(now, lease))  -- as Redis would format it
+      local nl = 0  -- leased's length (no table.insert: each was a call of a C function)
       for q, id in ipairs(gids) do
         local d = (dl[q] and deliveries(dl[q]) or (old and tonumber(old[q])) or 0) + 1
         local ds = d == 1 and '1' or tostring(d)
-        local token = lease_token(worker, ds, nonce .. #leased)
-        inf[#inf + 1] = deadline; inf[#inf + 1] = id
-        tok[#tok + 1] = id; tok[#tok + 1] = token
-        table.insert(leased, id)
-        table.insert(leased, jsons[granted[q]])
-        table.insert(leased, d)
-        table.insert(leased, token)
+        local token = lease_token(worker, ds, nonce .. nl)
+        local q2 = q + q
+        inf[q2 - 1], inf[q2] = deadline, id
+        tok[q2 - 1], tok[q2] = id, token
+        leased[nl + 1], leased[nl + 2], leased[nl + 3], leased[nl + 4] = id, jsons[granted[q]], d, token
+        nl = nl + 4
       end
       redis.call('ZADD', k.inflight, unpack(inf))
       redis.call('HSET', k.lease, unpack(tok))
