@@ -29,7 +29,7 @@ from scraper.queue.gating import GateReply, Gating
 from scraper.queue.inspection import Inspection
 from scraper.queue.keys import SPIDERS_KEY, Keys, QueueError, check_spider_name, known_spiders, new_id
 from scraper.queue.records import BreakerParams, Commit, CommitReply, Lease, LeaseBatch
-from scraper.queue.seedwire import SeedStream, as_eval, entry_args, fill_rows, pairs, text
+from scraper.queue.seedwire import SeedStream, as_eval, child_args, entry_args, fill_rows, pairs, text
 from scraper.queue.seenset import packed
 
 __all__ = [
@@ -251,9 +251,7 @@ class FleetQueue(Inspection, Gating):
                      len(c.hops)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
-                a: list[Any] = entry_args(env, entry_id=cid)
-                a[2] = packed(a[2])
-                args += a
+                args += child_args(env, cid)
             args += [packed(h) for h in c.hops]
         return args
 

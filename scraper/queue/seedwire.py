@@ -14,8 +14,9 @@ from redis.exceptions import NoScriptError
 from scraper.queue import scripts as lua
 from scraper.queue.envelope import Envelope, new_ids
 from scraper.queue.keys import QueueError, new_id
+from scraper.queue.seenset import packed
 
-__all__ = ["SeedStream", "as_eval", "entry_args", "exec_reply", "fill_rows", "pairs", "text"]
+__all__ = ["SeedStream", "as_eval", "child_args", "entry_args", "exec_reply", "fill_rows", "pairs", "text"]
 
 
 def text(v: Any) -> str:
@@ -29,6 +30,13 @@ def pairs(flat: Sequence[Any], n: int) -> list[list[Any]]:
 def entry_args(env: Envelope, *, force_filter: bool = False, entry_id: str | None = None) -> list[str]:
     dont_filter = "0" if force_filter else ("1" if env.dont_filter else "0")
     return [entry_id or new_id(env.fp), env.dumps(), env.fp, str(env.priority), dont_filter]
+
+
+def child_args(env: Envelope, entry_id: str | None) -> list[Any]:
+    """A discovered request's COMMIT arguments: entry_args with its fingerprint packed (seenset.packed)."""
+    args: list[Any] = entry_args(env, entry_id=entry_id)
+    args[2] = packed(args[2])
+    return args
 
 
 async def fill_rows(
