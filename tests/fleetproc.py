@@ -104,7 +104,7 @@ def counts(redis_url: str, spider: str) -> dict[str, int]:
     p = f"fleet:{{{spider}}}:"
     try:
         return {
-            "ready": int(c.zcard(p + "ready")), "inflight": int(c.zcard(p + "inflight")),
+            "ready": int(c.zcard(p + "ready")), "inflight": int(c.zcount(p + "inflight", "-inf", "(+inf")),  # not LEASE's encoding mark
             "delayed": int(c.zcard(p + "delayed")), "dlq": int(c.xlen(p + "dlq")),
         }
     finally:

@@ -35,6 +35,7 @@ from scraper.infra.config import FleetConfig
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope
+from scraper.queue.keys import LEASED
 from scraper.store.backends import ObjectStore, open_store
 from scraper.store.objects import items_key
 
@@ -126,7 +127,7 @@ class Smoke:
 
     async def _inflight(self) -> int:
         client, q = await self._q()
-        n = int(await client.zcard(q.keys.inflight))
+        n = int(await client.zcount(q.keys.inflight, *LEASED))
         await client.aclose()
         return n
 

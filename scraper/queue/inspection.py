@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from scraper.queue import scripts as lua
-from scraper.queue.keys import Keys, stored_shards
+from scraper.queue.keys import LEASED, Keys, stored_shards
 from scraper.queue.seedwire import text
 
 __all__ = ["Inspection"]
@@ -81,7 +81,7 @@ class Inspection:
     async def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.keys.ready)
-        pipe.zcard(self.keys.inflight)
+        pipe.zcount(self.keys.inflight, *LEASED)
         pipe.zcard(self.keys.delayed)
         pipe.xlen(self.keys.dlq)
         ready, inflight, delayed, dlq = await pipe.execute()
@@ -118,7 +118,7 @@ class Inspection:
         Polled by every idle worker, so one round trip and no PARKED scan (parked work never counts)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.keys.ready)
-        pipe.zcard(self.keys.inflight)
+        pipe.zcount(self.keys.inflight, *LEASED)
         pipe.zcard(self.keys.delayed)
         return sum(int(x) for x in await pipe.execute())
 

@@ -16,6 +16,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from scraper.queue.names import is_name
 
 __all__ = [
+    "LEASED",
     "MAX_SHARDS",
     "SPIDERS_KEY",
     "Keys",
@@ -32,6 +33,10 @@ __all__ = [
 MAX_SHARDS = 64
 
 SPIDERS_KEY = "fleet:spiders"
+
+#: ZCOUNT's range of IN-FLIGHT's leases: every member but LEASE's encoding mark, at +inf (lua/_helpers.lua:
+#: big_encoding); a ZCARD would count the mark
+LEASED = ("-inf", "(+inf")
 
 
 class QueueError(RuntimeError):

@@ -14,7 +14,7 @@ import contextlib
 import json
 from typing import Any
 
-from scraper.queue.keys import Keys
+from scraper.queue.keys import LEASED, Keys
 
 __all__ = ["BACKLOG_LIMIT", "run_backlog", "run_tally"]
 
@@ -46,7 +46,7 @@ async def run_backlog(client: Any, keys: Keys, run: str, limit: int = BACKLOG_LI
     pipe = client.pipeline(transaction=False)
     for names in sets.values():
         for key in names:
-            pipe.zcard(key)
+            pipe.zcount(key, *LEASED)  # every entry (READY's scores are finite too), but IN-FLIGHT's mark
     if sum(int(n) for n in await pipe.execute()) > limit:
         return None
     out: dict[str, int] = {}

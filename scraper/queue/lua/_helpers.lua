@@ -645,6 +645,30 @@ local function maintain(k, now, limit, nows, lims)
   return promoted, reaped
 end
 
+-- IN-FLIGHT and LEASE in Redis's hash-table/skip-list encodings. Why: Redis keeps a sorted set of up to
+-- 128 members, and a hash of up to 512 fields, as one packed list, where finding a member is a scan of the
+-- whole list; a queue working under a few hundred leases (one worker, a small fleet) paid that scan at
+-- every grant, ack and lease check: ~20% of Redis's CPU per page (issue #18). A member or value longer than
+-- 64 bytes moves a set to the other encoding, which it keeps from then on (through RDB and AOF loads too).
+-- So LEASE, before it grants, makes sure of the mark (encoding_mark): a member of IN-FLIGHT at score +inf (never due: MAINTAIN
+-- reaps up to now; Fleet counts leases with ZCOUNT -inf (+inf: keys.LEASED) and the value of LEASE's field
+-- '~' (no lease id is '~'; only ids are ever read there). NX: written once, no AOF bytes after that.
+-- MAINTAIN (the keepers' beat) takes the mark out of an IN-FLIGHT it is alone in: an idle spider's IN-FLIGHT
+-- is empty for every reader, including an earlier version's ZCARD (its idle check).
+local function encoding_mark()
+  return '~ keeps this key out of the packed-list encoding: a scan at every use (Fleet, issue #18) ~'
+end
+
+local function big_encoding(k)
+  local mark = encoding_mark()
+  redis.call('ZADD', k.inflight, 'NX', '+inf', mark)
+  redis.call('HSETNX', k.lease, '~', mark)
+end
+
+local function unmark_idle(k)
+  if redis.call('ZCARD', k.inflight) == 1 then redis.call('ZREM', k.inflight, encoding_mark()) end
+end
+
 -- a lease's IN-FLIGHT score: now + lease, rounded up to the whole second for leases of 10 s or more. Why:
 -- Redis keeps a small sorted set (up to 128 entries, IN-FLIGHT's usual size) as a packed list whose
 -- integral scores are stored as integers; a fractional one is parsed (strtod) at every comparison, which

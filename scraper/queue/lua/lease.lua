@@ -106,6 +106,7 @@ if n > 0 then
       -- grant (lua/_helpers.lua) for the lot: deliveries + 1, the lease deadline and the token
       local gids = {}
       for q, j in ipairs(granted) do gids[q] = ids[j] end
+      big_encoding(k)
       local dl = redis.call('HMGET', k.lease, unpack(gids))  -- deliveries so far (lua/_helpers.lua)
       local old = dlv_old(k) and redis.call('HMGET', k.dlv, unpack(gids))
       local inf, tok = {}, {}
