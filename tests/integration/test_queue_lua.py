@@ -806,3 +806,43 @@ def test_deliveries_counted_before_the_upgrade_are_kept(redis_url: str) -> None:
         assert not await client.exists(q.keys.dlv)  # drained: the old hash goes with its entries
 
     _run(redis_url, body)
+
+
+# -- IN-FLIGHT and LEASE encodings (lua/_helpers.lua: big_encoding) ----------------------------------------------
+
+
+def test_leases_keep_inflight_and_lease_out_of_the_packed_encoding(redis_url: str) -> None:
+    """LEASE marks IN-FLIGHT and LEASE so Redis keeps them as a skip list and a hash table however few leases
+    they hold (a packed list is scanned at every lookup: issue #18); the mark is invisible to the counts,
+    the reaper and the acks, and a LEASE that finds READY empty takes it out of an IN-FLIGHT it is alone in,
+    so an earlier version's ZCARD sees a drained spider's IN-FLIGHT empty."""
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        k = q.keys
+        await q.seed("r1", [_env("a"), _env("b"), _env("c")])
+        batch = await q.lease(2, worker="w1", lease_seconds=60)
+        assert len(batch.leased) == 2
+        assert await client.object("encoding", k.inflight) == b"skiplist"
+        assert await client.object("encoding", k.lease) == b"hashtable"
+        assert (await q.counts())["inflight"] == 2 and await q.pending() == 3
+        assert await q.maintain() == (0, [])  # the mark (+inf) is never due, and stays beside leases
+        assert await client.zcard(k.inflight) == 3
+        _, _, acked = await q.commit([Commit(le.id, le.token, "r1", Envelope.loads(le.raw).fp) for le in batch.leased])
+        assert acked == [True, True]
+        (last,) = (await q.lease(5, worker="w1", lease_seconds=60)).leased  # READY empty now: the mark stays
+        assert await client.zcard(k.inflight) == 2
+        assert (await q.commit([Commit(last.id, last.token, "r1", Envelope.loads(last.raw).fp)]))[2] == [True]
+        assert await client.zcard(k.inflight) == 1  # only the mark
+        assert (await q.counts())["inflight"] == 0 and await q.pending() == 0
+        assert (await q.lease(5, worker="w1", lease_seconds=60)).leased == []
+        assert await client.zcard(k.inflight) == 0  # gone: READY empty and the mark alone
+        assert await client.hkeys(k.lease) == [b"~"]  # LEASE's own mark stays (nobody counts fields)
+        # MAINTAIN takes it out too (the keepers' beat)
+        await q.seed("r1", [_env("d")])
+        (d,) = (await q.lease(1, worker="w1", lease_seconds=60)).leased
+        assert await client.zcard(k.inflight) == 2
+        assert (await q.commit([Commit(d.id, d.token, "r1", Envelope.loads(d.raw).fp)]))[2] == [True]
+        await q.maintain()
+        assert await client.zcard(k.inflight) == 0
+
+    _run(redis_url, body)

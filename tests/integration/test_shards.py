@@ -17,7 +17,7 @@ from scrapy import Request
 
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
-from scraper.queue.keys import Keys, QueueError, shard_of
+from scraper.queue.keys import LEASED, Keys, QueueError, shard_of
 from scraper.queue.shards import ShardedQueue, open_queue, stored_shards
 from scraper.queue.startfp import mark_unfiltered
 from tests.integration.test_commit_batch import _commits, _plan, _reply
@@ -81,7 +81,7 @@ async def _state(q: FleetQueue, client: aioredis.Redis) -> dict[str, Any]:
             out[name] |= {p for p, h in zip(PATHS, has, strict=True) if h}
             out[name + "_count"] += int(await client.hget(key, "count") or 0)
         for name, key in (("ready", k.ready), ("inflight", k.inflight)):
-            for lid in await client.zrange(key, 0, -1):
+            for lid in await client.zrangebyscore(key, *LEASED):  # not IN-FLIGHT's encoding mark
                 raw = await client.hget(k.env, lid)
                 env = Envelope.loads(raw)
                 assert shard_of(env.fp, len(parts)) == i == shard_of(lid.decode(), len(parts))
@@ -165,7 +165,7 @@ def test_claimed_children_and_acks_route_by_id(redis_url: str) -> None:
             worker="w", lease_seconds=60, nonce="n1")
         assert reply.enqueued == [12] and reply.claims[0][0]
         home = q.part(kids[4].fp)
-        assert await client.zcard(home.keys.inflight) == 1  # the claimed child, in its own shard
+        assert await client.zcount(home.keys.inflight, *LEASED) == 1  # the claimed child, in its own shard
         # heartbeat, ack, release, nack and dead all find their shard from the id alone
         leases = await _lease_all(q, 11)
         assert len(leases) == 11

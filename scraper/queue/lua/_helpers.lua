@@ -653,8 +653,10 @@ end
 -- So LEASE, before it grants, makes sure of the mark (encoding_mark): a member of IN-FLIGHT at score +inf (never due: MAINTAIN
 -- reaps up to now; Fleet counts leases with ZCOUNT -inf (+inf: keys.LEASED) and the value of LEASE's field
 -- '~' (no lease id is '~'; only ids are ever read there). NX: written once, no AOF bytes after that.
--- MAINTAIN (the keepers' beat) takes the mark out of an IN-FLIGHT it is alone in: an idle spider's IN-FLIGHT
--- is empty for every reader, including an earlier version's ZCARD (its idle check).
+-- LEASE when READY is empty (a worker about to wait) and MAINTAIN (the keepers' beat) take the mark out
+-- of an IN-FLIGHT it is alone in: a drained or idle spider's IN-FLIGHT is empty for every reader,
+-- including an earlier version's ZCARD (its idle check). (Not at every ack: a one-worker chain would then
+-- write the mark and take it out again at every page.)
 local function encoding_mark()
   return '~ keeps this key out of the packed-list encoding: a scan at every use (Fleet, issue #18) ~'
 end

@@ -136,6 +136,7 @@ do  -- also for n = 0 (ShardedQueue asks a shard for nothing to learn its READY:
     -- listed for over twice its longest idle poll (0.6 s): 2-3 s. A batch that was all held, parked or done
     -- leased nothing but leaves READY as it is: the worker asks again at once.
     local snow, snows = server_now()
+    unmark_idle(k)  -- no work left to hand out: IN-FLIGHT's encoding mark goes if it is alone (_helpers.lua)
     redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snows)
     redis.call('ZADD', waiting, string.format('%d', math.ceil(snow + 2)), worker)  -- integral: see lease_deadline
   else
