@@ -57,10 +57,11 @@ def fleet_json(*args: str, env: dict[str, str], timeout: float = 120) -> Any:
 
 
 def start_worker(spider: str, env: dict[str, str], log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``fleet worker SPIDER`` in the background, run from FLEET_CWD when set (a Scrapy project's directory)."""
     fh = open(log, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "scraper.cli", "worker", spider, *extra],
-        env=env, stdout=fh, stderr=fh,
+        env=env, stdout=fh, stderr=fh, cwd=env.get("FLEET_CWD"),
     )
 
 

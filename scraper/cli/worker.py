@@ -36,7 +36,7 @@ from scraper.worker.ports import fleet_of
 #: waits past the grace before it SIGKILLs a worker that did neither.
 SHUTDOWN_CLOSE_WAIT = 20.0
 
-__all__ = ["SHUTDOWN_CLOSE_WAIT", "install_signals", "run_worker"]
+__all__ = ["SHUTDOWN_CLOSE_WAIT", "concurrency_settings", "install_signals", "run_worker"]
 
 
 def run_worker(
@@ -56,14 +56,9 @@ def run_worker(
         settings = worker_settings(spidercls, settings)
     except RuntimeError as exc:  # scraper.worker.render.ChromiumNotFound: says what to install
         raise fail(str(exc)) from None
-    if concurrency is not None:
-        if concurrency < 1:
-            raise fail("--concurrency must be >= 1")
-        settings.set("CONCURRENT_REQUESTS", concurrency, priority="cmdline")
-    # The worker's concurrency is also its default per-domain limit, at project priority so that a spider's
-    # own CONCURRENT_REQUESTS_PER_DOMAIN (custom_settings, YAML settings) still wins: a spider that asks for
-    # 1 request at a time per domain gets 1, not the worker's 32.
-    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="project")
+    if concurrency is not None and concurrency < 1:
+        raise fail("--concurrency must be >= 1")
+    concurrency_settings(settings, concurrency)
     if until_idle is not None:
         settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
     _check_politeness(spider, spidercls, settings)
@@ -97,6 +92,18 @@ def run_worker(
         err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
         return int(rt.exit_code or EXIT_INFRA)
     return 0
+
+
+def concurrency_settings(settings: Any, concurrency: int | None) -> None:
+    """``--concurrency`` (``cmdline`` priority), and the worker's concurrency as its default per-domain limit.
+
+    That default is at ``project`` priority (20) so that a CONCURRENT_REQUESTS_PER_DOMAIN the user set wins
+    (the Scrapy project's settings.py at 25, the spider's custom_settings or YAML settings at 30): a spider
+    that asks for 1 request at a time per domain gets 1, not the worker's 32. Being below 25 it is also no
+    politeness value (scraper.policy.politeness): it gates nothing, fleet-wide."""
+    if concurrency is not None:
+        settings.set("CONCURRENT_REQUESTS", concurrency, priority="cmdline")
+    settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", settings.getint("CONCURRENT_REQUESTS"), priority="project")
 
 
 def _check_politeness(name: str, spidercls: Any, settings: Any) -> None:

@@ -2,13 +2,17 @@
 scraper.worker.gate; the atomic step is scraper/queue/lua/gate.lua).
 
 Why from Scrapy's own settings: users already know ``CONCURRENT_REQUESTS_PER_DOMAIN``, ``DOWNLOAD_DELAY``,
-``RANDOMIZE_DOWNLOAD_DELAY`` and ``AUTOTHROTTLE_*``; under Fleet they take their fleet-wide meaning. Only a
-value the *spider* set counts (``custom_settings``, YAML ``settings``: Scrapy's ``spider`` priority or
-above): the worker's own default per-domain limit (its concurrency, at ``project`` priority) and the
-project's ``DOWNLOAD_DELAY = 0`` gate nothing, so a spider that sets none of them is not gated at all
-(no Redis call, the hot path unchanged). A spider attribute ``domain_settings`` (YAML ``domain_settings:``)
-overrides them per domain: ``{"shop.example": {"DOWNLOAD_DELAY": 0.5, "CONCURRENT_REQUESTS_PER_DOMAIN": 2}}``;
-a key names the host itself and its subdomains (the longest match wins).
+``RANDOMIZE_DOWNLOAD_DELAY`` and ``AUTOTHROTTLE_*``; under Fleet they take their fleet-wide meaning. A value
+counts when the user set it: the Scrapy project's ``settings.py`` (priority 25, scraper.worker.project; where
+``scrapy startproject`` puts ``CONCURRENT_REQUESTS_PER_DOMAIN = 1`` and ``DOWNLOAD_DELAY = 1``, so a project's
+spider run unchanged on N workers must not hit the site N times as hard) or the spider (``custom_settings``,
+YAML ``settings``: Scrapy's ``spider`` priority, 30, or above), the spider's value winning as in Scrapy.
+Below that nothing gates: Scrapy's defaults, Fleet's own settings module and the worker's default
+per-domain limit (its concurrency) are all at ``project`` priority (20), so a spider and project that set
+none of these keys are not gated at all (no Redis call, the hot path unchanged). A spider attribute
+``domain_settings`` (YAML ``domain_settings:``) overrides them per domain:
+``{"shop.example": {"DOWNLOAD_DELAY": 0.5, "CONCURRENT_REQUESTS_PER_DOMAIN": 2}}``; a key names the host
+itself and its subdomains (the longest match wins).
 
 Hostile input: ``domain_settings`` is the spider author's, but it is checked like any setting (types,
 bounds, known keys) with a one-line error.
@@ -33,7 +37,8 @@ DOMAIN_KEYS = frozenset({
 #: does not have (the fleet's AIMD window is the throttle; spacing is DOWNLOAD_DELAY's and Crawl-delay's).
 IGNORED_KEYS = ("AUTOTHROTTLE_START_DELAY", "AUTOTHROTTLE_MAX_DELAY", "AUTOTHROTTLE_DEBUG")
 _SPIDER_PRIORITY = 30  # scrapy.settings.SETTINGS_PRIORITIES["spider"]
-#: A Scrapy project's settings module (scraper.worker.project.PRIORITY): an ignored key set there is named too.
+#: A Scrapy project's settings module (scraper.worker.project.PRIORITY): the lowest priority a politeness value
+#: counts at (and an ignored key set there is named too); Fleet's own defaults are below it, at 20.
 _PROJECT_PRIORITY = 25
 _MAX_DELAY = 3600.0
 _MAX_LIMIT = 10_000
@@ -107,7 +112,7 @@ def _apply(base: DomainPolicy, values: dict[str, Any], where: str) -> DomainPoli
 
 
 class Politeness:
-    """The policy of every domain of one spider: a base (the spider's settings) and per-domain overrides.
+    """The policy of every domain of one spider: a base (its settings and its project's) and per-domain overrides.
 
     ``active`` is False when nothing is gated: the worker then builds no gate at all. ``ignored``: the
     IGNORED_KEYS the spider or its project's settings module set (the worker says so once);
@@ -124,20 +129,19 @@ class Politeness:
 
     @classmethod
     def from_settings(cls, settings: Any, domain_settings: Any = None) -> Politeness:
-        """From Scrapy ``settings`` (only values at spider priority or above) and a ``domain_settings``
-        mapping (the spider attribute); PolitenessError on anything unusable."""
+        """From Scrapy ``settings`` (only values the project's settings module or the spider set: priority 25
+        or above, the highest winning) and a ``domain_settings`` mapping (the spider attribute, over both);
+        PolitenessError on anything unusable."""
         values: dict[str, Any] = {}
-        # RANDOMIZE_DOWNLOAD_DELAY is Scrapy's default True: it only shapes a delay the spider set
+        # RANDOMIZE_DOWNLOAD_DELAY is Scrapy's default True: it only shapes a delay the user set
         values["RANDOMIZE_DOWNLOAD_DELAY"] = settings.getbool("RANDOMIZE_DOWNLOAD_DELAY", True)
         for key in ("CONCURRENT_REQUESTS_PER_DOMAIN", "DOWNLOAD_DELAY", "AUTOTHROTTLE_ENABLED",
                     "AUTOTHROTTLE_TARGET_CONCURRENCY", "FLEET_DOMAIN_BURST"):
             prio = settings.getpriority(key)
-            if prio is not None and prio >= _SPIDER_PRIORITY:
+            if prio is not None and prio >= _PROJECT_PRIORITY:
                 values[key] = settings.get(key)
         if settings.getbool("AUTOTHROTTLE_ENABLED") and "AUTOTHROTTLE_TARGET_CONCURRENCY" not in values:
             values["AUTOTHROTTLE_TARGET_CONCURRENCY"] = settings.getfloat("AUTOTHROTTLE_TARGET_CONCURRENCY", 1.0)
-        if "AUTOTHROTTLE_ENABLED" not in values and settings.getbool("AUTOTHROTTLE_ENABLED"):
-            values["AUTOTHROTTLE_ENABLED"] = True
         base = _apply(DomainPolicy(), values, "settings")
         overrides: dict[str, DomainPolicy] = {}
         if domain_settings:

@@ -1,6 +1,6 @@
 """A spider's politeness is what the server sees, across the whole fleet (issue #17): its per-domain limit
-(`fleet worker` used to override it), its DOWNLOAD_DELAY as a fleet-wide spacing (the gate), a slow domain
-beside a fast one, and nothing of the gate at default settings.
+(`fleet worker` used to override it), its DOWNLOAD_DELAY as a fleet-wide spacing (the gate), the same for a
+Scrapy project's settings.py, a slow domain beside a fast one, and nothing of the gate at default settings.
 
 The sites count requests in flight at once and record when each arrived; 127.0.0.2 is another loopback
 address, so another domain for the fleet.
@@ -8,6 +8,8 @@ address, so another domain for the fleet.
 
 from __future__ import annotations
 
+import json
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import redis
 
 from scraper.queue.keys import Keys
 from tests.countingsite import CountingSite
-from tests.fleetproc import fleet_json, spider_module_env, start_worker, wait_all
+from tests.fleetproc import fleet_env, fleet_json, spider_module_env, start_worker, wait_all
 
 SPIDER = '''
 import scrapy
@@ -132,6 +134,65 @@ def test_download_delay_is_a_fleet_wide_spacing(redis_url: str, tmp_path: Path) 
         close = [g for g in steady if g < 0.09]
         assert len(close) <= len(steady) // 5, f"{len(close)} of {len(steady)} gaps under 0.09 s: {gaps}"
         assert min(steady) >= 0.075, f"two requests {min(steady):.4f}s apart; asked for 0.1s: {gaps}"
+    finally:
+        site.stop()
+
+
+#: A Scrapy project as ``scrapy startproject`` lays it out, its politeness in settings.py (the template's
+#: CONCURRENT_REQUESTS_PER_DOMAIN = 1, a DOWNLOAD_DELAY without jitter), its spider setting nothing.
+PROJECT = {
+    "scrapy.cfg": "[settings]\ndefault = politeproj.settings\n",
+    "politeproj/__init__.py": "",
+    "politeproj/settings.py": """
+        BOT_NAME = "politeproj"
+        SPIDER_MODULES = ["politeproj.spiders"]
+        CONCURRENT_REQUESTS_PER_DOMAIN = 1
+        DOWNLOAD_DELAY = 0.3
+        RANDOMIZE_DOWNLOAD_DELAY = False
+    """,
+    "politeproj/spiders/__init__.py": "",
+    "politeproj/spiders/pages.py": """
+        import scrapy
+
+        class Pages(scrapy.Spider):
+            name = "proj_polite"
+
+            def parse(self, response):
+                yield {"path": response.url}
+    """,
+}
+
+
+def test_project_settings_politeness_holds_across_two_workers(redis_url: str, tmp_path: Path) -> None:
+    """Two ``fleet worker`` processes run from the project's directory: the site sees the project's per-domain
+    limit and spacing for the fleet, not per worker. --concurrency 2: each worker leases a few requests at a
+    time, so both fetch from the start; with the limits per worker (before) the site saw 2 at once."""
+    proj = tmp_path / "proj"
+    for name, text in PROJECT.items():
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
+        (proj / name).write_text(textwrap.dedent(text).lstrip())
+    site = CountingSite(pause=0.05)
+    try:
+        env = fleet_env(redis_url, tmp_path, FLEET_CWD=str(proj), FLEET_LEASE_SECONDS="6")
+        for name in ("FLEET_SPIDER_MODULES", "SCRAPY_SETTINGS_MODULE"):
+            env.pop(name, None)
+        n = 12
+        args = [a for i in range(n) for a in ("--url", f"{site.base}/p/{i}")]
+        assert fleet_json("seed", "proj_polite", "--run", "r1", *args, env=env)["enqueued"] == n
+        procs = [start_worker("proj_polite", {**env, "FLEET_STATS_FILE": str(tmp_path / f"s{i}.json")},
+                              tmp_path / f"w{i}.log", "--concurrency", "2", "--until-idle", "1") for i in range(2)]
+        assert wait_all(procs, 90) == [0, 0], (tmp_path / "w0.log").read_text()[-3000:]
+        assert site.hits == n
+        assert site.peak == 1, f"{site.peak} in flight at once across 2 workers; settings.py asked for 1"
+        gaps = [b - a for a, b in zip(site.times, site.times[1:], strict=False)]
+        # Redis grants the slots 0.3 s apart; each worker's local path adds some jitter (see the spider's
+        # spacing test above). Per worker (the bug) two workers send about twice as often, some gaps near 0.
+        assert min(gaps) >= 0.2, f"two requests {min(gaps):.3f}s apart; settings.py asked for 0.3s: {gaps}"
+        assert sum(gaps) / len(gaps) >= 0.28, f"mean spacing {sum(gaps) / len(gaps):.3f}s; asked for 0.3s: {gaps}"
+        granted = [json.loads((tmp_path / f"s{i}.json").read_text()).get("fleet/gate/granted", 0) for i in range(2)]
+        assert sum(granted) == n and min(granted) > 0, f"permits per worker {granted}: both workers must fetch"
+        (row,) = fleet_json("domains", "proj_polite", "--json", env=env)["domains"]
+        assert row["limit"] == 1 and row["inflight"] == 0, row
     finally:
         site.stop()
 

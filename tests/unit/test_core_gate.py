@@ -1,5 +1,6 @@
-"""The politeness gate on an in-memory ledger and queue (no Redis): the policy read from the spider's
-settings only, a gated state waits outside the engine and comes back granted, the waiting per domain is
+"""The politeness gate on an in-memory ledger and queue (no Redis): the policy read from the settings the
+user set (the project's settings.py at 25, the spider's at 30 and above; Fleet's defaults at 20 gate nothing),
+a gated state waits outside the engine and comes back granted, the waiting per domain is
 bounded (the rest deferred), permits go back once, and shutdown hands every waiting lease back."""
 
 from __future__ import annotations
@@ -56,6 +57,63 @@ def test_policy_counts_only_the_spiders_own_settings() -> None:
         Politeness.from_settings(s, {"a.example": {"DOWNLOAD_DELAI": 1}})
     with pytest.raises(PolitenessError, match="outside"):
         Politeness.from_settings(s, {"a.example": {"DOWNLOAD_DELAY": -1}})
+
+
+def _fleet_defaults() -> Settings:
+    """What a worker's settings hold below the project's layer: Fleet's settings module and the worker's own
+    per-domain default (its concurrency), both at Scrapy's ``project`` priority (20)."""
+    return Settings({"CONCURRENT_REQUESTS": 8, "CONCURRENT_REQUESTS_PER_DOMAIN": 8, "DOWNLOAD_DELAY": 0},
+                    priority="project")
+
+
+def test_policy_counts_the_projects_settings_module() -> None:
+    """A Scrapy project's settings.py (priority 25: scraper.worker.project.PRIORITY) gates as custom_settings
+    does: ``scrapy startproject``'s CONCURRENT_REQUESTS_PER_DOMAIN = 1 and DOWNLOAD_DELAY = 1 hold fleet-wide."""
+    s = _fleet_defaults()
+    s.set("CONCURRENT_REQUESTS_PER_DOMAIN", 1, priority=25)
+    s.set("DOWNLOAD_DELAY", 1, priority=25)
+    p = Politeness.from_settings(s)
+    assert p.active
+    assert (p.base.limit, p.base.delay, p.base.randomize, p.base.aimd) == (1, 1.0, True, False)
+    s.set("RANDOMIZE_DOWNLOAD_DELAY", False, priority=25)
+    s.set("FLEET_DOMAIN_BURST", 3, priority=25)
+    assert (Politeness.from_settings(s).base.randomize, Politeness.from_settings(s).base.burst) == (False, 3)
+    a = _fleet_defaults()
+    a.setdict({"AUTOTHROTTLE_ENABLED": True, "AUTOTHROTTLE_TARGET_CONCURRENCY": 3,
+               "CONCURRENT_REQUESTS_PER_DOMAIN": 6}, priority=25)
+    base = Politeness.from_settings(a).base
+    assert (base.aimd, base.start, base.wmax, base.limit) == (True, 3.0, 6, 6)
+
+
+def test_spider_values_beat_the_projects_and_domain_settings_beat_both() -> None:
+    s = _fleet_defaults()
+    s.setdict({"CONCURRENT_REQUESTS_PER_DOMAIN": 1, "DOWNLOAD_DELAY": 2, "RANDOMIZE_DOWNLOAD_DELAY": False},
+              priority=25)
+    s.setdict({"DOWNLOAD_DELAY": 0.5, "CONCURRENT_REQUESTS_PER_DOMAIN": 4}, priority="spider")
+    p = Politeness.from_settings(s, {"api.example": {"DOWNLOAD_DELAY": 3, "CONCURRENT_REQUESTS_PER_DOMAIN": 2}})
+    assert (p.base.limit, p.base.delay, p.base.randomize) == (4, 0.5, False)  # the project's RANDOMIZE stays
+    api = p.for_domain("v2.api.example")
+    assert (api.limit, api.delay, api.randomize) == (2, 3.0, False)
+    # a spider's DOWNLOAD_DELAY = 0 switches the project's spacing off; its per-domain limit still holds
+    s.set("DOWNLOAD_DELAY", 0, priority="spider")
+    s.set("CONCURRENT_REQUESTS_PER_DOMAIN", 1, priority="spider")
+    p = Politeness.from_settings(s, {"api.example": {"DOWNLOAD_DELAY": 1}})
+    assert (p.base.limit, p.base.delay) == (1, 0.0) and p.for_domain("api.example").delay == 1.0
+    # domain_settings gate a domain of a project that gates nothing itself
+    q = Politeness.from_settings(_fleet_defaults(), {"slow.example": {"DOWNLOAD_DELAY": 2}})
+    assert q.active and not q.base.gated and q.for_domain("slow.example").delay == 2.0
+
+
+def test_values_below_the_projects_priority_gate_nothing() -> None:
+    """Scrapy's defaults, Fleet's settings module and the worker's per-domain default (20), or anything under
+    the project's layer, whatever their values: no gate, so no Redis call on the hot path."""
+    assert not Politeness.from_settings(Settings()).active  # Scrapy's defaults alone
+    for prio in ("default", "project", 24):
+        s = _fleet_defaults()
+        s.setdict({"CONCURRENT_REQUESTS_PER_DOMAIN": 1, "DOWNLOAD_DELAY": 2, "FLEET_DOMAIN_BURST": 2,
+                   "AUTOTHROTTLE_ENABLED": True, "AUTOTHROTTLE_TARGET_CONCURRENCY": 4}, priority=prio)
+        p = Politeness.from_settings(s)
+        assert not p.active and (p.base.limit, p.base.delay, p.base.aimd) == (0, 0.0, False), prio
 
 
 def test_waiting_granted_bounded_released_and_handed_back() -> None:

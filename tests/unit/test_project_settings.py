@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from scrapy import Spider
+from scrapy.settings import Settings
 
 from scraper.infra.config import FleetConfig
 from scraper.worker import project as projectmod
@@ -192,3 +193,56 @@ def test_demo_and_smoke_never_follow_a_projects_redis(proj: str, monkeypatch: py
     monkeypatch.setattr("scraper.cli.common.resolve_redis_url", lambda: "embedded://")
     assert redis_url_for(FleetConfig.from_env(), project=False) == "embedded://"
     assert redis_url_for(FleetConfig.from_env({"FLEET_REDIS_URL": "redis://f:1/0"}), project=False) == "redis://f:1/0"
+
+
+POLITENESS_KEYS = ("CONCURRENT_REQUESTS_PER_DOMAIN", "DOWNLOAD_DELAY", "RANDOMIZE_DOWNLOAD_DELAY", "FLEET_DOMAIN_BURST",
+                   "AUTOTHROTTLE_ENABLED", "AUTOTHROTTLE_TARGET_CONCURRENCY")
+
+
+def _as_the_worker_builds_it(spidercls: type[Spider], concurrency: int | None) -> Settings:
+    """A worker's settings as ``fleet worker`` builds them: base_settings, worker_settings, --concurrency
+    (scraper.cli.worker), then the spider's custom_settings (what Scrapy's Crawler does)."""
+    from scraper.cli.worker import concurrency_settings
+
+    s = worker_settings(spidercls, base_settings(FleetConfig.from_env()))
+    concurrency_settings(s, concurrency)
+    spidercls.update_settings(s)
+    return s
+
+
+def test_project_politeness_gates_fleet_wide_and_fleets_own_layers_do_not(
+        proj: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The project's settings.py feeds the fleet-wide gate (its DOWNLOAD_DELAY = 0.25, then
+    ``scrapy startproject``'s CONCURRENT_REQUESTS_PER_DOMAIN = 1 too), the worker's --concurrency default does
+    not override it, and a spider's custom_settings beat it. Fleet's own layers (its settings module, FLEET_*
+    variables, --concurrency) put no politeness key at the project's priority or above: a project that sets
+    none of them is not gated."""
+    from scraper.policy.politeness import Politeness
+
+    monkeypatch.setenv("FLEET_CONCURRENCY", "12")  # an operator's value: priority 26, CONCURRENT_REQUESTS only
+    p = Politeness.from_settings(_as_the_worker_builds_it(Plain, 8))
+    assert p.active and (p.base.limit, p.base.delay, p.base.randomize) == (0, 0.25, True)
+    settings_py = Path(proj) / "settings.py"
+    settings_py.write_text(settings_py.read_text() + "CONCURRENT_REQUESTS_PER_DOMAIN = 1\n")
+    for name in [m for m in sys.modules if m == proj or m.startswith(proj + ".")]:
+        del sys.modules[name]
+    s = _as_the_worker_builds_it(Plain, 8)
+    assert s.getint("CONCURRENT_REQUESTS") == 8 and s.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 1
+    assert (Politeness.from_settings(s).base.limit, Politeness.from_settings(s).base.delay) == (1, 0.25)
+
+    class Quick(Spider):
+        name = "quick"
+        custom_settings = {"DOWNLOAD_DELAY": 0, "CONCURRENT_REQUESTS_PER_DOMAIN": 4}
+
+    quick = Politeness.from_settings(_as_the_worker_builds_it(Quick, None)).base
+    assert (quick.limit, quick.delay) == (4, 0.0)  # the spider's values over the project's
+
+    settings_py.write_text('BOT_NAME = "proj"\nUSER_AGENT = "proj-bot/1.0"\n')  # no politeness key
+    for name in [m for m in sys.modules if m == proj or m.startswith(proj + ".")]:
+        del sys.modules[name]
+    for concurrency in (None, 3):
+        s = _as_the_worker_builds_it(Plain, concurrency)
+        assert s["FLEET_PROJECT_SETTINGS"] == f"{proj}.settings"
+        assert {k: s.getpriority(k) for k in POLITENESS_KEYS if (s.getpriority(k) or 0) >= projectmod.PRIORITY} == {}
+        assert not Politeness.from_settings(s).active
+
