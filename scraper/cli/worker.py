@@ -114,8 +114,8 @@ def _check_politeness(name: str, spidercls: Any, settings: Any) -> None:
     spidercls.update_settings(probe)
     try:
         Politeness.from_settings(probe, getattr(spidercls, "domain_settings", None))
-    except PolitenessError as exc:
-        raise fail(f"spider {name}: {exc}", EXIT_CONFIG) from None
+    except PolitenessError as exc:  # a value of the spider's, or of its Scrapy project's settings.py
+        raise fail(f"spider {name} (its settings or its project's settings.py): {exc}", EXIT_CONFIG) from None
 
 
 def _replaced_notice(name: str, spidercls: Any, settings: Any, worker: str) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from scraper.queue.names import is_fp
+
 __all__ = ["BUCKETS", "bucket_keys", "buckets", "memory", "packed"]
 
 BUCKETS = 4096  # one per value of the fingerprint's first 12 bits
@@ -22,8 +24,8 @@ def packed(fp: str) -> bytes:
     these with some ten calls of Lua's C functions, ~12k of Redis's instructions a fingerprint, two or three
     times a page (issue #18); Python does it once. ValueError for anything but 16 hex digits (every
     fingerprint Fleet writes is one: names.is_fp)."""
-    if len(fp) != 16:
-        raise ValueError(f"not a 16-hex-digit fingerprint: {fp!r:.40}")
+    if not is_fp(fp):
+        raise ValueError(f"not a fingerprint of 16 lowercase hex digits: {fp!r:.40}")
     return fp[:3].encode("ascii") + bytes.fromhex(fp[3:] + "0")
 
 

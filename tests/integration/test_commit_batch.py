@@ -230,6 +230,9 @@ def test_env_head_reads_what_cjson_reads(redis_url: str) -> None:
         '{"v":1,"url":"x","spider":"s","run":"r1","fp":"f","x":1,"run" :"r2","domain":"d"}',
         '{"v":1,"url":"x","spider":"s","run":"r1","fp":"f","\\u0072un":"r2","domain":"d"}',
         '{"v":1,"url":"x","spider":"s","run":"r1","fp":"f","\\u0066p":"fedcba9876543210","domain":"d"}',
+        # found by review: another key after the URL, and a nested object's spider/run/fp
+        '{"v":1,"url":"x","depth":1,"run":"T","fp":"0123456789abcdef",'
+        '"meta":{"a":"","spider":"s","run":"R","fp":"fedcba9876543210","b":1},"domain":"d"}',
     ]
     r = redis.Redis.from_url(redis_url)
     try:
@@ -268,6 +271,9 @@ def test_env_head_reads_what_cjson_reads_fuzzed(redis_url: str) -> None:
         if rng.random() < 0.3:
             d["callback"] = _tricky(rng) or "parse"
         d["domain"] = rng.choice(["shop.example", _tricky(rng)])
+        if rng.random() < 0.2:  # a nested object with the layout's own keys, after the URL (review)
+            d = {"v": 1, "url": d["url"], "depth": 1, "run": d["run"], "fp": d["fp"],
+                 "meta": {"a": "", "spider": "s", "run": "R", "fp": "fedcba9876543210", "b": 1}, "domain": d["domain"]}
         if rng.random() < 0.3:
             d = {"lost": rng.randrange(1, 5), **d}
         if rng.random() < 0.1:
@@ -318,8 +324,9 @@ def test_packed_fingerprints_are_what_fpparts_makes(redis_url: str) -> None:
             assert r.eval(src, 0, *args[i : i + 500]) == []
     finally:
         r.close()
-    with pytest.raises(ValueError):
-        packed("abc")
+    for bad in ("abc", "abc 0123 456789a", "ghij0123456789ab", "ABCDEF0123456789"):
+        with pytest.raises(ValueError):
+            packed(bad)
 
 
 def test_fleet_envelopes_are_read_without_cjson(redis_url: str) -> None:

@@ -62,7 +62,7 @@ local function fpparts(fp)
   return sub(fp, 1, 3), hex2bin(sub(fp, 4, 16) .. '0')
 end
 
--- a fingerprint as the Python side packs it for COMMIT (scraper.queue.fpwire.pack: bucket and member, 10
+-- a fingerprint as the Python side packs it for COMMIT (scraper.queue.seenset.packed: bucket and member, 10
 -- bytes, converted once in Python instead of in every script call: issue #18), or as hex (fpparts)
 local function fpsplit(x)
   if string.len(x) == 10 then return string.sub(x, 1, 3), string.sub(x, 4) end
@@ -308,8 +308,10 @@ local function env_head(json)
   if find(json, '"v":1,"url":"', at, true) == at then
     local r0 = find(json, '","run":"', at + 13, true)
     local q = r0 and find(json, '","spider":"', at + 13, true)
+    -- the URL's first quote is the one before "spider" (else another key follows the URL, and these
+    -- tokens may be a nested object's: found by review), and the spider's first quote the run's
     if q and q < r0 and byte(json, q - 1) ~= 92 and byte(json, r0 - 1) ~= 92
-       and find(json, '"', q + 12, true) == r0 then
+       and find(json, '"', at + 13, true) == q and find(json, '"', q + 12, true) == r0 then
       local run, fp, after = string.match(json, '^","run":"([^"\\]*)","fp":"([^"\\]*)",()', r0)
       -- after the fp, no other "run" or "fp" (spelt plainly, or with an escape, or with space before its ':')
       if run and not find(json, '"run"', after, true) and not find(json, '"fp"', after, true)
