@@ -11,6 +11,7 @@ includes start-up. Redis numbers are INFO deltas after CONFIG RESETSTAT, taken o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scraper.queue import scripts as lua
+from tests.bench import replay
 from tests.bench.procs import SYS_CPU, Monitor, RedisServer, wait_rusage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -308,6 +310,13 @@ class Bench:
             base = self.start_url.split("/catalogue/")[0]
             urls.write_text("".join(f"{base}/product/{i}.html\n" for i in range(1, self.n_products + 1)))
             seed_args += ["--urls", str(urls), "--callback", "parse_product"]
+        capture = os.environ.get("BENCH_CAPTURE")  # tests/bench/replay.py: this run's commands, for a replay
+        watch = replay.monitor(self.redis.port, Path(capture)) if capture else contextlib.nullcontext()
+        with watch:
+            return self._fleet_run(name, rnd, r, env, work, data, run, seed_args, nworkers)
+
+    def _fleet_run(self, name: str, rnd: int, r: Any, env: dict[str, str], work: Path, data: Path, run: str,
+                   seed_args: list[str], nworkers: int) -> dict[str, Any]:
         seed = subprocess.run([PY, "-m", "scraper.cli", "seed", "demo_shop", *seed_args],
                               env=env, cwd=work, capture_output=True, text=True, timeout=120)
         if seed.returncode != 0:

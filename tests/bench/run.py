@@ -23,6 +23,7 @@ BENCH_WIDTHS=1,2,4,8,16,32,64  concurrencies of the widths section (one worker, 
                           tests/bench/widths.py); empty: no widths section
 BENCH_WIDTH_PAGES=600     pages fetched at each width
 BENCH_ONLY=widths         run only the widths section (about a minute)
+BENCH_CAPTURE=FILE        MONITOR each Fleet crawl's Redis into FILE, for python -m tests.bench.replay FILE
 """
 
 from __future__ import annotations
