@@ -300,10 +300,22 @@ def test_env_head_reads_what_cjson_reads_fuzzed(redis_url: str) -> None:
         r.close()
 
 
+def _none_differ(redis_url: str, src: str, args: list[Any]) -> None:
+    """Run ``src`` over ``args`` 500 at a time (an even number: the pairs stay whole); it returns what
+    differs, which must be nothing."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(0, len(args), 500):
+            assert r.eval(src, 0, *args[i : i + 500]) == []
+    finally:
+        r.close()
+
+
 def test_packed_fingerprints_are_what_fpparts_makes(redis_url: str) -> None:
     """COMMIT is sent its fingerprints packed by Python (seenset.packed); fpsplit must give the bucket and
     member fpparts makes of the hex, or a commit would look in the wrong place of SEEN/DONE."""
-    import redis
 
     from scraper.queue import scripts
     from scraper.queue.seenset import packed
@@ -318,12 +330,7 @@ def test_packed_fingerprints_are_what_fpparts_makes(redis_url: str) -> None:
     args: list[Any] = []
     for fp in fps:
         args += [fp, packed(fp)]
-    r = redis.Redis.from_url(redis_url)
-    try:
-        for i in range(0, len(args), 500):
-            assert r.eval(src, 0, *args[i : i + 500]) == []
-    finally:
-        r.close()
+    _none_differ(redis_url, src, args)
     for bad in ("abc", "abc 0123 456789a", "ghij0123456789ab", "ABCDEF0123456789"):
         with pytest.raises(ValueError):
             packed(bad)
@@ -352,7 +359,6 @@ def test_fleet_envelopes_are_read_without_cjson(redis_url: str) -> None:
 def test_fpparts_arithmetic_equals_the_pairwise_decoding(redis_url: str) -> None:
     """fpparts unpacks a 16-hex fingerprint by arithmetic (lua/_helpers.lua); the member bytes must be what
     the general pairwise hex2bin gives, or SEEN/DONE written before would not be found."""
-    import redis
 
     from scraper.queue import scripts
 
@@ -364,12 +370,7 @@ def test_fpparts_arithmetic_equals_the_pairwise_decoding(redis_url: str) -> None
     rng = random.Random(7)
     fps = [f"{rng.getrandbits(64):016x}" for _ in range(2000)]
     fps += ["0" * 16, "f" * 16, "ffffff0000000000", "000000ffffff0000", "0123456789abcdef", "ABCDEF0123456789"]
-    r = redis.Redis.from_url(redis_url)
-    try:
-        for i in range(0, len(fps), 500):
-            assert r.eval(src, 0, *fps[i : i + 500]) == []
-    finally:
-        r.close()
+    _none_differ(redis_url, src, fps)
 
 
 # -- regressions found by review of the batched scripts (each asserts what one call per commit did) --------
