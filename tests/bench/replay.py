@@ -6,9 +6,10 @@ worker, nginx, a test run on the SMT sibling), by ±15% between identical runs h
 commands into a private redis-server under callgrind counts instructions, which do not move: two trees'
 scripts compared on exactly the same work.
 
-- ``BENCH_CAPTURE=FILE`` makes the crawl section ``MONITOR`` its Redis during each Fleet contender's run
-  (seed and workers) into FILE, after one line naming each script's SHA (``# scripts {name: sha}``), so a
-  replay can find the same script in another tree. Capture one round of ``c``:
+- ``BENCH_CAPTURE=FILE`` makes the crawl section ``MONITOR`` its Redis during a Fleet contender's run (seed
+  and workers) into FILE, after one line naming each script's SHA (``# scripts {name: sha}``), so a replay
+  can find the same script in another tree. Each Fleet run writes FILE anew, and MONITOR costs Redis CPU (the
+  run's row says ``captured``: its figures are not the bench's). Capture one round of ``c``:
   ``BENCH_CAPTURE=/tmp/cap.txt BENCH_VARIANTS=c BENCH_ROUNDS=1 BENCH_WARMUP=0 ... make bench``.
 - ``python -m tests.bench.replay FILE [--pages N] [--callgrind]`` replays FILE's client commands (not the
   commands scripts ran, which MONITOR also lists, nor the bench's own INFO/CONFIG) in order, one at a time,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -55,9 +57,16 @@ def _shas() -> dict[str, str]:
 
 @contextlib.contextmanager
 def monitor(port: int, out: Path) -> Iterator[None]:
-    """MONITOR the redis-server on ``port`` into ``out`` while the block runs (a thread reads the socket)."""
+    """MONITOR the redis-server on ``port`` into ``out`` while the block runs (a thread reads the socket).
+
+    Every script is loaded first: a client's EVALSHA that met NOSCRIPT is listed by MONITOR and then sent
+    again (after SCRIPT LOAD, or as EVAL), and a replay, whose server has every script, would run it twice."""
     import socket
 
+    loader = redis.Redis(port=port)
+    for name in scripts.names():
+        loader.script_load(scripts.load(name).source)
+    loader.close()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(b"MONITOR\r\n")
     stop = threading.Event()
@@ -120,6 +129,7 @@ def read_capture(path: Path) -> list[list[bytes]]:
         raise SystemExit(f"{path}: not a capture (no '# scripts' line; see BENCH_CAPTURE)")
     names = {sha: name for name, sha in json.loads(lines[0][len(b"# scripts "):]).items()}
     mine = _shas()
+
     out = []
     for line in lines[1:]:
         parsed = parse_line(line)
@@ -128,6 +138,8 @@ def read_capture(path: Path) -> list[list[bytes]]:
         source, args = parsed
         if source == b"lua" or not args or args[0].upper() in _SKIP:
             continue
+        if args[0].upper() == b"EVAL" and hashlib.sha1(args[1]).hexdigest() in names:  # a script sent whole
+            args[:2] = [b"EVALSHA", hashlib.sha1(args[1]).hexdigest().encode()]
         if args[0].upper() == b"EVALSHA":
             args[1] = mine[names[args[1].decode()]].encode()
         out.append(args)

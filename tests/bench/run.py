@@ -23,7 +23,8 @@ BENCH_WIDTHS=1,2,4,8,16,32,64  concurrencies of the widths section (one worker, 
                           tests/bench/widths.py); empty: no widths section
 BENCH_WIDTH_PAGES=600     pages fetched at each width
 BENCH_ONLY=widths         run only the widths section (about a minute)
-BENCH_CAPTURE=FILE        MONITOR each Fleet crawl's Redis into FILE, for python -m tests.bench.replay FILE
+BENCH_CAPTURE=FILE        MONITOR a Fleet crawl's Redis into FILE (each Fleet run writes it anew: capture one,
+                          e.g. BENCH_VARIANTS=c BENCH_ROUNDS=1), for python -m tests.bench.replay FILE
 """
 
 from __future__ import annotations

@@ -844,5 +844,11 @@ def test_leases_keep_inflight_and_lease_out_of_the_packed_encoding(redis_url: st
         assert (await q.commit([Commit(d.id, d.token, "r1", Envelope.loads(d.raw).fp)]))[2] == [True]
         await q.maintain()
         assert await client.zcard(k.inflight) == 0
+        # and RELEASE (a worker stopping): the last one to stop leaves an empty IN-FLIGHT
+        await q.seed("r1", [_env("e")])
+        (e,) = (await q.lease(1, worker="w1", lease_seconds=60)).leased
+        assert await client.zcard(k.inflight) == 2
+        assert await q.release([(e.id, e.token)]) == 1
+        assert await client.zcard(k.inflight) == 0 and await client.zcard(k.ready) == 1
 
     _run(redis_url, body)

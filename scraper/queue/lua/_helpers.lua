@@ -294,8 +294,9 @@ end
 -- the URL character by character cost ~1 µs, the finds ~0.3); anything else (an escape in run or fp, a
 -- backslash before the quotes around the spider, another layout, "run" or "fp" again after the fp or a \u
 -- escape there (cjson keeps the last of a repeated key), another writer) is decoded with cjson. The finds do
--- not prove the rest of the text is JSON: a caller about to drop an entry unfetched on what they read (DONE,
--- a cancelled run) asks env_cjson first (LEASE does).
+-- not prove the rest of the text is JSON (nor JSON cjson takes: a lone surrogate escape in the URL, nesting
+-- deeper than cjson's limit): a caller about to drop an entry unfetched on what they read (DONE, a
+-- cancelled run) asks env_cjson first (LEASE does); the worker dead-letters what it cannot read.
 local function env_head(json)
   local find, byte = string.find, string.byte
   if byte(json, 1) ~= 123 then return env_cjson(json) end  -- '{'
@@ -655,10 +656,12 @@ end
 -- So LEASE, before it grants, makes sure of the mark (encoding_mark): a member of IN-FLIGHT at score +inf (never due: MAINTAIN
 -- reaps up to now; Fleet counts leases with ZCOUNT -inf (+inf: keys.LEASED) and the value of LEASE's field
 -- '~' (no lease id is '~'; only ids are ever read there). NX: written once, no AOF bytes after that.
--- LEASE when READY is empty (a worker about to wait) and MAINTAIN (the keepers' beat) take the mark out
--- of an IN-FLIGHT it is alone in: a drained or idle spider's IN-FLIGHT is empty for every reader,
--- including an earlier version's ZCARD (its idle check). (Not at every ack: a one-worker chain would then
--- write the mark and take it out again at every page.)
+-- LEASE when READY is empty (a worker about to wait), RELEASE (a worker stopping) and MAINTAIN (the
+-- keepers' beat) take the mark out of an IN-FLIGHT it is alone in: a drained or stopped spider's IN-FLIGHT
+-- is empty for every reader, including an earlier version's ZCARD (its idle check). (Not at every ack: a
+-- one-worker chain would then write the mark and take it out again at every page.) Only workers killed
+-- outright leave it, until this version's next LEASE or MAINTAIN; before going back to an earlier
+-- version: ZREMRANGEBYSCORE fleet:{spider}:inflight +inf +inf (docs/architecture.md).
 local function encoding_mark()
   return '~ keeps this key out of the packed-list encoding: a scan at every use (Fleet, issue #18) ~'
 end

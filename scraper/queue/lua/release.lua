@@ -1,4 +1,5 @@
--- RELEASE: return leases this worker owns to the front of READY at once (shutdown).
+-- RELEASE: return leases this worker owns to the front of READY at once (shutdown); IN-FLIGHT's encoding
+--   mark goes if it is left alone (lua/_helpers.lua: big_encoding): the last worker to stop leaves none.
 -- KEYS: lease inflight env ready seq waiting wake
 -- ARGV: -
 -- ARGV...: id token
@@ -13,4 +14,5 @@ for i = 1, #ARGV, 2 do
   end
 end
 if n > 0 then wake(k, n) end
+unmark_idle(k)
 return n
