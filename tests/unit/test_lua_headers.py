@@ -50,7 +50,7 @@ def test_only_the_helpers_a_script_calls() -> None:
         assert f"local function {absent}(" not in hb
     has = lua.load("has").source
     assert re.findall(r"local function (\w+)\(", has) == [  # transitive, in order
-        "server_now", "hex2bin", "fpparts", "bucket_has", "set_migrate", "set_open", "set_has"]
+        "server_now", "hex2bin", "fphex", "fpparts", "bucket_has", "set_migrate", "set_open", "set_has"]
     commit = lua.load("commit").source
     for needed in ("claim_child", "deliveries", "dlv_old", "env_head", "breaker_note", "breaker_flush",
                    "breaker_record", "breaker_close", "release_parked", "to_ready", "ready_score", "wake", "server_now", "forget_all", "sc_load",

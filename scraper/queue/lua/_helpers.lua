@@ -51,15 +51,18 @@ end
 -- pairwise gsub of hex2bin was ~13% of Redis's instructions in a crawl (issue #18); the bytes by division
 -- with remainders, not math.floor (each call of a C function costs a script ~1k instructions). Anything
 -- else goes the general way, as before. COMMIT is sent its fingerprints already in this form (fpsplit).
-local function fpparts(fp)
+-- fphex: the arithmetic alone, for a caller that has checked the 16 hex digits itself (LEASE's done_key).
+local function fphex(fp)
   local sub = string.sub
-  if string.find(fp, '^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$') then
-    local x, y, z = tonumber(sub(fp, 4, 9), 16), tonumber(sub(fp, 10, 15), 16), tonumber(sub(fp, 16, 16), 16)
-    local x1, y1 = x % 65536, y % 65536
-    return sub(fp, 1, 3), string.char((x - x1) / 65536, (x1 - x1 % 256) / 256, x1 % 256,
-                                      (y - y1) / 65536, (y1 - y1 % 256) / 256, y1 % 256, z * 16)
-  end
-  return sub(fp, 1, 3), hex2bin(sub(fp, 4, 16) .. '0')
+  local x, y, z = tonumber(sub(fp, 4, 9), 16), tonumber(sub(fp, 10, 15), 16), tonumber(sub(fp, 16, 16), 16)
+  local x1, y1 = x % 65536, y % 65536
+  return sub(fp, 1, 3), string.char((x - x1) / 65536, (x1 - x1 % 256) / 256, x1 % 256,
+                                    (y - y1) / 65536, (y1 - y1 % 256) / 256, y1 % 256, z * 16)
+end
+
+local function fpparts(fp)
+  if string.find(fp, '^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$') then return fphex(fp) end
+  return string.sub(fp, 1, 3), hex2bin(string.sub(fp, 4, 16) .. '0')
 end
 
 -- a fingerprint as the Python side packs it for COMMIT (scraper.queue.seenset.packed: bucket and member, 10

@@ -52,7 +52,7 @@ if n > 0 then
     -- dk: run's DONE key when run and fp are usable (done_key; false: not), known already or worked out here
     local function facts(run, fp, domain, dk)
       if dk == nil then dk = done_key(run, fp) end
-      local done = dk and sc_has(dk, fpparts(fp)) or false
+      local done = dk and sc_has(dk, fphex(fp)) or false  -- done_key checked the 16 hex digits
       if domain == '' then domain = nil end
       local hold, brk = nil, false
       if domain then
