@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from scraper.queue.keys import LEASED
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -105,7 +107,7 @@ def counts(redis_url: str, spider: str) -> dict[str, int]:
     p = f"fleet:{{{spider}}}:"
     try:
         return {
-            "ready": int(c.zcard(p + "ready")), "inflight": int(c.zcount(p + "inflight", "-inf", "(+inf")),  # not LEASE's encoding mark
+            "ready": int(c.zcard(p + "ready")), "inflight": int(c.zcount(p + "inflight", *LEASED)),  # not LEASE's encoding mark
             "delayed": int(c.zcard(p + "delayed")), "dlq": int(c.xlen(p + "dlq")),
         }
     finally:

@@ -79,10 +79,7 @@ class Inspection:
         return await self.has_member(self.keys.seen(run), fps)
 
     async def counts(self) -> dict[str, int]:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self.keys.ready)
-        pipe.zcount(self.keys.inflight, *LEASED)
-        pipe.zcard(self.keys.delayed)
+        pipe = self._sizes()
         pipe.xlen(self.keys.dlq)
         ready, inflight, delayed, dlq = await pipe.execute()
         return {
@@ -116,11 +113,16 @@ class Inspection:
         """READY + IN-FLIGHT + DELAYED: the work that keeps ``--until-idle`` workers alive.
 
         Polled by every idle worker, so one round trip and no PARKED scan (parked work never counts)."""
+        return sum(int(x) for x in await self._sizes().execute())
+
+    def _sizes(self) -> Any:
+        """A pipeline asking READY's, IN-FLIGHT's and DELAYED's sizes: IN-FLIGHT's leases only, not
+        LEASE's encoding mark (keys.LEASED)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.zcard(self.keys.ready)
         pipe.zcount(self.keys.inflight, *LEASED)
         pipe.zcard(self.keys.delayed)
-        return sum(int(x) for x in await pipe.execute())
+        return pipe
 
     async def runs(self) -> dict[str, dict[str, int]]:
         """Each run's SEEN and DONE counts (runs whose sets expired are left out)."""

@@ -138,8 +138,9 @@ def read_capture(path: Path) -> list[list[bytes]]:
         source, args = parsed
         if source == b"lua" or not args or args[0].upper() in _SKIP:
             continue
-        if args[0].upper() == b"EVAL" and hashlib.sha1(args[1]).hexdigest() in names:  # a script sent whole
-            args[:2] = [b"EVALSHA", hashlib.sha1(args[1]).hexdigest().encode()]
+        whole = hashlib.sha1(args[1]).hexdigest() if args[0].upper() == b"EVAL" else ""
+        if whole in names:  # a script sent whole
+            args[:2] = [b"EVALSHA", whole.encode()]
         if args[0].upper() == b"EVALSHA":
             args[1] = mine[names[args[1].decode()]].encode()
         out.append(args)
