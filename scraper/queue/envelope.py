@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import inspect
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,7 +91,10 @@ class Envelope:
     depth: int = 0
     attempts: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    enqueued_at: float = field(default_factory=time.time)
+    # unix time of creation, as versions before 2026-12-07 wrote it into every entry; no longer written
+    # (0.0: not known): nothing reads it, and it was ~33 bytes of every queued request in Redis's memory,
+    # AOF and replicas (issue #18). An entry that has it keeps it through retries.
+    enqueued_at: float = 0.0
     parent: str | None = None
     # deliveries that ended without any outcome: the lease expired and the reaper took it back (its
     # worker died or stalled). Counted by the reaper inside Redis, which rewrites the JSON's first
@@ -223,7 +225,8 @@ class Envelope:
             d["attempts"] = self.attempts
         if self.history:
             d["history"] = self.history
-        d["enqueued_at"] = self.enqueued_at
+        if self.enqueued_at:
+            d["enqueued_at"] = self.enqueued_at
         if self.parent is not None:
             d["parent"] = self.parent
         d["domain"] = self.domain
@@ -264,26 +267,24 @@ class SeedEncoder:
     """Queue entries ``(envelope JSON, fp)`` for plain seeded GETs of one (spider, run, callback).
 
     The JSON is byte for byte what ``Envelope.for_url(url, ...)`` with that callback ``.dumps()``
-    (same keys, same order) but for the ``enqueued_at`` clock reading: the URL, fp, time and domain
-    are spliced into a template, as every other field is constant, instead of dataclass -> dict ->
-    json.dumps per URL."""
+    (same keys, same order): the URL, fp and domain are spliced into a template, as every other field is
+    constant, instead of dataclass -> dict -> json.dumps per URL."""
 
     def __init__(self, *, spider_name: str, run: str, callback: str | None = None) -> None:
         self.spider_name, self.run, self.callback = spider_name, run, callback
         # Render one envelope with placeholder values and cut it around them. JSON escapes \x00, so
-        # a placeholder cannot be confused with a real value; the time is one nobody would enqueue at.
-        at = 1.25e-300
-        proto = Envelope(url="\x00u", spider=spider_name, run=run, fp="\x00f", callback=callback, enqueued_at=at)
+        # a placeholder cannot be confused with a real value.
+        proto = Envelope(url="\x00u", spider=spider_name, run=run, fp="\x00f", callback=callback)
         proto.__dict__["_domain"] = ("\x00u", "\x00d")
         text = proto.dumps()
         pieces: list[str] = []
-        self._parts: tuple[str, str, str, str, str] | None = None
-        for cut in ('"\\u0000u"', '"\\u0000f"', repr(at), '"\\u0000d"'):
+        self._parts: tuple[str, str, str, str] | None = None
+        for cut in ('"\\u0000u"', '"\\u0000f"', '"\\u0000d"'):
             before, found, text = text.partition(cut)
             if not found or cut in before or cut in text:  # e.g. a run id containing "\x00u"
                 return  # no template: every URL takes the exact path
             pieces.append(before)
-        self._parts = (pieces[0], pieces[1] + '"', '"' + pieces[2], pieces[3], text)
+        self._parts = (pieces[0], pieces[1] + '"', '"' + pieces[2], text)
 
     def entry(self, url: str) -> tuple[str, str]:
         """``(json, fp)`` for ``url``; raises like ``Envelope.for_url`` for URLs it rejects."""
@@ -292,16 +293,16 @@ class SeedEncoder:
             env = Envelope.for_url(url, spider_name=self.spider_name, run=self.run)
             env.callback = self.callback
             return env.dumps(), env.fp
-        head, mid_fp, mid_t, mid_dom, tail = parts
+        head, mid_fp, mid_dom, tail = parts
         fast = fast_form(url)
         if fast is not None:
             safe, domain = fast
             fp = fast_fp(safe)
             # safe URL and domain are plain ASCII without '"' or '\': their JSON is themselves, quoted
-            return f'{head}"{safe}"{mid_fp}{fp}{mid_t}{time.time()!r}{mid_dom}"{domain}"{tail}', fp
+            return f'{head}"{safe}"{mid_fp}{fp}{mid_dom}"{domain}"{tail}', fp
         safe, fp = exact_fingerprint(url)
         domain = (urlsplit(safe).hostname or "").lower()  # as Envelope.domain
-        return (f"{head}{json.dumps(safe)}{mid_fp}{fp}{mid_t}{time.time()!r}{mid_dom}{json.dumps(domain)}{tail}"), fp
+        return f"{head}{json.dumps(safe)}{mid_fp}{fp}{mid_dom}{json.dumps(domain)}{tail}", fp
 
 
 def _spider_method(spider: Any, cb: Any) -> bool:

@@ -628,6 +628,32 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
     _run(redis_url, body)
 
 
+def test_waiting_writes_stay_out_of_the_aof(redis_url: str, redis_server: Any) -> None:
+    """WAITING (who waits for news of work) lives 2-3 s: its writes (a worker listed by its empty LEASE,
+    taken out by a wake or by a LEASE that found work) never reach the AOF or the replicas
+    (lua/_helpers.lua: unlogged), while the lease they came with does."""
+    aof = redis_server.dir / "appendonly.aof"
+
+    async def body(q: FleetQueue, client: Any) -> None:
+        sub = await _subscribed(client, q)
+        await q.seed("r1", [_env("list-1")])
+        start = aof.stat().st_size
+        parent = (await _lease_one(q, worker="w1")).leased[0]  # READY empty now: w1 is listed
+        assert not (await _lease_one(q, worker="w2")).leased
+        assert await client.zscore(q.keys.waiting, "w2") is not None
+        await q.commit([Commit(parent.id, parent.token, "r1", "", [_env("p1"), _env("p2")], done=False)])
+        assert await _messages(sub) == 2  # both woken: taken out of WAITING
+        assert await client.zscore(q.keys.waiting, "w2") is None
+        got = await q.lease(1, worker="w2", lease_seconds=60)  # work, and READY not empty: not listed
+        assert len(got.leased) == 1 and got.remaining == 1
+        written = aof.read_bytes()[start:]  # Redis writes the AOF before it replies (everysec: fsync later)
+        assert q.keys.inflight.encode() in written and q.keys.ready.encode() in written
+        assert q.keys.waiting.encode() not in written
+        await sub.aclose()
+
+    _run(redis_url, body)
+
+
 def test_a_commit_wakes_other_waiting_workers_not_its_own(redis_url: str) -> None:
     """The committing worker learns of its children from the reply: when it is the only one listed as
     waiting, no message goes out (it would only wake the worker that sent the commit)."""

@@ -53,8 +53,7 @@ async def _reference_seed(q: FleetQueue, client: Any, run: str, envs: list[Envel
 async def _state(q: FleetQueue, client: Any, runs: list[str]) -> dict[str, Any]:
     """Everything seeding writes, with entry ids (random) replaced by the entries themselves."""
     envs = {k: json.loads(v) for k, v in (await client.hgetall(q.keys.env)).items()}
-    for e in envs.values():
-        e.pop("enqueued_at")
+    assert not any("enqueued_at" in e for e in envs.values())  # no longer written (Envelope.enqueued_at)
     ready = [(score, json.dumps(envs[i], sort_keys=True))
              for i, score in await client.zrange(q.keys.ready, 0, -1, withscores=True)]
     return {

@@ -114,6 +114,20 @@ def test_round_trip_defaults_and_dont_filter_false() -> None:
     assert out.url == "https://shop.example/" and out.body == b"" and out.callback is None
 
 
+def test_enqueued_at_is_no_longer_written_but_an_old_entry_keeps_it() -> None:
+    """Entries queued by a version before 2026-12-07 carry ``enqueued_at``; new ones do not (~33 bytes of
+    every queued request that nothing reads). An old entry keeps its value through a retry's rewrite."""
+    env = Envelope.for_url("https://shop.example/a", spider_name="s", run="r")
+    assert "enqueued_at" not in json.loads(env.dumps())
+    assert Envelope.loads(env.dumps()).enqueued_at == 0.0
+    old = json.loads(env.dumps())
+    old["enqueued_at"] = 1796600000.25
+    back = Envelope.loads(json.dumps(old))
+    assert back.enqueued_at == 1796600000.25
+    assert json.loads(back.dumps())["enqueued_at"] == 1796600000.25
+    assert list(json.loads(back.dumps()))[-1] == "domain"  # LEASE reads the domain last (env_head)
+
+
 def test_callback_name_string_and_missing_on_spider() -> None:
     spider = _Spider()
     env = Envelope.from_request(

@@ -586,6 +586,19 @@ local function release_probes(k, now, probe_ttl)
   return released
 end
 
+-- A write of WAITING (who waits for news of work), kept out of the AOF and the replication stream
+-- (redis.set_repl). Why: an entry lives 2-3 s and only steers wake-ups, but on a chain of pages each page
+-- listed a worker and took it out again, ~150 of the AOF's bytes per page (issue #18). What a restart or a
+-- failover costs: nobody is listed, so a waiting worker finds new work at its next idle poll (<= 0.4 s),
+-- which lists it again. Where set_repl is refused (Redis 6.2 with lua-replicate-commands no: the whole
+-- script is replicated verbatim) the write goes out as any other.
+local function unlogged(...)
+  local quiet = pcall(redis.set_repl, redis.REPL_NONE)
+  local reply = redis.call(...)
+  if quiet then redis.set_repl(redis.REPL_ALL) end
+  return reply
+end
+
 -- Workers whose last LEASE left READY empty are listed in WAITING (score: until when they count); when
 -- n entries reach READY while some wait, up to n of them (the longest waiting first) are taken out of
 -- WAITING and each gets one message on its own channel (wake..':'..worker), so it leases at once instead
@@ -602,7 +615,7 @@ local function wake(k, n, except)
   for _, w in ipairs(ws) do
     if woken >= n then break end
     if w ~= except then
-      redis.call('ZREM', k.waiting, w)
+      unlogged('ZREM', k.waiting, w)
       redis.pcall('PUBLISH', k.wake .. ':' .. w, '1')  -- an ACL without PUBLISH: waiters poll, nothing fails
       woken = woken + 1
     end

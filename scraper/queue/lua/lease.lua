@@ -137,10 +137,11 @@ do  -- also for n = 0 (ShardedQueue asks a shard for nothing to learn its READY:
     -- leased nothing but leaves READY as it is: the worker asks again at once.
     local snow, snows = server_now()
     unmark_idle(k)  -- no work left to hand out: IN-FLIGHT's encoding mark goes if it is alone (_helpers.lua)
-    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snows)
-    redis.call('ZADD', waiting, string.format('%d', math.ceil(snow + 2)), worker)  -- integral: see lease_deadline
+    -- WAITING's writes stay out of the AOF and the replicas (unlogged, lua/_helpers.lua)
+    unlogged('ZREMRANGEBYSCORE', waiting, '-inf', '(' .. snows)
+    unlogged('ZADD', waiting, string.format('%d', math.ceil(snow + 2)), worker)  -- integral: see lease_deadline
   else
-    redis.call('ZREM', waiting, worker)
+    unlogged('ZREM', waiting, worker)
   end
 end
 return {promoted, reaped, leased, skipped, held, parked, remaining, cancelled}
