@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py pack
     hiredis_pack = None
 
 _PLAIN = (str, bytes, int)
+_PLAIN_SET = frozenset(_PLAIN)  # the check per argument at C speed (a LEASE or COMMIT sends ~100 of them)
 
 
 class _HiredisPacking:
@@ -62,7 +63,7 @@ class _HiredisPacking:
             args = (*first.split(), *args[1:])
         elif isinstance(first, bytes) and b" " in first:
             args = (*first.split(), *args[1:])
-        if hiredis_pack is None or any(type(a) not in _PLAIN for a in args):
+        if hiredis_pack is None or not _PLAIN_SET.issuperset(map(type, args)):
             return cast(list[bytes], super().pack_command(*args))  # type: ignore[misc]
         return [hiredis_pack(args)]
 

@@ -12,6 +12,7 @@ import json
 import random
 import re
 import string
+from urllib.parse import urlsplit
 
 import pytest
 from scrapy import Request
@@ -230,6 +231,8 @@ def test_seed_encoder_writes_what_for_url_dumps(spider: str, run: str, callback:
         raw, fp = enc.entry(url)
         assert json.loads(raw)["fp"] == fp == ref.fp
         assert "enqueued_at" not in json.loads(raw)  # no longer written (Envelope.enqueued_at)
+        # for_url and the template both take the domain from the fast path: it must be urlsplit's
+        assert ref.domain == (urlsplit(ref.url).hostname or "").lower(), url
         assert raw == ref.dumps(), url  # byte for byte
         assert re.fullmatch(r"[0-9a-f]{16}", fp)
         if refusal(ref.url, FETCHABLE_SCHEMES) is not None or not is_name(run):
