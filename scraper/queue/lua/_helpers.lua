@@ -268,7 +268,9 @@ local function sc_flush()
       for bk, a in pairs(c.add) do
         local cur = c.cur[bk]
         bucket_write(bk, a, not cur, es)
-        c.cur[bk] = (cur or '') .. a  -- what the bucket holds now, should the call read it again
+        -- unknown to this call again: read from Redis should the call ask (none does after its flush); a copy
+        -- of the bucket with its adds was a copy of ~1.7 KB per add at 1M URLs in a run
+        c.cur[bk] = nil
       end
       redis.call('HINCRBY', key, 'count', string.format('%d', c.n))
       if not es then set_drop(key, c.st) end
