@@ -70,11 +70,17 @@ def redis_stats(r: Any) -> dict[str, Any]:
         "reads": int(st.get("total_reads_processed", 0)),
         "writes": int(st.get("total_writes_processed", 0)),
         "net_in": int(st.get("total_net_input_bytes", 0)),
+        "aof": aof_size(r),
     }
 
 
+def aof_size(r: Any) -> int:
+    """The AOF's size now (INFO persistence ``aof_current_size``): what the crawl appended is the delta."""
+    return int(r.info("persistence").get("aof_current_size", 0))
+
+
 def redis_summary(
-    stats: dict[str, Any], pages: int, *, lua_internal: set[str] | frozenset[str] = frozenset()
+    stats: dict[str, Any], pages: int, *, lua_internal: set[str] | frozenset[str] = frozenset(), aof_before: int = 0
 ) -> dict[str, Any]:
     cmds: dict[str, int] = stats["commands"]
     cmds = {k: v for k, v in cmds.items() if k not in ("info", "config")}  # the bench's own calls
@@ -91,6 +97,8 @@ def redis_summary(
         "calls_per_page": client_calls / n,
         "round_trips_per_page": stats["reads"] / n,
         "net_in_bytes_per_page": stats["net_in"] / n,
+        # what the crawl appended to the AOF (and sent to any replica): bytes per page (issue #18)
+        "aof_bytes_per_page": (stats["aof"] - aof_before) / n,
         "by_command": dict(sorted(cmds.items(), key=lambda kv: -kv[1])),
     }
 
@@ -273,9 +281,11 @@ class Bench:
         env = base_env(BENCH_VARIANT=variant, BENCH_PROBE_OUT=str(probe), BENCH_START_URL=self.start_url,
                        BENCH_REDIS_URL=self.redis.url, BENCH_CONCURRENCY=str(self.concurrency))
         r = self.redis.client()
+        aof0 = 0
         if name == "b":
             r.flushall()
             r.config_resetstat()
+            aof0 = aof_size(r)
         started = time.time()
         with log.open("wb") as fh:
             p = subprocess.Popen([PY, "-m", "scrapy.cmdline", "runspider", str(ROOT / "tests/bench/plain_spider.py"),
@@ -286,7 +296,7 @@ class Bench:
         if probe.exists():
             row["chain_step_ms"] = chain_step_ms(json.loads(probe.read_text()).get("list_ts", []))
         if name == "b":
-            row["redis"] = redis_summary(redis_stats(r), row["pages"])
+            row["redis"] = redis_summary(redis_stats(r), row["pages"], aof_before=aof0)
         r.close()
         if row["exit_codes"] != [0]:
             row["error"] = log.read_text(errors="replace")[-2000:]
@@ -325,6 +335,7 @@ class Bench:
         if seed.returncode != 0:
             raise RuntimeError(f"fleet seed failed: {seed.stderr[-2000:]}")
         r.config_resetstat()
+        aof0 = aof_size(r)
         logs = [work / f"worker{i}.log" for i in range(nworkers)]
         started = time.time()
         procs = []
@@ -338,7 +349,7 @@ class Bench:
         row = self._measure(name, rnd, procs, started,
                             lambda: [t for lg in logs for t in fleet_fetch_ts(lg)],
                             lambda: count_files(items_dir), True, logs)
-        row["redis"] = redis_summary(redis_stats(r), row["pages"], lua_internal=LUA_INTERNAL)
+        row["redis"] = redis_summary(redis_stats(r), row["pages"], lua_internal=LUA_INTERNAL, aof_before=aof0)
         row["pages_per_worker"] = [len(fleet_fetch_ts(lg)) for lg in logs]
         if not name.endswith("f"):
             row["chain_step_ms"] = chain_step_ms(fleet_list_ts(logs))

@@ -162,6 +162,7 @@ def crawl_section(bench: Bench, rounds: int, variants: list[str], diag: bool, wa
             "redis_cmds_per_page": mmm([r["redis"]["commands_per_page"] for r in rs if "redis" in r]),
             "redis_calls_per_page": mmm([r["redis"]["calls_per_page"] for r in rs if "redis" in r]),
             "redis_rt_per_page": mmm([r["redis"]["round_trips_per_page"] for r in rs if "redis" in r]),
+            "redis_aof_per_page": mmm([r["redis"]["aof_bytes_per_page"] for r in rs if "redis" in r]),
             "redis_cpu_ms_per_page": col("redis_cpu_ms_per_page"),
         }
     return {"rows": rows, "summary": summary, "ratios": {k: {"rounds": v, "mmm": mmm(v)} for k, v in ratios.items()}}
@@ -172,7 +173,7 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
                     "median (min–max) over rounds", title_justify="left")
     for c in ("", "pages/s", "CPU-ms/page", "CPU-ms/page incl. start", "of which kernel", "worker cores",
               "list-page step ms", "peak RSS MB",
-              "Redis cmds/page", "Redis calls/page", "Redis RT/page", "items ok"):
+              "Redis cmds/page", "Redis calls/page", "Redis RT/page", "AOF B/page", "items ok"):
         t.add_column(c, justify="left" if c == "" else "right", overflow="fold")
     for name in ("a", "a2", "b", "c", "d", "e", "cf", "df", "cm", "dm"):
         s = res["summary"].get(name)
@@ -183,7 +184,7 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
                   fmt3(s["worker_cpu_util"]),
                   fmt3(s.get("chain_step_ms"), 1), fmt3(s["rss_peak_mb"], 0),
                   fmt3(s["redis_cmds_per_page"], 1), fmt3(s["redis_calls_per_page"]), fmt3(s["redis_rt_per_page"]),
-                  f"{s['items_ok']}/{s['runs']}")
+                  fmt3(s.get("redis_aof_per_page"), 0), f"{s['items_ok']}/{s['runs']}")
     console.print(t)
     for name in ("a", "a2", "b", "c", "d", "e", "cf", "df", "cm", "dm"):
         s = res["summary"].get(name)
@@ -191,7 +192,8 @@ def print_crawl(res: dict[str, Any], pages: int, n_products: int) -> None:
             console.print(f"  {s['label']:2} = {s['desc']}", highlight=False)
     console.print("  pages/s and CPU-ms/page: steady state, first to last fetch; worker cores: CPU used by the "
                   "worker(s) in that window; Redis cmds = INFO commandstats incl. commands run inside Lua; "
-                  "calls = client-issued (EVALSHA/EVAL + others); RT = total_reads_processed (≈ round trips)",
+                  "calls = client-issued (EVALSHA/EVAL + others); RT = total_reads_processed (≈ round trips); "
+                  "AOF = aof_current_size growth over the crawl (appendfsync everysec)",
                   highlight=False)
     r = Table(title="Ratios of steady-state pages/s, per round", title_justify="left")
     for c in ("ratio", "min", "median", "max", "rounds"):
