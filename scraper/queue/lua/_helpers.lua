@@ -588,12 +588,12 @@ local function release_probes(k, now, probe_ttl)
   return released
 end
 
--- A write of WAITING (who waits for news of work), kept out of the AOF and the replication stream
+-- A write of WAITING (who waits for news of work), kept out of the AOF's and the replicas' write stream
 -- (redis.set_repl). Why: an entry lives 2-3 s and only steers wake-ups, but on a chain of pages each page
 -- listed a worker and took it out again, ~150 of the AOF's bytes per page (issue #18). What a restart or a
--- failover costs: nobody is listed, so a waiting worker finds new work at its next idle poll (<= 0.4 s),
--- which lists it again. Where set_repl is refused (Redis 6.2 with lua-replicate-commands no: the whole
--- script is replicated verbatim) the write goes out as any other.
+-- failover costs: what a snapshot held of WAITING is stale, expired by its scores (readers check them), so a
+-- waiting worker finds new work at its next idle poll (<= 0.6 s), which lists it again. Should a server
+-- refuse set_repl, the write goes out as any other.
 local function unlogged(...)
   local quiet = pcall(redis.set_repl, redis.REPL_NONE)
   local reply = redis.call(...)
