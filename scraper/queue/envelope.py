@@ -288,7 +288,7 @@ class SeedEncoder:
         self._parts: tuple[str, str, str, str] | None = None
         for cut in ('"\\u0000u"', '"\\u0000f"', '"\\u0000d"'):
             before, found, text = text.partition(cut)
-            if not found or cut in before or cut in text:  # e.g. a run id containing "\x00u"
+            if not found or cut in text:  # a second copy (e.g. a run id containing "\x00u"): partition cut at the first
                 return  # no template: every URL takes the exact path
             pieces.append(before)
         self._parts = (pieces[0], pieces[1] + '"', '"' + pieces[2], text)
