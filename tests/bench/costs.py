@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
 from scraper.queue.keys import new_id
 from tests.bench.procs import free_port, redis_binary, wait_port
+from tests.bench.replay import callgrind_total
 
 __all__ = ["main", "measure"]
 
@@ -69,10 +69,7 @@ class _Callgrind:
                 break
             time.sleep(0.1)
         time.sleep(0.3)
-        out = subprocess.run(["callgrind_annotate", str(max(new, key=lambda f: f.stat().st_mtime))],
-                             capture_output=True, text=True, check=True).stdout
-        m = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", out)
-        return int(m.group(1).replace(",", "")) if m else 0
+        return callgrind_total(str(max(new, key=lambda f: f.stat().st_mtime)))
 
     def stop(self) -> None:
         self.proc.terminate()

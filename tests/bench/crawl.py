@@ -28,7 +28,7 @@ from typing import Any
 
 from scraper.queue import scripts as lua
 from tests.bench import replay
-from tests.bench.procs import SYS_CPU, Monitor, RedisServer, wait_rusage
+from tests.bench.procs import SYS_CPU, Monitor, RedisServer, aof_size, wait_rusage
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_S = float(os.environ.get("BENCH_HANG_S", "10"))  # a worker still alive this long after closing hangs
@@ -72,11 +72,6 @@ def redis_stats(r: Any) -> dict[str, Any]:
         "net_in": int(st.get("total_net_input_bytes", 0)),
         "aof": aof_size(r),
     }
-
-
-def aof_size(r: Any) -> int:
-    """The AOF's size now (INFO persistence ``aof_current_size``): what the crawl appended is the delta."""
-    return int(r.info("persistence").get("aof_current_size", 0))
 
 
 def redis_summary(

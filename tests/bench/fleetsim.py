@@ -38,7 +38,7 @@ from scraper.queue.envelope import Envelope
 from scraper.queue.keys import Keys, new_id
 from scraper.queue.records import LeaseBatch
 from scraper.queue.shards import ShardedQueue
-from tests.bench.procs import RedisServer, redis_binary
+from tests.bench.procs import RedisServer, aof_size, cpu_seconds, redis_binary
 
 __all__ = ["aof_per_page", "simulate", "simulate_cluster", "start_cluster"]
 
@@ -58,14 +58,13 @@ _NOT_COUNTED = ("cmdstat_info", "cmdstat_config", "cmdstat_cluster")
 
 
 def _redis_stats(r: redis.Redis) -> dict[str, float]:
-    cpu = r.info("cpu")
     cmds = r.info("commandstats")
     calls = sum(int(v["calls"]) for k, v in cmds.items() if k not in _NOT_COUNTED)
     return {
-        "cpu": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+        "cpu": cpu_seconds(r.info("cpu")),
         "calls": calls,
         "evalsha": int(cmds.get("cmdstat_evalsha", {}).get("calls", 0)),
-        "aof": int(r.info("persistence").get("aof_current_size", 0)),
+        "aof": aof_size(r),
     }
 
 
@@ -164,8 +163,7 @@ async def _crawl(
                 await sub.aclose()
 
     async def redis_cpu() -> float:  # one Redis only: the busy share over the crawl's own window
-        got = await clients[0].info("cpu") if not shards else {}
-        return float(got.get("used_cpu_sys", 0)) + float(got.get("used_cpu_user", 0))
+        return cpu_seconds(await clients[0].info("cpu") if not shards else {})
 
     r0 = await redis_cpu()
     t0, c0 = time.perf_counter(), time.process_time()

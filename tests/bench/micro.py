@@ -16,7 +16,7 @@ import redis
 from scraper.queue import scripts as lua
 from scraper.queue import seenset
 from tests.bench.crawl import ROOT, base_env
-from tests.bench.procs import RedisServer
+from tests.bench.procs import RedisServer, aof_size
 
 ADD_MANY = lua.with_helpers(
     "local n = 0\nfor i = 1, #ARGV do n = n + set_add(KEYS[1], ARGV[i], 172800) end\nreturn n\n")
@@ -135,11 +135,11 @@ def seeding(srv: RedisServer, tmp: Path, n: int, base_url: str) -> dict[str, Any
 
     startup = min(fleet_seed(one, f"seed-startup-{i}")[0] for i in range(2))
     r.flushall()
-    aof0 = int(r.info("persistence").get("aof_current_size", 0) or 0)
+    aof0 = aof_size(r)
     mem0 = int(r.info("memory")["used_memory"])
     total, stdout = fleet_seed(urls, "seed-bench")
     mem1 = int(r.info("memory")["used_memory"])
-    aof1 = int(r.info("persistence").get("aof_current_size", 0) or 0)
+    aof1 = aof_size(r)
     out = {
         "urls": n, "wall_s": total, "startup_s": startup, "stdout": stdout,
         "urls_per_s": n / total, "urls_per_s_excl_startup": n / max(1e-9, total - startup),

