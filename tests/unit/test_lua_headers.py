@@ -91,18 +91,18 @@ def lua_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_undeclared_key_is_refused(lua_dir: Path) -> None:
-    _write(lua_dir, "bad", "-- BAD: acks\n-- KEYS: lease inflight env\n-- ARGV: -\n-- ARGV...: id token\n"
+    _write(lua_dir, "bad", "-- BAD: acks\n-- KEYS: lease inflight env ready\n-- ARGV: -\n-- ARGV...: id token\n"
                            "-- REPLY: 1\nreturn forget(k, ARGV[1])\n")  # forget also touches k.dlv
     with pytest.raises(lua.LuaHeaderError, match=r"does not declare: \['dlv'\]"):
         lua.load("bad")
 
 
 def test_prefix_needs_computed_line(lua_dir: Path) -> None:
-    _write(lua_dir, "bad", "-- BAD: parks\n-- KEYS: inflight lease parkdom\n-- ARGV: prefix d id now\n"
+    _write(lua_dir, "bad", "-- BAD: parks\n-- KEYS: inflight lease parkdom ready\n-- ARGV: prefix d id now\n"
                            "-- REPLY: -\npark(k, ARGV[2], ARGV[3], ARGV[4])\n")
     with pytest.raises(lua.LuaHeaderError, match="COMPUTED"):
         lua.load("bad")
-    _write(lua_dir, "ok", "-- OK: parks\n-- KEYS: inflight lease parkdom\n-- ARGV: prefix d id now\n"
+    _write(lua_dir, "ok", "-- OK: parks\n-- KEYS: inflight lease parkdom ready\n-- ARGV: prefix d id now\n"
                           "-- REPLY: nothing\n-- COMPUTED: prefix..'parked:'..d (the domain is an argument)\n"
                           "park(k, ARGV[2], ARGV[3], ARGV[4])\n")
     assert lua.load("ok").meta.computed.startswith("prefix..")
@@ -140,7 +140,7 @@ class _FakeClient:
 
 @pytest.mark.parametrize("name, keys, args, ok", [
     ("heartbeat", 2, 2, True), ("heartbeat", 2, 6, True), ("heartbeat", 2, 3, False), ("heartbeat", 1, 4, False),
-    ("ack", 4, 0, True), ("ack", 4, 4, True), ("ack", 4, 3, False), ("ack", 5, 2, False),
+    ("ack", 5, 0, True), ("ack", 5, 4, True), ("ack", 5, 3, False), ("ack", 4, 2, False),
     ("lease", 13, 7, True), ("lease", 13, 6, False), ("lease", 13, 8, False), ("lease", 1, 7, False),
     ("commit", 14, 12, True), ("commit", 16, 25, True), ("commit", 15, 12, False), ("commit", 11, 12, False),
     ("commit", 13, 11, False),

@@ -32,6 +32,79 @@ local function server_now()
   return NOW, NOWS
 end
 
+-- A write kept out of the AOF's and the replicas' write stream (redis.set_repl): WAITING's (who waits for
+-- news of work) and a lease's (IN-FLIGHT's deadlines, LEASE's tokens; see unready). Why: WAITING's entries
+-- live 2-3 s and only steer wake-ups, and a lease lives seconds to minutes; on a chain of pages each page
+-- listed a worker and took it out again (~150 of the AOF's bytes per page), and granted and ended a lease
+-- (another ~155: issue #18). What a restart or a failover costs: what a snapshot held of WAITING is stale,
+-- expired by its scores (readers check them), so a waiting worker finds new work at its next idle poll
+-- (<= 0.6 s), which lists it again; for leases, see unready. Should a server refuse set_repl, the write goes
+-- out as any other.
+local function unlogged(...)
+  local quiet = pcall(redis.set_repl, redis.REPL_NONE)
+  local reply = redis.call(...)
+  if quiet then redis.set_repl(redis.REPL_ALL) end
+  return reply
+end
+
+-- IN-FLIGHT and LEASE in Redis's hash-table/skip-list encodings. Why: Redis keeps a sorted set of up to
+-- 128 members, and a hash of up to 512 fields, as one packed list, where finding a member is a scan of the
+-- whole list; a queue working under a few hundred leases (one worker, a small fleet) paid that scan at
+-- every grant, ack and lease check: ~20% of Redis's CPU per page (issue #18). A member or value longer than
+-- 64 bytes moves a set to the other encoding, which it keeps from then on (through RDB and AOF loads too).
+-- So LEASE, before it grants, makes sure of the mark (encoding_mark): a member of IN-FLIGHT at score +inf (never due: MAINTAIN
+-- reaps up to now; Fleet counts leases with ZCOUNT -inf (+inf: keys.LEASED) and the value of LEASE's field
+-- '~' (no lease id is '~'; only ids are ever read there). NX: written once, no AOF bytes after that.
+-- LEASE when READY is empty (a worker about to wait), RELEASE (a worker stopping) and MAINTAIN (the
+-- keepers' beat) take the mark out of an IN-FLIGHT it is alone in: a drained or stopped spider's IN-FLIGHT
+-- is empty for every reader, including an earlier version's ZCARD (its idle check). (Not at every ack: a
+-- one-worker chain would then write the mark and take it out again at every page.) Only workers killed
+-- outright leave it, until this version's next LEASE or MAINTAIN; before going back to an earlier
+-- version: ZREMRANGEBYSCORE fleet:{spider}:inflight +inf +inf (docs/architecture.md). READY gets the mark only
+-- for the length of a call (ready_big).
+local function encoding_mark()
+  return '~ keeps this key out of the packed-list encoding: a scan at every use (Fleet, issue #18) ~'
+end
+
+-- Before m writes of members to READY (m > 2): READY in the skip-list encoding, where a ZADD or ZREM finds its
+-- member through a hash, instead of the packed list (up to 128 entries), which each of them scans, so a batch
+-- of m made a new READY in m^2 / 2 steps (issue #18: COMMIT writes READY per child and, with unready, per
+-- ack). The mark (encoding_mark) goes in first, unlogged, and ready_done takes it out at once: nobody reads
+-- it, and READY keeps the encoding while it exists. Returns whether the mark went in.
+local function ready_big(k, m)
+  if m <= 2 or redis.call('OBJECT', 'ENCODING', k.ready) == 'skiplist' then return false end
+  unlogged('ZADD', k.ready, '+inf', encoding_mark())
+  return true
+end
+
+local function ready_done(k, marked)
+  if marked then unlogged('ZREM', k.ready, encoding_mark()) end
+end
+
+-- Leases are volatile: LEASE takes a granted entry out of READY unlogged, and its IN-FLIGHT deadline and
+-- LEASE field (token, deliveries) are written unlogged, so the AOF and the replicas keep the entry in READY
+-- while it is leased. Whatever ends a lease other than back to READY (the ack, a retry's move to DELAYED,
+-- the DLQ, a park, a cancel) takes the entry out of READY in their view with unready: an unlogged ZADD
+-- puts it back in the live READY for the logged ZREM to take out (Redis logs a write only when it changed
+-- something, so a ZREM of what the live READY no longer holds would not reach them). What a restart from
+-- the AOF or a failover costs: every request in flight is in READY again, its deliveries counted again
+-- from 1 (its A/B attempts and lost deliveries are in its envelope: kept); a worker that still holds one
+-- and commits is answered not acknowledged, its DONE recorded, and LEASE drops the entry as DONE (or hands
+-- it out again if asked first: at least once). docs/architecture.md, Volatile leases.
+-- A snapshot (RDB, AOF rewrite) does hold the live leases: those still in flight are reaped at their
+-- deadline, as in a running Redis, and those acknowledged since are dropped then (their envelopes are gone).
+local function unready(k, ids, j, last)
+  local zs, n = {}, 0
+  for q = j, last do
+    zs[n + 1], zs[n + 2] = '-inf', ids[q]
+    n = n + 2
+  end
+  local marked = ready_big(k, last - j + 1)
+  unlogged('ZADD', k.ready, unpack(zs))
+  redis.call('ZREM', k.ready, unpack(ids, j, last))
+  ready_done(k, marked)
+end
+
 -- hex to bytes through a table of the pairs met so far in this call (gsub looks each pair up; a pair is
 -- converted once per call instead of once per occurrence, without a closure per call of hex2bin)
 local HX = nil  -- made at the first call of hex2bin: most calls never need it (fpparts' arithmetic path)
@@ -407,12 +480,13 @@ local function dlv_old(k)
   return DLV_OLD
 end
 
+-- (LEASE's fields are written unlogged: unready says why)
 local function lease_end(k, id, token)
   local d = deliveries(token or redis.call('HGET', k.lease, id))
   if d > 0 then
-    redis.call('HSET', k.lease, id, '#' .. d)
+    unlogged('HSET', k.lease, id, '#' .. d)
   else
-    redis.call('HDEL', k.lease, id)
+    unlogged('HDEL', k.lease, id)
   end
 end
 
@@ -429,7 +503,9 @@ local function release_parked(k, domain)
   return n
 end
 
+-- a leased entry to its domain's PARKED (out of READY for the AOF and the replicas too: unready)
 local function park(k, domain, id, now)
+  unready(k, {id}, 1, 1)
   redis.call('ZREM', k.inflight, id)
   lease_end(k, id)
   redis.call('ZADD', k.prefix .. 'parked:' .. domain, now, id)
@@ -588,19 +664,6 @@ local function release_probes(k, now, probe_ttl)
   return released
 end
 
--- A write of WAITING (who waits for news of work), kept out of the AOF's and the replicas' write stream
--- (redis.set_repl). Why: an entry lives 2-3 s and only steers wake-ups, but on a chain of pages each page
--- listed a worker and took it out again, ~150 of the AOF's bytes per page (issue #18). What a restart or a
--- failover costs: what a snapshot held of WAITING is stale, expired by its scores (readers check them), so a
--- waiting worker finds new work at its next idle poll (<= 0.6 s), which lists it again. Should a server
--- refuse set_repl, the write goes out as any other.
-local function unlogged(...)
-  local quiet = pcall(redis.set_repl, redis.REPL_NONE)
-  local reply = redis.call(...)
-  if quiet then redis.set_repl(redis.REPL_ALL) end
-  return reply
-end
-
 -- Workers whose last LEASE left READY empty are listed in WAITING (score: until when they count); when
 -- n entries reach READY while some wait, up to n of them (the longest waiting first) are taken out of
 -- WAITING and each gets one message on its own channel (wake..':'..worker), so it leases at once instead
@@ -660,28 +723,12 @@ local function maintain(k, now, limit, nows, lims)
     if to_ready(k, id) then  -- redelivered work goes to the front of its priority level
       table.insert(reaped, id)
       table.insert(reaped, owner or '')
+    else  -- acknowledged after the snapshot this IN-FLIGHT came from (unready): nothing left of it
+      unlogged('HDEL', leasek, id)
     end
   end
   if promoted > 0 or #reaped > 0 then wake(k, promoted + #reaped / 2) end
   return promoted, reaped
-end
-
--- IN-FLIGHT and LEASE in Redis's hash-table/skip-list encodings. Why: Redis keeps a sorted set of up to
--- 128 members, and a hash of up to 512 fields, as one packed list, where finding a member is a scan of the
--- whole list; a queue working under a few hundred leases (one worker, a small fleet) paid that scan at
--- every grant, ack and lease check: ~20% of Redis's CPU per page (issue #18). A member or value longer than
--- 64 bytes moves a set to the other encoding, which it keeps from then on (through RDB and AOF loads too).
--- So LEASE, before it grants, makes sure of the mark (encoding_mark): a member of IN-FLIGHT at score +inf (never due: MAINTAIN
--- reaps up to now; Fleet counts leases with ZCOUNT -inf (+inf: keys.LEASED) and the value of LEASE's field
--- '~' (no lease id is '~'; only ids are ever read there). NX: written once, no AOF bytes after that.
--- LEASE when READY is empty (a worker about to wait), RELEASE (a worker stopping) and MAINTAIN (the
--- keepers' beat) take the mark out of an IN-FLIGHT it is alone in: a drained or stopped spider's IN-FLIGHT
--- is empty for every reader, including an earlier version's ZCARD (its idle check). (Not at every ack: a
--- one-worker chain would then write the mark and take it out again at every page.) Only workers killed
--- outright leave it, until this version's next LEASE or MAINTAIN; before going back to an earlier
--- version: ZREMRANGEBYSCORE fleet:{spider}:inflight +inf +inf (docs/architecture.md).
-local function encoding_mark()
-  return '~ keeps this key out of the packed-list encoding: a scan at every use (Fleet, issue #18) ~'
 end
 
 local function big_encoding(k)
@@ -735,19 +782,25 @@ local function claim_child(k, done, id, json, cb, cs, now, lease, worker, nonce,
   return token, dlv
 end
 
+-- an entry gone for good, leased or not (out of READY for the AOF and the replicas too: unready)
 local function forget(k, id)
+  unready(k, {id}, 1, 1)
   redis.call('ZREM', k.inflight, id)
-  redis.call('HDEL', k.lease, id)
+  unlogged('HDEL', k.lease, id)
   redis.call('HDEL', k.env, id)
   if dlv_old(k) then redis.call('HDEL', k.dlv, id) end
 end
 
--- forget of many entries: three calls for the lot (LEASE, COMMIT)
-local function forget_all(k, ids)
+-- forget of many entries: three calls for the lot. leased: they may be leased (COMMIT's acks), so READY
+-- loses them in the AOF's and the replicas' view too (unready); not: LEASE's, out of READY already. The
+-- lease's own writes unlogged (unready says why): an entry acknowledged after a snapshot is dropped from
+-- that snapshot's IN-FLIGHT when a restart reaps it (its envelope is gone)
+local function forget_all(k, ids, leased)
   for j = 1, #ids, 500 do
     local last = math.min(j + 499, #ids)
-    redis.call('ZREM', k.inflight, unpack(ids, j, last))
-    redis.call('HDEL', k.lease, unpack(ids, j, last))
+    if leased then unready(k, ids, j, last) end
+    unlogged('ZREM', k.inflight, unpack(ids, j, last))
+    unlogged('HDEL', k.lease, unpack(ids, j, last))
     redis.call('HDEL', k.env, unpack(ids, j, last))
     if dlv_old(k) then redis.call('HDEL', k.dlv, unpack(ids, j, last)) end
   end

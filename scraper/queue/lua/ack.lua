@@ -1,5 +1,5 @@
 -- ACK: acknowledge leases without committing (forget the entries this worker still owns).
--- KEYS: lease inflight env dlv
+-- KEYS: lease inflight env dlv ready
 -- ARGV: -
 -- ARGV...: id token
 -- REPLY: 1/0 per pair (0: the lease was lost)

@@ -21,7 +21,7 @@ for i = 2, #ARGV do
     if mine then
       redis.call('ZREM', k.queued, id)
       redis.call('HDEL', k.env, id)
-      redis.call('HDEL', k.lease, id)  -- its deliveries (lua/_helpers.lua: deliveries)
+      unlogged('HDEL', k.lease, id)  -- its deliveries (lua/_helpers.lua: deliveries; unready: unlogged)
       if dlv_old(k) then redis.call('HDEL', k.dlv, id) end
       n = n + 1
     end

@@ -95,7 +95,7 @@ end
 for key, l in pairs(want) do sc_load(key, l) end
 local ready, envs = {}, {}  -- the enqueued children: READY's (prio, id) in enqueue order; env's (id, json)
 local queued = {}  -- ids of the children this call enqueued (their envelopes are written at the end)
-local rpos, inready = {}, {}  -- child id -> its slot in ready (not yet written); ids flush_ready wrote
+local rpos = {}  -- child id -> its slot in ready (not yet written)
 -- write the pending READY entries, scores from one INCRBY of seq in enqueue order (as ready_score numbers
 -- them): at the end, and before a breaker this batch closes queues its parked requests (breaker_note)
 local function flush_ready()
@@ -113,13 +113,15 @@ local function flush_ready()
       nth = nth + 1
       zs[#zs + 1] = ready_at(ready[q], top - m + nth)
       zs[#zs + 1] = cid
-      inready[cid] = true
     end
   end
+  local marked = ready_big(k, m)  -- a batch of children: READY's encoding (lua/_helpers.lua)
   for q = 1, #zs, 1000 do redis.call('ZADD', k.ready, unpack(zs, q, math.min(q + 999, #zs))) end
+  ready_done(k, marked)
   ready, rpos = {}, {}
 end
 local pend = {tok = {}, inf = {}, by = {}}  -- the claims' grants, written at the end (claim_child)
+local claimed = {}  -- their ids
 local gone = {}  -- the acknowledged leases
 local function ack(id)
   gone[#gone + 1] = id
@@ -181,17 +183,15 @@ for m, at in ipairs(starts) do
         if ci == claim then
           ctoken, cdlv = claim_child(k, done, cid, json, cb, cs, now, lease, worker, nonce .. 'c' .. nclaims, pend)
         end
+        if rpos[cid] then ready[rpos[cid] + 1] = false end  -- queued twice: the later score, as ZADD keeps
+        rpos[cid] = #ready + 1
+        ready[#ready + 1] = prio
+        ready[#ready + 1] = cid
         if ctoken ~= '' and ci == claim then
+          -- leased at once, as LEASE would: in READY for the AOF and the replicas (a lease is volatile:
+          -- lua/_helpers.lua, unready), out of the live READY unlogged after the last flush_ready
           took = 1
-          -- this id queued earlier in the batch (a caller reusing an id for another child): leased now, so
-          -- out of READY, as the ZREM of one call per commit took it out
-          if rpos[cid] then ready[rpos[cid] + 1] = false end
-          if inready[cid] then redis.call('ZREM', k.ready, cid) end
-        else
-          if rpos[cid] then ready[rpos[cid] + 1] = false end  -- queued twice: the later score, as ZADD keeps
-          rpos[cid] = #ready + 1
-          ready[#ready + 1] = prio
-          ready[#ready + 1] = cid
+          claimed[#claimed + 1] = cid
         end
       elseif ci == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
@@ -234,11 +234,12 @@ end
 -- the writes (see Batched, above)
 for q = 1, #envs, 1000 do redis.call('HSET', k.env, unpack(envs, q, math.min(q + 999, #envs))) end
 flush_ready()
-for q = 1, #pend.tok, 1000 do
-  redis.call('HSET', k.lease, unpack(pend.tok, q, math.min(q + 999, #pend.tok)))
-  redis.call('ZADD', k.inflight, unpack(pend.inf, q, math.min(q + 999, #pend.inf)))
+for q = 1, #pend.tok, 1000 do  -- the claims' grants, unlogged as LEASE's
+  unlogged('ZREM', k.ready, unpack(claimed, (q + 1) / 2, math.min((q + 999) / 2, #claimed)))
+  unlogged('HSET', k.lease, unpack(pend.tok, q, math.min(q + 999, #pend.tok)))
+  unlogged('ZADD', k.inflight, unpack(pend.inf, q, math.min(q + 999, #pend.inf)))
 end
-if #gone > 0 then forget_all(k, gone) end
+if #gone > 0 then forget_all(k, gone, true) end
 sc_flush()
 breaker_flush(k)
 if fresh > 0 then wake(k, fresh, worker) end  -- children left in READY for any other worker

@@ -8,7 +8,7 @@ local deadline = lease_deadline(tonumber(ARGV[1]), tonumber(ARGV[2]))
 local lost = {}
 for i = 3, #ARGV, 2 do
   if owns(k, ARGV[i], ARGV[i+1]) then
-    redis.call('ZADD', k.inflight, 'XX', deadline, ARGV[i])
+    unlogged('ZADD', k.inflight, 'XX', deadline, ARGV[i])  -- a lease is volatile (lua/_helpers.lua: unready)
   else
     table.insert(lost, ARGV[i])
   end

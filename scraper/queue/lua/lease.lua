@@ -22,7 +22,6 @@ if n > 2000 then n = 2000 end  -- unpack's limit: a bigger ask gets 2,000 and as
 if n > 0 then
   local ids = redis.call('ZRANGE', k.ready, 0, n - 1)
   if #ids > 0 then
-    redis.call('ZREM', k.ready, unpack(ids))
     local jsons = redis.call('HMGET', k.env, unpack(ids))
     -- per entry, in arrays (no table per entry: what a call allocates, Lua's collector costs Redis CPU for):
     -- what LEASE reads of its envelope (env_head) and its DONE key (when run and fp are usable); per DONE
@@ -73,9 +72,12 @@ if n > 0 then
       end
       return done, domain, hold, brk, stop
     end
+    local others = {}  -- what leaves READY for good (dropped, parked, held, no envelope): logged
     for j, id in ipairs(ids) do
       local json = jsons[j]
-      if json then
+      if not json then
+        others[#others + 1] = id
+      else
         local done, domain, hold, brk, stop = facts(runs[j] or nil, efps[j] or nil, doms[j] or nil, dks[j])
         if (done or stop) and fasts[j] then
           -- dropped unfetched on what the patterns read: only if cjson reads the same (env_head)
@@ -99,8 +101,10 @@ if n > 0 then
         else
           granted[#granted + 1] = j
         end
+        if granted[#granted] ~= j then others[#others + 1] = id end
       end
     end
+    for q = 1, #others, 1000 do redis.call('ZREM', k.ready, unpack(others, q, math.min(q + 999, #others))) end
     if #gone > 0 then forget_all(k, gone) end
     if #granted > 0 then
       -- grant (lua/_helpers.lua) for the lot: deliveries + 1, the lease deadline and the token
@@ -123,8 +127,10 @@ if n > 0 then
         leased[nl + 1], leased[nl + 2], leased[nl + 3], leased[nl + 4] = id, jsons[granted[q]], d, token
         nl = nl + 4
       end
-      redis.call('ZADD', k.inflight, unpack(inf))
-      redis.call('HSET', k.lease, unpack(tok))
+      -- a lease is volatile: out of READY, into IN-FLIGHT and LEASE unlogged (lua/_helpers.lua: unready)
+      unlogged('ZREM', k.ready, unpack(gids))
+      unlogged('ZADD', k.inflight, unpack(inf))
+      unlogged('HSET', k.lease, unpack(tok))
     end
   end
 end

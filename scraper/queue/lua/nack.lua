@@ -1,5 +1,5 @@
 -- NACK: move a lease this worker owns to DELAYED with an updated envelope (a retry later).
--- KEYS: lease inflight env delayed dlv cancelled
+-- KEYS: lease inflight env delayed dlv cancelled ready
 -- ARGV: id token due json
 -- REPLY: 1 when moved, 0 when the lease was lost, 2 when the envelope's run was cancelled (`fleet cancel`):
 --   the entry is forgotten instead of waiting in DELAYED for a retry nobody wants
@@ -13,6 +13,7 @@ if redis.call('EXISTS', k.cancelled) == 1 then
     return 2
   end
 end
+unready(k, {id}, 1, 1)  -- in READY for the AOF and the replicas while leased (lua/_helpers.lua)
 redis.call('ZREM', k.inflight, id)
 lease_end(k, id, token)
 redis.call('HSET', k.env, id, json)
