@@ -247,8 +247,8 @@ class FleetQueue(Inspection, Gating):
                 keys += (self.keys.seen(c.run), self.keys.done(c.run))
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
             fp: str | bytes = ((b"?" + packed(c.fp)) if c.strict else packed(c.fp)) if c.done else ""
-            args += [r, fp, c.lease_id, c.token, c.domain, c.outcome, claim, len(c.discovered),
-                     len(c.hops)]
+            outcome = "" if (c.outcome == "h") == c.done else c.outcome  # 'h': children commits only, and no other
+            args += [r, fp, c.lease_id, c.token, c.domain, outcome, claim, len(c.discovered), len(c.hops)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
                 args += child_args(env, cid)
@@ -331,7 +331,7 @@ class FleetQueue(Inspection, Gating):
             k.delayed,
             k.env,
             k.lease,
-            k.dlv,
+            k.dlv, k.lsweep,
             k.prefix + "parkdom",
             *[f"{k.prefix}parked:{d}" for d in domains],
         )

@@ -114,6 +114,7 @@ class Keys:
         self.env = self.prefix + "env"
         self.lease = self.prefix + "lease"
         self.dlv = self.prefix + "dlv"
+        self.lsweep = self.prefix + "lsweep"  # MAINTAIN's cursor over LEASE (lua/_helpers.lua: lease_sweep)
         self.dlq = self.prefix + "dlq"
         self.runs = self.prefix + "runs"
         self.waiting = self.prefix + "waiting"  # workers whose last lease found nothing (lua/_helpers.lua: wake)

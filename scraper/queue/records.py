@@ -40,7 +40,10 @@ class Commit:
     fp: str
     discovered: list[Envelope] = field(default_factory=list)
     domain: str = ""
-    outcome: str = ""  # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked
+    # breaker outcome: 'o' item page fine, 'n' navigation page, '' untracked; on a children commit
+    # (done=False), 'h': of a request still in flight, whose hops count only while its lease is the sender's
+    # (lua/commit.lua; its final commit brings them again)
+    outcome: str = ""
     done: bool = True  # False: only enqueue the children (early, before the parent's writes)
     claim: int = 0  # 1-based index of a child to lease to this worker at once (0: none); see COMMIT
     ids: list[str] = field(default_factory=list)  # queue ids of the children, chosen by the caller (or new)
@@ -57,7 +60,7 @@ class CommitReply(NamedTuple):
 
     enqueued: list[int]
     events: list[tuple[str, str]]  # breaker events (domain, event)
-    acked: list[bool]
+    acked: list[bool]  # the lease acknowledged; of a children commit with outcome 'h': its hops counted
     claims: list[tuple[str, int]]  # (token, deliveries) of the claimed child; ("", 0) not queued, ("", -1) gated
 
 

@@ -2,8 +2,13 @@
 pure functions, so the routing is tested without Redis (scraper.queue.shards runs the calls).
 
 A commit's parent lives in the shard of its lease id (``keys.shard_of``), each child in its fingerprint's,
-each redirect hop in its own. The plan has three waves, run in order, each one call per shard that has work:
+each redirect hop in its own. The plan has up to four waves, run in order, each one call per shard that has
+work:
 
+0. ``marks``: for a request's children commit with redirect hops (outcome 'h', not done), an empty 'h'
+   entry in the request's shard, which marks the request delivered while its lease is still the
+   sender's (lua/commit.lua; a lease is volatile, docs/architecture.md) and answers whether its hops
+   count: wave 1 sends them only then (``early_wave``), as one shard records them only then.
 1. ``early``: children-only entries (``done=False``), one per commit and shard, with the commit's children
    and redirect hops that live in that shard, in commit order: everything a batch queues is queued
    before anything is acknowledged (a crash never loses a child), and within a shard the children and
@@ -17,7 +22,7 @@ each redirect hop in its own. The plan has three waves, run in order, each one c
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scraper.queue.keys import QueueError, shard_of
 from scraper.queue.records import Commit, CommitReply
@@ -35,6 +40,28 @@ class CommitPlan:
     late: list[tuple[int, int, Commit]] = field(default_factory=list)  # (commit, shard, hops-only entry)
     where: list[list[Slot]] = field(default_factory=list)  # per commit: its entries
     claimed_in: list[Slot | None] = field(default_factory=list)  # per commit: the entry with its claim
+    marks: list[list[Commit]] = field(default_factory=list)  # wave 0, per shard
+    mark_of: list[tuple[int, int] | None] = field(default_factory=list)  # per commit: its mark (shard, index)
+
+    def early_wave(self, marks: list[CommitReply | None]) -> list[list[Commit]]:
+        """Wave 1's entries per shard, given wave 0's replies: a marked commit's hops only where its mark
+        answered that they count (the lease was still the sender's)."""
+        void: set[int] = set()
+        for ci, at in enumerate(self.mark_of):
+            if at is not None:
+                rep = marks[at[0]]
+                if rep is None:
+                    raise AssertionError(f"no reply from shard {at[0]} for a planned mark")
+                if not rep.acked[at[1]]:
+                    void.add(ci)
+        if not void:
+            return self.early
+        early = [list(lists) for lists in self.early]
+        for ci in void:
+            for s, is_final, idx in self.where[ci]:
+                if not is_final:
+                    early[s][idx] = replace(early[s][idx], hops=[])
+        return early
 
     def late_wave(self, acked: list[bool]) -> list[list[Commit]]:
         """Wave 3's entries per shard: the strict commits' other-shard hops, for the commits acknowledged."""
@@ -48,7 +75,8 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
     earlier counts too; the children always go to the ``shards`` of now)."""
     k = shards
     total = max(k, width)
-    plan = CommitPlan(total, [[] for _ in range(total)], [[] for _ in range(total)])
+    plan = CommitPlan(total, [[] for _ in range(total)], [[] for _ in range(total)],
+                      marks=[[] for _ in range(total)])
     for ci, c in enumerate(commits):
         routed = route.get(c.lease_id) if route else None
         home = routed[0] if routed is not None else shard_of(c.lease_id, k)
@@ -65,6 +93,11 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
                 raise QueueError(f"queue id {cid!r} is not of its fingerprint's shard: make it with keys.new_id(fp)")
         slots: list[Slot] = []
         claimed: Slot | None = None
+        mark: tuple[int, int] | None = None
+        if c.hops and not c.done and c.outcome == "h":  # wave 0 (module doc)
+            mark = (home, len(plan.marks[home]))
+            plan.marks[home].append(Commit(lease_id=c.lease_id, token=c.token, run=c.run, fp=c.fp, done=False,
+                                           outcome="h"))
         for s in range(k):
             mine = [] if strict else hops[s]
             if kids[s] or mine:
@@ -91,6 +124,7 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
             slots.append(slot)
         plan.where.append(slots)
         plan.claimed_in.append(claimed)
+        plan.mark_of.append(mark)
     return plan
 
 

@@ -235,9 +235,10 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
         nonce: str = "",
     ) -> CommitReply:
         """:meth:`FleetQueue.commit_claiming` over the shards, in the waves of ``shardplan``: every commit's
-        children (and redirect hops) into their own shards first (its own shard's too), then each commit's
-        DONE and ack in its own shard. Caller-chosen child ids (``Commit.ids``) must be ``new_id(fp)``'s:
-        one that routes to another shard than its fingerprint's is a QueueError."""
+        children (and redirect hops) into their own shards first (its own shard's too; a children commit's
+        hops once its own shard has said they count), then each commit's DONE and ack in its own shard.
+        Caller-chosen child ids (``Commit.ids``) must be ``new_id(fp)``'s: one that routes to another shard
+        than its fingerprint's is a QueueError."""
         if not commits:
             return CommitReply([], [], [], [])
         if len(self.read_parts) == 1:  # one shard: one call, as FleetQueue
@@ -256,7 +257,8 @@ class ShardedQueue(ShardedLeasing, ShardedReads, FleetQueue):
 
             return await gather_all(one(s) for s in range(len(lists)))
 
-        first = await wave(plan.early)
+        marks = await wave(plan.marks) if any(plan.marks) else []
+        first = await wave(plan.early_wave(marks))
         reply = merge_replies(plan, first, await wave(plan.final))
         late = plan.late_wave(reply.acked)
         if any(late):

@@ -99,7 +99,7 @@ class Committer:
         spec = progress.spec
         commit = Commit(state.id, state.lease.token, env.run, env.fp, out.discovered, done=False,
                         claim=progress.spec_index if spec is not None else 0, ids=out.discovered_ids,
-                        hops=state.fetch.hops)
+                        hops=state.fetch.hops, outcome="h" if state.fetch.hops else "")
         try:
             await self.commit_batch([(state, commit)])
         finally:

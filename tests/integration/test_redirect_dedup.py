@@ -143,15 +143,19 @@ CRASH_SPIDER = """
 """
 
 
-def test_a_worker_killed_after_recording_its_hops_loses_no_page(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_worker_killed_after_recording_its_hops_loses_no_page(redis_url: str, tmp_path: Path, shards: int) -> None:
     """A worker follows a redirect and queues the landed page's child (the COMMIT that records the hops in
     SEEN), but cannot write the object (its store is a file, not a directory: the request is held, never
     DONE) and is SIGKILLed. The next worker leases the request again: its hops are SEEN, by its own dead
-    delivery, and it follows them anyway, so the page is stored and nothing is dropped as seen."""
+    delivery, and it follows them anyway, so the page is stored and nothing is dropped as seen. Sharded
+    (FLEET_QUEUE_SHARDS=3), the hops are recorded in their shards once the request's own has counted them."""
+    from scraper.queue.shards import open_queue
+
     site = ParitySite().start()
     try:
         env = spider_module_env(redis_url, tmp_path, "crash_redirect_spiders", CRASH_SPIDER,
-                                FLEET_LEASE_SECONDS="1", FLEET_LOG_FORMAT="json")
+                                FLEET_LEASE_SECONDS="1", FLEET_LOG_FORMAT="json", FLEET_QUEUE_SHARDS=str(shards))
         start = f"{site.base}/redirect/2?to=crash"
         fleet_json("seed", "crash_redirect", "--run", "r1", "--url", start, env=env)
         blocked = tmp_path / "not-a-dir"
@@ -159,7 +163,8 @@ def test_a_worker_killed_after_recording_its_hops_loses_no_page(redis_url: str, 
         first = start_worker("crash_redirect", {**env, "FLEET_STORE": f"file://{blocked}"}, tmp_path / "w1.log")
         landed = fp64(Request(f"{site.base}/landed/crash"))
 
-        async def state(q: FleetQueue, client: Any) -> tuple[list[bool], dict[str, dict[str, int]]]:
+        async def state(_q: FleetQueue, client: Any) -> tuple[list[bool], dict[str, dict[str, int]]]:
+            q = await open_queue(client, "crash_redirect")  # as many shards as Redis records
             return await q.seen("r1", [landed]), await q.runs()
 
         try:

@@ -174,9 +174,10 @@ def test_a_replica_sees_leased_entries_in_ready_and_settled_ones_gone(private_re
 
 
 def test_a_lease_in_a_snapshot_lives_on_and_one_acknowledged_since_is_dropped(private_redis: RedisServer) -> None:
-    """A snapshot (here an AOF rewrite's base) does hold the live leases: after a restart from it, a lease
-    still held is the worker's as before (its commit is acknowledged), and one acknowledged after the
-    snapshot comes back in IN-FLIGHT only, without its envelope, until the reaper drops it."""
+    """A snapshot (here an AOF rewrite's base) does hold the live leases: after a restart from it (within the
+    lease's time: a later HEARTBEAT's deadline is not logged), a lease still held is the worker's as before
+    (its commit is acknowledged), and one acknowledged after the snapshot comes back in IN-FLIGHT only,
+    without its envelope, until the reaper drops it."""
 
     async def main() -> None:
         client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
@@ -233,6 +234,150 @@ def test_ready_batches_go_through_the_skip_list_and_leave_no_mark(private_redis:
         acked = await q.commit([Commit(x.id, x.token, "r1", Envelope.loads(x.raw).fp) for x in rest])
         assert acked[2] == [True, True, True]
         assert not await client.exists(q.keys.ready)  # the acks' unready: nothing left behind
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+async def _rewrite(client: Any) -> None:
+    """BGREWRITEAOF, waited for: the AOF's base is then a snapshot of the live data."""
+    await client.bgrewriteaof()
+    deadline = time.monotonic() + 10
+    while True:
+        info = await client.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return
+        assert time.monotonic() < deadline, "the AOF rewrite did not finish"
+        await asyncio.sleep(0.05)
+
+
+def test_a_redirected_request_is_not_on_its_first_delivery_after_a_restart(private_redis: RedisServer) -> None:
+    """Its children COMMIT recorded its redirect hop in SEEN; after a restart its deliveries count is gone,
+    but its logged count in ``dlv`` (lua/_helpers.lua: dlv_old) makes its next delivery the second (only a first delivery checks its hops,
+    and would find its own hop SEEN and drop the page). Its DONE takes the mark away."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = FleetQueue(client, SPIDER)
+        x, hop = _env("x"), _env("x-landing").fp
+        await q.seed("r1", [x])
+        first = (await q.lease(1, worker="w1", lease_seconds=60)).leased[0]
+        assert first.deliveries == 1
+        await q.commit([Commit(first.id, first.token, "r1", x.fp, [_env("x-child")], done=False, hops=[hop],
+                                outcome="h")])
+        await client.aclose()
+
+        private_redis.stop()  # w1 dies with it (a host reboot): x is in READY again, its LEASE field gone
+        private_redis.start()
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = FleetQueue(client, SPIDER)
+        again = [x2 for x2 in (await q.lease(5, worker="w2", lease_seconds=60)).leased if x2.id == first.id]
+        assert again and again[0].deliveries == 2
+        assert (await q.commit([Commit(first.id, again[0].token, "r1", x.fp)]))[2] == [True]
+        assert not await client.exists(q.keys.dlv)
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_maintain_sweeps_lease_fields_a_snapshot_brought_back(private_redis: RedisServer) -> None:
+    """Leased in a snapshot, reaped and leased again, then acknowledged (unlogged): a restart from that
+    AOF brings back the snapshot's LEASE fields with nothing else of their entries. MAINTAIN's sweep
+    (lua/_helpers.lua: lease_sweep) drops them; the entry still queued is left as it is."""
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = FleetQueue(client, SPIDER)
+        await q.seed("r1", [_env("x"), _env("y"), _env("z")])
+        leased = (await q.lease(2, worker="w1", lease_seconds=1)).leased
+        await _rewrite(client)  # the snapshot: two leases of w1
+        await asyncio.sleep(1.2)
+        again = await q.lease(3, worker="w2", lease_seconds=60)  # reaps both, leases all three
+        assert len(again.reaped) == 2 and len(again.leased) == 3
+        first = {x.id for x in leased}
+        done = [x for x in again.leased if x.id in first]
+        got = await q.commit([Commit(x.id, x.token, "r1", Envelope.loads(x.raw).fp) for x in done])
+        assert got[2] == [True, True]
+        live = {x.id for x in again.leased} - first
+        await client.aclose()
+
+        private_redis.stop()
+        private_redis.start()
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = FleetQueue(client, SPIDER)
+        assert (await _view(q, client))["lease"] == first  # what the snapshot brought back
+        await q.maintain()
+        after = await _view(q, client)
+        assert after["lease"] == set() and after["ready"] == live and after["env"] == live
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_redirected_request_of_a_sharded_spider_counts_as_delivered_in_its_own_shard(
+        private_redis: RedisServer) -> None:
+    """FLEET_QUEUE_SHARDS: the request's hop lives in another shard than the request; its children COMMIT
+    still marks the request delivered in the request's own shard (outcome 'h'), and nowhere else."""
+    from scraper.queue.keys import shard_of
+    from scraper.queue.shards import ShardedQueue
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = ShardedQueue(client, SPIDER, 3)
+        x = _env("x")
+        hop = next(h for h in (_env(f"x-landing-{i}").fp for i in range(100))
+                   if shard_of(h, 3) != shard_of(x.fp, 3))
+        await q.seed("r1", [x])
+        first = (await q.lease(1, worker="w1", lease_seconds=60)).leased[0]
+        await q.commit([Commit(first.id, first.token, "r1", x.fp, [], done=False, hops=[hop], outcome="h")])
+        home = shard_of(first.id, 3)
+        marks = [await client.hkeys(part.keys.dlv) for part in q.parts]
+        assert marks == [[first.id.encode()] if i == home else [] for i in range(3)]
+        await client.aclose()
+
+        private_redis.stop()
+        private_redis.start()
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = ShardedQueue(client, SPIDER, 3)
+        again = (await q.lease(1, worker="w2", lease_seconds=60)).leased
+        assert [(x2.id, x2.deliveries) for x2 in again] == [(first.id, 2)]
+        await client.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_a_stale_children_commit_after_a_restart_records_no_hop(private_redis: RedisServer, shards: int) -> None:
+    """W1 held x when Redis restarted; W2 has leased x since (its first delivery again). W1's children COMMIT
+    queues x's children but records x's redirect hop only while the lease is W1's: it is W2's now, whose
+    hop check must not find the hop SEEN (it would drop x's page). Sharded, the hop lives in another shard
+    than x: it is sent there only once x's own shard has said it counts (shardplan: marks)."""
+    from scraper.queue.keys import shard_of
+    from scraper.queue.shards import ShardedQueue
+
+    def open_queue(client: aioredis.Redis) -> FleetQueue:
+        return FleetQueue(client, SPIDER) if shards == 1 else ShardedQueue(client, SPIDER, shards)
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = open_queue(client)
+        x = _env("x")
+        hop = next(h for h in (_env(f"x-landing-{i}").fp for i in range(100))
+                   if shards == 1 or shard_of(h, shards) != shard_of(x.fp, shards))
+        await q.seed("r1", [x])
+        w1 = (await q.lease(1, worker="w1", lease_seconds=60)).leased[0]
+        await client.aclose()
+        private_redis.stop()
+        private_redis.start()
+        client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
+        q = open_queue(client)
+        w2 = (await q.lease(1, worker="w2", lease_seconds=60)).leased[0]
+        assert (w2.id, w2.deliveries) == (w1.id, 1)
+        enq, _events, _acked = await q.commit([Commit(w1.id, w1.token, "r1", x.fp, [_env("x-kid")], done=False,
+                                                      hops=[hop], outcome="h")])
+        assert enq == [1]  # its children are queued all the same
+        assert await q.seen("r1", [hop]) == [False]
+        assert not any([await client.exists(p.keys.dlv) for p in getattr(q, "parts", [q])])
         await client.aclose()
 
     asyncio.run(main())

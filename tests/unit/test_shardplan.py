@@ -29,7 +29,7 @@ def _commits(draw: st.DrawFn) -> list[Commit]:
         done = draw(st.booleans())
         strict = draw(st.booleans()) and not kids
         out.append(Commit(new_id(parent.fp), "w#1#n0", RUN, parent.fp, kids, domain="shop.example",
-                          outcome=draw(st.sampled_from(("o", "n", ""))), done=done,
+                          outcome=draw(st.sampled_from(("o", "n", "h", ""))), done=done,
                           claim=draw(st.integers(0, len(kids))), hops=hops, strict=strict,
                           ids=[new_id(k.fp) for k in kids]))
     return out
@@ -79,6 +79,17 @@ def test_every_child_and_hop_goes_once_to_its_own_shard(commits: list[Commit], n
         if strict:
             assert all(s != home for s, _ in late)
             assert not [h for _, part in early for h in part.hops]
+        # a children commit's hops (outcome 'h'): first an empty mark in the parent's own shard (wave 0), and
+        # in wave 1 only where the mark said they count (lua/commit.lua: a lease is volatile)
+        if c.hops and not c.done and c.outcome == "h":
+            assert plan.mark_of[ci] is not None
+            ms, mi = plan.mark_of[ci]
+            mark = plan.marks[ms][mi]
+            assert ms == home and mark.outcome == "h" and not mark.hops and not mark.discovered
+            assert (mark.lease_id, mark.token, mark.done) == (c.lease_id, c.token, False)
+        else:
+            assert plan.mark_of[ci] is None
+        assert all(part.outcome == "" for _, part in early)
         # the claim goes with the claimed child
         if c.claim:
             slot = plan.claimed_in[ci]
@@ -107,6 +118,35 @@ def test_replies_merge_per_commit(commits: list[Commit], n: int) -> None:
     assert reply.acked == [c.done for c in commits]
     assert [bool(t) for t, _ in reply.claims] == [bool(c.claim) for c in commits]
     assert plan.late_wave([False] * len(commits)) == [[] for _ in range(n)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(_commits(), st.sampled_from((2, 3)), st.data())
+def test_hops_of_a_mark_that_did_not_count_stay_home(commits: list[Commit], n: int, data: st.DataObject) -> None:
+    """Wave 1 drops a marked commit's hops in every shard when its mark answered 0 (the lease had moved
+    on), and changes nothing else."""
+    plan = plan_commits(commits, n)
+    counts = {ci: data.draw(st.booleans()) for ci, at in enumerate(plan.mark_of) if at is not None}
+    replies: list[CommitReply | None] = [None] * n
+    for s, parts in enumerate(plan.marks):
+        if parts:
+            oks = [counts[ci] for ci, at in enumerate(plan.mark_of) if at is not None and at[0] == s]
+            replies[s] = CommitReply([0] * len(parts), [], oks, [("", 0)] * len(parts))
+    early = plan.early_wave(replies)
+    for ci in range(len(commits)):
+        for s, final, i in plan.where[ci]:
+            if not final:
+                want = [] if not counts.get(ci, True) else plan.early[s][i].hops
+                assert early[s][i].hops == want
+                assert early[s][i].discovered == plan.early[s][i].discovered
+
+
+def test_a_routed_parent_is_marked_in_its_own_shard_of_an_earlier_count() -> None:
+    """A request leased from a shard of an earlier count (``route``, index >= the shards of now): its mark
+    goes there, where its lease is."""
+    c = Commit("0123456789ab0001", "t", RUN, "f" * 16, [], done=False, outcome="h", hops=[_env("h1").fp])
+    plan = plan_commits([c], 2, route={c.lease_id: (3, "x")}, width=4)
+    assert plan.mark_of == [(3, 0)] and plan.marks[3][0].outcome == "h"
 
 
 def test_a_child_id_outside_its_fingerprints_shard_is_refused() -> None:

@@ -39,11 +39,19 @@ end
 -- (another ~155: issue #18). What a restart or a failover costs: what a snapshot held of WAITING is stale,
 -- expired by its scores (readers check them), so a waiting worker finds new work at its next idle poll
 -- (<= 0.6 s), which lists it again; for leases, see unready. Should a server refuse set_repl, the write goes
--- out as any other.
+-- out as any other. quiet and loud bracket several such writes in a row (one switch each way).
+local function quiet()
+  return pcall(redis.set_repl, redis.REPL_NONE)
+end
+
+local function loud(q)
+  if q then redis.set_repl(redis.REPL_ALL) end
+end
+
 local function unlogged(...)
-  local quiet = pcall(redis.set_repl, redis.REPL_NONE)
+  local q = quiet()
   local reply = redis.call(...)
-  if quiet then redis.set_repl(redis.REPL_ALL) end
+  loud(q)
   return reply
 end
 
@@ -91,8 +99,10 @@ end
 -- from 1 (its A/B attempts and lost deliveries are in its envelope: kept); a worker that still holds one
 -- and commits is answered not acknowledged, its DONE recorded, and LEASE drops the entry as DONE (or hands
 -- it out again if asked first: at least once). docs/architecture.md, Volatile leases.
--- A snapshot (RDB, AOF rewrite) does hold the live leases: those still in flight are reaped at their
--- deadline, as in a running Redis, and those acknowledged since are dropped then (their envelopes are gone).
+-- A snapshot (RDB, AOF rewrite) does hold the live leases, at its deadlines (HEARTBEAT's are unlogged): one
+-- past it is reaped at once, one acknowledged since is dropped by the reaper (its envelope is gone), and a
+-- LEASE field whose entry ended otherwise since by MAINTAIN's lease_sweep. A request whose redirect hops
+-- are recorded keeps counting as delivered (dlv_old).
 local function unready(k, ids, j, last)
   local zs, n = {}, 0
   for q = j, last do
@@ -470,14 +480,22 @@ local function deliveries(v)
   return tonumber(string.match(v, '#(%d+)#[^#]*$') or string.match(v, '^#(%d+)$')) or 0
 end
 
--- The versions before 2026-12-07 counted deliveries in a hash of their own (dlv). While it still has fields
--- (requests in flight or retried at the upgrade), a grant with no lease field reads the count there and an
--- entry's end deletes its field: such a request keeps its count, and its first delivery stays the one whose
--- redirect hops are checked (scraper/worker/redirects.py). One EXISTS per call; nothing writes dlv any more.
+-- dlv: deliveries that must survive a restart or a failover, which lose LEASE's fields (a lease is volatile:
+-- unready). A grant with no lease field reads the count there, and an entry's end deletes its field (an HDEL
+-- that finds nothing is not logged). Written by a children COMMIT that records a request's redirect hops in
+-- SEEN before its DONE (dlv_mark): only a request's first delivery checks its hops (scraper/worker/
+-- redirects.py), and a later one would find its own hop SEEN and drop its page, so such a request's next
+-- delivery must count as the second at least. Rare (a redirected page with children). The versions before
+-- 2026-12-07 counted every delivery here: their fields are read the same way. One EXISTS per call.
 local DLV_OLD = nil
 local function dlv_old(k)
   if DLV_OLD == nil then DLV_OLD = redis.call('EXISTS', k.dlv) == 1 end
   return DLV_OLD
+end
+
+local function dlv_mark(k, id)
+  redis.call('HSETNX', k.dlv, id, '1')
+  DLV_OLD = true
 end
 
 -- (LEASE's fields are written unlogged: unready says why)
@@ -488,6 +506,27 @@ local function lease_end(k, id, token)
   else
     unlogged('HDEL', k.lease, id)
   end
+end
+
+-- MAINTAIN's sweep of LEASE, n fields a call (HSCAN, its cursor in lsweep, unlogged): a field whose entry
+-- has no envelope and no IN-FLIGHT deadline is dropped, logged. Why: a lease's writes are unlogged (unready),
+-- so a restart from an AOF with a snapshot base (or a failover to a replica that synced from one) brings
+-- back the fields that snapshot held, and the acks since deleted theirs unlogged: without the sweep each
+-- such restart would leave those fields for good. (Versions before 2026-12-07 left none.)
+local function lease_sweep(k, n)
+  local r = redis.call('HSCAN', k.lease, redis.call('GET', k.lsweep) or '0', 'COUNT', string.format('%d', n))
+  local ids = {}
+  for i = 1, #r[2], 2 do
+    if r[2][i] ~= '~' then ids[#ids + 1] = r[2][i] end
+  end
+  if #ids > 0 then
+    local envs, drop = redis.call('HMGET', k.env, unpack(ids)), {}
+    for i, id in ipairs(ids) do
+      if not envs[i] and not redis.call('ZSCORE', k.inflight, id) then drop[#drop + 1] = id end
+    end
+    if #drop > 0 then redis.call('HDEL', k.lease, unpack(drop)) end
+  end
+  if r[1] == '0' then unlogged('DEL', k.lsweep) else unlogged('SET', k.lsweep, r[1]) end
 end
 
 -- breaker params: W (window), minev, rate, cbase, ccap (cooldown base/cap seconds)
@@ -723,8 +762,9 @@ local function maintain(k, now, limit, nows, lims)
     if to_ready(k, id) then  -- redelivered work goes to the front of its priority level
       table.insert(reaped, id)
       table.insert(reaped, owner or '')
-    else  -- acknowledged after the snapshot this IN-FLIGHT came from (unready): nothing left of it
-      unlogged('HDEL', leasek, id)
+    else  -- acknowledged after the snapshot this IN-FLIGHT came from (unready): nothing left of it (logged, as
+      -- the ZREM above: the snapshot brings the field back at every restart from it otherwise)
+      redis.call('HDEL', leasek, id)
     end
   end
   if promoted > 0 or #reaped > 0 then wake(k, promoted + #reaped / 2) end
@@ -759,7 +799,8 @@ end
 
 -- lease a just-enqueued child to this worker (see COMMIT); returns token, deliveries, or '', -1 when
 -- the child stays in READY for LEASE to decide (DONE, its domain held or behind a breaker). The child is
--- not in READY yet (COMMIT adds its enqueued children at the end, all but a claimed one). The grant's
+-- not in READY yet (COMMIT adds its enqueued children at the end, a claimed one too, which it then takes
+-- out of the live READY unlogged: unready says why). The grant's
 -- writes go into pend (pend.tok: id, token pairs for LEASE's field; pend.inf: deadline, id pairs for
 -- IN-FLIGHT; pend.by: id -> token), which COMMIT writes with one HSET and one ZADD for the batch. The
 -- domain is read as LEASE reads it (env_head), not by decoding the whole envelope. The nonce keeps tokens
@@ -784,14 +825,14 @@ end
 
 -- an entry gone for good, leased or not (out of READY for the AOF and the replicas too: unready)
 local function forget(k, id)
-  unready(k, {id}, 1, 1)
+  if id ~= '' then unready(k, {id}, 1, 1) end  -- '': DEAD of an entry that never was one (a bad start entry)
   redis.call('ZREM', k.inflight, id)
   unlogged('HDEL', k.lease, id)
   redis.call('HDEL', k.env, id)
   if dlv_old(k) then redis.call('HDEL', k.dlv, id) end
 end
 
--- forget of many entries: three calls for the lot. leased: they may be leased (COMMIT's acks), so READY
+-- forget of many entries: a few calls for the lot. leased: they may be leased (COMMIT's acks), so READY
 -- loses them in the AOF's and the replicas' view too (unready); not: LEASE's, out of READY already. The
 -- lease's own writes unlogged (unready says why): an entry acknowledged after a snapshot is dropped from
 -- that snapshot's IN-FLIGHT when a restart reaps it (its envelope is gone)
@@ -799,8 +840,10 @@ local function forget_all(k, ids, leased)
   for j = 1, #ids, 500 do
     local last = math.min(j + 499, #ids)
     if leased then unready(k, ids, j, last) end
-    unlogged('ZREM', k.inflight, unpack(ids, j, last))
-    unlogged('HDEL', k.lease, unpack(ids, j, last))
+    local q = quiet()
+    redis.call('ZREM', k.inflight, unpack(ids, j, last))
+    redis.call('HDEL', k.lease, unpack(ids, j, last))
+    loud(q)
     redis.call('HDEL', k.env, unpack(ids, j, last))
     if dlv_old(k) then redis.call('HDEL', k.dlv, unpack(ids, j, last)) end
   end

@@ -6,7 +6,7 @@
 -- ARGV...: r fp id token domain outcome claim ndisc nhops (then ndisc groups: id json fp prio dont_filter, then
 --   nhops fp)
 -- REPLY: {enqueued counts, events flat (domain, event), acked flags, claims flat (token, deliveries)}, one
---   count/flag/claim per commit; an unclaimed child gives ('', 0) when it was not queued (SEEN) and
+--   count/flag/claim per commit (an 'h' entry's flag: its hops counted); an unclaimed child gives ('', 0) when it was not queued (SEEN) and
 --   ('', -1) when it waits in READY.
 -- COMPUTED: prefix..'breaker:'..domain and prefix..'parked:'..domain (a breaker this batch closes releases
 --   its parked requests); the domains vary per commit, so they are built inside the script; within the
@@ -16,7 +16,8 @@
 -- bucket and member, 10 bytes; fpsplit), or as 16 hex digits.
 -- One (seen, done) pair of KEYS per distinct run of the batch; a commit's r is the 1-based index of its
 -- run's pair. ack: '1'/'0'. outcome: 'o', 'n' or '' (not tracked). An entry with fp '' only enqueues
--- children (sent as soon as the callback is done, before the writes).
+-- children (sent as soon as the callback is done, before the writes); its outcome 'h' says it is the
+-- children commit of a request still in flight whose redirect hops it records: see the hops, below.
 -- A commit may claim one of its children (1-based index, 0 = none): when that child was really enqueued
 -- (not SEEN, not DONE) and its domain is neither held nor behind a breaker, it goes straight from READY to
 -- IN-FLIGHT under a lease of this worker's, exactly as LEASE would hand it out. The worker has already
@@ -76,6 +77,8 @@ while i <= #ARGV do
     ids[#ids + 1] = ARGV[kids - 7]
     if sub(fp, 1, 1) == '?' then fp = sub(fp, 2) end
     need(done, fp)
+  elseif ARGV[kids - 4] == 'h' then
+    ids[#ids + 1] = ARGV[kids - 7]  -- a children-only entry of a request in flight: its lease is checked (below)
   end
   for h = hops, hops + nh - 1 do
     need(seen, ARGV[h])
@@ -98,20 +101,30 @@ local queued = {}  -- ids of the children this call enqueued (their envelopes ar
 local rpos = {}  -- child id -> its slot in ready (not yet written)
 -- write the pending READY entries, scores from one INCRBY of seq in enqueue order (as ready_score numbers
 -- them): at the end, and before a breaker this batch closes queues its parked requests (breaker_note)
+-- A claimed child is only there for the AOF and the replicas (a lease is volatile: lua/_helpers.lua, unready):
+-- numbered 0, it needs no INCRBY (it is leased; after a restart it comes last of its priority).
+local isclaimed = {}  -- claimed child id -> true
 local function flush_ready()
   local zs = {}
-  local m = 0
+  local m, mc = 0, 0
   for q = 2, #ready, 2 do
-    if ready[q] then m = m + 1 end
+    if ready[q] then
+      m = m + 1
+      if isclaimed[ready[q]] then mc = mc + 1 end
+    end
   end
   if m == 0 then ready, rpos = {}, {}; return end
-  local top = redis.call('INCRBY', k.seq, string.format('%d', m))
+  local top = m > mc and redis.call('INCRBY', k.seq, string.format('%d', m - mc)) or 0
   local nth = 0
   for q = 1, #ready, 2 do
     local cid = ready[q + 1]
     if cid then
-      nth = nth + 1
-      zs[#zs + 1] = ready_at(ready[q], top - m + nth)
+      if isclaimed[cid] then
+        zs[#zs + 1] = ready_at(ready[q], 0)
+      else
+        nth = nth + 1
+        zs[#zs + 1] = ready_at(ready[q], top - (m - mc) + nth)
+      end
       zs[#zs + 1] = cid
     end
   end
@@ -155,12 +168,23 @@ for m, at in ipairs(starts) do
     local enq = 0
     local ctoken, cdlv = '', 0
     local took = 0  -- 1 when this call leased the claimed child instead of queueing it
-    -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy
-    if mine then
+    -- the hops first: a child linking to the page the request landed on is then SEEN, as in Scrapy. The
+    -- hops of a request's children commit ('h'), where the request lives (its envelope is in this shard),
+    -- count only while the lease is still the sender's: a restart or a failover forgets leases
+    -- (lua/_helpers.lua: unready), and another delivery may hold it, whose first-delivery hop check would find
+    -- them SEEN and drop the page (its final commit brings them again, with its DONE). Recorded, they make
+    -- its next delivery not its first (dlv_old); its reply's acked is then 1 (ShardedQueue sends an 'h'
+    -- entry alone to the request's shard first, and the hops to their shards only on that 1). Anywhere
+    -- else (another shard, any other entry), hops are recorded as sent.
+    local here = fp == '' and outcome == 'h' and redis.call('HEXISTS', k.env, id) == 1
+    local counted = 0
+    if mine and not (here and owner[id] ~= token) then
       for h = hops, hops + nh - 1 do
         local hb, hs = fpsplit(ARGV[h])
         if sc_add(seen, ttl, hb, hs) == 1 then sc_add(done, ttl, hb, hs) end
       end
+      if here then dlv_mark(k, id) end
+      if fp == '' and outcome == 'h' then counted = 1 end
     end
     local g = kids
     for ci = 1, nd do
@@ -192,6 +216,9 @@ for m, at in ipairs(starts) do
           -- lua/_helpers.lua, unready), out of the live READY unlogged after the last flush_ready
           took = 1
           claimed[#claimed + 1] = cid
+          isclaimed[cid] = true
+        else
+          isclaimed[cid] = nil  -- queued again unclaimed (a caller reusing an id): READY keeps it, as one by one
         end
       elseif ci == claim and worker ~= '' then
         -- a retry of a call whose reply was lost: the child this very claim took is still ours
@@ -203,7 +230,7 @@ for m, at in ipairs(starts) do
     claims[nclaims + 1], claims[nclaims + 2] = ctoken, cdlv
     nclaims = nclaims + 2
     fresh = fresh + enq - took
-    local ok = 0
+    local ok = counted
     if fp ~= '' and strict then
       if mine then
         sc_add(done, ttl, fpsplit(fp))
@@ -234,10 +261,18 @@ end
 -- the writes (see Batched, above)
 for q = 1, #envs, 1000 do redis.call('HSET', k.env, unpack(envs, q, math.min(q + 999, #envs))) end
 flush_ready()
-for q = 1, #pend.tok, 1000 do  -- the claims' grants, unlogged as LEASE's
-  unlogged('ZREM', k.ready, unpack(claimed, (q + 1) / 2, math.min((q + 999) / 2, #claimed)))
-  unlogged('HSET', k.lease, unpack(pend.tok, q, math.min(q + 999, #pend.tok)))
-  unlogged('ZADD', k.inflight, unpack(pend.inf, q, math.min(q + 999, #pend.inf)))
+if #pend.tok > 0 then  -- the claims' grants, unlogged as LEASE's
+  local still = {}
+  for _, cid in ipairs(claimed) do
+    if isclaimed[cid] then still[#still + 1] = cid end
+  end
+  local off = quiet()
+  for q = 1, #still, 1000 do redis.call('ZREM', k.ready, unpack(still, q, math.min(q + 999, #still))) end
+  for q = 1, #pend.tok, 1000 do
+    redis.call('HSET', k.lease, unpack(pend.tok, q, math.min(q + 999, #pend.tok)))
+    redis.call('ZADD', k.inflight, unpack(pend.inf, q, math.min(q + 999, #pend.inf)))
+  end
+  loud(off)
 end
 if #gone > 0 then forget_all(k, gone, true) end
 sc_flush()

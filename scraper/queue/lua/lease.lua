@@ -128,9 +128,11 @@ if n > 0 then
         nl = nl + 4
       end
       -- a lease is volatile: out of READY, into IN-FLIGHT and LEASE unlogged (lua/_helpers.lua: unready)
-      unlogged('ZREM', k.ready, unpack(gids))
-      unlogged('ZADD', k.inflight, unpack(inf))
-      unlogged('HSET', k.lease, unpack(tok))
+      local q = quiet()
+      redis.call('ZREM', k.ready, unpack(gids))
+      redis.call('ZADD', k.inflight, unpack(inf))
+      redis.call('HSET', k.lease, unpack(tok))
+      loud(q)
     end
   end
 end
