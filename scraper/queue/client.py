@@ -49,6 +49,14 @@ __all__ = [
 ]
 
 
+def _wire_outcome(c: Commit) -> str:
+    """COMMIT's outcome field: a done commit's breaker outcome ('h' is none), or 'h' on a children commit
+    (lua/commit.lua: its hops count only while its lease is the sender's); else ''."""
+    if c.done:
+        return "" if c.outcome == "h" else c.outcome
+    return "h" if c.outcome == "h" else ""
+
+
 class FleetQueue(Inspection, Gating):
     """All queue transitions of one spider."""
 
@@ -247,8 +255,7 @@ class FleetQueue(Inspection, Gating):
                 keys += (self.keys.seen(c.run), self.keys.done(c.run))
             claim = c.claim if worker and 0 < c.claim <= len(c.discovered) else 0
             fp: str | bytes = ((b"?" + packed(c.fp)) if c.strict else packed(c.fp)) if c.done else ""
-            outcome = "" if (c.outcome == "h") == c.done else c.outcome  # 'h': children commits only, and no other
-            args += [r, fp, c.lease_id, c.token, c.domain, outcome, claim, len(c.discovered), len(c.hops)]
+            args += [r, fp, c.lease_id, c.token, c.domain, _wire_outcome(c), claim, len(c.discovered), len(c.hops)]
             ids = c.ids if len(c.ids) == len(c.discovered) else [None] * len(c.discovered)
             for env, cid in zip(c.discovered, ids, strict=True):
                 args += child_args(env, cid)

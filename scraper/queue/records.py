@@ -60,7 +60,9 @@ class CommitReply(NamedTuple):
 
     enqueued: list[int]
     events: list[tuple[str, str]]  # breaker events (domain, event)
-    acked: list[bool]  # the lease acknowledged; of a children commit with outcome 'h': its hops counted
+    # the lease acknowledged (a done commit). A children commit's flag is False, but for FleetQueue's answer
+    # to one with outcome 'h': its hops counted (ShardedQueue reads it in wave 0, shardplan)
+    acked: list[bool]
     claims: list[tuple[str, int]]  # (token, deliveries) of the claimed child; ("", 0) not queued, ("", -1) gated
 
 

@@ -5,10 +5,11 @@ A commit's parent lives in the shard of its lease id (``keys.shard_of``), each c
 each redirect hop in its own. The plan has up to four waves, run in order, each one call per shard that has
 work:
 
-0. ``marks``: for a request's children commit with redirect hops (outcome 'h', not done), an empty 'h'
-   entry in the request's shard, which marks the request delivered while its lease is still the
-   sender's (lua/commit.lua; a lease is volatile, docs/architecture.md) and answers whether its hops
-   count: wave 1 sends them only then (``early_wave``), as one shard records them only then.
+0. ``marks``: for a request's children commit with outcome 'h' (not done; the worker's, when the fetch
+   followed redirects), an empty 'h' entry in the request's shard, which marks the request delivered
+   while its lease is still the sender's (lua/commit.lua; a lease is volatile, docs/architecture.md) and
+   answers whether its hops count: wave 1 sends them only then (``early_wave``), as one shard records
+   them only then.
 1. ``early``: children-only entries (``done=False``), one per commit and shard, with the commit's children
    and redirect hops that live in that shard, in commit order: everything a batch queues is queued
    before anything is acknowledged (a crash never loses a child), and within a shard the children and
@@ -94,7 +95,7 @@ def plan_commits(commits: list[Commit] | tuple[Commit, ...], shards: int,
         slots: list[Slot] = []
         claimed: Slot | None = None
         mark: tuple[int, int] | None = None
-        if c.hops and not c.done and c.outcome == "h":  # wave 0 (module doc)
+        if not c.done and c.outcome == "h":  # wave 0 (module doc)
             mark = (home, len(plan.marks[home]))
             plan.marks[home].append(Commit(lease_id=c.lease_id, token=c.token, run=c.run, fp=c.fp, done=False,
                                            outcome="h"))
