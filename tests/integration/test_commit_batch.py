@@ -45,7 +45,7 @@ def _plan(rng: random.Random, starts: list[str]) -> list[dict[str, Any]]:
                 "path": path,
                 "kids": kids,
                 "hops": [rng.choice(POOL) for _ in range(rng.choice((0, 0, 1, 2)))],
-                "outcome": rng.choice(("o", "n", "")),
+                "outcome": rng.choice(("o", "n", "", "h")),  # 'h': a children commit's (lua/commit.lua)
                 "strict": rng.random() < 0.25,
                 "stale": rng.random() < 0.15,
                 "done": rng.random() > 0.1,
