@@ -275,8 +275,11 @@ def test_aimd_window_converges_to_the_site_capacity(redis_url: str, tmp_path: Pa
     probe = _WindowProbe(redis_url, "adaptive", "127.0.0.1")
     try:
         tmp_path.mkdir(parents=True, exist_ok=True)
+        # every page is answered in the end: a page refused 6 times (the start's 429s, then the sawtooth's) would
+        # otherwise be dead-lettered by the default class-B budget (FLEET_ROTATE_MAX 5), seen once here
         env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS, FLEET_RETRY_BASE="0.2",
-                                FLEET_RETRY_CAP="1", FLEET_RETRY_MAX="20", FLEET_LEASE_SECONDS="6")
+                                FLEET_RETRY_CAP="1", FLEET_RETRY_MAX="20", FLEET_ROTATE_MAX="20",
+                                FLEET_LEASE_SECONDS="6")
         n = 90  # ~10 s at capacity 2 and 0.2 s a page: a last third of ~30 answers
         args = [a for i in range(n) for a in ("--url", f"{site.base}/p/{i}")]
         assert fleet_json("seed", "adaptive", "--run", "r1", *args, env=env)["enqueued"] == n
