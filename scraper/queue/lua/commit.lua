@@ -6,8 +6,8 @@
 -- ARGV...: r fp id token domain outcome claim ndisc nhops (then ndisc groups: id json fp prio dont_filter, then
 --   nhops fp)
 -- REPLY: {enqueued counts, events flat (domain, event), acked flags, claims flat (token, deliveries)}, one
---   count/flag/claim per commit (an 'h' entry's flag: its hops counted); an unclaimed child gives ('', 0) when it was not queued (SEEN) and
---   ('', -1) when it waits in READY.
+--   count/flag/claim per commit (an 'h' entry's flag: its hops counted); an unclaimed child gives ('', 0)
+--   when it was not queued (SEEN) and ('', -1) when it waits in READY.
 -- COMPUTED: prefix..'breaker:'..domain and prefix..'parked:'..domain (a breaker this batch closes releases
 --   its parked requests); the domains vary per commit, so they are built inside the script; within the
 --   {spider} hash tag of prefix. And seen..':'..bucket, done..':'..bucket: the bucket strings of the SEEN/DONE
@@ -134,7 +134,6 @@ local function flush_ready()
   ready, rpos = {}, {}
 end
 local pend = {tok = {}, inf = {}, by = {}}  -- the claims' grants, written at the end (claim_child)
-local claimed = {}  -- their ids
 local gone = {}  -- the acknowledged leases
 local function ack(id)
   gone[#gone + 1] = id
@@ -176,7 +175,8 @@ for m, at in ipairs(starts) do
     -- its next delivery not its first (dlv_old); its reply's acked is then 1 (ShardedQueue sends an 'h'
     -- entry alone to the request's shard first, and the hops to their shards only on that 1). Anywhere
     -- else (another shard, any other entry), hops are recorded as sent.
-    local here = fp == '' and outcome == 'h' and redis.call('HEXISTS', k.env, id) == 1
+    local hentry = fp == '' and outcome == 'h'
+    local here = hentry and redis.call('HEXISTS', k.env, id) == 1
     local counted = 0
     if mine and not (here and owner[id] ~= token) then
       for h = hops, hops + nh - 1 do
@@ -184,7 +184,7 @@ for m, at in ipairs(starts) do
         if sc_add(seen, ttl, hb, hs) == 1 then sc_add(done, ttl, hb, hs) end
       end
       if here then dlv_mark(k, id) end
-      if fp == '' and outcome == 'h' then counted = 1 end
+      if hentry then counted = 1 end
     end
     local g = kids
     for ci = 1, nd do
@@ -215,7 +215,6 @@ for m, at in ipairs(starts) do
           -- leased at once, as LEASE would: in READY for the AOF and the replicas (a lease is volatile:
           -- lua/_helpers.lua, unready), out of the live READY unlogged after the last flush_ready
           took = 1
-          claimed[#claimed + 1] = cid
           isclaimed[cid] = true
         else
           isclaimed[cid] = nil  -- queued again unclaimed (a caller reusing an id): READY keeps it, as one by one
@@ -262,10 +261,8 @@ end
 for q = 1, #envs, 1000 do redis.call('HSET', k.env, unpack(envs, q, math.min(q + 999, #envs))) end
 flush_ready()
 if #pend.tok > 0 then  -- the claims' grants, unlogged as LEASE's
-  local still = {}
-  for _, cid in ipairs(claimed) do
-    if isclaimed[cid] then still[#still + 1] = cid end
-  end
+  local still = {}  -- the claimed children (not those queued again unclaimed since)
+  for cid in pairs(isclaimed) do still[#still + 1] = cid end
   local off = quiet()
   for q = 1, #still, 1000 do redis.call('ZREM', k.ready, unpack(still, q, math.min(q + 999, #still))) end
   for q = 1, #pend.tok, 1000 do
