@@ -11,6 +11,13 @@ seeds plain GETs of one run and domain, then for each batch size B: N LEASE call
 instrumentation on, then N COMMIT calls of the same leases (each commit: DONE, one new child, the ack), and
 prints instructions per call and per entry, and the least-squares split of each script into a fixed part per
 call and a part per entry over the sizes. Needs valgrind (``apt-get install valgrind``); ~1 minute.
+
+``--floor`` measures the same work done by two minimal scripts instead (``tests/bench/lua/floor_*.lua``): only
+the writes a lease and a commit cannot do without (READY, the envelopes, IN-FLIGHT, the lease tokens, SEEN,
+DONE, seq), batched as Fleet batches them, none of the checks (DONE at lease, holds, breakers, cancelled runs,
+deliveries, claims, hops, the AOF-only READY bookkeeping, the sets' counts, wake-ups). Why: issue #18's Redis CPU
+bar is per page; this says how far below the bar those writes alone already are on this Redis, i.e. how much of
+Fleet's cost is the scripts' own work and how much any Lua implementation of the same transitions pays.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import redis.asyncio as aioredis
 from scraper.queue.client import Commit, FleetQueue
 from scraper.queue.envelope import Envelope
 from scraper.queue.keys import new_id
+from scraper.queue.records import Lease, LeaseBatch
+from scraper.queue.seenset import packed
 from tests.bench.procs import free_port, redis_binary, wait_port
 from tests.bench.replay import callgrind_total
 
@@ -76,6 +85,41 @@ class _Callgrind:
         self.proc.wait(timeout=120)
 
 
+class FloorQueue:
+    """``seed``, ``lease`` and ``commit`` as ``_size`` calls them, done by the floor scripts (``--floor``)."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.keys = FleetQueue(client, SPIDER).keys  # the same key names (so the same hash tag and lengths)
+        k = self.keys
+        run = f"{k.prefix}seen:{RUN}"
+        self._lease_keys = [k.ready, k.env, k.inflight, k.lease]
+        self._commit_keys = [k.ready, k.env, k.inflight, k.lease, k.seq, run, f"{k.prefix}done:{RUN}"]
+        src = Path(__file__).with_name("lua")
+        self._lease = client.register_script((src / "floor_lease.lua").read_text())
+        self._commit = client.register_script((src / "floor_commit.lua").read_text())
+
+    async def seed(self, run: str, envs: list[Envelope]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for e in envs:
+            eid = new_id(e.fp)
+            pipe.hset(self.keys.env, eid, e.dumps())
+            pipe.zadd(self.keys.ready, {eid: 0})
+        await pipe.execute()
+
+    async def lease(self, n: int, *, worker: str, lease_seconds: float) -> LeaseBatch:
+        flat = await self._lease(keys=self._lease_keys, args=[n, time.time() + lease_seconds, worker])
+        leased = [Lease(flat[q].decode(), flat[q + 1], 1, worker) for q in range(0, len(flat), 2)]
+        return LeaseBatch(leased=leased)
+
+    async def commit(self, commits: list[Commit]) -> None:
+        args: list[Any] = []
+        for c in commits:
+            kid = c.discovered[0]
+            args += [c.lease_id, c.token, packed(c.fp), c.ids[0], kid.dumps(), packed(kid.fp)]
+        await self._commit(keys=self._commit_keys, args=args)
+
+
 def _env(path: str) -> Envelope:
     return Envelope.for_url(f"https://{DOMAIN}/{path}", spider_name=SPIDER, run=RUN)
 
@@ -116,9 +160,16 @@ def _split(points: list[tuple[int, float]]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-async def _measure(cg: _Callgrind, sizes: list[int], calls: int) -> dict[str, Any]:
+async def _measure(cg: _Callgrind, sizes: list[int], calls: int, floor: bool = False) -> dict[str, Any]:
     client = aioredis.Redis(port=cg.port, socket_timeout=600)
-    q = FleetQueue(client, SPIDER)
+    q: Any = FleetQueue(client, SPIDER)
+    if floor:
+        # Fleet's scripts keep LEASE and IN-FLIGHT (and READY under a batch) out of the listpack encoding
+        # (lua/_helpers.lua: big_encoding, ready_big), whose writes scan it; the floor's structures get the
+        # same from the server's settings
+        for name in ("hash-max-ziplist-entries", "zset-max-ziplist-entries"):
+            await client.config_set(name, 0)
+        q = FloorQueue(client)
     serial = [0]
     await _size(cg, q, 1, 2, serial)  # warm: scripts loaded, keys and encodings as in a crawl
     rows = []
@@ -134,11 +185,11 @@ async def _measure(cg: _Callgrind, sizes: list[int], calls: int) -> dict[str, An
     return out
 
 
-def measure(sizes: list[int], calls: int) -> dict[str, Any]:
+def measure(sizes: list[int], calls: int, floor: bool = False) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="fleet-costs-"))
     cg = _Callgrind(work)
     try:
-        return asyncio.run(_measure(cg, sizes, calls))
+        return asyncio.run(_measure(cg, sizes, calls, floor))
     finally:
         cg.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -148,11 +199,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=30, help="calls per batch size (default 30)")
     ap.add_argument("--sizes", default="1,8,32", help="batch sizes, comma-separated (default 1,8,32)")
+    ap.add_argument("--floor", action="store_true",
+                    help="the floor: minimal scripts doing only the writes (tests/bench/lua/floor_*.lua)")
     a = ap.parse_args()
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     sizes = [int(x) for x in a.sizes.split(",") if x.strip()]
-    res = measure(sizes, a.calls)
+    res = measure(sizes, a.calls, a.floor)
     for r in res["rows"]:
         b = r["batch"]
         print(f"B={b:3d}  LEASE {r['lease_per_call']:>11,.0f} /call {r['lease_per_call'] / b:>9,.0f} /entry   "
