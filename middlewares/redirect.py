@@ -10,6 +10,12 @@ them D ``redirect:loop`` / ``redirect:too_many``; the evidence is the hop count 
 
 A POST answered with a 303 to its own URL is not a loop (the GET that follows is a different request),
 so a URL counts as visited again only with the same method.
+
+A 3xx that Scrapy leaves unfollowed although the spider did not ask for it (no ``dont_redirect``, status not
+in ``handle_httpstatus_list``/``_all``) is refused too: without a ``Location`` it is D
+``redirect:bad_location``, to a scheme other than http(s) (``file:``, ``ftp:``, ``data:``) D ``policy:scheme``.
+Plain Scrapy drops such a response in ``HttpErrorMiddleware``; Fleet's worker took it for the page and
+stored an item of nothing, past the drift check (which judges 2xx pages only).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from scrapy import Request, Spider
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
 from scrapy.http import Response
 
-from scraper.policy.refused import BadRedirect, RedirectLoop, Refused, TooManyRedirects
+from scraper.policy.refused import BadRedirect, RedirectLoop, RedirectScheme, Refused, TooManyRedirects
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the statuses Scrapy's RedirectMiddleware follows
 
 __all__ = ["FleetMetaRefreshMiddleware", "FleetRedirectMiddleware"]
 
@@ -59,7 +67,31 @@ class _Bounded:
 
 
 class FleetRedirectMiddleware(_Bounded, RedirectMiddleware):
-    """Scrapy's RedirectMiddleware (3xx + Location) with _Bounded's loop and limit outcomes."""
+    """Scrapy's RedirectMiddleware (3xx + Location) with _Bounded's loop and limit outcomes, and a 3xx it
+    leaves unfollowed refused (module docstring)."""
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
+        result = super().process_response(request, response, spider)
+        if result is response and response.status in _REDIRECTS and not self._wanted(request, response.status):
+            location = response.headers.get("Location")
+            if not location:
+                raise self._with_response(BadRedirect(f"status={response.status} without a Location"), response)
+            scheme = location.split(b":", 1)[0].lower().decode("latin-1")[:20] if b":" in location else "?"
+            raise self._with_response(
+                RedirectScheme(f"status={response.status} to a {scheme!r} URL (not followed)"), response)
+        return result
+
+    def _wanted(self, request: Request, status: int) -> bool:
+        """Whether the spider takes this 3xx itself (Scrapy's conditions for not redirecting)."""
+        spider = getattr(self.crawler, "spider", None)
+        return bool(
+            request.meta.get("dont_redirect", False)
+            or status in getattr(spider, "handle_httpstatus_list", ())
+            or status in request.meta.get("handle_httpstatus_list", ())
+            or request.meta.get("handle_httpstatus_all", False)
+        )
 
 
 class FleetMetaRefreshMiddleware(_Bounded, MetaRefreshMiddleware):

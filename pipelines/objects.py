@@ -27,6 +27,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, cast
 
+from itemadapter import ItemAdapter
 from scrapy import signals
 from scrapy.crawler import Crawler
 from scrapy.pipelines import ItemPipelineManager
@@ -95,6 +96,15 @@ class ObjectPipeline:
         if rt is not None:
             if item is None:  # a pipeline before ours forgot ``return item``: nothing to store, as if dropped
                 rt.item_dropped(_YIELDED.get(None))
+            elif not ItemAdapter.is_item(item):
+                # 42, a string, a list: no object can hold it. Scrapy passes it on and its exporters log an
+                # error for it alone; here too it is left out and the page's real items are written (it
+                # failed every write: a class A retry of the page, four fetches, then the DLQ)
+                rt.item_dropped(_YIELDED.get(item))
+                if self.crawler.stats is not None:
+                    self.crawler.stats.inc_value("fleet/items/not_an_item")
+                rt.log.error("item_not_an_item", type=type(item).__name__)
+                return None
             else:
                 rt.item_passed(_YIELDED.get(item), item)
         return item

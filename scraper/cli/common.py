@@ -10,6 +10,8 @@ failure, 4 a run finished with DLQ entries, 5 a run ended incomplete.
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -25,10 +27,11 @@ from scrapy.settings import Settings
 from scraper.infra import log
 from scraper.infra.config import ConfigError, FleetConfig
 from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url
+from scraper.infra.redishome import FleetHomeError
 from scraper.queue import redisio
 from scraper.queue.keys import QueueError
 from scraper.queue.shards import open_queue
-from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
+from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, check_setting_values, load_spider
 from scraper.worker.identity import ItemKeyError, item_key_of
 
 __all__ = [
@@ -38,12 +41,15 @@ __all__ = [
     "EXIT_INCOMPLETE",
     "EXIT_INFRA",
     "check_reachable",
+    "check_seconds",
+    "check_store",
     "connect",
     "default_run",
     "err",
     "fail",
     "fleet_settings",
     "load_config",
+    "max_workers",
     "out",
     "redis_url_for",
     "run_summary",
@@ -67,6 +73,23 @@ def fail(message: str, code: int = EXIT_CONFIG) -> typer.Exit:
     return typer.Exit(code)
 
 
+def check_seconds(option: str, value: float | None, *, zero: bool) -> None:
+    """A duration option is a finite number of seconds, > 0 (``zero``: >= 0), or a one-line error (exit 1).
+    Why: typer takes "nan", "inf" and negatives as floats, and each meant a worker or a run that never ends
+    (a NaN compares false with everything: no deadline, never idle long enough): cron would wait forever."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise fail(f"{option} must be a number of seconds {'>= 0' if zero else '> 0'}, not {value!r}")
+
+
+def max_workers() -> int:
+    """The most worker processes one ``fleet run`` starts: 16 per CPU core, at most 256. Why a bound: each
+    worker is a Scrapy process of ~100 MB doing up to --concurrency fetches of its own, so more processes
+    than that per core only contend; a typo (--workers 100000) ran the host out of memory."""
+    return min(256, 16 * (os.cpu_count() or 1))
+
+
 def load_config() -> FleetConfig:
     try:
         cfg = FleetConfig.from_env()
@@ -87,10 +110,7 @@ def redis_url_for(cfg: FleetConfig, spidercls: type[Spider] | None = None, *, pr
     if cfg.redis_url:
         return cfg.redis_url
     if not project:
-        try:
-            return resolve_redis_url()
-        except RedisConfigError as exc:
-            raise fail(str(exc), EXIT_INFRA) from None
+        return _embedded_url()
     from scraper.worker.redisspider import fleet_redis_url
 
     url = fleet_redis_url(spidercls, fleet_settings(cfg))
@@ -99,8 +119,16 @@ def redis_url_for(cfg: FleetConfig, spidercls: type[Spider] | None = None, *, pr
             raise fail("the scrapy-redis REDIS_URL must start with redis://, rediss:// or unix:// "
                        "(or set FLEET_REDIS_URL, which takes precedence)")
         return url
+    return _embedded_url()
+
+
+def _embedded_url() -> str:
+    """FLEET_REDIS_URL, or the embedded Redis's (started if need be): a FLEET_HOME that cannot hold it is
+    a setting to fix (exit 1); a server that fails to start, an outage (exit 3)."""
     try:
         return resolve_redis_url()
+    except FleetHomeError as exc:
+        raise fail(str(exc), EXIT_CONFIG) from None
     except RedisConfigError as exc:
         raise fail(str(exc), EXIT_INFRA) from None
 
@@ -140,6 +168,18 @@ def default_run() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def check_store(cfg: FleetConfig) -> None:
+    """FLEET_STORE names a store Fleet can open (file:// or s3://bucket/prefix), or a one-line error (exit 1).
+    Called before ``fleet run`` seeds and before a worker starts: a run whose workers cannot write must not
+    be seeded (its requests would wait in READY for a spider that can never start). Nothing is written."""
+    from scraper.store.backends import open_store
+
+    try:
+        open_store(cfg.store)
+    except ValueError as exc:
+        raise fail(f"FLEET_STORE: {exc}") from None
+
+
 def fleet_settings(cfg: FleetConfig) -> Settings:
     """base_settings (Fleet's and the Scrapy project's settings modules); a project settings module that
     cannot be imported or would lose items is a configuration error here (exit 1), in one line."""
@@ -155,8 +195,9 @@ def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
     try:
         cls = load_spider(name, fleet_settings(cfg))
         item_key_of(cls)
+        check_setting_values(cls)
         return cls
-    except (SpiderNotFound, ItemKeyError) as exc:
+    except (SpiderNotFound, ItemKeyError, SettingsError) as exc:
         raise fail(str(exc)) from None
 
 

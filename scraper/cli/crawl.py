@@ -22,23 +22,27 @@ from scraper.cli.args import run_arg, spider_arg
 from scraper.cli.common import (
     EXIT_ARGS,
     EXIT_INFRA,
+    check_seconds,
     check_shards,
+    check_store,
     default_run,
     err,
     fail,
     fleet_settings,
     load_config,
+    max_workers,
     redis_url_for,
     run_summary,
     spider_class,
 )
 from scraper.cli.data import export_after_run
 from scraper.cli.manifests import RunManifest
-from scraper.cli.seeding import seed_run
+from scraper.cli.seeding import check_urls_path, seed_run
 from scraper.cli.worker import SHUTDOWN_CLOSE_WAIT, run_worker
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.queue.client import QueueError
+from scraper.queue.entrycheck import callback_name_ok
 from scraper.worker.catalog import SettingsError, item_pipelines
 
 __all__ = ["app"]
@@ -63,8 +67,11 @@ def seed(
     """
     cfg = load_config()
     spidercls = spider_class(spider, cfg)
-    if callback is not None and not callable(getattr(spidercls, callback, None)):
-        raise fail(f"spider {spider!r} has no method {callback!r} to use as --callback")
+    if callback is not None and not (callback_name_ok(callback) and callable(getattr(spidercls, callback, None))):
+        raise fail(f"spider {spider!r} has no method {callback!r:.60} to use as --callback (a parse method: "
+                   f"not one of Scrapy's Spider methods, nor a dunder or name-mangled one)")
+    if urls is not None and urls != "-":
+        check_urls_path(urls)
     if callback is not None and not (url or urls):
         raise fail("--callback applies to --url/--urls; the spider's start requests name their own callbacks")
     run_id = run or default_run()
@@ -94,7 +101,7 @@ def worker(
 def run_cmd(
     spider: Annotated[str, typer.Argument(callback=spider_arg, help="Spider name.")],
     urls: Annotated[Optional[str], typer.Option("--urls", help="File of URLs (or -); default: the spider's start requests.")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes to start (1 to 16 per CPU core, at most 256).")] = 1,
     run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run id; default: a UTC timestamp.")] = None,
     resume: Annotated[Optional[str], typer.Option(
         "--resume", metavar="RUN", callback=run_arg,
@@ -119,10 +126,14 @@ def run_cmd(
     """
     with _sigterm_ends_run():
         cfg = load_config()
-        if workers < 1:
-            raise fail("--workers must be >= 1")
-        if deadline is not None and deadline <= 0:
-            raise fail("--deadline must be > 0 seconds")
+        if not 1 <= workers <= max_workers():
+            raise fail(f"--workers must be from 1 to {max_workers()} (16 per CPU core here, at most 256), "
+                       f"not {workers}: for more, run fleet worker on more hosts")
+        check_seconds("--deadline", deadline, zero=False)
+        check_seconds("--idle", idle, zero=True)
+        check_store(cfg)
+        if urls is not None and urls != "-":
+            check_urls_path(urls)
         if resume is not None and (run is not None or urls is not None):
             raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
         spidercls = spider_class(spider, cfg)

@@ -26,6 +26,7 @@ from scraper.cli.common import (
 from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.infra.embedded import redact_url, stop_embedded_redis
+from scraper.infra.redishome import FleetHomeError
 from scraper.queue import redisio
 from scraper.queue.client import known_spiders
 from scraper.queue.shards import open_queue
@@ -249,7 +250,10 @@ async def _plain_client(url: str) -> aioredis.Redis:
 def down() -> None:
     """Stop the embedded Redis (its AOF keeps the queues for next time)."""
     load_config()
-    stopped = stop_embedded_redis()
+    try:
+        stopped = stop_embedded_redis()
+    except FleetHomeError as exc:
+        raise fail(str(exc)) from None
     print(json.dumps({"stopped": stopped}))
 
 

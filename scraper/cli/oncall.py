@@ -6,13 +6,14 @@ import asyncio
 import json
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 from rich.table import Table
 
 from scraper.cli.args import emitted, run_arg, spider_arg
 from scraper.cli.common import (
+    EXIT_ARGS,
     connect,
     fail,
     load_config,
@@ -22,6 +23,7 @@ from scraper.cli.common import (
 )
 from scraper.infra import log
 from scraper.infra.config import FleetConfig
+from scraper.infra.redact import redact_data
 from scraper.queue.client import known_spiders
 from scraper.queue.envelope import Envelope, EnvelopeError
 from scraper.queue.shards import open_queue
@@ -64,7 +66,7 @@ def dlq_list(spider: str, as_json: bool, limit: int) -> None:
             rows = []
             async for sid, f in q.dlq_iter():
                 f.pop("envelope", None)
-                rows.append({"id": sid, **f})
+                rows.append({"id": sid, **cast(dict[str, Any], redact_data(f))})
                 if len(rows) >= limit:
                     break
             return rows
@@ -153,7 +155,8 @@ def breakers_list(
 def _breakers_list(spider: str | None, as_json: bool) -> None:
     cfg = load_config()
     data = asyncio.run(_breakers(cfg, spider))
-    rows = [{"spider": sp, "domain": d, **info} for sp, doms in data.items() for d, info in doms.items()]
+    rows: list[dict[str, Any]] = [{"spider": sp, "domain": d, **cast(dict[str, Any], redact_data(info))}
+                                  for sp, doms in data.items() for d, info in doms.items()]
     if emitted(rows, as_json, "no breakers yet (they appear when a spider that declares required_fields drifts)"):
         return
     table = Table(title="drift breakers")
@@ -175,6 +178,11 @@ def breakers_reset(
 ) -> None:
     """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
     cfg = load_config()
+    known = asyncio.run(_breakers(cfg, spider)).get(spider, {})
+    if domain.lower() not in known:  # a typo must not write a breaker record for a domain never crawled
+        listed = ", ".join(sorted(known)[:10]) or "none"
+        raise fail(f"spider {spider!r} has no breaker for {domain.lower()!r} (its breakers: {listed}; "
+                   f"see fleet breakers list {spider})", EXIT_ARGS)
 
     async def go() -> int:
         client = await connect(redis_url_for(cfg))

@@ -180,8 +180,10 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
     if summary.get("pending"):
         why.append(f"{summary['pending']} requests still queued")
     if why:
+        resume = f"fleet run {summary['spider']} --resume {summary['run']}"
         hint = "" if summary.get("cancelled") else \
-            f" (after a fix: fleet breakers reset, then fleet run {summary['spider']} --resume {summary['run']})"
+            f" (after a fix: fleet breakers reset, then {resume})" if summary.get("parked") or summary.get("breakers_open") \
+            else f" (finish it with {resume})"
         return EXIT_INCOMPLETE, "run incomplete: " + "; ".join(why) + hint
     if summary.get("dlq"):
         return EXIT_DLQ, f"{summary['dlq']} requests of the run are in the DLQ (fleet dlq {summary['spider']} list)"

@@ -24,7 +24,18 @@ from scraper.queue.shards import open_queue
 from scraper.queue.startfp import mark_start
 from scraper.worker.redisspider import is_redis_spider
 
-__all__ = ["Rejected", "read_urls", "seed_entries", "seed_run", "start_requests"]
+__all__ = ["Rejected", "check_urls_path", "read_urls", "seed_entries", "seed_run", "start_requests"]
+
+
+def check_urls_path(path: str) -> Path:
+    """--urls names something to read (a file, a pipe such as ``<(...)``, a device), or a one-line error:
+    checked before a command writes anything."""
+    p = Path(path)
+    if p.is_dir():
+        raise fail(f"--urls {path}: is a directory (give a file with one URL a line, or - for stdin)")
+    if not p.exists():
+        raise fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
+    return p
 
 
 def read_urls(path: str) -> Iterator[str | URLRefused]:
@@ -32,9 +43,7 @@ def read_urls(path: str) -> Iterator[str | URLRefused]:
     if path == "-":
         yield from url_lines(sys.stdin.buffer)
         return
-    p = Path(path)
-    if not p.is_file():
-        raise fail(f"--urls {path}: no such file (give a file with one URL a line, or - for stdin)")
+    p = check_urls_path(path)
     try:
         stream = p.open("rb")
     except OSError as exc:

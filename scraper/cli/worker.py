@@ -19,7 +19,9 @@ from scraper.cli.common import (
     EXIT_CONFIG,
     EXIT_INFRA,
     check_reachable,
+    check_seconds,
     check_shards,
+    check_store,
     err,
     fail,
     fleet_settings,
@@ -28,6 +30,7 @@ from scraper.cli.common import (
     spider_class,
 )
 from scraper.infra import log
+from scraper.infra.config import MAX_CONCURRENCY
 from scraper.worker.catalog import worker_settings
 from scraper.worker.ports import fleet_of
 
@@ -56,8 +59,10 @@ def run_worker(
         settings = worker_settings(spidercls, settings)
     except RuntimeError as exc:  # scraper.worker.render.ChromiumNotFound: says what to install
         raise fail(str(exc)) from None
-    if concurrency is not None and concurrency < 1:
-        raise fail("--concurrency must be >= 1")
+    if concurrency is not None and not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise fail(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, not {concurrency}")
+    check_seconds("--until-idle", until_idle, zero=True)
+    check_store(cfg)
     concurrency_settings(settings, concurrency)
     if until_idle is not None:
         settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")

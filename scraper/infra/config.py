@@ -17,7 +17,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_CHROMIUM | (chromium on PATH) | Chromium binary for spiders that render pages (`render_js`; scraper.worker.render) |
 | FLEET_LEASE_SECONDS | 60 | lease length; live workers extend their leases every third of it |
 | FLEET_DEDUP_TTL | 172800 | seconds SEEN/DONE records of a run live (48 h, longer than any retry window); 1 to 315360000 (10 years) |
-| FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS) |
+| FLEET_CONCURRENCY | 32 | concurrent requests per worker (CONCURRENT_REQUESTS), 1 to 4096 |
 | FLEET_PREFETCH | concurrency/4 (min 4) | leases a worker holds in its local buffer beyond the ones being fetched |
 | FLEET_QUEUE_SHARDS | 1 | shards of each spider's queue, 1 to 64: each a hash tag of its own, so on a Redis Cluster one spider's READY/IN-FLIGHT/DELAYED/SEEN/DONE spread over several primaries (an entry lives in its fingerprint's shard; scraper/queue/shards.py). Recorded in Redis by the first worker or seed; operator commands read it from there. A different value is refused while the spider has work queued, in flight, delayed or parked, or idle workers waiting for work (a running worker keeps the count it started with: stop the workers, then change it). 1: no change for small users |
 | FLEET_COMMIT_BATCH | 64 | commits (DONE + ack + discovered requests) flushed per Redis round trip at most |
@@ -41,7 +41,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_ROBOTS_TTL | 86400 | with ``ROBOTSTXT_OBEY`` on: seconds a site's robots.txt is reused fleet-wide from Redis (``fleet:robots:{origin}``) before one worker fetches it again. A robots.txt that could not be fetched (5xx, 429, network error) is retried after at most 60 s meanwhile, and the site's requests wait (class A ``robots:unavailable``) (middlewares/robots.py) |
 | FLEET_BREAKER_WINDOW | 20 | drift breaker: outcomes of item pages remembered per (spider, domain) |
 | FLEET_BREAKER_MIN_EVENTS | 5 | drift breaker: C events in the window needed to open |
-| FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open |
+| FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open (0 to 1) |
 | FLEET_BREAKER_COOLDOWN | 1800 | seconds open before one half-open probe; doubles per re-trip, capped at 8 h |
 | FLEET_REDIS_RUN | ``redis-%Y%m%d`` | the run of requests a scrapy-redis spider's start key feeds (README, Migrating from scrapy-redis): a run id or a ``strftime`` pattern of one, in UTC at the time an entry is taken from the key. A URL pushed twice within one run is fetched once (SEEN), so the default gives a pushed URL one fetch a day; ``redis-%Y%m%dT%H`` one an hour, a fixed name once per FLEET_DEDUP_TTL |
 | FLEET_LOG_LEVEL | INFO | level of Fleet's events; Scrapy's and other libraries' records pass at this level but never below INFO (Scrapy's start-up and stats dumps are DEBUG). `fleet demo`: WARNING. With a progress bar, `fleet run` shows its workers' events from WARNING up unless this is set |
@@ -57,13 +57,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from scraper.policy.urls import DEFAULT_SCHEMES, parse_schemes
 
 if TYPE_CHECKING:
     from scraper.queue.client import BreakerParams
 
-__all__ = ["ConfigError", "FleetConfig"]
+__all__ = ["MAX_CONCURRENCY", "ConfigError", "FleetConfig"]
+
+#: The most concurrent requests one worker takes (FLEET_CONCURRENCY, --concurrency): its prefetch buffer
+#: leases a quarter of it again, and a typo of a million would lease a whole queue into one process.
+MAX_CONCURRENCY = 4096
 
 
 class ConfigError(ValueError):
@@ -77,7 +82,9 @@ def _get(env: Mapping[str, str], name: str) -> str | None:
     return value.strip()
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def _float(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
+) -> float:
     raw = _get(env, name)
     if raw is None:
         return default
@@ -87,7 +94,40 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
         raise ConfigError(f"{name}={raw!r} is not a number; unset it or give e.g. {default}") from None
     if not math.isfinite(value) or value < minimum:
         raise ConfigError(f"{name}={raw!r} must be a finite number >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={raw!r} must be <= {maximum}")
     return value
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = (_get(env, "FLEET_LOG_LEVEL") or "INFO").upper()
+    if level == "WARN":
+        return "WARNING"
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"FLEET_LOG_LEVEL={level!r} is not a level: use one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _webhook(env: Mapping[str, str]) -> str | None:
+    """FLEET_ALERT_WEBHOOK: an http(s) URL with a host, or unset. Why checked here: a bad one was only found
+    when the first breaker opened, by then the alert it was for is lost. The URL is never echoed (a Slack
+    webhook's path is its secret)."""
+    raw = _get(env, "FLEET_ALERT_WEBHOOK")
+    if raw is None:
+        return None
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError:
+        host = None
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ConfigError("FLEET_ALERT_WEBHOOK is not an http(s) URL with a host (its value is not shown: "
+                          "a webhook URL is a secret)")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
@@ -230,7 +270,7 @@ class FleetConfig:
             chromium=_get(e, "FLEET_CHROMIUM"),
             lease_seconds=_float(e, "FLEET_LEASE_SECONDS", 60.0, minimum=0.2),
             dedup_ttl=_int(e, "FLEET_DEDUP_TTL", 48 * 3600, minimum=1, maximum=10 * 365 * 86400),
-            concurrency=_int(e, "FLEET_CONCURRENCY", 32, minimum=1),
+            concurrency=_int(e, "FLEET_CONCURRENCY", 32, minimum=1, maximum=MAX_CONCURRENCY),
             prefetch=None if prefetch_raw is None else _int(e, "FLEET_PREFETCH", 0, minimum=0),
             commit_batch=_int(e, "FLEET_COMMIT_BATCH", 64, minimum=1),
             queue_shards=_int(e, "FLEET_QUEUE_SHARDS", 1, minimum=1, maximum=64),
@@ -247,16 +287,16 @@ class FleetConfig:
             store_outage_max=_float(e, "FLEET_STORE_OUTAGE_MAX", 300.0),
             store_raw=store_raw,
             worker_id=_get(e, "FLEET_WORKER_ID") or _default_worker_id(),
-            alert_webhook=_get(e, "FLEET_ALERT_WEBHOOK"),
+            alert_webhook=_webhook(e),
             metrics_port=_port(e, "FLEET_METRICS_PORT"),
             allow_private=(_get(e, "FLEET_ALLOW_PRIVATE") or "1").lower() not in {"0", "false", "no"},
             robots_ttl=_float(e, "FLEET_ROBOTS_TTL", 86400.0, minimum=1.0),
             schemes=_schemes(e),
-            log_level=(_get(e, "FLEET_LOG_LEVEL") or "INFO").upper(),
+            log_level=_log_level(e),
             log_format=log_format,
             breaker_window=_int(e, "FLEET_BREAKER_WINDOW", 20, minimum=1),
             breaker_min_events=_int(e, "FLEET_BREAKER_MIN_EVENTS", 5, minimum=1),
-            breaker_rate=_float(e, "FLEET_BREAKER_RATE", 0.5),
+            breaker_rate=_float(e, "FLEET_BREAKER_RATE", 0.5, maximum=1.0),
             breaker_cooldown=_float(e, "FLEET_BREAKER_COOLDOWN", 1800.0, minimum=0.1),
             redis_run=_redis_run(e),
         )

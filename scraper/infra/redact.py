@@ -12,6 +12,7 @@ import re
 __all__ = [
     "SECRET_KEYS",
     "redact",
+    "redact_data",
     "redact_setting",
     "redact_url",
     "secret_setting",
@@ -35,6 +36,25 @@ def redact(text: str) -> str:
     if "@" not in text:  # most lines: no userinfo possible, no scan
         return text
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+
+
+def redact_data(value: object) -> object:
+    """JSON-like data fit to show or store as evidence: :func:`redact` on every string (keys too), and
+    ``***`` for the value of a :data:`SECRET_KEYS` field. Why: DLQ fields, breaker samples and evidence
+    objects carry request URLs, which may hold ``user:pass@`` (a seeded URL, a Location), and these are
+    printed by ``fleet dlq list --json`` and read by whoever opens the evidence."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {
+            (redact(k) if isinstance(k, str) else k): (
+                "***" if isinstance(k, str) and k.lower() in SECRET_KEYS and v else redact_data(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact_data(v) for v in value]
+    return value
 
 
 #: A setting whose name says it holds a secret: SECRET, PASSWORD/PASSWD, TOKEN, CREDENTIAL, AUTH anywhere in

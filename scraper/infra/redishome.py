@@ -31,11 +31,23 @@ class RedisConfigError(RuntimeError):
     """Redis is missing, failed to start, or is configured in a way that can lose data."""
 
 
+class FleetHomeError(RedisConfigError):
+    """FLEET_HOME cannot be the embedded Redis's directory: a setting to fix (exit 1), not an outage."""
+
+
 def fleet_home() -> pathlib.Path:
     """``$FLEET_HOME`` or ``~/.fleet``, created (mode 0700: it holds the queue) if missing."""
     raw = os.environ.get("FLEET_HOME") or "~/.fleet"
     home = pathlib.Path(raw).expanduser().absolute()
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, a read-only or missing parent: a setting to fix, in one line
+        raise FleetHomeError(
+            f"FLEET_HOME {str(home)[:200]!r} cannot be made a directory ({exc.strerror or type(exc).__name__}): "
+            f"set FLEET_HOME to a writable directory, or FLEET_REDIS_URL to a Redis of your own"
+        ) from None
+    if not home.is_dir():
+        raise FleetHomeError(f"FLEET_HOME {str(home)[:200]!r} is not a directory")
     return home
 
 

@@ -18,7 +18,16 @@ from typing import Any
 
 from scrapy.exceptions import IgnoreRequest
 
-__all__ = ["BodyTooLarge", "BodyUndecodable", "RedirectLoop", "Refused", "RobotsDisallowed", "TooManyRedirects"]
+__all__ = [
+    "BadRedirect",
+    "BodyTooLarge",
+    "BodyUndecodable",
+    "RedirectLoop",
+    "RedirectScheme",
+    "Refused",
+    "RobotsDisallowed",
+    "TooManyRedirects",
+]
 
 
 class Refused(IgnoreRequest):
@@ -58,6 +67,14 @@ class BadRedirect(Refused):
     """A 3xx whose Location (or a meta refresh URL) is not a URL Scrapy can build a request from."""
 
     reason = "redirect:bad_location"
+
+
+class RedirectScheme(Refused):
+    """A 3xx to a URL of a scheme no worker fetches (``file:``, ``ftp:``, ``data:``...): Scrapy leaves such a
+    redirect unfollowed and hands the 3xx itself on, which was then stored as the page. The same reason as
+    any other URL of such a scheme (middlewares.schemes): D ``policy:scheme``, unfetched."""
+
+    reason = "policy:scheme"
 
 
 class TooManyRedirects(Refused):

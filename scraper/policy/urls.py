@@ -85,7 +85,12 @@ def parse_schemes(raw: str) -> tuple[str, ...]:
 def _authority_problem(scheme: str, authority: str) -> str | None:
     """Why ``scheme://authority`` cannot be fetched, or None. Parsed as urllib (and so Scrapy and
     Twisted) parses it."""
-    hostport = authority.rpartition("@")[2]
+    if "@" in authority:
+        # user:pass@host: Scrapy's downloader takes the userinfo for part of the host name and fails every
+        # attempt (Twisted's "invalid hostname"); a site's credentials go in the spider's http_user and
+        # http_pass (Scrapy's HttpAuthMiddleware), never in a URL that logs, stats and the DLQ carry
+        return "URL carries credentials (user:pass@host): not fetched; set the spider's http_user/http_pass"
+    hostport = authority
     try:
         parts = urlsplit(f"{scheme}://{authority}/")
         host = parts.hostname
@@ -161,23 +166,53 @@ def check_url(url: str, schemes: Collection[str] = DEFAULT_SCHEMES) -> str:
     return url
 
 
+_EOL = re.compile(rb"\r\n?|\n")
+_CHUNK = 65536
+
+
+def _raw_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of ``stream``, ended by LF, CRLF or a lone CR (old Mac editors, some exports), without
+    their ends; None for a line longer than ``limit`` bytes, whose bytes are dropped as they are read.
+    Read ``_CHUNK`` bytes at a time: memory stays bounded whatever the file holds."""
+    buf, skipping, cr = b"", False, False
+    while True:
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            break
+        if cr and chunk[:1] == b"\n":  # the LF of a CRLF split between two reads
+            chunk = chunk[1:]
+        buf += chunk
+        start = 0
+        for m in _EOL.finditer(buf):
+            line = buf[start : m.start()]
+            start = m.end()
+            if skipping:
+                skipping = False
+                yield None
+            else:
+                yield line if len(line) <= limit else None
+        cr = buf.endswith(b"\r")
+        buf = buf[start:]
+        if len(buf) > limit:
+            skipping, buf = True, b""
+    if skipping:
+        yield None
+    elif buf:
+        yield buf if len(buf) <= limit else None
+
+
 def url_lines(stream: BinaryIO) -> Iterator[str | URLRefused]:
     """The URLs of a seed file, one a line (blank lines and ``#`` comments skipped), or a
     :class:`URLRefused` for a line that is not UTF-8 or longer than any URL Fleet takes.
 
     Why bytes and a bounded read: a seed file is input like any other. A file in another encoding
     costs its bad lines (each reported), not the whole seed with a traceback, and a file without
-    newlines (a binary by mistake) is read in bounded pieces, never held in memory whole."""
-    limit = MAX_URL_LENGTH + 2  # the URL, then "\r\n"
+    newlines (a binary by mistake) is read in bounded pieces, never held in memory whole. A line ends
+    at LF, CRLF or a lone CR: a file with CR ends was read as one line, its URLs glued into one."""
     number = 0
-    while True:
-        line = stream.readline(limit)
-        if not line:
-            return
+    for line in _raw_lines(stream, MAX_URL_LENGTH + 2):  # the URL and some blanks around it
         number += 1
-        if len(line) == limit and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):  # skip the rest of the line, a piece at a time
-                line = stream.readline(65536)
+        if line is None:
             yield URLRefused(BAD_URL, f"line {number}: longer than {MAX_URL_LENGTH} characters")
             continue
         try:

@@ -14,7 +14,7 @@ import base64
 import json
 import math
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 from scrapy import Spider
 
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_NESTING",
     "RUNTIME_META",
     "EnvelopeError",
+    "callback_name_ok",
     "decode",
     "fields",
     "input_meta",
@@ -101,13 +102,19 @@ def _nesting_ok(value: Any) -> bool:
     return True
 
 
+def callback_name_ok(value: object) -> TypeGuard[str]:
+    """Whether ``value`` may name a spider callback in an entry: an identifier that is not one of Scrapy's
+    Spider attributes (``__init__``, ``start``, ``closed``...) nor a mangled private or dunder name."""
+    return type(value) is str and value.isidentifier() and value not in _SPIDER_ATTRS and not _MANGLED.match(value)
+
+
 def _callback_field(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    if type(value) is not str or not value.isidentifier() or value in _SPIDER_ATTRS or _MANGLED.match(value):
+    if not callback_name_ok(value):
         raise EnvelopeError(f"{key} {value!r:.60} is not the name of a spider callback")
-    return value
+    return str(value)
 
 
 def _int_field(data: dict[str, Any], key: str, *, minimum: int, maximum: int) -> int:

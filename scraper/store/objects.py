@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from itemadapter import ItemAdapter
 
+from scraper.infra.redact import redact_data
 from scraper.queue.names import BadName, check_fp, check_run, check_spider, is_fp, is_name
 from scraper.store.backends import InvalidKeyError, ObjectStore, gzip_bytes
 
 __all__ = [
     "JSON_SCALARS",
+    "ItemEncodeError",
     "ObjectWriter",
     "WriteContext",
     "declared_key",
@@ -121,10 +124,44 @@ class WriteContext:
     item_key: tuple[str, ...] = ()  # the spider's declared key fields (empty: the per-request key)
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+# allow_nan=False: NaN and Infinity are not JSON (json.loads takes them, DuckDB, Athena and strict parsers
+# refuse the whole line); _finite makes them null, as pandas' to_json does
+_encode_strict = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"), allow_nan=False).encode
+
+
+class ItemEncodeError(ValueError):
+    """An item no JSON line can hold: a reference cycle, or nesting deeper than Python's recursion limit.
+    It fails the same way on every attempt, so its request goes to the DLQ (D ``item_unencodable``), not
+    back to the queue as a failed write would (scraper.worker.finisher)."""
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _encode(data: dict[str, Any]) -> str:
+    try:
+        return _encode_strict(data)
+    except ValueError as exc:
+        if "ircular" in str(exc):
+            raise ItemEncodeError("item holds a reference to itself (a cycle): no JSON can hold it") from None
+        return _encode_strict(_finite(data))  # NaN or +-Infinity somewhere in it (the rare case)
 
 
 def encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
+    try:
+        return _encode_items(ctx, items)
+    except RecursionError:
+        raise ItemEncodeError("item nests too deeply for JSON (or holds a cycle)") from None
+
+
+def _encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
     lines = []
     key_fields = ctx.item_key
     for i, item in enumerate(items):
@@ -168,6 +205,7 @@ class ObjectWriter:
 
     def write_evidence(self, spider: str, run: str, cls: str, fp: str, evidence: dict[str, Any]) -> str:
         key = evidence_key(spider, run, cls, fp)
-        data = json.dumps(evidence, ensure_ascii=False, default=str, sort_keys=True).encode("utf-8")
+        # redacted: the request's URL may hold user:pass@ (SECURITY.md: never a password in evidence)
+        data = json.dumps(redact_data(evidence), ensure_ascii=False, default=str, sort_keys=True).encode("utf-8")
         self.store.put(key, data, content_type="application/json")
         return key

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
+from scraper.infra.redact import redact_data
 from scraper.worker.alerts import Alerter
 
 __all__ = ["NOSPEC_SECONDS", "Breakers", "closed_alert", "opened_alert"]
@@ -37,7 +38,7 @@ def opened_alert(spider: str, domain: str, event: str, rate: float | None, windo
     replay = f"fleet replay {spider} --url {urls[-1]}" if urls else f"fleet replay {spider} --key <raw key>"
     reset = f"fleet breakers reset {spider} {domain}"
     resume = f"fleet run {spider} --resume <RUN>"
-    return {
+    alert = {
         "text": (f":rotating_light: Fleet drift breaker {'re-' if event == 'reopened' else ''}opened for "
                  f"spider {spider} on {domain}: C rate {rate} over the last {window} item pages; "
                  f"missing fields: {', '.join(missing) or 'all items'}. "
@@ -48,6 +49,7 @@ def opened_alert(spider: str, domain: str, event: str, rate: float | None, windo
         "evidence_keys": evidence, "replay_command": replay, "reset_command": reset, "resume_command": resume,
         "open_until": info.get("open_until"),
     }
+    return cast(dict[str, Any], redact_data(alert))  # to a chat channel: no user:pass@ of a sample URL
 
 
 class Breakers:

@@ -28,6 +28,7 @@ __all__ = [
     "SettingsError",
     "SpiderNotFound",
     "base_settings",
+    "check_setting_values",
     "describe",
     "item_pipelines",
     "load_spider",
@@ -50,6 +51,37 @@ ITEM_PROCESSOR = "pipelines.objects.FleetItemProcessor"
 
 class SpiderNotFound(LookupError):
     pass
+
+
+#: Scrapy settings read as numbers at a worker's start (Settings.getint / getfloat): a spider's value that is
+#: none ("abc" in a YAML spec's settings:) crashed every worker after the run was seeded
+_NUMERIC_SETTINGS: dict[str, type] = {
+    "DOWNLOAD_TIMEOUT": float, "DOWNLOAD_DELAY": float, "RANDOMIZE_DOWNLOAD_DELAY": bool,
+    "CONCURRENT_REQUESTS": int, "CONCURRENT_REQUESTS_PER_DOMAIN": int, "CONCURRENT_REQUESTS_PER_IP": int,
+    "CONCURRENT_ITEMS": int, "DOWNLOAD_MAXSIZE": int, "DOWNLOAD_WARNSIZE": int, "RETRY_TIMES": int,
+    "REDIRECT_MAX_TIMES": int, "DEPTH_LIMIT": int, "DEPTH_PRIORITY": int, "URLLENGTH_LIMIT": int,
+    "AUTOTHROTTLE_START_DELAY": float, "AUTOTHROTTLE_MAX_DELAY": float, "AUTOTHROTTLE_TARGET_CONCURRENCY": float,
+    "CLOSESPIDER_TIMEOUT": float, "CLOSESPIDER_ITEMCOUNT": int, "CLOSESPIDER_PAGECOUNT": int,
+    "CLOSESPIDER_ERRORCOUNT": int,
+}
+
+
+def check_setting_values(spidercls: type[Spider]) -> None:
+    """The spider's ``custom_settings`` (a YAML spec's ``settings:``) give a number where Scrapy reads one,
+    or :class:`SettingsError` naming the setting: found before a run is seeded, not by each worker's crash."""
+    values = getattr(spidercls, "custom_settings", None) or {}
+    probe = Settings()
+    for name, kind in _NUMERIC_SETTINGS.items():
+        if name not in values or values[name] is None:
+            continue
+        probe.set(name, values[name])
+        try:
+            {int: probe.getint, float: probe.getfloat, bool: probe.getbool}[kind](name)
+        except (TypeError, ValueError):
+            raise SettingsError(
+                f"spider {getattr(spidercls, 'name', '?')!r}: setting {name}={values[name]!r:.40} is not "
+                f"{'an integer' if kind is int else 'a boolean' if kind is bool else 'a number'}"
+            ) from None
 
 
 class SettingsError(RuntimeError):

@@ -16,7 +16,7 @@ from scraper.policy import drift
 from scraper.policy.taxonomy import OK, A, D, Verdict
 from scraper.store import health as storehealth
 from scraper.store.backends import InvalidKeyError
-from scraper.store.objects import WriteContext
+from scraper.store.objects import ItemEncodeError, WriteContext
 from scraper.worker.committer import Committer, Flags
 from scraper.worker.failures import FailureApplier, now_iso
 from scraper.worker.feeder import Speculation
@@ -163,7 +163,8 @@ class Finisher:
     async def write_failed(self, failed: list[tuple[LeaseState, BaseException]]) -> None:
         """Settle requests whose objects were not stored, each on its own.
 
-        A key the store refuses (a run like ``../../x``) can never be written: DLQ (D, bad_envelope).
+        A key the store refuses (a run like ``../../x``) can never be written: DLQ (D, bad_envelope); nor
+        can an item with a reference cycle or nested past the recursion limit (D, item_unencodable).
         Any other failure is the object's or the store's: one probe write tells which. Store down:
         the requests are held, their leases kept alive, and written again when it is back (no fetch
         and no retry budget spent), or released when the worker gives up. Store up: the object's own
@@ -173,7 +174,12 @@ class Finisher:
             env = state.env
             why = storehealth.reason(exc)
             self.stats.inc_value("fleet/store/write_failed")
-            if isinstance(exc, InvalidKeyError):
+            if isinstance(exc, ItemEncodeError):  # the same on every attempt: no retry can write it
+                self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
+                                 reason="item_unencodable", cls=D)
+                self.stats.inc_value(f"fleet/class/{D}")
+                self.spawn(self.failures.dead(state, "item_unencodable", str(exc)))
+            elif isinstance(exc, InvalidKeyError):
                 self.stats.inc_value("fleet/store/key_refused")
                 self.log.warning("object_write_failed", run=env.run, fp=env.fp, error=type(exc).__name__,
                                  reason=why, cls=D)

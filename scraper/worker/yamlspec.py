@@ -324,7 +324,12 @@ class YamlSpider(scrapy.Spider):
             for href in link.query.run(response).getall():
                 href = href.strip()
                 if href and not href.startswith(("javascript:", "mailto:", "tel:", "#")):
-                    yield response.follow(href, callback=callback)
+                    try:
+                        yield response.follow(href, callback=callback)
+                    except ValueError:  # no URL ('http://[::1/', a port out of range): skipped where found,
+                        # as any link Fleet would not fetch; it raised out of the callback (class C, page lost)
+                        if getattr(self, "crawler", None) is not None and self.crawler.stats is not None:
+                            self.crawler.stats.inc_value("fleet/links_malformed")
 
 
 def _callback(rule: PageRule) -> Callable[..., Iterator[Any]]:
@@ -382,9 +387,11 @@ def load_dir(directory: str | Path) -> tuple[dict[str, type[YamlSpider]], list[s
     errors: list[str] = []
     for path in sorted(p for p in d.iterdir() if p.suffix in SUFFIXES and p.is_file()):
         try:
+            if path.stat().st_size > 1 << 20:  # a spec is a page of YAML; parsing 9 MB took a minute
+                raise SpecError(f"{path}: larger than 1 MiB")
             spec = parse_spec(path, path.read_text(encoding="utf-8"))
-        except (SpecError, OSError, UnicodeDecodeError) as exc:
-            errors.append(str(exc))
+        except (SpecError, OSError, UnicodeDecodeError) as exc:  # each named by its file
+            errors.append(str(exc) if isinstance(exc, SpecError) else f"{path}: {getattr(exc, 'strerror', 0) or exc}")
             continue
         if spec.name in found:
             errors.append(f"{path}: spider name {spec.name!r} is also used by {found[spec.name].spec_path}")

@@ -189,3 +189,28 @@ def test_redact_stays_fast_on_hostile_lines() -> None:
         t0 = time.perf_counter()
         redact(text)
         assert time.perf_counter() - t0 < 2.0, text[:20]
+
+
+def test_redact_data_reaches_every_string_and_secret_field() -> None:
+    from scraper.infra.redact import redact_data
+
+    data = {"url": "http://u:pw@h.test/a", "headers": {"Cookie": "sid=1", "Location": "ftp://x:y@z/"},
+            "samples": [{"url": "https://a:b@c.test/"}], "n": 3, "http://k:v@key.test/": None}
+    out = redact_data(data)
+    assert "pw" not in str(out) and "sid=1" not in str(out) and ":y@" not in str(out) and ":b@" not in str(out)
+    assert out == {"url": "http://***@h.test/a", "headers": {"Cookie": "***", "Location": "ftp://***@z/"},
+                   "samples": [{"url": "https://***@c.test/"}], "n": 3, "http://***@key.test/": None}
+
+
+@pytest.mark.parametrize("name,value", [
+    ("FLEET_BREAKER_RATE", "1.5"), ("FLEET_LOG_LEVEL", "LOUD"), ("FLEET_ALERT_WEBHOOK", "not a url"),
+    ("FLEET_ALERT_WEBHOOK", "file:///etc/passwd"), ("FLEET_CONCURRENCY", "5000"),
+])
+def test_values_that_cannot_be_right_are_config_errors(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        FleetConfig.from_env({name: value})
+    assert name in str(exc.value) and ("passwd" not in str(exc.value))
+
+
+def test_log_level_warn_is_warning() -> None:
+    assert FleetConfig.from_env({"FLEET_LOG_LEVEL": "warn"}).log_level == "WARNING"

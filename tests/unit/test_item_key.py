@@ -100,3 +100,22 @@ def test_tally_field_names_are_bounded() -> None:
     c = t.runs["r"]
     assert c["fields_dropped"] == 51
     assert sum(1 for k in c if k.startswith("c:")) == MAX_FIELDS
+
+
+def test_items_are_strict_json_and_an_unencodable_one_says_so() -> None:
+    """NaN and infinities are null (json.loads takes NaN; DuckDB, Athena and strict parsers refuse the
+    line); a reference cycle or nesting past the recursion limit is ItemEncodeError, which the worker
+    dead-letters (D item_unencodable) instead of retrying a write that fails the same way every time."""
+    from scraper.store.objects import ItemEncodeError
+
+    line = encode_items(_ctx("a" * 16), [{"sku": 1, "p": float("nan"), "q": [float("inf"), {"r": -float("inf")}]}])
+    data = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert (data["p"], data["q"]) == (None, [None, {"r": None}])
+    cycle: dict[str, object] = {"sku": 2}
+    cycle["self"] = cycle
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in (cycle, {"sku": 3, "deep": deep}):
+        with pytest.raises(ItemEncodeError):
+            encode_items(_ctx("b" * 16), [bad])

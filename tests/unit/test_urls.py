@@ -30,7 +30,7 @@ from scraper.queue.envelope import Envelope
 
 @pytest.mark.parametrize("url", [
     "http://example.com/", "https://shop.example/p/1?ref=a#x", "HTTP://EXAMPLE.COM", "http://127.0.0.1:8080/a",
-    "http://[::1]:8080/", "http://user:pw@host.test/", "http://www.bücher.de/", "http://a_b.test/a b",
+    "http://[::1]:8080/", "http://www.bücher.de/", "http://a_b.test/a b",
     "http://host.test:0/", "http://host.test:/x",
 ])
 def test_accepted(url: str) -> None:
@@ -52,7 +52,8 @@ def test_other_schemes_are_policy(url: str) -> None:
 
 
 @pytest.mark.parametrize("url,words", [
-    ("http:///nohost", "no host"), ("http://exa mple.com/", "space"), ("http://[::1/", "malformed"),
+    ("http:///nohost", "no host"), ("http://exa mple.com/", "space"), ("http://user:pw@host.test/", "credentials"),
+    ("http://user@host.test/", "credentials"), ("http://[::1/", "malformed"),
     ("http://a.test:99999/", "port"), ("http://a.test:8a/", "port"), ("not a url", "absolute URL"),
     ("//example.com/x", "absolute URL"), ("http:example.com", "absolute URL"), ("", "absolute URL"),
     ("http://" + "a" * MAX_URL_LENGTH, "longer"), ("http://[fe80::zz]/", "malformed"),
@@ -97,14 +98,24 @@ def test_url_lines_reads_a_line_without_end_in_bounded_pieces() -> None:
     class Counting(io.BytesIO):
         biggest = 0
 
-        def readline(self, size: int | None = -1) -> bytes:
-            line = super().readline(size)
-            Counting.biggest = max(Counting.biggest, len(line))
-            return line
+        def read(self, size: int | None = -1) -> bytes:
+            assert size is not None and 0 < size <= 65536  # never the whole file
+            data = super().read(size)
+            Counting.biggest = max(Counting.biggest, len(data))
+            return data
 
     out = list(url_lines(Counting(b"y" * 5_000_000)))
     assert len(out) == 1 and isinstance(out[0], URLRefused)
-    assert Counting.biggest <= 65536
+    assert 0 < Counting.biggest <= 65536
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_url_lines_ends_a_line_at_lf_crlf_or_a_lone_cr(end: bytes) -> None:
+    urls = [f"http://a.test/{i}" for i in range(20_000)]  # over several reads, an end split between two
+    data = end.join(u.encode() for u in urls) + end + b"\n# c" + end
+    assert list(url_lines(io.BytesIO(data))) == urls
+    glued = list(url_lines(io.BytesIO(b"http://a.test/1\rhttp://a.test/2\r")))  # the hostile probe's file
+    assert glued == ["http://a.test/1", "http://a.test/2"]
 
 
 # -- properties -------------------------------------------------------------------------------
