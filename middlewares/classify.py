@@ -23,7 +23,7 @@ from scraper.worker.ports import VOID_MESSAGE, FleetPort, fleet_of
 if TYPE_CHECKING:
     from scraper.worker.ledger import LeaseState
 
-__all__ = ["ClassifyMiddleware"]
+__all__ = ["ClassifyMiddleware", "spider_handles"]
 
 
 async def _claimed(rt: FleetPort, claim: Awaitable[bool], request: Request) -> None:
@@ -81,16 +81,7 @@ class ClassifyMiddleware:
         raise IgnoreRequest(f"fleet: {verdict.cls} {verdict.reason}")
 
     def _handled(self, request: Request, status: int) -> bool:
-        """Whether the spider handles ``response``'s status: ``meta["handle_httpstatus_all"]``, else
-        ``meta["handle_httpstatus_list"]``, else the spider's ``handle_httpstatus_list`` or
-        HTTPERROR_ALLOWED_CODES (Scrapy's order; HTTPERROR_ALLOW_ALL is Fleet's own, so not read here)."""
-        meta = getattr(request, "meta", None) or {}  # a response built without its request has none
-        if meta.get("handle_httpstatus_all", False):
-            return True
-        if "handle_httpstatus_list" in meta:
-            return status in (meta["handle_httpstatus_list"] or ())
-        allowed = getattr(getattr(self.crawler, "spider", None), "handle_httpstatus_list", None)
-        return status in (self.allowed_codes if allowed is None else allowed)
+        return spider_handles(self.crawler, request, status, self.allowed_codes)
 
     def process_exception(self, request: Request, exception: BaseException) -> Coroutine[Any, Any, None] | None:
         rt = fleet_of(self.crawler)
@@ -120,3 +111,16 @@ class ClassifyMiddleware:
         rt.fail(state, classify_exception(exception, proxied=bool(request.meta.get("proxy"))),
                 response=exception.response if isinstance(exception, Refused) else None)
         raise IgnoreRequest(f"fleet: download error {type(exception).__name__}")
+
+
+def spider_handles(crawler: Crawler, request: Request, status: int, allowed_codes: frozenset[int]) -> bool:
+    """Whether the spider handles a response's ``status`` itself: ``meta["handle_httpstatus_all"]``, else
+    ``meta["handle_httpstatus_list"]``, else the spider's ``handle_httpstatus_list`` or HTTPERROR_ALLOWED_CODES
+    (``allowed_codes``; Scrapy's order; HTTPERROR_ALLOW_ALL is Fleet's own, so not read here)."""
+    meta = getattr(request, "meta", None) or {}  # a response built without its request has none
+    if meta.get("handle_httpstatus_all", False):
+        return True
+    if "handle_httpstatus_list" in meta:
+        return status in (meta["handle_httpstatus_list"] or ())
+    allowed = getattr(getattr(crawler, "spider", None), "handle_httpstatus_list", None)
+    return status in (allowed_codes if allowed is None else allowed)

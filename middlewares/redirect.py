@@ -11,11 +11,12 @@ them D ``redirect:loop`` / ``redirect:too_many``; the evidence is the hop count 
 A POST answered with a 303 to its own URL is not a loop (the GET that follows is a different request),
 so a URL counts as visited again only with the same method.
 
-A 3xx that Scrapy leaves unfollowed although the spider did not ask for it (no ``dont_redirect``, status not
-in ``handle_httpstatus_list``/``_all``) is refused too: without a ``Location`` it is D
-``redirect:bad_location``, to a scheme other than http(s) (``file:``, ``ftp:``, ``data:``) D ``policy:scheme``.
-Plain Scrapy drops such a response in ``HttpErrorMiddleware``; Fleet's worker took it for the page and
-stored an item of nothing, past the drift check (which judges 2xx pages only).
+A 3xx that neither middleware followed, although the spider did not ask for it, is refused by
+:class:`UnfollowedRedirectMiddleware` (below both, so a 302 without a ``Location`` whose body holds a meta
+refresh is still followed): without a ``Location`` it is D ``redirect:bad_location``, to a scheme other than
+http(s) (``file:``, ``ftp:``, ``data:``) D ``policy:scheme``. Plain Scrapy drops such a response in
+``HttpErrorMiddleware``; Fleet's worker took it for the page and stored an item of nothing, past the drift
+check (which judges 2xx pages only).
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from __future__ import annotations
 from typing import Any
 
 from scrapy import Request, Spider
+from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
+from scrapy.exceptions import NotConfigured
 from scrapy.http import Response
 
+from middlewares.classify import spider_handles
 from scraper.policy.refused import BadRedirect, RedirectLoop, RedirectScheme, Refused, TooManyRedirects
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the statuses Scrapy's RedirectMiddleware follows
 
-__all__ = ["FleetMetaRefreshMiddleware", "FleetRedirectMiddleware"]
+__all__ = ["FleetMetaRefreshMiddleware", "FleetRedirectMiddleware", "UnfollowedRedirectMiddleware"]
 
 
 class _Bounded:
@@ -67,32 +71,36 @@ class _Bounded:
 
 
 class FleetRedirectMiddleware(_Bounded, RedirectMiddleware):
-    """Scrapy's RedirectMiddleware (3xx + Location) with _Bounded's loop and limit outcomes, and a 3xx it
-    leaves unfollowed refused (module docstring)."""
-
-    def process_response(
-        self, request: Request, response: Response, spider: Spider | None = None
-    ) -> Request | Response:
-        result = super().process_response(request, response, spider)
-        if result is response and response.status in _REDIRECTS and not self._wanted(request, response.status):
-            location = response.headers.get("Location")
-            if not location:
-                raise self._with_response(BadRedirect(f"status={response.status} without a Location"), response)
-            scheme = location.split(b":", 1)[0].lower().decode("latin-1")[:20] if b":" in location else "?"
-            raise self._with_response(
-                RedirectScheme(f"status={response.status} to a {scheme!r} URL (not followed)"), response)
-        return result
-
-    def _wanted(self, request: Request, status: int) -> bool:
-        """Whether the spider takes this 3xx itself (Scrapy's conditions for not redirecting)."""
-        spider = getattr(self.crawler, "spider", None)
-        return bool(
-            request.meta.get("dont_redirect", False)
-            or status in getattr(spider, "handle_httpstatus_list", ())
-            or status in request.meta.get("handle_httpstatus_list", ())
-            or request.meta.get("handle_httpstatus_all", False)
-        )
+    """Scrapy's RedirectMiddleware (3xx + Location) with _Bounded's loop and limit outcomes."""
 
 
 class FleetMetaRefreshMiddleware(_Bounded, MetaRefreshMiddleware):
     """Scrapy's MetaRefreshMiddleware (<meta http-equiv=refresh>) with _Bounded's outcomes."""
+
+
+class UnfollowedRedirectMiddleware:
+    """A 3xx that reached it was followed by neither redirect middleware: refused unless the spider takes it
+    (``dont_redirect``, ``handle_httpstatus_list``/``_all``, HTTPERROR_ALLOWED_CODES: the classifier's rule),
+    so it never becomes the page (module docstring). Off with REDIRECT_ENABLED=False: then every 3xx is the
+    spider's, as in Scrapy. Runs below FleetMetaRefreshMiddleware (settings: 570)."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        if not crawler.settings.getbool("REDIRECT_ENABLED", True):
+            raise NotConfigured
+        self.crawler = crawler
+        self.allowed_codes = frozenset(int(x) for x in crawler.settings.getlist("HTTPERROR_ALLOWED_CODES"))
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> UnfollowedRedirectMiddleware:
+        return cls(crawler)
+
+    def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Response:
+        status = response.status
+        if status not in _REDIRECTS or request.meta.get("dont_redirect", False) \
+                or spider_handles(self.crawler, request, status, self.allowed_codes):
+            return response
+        location = response.headers.get("Location")
+        if not location:
+            raise BadRedirect(f"status={status} without a Location", response)
+        scheme = location.split(b":", 1)[0].lower().decode("latin-1")[:20] if b":" in location else "?"
+        raise RedirectScheme(f"status={status} to a {scheme!r} URL (not followed)", response)

@@ -96,7 +96,7 @@ class ObjectPipeline:
         if rt is not None:
             if item is None:  # a pipeline before ours forgot ``return item``: nothing to store, as if dropped
                 rt.item_dropped(_YIELDED.get(None))
-            elif not ItemAdapter.is_item(item):
+            elif type(item) is not dict and not ItemAdapter.is_item(item):
                 # 42, a string, a list: no object can hold it. Scrapy passes it on and its exporters log an
                 # error for it alone; here too it is left out and the page's real items are written (it
                 # failed every write: a class A retry of the page, four fetches, then the DLQ)

@@ -122,6 +122,8 @@ DOWNLOADER_MIDDLEWARES = {
     "middlewares.redirect.FleetRedirectMiddleware": 600,
     "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
     "middlewares.redirect.FleetMetaRefreshMiddleware": 580,
+    # a 3xx neither of those followed (a Location to file:, none at all): refused, never the page
+    "middlewares.redirect.UnfollowedRedirectMiddleware": 570,
 }
 
 # The object write is the last item pipeline: pipelines.objects.ObjectPipeline, at 1000, hands each item,

@@ -172,10 +172,10 @@ def check_store(cfg: FleetConfig) -> None:
     """FLEET_STORE names a store Fleet can open (file:// or s3://bucket/prefix), or a one-line error (exit 1).
     Called before ``fleet run`` seeds and before a worker starts: a run whose workers cannot write must not
     be seeded (its requests would wait in READY for a spider that can never start). Nothing is written."""
-    from scraper.store.backends import open_store
+    from scraper.store.backends import check_store_uri
 
     try:
-        open_store(cfg.store)
+        check_store_uri(cfg.store)
     except ValueError as exc:
         raise fail(f"FLEET_STORE: {exc}") from None
 

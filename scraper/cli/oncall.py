@@ -171,6 +171,20 @@ def _breakers_list(spider: str | None, as_json: bool) -> None:
     out.print(table)
 
 
+def _breaker_domain(domain: str, known: Any) -> str:
+    """The domain as breakers record it (a request URL's host: lowercase, IDNA-encoded, as Scrapy sends it),
+    with or without a trailing dot, whichever the spider has a breaker for."""
+    from urllib.parse import urlsplit
+
+    from w3lib.url import safe_url_string
+
+    try:
+        host = urlsplit(safe_url_string(f"http://{domain.strip()}/")).hostname or domain.lower()
+    except ValueError:
+        host = domain.lower()
+    return next((d for d in (host, host.rstrip("."), host + ".") if d in known), host)
+
+
 @breakers_app.command("reset")
 def breakers_reset(
     spider: Annotated[str, typer.Argument(callback=spider_arg)],
@@ -179,20 +193,21 @@ def breakers_reset(
     """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
     cfg = load_config()
     known = asyncio.run(_breakers(cfg, spider)).get(spider, {})
-    if domain.lower() not in known:  # a typo must not write a breaker record for a domain never crawled
+    domain = _breaker_domain(domain, known)
+    if domain not in known:  # a typo must not write a breaker record for a domain never crawled
         listed = ", ".join(sorted(known)[:10]) or "none"
-        raise fail(f"spider {spider!r} has no breaker for {domain.lower()!r} (its breakers: {listed}; "
+        raise fail(f"spider {spider!r} has no breaker for {domain!r} (its breakers: {listed}; "
                    f"see fleet breakers list {spider})", EXIT_ARGS)
 
     async def go() -> int:
         client = await connect(redis_url_for(cfg))
         try:
-            return await (await open_queue(client, spider)).breaker_reset(domain.lower())
+            return await (await open_queue(client, spider)).breaker_reset(domain)
         finally:
             await client.aclose()
 
     released = asyncio.run(go())
-    print(json.dumps({"spider": spider, "domain": domain.lower(), "state": "closed", "released": released,
+    print(json.dumps({"spider": spider, "domain": domain, "state": "closed", "released": released,
                       "next": f"running workers take the released requests; with none running (cron), "
                               f"fleet run {spider} --resume RUN finishes the run"}))
 

@@ -44,7 +44,7 @@ This table is the one place the ``FLEET_*`` variables are documented.
 | FLEET_BREAKER_RATE | 0.5 | drift breaker: C share of the window needed to open (0 to 1) |
 | FLEET_BREAKER_COOLDOWN | 1800 | seconds open before one half-open probe; doubles per re-trip, capped at 8 h |
 | FLEET_REDIS_RUN | ``redis-%Y%m%d`` | the run of requests a scrapy-redis spider's start key feeds (README, Migrating from scrapy-redis): a run id or a ``strftime`` pattern of one, in UTC at the time an entry is taken from the key. A URL pushed twice within one run is fetched once (SEEN), so the default gives a pushed URL one fetch a day; ``redis-%Y%m%dT%H`` one an hour, a fixed name once per FLEET_DEDUP_TTL |
-| FLEET_LOG_LEVEL | INFO | level of Fleet's events; Scrapy's and other libraries' records pass at this level but never below INFO (Scrapy's start-up and stats dumps are DEBUG). `fleet demo`: WARNING. With a progress bar, `fleet run` shows its workers' events from WARNING up unless this is set |
+| FLEET_LOG_LEVEL | INFO | level of Fleet's events (DEBUG, INFO, WARNING, ERROR, CRITICAL); Scrapy's and other libraries' records pass at this level but never below INFO (Scrapy's start-up and stats dumps are DEBUG). `fleet demo`: WARNING. With a progress bar, `fleet run` shows its workers' events from WARNING up unless this is set |
 | FLEET_LOG_FORMAT | auto | ``json``: one JSON object a line; ``console``: ``time [level] event key=value`` for people (coloured on a terminal unless NO_COLOR is set); ``auto``: console when stderr is a terminal, else JSON. `fleet run`, `fleet demo`, `fleet seed --urls` (files of 1 MiB or more, or stdin) and `fleet export` draw a progress bar on stderr only when it is a terminal, the format is not json and CI is unset |
 """
 
@@ -104,8 +104,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 def _log_level(env: Mapping[str, str]) -> str:
     level = (_get(env, "FLEET_LOG_LEVEL") or "INFO").upper()
-    if level == "WARN":
-        return "WARNING"
+    level = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}.get(level, level)  # logging's aliases
     if level not in _LOG_LEVELS:
         raise ConfigError(f"FLEET_LOG_LEVEL={level!r} is not a level: use one of {', '.join(_LOG_LEVELS)}")
     return level

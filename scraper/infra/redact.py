@@ -38,22 +38,29 @@ def redact(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
 
 
-def redact_data(value: object) -> object:
-    """JSON-like data fit to show or store as evidence: :func:`redact` on every string (keys too), and
-    ``***`` for the value of a :data:`SECRET_KEYS` field. Why: DLQ fields, breaker samples and evidence
-    objects carry request URLs, which may hold ``user:pass@`` (a seeded URL, a Location), and these are
-    printed by ``fleet dlq list --json`` and read by whoever opens the evidence."""
+_WHOLE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://\S*")
+
+
+def redact_data(value: object, *, secret_fields: bool = True) -> object:
+    """JSON-like data fit to show or store as evidence: a string that is one URL through :func:`redact_url`
+    (exact: the userinfo only; ``redact``'s text rule would take ``http://h:8080/?e=a@b.example`` for a
+    password), any other string through :func:`redact`, keys too; with ``secret_fields``, ``***`` for the
+    value of a :data:`SECRET_KEYS` field. Why: DLQ fields, breaker samples and evidence objects carry request
+    URLs, which may hold ``user:pass@`` (an entry queued before such URLs were refused, a Location), and these
+    are printed by ``fleet dlq list --json`` and read by whoever opens the evidence. Evidence keeps its
+    secret-named fields (``secret_fields=False``): ``fleet replay`` calls the callback with its cb_kwargs."""
     if isinstance(value, str):
-        return redact(value)
+        return redact_url(value) if _WHOLE_URL.fullmatch(value) else redact(value)
     if isinstance(value, dict):
         return {
             (redact(k) if isinstance(k, str) else k): (
-                "***" if isinstance(k, str) and k.lower() in SECRET_KEYS and v else redact_data(v)
+                "***" if secret_fields and isinstance(k, str) and k.lower() in SECRET_KEYS and v
+                else redact_data(v, secret_fields=secret_fields)
             )
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
-        return [redact_data(v) for v in value]
+        return [redact_data(v, secret_fields=secret_fields) for v in value]
     return value
 
 

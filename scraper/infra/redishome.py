@@ -38,17 +38,22 @@ class FleetHomeError(RedisConfigError):
 def fleet_home() -> pathlib.Path:
     """``$FLEET_HOME`` or ``~/.fleet``, created (mode 0700: it holds the queue) if missing."""
     raw = os.environ.get("FLEET_HOME") or "~/.fleet"
-    home = pathlib.Path(raw).expanduser().absolute()
+    return _made(pathlib.Path(raw).expanduser().absolute())
+
+
+def _made(path: pathlib.Path) -> pathlib.Path:
+    """``path`` as a directory (made mode 0700 if missing), or :class:`FleetHomeError` in one line: a file
+    there, a read-only or missing parent is a setting to fix, not a traceback."""
     try:
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:  # a file there, a read-only or missing parent: a setting to fix, in one line
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
         raise FleetHomeError(
-            f"FLEET_HOME {str(home)[:200]!r} cannot be made a directory ({exc.strerror or type(exc).__name__}): "
+            f"{str(path)[:200]!r} (FLEET_HOME) cannot be made a directory ({exc.strerror or type(exc).__name__}): "
             f"set FLEET_HOME to a writable directory, or FLEET_REDIS_URL to a Redis of your own"
         ) from None
-    if not home.is_dir():
-        raise FleetHomeError(f"FLEET_HOME {str(home)[:200]!r} is not a directory")
-    return home
+    if not path.is_dir():
+        raise FleetHomeError(f"{str(path)[:200]!r} (FLEET_HOME) is not a directory")
+    return path
 
 
 def redis_server_binary() -> str:
@@ -78,9 +83,7 @@ def redis_server_binary() -> str:
 def redis_dir(home: pathlib.Path | None) -> pathlib.Path:
     """``<home>/redis`` (``fleet_home()`` when ``home`` is None), created mode 0700."""
     base = pathlib.Path(home).expanduser().absolute() if home is not None else fleet_home()
-    rdir = base / "redis"
-    rdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return rdir
+    return _made(base / "redis")
 
 
 def embedded_redis_url(home: pathlib.Path | None = None) -> str:

@@ -85,12 +85,12 @@ def parse_schemes(raw: str) -> tuple[str, ...]:
 def _authority_problem(scheme: str, authority: str) -> str | None:
     """Why ``scheme://authority`` cannot be fetched, or None. Parsed as urllib (and so Scrapy and
     Twisted) parses it."""
-    if "@" in authority:
+    if "@" in authority and scheme in ("http", "https"):  # ftp takes ftp_user/ftp_password meta instead
         # user:pass@host: Scrapy's downloader takes the userinfo for part of the host name and fails every
         # attempt (Twisted's "invalid hostname"); a site's credentials go in the spider's http_user and
         # http_pass (Scrapy's HttpAuthMiddleware), never in a URL that logs, stats and the DLQ carry
         return "URL carries credentials (user:pass@host): not fetched; set the spider's http_user/http_pass"
-    hostport = authority
+    hostport = authority.rpartition("@")[2]
     try:
         parts = urlsplit(f"{scheme}://{authority}/")
         host = parts.hostname

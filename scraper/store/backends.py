@@ -15,7 +15,7 @@ from scraper.store.base import (
     strip_userinfo,
 )
 from scraper.store.local import LocalStore
-from scraper.store.s3 import S3Store
+from scraper.store.s3 import S3Store, parse_s3_uri
 
 __all__ = [
     "DEFAULT_STORE_URI",
@@ -24,6 +24,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "StoreError",
+    "check_store_uri",
     "gzip_bytes",
     "open_store",
     "scrub_secrets",
@@ -32,13 +33,21 @@ __all__ = [
 
 def open_store(uri: str) -> ObjectStore:
     """Open the store named by ``FLEET_STORE``-style URI (``file://...`` or ``s3://...``)."""
+    return LocalStore(uri) if check_store_uri(uri) == "file" else S3Store(uri)
+
+
+def check_store_uri(uri: str) -> str:
+    """The scheme (``file`` or ``s3``) of a store URI that names a store, or ValueError saying what is wrong.
+    Nothing is opened, no client made (an AWS profile or config file is read only when the store is)."""
     if not uri:
         raise ValueError(f"empty store URI; expected s3://bucket/prefix or {DEFAULT_STORE_URI}")
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
     if scheme == "file":
-        return LocalStore(uri)
+        LocalStore(uri)  # parses only
+        return scheme
     if scheme == "s3":
-        return S3Store(uri)
+        parse_s3_uri(uri)
+        return scheme
     raise ValueError(
         f"unsupported store URI {strip_userinfo(uri)!r}: expected s3://bucket/prefix, "
         f"file:///absolute/path or file://./relative/path (default {DEFAULT_STORE_URI})"

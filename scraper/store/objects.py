@@ -136,10 +136,11 @@ class ItemEncodeError(ValueError):
 
 
 def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null, and as the text json wrote before (``"NaN"``) when a key."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {(repr(k) if isinstance(k, float) and not math.isfinite(k) else k): _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
@@ -151,7 +152,10 @@ def _encode(data: dict[str, Any]) -> str:
     except ValueError as exc:
         if "ircular" in str(exc):
             raise ItemEncodeError("item holds a reference to itself (a cycle): no JSON can hold it") from None
+    try:
         return _encode_strict(_finite(data))  # NaN or +-Infinity somewhere in it (the rare case)
+    except ValueError as exc:  # whatever else no strict JSON holds: the same at every attempt
+        raise ItemEncodeError(f"item is not JSON: {str(exc)[:200]}") from None
 
 
 def encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
@@ -206,6 +210,7 @@ class ObjectWriter:
     def write_evidence(self, spider: str, run: str, cls: str, fp: str, evidence: dict[str, Any]) -> str:
         key = evidence_key(spider, run, cls, fp)
         # redacted: the request's URL may hold user:pass@ (SECURITY.md: never a password in evidence)
-        data = json.dumps(redact_data(evidence), ensure_ascii=False, default=str, sort_keys=True).encode("utf-8")
+        data = json.dumps(redact_data(evidence, secret_fields=False), ensure_ascii=False, default=str,
+                          sort_keys=True).encode("utf-8")
         self.store.put(key, data, content_type="application/json")
         return key

@@ -23,7 +23,28 @@ from scraper.store.base import (
     validate_prefix,
 )
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "parse_s3_uri"]
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, prefix) of an ``s3://bucket/prefix`` URI, or ValueError saying what is wrong. No client is
+    made: ``fleet run`` checks FLEET_STORE with this before it seeds (scraper.cli.common.check_store)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        raise ValueError(f"not an s3:// URI: {strip_userinfo(uri)!r}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"credentials in the store URI are not supported ({strip_userinfo(uri)!r}); "
+            "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile"
+        )
+    if not parts.netloc:
+        raise ValueError(f"s3 URI has no bucket: {uri!r} (expected s3://bucket/prefix)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"s3 URI may not carry a query or fragment: {uri!r}")
+    prefix = parts.path.strip("/")
+    if prefix:
+        validate_key(prefix)
+    return parts.netloc, prefix
 
 
 class S3Store(ObjectStore):
@@ -36,23 +57,8 @@ class S3Store(ObjectStore):
     """
 
     def __init__(self, uri: str) -> None:
-        parts = urlsplit(uri)
-        if parts.scheme != "s3":
-            raise ValueError(f"not an s3:// URI: {strip_userinfo(uri)!r}")
-        if "@" in parts.netloc:
-            raise ValueError(
-                f"credentials in the store URI are not supported ({strip_userinfo(uri)!r}); "
-                "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile"
-            )
-        if not parts.netloc:
-            raise ValueError(f"s3 URI has no bucket: {uri!r} (expected s3://bucket/prefix)")
-        if parts.query or parts.fragment:
-            raise ValueError(f"s3 URI may not carry a query or fragment: {uri!r}")
         self.uri = uri
-        self.bucket = parts.netloc
-        self.prefix = parts.path.strip("/")
-        if self.prefix:
-            validate_key(self.prefix)
+        self.bucket, self.prefix = parse_s3_uri(uri)
         self._client = self._make_client()
 
     def _make_client(self) -> S3Client:

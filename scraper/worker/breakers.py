@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
-from scraper.infra.redact import redact_data
+from scraper.infra.redact import redact_url
 from scraper.worker.alerts import Alerter
 
 __all__ = ["NOSPEC_SECONDS", "Breakers", "closed_alert", "opened_alert"]
@@ -32,13 +32,14 @@ def opened_alert(spider: str, domain: str, event: str, rate: float | None, windo
     """The breaker_opened alert: what is missing, sample URLs and evidence, and what to run next.
     ``info`` is the breaker's entry from FleetQueue.breakers()."""
     samples = info.get("samples", [])
-    urls = [s_.get("url") for s_ in samples]
+    # redacted (a chat channel): no user:pass@ of a sample URL, in the list or in the replay command
+    urls = [redact_url(u) if isinstance(u, str) else u for u in (s_.get("url") for s_ in samples)]
     missing = sorted({f for s_ in samples for f in s_.get("missing", [])})
     evidence = [s_.get("evidence_key") for s_ in samples if s_.get("evidence_key")]
     replay = f"fleet replay {spider} --url {urls[-1]}" if urls else f"fleet replay {spider} --key <raw key>"
     reset = f"fleet breakers reset {spider} {domain}"
     resume = f"fleet run {spider} --resume <RUN>"
-    alert = {
+    return {
         "text": (f":rotating_light: Fleet drift breaker {'re-' if event == 'reopened' else ''}opened for "
                  f"spider {spider} on {domain}: C rate {rate} over the last {window} item pages; "
                  f"missing fields: {', '.join(missing) or 'all items'}. "
@@ -49,7 +50,6 @@ def opened_alert(spider: str, domain: str, event: str, rate: float | None, windo
         "evidence_keys": evidence, "replay_command": replay, "reset_command": reset, "resume_command": resume,
         "open_until": info.get("open_until"),
     }
-    return cast(dict[str, Any], redact_data(alert))  # to a chat channel: no user:pass@ of a sample URL
 
 
 class Breakers:

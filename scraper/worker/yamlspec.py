@@ -387,8 +387,8 @@ def load_dir(directory: str | Path) -> tuple[dict[str, type[YamlSpider]], list[s
     errors: list[str] = []
     for path in sorted(p for p in d.iterdir() if p.suffix in SUFFIXES and p.is_file()):
         try:
-            if path.stat().st_size > 1 << 20:  # a spec is a page of YAML; parsing 9 MB took a minute
-                raise SpecError(f"{path}: larger than 1 MiB")
+            if path.stat().st_size > 4 << 20:  # ~60k start URLs; parsing 9 MB took a minute and 1.4 GB
+                raise SpecError(f"{path}: larger than 4 MiB (seed URLs go in a file: fleet seed --urls)")
             spec = parse_spec(path, path.read_text(encoding="utf-8"))
         except (SpecError, OSError, UnicodeDecodeError) as exc:  # each named by its file
             errors.append(str(exc) if isinstance(exc, SpecError) else f"{path}: {getattr(exc, 'strerror', 0) or exc}")

@@ -4,7 +4,7 @@
 * A YAML spider's page with a malformed link (``http://[::1/``, a port out of range) keeps its items and its
   good links: the bad link is skipped where it is found (it raised out of the callback: class C, parked).
 * A 3xx Scrapy leaves unfollowed is refused, not stored as the page: to ``file:`` D ``policy:scheme``,
-  without a ``Location`` D ``redirect:bad_location``.
+  without a ``Location`` D ``redirect:bad_location`` (unless its body's meta refresh is followed).
 * A link with ``user:pass@`` is refused where it is found (Scrapy's downloader cannot send it: it failed
   four fetches as class A); nothing the CLI prints or the store keeps holds the password.
 * A Python spider's output that is no item (``42``) is left out and the page's items are written; NaN is
@@ -72,9 +72,11 @@ class _Site(BaseHTTPRequestHandler):
             self._send(302, b"", {"Location": "file:///etc/passwd"})
         elif p == "/noloc":
             self._send(302, b"")
+        elif p == "/noloc-refresh":  # no Location, but a meta refresh: followed, as in Scrapy
+            self._send(302, b'<meta http-equiv="refresh" content="0; url=/ok/4">')
         elif p == "/list":
             links = ["/ok/1", "http://[::1/", "http://127.0.0.1:99999/x", "/ok/2",
-                     f"http://u:s3cretpw@127.0.0.1:{self.port}/ok/3", "/tofile", "/noloc"]
+                     f"http://u:s3cretpw@127.0.0.1:{self.port}/ok/3", "/tofile", "/noloc", "/noloc-refresh"]
             body = "<title>list</title>" + "".join(f'<a href="{h}">x</a>' for h in links)
             self._send(200, body.encode())
         else:
@@ -121,7 +123,7 @@ def test_a_hostile_list_page_keeps_its_items_and_refuses_what_cannot_be_fetched(
     summary = json.loads(res.stdout)
     assert summary["parked"] == 0 and not summary["breakers_open"], summary
     titles = sorted(i["title"] for i in _items(tmp_path / "data"))
-    assert titles == ["list", "page /ok/1", "page /ok/2"], titles  # no item of a 302, none of /ok/3
+    assert titles == ["list", "page /ok/1", "page /ok/2", "page /ok/4"], titles  # no item of a 302, none of /ok/3
     reasons, text = _dlq("probe_yaml", env)
     assert reasons == {"tofile": "policy:scheme", "noloc": "redirect:bad_location"}, reasons
     everything = text + res.stdout + res.stderr + "".join(

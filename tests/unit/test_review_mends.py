@@ -1,0 +1,104 @@
+"""The mends of a review of the hostile-probe fixes (session of 2026-12-07): an unfollowed 3xx is refused only
+where Scrapy would not hand it to the spider and after a meta refresh had its turn; redaction is exact on
+URLs; encoding, store URIs, log levels and breaker domains accept what they accepted before."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import scrapy
+from scrapy.exceptions import NotConfigured
+from scrapy.http import HtmlResponse, Request
+from scrapy.utils.test import get_crawler
+
+from middlewares.redirect import UnfollowedRedirectMiddleware
+from scraper.cli.oncall import _breaker_domain
+from scraper.infra.config import FleetConfig
+from scraper.infra.redact import redact_data
+from scraper.policy.refused import BadRedirect, RedirectScheme
+from scraper.policy.urls import refusal
+from scraper.store.backends import check_store_uri
+from scraper.store.objects import WriteContext, encode_items
+
+
+class _Spider(scrapy.Spider):
+    name = "s"
+
+
+def _mw(**settings: object) -> UnfollowedRedirectMiddleware:
+    crawler = get_crawler(_Spider, settings_dict=settings)
+    crawler.spider = _Spider()
+    return UnfollowedRedirectMiddleware.from_crawler(crawler)
+
+
+def _resp(status: int, location: str | None = None, **meta: object) -> tuple[Request, HtmlResponse]:
+    req = Request("http://a.test/x", meta=meta)
+    headers = {"Location": location} if location is not None else {}
+    return req, HtmlResponse(req.url, status=status, headers=headers, body=b"", request=req)
+
+
+def test_an_unfollowed_3xx_is_refused_unless_the_spider_takes_it() -> None:
+    mw = _mw()
+    with pytest.raises(BadRedirect):
+        mw.process_response(*_resp(302))
+    with pytest.raises(RedirectScheme) as exc:
+        mw.process_response(*_resp(301, "file:///etc/passwd"))
+    assert exc.value.reason == "policy:scheme" and "passwd" not in exc.value.detail
+    for req, resp in (_resp(302, dont_redirect=True), _resp(302, handle_httpstatus_list=[302]),
+                      _resp(302, handle_httpstatus_all=True), _resp(200), _resp(304)):
+        assert mw.process_response(req, resp) is resp
+    allowed = _mw(HTTPERROR_ALLOWED_CODES=[302])
+    req, resp = _resp(302)
+    assert allowed.process_response(req, resp) is resp
+    with pytest.raises(NotConfigured):
+        _mw(REDIRECT_ENABLED=False)
+
+
+def test_the_middleware_runs_below_meta_refresh() -> None:
+    from settings import DOWNLOADER_MIDDLEWARES as mws
+
+    assert mws["middlewares.redirect.UnfollowedRedirectMiddleware"] < mws["middlewares.redirect.FleetMetaRefreshMiddleware"]
+
+
+def test_redaction_is_exact_on_a_url_and_evidence_keeps_its_fields() -> None:
+    url = "http://shop.example:8080/search?email=a@b.example"
+    assert redact_data({"url": url}) == {"url": url}
+    assert redact_data({"url": "http://u:pw@h.test/"}) == {"url": "http://u:***@h.test/"}
+    evidence = {"cb_kwargs": {"token": "cursor-1"}, "url": url}
+    assert redact_data(evidence, secret_fields=False) == evidence
+
+
+def test_nan_keys_and_values_encode_and_the_rest_is_unchanged() -> None:
+    ctx = WriteContext(spider="s", spider_version="1", run="r", fp="a" * 16, url="http://a.test/", worker_id="w",
+                       attempt=1, attempts={}, proxy_id=None, fetched_at="t")
+    line = json.loads(encode_items(ctx, [{math.nan: 1, "x": [math.inf], 1.5: "k"}]))
+    assert line["nan"] == 1 and line["x"] == [None] and line["1.5"] == "k"
+
+
+def test_store_uris_are_checked_without_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")  # reading it would fail: nothing reads it here
+    assert check_store_uri("s3://bucket/prefix") == "s3" and check_store_uri("file://./data") == "file"
+    for bad in ("bogus://x", "s3://", "", "s3://b/p?q=1"):
+        with pytest.raises(ValueError):
+            check_store_uri(bad)
+
+
+def test_ftp_may_carry_userinfo_http_may_not() -> None:
+    assert refusal("ftp://user:pw@ftp.test/f", ("http", "https", "ftp")) is None
+    problem = refusal("https://user:pw@a.test/")
+    assert problem is not None and "credentials" in str(problem) and "pw" not in str(problem)
+
+
+@pytest.mark.parametrize("given,level", [("fatal", "CRITICAL"), ("NOTSET", "DEBUG"), ("Warn", "WARNING")])
+def test_logging_aliases_are_levels(given: str, level: str) -> None:
+    assert FleetConfig.from_env({"FLEET_LOG_LEVEL": given}).log_level == level
+
+
+def test_a_breaker_domain_is_found_as_recorded() -> None:
+    known = {"xn--bcher-kva.de": {}, "shop.example": {}}
+    assert _breaker_domain("Bücher.DE", known) == "xn--bcher-kva.de"
+    assert _breaker_domain("shop.example.", known) == "shop.example"
+    assert _breaker_domain("SHOP.example", known) == "shop.example"
+    assert _breaker_domain("other.example", known) == "other.example"
