@@ -11,26 +11,34 @@ them D ``redirect:loop`` / ``redirect:too_many``; the evidence is the hop count 
 A POST answered with a 303 to its own URL is not a loop (the GET that follows is a different request),
 so a URL counts as visited again only with the same method.
 
-A 3xx that neither middleware followed, although the spider did not ask for it, is refused by
+A 3xx that neither middleware followed and the spider does not handle is refused by
 :class:`UnfollowedRedirectMiddleware` (below both, so a 302 without a ``Location`` whose body holds a meta
 refresh is still followed): without a ``Location`` it is D ``redirect:bad_location``, to a scheme other than
-http(s) (``file:``, ``ftp:``, ``data:``) D ``policy:scheme``. Plain Scrapy drops such a response in
-``HttpErrorMiddleware``; Fleet's worker took it for the page and stored an item of nothing, past the drift
-check (which judges 2xx pages only).
+http(s) (``file:``, ``ftp:``, ``data:``) D ``policy:scheme``, any other (``dont_redirect``, redirects off)
+D ``http:<status>``. Plain Scrapy drops such a response in ``HttpErrorMiddleware`` (Fleet sets
+HTTPERROR_ALLOW_ALL so that its classifier decides); Fleet's worker took it for the page and stored an item
+of nothing, past the drift check (which judges 2xx pages only).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
-from scrapy.exceptions import NotConfigured
 from scrapy.http import Response
 
 from middlewares.classify import spider_handles
-from scraper.policy.refused import BadRedirect, RedirectLoop, RedirectScheme, Refused, TooManyRedirects
+from scraper.policy.refused import (
+    BadRedirect,
+    RedirectLoop,
+    RedirectScheme,
+    Refused,
+    TooManyRedirects,
+    UnhandledRedirect,
+)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the statuses Scrapy's RedirectMiddleware follows
 
@@ -79,15 +87,16 @@ class FleetMetaRefreshMiddleware(_Bounded, MetaRefreshMiddleware):
 
 
 class UnfollowedRedirectMiddleware:
-    """A 3xx that reached it was followed by neither redirect middleware: refused unless the spider takes it
-    (``dont_redirect``, ``handle_httpstatus_list``/``_all``, HTTPERROR_ALLOWED_CODES: the classifier's rule),
-    so it never becomes the page (module docstring). Off with REDIRECT_ENABLED=False: then every 3xx is the
-    spider's, as in Scrapy. Runs below FleetMetaRefreshMiddleware (settings: 570)."""
+    """A 3xx that reached it was followed by neither redirect middleware; unless the spider handles its status
+    (``handle_httpstatus_list``/``_all``, HTTPERROR_ALLOWED_CODES: the classifier's rule, Scrapy's
+    HttpErrorMiddleware's) it is refused, never the page (module docstring): a redirect Scrapy would follow but
+    for its ``Location`` is D ``redirect:bad_location`` (none) or ``policy:scheme`` (``file:``, ``ftp:``...);
+    any other (``dont_redirect``, REDIRECT_ENABLED=False, 300/304/305) D ``http:<status>``, as Scrapy drops it.
+    Runs below FleetMetaRefreshMiddleware (settings: 570): a meta refresh in the body is followed first."""
 
     def __init__(self, crawler: Crawler) -> None:
-        if not crawler.settings.getbool("REDIRECT_ENABLED", True):
-            raise NotConfigured
         self.crawler = crawler
+        self.follows = crawler.settings.getbool("REDIRECT_ENABLED", True)
         self.allowed_codes = frozenset(int(x) for x in crawler.settings.getlist("HTTPERROR_ALLOWED_CODES"))
 
     @classmethod
@@ -96,11 +105,16 @@ class UnfollowedRedirectMiddleware:
 
     def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Response:
         status = response.status
-        if status not in _REDIRECTS or request.meta.get("dont_redirect", False) \
-                or spider_handles(self.crawler, request, status, self.allowed_codes):
+        if not 300 <= status < 400 or spider_handles(self.crawler, request, status, self.allowed_codes):
             return response
         location = response.headers.get("Location")
-        if not location:
-            raise BadRedirect(f"status={status} without a Location", response)
-        scheme = location.split(b":", 1)[0].lower().decode("latin-1")[:20] if b":" in location else "?"
-        raise RedirectScheme(f"status={status} to a {scheme!r} URL (not followed)", response)
+        if status in _REDIRECTS and self.follows and not request.meta.get("dont_redirect", False):
+            if not location:
+                raise BadRedirect(f"status={status} without a Location", response)
+            try:
+                scheme = urlsplit(urljoin(request.url, location.decode("latin-1"))).scheme.lower()
+            except ValueError:
+                raise BadRedirect(f"status={status} to a Location no URL can be made of", response) from None
+            if scheme not in ("http", "https"):
+                raise RedirectScheme(f"status={status} to a {scheme[:20]!r} URL (not followed)", response)
+        raise UnhandledRedirect(status, f"status={status} not followed (the spider does not handle it)", response)

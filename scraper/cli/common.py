@@ -176,7 +176,7 @@ def check_store(cfg: FleetConfig) -> None:
 
     try:
         check_store_uri(cfg.store)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: file://~nosuchuser/ (expanduser)
         raise fail(f"FLEET_STORE: {exc}") from None
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "SECRET_KEYS",
     "redact",
     "redact_data",
+    "redact_request_url",
     "redact_setting",
     "redact_url",
     "secret_setting",
@@ -41,16 +42,30 @@ def redact(text: str) -> str:
 _WHOLE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://\S*")
 
 
+def redact_request_url(url: str) -> str:
+    """A request URL fit to show: its userinfo (``user:pass@``, or a bare token ``ghp_x@``) as ``***@``, the
+    authority read as urllib reads it (it ends at the first ``/``, ``?`` or ``#``, so an ``@`` in a path stays:
+    ``https://web.archive.org/web/2020/https://x.test/@foo``), and :func:`redact` over the rest (a URL with
+    credentials passed in a query, ``?next=https://a:pw@intranet/``). Exact where :func:`redact` on the whole
+    string takes ``http://h:8080/?e=a@b.example`` for a password; ``fleet replay`` fetches evidence URLs."""
+    scheme, sep, rest = url.partition("://")
+    end = min((p for p in (rest.find("/"), rest.find("?"), rest.find("#")) if p != -1), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{redact(tail)}"
+
+
 def redact_data(value: object, *, secret_fields: bool = True) -> object:
-    """JSON-like data fit to show or store as evidence: a string that is one URL through :func:`redact_url`
-    (exact: the userinfo only; ``redact``'s text rule would take ``http://h:8080/?e=a@b.example`` for a
-    password), any other string through :func:`redact`, keys too; with ``secret_fields``, ``***`` for the
-    value of a :data:`SECRET_KEYS` field. Why: DLQ fields, breaker samples and evidence objects carry request
-    URLs, which may hold ``user:pass@`` (an entry queued before such URLs were refused, a Location), and these
-    are printed by ``fleet dlq list --json`` and read by whoever opens the evidence. Evidence keeps its
-    secret-named fields (``secret_fields=False``): ``fleet replay`` calls the callback with its cb_kwargs."""
+    """JSON-like data fit to show or store as evidence: a string that is one URL through
+    :func:`redact_request_url`, any other string through :func:`redact`, keys too; with ``secret_fields``,
+    ``***`` for the value of a :data:`SECRET_KEYS` field. Why: DLQ fields, breaker samples and evidence
+    objects carry request URLs, which may hold ``user:pass@`` (an entry queued before such URLs were
+    refused, a Location), and these are printed by ``fleet dlq list --json`` and read by whoever opens the
+    evidence. Evidence keeps its secret-named fields (``secret_fields=False``): ``fleet replay`` calls the
+    callback with its cb_kwargs."""
     if isinstance(value, str):
-        return redact_url(value) if _WHOLE_URL.fullmatch(value) else redact(value)
+        return redact_request_url(value) if _WHOLE_URL.fullmatch(value) else redact(value)
     if isinstance(value, dict):
         return {
             (redact(k) if isinstance(k, str) else k): (

@@ -27,6 +27,7 @@ __all__ = [
     "Refused",
     "RobotsDisallowed",
     "TooManyRedirects",
+    "UnhandledRedirect",
 ]
 
 
@@ -75,6 +76,18 @@ class RedirectScheme(Refused):
     any other URL of such a scheme (middlewares.schemes): D ``policy:scheme``, unfetched."""
 
     reason = "policy:scheme"
+
+
+class UnhandledRedirect(Refused):
+    """A 3xx no redirect middleware followed (``dont_redirect``, REDIRECT_ENABLED=False, a status Scrapy does not
+    follow) and the spider does not handle (``handle_httpstatus_list``, HTTPERROR_ALLOWED_CODES): Scrapy's
+    HttpErrorMiddleware drops it unparsed; here D ``http:<status>``, as an unhandled 4xx."""
+
+    reason = "http:3xx"
+
+    def __init__(self, status: int, detail: str, response: Any = None) -> None:
+        self.reason = f"http:{status}"
+        super().__init__(detail, response)
 
 
 class TooManyRedirects(Refused):

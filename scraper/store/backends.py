@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+from urllib.parse import urlsplit
+
 from scraper.store.base import (
     DEFAULT_STORE_URI,
     InvalidKeyError,
@@ -47,6 +50,10 @@ def check_store_uri(uri: str) -> str:
         return scheme
     if scheme == "s3":
         parse_s3_uri(uri)
+        for name in ("AWS_ENDPOINT_URL", "FLEET_S3_ENDPOINT_URL"):  # boto3 refuses a bad one when it opens
+            endpoint = os.environ.get(name)
+            if endpoint and not (urlsplit(endpoint).scheme in ("http", "https") and urlsplit(endpoint).netloc):
+                raise ValueError(f"{name} is not an http(s) URL with a host")
         return scheme
     raise ValueError(
         f"unsupported store URI {strip_userinfo(uri)!r}: expected s3://bucket/prefix, "

@@ -135,12 +135,16 @@ class ItemEncodeError(ValueError):
     back to the queue as a failed write would (scraper.worker.finisher)."""
 
 
+_NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # json.dumps' spelling of such keys
+
+
 def _finite(value: Any) -> Any:
     """``value`` with NaN and infinities as null, and as the text json wrote before (``"NaN"``) when a key."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {(repr(k) if isinstance(k, float) and not math.isfinite(k) else k): _finite(v) for k, v in value.items()}
+        return {(_NONFINITE[repr(k)] if isinstance(k, float) and not math.isfinite(k) else k): _finite(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value

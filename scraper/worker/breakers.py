@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from scraper.infra.redact import redact_url
+from scraper.infra.redact import redact_request_url
 from scraper.worker.alerts import Alerter
 
 __all__ = ["NOSPEC_SECONDS", "Breakers", "closed_alert", "opened_alert"]
@@ -33,7 +33,7 @@ def opened_alert(spider: str, domain: str, event: str, rate: float | None, windo
     ``info`` is the breaker's entry from FleetQueue.breakers()."""
     samples = info.get("samples", [])
     # redacted (a chat channel): no user:pass@ of a sample URL, in the list or in the replay command
-    urls = [redact_url(u) if isinstance(u, str) else u for u in (s_.get("url") for s_ in samples)]
+    urls = [redact_request_url(u) if isinstance(u, str) else u for u in (s_.get("url") for s_ in samples)]
     missing = sorted({f for s_ in samples for f in s_.get("missing", [])})
     evidence = [s_.get("evidence_key") for s_ in samples if s_.get("evidence_key")]
     replay = f"fleet replay {spider} --url {urls[-1]}" if urls else f"fleet replay {spider} --key <raw key>"

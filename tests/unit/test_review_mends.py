@@ -9,7 +9,6 @@ import math
 
 import pytest
 import scrapy
-from scrapy.exceptions import NotConfigured
 from scrapy.http import HtmlResponse, Request
 from scrapy.utils.test import get_crawler
 
@@ -17,7 +16,7 @@ from middlewares.redirect import UnfollowedRedirectMiddleware
 from scraper.cli.oncall import _breaker_domain
 from scraper.infra.config import FleetConfig
 from scraper.infra.redact import redact_data
-from scraper.policy.refused import BadRedirect, RedirectScheme
+from scraper.policy.refused import BadRedirect, RedirectScheme, UnhandledRedirect
 from scraper.policy.urls import refusal
 from scraper.store.backends import check_store_uri
 from scraper.store.objects import WriteContext, encode_items
@@ -39,21 +38,26 @@ def _resp(status: int, location: str | None = None, **meta: object) -> tuple[Req
     return req, HtmlResponse(req.url, status=status, headers=headers, body=b"", request=req)
 
 
-def test_an_unfollowed_3xx_is_refused_unless_the_spider_takes_it() -> None:
+def test_an_unfollowed_3xx_is_refused_unless_the_spider_handles_it() -> None:
     mw = _mw()
     with pytest.raises(BadRedirect):
         mw.process_response(*_resp(302))
     with pytest.raises(RedirectScheme) as exc:
         mw.process_response(*_resp(301, "file:///etc/passwd"))
     assert exc.value.reason == "policy:scheme" and "passwd" not in exc.value.detail
-    for req, resp in (_resp(302, dont_redirect=True), _resp(302, handle_httpstatus_list=[302]),
-                      _resp(302, handle_httpstatus_all=True), _resp(200), _resp(304)):
+    # not followed for another reason (dont_redirect, redirects off, a status Scrapy does not follow, an http
+    # Location the redirect middleware skipped): dropped as Scrapy's HttpErrorMiddleware drops it
+    for mw_, (req, resp) in ((mw, _resp(302, "/ok", dont_redirect=True)), (_mw(REDIRECT_ENABLED=False), _resp(302, "/ok")),
+                             (mw, _resp(300)), (mw, _resp(304)), (mw, _resp(302, "/ok"))):
+        with pytest.raises(UnhandledRedirect) as unhandled:
+            mw_.process_response(req, resp)
+        assert unhandled.value.reason == f"http:{resp.status}"
+    for req, resp in (_resp(302, handle_httpstatus_list=[302]), _resp(302, handle_httpstatus_all=True), _resp(200),
+                      _resp(404)):
         assert mw.process_response(req, resp) is resp
     allowed = _mw(HTTPERROR_ALLOWED_CODES=[302])
     req, resp = _resp(302)
     assert allowed.process_response(req, resp) is resp
-    with pytest.raises(NotConfigured):
-        _mw(REDIRECT_ENABLED=False)
 
 
 def test_the_middleware_runs_below_meta_refresh() -> None:
@@ -63,9 +67,13 @@ def test_the_middleware_runs_below_meta_refresh() -> None:
 
 
 def test_redaction_is_exact_on_a_url_and_evidence_keeps_its_fields() -> None:
-    url = "http://shop.example:8080/search?email=a@b.example"
-    assert redact_data({"url": url}) == {"url": url}
-    assert redact_data({"url": "http://u:pw@h.test/"}) == {"url": "http://u:***@h.test/"}
+    for url in ("http://shop.example:8080/search?email=a@b.example", "https://web.archive.org/web/2020/https://x.test/@foo",
+                "http://h.test/a:b@c", "http://[::1]:80/a@b"):
+        assert redact_data({"url": url}) == {"url": url}
+    assert redact_data({"url": "http://u:pw@h.test/"}) == {"url": "http://***@h.test/"}
+    assert redact_data("https://ghp_token@github.test/x") == "https://***@github.test/x"
+    assert redact_data("https://h.test/login?next=https://alice:s3cret@intranet.test/") == \
+        "https://h.test/login?next=https://***@intranet.test/"
     evidence = {"cb_kwargs": {"token": "cursor-1"}, "url": url}
     assert redact_data(evidence, secret_fields=False) == evidence
 
@@ -74,7 +82,7 @@ def test_nan_keys_and_values_encode_and_the_rest_is_unchanged() -> None:
     ctx = WriteContext(spider="s", spider_version="1", run="r", fp="a" * 16, url="http://a.test/", worker_id="w",
                        attempt=1, attempts={}, proxy_id=None, fetched_at="t")
     line = json.loads(encode_items(ctx, [{math.nan: 1, "x": [math.inf], 1.5: "k"}]))
-    assert line["nan"] == 1 and line["x"] == [None] and line["1.5"] == "k"
+    assert line["NaN"] == 1 and line["x"] == [None] and line["1.5"] == "k"
 
 
 def test_store_uris_are_checked_without_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
