@@ -192,21 +192,22 @@ def breakers_reset(
 ) -> None:
     """Close a breaker and release its parked requests to READY (after the spider was fixed)."""
     cfg = load_config()
-    known = asyncio.run(_breakers(cfg, spider)).get(spider, {})
-    domain = _breaker_domain(domain, known)
-    if domain not in known:  # a typo must not write a breaker record for a domain never crawled
-        listed = ", ".join(sorted(known)[:10]) or "none"
-        raise fail(f"spider {spider!r} has no breaker for {domain!r} (its breakers: {listed}; "
-                   f"see fleet breakers list {spider})", EXIT_ARGS)
 
-    async def go() -> int:
+    async def go() -> tuple[str, int]:
         client = await connect(redis_url_for(cfg))
         try:
-            return await (await open_queue(client, spider)).breaker_reset(domain)
+            q = await open_queue(client, spider)
+            known = await q.breakers()
+            host = _breaker_domain(domain, known)
+            if host not in known:  # a typo must not write a breaker record for a domain never crawled
+                listed = ", ".join(sorted(known)[:10]) or "none"
+                raise fail(f"spider {spider!r} has no breaker for {host!r} (its breakers: {listed}; "
+                           f"see fleet breakers list {spider})", EXIT_ARGS)
+            return host, await q.breaker_reset(host)
         finally:
             await client.aclose()
 
-    released = asyncio.run(go())
+    domain, released = asyncio.run(go())
     print(json.dumps({"spider": spider, "domain": domain, "state": "closed", "released": released,
                       "next": f"running workers take the released requests; with none running (cron), "
                               f"fleet run {spider} --resume RUN finishes the run"}))

@@ -119,11 +119,10 @@ def _webhook(env: Mapping[str, str]) -> str | None:
         return None
     try:
         parts = urlsplit(raw)
-        host = parts.hostname
-    except ValueError:
-        host = None
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not host:
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed port or IPv6 host
+        ok = False
+    if not ok:
         raise ConfigError("FLEET_ALERT_WEBHOOK is not an http(s) URL with a host (its value is not shown: "
                           "a webhook URL is a secret)")
     return raw

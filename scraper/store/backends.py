@@ -51,8 +51,8 @@ def check_store_uri(uri: str) -> str:
     if scheme == "s3":
         parse_s3_uri(uri)
         for name in ("AWS_ENDPOINT_URL", "FLEET_S3_ENDPOINT_URL"):  # boto3 refuses a bad one when it opens
-            endpoint = os.environ.get(name)
-            if endpoint and not (urlsplit(endpoint).scheme in ("http", "https") and urlsplit(endpoint).netloc):
+            parts = urlsplit(os.environ.get(name) or "")
+            if parts.geturl() and not (parts.scheme in ("http", "https") and parts.netloc):
                 raise ValueError(f"{name} is not an http(s) URL with a host")
         return scheme
     raise ValueError(
