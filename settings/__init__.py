@@ -48,6 +48,12 @@ DOWNLOAD_TIMEOUT = 30
 # under the limit are parsed by their callback too, which needs memory of its own.
 DOWNLOAD_MAXSIZE = 32 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 8 * 1024 * 1024
+# ... and the tree a callback builds from a body: lxml takes ~130-180 bytes per tag, so a 32 MiB page of tiny
+# elements would take a worker to ~1.8 GB. A decoded text body with more tags than this (counted as its '<'
+# characters, an upper bound) is refused before any callback parses it: class D ``body:too_many_tags``
+# (middlewares.tags). 1,000,000 keeps a parsed page under ~180 MB; a spider raises it in custom_settings,
+# 0 switches the check off.
+FLEET_MAX_PAGE_TAGS = 1_000_000
 
 # The stall watchdog (scraper.worker.watchdog): a leased request with no progress for longer than its download
 # timeout plus this many seconds is settled as class A ``watchdog:stalled`` and its fetch cancelled.
@@ -117,6 +123,8 @@ DOWNLOADER_MIDDLEWARES = {
     # sees decoded bodies (middlewares.decompress)
     "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
     "middlewares.decompress.DecompressMiddleware": 960,
+    # a decoded page with more tags than FLEET_MAX_PAGE_TAGS is refused before a callback parses it (middlewares.tags)
+    "middlewares.tags.TagLimitMiddleware": 955,
     # Scrapy's redirects, with loops and REDIRECT_MAX_TIMES as class D redirect:loop / redirect:too_many
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
     "middlewares.redirect.FleetRedirectMiddleware": 600,

@@ -27,6 +27,7 @@ __all__ = [
     "Refused",
     "RobotsDisallowed",
     "TooManyRedirects",
+    "TooManyTags",
     "UnhandledRedirect",
 ]
 
@@ -50,6 +51,13 @@ class BodyTooLarge(Refused):
     """The body (on the wire, or once decoded) is larger than DOWNLOAD_MAXSIZE."""
 
     reason = "body:too_large"
+
+
+class TooManyTags(Refused):
+    """The decoded body has more tags (``<`` characters: an upper bound) than FLEET_MAX_PAGE_TAGS: parsing it
+    would take a worker's memory (middlewares.tags)."""
+
+    reason = "body:too_many_tags"
 
 
 class BodyUndecodable(Refused):

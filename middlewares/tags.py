@@ -1,0 +1,54 @@
+"""Downloader middleware: refuse a page whose markup would take more memory to parse than a worker can spare.
+
+Why: DOWNLOAD_MAXSIZE bounds a body's bytes, not the tree a callback builds from them. lxml (through parsel's
+``response.css``/``xpath``) costs ~130-180 bytes of a worker's memory per tag, so a hostile 24 MB page of 3
+million tiny elements took a worker to 1 GB, and one of 32 MiB of ``<a>`` would take it to ~1.8 GB. Counting
+the body's ``<`` characters (bytes.count: ~0.4 ms a MB) is an upper bound on its tags (every tag opens with
+one; a ``<`` in text or a script only over-counts), so a page over ``FLEET_MAX_PAGE_TAGS`` raises
+:class:`~scraper.policy.refused.TooManyTags` before any callback parses it: class D ``body:too_many_tags``,
+the count and the limit as evidence. The memory a parsed page can take is then about 180 B x the limit
+(1,000,000 by default: ~180 MB). A spider that crawls bigger documents raises it in its custom_settings;
+0 switches the check off.
+
+It sits at 955, between ``DecompressMiddleware`` (960: the count is of the decoded text) and the classifier
+(950), and reads only text responses (HTML, XML, plain text: what a callback can build a selector from). A
+redirect that is followed is never parsed and is let through, as the decoder lets it through.
+"""
+
+from __future__ import annotations
+
+from scrapy import Request
+from scrapy.crawler import Crawler
+from scrapy.exceptions import NotConfigured
+from scrapy.http import Response, TextResponse
+
+from scraper.policy.refused import TooManyTags
+
+__all__ = ["TagLimitMiddleware"]
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class TagLimitMiddleware:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> TagLimitMiddleware:
+        limit = crawler.settings.getint("FLEET_MAX_PAGE_TAGS")
+        if limit <= 0:
+            raise NotConfigured("FLEET_MAX_PAGE_TAGS <= 0: no limit")
+        return cls(limit)
+
+    def process_response(self, request: Request, response: Response) -> Response:
+        if not isinstance(response, TextResponse):
+            return response
+        if response.status in _REDIRECTS and b"Location" in response.headers:
+            return response
+        body = response.body
+        if len(body) <= self.limit:  # fewer bytes than the limit: fewer tags too (the usual page: no count)
+            return response
+        tags = body.count(b"<")
+        if tags > self.limit:
+            raise TooManyTags(f"tags={tags} bytes={len(body)} limit={self.limit}", response, classified=False)
+        return response
