@@ -31,7 +31,14 @@ from scraper.infra.redishome import FleetHomeError
 from scraper.queue import redisio
 from scraper.queue.keys import QueueError
 from scraper.queue.shards import open_queue
-from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, check_setting_values, load_spider
+from scraper.worker.catalog import (
+    SettingsError,
+    SpiderNotFound,
+    base_settings,
+    check_setting_values,
+    load_spider,
+    worker_settings,
+)
 from scraper.worker.identity import ItemKeyError, item_key_of
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "redis_url_for",
     "run_summary",
     "spider_class",
+    "spider_instance",
 ]
 
 err = Console(stderr=True, soft_wrap=True)  # one-line errors: never wrapped at the terminal width
@@ -200,6 +208,28 @@ def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
     except (SpiderNotFound, ItemKeyError, SettingsError) as exc:
         raise fail(str(exc)) from None
 
+
+
+def spider_instance(spidercls: type[Spider], cfg: FleetConfig, why: str) -> Spider:
+    """The spider as Scrapy makes it (``from_crawler`` on a Crawler with the worker's settings), for the commands
+    that call its code outside a worker: ``fleet seed``/``run`` read its ``start()``, ``fleet replay`` its
+    callbacks. A plain ``spidercls()`` had no ``settings`` nor ``crawler``, so a ``start()`` reading
+    ``self.settings`` or an attribute ``from_crawler`` sets crashed. The Crawler is never started: no engine,
+    no reactor; its stats are an in-memory collector for a ``from_crawler`` that counts. Whatever building it
+    raises (a required spider argument) is a one-line error naming ``why``."""
+    from scrapy.crawler import Crawler
+    from scrapy.statscollectors import MemoryStatsCollector
+
+    try:
+        crawler = Crawler(spidercls, worker_settings(spidercls, fleet_settings(cfg)))
+        crawler.stats = MemoryStatsCollector(crawler)
+        spider = spidercls.from_crawler(crawler)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        raise fail(f"cannot create spider {spidercls.name!r} {why}: {type(exc).__name__}: {exc}") from None
+    crawler.spider = spider
+    return spider
 
 
 def check_shards(cfg: FleetConfig, spidercls: type[Spider]) -> None:

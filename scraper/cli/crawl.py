@@ -60,10 +60,11 @@ def seed(
 ) -> None:
     """Enqueue requests for SPIDER; without --url/--urls, the spider's own start requests.
 
-    A URL already enqueued in the same run is skipped (SEEN). Prints JSON {run, enqueued, skipped}.
+    A URL already enqueued in the same run is skipped (SEEN). Prints JSON {spider, run, enqueued, skipped}.
     A URL Fleet would not fetch (a scheme FLEET_SCHEMES does not allow, no host, malformed, a line that
     is not UTF-8) is rejected with one line on stderr; the others are still enqueued, the JSON then has
-    "rejected": N and the exit code is 2.
+    "rejected": N and the exit code is 2. Items the spider's start() yields are not stored (Fleet stores
+    items per request): a warning, and "start_items_dropped": N.
     """
     cfg = load_config()
     spidercls = spider_class(spider, cfg)
@@ -108,7 +109,7 @@ def run_cmd(
         help="Drain the existing run RUN without seeding (after `fleet breakers reset`, or a run cut by --deadline).")] = None,
     deadline: Annotated[Optional[float], typer.Option(
         "--deadline", metavar="SECONDS",
-        help="Stop the workers gracefully after this long (their leases go back to READY) and exit 5.")] = None,
+        help="Stop the workers gracefully after this long (their leases go back to READY); exit 5 if work was left.")] = None,
     idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
     export: Annotated[bool, typer.Option(
         "--export", help="At the end, export the run as Parquet (as `fleet export`); the summary gets an export field.")] = False,
@@ -120,8 +121,8 @@ def run_cmd(
 
     Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
     a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
-    3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`);
-    1 configuration error. With --export, the run is exported at the end (unless the run itself failed with
+    3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`) or requests
+    the spider yielded could not be queued ("discovered_rejected"); 1 configuration error. With --export, the run is exported at the end (unless the run itself failed with
     exit 3) and an export failure is exit 3 too.
     """
     with _sigterm_ends_run():

@@ -17,6 +17,7 @@ from typing import Any
 from scrapy import Request, Spider
 from scrapy.http import HtmlResponse
 
+from scraper.cli.common import spider_instance
 from scraper.infra.config import FleetConfig
 from scraper.policy import drift
 from scraper.queue.envelope import fp64
@@ -99,7 +100,7 @@ def run_replay(
     if not page_url:
         raise ReplayError("the snapshot has no evidence record with its URL: pass --url as well")
     cb_name = callback or evidence.get("callback") or "parse"
-    spider = spidercls()
+    spider = spider_instance(spidercls, cfg, "to replay its callback")
     cb = getattr(spider, cb_name, None)
     if cb is None:
         raise ReplayError(f"spider {name!r} has no callback {cb_name!r}")

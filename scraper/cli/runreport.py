@@ -40,7 +40,8 @@ EXIT_INCOMPLETE = 5
 STATS_ENV = "FLEET_STATS_FILE"
 
 #: Worker stats that the run summary adds up (prefix ``fleet/class/`` gives the outcomes per class: ok, A-D).
-_SUMMED = ("fleet/ignored", "fleet/objects", "fleet/parked", "fleet/retried", "fleet/dlq", "item_scraped_count")
+_SUMMED = ("fleet/ignored", "fleet/objects", "fleet/parked", "fleet/retried", "fleet/dlq", "fleet/items/written",
+           "fleet/discovered_rejected")
 
 
 def write_worker_stats(stats: Mapping[str, Any], path: str | None = None) -> None:
@@ -82,8 +83,13 @@ def merge_worker_stats(paths: Iterable[Path]) -> dict[str, Any]:
         "outcomes": outcomes,
         "ignored": int(total.get("fleet/ignored", 0)),
         "objects": int(total.get("fleet/objects", 0)),
-        "items": int(total.get("item_scraped_count", 0)),
+        # items written in objects, not Scrapy's item_scraped_count (items through the pipelines, also those
+        # of a page that then went to the DLQ or parked as drift: never stored)
+        "items": int(total.get("fleet/items/written", 0)),
         "retried": int(total.get("fleet/retried", 0)),
+        # requests the spider yielded that could not be queued (cb_kwargs no JSON, a callback that is no
+        # method of the spider): lost work, each a request_rejected line in the worker's log
+        "discovered_rejected": int(total.get("fleet/discovered_rejected", 0)),
     }
 
 
@@ -144,6 +150,7 @@ def summarize(
         "objects": workers.get("objects", 0),
         "items": workers.get("items", 0),
         "retried": workers.get("retried", 0),
+        "discovered_rejected": workers.get("discovered_rejected", 0),
         "workers_reporting": workers.get("workers_reporting", 0),
         "deadline_passed": deadline_passed,
         "workers": len(worker_codes),
@@ -159,7 +166,8 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
     3 a worker failed (Redis or the store down past its limit, or it was killed); 1 a worker could
     not start (configuration); 5 incomplete: the deadline passed with work left, requests are parked
     or still queued, or a breaker is open; 4 the run drained but some of its requests ended in the
-    DLQ; 2 it drained but some input URLs were rejected at seeding; 0 drained with nothing parked and
+    DLQ; 2 it drained but some input URLs were rejected at seeding, or requests the spider yielded could not be
+    queued (``discovered_rejected``); 0 drained with nothing parked and
     no breaker open. Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
     """
     codes = summary.get("worker_exit_codes") or []
@@ -187,6 +195,12 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
         return EXIT_INCOMPLETE, "run incomplete: " + "; ".join(why) + hint
     if summary.get("dlq"):
         return EXIT_DLQ, f"{summary['dlq']} requests of the run are in the DLQ (fleet dlq {summary['spider']} list)"
+    rejected = []
     if summary.get("rejected"):
-        return EXIT_ARGS, f"{summary['rejected']} input URLs were rejected (one line each above); the rest finished"
+        rejected.append(f"{summary['rejected']} input URLs were rejected (one line each above)")
+    if summary.get("discovered_rejected"):
+        rejected.append(f"{summary['discovered_rejected']} requests the spider yielded could not be queued "
+                        "(request_rejected in the worker logs)")
+    if rejected:
+        return EXIT_ARGS, "; ".join(rejected) + "; the rest finished"
     return 0, ""

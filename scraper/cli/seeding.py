@@ -14,7 +14,7 @@ from typing import Any
 from rich.markup import escape
 from scrapy import Request, Spider
 
-from scraper.cli.common import EXIT_ARGS, connect, err, fail, redis_url_for
+from scraper.cli.common import EXIT_ARGS, connect, err, fail, redis_url_for, spider_instance
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
@@ -71,14 +71,18 @@ class Rejected:
         return problem is None
 
 
-async def start_requests(spidercls: type[Spider]) -> AsyncIterator[Request]:
+async def start_requests(spider: Spider, dropped: list[int] | None = None) -> AsyncIterator[Request]:
+    """The requests of ``spider.start()``. Anything else it yields (an item: Scrapy would store it) has no request
+    whose object could hold it in Fleet: counted in ``dropped`` (the seed's ``start_items_dropped``) and left
+    out. An exception in ``start()`` is a one-line error."""
     try:
-        spider = spidercls()
-    except TypeError as exc:
-        raise fail(f"cannot instantiate spider {spidercls.name!r} to read its start requests: {exc}") from None
-    async for x in spider.start():
-        if isinstance(x, Request):
-            yield x
+        async for x in spider.start():
+            if isinstance(x, Request):
+                yield x
+            elif dropped is not None:
+                dropped[0] += 1
+    except Exception as exc:
+        raise fail(f"spider {spider.name!r}: start() raised {type(exc).__name__}: {exc}") from None
 
 
 def seed_entries(
@@ -113,6 +117,7 @@ async def seed_run(
             raise fail(f"run {run!r} of spider {spidercls.name!r} was cancelled (fleet cancel); seed a new --run",
                        EXIT_ARGS)
         q = await open_queue(client, spidercls.name, shards=cfg.queue_shards, dedup_ttl=cfg.dedup_ttl)
+        start_items = 0  # items start() yielded: not stored (start_requests)
         if urls or urls_file:
             def all_urls() -> Iterator[str | URLRefused]:
                 yield from urls
@@ -128,9 +133,10 @@ async def seed_run(
                 key = key.replace("%(name)s", spidercls.name)
                 raise fail(f"spider {spidercls.name!r} is a scrapy-redis spider fed from its Redis key {key!r}: "
                            "push URLs or JSON there (workers move them into the queue), or pass --url/--urls")
-            spider = spidercls()
+            spider = spider_instance(spidercls, cfg, "to read its start requests")
             envs = []
-            async for req in start_requests(spidercls):
+            dropped = [0]
+            async for req in start_requests(spider, dropped):
                 if not rejected.check(req.url):
                     continue
                 try:
@@ -140,6 +146,11 @@ async def seed_run(
                     envs.append(mark_start(env))
                 except EnvelopeError as exc:
                     raise fail(f"start request {req.url}: {exc}") from None
+            if dropped[0]:
+                start_items = dropped[0]
+                err.print(f"[yellow]warning[/] spider {escape(spidercls.name)!r}: start() yielded {dropped[0]} "
+                          "item(s); Fleet stores items per request, so items from start() are not stored: yield them "
+                          "from a callback", highlight=False, soft_wrap=True)
             if not envs and not rejected.count:
                 raise fail(
                     f"spider {spidercls.name!r} has no start URLs: pass --url or --urls FILE"
@@ -148,6 +159,8 @@ async def seed_run(
         result = {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
         if rejected.count:
             result["rejected"] = rejected.count
+        if start_items:
+            result["start_items_dropped"] = start_items
         return result
     finally:
         await client.aclose()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from itemadapter import ItemAdapter
+from scrapy.utils.serialize import ScrapyJSONEncoder
 
 from scraper.infra.redact import redact_data
 from scraper.queue.names import BadName, check_fp, check_run, check_spider, is_fp, is_name
@@ -36,6 +37,7 @@ __all__ = [
     "idempotency_key",
     "item_to_dict",
     "items_key",
+    "json_default",
     "key_values",
     "raw_key",
 ]
@@ -94,7 +96,7 @@ def declared_key(spider: str, values: Sequence[Any]) -> str:
     """The idempotency key of an item by its declared key fields: no run and no fingerprint in it, so
     the same product is one key whichever page or run found it. Canonical JSON (sorted keys, no
     spaces) so that equal values always hash alike."""
-    canon = json.dumps(list(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+    canon = json.dumps(list(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(f"{spider}|{canon}".encode()).hexdigest()[:24]
 
 
@@ -126,7 +128,34 @@ class WriteContext:
 
 # allow_nan=False: NaN and Infinity are not JSON (json.loads takes them, DuckDB, Athena and strict parsers
 # refuse the whole line); _finite makes them null, as pandas' to_json does
-_encode_strict = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"), allow_nan=False).encode
+_SCRAPY_DEFAULT = ScrapyJSONEncoder().default
+
+
+def json_default(value: Any) -> Any:
+    """A value JSON has no type for, as Scrapy's feed exports write it (``ScrapyJSONEncoder``: a set as a list,
+    datetime/date/time in ISO 8601, Decimal as its text, a nested item as a dict), so an item reads the same
+    in Fleet's objects as in a ``scrapy crawl -O`` feed. Beyond Scrapy: a set's members sorted when they sort (a
+    set of strings was listed in a different order by each process: the same page gave other bytes, and
+    ``item_key`` another key), bytes as their UTF-8 text (Scrapy's exporter fails on bytes), and anything else
+    still as ``str(value)`` rather than failing the write."""
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return str(value)
+    try:
+        return _SCRAPY_DEFAULT(value)
+    except TypeError:
+        return str(value)
+
+
+_encode_strict = json.JSONEncoder(ensure_ascii=False, default=json_default, separators=(",", ":"),
+                                  allow_nan=False).encode
 
 
 class ItemEncodeError(ValueError):

@@ -13,6 +13,7 @@ from scrapy import Request, Spider
 from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.infra.config import FleetConfig
+from scraper.infra.redact import redact_request_url
 from scraper.policy.urls import refusal
 from scraper.queue.client import new_id
 from scraper.queue.entrycheck import EnvelopeError
@@ -59,7 +60,8 @@ class Discovery:
             env = Envelope.from_request(request, spider_name=state.env.spider, run=state.env.run, spider=self.spider)
         except EnvelopeError as exc:
             self.stats.inc_value("fleet/discovered_rejected")
-            self.log.error("request_rejected", reason=str(exc), parent=state.env.fp)
+            self.log.error("request_rejected", reason=str(exc), parent=state.env.fp,
+                           url=redact_request_url(request.url)[:300])
             return
         env.parent = state.env.fp
         mark_unfiltered(env)  # a dont_filter request is fetched even for a URL already DONE (startfp)

@@ -139,6 +139,7 @@ class Finisher:
             self.committer.written(state, self.outcome(state))
             if state.out.items:
                 self.stats.inc_value("fleet/objects")
+                self.stats.inc_value("fleet/items/written", len(state.out.items))  # the summary's items: stored ones
                 try:
                     missing = self.tally.written(state.env.run, state.out.items, item_key_of(self.spider()))
                 except Exception as exc:  # the manifest's figures are best effort, never the request's fate

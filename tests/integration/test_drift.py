@@ -34,6 +34,7 @@ class DriftShop(scrapy.Spider):
             yield response.follow(nxt, callback=self.parse)
 
     def parse_product(self, response):
+        self.crawler.stats.inc_value("driftshop/products")  # as spiders do: fleet replay gives it a crawler too
         yield {"name": response.css(%(name)r).get(), "price": response.css(%(price)r).get(),
                "sku": response.css("span.sku::text").get()}
 '''

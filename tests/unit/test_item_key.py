@@ -119,3 +119,23 @@ def test_items_are_strict_json_and_an_unencodable_one_says_so() -> None:
     for bad in (cycle, {"sku": 3, "deep": deep}):
         with pytest.raises(ItemEncodeError):
             encode_items(_ctx("b" * 16), [bad])
+
+
+def test_values_json_has_no_type_for_are_written_as_scrapy_feeds_write_them() -> None:
+    """A set is a sorted list (another process listed a set of strings in another order: other bytes for the
+    same page, another declared key), datetimes ISO 8601, Decimal text, bytes UTF-8 text, as ScrapyJSONEncoder."""
+    import datetime
+    import decimal
+    import subprocess
+    import sys
+
+    from scraper.store.objects import json_default
+
+    assert json.loads(json.dumps({"t": {"b", "a"}, "d": datetime.datetime(2026, 1, 2, 3, 4, 5),
+                                  "p": decimal.Decimal("7.50"), "r": b"raw", "x": b"\xff"}, default=json_default)) == {
+        "t": ["a", "b"], "d": "2026-01-02T03:04:05", "p": "7.50", "r": "raw", "x": "b'\\xff'"}
+    code = "from scraper.store.objects import declared_key; print(declared_key('s', [set('abcdefgh')]))"
+    keys = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": str(seed), "PATH": ""}, cwd=str(Path(__file__).parents[2])).stdout
+            for seed in (1, 2, 3)}
+    assert len(keys) == 1, keys

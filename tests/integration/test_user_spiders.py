@@ -1,0 +1,140 @@
+"""Ordinary Scrapy spiders, as their users write them, through the real ``fleet seed`` / ``fleet run`` (what a probe
+of the user contract found, session of 2026-12-07):
+
+* a spider is made by ``from_crawler`` for its ``start()`` too: a ``start()`` reading ``self.settings`` (a spider
+  setting) or an attribute its ``from_crawler`` sets ran on a bare ``spidercls()`` and crashed the seed;
+* an item ``start()`` yields is not stored (Fleet stores items per request): a warning, and
+  ``start_items_dropped`` in the seed's JSON, instead of silence;
+* a request the spider yields that cannot be queued (cb_kwargs no JSON) is ``discovered_rejected`` in the run's
+  summary and exit 2 (it was exit 0 and only a log line without its URL); the summary's ``items`` are the items
+  written (Scrapy's ``item_scraped_count`` also counted those of a page that then failed);
+* item values JSON has no type for are written as Scrapy's feed exports write them: a set as a (sorted) list,
+  datetimes in ISO 8601, Decimal as text, bytes as UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fleetproc import fleet, spider_module_env
+
+pytestmark = pytest.mark.integration
+
+SPIDERS = '''
+import datetime
+import decimal
+import os
+
+import scrapy
+
+BASE = os.environ["USER_SPIDER_SITE"]
+
+
+class UsesCrawler(scrapy.Spider):
+    name = "uses_crawler"
+    custom_settings = {"PAGES": 2}
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider.base = BASE  # set here, as spiders that read settings do
+        return spider
+
+    async def start(self):
+        yield {"kind": "from_start"}
+        for i in range(self.settings.getint("PAGES")):
+            yield scrapy.Request(f"{self.base}/p/{i}")
+
+    def parse(self, response):
+        yield {
+            "path": response.url.rsplit("/", 1)[-1],
+            "when": datetime.datetime(2026, 1, 2, 3, 4, 5),
+            "day": datetime.date(2026, 1, 2),
+            "price": decimal.Decimal("7.50"),
+            "tags": {"y", "x", "z"},
+            "raw": b"bytes",
+        }
+
+
+class Rejects(scrapy.Spider):
+    name = "rejects"
+    start_urls = [f"{BASE}/list"]
+
+    def parse(self, response):
+        yield {"path": "list"}
+        yield scrapy.Request(f"{BASE}/kw", callback=self.parse, cb_kwargs={"when": object()})  # no JSON: lost work
+        yield scrapy.Request(f"{BASE}/boom", callback=self.parse_boom)
+
+    def parse_boom(self, response):
+        yield {"path": "boom"}  # through the pipelines, never stored: the callback then raises
+        raise ValueError("boom")
+
+
+class RejectsOnly(Rejects):
+    name = "rejects_only"
+
+    def parse_boom(self, response):
+        yield {"path": "boom"}
+'''
+
+
+class _Site(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = f"<title>{self.path}</title>".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_start_runs_on_a_spider_made_by_from_crawler(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "user_spiders", SPIDERS, USER_SPIDER_SITE=site)
+    seeded = fleet("seed", "uses_crawler", "--run", "s1", env=env)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert json.loads(seeded.stdout) == {"spider": "uses_crawler", "run": "s1", "enqueued": 2, "skipped": 0,
+                                         "start_items_dropped": 1}
+    assert "start() yielded 1 item(s)" in seeded.stderr and "Traceback" not in seeded.stderr
+    res = fleet("run", "uses_crawler", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    items = [json.loads(line) for f in sorted((tmp_path / "data").rglob("*.jsonl")) if "run=r1" in str(f)
+             for line in f.read_text().splitlines()]
+    assert sorted(i["path"] for i in items) == ["0", "1"], items
+    for item in items:
+        assert {k: item[k] for k in ("when", "day", "price", "tags", "raw")} == {
+            "when": "2026-01-02T03:04:05", "day": "2026-01-02", "price": "7.50", "tags": ["x", "y", "z"],
+            "raw": "bytes"}, item
+
+
+def test_lost_requests_and_unstored_items_show_in_the_summary(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "user_spiders", SPIDERS, USER_SPIDER_SITE=site,
+                            FLEET_LOG_FORMAT="json")
+    res = fleet("run", "rejects_only", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    summary = json.loads(res.stdout)
+    assert summary["discovered_rejected"] == 1 and summary["items"] == 2 and summary["dlq"] == 0, summary
+    lines = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "request_rejected" and e.get("url") == f"{site}/kw" for e in lines), res.stderr[-3000:]
+    res = fleet("run", "rejects", "--run", "r2", env=env, timeout=180)
+    assert res.returncode == 4, (res.returncode, res.stderr[-3000:])  # the DLQ wins over exit 2
+    summary = json.loads(res.stdout)
+    assert summary["items"] == 1 and summary["discovered_rejected"] == 1, summary  # /boom's item was never stored
