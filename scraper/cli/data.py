@@ -9,6 +9,7 @@ import typer
 
 from scraper.cli.args import run_arg, spider_arg
 from scraper.cli.common import (
+    EXIT_ARGS,
     EXIT_INFRA,
     err,
     fail,
@@ -57,12 +58,16 @@ def export(
     Prints JSON {spider, run, format, records, parts, objects, duplicates, skipped_lines, location, elapsed_s,
     manifest}. Without --out, the run's manifest gets the export's figures in its "export" field (as with
     `fleet run --export`); "manifest" is its key, or null when the run has none or --out was given.
-    Exit 3 when the store or the temp directory fails."""
+    Exit 2 when the store has neither a manifest nor an item of the run (a mistyped name); 3 when the store or
+    the temp directory fails."""
     if fmt not in {"parquet", "jsonl"}:
         raise fail(f"--format {fmt!r}: use parquet or jsonl")
     if memory_mb < 8:
         raise fail("--memory-mb must be >= 8")
     cfg = load_config()
+    if not _run_known(cfg, spider, run):
+        raise fail(f"no run {run!r} of spider {spider!r} in {cfg.store}: no manifest and no items "
+                   "(check the names: `fleet runs SPIDER` lists the runs)", EXIT_ARGS)
     try:
         result = _export(cfg, spider, run, fmt, out, memory_mb)
     except ValueError as exc:
@@ -74,6 +79,24 @@ def export(
     # the manifest describes the store's own exports/ only: parts written elsewhere are not the run's
     result["manifest"] = None if out is not None else record_export(cfg, spider, run, _field(result))
     print(json.dumps(result))
+
+
+def _run_known(cfg: FleetConfig, spider: str, run: str) -> bool:
+    """Whether the store has the run: its manifest, or one item object. A typo in the spider or the run exported an
+    empty part under a new exports/ partition and exited 0; a run that wrote no items keeps its manifest
+    (fleet run), so it still exports (empty, with its warning). Store errors: exit 3, as the export's own."""
+    from scraper.store.backends import open_store
+    from scraper.store.manifest import read_manifest
+
+    try:
+        store = open_store(cfg.store)
+        if read_manifest(store, spider, run) is not None:
+            return True
+        return next(iter(store.scan(f"items/spider={spider}/run={run}/")), None) is not None
+    except StoreError as exc:
+        raise fail(f"export of {spider} run {run} failed: {exc}", EXIT_INFRA) from None
+    except ValueError as exc:  # a name no key can hold
+        raise fail(str(exc)) from None
 
 
 def _field(res: dict[str, Any]) -> dict[str, Any]:

@@ -199,6 +199,11 @@ def loader(settings: Settings) -> FleetSpiderLoader:
             f"could not import spider modules {settings.getlist('SPIDER_MODULES')}: {exc}. "
             "Check FLEET_SPIDER_MODULES and that the module is on PYTHONPATH."
         ) from exc
+    except Exception as exc:  # a module that raises while imported (SyntaxError, NameError...): its error, one line
+        raise SpiderNotFound(
+            f"a spider module of {settings.getlist('SPIDER_MODULES')} failed to import: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
 
 
 def load_spider(name: str, settings: Settings) -> type[Spider]:

@@ -23,8 +23,6 @@ from typing import Any
 from redis.exceptions import ResponseError
 from scrapy import Request, Spider, signals
 from scrapy.crawler import Crawler
-from scrapy.utils.defer import deferred_from_coro
-from twisted.internet.defer import Deferred
 
 from scraper.infra.embedded import resolve_redis_url
 from scraper.policy.urls import refusal
@@ -78,12 +76,13 @@ class StartFeeder:
                     run=rt.config.redis_run)
         self.task = asyncio.ensure_future(self.run(rt, spider, source))
 
-    def closed(self, spider: Spider, reason: str) -> Deferred[None] | None:
+    async def closed(self, spider: Spider, reason: str) -> None:
+        # a coroutine: a signal handler returning a Deferred is deprecated in Scrapy 2.19 (a WARNING per worker)
         if self.task is None:
-            return None
+            return
         self.stop = True
         self.wake.set()
-        return deferred_from_coro(self._join())
+        await self._join()
 
     async def _join(self) -> None:
         assert self.task is not None

@@ -8,6 +8,8 @@ of the user contract found, session of 2026-12-07):
 * a request the spider yields that cannot be queued (cb_kwargs no JSON) is ``discovered_rejected`` in the run's
   summary and exit 2 (it was exit 0 and only a log line without its URL); the summary's ``items`` are the items
   written (Scrapy's ``item_scraped_count`` also counted those of a page that then failed);
+* a spider module that fails to import (a SyntaxError) is a one-line error, as a missing one;
+* `fleet export` of a run the store has neither a manifest nor an item of is exit 2 and writes nothing;
 * item values JSON has no type for are written as Scrapy's feed exports write them: a set as a (sorted) list,
   datetimes in ISO 8601, Decimal as text, bytes as UTF-8 text.
 """
@@ -138,3 +140,19 @@ def test_lost_requests_and_unstored_items_show_in_the_summary(redis_url: str, tm
     assert res.returncode == 4, (res.returncode, res.stderr[-3000:])  # the DLQ wins over exit 2
     summary = json.loads(res.stdout)
     assert summary["items"] == 1 and summary["discovered_rejected"] == 1, summary  # /boom's item was never stored
+
+
+def test_export_of_a_run_the_store_does_not_have_is_exit_2_and_writes_nothing(redis_url: str, tmp_path: Path) -> None:
+    from tests.fleetproc import fleet_env
+
+    env = fleet_env(redis_url, tmp_path)
+    res = fleet("export", "demo_shop", "--run", "nosuchrun", env=env)
+    assert res.returncode == 2 and "no run 'nosuchrun' of spider 'demo_shop'" in res.stderr, res.stderr[-2000:]
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "data" / "exports").exists()
+
+
+def test_a_spider_module_that_fails_to_import_is_one_line(redis_url: str, tmp_path: Path) -> None:
+    env = spider_module_env(redis_url, tmp_path, "broken_spiders", "import scrapy\ndef oops(:\n    pass\n")
+    res = fleet("spiders", env=env)
+    assert res.returncode == 1 and "SyntaxError" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
