@@ -13,7 +13,9 @@ from scraper.cli.common import (
 from scraper.queue.client import QueueError, check_spider_name
 from scraper.queue.names import BadName, check_run
 
-__all__ = ["emitted", "run_arg", "spider_arg"]
+__all__ = ["SPIDER_ARG_HELP", "emitted", "run_arg", "spider_arg", "spider_kwargs"]
+
+SPIDER_ARG_HELP = "Spider argument NAME=VALUE, as `scrapy crawl -a` passes it to the spider; repeatable."
 
 
 
@@ -51,4 +53,14 @@ def run_arg(value: Any) -> Any:
     return value
 
 
-
+def spider_kwargs(values: list[str] | None) -> dict[str, str]:
+    """``-a NAME=VALUE`` options as the keyword arguments ``scrapy crawl -a`` gives a spider (``from_crawler``,
+    then ``__init__``: attributes by default); one without ``=`` or with a name that is no identifier is a usage
+    error (exit 2)."""
+    out: dict[str, str] = {}
+    for item in values or []:
+        name, eq, value = item.partition("=")
+        if not eq or not name.isidentifier():
+            raise typer.BadParameter(f"{item!r:.80}: give NAME=VALUE (NAME a Python identifier)", param_hint="'-a'")
+        out[name] = value
+    return out

@@ -210,20 +210,22 @@ def spider_class(name: str, cfg: FleetConfig) -> type[Spider]:
 
 
 
-def spider_instance(spidercls: type[Spider], cfg: FleetConfig, why: str) -> Spider:
+def spider_instance(spidercls: type[Spider], cfg: FleetConfig, why: str,
+                    kwargs: dict[str, str] | None = None) -> Spider:
     """The spider as Scrapy makes it (``from_crawler`` on a Crawler with the worker's settings), for the commands
     that call its code outside a worker: ``fleet seed``/``run`` read its ``start()``, ``fleet replay`` its
     callbacks. A plain ``spidercls()`` had no ``settings`` nor ``crawler``, so a ``start()`` reading
     ``self.settings`` or an attribute ``from_crawler`` sets crashed. The Crawler is never started: no engine,
-    no reactor; its stats are an in-memory collector for a ``from_crawler`` that counts. Whatever building it
-    raises (a required spider argument) is a one-line error naming ``why``."""
+    no reactor; its stats are an in-memory collector for a ``from_crawler`` that counts. ``kwargs``: the spider
+    arguments (``-a NAME=VALUE``). Whatever building it raises (a required spider argument missing) is a one-line
+    error naming ``why``."""
     from scrapy.crawler import Crawler
     from scrapy.statscollectors import MemoryStatsCollector
 
     try:
         crawler = Crawler(spidercls, worker_settings(spidercls, fleet_settings(cfg)))
         crawler.stats = MemoryStatsCollector(crawler)
-        spider = spidercls.from_crawler(crawler)
+        spider = spidercls.from_crawler(crawler, **(kwargs or {}))
     except typer.Exit:
         raise
     except Exception as exc:

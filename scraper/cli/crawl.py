@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from scraper.cli import runreport
-from scraper.cli.args import run_arg, spider_arg
+from scraper.cli.args import SPIDER_ARG_HELP, run_arg, spider_arg, spider_kwargs
 from scraper.cli.common import (
     EXIT_ARGS,
     EXIT_INFRA,
@@ -57,6 +57,7 @@ def seed(
     run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run id; default: a UTC timestamp.")] = None,
     callback: Annotated[Optional[str], typer.Option(
         help="Spider method that parses these URLs (default: parse), e.g. parse_product.")] = None,
+    arg: Annotated[Optional[list[str]], typer.Option("-a", "--arg", metavar="NAME=VALUE", help=SPIDER_ARG_HELP)] = None,
 ) -> None:
     """Enqueue requests for SPIDER; without --url/--urls, the spider's own start requests.
 
@@ -77,7 +78,7 @@ def seed(
         raise fail("--callback applies to --url/--urls; the spider's start requests name their own callbacks")
     run_id = run or default_run()
     try:
-        result = asyncio.run(seed_run(cfg, spidercls, run_id, list(url or []), urls, callback))
+        result = asyncio.run(seed_run(cfg, spidercls, run_id, list(url or []), urls, callback, spider_kwargs(arg)))
     except QueueError as exc:
         raise fail(str(exc)) from None
     print(json.dumps(result))
@@ -92,9 +93,10 @@ def worker(
     concurrency: Annotated[Optional[int], typer.Option(help="Concurrent requests (default FLEET_CONCURRENCY, 32).")] = None,
     until_idle: Annotated[Optional[float], typer.Option(
         "--until-idle", help="Exit 0 once READY, IN-FLIGHT and DELAYED of SPIDER stayed empty this many seconds.")] = None,
+    arg: Annotated[Optional[list[str]], typer.Option("-a", "--arg", metavar="NAME=VALUE", help=SPIDER_ARG_HELP)] = None,
 ) -> None:
     """Run one worker: lease, fetch, classify, write, acknowledge; until a signal or --until-idle."""
-    raise typer.Exit(run_worker(spider, concurrency, until_idle))
+    raise typer.Exit(run_worker(spider, concurrency, until_idle, spider_args=spider_kwargs(arg)))
 
 
 
@@ -113,6 +115,7 @@ def run_cmd(
     idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
     export: Annotated[bool, typer.Option(
         "--export", help="At the end, export the run as Parquet (as `fleet export`); the summary gets an export field.")] = False,
+    arg: Annotated[Optional[list[str]], typer.Option("-a", "--arg", metavar="NAME=VALUE", help=SPIDER_ARG_HELP)] = None,
 ) -> None:
     """Cron one-shot: seed (or --resume a run), work until the queue drains, print a JSON summary.
 
@@ -125,6 +128,7 @@ def run_cmd(
     the spider yielded could not be queued ("discovered_rejected"); 1 configuration error. With --export, the run is exported at the end (unless the run itself failed with
     exit 3) and an export failure is exit 3 too.
     """
+    spider_args = spider_kwargs(arg)
     with _sigterm_ends_run():
         cfg = load_config()
         if not 1 <= workers <= max_workers():
@@ -154,7 +158,7 @@ def run_cmd(
             seeded = {"enqueued": 0, "skipped": 0, "rejected": 0}
         else:
             run_id = run or default_run()
-            seeded = asyncio.run(seed_run(cfg, spidercls, run_id, [], urls))
+            seeded = asyncio.run(seed_run(cfg, spidercls, run_id, [], urls, spider_args=spider_args))
         runlog = log.get_logger(component="run")
         runlog.info("run_started", spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
                     skipped=seeded["skipped"], workers=workers, deadline_s=deadline)
@@ -163,7 +167,8 @@ def run_cmd(
         manifest = RunManifest(cfg, env["FLEET_REDIS_URL"], spider, run_id, spidercls, writer="fleet run",
                                seeded=None if resume is not None else seeded["enqueued"])
         manifest.write(final=False)
-        cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle)]
+        cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle),
+               *(f"--arg={k}={v}" for k, v in spider_args.items())]  # every worker's spider gets them too
         deadline_at = None if deadline is None else time.monotonic() + deadline
         with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:
             stats_files = [Path(tmp) / f"worker-{i}.json" for i in range(workers)]

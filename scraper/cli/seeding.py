@@ -108,7 +108,7 @@ def seed_entries(
 
 async def seed_run(
     cfg: FleetConfig, spidercls: type[Spider], run: str, urls: list[str], urls_file: str | None,
-    callback: str | None = None,
+    callback: str | None = None, spider_args: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     client = await connect(redis_url_for(cfg, spidercls))
     rejected = Rejected(cfg.schemes)
@@ -133,7 +133,7 @@ async def seed_run(
                 key = key.replace("%(name)s", spidercls.name)
                 raise fail(f"spider {spidercls.name!r} is a scrapy-redis spider fed from its Redis key {key!r}: "
                            "push URLs or JSON there (workers move them into the queue), or pass --url/--urls")
-            spider = spider_instance(spidercls, cfg, "to read its start requests")
+            spider = spider_instance(spidercls, cfg, "to read its start requests", spider_args)
             envs = []
             dropped = [0]
             async for req in start_requests(spider, dropped):

@@ -44,12 +44,12 @@ __all__ = ["SHUTDOWN_CLOSE_WAIT", "concurrency_settings", "install_signals", "ru
 
 def run_worker(
     spider: str, concurrency: int | None, until_idle: float | None,
-    on_crawler: Any = None,
+    on_crawler: Any = None, spider_args: dict[str, str] | None = None,
 ) -> int:
     """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
 
     ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
-    its item count)."""
+    its item count). ``spider_args``: ``-a NAME=VALUE``, given to the spider as ``scrapy crawl`` gives them."""
     from scrapy.crawler import AsyncCrawlerProcess
 
     cfg = load_config()
@@ -85,7 +85,7 @@ def run_worker(
     crawler = process.create_crawler(spidercls)
     if on_crawler is not None:
         on_crawler(crawler)
-    process.crawl(crawler)
+    process.crawl(crawler, **(spider_args or {}))
     install_signals(crawler)
     process.start(install_signal_handlers=False)
     if process.bootstrap_failed:

@@ -8,6 +8,8 @@ of the user contract found, session of 2026-12-07):
 * a request the spider yields that cannot be queued (cb_kwargs no JSON) is ``discovered_rejected`` in the run's
   summary and exit 2 (it was exit 0 and only a log line without its URL); the summary's ``items`` are the items
   written (Scrapy's ``item_scraped_count`` also counted those of a page that then failed);
+* spider arguments: ``-a NAME=VALUE`` on ``fleet seed``/``worker``/``run``, as ``scrapy crawl -a``; every worker's
+  spider gets them;
 * a spider module that fails to import (a SyntaxError) is a one-line error, as a missing one;
 * `fleet export` of a run the store has neither a manifest nor an item of is exit 2 and writes nothing;
 * item values JSON has no type for are written as Scrapy's feed exports write them: a set as a (sorted) list,
@@ -84,6 +86,20 @@ class RejectsOnly(Rejects):
 
     def parse_boom(self, response):
         yield {"path": "boom"}
+
+
+class WithArgs(scrapy.Spider):
+    name = "with_args"
+
+    def __init__(self, cat, *args, **kwargs):  # a required argument, as `scrapy crawl with_args -a cat=...` gives
+        super().__init__(*args, **kwargs)
+        self.cat = cat
+
+    async def start(self):
+        yield scrapy.Request(f"{BASE}/c/{self.cat}")
+
+    def parse(self, response):
+        yield {"path": response.url.rsplit("/", 1)[-1], "cat": self.cat, "pages": getattr(self, "pages", None)}
 '''
 
 
@@ -156,3 +172,17 @@ def test_a_spider_module_that_fails_to_import_is_one_line(redis_url: str, tmp_pa
     res = fleet("spiders", env=env)
     assert res.returncode == 1 and "SyntaxError" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_spider_arguments_reach_start_and_every_worker(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "user_spiders", SPIDERS, USER_SPIDER_SITE=site)
+    res = fleet("run", "with_args", "-a", "cat=books", "--arg", "pages=3", "--run", "r1", "--workers", "2",
+                env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    items = [json.loads(line) for f in sorted((tmp_path / "data").rglob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert [(i["path"], i["cat"], i["pages"]) for i in items] == [("books", "books", "3")], items
+    missing = fleet("run", "with_args", "--run", "r2", env=env)
+    assert missing.returncode == 1 and "cannot create spider 'with_args'" in missing.stderr, missing.stderr[-2000:]
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    bad = fleet("seed", "with_args", "-a", "nonsense", env=env)
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr, bad.stderr[-2000:]
