@@ -10,9 +10,13 @@ the count and the limit as evidence. The memory a parsed page can take is then a
 (1,000,000 by default: ~180 MB). A spider that crawls bigger documents raises it in its custom_settings;
 0 switches the check off.
 
-It sits at 955, between ``DecompressMiddleware`` (960: the count is of the decoded text) and the classifier
-(950), and reads only text responses (HTML, XML, plain text: what a callback can build a selector from). A
-redirect that is followed is never parsed and is let through, as the decoder lets it through.
+It sits at 955, between ``DecompressMiddleware`` (960: the count is of the decoded body) and the classifier
+(950), and reads text responses a callback builds an HTML selector from (HTML, plain text, JSON: a spider's
+``response.css`` works on any of them). Not XML: a big product feed or sitemap is what ``XMLFeedSpider``'s
+``iternodes`` reads in bounded memory, and it was crawled before this check existed. The count is of bytes
+0x3C (``<`` in ASCII-compatible charsets and in UTF-16/32), of the decoded text in a charset where ``<`` is
+another byte (EBCDIC): a hostile page cannot hide its tags behind its charset. A redirect that is followed
+is never parsed and is let through, as the decoder lets it through.
 """
 
 from __future__ import annotations
@@ -20,13 +24,22 @@ from __future__ import annotations
 from scrapy import Request
 from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
-from scrapy.http import Response, TextResponse
+from scrapy.http import Response, TextResponse, XmlResponse
 
 from scraper.policy.refused import TooManyTags
 
 __all__ = ["TagLimitMiddleware"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _ascii_lt(encoding: str) -> bool:
+    """Whether ``<`` is the byte 0x3C in ``encoding`` (ASCII-compatible charsets, UTF-8, UTF-16/32 too: each
+    ``<`` still holds that byte). Not so in EBCDIC (cp500, cp037: 0x4C), where the page is counted as text."""
+    try:
+        return b"<" in "<".encode(encoding)
+    except (LookupError, UnicodeError):
+        return False
 
 
 class TagLimitMiddleware:
@@ -41,14 +54,14 @@ class TagLimitMiddleware:
         return cls(limit)
 
     def process_response(self, request: Request, response: Response) -> Response:
-        if not isinstance(response, TextResponse):
+        if not isinstance(response, TextResponse) or isinstance(response, XmlResponse):
             return response
         if response.status in _REDIRECTS and b"Location" in response.headers:
             return response
         body = response.body
         if len(body) <= self.limit:  # fewer bytes than the limit: fewer tags too (the usual page: no count)
             return response
-        tags = body.count(b"<")
+        tags = body.count(b"<") if _ascii_lt(response.encoding) else response.text.count("<")
         if tags > self.limit:
             raise TooManyTags(f"tags={tags} bytes={len(body)} limit={self.limit}", response, classified=False)
         return response

@@ -49,10 +49,10 @@ DOWNLOAD_TIMEOUT = 30
 DOWNLOAD_MAXSIZE = 32 * 1024 * 1024
 DOWNLOAD_WARNSIZE = 8 * 1024 * 1024
 # ... and the tree a callback builds from a body: lxml takes ~130-180 bytes per tag, so a 32 MiB page of tiny
-# elements would take a worker to ~1.8 GB. A decoded text body with more tags than this (counted as its '<'
-# characters, an upper bound) is refused before any callback parses it: class D ``body:too_many_tags``
-# (middlewares.tags). 1,000,000 keeps a parsed page under ~180 MB; a spider raises it in custom_settings,
-# 0 switches the check off.
+# elements would take a worker to ~1.8 GB. A decoded text body (HTML, plain text, JSON; not XML feeds) with more
+# tags than this (counted as its '<' characters, an upper bound) is refused before any callback parses it:
+# class D ``body:too_many_tags`` (middlewares.tags). 1,000,000 keeps a parsed page under ~180 MB; a spider
+# raises it in custom_settings, 0 switches the check off.
 FLEET_MAX_PAGE_TAGS = 1_000_000
 
 # The stall watchdog (scraper.worker.watchdog): a leased request with no progress for longer than its download

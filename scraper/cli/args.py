@@ -13,7 +13,7 @@ from scraper.cli.common import (
 from scraper.queue.client import QueueError, check_spider_name
 from scraper.queue.names import BadName, check_run
 
-__all__ = ["SPIDER_ARG_HELP", "emitted", "run_arg", "spider_arg", "spider_kwargs"]
+__all__ = ["SPIDER_ARG_HELP", "check_spider_kwargs", "emitted", "run_arg", "spider_arg", "spider_kwargs"]
 
 SPIDER_ARG_HELP = "Spider argument NAME=VALUE, as `scrapy crawl -a` passes it to the spider; repeatable."
 
@@ -62,5 +62,26 @@ def spider_kwargs(values: list[str] | None) -> dict[str, str]:
         name, eq, value = item.partition("=")
         if not eq or not name.isidentifier():
             raise typer.BadParameter(f"{item!r:.80}: give NAME=VALUE (NAME a Python identifier)", param_hint="'-a'")
+        if name in _RESERVED:
+            # Spider.__init__ would set it: `-a name=x` made the worker work spider x's queue
+            raise typer.BadParameter(f"{name!r} is the spider's own attribute, not an argument", param_hint="'-a'")
         out[name] = value
     return out
+
+
+_RESERVED = frozenset({"name", "crawler", "settings", "custom_settings"})
+
+
+def check_spider_kwargs(spidercls: type[Any], kwargs: dict[str, str]) -> str | None:
+    """Why ``spidercls(**kwargs)`` would fail for its arguments (a required one missing, an unknown one where
+    ``__init__`` takes no ``**kwargs``), or None: checked on the signature, without making the spider, so a
+    worker started without an ``-a`` its spider needs says so in one line instead of a traceback."""
+    import inspect
+
+    try:
+        inspect.signature(spidercls).bind(**kwargs)  # the class: __init__ without self
+    except TypeError as exc:
+        return f"spider {getattr(spidercls, 'name', '?')!r}: {exc} (spider arguments are -a NAME=VALUE)"
+    except ValueError:  # no signature to read (a C type): let the spider say it
+        return None
+    return None

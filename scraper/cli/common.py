@@ -223,7 +223,8 @@ def spider_instance(spidercls: type[Spider], cfg: FleetConfig, why: str,
     from scrapy.statscollectors import MemoryStatsCollector
 
     try:
-        crawler = Crawler(spidercls, worker_settings(spidercls, fleet_settings(cfg)))
+        # rendered=False: seeding and replay fetch nothing, so a rendering spider needs no Chromium here
+        crawler = Crawler(spidercls, worker_settings(spidercls, fleet_settings(cfg), rendered=False))
         crawler.stats = MemoryStatsCollector(crawler)
         spider = spidercls.from_crawler(crawler, **(kwargs or {}))
     except typer.Exit:

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from scraper.cli import runreport
-from scraper.cli.args import SPIDER_ARG_HELP, run_arg, spider_arg, spider_kwargs
+from scraper.cli.args import SPIDER_ARG_HELP, check_spider_kwargs, run_arg, spider_arg, spider_kwargs
 from scraper.cli.common import (
     EXIT_ARGS,
     EXIT_INFRA,
@@ -142,6 +142,9 @@ def run_cmd(
         if resume is not None and (run is not None or urls is not None):
             raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
         spidercls = spider_class(spider, cfg)
+        problem = check_spider_kwargs(spidercls, spider_args)
+        if problem:  # before seeding (also with --resume): every worker would fail to make its spider
+            raise fail(problem)
         try:  # before seeding: a spider whose workers would refuse to start gets no run
             item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
         except SettingsError as exc:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional, cast
 import typer
 from rich.table import Table
 
-from scraper.cli.args import emitted, run_arg, spider_arg
+from scraper.cli.args import SPIDER_ARG_HELP, emitted, run_arg, spider_arg, spider_kwargs
 from scraper.cli.common import (
     EXIT_ARGS,
     connect,
@@ -27,6 +27,7 @@ from scraper.infra.redact import redact_data
 from scraper.queue.client import known_spiders
 from scraper.queue.envelope import Envelope, EnvelopeError
 from scraper.queue.shards import open_queue
+from scraper.store.objects import json_default
 
 __all__ = ["app"]
 
@@ -222,6 +223,7 @@ def replay(
     key: Annotated[Optional[str], typer.Option("--key", help="A raw/, items/ or evidence/ key of the page.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run of the snapshot (default: newest that has it).")] = None,
     callback: Annotated[Optional[str], typer.Option(help="Callback to run (default: from the evidence, else parse).")] = None,
+    arg: Annotated[Optional[list[str]], typer.Option("-a", "--arg", metavar="NAME=VALUE", help=SPIDER_ARG_HELP)] = None,
 ) -> None:
     """Re-run extraction offline on a stored snapshot; exit 0 when the required fields are there, 1 when
     drift persists. Check a selector fix against the very page that drifted, then reset the breaker."""
@@ -233,10 +235,10 @@ def replay(
     spidercls = spider_class(spider, cfg)
     try:
         report = run_replay(cfg, spidercls, url=url, key=key, run=run, callback=callback,
-                            runs_lookup=lambda: asyncio.run(_runs(cfg, spider)))
+                            runs_lookup=lambda: asyncio.run(_runs(cfg, spider)), spider_args=spider_kwargs(arg))
     except ReplayError as exc:
         raise fail(str(exc)) from None
-    print(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=json_default))  # item values as the stored objects hold them
     raise typer.Exit(0 if report["ok"] else 1)
 
 

@@ -61,7 +61,7 @@ async def _collect(result: Any) -> list[Any]:
 
 def run_replay(
     cfg: FleetConfig, spidercls: type[Spider], *, url: str | None, key: str | None, run: str | None,
-    callback: str | None, runs_lookup: Callable[[], list[str]],
+    callback: str | None, runs_lookup: Callable[[], list[str]], spider_args: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     store = open_store(cfg.store)
     name = spidercls.name
@@ -100,7 +100,7 @@ def run_replay(
     if not page_url:
         raise ReplayError("the snapshot has no evidence record with its URL: pass --url as well")
     cb_name = callback or evidence.get("callback") or "parse"
-    spider = spider_instance(spidercls, cfg, "to replay its callback")
+    spider = spider_instance(spidercls, cfg, "to replay its callback", spider_args)
     cb = getattr(spider, cb_name, None)
     if cb is None:
         raise ReplayError(f"spider {name!r} has no callback {cb_name!r}")

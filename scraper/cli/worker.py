@@ -15,6 +15,7 @@ from typing import Any
 from rich.markup import escape
 
 from scraper.cli import runreport
+from scraper.cli.args import check_spider_kwargs
 from scraper.cli.common import (
     EXIT_CONFIG,
     EXIT_INFRA,
@@ -55,6 +56,9 @@ def run_worker(
     cfg = load_config()
     settings = fleet_settings(cfg)
     spidercls = spider_class(spider, cfg)
+    problem = check_spider_kwargs(spidercls, spider_args or {})
+    if problem:  # before the crawler: its failure to make the spider is an asyncio traceback
+        raise fail(problem)
     try:
         settings = worker_settings(spidercls, settings)
     except RuntimeError as exc:  # scraper.worker.render.ChromiumNotFound: says what to install

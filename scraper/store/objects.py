@@ -92,11 +92,29 @@ def key_values(data: dict[str, Any], fields: Sequence[str]) -> list[Any] | None:
     return values
 
 
+def _key_default(value: Any) -> Any:
+    """A declared key's value JSON has no type for, as keys were always made: ``str(value)`` (a datetime, bytes or
+    a nested item keeps the key it had before items were written as Scrapy writes them: a run across an upgrade
+    stays one key per product), except a set: its members sorted (``str`` listed them in an order that changed
+    from one process to the next, so such a key was never stable)."""
+    if isinstance(value, (set, frozenset)):
+        return _sorted_members(value)
+    return str(value)
+
+
+def _sorted_members(value: set[Any] | frozenset[Any]) -> list[Any]:
+    """A set's members in one order whatever the process: sorted, or by (type, repr) when they do not sort."""
+    try:
+        return sorted(value)
+    except TypeError:
+        return sorted(value, key=lambda v: (type(v).__name__, repr(v)))
+
+
 def declared_key(spider: str, values: Sequence[Any]) -> str:
     """The idempotency key of an item by its declared key fields: no run and no fingerprint in it, so
     the same product is one key whichever page or run found it. Canonical JSON (sorted keys, no
     spaces) so that equal values always hash alike."""
-    canon = json.dumps(list(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=json_default)
+    canon = json.dumps(list(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=_key_default)
     return hashlib.sha256(f"{spider}|{canon}".encode()).hexdigest()[:24]
 
 
@@ -139,10 +157,7 @@ def json_default(value: Any) -> Any:
     ``item_key`` another key), bytes as their UTF-8 text (Scrapy's exporter fails on bytes), and anything else
     still as ``str(value)`` rather than failing the write."""
     if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)
-        except TypeError:
-            return list(value)
+        return _sorted_members(value)
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -176,6 +191,8 @@ def _finite(value: Any) -> Any:
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
+    if isinstance(value, (set, frozenset)):  # a set's NaN too (json_default lists it, past this walk)
+        return [_finite(v) for v in _sorted_members(value)]
     return value
 
 

@@ -220,9 +220,10 @@ def load_spider(name: str, settings: Settings) -> type[Spider]:
         ) from None
 
 
-def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
+def worker_settings(spidercls: type[Spider], settings: Settings, *, rendered: bool = True) -> Settings:
     """Apply the spider's custom_settings over ``settings`` (base_settings: Fleet's and the project's), then
-    re-assert the components Fleet cannot work without."""
+    re-assert the components Fleet cannot work without. ``rendered=False``: not the Chromium download handler
+    of a rendering spider (``fleet seed``/``replay`` make the spider but fetch nothing: no Chromium needed)."""
     s = settings.copy()
     custom: dict[str, Any] = dict(getattr(spidercls, "custom_settings", None) or {})
     for key in _MERGED_DICTS:
@@ -246,7 +247,7 @@ def worker_settings(spidercls: type[Spider], settings: Settings) -> Settings:
         # scrapy-redis's own pull is replaced by Fleet's start-key feeder (scraper.worker.redisfeed)
         s.set("EXTENSIONS", {**s.getdict("EXTENSIONS"), "scraper.worker.redisfeed.StartFeeder": 500},
               priority="cmdline")
-    if renders(spidercls, s):
+    if rendered and renders(spidercls, s):
         from scraper.worker import render  # imports Playwright: only for the spiders that need it
         render.apply(spidercls, s)
     return s

@@ -5,8 +5,9 @@ parses it (middlewares.tags), end to end through the real ``fleet run``, a real 
 * ``/tags`` (1,100,000 ``<p>`` elements, 3.3 MB: lxml would take ~150 MB for it) is D ``body:too_many_tags`` at
   the default limit; the count and the limit are the DLQ entry's detail; its callback never runs.
 * A gzip-encoded page is counted once decoded.
-* A spider's ``custom_settings`` lowers the limit (``/small`` then goes to the DLQ as well) or switches it off
-  (0: ``/tags`` is parsed); a page under the limit is crawled as before.
+* A spider's ``custom_settings`` lowers the limit (``/small`` then goes to the DLQ as well, and so does a page in
+  an EBCDIC charset, where ``<`` is not the byte 0x3C; an XML feed is not counted) or switches it off (0: ``/tags``
+  is parsed); a page under the limit is crawled as before.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ class _Site(BaseHTTPRequestHandler):
         elif self.path == "/gzipped":
             body = gzip.compress(_MANY, 1)
             headers["Content-Encoding"] = "gzip"
+        elif self.path == "/ebcdic":  # '<' is byte 0x4C in cp500: counted in the decoded text
+            body = ("<html><body>" + "<p>x</p>" * 60 + "</body></html>").encode("cp500")
+            headers["Content-Type"] = "text/html; charset=cp500"
+        elif self.path == "/feed":  # XML is not counted: feeds are read by iternodes in bounded memory
+            body = b'<?xml version="1.0"?><rss>' + b"<item><p>x</p></item>" * 60 + b"</rss>"
+            headers["Content-Type"] = "application/xml"
         else:  # /small: 100 tags
             body = b"<html><body>" + b"<p>x</p>" * 49 + b"</body></html>"
         self.send_response(200)
@@ -102,7 +109,9 @@ def test_a_page_of_too_many_tags_is_refused_before_its_callback(redis_url: str, 
 
 
 def test_a_spider_lowers_the_limit_or_switches_it_off(redis_url: str, tmp_path: Path, site: str) -> None:
-    rc, items, dead = _run("tags_low", redis_url, tmp_path / "low", site, ["small"])
-    assert rc == 4 and not items and dead["small"]["reason"] == "body:too_many_tags", (rc, items, dead)
+    rc, items, dead = _run("tags_low", redis_url, tmp_path / "low", site, ["small", "ebcdic", "feed"])
+    assert rc == 4 and items == {"feed": 60}, (rc, items, dead)  # the feed: 60 <p> over the limit of 50, parsed
+    assert {p: r["reason"] for p, r in dead.items()} == {"small": "body:too_many_tags",
+                                                         "ebcdic": "body:too_many_tags"}, dead
     rc, items, dead = _run("tags_off", redis_url, tmp_path / "off", site, ["tags"])
     assert rc == 0 and items == {"tags": 1_100_000} and not dead, (rc, items, dead)

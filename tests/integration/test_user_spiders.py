@@ -100,6 +100,14 @@ class WithArgs(scrapy.Spider):
 
     def parse(self, response):
         yield {"path": response.url.rsplit("/", 1)[-1], "cat": self.cat, "pages": getattr(self, "pages", None)}
+
+
+class Rendered(scrapy.Spider):
+    name = "rendered"
+    render_js = True
+
+    async def start(self):
+        yield scrapy.Request(f"{BASE}/js")
 '''
 
 
@@ -182,7 +190,21 @@ def test_spider_arguments_reach_start_and_every_worker(redis_url: str, tmp_path:
     items = [json.loads(line) for f in sorted((tmp_path / "data").rglob("*.jsonl")) for line in f.read_text().splitlines()]
     assert [(i["path"], i["cat"], i["pages"]) for i in items] == [("books", "books", "3")], items
     missing = fleet("run", "with_args", "--run", "r2", env=env)
-    assert missing.returncode == 1 and "cannot create spider 'with_args'" in missing.stderr, missing.stderr[-2000:]
+    assert missing.returncode == 1 and "missing a required argument: 'cat'" in missing.stderr, missing.stderr[-2000:]
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     bad = fleet("seed", "with_args", "-a", "nonsense", env=env)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr, bad.stderr[-2000:]
+    renamed = fleet("run", "with_args", "-a", "cat=x", "-a", "name=other", env=env)  # would work other's queue
+    assert renamed.returncode == 2 and "the spider's own attribute" in renamed.stderr, renamed.stderr[-2000:]
+    for args in (["worker", "with_args", "--until-idle", "1"], ["run", "with_args", "--resume", "r1"]):
+        res = fleet(*args, env=env)  # no spider is made at seeding here: the signature says it, in one line
+        assert res.returncode == 1 and "missing a required argument: 'cat'" in res.stderr, res.stderr[-2000:]
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_a_rendering_spider_is_seeded_without_chromium(redis_url: str, tmp_path: Path, site: str) -> None:
+    """Seeding makes the spider but fetches nothing: no Chromium needed (only its workers need one)."""
+    env = spider_module_env(redis_url, tmp_path, "user_spiders", SPIDERS, USER_SPIDER_SITE=site,
+                            FLEET_CHROMIUM=str(tmp_path / "no-chromium"))
+    res = fleet("seed", "rendered", "--run", "r1", env=env)
+    assert res.returncode == 0 and json.loads(res.stdout)["enqueued"] == 1, res.stderr[-2000:]
