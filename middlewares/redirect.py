@@ -28,7 +28,9 @@ from urllib.parse import urljoin, urlsplit
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
-from scrapy.http import Response
+from scrapy.http import HtmlResponse, Response
+from scrapy.utils.response import _baseurl_cache as _BASE_URLS
+from scrapy.utils.response import get_base_url
 
 from middlewares.classify import spider_handles
 from scraper.policy.refused import (
@@ -83,7 +85,21 @@ class FleetRedirectMiddleware(_Bounded, RedirectMiddleware):
 
 
 class FleetMetaRefreshMiddleware(_Bounded, MetaRefreshMiddleware):
-    """Scrapy's MetaRefreshMiddleware (<meta http-equiv=refresh>) with _Bounded's outcomes."""
+    """Scrapy's MetaRefreshMiddleware (<meta http-equiv=refresh>) with _Bounded's outcomes. A page whose
+    ``<base href>`` no URL can be made of (``http://[::1/``, a port of 99999) has the page's own URL as its base,
+    as the HTML standard and browsers have it: Scrapy resolves every page's base URL here and again in the
+    callback's first ``response.css`` (its Selector), and the ValueError made a 200 page D
+    ``redirect:bad_location`` with its items lost (a hostile probe's finding)."""
+
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
+        if isinstance(response, HtmlResponse):
+            try:
+                get_base_url(response)
+            except ValueError:
+                _BASE_URLS[response] = response.url  # Scrapy's per-response cache of get_base_url
+        return super().process_response(request, response, spider)
 
 
 class UnfollowedRedirectMiddleware:

@@ -38,11 +38,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         try:
             dt = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if dt is None:
+                return None
+            seconds = dt.timestamp() - (time.time() if now is None else now)
+        # OverflowError: a year past datetime's (a hostile "12 Jan 99999999999"), which crashed the classifier:
+        # the 429/503 was then an A error:OverflowError instead of its status's class
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        if dt is None:
-            return None
-        seconds = dt.timestamp() - (time.time() if now is None else now)
     if seconds != seconds or seconds <= 0:  # NaN or non-positive
         return None
     return min(seconds, MAX_RETRY_AFTER)

@@ -71,6 +71,27 @@ def _callback_name(spider: Spider | None, cb: Any, what: str) -> str | None:
     )
 
 
+def _header_decoder(encoding: str) -> Any:
+    """How a request's header bytes become text: latin-1 (bytes as they are), except for a request built in an
+    encoding ASCII is not a subset of. Scrapy encodes header names and values in the request's encoding, and
+    ``response.follow`` on a UTF-16/32 or EBCDIC page builds its links in the page's: their Referer header's name
+    was ``R\x00e\x00f...``, which failed the fetch and then Fleet's own entry check (the child went to the DLQ as
+    ``bad_envelope`` without its URL). Decoded in that encoding, the envelope holds ``Referer`` and its URL."""
+    try:
+        ascii_compatible = "Referer: /".encode(encoding) == b"Referer: /"
+    except (LookupError, UnicodeError):
+        ascii_compatible = True
+    if ascii_compatible:
+        return lambda raw: raw.decode("latin-1")
+
+    def text(raw: bytes) -> str:
+        try:
+            return raw.decode(encoding)
+        except UnicodeError:
+            return raw.decode("latin-1")
+    return text
+
+
 @dataclass
 class Envelope:
     """One queued request. ``attempts`` counts failures per taxonomy class (A, B, C, D)."""
@@ -123,9 +144,12 @@ class Envelope:
         if request.cb_kwargs and not _json_safe(request.cb_kwargs):
             raise EnvelopeError("request cb_kwargs must be JSON-serializable to be queued")
         headers: dict[str, list[str]] = {}
-        for k, vs in request.headers.items():
-            key = k.decode("latin-1") if isinstance(k, bytes) else str(k)
-            headers[key] = [v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in vs]
+        text = _header_decoder(request.encoding)
+        # the stored pairs (dict.items): Headers.items() looks each name up again through normkey, which title-cases
+        # the bytes of a UTF-16 name into another name, and found no value
+        for k, vs in dict.items(request.headers):
+            key = text(k) if isinstance(k, bytes) else str(k)
+            headers[key] = [text(v) if isinstance(v, bytes) else str(v) for v in vs]
         fleet = request.meta.get(META_KEY) or {}
         return cls(
             url=request.url,

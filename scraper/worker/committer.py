@@ -31,6 +31,12 @@ from scraper.worker.queueport import QueuePort
 
 __all__ = ["Committer", "Flags"]
 
+#: Children of one page per COMMIT call. Each child is 5 of the call's arguments and Redis refuses a command of
+#: more than 1,048,576 (it closes the connection: "invalid multibulk length"), which Fleet took for an outage
+#: and retried for ever, rebuilding the arguments each time, while the worker's memory grew (a hostile probe's
+#: page of 215,000 links). 10,000 children are ~2 MB of envelopes a call.
+CHILDREN_PER_CALL = 10_000
+
 
 class Flags:
     """The worker's lifecycle flags, shared by its components: ``stopping`` (no more leasing) and
@@ -94,14 +100,25 @@ class Committer:
         self.wake.set()
 
     async def queue_children(self, state: LeaseState, void: Callable[[LeaseState], None]) -> None:
-        """The children COMMIT (``done=False``), claiming the speculative child if there is one."""
+        """The children COMMIT (``done=False``), claiming the speculative child if there is one; a page of more
+        than CHILDREN_PER_CALL children in one such call per CHILDREN_PER_CALL, one after another (see there),
+        the redirect hops with the first, the claim with the one holding its child."""
         env, out, progress = state.env, state.out, state.progress
         spec = progress.spec
-        commit = Commit(state.id, state.lease.token, env.run, env.fp, out.discovered, done=False,
-                        claim=progress.spec_index if spec is not None else 0, ids=out.discovered_ids,
-                        hops=state.fetch.hops, outcome="h" if state.fetch.hops else "")
+        claim = progress.spec_index if spec is not None else 0
+        found, ids = out.discovered, out.discovered_ids
+        progress.enqueued = 0  # the calls' counts add up (commit_batch)
         try:
-            await self.commit_batch([(state, commit)])
+            for start in range(0, max(1, len(found)), CHILDREN_PER_CALL):
+                end = start + CHILDREN_PER_CALL
+                first = start == 0
+                commit = Commit(state.id, state.lease.token, env.run, env.fp, found[start:end], done=False,
+                                claim=claim - start if start < claim <= end else 0, ids=ids[start:end],
+                                hops=state.fetch.hops if first else [],
+                                outcome="h" if first and state.fetch.hops else "")
+                await self.commit_batch([(state, commit)], partial=end < len(found))
+                if self.ledger.active.get(state.id) is not state:  # a fatal outage dropped it: no more calls
+                    break
         finally:
             if spec is not None and spec.claim is not None and not spec.claim.done():
                 void(spec)  # no answer from Redis (fatal outage, shutdown)
@@ -123,7 +140,9 @@ class Committer:
         batch, self.commits = self.commits[:n], self.commits[n:]
         await self.commit_batch(batch)
 
-    async def commit_batch(self, batch: list[tuple[LeaseState, Commit]]) -> None:
+    async def commit_batch(self, batch: list[tuple[LeaseState, Commit]], *, partial: bool = False) -> None:
+        """One COMMIT call for ``batch``, retried through Redis outages. ``partial``: a children commit of a page
+        whose other children follow in further calls (queue_children): the parent's own commit waits for the last."""
         queue = self.queue
         assert queue is not None
         nonce = secrets.token_hex(4)  # the same on a retry: a claim whose reply was lost is recognised
@@ -163,7 +182,9 @@ class Committer:
             if n:
                 self.stats.inc_value("fleet/enqueued", n)
             if not c.done:
-                progress.enqueued = n
+                progress.enqueued += n
+                if partial:
+                    continue
                 progress.children_pending = False
                 if progress.written and not self.flags.releasing:
                     self.written(st, self.outcome(st))  # its objects were durable first: DONE + ack now

@@ -112,3 +112,12 @@ def test_retry_delay_keeps_backoff_when_retry_after_smaller() -> None:
 def test_retry_delay_without_retry_after_is_full_jitter() -> None:
     expected = full_jitter(2, base=1.0, cap=10.0, rng=random.Random(8))
     assert retry_delay(2, base=1.0, cap=10.0, rng=random.Random(8)) == expected
+
+
+def test_retry_after_date_past_datetime_range_is_invalid_not_a_crash() -> None:
+    """Probe: a Retry-After of year 99999999999 raised OverflowError through the classifier (a 429 became an A
+    error:OverflowError); it is an invalid header now, and the status is classified as any other 429."""
+    from scraper.policy.backoff import parse_retry_after
+
+    assert parse_retry_after("12 Jan 99999999999 00:00:00 GMT") is None
+    assert parse_retry_after("Mon, 01 Jan 1900 00:00:00 GMT") is None

@@ -149,3 +149,33 @@ def test_object_acknowledged_only_after_the_sink_said_durable() -> None:
         await committer.flush()
         assert queue.calls[-1][0].done and "x" not in ledger.active
     asyncio.run(go())
+
+
+def test_a_page_of_many_children_is_queued_in_calls_redis_takes() -> None:
+    """Probe: a page of 215,000 links made one COMMIT of over 1,048,576 arguments, which Redis refuses by closing
+    the connection; Fleet retried it for ever. Now CHILDREN_PER_CALL children a call: the hops with the first, the
+    claim (its index within the call) with the call holding its child, the parent's DONE only after the last."""
+    from scraper.worker import committer as committer_mod
+
+    async def go() -> None:
+        committer, queue, ledger = make()
+        st = parent(ledger)
+        n = 2 * committer_mod.CHILDREN_PER_CALL + 5
+        st.out.discovered[:] = [env(f"https://a.example/{i}") for i in range(n)]
+        st.out.discovered_ids[:] = [f"c{i}" for i in range(n)]
+        st.fetch.hops = ["00000000000000aa"]
+        spec = LeaseState(Lease(f"c{n - 2}", b"", 1, ""), st.out.discovered[n - 3], None,
+                          asyncio.get_running_loop().create_future())
+        st.progress.spec, st.progress.spec_index = spec, n - 2  # in the third call, its 3rd child
+        committer.claim_answered = lambda s, token, deliveries: None
+        st.progress.children_pending = True
+        committer.written(st, "")
+        await committer.queue_children(st, lambda s: None)
+        calls = [c for (c,) in queue.calls]
+        assert [len(c.discovered) for c in calls] == [committer_mod.CHILDREN_PER_CALL] * 2 + [5]
+        assert [c.ids[0] for c in calls] == ["c0", f"c{committer_mod.CHILDREN_PER_CALL}",
+                                             f"c{2 * committer_mod.CHILDREN_PER_CALL}"]
+        assert [c.claim for c in calls] == [0, 0, 3] and [c.outcome for c in calls] == ["h", "", ""]
+        assert [len(c.hops) for c in calls] == [1, 0, 0] and not any(c.done for c in calls)
+        assert st.progress.enqueued == n and [c.lease_id for _, c in committer.commits] == ["p"]
+    asyncio.run(go())

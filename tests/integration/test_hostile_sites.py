@@ -1,0 +1,88 @@
+"""What a hostile-site probe found (session of 2026-12-07), end to end through the real ``fleet run``, a real
+redis-server and a site on 127.0.0.1:
+
+* a UTF-16 page's links: Scrapy encodes a request's header names in the page's encoding (``R\\x00e\\x00f...``
+  for Referer), which failed the fetch and then Fleet's own entry check (D ``bad_envelope`` without a URL);
+  now the envelope holds ``Referer`` and every child is fetched;
+* a 200 page whose ``<base href>`` is no URL (``http://[::1/``) was D ``redirect:bad_location`` (the meta refresh
+  check resolves every page's base URL) and its item was lost; now it is parsed and its item stored.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fleetproc import fleet, spider_module_env
+
+pytestmark = pytest.mark.integration
+
+SPIDERS = '''
+import scrapy
+
+
+class Hostile(scrapy.Spider):
+    name = "hostile_sites"
+
+    def parse(self, response):
+        yield {"path": response.url.split("/", 3)[3].split("?")[0], "title": response.css("title::text").get()}
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href)
+'''
+
+
+class _Site(BaseHTTPRequestHandler):
+    seen: list[tuple[str, str]] = []
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        _Site.seen.append((path, self.headers.get("Referer", "")))
+        ctype = "text/html; charset=utf-8"
+        if path == "/u16":
+            body = '<html><head><title>u16</title></head><body><a href="/ok/1">1</a> <a href="/ok/2">2</a>' \
+                   "</body></html>"
+            data = body.encode("utf-16")
+            ctype = "text/html; charset=utf-16"
+        elif path == "/base":
+            data = b'<html><head><base href="http://[::1/"><title>base</title></head><body>x</body></html>'
+        else:
+            data = f"<html><head><title>{path}</title></head></html>".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    _Site.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_utf16_links_and_a_bad_base_href_keep_their_pages(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "hostile_site_spiders", SPIDERS)
+    (tmp_path / "seeds.txt").write_text(f"{site}/u16\n{site}/base\n")
+    res = fleet("run", "hostile_sites", "--urls", str(tmp_path / "seeds.txt"), "--run", "r1", env=env, timeout=180)
+    dlq = fleet("dlq", "hostile_sites", "list", "--json", env=env).stdout
+    assert res.returncode == 0, (res.returncode, dlq[-3000:], res.stderr[-3000:])
+    summary = json.loads(res.stdout)
+    assert summary["dlq"] == 0 and summary["outcomes"].get("A", 0) == 0, summary  # no failed first fetch
+    items = {i["path"]: i["title"] for f in sorted((tmp_path / "data").rglob("*.jsonl"))
+             for i in map(json.loads, f.read_text().splitlines())}
+    assert items == {"u16": "u16", "base": "base", "ok/1": "/ok/1", "ok/2": "/ok/2"}, items
+    referers = {p: r for p, r in _Site.seen if p.startswith("/ok/")}
+    assert referers == {"/ok/1": f"{site}/u16", "/ok/2": f"{site}/u16"}, _Site.seen
