@@ -24,13 +24,18 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from weakref import WeakKeyDictionary
 
 from scrapy import Request, Spider
 from scrapy.crawler import Crawler
 from scrapy.downloadermiddlewares.redirect import MetaRefreshMiddleware, RedirectMiddleware
 from scrapy.http import HtmlResponse, Response
-from scrapy.utils.response import _baseurl_cache as _BASE_URLS
 from scrapy.utils.response import get_base_url
+
+try:  # Scrapy's per-response cache of get_base_url (private: without it, a bad <base href> is Scrapy's ValueError)
+    from scrapy.utils.response import _baseurl_cache as _BASE_URLS
+except ImportError:  # pragma: no cover
+    _BASE_URLS = WeakKeyDictionary()
 
 from middlewares.classify import spider_handles
 from scraper.policy.refused import (

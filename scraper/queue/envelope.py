@@ -85,6 +85,11 @@ def _header_decoder(encoding: str) -> Any:
         return lambda raw: raw.decode("latin-1")
 
     def text(raw: bytes) -> str:
+        # bytes given as bytes (FormRequest's b"Content-Type", headers={b"Accept": ...}) are kept as passed, in
+        # ASCII: printable ASCII is taken as it is (an ASCII text encoded in UTF-16/32 holds NULs, in EBCDIC
+        # bytes >= 0x80, so an encoded str is never mistaken for it), anything else decoded in the encoding
+        if raw.isascii() and not any(b < 0x20 or b == 0x7F for b in raw):
+            return raw.decode("latin-1")
         try:
             return raw.decode(encoding)
         except UnicodeError:
@@ -144,7 +149,7 @@ class Envelope:
         if request.cb_kwargs and not _json_safe(request.cb_kwargs):
             raise EnvelopeError("request cb_kwargs must be JSON-serializable to be queued")
         headers: dict[str, list[str]] = {}
-        text = _header_decoder(request.encoding)
+        text = _header_decoder(getattr(request.headers, "encoding", None) or request.encoding)
         # the stored pairs (dict.items): Headers.items() looks each name up again through normkey, which title-cases
         # the bytes of a UTF-16 name into another name, and found no value
         for k, vs in dict.items(request.headers):

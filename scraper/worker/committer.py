@@ -117,7 +117,9 @@ class Committer:
                                 hops=state.fetch.hops if first else [],
                                 outcome="h" if first and state.fetch.hops else "")
                 await self.commit_batch([(state, commit)], partial=end < len(found))
-                if self.ledger.active.get(state.id) is not state:  # a fatal outage dropped it: no more calls
+                if self.health.fatal or self.flags.releasing:
+                    # no more calls: the lease goes back (or expires) and the redelivery sends every child again
+                    # (SEEN makes that a no-op for those already queued); the finally voids the speculative child
                     break
         finally:
             if spec is not None and spec.claim is not None and not spec.claim.done():

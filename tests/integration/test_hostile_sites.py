@@ -86,3 +86,19 @@ def test_utf16_links_and_a_bad_base_href_keep_their_pages(redis_url: str, tmp_pa
     assert items == {"u16": "u16", "base": "base", "ok/1": "/ok/1", "ok/2": "/ok/2"}, items
     referers = {p: r for p, r in _Site.seen if p.startswith("/ok/")}
     assert referers == {"/ok/1": f"{site}/u16", "/ok/2": f"{site}/u16"}, _Site.seen
+
+
+def test_headers_given_as_bytes_on_a_utf16_page_stay_as_they_are() -> None:
+    """Review: Scrapy keeps headers given as bytes (FormRequest's Content-Type) as passed, in ASCII; only those given
+    as str are encoded in the page's encoding. Both must reach the envelope as their names and values."""
+    from scrapy.http import HtmlResponse
+
+    from scraper.queue.envelope import Envelope
+
+    for enc in ("utf-16", "utf-32", "cp500", "utf-8"):
+        page = HtmlResponse("http://x/a", body="<a href='/b'>b</a>".encode(enc), encoding=enc)
+        req = page.follow("/b", headers={b"Accept": b"text/html", b"Content-Type": b"application/json"})
+        req.headers.setdefault("Referer", page.url)
+        headers = Envelope.from_request(req, spider_name="s", run="r").headers
+        assert headers == {"Accept": ["text/html"], "Content-Type": ["application/json"],
+                           "Referer": ["http://x/a"]}, (enc, headers)
