@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["base_url", "serve", "stop"]
+__all__ = ["base_url", "reply", "serve", "serving", "stop"]
 
 
 def serve(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1", *,
@@ -27,3 +29,23 @@ def base_url(server: ThreadingHTTPServer) -> str:
 def stop(server: ThreadingHTTPServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served for the length of a ``with``: its base URL."""
+    server = serve(handler)
+    try:
+        yield base_url(server)
+    finally:
+        stop(server)
+
+
+def reply(handler: BaseHTTPRequestHandler, body: bytes, *, status: int = 200, content_type: str = "text/html",
+          headers: dict[str, str] | None = None) -> None:
+    """One whole response: status, Content-Type, Content-Length (and ``headers``), body."""
+    handler.send_response(status)
+    for k, v in {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}.items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -11,14 +11,14 @@ redis-server and a site on 127.0.0.1:
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import loopback
 from tests.fleetproc import fleet, spider_module_env
 
 pytestmark = pytest.mark.integration
@@ -56,21 +56,14 @@ class _Site(BaseHTTPRequestHandler):
             data = b'<html><head><base href="http://[::1/"><title>base</title></head><body>x</body></html>'
         else:
             data = f"<html><head><title>{path}</title></head></html>".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        loopback.reply(self, data, content_type=ctype)
 
 
 @pytest.fixture
 def site() -> Iterator[str]:
     _Site.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback.serving(_Site) as url:
+        yield url
 
 
 def test_utf16_links_and_a_bad_base_href_keep_their_pages(redis_url: str, tmp_path: Path, site: str) -> None:

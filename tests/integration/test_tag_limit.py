@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import loopback
 from tests.fleetproc import fleet, spider_module_env
 
 pytestmark = pytest.mark.integration
@@ -69,20 +69,13 @@ class _Site(BaseHTTPRequestHandler):
             headers["Content-Type"] = "application/xml"
         else:  # /small: 100 tags
             body = b"<html><body>" + b"<p>x</p>" * 49 + b"</body></html>"
-        self.send_response(200)
-        for k, v in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        loopback.reply(self, body, content_type=headers.pop("Content-Type"), headers=headers)
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback.serving(_Site) as url:
+        yield url
 
 
 def _run(spider: str, redis_url: str, tmp: Path, site: str, paths: list[str]) -> tuple[int, dict[str, int],

@@ -19,14 +19,14 @@ of the user contract found, session of 2026-12-07):
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import loopback
 from tests.fleetproc import fleet, spider_module_env
 
 pytestmark = pytest.mark.integration
@@ -116,21 +116,13 @@ class _Site(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        body = f"<title>{self.path}</title>".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        loopback.reply(self, f"<title>{self.path}</title>".encode())
 
 
 @pytest.fixture
 def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback.serving(_Site) as url:
+        yield url
 
 
 def test_start_runs_on_a_spider_made_by_from_crawler(redis_url: str, tmp_path: Path, site: str) -> None:
