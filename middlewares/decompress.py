@@ -24,11 +24,11 @@ from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddlewa
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response
 
+from middlewares.redirect import to_follow
 from scraper.policy.refused import BodyTooLarge, BodyUndecodable, Refused
 
 __all__ = ["DecompressMiddleware"]
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def _encoding(response: Response) -> str:
@@ -41,7 +41,7 @@ class DecompressMiddleware(HttpCompressionMiddleware):
     def process_response(
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
-        if response.status in _REDIRECTS and b"Location" in response.headers:
+        if to_follow(response):
             return response  # followed, never read: decoding it could only fail
         failure: type[Refused] = BodyUndecodable
         detail = ""

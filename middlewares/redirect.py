@@ -47,9 +47,16 @@ from scraper.policy.refused import (
     UnhandledRedirect,
 )
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the statuses Scrapy's RedirectMiddleware follows
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the statuses Scrapy's RedirectMiddleware follows
 
-__all__ = ["FleetMetaRefreshMiddleware", "FleetRedirectMiddleware", "UnfollowedRedirectMiddleware"]
+__all__ = ["REDIRECTS", "FleetMetaRefreshMiddleware", "FleetRedirectMiddleware", "UnfollowedRedirectMiddleware",
+           "to_follow"]
+
+
+def to_follow(response: Response) -> bool:
+    """A redirect the redirect middleware will follow (one of REDIRECTS, with a Location): its body is never
+    read, so the middlewares below it (decoding, the tag count) let it through untouched."""
+    return response.status in REDIRECTS and b"Location" in response.headers
 
 
 class _Bounded:
@@ -129,7 +136,7 @@ class UnfollowedRedirectMiddleware:
         if not 300 <= status < 400 or spider_handles(self.crawler, request, status, self.allowed_codes):
             return response
         location = response.headers.get("Location")
-        if status in _REDIRECTS and self.follows and not request.meta.get("dont_redirect", False):
+        if status in REDIRECTS and self.follows and not request.meta.get("dont_redirect", False):
             if not location:
                 raise BadRedirect(f"status={status} without a Location", response)
             try:

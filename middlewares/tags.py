@@ -26,11 +26,11 @@ from scrapy.crawler import Crawler
 from scrapy.exceptions import NotConfigured
 from scrapy.http import Response, TextResponse, XmlResponse
 
+from middlewares.redirect import to_follow
 from scraper.policy.refused import TooManyTags
 
 __all__ = ["TagLimitMiddleware"]
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def _ascii_lt(encoding: str) -> bool:
@@ -56,7 +56,7 @@ class TagLimitMiddleware:
     def process_response(self, request: Request, response: Response) -> Response:
         if not isinstance(response, TextResponse) or isinstance(response, XmlResponse):
             return response
-        if response.status in _REDIRECTS and b"Location" in response.headers:
+        if to_follow(response):
             return response
         body = response.body
         if len(body) <= self.limit:  # fewer bytes than the limit: fewer tags too (the usual page: no count)

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from scraper.cli.common import (
+    fail,
     out,
 )
 from scraper.queue.client import QueueError, check_spider_name
@@ -72,16 +73,15 @@ def spider_kwargs(values: list[str] | None) -> dict[str, str]:
 _RESERVED = frozenset({"name", "crawler", "settings", "custom_settings"})
 
 
-def check_spider_kwargs(spidercls: type[Any], kwargs: dict[str, str]) -> str | None:
-    """Why ``spidercls(**kwargs)`` would fail for its arguments (a required one missing, an unknown one where
-    ``__init__`` takes no ``**kwargs``), or None: checked on the signature, without making the spider, so a
-    worker started without an ``-a`` its spider needs says so in one line instead of a traceback."""
+def check_spider_kwargs(spidercls: type[Any], kwargs: dict[str, str]) -> None:
+    """A one-line error (exit 1) when ``spidercls(**kwargs)`` would fail for its arguments (a required one
+    missing, an unknown one where ``__init__`` takes no ``**kwargs``): checked on the signature, without making
+    the spider, so a worker started without an ``-a`` its spider needs says so instead of a traceback."""
     import inspect
 
     try:
         inspect.signature(spidercls).bind(**kwargs)  # the class: __init__ without self
     except TypeError as exc:
-        return f"spider {getattr(spidercls, 'name', '?')!r}: {exc} (spider arguments are -a NAME=VALUE)"
+        raise fail(f"spider {getattr(spidercls, 'name', '?')!r}: {exc} (spider arguments are -a NAME=VALUE)") from None
     except ValueError:  # no signature to read (a C type): let the spider say it
-        return None
-    return None
+        pass

@@ -142,9 +142,7 @@ def run_cmd(
         if resume is not None and (run is not None or urls is not None):
             raise fail("--resume RUN drains an existing run: it takes neither --run nor --urls")
         spidercls = spider_class(spider, cfg)
-        problem = check_spider_kwargs(spidercls, spider_args)
-        if problem:  # before seeding (also with --resume): every worker would fail to make its spider
-            raise fail(problem)
+        check_spider_kwargs(spidercls, spider_args)  # before seeding (also --resume): every worker would fail
         try:  # before seeding: a spider whose workers would refuse to start gets no run
             item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
         except SettingsError as exc:

@@ -39,10 +39,6 @@ EXIT_INCOMPLETE = 5
 #: Environment variable through which ``fleet run`` asks each worker for its final stats (a JSON file).
 STATS_ENV = "FLEET_STATS_FILE"
 
-#: Worker stats that the run summary adds up (prefix ``fleet/class/`` gives the outcomes per class: ok, A-D).
-_SUMMED = ("fleet/ignored", "fleet/objects", "fleet/parked", "fleet/retried", "fleet/dlq", "fleet/items/written",
-           "fleet/discovered_rejected")
-
 
 def write_worker_stats(stats: Mapping[str, Any], path: str | None = None) -> None:
     """Write a worker's numeric ``fleet/*`` stats (and its item count) to ``$FLEET_STATS_FILE``, if set.

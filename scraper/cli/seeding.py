@@ -117,7 +117,7 @@ async def seed_run(
             raise fail(f"run {run!r} of spider {spidercls.name!r} was cancelled (fleet cancel); seed a new --run",
                        EXIT_ARGS)
         q = await open_queue(client, spidercls.name, shards=cfg.queue_shards, dedup_ttl=cfg.dedup_ttl)
-        start_items = 0  # items start() yielded: not stored (start_requests)
+        dropped = [0]  # items start() yielded: not stored (start_requests)
         if urls or urls_file:
             def all_urls() -> Iterator[str | URLRefused]:
                 yield from urls
@@ -135,7 +135,6 @@ async def seed_run(
                            "push URLs or JSON there (workers move them into the queue), or pass --url/--urls")
             spider = spider_instance(spidercls, cfg, "to read its start requests", spider_args)
             envs = []
-            dropped = [0]
             async for req in start_requests(spider, dropped):
                 if not rejected.check(req.url):
                     continue
@@ -147,7 +146,6 @@ async def seed_run(
                 except EnvelopeError as exc:
                     raise fail(f"start request {req.url}: {exc}") from None
             if dropped[0]:
-                start_items = dropped[0]
                 err.print(f"[yellow]warning[/] spider {escape(spidercls.name)!r}: start() yielded {dropped[0]} "
                           "item(s); Fleet stores items per request, so items from start() are not stored: yield them "
                           "from a callback", highlight=False, soft_wrap=True)
@@ -159,8 +157,8 @@ async def seed_run(
         result = {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
         if rejected.count:
             result["rejected"] = rejected.count
-        if start_items:
-            result["start_items_dropped"] = start_items
+        if dropped[0]:
+            result["start_items_dropped"] = dropped[0]
         return result
     finally:
         await client.aclose()

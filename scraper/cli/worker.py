@@ -56,9 +56,7 @@ def run_worker(
     cfg = load_config()
     settings = fleet_settings(cfg)
     spidercls = spider_class(spider, cfg)
-    problem = check_spider_kwargs(spidercls, spider_args or {})
-    if problem:  # before the crawler: its failure to make the spider is an asyncio traceback
-        raise fail(problem)
+    check_spider_kwargs(spidercls, spider_args or {})  # before the crawler: its failure is an asyncio traceback
     try:
         settings = worker_settings(spidercls, settings)
     except RuntimeError as exc:  # scraper.worker.render.ChromiumNotFound: says what to install

@@ -12,6 +12,7 @@ being changed elsewhere; import them from their own modules in new code).
 from __future__ import annotations
 
 import base64
+import functools
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ def _callback_name(spider: Spider | None, cb: Any, what: str) -> str | None:
     )
 
 
+@functools.lru_cache(maxsize=16)  # once per encoding, not per discovered link
 def _header_decoder(encoding: str) -> Any:
     """How a request's header bytes become text: latin-1 (bytes as they are), except for a request built in an
     encoding ASCII is not a subset of. Scrapy encodes header names and values in the request's encoding, and
