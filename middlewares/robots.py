@@ -56,7 +56,7 @@ from scraper.policy.taxonomy import D, Verdict, classify_exception
 from scraper.queue.robots import RobotsStore
 from scraper.worker.adapter import space_slot
 from scraper.worker.ports import FleetPort, fleet_of
-from scraper.worker.robots import RobotsResolver
+from scraper.worker.robots import ROBOTS_WAIT_KEY, RobotsResolver
 
 __all__ = ["FleetRobotsMiddleware"]
 
@@ -111,7 +111,11 @@ class FleetRobotsMiddleware:
         if origin is None:
             return
         rt = self._runtime()
-        entry = await self.resolver.entry(origin)
+        request.meta[ROBOTS_WAIT_KEY] = True
+        try:
+            entry = await self.resolver.entry(origin)
+        finally:
+            request.meta.pop(ROBOTS_WAIT_KEY, None)
         record = entry.record
         if record.kind == UNAVAILABLE:
             if rt is None:

@@ -86,7 +86,11 @@ class RunManifest:
         except Exception as exc:  # no previous manifest to add to: the new one starts from this writer
             self.log.warning("manifest_unreadable", spider=spider, run=run, error=type(exc).__name__)
         counts = self.base.get("counts") or {}
-        self.seeded = seeded if seeded is not None else counts.get("seeded")
+        prior = counts.get("seeded")
+        prior = prior if isinstance(prior, int) and not isinstance(prior, bool) and prior >= 0 else None
+        # ``seeded`` is what this writer enqueued: a run given more URLs later (fleet run --run R again)
+        # adds them to what its manifest already counts, or its earlier seeds would read as discovered
+        self.seeded = prior if seeded is None else seeded + (prior or 0)
         self.version = spider_version(spidercls) if spidercls is not None else \
             str(self.base.get("spider_version") or "unknown")
         self.item_key = item_key_of(spidercls) if spidercls is not None else tuple(self.base.get("item_key") or ())

@@ -113,7 +113,7 @@ def summarize(
     """The JSON summary ``fleet run`` prints (and logs as ``run_finished``).
 
     ``seen`` counts every request of the run ever enqueued (seeded and discovered; ``run_seeded`` is the
-    run's seeded total from its manifest, for ``discovered`` on a resumed run) and every redirect hop a
+    run's seeded total over all its invocations, from its manifest, for ``discovered``) and every redirect hop a
     request followed; ``done`` those that finished (an object, an ignore or a D outcome recorded as done;
     a redirect hop with its request); ``dlq`` the run's DLQ entries.
     ``parked`` and ``pending`` (ready + inflight + delayed) are this run's, read from ``queue``, so another
@@ -121,9 +121,10 @@ def summarize(
     was too large to read per run (scraper.queue.runstate.BACKLOG_LIMIT) and ``queue`` holds all its runs.
     ``breakers_open`` is the spider's (breakers are per spider and domain, not per run).
     """
-    # discovered = seen - what the run's seeding enqueued; a resumed run seeded nothing now, so that
-    # figure comes from the run's manifest (``run_seeded``), and is unknown (None) without one
-    total_seeded = seeded if not resumed else run_seeded
+    # discovered = seen - what the run's seeding enqueued over all its invocations: the run's manifest
+    # carries that total (``run_seeded``, this invocation's seeds included); a resumed run without one
+    # gives None (unknown), a new one its own seeds
+    total_seeded = run_seeded if run_seeded is not None or resumed else seeded
     open_breakers = sorted(d for d, b in breakers.items() if b.get("state", "closed") != "closed")
     pending = int(queue.get("ready", 0)) + int(queue.get("inflight", 0)) + int(queue.get("delayed", 0))
     return {

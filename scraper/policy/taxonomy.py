@@ -177,7 +177,10 @@ def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdi
         return Verdict(A, f"http:{status}", _retry_after(response), status=status)
     if status in rules.hard or (400 <= status < 500):
         return Verdict(D, f"http:{status}", status=status)
-    if status >= 500:
+    if status >= 500 or status < 100:
+        # 5xx, and a status line no server speaking HTTP sends (0, -5, 999: HTTP's codes are 100-599): a
+        # broken server or middlebox, never a page; retried as transient, then the DLQ with the evidence
+        # (a site whose odd code means a ban, 999 for one, goes in FLEET_BAN_STATUS)
         return Verdict(A, f"http:{status}", status=status)
     if 200 <= status < 300:
         head = response.body[:65536] if response.body else b""

@@ -29,8 +29,11 @@ from typing import Any
 from scraper.policy.robots import UNAVAILABLE, RobotsRecord
 from scraper.queue.robots import RobotsStore
 
-__all__ = ["POLL", "Entry", "RobotsResolver"]
+__all__ = ["POLL", "ROBOTS_WAIT_KEY", "Entry", "RobotsResolver"]
 
+#: Request meta set while a request waits for its site's robots.txt (FleetRobotsMiddleware): the fetch may
+#: queue behind the site's Crawl-delay in the download slot, so the stall watchdog counts the wait as queueing
+ROBOTS_WAIT_KEY = "_fleet_robots_wait"
 POLL = 0.2  # seconds between two looks at the record while another worker fetches it
 MAX_ORIGINS = 10_000  # sites remembered per worker (the oldest half is dropped when full)
 

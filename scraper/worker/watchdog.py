@@ -9,9 +9,10 @@ ones that neither fail nor finish.
 Every ``interval`` the watchdog looks at each unsettled lease the worker holds and at its progress: its
 current request (a redirect is a new one), the response status, items and requests produced and settled,
 and where the request is (:meth:`scraper.worker.settle.FleetDownloader.phase`). A request waiting for a download
-slot (DOWNLOAD_DELAY, per-slot concurrency) or for the engine to take it is not stalled: its clock
-restarts. One that has made no progress for longer than its download timeout (``download_timeout`` meta,
-else DOWNLOAD_TIMEOUT) plus ``FLEET_WATCHDOG_MARGIN`` seconds is settled as class A ``watchdog:stalled``
+slot (DOWNLOAD_DELAY, per-slot concurrency), for the engine to take it, for a browser page or for its
+site's robots.txt (whose fetch queues behind the site's Crawl-delay) is not stalled: its clock restarts.
+One that has made no progress for longer than its download timeout (``download_timeout`` meta, else
+DOWNLOAD_TIMEOUT) plus ``FLEET_WATCHDOG_MARGIN`` seconds is settled as class A ``watchdog:stalled``
 (retried with backoff, then the DLQ with ``exhausted:A``), with the phase, idle time and progress
 counters as evidence in the log (``request_stalled``), the lease history and the DLQ detail. Its fetch is
 marked void (a late answer is dropped, the spider's errback is not called) and cancelled if it is still
@@ -38,6 +39,7 @@ from scraper.policy.taxonomy import A, Verdict
 from scraper.worker.adapter import engine_holds
 from scraper.worker.ledger import VOID_KEY
 from scraper.worker.ports import FleetPort, fleet_of
+from scraper.worker.robots import ROBOTS_WAIT_KEY
 
 if TYPE_CHECKING:
     from scraper.worker.ledger import LeaseState
@@ -46,7 +48,7 @@ __all__ = ["DEFAULT_MARGIN", "Watchdog"]
 
 DEFAULT_MARGIN = 30.0
 # the phases in which a request waits for its turn (its clock restarts), see FleetDownloader.phase
-_WAITING = frozenset({"queued", "scheduled", "page_wait"})
+_WAITING = frozenset({"queued", "scheduled", "page_wait", "robots_wait"})
 
 
 class Watchdog:
@@ -112,6 +114,8 @@ class Watchdog:
             meta = request.meta
             if meta.get("_fleet_page_wait"):
                 phase = "page_wait"  # a rendered page waiting for one of the context's browser pages
+            elif meta.get(ROBOTS_WAIT_KEY):
+                phase = "robots_wait"  # its site's robots.txt: a fetch that may queue behind a Crawl-delay
             sig = (id(request), phase, state.status, state.pending, len(state.items),
                    len(state.discovered), state.exhausted, meta.get("_fleet_page_at"))
             prev = self._seen.get(lid)

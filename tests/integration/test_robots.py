@@ -27,6 +27,11 @@ class PoliteRobots(scrapy.Spider):
 
     def parse(self, response):
         yield {"url": response.url}
+
+
+class QuickRobots(PoliteRobots):
+    name = "quick_robots"  # a stall limit (download timeout + watchdog margin) shorter than the Crawl-delay
+    custom_settings = {"ROBOTSTXT_OBEY": True, "DOWNLOAD_TIMEOUT": 0.5, "FLEET_WATCHDOG_MARGIN": 0.3}
 '''
 
 
@@ -109,5 +114,24 @@ def test_crawl_delay_spaces_the_workers_requests(redis_url: str, tmp_path: Path)
         assert len(site.times) == 5
         gaps = [b - a for a, b in zip(site.times, site.times[1:], strict=False)]
         assert min(gaps) >= 0.35, f"requests {gaps} apart; robots.txt asked for 0.4 s"
+    finally:
+        site.stop()
+
+
+def test_a_robots_refetch_behind_the_crawl_delay_is_not_a_stall(redis_url: str, tmp_path: Path) -> None:
+    """robots.txt expires mid-crawl (FLEET_ROBOTS_TTL): its re-fetch queues in the site's slot behind the
+    Crawl-delay, longer than the stall limit of the pages waiting for it; they wait, none is retried."""
+    site = _RobotsSite(b"User-agent: *\nCrawl-delay: 1\n")
+    try:
+        env = {**_env(redis_url, tmp_path), "FLEET_ROBOTS_TTL": "1.5"}
+        urls = [a for i in range(7) for a in ("--url", f"{site.base}/p/{i}")]
+        assert fleet_json("seed", "quick_robots", "--run", "r1", *urls, env=env)["enqueued"] == 7
+        proc = start_worker("quick_robots", env, tmp_path / "w.log", "--concurrency", "4", "--until-idle", "1")
+        assert wait_all([proc], 90) == [0]
+        log = (tmp_path / "w.log").read_text()
+        assert site.hits["/robots.txt"] >= 2, site.hits  # re-fetched while pages waited for it
+        assert "request_stalled" not in log, log[-3000:]
+        assert all(site.hits[f"/p/{i}"] == 1 for i in range(7)), site.hits  # each page once: nothing retried
+        assert fleet_json("dlq", "quick_robots", "list", "--json", env=env) == []
     finally:
         site.stop()

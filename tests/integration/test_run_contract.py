@@ -77,6 +77,13 @@ def test_drifted_run_is_incomplete_until_reset_and_resume(redis_url: str, tmp_pa
         listed = fleet_json("runs", "driftshop", "--json", env=fixed)
         assert [m["run"] for m in listed] == ["night1"] and listed[0]["complete"] is True
 
+        # cron runs the same command again: nothing new to seed, and the manifest still counts the first seed
+        code, third = _run("driftshop", "--urls", str(urls), "--run", "night1", env=fixed)
+        assert code == 0 and third["seeded"] == 0 and third["skipped"] == 1, third
+        assert third["discovered"] == 62, third
+        c = _manifest(tmp_path, "driftshop", "night1")["counts"]
+        assert c["seeded"] == 1 and c["discovered"] == 62, c
+
 
 def _manifest(tmp: Path, spider: str, run: str) -> dict:
     return json.loads((tmp / "data" / "runs" / f"spider={spider}" / f"run={run}" / "manifest.json").read_text())

@@ -17,6 +17,7 @@ from scrapy.utils.test import get_crawler
 
 from scraper.policy.taxonomy import A
 from scraper.worker.ledger import VOID_KEY
+from scraper.worker.robots import ROBOTS_WAIT_KEY
 from scraper.worker.watchdog import Watchdog
 
 TIMEOUT, MARGIN = 2.0, 1.0
@@ -126,6 +127,20 @@ def test_waiting_for_a_slot_or_the_scheduler_is_not_a_stall() -> None:
     assert wd.check(300.0) == []  # nowhere Scrapy tracks it: the clock starts now
     assert wd.check(303.1) == ["L1"]
     assert rt.failed[0][1].detail.startswith("phase=limbo")
+
+
+def test_waiting_for_the_sites_robots_txt_is_not_a_stall() -> None:
+    """The robots.txt fetch (FleetRobotsMiddleware) queues in the site's slot behind its Crawl-delay: a
+    page waiting for it is queueing, not stalled; once robots.txt is read, its clock starts again."""
+    wd, rt, dl, state = _setup()
+    dl.phases[id(state.request)] = "middleware"
+    state.request.meta[ROBOTS_WAIT_KEY] = True
+    for t in range(100, 200, 10):
+        assert wd.check(float(t)) == []
+    state.request.meta.pop(ROBOTS_WAIT_KEY)
+    assert wd.check(200.0) == []
+    assert wd.check(203.1) == ["L1"]
+    assert rt.failed[0][1].detail.startswith("phase=middleware")
 
 
 def test_settled_speculative_and_shutdown_states_are_left_alone() -> None:
