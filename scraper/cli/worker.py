@@ -174,6 +174,8 @@ def install_signals(crawler: Any) -> None:
                     # would keep the worker (and a cron `fleet run`) alive: release the leases, then go.
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(rt.release_now("shutdown_timeout"), 10)
+                    with contextlib.suppress(Exception):  # fleet run's summary still counts this worker's outcomes
+                        runreport.write_worker_stats(crawler.stats.get_stats() if crawler.stats is not None else {})
                     os._exit(0)
 
                 def last_resort() -> None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 from scraper.cli.runreport import exit_code
 from scraper.devtools.demo_site import DemoSite
 from scraper.queue.envelope import Envelope
-from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, queue_session
+from tests import loopback
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, queue_session, spider_module_env
 from tests.integration.test_drift import BROKEN, FIXED, _spider_env
 
 pytestmark = pytest.mark.integration
@@ -132,6 +134,44 @@ def test_sigterm_to_fleet_run_stops_it_like_its_deadline(redis_url: str, tmp_pat
         c = counts(redis_url, "demo_shop")
         assert c["inflight"] == 0 and c["ready"] > 0, c  # leases released, nothing held, nothing lost
         assert _manifest(tmp_path, "demo_shop", "term")["complete"] is False
+
+
+STUCK = '''
+import asyncio
+import scrapy
+
+class Stuck(scrapy.Spider):
+    name = "stuck"
+
+    async def parse(self, response):
+        if response.url.endswith("/stuck"):
+            await asyncio.sleep(3600)  # a callback awaiting something that never comes
+        yield {"url": response.url}
+'''
+
+
+class _Pages(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        loopback.reply(self, b"<html><body>ok</body></html>")
+
+
+def test_a_worker_forced_out_by_a_stuck_callback_still_reports_its_outcomes(redis_url: str, tmp_path: Path) -> None:
+    """The deadline stops the workers; one callback never returns, so Scrapy's close never finishes and the
+    worker takes its last-resort exit (grace + SHUTDOWN_CLOSE_WAIT): its leases go back, and the pages it did
+    finish are still in the summary's outcomes and objects (its stats file is written on that path too)."""
+    with loopback.serving(_Pages) as base:
+        env = spider_module_env(redis_url, tmp_path, "stuck_spiders", STUCK, FLEET_SHUTDOWN_GRACE="1")
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"{base}/{p}\n" for p in ("a", "b", "c", "stuck")))
+        code, summary = _run("stuck", "--urls", str(urls), "--run", "r1", "--deadline", "4", env=env, timeout=90)
+    assert code == 5 and summary["deadline_passed"] and summary["pending"] == 1, summary
+    assert summary["outcomes"] == {"ok": 3} and summary["objects"] == 3, summary
+    assert summary["worker_exit_codes"] == [0], summary
+    c = counts(redis_url, "stuck")
+    assert c["inflight"] == 0 and c["ready"] == 1, c  # the stuck request's lease went back
 
 
 def test_another_runs_backlog_does_not_make_a_run_incomplete(redis_url: str, tmp_path: Path) -> None:
