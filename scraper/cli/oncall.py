@@ -222,7 +222,7 @@ def replay(
     url: Annotated[Optional[str], typer.Option("--url", help="The page's URL (its stored snapshot is used).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="A raw/, items/ or evidence/ key of the page.")] = None,
     run: Annotated[Optional[str], typer.Option("--run", callback=run_arg, help="Run of the snapshot (default: newest that has it).")] = None,
-    callback: Annotated[Optional[str], typer.Option(help="Callback to run (default: from the evidence, else parse).")] = None,
+    callback: Annotated[Optional[str], typer.Option(help="Callback to run (default: from the evidence, else parse; a CrawlSpider's rule from the URL).")] = None,
     arg: Annotated[Optional[list[str]], typer.Option("-a", "--arg", metavar="NAME=VALUE", help=SPIDER_ARG_HELP)] = None,
 ) -> None:
     """Re-run extraction offline on a stored snapshot; exit 0 when the required fields are there, 1 when

@@ -16,6 +16,7 @@ from typing import Any
 
 from scrapy import Request, Spider
 from scrapy.http import HtmlResponse
+from scrapy.spiders import CrawlSpider
 
 from scraper.cli.common import spider_instance
 from scraper.infra.config import FleetConfig
@@ -23,7 +24,7 @@ from scraper.policy import drift
 from scraper.queue.envelope import fp64
 from scraper.queue.names import is_name
 from scraper.store.backends import ObjectStore, open_store
-from scraper.store.objects import evidence_key, item_to_dict, raw_key
+from scraper.store.objects import evidence_key, item_to_dict, items_key, raw_key
 
 __all__ = ["ReplayError", "run_replay"]
 
@@ -43,6 +44,34 @@ def _load_evidence(store: ObjectStore, spider: str, run: str, fp: str) -> dict[s
         except KeyError:
             continue
     return {}
+
+
+def _items_url(store: ObjectStore, spider: str, run: str, fp: str) -> str | None:
+    """The page's URL from its items object (``_meta.url`` on every line), for a page with no evidence."""
+    try:
+        first = store.get(items_key(spider, run, fp)).split(b"\n", 1)[0]
+        url = json.loads(first)["_meta"]["url"]
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+def _rule_callback(spider: CrawlSpider, url: str, meta: dict[str, Any]) -> str:
+    """A CrawlSpider page's callback when nothing recorded its rule: ``_callback`` with the first rule that
+    has a callback and whose link extractor matches the URL (as the crawl chose it, unless two rules match),
+    written to ``meta["rule"]``, an extractor with allow patterns first; a page no such rule matches is a
+    start page (``_parse``). A guess from the URL alone: the evidence of a drifted page records the rule."""
+    rules = [(i, r) for i, r in enumerate(getattr(spider, "_rules", None) or ())
+             if r.callback is not None and r.link_extractor.matches(url)]
+    # an extractor with allow patterns names its pages; one without (restrict_css alone) matches every URL, so
+    # it is taken only for a page that is not one of the spider's start URLs
+    specific = [(i, r) for i, r in rules if getattr(r.link_extractor, "allow_res", None)]
+    starts = {str(u) for u in getattr(spider, "start_urls", ()) or ()}
+    chosen = specific or ([] if url in starts else rules)
+    if not chosen:
+        return "_parse"
+    meta.setdefault("rule", chosen[0][0])
+    return "_callback"
 
 
 async def _collect(result: Any) -> list[Any]:
@@ -96,16 +125,26 @@ def run_replay(
             + " (snapshots are kept under raw/ when FLEET_STORE_RAW is all or items)"
         )
     evidence = _load_evidence(store, name, run, fp)
-    page_url = url or evidence.get("url")
+    page_url = url or evidence.get("url") or _items_url(store, name, run, fp)
     if not page_url:
-        raise ReplayError("the snapshot has no evidence record with its URL: pass --url as well")
-    cb_name = callback or evidence.get("callback") or "parse"
+        raise ReplayError(f"no evidence record nor items object of fingerprint {fp} names the page's URL: "
+                          "replay it with --url URL instead of --key")
     spider = spider_instance(spidercls, cfg, "to replay its callback", spider_args)
+    meta = dict(evidence["meta"]) if isinstance(evidence.get("meta"), dict) else {}
+    cb_name = callback or evidence.get("callback") or "parse"
+    if isinstance(spider, CrawlSpider) and (cb_name == "parse" or (cb_name == "_callback" and "rule" not in meta)):
+        # a CrawlSpider's pages go through its rules (Scrapy calls _parse for a start page, _callback with
+        # meta["rule"] for a rule's page; its parse is not to be used): the rule is found from the URL
+        cb_name = _rule_callback(spider, page_url, meta)
     cb = getattr(spider, cb_name, None)
     if cb is None:
         raise ReplayError(f"spider {name!r} has no callback {cb_name!r}")
-    request = Request(page_url, callback=cb, cb_kwargs=dict(evidence.get("cb_kwargs") or {}))
-    response = HtmlResponse(url=page_url, body=gzip.decompress(body), encoding="utf-8", request=request)
+    request = Request(page_url, callback=cb, cb_kwargs=dict(evidence.get("cb_kwargs") or {}), meta=meta)
+    # the page's own charset: its Content-Type as fetched (evidence), else as Scrapy infers it without
+    # headers (a BOM, a <meta charset>, UTF-8, then cp1252); never UTF-8 forced on a Latin-1 or Shift-JIS page
+    ctype = evidence.get("content_type")
+    headers = {"Content-Type": ctype} if isinstance(ctype, str) and ctype else None
+    response = HtmlResponse(url=page_url, body=gzip.decompress(body), headers=headers, request=request)
     error = None
     try:
         outputs = asyncio.run(_collect(cb(response, **request.cb_kwargs)))

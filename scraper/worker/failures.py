@@ -134,7 +134,8 @@ class FailureApplier:
             evidence = {
                 "class": C, "reason": reason, "missing": list(missing), "url": env.url, "fp": env.fp,
                 "run": env.run, "spider": env.spider, "callback": env.callback or "parse",
-                "cb_kwargs": env.cb_kwargs, "status": state.fetch.status, "raw_key": raw_key,
+                "cb_kwargs": env.cb_kwargs, "meta": env.meta, "status": state.fetch.status, "raw_key": raw_key,
+                "content_type": (state.fetch.ctype or b"").decode("latin-1") or None,
                 "worker": self.worker_id, "at": now_iso(),
                 "items_sample": [item_to_dict(i) for i in state.out.items[:3]],
             }

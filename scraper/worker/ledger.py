@@ -41,11 +41,12 @@ class Fetch:
     """The download: its answer, the proxy that carried it (written by the downloader middlewares) and
     the fingerprints of the redirect hops it followed (scraper.worker.redirects; recorded at its commit)."""
 
-    __slots__ = ("body", "fetched_at", "hops", "proxy_id", "started", "status")
+    __slots__ = ("body", "ctype", "fetched_at", "hops", "proxy_id", "started", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
         self.body = b""
+        self.ctype: bytes | None = None  # the response's Content-Type: its charset, for fleet replay's evidence
         self.fetched_at: str | None = None
         self.started = time.monotonic()
         self.proxy_id: str | None = None

@@ -54,6 +54,7 @@ class Reports:
         fetch.status = response.status
         fetch.fetched_at = now_iso()
         fetch.body = response.body
+        fetch.ctype = response.headers.get(b"Content-Type")
         self.gating.done(state, "bad" if response.status in (429, 503) or verdict.cls == B else "ok")
         elapsed = int((time.monotonic() - fetch.started) * 1000)
         if fetch.proxy_id and self.proxies:
