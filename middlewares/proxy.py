@@ -51,7 +51,8 @@ class ProxyMiddleware:
                 await pool.load(host)
             except REDIS_ERRORS:
                 pass  # choose from what we knew; the health refresh retries next time
-        exclude = [h["proxy"] for h in state.env.history if h.get("cls") == "B" and h.get("proxy")]
+        # the proxies its failed attempts went through (a ban, or no answer): a retry goes through another
+        exclude = [h["proxy"] for h in state.env.history if h.get("cls") in ("A", "B") and h.get("proxy")]
         proxy, until = pool.choose(host, exclude)
         if proxy is None:
             rt.defer(state, until, "all_proxies_cooling")

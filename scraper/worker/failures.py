@@ -20,7 +20,7 @@ from scrapy.http import Response
 
 from scraper.infra.config import FleetConfig
 from scraper.policy.decide import DEAD, Budgets, decide
-from scraper.policy.taxonomy import C, D, FailureClass, Verdict
+from scraper.policy.taxonomy import A, C, D, FailureClass, Verdict
 from scraper.store.objects import ObjectWriter, item_to_dict
 from scraper.worker.breakers import Breakers
 from scraper.worker.health import Health
@@ -78,6 +78,8 @@ class FailureApplier:
         status = verdict.status
         decision = decide(cls, verdict.reason, status, env.attempts, self.budgets, retry_after=verdict.retry_after,
                           proxied=bool(proxy_id and self.proxies))
+        if proxy_id and response is None and cls == A and self.proxies:
+            self.proxies.failed(proxy_id, env.domain)  # no answer through it: it loses its preference
         if decision.ban_proxy:
             assert proxy_id is not None
             until = await self.health.redis_retry(lambda: self.proxies.ban(proxy_id, env.domain))

@@ -31,6 +31,7 @@ __all__ = [
     "COOL_BASE",
     "COOL_CAP",
     "EWMA_ALPHA",
+    "FAILURE_MS",
     "PROXY_KEY_PREFIX",
     "Health",
     "Proxy",
@@ -45,6 +46,7 @@ PROXY_KEY_PREFIX = "fleet:proxies:"
 COOL_BASE = 60.0
 COOL_CAP = 3600.0
 EWMA_ALPHA = 0.3
+FAILURE_MS = 10_000.0  # the latency a fetch that got no answer through a proxy counts as (ProxyPool.failed)
 
 
 class ProxyConfigError(ValueError):
@@ -248,6 +250,17 @@ class ProxyPool:
         pend["successes"] += 1
         pend["ewma_ms"] = h.ewma_ms
         pend["at"] = time.time()
+
+    def failed(self, pid: str, domain: str) -> None:
+        """A fetch through ``pid`` got no answer (reset, closed, timed out, garbage): counted as a very slow
+        answer (FAILURE_MS) in its latency, fleet-wide at the next flush. Why: a proxy that accepts connections
+        and never answers had no latency at all, so it stayed "untried" (cost 1.0) and beat every working one
+        in :meth:`choose`; no ban either, since the target itself may be what fails (every proxy then costs
+        alike, and the requests go to the DLQ on their A budget as before)."""
+        h = self.view(domain).health.setdefault(pid, Health())
+        h.ewma_ms = FAILURE_MS if not h.ewma_ms else (1 - EWMA_ALPHA) * h.ewma_ms + EWMA_ALPHA * FAILURE_MS
+        pend = self._pending.setdefault(health_key(pid, domain), {"successes": 0.0, "ewma_ms": 0.0, "at": 0.0})
+        pend["ewma_ms"] = h.ewma_ms  # "at" stays the last success's: a failure resets no ban escalation
 
     async def ban(self, pid: str, domain: str) -> float:
         """Mark (proxy, domain) bad now — fleet-wide — and return its cooling-until time."""

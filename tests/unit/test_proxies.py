@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scraper.worker.proxies import Health, Proxy, ProxyConfigError, ProxyPool, parse_proxies, proxy_id
+from scraper.worker.proxies import FAILURE_MS, Health, Proxy, ProxyConfigError, ProxyPool, parse_proxies, proxy_id
 
 SECRET = "s3cr3t-Pa55"
 
@@ -213,6 +213,22 @@ def test_success_updates_latency_and_resets_consecutive() -> None:
     h = pool.view("shop.example").health[p1.id]
     assert h.successes == 2 and h.consecutive == 0 and h.bans == 1
     assert h.ewma_ms == pytest.approx(0.7 * 100 + 0.3 * 200)
+
+
+def test_a_proxy_that_never_answers_loses_to_one_that_does() -> None:
+    """Found by a hostile probe: a proxy that accepts and closes had no latency, so it stayed "untried"
+    (cost 1) and won every draw against a working one at 10 ms; all 80 attempts went through it."""
+    pool = _pool(2)
+    dead, good = pool.proxies
+    pool.success(good.id, "shop.example", 10.0)
+    assert all(pool.choose("shop.example")[0] == dead for _ in range(50))  # untried: optimism, as before
+    pool.failed(dead.id, "shop.example")
+    h = pool.view("shop.example").health[dead.id]
+    assert h.ewma_ms == FAILURE_MS and h.consecutive == 0 and not h.cooling(time.time())  # no ban
+    assert all(pool.choose("shop.example")[0] == good for _ in range(50))
+    # flushed like a success's latency, but it is no success: "at" stays 0 (no ban escalation reset)
+    assert pool._pending[f"fleet:proxies:{dead.id}:shop.example"] == {"successes": 0.0, "ewma_ms": FAILURE_MS,
+                                                                       "at": 0.0}
 
 
 def test_ban_cooldown_grows_with_consecutive_bans() -> None:
