@@ -39,6 +39,7 @@ __all__ = [
     "items_key",
     "json_default",
     "key_values",
+    "no_surrogates",
     "raw_key",
 ]
 
@@ -115,7 +116,24 @@ def declared_key(spider: str, values: Sequence[Any]) -> str:
     the same product is one key whichever page or run found it. Canonical JSON (sorted keys, no
     spaces) so that equal values always hash alike."""
     canon = json.dumps(list(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=_key_default)
-    return hashlib.sha256(f"{spider}|{canon}".encode()).hexdigest()[:24]
+    return hashlib.sha256(_utf8(f"{spider}|{canon}")).hexdigest()[:24]
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` in UTF-8, a lone surrogate (a JSON API's ``"\\ud800"``: Python keeps it, UTF-8 cannot) as
+    U+FFFD, which is also what the HTML parser makes of ``&#xd800;``. Why not fail the item: the same value
+    comes back at every attempt (the page would be retried as a store failure, then dead-lettered with its
+    other items), and no reader of the objects (DuckDB, Athena, pyarrow) takes a surrogate anyway."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return no_surrogates(text).encode("utf-8")
+
+
+def no_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD (valid pairs were already one code point): what UTF-8,
+    and so Redis, the store and every reader, can hold."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 JSON_SCALARS = (str, int, float, bool, type(None))  # types JSON keeps as they are
@@ -237,7 +255,7 @@ def _encode_items(ctx: WriteContext, items: Sequence[Any]) -> bytes:
             "spider_version": ctx.spider_version,
         }
         lines.append(_encode(data))
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return _utf8("\n".join(lines) + "\n")
 
 
 class ObjectWriter:
@@ -260,7 +278,7 @@ class ObjectWriter:
     def write_evidence(self, spider: str, run: str, cls: str, fp: str, evidence: dict[str, Any]) -> str:
         key = evidence_key(spider, run, cls, fp)
         # redacted: the request's URL may hold user:pass@ (SECURITY.md: never a password in evidence)
-        data = json.dumps(redact_data(evidence, secret_fields=False), ensure_ascii=False, default=str,
-                          sort_keys=True).encode("utf-8")
+        data = _utf8(json.dumps(redact_data(evidence, secret_fields=False), ensure_ascii=False, default=str,
+                                sort_keys=True))
         self.store.put(key, data, content_type="application/json")
         return key

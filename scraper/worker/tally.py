@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from scraper.store.objects import item_to_dict, key_values
+from scraper.store.objects import item_to_dict, key_values, no_surrogates
 
 __all__ = ["FLUSH_EVERY", "MAX_FIELDS", "RunTally", "json_type"]
 
@@ -79,6 +79,8 @@ class RunTally:
             data = item_to_dict(item)
             for key, value in data.items():
                 name = str(key)  # a dict item may have non-string keys; its object has them as JSON strings
+                if not name.isascii():
+                    name = no_surrogates(name)  # as its object spells it (a lone surrogate cannot reach Redis)
                 if name == "_meta":
                     continue
                 if name not in tracked:

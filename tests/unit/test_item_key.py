@@ -156,3 +156,17 @@ def test_a_set_holding_nan_is_written_and_declared_keys_keep_their_old_values() 
     old = hashlib.sha256(("s|" + json.dumps([str(when), str(b"x")], separators=(",", ":"))).encode()).hexdigest()[:24]
     assert declared_key("s", [when, b"x"]) == old
     assert declared_key("s", [{3, 1, "a"}]) == declared_key("s", [{"a", 1, 3}])  # mixed types: one order too
+
+
+def test_a_lone_surrogate_is_written_as_u_fffd_not_retried_as_a_store_failure() -> None:
+    """A JSON API's "\\ud800" survives json.loads as a lone surrogate, which UTF-8 cannot hold: the object
+    write raised UnicodeEncodeError at every attempt (store:UnicodeEncodeError, then the DLQ with the
+    page's other items). Now it is U+FFFD, valid pairs kept, and a declared key over it is stable."""
+    item = json.loads('{"sku": "A\\ud800", "name": "x\\udfff y \\ud83d\\ude00"}')
+    data = encode_items(_ctx("c" * 16), [item, {"sku": "B", "name": "fine"}])
+    first, second = (json.loads(line) for line in data.decode("utf-8").splitlines())
+    assert first["sku"] == "A\ufffd" and first["name"] == "x\ufffd y \U0001f600" and second["name"] == "fine"
+    assert _keys(data)[0] == _keys(encode_items(_ctx("d" * 16), [item]))[0]
+    tally = RunTally()
+    tally.written("r1", [{"\udcff": 1}])
+    assert set(tally.runs["r1"]) >= {"t:integer:\ufffd", "c:\ufffd"}  # field names go to Redis as UTF-8
