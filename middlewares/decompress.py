@@ -19,15 +19,20 @@ overridable per spider); the compressed body itself was already bounded by the d
 
 from __future__ import annotations
 
+import codecs
+
 from scrapy import Request, Spider
 from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
 from scrapy.exceptions import IgnoreRequest
-from scrapy.http import Response
+from scrapy.http import Response, TextResponse
 
 from middlewares.redirect import to_follow
 from scraper.policy.refused import BodyTooLarge, BodyUndecodable, Refused
 
 __all__ = ["DecompressMiddleware"]
+
+# text codecs that decode no web page: IDNA and punycode encode host names, and raise on a page's bytes
+_NOT_FOR_PAGES = frozenset({"idna", "punycode"})
 
 
 
@@ -35,6 +40,24 @@ def _encoding(response: Response) -> str:
     """The Content-Encoding as sent (its tokens, lowercased, at most 60 characters)."""
     raw = b",".join(response.headers.getlist("Content-Encoding"))
     return raw.decode("latin-1").replace(" ", "").lower()[:60] or "identity"
+
+
+def _charset_problem(response: Request | Response) -> str | None:
+    """Why a text response's charset cannot decode it (None when it can). Why: a page may declare any codec
+    Python knows, in its Content-Type or a <meta charset>: ``rot13``, ``hex``, ``base64``, ``zlib`` are not
+    text encodings and ``idna`` fails on any page, so every ``response.text`` raised (``LookupError``,
+    ``UnicodeError``): retried as A ``error:LookupError`` until the budget was spent, or, when the meta-refresh
+    check read it first, called a bad redirect. It is the page's own declaration: D ``body:undecodable``."""
+    if not isinstance(response, TextResponse):
+        return None
+    try:
+        name = response.encoding
+        info = codecs.lookup(name)
+    except (LookupError, ValueError) as exc:  # UnicodeError is a ValueError
+        return f"charset: {type(exc).__name__}: {str(exc)[:120]}"
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_FOR_PAGES:
+        return f"charset={info.name} cannot decode a page"
+    return None
 
 
 class DecompressMiddleware(HttpCompressionMiddleware):
@@ -46,7 +69,11 @@ class DecompressMiddleware(HttpCompressionMiddleware):
         failure: type[Refused] = BodyUndecodable
         detail = ""
         try:
-            return super().process_response(request, response)
+            out = super().process_response(request, response)
+            bad = _charset_problem(out)
+            if bad is None or not isinstance(out, Response):
+                return out
+            response, detail = out, bad  # the refusal carries the decoded page
         except IgnoreRequest as exc:  # Scrapy's "exceeded DOWNLOAD_MAXSIZE during decompression"
             # only numbers are kept: a local bound to the cause (whose traceback's frames hold the partly
             # decoded output) would live on in this frame, in the traceback of the exception raised below,

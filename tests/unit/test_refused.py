@@ -109,6 +109,34 @@ def test_a_corrupt_body_is_body_undecodable(encoding: str, body: bytes) -> None:
     assert classify_exception(exc).reason == "body:undecodable"
 
 
+def _page(ctype: str, body: bytes = PAGE) -> Response:
+    mw = DecompressMiddleware.from_crawler(_crawler())
+    req = Request("http://a.test/p")
+    out = mw.process_response(req, HtmlResponse("http://a.test/p", body=body, headers={"Content-Type": ctype},
+                                                 request=req))
+    assert isinstance(out, Response)
+    return out
+
+
+@pytest.mark.parametrize("declared", [
+    ("text/html; charset=rot13", PAGE), ("text/html; charset=hex", PAGE), ("text/html; charset=base64", PAGE),
+    ("text/html; charset=zlib", PAGE), ("text/html; charset=bz2", PAGE), ("text/html; charset=idna", PAGE),
+    ("text/html", b'<html><head><meta charset="rot13"></head><body>x</body></html>'),
+])
+def test_a_page_in_a_codec_that_decodes_no_page_is_body_undecodable(declared: tuple[str, bytes]) -> None:
+    """Found by a hostile probe: every response.text raised (LookupError, UnicodeError), so the page was
+    retried as A error:LookupError, or called a bad redirect by the meta-refresh check."""
+    with pytest.raises(BodyUndecodable) as info:
+        _page(*declared)
+    assert info.value.detail.startswith("charset") and classify_exception(info.value).cls is D
+
+
+@pytest.mark.parametrize("ctype", ["text/html; charset=windows-1252", "text/html; charset=shift_jis",
+                                   "text/html; charset=no-such-codec", "text/html"])
+def test_a_page_in_a_real_or_unknown_charset_passes(ctype: str) -> None:
+    assert _page(ctype).text.startswith("<html>")
+
+
 def test_a_redirect_body_is_not_decoded() -> None:
     mw = DecompressMiddleware.from_crawler(_crawler())
     req = Request("http://a.test/p")
