@@ -32,7 +32,9 @@ __all__ = [
     "DEFAULT_RULES",
     "HARD_STATUS",
     "OK",
+    "SMALL_PAGE",
     "TRANSIENT_STATUS",
+    "WIDGET_MARKERS",
     "A",
     "B",
     "C",
@@ -72,21 +74,33 @@ TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 BAN_STATUS = frozenset({403, 407, 429})
 HARD_STATUS = frozenset({400, 401, 404, 405, 410, 451})
 
-# Challenge/CAPTCHA markers of the common bot-protection vendors, searched in the first 64 KiB.
+# Challenge/CAPTCHA markers of the common bot-protection vendors, searched in the first 64 KiB. These only
+# ever appear on a challenge or block page: Cloudflare's challenge (its orchestrate script, _cf_chl_opt; not
+# /cdn-cgi/challenge-platform/scripts/jsd/, which Cloudflare puts on every page of a site with its bot
+# detection on), Incapsula's block page, PerimeterX's, DataDome's.
 BLOCK_MARKERS = (
-    re.compile(rb"/cdn-cgi/challenge-platform/", re.I),
-    re.compile(rb"challenges\.cloudflare\.com/turnstile", re.I),
-    re.compile(rb"cf-turnstile", re.I),
-    re.compile(rb"_Incapsula_Resource", re.I),
+    re.compile(rb"/cdn-cgi/challenge-platform/h/|_cf_chl_opt", re.I),
+    re.compile(rb"Incapsula incident ID|_Incapsula_Resource\?[^\"'<>]{0,200}incident_id", re.I),
     re.compile(rb"px-captcha", re.I),
     re.compile(rb"captcha-delivery\.com", re.I),
+)
+# Markers that ordinary pages carry too: a reCAPTCHA, hCaptcha or Turnstile widget on a comment, contact or
+# login form, Incapsula's script on every page of a site behind it, an article about CAPTCHAs. They mean a
+# challenge only on a page that is not much more than one: at most SMALL_PAGE bytes, or titled like one
+# (a real site's page with a form protected by reCAPTCHA was class B on every visit, then the DLQ).
+WIDGET_MARKERS = (
+    re.compile(rb"challenges\.cloudflare\.com/turnstile|cf-turnstile", re.I),
+    re.compile(rb"_Incapsula_Resource", re.I),
     re.compile(rb"g-recaptcha|hcaptcha\.com|\bcaptcha\b", re.I),
 )
+SMALL_PAGE = 16 * 1024
+_CHALLENGE_TITLE = re.compile(
+    rb"<title[^>]*>\s*(?:just a moment|attention required|access denied|security check|robot check|"
+    rb"are you a (?:robot|human)|verify(?:ing)? you are (?:a )?human|pardon our interruption|one more step)", re.I)
 
 # Every built-in marker contains one of these words: pages without any of them (nearly all) skip the
-# seven regex scans. One lower() and four substring searches cost ~90 µs on a 60 KB page; the scans
-# cost ~1.7 ms.
-_MARKER_HINTS = (b"captcha", b"challenge", b"turnstile", b"incapsula")
+# regex scans. One lower() and five substring searches cost ~90 µs on a 60 KB page; the scans ~1.7 ms.
+_MARKER_HINTS = (b"captcha", b"challenge", b"turnstile", b"incapsula", b"_cf_chl")
 _BUILTIN = frozenset(id(m) for m in BLOCK_MARKERS)
 
 _TRANSIENT_EXC: tuple[type[BaseException], ...] = (
@@ -191,6 +205,10 @@ def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdi
         for marker in rules.markers:
             if (hinted or id(marker) not in _BUILTIN) and marker.search(head):
                 return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
+        if hinted and (len(response.body) <= SMALL_PAGE or _CHALLENGE_TITLE.search(head)):
+            for marker in WIDGET_MARKERS:
+                if marker.search(head):
+                    return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
         return _ok(status)
     return Verdict(OK, f"http:{status}", status=status)  # 1xx/3xx: redirects are followed by Scrapy
 

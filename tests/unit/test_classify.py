@@ -69,13 +69,37 @@ def test_200_challenge_bodies_are_b(snippet: bytes) -> None:
 
 
 @pytest.mark.parametrize("snippet", [
-    b'<DIV CLASS="G-RECAPTCHA"></DIV>', b'<script src="https://HCAPTCHA.COM/1/api.js"></script>',
-    b"<p>Please solve the CAPTCHA</p>", b'<SCRIPT SRC="/CDN-CGI/CHALLENGE-PLATFORM/x"></SCRIPT>',
-    b'<script src="/_incapsula_resource?x=1"></script>',
+    b'<SCRIPT SRC="/CDN-CGI/CHALLENGE-PLATFORM/H/b/orchestrate/x"></SCRIPT>', b"<script>window._CF_CHL_OPT={}</script>",
+    b'<DIV ID="PX-CAPTCHA"></DIV>', b'<iframe src="https://geo.CAPTCHA-DELIVERY.com/captcha/"></iframe>',
+    b"<p>Request unsuccessful. INCAPSULA INCIDENT ID: 0-123</p>",
 ])
-def test_markers_match_in_any_case_despite_the_prefilter(snippet: bytes) -> None:
+def test_block_page_markers_match_in_any_case_and_on_any_size(snippet: bytes) -> None:
     body = b"<html><body>" + b"<p>filler</p>" * 4000 + snippet + b"</body></html>"
     assert classify_response(_resp(200, body=body)).cls == B
+
+
+WIDGETS = [
+    b'<DIV CLASS="G-RECAPTCHA"></DIV>', b'<script src="https://HCAPTCHA.COM/1/api.js"></script>',
+    b"<p>Please solve the CAPTCHA</p>", b'<script src="/_incapsula_resource?SWJIYLWA=1"></script>',
+    b'<div class="cf-turnstile"></div>',
+]
+
+
+@pytest.mark.parametrize("snippet", WIDGETS)
+def test_a_widget_on_a_page_that_is_little_else_is_a_challenge(snippet: bytes) -> None:
+    small = b"<html><body><p>filler</p>" + snippet + b"</body></html>"
+    assert classify_response(_resp(200, body=small)).cls == B
+    titled = b"<html><head><title>Attention Required!</title></head><body>" + b"<p>x</p>" * 4000 + snippet
+    assert classify_response(_resp(200, body=titled)).cls == B
+
+
+@pytest.mark.parametrize("snippet", [*WIDGETS,
+                                     b'<script src="/cdn-cgi/challenge-platform/scripts/jsd/main.js"></script>'])
+def test_an_ordinary_page_with_a_form_widget_or_bot_detection_script_is_ok(snippet: bytes) -> None:
+    """A comment form protected by reCAPTCHA, Cloudflare's bot-detection script (on every page of a site with
+    it on), Incapsula's script, an article about CAPTCHAs: class B on every visit before, then the DLQ."""
+    body = b"<html><head><title>A post</title></head><body>" + b"<p>article text</p>" * 2000 + snippet
+    assert classify_response(_resp(200, body=body)).cls == OK
 
 
 def test_marker_beyond_first_64k_is_not_scanned() -> None:
