@@ -9,12 +9,14 @@ unit tests (tests/unit/test_core_policy.py) pin them. The applier (scraper.worke
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from scraper.policy.backoff import retry_delay
 from scraper.policy.taxonomy import A, B, D, FailureClass
 
-__all__ = ["DEAD", "DOMAIN_SLOWDOWN_STATUS", "RETRY", "Budgets", "Decision", "decide"]
+__all__ = ["DEAD", "DOMAIN_SLOWDOWN_STATUS", "RETRY", "Budgets", "Decision", "decide", "request_budgets"]
 
 # Answers that mean "this whole site wants you to slow down".
 DOMAIN_SLOWDOWN_STATUS = frozenset({429, 503})
@@ -45,6 +47,18 @@ class Decision:
     delay: float = 0.0
     hold_domain: bool = False
     ban_proxy: bool = False
+
+
+def request_budgets(budgets: Budgets, meta: Mapping[str, Any]) -> Budgets:
+    """The budgets of one request, with Scrapy's retry meta that a spider sets in its code applied:
+    ``dont_retry`` (never retried: no A retry, no B rotation; the first failure goes to the DLQ) and
+    ``max_retry_times`` (its A budget, as RetryMiddleware reads it). Anything else in them is ignored."""
+    if meta.get("dont_retry"):
+        return replace(budgets, retry_max=0, rotate_max=0)
+    n = meta.get("max_retry_times")
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+        return replace(budgets, retry_max=n)
+    return budgets
 
 
 def decide(cls: FailureClass, reason: str, status: int | None, attempts: dict[str, int], budgets: Budgets, *,

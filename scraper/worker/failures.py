@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -17,18 +18,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 from scrapy.http import Response
+from scrapy.settings import SETTINGS_PRIORITIES
 
 from scraper.infra.config import FleetConfig
-from scraper.policy.decide import DEAD, Budgets, decide
+from scraper.policy.decide import DEAD, Budgets, decide, request_budgets
 from scraper.policy.taxonomy import A, C, D, FailureClass, Verdict
 from scraper.store.objects import ObjectWriter, item_to_dict
 from scraper.worker.breakers import Breakers
 from scraper.worker.health import Health
 from scraper.worker.ledger import LeaseState, Ledger
+from scraper.worker.project import PRIORITY as PROJECT_PRIORITY
 from scraper.worker.proxies import ProxyPool
 from scraper.worker.queueport import QueuePort
 
-__all__ = ["EVIDENCE_HEADERS", "FailureApplier", "now_iso"]
+__all__ = ["EVIDENCE_HEADERS", "FailureApplier", "now_iso", "spider_retry_times"]
 
 EVIDENCE_HEADERS = ("content-type", "server", "retry-after", "cf-mitigated", "location", "cf-ray",
                     "content-encoding", "content-length")
@@ -38,12 +41,24 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def spider_retry_times(settings: Any) -> int | None:
+    """``RETRY_TIMES`` as a spider's ``custom_settings`` or its Scrapy project's settings module set it: the
+    A budget (FLEET_RETRY_MAX) of that spider's requests, as RetryMiddleware's users expect. A FLEET_RETRY_MAX
+    set in the environment beats the project's module, not the spider's own setting (docs/architecture.md,
+    Configuration). None: FLEET_RETRY_MAX."""
+    prio = settings.getpriority("RETRY_TIMES") or 0
+    if prio >= SETTINGS_PRIORITIES["spider"] or (prio >= PROJECT_PRIORITY and "FLEET_RETRY_MAX" not in os.environ):
+        return max(0, int(settings.getint("RETRY_TIMES")))
+    return None
+
+
 class FailureApplier:
     """Nack (A/B within budget), DLQ (D, exhausted, bad envelopes) and park (C) a request."""
 
     def __init__(self, config: FleetConfig, worker_id: str, ledger: Ledger, health: Health, breakers: Breakers,
                  writer: ObjectWriter, in_pool: Callable[..., Awaitable[Any]],
-                 confirmed: Callable[[LeaseState], Awaitable[bool]], stats: Any, log: Any) -> None:
+                 confirmed: Callable[[LeaseState], Awaitable[bool]], stats: Any, log: Any,
+                 retry_times: int | None = None) -> None:
         self.config = config
         self.worker_id = worker_id
         self.ledger = ledger
@@ -54,7 +69,8 @@ class FailureApplier:
         self.confirmed = confirmed
         self.stats = stats
         self.log = log
-        self.budgets = Budgets(config.retry_max, config.rotate_max, config.retry_base, config.retry_cap)
+        self.budgets = Budgets(config.retry_max if retry_times is None else retry_times, config.rotate_max,
+                               config.retry_base, config.retry_cap)
         self.queue: QueuePort | None = None  # set when the spider opens
         self.proxies: ProxyPool = ProxyPool([])
 
@@ -76,7 +92,8 @@ class FailureApplier:
             env.history[-1]["detail"] = verdict.detail[:300]
         detail = f"{verdict.reason}: {verdict.detail}" if verdict.detail else verdict.reason
         status = verdict.status
-        decision = decide(cls, verdict.reason, status, env.attempts, self.budgets, retry_after=verdict.retry_after,
+        budgets = request_budgets(self.budgets, env.meta)  # dont_retry, max_retry_times
+        decision = decide(cls, verdict.reason, status, env.attempts, budgets, retry_after=verdict.retry_after,
                           proxied=bool(proxy_id and self.proxies))
         if proxy_id and response is None and cls == A and self.proxies:
             self.proxies.failed(proxy_id, env.domain)  # no answer through it: it loses its preference

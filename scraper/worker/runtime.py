@@ -48,7 +48,7 @@ from scraper.worker.breakers import Breakers
 from scraper.worker.cancels import Cancels
 from scraper.worker.committer import Committer, Flags
 from scraper.worker.discovery import Discovery
-from scraper.worker.failures import FailureApplier
+from scraper.worker.failures import FailureApplier, spider_retry_times
 from scraper.worker.feeder import Feeder, Speculation
 from scraper.worker.finisher import Finisher
 from scraper.worker.gate import Gate
@@ -110,7 +110,8 @@ class FleetRuntime:
         self.cancels = Cancels(self.ledger, self.health, self.flags, confirmed=self.speculation.confirmed,
                                spawn=self.spawn, stats=self.stats, log=self.log)
         self.failures = FailureApplier(config, self.worker_id, self.ledger, self.health, self.breakers,
-                                       self.writer, self._in_pool, self.cancels.confirmed, self.stats, self.log)
+                                       self.writer, self._in_pool, self.cancels.confirmed, self.stats, self.log,
+                                       retry_times=spider_retry_times(crawler.settings))
         self.feeder = Feeder(self.ledger, self.health, self.flags, worker_id=self.worker_id,
                              lease_seconds=config.lease_seconds, prefetch=self.prefetch,
                              concurrency=self.concurrency, stats=self.stats, log=self.log, kick=self.engine_kick,

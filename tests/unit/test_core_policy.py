@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from scraper.policy.decide import DEAD, RETRY, Budgets, decide
+import pytest
+
+from scraper.policy.decide import DEAD, RETRY, Budgets, decide, request_budgets
 from scraper.policy.taxonomy import A, B, D
 
 BUDGETS = Budgets(retry_max=2, rotate_max=3, base=1.0, cap=8.0)
@@ -45,3 +47,31 @@ def test_ban_rotates_at_once_through_another_proxy() -> None:
 def test_d_goes_to_the_dlq_with_its_reason() -> None:
     d = decide(D, "http:404", 404, {D: 1}, BUDGETS)
     assert (d.action, d.reason, d.cls) == (DEAD, "http:404", D)
+
+
+def test_scrapys_retry_meta_sets_the_requests_budgets() -> None:
+    """A spider's dont_retry and max_retry_times meta were ignored: every request got FLEET_RETRY_MAX."""
+    assert request_budgets(BUDGETS, {}) is BUDGETS
+    no = request_budgets(BUDGETS, {"dont_retry": True})
+    assert (no.retry_max, no.rotate_max) == (0, 0)
+    assert decide(A, "http:500", 500, {A: 1}, no).action == DEAD
+    assert decide(B, "http:429", 429, {B: 1}, no).reason == f"exhausted:{B}"
+    one = request_budgets(BUDGETS, {"max_retry_times": 1})
+    assert (one.retry_max, one.rotate_max) == (1, BUDGETS.rotate_max)
+    assert decide(A, "http:500", 500, {A: 1}, one).action == RETRY and decide(A, "http:500", 500, {A: 2}, one).action == DEAD
+    for junk in (-1, "3", True, None, 2.5):  # not an int >= 0: the default budget
+        assert request_budgets(BUDGETS, {"max_retry_times": junk}) is BUDGETS
+
+
+def test_a_spiders_retry_times_is_its_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scrapy.settings import Settings
+
+    from scraper.worker.failures import spider_retry_times
+
+    monkeypatch.delenv("FLEET_RETRY_MAX", raising=False)
+    assert spider_retry_times(Settings()) is None  # Scrapy's default (2): FLEET_RETRY_MAX decides
+    assert spider_retry_times(Settings({"RETRY_TIMES": 0}, priority="spider")) == 0
+    assert spider_retry_times(Settings({"RETRY_TIMES": 5}, priority=25)) == 5  # the project's settings module
+    monkeypatch.setenv("FLEET_RETRY_MAX", "3")
+    assert spider_retry_times(Settings({"RETRY_TIMES": 5}, priority=25)) is None  # FLEET_* beats the project
+    assert spider_retry_times(Settings({"RETRY_TIMES": 1}, priority="spider")) == 1  # the spider beats both
