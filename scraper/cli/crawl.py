@@ -43,6 +43,7 @@ from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.queue.client import QueueError
 from scraper.queue.entrycheck import callback_name_ok
+from scraper.queue.redisio import REDIS_ERRORS
 from scraper.worker.catalog import SettingsError, item_pipelines
 
 __all__ = ["app"]
@@ -184,7 +185,27 @@ def run_cmd(
                 procs = [subprocess.Popen(cmd, env=e) for e in envs]
                 codes, cut = _wait_workers(procs, deadline_at, manifest.tick)
             worker_stats = runreport.merge_worker_stats(stats_files)
-        summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True, spidercls=spidercls))
+        try:
+            summary = asyncio.run(run_summary(cfg, spider, run_id, per_run=True, spidercls=spidercls))
+        except (typer.Exit, *REDIS_ERRORS) as exc:
+            if isinstance(exc, typer.Exit) and exc.exit_code != EXIT_INFRA:
+                raise
+            # Redis went away while the workers ran (they exited 3): cron still gets a summary of what is
+            # known, its exit code and why, and the manifest says so if the store is up
+            why = "Redis was unreachable at the end of the run: its figures (seen, done, DLQ, backlog) are unknown"
+            if not isinstance(exc, typer.Exit):
+                err.print(f"[bold red]error:[/] {why}: {type(exc).__name__}", highlight=False, soft_wrap=True)
+            partial = {"spider": spider, "run": run_id, "resumed": resume is not None, "seeded": seeded["enqueued"],
+                       "skipped": seeded["skipped"], "rejected": seeded.get("rejected", 0), **worker_stats,
+                       "seen": None, "done": None, "dlq": None, "pending": None, "redis_unreachable": True,
+                       "deadline_passed": cut, "workers": workers, "worker_exit_codes": codes,
+                       "elapsed_s": round(time.time() - started, 2), "store": cfg.store,
+                       "terminated": _TERMINATED.is_set()}
+            partial["manifest"] = manifest.write(final=True, exit_code=EXIT_INFRA, why=why,
+                                                 outcomes=worker_stats["outcomes"], ignored=worker_stats["ignored"])
+            runlog.info("run_finished", exit_code=EXIT_INFRA, **{k: v for k, v in partial.items() if k != "store"})
+            print(json.dumps(partial))
+            raise typer.Exit(EXIT_INFRA) from None
         result = runreport.summarize(
             spider=spider, run=run_id, resumed=resume is not None, seeded=seeded["enqueued"],
             run_seeded=manifest.seeded if isinstance(manifest.seeded, int) else None,

