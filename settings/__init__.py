@@ -163,7 +163,7 @@ EXTENSIONS = {
 # page (class B) before any drift check.
 # FLEET_TRANSIENT_STATUS = [408, 500, 502, 503, 504, 520, 521, 522, 523, 524]   # class A
 # FLEET_BAN_STATUS = [403, 407, 429]                                             # class B
-# FLEET_HARD_STATUS = [400, 401, 404, 405, 410, 451]                             # class D
+# FLEET_HARD_STATUS = [400, 401, 404, 405, 410, 451, 501, 505]                          # class D
 FLEET_EXTRA_BLOCK_MARKERS: list[str] = []
 
 LOG_LEVEL = "INFO"

@@ -72,7 +72,7 @@ OK, A, B, C, D = FailureClass.OK, FailureClass.A, FailureClass.B, FailureClass.C
 
 TRANSIENT_STATUS = frozenset({408, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 BAN_STATUS = frozenset({403, 407, 429})
-HARD_STATUS = frozenset({400, 401, 404, 405, 410, 451})
+HARD_STATUS = frozenset({400, 401, 404, 405, 410, 451, 501, 505})  # 501/505: the server will never do it
 
 # Challenge/CAPTCHA markers of the common bot-protection vendors, searched in the first 64 KiB. These only
 # ever appear on a challenge or block page: Cloudflare's challenge (its orchestrate script, _cf_chl_opt; not

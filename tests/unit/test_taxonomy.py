@@ -47,7 +47,7 @@ def test_budgets_keyed_by_member_or_letter_are_one_budget() -> None:
 @pytest.mark.parametrize(
     ("status", "cls"),
     [(200, OK), (301, OK), (403, B), (407, B), (429, B), (503, A), (500, A), (599, A), (404, D), (418, D),
-     (0, A), (-5, A), (99, A), (600, A), (999, A)],  # outside HTTP's 100-599: a broken server, never a page
+     (0, A), (-5, A), (99, A), (600, A), (999, A), (501, D), (505, D)],  # outside HTTP's 100-599: a broken server, never a page
 )
 def test_status_verdicts_carry_their_status(status: int, cls: FailureClass) -> None:
     v = classify_response(_resp(status))
