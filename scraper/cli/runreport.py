@@ -40,6 +40,10 @@ EXIT_INCOMPLETE = 5
 STATS_ENV = "FLEET_STATS_FILE"
 
 
+_REASON = "fleet/finish_reason/"  # a worker's Scrapy finish_reason, in its stats file
+# finish reasons of a worker that stopped as Fleet stops it: anything else is the spider's own doing
+_ROUTINE = frozenset({"finished", "shutdown", "cancelled"})
+
 def write_worker_stats(stats: Mapping[str, Any], path: str | None = None) -> None:
     """Write a worker's numeric ``fleet/*`` stats (and its item count) to ``$FLEET_STATS_FILE``, if set.
 
@@ -51,6 +55,9 @@ def write_worker_stats(stats: Mapping[str, Any], path: str | None = None) -> Non
         return
     keep = {k: v for k, v in stats.items()
             if isinstance(v, (int, float)) and (k.startswith("fleet/") or k == "item_scraped_count")}
+    reason = stats.get("finish_reason")
+    if isinstance(reason, str) and reason:  # why the worker's spider closed (closespider_itemcount, ...)
+        keep[f"{_REASON}{reason[:100]}"] = 1
     with contextlib.suppress(OSError):
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".stats-")
         with os.fdopen(fd, "w") as fh:
@@ -86,6 +93,9 @@ def merge_worker_stats(paths: Iterable[Path]) -> dict[str, Any]:
         # requests the spider yielded that could not be queued (cb_kwargs no JSON, a callback that is no
         # method of the spider): lost work, each a request_rejected line in the worker's log
         "discovered_rejected": int(total.get("fleet/discovered_rejected", 0)),
+        # why the workers' spiders closed, and how many workers each: "finished" (idle), "shutdown" (a signal,
+        # the deadline), or the spider's own: CloseSpider's reason, CLOSESPIDER_ITEMCOUNT's "closespider_itemcount"
+        "finish_reasons": {k[len(_REASON):]: int(v) for k, v in sorted(total.items()) if k.startswith(_REASON)},
     }
 
 
@@ -148,6 +158,7 @@ def summarize(
         "items": workers.get("items", 0),
         "retried": workers.get("retried", 0),
         "discovered_rejected": workers.get("discovered_rejected", 0),
+        "finish_reasons": workers.get("finish_reasons", {}),
         "workers_reporting": workers.get("workers_reporting", 0),
         "deadline_passed": deadline_passed,
         "workers": len(worker_codes),
@@ -182,6 +193,9 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
         why.append(f"{summary['parked']} requests parked")
     if summary.get("breakers_open"):
         why.append("breaker open for " + ", ".join(summary["breakers_open"][:5]))
+    closed = sorted(r for r in summary.get("finish_reasons") or {} if r not in _ROUTINE)
+    if summary.get("pending") and closed:
+        why.append("the spider closed itself (" + ", ".join(closed[:3]) + ")")
     if summary.get("pending"):
         why.append(f"{summary['pending']} requests still queued")
     if why:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from scrapy.exceptions import CloseSpider
 from scrapy.http import Response
 
 from scraper.policy.taxonomy import B, Verdict
@@ -34,8 +35,10 @@ __all__ = ["Reports"]
 class Reports:
     def __init__(self, ledger: Ledger, flags: Flags, gating: Gating, *, finisher: Finisher,
                  failures: FailureApplier, committer: Committer, discovery: Discovery,
-                 spawn: Callable[[Any], None], stats: Any, log: Any) -> None:
+                 spawn: Callable[[Any], None], stats: Any, log: Any,
+                 stop: Callable[[str], None] = lambda reason: None) -> None:
         self.ledger = ledger
+        self.stop = stop  # the worker's graceful stop (FleetRuntime.request_stop)
         self.flags = flags
         self.gating = gating  # the politeness gate, if any: a permit goes back when its fetch ends
         self.finisher = finisher
@@ -141,6 +144,14 @@ class Reports:
 
     def callback_failed(self, state: LeaseState, exc: BaseException) -> None:
         if state.settled or self.flags.releasing:
+            return
+        if isinstance(exc, CloseSpider):
+            # Scrapy's way for a callback to end the crawl: what it yielded before is kept (its page finishes
+            # as usual) and this worker stops gracefully; what is left stays queued for --resume
+            self.stats.inc_value("fleet/closespider")
+            self.log.info("spider_close_requested", run=state.env.run, fp=state.env.fp, reason=str(exc.reason)[:200])
+            self.stop(f"closespider:{exc.reason}"[:200])
+            self.output_done(state)
             return
         state.settled = True
         self.finisher.callback_failed(state, exc)

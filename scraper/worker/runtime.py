@@ -139,7 +139,7 @@ class FleetRuntime:
             unspace=lambda request: unspace_slot(self.crawler, request))
         self.reports = reports = Reports(self.ledger, self.flags, self.gating, finisher=self.finisher,
                                          failures=self.failures, committer=self.committer, discovery=self.discovery,
-                                         spawn=self.spawn, stats=self.stats, log=self.log)
+                                         spawn=self.spawn, stats=self.stats, log=self.log, stop=self.request_stop)
         # FleetPort's per-request reports are the Reports' own methods (scraper.worker.reports)
         self.fetched, self.fail = reports.fetched, reports.fail
         self.defer, self.ignored = reports.defer, reports.ignored
