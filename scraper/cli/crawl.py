@@ -222,7 +222,9 @@ def run_cmd(
             if failed:
                 code, why = EXIT_INFRA, failed
         result["manifest"] = manifest.write(final=True, exit_code=code, why=why, outcomes=worker_stats["outcomes"],
-                                            ignored=worker_stats["ignored"], export=result.get("export"))
+                                            ignored=worker_stats["ignored"], export=result.get("export"),
+                                            rejected={"rejected": int(seeded.get("rejected", 0)),
+                                                      "discovered_rejected": worker_stats["discovered_rejected"]})
         runlog.info("run_finished", exit_code=code, **{k: v for k, v in result.items() if k != "store"})
         print(json.dumps(result))
         if code:

@@ -53,7 +53,8 @@ async def gather(redis_url: str, spider: str, run: str) -> dict[str, Any]:
         breakers = await q.breaker_states()  # the not-closed ones: domain -> state|until
         open_ = sorted(d for d, v in breakers.items() if v.split("|", 1)[0] in ("open", "half"))
         first = await q.first_seen(run)
-        return {"known": run in runs, **runs.get(run, {"seen": 0, "done": 0}), "dlq": dlq, "backlog": backlog,
+        cancelled = bool(await client.hexists(q.keys.cancelled, run))  # marked in every shard (fleet cancel)
+        return {"known": run in runs, "cancelled": cancelled, **runs.get(run, {"seen": 0, "done": 0}), "dlq": dlq, "backlog": backlog,
                 "scope": scope, "breakers_open": open_, "tally": await run_tally(client, q.keys, run),
                 "first_seeded": None if first is None else float(first)}
     finally:
@@ -100,13 +101,13 @@ class RunManifest:
 
     def write(self, *, final: bool, exit_code: int | None = None, why: str = "",
               outcomes: Mapping[str, int] | None = None, ignored: int | None = None,
-              export: Mapping[str, Any] | None = None) -> str | None:
+              export: Mapping[str, Any] | None = None, rejected: Mapping[str, int] | None = None) -> str | None:
         """Rewrite the manifest; returns its key, or None after a one-line warning when Redis or the
         store failed (a manifest never changes a run's outcome or exit code)."""
         self.last_write = time.monotonic()
         try:
             figures = asyncio.run(gather(self.redis_url, self.spider, self.run))
-            manifest = self._build(figures, final, exit_code, why, outcomes or {}, ignored)
+            manifest = self._build(figures, final, exit_code, why, outcomes or {}, ignored, rejected or {})
             # `fleet run --export`: what the export wrote (parts, rows, location), so the rows analysts count
             # in DuckDB can be checked against the manifest; otherwise the one the stored manifest has now
             # (a `fleet export` may have recorded one since this writer read it)
@@ -137,7 +138,7 @@ class RunManifest:
             self.write(final=False)
 
     def _build(self, f: Mapping[str, Any], final: bool, exit_code: int | None, why: str,
-               outcomes: Mapping[str, int], ignored: int | None) -> dict[str, Any]:
+               outcomes: Mapping[str, int], ignored: int | None, rejected: Mapping[str, int]) -> dict[str, Any]:
         base, counts = self.base, self.base.get("counts") or {}
         by_run = self.writer == "fleet run"
         backlog = f["backlog"]
@@ -157,7 +158,8 @@ class RunManifest:
             finished_at=finished, elapsed_s=elapsed, seeded=self.seeded, seen=int(f["seen"]),
             done=int(f["done"]), dlq=int(f["dlq"]), backlog=backlog, scope=f["scope"], ignored=total_ignored,
             outcomes=_add(counts.get("outcomes"), outcomes), breakers_open=f["breakers_open"], tally=f["tally"],
-            exit_code=exit_code if by_run else None, why_incomplete=why,
+            exit_code=exit_code if by_run else None, why_incomplete=why, cancelled=bool(f.get("cancelled")),
+            rejected=_add({k: counts.get(k) for k in ("rejected", "discovered_rejected")}, rejected),
         )
 
 

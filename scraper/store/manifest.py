@@ -52,12 +52,17 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def reconcile(*, seen: int, done: int, dlq: int, parked: int, queued: int, scope: str) -> dict[str, Any]:
+def reconcile(*, seen: int, done: int, dlq: int, parked: int, queued: int, scope: str,
+              cancelled: bool = False) -> dict[str, Any]:
     """Every request seen (seeded or discovered) is done (ignored ones included: they are recorded as
-    done), in the DLQ, parked or still queued. ``problem`` says which side does not add up, or None."""
+    done), in the DLQ, parked or still queued; in a cancelled run, the rest were dropped by the cancel
+    (``cancelled_dropped``), not lost. ``problem`` says which side does not add up, or None."""
     accounted = done + dlq + parked + queued
     diff = seen - accounted
     problem = None
+    dropped = 0
+    if cancelled and diff > 0:
+        dropped, diff = diff, 0
     if diff > 0:
         problem = (f"{diff} of {seen} requests seen are neither done, in the DLQ, parked nor queued "
                    "(lost, or a DLQ entry trimmed or deleted)")
@@ -67,8 +72,11 @@ def reconcile(*, seen: int, done: int, dlq: int, parked: int, queued: int, scope
                    "SEEN expired)")
     if problem and scope != "run":
         problem += "; parked and queued are the spider's, all runs (backlog too large to read per run)"
-    return {"ok": diff == 0, "seen": seen, "done": done, "dlq": dlq, "parked": parked, "queued": queued,
-            "unaccounted": diff, "scope": scope, "problem": problem}
+    out = {"ok": diff == 0, "seen": seen, "done": done, "dlq": dlq, "parked": parked, "queued": queued,
+           "unaccounted": diff, "scope": scope, "problem": problem}
+    if cancelled:
+        out["cancelled_dropped"] = dropped
+    return out
 
 
 def coverage_and_schema(tally: Mapping[str, int]) -> tuple[dict[str, float], dict[str, str]]:
@@ -112,6 +120,8 @@ def build(
     tally: Mapping[str, int],
     exit_code: int | None = None,
     why_incomplete: str = "",
+    cancelled: bool = False,
+    rejected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The manifest object. ``complete`` only when the run drained (nothing queued), nothing is parked,
     no breaker of the spider is open, the counts reconcile, and (for ``fleet run``) its exit code was 0,
@@ -119,18 +129,19 @@ def build(
     cron); a run still being worked on (``final: false``) never is."""
     queued = int(backlog.get("ready", 0)) + int(backlog.get("inflight", 0)) + int(backlog.get("delayed", 0))
     parked = int(backlog.get("parked", 0))
-    rec = reconcile(seen=seen, done=done, dlq=dlq, parked=parked, queued=queued, scope=scope)
+    rec = reconcile(seen=seen, done=done, dlq=dlq, parked=parked, queued=queued, scope=scope, cancelled=cancelled)
     reasons = []
     if not final:
         reasons.append("the run is still being worked on")
     if exit_code is not None and exit_code not in (0, 2, 4):
         reasons.append(why_incomplete or f"fleet run exited with {exit_code}")
-    if parked:
-        reasons.append(f"{parked} requests parked")
-    if queued:
-        reasons.append(f"{queued} requests still queued")
-    if breakers_open:
-        reasons.append("breaker open for " + ", ".join(breakers_open[:5]))
+    if cancelled and not any("cancelled" in r for r in reasons):
+        reasons.append("the run was cancelled")
+    for why in ([f"{parked} requests parked"] if parked else []) + \
+               ([f"{queued} requests still queued"] if queued else []) + \
+               (["breaker open for " + ", ".join(breakers_open[:5])] if breakers_open else []):
+        if not any(why in r for r in reasons):  # fleet run's own reason may already say it
+            reasons.append(why)
     if not rec["ok"]:
         reasons.append("the counts do not reconcile")
     coverage, schema = coverage_and_schema(tally)
@@ -157,6 +168,10 @@ def build(
             "parked": parked,
             "queued": {k: int(backlog.get(k, 0)) for k in ("ready", "inflight", "delayed")},
             "ignored": ignored,
+            # input URLs refused at seeding and requests the spider yielded that could not be queued: work
+            # that is in no other count (fleet run exits 2 for them; the run can still be complete)
+            "rejected": int((rejected or {}).get("rejected", 0)),
+            "discovered_rejected": int((rejected or {}).get("discovered_rejected", 0)),
             "outcomes": dict(sorted(outcomes.items())),
             "breakers_open": breakers_open,
             "elapsed_s": None if elapsed_s is None else round(elapsed_s, 2),

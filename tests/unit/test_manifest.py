@@ -47,6 +47,27 @@ def test_complete_only_when_drained_reconciled_and_nothing_open() -> None:
     assert _m(exit_code=3, why_incomplete="a worker exited with 3")["incomplete_reasons"] == ["a worker exited with 3"]
 
 
+def test_a_cancelled_run_reconciles_and_says_each_reason_once() -> None:
+    """A user-contract probe: a cancelled run's manifest blamed its dropped requests as lost ("18 of 20 ...
+    neither done ..."), and listed "18 requests still queued" twice (fleet run's reason said it already)."""
+    why = ("run incomplete: the run was cancelled (fleet cancel s --run r); 3 requests still queued "
+           "(finish it with fleet run s --resume r)")
+    m = _m(seen=20, done=2, backlog={"ready": 3}, exit_code=5, why_incomplete=why, cancelled=True)
+    rec = m["reconciliation"]
+    assert rec["ok"] and rec["problem"] is None and rec["cancelled_dropped"] == 15 and rec["unaccounted"] == 0
+    assert m["incomplete_reasons"] == [why] and m["complete"] is False
+    assert _m(seen=20, done=2, cancelled=True, exit_code=None)["incomplete_reasons"] == ["the run was cancelled"]
+    assert "cancelled_dropped" not in _m()["reconciliation"]
+
+
+def test_rejected_work_is_in_the_counts() -> None:
+    """Rejected input URLs and requests that could not be queued are in no other count: an analyst reading only
+    the manifest could not tell pages were skipped (a complete run can still have them: fleet run exits 2)."""
+    m = _m(rejected={"rejected": 2, "discovered_rejected": 3}, exit_code=2)
+    assert (m["counts"]["rejected"], m["counts"]["discovered_rejected"], m["complete"]) == (2, 3, True)
+    assert (_m()["counts"]["rejected"], _m()["counts"]["discovered_rejected"]) == (0, 0)
+
+
 def test_coverage_and_schema_from_tallies() -> None:
     cov, schema = coverage_and_schema({"items": 4, "c:a": 4, "c:b": 1, "t:string:a": 4, "t:null:b": 3,
                                        "t:integer:b": 1, "t:string:x:y": 2})
