@@ -30,6 +30,7 @@ from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, re
 from scraper.infra.redishome import FleetHomeError
 from scraper.queue import redisio
 from scraper.queue.keys import QueueError
+from scraper.queue.runstate import run_tally
 from scraper.queue.shards import open_queue
 from scraper.worker.catalog import (
     SettingsError,
@@ -273,6 +274,7 @@ async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool 
         return {"counts": counts, "run": runs.get(run, {"seen": 0, "done": 0}), "dlq_run": dlq_run,
                 "known": run in runs, "breakers": await q.breakers(),
                 "cancelled": bool(await client.hexists(q.keys.cancelled, run)),
+                "tally": await run_tally(client, q.keys, run) if per_run else {},
                 "backlog": backlog if backlog is not None else
                 {k: int(counts.get(k, 0)) for k in ("ready", "inflight", "delayed", "parked")},
                 "backlog_scope": scope}

@@ -214,6 +214,9 @@ def run_cmd(
             breakers=summary["breakers"], workers=worker_stats,
             worker_codes=codes, deadline_passed=cut, elapsed_s=time.time() - started, store=cfg.store,
         )
+        tally = summary.get("tally") or {}
+        if "objects" in tally:  # this run's own, from its workers' tallies: workers serve every run of the spider
+            result["objects"], result["items"] = int(tally["objects"]), int(tally.get("items", 0))
         result["cancelled"] = summary["cancelled"]
         result["terminated"] = _TERMINATED.is_set()  # SIGTERM cut it (deadline_passed is then true as well)
         code, why = runreport.exit_code(result)

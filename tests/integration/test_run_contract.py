@@ -225,3 +225,18 @@ def test_resume_of_an_unknown_run_is_a_bad_argument(redis_url: str, tmp_path: Pa
 ])
 def test_exit_code_table(summary: dict, code: int) -> None:
     assert exit_code(summary)[0] == code
+
+
+def test_the_summary_counts_this_runs_objects_only(redis_url: str, tmp_path: Path) -> None:
+    """The workers of `fleet run --run mine` also work off run `other`'s queued requests (workers serve every run of
+    the spider): `objects` and `items` are this run's (from its tally), not everything the workers wrote."""
+    with loopback.serving(_Pages) as base:
+        env = spider_module_env(redis_url, tmp_path, "stuck_spiders", STUCK)
+        other = fleet_json("seed", "stuck", "--url", f"{base}/o1", "--url", f"{base}/o2", "--run", "other", env=env)
+        assert other["enqueued"] == 2
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{base}/m1\n")
+        code, summary = _run("stuck", "--urls", str(urls), "--run", "mine", env=env)
+    assert code == 0 and summary["done"] == 1, summary
+    assert summary["objects"] == 1 and summary["items"] == 1, summary  # was 3: run other's two as well
+    assert len(objects(tmp_path / "data", "items", "stuck", "other")) == 2  # other's were done too
