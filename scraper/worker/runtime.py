@@ -272,6 +272,7 @@ class FleetRuntime:
         returns keeps Scrapy's engine, and so :meth:`close`, from ever finishing)."""
         self.releasing = True
         await self.keeper.release_all(reason)
+        await self.finisher.tally.close(self.log)  # the run's objects and items, for its summary and manifest
         log.flush()
 
     def proxy_chosen(self, state: LeaseState, proxy_id: str) -> None:
