@@ -25,6 +25,7 @@ from scrapy import Request, Spider
 from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddleware
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response, TextResponse
+from scrapy.http.request import NO_CALLBACK
 
 from middlewares.redirect import to_follow
 from scraper.policy.refused import BodyTooLarge, BodyUndecodable, Refused
@@ -32,7 +33,7 @@ from scraper.policy.refused import BodyTooLarge, BodyUndecodable, Refused
 __all__ = ["DecompressMiddleware"]
 
 # text codecs that decode no web page: IDNA and punycode encode host names, and raise on a page's bytes
-_NOT_FOR_PAGES = frozenset({"idna", "punycode"})
+_NOT_FOR_PAGES = frozenset({"idna", "punycode", "undefined"})  # "undefined" raises on any use
 
 
 
@@ -70,7 +71,10 @@ class DecompressMiddleware(HttpCompressionMiddleware):
         detail = ""
         try:
             out = super().process_response(request, response)
-            bad = _charset_problem(out)
+            # a page's own: not a ban or an outage answer (the taxonomy classifies those by status), nor
+            # Fleet's robots.txt fetch (NO_CALLBACK: its parser reads the bytes)
+            page = isinstance(out, Response) and 200 <= out.status < 300 and request.callback is not NO_CALLBACK
+            bad = _charset_problem(out) if page else None
             if bad is None or not isinstance(out, Response):
                 return out
             response, detail = out, bad  # the refusal carries the decoded page

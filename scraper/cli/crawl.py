@@ -191,18 +191,19 @@ def run_cmd(
             if isinstance(exc, typer.Exit) and exc.exit_code != EXIT_INFRA:
                 raise
             # Redis went away while the workers ran (they exited 3): cron still gets a summary of what is
-            # known, its exit code and why, and the manifest says so if the store is up
+            # known, its exit code and why (the manifest, whose figures come from Redis, keeps its last
+            # progress write: final false)
             why = "Redis was unreachable at the end of the run: its figures (seen, done, DLQ, backlog) are unknown"
             if not isinstance(exc, typer.Exit):
                 err.print(f"[bold red]error:[/] {why}: {type(exc).__name__}", highlight=False, soft_wrap=True)
             partial = {"spider": spider, "run": run_id, "resumed": resume is not None, "seeded": seeded["enqueued"],
                        "skipped": seeded["skipped"], "rejected": seeded.get("rejected", 0), **worker_stats,
-                       "seen": None, "done": None, "dlq": None, "pending": None, "redis_unreachable": True,
+                       "discovered": None, "seen": None, "done": None, "dlq": None, "parked": None, "pending": None,
+                       "backlog_scope": None, "breakers_open": None, "redis_unreachable": True,
                        "deadline_passed": cut, "workers": workers, "worker_exit_codes": codes,
                        "elapsed_s": round(time.time() - started, 2), "store": cfg.store,
                        "terminated": _TERMINATED.is_set()}
-            partial["manifest"] = manifest.write(final=True, exit_code=EXIT_INFRA, why=why,
-                                                 outcomes=worker_stats["outcomes"], ignored=worker_stats["ignored"])
+            partial["manifest"] = None
             runlog.info("run_finished", exit_code=EXIT_INFRA, **{k: v for k, v in partial.items() if k != "store"})
             print(json.dumps(partial))
             raise typer.Exit(EXIT_INFRA) from None

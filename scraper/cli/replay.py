@@ -21,6 +21,7 @@ from scrapy.spiders import CrawlSpider
 from scraper.cli.common import spider_instance
 from scraper.infra.config import FleetConfig
 from scraper.policy import drift
+from scraper.queue.entrycheck import callback_name_ok
 from scraper.queue.envelope import fp64
 from scraper.queue.names import is_name
 from scraper.store.backends import ObjectStore, open_store
@@ -38,11 +39,26 @@ class ReplayError(RuntimeError):
 
 
 def _load_evidence(store: ObjectStore, spider: str, run: str, fp: str) -> dict[str, Any]:
+    """The page's evidence record, its fields type-checked (the store's contents are input like any other:
+    a field of the wrong type is left out, never a traceback)."""
     for cls in ("C", "D"):
         try:
-            return dict(json.loads(store.get(evidence_key(spider, run, cls, fp))))
+            doc = json.loads(store.get(evidence_key(spider, run, cls, fp)))
         except KeyError:
             continue
+        except ValueError:  # not JSON (or not UTF-8): as if there were none
+            return {}
+        if not isinstance(doc, dict):
+            return {}
+        kinds = {"url": str, "callback": str, "cb_kwargs": dict, "meta": dict, "content_type": str}
+        out = {k: v for k, v in doc.items() if k in kinds and isinstance(v, kinds[k])}
+        if not str(out.get("url", "")).startswith(("http://", "https://")):
+            out.pop("url", None)
+        if not callback_name_ok(str(out.get("callback", "parse"))):
+            out.pop("callback", None)
+        if "content_type" in out and not out["content_type"].isascii():
+            out.pop("content_type")  # a header value: latin-1 at most; a surrogate would not even encode
+        return out
     return {}
 
 
@@ -139,7 +155,10 @@ def run_replay(
     cb = getattr(spider, cb_name, None)
     if cb is None:
         raise ReplayError(f"spider {name!r} has no callback {cb_name!r}")
-    request = Request(page_url, callback=cb, cb_kwargs=dict(evidence.get("cb_kwargs") or {}), meta=meta)
+    try:
+        request = Request(page_url, callback=cb, cb_kwargs=dict(evidence.get("cb_kwargs") or {}), meta=meta)
+    except (TypeError, ValueError) as exc:  # --url or the evidence's url is no URL a Request takes
+        raise ReplayError(f"cannot replay {page_url!r}: {exc}") from None
     # the page's own charset: its Content-Type as fetched (evidence), else as Scrapy infers it without
     # headers (a BOM, a <meta charset>, UTF-8, then cp1252); never UTF-8 forced on a Latin-1 or Shift-JIS page
     ctype = evidence.get("content_type")

@@ -42,7 +42,7 @@ STATS_ENV = "FLEET_STATS_FILE"
 
 _REASON = "fleet/finish_reason/"  # a worker's Scrapy finish_reason, in its stats file
 # finish reasons of a worker that stopped as Fleet stops it: anything else is the spider's own doing
-_ROUTINE = frozenset({"finished", "shutdown", "cancelled"})
+_ROUTINE = frozenset({"finished", "shutdown"})  # (a bare CloseSpider() says "cancelled": the spider's own)
 
 def write_worker_stats(stats: Mapping[str, Any], path: str | None = None) -> None:
     """Write a worker's numeric ``fleet/*`` stats (and its item count) to ``$FLEET_STATS_FILE``, if set.

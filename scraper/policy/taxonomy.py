@@ -76,10 +76,10 @@ HARD_STATUS = frozenset({400, 401, 404, 405, 410, 451, 501, 505})  # 501/505: th
 
 # Challenge/CAPTCHA markers of the common bot-protection vendors, searched in the first 64 KiB. These only
 # ever appear on a challenge or block page: Cloudflare's challenge (its orchestrate script, _cf_chl_opt; not
-# /cdn-cgi/challenge-platform/scripts/jsd/, which Cloudflare puts on every page of a site with its bot
+# /cdn-cgi/challenge-platform/[h/b/]scripts/jsd/…, which Cloudflare puts on every page of a site with its bot
 # detection on), Incapsula's block page, PerimeterX's, DataDome's.
 BLOCK_MARKERS = (
-    re.compile(rb"/cdn-cgi/challenge-platform/h/|_cf_chl_opt", re.I),
+    re.compile(rb"/cdn-cgi/challenge-platform/h/[a-z]/orchestrate/|_cf_chl_opt", re.I),
     re.compile(rb"Incapsula incident ID|_Incapsula_Resource\?[^\"'<>]{0,200}incident_id", re.I),
     re.compile(rb"px-captcha", re.I),
     re.compile(rb"captcha-delivery\.com", re.I),
@@ -95,7 +95,7 @@ WIDGET_MARKERS = (
 )
 SMALL_PAGE = 16 * 1024
 _CHALLENGE_TITLE = re.compile(
-    rb"<title[^>]*>\s*(?:just a moment|attention required|access denied|security check|robot check|"
+    rb"<title[^>]{0,200}>\s*(?:just a moment|attention required|access denied|security check|robot check|"
     rb"are you a (?:robot|human)|verify(?:ing)? you are (?:a )?human|pardon our interruption|one more step)", re.I)
 
 # Every built-in marker contains one of these words: pages without any of them (nearly all) skip the

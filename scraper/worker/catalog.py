@@ -39,6 +39,10 @@ __all__ = [
 
 # Components Fleet's guarantees depend on; a spider's custom_settings may add to these, never remove.
 _MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "EXTENSIONS", "DOWNLOAD_HANDLERS")
+#: Set when a spider's custom_settings or its project's settings module say RETRY_ENABLED = False: Fleet keeps
+#: Scrapy's RetryMiddleware off (its own budgets retry), so the spider's wish is read from here instead
+#: (scraper.worker.failures.spider_retry_times: no retry at all)
+RETRY_DISABLED = "FLEET_SPIDER_RETRY_DISABLED"
 _FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR", "DOWNLOADER",
            "ITEM_PROCESSOR")
 
@@ -180,6 +184,8 @@ def apply_project(settings: Settings, project: projectmod.Project) -> None:
             continue
         pipelines.setdefault(comp, order)
     settings.set("ITEM_PIPELINES", pipelines, priority=projectmod.PRIORITY)
+    if "RETRY_ENABLED" in values and not Settings({"RETRY_ENABLED": values["RETRY_ENABLED"]}).getbool("RETRY_ENABLED"):
+        settings.set(RETRY_DISABLED, True, priority=projectmod.PRIORITY)
     for key, value in values.items():
         if key in _FORCED or key in ("ITEM_PIPELINES", "SPIDER_MODULES"):
             continue  # re-asserted by worker_settings / merged above / the caller's spider search
@@ -229,6 +235,8 @@ def worker_settings(spidercls: type[Spider], settings: Settings, *, rendered: bo
     for key in _MERGED_DICTS:
         s.set(key, _merge_components(settings.getdict(key), dict(custom.get(key) or {})), priority="cmdline")
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
+    if "RETRY_ENABLED" in custom and not Settings({"RETRY_ENABLED": custom["RETRY_ENABLED"]}).getbool("RETRY_ENABLED"):
+        s.set(RETRY_DISABLED, True, priority="spider")  # Fleet's retries stay on; this spider asked for none
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
     # scrapy-redis's RedisStatsCollector makes Redis calls per stat on the reactor, shared by every worker (the

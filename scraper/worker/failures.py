@@ -21,8 +21,9 @@ from scrapy.http import Response
 from scrapy.settings import SETTINGS_PRIORITIES
 
 from scraper.infra.config import FleetConfig
+from scraper.infra.redact import redact_data
 from scraper.policy.decide import DEAD, Budgets, decide, request_budgets
-from scraper.policy.taxonomy import A, C, D, FailureClass, Verdict
+from scraper.policy.taxonomy import C, D, FailureClass, Verdict
 from scraper.store.objects import ObjectWriter, item_to_dict
 from scraper.worker.breakers import Breakers
 from scraper.worker.health import Health
@@ -42,10 +43,13 @@ def now_iso() -> str:
 
 
 def spider_retry_times(settings: Any) -> int | None:
-    """``RETRY_TIMES`` as a spider's ``custom_settings`` or its Scrapy project's settings module set it: the
+    """``RETRY_TIMES`` as a spider's ``custom_settings`` or its Scrapy project's settings module set it (0 when
+    they set ``RETRY_ENABLED = False``): the
     A budget (FLEET_RETRY_MAX) of that spider's requests, as RetryMiddleware's users expect. A FLEET_RETRY_MAX
     set in the environment beats the project's module, not the spider's own setting (docs/architecture.md,
     Configuration). None: FLEET_RETRY_MAX."""
+    if settings.getbool("FLEET_SPIDER_RETRY_DISABLED"):  # RETRY_ENABLED = False (scraper.worker.catalog)
+        return 0
     prio = settings.getpriority("RETRY_TIMES") or 0
     if prio >= SETTINGS_PRIORITIES["spider"] or (prio >= PROJECT_PRIORITY and "FLEET_RETRY_MAX" not in os.environ):
         return max(0, int(settings.getint("RETRY_TIMES")))
@@ -92,11 +96,17 @@ class FailureApplier:
             env.history[-1]["detail"] = verdict.detail[:300]
         detail = f"{verdict.reason}: {verdict.detail}" if verdict.detail else verdict.reason
         status = verdict.status
-        budgets = request_budgets(self.budgets, env.meta)  # dont_retry, max_retry_times
+        # dont_retry, max_retry_times: the spider's word on the site's failures, not on Fleet's own (a store
+        # outage, a stall)
+        internal = verdict.reason.startswith(("store:", "watchdog:"))
+        budgets = self.budgets if internal else request_budgets(self.budgets, env.meta)
         decision = decide(cls, verdict.reason, status, env.attempts, budgets, retry_after=verdict.retry_after,
                           proxied=bool(proxy_id and self.proxies))
-        if proxy_id and response is None and cls == A and self.proxies:
-            self.proxies.failed(proxy_id, env.domain)  # no answer through it: it loses its preference
+        if proxy_id and response is None and verdict.reason.startswith("net:") and self.proxies:
+            # no answer through it (not a store or watchdog failure after one): it loses its preference, as an
+            # answer at the download timeout would
+            timeout = state.request.meta.get("download_timeout") if state.request is not None else None
+            self.proxies.failed(proxy_id, env.domain, float(timeout or 0) * 1000)
         if decision.ban_proxy:
             assert proxy_id is not None
             until = await self.health.redis_retry(lambda: self.proxies.ban(proxy_id, env.domain))
@@ -153,7 +163,9 @@ class FailureApplier:
             evidence = {
                 "class": C, "reason": reason, "missing": list(missing), "url": env.url, "fp": env.fp,
                 "run": env.run, "spider": env.spider, "callback": env.callback or "parse",
-                "cb_kwargs": env.cb_kwargs, "meta": env.meta, "status": state.fetch.status, "raw_key": raw_key,
+                # meta's secret-named fields (a password for a browser context…) never go to evidence
+                "cb_kwargs": env.cb_kwargs, "meta": redact_data(env.meta), "status": state.fetch.status,
+                "raw_key": raw_key,
                 "content_type": (state.fetch.ctype or b"").decode("latin-1") or None,
                 "worker": self.worker_id, "at": now_iso(),
                 "items_sample": [item_to_dict(i) for i in state.out.items[:3]],

@@ -251,14 +251,16 @@ class ProxyPool:
         pend["ewma_ms"] = h.ewma_ms
         pend["at"] = time.time()
 
-    def failed(self, pid: str, domain: str) -> None:
+    def failed(self, pid: str, domain: str, timeout_ms: float = 0.0) -> None:
         """A fetch through ``pid`` got no answer (reset, closed, timed out, garbage): counted as a very slow
         answer (FAILURE_MS) in its latency, fleet-wide at the next flush. Why: a proxy that accepts connections
         and never answers had no latency at all, so it stayed "untried" (cost 1.0) and beat every working one
         in :meth:`choose`; no ban either, since the target itself may be what fails (every proxy then costs
-        alike, and the requests go to the DLQ on their A budget as before)."""
+        alike, and the requests go to the DLQ on their A budget as before). ``timeout_ms``: the request's download
+        timeout; no answer counts as at least that slow, so it stays dearer than proxies slower than FAILURE_MS."""
         h = self.view(domain).health.setdefault(pid, Health())
-        h.ewma_ms = FAILURE_MS if not h.ewma_ms else (1 - EWMA_ALPHA) * h.ewma_ms + EWMA_ALPHA * FAILURE_MS
+        sample = max(FAILURE_MS, timeout_ms)
+        h.ewma_ms = sample if not h.ewma_ms else (1 - EWMA_ALPHA) * h.ewma_ms + EWMA_ALPHA * sample
         pend = self._pending.setdefault(health_key(pid, domain), {"successes": 0.0, "ewma_ms": 0.0, "at": 0.0})
         pend["ewma_ms"] = h.ewma_ms  # "at" stays the last success's: a failure resets no ban escalation
 

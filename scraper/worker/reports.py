@@ -146,12 +146,20 @@ class Reports:
         if state.settled or self.flags.releasing:
             return
         if isinstance(exc, CloseSpider):
-            # Scrapy's way for a callback to end the crawl: what it yielded before is kept (its page finishes
-            # as usual) and this worker stops gracefully; what is left stays queued for --resume
+            # Scrapy's way for a callback to end the crawl (Scrapy reports it here twice: from the middleware's
+            # process_spider_exception and its output's except; the output is exhausted after the first)
+            if state.out.exhausted:
+                return
             self.stats.inc_value("fleet/closespider")
             self.log.info("spider_close_requested", run=state.env.run, fp=state.env.fp, reason=str(exc.reason)[:200])
             self.stop(f"closespider:{exc.reason}"[:200])
-            self.output_done(state)
+            out = state.out
+            if out.pending or out.items or out.discovered:
+                self.output_done(state)  # what it yielded before is kept: the page finishes as usual
+            else:
+                # it yielded nothing ("Bandwidth exceeded": raise CloseSpider): the page is not done; back to
+                # the queue unspent, for --resume, as in Scrapy it would be fetched again on the next crawl
+                self.defer(state, time.time(), "closespider")
             return
         state.settled = True
         self.finisher.callback_failed(state, exc)

@@ -42,6 +42,18 @@ class Enough(scrapy.Spider):
             yield response.follow(f"/p/{n + i}")
 
 
+class Bandwidth(Enough):
+    name = "bandwidth"  # Scrapy's own example: the page says the quota is spent, so nothing on it is data
+
+    def parse(self, response):
+        n = int(response.url.rsplit("/", 1)[1])
+        if n == 2:
+            raise CloseSpider("bandwidth_exceeded")
+        yield {"n": n}
+        for i in range(1, 4):
+            yield response.follow(f"/p/{n + i}")
+
+
 class Counted(Enough):
     name = "counted"
     custom_settings = {"CLOSESPIDER_ITEMCOUNT": 3}
@@ -63,7 +75,8 @@ class _Pages(BaseHTTPRequestHandler):
         loopback.reply(self, b"<html><body>x</body></html>")
 
 
-@pytest.mark.parametrize(("spider", "reason"), [("enough", "enough"), ("counted", "closespider_itemcount")])
+@pytest.mark.parametrize(("spider", "reason"), [("enough", "enough"), ("bandwidth", "bandwidth_exceeded"),
+                                               ("counted", "closespider_itemcount")])
 def test_a_spider_that_closes_itself_ends_the_run_incomplete_and_resumable(
         redis_url: str, tmp_path: Path, spider: str, reason: str) -> None:
     with loopback.serving(_Pages) as base:
@@ -76,6 +89,8 @@ def test_a_spider_that_closes_itself_ends_the_run_incomplete_and_resumable(
         done = {line["n"] for lines in objects(tmp_path / "data", "items", spider, "r1").values() for line in lines}
         if spider == "enough":
             assert 3 in done, done  # the page that raised kept the item it yielded first
+        if spider == "bandwidth":
+            assert 2 not in done, done  # it yielded nothing: not done, back in the queue for --resume
         assert fleet_json("dlq", spider, "list", "--json", env=env) == []
         c = counts(redis_url, spider)
         assert c["inflight"] == 0 and c["ready"] + c["delayed"] == summary["pending"], c  # nothing lost

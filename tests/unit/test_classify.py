@@ -94,7 +94,8 @@ def test_a_widget_on_a_page_that_is_little_else_is_a_challenge(snippet: bytes) -
 
 
 @pytest.mark.parametrize("snippet", [*WIDGETS,
-                                     b'<script src="/cdn-cgi/challenge-platform/scripts/jsd/main.js"></script>'])
+                                     b'<script src="/cdn-cgi/challenge-platform/scripts/jsd/main.js"></script>',
+                                     b'<script src="/cdn-cgi/challenge-platform/h/b/scripts/jsd/13c98df4ef2d/main.js">'])
 def test_an_ordinary_page_with_a_form_widget_or_bot_detection_script_is_ok(snippet: bytes) -> None:
     """A comment form protected by reCAPTCHA, Cloudflare's bot-detection script (on every page of a site with
     it on), Incapsula's script, an article about CAPTCHAs: class B on every visit before, then the DLQ."""
@@ -245,3 +246,13 @@ def test_response_of_an_unconfirmed_lease_waits_for_the_claim(granted: bool) -> 
             assert rt.calls == []  # dropped: not ours to settle
 
     asyncio.run(main())
+
+
+def test_the_title_check_is_linear_on_a_hostile_head() -> None:
+    """64 KiB of unclosed <title plus a hint word: the title pattern must not backtrack quadratically (review)."""
+    import time
+
+    body = b"captcha" + b"<title" * 11_000
+    t = time.perf_counter()
+    assert classify_response(_resp(200, body=body)).cls == OK
+    assert time.perf_counter() - t < 0.1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from scrapy.settings import Settings
 
 from scraper.policy.decide import DEAD, RETRY, Budgets, decide, request_budgets
 from scraper.policy.taxonomy import A, B, D
@@ -64,7 +65,7 @@ def test_scrapys_retry_meta_sets_the_requests_budgets() -> None:
 
 
 def test_a_spiders_retry_times_is_its_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scrapy.settings import Settings
+
 
     from scraper.worker.failures import spider_retry_times
 
@@ -75,3 +76,18 @@ def test_a_spiders_retry_times_is_its_a_budget(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("FLEET_RETRY_MAX", "3")
     assert spider_retry_times(Settings({"RETRY_TIMES": 5}, priority=25)) is None  # FLEET_* beats the project
     assert spider_retry_times(Settings({"RETRY_TIMES": 1}, priority="spider")) == 1  # the spider beats both
+
+
+def test_a_spiders_retry_enabled_false_means_no_retry() -> None:
+    import scrapy
+
+    from scraper.worker.catalog import worker_settings
+    from scraper.worker.failures import spider_retry_times
+
+    class NoRetry(scrapy.Spider):
+        name = "no_retry"
+        custom_settings = {"RETRY_ENABLED": False}
+
+    s = worker_settings(NoRetry, Settings({"RETRY_ENABLED": False}, priority=20), rendered=False)
+    assert s.getbool("RETRY_ENABLED") is False and spider_retry_times(s) == 0
+    assert spider_retry_times(worker_settings(scrapy.Spider, Settings(), rendered=False)) is None

@@ -121,6 +121,7 @@ def _page(ctype: str, body: bytes = PAGE) -> Response:
 @pytest.mark.parametrize("declared", [
     ("text/html; charset=rot13", PAGE), ("text/html; charset=hex", PAGE), ("text/html; charset=base64", PAGE),
     ("text/html; charset=zlib", PAGE), ("text/html; charset=bz2", PAGE), ("text/html; charset=idna", PAGE),
+    ("text/html; charset=undefined", PAGE),
     ("text/html", b'<html><head><meta charset="rot13"></head><body>x</body></html>'),
 ])
 def test_a_page_in_a_codec_that_decodes_no_page_is_body_undecodable(declared: tuple[str, bytes]) -> None:
@@ -129,6 +130,18 @@ def test_a_page_in_a_codec_that_decodes_no_page_is_body_undecodable(declared: tu
     with pytest.raises(BodyUndecodable) as info:
         _page(*declared)
     assert info.value.detail.startswith("charset") and classify_exception(info.value).cls is D
+
+
+def test_a_bogus_charset_on_a_ban_or_robots_fetch_is_left_to_the_taxonomy_and_the_parser() -> None:
+    """A 403/429/503 keeps its class (rotation, retry); robots.txt's parser reads bytes (review)."""
+    from scrapy.http.request import NO_CALLBACK
+
+    mw = DecompressMiddleware.from_crawler(_crawler())
+    for status, req in ((403, Request("http://a.test/p")), (200, Request("http://a.test/robots.txt",
+                                                                          callback=NO_CALLBACK))):
+        resp = HtmlResponse(req.url, status=status, body=PAGE, headers={"Content-Type": "text/html; charset=rot13"},
+                            request=req)
+        assert mw.process_response(req, resp) is resp
 
 
 @pytest.mark.parametrize("ctype", ["text/html; charset=windows-1252", "text/html; charset=shift_jis",
