@@ -79,7 +79,7 @@ HARD_STATUS = frozenset({400, 401, 404, 405, 410, 451, 501, 505})  # 501/505: th
 # /cdn-cgi/challenge-platform/[h/b/]scripts/jsd/…, which Cloudflare puts on every page of a site with its bot
 # detection on), Incapsula's block page, PerimeterX's, DataDome's.
 BLOCK_MARKERS = (
-    re.compile(rb"/cdn-cgi/challenge-platform/h/[a-z]/orchestrate/|_cf_chl_opt", re.I),
+    re.compile(rb"/cdn-cgi/challenge-platform/h/[a-z]/orchestrate|_cf_chl_opt", re.I),
     re.compile(rb"Incapsula incident ID|_Incapsula_Resource\?[^\"'<>]{0,200}incident_id", re.I),
     re.compile(rb"px-captcha", re.I),
     re.compile(rb"captcha-delivery\.com", re.I),
