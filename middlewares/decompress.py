@@ -26,6 +26,7 @@ from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddlewa
 from scrapy.exceptions import IgnoreRequest
 from scrapy.http import Response, TextResponse
 from scrapy.http.request import NO_CALLBACK
+from w3lib.encoding import html_body_declared_encoding, http_content_type_encoding, read_bom
 
 from middlewares.redirect import to_follow
 from scraper.policy.refused import BodyTooLarge, BodyUndecodable, Refused
@@ -51,8 +52,17 @@ def _charset_problem(response: Request | Response) -> str | None:
     check read it first, called a bad redirect. It is the page's own declaration: D ``body:undecodable``."""
     if not isinstance(response, TextResponse):
         return None
+    # the declaration Scrapy would decode with (a BOM, else the Content-Type's charset, else one in the body),
+    # read with w3lib's functions as Scrapy reads it; what Scrapy infers when nothing is declared is always a
+    # text codec, and inferring it here would decode the whole body for callbacks that never read the text
+    body = response.body
+    if read_bom(body)[0]:
+        return None
     try:
-        name = response.encoding
+        ctype = (response.headers.get(b"Content-Type") or b"").decode("latin-1")
+        name = http_content_type_encoding(ctype) or html_body_declared_encoding(body)
+        if not name:
+            return None
         info = codecs.lookup(name)
     except (LookupError, ValueError) as exc:  # UnicodeError is a ValueError
         return f"charset: {type(exc).__name__}: {str(exc)[:120]}"
