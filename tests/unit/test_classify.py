@@ -69,7 +69,7 @@ def test_200_challenge_bodies_are_b(snippet: bytes) -> None:
 
 
 @pytest.mark.parametrize("snippet", [
-    b'<SCRIPT SRC="/CDN-CGI/CHALLENGE-PLATFORM/H/b/orchestrate/x"></SCRIPT>', b"<script>window._CF_CHL_OPT={}</script>",
+    b'<SCRIPT SRC="/CDN-CGI/CHALLENGE-PLATFORM/H/b/orchestrate/x"></SCRIPT>', b"<SCRIPT>window._CF_CHL_OPT={cType:'managed'};a.src='/CDN-CGI/CHALLENGE-PLATFORM/h/b/x';</SCRIPT>",
     b'<DIV ID="PX-CAPTCHA"></DIV>', b'<iframe src="https://geo.CAPTCHA-DELIVERY.com/captcha/"></iframe>',
     b"<p>Request unsuccessful. INCAPSULA INCIDENT ID: 0-123</p>",
 ])
