@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from itemadapter import is_item
+
 from scraper.store.objects import item_to_dict, key_values, no_surrogates
 
 __all__ = ["FLUSH_EVERY", "MAX_FIELDS", "RunTally", "json_type"]
@@ -40,11 +42,11 @@ def json_type(value: Any) -> str:
         return "number"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "string"  # written with str() (scraper.store.objects' encoder)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "array"  # a set is written as a (sorted) list, as Scrapy's feed exports write it
+    if isinstance(value, dict) or is_item(value):
+        return "object"  # a nested Item, dataclass or attrs item is written as an object
+    return "string"  # written as text (datetime, Decimal, bytes...: scraper.store.objects.json_default)
 
 
 def _empty(value: Any) -> bool:

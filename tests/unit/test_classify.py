@@ -86,11 +86,29 @@ WIDGETS = [
 
 
 @pytest.mark.parametrize("snippet", WIDGETS)
-def test_a_widget_on_a_page_that_is_little_else_is_a_challenge(snippet: bytes) -> None:
-    small = b"<html><body><p>filler</p>" + snippet + b"</body></html>"
-    assert classify_response(_resp(200, body=small)).cls == B
-    titled = b"<html><head><title>Attention Required!</title></head><body>" + b"<p>x</p>" * 4000 + snippet
-    assert classify_response(_resp(200, body=titled)).cls == B
+@pytest.mark.parametrize("title", [b"Just a moment...", b"Attention Required! | Cloudflare", b"Robot Check",
+                                   b"Access Denied", b"Just a moment&hellip;"])
+def test_a_widget_on_a_page_titled_as_a_challenge_is_one(snippet: bytes, title: bytes) -> None:
+    page = b"<html><head><title>" + title + b"</title></head><body>" + b"<p>x</p>" * 4000 + snippet
+    assert classify_response(_resp(200, body=page)).cls == B
+
+
+@pytest.mark.parametrize("snippet", WIDGETS)
+@pytest.mark.parametrize("title", [b"A post", b"Access denied: why websites block you",
+                                   b"Security check-ups for your router"])
+def test_a_small_page_with_a_widget_is_a_page(snippet: bytes, title: bytes) -> None:
+    """Round 2 of the probes: a 2.4 KB blog post with a reCAPTCHA comment form was B (then the DLQ) under the
+    first rule (widgets counted on any page under 16 KiB); so were articles titled like a challenge."""
+    page = b"<html><head><title>" + title + b"</title></head><body><p>text</p>" + snippet + b"</body></html>"
+    assert classify_response(_resp(200, body=page)).cls == OK
+
+
+def test_json_or_xml_mentioning_captcha_is_a_page() -> None:
+    from scrapy.http import TextResponse, XmlResponse
+
+    api = TextResponse(URL, status=200, body=b'{"page": 1, "captcha": false, "items": []}')
+    feed = XmlResponse(URL, status=200, body=b"<rss><title>Captcha</title><item>Why CAPTCHA puzzles</item></rss>")
+    assert classify_response(api).cls == OK and classify_response(feed).cls == OK
 
 
 @pytest.mark.parametrize("snippet", [*WIDGETS,

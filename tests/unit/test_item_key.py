@@ -92,6 +92,8 @@ def test_tally_counts_coverage_types_and_missing_keys() -> None:
     assert c["c:sku"] == 1 and c["c:price"] == 2 and c["c:tags"] == 1
     assert c["t:string:sku"] == 1 and c["t:null:sku"] == 1 and c["t:number:price"] == 1 and c["t:integer:price"] == 1
     assert json_type(True) == "boolean" and json_type({}) == "object"
+    # as the objects hold them: a set is a list (probe round 2: the schema said "string"), a nested item an object
+    assert json_type({"a"}) == json_type(frozenset()) == "array" and json_type(scrapy.Item()) == "object"
 
 
 def test_tally_field_names_are_bounded() -> None:

@@ -67,7 +67,7 @@ def test_verdicts_not_decided_on_a_status_have_none() -> None:
     429/503 would nor spares the proxy as a 429 does (the behaviour before the field existed)."""
     challenge = classify_response(_resp(503, **{"cf-mitigated": "challenge"}))
     assert challenge.cls is B and challenge.status is None
-    marker = classify_response(_resp(200, b'<div class="g-recaptcha"></div>'))
+    marker = classify_response(_resp(200, b'<title>Robot Check</title><div class="g-recaptcha"></div>'))
     assert marker.cls is B and marker.status is None
     assert classify_exception(txerror.TimeoutError()).status is None
     refused = classify_exception(BodyTooLarge("received>10 limit=10 stage=download"))
