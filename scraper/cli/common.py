@@ -13,6 +13,7 @@ import asyncio
 import math
 import os
 import sys
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -166,8 +167,27 @@ async def connect(url: str) -> aioredis.Redis:
     return client
 
 
-async def check_reachable(url: str) -> None:
-    """Fail fast, before Scrapy starts, on an unreachable or evicting Redis."""
+async def check_reachable(url: str, patience: float = 0.0) -> None:
+    """Fail fast, before Scrapy starts, on an unreachable or evicting Redis. ``patience``: seconds a refused or
+    timed-out connection is tried again first, so that a worker started while Redis restarts (`fleet run`'s,
+    a pod's) rides the blip out as it would once running, instead of exiting 3 at once."""
+    deadline, delay, said = time.monotonic() + patience, 0.2, False
+    while time.monotonic() < deadline:
+        probe = redisio.client(url, socket_timeout=5, socket_connect_timeout=2)
+        try:
+            await probe.ping()
+            break
+        except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if not said:
+                said = True
+                err.print(f"[yellow]warning:[/] Redis at {redact_url(url)} is not answering; trying again for up "
+                          f"to {patience:.0f} s", highlight=False, soft_wrap=True)
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+        except Exception:  # anything else (a password refused...): connect() says what, at once
+            break
+        finally:
+            await probe.aclose()
     client = await connect(url)
     await client.aclose()
 

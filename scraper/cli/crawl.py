@@ -123,8 +123,8 @@ def run_cmd(
     Keeps the run's manifest (runs/spider=SPIDER/run=RUN/manifest.json in FLEET_STORE) up to date: at
     start, every 10 s, and at the end with "complete" (see `fleet runs`).
 
-    Exit 0 when the run drained with nothing parked and no breaker open; 5 incomplete (requests parked,
-    a breaker open, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
+    Exit 0 when the run drained with nothing of it parked; 5 incomplete (requests parked behind a drift
+    breaker, work left, or --deadline passed); 4 drained but some requests ended in the DLQ;
     3 infrastructure failure; 2 drained, but some input URLs were rejected (see `fleet seed`) or requests
     the spider yielded could not be queued ("discovered_rejected"); 1 configuration error. With --export, the run is exported at the end (unless the run itself failed with
     exit 3) and an export failure is exit 3 too.

@@ -173,10 +173,10 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
 
     3 a worker failed (Redis or the store down past its limit, or it was killed); 1 a worker could
     not start (configuration); 5 incomplete: the deadline passed with work left, requests are parked
-    or still queued, or a breaker is open; 4 the run drained but some of its requests ended in the
-    DLQ; 2 it drained but some input URLs were rejected at seeding, or requests the spider yielded could not be
+    or still queued (a breaker open counts through the run's parked requests: it is the spider's); 4 the
+    run drained but some of its requests ended in the DLQ; 2 it drained but some input URLs were rejected at seeding, or requests the spider yielded could not be
     queued (``discovered_rejected``); 0 drained with nothing parked and
-    no breaker open. Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
+    nothing pending. Incomplete wins over DLQ: a run that did not finish is the louder news for cron.
     """
     codes = summary.get("worker_exit_codes") or []
     if any(c not in (0, EXIT_CONFIG) for c in codes):
@@ -191,8 +191,10 @@ def exit_code(summary: Mapping[str, Any]) -> tuple[int, str]:
         why.append("the deadline passed (or fleet run got SIGTERM)")
     if summary.get("parked"):
         why.append(f"{summary['parked']} requests parked")
-    if summary.get("breakers_open"):
-        why.append("breaker open for " + ", ".join(summary["breakers_open"][:5]))
+        # a breaker is the spider's, all runs': it makes this run incomplete through this run's parked requests
+        # only (another run's drift must not turn a drained run into exit 5)
+        if summary.get("breakers_open"):
+            why.append("breaker open for " + ", ".join(summary["breakers_open"][:5]))
     closed = sorted(r for r in summary.get("finish_reasons") or {} if r not in _ROUTINE)
     if summary.get("pending") and closed:
         why.append("the spider closed itself (" + ", ".join(closed[:3]) + ")")

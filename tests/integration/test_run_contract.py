@@ -212,7 +212,8 @@ def test_resume_of_an_unknown_run_is_a_bad_argument(redis_url: str, tmp_path: Pa
 @pytest.mark.parametrize(("summary", "code"), [
     ({"worker_exit_codes": [0, 3], "spider": "s", "run": "r"}, 3),
     ({"worker_exit_codes": [0], "parked": 2, "dlq": 1, "spider": "s", "run": "r"}, 5),
-    ({"worker_exit_codes": [0], "breakers_open": ["a.example"], "spider": "s", "run": "r"}, 5),
+    ({"worker_exit_codes": [0], "breakers_open": ["a.example"], "spider": "s", "run": "r"}, 0),  # another run's
+    ({"worker_exit_codes": [0], "breakers_open": ["a.example"], "parked": 1, "spider": "s", "run": "r"}, 5),
     ({"worker_exit_codes": [0, 1], "spider": "s", "run": "r"}, 1),
     ({"worker_exit_codes": [-9, 1], "spider": "s", "run": "r"}, 3),
     ({"worker_exit_codes": [0], "deadline_passed": True, "pending": 4, "spider": "s", "run": "r"}, 5),

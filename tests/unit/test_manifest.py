@@ -42,7 +42,11 @@ def test_complete_only_when_drained_reconciled_and_nothing_open() -> None:
     assert parked["complete"] is False and parked["counts"]["parked"] == 3
     assert "3 requests parked" in parked["incomplete_reasons"]
     assert _m(final=False)["complete"] is False
-    assert _m(breakers_open=["a.example"])["complete"] is False
+    # a breaker is the spider's: it keeps a run incomplete through the run's own parked requests, not alone
+    # (probe round 2: another run's drift flipped a finished run's manifest on `fleet runs --refresh`)
+    assert _m(breakers_open=["a.example"])["complete"] is True
+    parked_open = _m(done=7, backlog={"parked": 3}, breakers_open=["a.example"], exit_code=5)
+    assert "breaker open for a.example" in parked_open["incomplete_reasons"] and parked_open["complete"] is False
     assert _m(done=9)["complete"] is False  # one request unaccounted for
     assert _m(exit_code=3, why_incomplete="a worker exited with 3")["incomplete_reasons"] == ["a worker exited with 3"]
 
