@@ -124,9 +124,9 @@ def build(
     rejected: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The manifest object. ``complete`` only when the run drained (nothing queued), nothing of it is parked
-    (an open breaker of the spider counts through those only), the counts reconcile, and (for ``fleet run``) its exit code was 0,
-    2 or 4: DLQ entries are settled requests, so a run with ``dlq > 0`` can be complete (exit 4 tells
-    cron); a run still being worked on (``final: false``) never is."""
+    (an open breaker of the spider counts through those only), the counts reconcile, and (for ``fleet run``)
+    its exit code was 0, 2 or 4: DLQ entries are settled requests, so a run with ``dlq > 0`` can be complete
+    (exit 4 tells cron); a run still being worked on (``final: false``) never is."""
     queued = int(backlog.get("ready", 0)) + int(backlog.get("inflight", 0)) + int(backlog.get("delayed", 0))
     parked = int(backlog.get("parked", 0))
     rec = reconcile(seen=seen, done=done, dlq=dlq, parked=parked, queued=queued, scope=scope, cancelled=cancelled)
