@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["base_url", "reply", "serve", "serving", "stop"]
+__all__ = ["OkPages", "base_url", "reply", "serve", "serving", "stop"]
 
 
 def serve(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1", *,
@@ -49,3 +49,13 @@ def reply(handler: BaseHTTPRequestHandler, body: bytes, *, status: int = 200, co
         handler.send_header(k, v)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+class OkPages(BaseHTTPRequestHandler):
+    """Every path: the same small 200 HTML page (a site whose only job is to answer)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        reply(self, b"<html><body>ok</body></html>")

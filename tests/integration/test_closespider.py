@@ -9,9 +9,7 @@ raised keeps what it yielded before (as in Scrapy), the worker stops gracefully,
 from __future__ import annotations
 
 import json
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -67,19 +65,12 @@ class Counted(Enough):
 '''
 
 
-class _Pages(BaseHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        loopback.reply(self, b"<html><body>x</body></html>")
-
 
 @pytest.mark.parametrize(("spider", "reason"), [("enough", "enough"), ("bandwidth", "bandwidth_exceeded"),
                                                ("counted", "closespider_itemcount")])
 def test_a_spider_that_closes_itself_ends_the_run_incomplete_and_resumable(
         redis_url: str, tmp_path: Path, spider: str, reason: str) -> None:
-    with loopback.serving(_Pages) as base:
+    with loopback.serving(loopback.OkPages) as base:
         env = spider_module_env(redis_url, tmp_path, "close_spiders", SPIDERS, CLOSE_SITE=base)
         res = fleet("run", spider, "--run", "r1", env=env, timeout=120)
         summary = json.loads(res.stdout.strip().splitlines()[-1])

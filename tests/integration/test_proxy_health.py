@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -63,19 +61,12 @@ class _Closer:
         self.sock.close()
 
 
-class _Pages(BaseHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        loopback.reply(self, b"<html><body>ok</body></html>")
-
 
 def test_a_proxy_that_never_answers_loses_the_traffic(redis_url: str, tmp_path: Path) -> None:
     closer = _Closer()
     good = ForwardProxy("good").start()
     try:
-        with loopback.serving(_Pages) as base:
+        with loopback.serving(loopback.OkPages) as base:
             env = spider_module_env(redis_url, tmp_path, "proxied_spiders", SPIDER,
                                     FLEET_PROXIES=f"http://127.0.0.1:{closer.port},{good.url}",
                                     FLEET_RETRY_BASE="0.2", FLEET_RETRY_CAP="1", FLEET_CONCURRENCY="4")

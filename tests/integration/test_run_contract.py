@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -150,19 +149,12 @@ class Stuck(scrapy.Spider):
 '''
 
 
-class _Pages(BaseHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        loopback.reply(self, b"<html><body>ok</body></html>")
-
 
 def test_a_worker_forced_out_by_a_stuck_callback_still_reports_its_outcomes(redis_url: str, tmp_path: Path) -> None:
     """The deadline stops the workers; one callback never returns, so Scrapy's close never finishes and the
     worker takes its last-resort exit (grace + SHUTDOWN_CLOSE_WAIT): its leases go back, and the pages it did
     finish are still in the summary's outcomes and objects (its stats file is written on that path too)."""
-    with loopback.serving(_Pages) as base:
+    with loopback.serving(loopback.OkPages) as base:
         env = spider_module_env(redis_url, tmp_path, "stuck_spiders", STUCK, FLEET_SHUTDOWN_GRACE="1")
         urls = tmp_path / "urls.txt"
         urls.write_text("".join(f"{base}/{p}\n" for p in ("a", "b", "c", "stuck")))
@@ -231,7 +223,7 @@ def test_exit_code_table(summary: dict, code: int) -> None:
 def test_the_summary_counts_this_runs_objects_only(redis_url: str, tmp_path: Path) -> None:
     """The workers of `fleet run --run mine` also work off run `other`'s queued requests (workers serve every run of
     the spider): `objects` and `items` are this run's (from its tally), not everything the workers wrote."""
-    with loopback.serving(_Pages) as base:
+    with loopback.serving(loopback.OkPages) as base:
         env = spider_module_env(redis_url, tmp_path, "stuck_spiders", STUCK)
         other = fleet_json("seed", "stuck", "--url", f"{base}/o1", "--url", f"{base}/o2", "--run", "other", env=env)
         assert other["enqueued"] == 2
