@@ -44,10 +44,9 @@ def now_iso() -> str:
 
 def spider_retry_times(settings: Any) -> int | None:
     """``RETRY_TIMES`` as a spider's ``custom_settings`` or its Scrapy project's settings module set it (0 when
-    they set ``RETRY_ENABLED = False``): the
-    A budget (FLEET_RETRY_MAX) of that spider's requests, as RetryMiddleware's users expect. A FLEET_RETRY_MAX
-    set in the environment beats the project's module, not the spider's own setting (docs/architecture.md,
-    Configuration). None: FLEET_RETRY_MAX."""
+    they set ``RETRY_ENABLED = False``): the A budget (FLEET_RETRY_MAX) of that spider's requests, as
+    RetryMiddleware's users expect. A FLEET_RETRY_MAX set in the environment beats the project's module, not
+    the spider's own setting (docs/architecture.md, Configuration). None: FLEET_RETRY_MAX."""
     if settings.getbool("FLEET_SPIDER_RETRY_DISABLED"):  # RETRY_ENABLED = False (scraper.worker.catalog)
         return 0
     prio = settings.getpriority("RETRY_TIMES") or 0
