@@ -37,6 +37,7 @@ from scraper.infra import log
 from scraper.infra.config import FleetConfig
 from scraper.policy.politeness import Politeness
 from scraper.queue import redisio
+from scraper.queue.client import FleetQueue
 from scraper.queue.shards import ShardedQueue, open_queue
 from scraper.store import health as storehealth
 from scraper.store.backends import open_store
@@ -65,6 +66,17 @@ from scraper.worker.tuning import tune_gc
 
 __all__ = ["FleetRuntime"]
 
+
+
+async def _open_queue(health: Health, client: Any, spider: str, config: FleetConfig) -> FleetQueue:
+    """The spider's queue, a Redis blip while the worker starts ridden out as one later on (FLEET_REDIS_OUTAGE_MAX)
+    rather than a failed start (exit 1, "configuration"); past the limit ``health.fatal`` is set: exit 3
+    (scraper.cli.worker)."""
+    opened = await health.redis_retry(lambda: open_queue(client, spider, shards=config.queue_shards,
+                                                         dedup_ttl=config.dedup_ttl, breaker=config.breaker_params()))
+    if opened is None:
+        raise RuntimeError(health.fatal or "Redis unreachable")
+    return opened
 
 class FleetRuntime:
     """One per crawler (``crawler.fleet``); created by the scheduler."""
@@ -189,14 +201,7 @@ class FleetRuntime:
         self.client = client = redisio.client(
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
-        # a Redis blip while the worker starts is ridden out as one later on (FLEET_REDIS_OUTAGE_MAX), not a
-        # failed start (exit 1, "configuration"); past the limit, health.fatal: exit 3 (scraper.cli.worker)
-        opened = await self.health.redis_retry(lambda: open_queue(
-            client, spider.name, shards=self.config.queue_shards, dedup_ttl=self.config.dedup_ttl,
-            breaker=self.config.breaker_params()))
-        if opened is None:
-            raise RuntimeError(self.health.fatal or "Redis unreachable")
-        fleet_queue = opened
+        fleet_queue = await _open_queue(self.health, client, spider.name, self.config)
         if isinstance(fleet_queue, ShardedQueue):  # a shard's failure while the others answer: logged, once
             fleet_queue.on_shard_error = self._shard_unavailable
         queue, self.sink = crashpoints.install(self.crash_at, fleet_queue, self.sink)
