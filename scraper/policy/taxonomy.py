@@ -204,13 +204,11 @@ def classify_response(response: Response, rules: Rules = DEFAULT_RULES) -> Verdi
             return _ok(status)
         low = head.lower()
         hinted = any(h in low for h in _MARKER_HINTS)
-        for marker in rules.markers:
+        # the widget markers join the block-page ones on a page titled as a challenge (they all hold a hint)
+        titled = hinted and isinstance(response, HtmlResponse) and _CHALLENGE_TITLE.search(head) is not None
+        for marker in (*rules.markers, *WIDGET_MARKERS) if titled else rules.markers:
             if (hinted or id(marker) not in _BUILTIN) and marker.search(head):
                 return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
-        if hinted and isinstance(response, HtmlResponse) and _CHALLENGE_TITLE.search(head):
-            for marker in WIDGET_MARKERS:
-                if marker.search(head):
-                    return Verdict(B, f"challenge:{marker.pattern.decode('ascii', 'replace')[:40]}")
         return _ok(status)
     return Verdict(OK, f"http:{status}", status=status)  # 1xx/3xx: redirects are followed by Scrapy
 
