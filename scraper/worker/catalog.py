@@ -43,6 +43,15 @@ _MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "EXTENSIONS", "
 #: Scrapy's RetryMiddleware off (its own budgets retry), so the spider's wish is read from here instead
 #: (scraper.worker.failures.spider_retry_times: no retry at all)
 RETRY_DISABLED = "FLEET_SPIDER_RETRY_DISABLED"
+
+
+def _retry_disabled(values: dict[str, Any]) -> bool:
+    """Whether settings given as a dict (a project's module, a spider's custom_settings) say RETRY_ENABLED =
+    False, read as Scrapy reads a bool ("False", "0" and 0 too)."""
+    return "RETRY_ENABLED" in values and not Settings({"RETRY_ENABLED": values["RETRY_ENABLED"]}).getbool(
+        "RETRY_ENABLED")
+
+
 _FORCED = ("SCHEDULER", "DUPEFILTER_CLASS", "RETRY_ENABLED", "HTTPERROR_ALLOW_ALL", "TWISTED_REACTOR", "DOWNLOADER",
            "ITEM_PROCESSOR")
 
@@ -184,7 +193,7 @@ def apply_project(settings: Settings, project: projectmod.Project) -> None:
             continue
         pipelines.setdefault(comp, order)
     settings.set("ITEM_PIPELINES", pipelines, priority=projectmod.PRIORITY)
-    if "RETRY_ENABLED" in values and not Settings({"RETRY_ENABLED": values["RETRY_ENABLED"]}).getbool("RETRY_ENABLED"):
+    if _retry_disabled(values):
         settings.set(RETRY_DISABLED, True, priority=projectmod.PRIORITY)
     for key, value in values.items():
         if key in _FORCED or key in ("ITEM_PIPELINES", "SPIDER_MODULES"):
@@ -235,7 +244,7 @@ def worker_settings(spidercls: type[Spider], settings: Settings, *, rendered: bo
     for key in _MERGED_DICTS:
         s.set(key, _merge_components(settings.getdict(key), dict(custom.get(key) or {})), priority="cmdline")
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
-    if "RETRY_ENABLED" in custom and not Settings({"RETRY_ENABLED": custom["RETRY_ENABLED"]}).getbool("RETRY_ENABLED"):
+    if _retry_disabled(custom):
         s.set(RETRY_DISABLED, True, priority="spider")  # Fleet's retries stay on; this spider asked for none
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")

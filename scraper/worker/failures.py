@@ -26,6 +26,7 @@ from scraper.policy.decide import DEAD, Budgets, decide, request_budgets
 from scraper.policy.taxonomy import C, D, FailureClass, Verdict
 from scraper.store.objects import ObjectWriter, item_to_dict
 from scraper.worker.breakers import Breakers
+from scraper.worker.catalog import RETRY_DISABLED
 from scraper.worker.health import Health
 from scraper.worker.ledger import LeaseState, Ledger
 from scraper.worker.project import PRIORITY as PROJECT_PRIORITY
@@ -47,7 +48,7 @@ def spider_retry_times(settings: Any) -> int | None:
     they set ``RETRY_ENABLED = False``): the A budget (FLEET_RETRY_MAX) of that spider's requests, as
     RetryMiddleware's users expect. A FLEET_RETRY_MAX set in the environment beats the project's module, not
     the spider's own setting (docs/architecture.md, Configuration). None: FLEET_RETRY_MAX."""
-    if settings.getbool("FLEET_SPIDER_RETRY_DISABLED"):  # RETRY_ENABLED = False (scraper.worker.catalog)
+    if settings.getbool(RETRY_DISABLED):  # RETRY_ENABLED = False, recorded by scraper.worker.catalog
         return 0
     prio = settings.getpriority("RETRY_TIMES") or 0
     if prio >= SETTINGS_PRIORITIES["spider"] or (prio >= PROJECT_PRIORITY and "FLEET_RETRY_MAX" not in os.environ):
