@@ -26,6 +26,7 @@ from scraper.worker.gate import Gate
 from scraper.worker.health import REDIS_ERRORS, Health
 from scraper.worker.ledger import VOID_KEY, LeaseState, Ledger
 from scraper.worker.queueport import QueuePort
+from scraper.worker.specpick import RecentChildren, pick
 
 __all__ = ["Feeder", "Speculation"]
 
@@ -251,13 +252,18 @@ class Speculation:
         self.release = release  # hand back leases at once (a claim confirmed after shutdown)
         self.proxy_done = proxy_done  # the fetch through this proxy ended
         self.gated: Callable[[str], bool] | None = None  # the politeness gate's domains: never speculated
+        self.recent = RecentChildren()  # what this worker knows is queued: never speculated on (specpick)
 
     def speculate(self, state: LeaseState) -> None:
         """``state`` finished with children (the caller checked it may speculate): the likeliest next
         child goes to the front of the buffer, its claim pending."""
         out = state.out
         kids = out.discovered
-        k = max(range(len(kids)), key=lambda i: (kids[i].priority, i))
+        found = pick(kids, self.recent)
+        if found is None:
+            self.stats.inc_value("fleet/speculative_skipped")  # every child already queued, as far as we know
+            return
+        k = found
         if not self.breakers.may_speculate(kids[k].domain):
             return
         if self.gated is not None and self.gated(kids[k].domain):
@@ -270,6 +276,14 @@ class Speculation:
         self.ledger.buffer.appendleft(spec)
         self.stats.inc_value("fleet/speculative")
         self.kick()
+
+    def remember(self, state: LeaseState) -> None:
+        """``state``'s URL and its filtered children are queued now (or were): never speculate on them."""
+        recent = self.recent
+        recent.add(state.env.run, state.env.fp)
+        for env in state.out.discovered:
+            if not env.dont_filter:
+                recent.add(env.run, env.fp)
 
     def answered(self, spec: LeaseState, token: str, deliveries: int) -> None:
         """COMMIT's answer to the claim: a token (ours now), or none (void)."""

@@ -1,6 +1,7 @@
 """Feeder adoption and speculation on an in-memory ledger (no Redis): a lease batch becomes buffered
 states, our own re-leased request is never started twice, a bad entry is settled on its own, a child we
-discovered is reused, and a void speculative fetch is dropped from the ledger."""
+discovered is reused, a void speculative fetch is dropped from the ledger, and a child this worker knows is
+queued is never speculated on."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ STATS = SimpleNamespace(inc_value=lambda *a, **k: None)
 LOG = SimpleNamespace(info=lambda *a, **k: None, warning=lambda *a, **k: None, error=lambda *a, **k: None)
 
 
-def env(url: str = "https://a.example/") -> Envelope:
-    return Envelope(url=url, spider="s", run="r", fp="0123456789abcdef")
+def env(url: str = "https://a.example/", fp: str = "0123456789abcdef") -> Envelope:
+    return Envelope(url=url, spider="s", run="r", fp=fp)
 
 
 def feeder() -> tuple[Feeder, Ledger, list[tuple[LeaseState, str]]]:
@@ -70,7 +71,7 @@ def test_void_speculation_leaves_the_ledger_and_marks_the_fetch() -> None:
                                              lambda c: None), STATS, LOG, lambda: None, lambda leases: None,
                             lambda p: None)
         parent = LeaseState(Lease("p", b"", 1, "tp"), env())
-        parent.out.discovered += [env("https://a.example/1"), env("https://a.example/2")]
+        parent.out.discovered += [env("https://a.example/1", "1" * 16), env("https://a.example/2", "2" * 16)]
         parent.out.discovered_ids += ["k1", "k2"]
         spec_.speculate(parent)
         spec = parent.progress.spec
@@ -83,4 +84,34 @@ def test_void_speculation_leaves_the_ledger_and_marks_the_fetch() -> None:
         assert fut.result() is False and spec.settled and not ledger.active
         assert req.meta[VOID_KEY] and Speculation.drop_void(req)
         assert not spec_.breakers.may_speculate("a.example")  # no guessing there for a while
+    asyncio.run(go())
+
+
+def speculation() -> Speculation:
+    return Speculation(Ledger(), Breakers(SimpleNamespace(send=lambda a: None), STATS, LOG,  # type: ignore[arg-type]
+                                          lambda c: None), STATS, LOG, lambda: None, lambda leases: None, lambda p: None)
+
+
+def test_speculation_skips_what_this_worker_queued() -> None:
+    """Page 1 links to a footer page and to page 2; page 2 links to the same footer page last: page 2's
+    speculation goes to its other new link, not to the footer page page 1 already queued."""
+    async def go() -> None:
+        spec_ = speculation()
+        p1 = LeaseState(Lease("p1", b"", 1, "t1"), env("https://a.example/1", "a" * 16))
+        p1.out.discovered += [env("https://a.example/2", "2" * 16), env("https://a.example/about", "f" * 16)]
+        p1.out.discovered_ids += ["k2", "kf"]
+        spec_.speculate(p1)
+        spec_.remember(p1)
+        assert p1.progress.spec_index == 2  # READY's next: the last link
+        p2 = LeaseState(Lease("p2", b"", 1, "t2"), env("https://a.example/2", "2" * 16))
+        p2.out.discovered += [env("https://a.example/3", "3" * 16), env("https://a.example/about", "f" * 16)]
+        p2.out.discovered_ids += ["k3", "kf2"]
+        spec_.speculate(p2)
+        spec = p2.progress.spec
+        assert p2.progress.spec_index == 1 and spec is not None and spec.id == "k3"
+        p3 = LeaseState(Lease("p3", b"", 1, "t3"), env("https://a.example/3", "3" * 16))
+        p3.out.discovered += [env("https://a.example/1", "a" * 16), env("https://a.example/about", "f" * 16)]
+        p3.out.discovered_ids += ["k1", "kf3"]
+        spec_.speculate(p3)  # every link known: nothing to guess
+        assert p3.progress.spec is None
     asyncio.run(go())
