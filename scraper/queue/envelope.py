@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from scrapy import Request, Spider
 
-from scraper.queue import names
+from scraper.queue import names, pagemethods
 from scraper.queue.entrycheck import EnvelopeError, decode, fields, input_meta
 from scraper.queue.fingerprint import exact_fingerprint, fast_form, fast_fp, fp64, new_ids
 
@@ -148,6 +148,10 @@ class Envelope:
             for k, v in request.meta.items()
             if input_meta(k) and _json_safe(v)
         }
+        if pagemethods.KEY in request.meta and pagemethods.KEY not in meta:
+            methods = pagemethods.encode(request.meta[pagemethods.KEY])  # scrapy-playwright's objects, as JSON
+            if methods is not None:
+                meta[pagemethods.KEY] = methods
         if request.cb_kwargs and not _json_safe(request.cb_kwargs):
             raise EnvelopeError("request cb_kwargs must be JSON-serializable to be queued")
         headers: dict[str, list[str]] = {}
@@ -192,6 +196,8 @@ class Envelope:
             raise EnvelopeError(f"spider attribute {self.errback!r} is not an errback", run=self.run)
         meta = dict(self.meta)
         meta["depth"] = self.depth
+        if pagemethods.KEY in meta:
+            meta[pagemethods.KEY] = pagemethods.decode(meta[pagemethods.KEY])
         try:
             return Request(
                 self.url,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import loopback
-from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, start_worker, wait_all
+from tests.fleetproc import counts, fleet, fleet_env, fleet_json, objects, spider_module_env, start_worker, wait_all
 from tests.hostile import ForwardProxy
 
 pytestmark = pytest.mark.integration
@@ -45,6 +45,10 @@ class _Handler(BaseHTTPRequestHandler):
         SEEN_HEADERS.append({k.lower(): v for k, v in self.headers.items()})
         if self.path == "/list.html":
             body = _js("".join(f'<a class="product" href="/p/{i}.html">p{i}</a>' for i in range(1, N + 1)))
+        elif self.path.startswith("/late/"):  # the content comes a second after the load event
+            i = int(self.path.split("/")[-1].split(".")[0])
+            body = (f"<!DOCTYPE html><html><body><script>setTimeout(function () {{ document.body.innerHTML = "
+                    f"'<h1 class=\"name\">Late {i}</h1>'; }}, 1000);</script></body></html>").encode()
         elif self.path.startswith("/p/"):
             i = int(self.path.split("/")[-1].split(".")[0])
             body = _js(f'<h1 class="name">Widget {i}</h1><p class="price">{i}.50</p>')
@@ -137,3 +141,37 @@ def test_rendered_pages_go_through_the_proxy_chosen_for_them(redis_url: str, tmp
     assert not any("proxy-authorization" in h for h in SEEN_HEADERS)
     assert "s3cr3t-pw" not in log.read_text()
     assert "s3cr3t-pw" not in "".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*.json*"))
+
+
+LATE_SPIDER = """
+    import scrapy
+    from scrapy_playwright.page import PageMethod
+
+    class LateJs(scrapy.Spider):
+        name = "late_js"
+        custom_settings = {"DOWNLOAD_HANDLERS": {
+            "http": "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler",
+            "https": "scrapy_playwright.handler.ScrapyPlaywrightDownloadHandler"}}
+
+        async def start(self):
+            for i in range(3):
+                yield scrapy.Request(f"{self.base}/late/{i}.html", meta={
+                    "playwright": True, "playwright_page_methods": [PageMethod("wait_for_selector", "h1.name")]})
+
+        def parse(self, response):
+            yield {"name": response.css("h1.name::text").get()}
+"""
+
+
+@pytest.mark.timeout(180)
+def test_scrapy_playwright_page_methods_travel_through_the_queue(redis_url: str, tmp_path: Path, js_site: str) -> None:
+    """A spider on scrapy-playwright's own handler that waits for its content (PageMethod) still waits under
+    Fleet: the page methods are queued as JSON (scraper.queue.pagemethods), not dropped as objects."""
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no Chromium on PATH (make test installs Debian's chromium)")
+    env = spider_module_env(redis_url, tmp_path, "late_js_spiders", LATE_SPIDER)
+    summary = fleet_json("run", "late_js", "--run", "pm", "-a", f"base={js_site}", "--workers", "1", env=env,
+                         timeout=150)
+    assert summary["done"] == 3 and summary["dlq"] == 0 and summary["parked"] == 0, summary
+    names = sorted(v[0]["name"] for v in objects(tmp_path / "data", "items", "late_js", "pm").values())
+    assert names == ["Late 0", "Late 1", "Late 2"]
