@@ -89,6 +89,12 @@ def apply(spidercls: type[Spider], settings: Settings) -> None:
         settings.set("PLAYWRIGHT_LAUNCH_OPTIONS", launch, priority="cmdline")
     if not custom.get("PLAYWRIGHT_BROWSER_TYPE"):
         settings.set("PLAYWRIGHT_BROWSER_TYPE", "chromium", priority="cmdline")
+    if settings.get("PLAYWRIGHT_DEFAULT_NAVIGATION_TIMEOUT") is None:
+        # a page's navigation bounded by the spider's DOWNLOAD_TIMEOUT, as a plain fetch is (Playwright's own
+        # 30 s otherwise: a stalled page, settled by the watchdog, kept its browser page that long, and the
+        # requests behind it waited for one); the spider's own value of the setting still wins
+        timeout = float(custom.get("DOWNLOAD_TIMEOUT") or settings.getfloat("DOWNLOAD_TIMEOUT") or 180)
+        settings.set("PLAYWRIGHT_DEFAULT_NAVIGATION_TIMEOUT", timeout * 1000, priority="project")
     if "PLAYWRIGHT_MAX_PAGES_PER_CONTEXT" not in custom:
         # pages are costly: at most 8 open at once; the rest of the worker's requests wait for a page
         settings.set("PLAYWRIGHT_MAX_PAGES_PER_CONTEXT", min(8, settings.getint("CONCURRENT_REQUESTS")),

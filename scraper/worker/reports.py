@@ -81,7 +81,13 @@ class Reports:
         self.spawn(self.failures.defer(state, until))
 
     def ignored(self, state: LeaseState, exc: BaseException) -> None:
-        """Another component dropped the request (offsite, robots…): nothing to retry; ack it."""
+        """Another component dropped the request (offsite, robots…): nothing to retry; ack it.
+
+        Not once the worker hands its leases back (as ``fail``): a fetch cut short by the shutdown (a browser
+        page closed under Playwright ends as IgnoreRequest) is released, not ignored, and was counted as
+        ignored in the run's summary and manifest."""
+        if state.settled or self.flags.releasing:
+            return
         state.settled = True
         self.gating.done(state, "none")  # robots.txt, offsite: no fetch, no measure
         self.stats.inc_value("fleet/ignored")
