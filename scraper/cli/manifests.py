@@ -42,9 +42,11 @@ async def gather(redis_url: str, spider: str, run: str) -> dict[str, Any]:
     try:
         q = await open_queue(client, spider)
         runs = await q.runs()
-        dlq = 0
-        async for _ in q.dlq_iter(run):
+        dlq = unseen = 0
+        async for _, entry in q.dlq_iter(run):
             dlq += 1
+            # a refused scrapy-redis start entry (scraper.worker.redisfeed): never a request, never in SEEN
+            unseen += str(entry.get("reason", "")).startswith("start_entry:")
         backlog = await q.run_backlog(run)
         scope = "run"
         if backlog is None:
@@ -54,7 +56,7 @@ async def gather(redis_url: str, spider: str, run: str) -> dict[str, Any]:
         open_ = sorted(d for d, v in breakers.items() if v.split("|", 1)[0] in ("open", "half"))
         first = await q.first_seen(run)
         cancelled = bool(await client.hexists(q.keys.cancelled, run))  # marked in every shard (fleet cancel)
-        return {"known": run in runs, "cancelled": cancelled, **runs.get(run, {"seen": 0, "done": 0}), "dlq": dlq, "backlog": backlog,
+        return {"known": run in runs, "cancelled": cancelled, **runs.get(run, {"seen": 0, "done": 0}), "dlq": dlq, "dlq_unseen": unseen, "backlog": backlog,
                 "scope": scope, "breakers_open": open_, "tally": await run_tally(client, q.keys, run),
                 "first_seeded": None if first is None else float(first)}
     finally:
@@ -160,6 +162,7 @@ class RunManifest:
             outcomes=_add(counts.get("outcomes"), outcomes), breakers_open=f["breakers_open"], tally=f["tally"],
             exit_code=exit_code if by_run else None, why_incomplete=why, cancelled=bool(f.get("cancelled")),
             rejected=_add({k: counts.get(k) for k in ("rejected", "discovered_rejected")}, rejected),
+            dlq_unseen=int(f.get("dlq_unseen", 0)),
         )
 
 

@@ -53,11 +53,13 @@ def iso(ts: float | None) -> str | None:
 
 
 def reconcile(*, seen: int, done: int, dlq: int, parked: int, queued: int, scope: str,
-              cancelled: bool = False) -> dict[str, Any]:
+              cancelled: bool = False, dlq_unseen: int = 0) -> dict[str, Any]:
     """Every request seen (seeded or discovered) is done (ignored ones included: they are recorded as
     done), in the DLQ, parked or still queued; in a cancelled run, the rest were dropped by the cancel
-    (``cancelled_dropped``), not lost. ``problem`` says which side does not add up, or None."""
-    accounted = done + dlq + parked + queued
+    (``cancelled_dropped``), not lost. ``dlq_unseen``: DLQ entries of the run that never were requests of it
+    (a scrapy-redis start entry refused before it became one: no fingerprint, never in SEEN), so not
+    counted against SEEN. ``problem`` says which side does not add up, or None."""
+    accounted = done + dlq - dlq_unseen + parked + queued
     diff = seen - accounted
     problem = None
     dropped = 0
@@ -67,13 +69,13 @@ def reconcile(*, seen: int, done: int, dlq: int, parked: int, queued: int, scope
         problem = (f"{diff} of {seen} requests seen are neither done, in the DLQ, parked nor queued "
                    "(lost, or a DLQ entry trimmed or deleted)")
     elif diff < 0:
-        problem = (f"done {done} + dlq {dlq} + parked {parked} + queued {queued} = {accounted} exceeds the "
-                   f"{seen} requests seen by {-diff} (a DLQ entry requeued and finished counts twice, or "
+        problem = (f"done {done} + dlq {dlq - dlq_unseen} + parked {parked} + queued {queued} = {accounted} "
+                   f"exceeds the {seen} requests seen by {-diff} (a DLQ entry requeued and finished counts twice, or "
                    "SEEN expired)")
     if problem and scope != "run":
         problem += "; parked and queued are the spider's, all runs (backlog too large to read per run)"
     out = {"ok": diff == 0, "seen": seen, "done": done, "dlq": dlq, "parked": parked, "queued": queued,
-           "unaccounted": diff, "scope": scope, "problem": problem}
+           "unaccounted": diff, "scope": scope, "problem": problem, "dlq_unseen": dlq_unseen}
     if cancelled:
         out["cancelled_dropped"] = dropped
     return out
@@ -122,6 +124,7 @@ def build(
     why_incomplete: str = "",
     cancelled: bool = False,
     rejected: Mapping[str, int] | None = None,
+    dlq_unseen: int = 0,
 ) -> dict[str, Any]:
     """The manifest object. ``complete`` only when the run drained (nothing queued), nothing of it is parked
     (an open breaker of the spider counts through those only), the counts reconcile, and (for ``fleet run``)
@@ -129,7 +132,8 @@ def build(
     (exit 4 tells cron); a run still being worked on (``final: false``) never is."""
     queued = int(backlog.get("ready", 0)) + int(backlog.get("inflight", 0)) + int(backlog.get("delayed", 0))
     parked = int(backlog.get("parked", 0))
-    rec = reconcile(seen=seen, done=done, dlq=dlq, parked=parked, queued=queued, scope=scope, cancelled=cancelled)
+    rec = reconcile(seen=seen, done=done, dlq=dlq, parked=parked, queued=queued, scope=scope, cancelled=cancelled,
+                    dlq_unseen=dlq_unseen)
     reasons = []
     if not final:
         reasons.append("the run is still being worked on")

@@ -122,6 +122,10 @@ def test_redis_spider_fed_by_lpush_while_a_worker_is_killed(redis_url: str, tmp_
         assert status[spider]["runs"]["r1"] == {"seen": 80, "done": 80}
         log = (tmp_path / "w2.log").read_text()
         assert "scrapy_redis_settings_replaced" in log and "start_entries_seeded" in log
+        # the refused entry is the run's DLQ entry but never was a request of it: the run still reconciles
+        (m,) = fleet_json("runs", spider, "--refresh", "--json", env=env)
+        assert m["reconciliation"]["ok"] and m["reconciliation"]["dlq_unseen"] == 1, m["reconciliation"]
+        assert m["complete"] is True and m["counts"]["dlq"] == 1, m
         r.close()
 
 

@@ -35,6 +35,16 @@ def test_reconciliation_says_which_side_is_off() -> None:
     assert over["unaccounted"] == -1 and "exceeds" in over["problem"] and "all runs" in over["problem"]
 
 
+def test_refused_start_entries_are_not_counted_against_seen() -> None:
+    """A probe: a scrapy-redis start entry refused before it became a request (no fingerprint, never in SEEN)
+    is a DLQ entry of the run; counted against SEEN, the run could never reconcile (done 1 + dlq 1 > seen 1)."""
+    rec = reconcile(seen=1, done=1, dlq=1, parked=0, queued=0, scope="run", dlq_unseen=1)
+    assert rec["ok"] and rec["dlq_unseen"] == 1 and rec["dlq"] == 1
+    m = _m(seen=10, done=10, dlq=2, exit_code=4, dlq_unseen=2)
+    assert m["complete"] is True and m["counts"]["dlq"] == 2
+    assert _m(seen=10, done=10, dlq=2, exit_code=4)["complete"] is False
+
+
 def test_complete_only_when_drained_reconciled_and_nothing_open() -> None:
     assert _m()["complete"] is True
     assert _m(done=9, dlq=1, exit_code=4)["complete"] is True  # DLQ entries are settled
