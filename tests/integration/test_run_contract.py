@@ -158,7 +158,7 @@ def test_a_worker_forced_out_by_a_stuck_callback_still_reports_its_outcomes(redi
         env = spider_module_env(redis_url, tmp_path, "stuck_spiders", STUCK, FLEET_SHUTDOWN_GRACE="1")
         urls = tmp_path / "urls.txt"
         urls.write_text("".join(f"{base}/{p}\n" for p in ("a", "b", "c", "stuck")))
-        code, summary = _run("stuck", "--urls", str(urls), "--run", "r1", "--deadline", "4", env=env, timeout=90)
+        code, summary = _run("stuck", "--urls", str(urls), "--run", "r1", "--deadline", "8", env=env, timeout=90)
     assert code == 5 and summary["deadline_passed"] and summary["pending"] == 1, summary
     assert summary["outcomes"] == {"ok": 3} and summary["objects"] == 3, summary
     assert summary["worker_exit_codes"] == [0], summary
