@@ -231,6 +231,11 @@ _BROWSER_PROXY_ERRORS = frozenset({
     "ERR_PROXY_HTTP_1_1_REQUIRED", "ERR_MANDATORY_PROXY_CONFIGURATION_FAILED",
     "ERR_UNEXPECTED_PROXY_AUTH", "ERR_PROXY_AUTH_REQUESTED_WITH_NO_CONNECTION",
 })
+# Chromium's net errors no retry can mend: the browser itself refuses the URL or its port
+_BROWSER_HARD_ERRORS = frozenset({
+    "ERR_UNSAFE_PORT", "ERR_UNSAFE_REDIRECT", "ERR_INVALID_URL", "ERR_DISALLOWED_URL_SCHEME",
+    "ERR_UNKNOWN_URL_SCHEME", "ERR_INVALID_REDIRECT", "ERR_TOO_MANY_REDIRECTS",
+})
 _NET_ERROR = re.compile(r"(?:[\w.]+: )?net::(ERR_[A-Z0-9_]+)")
 
 
@@ -260,10 +265,15 @@ def classify_exception(exc: BaseException, *, proxied: bool = False) -> Verdict:
         return Verdict(D, "policy:scheme")
     if name == "TunnelError":
         return Verdict(B, f"proxy:{name}")
-    if proxied and type(exc).__module__.startswith("playwright"):
+    if type(exc).__module__.startswith("playwright"):
+        # a rendered page's navigation error carries Chromium's code (all Playwright errors are one type)
         code = _browser_net_error(exc)
-        if code in _BROWSER_PROXY_ERRORS:  # a rendered page's proxy failed (scraper.worker.render)
+        if proxied and code in _BROWSER_PROXY_ERRORS:  # its proxy failed (scraper.worker.render)
             return Verdict(B, f"proxy:{code}")
+        if code in _BROWSER_HARD_ERRORS:
+            return Verdict(D, f"net:{code}")
+        if code:
+            return Verdict(A, f"net:{code}")
     if name in _CONNECT_ERRORS or isinstance(exc, (txerror.ConnectionRefusedError, txerror.ConnectError)):
         if proxied and not isinstance(exc, txerror.TimeoutError) and name != "TCPTimedOutError":
             return Verdict(B, f"proxy:{name}")

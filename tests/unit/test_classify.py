@@ -6,7 +6,7 @@ import pytest
 from scrapy.http import HtmlResponse
 from twisted.internet import error as txerror
 
-from scraper.policy.taxonomy import OK, A, B, D, classify_exception, classify_response
+from scraper.policy.taxonomy import OK, A, B, D, Verdict, classify_exception, classify_response
 
 URL = "https://shop.example/p/1"
 PLAIN = b"<html><head><title>Widget</title></head><body><h1>Widget</h1><p>$9.99</p></body></html>"
@@ -179,6 +179,23 @@ def test_a_rendered_page_whose_proxy_failed_is_b_and_a_url_cannot_fake_it() -> N
     assert classify_exception(failed, proxied=False).cls == A  # no proxy in the way: the site's network
     dns = PlaywrightError("Page.goto: net::ERR_NAME_NOT_RESOLVED at http://x.test/net::ERR_PROXY_CONNECTION_FAILED")
     assert classify_exception(dns, proxied=True).cls == A  # the code that leads the message counts
+
+
+def test_a_rendered_pages_network_error_keeps_chromiums_code() -> None:
+    """A probe: through the browser, a refused connection and a port Chromium refuses both ended as
+    ``error:Error`` (every Playwright error is one type), and the refused port was retried to exhaustion."""
+    from playwright._impl._errors import Error as PlaywrightError
+    from playwright._impl._errors import TimeoutError as PlaywrightTimeout
+
+    refused = PlaywrightError("Page.goto: net::ERR_CONNECTION_REFUSED at http://127.0.0.1:9/")
+    assert classify_exception(refused) == Verdict(A, "net:ERR_CONNECTION_REFUSED")
+    unsafe = PlaywrightError("Page.goto: net::ERR_UNSAFE_PORT at http://127.0.0.1:6000/")
+    assert classify_exception(unsafe) == Verdict(D, "net:ERR_UNSAFE_PORT")
+    assert classify_exception(unsafe, proxied=True).cls == D
+    slow = PlaywrightTimeout("Page.goto: Timeout 4000ms exceeded.")
+    assert classify_exception(slow).cls == A  # no code: as before
+    faked = PlaywrightError("Page.goto: Timeout at http://x.test/net::ERR_UNSAFE_PORT")
+    assert classify_exception(faked).cls == A  # a URL cannot fake a code
 
 
 def test_rules_are_configurable_in_settings() -> None:
