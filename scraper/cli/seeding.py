@@ -132,7 +132,8 @@ async def seed_run(
                 key = str(getattr(spidercls, "redis_key", None) or "%(name)s:start_urls")
                 key = key.replace("%(name)s", spidercls.name)
                 raise fail(f"spider {spidercls.name!r} is a scrapy-redis spider fed from its Redis key {key!r}: "
-                           "push URLs or JSON there (workers move them into the queue), or pass --url/--urls")
+                           "push URLs or JSON there (workers move them into the queue), or pass --urls FILE "
+                           "(fleet seed also takes --url URL)")
             spider = spider_instance(spidercls, cfg, "to read its start requests", spider_args)
             envs = []
             async for req in start_requests(spider, dropped):
@@ -151,7 +152,7 @@ async def seed_run(
                           "from a callback", highlight=False, soft_wrap=True)
             if not envs and not rejected.count:
                 raise fail(
-                    f"spider {spidercls.name!r} has no start URLs: pass --url or --urls FILE"
+                    f"spider {spidercls.name!r} has no start URLs: pass --urls FILE (fleet seed also takes --url URL)"
                 )
             enq, skipped = await q.seed(run, envs)
         result = {"spider": spidercls.name, "run": run, "enqueued": enq, "skipped": skipped}
