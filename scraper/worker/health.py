@@ -61,13 +61,14 @@ class Health:
             self.stop("redis_outage")
         await asyncio.sleep(min(2.0, 0.1 * (2 ** min(5, int(now - self.redis_down_since)))))
 
-    def config_fatal(self, reason: str) -> None:
-        """A configuration that cannot go on (the spider's FLEET_QUEUE_SHARDS changed under this worker):
-        stop gracefully, leases released, exit 1 with ``reason`` as the one line."""
+    def config_fatal(self, reason: str, event: str = "config_changed") -> None:
+        """A configuration that cannot go on (the spider's FLEET_QUEUE_SHARDS changed under this worker; a
+        scrapy-redis start key of the wrong type under ``--until-idle``): stop gracefully, leases released,
+        exit 1 with ``reason`` as the one line, logged as ``event``."""
         if not self.fatal:
             self.fatal = reason
             self.exit_code = 1
-            self.log.error("config_changed", detail=reason)
+            self.log.error(event, detail=reason)
             self.stop("config_changed")
 
     def redis_ok(self) -> None:

@@ -98,6 +98,8 @@ class FleetPort(Protocol):
     @property
     def exit_code(self) -> int: ...
 
+    def config_fatal(self, reason: str, event: str) -> None: ...  # stop, exit 1 with reason (scraper.worker.health)
+
     # closing: unfinished work is released, never failed or retried. The CLI sets it when the shutdown
     # grace has passed and it closes the spider itself.
     releasing: bool

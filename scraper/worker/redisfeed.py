@@ -89,6 +89,15 @@ class StartFeeder:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(self.task), 30)
 
+    def misconfigured(self, rt: FleetPort, source: StartSource, why: str) -> None:
+        """The start key cannot be read as the spider reads it (its type, its cluster slot). A worker that
+        stays (no ``--until-idle``) warns and tries again: an operator may mend the key. One that exits
+        when idle would exit 0 with the key's URLs never fetched, which cron reads as a finished crawl, so
+        it stops with exit 1 and says why."""
+        if self.crawler.settings.getfloat("FLEET_UNTIL_IDLE", -1.0) >= 0:
+            rt.config_fatal(f"start key {source.key!r}, read as a {source.kind}: {why[:300]}; fix the key or the "
+                            "spider's REDIS_START_URLS_AS_SET / REDIS_START_URLS_AS_ZSET", "start_feed_misconfigured")
+
     async def run(self, rt: FleetPort, spider: Spider, source: StartSource) -> None:
         cfg = rt.config
         url = self.crawler.settings.get("FLEET_REDIS_URL") or resolve_redis_url()
@@ -99,6 +108,7 @@ class StartFeeder:
         except ValueError as exc:  # a start key outside the spider's cluster slot: nothing can be moved
             rt.log.error("start_feed_failed", key=source.key, error="CrossSlot", detail=str(exc)[:300])
             await client.aclose()
+            self.misconfigured(rt, source, str(exc))
             return
         failing = ""
         delay = POLL_SECONDS
@@ -117,6 +127,8 @@ class StartFeeder:
                         failing = type(exc).__name__
                         rt.log.warning("start_feed_failed", key=source.key, error=failing,
                                        detail=str(exc)[:200] if isinstance(exc, ResponseError) else "")
+                    if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
+                        self.misconfigured(rt, source, "it holds another type (Redis: WRONGTYPE)")
                     delay = min(5.0, max(delay, POLL_SECONDS) * 2)
                 if delay:
                     self.wake.clear()

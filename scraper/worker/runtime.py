@@ -186,6 +186,9 @@ class FleetRuntime:
     def exit_code(self) -> int:
         return self.health.exit_code
 
+    def config_fatal(self, reason: str, event: str) -> None:
+        self.health.config_fatal(reason, event)
+
     @property
     def idle_since(self) -> float | None:
         return self.feeder.idle_since

@@ -181,3 +181,18 @@ def test_redis_crawl_spider_parses_its_start_url_by_rule_when_linked_back(redis_
         r.close()
     finally:
         site.stop()
+
+
+def test_a_start_key_of_the_wrong_type_fails_an_until_idle_worker(redis_url: str, tmp_path: Path) -> None:
+    """A probe: URLs SADDed to a spider that reads a list: the feeder warned once (WRONGTYPE) and the
+    `--until-idle` worker exited 0 with the URL never fetched, which cron reads as a finished crawl. It now
+    exits 1 with one line saying which key and which setting."""
+    spider = "sredis_products"
+    env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES=MODULES, FLEET_REDIS_RUN="r1")
+    r = redis.Redis.from_url(redis_url)
+    r.sadd(f"{spider}:start_urls", "http://127.0.0.1:9/p")
+    r.close()
+    log = tmp_path / "w.log"
+    assert wait_all([start_worker(spider, env, log, "--until-idle", "2")], 60) == [1]
+    text = log.read_text()
+    assert "start_feed_misconfigured" in text and "REDIS_START_URLS_AS_SET" in text, text[-2000:]
