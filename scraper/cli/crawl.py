@@ -191,8 +191,8 @@ def run_cmd(
             if isinstance(exc, typer.Exit) and exc.exit_code != EXIT_INFRA:
                 raise
             # Redis went away while the workers ran (they exited 3): cron still gets a summary of what is
-            # known, its exit code and why (the manifest, whose figures come from Redis, keeps its last
-            # progress write: final false)
+            # known, its exit code and why; the manifest, whose figures come from Redis, is its last progress
+            # write, marked final and incomplete with the same reason
             why = "Redis was unreachable at the end of the run: its figures (seen, done, DLQ, backlog) are unknown"
             if not isinstance(exc, typer.Exit):
                 err.print(f"[bold red]error:[/] {why}: {type(exc).__name__}", highlight=False, soft_wrap=True)
@@ -203,7 +203,7 @@ def run_cmd(
                        "deadline_passed": cut, "workers": workers, "worker_exit_codes": codes,
                        "elapsed_s": round(time.time() - started, 2), "store": cfg.store,
                        "terminated": _TERMINATED.is_set()}
-            partial["manifest"] = None
+            partial["manifest"] = manifest.write_unreachable(exit_code=EXIT_INFRA, why=why)
             runlog.info("run_finished", exit_code=EXIT_INFRA, **{k: v for k, v in partial.items() if k != "store"})
             print(json.dumps(partial))
             raise typer.Exit(EXIT_INFRA) from None

@@ -126,6 +126,28 @@ class RunManifest:
                       highlight=False, soft_wrap=True, markup=True)
             return None
 
+    def write_unreachable(self, *, exit_code: int, why: str) -> str | None:
+        """Redis went away before the run's end: the last manifest written (its figures, Redis's, as of
+        its ``updated_at``, kept in ``figures_as_of``) becomes the final one, incomplete, with ``why``.
+        Without this the stored manifest went on saying "the run is still being worked on" (``final:
+        false``) though its ``fleet run`` had exited 3. Returns its key, or None (none written before, or the
+        store failed: a warning, as ``write``)."""
+        try:
+            current = read_manifest(self.store, self.spider, self.run)
+            if not current:
+                return None
+            now = iso(time.time())
+            current.update(final=True, complete=False, exit_code=exit_code, incomplete_reasons=[why],
+                           written_by=self.writer, finished_at=now, figures_as_of=current.get("updated_at"),
+                           updated_at=now)
+            self.key = write_manifest(self.store, current)
+            return self.key
+        except Exception as exc:
+            self.log.warning("manifest_write_failed", spider=self.spider, run=self.run, error=type(exc).__name__)
+            err.print(f"[yellow]warning:[/] manifest of run {self.run!r} not written: "
+                      f"{log.redact(str(exc))[:200] or type(exc).__name__}", highlight=False, soft_wrap=True)
+            return None
+
     def _stored_export(self) -> Mapping[str, Any] | None:
         try:
             current = read_manifest(self.store, self.spider, self.run) or {}

@@ -439,6 +439,11 @@ def test_fleet_run_prints_a_summary_when_redis_goes_away(tmp_path: Path) -> None
         assert summary["redis_unreachable"] is True and summary["worker_exit_codes"] == [3], summary
         assert summary["seen"] is None and summary["outcomes"].get("ok", 0) > 0, summary
         assert "Redis" in errs
+        # the manifest, last written while Redis answered, is marked final and incomplete with the reason (it
+        # said "the run is still being worked on" for good)
+        m = json.loads((tmp_path / "data" / summary["manifest"]).read_text())
+        assert m["final"] is True and m["complete"] is False and m["exit_code"] == 3, m
+        assert "Redis was unreachable" in m["incomplete_reasons"][0] and m["figures_as_of"], m
     finally:
         srv.kill()
 
