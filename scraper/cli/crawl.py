@@ -203,7 +203,9 @@ def run_cmd(
                        "deadline_passed": cut, "workers": workers, "worker_exit_codes": codes,
                        "elapsed_s": round(time.time() - started, 2), "store": cfg.store,
                        "terminated": _TERMINATED.is_set()}
-            partial["manifest"] = manifest.write_unreachable(exit_code=EXIT_INFRA, why=why)
+            partial["manifest"] = manifest.write_unreachable(exit_code=EXIT_INFRA, why=why,
+                                                             outcomes=worker_stats["outcomes"],
+                                                             ignored=worker_stats["ignored"])
             runlog.info("run_finished", exit_code=EXIT_INFRA, **{k: v for k, v in partial.items() if k != "store"})
             print(json.dumps(partial))
             raise typer.Exit(EXIT_INFRA) from None

@@ -126,18 +126,25 @@ class RunManifest:
                       highlight=False, soft_wrap=True, markup=True)
             return None
 
-    def write_unreachable(self, *, exit_code: int, why: str) -> str | None:
+    def write_unreachable(self, *, exit_code: int, why: str, outcomes: Mapping[str, int] | None = None,
+                          ignored: int | None = None) -> str | None:
         """Redis went away before the run's end: the last manifest written (its figures, Redis's, as of
         its ``updated_at``, kept in ``figures_as_of``) becomes the final one, incomplete, with ``why``.
         Without this the stored manifest went on saying "the run is still being worked on" (``final:
-        false``) though its ``fleet run`` had exited 3. Returns its key, or None (none written before, or the
-        store failed: a warning, as ``write``)."""
+        false``) though its ``fleet run`` had exited 3. What this invocation's workers reported (``outcomes``,
+        ``ignored``) and its time are added to the counts the run had before it, as ``write`` adds them.
+        Returns its key, or None (none written before, or the store failed: a warning, as ``write``)."""
         try:
             current = read_manifest(self.store, self.spider, self.run)
             if not current:
                 return None
             now = iso(time.time())
-            current.update(final=True, complete=False, exit_code=exit_code, incomplete_reasons=[why],
+            counts, before = dict(current.get("counts") or {}), self.base.get("counts") or {}
+            counts["outcomes"] = dict(sorted(_add(before.get("outcomes"), outcomes or {}).items()))
+            if ignored is not None or before.get("ignored") is not None:
+                counts["ignored"] = int(before.get("ignored") or 0) + int(ignored or 0)
+            counts["elapsed_s"] = round(float(before.get("elapsed_s") or 0) + (time.time() - self.started), 2)
+            current.update(counts=counts, final=True, complete=False, exit_code=exit_code, incomplete_reasons=[why],
                            written_by=self.writer, finished_at=now, figures_as_of=current.get("updated_at"),
                            updated_at=now)
             self.key = write_manifest(self.store, current)

@@ -42,6 +42,13 @@ RUNTIME_META = frozenset({
     "_auth_proxy",
     "playwright_page",
     "fleet_proxy_id",  # chosen per attempt by the proxy middleware, like "proxy"
+    # scrapy-playwright keys that reach past the page, never taken from an entry (an entry is input):
+    # context_kwargs go to Playwright's launch_persistent_context (with user_data_dir: the browser's
+    # executable_path and args, that is any program; record_har_path, storage_state: local files); the
+    # event handlers and the init callback name spider attributes that are called unchecked
+    "playwright_context_kwargs",
+    "playwright_page_event_handlers",
+    "playwright_page_init_callback",
 })
 
 

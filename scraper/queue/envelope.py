@@ -146,9 +146,9 @@ class Envelope:
         meta = {
             k: v
             for k, v in request.meta.items()
-            if input_meta(k) and _json_safe(v)
+            if input_meta(k) and k != pagemethods.KEY and _json_safe(v)
         }
-        if pagemethods.KEY in request.meta and pagemethods.KEY not in meta:
+        if pagemethods.KEY in request.meta:
             methods = pagemethods.encode(request.meta[pagemethods.KEY])  # scrapy-playwright's objects, as JSON
             if methods is not None:
                 meta[pagemethods.KEY] = methods
@@ -198,6 +198,8 @@ class Envelope:
         meta["depth"] = self.depth
         if pagemethods.KEY in meta:
             meta[pagemethods.KEY] = pagemethods.decode(meta[pagemethods.KEY])
+        if pagemethods.GOTO_KEY in meta:
+            meta[pagemethods.GOTO_KEY] = pagemethods.goto_kwargs(meta[pagemethods.GOTO_KEY])
         try:
             return Request(
                 self.url,

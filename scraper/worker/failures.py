@@ -102,9 +102,9 @@ class FailureApplier:
         budgets = self.budgets if internal else request_budgets(self.budgets, env.meta)
         decision = decide(cls, verdict.reason, status, env.attempts, budgets, retry_after=verdict.retry_after,
                           proxied=bool(proxy_id and self.proxies))
-        if proxy_id and response is None and verdict.reason.startswith("net:") and self.proxies:
-            # no answer through it (not a store or watchdog failure after one): it loses its preference, as an
-            # answer at the download timeout would
+        if proxy_id and response is None and verdict.reason.startswith("net:") and verdict.cls != D and self.proxies:
+            # no answer through it (not a store or watchdog failure after one, nor a URL the browser itself
+            # refuses, class D): it loses its preference, as an answer at the download timeout would
             timeout = state.request.meta.get("download_timeout") if state.request is not None else None
             self.proxies.failed(proxy_id, env.domain, float(timeout or 0) * 1000)
         if decision.ban_proxy:

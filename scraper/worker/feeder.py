@@ -90,6 +90,9 @@ class Feeder:
             except EnvelopeError as exc:
                 self.dead(state, "bad_envelope", str(exc), None)
                 continue
+            except Exception as exc:  # anything else an entry makes a Request raise: settled, not stuck
+                self.dead(state, "bad_envelope", f"not a valid request: {type(exc).__name__}: {str(exc)[:200]}", None)
+                continue
             self.ledger.activate(state, req)
             if gate is not None:
                 gate.dispatching(state, req)
@@ -259,7 +262,11 @@ class Speculation:
         child goes to the front of the buffer, its claim pending."""
         out = state.out
         kids = out.discovered
-        found = pick(kids, self.recent)
+        recent = self.recent
+        recent.add(state.env.run, state.env.fp)  # a link to the page itself, or to where its redirects landed
+        for hop in state.fetch.hops:
+            recent.add(state.env.run, hop)
+        found = pick(kids, recent)
         if found is None:
             self.stats.inc_value("fleet/speculative_skipped")  # every child already queued, as far as we know
             return

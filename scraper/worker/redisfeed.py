@@ -128,7 +128,12 @@ class StartFeeder:
                         rt.log.warning("start_feed_failed", key=source.key, error=failing,
                                        detail=str(exc)[:200] if isinstance(exc, ResponseError) else "")
                     if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
-                        self.misconfigured(rt, source, "it holds another type (Redis: WRONGTYPE)")
+                        # the start key's, not one of Fleet's own keys: its type is not the one the spider reads
+                        with contextlib.suppress(ResponseError, *redisio.REDIS_ERRORS):
+                            actual = await client.type(source.key)
+                            actual = actual.decode() if isinstance(actual, bytes) else str(actual)
+                            if actual not in ("none", source.kind):
+                                self.misconfigured(rt, source, f"it is a {actual} (Redis: WRONGTYPE)")
                     delay = min(5.0, max(delay, POLL_SECONDS) * 2)
                 if delay:
                     self.wake.clear()

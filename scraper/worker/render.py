@@ -128,10 +128,14 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
             request.headers.pop(b"Proxy-Authorization", None)
             request.meta.setdefault("playwright_context", PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]))
         ctx = request.meta.get("playwright_context")
-        if isinstance(ctx, str) and ctx.startswith(PROXY_CONTEXT) and \
-                ctx != PROXY_CONTEXT + str(request.meta.get("fleet_proxy_id")):
-            # a proxy's context is the proxy middleware's choice, never the request's (an entry is input)
-            request.meta["playwright_context"] = "default"
+        mine = PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]) if request.meta.get("fleet_proxy_id") else None
+        if ctx is not None and ctx != mine and \
+                (not isinstance(ctx, str) or ctx.startswith(PROXY_CONTEXT) or
+                 (ctx != "default" and ctx not in self.config.startup_context_kwargs)):
+            # a proxy's context is the proxy middleware's choice, never the request's, and another context
+            # one the spider declares (PLAYWRIGHT_CONTEXTS): an entry is input, and each new name would be
+            # a new browser context (a queue of them, unbounded memory)
+            request.meta["playwright_context"] = mine or "default"
         response: Response = await super().download_request(request)
         return response
 

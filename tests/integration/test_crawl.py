@@ -444,6 +444,7 @@ def test_fleet_run_prints_a_summary_when_redis_goes_away(tmp_path: Path) -> None
         m = json.loads((tmp_path / "data" / summary["manifest"]).read_text())
         assert m["final"] is True and m["complete"] is False and m["exit_code"] == 3, m
         assert "Redis was unreachable" in m["incomplete_reasons"][0] and m["figures_as_of"], m
+        assert m["counts"]["outcomes"] == summary["outcomes"], m  # this invocation's workers' figures too
     finally:
         srv.kill()
 

@@ -115,3 +115,16 @@ def test_speculation_skips_what_this_worker_queued() -> None:
         spec_.speculate(p3)  # every link known: nothing to guess
         assert p3.progress.spec is None
     asyncio.run(go())
+
+
+def test_speculation_skips_the_page_itself_and_where_its_redirects_landed() -> None:
+    async def go() -> None:
+        spec_ = speculation()
+        page = LeaseState(Lease("p", b"", 1, "t"), env("https://a.example/old", "a" * 16))
+        page.fetch.hops = ["b" * 16]  # /old redirected to /new, recorded SEEN with this page's commit
+        page.out.discovered += [env("https://a.example/x", "c" * 16), env("https://a.example/new", "b" * 16),
+                                env("https://a.example/old", "a" * 16)]
+        page.out.discovered_ids += ["kx", "knew", "kold"]
+        spec_.speculate(page)
+        assert page.progress.spec_index == 1  # /x: the only link that is not this very page
+    asyncio.run(go())

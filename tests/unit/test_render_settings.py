@@ -30,3 +30,31 @@ def test_the_spiders_or_projects_own_navigation_timeout_wins() -> None:
     assert _settings(own).getfloat("PLAYWRIGHT_DEFAULT_NAVIGATION_TIMEOUT") == 60_000
     project = _settings({}, PLAYWRIGHT_DEFAULT_NAVIGATION_TIMEOUT=45_000)
     assert project.getfloat("PLAYWRIGHT_DEFAULT_NAVIGATION_TIMEOUT") == 45_000
+
+
+def test_a_request_uses_only_the_contexts_the_spider_declares(monkeypatch: Any) -> None:
+    """A queued request is input: a context name of its own would be a new browser context per entry, and a
+    proxy's context is the proxy middleware's choice."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from scrapy import Request
+    from scrapy_playwright.handler import ScrapyPlaywrightDownloadHandler
+
+    seen: list[object] = []
+
+    async def fetched(self: Any, request: Request) -> Any:
+        seen.append(request.meta.get("playwright_context"))
+        return None
+
+    monkeypatch.setattr(ScrapyPlaywrightDownloadHandler, "download_request", fetched)
+    handler = render.FleetPlaywrightDownloadHandler.__new__(render.FleetPlaywrightDownloadHandler)
+    handler.render_all = True
+    handler.config = SimpleNamespace(startup_context_kwargs={"mine": {}})
+    for ctx, proxy in (("mine", None), ("default", None), ("evil-1", None), (["x"], None),
+                       (render.PROXY_CONTEXT + "p2", "p1"), (None, "p1")):
+        meta: dict[str, Any] = {"fleet_proxy_id": proxy} if proxy else {}
+        if ctx is not None:
+            meta["playwright_context"] = ctx
+        asyncio.run(handler.download_request(Request("https://a.example/", meta=meta)))
+    assert seen == ["mine", "default", "default", "default", render.PROXY_CONTEXT + "p1", render.PROXY_CONTEXT + "p1"]
