@@ -73,7 +73,10 @@ def test_utf16_links_and_a_bad_base_href_keep_their_pages(redis_url: str, tmp_pa
     dlq = fleet("dlq", "hostile_sites", "list", "--json", env=env).stdout
     assert res.returncode == 0, (res.returncode, dlq[-3000:], res.stderr[-3000:])
     summary = json.loads(res.stdout)
-    assert summary["dlq"] == 0 and summary["outcomes"].get("A", 0) == 0, summary  # no failed first fetch
+    # no failed first fetch (the classification's log line, should one fail: a spurious A was seen once in ~30
+    # runs on a saturated host, its reason not captured)
+    assert summary["dlq"] == 0 and summary["outcomes"].get("A", 0) == 0, \
+        (summary, [line for line in res.stderr.splitlines() if "request_classified" in line or "stalled" in line])
     items = {i["path"]: i["title"] for f in sorted((tmp_path / "data").rglob("*.jsonl"))
              for i in map(json.loads, f.read_text().splitlines())}
     assert items == {"u16": "u16", "base": "base", "ok/1": "/ok/1", "ok/2": "/ok/2"}, items
