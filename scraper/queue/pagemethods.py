@@ -29,7 +29,7 @@ from typing import Any
 
 from scraper.queue.entrycheck import EnvelopeError
 
-__all__ = ["GOTO_KEY", "KEY", "MAX_WAIT_MS", "METHODS", "decode", "encode", "goto_kwargs"]
+__all__ = ["GOTO_KEY", "KEY", "MAX_WAIT_MS", "METHODS", "decode", "encode", "goto_kwargs", "shown"]
 
 KEY = "playwright_page_methods"
 GOTO_KEY = "playwright_page_goto_kwargs"
@@ -132,3 +132,20 @@ def goto_kwargs(value: Any) -> dict[str, Any]:
     if "timeout" in value:
         out["timeout"] = _wait_ms(value["timeout"])
     return out
+
+
+def shown(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` fit for evidence: its queued page methods by name only. Why: their arguments are what the
+    spider typed into the page (``fill("#password", ...)``), which no evidence object needs (``fleet replay``
+    parses the stored body; it never drives a browser)."""
+    value = meta.get(KEY)
+    if value is None:
+        return meta
+
+    def name(item: Any) -> str:
+        spec = item.get(_TAG) if isinstance(item, dict) else None
+        return str(spec[0])[:40] if isinstance(spec, list) and spec else "?"
+
+    names: Any = [name(i) for i in value] if isinstance(value, list) else \
+        {str(k): name(v) for k, v in value.items()} if isinstance(value, dict) else "?"
+    return {**meta, KEY: names}

@@ -24,6 +24,7 @@ from scraper.infra.config import FleetConfig
 from scraper.infra.redact import redact_data
 from scraper.policy.decide import DEAD, Budgets, decide, request_budgets
 from scraper.policy.taxonomy import C, D, FailureClass, Verdict
+from scraper.queue import pagemethods
 from scraper.store.objects import ObjectWriter, item_to_dict
 from scraper.worker.breakers import Breakers
 from scraper.worker.catalog import RETRY_DISABLED
@@ -164,7 +165,9 @@ class FailureApplier:
                 "class": C, "reason": reason, "missing": list(missing), "url": env.url, "fp": env.fp,
                 "run": env.run, "spider": env.spider, "callback": env.callback or "parse",
                 # meta's secret-named fields (a password for a browser context…) never go to evidence
-                "cb_kwargs": env.cb_kwargs, "meta": redact_data(env.meta), "status": state.fetch.status,
+                # and its page methods by name (their arguments are what the spider typed: pagemethods.shown)
+                "cb_kwargs": env.cb_kwargs, "meta": redact_data(pagemethods.shown(env.meta)),
+                "status": state.fetch.status,
                 "raw_key": raw_key,
                 "content_type": (state.fetch.ctype or b"").decode("latin-1") or None,
                 "worker": self.worker_id, "at": now_iso(),

@@ -88,3 +88,12 @@ def test_a_hostile_entry_is_refused(value: object) -> None:
     raw["meta"] = {KEY: value}
     with pytest.raises(EnvelopeError):
         Envelope.loads(json.dumps(raw)).to_request(None)
+
+
+def test_evidence_shows_page_methods_by_name_only() -> None:
+    """What the spider typed into a page (a password in ``fill``) does not go to drift evidence."""
+    env = Envelope.from_request(Request("https://a.example/", meta={KEY: [
+        PageMethod("fill", "#password", "s3cr3t"), PageMethod("click", "button")]}), spider_name="s", run="r")
+    shown = pagemethods.shown(env.meta)
+    assert shown[KEY] == ["fill", "click"] and "s3cr3t" not in json.dumps(shown)
+    assert pagemethods.shown({"a": 1}) == {"a": 1}
