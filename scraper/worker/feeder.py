@@ -257,20 +257,28 @@ class Speculation:
         self.gated: Callable[[str], bool] | None = None  # the politeness gate's domains: never speculated
         self.recent = RecentChildren()  # what this worker knows is queued: never speculated on (specpick)
 
-    def speculate(self, state: LeaseState) -> None:
-        """``state`` finished with children (the caller checked it may speculate): the likeliest next
-        child goes to the front of the buffer, its claim pending."""
+    def finished(self, state: LeaseState, may_speculate: bool) -> None:
+        """``state`` finished with children, queued next: the page itself, where its redirects landed and its
+        filtered children become known (never speculated on: specpick); before the children do, and when
+        ``may_speculate`` (the caller's capacity check), the likeliest new child is speculated on."""
+        recent, run = self.recent, state.env.run
+        recent.add(run, state.env.fp)
+        for hop in state.fetch.hops:
+            recent.add(run, hop)
+        if may_speculate:
+            self._speculate(state)
+        for env in state.out.discovered:
+            if not env.dont_filter:
+                recent.add(env.run, env.fp)
+
+    def _speculate(self, state: LeaseState) -> None:
+        """The likeliest next child goes to the front of the buffer, its claim pending."""
         out = state.out
         kids = out.discovered
-        recent = self.recent
-        recent.add(state.env.run, state.env.fp)  # a link to the page itself, or to where its redirects landed
-        for hop in state.fetch.hops:
-            recent.add(state.env.run, hop)
-        found = pick(kids, recent)
-        if found is None:
+        k = pick(kids, self.recent)
+        if k is None:
             self.stats.inc_value("fleet/speculative_skipped")  # every child already queued, as far as we know
             return
-        k = found
         if not self.breakers.may_speculate(kids[k].domain):
             return
         if self.gated is not None and self.gated(kids[k].domain):
@@ -283,14 +291,6 @@ class Speculation:
         self.ledger.buffer.appendleft(spec)
         self.stats.inc_value("fleet/speculative")
         self.kick()
-
-    def remember(self, state: LeaseState) -> None:
-        """``state``'s URL and its filtered children are queued now (or were): never speculate on them."""
-        recent = self.recent
-        recent.add(state.env.run, state.env.fp)
-        for env in state.out.discovered:
-            if not env.dont_filter:
-                recent.add(env.run, env.fp)
 
     def answered(self, spec: LeaseState, token: str, deliveries: int) -> None:
         """COMMIT's answer to the claim: a token (ours now), or none (void)."""

@@ -116,10 +116,8 @@ class Finisher:
             # for this one: a parent is never acknowledged before its children are queued.
             progress.children_pending = True
             flags = self.flags
-            if not (flags.stopping or flags.releasing or self.health.fatal) \
-                    and self.ledger.held() < self.cap():
-                self.speculation.speculate(state)
-            self.speculation.remember(state)
+            self.speculation.finished(state, not (flags.stopping or flags.releasing or self.health.fatal)
+                                      and self.ledger.held() < self.cap())
             self.spawn(self.committer.queue_children(state, self.speculation.void))
         raw_mode = self.config.store_raw
         progress.write_raw = bool(state.fetch.body) and (raw_mode == "all" or (raw_mode == "items" and bool(out.items)))

@@ -73,7 +73,7 @@ def test_void_speculation_leaves_the_ledger_and_marks_the_fetch() -> None:
         parent = LeaseState(Lease("p", b"", 1, "tp"), env())
         parent.out.discovered += [env("https://a.example/1", "1" * 16), env("https://a.example/2", "2" * 16)]
         parent.out.discovered_ids += ["k1", "k2"]
-        spec_.speculate(parent)
+        spec_.finished(parent, True)
         spec = parent.progress.spec
         assert spec is not None and parent.progress.spec_index == 2 and ledger.buffer[0] is spec
         ledger.buffer.popleft()
@@ -100,19 +100,18 @@ def test_speculation_skips_what_this_worker_queued() -> None:
         p1 = LeaseState(Lease("p1", b"", 1, "t1"), env("https://a.example/1", "a" * 16))
         p1.out.discovered += [env("https://a.example/2", "2" * 16), env("https://a.example/about", "f" * 16)]
         p1.out.discovered_ids += ["k2", "kf"]
-        spec_.speculate(p1)
-        spec_.remember(p1)
+        spec_.finished(p1, True)
         assert p1.progress.spec_index == 2  # READY's next: the last link
         p2 = LeaseState(Lease("p2", b"", 1, "t2"), env("https://a.example/2", "2" * 16))
         p2.out.discovered += [env("https://a.example/3", "3" * 16), env("https://a.example/about", "f" * 16)]
         p2.out.discovered_ids += ["k3", "kf2"]
-        spec_.speculate(p2)
+        spec_.finished(p2, True)
         spec = p2.progress.spec
         assert p2.progress.spec_index == 1 and spec is not None and spec.id == "k3"
         p3 = LeaseState(Lease("p3", b"", 1, "t3"), env("https://a.example/3", "3" * 16))
         p3.out.discovered += [env("https://a.example/1", "a" * 16), env("https://a.example/about", "f" * 16)]
         p3.out.discovered_ids += ["k1", "kf3"]
-        spec_.speculate(p3)  # every link known: nothing to guess
+        spec_.finished(p3, True)  # every link known: nothing to guess
         assert p3.progress.spec is None
     asyncio.run(go())
 
@@ -125,6 +124,6 @@ def test_speculation_skips_the_page_itself_and_where_its_redirects_landed() -> N
         page.out.discovered += [env("https://a.example/x", "c" * 16), env("https://a.example/new", "b" * 16),
                                 env("https://a.example/old", "a" * 16)]
         page.out.discovered_ids += ["kx", "knew", "kold"]
-        spec_.speculate(page)
+        spec_.finished(page, True)
         assert page.progress.spec_index == 1  # /x: the only link that is not this very page
     asyncio.run(go())
