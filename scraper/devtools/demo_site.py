@@ -79,6 +79,7 @@ class DemoSite:
         port: int = 0,
         template: str = "v1",
         latency: float = 0.0,
+        path_latency: dict[str, float] | None = None,
     ) -> None:
         if n_products < 1 or per_page < 1:
             raise ValueError("n_products and per_page must be >= 1")
@@ -90,6 +91,7 @@ class DemoSite:
         self.port = port
         self.template = template
         self.latency = latency  # seconds added to every response (tests of slow targets)
+        self.path_latency = dict(path_latency or {})  # and to the responses of these paths, on top
         self.hits: collections.Counter[str] = collections.Counter()
         self._hits_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -265,8 +267,9 @@ def _make_handler(site: DemoSite) -> type[BaseHTTPRequestHandler]:
         def _respond(self, send_body: bool) -> None:
             path = self.path.split("?", 1)[0].split("#", 1)[0]
             site._count(path)
-            if site.latency > 0:
-                time.sleep(site.latency)
+            delay = site.latency + site.path_latency.get(path, 0.0)
+            if delay > 0:
+                time.sleep(delay)
             status, headers, body = site.render(path)
             data = body.encode("utf-8")
             self.send_response(status)

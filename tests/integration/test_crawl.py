@@ -63,12 +63,18 @@ def test_two_workers_crawl_500_pages_exactly_once(redis_url: str, tmp_path: Path
         assert again["enqueued"] == 0
 
 
+#: page 2 of the demo catalogue, slowed in the speculation tests (see there)
+PAGE2 = "/catalogue/page-2.html"
+
+
 def test_speculative_fetch_of_an_already_queued_page_is_dropped(redis_url: str, tmp_path: Path) -> None:
     """A worker starts fetching the next list page as soon as the callback yields it, before Redis has
     it; when Redis answers that the page was queued already (here: seeded), that fetch is dropped
     unprocessed, and the delivery Redis did hand out does the work: one object per product, no extra
     DONE, nothing left anywhere."""
-    with DemoSite(n_products=40, per_page=20, latency=0.2).start() as site:
+    # page 2's own delivery finishes after page 1 speculated on it: a worker never speculates on a page it
+    # finished itself (scraper.worker.specpick), and here it must not know it yet
+    with DemoSite(n_products=40, per_page=20, latency=0.2, path_latency={PAGE2: 1.5}).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url)
         page2 = site.start_url.replace("page-1.html", "page-2.html")
         fleet_json("seed", "demo_shop", "--run", "r1", "--url", page2, env=env)
@@ -90,19 +96,13 @@ def test_speculative_fetch_of_an_already_queued_page_is_dropped(redis_url: str, 
 
 
 ERRBACK_SPIDER = """
-import asyncio
-
 from scraper.spiders.demo_shop import DemoShopSpider
 
 
 class ErrbackShop(DemoShopSpider):
     name = "errbackshop"
 
-    async def parse(self, response, **kwargs):
-        if "page-2" in response.url:
-            # page 2's own delivery finishes after page 1 speculated on it: a worker never speculates on a
-            # page it finished itself (scraper.worker.specpick), and here it must not know it yet
-            await asyncio.sleep(1.5)
+    def parse(self, response, **kwargs):
         for request in super().parse(response, **kwargs):
             if request.callback == self.parse:  # the next list page
                 request = request.replace(errback=self.failed)
@@ -119,7 +119,7 @@ def test_dropped_speculative_fetch_never_reaches_the_errback(redis_url: str, tmp
     mod_dir = tmp_path / "userpkg"
     mod_dir.mkdir()
     (mod_dir / "errback_spiders.py").write_text(ERRBACK_SPIDER)
-    with DemoSite(n_products=40, per_page=20, latency=0.2).start() as site:
+    with DemoSite(n_products=40, per_page=20, latency=0.2, path_latency={PAGE2: 1.5}).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_SPIDER_MODULES="errback_spiders")
         env["PYTHONPATH"] = f"{mod_dir}{os.pathsep}{env['PYTHONPATH']}"
         page2 = site.start_url.replace("page-1.html", "page-2.html")
