@@ -120,11 +120,24 @@ class RunManifest:
             self.key = write_manifest(self.store, manifest)
             return self.key
         except Exception as exc:
-            detail = log.redact(str(exc))[:200] or type(exc).__name__
-            self.log.warning("manifest_write_failed", spider=self.spider, run=self.run, error=type(exc).__name__)
-            err.print(f"[yellow]warning:[/] manifest of run {self.run!r} not written: {detail}",
-                      highlight=False, soft_wrap=True, markup=True)
+            self._not_written(exc)
             return None
+
+    def _not_written(self, exc: Exception) -> None:
+        """The one-line warning of a manifest Redis or the store kept from being written."""
+        detail = log.redact(str(exc))[:200] or type(exc).__name__
+        self.log.warning("manifest_write_failed", spider=self.spider, run=self.run, error=type(exc).__name__)
+        err.print(f"[yellow]warning:[/] manifest of run {self.run!r} not written: {detail}",
+                  highlight=False, soft_wrap=True, markup=True)
+
+    def _added(self, outcomes: Mapping[str, int], ignored: int | None) -> tuple[dict[str, int], int | None, float]:
+        """Outcomes, ignored and elapsed seconds of the run: what it had before this writer (its base manifest)
+        plus what this invocation's workers reported and its own time."""
+        counts = self.base.get("counts") or {}
+        prev_ignored = counts.get("ignored")
+        total_ignored = None if ignored is None and prev_ignored is None else int(prev_ignored or 0) + int(ignored or 0)
+        elapsed = float(counts.get("elapsed_s") or 0) + (time.time() - self.started)
+        return _add(counts.get("outcomes"), outcomes), total_ignored, elapsed
 
     def write_unreachable(self, *, exit_code: int, why: str, outcomes: Mapping[str, int] | None = None,
                           ignored: int | None = None) -> str | None:
@@ -139,20 +152,19 @@ class RunManifest:
             if not current:
                 return None
             now = iso(time.time())
-            counts, before = dict(current.get("counts") or {}), self.base.get("counts") or {}
-            counts["outcomes"] = dict(sorted(_add(before.get("outcomes"), outcomes or {}).items()))
-            if ignored is not None or before.get("ignored") is not None:
-                counts["ignored"] = int(before.get("ignored") or 0) + int(ignored or 0)
-            counts["elapsed_s"] = round(float(before.get("elapsed_s") or 0) + (time.time() - self.started), 2)
+            counts = dict(current.get("counts") or {})
+            total, total_ignored, elapsed = self._added(outcomes or {}, ignored)
+            counts["outcomes"] = dict(sorted(total.items()))
+            if total_ignored is not None:
+                counts["ignored"] = total_ignored
+            counts["elapsed_s"] = round(elapsed, 2)
             current.update(counts=counts, final=True, complete=False, exit_code=exit_code, incomplete_reasons=[why],
                            written_by=self.writer, finished_at=now, figures_as_of=current.get("updated_at"),
                            updated_at=now)
             self.key = write_manifest(self.store, current)
             return self.key
         except Exception as exc:
-            self.log.warning("manifest_write_failed", spider=self.spider, run=self.run, error=type(exc).__name__)
-            err.print(f"[yellow]warning:[/] manifest of run {self.run!r} not written: "
-                      f"{log.redact(str(exc))[:200] or type(exc).__name__}", highlight=False, soft_wrap=True)
+            self._not_written(exc)
             return None
 
     def _stored_export(self) -> Mapping[str, Any] | None:
@@ -176,11 +188,8 @@ class RunManifest:
         queued = sum(int(backlog.get(k, 0)) for k in ("ready", "inflight", "delayed"))
         if not by_run:  # fleet runs --refresh: final once nothing of the run is left to work on
             final = queued == 0
-        prev_ignored = counts.get("ignored")
-        total_ignored = None if ignored is None and prev_ignored is None else int(prev_ignored or 0) + int(ignored or 0)
-        elapsed = counts.get("elapsed_s")
-        if by_run:
-            elapsed = float(elapsed or 0) + (time.time() - self.started)
+        total, total_ignored, added = self._added(outcomes, ignored)
+        elapsed = added if by_run else counts.get("elapsed_s")
         finished = iso(time.time()) if final and by_run else (base.get("finished_at") if final else None)
         return build(
             spider=self.spider, run=self.run, spider_version=self.version, item_key=self.item_key,
@@ -188,7 +197,7 @@ class RunManifest:
             started_at=base.get("started_at") or iso(f["first_seeded"] or self.started),
             finished_at=finished, elapsed_s=elapsed, seeded=self.seeded, seen=int(f["seen"]),
             done=int(f["done"]), dlq=int(f["dlq"]), backlog=backlog, scope=f["scope"], ignored=total_ignored,
-            outcomes=_add(counts.get("outcomes"), outcomes), breakers_open=f["breakers_open"], tally=f["tally"],
+            outcomes=total, breakers_open=f["breakers_open"], tally=f["tally"],
             exit_code=exit_code if by_run else None, why_incomplete=why, cancelled=bool(f.get("cancelled")),
             rejected=_add({k: counts.get(k) for k in ("rejected", "discovered_rejected")}, rejected),
             dlq_unseen=int(f.get("dlq_unseen", 0)),
