@@ -29,6 +29,7 @@ from scraper.policy.urls import refusal
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.seedwire import text
 from scraper.queue.shards import open_queue
 from scraper.queue.startfp import mark_start
 from scraper.queue.startkeys import Staged, StartStage
@@ -130,8 +131,7 @@ class StartFeeder:
                     if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
                         # the start key's, not one of Fleet's own keys: its type is not the one the spider reads
                         with contextlib.suppress(ResponseError, *redisio.REDIS_ERRORS):
-                            actual = await client.type(source.key)
-                            actual = actual.decode() if isinstance(actual, bytes) else str(actual)
+                            actual = text(await client.type(source.key))
                             if actual not in ("none", source.kind):
                                 self.misconfigured(rt, source, f"it is a {actual} (Redis: WRONGTYPE)")
                     delay = min(5.0, max(delay, POLL_SECONDS) * 2)

@@ -122,13 +122,13 @@ class FleetPlaywrightDownloadHandler(ScrapyPlaywrightDownloadHandler):  # type: 
     async def download_request(self, request: Request) -> Response:
         if self.render_all and not request.meta.get("playwright"):
             request.meta["playwright"] = True
-        if request.meta.get("playwright") and request.meta.get("fleet_proxy_id"):
+        mine = PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]) if request.meta.get("fleet_proxy_id") else None
+        if request.meta.get("playwright") and mine:
             # the browser authenticates to the proxy (its context's proxy option); this header would
             # otherwise go out with the page request, to the site itself inside an HTTPS tunnel
             request.headers.pop(b"Proxy-Authorization", None)
-            request.meta.setdefault("playwright_context", PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]))
+            request.meta.setdefault("playwright_context", mine)
         ctx = request.meta.get("playwright_context")
-        mine = PROXY_CONTEXT + str(request.meta["fleet_proxy_id"]) if request.meta.get("fleet_proxy_id") else None
         if ctx is not None and ctx != mine and \
                 (not isinstance(ctx, str) or ctx.startswith(PROXY_CONTEXT) or
                  (ctx != "default" and ctx not in self.config.startup_context_kwargs)):
