@@ -15,6 +15,7 @@ import base64
 import functools
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ __all__ = [
     "SeedEncoder",
     "fp64",
     "new_ids",
+    "rule_domain",
 ]
 
 VERSION = 1
@@ -42,6 +44,20 @@ META_KEY = "_fleet"
 
 # json.dumps with non-default arguments builds an encoder per call; every envelope is dumped once
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+# The host as the Lua scripts read it from a URL when an entry has no "domain" (lua/_helpers.lua,
+# url_domain): http(s)://, then letters, digits, dots and hyphens up to '/', ':', '?', '#' or the end.
+_RULE_HOST = re.compile(r"https?://([A-Za-z0-9.\-]+)(?:[/:?#]|\Z)", re.ASCII)
+
+
+def rule_domain(url: str) -> str | None:
+    """The domain the LEASE script derives from ``url`` (lua/_helpers.lua, url_domain), lowercased; None when
+    the rule does not apply (userinfo, an IPv6 literal, a percent-escape or anything else in the host).
+
+    Why: an envelope leaves out its "domain" when this gives ``Envelope.domain`` (every ordinary URL), which
+    was 20-30 bytes of every queued request in Redis's memory, its AOF and its replicas (issue #18)."""
+    m = _RULE_HOST.match(url)
+    return m.group(1).lower() if m else None
 
 
 def _json_safe(value: Any) -> bool:
@@ -245,7 +261,9 @@ class Envelope:
         those by position: lua/_helpers.lua env_head), and an optional field only when it differs from its
         default. Why leave defaults out: a queued request is this JSON in Redis's memory, in the AOF and
         on the replicas; a plain GET was ~330 bytes, ~150 of them empty containers, nulls and zeros
-        (issue #18). Readers of every version since #14 default a missing field (entrycheck.fields)."""
+        (issue #18). Readers of every version since #14 default a missing field (entrycheck.fields).
+        "domain" is written only when the scripts' rule (``rule_domain``) would not give it from the URL;
+        no Python reader uses it (``Envelope.domain`` is the URL's host)."""
         d: dict[str, Any] = {"v": VERSION, "url": self.url, "spider": self.spider, "run": self.run, "fp": self.fp}
         if self.method != "GET":
             d["method"] = self.method
@@ -275,7 +293,9 @@ class Envelope:
             d["enqueued_at"] = self.enqueued_at
         if self.parent is not None:
             d["parent"] = self.parent
-        d["domain"] = self.domain
+        domain = self.domain
+        if rule_domain(self.url) != domain:
+            d["domain"] = domain
         return d
 
     def dumps(self) -> str:
@@ -313,42 +333,42 @@ class SeedEncoder:
     """Queue entries ``(envelope JSON, fp)`` for plain seeded GETs of one (spider, run, callback).
 
     The JSON is byte for byte what ``Envelope.for_url(url, ...)`` with that callback ``.dumps()``
-    (same keys, same order): the URL, fp and domain are spliced into a template, as every other field is
-    constant, instead of dataclass -> dict -> json.dumps per URL."""
+    (same keys, same order): the URL and fp are spliced into a template, as every other field is
+    constant, instead of dataclass -> dict -> json.dumps per URL. A URL whose domain the scripts' rule
+    does not give (``rule_domain``: its envelope names it) takes the exact path."""
 
     def __init__(self, *, spider_name: str, run: str, callback: str | None = None) -> None:
         self.spider_name, self.run, self.callback = spider_name, run, callback
         # Render one envelope with placeholder values and cut it around them. JSON escapes \x00, so
-        # a placeholder cannot be confused with a real value.
+        # a placeholder cannot be confused with a real value; the template has no "domain" (nor have the
+        # envelopes it serves: entry)
         proto = Envelope(url="\x00u", spider=spider_name, run=run, fp="\x00f", callback=callback)
-        proto.__dict__["_domain"] = ("\x00u", "\x00d")
-        text = proto.dumps()
+        fields = proto.to_dict()
+        fields.pop("domain", None)
+        text = _ENCODE(fields)
         pieces: list[str] = []
-        self._parts: tuple[str, str, str, str] | None = None
-        for cut in ('"\\u0000u"', '"\\u0000f"', '"\\u0000d"'):
+        self._parts: tuple[str, str, str] | None = None
+        for cut in ('"\\u0000u"', '"\\u0000f"'):
             before, found, text = text.partition(cut)
             if not found or cut in text:  # a second copy (e.g. a run id containing "\x00u"): partition cut at the first
                 return  # no template: every URL takes the exact path
             pieces.append(before)
-        self._parts = (pieces[0], pieces[1] + '"', '"' + pieces[2], text)
+        self._parts = (pieces[0], pieces[1] + '"', '"' + text)
 
     def entry(self, url: str) -> tuple[str, str]:
         """``(json, fp)`` for ``url``; raises like ``Envelope.for_url`` for URLs it rejects."""
         parts = self._parts
-        if parts is None:
-            env = Envelope.for_url(url, spider_name=self.spider_name, run=self.run)
-            env.callback = self.callback
-            return env.dumps(), env.fp
-        head, mid_fp, mid_dom, tail = parts
-        fast = fast_form(url)
-        if fast is not None:
+        fast = fast_form(url) if parts is not None else None
+        if fast is not None and parts is not None:
             safe, domain = fast
-            fp = fast_fp(safe)
-            # safe URL and domain are plain ASCII without '"' or '\': their JSON is themselves, quoted
-            return f'{head}"{safe}"{mid_fp}{fp}{mid_dom}"{domain}"{tail}', fp
-        safe, fp = exact_fingerprint(url)
-        domain = (urlsplit(safe).hostname or "").lower()  # as Envelope.domain
-        return f"{head}{json.dumps(safe)}{mid_fp}{fp}{mid_dom}{json.dumps(domain)}{tail}", fp
+            if rule_domain(safe) == domain:
+                fp = fast_fp(safe)
+                # a safe URL is plain ASCII without '"' or '\': its JSON is itself, quoted
+                head, mid_fp, tail = parts
+                return f'{head}"{safe}"{mid_fp}{fp}{tail}', fp
+        env = Envelope.for_url(url, spider_name=self.spider_name, run=self.run)
+        env.callback = self.callback
+        return env.dumps(), env.fp
 
 
 def _spider_method(spider: Any, cb: Any) -> bool:

@@ -250,7 +250,7 @@ def test_seed_encoder_envelope_is_a_plain_seed() -> None:
     raw, fp = SeedEncoder(spider_name="demo_shop", run="r1").entry("http://127.0.0.1:8080/item/1.html")
     data = json.loads(raw)
     assert data["v"] == 1 and data["url"] == "http://127.0.0.1:8080/item/1.html"
-    assert data["domain"] == "127.0.0.1" and data["fp"] == fp
+    assert "domain" not in data and data["fp"] == fp  # the URL gives it (rule_domain)
     env = Envelope.loads(raw.encode())
     assert (env.method, env.headers, env.body, env.meta, env.cb_kwargs, env.priority, env.callback,
             env.errback, env.dont_filter, env.depth, env.attempts, env.history, env.parent) == (

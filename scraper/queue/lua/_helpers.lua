@@ -363,15 +363,33 @@ local function sc_flush()
   end
 end
 
+-- The domain of an envelope without "domain": its URL's host, when the URL is http(s)://, then letters,
+-- digits, dots and hyphens up to '/', ':', '?', '#' or the end, lowercased; else nil (no domain). Python
+-- writes "domain" exactly when this rule would not give Envelope.domain (envelope.py: rule_domain, the
+-- same rule), which saves 20-30 bytes of every queued request in memory, AOF and replicas (issue #18).
+local function url_domain(url)
+  local h, p = string.match(url, '^https?://([%w%.%-]+)()')
+  if not h then return nil end
+  local c = string.byte(url, p)
+  -- '/' 47, ':' 58, '?' 63, '#' 35, or the end (nil)
+  if c and c ~= 47 and c ~= 58 and c ~= 63 and c ~= 35 then return nil end
+  return string.lower(h)
+end
+
 -- run, fp, domain of an envelope as cjson reads them: each a string or nil (absent, not a string, or the
--- entry is not JSON, or not an object or array: what cjson decodes to a table)
+-- entry is not JSON, or not an object or array: what cjson decodes to a table); an absent "domain" is
+-- the URL's (url_domain)
 local function env_cjson(json)
   local ok, e = pcall(cjson.decode, json)
   if not ok or type(e) ~= 'table' then return nil, nil, nil end
-  local run, fp, domain = e['run'], e['fp'], e['domain']
+  local run, fp, domain, url = e['run'], e['fp'], e['domain'], e['url']
   if type(run) ~= 'string' then run = nil end
   if type(fp) ~= 'string' then fp = nil end
-  if type(domain) ~= 'string' then domain = nil end
+  if domain == nil and type(url) == 'string' then
+    domain = url_domain(url)
+  elseif type(domain) ~= 'string' then
+    domain = nil
+  end
   return run, fp, domain
 end
 
@@ -401,7 +419,9 @@ local function env_head(json)
     -- tokens may be a nested object's: found by review), and the spider's first quote the run's
     if q and q < r0 and byte(json, q - 1) ~= 92 and byte(json, r0 - 1) ~= 92
        and find(json, '"', at + 13, true) == q and find(json, '"', q + 12, true) == r0 then
-      local run, fp, after = string.match(json, '^","run":"([^"\\]*)","fp":"([^"\\]*)",()', r0)
+      local run, fp, after = string.match(json, '^","run":"([^"\\]*)","fp":"([^"\\]*)"()', r0)
+      -- the fp ends the object, or another key follows it
+      if run and not (byte(json, after) == 44 or (byte(json, after) == 125 and after == #json)) then run = nil end
       -- after the fp, no other "run" or "fp" (spelt plainly, or with an escape, or with space before its ':')
       if run and not find(json, '"run"', after, true) and not find(json, '"fp"', after, true)
          and not find(json, '\\u', after, true) then
@@ -411,6 +431,12 @@ local function env_head(json)
           local domain = string.match(json, '^,"domain":"([^"\\]*)"}$', p)
           if domain then return run, fp, domain, true end
           p = find(json, ',"domain":"', p + 1, true)
+        end
+        -- no "domain" at all after the fp (Fleet leaves it out when the URL gives it): the URL's, read from
+        -- its JSON text when that holds no escape (a backslash: cjson decodes it)
+        if not find(json, '"domain"', after, true) then
+          local url = string.sub(json, at + 13, q - 1)
+          if not find(url, '\\', 1, true) then return run, fp, url_domain(url), true end
         end
       end
     end
