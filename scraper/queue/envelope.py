@@ -334,8 +334,7 @@ class SeedEncoder:
 
     The JSON is byte for byte what ``Envelope.for_url(url, ...)`` with that callback ``.dumps()``
     (same keys, same order): the URL and fp are spliced into a template, as every other field is
-    constant, instead of dataclass -> dict -> json.dumps per URL. A URL whose domain the scripts' rule
-    does not give (``rule_domain``: its envelope names it) takes the exact path."""
+    constant, instead of dataclass -> dict -> json.dumps per URL."""
 
     def __init__(self, *, spider_name: str, run: str, callback: str | None = None) -> None:
         self.spider_name, self.run, self.callback = spider_name, run, callback
@@ -360,12 +359,14 @@ class SeedEncoder:
         parts = self._parts
         fast = fast_form(url) if parts is not None else None
         if fast is not None and parts is not None:
-            safe, domain = fast
-            if rule_domain(safe) == domain:
-                fp = fast_fp(safe)
-                # a safe URL is plain ASCII without '"' or '\': its JSON is itself, quoted
-                head, mid_fp, tail = parts
-                return f'{head}"{safe}"{mid_fp}{fp}{tail}', fp
+            # the fast path's authority is http(s)://, a lowercase host of letters, digits, dots and hyphens,
+            # maybe a port, then '/' (fingerprint._PLAIN_AUTHORITY): the rule gives its domain, so its envelope
+            # has none (tests/unit/test_seed_fastpath.py holds the template to Envelope.for_url's JSON)
+            safe = fast[0]
+            fp = fast_fp(safe)
+            # a safe URL is plain ASCII without '"' or '\': its JSON is itself, quoted
+            head, mid_fp, tail = parts
+            return f'{head}"{safe}"{mid_fp}{fp}{tail}', fp
         env = Envelope.for_url(url, spider_name=self.spider_name, run=self.run)
         env.callback = self.callback
         return env.dumps(), env.fp
