@@ -14,14 +14,16 @@ from typing import Any
 from rich.markup import escape
 from scrapy import Request, Spider
 
-from scraper.cli.common import EXIT_ARGS, connect, err, fail, redis_url_for, spider_instance
+from scraper.cli.common import EXIT_ARGS, connect, err, fail, fleet_settings, redis_url_for, spider_instance
 from scraper.infra import log, progress
 from scraper.infra.config import FleetConfig
 from scraper.policy.urls import DEFAULT_SCHEMES, URLRefused, refusal, url_lines
 from scraper.queue.envelope import Envelope, EnvelopeError, SeedEncoder
+from scraper.queue.fingerprint import custom_fingerprinter, fp64
 from scraper.queue.keys import Keys
 from scraper.queue.shards import open_queue
 from scraper.queue.startfp import mark_start
+from scraper.worker.catalog import worker_settings
 from scraper.worker.redisspider import is_redis_spider
 
 __all__ = ["Rejected", "check_urls_path", "read_urls", "seed_entries", "seed_run", "start_requests"]
@@ -87,13 +89,21 @@ async def start_requests(spider: Spider, dropped: list[int] | None = None) -> As
 
 def seed_entries(
     urls: Iterable[str | URLRefused], spider: str, run: str, callback: str | None = None,
-    rejected: Rejected | None = None,
+    rejected: Rejected | None = None, fingerprinted_by: Spider | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Queue entries (envelope JSON, fp) for ``urls``, exactly as ``Envelope.for_url`` would make them.
     A URL Fleet would not fetch (scheme, no host, malformed: scraper.policy.urls) is reported and counted in
-    ``rejected``, and the others are still enqueued."""
+    ``rejected``, and the others are still enqueued. ``fingerprinted_by``: a spider with its own
+    ``REQUEST_FINGERPRINTER_CLASS`` (``custom_fingerprinter``), whose fingerprints its URLs get instead of
+    Scrapy's default ones (the template's), so that a link to a seeded URL is known SEEN by the worker."""
     rejected = rejected or Rejected(DEFAULT_SCHEMES)
     entry = SeedEncoder(spider_name=spider, run=run, callback=callback).entry
+    if fingerprinted_by is not None:
+        def entry(url: str) -> tuple[str, str]:
+            env = Envelope.for_url(url, spider_name=spider, run=run)
+            env.callback = callback
+            env.fp = fp64(Request(env.url), fingerprinted_by)
+            return env.dumps(), env.fp
     for url in urls:
         if isinstance(url, URLRefused):
             rejected(None, url)
@@ -104,6 +114,16 @@ def seed_entries(
             yield entry(url)
         except (ValueError, EnvelopeError) as exc:
             rejected(url, exc)
+
+
+class _SettingsHolder:  # a stand-in spider: what custom_fingerprinter reads of one
+    """The spider class's crawler settings (Fleet's, its project's, its custom_settings) without making the spider
+    (its ``__init__`` may need spider arguments): enough to learn whether it has its own fingerprinter."""
+
+    def __init__(self, spidercls: type[Spider], cfg: FleetConfig) -> None:
+        from scrapy.crawler import Crawler
+
+        self.crawler = Crawler(spidercls, worker_settings(spidercls, fleet_settings(cfg), rendered=False))
 
 
 async def seed_run(
@@ -125,8 +145,11 @@ async def seed_run(
                     yield from progress.track_urls(read_urls(urls_file), urls_file,
                                                    show=progress.enabled(cfg.log_format))
 
+            by = None
+            if custom_fingerprinter(_SettingsHolder(spidercls, cfg)) is not None:
+                by = spider_instance(spidercls, cfg, "to fingerprint its URLs", spider_args)
             enq, skipped = await q.seed_entries(
-                run, seed_entries(all_urls(), spidercls.name, run, callback, rejected))
+                run, seed_entries(all_urls(), spidercls.name, run, callback, rejected, fingerprinted_by=by))
         else:
             if is_redis_spider(spidercls):  # its start requests pop its Redis key, which the workers feed from
                 key = str(getattr(spidercls, "redis_key", None) or "%(name)s:start_urls")

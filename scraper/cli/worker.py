@@ -47,12 +47,13 @@ __all__ = ["SHUTDOWN_CLOSE_WAIT", "concurrency_settings", "install_signals", "ru
 
 def run_worker(
     spider: str, concurrency: int | None, until_idle: float | None,
-    on_crawler: Any = None, spider_args: dict[str, str] | None = None,
+    on_crawler: Any = None, spider_args: dict[str, str] | None = None, run: str | None = None,
 ) -> int:
     """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
 
     ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
-    its item count). ``spider_args``: ``-a NAME=VALUE``, given to the spider as ``scrapy crawl`` gives them."""
+    its item count). ``spider_args``: ``-a NAME=VALUE``, given to the spider as ``scrapy crawl`` gives them.
+    ``run``: the run of requests queued outside any lease (``FleetScheduler``; setting ``FLEET_RUN``)."""
     from scrapy.crawler import AsyncCrawlerProcess
 
     cfg = load_config()
@@ -70,6 +71,8 @@ def run_worker(
     concurrency_settings(settings, concurrency)
     if until_idle is not None:
         settings.set("FLEET_UNTIL_IDLE", until_idle, priority="cmdline")
+    if run is not None:
+        settings.set("FLEET_RUN", run, priority="cmdline")
     _check_politeness(spider, spidercls, settings)
     from scraper.worker.proxies import ProxyConfigError, parse_proxies
 

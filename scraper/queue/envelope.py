@@ -61,10 +61,22 @@ def rule_domain(url: str) -> str | None:
 
 
 def _json_safe(value: Any) -> bool:
+    """Whether ``value`` comes back from its queue entry as the callback expects it: JSON can hold it, and every
+    dict in it has text keys. Why the keys: JSON makes ``{1: "one"}`` into ``{"1": "one"}``, and the callback's
+    ``lookup.get(1)`` was None on every page, silently (a tuple becomes a list: equal for what items hold)."""
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return False
+    todo = [value]
+    while todo:  # iterative: json.dumps above bounded the depth
+        v = todo.pop()
+        if isinstance(v, dict):
+            if not all(type(k) is str for k in v):
+                return False
+            todo.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
     return True
 
 
@@ -169,7 +181,7 @@ class Envelope:
             if methods is not None:
                 meta[pagemethods.KEY] = methods
         if request.cb_kwargs and not _json_safe(request.cb_kwargs):
-            raise EnvelopeError("request cb_kwargs must be JSON-serializable to be queued")
+            raise EnvelopeError("request cb_kwargs must be JSON-serializable, with text dict keys, to be queued")
         headers: dict[str, list[str]] = {}
         text = _header_decoder(getattr(request.headers, "encoding", None) or request.encoding)
         # the stored pairs (dict.items): Headers.items() looks each name up again through normkey, which title-cases
@@ -182,7 +194,7 @@ class Envelope:
             url=request.url,
             spider=spider_name,
             run=run,
-            fp=fp64(request),
+            fp=fp64(request, spider),  # the spider's own REQUEST_FINGERPRINTER_CLASS, if it has one
             method=request.method,
             headers=headers,
             body=request.body or b"",

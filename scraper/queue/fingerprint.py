@@ -13,6 +13,8 @@ import json
 import os
 import re
 import string
+from collections.abc import Callable
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from scrapy import Request
@@ -22,6 +24,7 @@ from w3lib.url import canonicalize_url, safe_url_string
 from scraper.queue.entrycheck import EnvelopeError
 
 __all__ = [
+    "custom_fingerprinter",
     "exact_fingerprint",
     "fast_form",
     "fast_fp",
@@ -32,14 +35,58 @@ __all__ = [
 ]
 
 
-def fp64(request: Request) -> str:
+_DEFAULT_FINGERPRINTER = "scrapy.utils.request.RequestFingerprinter"
+_NO_CUSTOM: Any = object()  # custom_fingerprinter's cache: not looked up yet
+
+
+def custom_fingerprinter(spider: Any) -> Callable[[Request], bytes] | None:
+    """The ``fingerprint`` of the spider's own ``REQUEST_FINGERPRINTER_CLASS`` (its ``custom_settings``, its
+    project's settings), or None for Scrapy's default one. Looked up once per spider object.
+
+    Why: a spider whose fingerprinter ignores a tracking parameter (``?sid=``) makes Scrapy fetch such URLs
+    once; SEEN under the default fingerprint fetched and stored each of them. Built from the crawler's
+    settings (``build_from_crawler``) when the crawl has not made it yet: ``fleet seed`` makes the spider on a
+    Crawler that is never started (``scraper.cli.common.spider_instance``)."""
+    if spider is None:
+        return None
+    found = spider.__dict__.get("_fleet_fingerprinter", _NO_CUSTOM)
+    if found is not _NO_CUSTOM:
+        return cast("Callable[[Request], bytes] | None", found)
+    fn = None
+    crawler: Any = getattr(spider, "crawler", None)
+    settings = getattr(crawler, "settings", None)
+    name = settings.get("REQUEST_FINGERPRINTER_CLASS") if settings is not None else None
+    if name and name != _DEFAULT_FINGERPRINTER:
+        from scrapy.utils.misc import build_from_crawler, load_object
+        from scrapy.utils.request import RequestFingerprinter
+
+        cls = load_object(name)
+        if cls is not RequestFingerprinter:
+            try:
+                fpr = crawler.request_fingerprinter
+            except (AttributeError, RuntimeError):  # not made yet: the crawl has not started
+                fpr = None
+            if not isinstance(fpr, cls):
+                fpr = build_from_crawler(cls, crawler)
+            fn = fpr.fingerprint
+    spider.__dict__["_fleet_fingerprinter"] = fn
+    return fn
+
+
+def fp64(request: Request, spider: Any = None) -> str:
     """The request's 64-bit fingerprint as 16 hex chars.
 
     Scrapy's SHA1 request fingerprint, truncated: 64 bits keep SEEN/DONE at ~10 bytes per URL in Redis
     and collide with probability ~3e-8 at a billion URLs per run. A body-less GET whose URL qualifies
     for the seeding fast path (below) skips w3lib's canonicalisation: same value, a third of the time
-    (every discovered request is fingerprinted on the worker's reactor thread).
+    (every discovered request is fingerprinted on the worker's reactor thread). ``spider``: its own
+    ``REQUEST_FINGERPRINTER_CLASS``, when it has one, decides instead (``custom_fingerprinter``; a digest
+    shorter than 8 bytes is hashed first).
     """
+    custom = custom_fingerprinter(spider)
+    if custom is not None:
+        digest = bytes(custom(request))
+        return (digest if len(digest) >= 8 else hashlib.sha1(digest).digest())[:8].hex()
     if request.method == "GET" and not request.body:
         fast = fast_form(request.url)
         if fast is not None:

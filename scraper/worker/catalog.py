@@ -45,6 +45,28 @@ _MERGED_DICTS = ("SPIDER_MIDDLEWARES", "DOWNLOADER_MIDDLEWARES", "EXTENSIONS", "
 RETRY_DISABLED = "FLEET_SPIDER_RETRY_DISABLED"
 
 
+#: Set when a spider's custom_settings or its project's settings module name a DUPEFILTER_CLASS that never finds a
+#: request seen (Scrapy's BaseDupeFilter: "no duplicate filtering"): Fleet's dupefilter setting stays its own, and
+#: every request the spider yields is queued as ``dont_filter`` instead (scraper.worker.discovery)
+NO_DEDUP = "FLEET_SPIDER_NO_DEDUP"
+
+
+def _no_dedup(values: dict[str, Any]) -> bool:
+    """Whether settings given as a dict name a DUPEFILTER_CLASS whose ``request_seen`` is BaseDupeFilter's (never
+    seen). A class that does not import is left to Scrapy's own error (Fleet forces its own dupefilter anyway)."""
+    name = values.get("DUPEFILTER_CLASS")
+    if not name:
+        return False
+    from scrapy.dupefilters import BaseDupeFilter
+    from scrapy.utils.misc import load_object
+
+    try:
+        cls = load_object(name) if isinstance(name, str) else name
+    except Exception:  # any import error: Scrapy's to report, not a reason to filter nothing
+        return False
+    return getattr(cls, "request_seen", None) is BaseDupeFilter.request_seen
+
+
 def _retry_disabled(values: dict[str, Any]) -> bool:
     """Whether settings given as a dict (a project's module, a spider's custom_settings) say RETRY_ENABLED =
     False, read as Scrapy reads a bool ("False", "0" and 0 too)."""
@@ -195,6 +217,8 @@ def apply_project(settings: Settings, project: projectmod.Project) -> None:
     settings.set("ITEM_PIPELINES", pipelines, priority=projectmod.PRIORITY)
     if _retry_disabled(values):
         settings.set(RETRY_DISABLED, True, priority=projectmod.PRIORITY)
+    if _no_dedup(values):
+        settings.set(NO_DEDUP, True, priority=projectmod.PRIORITY)
     for key, value in values.items():
         if key in _FORCED or key in ("ITEM_PIPELINES", "SPIDER_MODULES"):
             continue  # re-asserted by worker_settings / merged above / the caller's spider search
@@ -246,6 +270,8 @@ def worker_settings(spidercls: type[Spider], settings: Settings, *, rendered: bo
     s.set("ITEM_PIPELINES", item_pipelines(spidercls, settings.getdict("ITEM_PIPELINES")), priority="cmdline")
     if _retry_disabled(custom):
         s.set(RETRY_DISABLED, True, priority="spider")  # Fleet's retries stay on; this spider asked for none
+    if "DUPEFILTER_CLASS" in custom:
+        s.set(NO_DEDUP, _no_dedup(custom), priority="spider")  # the spider's word over its project's
     for key in _FORCED:
         s.set(key, settings.get(key), priority="cmdline")
     # scrapy-redis's RedisStatsCollector makes Redis calls per stat on the reactor, shared by every worker (the

@@ -20,6 +20,7 @@ from scraper.queue.entrycheck import EnvelopeError
 from scraper.queue.envelope import Envelope
 from scraper.queue.startfp import mark_unfiltered
 from scraper.worker.adapter import Offsite
+from scraper.worker.catalog import NO_DEDUP
 from scraper.worker.ledger import LeaseState, Ledger, reusable
 
 __all__ = ["Discovery"]
@@ -33,6 +34,15 @@ class Discovery:
         self.log = log
         self.spider: Spider | None = None  # set when the spider opens
         self.offsite: Offsite | None = None  # the spider's allowed_domains, if it declares any
+        self._no_dedup: bool | None = None  # no_dedup, read once the spider is open
+
+    def no_dedup(self) -> bool:
+        """Whether the spider's DUPEFILTER_CLASS filters nothing (scraper.worker.catalog.NO_DEDUP): then, as in
+        Scrapy, every request it yields is fetched, however often its URL was (each one ``dont_filter``)."""
+        if self._no_dedup is None:
+            crawler = getattr(self.spider, "crawler", None)
+            self._no_dedup = bool(crawler is not None and crawler.settings.getbool(NO_DEDUP))
+        return self._no_dedup
 
     def off_site(self, request: Request, dont_filter: bool) -> bool:
         """The spider's allowed_domains refuse ``request`` (counted); ``dont_filter`` and meta
@@ -64,6 +74,8 @@ class Discovery:
                            url=redact_request_url(request.url)[:300])
             return
         env.parent = state.env.fp
+        if self.no_dedup():
+            env.dont_filter = True  # the spider turned duplicate filtering off (DUPEFILTER_CLASS: BaseDupeFilter)
         mark_unfiltered(env)  # a dont_filter request is fetched even for a URL already DONE (startfp)
         cid = new_id(env.fp)  # its shard's (scraper.queue.keys.new_id)
         out = state.out

@@ -66,7 +66,7 @@ class Redirects:
         if env.dont_filter or "redirect_urls" not in request.meta or self.queue is None:
             follow(state, request)  # dont_filter: Scrapy neither checks nor records it; or not a redirect
             return True
-        fp = fp64(request)
+        fp = fp64(request, self.discovery.spider)  # the spider's own fingerprinter, as its children's
         if fp != env.fp and state.lease.deliveries == 1:
             self.spawn(self._check(state, request, fp, follow))
             return True

@@ -39,6 +39,9 @@ class FleetScheduler(BaseScheduler):
         self.rt = runtime
         # Requests that continue an existing lease (redirects) are served before new leases.
         self.direct: deque[Request] = deque()
+        # the run of the latest request handed to the engine: the run of requests queued outside any lease
+        # when neither their meta nor the worker (`fleet worker --run`, setting FLEET_RUN) names one
+        self.latest_run: str | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> FleetScheduler:
@@ -78,18 +81,30 @@ class FleetScheduler(BaseScheduler):
 
     async def _enqueue_orphan(self, request: Request) -> None:
         assert self.rt.queue is not None and self.rt.spider is not None
-        run = str(request.meta.get("fleet_run") or "adhoc")
+        named = request.meta.get("fleet_run") or self.crawler.settings.get("FLEET_RUN")
+        run = str(named or self.latest_run or "")
+        if not run:
+            # no run to put it in: it would be crawled and stored outside every run the operator knows
+            self._reject(request, "queued outside any lease before this worker leased a request, so no run is "
+                                  "known: give it meta['fleet_run'] or start the worker with --run RUN")
+            return
         if not is_name(run):  # it becomes part of Redis and object keys (scraper.queue.names)
-            self.rt.log.error("request_rejected", reason=f"meta fleet_run {run[:60]!r} is not a run id")
+            self._reject(request, f"meta fleet_run {run[:60]!r} is not a run id")
             return
         try:
             env = Envelope.from_request(
                 request, spider_name=self.rt.spider.name, run=run, spider=self.rt.spider
             )
         except EnvelopeError as exc:
-            self.rt.log.error("request_rejected", reason=str(exc))
+            self._reject(request, str(exc))
             return
         await self.rt.queue.seed(run, [env])
+
+    def _reject(self, request: Request, reason: str) -> None:
+        """A request outside any lease that cannot be queued: counted as the spider's discovered requests that
+        could not be (``fleet/discovered_rejected``: `fleet run` exits 2 on them), one error line each."""
+        self.rt.stats.inc_value("fleet/discovered_rejected")
+        self.rt.log.error("request_rejected", url=request.url[:200], reason=reason)
 
     def next_request(self) -> Request | None:
         if self.direct:
@@ -97,7 +112,10 @@ class FleetScheduler(BaseScheduler):
         if self.rt.stopping:
             return None
         state = self.rt.next_state()
-        return state.request if state is not None else None
+        if state is None:
+            return None
+        self.latest_run = state.env.run
+        return state.request
 
     def _on_idle(self, spider: Spider) -> None:
         if not self.rt.may_close():
