@@ -73,12 +73,30 @@ class Rejected:
         return problem is None
 
 
-async def start_requests(spider: Spider, dropped: list[int] | None = None) -> AsyncIterator[Request]:
-    """The requests of ``spider.start()``. Anything else it yields (an item: Scrapy would store it) has no request
-    whose object could hold it in Fleet: counted in ``dropped`` (the seed's ``start_items_dropped``) and left
-    out. An exception in ``start()`` is a one-line error."""
+async def _start(spider: Spider) -> AsyncIterator[Any]:
+    """``spider.start()`` through the spider middlewares' ``process_start``, as Scrapy's engine reads it: a
+    middleware may add, change or drop start requests, and Scrapy's StartSpiderMiddleware sets
+    ``meta["is_start_request"]``. Middlewares that cannot be built outside a crawl: ``start()`` as it is."""
+    from scrapy.core.spidermw import SpiderMiddlewareManager
+
     try:
-        async for x in spider.start():
+        chain = await SpiderMiddlewareManager.from_crawler(spider.crawler).process_start()
+    except Exception as exc:  # a middleware that needs a running crawl to be built: start() alone, said once
+        err.print(f"[yellow]warning[/] spider {spider.name!r}: its spider middlewares' process_start not applied "
+                  f"({type(exc).__name__}: {str(exc)[:200]}); seeding start() as it is", highlight=False, soft_wrap=True)
+        chain = None
+    if chain is None:
+        chain = spider.start()
+    async for x in chain:
+        yield x
+
+
+async def start_requests(spider: Spider, dropped: list[int] | None = None) -> AsyncIterator[Request]:
+    """The requests of ``spider.start()`` (through its spider middlewares' ``process_start``: ``_start``). Anything
+    else it yields (an item: Scrapy would store it) has no request whose object could hold it in Fleet: counted in
+    ``dropped`` (the seed's ``start_items_dropped``) and left out. An exception in ``start()`` is a one-line error."""
+    try:
+        async for x in _start(spider):
             if isinstance(x, Request):
                 yield x
             elif dropped is not None:

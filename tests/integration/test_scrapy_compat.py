@@ -8,6 +8,8 @@ real ``fleet run`` / ``fleet seed``:
   polled three times was fetched twice. Now every request the spider yields is queued as ``dont_filter``;
 * a spider's own ``REQUEST_FINGERPRINTER_CLASS`` was ignored: URLs it counts as one page were fetched and stored
   once each. Now SEEN keys on its fingerprints (for discovered requests, redirects and seeded URLs);
+* spider middlewares' ``process_start`` never ran at seeding (a start request one adds was missing), nor did
+  Scrapy's StartSpiderMiddleware (``meta["is_start_request"]``);
 * ``cb_kwargs`` with non-text dict keys (``{1: "one"}``) came back with text keys, so ``lookup.get(1)`` was None in
   every item, silently. Now such a request is refused where it is yielded (``discovered_rejected``, exit 2).
 """
@@ -95,6 +97,24 @@ class Tracked(scrapy.Spider):
         yield {"page": "about"}
 
 
+class AddsStart:
+    """A spider middleware that adds a start request (Scrapy >= 2.13's process_start)."""
+
+    async def process_start(self, start):
+        async for x in start:
+            yield x
+        yield scrapy.Request(f"{BASE}/added")
+
+
+class StartMw(scrapy.Spider):
+    name = "start_mw"
+    custom_settings = {"SPIDER_MIDDLEWARES": {f"{__name__}.AddsStart": 500}}
+    start_urls = [f"{BASE}/s"]
+
+    def parse(self, response):
+        yield {"path": response.url.rsplit("/", 1)[-1], "start": response.meta.get("is_start_request")}
+
+
 class IntKeys(scrapy.Spider):
     name = "int_keys"
     start_urls = [f"{BASE}/list"]
@@ -172,3 +192,10 @@ def test_cb_kwargs_with_non_text_keys_are_refused_not_changed(redis_url: str, tm
     assert summary["discovered_rejected"] == 1, summary
     assert _items(tmp_path, "r1") == [{"one": "one", "pos": [1, 2]}]
     assert "text dict keys" in res.stderr, res.stderr[-3000:]
+
+
+def test_start_requests_go_through_the_spider_middlewares(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "compat_spiders", SPIDERS, COMPAT_SITE=site)
+    res = fleet("run", "start_mw", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    assert sorted((i["path"], i["start"]) for i in _items(tmp_path, "r1")) == [("added", True), ("s", True)]
