@@ -152,6 +152,12 @@ def run_cmd(
             item_pipelines(spidercls, fleet_settings(cfg).getdict("ITEM_PIPELINES"))
         except SettingsError as exc:
             raise fail(str(exc)) from None
+        from scraper.worker.proxies import ProxyConfigError, parse_proxies
+
+        try:  # before seeding, as every worker checks it: a bad FLEET_PROXIES left a seeded run and no worker
+            parse_proxies(cfg.proxies)
+        except ProxyConfigError as exc:
+            raise fail(str(exc)) from None
         check_shards(cfg, spidercls)
         started = time.time()
         if resume is not None:
@@ -252,23 +258,28 @@ _TERMINATED = threading.Event()
 @contextlib.contextmanager
 def _sigterm_ends_run() -> Iterator[None]:
     """While ``fleet run`` runs, SIGTERM sets ``_TERMINATED`` instead of killing it (as PID 1 it would be
-    ignored); the previous handler comes back after. Off the main thread (an embedding caller) nothing is
-    installed."""
+    ignored), and so does a first SIGINT (Ctrl-C, ``timeout -s INT``): the run ends as at its deadline, with its
+    summary, its final manifest and exit 5 when work is left, where Python's KeyboardInterrupt left exit 130, no
+    summary and a manifest saying the run was still being worked on. A second SIGINT aborts as before. The
+    previous handlers come back after. Off the main thread (an embedding caller) nothing is installed."""
     import signal as _signal
 
     def stop(signum: int, frame: object) -> None:
+        if signum == _signal.SIGINT and _TERMINATED.is_set():
+            raise KeyboardInterrupt
         _TERMINATED.set()
 
     _TERMINATED.clear()
     try:
-        previous = _signal.signal(_signal.SIGTERM, stop)
+        previous = {sig: _signal.signal(sig, stop) for sig in (_signal.SIGTERM, _signal.SIGINT)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        _signal.signal(_signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            _signal.signal(sig, handler)
 
 
 def _wait_workers(procs: list[subprocess.Popen[bytes]], deadline_at: float | None,

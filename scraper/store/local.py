@@ -217,6 +217,10 @@ def _parse_file_uri(uri: str) -> Path:
         rest = rest[len("localhost") :]
     if not rest:
         raise ValueError(f"file store URI has no path: {uri!r} (try file://./data)")
+    if "@" in rest.partition("/")[0]:
+        # file://user:secret@host/x named a directory "user:secret@host" and printed the secret in every summary
+        raise ValueError("file store URI has credentials or a host (user@host): a file:// store is a local "
+                         "directory, file:///absolute/path or file://./relative/path")
     path = Path(rest).expanduser()
     if not path.is_absolute():
         path = Path.cwd() / path

@@ -106,11 +106,13 @@ def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: 
         assert again["seeded"] == 0 and again["discovered"] == 43  # the first invocation seeded 1
 
 
-def test_sigterm_to_fleet_run_stops_it_like_its_deadline(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_to_fleet_run_stops_it_like_its_deadline(sig: signal.Signals, redis_url: str, tmp_path: Path) -> None:
     """Kubernetes stops a CronJob pod with SIGTERM to `fleet run` (PID 1 there); systemd or `timeout` send it to
-    the whole process group. Sent here to the group: each worker gets it directly and once more from `fleet run`
-    within 2 s, which is the same stop (not the forced exit 130): the workers stop gracefully, their leases go
-    back to READY, and the summary and exit code say the run is incomplete."""
+    the whole process group, and a terminal's Ctrl-C sends SIGINT to it (which left exit 130, no summary and a
+    manifest saying the run was still being worked on). Sent here to the group: each worker gets it directly and
+    SIGTERM from `fleet run` within 2 s, which is the same stop (not the forced exit 130): the workers stop
+    gracefully, their leases go back to READY, and the summary and exit code say the run is incomplete."""
     with DemoSite(n_products=40, per_page=10, latency=1.0).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2",
                         FLEET_SHUTDOWN_GRACE="1")
@@ -121,7 +123,7 @@ def test_sigterm_to_fleet_run_stops_it_like_its_deadline(redis_url: str, tmp_pat
             while counts(redis_url, "demo_shop")["inflight"] == 0:  # the workers are fetching
                 assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
                 time.sleep(0.2)
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
             out, errs = proc.communicate(timeout=90)
         finally:
             if proc.poll() is None:
@@ -233,3 +235,21 @@ def test_the_summary_counts_this_runs_objects_only(redis_url: str, tmp_path: Pat
     assert code == 0 and summary["done"] == 1, summary
     assert summary["objects"] == 1 and summary["items"] == 1, summary  # was 3: run other's two as well
     assert len(objects(tmp_path / "data", "items", "stuck", "other")) == 2  # other's were done too
+
+
+def test_bad_proxies_or_a_file_store_with_credentials_are_refused_before_seeding(redis_url: str, tmp_path: Path) -> None:
+    """A FLEET_PROXIES every worker refuses was found only after `fleet run` had seeded the run (exit 1 with work
+    queued and no worker); a file:// store URI with user:secret@ named a directory after the secret and printed it
+    in every summary and manifest."""
+    import redis
+
+    for extra in ({"FLEET_PROXIES": "not a proxy::"}, {"FLEET_STORE": "file://user:FS3CR3T@host/x"}):
+        env = fleet_env(redis_url, tmp_path, **extra)
+        res = fleet("run", "demo_shop", "--run", "r1", env=env)
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, (extra, res.stderr[-2000:])
+        assert "FS3CR3T" not in res.stderr + res.stdout
+        r = redis.Redis.from_url(redis_url)
+        try:
+            assert not r.keys("fleet:{demo_shop}:*"), extra  # nothing seeded
+        finally:
+            r.close()

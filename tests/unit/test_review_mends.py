@@ -91,6 +91,10 @@ def test_store_uris_are_checked_without_a_client(monkeypatch: pytest.MonkeyPatch
     for bad in ("bogus://x", "s3://", "", "s3://b/p?q=1"):
         with pytest.raises(ValueError):
             check_store_uri(bad)
+    # a file:// store is a local directory: credentials there were a directory name, printed in every summary
+    with pytest.raises(ValueError) as exc:
+        check_store_uri("file://user:FS3CR3T@host/x")
+    assert "FS3CR3T" not in str(exc.value)
 
 
 def test_ftp_may_carry_userinfo_http_may_not() -> None:
