@@ -14,8 +14,8 @@ objects give the same rows in the same order (sorted by the key's hash, then the
 they were read in.
 
 Layout: ``exports/spider=<s>/run=<r>/part-NNNNN.parquet`` (or ``.jsonl.gz``) in the store, or
-``spider=<s>/run=<r>/part-NNNNN.<ext>`` under ``--out``; parts of an earlier export of the same run that
-this one did not write are deleted after the new ones are in place.
+``spider=<s>/run=<r>/part-NNNNN.<ext>`` under ``--out``; parts of an earlier export of the same run in the same
+format that this one did not write are deleted after the new ones are in place (the other format's stay).
 """
 
 from __future__ import annotations
@@ -214,7 +214,9 @@ def export_run(
         for p in paths:
             target.put_file(prefix + p.name, p, content_type="application/octet-stream")
             p.unlink()
-    stale = [k for k in target.list(prefix) if _is_part(k[len(prefix):]) and k[len(prefix):] not in names]
+    # parts of this format only: an analyst's JSONL copy must not delete the Parquet a cron run exported
+    ext = "parquet" if fmt == "parquet" else "jsonl.gz"
+    stale = [k for k in target.list(prefix) if _is_part(k[len(prefix):], ext) and k[len(prefix):] not in names]
     for key in stale:
         target.delete(key)
     result = {
@@ -227,7 +229,8 @@ def export_run(
     return result
 
 
-def _is_part(name: str) -> bool:
-    """An export part file name (``part-NNNNN.parquet`` / ``.jsonl.gz``), nothing else under the prefix."""
-    stem, _, ext = name.partition(".")
-    return "/" not in name and ext in ("parquet", "jsonl.gz") and stem.startswith("part-") and stem[5:].isdigit()
+def _is_part(name: str, ext: str) -> bool:
+    """An export part file name of one format (``part-NNNNN.parquet`` / ``.jsonl.gz``), nothing else under the
+    prefix."""
+    stem, _, found = name.partition(".")
+    return "/" not in name and found == ext and stem.startswith("part-") and stem[5:].isdigit()

@@ -105,8 +105,11 @@ def test_export_to_and_from_s3(s3_bucket: str, s3_server: Any, tmp_path: Path,
     by_key = {r["_meta_idempotency_key"]: r["n"] for r in rows}
     assert len(by_key) == 1000 and by_key["k5"] == 1005 and by_key["k999"] == 999  # the later fetched_at
 
-    res = export_run(s3_bucket, "books", "s3", "jsonl", None)
-    assert res["parts"] == 1 and list(store.list(prefix)) == [f"{prefix}part-00000.jsonl.gz"]
+    res = export_run(s3_bucket, "books", "s3", "jsonl", None)  # another format: the Parquet parts stay
+    parquet = [f"{prefix}part-0000{i}.parquet" for i in range(3)]
+    assert res["parts"] == 1 and sorted(store.list(prefix)) == sorted([f"{prefix}part-00000.jsonl.gz", *parquet])
+    res = export_run(s3_bucket, "books", "s3", "parquet", None)  # the same format: its earlier parts replaced
+    assert res["parts"] == 1 and sorted(store.list(prefix)) == [f"{prefix}part-00000.jsonl.gz", parquet[0]]
 
 
 def test_export_failure_is_exit_3_with_one_line(redis_url: str, tmp_path: Path) -> None:
