@@ -6,19 +6,40 @@ alert storm must not grow memory; a full queue drops the newest alert and logs t
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import threading
 import time
 import urllib.request
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from scraper.infra import log
 
 __all__ = ["Alerter"]
+
+
+def _basic_auth(url: str) -> tuple[str, dict[str, str]]:
+    """The webhook URL without its ``user:password@`` and the Authorization header that says it instead: urllib
+    took the userinfo for part of the host name (every alert failed, and the password went to the resolver)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    cred = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+    return urlunsplit(parts._replace(netloc=netloc)), {"Authorization": "Basic " + base64.b64encode(cred).decode()}
+
+
 class Alerter:
     def __init__(self, url: str | None, *, attempts: int = 4, timeout: float = 5.0) -> None:
-        self.url = url
+        self.url: str | None = url
+        self._auth: dict[str, str] = {}
+        if url:
+            self.url, self._auth = _basic_auth(url)
         self.attempts = attempts
         self.timeout = timeout
         self.log = log.get_logger(component="alerts")
@@ -56,7 +77,7 @@ class Alerter:
         delay = 0.5
         for attempt in range(1, self.attempts + 1):
             req = urllib.request.Request(
-                self.url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+                self.url, data=data, headers={"Content-Type": "application/json", **self._auth}, method="POST"
             )
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
