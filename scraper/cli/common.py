@@ -33,6 +33,7 @@ from scraper.queue import redisio
 from scraper.queue.keys import QueueError
 from scraper.queue.runstate import run_tally
 from scraper.queue.shards import open_queue
+from scraper.queue.storebind import bind_store
 from scraper.worker.catalog import (
     SettingsError,
     SpiderNotFound,
@@ -207,6 +208,26 @@ def check_store(cfg: FleetConfig) -> None:
         check_store_uri(cfg.store)
     except (ValueError, RuntimeError) as exc:  # RuntimeError: file://~nosuchuser/ (expanduser)
         raise fail(f"FLEET_STORE: {exc}") from None
+
+
+def check_store_binding(cfg: FleetConfig, spidercls: type[Spider], *, run: str | None = None,
+                        rebind: bool = True) -> None:
+    """The spider's (and ``run``'s) data stays in one store: record FLEET_STORE for them in Redis, or exit 1 with
+    one line when they write to another one (scraper.queue.storebind). Before ``fleet run`` seeds and before a
+    worker starts. ``rebind=False``: compare only (``fleet runs --refresh``)."""
+    from scraper.store.backends import store_identity
+
+    async def go() -> None:
+        client = await connect(redis_url_for(cfg, spidercls))
+        try:
+            await bind_store(client, str(spidercls.name), store_identity(cfg.store), run=run, rebind=rebind)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(go())
+    except QueueError as exc:
+        raise fail(str(exc)) from None
 
 
 def fleet_settings(cfg: FleetConfig) -> Settings:

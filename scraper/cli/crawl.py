@@ -25,6 +25,7 @@ from scraper.cli.common import (
     check_seconds,
     check_shards,
     check_store,
+    check_store_binding,
     default_run,
     err,
     fail,
@@ -159,6 +160,7 @@ def run_cmd(
         except ProxyConfigError as exc:
             raise fail(str(exc)) from None
         check_shards(cfg, spidercls)
+        check_store_binding(cfg, spidercls, run=resume or run)  # a new run's default id is bound by its workers'
         started = time.time()
         if resume is not None:
             run_id = resume

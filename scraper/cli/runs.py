@@ -19,8 +19,9 @@ from scraper.cli.args import spider_arg
 from scraper.cli.common import EXIT_INFRA, connect, err, fail, load_config, out, redis_url_for
 from scraper.cli.manifests import RunManifest
 from scraper.infra.config import FleetConfig
+from scraper.queue.keys import Keys
 from scraper.queue.shards import open_queue
-from scraper.store.backends import StoreError, open_store
+from scraper.store.backends import StoreError, open_store, store_identity
 from scraper.store.manifest import list_manifests
 from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
 from scraper.worker.identity import ItemKeyError, item_key_of
@@ -34,12 +35,28 @@ def _refresh(cfg: FleetConfig, spider: str) -> list[str]:
     """Rewrite the manifests of the runs Redis knows; returns those it could not write."""
     url = redis_url_for(cfg)
 
+    store = store_identity(cfg.store)
+
     async def known() -> list[str]:
+        """The runs to refresh: those Redis knows whose data is in this process's store (a manifest goes next to
+        its run's data, never into another store: scraper.queue.storebind)."""
         client = await connect(url)
         try:
-            return sorted(await (await open_queue(client, spider)).runs())
+            runs = sorted(await (await open_queue(client, spider)).runs())
+            stores = {_str(k): _str(v) for k, v in (await client.hgetall(Keys(spider).runstores)).items()}
+            default = await client.get(Keys(spider).store)  # a run worked without a record of its own: the spider's
         finally:
             await client.aclose()
+        elsewhere = {}
+        for run in runs:
+            where = stores.get(run) or (_str(default) if default is not None else None)
+            if where is not None and where != store:
+                elsewhere[run] = where
+        for run in runs:
+            if run in elsewhere:
+                err.print(f"[yellow]warning:[/] run {run!r} keeps its data in store {elsewhere[run]}: its manifest "
+                          "is refreshed by a process with that FLEET_STORE", highlight=False, soft_wrap=True)
+        return [r for r in runs if r not in elsewhere]
 
     spidercls: type | None
     try:
@@ -47,11 +64,16 @@ def _refresh(cfg: FleetConfig, spider: str) -> list[str]:
         item_key_of(spidercls)
     except (SpiderNotFound, ItemKeyError, SettingsError):
         spidercls = None  # a spider since removed: its version and key are kept from the last manifest
+    runs = asyncio.run(known())
     failed = []
-    for run in asyncio.run(known()):
+    for run in runs:
         if RunManifest(cfg, url, spider, run, spidercls, writer="fleet runs --refresh").write(final=True) is None:
             failed.append(run)
     return failed
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _row(m: dict[str, Any]) -> list[str]:

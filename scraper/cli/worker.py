@@ -23,6 +23,7 @@ from scraper.cli.common import (
     check_seconds,
     check_shards,
     check_store,
+    check_store_binding,
     err,
     fail,
     fleet_settings,
@@ -83,6 +84,7 @@ def run_worker(
     url = redis_url_for(cfg, spidercls)
     asyncio.run(check_reachable(url, patience=min(START_PATIENCE, cfg.redis_outage_max)))
     check_shards(cfg, spidercls)
+    check_store_binding(cfg, spidercls, run=run)  # its objects go where the spider's (and the run's) data is
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
     log.redact_settings_dump()  # FLEET_LOG_LEVEL=DEBUG prints Scrapy's settings dump: no secret in it

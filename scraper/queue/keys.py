@@ -128,6 +128,9 @@ class Keys:
         self.gdz = self.prefix + "gdz"  # gated domains -> their last GATE time (GATE prunes; `fleet domains`)
         self.gdoms = self.prefix + "gdoms"  # the SET gdz replaced: only read (and emptied) by scraper/queue/gating.py
         self.gwait = self.prefix + "gwait"  # worker -> its gate's waiting counts per domain (JSON, with a time)
+        # shard 0: the object store the spider's processes write to, and each run's (scraper.queue.storebind)
+        self.store = self.prefix + "store"
+        self.runstores = self.prefix + "runstores"
 
     def seen(self, run: str) -> str:
         return f"{self.prefix}seen:{run}"

@@ -31,12 +31,22 @@ __all__ = [
     "gzip_bytes",
     "open_store",
     "scrub_secrets",
+    "store_identity",
 ]
 
 
 def open_store(uri: str) -> ObjectStore:
     """Open the store named by ``FLEET_STORE``-style URI (``file://...`` or ``s3://...``)."""
     return LocalStore(uri) if check_store_uri(uri) == "file" else S3Store(uri)
+
+
+def store_identity(uri: str) -> str:
+    """What names the store ``uri`` opens, the same from every directory and process: a ``file://`` store's
+    absolute directory (a relative URI is relative to the current directory), an ``s3://`` URI without
+    credentials or a trailing slash. Recorded per spider and run in Redis (scraper.queue.storebind)."""
+    if check_store_uri(uri) == "file":
+        return f"file://{LocalStore(uri).root}"
+    return strip_userinfo(uri).rstrip("/")
 
 
 def check_store_uri(uri: str) -> str:

@@ -253,3 +253,33 @@ def test_bad_proxies_or_a_file_store_with_credentials_are_refused_before_seeding
             assert not r.keys("fleet:{demo_shop}:*"), extra  # nothing seeded
         finally:
             r.close()
+
+
+def test_a_spiders_data_stays_in_one_store(redis_url: str, tmp_path: Path) -> None:
+    """A worker takes every run's work and writes it to its own FLEET_STORE, relative to its directory by default:
+    a `fleet run` in another directory stored a cut run's items there while the run's manifest, in the first
+    store, said complete over an empty directory. Now the spider's store and each run's are recorded in Redis: a
+    process with another store is refused (exit 1, one line) while the spider has work, and a run is always worked
+    and refreshed with its own store."""
+    with DemoSite(n_products=40, per_page=10, latency=0.3).start() as site:
+        a, b = tmp_path / "a", tmp_path / "b"
+        env_a = fleet_env(redis_url, a, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2")
+        env_b = fleet_env(redis_url, b, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2")
+        assert env_a["FLEET_STORE"] != env_b["FLEET_STORE"]
+        cut = fleet("run", "demo_shop", "--run", "cut", "--deadline", "2", env=env_a, timeout=120)
+        assert cut.returncode == 5, cut.stderr[-2000:]
+        other = fleet("run", "demo_shop", "--run", "other", env=env_b, timeout=60)  # work of `cut` is queued
+        assert other.returncode == 1 and "would be split" in other.stderr, other.stderr[-2000:]
+        assert len(other.stderr.strip().splitlines()) == 1
+        worker = fleet("worker", "demo_shop", "--until-idle", "1", env=env_b, timeout=60)
+        assert worker.returncode == 1 and "would be split" in worker.stderr, worker.stderr[-2000:]
+        done = fleet("run", "demo_shop", "--resume", "cut", env=env_a, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+        again = fleet("run", "demo_shop", "--resume", "cut", env=env_b, timeout=60)  # idle now, but cut's data is in a
+        assert again.returncode == 1 and "keeps its data in store" in again.stderr, again.stderr[-2000:]
+        refresh = fleet("runs", "demo_shop", "--refresh", env=env_b, timeout=60)  # no manifest of a run into b
+        assert "keeps its data in store" in refresh.stderr, refresh.stderr[-2000:]
+        assert not list(b.rglob("manifest.json")), list(b.rglob("manifest.json"))
+        moved = fleet("run", "demo_shop", "--run", "new", env=env_b, timeout=180)  # drained: the spider may move
+        assert moved.returncode == 0, moved.stderr[-2000:]
+        assert list(b.rglob("manifest.json")) and list(b.rglob("*.jsonl"))
