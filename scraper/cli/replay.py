@@ -22,7 +22,7 @@ from scraper.cli.common import spider_instance
 from scraper.infra.config import FleetConfig
 from scraper.policy import drift
 from scraper.queue.entrycheck import callback_name_ok
-from scraper.queue.envelope import fp64
+from scraper.queue.envelope import EnvelopeError, fp64
 from scraper.queue.names import is_name
 from scraper.store.backends import ObjectStore, open_store
 from scraper.store.objects import evidence_key, item_to_dict, items_key, raw_key
@@ -110,6 +110,7 @@ def run_replay(
 ) -> dict[str, Any]:
     store = open_store(cfg.store)
     name = spidercls.name
+    spider: Spider | None = None
     if key:
         m = _KEY_RE.match(key.strip())
         if not m:
@@ -121,9 +122,11 @@ def run_replay(
             raise ReplayError(f"--key names the run {run!r}, which is not a run id Fleet writes")
     else:
         assert url is not None
+        # the spider's own REQUEST_FINGERPRINTER_CLASS, if it has one, named the page's objects
+        spider = spider_instance(spidercls, cfg, "to replay its callback", spider_args)
         try:
-            fp = fp64(Request(url))
-        except ValueError as exc:
+            fp = fp64(Request(url), spider)
+        except (ValueError, EnvelopeError) as exc:
             raise ReplayError(f"--url {url!r}: {exc}") from None
     runs = [run] if run else [r for r in runs_lookup() if is_name(r)]
     body = None
@@ -145,7 +148,8 @@ def run_replay(
     if not page_url:
         raise ReplayError(f"no evidence record nor items object of fingerprint {fp} names the page's URL: "
                           "replay it with --url URL instead of --key")
-    spider = spider_instance(spidercls, cfg, "to replay its callback", spider_args)
+    if spider is None:
+        spider = spider_instance(spidercls, cfg, "to replay its callback", spider_args)
     meta = dict(evidence["meta"]) if isinstance(evidence.get("meta"), dict) else {}
     cb_name = callback or evidence.get("callback") or "parse"
     if isinstance(spider, CrawlSpider) and (cb_name == "parse" or (cb_name == "_callback" and "rule" not in meta)):

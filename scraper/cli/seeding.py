@@ -79,15 +79,25 @@ async def _start(spider: Spider) -> AsyncIterator[Any]:
     ``meta["is_start_request"]``. Middlewares that cannot be built outside a crawl: ``start()`` as it is."""
     from scrapy.core.spidermw import SpiderMiddlewareManager
 
-    try:
-        chain = await SpiderMiddlewareManager.from_crawler(spider.crawler).process_start()
-    except Exception as exc:  # a middleware that needs a running crawl to be built: start() alone, said once
+    def alone(exc: Exception) -> AsyncIterator[Any]:
         err.print(f"[yellow]warning[/] spider {spider.name!r}: its spider middlewares' process_start not applied "
                   f"({type(exc).__name__}: {str(exc)[:200]}); seeding start() as it is", highlight=False, soft_wrap=True)
-        chain = None
-    if chain is None:
-        chain = spider.start()
-    async for x in chain:
+        return spider.start()
+
+    try:
+        chain = await SpiderMiddlewareManager.from_crawler(spider.crawler).process_start()
+        if chain is None:
+            raise RuntimeError("process_start gave nothing")
+        it = chain.__aiter__()
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        return
+    except Exception as exc:  # a middleware that needs a running crawl (its engine): start() alone, said once
+        async for x in alone(exc):
+            yield x
+        return
+    yield first
+    async for x in it:  # past the first request, an error is the chain's: the caller's one-line error
         yield x
 
 

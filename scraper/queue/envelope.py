@@ -15,6 +15,7 @@ import base64
 import functools
 import inspect
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,9 @@ _RULE_HOST = re.compile(r"https?://([A-Za-z0-9.\-]+)(?:[/:?#]|\Z)", re.ASCII)
 
 def rule_domain(url: str) -> str | None:
     """The domain the LEASE script derives from ``url`` (lua/_helpers.lua, url_domain), lowercased; None when
-    the rule does not apply (userinfo, an IPv6 literal, a percent-escape or anything else in the host).
+    the rule does not apply (an IPv6 literal, a percent-escape, anything else after the host's characters). Not
+    always the URL's host (``https://user:pw@a.example/`` gives "user"): ``_fields`` writes "domain" whenever the
+    two differ, so only the rule's agreement with the script matters.
 
     Why: an envelope leaves out its "domain" when this gives ``Envelope.domain`` (every ordinary URL), which
     was 20-30 bytes of every queued request in Redis's memory, its AOF and its replicas (issue #18)."""
@@ -64,8 +67,13 @@ def _json_safe(value: Any) -> bool:
     """Whether ``value`` comes back from its queue entry as the callback expects it: JSON can hold it, and every
     dict in it has text keys. Why the keys: JSON makes ``{1: "one"}`` into ``{"1": "one"}``, and the callback's
     ``lookup.get(1)`` was None on every page, silently (a tuple becomes a list: equal for what items hold)."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:  # most meta values: no dumps, no walk
+        return True
+    if t is float:
+        return math.isfinite(value)
     try:
-        json.dumps(value, allow_nan=False)
+        _ENCODE(value)  # one encoder for every call (json.dumps with arguments builds one each time)
     except (TypeError, ValueError, RecursionError):
         return False
     todo = [value]

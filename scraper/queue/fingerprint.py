@@ -85,7 +85,14 @@ def fp64(request: Request, spider: Any = None) -> str:
     """
     custom = custom_fingerprinter(spider)
     if custom is not None:
-        digest = bytes(custom(request))
+        try:
+            digest = custom(request)
+        except Exception as exc:  # the spider's code: refused as a request it cannot fingerprint, not a crash
+            raise EnvelopeError(f"the spider's REQUEST_FINGERPRINTER_CLASS raised {type(exc).__name__}: "
+                                f"{str(exc)[:200]}") from None
+        if not isinstance(digest, bytes) or not digest:  # bytes(5) was five zero bytes: every request one
+            raise EnvelopeError(f"the spider's REQUEST_FINGERPRINTER_CLASS returned {type(digest).__name__}, "
+                                "not bytes (Scrapy's fingerprinter protocol)")
         return (digest if len(digest) >= 8 else hashlib.sha1(digest).digest())[:8].hex()
     if request.method == "GET" and not request.body:
         fast = fast_form(request.url)

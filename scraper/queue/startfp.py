@@ -30,9 +30,15 @@ __all__ = ["START_TAG", "mark_start", "mark_unfiltered", "start_fp"]
 START_TAG = "fleet-start-v1"
 
 
-def start_fp(env: Envelope) -> str:
-    """The start-request fingerprint of ``env`` (16 lowercase hex digits, like ``fp64``)."""
-    parts = [START_TAG, env.fp, env.callback, env.errback, env.cb_kwargs, env.meta]
+def start_fp(env: Envelope, salt: str = "") -> str:
+    """The start-request fingerprint of ``env`` (16 lowercase hex digits, like ``fp64``). ``salt``: what else
+    tells this request from an identical one (a discovered request's place among its page's requests, a
+    request an idle handler queued: ``Discovery.found``, ``FleetScheduler``). Scrapy's StartSpiderMiddleware's
+    ``is_start_request`` is left out: seeding sets it since 2026-12-08, and a run re-seeded across that upgrade
+    must find its start requests SEEN."""
+    meta = env.meta if "is_start_request" not in env.meta else {
+        k: v for k, v in env.meta.items() if k != "is_start_request"}
+    parts = [START_TAG, env.fp, env.callback, env.errback, env.cb_kwargs, meta, *([salt] if salt else [])]
     # through JSON first: meta may mix int and str keys (JSON makes them all text), which sort_keys refuses
     ident = json.dumps(json.loads(json.dumps(parts, allow_nan=False)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()[:16]

@@ -18,7 +18,7 @@ from scraper.policy.urls import refusal
 from scraper.queue.client import new_id
 from scraper.queue.entrycheck import EnvelopeError
 from scraper.queue.envelope import Envelope
-from scraper.queue.startfp import mark_unfiltered
+from scraper.queue.startfp import mark_unfiltered, start_fp
 from scraper.worker.adapter import Offsite
 from scraper.worker.catalog import NO_DEDUP
 from scraper.worker.ledger import LeaseState, Ledger, reusable
@@ -74,11 +74,16 @@ class Discovery:
                            url=redact_request_url(request.url)[:300])
             return
         env.parent = state.env.fp
-        if self.no_dedup():
-            env.dont_filter = True  # the spider turned duplicate filtering off (DUPEFILTER_CLASS: BaseDupeFilter)
-        mark_unfiltered(env)  # a dont_filter request is fetched even for a URL already DONE (startfp)
-        cid = new_id(env.fp)  # its shard's (scraper.queue.keys.new_id)
         out = state.out
+        if self.no_dedup():
+            # the spider turned duplicate filtering off (DUPEFILTER_CLASS: BaseDupeFilter): every request it yields
+            # is its own, even one identical to another page's (told apart by its page and its place there: a
+            # redelivered page yields the same ones again, which stay one each)
+            env.dont_filter = True
+            env.fp = start_fp(env, salt=f"{state.env.fp}#{len(out.discovered)}")
+        else:
+            mark_unfiltered(env)  # a dont_filter request is fetched even for a URL already DONE (startfp)
+        cid = new_id(env.fp)  # its shard's (scraper.queue.keys.new_id)
         out.discovered.append(env)
         out.discovered_ids.append(cid)
         if reusable(request, env):

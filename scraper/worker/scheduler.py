@@ -12,6 +12,7 @@ It creates the runtime and attaches it to the crawler (scraper.worker.ports), an
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 
 from scrapy import Request, Spider, signals
@@ -23,9 +24,12 @@ from twisted.internet.defer import Deferred
 
 from scraper.infra.config import FleetConfig
 from scraper.infra.embedded import resolve_redis_url
+from scraper.infra.redact import redact_request_url
 from scraper.queue.entrycheck import EnvelopeError
 from scraper.queue.envelope import META_KEY, Envelope
 from scraper.queue.names import is_name
+from scraper.queue.startfp import start_fp
+from scraper.worker.catalog import NO_DEDUP
 from scraper.worker.ledger import LeaseState
 from scraper.worker.ports import FleetPort, attach
 from scraper.worker.runtime import FleetRuntime
@@ -98,13 +102,20 @@ class FleetScheduler(BaseScheduler):
         except EnvelopeError as exc:
             self._reject(request, str(exc))
             return
-        await self.rt.queue.seed(run, [env])
+        if env.dont_filter or self.crawler.settings.getbool(NO_DEDUP):
+            # Scrapy fetches every such request, however often the spider asks (an idle handler polling one
+            # feed): one fingerprint per call, not the start fingerprint that makes identical ones one request
+            env.dont_filter = True
+            env.fp = start_fp(env, salt=secrets.token_hex(8))
+        enqueued, _ = await self.rt.queue.seed(run, [env])
+        if not enqueued:  # SEEN in the run: as Scrapy's dupefilter drops it, but said
+            self.rt.log.info("request_skipped_seen", run=run, fp=env.fp, url=redact_request_url(request.url)[:200])
 
     def _reject(self, request: Request, reason: str) -> None:
         """A request outside any lease that cannot be queued: counted as the spider's discovered requests that
-        could not be (``fleet/discovered_rejected``: `fleet run` exits 2 on them), one error line each."""
+        could not be (``fleet/discovered_rejected``), one error line each."""
         self.rt.stats.inc_value("fleet/discovered_rejected")
-        self.rt.log.error("request_rejected", url=request.url[:200], reason=reason)
+        self.rt.log.error("request_rejected", url=redact_request_url(request.url)[:200], reason=reason)
 
     def next_request(self) -> Request | None:
         if self.direct:

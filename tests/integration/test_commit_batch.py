@@ -234,6 +234,8 @@ def test_env_head_reads_what_cjson_reads(redis_url: str) -> None:
         '{"v":1,"url":"https://u@a.example/","spider":"s","run":"r","fp":"f"}',
         '{"v":1,"url":"https://a.example/","spider":"s","run":"r","fp":"f","meta":{"domain":"in"}}',
         '{"v":1,"url":"https://a.example/","spider":"s","run":"r","fp":"f","domain":null}',
+        # found by review: a second top-level "url" (cjson keeps the last)
+        '{"v":1,"url":"https://a.example/","spider":"s","run":"r","fp":"f","url":"https://b.example/"}',
         '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","meta":{"domain":"in"},"domain":"out"}',
         '{"v":1,"url":"x","spider":"s","run":"r","fp":"f","meta":{"a":1,"domain":"in"}}',
         # found by review: a repeated key spelt with a space before ':' or with an escape
@@ -327,7 +329,7 @@ def test_env_head_reads_what_cjson_reads_fuzzed(redis_url: str) -> None:
             d = dict(items)
         raw = json.dumps(d, separators=(",", ":"), ensure_ascii=rng.random() < 0.5)
         if rng.random() < 0.1:  # a repeated top-level key after the fp: cjson (and Python) keep the last
-            key = rng.choice(["run", "fp", "domain"])
+            key = rng.choice(["run", "fp", "domain", "url"])
             raw = raw[:-1] + f',"{key}":"again"}}'
         cases.append(raw)
     body = ("local out = {}\nfor i = 1, #ARGV do\n  local run, fp, domain = env_head(ARGV[i])\n"

@@ -78,6 +78,77 @@ class Poller(scrapy.Spider):
             yield scrapy.Request(f"{BASE}/api", callback=self.poll, cb_kwargs={"n": n + 1})
 
 
+class PollerSame(scrapy.Spider):
+    """Three pages yield the same request: with filtering off, Scrapy fetches it three times (found by review)."""
+    name = "poller_same"
+    custom_settings = {"DUPEFILTER_CLASS": "scrapy.dupefilters.BaseDupeFilter"}
+    start_urls = [f"{BASE}/p{i}" for i in range(3)]
+
+    def parse(self, response):
+        yield scrapy.Request(f"{BASE}/api", callback=self.api)
+
+    def api(self, response):
+        yield {"api": 1}
+
+
+class IdleRepoll(scrapy.Spider):
+    """Its idle handler polls the same feed twice (dont_filter): Scrapy fetches it each time (found by review)."""
+    name = "idle_repoll"
+    start_urls = [f"{BASE}/start"]
+
+    @classmethod
+    def from_crawler(cls, crawler, *args, **kwargs):
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        crawler.signals.connect(spider.idle, signal=signals.spider_idle)
+        spider.polls = 0
+        return spider
+
+    def idle(self):
+        if self.polls < 2:
+            self.polls += 1
+            self.crawler.engine.crawl(scrapy.Request(f"{BASE}/feed", dont_filter=True))
+            raise DontCloseSpider
+
+    def parse(self, response):
+        yield {"path": response.url.rsplit("/", 1)[-1]}
+
+
+class NeedsEngine:
+    """A spider middleware whose process_start needs a running crawl (found by review)."""
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    async def process_start(self, start):
+        self.crawler.engine.downloader  # raises outside a crawl
+        async for x in start:
+            yield x
+
+
+class EngineMw(scrapy.Spider):
+    name = "engine_mw"
+    custom_settings = {"SPIDER_MIDDLEWARES": {f"{__name__}.NeedsEngine": 500}}
+    start_urls = [f"{BASE}/e"]
+
+    def parse(self, response):
+        yield {"path": "e"}
+
+
+class IntFp(RequestFingerprinter):
+    def fingerprint(self, request):
+        return 5  # not bytes: every request would be one
+
+
+class BadFp(scrapy.Spider):
+    name = "bad_fp"
+    custom_settings = {"REQUEST_FINGERPRINTER_CLASS": IntFp}
+    start_urls = [f"{BASE}/a"]
+
+
 class NoSid(RequestFingerprinter):
     def fingerprint(self, request):
         return super().fingerprint(request.replace(url=url_query_cleaner(request.url, ["sid"], remove=True)))
@@ -199,3 +270,39 @@ def test_start_requests_go_through_the_spider_middlewares(redis_url: str, tmp_pa
     res = fleet("run", "start_mw", "--run", "r1", env=env, timeout=180)
     assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
     assert sorted((i["path"], i["start"]) for i in _items(tmp_path, "r1")) == [("added", True), ("s", True)]
+
+
+def test_filtering_off_fetches_identical_requests_of_several_pages(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "compat_spiders", SPIDERS, COMPAT_SITE=site)
+    res = fleet("run", "poller_same", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    assert _Site.hits.count("/api") == 3 and len(_items(tmp_path, "r1")) == 3, _Site.hits
+
+
+def test_an_idle_handler_polling_one_feed_fetches_it_each_time(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "compat_spiders", SPIDERS, COMPAT_SITE=site)
+    res = fleet("run", "idle_repoll", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    assert _Site.hits.count("/feed") == 2, _Site.hits
+
+
+def test_a_middleware_that_needs_the_engine_leaves_start_as_it_is(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "compat_spiders", SPIDERS, COMPAT_SITE=site)
+    res = fleet("run", "engine_mw", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    assert "process_start not applied" in res.stderr and _items(tmp_path, "r1") == [{"path": "e"}]
+
+
+def test_a_fingerprinter_that_returns_no_bytes_is_refused(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "compat_spiders", SPIDERS, COMPAT_SITE=site)
+    res = fleet("seed", "bad_fp", "--run", "r1", env=env)
+    assert res.returncode == 1 and "not bytes" in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # a spider's configuration error: one line
+
+
+def test_replay_by_url_finds_the_page_under_the_spiders_fingerprint(redis_url: str, tmp_path: Path, site: str) -> None:
+    env = spider_module_env(redis_url, tmp_path, "compat_spiders", SPIDERS, COMPAT_SITE=site, FLEET_STORE_RAW="all")
+    res = fleet("run", "tracked", "--run", "r1", env=env, timeout=180)
+    assert res.returncode == 0, (res.returncode, res.stderr[-3000:])
+    replay = fleet("replay", "tracked", "--url", f"{site}/about?sid=zz", "--run", "r1", env=env, timeout=120)
+    assert replay.returncode == 0, (replay.returncode, replay.stderr[-3000:])

@@ -434,7 +434,8 @@ local function env_head(json)
         end
         -- no "domain" at all after the fp (Fleet leaves it out when the URL gives it): the URL's, read from
         -- its JSON text when that holds no escape (a backslash: cjson decodes it)
-        if not find(json, '"domain"', after, true) then
+        -- (nor a second "url": cjson would keep the last)
+        if not find(json, '"domain"', after, true) and not find(json, '"url"', after, true) then
           local url = string.sub(json, at + 13, q - 1)
           if not find(url, '\\', 1, true) then return run, fp, url_domain(url), true end
         end
