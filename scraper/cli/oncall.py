@@ -26,6 +26,7 @@ from scraper.infra.config import FleetConfig
 from scraper.infra.redact import redact_data
 from scraper.queue.client import known_spiders
 from scraper.queue.envelope import Envelope, EnvelopeError
+from scraper.queue.keys import Keys
 from scraper.queue.shards import open_queue
 from scraper.store.objects import json_default
 
@@ -47,12 +48,16 @@ def dlq_cmd(
     limit: Annotated[int, typer.Option(help="Newest entries to show (list).")] = 100,
     reason: Annotated[Optional[str], typer.Option(help="requeue: only entries whose reason starts with this.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="requeue: every entry.")] = False,
+    run: Annotated[Optional[str], typer.Option(
+        "--run", callback=run_arg, help="requeue: only entries of this run (with --reason or --all).")] = None,
 ) -> None:
-    """Dead-lettered requests of SPIDER: `list` them (newest first) or `requeue` them with fresh budgets."""
+    """Dead-lettered requests of SPIDER: `list` them (newest first) or `requeue` them with fresh budgets.
+
+    requeue leaves the entries of a cancelled run (fleet cancel) in the DLQ: LEASE would drop them unfetched."""
     if action == "list":
         dlq_list(spider, as_json, limit)
     elif action == "requeue":
-        dlq_requeue(spider, reason, all_)
+        dlq_requeue(spider, reason, all_, run)
     else:
         raise fail(f"unknown dlq action {action!r}: use list or requeue")
 
@@ -87,8 +92,10 @@ def dlq_list(spider: str, as_json: bool, limit: int) -> None:
     out.print(table)
 
 
-def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
-    """Put dead-lettered requests back in READY with fresh budgets (history is kept)."""
+def dlq_requeue(spider: str, reason: str | None, all_: bool, run: str | None = None) -> None:
+    """Put dead-lettered requests back in READY with fresh budgets (history is kept). ``run``: only its entries.
+    An entry of a cancelled run stays in the DLQ (``cancelled_kept``): requeued, LEASE dropped it unfetched and
+    the DLQ entry, the only copy of its envelope and evidence, was gone (probe)."""
     if not reason and not all_:
         raise fail("say which entries: --reason REASON or --all")
     cfg = load_config()
@@ -97,9 +104,10 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
         client = await connect(redis_url_for(cfg))
         try:
             q = await open_queue(client, spider)
-            skipped = 0
+            skipped = kept = 0
             ids: list[str] = []
             envs: list[Envelope] = []
+            cancelled: dict[str, bool] = {}
             async for sid, f in q.dlq_iter():
                 if reason and not f.get("reason", "").startswith(reason):
                     continue
@@ -108,6 +116,13 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
                 except EnvelopeError:
                     skipped += 1
                     continue
+                if run is not None and env.run != run:
+                    continue
+                if env.run not in cancelled:
+                    cancelled[env.run] = bool(await client.hexists(Keys(spider).cancelled, env.run))
+                if cancelled[env.run]:
+                    kept += 1
+                    continue
                 env.history.append({"requeued_from": f.get("reason"), "at": time.time()})
                 env.attempts, env.lost = {}, 0
                 env.dont_filter = True  # SEEN already holds it; requeue must bypass
@@ -115,7 +130,7 @@ def dlq_requeue(spider: str, reason: str | None, all_: bool) -> None:
                 ids.append(sid)
             requeued = await q.requeue(envs)
             await q.dlq_delete(ids)
-            return {"requeued": requeued, "skipped": skipped}
+            return {"requeued": requeued, "skipped": skipped, "cancelled_kept": kept}
         finally:
             await client.aclose()
 

@@ -186,3 +186,31 @@ def test_a_worker_holding_leases_of_a_cancelled_run_drops_them_unwritten(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert wait_all([proc], 40) == [0], log.read_text()[-3000:]
+
+
+def test_dlq_requeue_keeps_a_cancelled_runs_entries(redis_url: str, tmp_path: Path) -> None:
+    """`fleet dlq requeue` put a cancelled run's entries back in READY, where LEASE dropped them unfetched, and
+    deleted them from the DLQ (the only copy of their envelope and evidence) while reporting them requeued."""
+
+    async def dead_letters() -> None:
+        client = redisio.client(redis_url)
+        q = FleetQueue(client, SPIDER)
+        try:
+            for run in ("c1", "c2", "c3"):
+                await q.seed(run, [_env(f"gone-{run}", run)])
+                batch = await q.lease(1, worker="w", lease_seconds=60)
+                (lease,) = batch.leased
+                fields = {"reason": "http:404", "url": f"https://{DOMAIN}/gone-{run}", "envelope": lease.raw.decode()}
+                assert await q.dead(lease.id, lease.token, fields)
+        finally:
+            await client.aclose()
+
+    asyncio.run(dead_letters())
+    env = fleet_env(redis_url, tmp_path)
+    fleet_json("cancel", SPIDER, "--run", "c1", env=env)
+    out = fleet_json("dlq", SPIDER, "requeue", "--all", "--run", "c2", env=env)
+    assert out == {"requeued": 1, "skipped": 0, "cancelled_kept": 0}, out
+    out = fleet_json("dlq", SPIDER, "requeue", "--all", env=env)
+    assert out == {"requeued": 1, "skipped": 0, "cancelled_kept": 1}, out  # c3 requeued, c1 kept
+    left = fleet_json("dlq", SPIDER, "list", "--json", env=env)
+    assert len(left) == 1 and "gone-c1" in left[0]["url"], left

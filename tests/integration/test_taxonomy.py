@@ -578,7 +578,7 @@ def test_no_credentials_in_redis(crawl: Crawl) -> None:
 def test_dlq_requeue_by_reason(crawl: Crawl) -> None:
     before = json.loads(crawl.cli("status", SPIDER, "--json"))[SPIDER]
     out = json.loads(crawl.cli("dlq", SPIDER, "requeue", "--reason", "http:404"))
-    assert out == {"requeued": 1, "skipped": 0}
+    assert out == {"requeued": 1, "skipped": 0, "cancelled_kept": 0}
     after = json.loads(crawl.cli("status", SPIDER, "--json"))[SPIDER]
     assert after["dlq"] == before["dlq"] - 1
     assert after["ready"] == before["ready"] + 1
