@@ -120,7 +120,8 @@ def run_cmd(
         help="Stop the workers gracefully after this long (their leases go back to READY); exit 5 if work was left.")] = None,
     idle: Annotated[float, typer.Option("--idle", help="Seconds the queue must stay empty before workers exit.")] = 2.0,
     export: Annotated[bool, typer.Option(
-        "--export", help="At the end, export the run as Parquet (as `fleet export`); the summary gets an export field.")] = False,
+        "--export", help="At the end, export the run as Parquet (as `fleet export`); the summary gets an export field. "
+                         "--resume of a run exported before exports it again.")] = False,
     arg: Annotated[Optional[list[str]], typer.Option("-a", "--arg", metavar="NAME=VALUE", help=SPIDER_ARG_HELP)] = None,
 ) -> None:
     """Cron one-shot: seed (or --resume a run), work until the queue drains, print a JSON summary.
@@ -235,6 +236,10 @@ def run_cmd(
         result["cancelled"] = summary["cancelled"]
         result["terminated"] = _TERMINATED.is_set()  # SIGTERM cut it (deadline_passed is then true as well)
         code, why = runreport.exit_code(result)
+        if resume is not None and not export and isinstance(manifest.base.get("export"), dict):
+            # the run was exported before it was cut (cron's --export): the export must match the finished run,
+            # not the part the first invocation saw (its manifest would say complete over a partial export)
+            export = True
         if export and code != EXIT_INFRA:
             result["export"], failed = export_after_run(cfg, spider, run_id)
             if failed:

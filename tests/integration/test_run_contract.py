@@ -94,9 +94,10 @@ def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: 
     with DemoSite(n_products=40, per_page=10, latency=1.0).start() as site:
         env = fleet_env(redis_url, tmp_path, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2",
                         FLEET_SHUTDOWN_GRACE="1")
-        code, summary = _run("demo_shop", "--run", "cut", "--deadline", "8", env=env)
+        code, summary = _run("demo_shop", "--run", "cut", "--deadline", "8", "--export", env=env)
         assert code == 5 and summary["deadline_passed"], summary
         assert summary["done"] < summary["seen"], summary  # cut before the end (22 s of pages at concurrency 2)
+        assert _manifest(tmp_path, "demo_shop", "cut")["export"]["rows"] < 40  # what the cut run had
         c = counts(redis_url, "demo_shop")
         assert c["inflight"] == 0 and c["ready"] > 0, c  # leases released, nothing held, nothing lost
         site.latency = 0.0
@@ -104,6 +105,10 @@ def test_deadline_cuts_the_run_and_resume_finishes_it(redis_url: str, tmp_path: 
         assert code == 0, again
         assert again["seen"] == again["done"] == 44 and not again["deadline_passed"]
         assert again["seeded"] == 0 and again["discovered"] == 43  # the first invocation seeded 1
+        # exported when cut, so exported again: the manifest's export matches the finished run (a --resume without
+        # --export left the partial export beside a manifest saying complete)
+        m = _manifest(tmp_path, "demo_shop", "cut")
+        assert m["complete"] and m["export"]["rows"] == m["items"] == 40, m
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
