@@ -29,11 +29,10 @@ from scraper.infra import log
 from scraper.infra.config import ConfigError, FleetConfig
 from scraper.infra.embedded import RedisConfigError, check_redis, redact_url, resolve_redis_url
 from scraper.infra.redishome import FleetHomeError
-from scraper.queue import redisio
+from scraper.queue import redisio, storebind
 from scraper.queue.keys import QueueError
 from scraper.queue.runstate import run_tally
 from scraper.queue.shards import open_queue
-from scraper.queue.storebind import bind_store
 from scraper.worker.catalog import (
     SettingsError,
     SpiderNotFound,
@@ -211,16 +210,17 @@ def check_store(cfg: FleetConfig) -> None:
 
 
 def check_store_binding(cfg: FleetConfig, spidercls: type[Spider], *, run: str | None = None,
-                        rebind: bool = True) -> None:
-    """The spider's (and ``run``'s) data stays in one store: record FLEET_STORE for them in Redis, or exit 1 with
-    one line when they write to another one (scraper.queue.storebind). Before ``fleet run`` seeds and before a
-    worker starts. ``rebind=False``: compare only (``fleet runs --refresh``)."""
+                        spider_too: bool = True) -> None:
+    """The spider's (and ``run``'s) data stays in one store: exit 1 with one line when Redis records another store
+    for them (scraper.queue.storebind; a worker records its own once it has written). Before ``fleet run`` seeds
+    and before a worker starts."""
     from scraper.store.backends import store_identity
 
     async def go() -> None:
         client = await connect(redis_url_for(cfg, spidercls))
         try:
-            await bind_store(client, str(spidercls.name), store_identity(cfg.store), run=run, rebind=rebind)
+            await storebind.check_store(client, str(spidercls.name), store_identity(cfg.store), run=run,
+                                        spider_too=spider_too)
         finally:
             await client.aclose()
 

@@ -100,9 +100,11 @@ def worker(
         "--run", callback=run_arg,
         help="Run of the requests the spider queues outside any lease (crawler.engine.crawl, e.g. from a spider_idle "
              "handler); default: the run of this worker's latest lease. The worker still leases every run's requests.")] = None,
+    store_checked: Annotated[bool, typer.Option("--store-checked", hidden=True)] = False,  # by its `fleet run`
 ) -> None:
     """Run one worker: lease, fetch, classify, write, acknowledge; until a signal or --until-idle."""
-    raise typer.Exit(run_worker(spider, concurrency, until_idle, spider_args=spider_kwargs(arg), run=run))
+    raise typer.Exit(run_worker(spider, concurrency, until_idle, spider_args=spider_kwargs(arg), run=run,
+                                store_checked=store_checked))
 
 
 
@@ -182,7 +184,7 @@ def run_cmd(
         manifest = RunManifest(cfg, env["FLEET_REDIS_URL"], spider, run_id, spidercls, writer="fleet run",
                                seeded=None if resume is not None else seeded["enqueued"])
         manifest.write(final=False)
-        cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle), "--run", run_id,
+        cmd = [sys.executable, "-m", "scraper.cli", "worker", spider, "--until-idle", str(idle), "--run", run_id, "--store-checked",
                *(f"--arg={k}={v}" for k, v in spider_args.items())]  # every worker's spider gets them too
         deadline_at = None if deadline is None else time.monotonic() + deadline
         with tempfile.TemporaryDirectory(prefix="fleet-run-") as tmp:

@@ -49,12 +49,15 @@ __all__ = ["SHUTDOWN_CLOSE_WAIT", "concurrency_settings", "install_signals", "ru
 def run_worker(
     spider: str, concurrency: int | None, until_idle: float | None,
     on_crawler: Any = None, spider_args: dict[str, str] | None = None, run: str | None = None,
+    store_checked: bool = False,
 ) -> int:
     """Run one Scrapy crawler process bound to the fleet queue; returns the exit code.
 
     ``on_crawler(crawler)``, when given, is called once the crawler exists (the demo's progress bar reads
     its item count). ``spider_args``: ``-a NAME=VALUE``, given to the spider as ``scrapy crawl`` gives them.
-    ``run``: the run of requests queued outside any lease (``FleetScheduler``; setting ``FLEET_RUN``)."""
+    ``run``: the run of requests queued outside any lease (``FleetScheduler``; setting ``FLEET_RUN``).
+    ``store_checked``: its `fleet run` checked the spider's store before seeding (the run it seeded is work its
+    own workers must not be refused for: scraper.queue.storebind); the run's store is checked all the same."""
     from scrapy.crawler import AsyncCrawlerProcess
 
     cfg = load_config()
@@ -84,7 +87,7 @@ def run_worker(
     url = redis_url_for(cfg, spidercls)
     asyncio.run(check_reachable(url, patience=min(START_PATIENCE, cfg.redis_outage_max)))
     check_shards(cfg, spidercls)
-    check_store_binding(cfg, spidercls, run=run)  # its objects go where the spider's (and the run's) data is
+    check_store_binding(cfg, spidercls, run=run, spider_too=not store_checked)  # where the spider's data is
     settings.set("FLEET_REDIS_URL", url, priority="cmdline")
     settings.set("LOG_INSTALL_ROOT_HANDLER", False, priority="cmdline")
     log.redact_settings_dump()  # FLEET_LOG_LEVEL=DEBUG prints Scrapy's settings dump: no secret in it

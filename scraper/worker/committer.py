@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from scraper.infra.config import FleetConfig
@@ -73,6 +73,8 @@ class Committer:
         self.wake = asyncio.Event()
         # seconds each COMMIT call took, retries included (the worker metrics' histogram; None: not measured)
         self.timed: Callable[[float], None] | None = None
+        # records this worker's store for a run it committed (scraper.queue.storebind.recorder); set when open
+        self.record: Callable[[str], Awaitable[None]] | None = None
 
     # -- what gets committed ----------------------------------------------------------------------
 
@@ -150,6 +152,9 @@ class Committer:
         nonce = secrets.token_hex(4)  # the same on a retry: a claim whose reply was lost is recognised
         retried = False
         commits = [c for _, c in batch]
+        if self.record is not None:  # what it wrote is in this worker's store: Redis says so (storebind)
+            for run in {c.run for c in commits if c.done and not c.strict}:  # DONE after durable objects only
+                await self.record(run)
         started = time.perf_counter()
         while True:
             try:

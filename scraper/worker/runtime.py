@@ -39,8 +39,9 @@ from scraper.policy.politeness import Politeness
 from scraper.queue import redisio
 from scraper.queue.client import FleetQueue
 from scraper.queue.shards import ShardedQueue, open_queue
+from scraper.queue.storebind import recorder
 from scraper.store import health as storehealth
-from scraper.store.backends import open_store
+from scraper.store.backends import open_store, store_identity
 from scraper.store.objects import ObjectWriter
 from scraper.worker import crashpoints
 from scraper.worker.adapter import Offsite, kick_engine, unspace_slot
@@ -216,6 +217,7 @@ class FleetRuntime:
         self.breakers.spider = spider.name
         self.finisher.tally.bind(self.client, fleet_queue.keys.tally, self.config.dedup_ttl)
         self.breakers.breakers = fleet_queue.breakers
+        self.committer.record = recorder(client, spider.name, store_identity(self.config.store))
         self.feeder.spider = spider.name
         self.log = self.log.bind(spider=spider.name)
         for part in (self.health, self.breakers, self.speculation, self.committer, self.failures, self.feeder,

@@ -87,9 +87,11 @@ class SlowBeside(scrapy.Spider):
 
 
 def _crawl(redis_url: str, tmp_path: Path, spider: str, urls: list[str], workers: int,
-           *extra: str) -> dict[str, str]:
+           *extra: str, store: Path | None = None) -> dict[str, str]:
+    """``store``: the data directory when not ``tmp_path``'s own (one spider keeps one store: storebind)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS, FLEET_LEASE_SECONDS="6")
+    env = spider_module_env(redis_url, tmp_path, "gate_spiders", FLEET_SPIDERS, FLEET_LEASE_SECONDS="6",
+                            **({"FLEET_STORE": f"file://{store}"} if store is not None else {}))
     args = [a for u in urls for a in ("--url", u)]
     assert fleet_json("seed", spider, "--run", "r1", *args, env=env)["enqueued"] == len(urls)
     procs = [start_worker(spider, env, tmp_path / f"w{i}.log", "--concurrency", "8", "--until-idle", "1", *extra)
@@ -202,11 +204,12 @@ def test_slow_domain_leaves_the_fast_one_alone(redis_url: str, tmp_path: Path) -
     slow = CountingSite("127.0.0.2", pause=1.0)
     try:
         t0 = time.monotonic()
-        _crawl(redis_url, tmp_path / "alone", "slow_beside", [f"{fast.base}/a/{i}" for i in range(30)], 1)
+        _crawl(redis_url, tmp_path / "alone", "slow_beside", [f"{fast.base}/a/{i}" for i in range(30)], 1,
+               store=tmp_path / "data")
         alone = (len(fast.times) - 1) / (fast.times[-1] - fast.times[0] + 1e-9)
         fast.times.clear()
         urls = [f"{fast.base}/b/{i}" for i in range(30)] + [f"{slow.base}/s/{i}" for i in range(8)]
-        _crawl(redis_url, tmp_path / "both", "slow_beside", urls, 1)
+        _crawl(redis_url, tmp_path / "both", "slow_beside", urls, 1, store=tmp_path / "data")
         b = fast.times
         beside = (len(b) - 1) / (b[-1] - b[0] + 1e-9)
         assert beside >= 0.8 * alone, f"fast domain {beside:.1f}/s beside a slow one, {alone:.1f}/s alone"

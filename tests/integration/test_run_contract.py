@@ -265,14 +265,15 @@ def test_a_spiders_data_stays_in_one_store(redis_url: str, tmp_path: Path) -> No
     a `fleet run` in another directory stored a cut run's items there while the run's manifest, in the first
     store, said complete over an empty directory. Now the spider's store and each run's are recorded in Redis: a
     process with another store is refused (exit 1, one line) while the spider has work, and a run is always worked
-    and refreshed with its own store."""
-    with DemoSite(n_products=40, per_page=10, latency=0.3).start() as site:
+    and refreshed with its own store. A worker records its store once it has written there (a store that never took
+    an object, a wrong FLEET_STORE fixed, binds nothing: test_redirect_dedup's first worker)."""
+    with DemoSite(n_products=40, per_page=10, latency=0.5).start() as site:
         a, b = tmp_path / "a", tmp_path / "b"
         env_a = fleet_env(redis_url, a, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2")
         env_b = fleet_env(redis_url, b, FLEET_DEMO_URL=site.start_url, FLEET_CONCURRENCY="2")
         assert env_a["FLEET_STORE"] != env_b["FLEET_STORE"]
-        cut = fleet("run", "demo_shop", "--run", "cut", "--deadline", "2", env=env_a, timeout=120)
-        assert cut.returncode == 5, cut.stderr[-2000:]
+        cut = fleet("run", "demo_shop", "--run", "cut", "--deadline", "6", env=env_a, timeout=120)
+        assert cut.returncode == 5 and list(a.rglob("*.jsonl")), cut.stderr[-2000:]  # some written, then cut
         other = fleet("run", "demo_shop", "--run", "other", env=env_b, timeout=60)  # work of `cut` is queued
         assert other.returncode == 1 and "would be split" in other.stderr, other.stderr[-2000:]
         assert len(other.stderr.strip().splitlines()) == 1
