@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -216,11 +217,18 @@ def check_store_binding(cfg: FleetConfig, spidercls: type[Spider], *, run: str |
     and before a worker starts."""
     from scraper.store.backends import store_identity
 
+    store = store_identity(cfg.store)
+    _refused_in_one_line(cfg, spidercls, lambda client: storebind.check_store(
+        client, str(spidercls.name), store, run=run, spider_too=spider_too))
+
+
+def _refused_in_one_line(cfg: FleetConfig, spidercls: type[Spider],
+                         check: Callable[[aioredis.Redis], Awaitable[Any]]) -> None:
+    """Run ``check`` on a client of the spider's Redis; its QueueError is the one-line exit 1."""
     async def go() -> None:
         client = await connect(redis_url_for(cfg, spidercls))
         try:
-            await storebind.check_store(client, str(spidercls.name), store_identity(cfg.store), run=run,
-                                        spider_too=spider_too)
+            await check(client)
         finally:
             await client.aclose()
 
@@ -280,18 +288,8 @@ def spider_instance(spidercls: type[Spider], cfg: FleetConfig, why: str,
 def check_shards(cfg: FleetConfig, spidercls: type[Spider]) -> None:
     """Record FLEET_QUEUE_SHARDS for the spider, or exit 1 with one line when Redis holds its work in another
     number of shards (scraper.queue.shards.open_queue): before any worker starts or seed is written."""
-
-    async def go() -> None:
-        client = await connect(redis_url_for(cfg, spidercls))
-        try:
-            await open_queue(client, str(spidercls.name), shards=cfg.queue_shards)
-        finally:
-            await client.aclose()
-
-    try:
-        asyncio.run(go())
-    except QueueError as exc:
-        raise fail(str(exc)) from None
+    _refused_in_one_line(cfg, spidercls, lambda client: open_queue(
+        client, str(spidercls.name), shards=cfg.queue_shards))
 
 
 async def run_summary(cfg: FleetConfig, spider: str, run: str, *, per_run: bool = False,
