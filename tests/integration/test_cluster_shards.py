@@ -260,7 +260,7 @@ def test_operator_commands_see_every_shard(cluster_url: str, tmp_path: Path) -> 
     assert shards_of_ids == {u: _shard_of_url(u) for u in missing}
     assert set(shards_of_ids.values()) == {0, 1, 2}
     # requeue --all: each back in READY of its own shard, no DLQ left anywhere
-    assert fleet_json("dlq", SPIDER, "requeue", "--all", env=env) == {"requeued": 9, "skipped": 0}
+    assert fleet_json("dlq", SPIDER, "requeue", "--all", env=env) == {"requeued": 9, "skipped": 0, "cancelled_kept": 0}
     assert _shard_counts(cluster_url) == [dict(EMPTY, ready=3)] * SHARDS
 
     # cancel: a run queued in every shard is swept from every shard; r1's requeued entries stay
