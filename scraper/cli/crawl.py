@@ -245,6 +245,9 @@ def run_cmd(
         if export and code != EXIT_INFRA:
             result["export"], failed = export_after_run(cfg, spider, run_id)
             if failed:
+                # the run's own verdict, kept with the failure: a later `fleet export` that succeeds gives it back
+                # to the manifest (scraper.cli.manifests.record_export)
+                result["export"] = {**result["export"], "run_exit_code": code, "run_why": why}
                 code, why = EXIT_INFRA, failed
         result["manifest"] = manifest.write(final=True, exit_code=code, why=why, outcomes=worker_stats["outcomes"],
                                             ignored=worker_stats["ignored"], export=result.get("export"),

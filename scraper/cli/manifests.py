@@ -204,6 +204,22 @@ class RunManifest:
         )
 
 
+def _export_mended(manifest: dict[str, Any]) -> None:
+    """A `fleet run --export` whose export failed left the manifest incomplete (exit 3) for that failure alone; an
+    export that now succeeded gives the manifest back the run's own verdict (kept in the failed export's record as
+    ``run_exit_code``/``run_why``). Any other reason keeps it incomplete."""
+    failed = manifest.get("export") or {}
+    if not isinstance(failed, dict) or "error" not in failed or "run_exit_code" not in failed:
+        return
+    reasons = [r for r in manifest.get("incomplete_reasons") or [] if r != failed["error"]]
+    own = failed["run_exit_code"]
+    if own not in (0, 2, 4) and own is not None:
+        reasons.insert(0, str(failed.get("run_why") or f"fleet run exited with {own}"))
+    manifest["exit_code"] = own
+    manifest["incomplete_reasons"] = reasons
+    manifest["complete"] = not reasons
+
+
 def record_export(cfg: FleetConfig, spider: str, run: str, export: Mapping[str, Any]) -> str | None:
     """``fleet export`` to the store's own exports/: put what it wrote into the run's manifest (its
     ``export`` field, as ``fleet run --export`` does), so DuckDB's counts over the parts can be checked
@@ -218,6 +234,7 @@ def record_export(cfg: FleetConfig, spider: str, run: str, export: Mapping[str, 
             return None
         if manifest.get("export") == dict(export):
             return str(manifest_key(spider, run))
+        _export_mended(manifest)
         manifest["export"] = dict(export)
         return write_manifest(store, manifest)
     except Exception as exc:

@@ -133,3 +133,13 @@ def test_export_failure_is_exit_3_with_one_line(redis_url: str, tmp_path: Path) 
     summary = json.loads(res.stdout)
     assert summary["done"] == 4 and "export of demo_shop run r2 failed" in summary["export"]["error"]
     assert "never-shown-secret" not in res.stderr + res.stdout
+    manifest = data / "runs" / "spider=demo_shop" / "run=r2" / "manifest.json"
+    assert json.loads(manifest.read_text())["complete"] is False
+    # the exports directory fixed, `fleet export` succeeds: the manifest gets the run's own verdict back (it stayed
+    # "incomplete, exit 3, export failed" beside a successful export)
+    (data / "exports").unlink()
+    res = fleet("export", "demo_shop", "--run", "r2", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads(manifest.read_text())
+    assert m["complete"] is True and m["exit_code"] == 0 and m["incomplete_reasons"] == [], m
+    assert m["export"]["rows"] == 3 and "error" not in m["export"], m["export"]
