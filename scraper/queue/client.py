@@ -327,12 +327,15 @@ class FleetQueue(Inspection, Gating):
         return float(text(res))
 
     async def purge(self) -> None:
-        """Drop this spider's queued work (READY/IN-FLIGHT/DELAYED/PARKED); SEEN/DONE and the DLQ stay.
+        """Drop this spider's queued work (READY/IN-FLIGHT/DELAYED/PARKED) and its store record (storebind: the
+        same `make demo` from another checkout writes to that checkout's ./data); SEEN/DONE, the DLQ and each run's
+        store stay.
 
         Only for namespaces a command owns outright (``fleet demo``, ``fleet smoke``)."""
         k = self.keys
         domains = [text(d) for d in await self.client.smembers(k.prefix + "parkdom")]
         await self.client.delete(
+            k.store,
             k.ready,
             k.inflight,
             k.delayed,

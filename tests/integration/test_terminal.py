@@ -110,6 +110,11 @@ def test_demo_piped_prints_no_bar_and_no_escapes(redis_url: str, tmp_path: Path)
     assert BAR not in res.stderr and "pages/s" not in res.stderr and "fleet demo done" not in res.stderr
     assert json.loads(res.stdout)["items"] == 6
     assert "Dumping Scrapy stats" not in res.stderr and "Overridden settings" not in res.stderr
+    # `make demo` from another checkout: the same Redis (the embedded one under ~/.fleet), another ./data. The demo
+    # owns its namespace outright and drops its store record with its queue (it was refused: storebind)
+    other = _piped(["demo", "--products", "6"], {**env, "FLEET_STORE": f"file://{tmp_path / 'other'}"})
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert json.loads(other.stdout)["items"] == 6 and list((tmp_path / "other").rglob("*.jsonl"))
 
 
 def test_run_and_export_in_a_terminal(redis_url: str, tmp_path: Path, demo_site: Any) -> None:
