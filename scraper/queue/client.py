@@ -327,11 +327,8 @@ class FleetQueue(Inspection, Gating):
         return float(text(res))
 
     async def purge(self) -> None:
-        """Drop this spider's queued work (READY/IN-FLIGHT/DELAYED/PARKED) and its store record (storebind: the
-        same `make demo` from another checkout writes to that checkout's ./data); SEEN/DONE, the DLQ and each run's
-        store stay.
-
-        Only for namespaces a command owns outright (``fleet demo``, ``fleet smoke``)."""
+        """Drop this spider's queued work and store record (storebind: `make demo` of another checkout writes to its
+        ./data); SEEN/DONE, the DLQ stay. Only for namespaces a command owns (``fleet demo``, ``fleet smoke``)."""
         k = self.keys
         domains = [text(d) for d in await self.client.smembers(k.prefix + "parkdom")]
         await self.client.delete(
