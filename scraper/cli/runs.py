@@ -19,8 +19,8 @@ from scraper.cli.args import spider_arg
 from scraper.cli.common import EXIT_INFRA, connect, err, fail, load_config, out, redis_url_for
 from scraper.cli.manifests import RunManifest
 from scraper.infra.config import FleetConfig
-from scraper.queue.keys import Keys
 from scraper.queue.shards import open_queue
+from scraper.queue.storebind import run_stores
 from scraper.store.backends import StoreError, open_store, store_identity
 from scraper.store.manifest import list_manifests
 from scraper.worker.catalog import SettingsError, SpiderNotFound, base_settings, load_spider
@@ -43,15 +43,10 @@ def _refresh(cfg: FleetConfig, spider: str) -> list[str]:
         client = await connect(url)
         try:
             runs = sorted(await (await open_queue(client, spider)).runs())
-            stores = {_str(k): _str(v) for k, v in (await client.hgetall(Keys(spider).runstores)).items()}
-            default = await client.get(Keys(spider).store)  # a run worked without a record of its own: the spider's
+            where = await run_stores(client, spider, runs)
         finally:
             await client.aclose()
-        elsewhere = {}
-        for run in runs:
-            where = stores.get(run) or (_str(default) if default is not None else None)
-            if where is not None and where != store:
-                elsewhere[run] = where
+        elsewhere = {run: w for run, w in where.items() if w is not None and w != store}
         for run in runs:
             if run in elsewhere:
                 err.print(f"[yellow]warning:[/] run {run!r} keeps its data in store {elsewhere[run]}: its manifest "
@@ -70,10 +65,6 @@ def _refresh(cfg: FleetConfig, spider: str) -> list[str]:
         if RunManifest(cfg, url, spider, run, spidercls, writer="fleet runs --refresh").write(final=True) is None:
             failed.append(run)
     return failed
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _row(m: dict[str, Any]) -> list[str]:

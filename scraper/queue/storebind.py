@@ -21,8 +21,9 @@ from redis.asyncio import Redis
 
 from scraper.queue.keys import Keys, QueueError
 from scraper.queue.redisio import REDIS_ERRORS
+from scraper.queue.seedwire import text
 
-__all__ = ["check_store", "record_store", "recorder"]
+__all__ = ["check_store", "record_store", "recorder", "run_stores"]
 
 
 async def check_store(client: Redis, spider: str, store: str, *, run: str | None = None,
@@ -31,15 +32,16 @@ async def check_store(client: Redis, spider: str, store: str, *, run: str | None
     spider's while it has work. ``store``: an identity from ``scraper.store.backends.store_identity``."""
     keys = Keys(spider)
     if run is not None:
-        had = _text(await client.hget(keys.runstores, run))
-        if had is not None and had != store:
+        had = await client.hget(keys.runstores, run)
+        if had is not None and text(had) != store:
             raise QueueError(
-                f"run {run!r} of spider {spider!r} keeps its data in store {had}, not in this process's FLEET_STORE "
-                f"({store}): run it with that FLEET_STORE (a relative file:// store is relative to the directory "
-                "fleet runs in)")
+                f"run {run!r} of spider {spider!r} keeps its data in store {text(had)}, not in this process's "
+                f"FLEET_STORE ({store}): run it with that FLEET_STORE (a relative file:// store is relative to the "
+                "directory fleet runs in)")
     if not spider_too:
         return
-    had = _text(await client.get(keys.store))
+    raw = await client.get(keys.store)
+    had = None if raw is None else text(raw)
     if had is None or had == store:
         return
     busy, waiting = await _work(client, spider)
@@ -84,5 +86,11 @@ async def _work(client: Redis, spider: str) -> tuple[int, int]:
     return busy, len(await q.waiting_workers(time.time() - 1.0))
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+async def run_stores(client: Redis, spider: str, runs: list[str]) -> dict[str, str | None]:
+    """Where each of ``runs`` keeps its data: its own record, else the spider's (a run worked before runs had
+    records), else None (nothing recorded: no worker has written for the spider)."""
+    keys = Keys(spider)
+    own = {text(k): text(v) for k, v in (await client.hgetall(keys.runstores)).items()}
+    raw = await client.get(keys.store)
+    default = None if raw is None else text(raw)
+    return {run: own.get(run) or default for run in runs}
